@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates .venv if missing, installs seqlab with its test extras, lints, and runs the whole suite.
+# Extra arguments go to pytest, for example: ./launch/test.sh tests/ops -k linear
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/bootstrap.sh
+ensure_venv "test"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/python -m pytest -n 2 "$@"

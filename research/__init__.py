@@ -1,0 +1,1 @@
+"""seqlab: JAX/Flax research code for sequence models."""

@@ -1,0 +1,37 @@
+"""Pure JAX functions: attention, feature maps, activations, losses, masks."""
+
+from research.ops.activations import fit_gelu_constants, gelu
+from research.ops.attention import (
+    LinearAttentionState,
+    linear_attention,
+    linear_attention_init_state,
+    linear_attention_step,
+    linformer_attention,
+    softmax_attention,
+)
+from research.ops.embedding import min_embedding_dim
+from research.ops.feature_maps import favor, favor_projection, feature_dim
+from research.ops.losses import cross_entropy, mlm_corrupt, mlm_loss
+from research.ops.masks import causal_mask, packed_mask, padding_mask, unilm_mask
+
+__all__ = [
+    "LinearAttentionState",
+    "causal_mask",
+    "cross_entropy",
+    "favor",
+    "favor_projection",
+    "feature_dim",
+    "fit_gelu_constants",
+    "gelu",
+    "linear_attention",
+    "linear_attention_init_state",
+    "linear_attention_step",
+    "linformer_attention",
+    "min_embedding_dim",
+    "mlm_corrupt",
+    "mlm_loss",
+    "packed_mask",
+    "padding_mask",
+    "softmax_attention",
+    "unilm_mask",
+]
