@@ -5,6 +5,7 @@ from research.ops.attention import (
     LinearAttentionState,
     linear_attention,
     linear_attention_init_state,
+    linear_attention_state,
     linear_attention_step,
     linformer_attention,
     softmax_attention,
@@ -13,9 +14,11 @@ from research.ops.embedding import min_embedding_dim
 from research.ops.feature_maps import favor, favor_projection, feature_dim
 from research.ops.losses import cross_entropy, mlm_corrupt, mlm_loss
 from research.ops.masks import causal_mask, packed_mask, padding_mask, unilm_mask
+from research.ops.positions import apply_rotary, sinusoidal_positions
 
 __all__ = [
     "LinearAttentionState",
+    "apply_rotary",
     "causal_mask",
     "cross_entropy",
     "favor",
@@ -25,6 +28,7 @@ __all__ = [
     "gelu",
     "linear_attention",
     "linear_attention_init_state",
+    "linear_attention_state",
     "linear_attention_step",
     "linformer_attention",
     "min_embedding_dim",
@@ -32,6 +36,7 @@ __all__ = [
     "mlm_loss",
     "packed_mask",
     "padding_mask",
+    "sinusoidal_positions",
     "softmax_attention",
     "unilm_mask",
 ]

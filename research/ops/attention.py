@@ -644,3 +644,19 @@ def linformer_attention(
     k_proj = jnp.einsum("mn,bnhd->bmhd", e, k)
     v_proj = jnp.einsum("mn,bnhd->bmhd", f, v)
     return softmax_attention(q, k_proj, v_proj, scale=scale)
+
+
+def linear_attention_state(
+    k: jax.Array, v: jax.Array, *, feature_map="elu", mask: jax.Array | None = None
+) -> LinearAttentionState:
+    """Recurrent state after a whole prefix: s = sum_j phi(k_j) v_j^T, z = sum_j phi(k_j).
+
+    k [B, L, H, D], v [B, L, H, Dv], mask [B, L] (False = padding, not summed). Stepping
+    `linear_attention_step` from this state continues the causal form exactly (prefill).
+    """
+    _check_feature_map(feature_map, causal=True)
+    fk = fm.resolve(feature_map)(k).astype(jnp.float32)
+    if mask is not None:
+        fk = jnp.where(jnp.asarray(mask)[:, :, None, None], fk, 0.0)
+    s = jnp.einsum("blhf,blhv->bhfv", fk, v.astype(jnp.float32))
+    return LinearAttentionState(s, jnp.sum(fk, axis=1))

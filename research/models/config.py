@@ -1,0 +1,105 @@
+"""Model configuration: one frozen dataclass, every field documented, validated on construction."""
+
+import dataclasses
+
+from research.ops import attention as att
+from research.ops import feature_maps as fm
+
+ATTENTION_KINDS = ("softmax", "linear", "linformer")
+POSITIONS = ("learned", "sinusoidal", "rotary", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh", "gelu_sigmoid", "relu", "swiglu")
+NORMS = ("pre", "post")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters shared by `DecoderLM`, `Bert` and `EncoderDecoder`.
+
+    Validated in `__post_init__`: a bad value raises ValueError naming the field, the value and
+    what is allowed, before any parameter is created.
+    """
+
+    vocab_size: int = 1000
+    d_model: int = 128  # hidden size
+    num_heads: int = 4  # query heads; head_dim = d_model // num_heads
+    num_kv_heads: int | None = None  # grouped-query attention; None = num_heads
+    num_layers: int = 2  # decoder layers (DecoderLM), encoder layers (Bert, EncoderDecoder)
+    num_decoder_layers: int | None = None  # EncoderDecoder only; None = num_layers
+    d_ff: int = 512  # feed-forward hidden size
+    max_length: int = 512  # longest sequence (learned/sinusoidal tables, Linformer, KV cache)
+    positions: str = "learned"  # one of POSITIONS
+    rope_base: float = 10000.0  # rotary base
+    num_segments: int = 0  # segment (token-type) vocabulary; 0 = no segment embedding
+    attention: str = "softmax"  # one of ATTENTION_KINDS, for self- and cross-attention
+    softmax_implementation: str = "xla"  # "xla" (dense) or "blockwise"
+    feature_map: str = "elu"  # linear attention: elu, relu, taylor, softmax (non-causal), favor
+    favor_features: int = 64  # random features for feature_map="favor"
+    linear_form: str = "chunked"  # causal linear attention: chunked, scan or cumsum
+    chunk_size: int = 64  # chunked linear attention
+    linformer_k: int = 64  # Linformer projected length m
+    activation: str = "gelu"  # one of ACTIVATIONS
+    norm: str = "pre"  # "pre" (GPT-2) or "post" (BERT) layer norm placement
+    layer_norm_eps: float = 1e-5
+    use_bias: bool = True  # biases in projections and feed-forward
+    dropout: float = 0.0
+    tie_embeddings: bool = True  # output projection shares the token embedding
+    mlm_head: bool = True  # Bert: transform + tied decoder for masked-LM logits
+    pooler: bool = False  # Bert: tanh dense layer on [CLS]
+    dtype: str = "float32"  # compute dtype; parameters are always float32
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_length",
+                     "favor_features", "chunk_size", "linformer_k"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("num_kv_heads", "num_decoder_layers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        choices = {
+            "positions": POSITIONS,
+            "attention": ATTENTION_KINDS,
+            "softmax_implementation": att.SOFTMAX_IMPLEMENTATIONS,
+            "feature_map": (*fm.FEATURE_MAP_NAMES, "favor"),
+            "linear_form": att.LINEAR_FORMS,
+            "activation": ACTIVATIONS,
+            "norm": NORMS,
+            "dtype": DTYPES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not allowed; "
+                    f"choose one of {', '.join(allowed)}"
+                )
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.num_heads % self.kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})"
+            )
+        if self.positions == "rotary" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.positions == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.num_decoder_layers or self.num_layers
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)

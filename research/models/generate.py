@@ -1,0 +1,56 @@
+"""Thin adapter: run `research.ops.decoding` on a model, the whole decode in one `jax.jit`.
+
+The model is split into (graphdef, state) with `nnx.split` and merged back inside the jitted
+function, so parameters are ordinary jit arguments and nothing is retraced per call.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from research.ops import decoding
+
+METHODS = ("greedy", "sample", "beam")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "method", "max_new_tokens", "options"))
+def _decode(graphdef, state, prompt, lengths, key, *, method, max_new_tokens, options):
+    model = nnx.merge(graphdef, state)
+    opts = dict(options)
+    segment = opts.pop("segment", None)
+    kwargs = {} if segment is None else {"segment": segment}
+    logits, cache = model.prefill(
+        prompt, lengths=lengths, max_length=prompt.shape[1] + max_new_tokens
+    )
+
+    def step(token, cache):
+        return model.decode_step(token, cache, **kwargs)
+
+    if method == "greedy":
+        return decoding.greedy(step, logits, cache, max_new_tokens=max_new_tokens, **opts)
+    if method == "sample":
+        return decoding.sample(step, logits, cache, key, max_new_tokens=max_new_tokens, **opts)
+    return decoding.beam_search(step, logits, cache, max_new_tokens=max_new_tokens, **opts)
+
+
+def generate(model, prompt, *, lengths=None, max_new_tokens: int, method: str = "greedy",
+             key=None, **options):  # fmt: skip
+    """Continue right-padded prompts [B, P] (`lengths` [B]) of a `DecoderLM` or UniLM `Bert`.
+
+    method "greedy" / "sample" (options: temperature, top_k, top_p, stop_tokens, pad_id) return
+    tokens [B, max_new_tokens]; "beam" (beam_size, eos_id, alpha) returns (tokens [B, K, N],
+    scores [B, K]). `segment` (DecoderLM speakers; Bert defaults to 1) applies to new tokens.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    if method == "sample" and key is None:
+        raise ValueError("method='sample' needs a PRNG key")
+    prompt = jnp.asarray(prompt, jnp.int32)
+    lengths = jnp.full(prompt.shape[:1], prompt.shape[1]) if lengths is None else lengths
+    key = jax.random.PRNGKey(0) if key is None else key
+    graphdef, state = nnx.split(model)
+    opts = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+    return _decode(graphdef, state, prompt, jnp.asarray(lengths, jnp.int32), key, method=method,
+                   max_new_tokens=max_new_tokens, options=opts)  # fmt: skip

@@ -1,0 +1,279 @@
+"""The three model families: DecoderLM (GPT-style), Bert (MLM; UniLM seq2seq mode), EncoderDecoder.
+
+All take int tokens [B, L] and return fp32 logits [..., vocab]. Decoding goes through
+`prefill(...) -> (next-token logits [B, V], cache)` and
+`decode_step(token [B], cache) -> (logits [B, V], cache)`; see `research.ops.decoding`.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from research import ops
+from research.models.config import ModelConfig
+from research.models.layers import ACTIVATION_FNS, Block, Embeddings, _linear, axes, layer_norm
+
+
+def _check_inputs(cfg: ModelConfig, tokens, segment_ids=None, mask=None, name="tokens"):
+    if jnp.ndim(tokens) != 2 or not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
+        raise ValueError(f"{name} must be int [batch, length], got {jnp.shape(tokens)}")
+    length = tokens.shape[1]
+    bounded = cfg.positions in ("learned", "sinusoidal") or cfg.attention == "linformer"
+    if bounded and length > cfg.max_length:
+        raise ValueError(f"{name} length {length} exceeds max_length={cfg.max_length}")
+    if segment_ids is not None:
+        if jnp.shape(segment_ids) != tokens.shape:
+            raise ValueError(f"segment_ids shape {jnp.shape(segment_ids)} != {name} {tokens.shape}")
+        if not cfg.num_segments:
+            raise ValueError("segment_ids given but the model has num_segments=0")
+    if mask is not None and (jnp.shape(mask) != tokens.shape or jnp.asarray(mask).dtype != bool):
+        raise ValueError(
+            f"mask must be bool {tokens.shape} (True = real token), got {jnp.shape(mask)}"
+        )
+
+
+def _positions(tokens):
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+
+
+def _empty_cache(layers, batch: int, max_length: int, extra=None):
+    return {
+        "index": jnp.zeros((batch,), jnp.int32),
+        "valid": jnp.zeros((batch, max_length), bool),
+        "layers": [{"self": layer.attn.init_cache(batch, max_length), **(extra or {})}
+                   for layer in layers],
+    }  # fmt: skip
+
+
+def _check_cache_length(cfg: ModelConfig, max_length: int, prompt_length: int):
+    if max_length < prompt_length + 1:
+        raise ValueError(
+            f"max_length {max_length} leaves no room after a prompt of {prompt_length}"
+        )
+    if cfg.positions in ("learned", "sinusoidal") and max_length > cfg.max_length:
+        raise ValueError(f"decode max_length {max_length} exceeds the model's {cfg.max_length}")
+
+
+class _Stack(nnx.Module):
+    """Shared prefill/decode plumbing over `self.layers`; subclasses define `_logits`."""
+
+    def _prefill_layers(self, x, cache, *, mask, valid, positions):
+        new_layers = []
+        for layer, lc in zip(self.layers, cache["layers"], strict=True):
+            x, new = layer.prefill(x, lc, mask=mask, valid=valid, positions=positions)
+            new_layers.append({**lc, **new})
+        lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
+        p = valid.shape[1]
+        cache = {
+            "index": lengths,
+            "valid": cache["valid"].at[:, :p].set(valid),
+            "layers": new_layers,
+        }
+        last = self._logits(x)[jnp.arange(x.shape[0]), lengths - 1]
+        return last, cache
+
+    def _decode_layers(self, token, cache, segment):
+        index = cache["index"]
+        valid = cache["valid"].at[jnp.arange(token.shape[0]), index].set(True)
+        seg = None if segment is None else jnp.broadcast_to(segment, token.shape)[:, None]
+        x = self.embed(token[:, None], index[:, None], seg)
+        new_layers = []
+        for layer, lc in zip(self.layers, cache["layers"], strict=True):
+            x, lc = layer.decode(x, lc, index=index, valid=valid)
+            new_layers.append(lc)
+        logits = self._logits(x)[:, 0]
+        return logits, {"index": index + 1, "valid": valid, "layers": new_layers}
+
+
+class DecoderLM(_Stack):
+    """GPT-style causal LM (Radford et al. 2019) with optional speaker segments (DialoGPT)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embeddings(cfg, rngs=rngs)
+        self.layers = nnx.List([Block(cfg, causal=True, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = layer_norm(cfg, rngs) if cfg.norm == "pre" else None
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else _linear(cfg, cfg.d_model, cfg.vocab_size, "embed", "vocab", rngs, False)
+        )
+
+    def hidden_states(self, tokens, *, segment_ids=None, mask=None):
+        """[B, L, d_model] after the last layer (and final norm for pre-LN)."""
+        _check_inputs(self.cfg, tokens, segment_ids, mask)
+        positions = _positions(tokens)
+        x = self.embed(tokens, positions, segment_ids)
+        for layer in self.layers:
+            x = layer(x, mask=mask, positions=positions)
+        return x if self.final_norm is None else self.final_norm(x)
+
+    def __call__(self, tokens, *, segment_ids=None, mask=None):
+        """tokens [B, L] -> logits [B, L, V]; mask [B, L] marks real tokens (padding is ignored)."""
+        return self._head(self.hidden_states(tokens, segment_ids=segment_ids, mask=mask))
+
+    def _head(self, h):
+        return self.embed.logits(h) if self.lm_head is None else self.lm_head(h).astype(jnp.float32)
+
+    def _logits(self, x):
+        return self._head(x if self.final_norm is None else self.final_norm(x))
+
+    def init_cache(self, batch: int, max_length: int):
+        return _empty_cache(self.layers, batch, max_length)
+
+    def prefill(self, tokens, *, lengths=None, segment_ids=None, max_length: int):
+        """Runs prompts [B, P] (right-padded; `lengths` [B]) in parallel and fills the cache.
+
+        Returns the logits for the token after each prompt [B, V] and the cache.
+        """
+        _check_inputs(self.cfg, tokens, segment_ids)
+        _check_cache_length(self.cfg, max_length, tokens.shape[1])
+        b, p = tokens.shape
+        lengths = jnp.full((b,), p) if lengths is None else jnp.asarray(lengths)
+        valid = jnp.arange(p)[None, :] < lengths[:, None]
+        positions = _positions(tokens)
+        x = self.embed(tokens, positions, segment_ids)
+        cache = self.init_cache(b, max_length)
+        return self._prefill_layers(x, cache, mask=valid, valid=valid, positions=positions)
+
+    def decode_step(self, token, cache, *, segment=None):
+        """token [B] at position cache["index"] -> (logits [B, V], cache). segment: int or [B]."""
+        return self._decode_layers(token, cache, segment)
+
+
+class BertOutput(NamedTuple):
+    hidden_states: jax.Array  # [B, L, d_model], the last layer
+    logits: jax.Array | None  # [B, L, V] masked-LM logits (None without an MLM head)
+    pooled: jax.Array | None  # [B, d_model] tanh(W h_[CLS]) (None without a pooler)
+
+
+class Bert(_Stack):
+    """BERT (Devlin et al. 2019): bidirectional encoder, segment embeddings, tied MLM head.
+
+    `unilm=True` applies the UniLM seq2seq mask from segment ids (Dong et al. 2019): segment 0
+    bidirectional, segment 1 causal and seeing all of segment 0 (`research.ops.unilm_mask`).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embeddings(cfg, rngs=rngs)
+        self.layers = nnx.List([Block(cfg, causal=False, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = layer_norm(cfg, rngs) if cfg.norm == "pre" else None
+        head = cfg.mlm_head
+        d = cfg.d_model
+        self.mlm_transform = _linear(cfg, d, d, "embed", "embed", rngs, True) if head else None
+        self.mlm_norm = layer_norm(cfg, rngs) if head else None
+        bias = nnx.Param(jnp.zeros((cfg.vocab_size,)), **axes("vocab"))
+        self.mlm_bias = bias if head else None
+        self.pooler = _linear(cfg, d, d, "embed", "embed", rngs, True) if cfg.pooler else None
+
+    def __call__(self, tokens, *, segment_ids=None, mask=None, unilm: bool = False) -> BertOutput:
+        """tokens [B, L]; segment_ids [B, L]; mask [B, L] marks real tokens."""
+        _check_inputs(self.cfg, tokens, segment_ids, mask)
+        attn_mask = mask
+        if unilm:
+            if segment_ids is None:
+                raise ValueError("unilm=True needs segment_ids (0 = source, 1 = target)")
+            attn_mask = ops.unilm_mask(segment_ids, mask)
+        positions = _positions(tokens)
+        x = self.embed(tokens, positions, segment_ids)
+        for layer in self.layers:
+            x = layer(x, mask=attn_mask, positions=positions)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        logits = self.mlm_logits(x) if self.mlm_transform is not None else None
+        pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+        return BertOutput(x, logits, pooled)
+
+    def mlm_logits(self, h):
+        """Masked-LM head: LN(act(W h)) E^T + b -> fp32 [..., V] (tied to the token embedding)."""
+        t = self.mlm_norm(ACTIVATION_FNS.get(self.cfg.activation, ACTIVATION_FNS["gelu"])(
+            self.mlm_transform(h)))  # fmt: skip
+        return self.embed.logits(t) + self.mlm_bias.get_value()
+
+    def _logits(self, x):
+        return self.mlm_logits(x if self.final_norm is None else self.final_norm(x))
+
+    def init_cache(self, batch: int, max_length: int):
+        return _empty_cache(self.layers, batch, max_length)
+
+    def prefill(self, tokens, *, lengths=None, segment_ids=None, max_length: int):
+        """UniLM: encodes the source tokens [B, P] (segment 0, bidirectional) into the cache.
+
+        Returns the MLM-head logits at each source's last token (predicting the first target
+        token) and the cache; continue with `decode_step(..., segment=1)`.
+        """
+        if not self.cfg.mlm_head:
+            raise ValueError("decoding with Bert needs mlm_head=True")
+        _check_inputs(self.cfg, tokens, segment_ids)
+        _check_cache_length(self.cfg, max_length, tokens.shape[1])
+        b, p = tokens.shape
+        lengths = jnp.full((b,), p) if lengths is None else jnp.asarray(lengths)
+        valid = jnp.arange(p)[None, :] < lengths[:, None]
+        positions = _positions(tokens)
+        x = self.embed(tokens, positions, segment_ids)
+        cache = self.init_cache(b, max_length)
+        return self._prefill_layers(x, cache, mask=valid, valid=valid, positions=positions)
+
+    def decode_step(self, token, cache, *, segment=1):
+        return self._decode_layers(token, cache, segment)
+
+
+class EncoderDecoder(_Stack):
+    """The classic seq2seq Transformer (Vaswani et al. 2017) with a shared, tied embedding."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = Embeddings(cfg, rngs=rngs)
+        self.encoder = nnx.List(
+            [Block(cfg, causal=False, rngs=rngs) for _ in range(cfg.num_layers)]
+        )
+        self.layers = nnx.List(
+            [Block(cfg, causal=True, cross=True, rngs=rngs) for _ in range(cfg.decoder_layers)]
+        )
+        pre = cfg.norm == "pre"
+        self.encoder_norm = layer_norm(cfg, rngs) if pre else None
+        self.final_norm = layer_norm(cfg, rngs) if pre else None
+
+    def encode(self, src, *, src_mask=None):
+        """src [B, S] -> memory [B, S, d_model]."""
+        _check_inputs(self.cfg, src, None, src_mask, name="src")
+        positions = _positions(src)
+        x = self.embed(src, positions)
+        for layer in self.encoder:
+            x = layer(x, mask=src_mask, positions=positions)
+        return x if self.encoder_norm is None else self.encoder_norm(x)
+
+    def decode(self, memory, tgt, *, src_mask=None, tgt_mask=None):
+        """Teacher-forced decoder: tgt [B, T] (shifted right) -> logits [B, T, V]."""
+        _check_inputs(self.cfg, tgt, None, tgt_mask, name="tgt")
+        positions = _positions(tgt)
+        x = self.embed(tgt, positions)
+        for layer in self.layers:
+            x = layer(x, mask=tgt_mask, positions=positions, context=memory, context_mask=src_mask)
+        return self._logits(x)
+
+    def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None):
+        memory = self.encode(src, src_mask=src_mask)
+        return self.decode(memory, tgt, src_mask=src_mask, tgt_mask=tgt_mask)
+
+    def _logits(self, x):
+        return self.embed.logits(x if self.final_norm is None else self.final_norm(x))
+
+    def prefill(self, src, *, src_mask=None, bos_id: int, max_length: int):
+        """Encodes src, caches the cross-attention keys/values, and feeds BOS.
+
+        Returns the logits for the first target token [B, V] and the cache.
+        """
+        _check_cache_length(self.cfg, max_length, 1)
+        memory = self.encode(src, src_mask=src_mask)
+        b = src.shape[0]
+        cache = _empty_cache(self.layers, b, max_length)
+        for lc, layer in zip(cache["layers"], self.layers, strict=True):
+            lc["cross"] = layer.cross_attn.cross_cache(memory, src_mask)
+        return self.decode_step(jnp.full((b,), bos_id, jnp.int32), cache)
+
+    def decode_step(self, token, cache):
+        return self._decode_layers(token, cache, None)

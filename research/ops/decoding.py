@@ -1,0 +1,157 @@
+"""Autoregressive decoding as pure functions, entirely inside `lax.while_loop`, jit-friendly.
+
+Every function starts from `logits` [B, V] for the next token and a `cache` (any pytree whose
+leaves have batch as their leading axis), and calls `step_fn(tokens [N], cache) -> (logits
+[N, V], cache)` once per generated token. Models provide both through `prefill`/`decode_step`.
+"""
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+StepFn = Callable[[jax.Array, object], tuple[jax.Array, object]]
+
+
+def _check(max_new_tokens: int, stop_tokens: Sequence[int]):
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    return jnp.asarray(tuple(stop_tokens), jnp.int32).reshape(-1)
+
+
+def filter_logits(
+    logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> jax.Array:
+    """Temperature, then top-k, then nucleus (top-p) filtering; removed entries become -inf.
+
+    logits [..., V]. top_k=0 and top_p=1 disable the filters. Top-p keeps the smallest set of
+    most likely tokens whose probability reaches p (Holtzman et al. 2020), always at least one.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for sampling, got {temperature!r}")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly more likely tokens
+        keep = before < top_p
+        cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+def _generate(step_fn, logits, cache, choose, max_new_tokens, stop, pad_id):
+    b = logits.shape[0]
+
+    def cond(state):
+        t, _, _, _, done, _ = state
+        return (t < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        t, logits, cache, out, done, key_index = state
+        token = choose(logits, key_index).astype(jnp.int32)
+        token = jnp.where(done, pad_id, token)
+        out = out.at[:, t].set(token)
+        done = done | jnp.isin(token, stop)
+        logits, cache = step_fn(token, cache)
+        return t + 1, logits, cache, out, done, key_index + 1
+
+    out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
+    init = (jnp.int32(0), logits, cache, out, jnp.zeros((b,), bool), jnp.int32(0))
+    return lax.while_loop(cond, body, init)[3]
+
+
+def greedy(
+    step_fn: StepFn, logits, cache, *, max_new_tokens: int, stop_tokens=(), pad_id: int = 0
+) -> jax.Array:
+    """Argmax decoding. Returns tokens [B, max_new_tokens]; after a stop token, pad_id."""
+    stop = _check(max_new_tokens, stop_tokens)
+
+    def choose(logits, _):
+        return jnp.argmax(logits, axis=-1)
+
+    return _generate(step_fn, logits, cache, choose, max_new_tokens, stop, pad_id)
+
+
+def sample(
+    step_fn: StepFn, logits, cache, key, *, max_new_tokens: int, temperature: float = 1.0,
+    top_k: int = 0, top_p: float = 1.0, stop_tokens=(), pad_id: int = 0,
+) -> jax.Array:  # fmt: skip
+    """Ancestral sampling with temperature, top-k and top-p. Returns tokens [B, max_new_tokens]."""
+    stop = _check(max_new_tokens, stop_tokens)
+    filter_logits(jnp.zeros((1, 2)), temperature=temperature, top_k=top_k, top_p=top_p)
+
+    def choose(logits, i):
+        filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        return jax.random.categorical(jax.random.fold_in(key, i), filtered, axis=-1)
+
+    return _generate(step_fn, logits, cache, choose, max_new_tokens, stop, pad_id)
+
+
+def length_penalty(lengths: jax.Array, alpha: float) -> jax.Array:
+    """GNMT length normaliser ((5 + |Y|) / 6)^alpha (Wu et al. 2016); alpha = 0 gives 1."""
+    return ((5.0 + lengths.astype(jnp.float32)) / 6.0) ** alpha
+
+
+def beam_search(
+    step_fn: StepFn, logits, cache, *, beam_size: int, max_new_tokens: int, eos_id: int,
+    alpha: float = 0.0, pad_id: int = 0,
+) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    """Batched beam search over log-probabilities.
+
+    Beams that emit `eos_id` are frozen (their later tokens are pad_id and add 0 log-prob); at
+    the end every beam is scored log p(Y) / length_penalty(|Y|, alpha), |Y| counting EOS.
+    Returns (tokens [B, beam_size, max_new_tokens], scores [B, beam_size]), best first.
+    """
+    _check(max_new_tokens, ())
+    if not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    b, vocab = logits.shape
+    if beam_size > vocab:
+        raise ValueError(f"beam_size {beam_size} exceeds the vocabulary size {vocab}")
+    k = beam_size
+
+    def expand(x):  # [B, ...] -> [B * K, ...], each row repeated K times
+        return jnp.repeat(x, k, axis=0)
+
+    cache = jax.tree.map(expand, cache)
+    logits = expand(logits)
+    # Only beam 0 is alive at the start, so the K copies do not produce duplicate hypotheses.
+    logp = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf), (b, 1))
+    frozen_row = jnp.full((vocab,), -jnp.inf).at[pad_id].set(0.0)
+
+    def body(t, state):
+        logits, cache, seqs, logp, finished, lengths = state
+        step_lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, vocab)
+        step_lp = jnp.where(finished[..., None], frozen_row, step_lp)
+        total = (logp[..., None] + step_lp).reshape(b, k * vocab)
+        logp, flat = lax.top_k(total, k)
+        parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+
+        def pick(x):
+            return jnp.take_along_axis(x, parent.reshape(b, k, *([1] * (x.ndim - 2))), axis=1)
+
+        seqs = pick(seqs).at[:, :, t].set(token)
+        was_finished = pick(finished)
+        lengths = pick(lengths) + (~was_finished).astype(jnp.int32)
+        finished = was_finished | (token == eos_id)
+        rows = (jnp.arange(b)[:, None] * k + parent).reshape(-1)
+        cache = jax.tree.map(lambda x: x[rows], cache)
+        logits, cache = step_fn(token.reshape(-1), cache)
+        return logits, cache, seqs, logp, finished, lengths
+
+    seqs = jnp.full((b, k, max_new_tokens), pad_id, jnp.int32)
+    zeros = jnp.zeros((b, k), jnp.int32)
+    init = (logits, cache, seqs, logp, zeros.astype(bool), zeros)
+    _, _, seqs, logp, _, lengths = lax.fori_loop(0, max_new_tokens, body, init)
+    scores = logp / length_penalty(lengths, alpha)
+    order = jnp.argsort(-scores, axis=-1)
+    return jnp.take_along_axis(seqs, order[..., None], 1), jnp.take_along_axis(scores, order, 1)

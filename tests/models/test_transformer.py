@@ -1,0 +1,190 @@
+"""Model behaviour: shapes per attention kind, causality, padding invariance, decode == forward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from research.models import Bert, DecoderLM, EncoderDecoder, ModelConfig
+from research.models.layers import FavorProjection
+
+TINY = dict(vocab_size=40, d_model=16, num_heads=2, num_layers=2, d_ff=32, max_length=24,
+            chunk_size=4, linformer_k=8, favor_features=16)  # fmt: skip
+CAUSAL_KINDS = {
+    "softmax": dict(attention="softmax"),
+    "blockwise": dict(attention="softmax", softmax_implementation="blockwise"),
+    "linear-elu": dict(attention="linear", feature_map="elu"),
+    "linear-taylor-scan": dict(attention="linear", feature_map="taylor", linear_form="scan"),
+    "linear-favor": dict(attention="linear", feature_map="favor"),
+}
+ENCODER_KINDS = {
+    **CAUSAL_KINDS,
+    "linear-softmax": dict(attention="linear", feature_map="softmax"),
+    "linformer": dict(attention="linformer"),
+}
+
+
+def _cfg(**kw):
+    return ModelConfig(**{**TINY, **kw})
+
+
+def _tokens(b=2, length=10, seed=0):
+    return jax.random.randint(jax.random.PRNGKey(seed), (b, length), 1, TINY["vocab_size"])
+
+
+def _assert_close(a, b, atol=1e-5):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", CAUSAL_KINDS)
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_decoder_lm_shapes_causality_and_decode(kind, positions):
+    cfg = _cfg(positions=positions, num_segments=2, **CAUSAL_KINDS[kind])
+    model = DecoderLM(cfg, rngs=nnx.Rngs(0))
+    toks = _tokens(length=11)
+    seg = jnp.broadcast_to((jnp.arange(11) >= 5).astype(jnp.int32), toks.shape)
+    logits = model(toks, segment_ids=seg)
+    assert logits.shape == (2, 11, cfg.vocab_size) and logits.dtype == jnp.float32
+    # Causality through the whole model: changing tokens after t leaves logits <= t unchanged.
+    t = 6
+    changed = toks.at[:, t + 1 :].set((toks[:, t + 1 :] + 7) % cfg.vocab_size)
+    _assert_close(model(changed, segment_ids=seg)[:, : t + 1], logits[:, : t + 1])
+    assert not np.allclose(model(changed, segment_ids=seg)[:, t + 1 :], logits[:, t + 1 :])
+    # Incremental decoding reproduces the full forward at every position after the prompt.
+    step_logits, cache = model.prefill(toks[:, :3], segment_ids=seg[:, :3], max_length=12)
+    got = [step_logits]
+    for i in range(3, 11):
+        step_logits, cache = model.decode_step(toks[:, i], cache, segment=seg[:, i])
+        got.append(step_logits)
+    _assert_close(jnp.stack(got[:-1], 1), logits[:, 2:10])
+    _assert_close(got[-1], logits[:, 10])
+
+
+@pytest.mark.parametrize("kind", ["softmax", "linear-elu"])
+def test_decoder_lm_padding_invariance_and_ragged_prefill(kind):
+    model = DecoderLM(_cfg(**CAUSAL_KINDS[kind]), rngs=nnx.Rngs(1))
+    toks = _tokens(length=9)
+    lengths = jnp.array([9, 6])
+    mask = jnp.arange(9)[None] < lengths[:, None]
+    garbage = jnp.where(mask, toks, 3)
+    a, b = model(toks, mask=mask), model(garbage, mask=mask)
+    _assert_close(a[1, :6], b[1, :6])
+    # Right-padded prompts of different lengths: each row continues from its own last token.
+    logits, cache = model.prefill(garbage, lengths=lengths, max_length=12)
+    _assert_close(logits[0], a[0, 8])
+    _assert_close(logits[1], a[1, 5])
+    nxt = jnp.array([5, 7])
+    step, _ = model.decode_step(nxt, cache)
+    row1 = jnp.concatenate([toks[1, :6], nxt[1:]])[None]
+    _assert_close(step[1], model(row1)[0, -1])
+
+
+@pytest.mark.parametrize("kind", ENCODER_KINDS)
+def test_bert_shapes_and_padding_invariance(kind):
+    cfg = _cfg(
+        norm="post", num_segments=2, pooler=True, layer_norm_eps=1e-12, **ENCODER_KINDS[kind]
+    )
+    model = Bert(cfg, rngs=nnx.Rngs(2))
+    toks = _tokens(length=12)
+    mask = jnp.arange(12)[None] < jnp.array([[12], [7]])
+    out = model(toks, mask=mask)
+    assert out.hidden_states.shape == (2, 12, 16) and out.logits.shape == (2, 12, 40)
+    assert out.pooled.shape == (2, 16)
+    other = model(jnp.where(mask, toks, 1), mask=mask)
+    _assert_close(other.hidden_states[1, :7], out.hidden_states[1, :7])
+
+
+def test_bert_unilm_mask_and_incremental_decoding():
+    cfg = _cfg(norm="post", num_segments=2)
+    model = Bert(cfg, rngs=nnx.Rngs(3))
+    toks = _tokens(length=12)
+    seg = jnp.broadcast_to((jnp.arange(12) >= 5).astype(jnp.int32), toks.shape)
+    full = model(toks, segment_ids=seg, unilm=True).logits
+    # Source positions do not see the target; target position t does not see targets after t.
+    changed = toks.at[:, 9:].set(2)
+    _assert_close(model(changed, segment_ids=seg, unilm=True).logits[:, :9], full[:, :9])
+    logits, cache = model.prefill(toks[:, :5], segment_ids=seg[:, :5], max_length=13)
+    got = [logits]
+    for i in range(5, 11):
+        logits, cache = model.decode_step(toks[:, i], cache)
+        got.append(logits)
+    _assert_close(jnp.stack(got, 1), full[:, 4:11])
+
+
+@pytest.mark.parametrize("kind", CAUSAL_KINDS)
+def test_encoder_decoder_forward_and_decode(kind):
+    cfg = _cfg(num_decoder_layers=1, **CAUSAL_KINDS[kind])
+    model = EncoderDecoder(cfg, rngs=nnx.Rngs(4))
+    src, tgt = _tokens(length=10), _tokens(length=7, seed=1).at[:, 0].set(1)
+    src_mask = jnp.arange(10)[None] < jnp.array([[10], [6]])
+    logits = model(src, tgt, src_mask=src_mask)
+    assert logits.shape == (2, 7, 40)
+    # Padded source tokens change nothing; future target tokens change nothing before them.
+    _assert_close(model(jnp.where(src_mask, src, 2), tgt, src_mask=src_mask), logits)
+    _assert_close(model(src, tgt.at[:, 5:].set(3), src_mask=src_mask)[:, :5], logits[:, :5])
+    step, cache = model.prefill(src, src_mask=src_mask, bos_id=1, max_length=8)
+    got = [step]
+    for i in range(1, 7):
+        step, cache = model.decode_step(tgt[:, i], cache)
+        got.append(step)
+    _assert_close(jnp.stack(got, 1), logits)
+
+
+def test_parameters_carry_logical_axes():
+    model = DecoderLM(_cfg(attention="linear", feature_map="favor", tie_embeddings=False),
+                      rngs=nnx.Rngs(0))  # fmt: skip
+    params = nnx.state(model, nnx.Any(nnx.Param, FavorProjection))
+    leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert len(leaves) > 20
+    for var in leaves:
+        names = var.get_metadata().get("logical_axes")
+        assert names is not None and len(names) == var.get_value().ndim, var
+    layer = model.layers[0]
+    assert layer.attn.q.kernel.get_metadata()["logical_axes"] == ("embed", "heads")
+    assert layer.ffn.wo.kernel.get_metadata()["logical_axes"] == ("mlp", "embed")
+    assert model.embed.token.embedding.get_metadata()["logical_axes"] == ("vocab", "embed")
+    # The FAVOR projection is state, not a trainable parameter.
+    assert isinstance(layer.attn.favor, FavorProjection)
+    assert not any(isinstance(v, FavorProjection) for v in jax.tree.leaves(
+        nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable)))  # fmt: skip
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "gelu_sigmoid", "relu", "swiglu"])
+def test_activation_choice_changes_the_network(activation):
+    model = DecoderLM(_cfg(activation=activation), rngs=nnx.Rngs(0))
+    assert model(_tokens()).shape == (2, 10, 40)
+    assert hasattr(model.layers[0].ffn, "wg") == (activation == "swiglu")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(d_model=30, num_heads=4), r"d_model \(30\) must be divisible by num_heads \(4\)"),
+        (dict(attention="flash"), "attention='flash' is not allowed; choose one of softmax"),
+        (dict(feature_map="cos"), "feature_map='cos' is not allowed"),
+        (dict(num_kv_heads=3, num_heads=2, d_model=16), "multiple of num_kv_heads"),
+        (dict(max_length=0), "max_length must be a positive int, got 0"),
+        (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
+        (dict(positions="alibi"), "positions='alibi' is not allowed"),
+    ],
+)
+def test_bad_configs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**kwargs)
+
+
+def test_bad_model_combinations_and_inputs():
+    with pytest.raises(ValueError, match="linformer' cannot be causal"):
+        DecoderLM(_cfg(attention="linformer"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="feature_map='softmax'.*cannot be causal"):
+        DecoderLM(_cfg(attention="linear", feature_map="softmax"), rngs=nnx.Rngs(0))
+    model = DecoderLM(_cfg(), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="tokens length 30 exceeds max_length=24"):
+        model(_tokens(length=30))
+    with pytest.raises(ValueError, match="num_segments=0"):
+        model(_tokens(), segment_ids=jnp.zeros((2, 10), jnp.int32))
+    bert = Bert(_cfg(attention="linear", num_segments=2), rngs=nnx.Rngs(0))
+    seg = jnp.zeros((2, 10), jnp.int32)
+    with pytest.raises(ValueError, match="needs attention='softmax'"):
+        bert(_tokens(), segment_ids=seg, unilm=True)

@@ -1,0 +1,98 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.ops import decoding
+
+A, B, C, D, EOS = 1, 2, 3, 4, 0
+
+
+def _table_step(table):
+    """step_fn whose next-token log-probs depend only on the last token: table [V, V]."""
+    table = jnp.log(jnp.asarray(table, jnp.float32) + 1e-30)
+
+    def step(token, cache):
+        return table[token], cache + 1
+
+    return step
+
+
+def _exposure_bias_example():
+    """RESEARCH.md section 1: p(a)=.6, p(c)=.4; p(b|a)=.55, p(d|a)=.45, p(b|c)=.1, p(d|c)=.9."""
+    v = 5
+    first = np.zeros(v)
+    first[[A, C]] = [0.6, 0.4]
+    table = np.full((v, v), 0.0)
+    table[A, [B, D]] = [0.55, 0.45]
+    table[C, [B, D]] = [0.1, 0.9]
+    table[B, EOS] = table[D, EOS] = table[EOS, EOS] = 1.0
+    return jnp.log(jnp.asarray(first, jnp.float32) + 1e-30)[None], _table_step(table)
+
+
+@pytest.mark.parametrize(
+    "beam, want, prob", [(1, (A, B), 0.33), (2, (C, D), 0.36), (3, (C, D), 0.36)]
+)
+def test_beam_search_reproduces_the_exposure_bias_example(beam, want, prob):
+    logits, step = _exposure_bias_example()
+    seqs, scores = jax.jit(
+        lambda lg, c: decoding.beam_search(
+            step, lg, c, beam_size=beam, max_new_tokens=2, eos_id=EOS
+        )
+    )(logits, jnp.zeros((1,)))
+    assert tuple(np.asarray(seqs[0, 0])) == want
+    np.testing.assert_allclose(np.exp(scores[0, 0]), prob, rtol=1e-5)
+    assert np.all(np.diff(np.asarray(scores[0])) <= 0)  # best first
+
+
+def test_beam_search_eos_freezes_and_length_penalty():
+    logits, step = _exposure_bias_example()
+    seqs, scores = decoding.beam_search(step, logits, jnp.zeros((1,)), beam_size=2,
+                                        max_new_tokens=4, eos_id=EOS, alpha=0.6)  # fmt: skip
+    best = np.asarray(seqs[0, 0])
+    assert tuple(best[:3]) == (C, D, EOS) and best[3] == 0  # pad after EOS
+    want = np.log(0.36) / ((5 + 3) / 6) ** 0.6
+    np.testing.assert_allclose(scores[0, 0], want, rtol=1e-5)
+
+
+def test_greedy_stops_and_pads():
+    logits, step = _exposure_bias_example()
+    out = decoding.greedy(step, logits, jnp.zeros((1,)), max_new_tokens=5, stop_tokens=(EOS,),
+                          pad_id=9)  # fmt: skip
+    np.testing.assert_array_equal(out[0], [A, B, EOS, 9, 9])
+
+
+def test_filter_logits_top_k_top_p_against_numpy():
+    logits = jnp.log(jnp.array([[0.05, 0.4, 0.3, 0.15, 0.1]]))
+    kept = np.isfinite(np.asarray(decoding.filter_logits(logits, top_k=2)))
+    np.testing.assert_array_equal(kept[0], [0, 1, 1, 0, 0])
+    # Sorted 0.4, 0.3, 0.15, ...: cumulative 0.4, 0.7, 0.85 -> p=0.7 keeps two, p=0.71 three.
+    for p, n in ((0.4, 1), (0.7, 2), (0.71, 3), (1.0, 5)):
+        assert np.isfinite(np.asarray(decoding.filter_logits(logits, top_p=p))).sum() == n
+    np.testing.assert_allclose(decoding.filter_logits(logits, temperature=2.0), logits / 2)
+
+
+def test_sampling_frequencies_follow_the_filtered_distribution():
+    probs = np.array([0.05, 0.4, 0.3, 0.15, 0.1])
+    logits = jnp.log(jnp.asarray(probs, jnp.float32))[None].repeat(4000, 0)
+
+    def step(token, cache):
+        return logits, cache
+
+    out = decoding.sample(step, logits, jnp.zeros((4000,)), jax.random.PRNGKey(0),
+                          max_new_tokens=1, top_p=0.71)  # fmt: skip
+    freq = np.bincount(np.asarray(out[:, 0]), minlength=5) / 4000
+    want = np.array([0, 0.4, 0.3, 0.15, 0]) / 0.85
+    assert np.max(np.abs(freq - want)) < 0.03
+
+
+def test_decoding_bad_arguments():
+    logits, step = _exposure_bias_example()
+    with pytest.raises(ValueError, match="top_p must be in"):
+        decoding.sample(step, logits, 0, jax.random.PRNGKey(0), max_new_tokens=2, top_p=0.0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        decoding.sample(step, logits, 0, jax.random.PRNGKey(0), max_new_tokens=2, temperature=0)
+    with pytest.raises(ValueError, match="beam_size 9 exceeds the vocabulary size 5"):
+        decoding.beam_search(step, logits, jnp.zeros((1,)), beam_size=9, max_new_tokens=2, eos_id=0)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive int"):
+        decoding.greedy(step, logits, 0, max_new_tokens=0)
