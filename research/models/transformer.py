@@ -38,13 +38,12 @@ def _positions(tokens):
     return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
 
 
-def _empty_cache(layers, batch: int, max_length: int, extra=None):
+def _empty_cache(layers, batch: int, max_length: int):
     return {
         "index": jnp.zeros((batch,), jnp.int32),
         "valid": jnp.zeros((batch, max_length), bool),
-        "layers": [{"self": layer.attn.init_cache(batch, max_length), **(extra or {})}
-                   for layer in layers],
-    }  # fmt: skip
+        "layers": [{"self": layer.attn.init_cache(batch, max_length)} for layer in layers],
+    }
 
 
 def _check_cache_length(cfg: ModelConfig, max_length: int, prompt_length: int):
@@ -58,6 +57,22 @@ def _check_cache_length(cfg: ModelConfig, max_length: int, prompt_length: int):
 
 class _Stack(nnx.Module):
     """Shared prefill/decode plumbing over `self.layers`; subclasses define `_logits`."""
+
+    def init_cache(self, batch: int, max_length: int):
+        return _empty_cache(self.layers, batch, max_length)
+
+    def _prefill_prompt(self, tokens, lengths, segment_ids, max_length):
+        """Prompt tokens [B, P], right-padded to `lengths` [B], attend with a key-padding mask
+        (causal layers stay causal, bidirectional ones see the whole prompt)."""
+        _check_inputs(self.cfg, tokens, segment_ids)
+        _check_cache_length(self.cfg, max_length, tokens.shape[1])
+        b, p = tokens.shape
+        lengths = jnp.full((b,), p) if lengths is None else jnp.asarray(lengths)
+        valid = jnp.arange(p)[None, :] < lengths[:, None]
+        positions = _positions(tokens)
+        x = self.embed(tokens, positions, segment_ids)
+        cache = self.init_cache(b, max_length)
+        return self._prefill_layers(x, cache, mask=valid, valid=valid, positions=positions)
 
     def _prefill_layers(self, x, cache, *, mask, valid, positions):
         new_layers = []
@@ -120,23 +135,12 @@ class DecoderLM(_Stack):
     def _logits(self, x):
         return self._head(x if self.final_norm is None else self.final_norm(x))
 
-    def init_cache(self, batch: int, max_length: int):
-        return _empty_cache(self.layers, batch, max_length)
-
     def prefill(self, tokens, *, lengths=None, segment_ids=None, max_length: int):
         """Runs prompts [B, P] (right-padded; `lengths` [B]) in parallel and fills the cache.
 
         Returns the logits for the token after each prompt [B, V] and the cache.
         """
-        _check_inputs(self.cfg, tokens, segment_ids)
-        _check_cache_length(self.cfg, max_length, tokens.shape[1])
-        b, p = tokens.shape
-        lengths = jnp.full((b,), p) if lengths is None else jnp.asarray(lengths)
-        valid = jnp.arange(p)[None, :] < lengths[:, None]
-        positions = _positions(tokens)
-        x = self.embed(tokens, positions, segment_ids)
-        cache = self.init_cache(b, max_length)
-        return self._prefill_layers(x, cache, mask=valid, valid=valid, positions=positions)
+        return self._prefill_prompt(tokens, lengths, segment_ids, max_length)
 
     def decode_step(self, token, cache, *, segment=None):
         """token [B] at position cache["index"] -> (logits [B, V], cache). segment: int or [B]."""
@@ -196,9 +200,6 @@ class Bert(_Stack):
     def _logits(self, x):
         return self.mlm_logits(x if self.final_norm is None else self.final_norm(x))
 
-    def init_cache(self, batch: int, max_length: int):
-        return _empty_cache(self.layers, batch, max_length)
-
     def prefill(self, tokens, *, lengths=None, segment_ids=None, max_length: int):
         """UniLM: encodes the source tokens [B, P] (segment 0, bidirectional) into the cache.
 
@@ -207,15 +208,7 @@ class Bert(_Stack):
         """
         if not self.cfg.mlm_head:
             raise ValueError("decoding with Bert needs mlm_head=True")
-        _check_inputs(self.cfg, tokens, segment_ids)
-        _check_cache_length(self.cfg, max_length, tokens.shape[1])
-        b, p = tokens.shape
-        lengths = jnp.full((b,), p) if lengths is None else jnp.asarray(lengths)
-        valid = jnp.arange(p)[None, :] < lengths[:, None]
-        positions = _positions(tokens)
-        x = self.embed(tokens, positions, segment_ids)
-        cache = self.init_cache(b, max_length)
-        return self._prefill_layers(x, cache, mask=valid, valid=valid, positions=positions)
+        return self._prefill_prompt(tokens, lengths, segment_ids, max_length)
 
     def decode_step(self, token, cache, *, segment=1):
         return self._decode_layers(token, cache, segment)

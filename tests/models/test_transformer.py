@@ -188,3 +188,15 @@ def test_bad_model_combinations_and_inputs():
     seg = jnp.zeros((2, 10), jnp.int32)
     with pytest.raises(ValueError, match="needs attention='softmax'"):
         bert(_tokens(), segment_ids=seg, unilm=True)
+
+
+def test_dropout_is_active_in_train_mode_only():
+    model = DecoderLM(_cfg(dropout=0.3), rngs=nnx.Rngs(0, dropout=1))
+    toks = _tokens()
+    model.eval()
+    _assert_close(model(toks), model(toks), atol=0)
+    model.train()
+    a, b = model(toks), model(toks)
+    assert not np.allclose(a, b)  # fresh dropout masks each call
+    model.eval()
+    _assert_close(model(toks), DecoderLM(_cfg(dropout=0.0), rngs=nnx.Rngs(0, dropout=1))(toks))
