@@ -2,6 +2,11 @@ import os
 
 # Tests run on CPU with fp32 matmuls at full precision, the reference for every tolerance here.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Eight fake CPU devices for the sharding tests; single-device code simply runs on device 0.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
 
 import jax  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402

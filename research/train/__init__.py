@@ -1,0 +1,1 @@
+"""Training system: mesh and sharding rules, optimizer, steps, checkpoints, the loop."""

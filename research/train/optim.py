@@ -1,0 +1,41 @@
+"""AdamW with warmup + cosine/linear decay, global-norm clipping, no decay on norms and biases."""
+
+import jax
+import optax
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def learning_rate_schedule(*, peak: float, warmup_steps: int, total_steps: int, kind: str):
+    """Linear warmup 0 -> `peak` over `warmup_steps`, then `kind` decay to 0 at `total_steps`."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; allowed: {', '.join(SCHEDULES)}")
+    warmup = optax.linear_schedule(0.0, peak, max(warmup_steps, 1))
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if kind == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps)
+    elif kind == "linear":
+        decay = optax.linear_schedule(peak, 0.0, decay_steps)
+    else:
+        decay = optax.constant_schedule(peak)
+    return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def decay_mask(params):
+    """Weight decay on matrices only: norms' scales and all biases are 1-D and are not decayed."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+    """cfg: learning_rate, warmup_steps, num_train_steps, schedule, weight_decay, grad_clip,
+    adam_b1, adam_b2, adam_eps (see configs/)."""
+    schedule = learning_rate_schedule(
+        peak=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        total_steps=cfg.num_train_steps,
+        kind=cfg.schedule,
+    )
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+    parts.append(optax.adamw(schedule, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
+                             weight_decay=cfg.weight_decay, mask=decay_mask))  # fmt: skip
+    return optax.chain(*parts)

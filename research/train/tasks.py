@@ -1,0 +1,17 @@
+"""Task losses: loss_fn(model, batch) -> (loss_sum, weight_sum, {metric: sum})."""
+
+import jax.numpy as jnp
+
+from research import ops
+
+
+def lm_loss(model, batch: dict):
+    """Next-token LM. batch: inputs, targets [B, L] int, weights [B, L] float (0 = padding),
+    optional segment_ids [B, L]. Metrics: correct (weighted count of argmax hits)."""
+    logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
+    loss_sum, weight_sum = ops.cross_entropy(logits, batch["targets"], mask=batch["weights"])
+    hits = (jnp.argmax(logits, axis=-1) == batch["targets"]) * batch["weights"]
+    return loss_sum, weight_sum, {"correct": jnp.sum(hits)}
+
+
+TASKS = {"lm": lm_loss}
