@@ -26,13 +26,13 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
-    """cfg: learning_rate, warmup_steps, num_train_steps, schedule, weight_decay, grad_clip,
+def make_optimizer(cfg, num_train_steps: int) -> optax.GradientTransformation:
+    """cfg: learning_rate, warmup_steps, schedule, weight_decay, grad_clip,
     adam_b1, adam_b2, adam_eps (see configs/)."""
     schedule = learning_rate_schedule(
         peak=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps,
-        total_steps=cfg.num_train_steps,
+        total_steps=num_train_steps,
         kind=cfg.schedule,
     )
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []

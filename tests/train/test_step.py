@@ -29,7 +29,7 @@ def _batches(n=5, b=16, length=12):
 def _run(mesh_shape=None, kind="jit", accum=1):
     model = DecoderLM(CFG, rngs=nnx.Rngs(params=0, dropout=1))
     model_def, params, consts = step.split_model(model)
-    opt = optim.make_optimizer(OPT)
+    opt = optim.make_optimizer(OPT, 5)
     devices = jax.devices() if mesh_shape else jax.devices()[:1]
     mesh = sharding.make_mesh(mesh_shape or {"data": 1}, devices)
     if kind == "shard_map":

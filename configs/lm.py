@@ -1,0 +1,38 @@
+"""GPT-style LM on the Python standard library's own source code (present on every machine).
+
+    python -m research.main --config=configs/lm.py --workdir=/tmp/seqlab/lm
+    python -m research.main --config=configs/lm.py:smoke --workdir=/tmp/seqlab/lm_smoke
+    python -m research.main --config=configs/lm.py --workdir=/tmp/seqlab/lm_linear \
+        --config.model.attention=linear --config.model.feature_map=taylor
+    ./launch/multiprocess_cpu.sh 2 --config=configs/lm.py:smoke --workdir=/tmp/seqlab/lm_mp
+
+Other data: --config.data.source=tfds:tiny_shakespeare (catalog, needs internet once) or
+--config.data.source=text:/path/to/corpus.txt (one document per file line block).
+"""
+
+from ml_collections import ConfigDict
+
+from configs import common
+
+
+def get_config(preset: str = "") -> ConfigDict:
+    c = common.base_config()
+    c.task = "lm"
+    c.data.source = "stdlib_code"  # stdlib_code | tfds:NAME | text:PATH | jsonl:PATH
+    c.data.seq_len = 256
+    c.data.vocab_size = 8192  # sentencepiece pieces, trained on the train split on first use
+    c.data.small = False  # stdlib_code: first 60 files only (seconds to build)
+    c.model.update(d_model=256, num_heads=4, num_layers=4, d_ff=1024, positions="rotary",
+                   attention="softmax")  # fmt: skip
+    c.update(batch_size=16, num_train_steps=5000, eval_every_steps=500, eval_steps=20,
+             checkpoint_every_steps=500, log_every_steps=50)  # fmt: skip
+    c.optimizer.update(learning_rate=1e-3, warmup_steps=200)
+    if preset == "smoke":
+        c.data.update(seq_len=32, vocab_size=384, small=True)
+        c.model.update(d_model=32, num_heads=2, num_layers=2, d_ff=64)
+        c.update(batch_size=8, num_train_steps=12, eval_every_steps=6, eval_steps=2,
+                 checkpoint_every_steps=4, log_every_steps=1)  # fmt: skip
+        c.optimizer.update(learning_rate=3e-3, warmup_steps=2)
+    elif preset:
+        raise ValueError(f"unknown preset {preset!r} for configs/lm.py; allowed: smoke")
+    return c

@@ -1,0 +1,170 @@
+"""tfds builders for data made on this machine (no download), written as array_record.
+
+Read them with `tfds.data_source(NAME, data_dir=...)` or `builder.as_data_source(split)`; neither
+building nor reading needs TensorFlow.
+  stdlib_code  the .py sources of the running interpreter's standard library (real text).
+  mqar         multi-query associative recall (Zoology; Arora et al. 2023), RESEARCH.md section 4.
+  seq2seq_synthetic  copy / reverse / sort / addition digit tasks for exposure-bias studies.
+"""
+
+import dataclasses
+import hashlib
+import pathlib
+import sys
+import sysconfig
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+# ----------------------------------------------------------------------------------------------
+# Standard-library code corpus
+# ----------------------------------------------------------------------------------------------
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+
+
+def stdlib_files(root: str | None = None) -> list[pathlib.Path]:
+    """Sorted .py files of the standard library (site-packages and test suites excluded)."""
+    root = pathlib.Path(root or sysconfig.get_paths()["stdlib"])
+    skip = ("site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__")
+    return sorted(p for p in root.rglob("*.py") if not set(p.relative_to(root).parts) & set(skip))
+
+
+def split_of(relative_path: str, validation_percent: int) -> str:
+    """Deterministic split by a hash of the path, the same on every machine and run."""
+    bucket = int(hashlib.sha256(relative_path.encode()).hexdigest(), 16) % 100
+    return "validation" if bucket < validation_percent else "train"
+
+
+@dataclasses.dataclass
+class StdlibCodeConfig(tfds.core.BuilderConfig):
+    python_version: str = PYTHON_VERSION  # the corpus is this interpreter's stdlib
+    validation_percent: int = 5
+    max_files: int = 0  # 0 = all files; tests use a few
+
+
+class StdlibCode(tfds.core.GeneratorBasedBuilder):
+    """Python standard-library sources, one example per file: {path, text}."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [
+        StdlibCodeConfig(name=f"py{PYTHON_VERSION}"),
+        StdlibCodeConfig(name=f"py{PYTHON_VERSION}-small", max_files=60, validation_percent=10),
+    ]
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            description=f"Python {self.builder_config.python_version} standard library .py files",
+            features=tfds.features.FeaturesDict(
+                {"path": tfds.features.Text(), "text": tfds.features.Text()}
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        cfg = self.builder_config
+        if cfg.python_version != PYTHON_VERSION:
+            raise ValueError(
+                f"config {cfg.name} is for Python {cfg.python_version}; this is {PYTHON_VERSION}"
+            )
+        root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+        files = stdlib_files(str(root))
+        if cfg.max_files:
+            files = files[: cfg.max_files]
+        by_split = {"train": [], "validation": []}
+        for p in files:
+            rel = str(p.relative_to(root))
+            by_split[split_of(rel, cfg.validation_percent)].append((rel, p))
+        return {name: self._generate_examples(items) for name, items in by_split.items()}
+
+    def _generate_examples(self, items):
+        for rel, path in items:
+            yield rel, {"path": rel, "text": path.read_text(encoding="utf-8", errors="replace")}
+
+
+# ----------------------------------------------------------------------------------------------
+# MQAR
+# ----------------------------------------------------------------------------------------------
+def mqar_example(rng: np.random.Generator, *, vocab_size: int, seq_len: int, num_kv_pairs: int):
+    """One MQAR sequence (Zoology, Arora et al. 2023).
+
+    Keys from [1, V/2), values from [V/2, V); the sequence starts k1 v1 ... kn vn, then each key
+    is queried once at a random later position; the label at a query is its value; every other
+    label is ignored (weight 0). Filler tokens are 0. Needs 4 * num_kv_pairs <= seq_len.
+    Returns inputs [L], targets [L] (next-token labels), weights [L].
+    """
+    half = vocab_size // 2
+    keys = rng.choice(np.arange(1, half), size=num_kv_pairs, replace=False)
+    values = rng.choice(np.arange(half, vocab_size), size=num_kv_pairs, replace=True)
+    seq = np.zeros(seq_len + 1, np.int32)
+    seq[0 : 2 * num_kv_pairs : 2], seq[1 : 2 * num_kv_pairs : 2] = keys, values
+    # Query slots are pairs (key, value) after the context; value positions get the labels.
+    slots = rng.choice(np.arange(2 * num_kv_pairs, seq_len, 2) // 2, num_kv_pairs, replace=False)
+    order = rng.permutation(num_kv_pairs)
+    pos = 2 * np.sort(slots)
+    seq[pos], seq[pos + 1] = keys[order], values[order]
+    weights = np.zeros(seq_len, np.float32)
+    weights[pos] = 1.0  # predicting seq[pos + 1] (the value) from the query key at pos
+    return {"inputs": seq[:-1], "targets": seq[1:], "weights": weights}
+
+
+@dataclasses.dataclass
+class MqarConfig(tfds.core.BuilderConfig):
+    vocab_size: int = 8192
+    seq_len: int = 256
+    num_kv_pairs: int = 16
+    train_examples: int = 20_000
+    test_examples: int = 1_000
+    seed: int = 0
+
+
+def mqar_config(vocab_size=8192, seq_len=256, num_kv_pairs=16, train_examples=20_000,
+                test_examples=1_000, seed=0) -> MqarConfig:  # fmt: skip
+    if 4 * num_kv_pairs > seq_len:
+        raise ValueError(f"MQAR needs 4 * num_kv_pairs <= seq_len, got {num_kv_pairs}, {seq_len}")
+    if num_kv_pairs >= vocab_size // 2 - 1:
+        raise ValueError(f"num_kv_pairs {num_kv_pairs} needs vocab_size > {2 * num_kv_pairs + 2}")
+    name = f"v{vocab_size}_l{seq_len}_kv{num_kv_pairs}_n{train_examples}_s{seed}"
+    return MqarConfig(
+        name=name,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        num_kv_pairs=num_kv_pairs,
+        train_examples=train_examples,
+        test_examples=test_examples,
+        seed=seed,
+    )
+
+
+class Mqar(tfds.core.GeneratorBasedBuilder):
+    """Multi-query associative recall; pass `config=mqar_config(...)`."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [mqar_config()]
+
+    def _info(self):
+        n = self.builder_config.seq_len
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "inputs": tfds.features.Tensor(shape=(n,), dtype=np.int32),
+                "targets": tfds.features.Tensor(shape=(n,), dtype=np.int32),
+                "weights": tfds.features.Tensor(shape=(n,), dtype=np.float32),
+            })
+        )  # fmt: skip
+
+    def _split_generators(self, dl_manager):
+        c = self.builder_config
+        return {"train": self._generate_examples(c.train_examples, 0),
+                "test": self._generate_examples(c.test_examples, 1)}  # fmt: skip
+
+    def _generate_examples(self, n, stream):
+        c = self.builder_config
+        rng = np.random.default_rng([c.seed, stream])
+        for i in range(n):
+            yield i, mqar_example(rng, vocab_size=c.vocab_size, seq_len=c.seq_len,
+                                  num_kv_pairs=c.num_kv_pairs)  # fmt: skip
+
+
+def build(builder_cls, data_dir: str, config=None):
+    """Builds (once) and returns the builder; later calls reuse the files in data_dir."""
+    builder = builder_cls(data_dir=data_dir, config=config, file_format="array_record")
+    builder.download_and_prepare()
+    return builder

@@ -1,0 +1,96 @@
+"""Config -> (train records, eval records, tokenizer) for text tasks.
+
+data.source: "stdlib_code" (built here, no download), "tfds:NAME" (catalog; downloads once, needs
+internet; builders that need TensorFlow need the `tf` extra), "text:PATH" (a local text file,
+documents separated by blank lines), "jsonl:PATH" (one {"text": ...} object a line).
+Dataset building and tokenizer training happen on process 0 while the others wait.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+
+import jax
+from jax.experimental import multihost_utils
+
+from research.data import DataError, builders, tokenizer
+
+
+def _on_process_0_then_all(name: str, fn):
+    if jax.process_index() == 0:
+        fn()
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _local_documents(path: str, kind: str) -> list[dict]:
+    p = pathlib.Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data.source={kind}:{path}: no such file")
+    if kind == "text":
+        docs = [d.strip() for d in re.split(r"\n\s*\n", p.read_text(encoding="utf-8"))]
+        return [{"text": d} for d in docs if d]
+    docs = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            record = json.loads(line)
+            if "text" not in record:
+                raise DataError(f"{path}:{i + 1}: a jsonl record needs a 'text' field")
+            docs.append({"text": record["text"]})
+    return docs
+
+
+def _split_documents(docs):
+    """Deterministic 95/5 train/eval split by a hash of the text."""
+    train, evaluation = [], []
+    for d in docs:
+        h = int(hashlib.sha256(d["text"].encode()).hexdigest(), 16) % 100
+        (evaluation if h < 5 else train).append(d)
+    if not train or not evaluation:
+        raise DataError(
+            f"need documents in both splits, got {len(train)} train, {len(evaluation)} eval"
+        )
+    return train, evaluation
+
+
+def text_sources(c):
+    """Returns (train records, eval records, sentencepiece processor) for config `c`."""
+    data_dir = pathlib.Path(os.path.expanduser(c.data.data_dir))
+    source = c.data.source
+    if source == "stdlib_code":
+        name = f"py{builders.PYTHON_VERSION}" + ("-small" if c.data.small else "")
+        _on_process_0_then_all(
+            "build:stdlib", lambda: builders.build(builders.StdlibCode, str(data_dir), name)
+        )
+        builder = builders.StdlibCode(
+            data_dir=str(data_dir), config=name, file_format="array_record"
+        )
+        train, evaluation = builder.as_data_source("train"), builder.as_data_source("validation")
+    elif source.startswith("tfds:"):
+        import tensorflow_datasets as tfds
+
+        name = source.removeprefix("tfds:")
+
+        def load(download):
+            ds = tfds.data_source(name, data_dir=str(data_dir), download=download)
+            return ds["train"], ds.get("validation", ds.get("test"))
+
+        _on_process_0_then_all(f"build:{name}", lambda: load(True))
+        train, evaluation = load(False)
+    elif source.startswith(("text:", "jsonl:")):
+        kind, path = source.split(":", 1)
+        train, evaluation = _split_documents(_local_documents(path, kind))
+    else:
+        raise DataError(
+            f"data.source={source!r}: use stdlib_code, tfds:NAME, text:PATH or jsonl:PATH"
+        )
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source)
+    if source == "stdlib_code" and c.data.small:
+        slug += "-small"
+    model_path = data_dir / "tokenizers" / f"{slug}-{c.data.vocab_size}.model"
+    tok = tokenizer.train_or_load(
+        lambda: (r["text"] for r in train), str(model_path), vocab_size=c.data.vocab_size
+    )
+    return train, evaluation, tok

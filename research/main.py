@@ -1,0 +1,72 @@
+"""Entry point, intentionally short: parse flags, check the config, start processes, run the loop.
+
+    python -m research.main --config=configs/NAME.py[:PRESET] --workdir=DIR [--config.key=value]
+
+Re-running with the same --workdir resumes from its newest readable checkpoint. Exit codes:
+0 done or preempted (SIGTERM: saved, then stopped), 1 non-finite loss, 2 bad flags or config.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory; reusing it resumes the run")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "multi-process: host:port of process 0"
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "multi-process: number of processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "multi-process: this process's index")
+
+
+def _fail(message: str, code: int = 2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def main(argv):
+    from research.data import DataError
+    from research.train import distributed, loop
+    from research.train.config import ConfigError, validate
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax/grain INFO lines would bury the progress bar
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; use --config.key=value to override config keys")
+    if _CONFIG.value is None or not _WORKDIR.value:
+        _fail("both --config=configs/NAME.py[:PRESET] and --workdir=DIR are required")
+    config = _CONFIG.value
+    try:
+        validate(config)
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        summary = loop.train_and_evaluate(config, _WORKDIR.value)
+    except (ConfigError, DataError) as e:
+        _fail(str(e))
+    except loop.NonFiniteLoss as e:
+        _fail(str(e), code=1)
+    import jax
+
+    if jax.process_index() == 0:
+        ev = summary.eval
+        state = "preempted: saved and stopped" if summary.preempted else "done"
+        nan = float("nan")
+        print(
+            f"{state} at step {summary.last_step} ({summary.steps_run} steps this run, resumed "
+            f"from {summary.resumed_from}); train loss {summary.final_train_loss:.4f}; "
+            f"eval loss {ev.get('loss', nan):.4f}, accuracy {ev.get('accuracy', nan):.4f}, "
+            f"perplexity {ev.get('perplexity', nan):.2f}; {summary.tokens_per_second:,.0f} tokens/s"
+        )
+    logging.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

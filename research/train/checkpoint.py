@@ -1,0 +1,74 @@
+"""Orbax checkpoints: train state, grain iterator state and config, saved together and async.
+
+Layout (MaxText's habit): one CheckpointManager, items "state" (the TrainState pytree), "data"
+(the grain iterator, one file per process) and "config" (JSON). Restoring walks back from the
+newest step, so an unreadable latest checkpoint costs a warning, not the run.
+"""
+
+import logging
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class Checkpointer:
+    def __init__(self, directory, *, every: int, keep: int):
+        self.directory = epath.Path(directory)
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=True,
+            create=True, cleanup_tmp_directories=True,
+        )  # fmt: skip
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler(),
+            },
+        )
+
+    def save(self, step: int, state, data_iterator, config: dict, *, force: bool = False) -> bool:
+        """Starts an async save when `step` is due (or `force`); returns whether it saved."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(config),
+        )
+        return self.manager.save(step, args=args, force=force)
+
+    def restore_latest(self, abstract_state, data_iterator):
+        """(state, step) from the newest readable checkpoint, or (None, 0) when there is none.
+
+        `abstract_state`: ShapeDtypeStructs with shardings, so arrays come back already placed.
+        The data iterator's state is restored in place.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        data=grain.checkpoint.CheckpointRestore(data_iterator),
+                    ),
+                )
+                return restored.state, step
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back
+                logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying an older one",
+                                step, self.directory, type(e).__name__, str(e)[:200])  # fmt: skip
+        return None, 0
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()
+
+
+def abstract(state):
+    """ShapeDtypeStructs (with shardings) describing a state pytree, for restore targets."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )

@@ -1,0 +1,65 @@
+"""Checks a training config before anything is built or compiled: one clear line per mistake."""
+
+import dataclasses
+
+from research.models import ModelConfig
+from research.train import optim, sharding, tasks
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config; `research.main` prints it on one line and exits 2."""
+
+
+def _positive(c, key):
+    value = c[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key}={value!r}: must be a positive int")
+
+
+def validate(c) -> None:
+    counts = ("batch_size", "accum_steps", "num_train_steps", "log_every_steps", "eval_every_steps",
+              "eval_steps", "checkpoint_every_steps", "keep_checkpoints")  # fmt: skip
+    for key in counts:
+        _positive(c, key)
+    if c.task not in tasks.TASKS:
+        raise ConfigError(f"task={c.task!r}: allowed {', '.join(tasks.TASKS)}")
+    if c.batch_size % c.accum_steps:
+        raise ConfigError(
+            f"batch_size={c.batch_size} is not divisible by accum_steps={c.accum_steps}"
+        )
+    o = c.optimizer
+    if not o.learning_rate > 0:
+        raise ConfigError(f"optimizer.learning_rate={o.learning_rate!r}: must be > 0")
+    if o.schedule not in optim.SCHEDULES:
+        raise ConfigError(
+            f"optimizer.schedule={o.schedule!r}: allowed {', '.join(optim.SCHEDULES)}"
+        )
+    if o.warmup_steps < 0 or o.weight_decay < 0 or o.grad_clip < 0:
+        raise ConfigError("optimizer.warmup_steps, weight_decay and grad_clip must be >= 0")
+    try:
+        sharding.resolve_mesh_shape(dict(c.mesh), _device_count())
+    except ValueError as e:
+        raise ConfigError(f"mesh: {e}") from None
+    if c.data.seq_len < 2:
+        raise ConfigError(f"data.seq_len={c.data.seq_len}: must be >= 2")
+    model_config(c, vocab_size=max(c.data.vocab_size, 2), max_length=c.data.seq_len)
+
+
+def _device_count() -> int:
+    import jax
+
+    return jax.device_count()
+
+
+def model_config(c, *, vocab_size: int, max_length: int) -> ModelConfig:
+    """ModelConfig from config.model (+ sizes from the data); errors name the model.* key."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    kwargs = {k: v for k, v in c.model.items() if k in fields}
+    unknown = set(c.model.keys()) - fields
+    if unknown:
+        raise ConfigError(f"model: unknown keys {sorted(unknown)}")
+    kwargs["num_kv_heads"] = kwargs.get("num_kv_heads") or None
+    try:
+        return ModelConfig(**kwargs, vocab_size=vocab_size, max_length=max_length)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None

@@ -1,0 +1,28 @@
+"""Multi-process start-up: explicit coordinator, SLURM, Cloud TPU, or a single process (no-op)."""
+
+import os
+
+import jax
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1):
+    """Calls `jax.distributed.initialize` when this is a multi-process run.
+
+    Explicit arguments (or SEQLAB_COORDINATOR / SEQLAB_NUM_PROCESSES / SEQLAB_PROCESS_ID) win;
+    otherwise SLURM with more than one task, or a multi-host Cloud TPU, is auto-detected by JAX.
+    On CPU, cross-process collectives use gloo.
+    """
+    coordinator_address = coordinator_address or os.environ.get("SEQLAB_COORDINATOR", "")
+    num_processes = num_processes or int(os.environ.get("SEQLAB_NUM_PROCESSES", "0"))
+    if process_id < 0:
+        process_id = int(os.environ.get("SEQLAB_PROCESS_ID", "-1"))
+    if coordinator_address:
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise ValueError(
+                f"with coordinator {coordinator_address!r}, need num_processes >= 1 and "
+                f"0 <= process_id < num_processes, got {num_processes} and {process_id}"
+            )
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
+        jax.distributed.initialize()  # JAX reads the cluster from SLURM / the TPU metadata

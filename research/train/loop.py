@@ -1,0 +1,144 @@
+"""The training loop, top to bottom: build -> restore -> train/eval/checkpoint -> summary."""
+
+import dataclasses
+import math
+import signal
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from research.data import DataError, pipeline, sources
+from research.models import DecoderLM
+from research.train import checkpoint, metrics, optim, sharding, step, tasks
+from research.train.config import model_config
+
+TASK_MODELS = {"lm": DecoderLM}
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Summary:
+    steps_run: int
+    last_step: int
+    final_train_loss: float
+    eval: dict
+    tokens_per_second: float
+    preempted: bool = False
+    resumed_from: int = 0
+
+
+class _Preemption:
+    """SIGTERM sets a flag; every process stops at the same step (the flag is all-reduced)."""
+
+    def __init__(self):
+        self.flag = False
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.flag = True
+
+    def reached(self) -> bool:
+        if jax.process_count() == 1:
+            return self.flag
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(self.flag))))
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+def _evaluate(eval_step, state, eval_source, tok, c, batch_sharding) -> dict:
+    ds = pipeline.lm_dataset(eval_source, tok, seq_len=c.data.seq_len, batch_size=c.batch_size,
+                             seed=c.seed, train=False)  # fmt: skip
+    totals = None
+    for i, local in enumerate(ds):
+        if i >= c.eval_steps:
+            break
+        sums = jax.device_get(eval_step(state, pipeline.global_batch(local, batch_sharding)))
+        totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+    if totals is None:
+        raise DataError("the eval split is too small for one batch; lower batch_size or seq_len")
+    return metrics.summarize(totals)
+
+
+def train_and_evaluate(c, workdir: str) -> Summary:
+    # ---- data and model --------------------------------------------------------------------
+    mesh = sharding.make_mesh(dict(c.mesh))
+    train_source, eval_source, tok = sources.text_sources(c)
+    mcfg = model_config(c, vocab_size=tok.vocab_size(), max_length=c.data.seq_len)
+    model = TASK_MODELS[c.task](mcfg, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
+    model_def, params, consts = step.split_model(model)
+    opt = optim.make_optimizer(c.optimizer, c.num_train_steps)
+    shardings = step.state_shardings(opt, params, consts, mesh)
+    state = step.init_state(opt, params, consts, c.seed, shardings)
+    del model, params
+    train_data = pipeline.lm_dataset(
+        train_source, tok, seq_len=c.data.seq_len, batch_size=c.batch_size, seed=c.seed, train=True
+    )
+    train_iter = iter(train_data)
+
+    # ---- resume ----------------------------------------------------------------------------
+    ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", every=c.checkpoint_every_steps,
+                                   keep=c.keep_checkpoints)  # fmt: skip
+    restored, start = ckpt.restore_latest(checkpoint.abstract(state), train_iter)
+    if restored is not None:
+        state = restored
+        if jax.process_index() == 0:
+            print(f"resumed from step {start} in {workdir}", flush=True)
+
+    # ---- compiled steps --------------------------------------------------------------------
+    loss_fn = tasks.TASKS[c.task]
+    train_step = step.make_train_step(model_def, opt, loss_fn, mesh=mesh, shardings=shardings,
+                                      accum_steps=c.accum_steps)  # fmt: skip
+    eval_step = step.make_eval_step(model_def, loss_fn, mesh=mesh, shardings=shardings)
+    batch_sharding = sharding.batch_sharding(mesh)
+    writer = metrics.MetricWriter(workdir)
+    preemption = _Preemption()
+    config_json = c.to_dict()
+
+    # ---- train -----------------------------------------------------------------------------
+    bar = tqdm(total=c.num_train_steps, initial=start, disable=jax.process_index() != 0,
+               desc="train", unit="step", dynamic_ncols=True)  # fmt: skip
+    window, t0, tokens, steps_run = None, time.perf_counter(), 0.0, 0
+    last_loss, eval_result, preempted, s = float("nan"), {}, False, start
+    try:
+        for s in range(start + 1, c.num_train_steps + 1):
+            batch = pipeline.global_batch(next(train_iter), batch_sharding)
+            state, sums = train_step(state, batch)
+            sums = jax.device_get(sums)
+            last_loss = float(sums["loss_sum"]) / max(float(sums["weight_sum"]), 1.0)
+            if not math.isfinite(last_loss):
+                # Stop before this state can reach a checkpoint.
+                raise NonFiniteLoss(f"non-finite train loss ({last_loss}) at step {s}; "
+                                    "stopping without saving this step's state")  # fmt: skip
+            steps_run += 1
+            tokens += float(sums["weight_sum"])
+            window = sums if window is None else {k: window[k] + sums[k] for k in sums}
+            rate = tokens / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{rate:,.0f}")
+            if s % c.log_every_steps == 0:
+                writer.write(s, "train", {**metrics.summarize(window), "tokens_per_second": rate})
+                window = None
+            if s % c.eval_every_steps == 0 or s == c.num_train_steps:
+                eval_result = _evaluate(eval_step, state, eval_source, tok, c, batch_sharding)
+                writer.write(s, "eval", eval_result)
+            ckpt.save(s, state, train_iter, config_json, force=s == c.num_train_steps)
+            if preemption.reached():
+                ckpt.save(s, state, train_iter, config_json, force=True)
+                preempted = True
+                break
+    finally:
+        bar.close()
+        ckpt.wait()  # pending async saves complete even when a step fails
+        ckpt.close()
+        writer.close()
+        preemption.restore()
+    return Summary(steps_run, s, last_loss, eval_result,
+                   tokens / max(time.perf_counter() - t0, 1e-9), preempted, start)  # fmt: skip

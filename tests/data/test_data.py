@@ -1,0 +1,89 @@
+import sys
+
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from research.data import DataError, builders, pipeline, sources, tokenizer
+
+
+@pytest.mark.parametrize("kv, length", [(4, 32), (16, 64), (8, 256)])
+def test_mqar_examples_follow_the_zoology_definition(kv, length):
+    rng = np.random.default_rng(kv)
+    v = 128
+    ex = builders.mqar_example(rng, vocab_size=v, seq_len=length, num_kv_pairs=kv)
+    seq = np.concatenate([ex["inputs"], ex["targets"][-1:]])
+    keys, values = seq[0 : 2 * kv : 2], seq[1 : 2 * kv : 2]
+    assert np.all((1 <= keys) & (keys < v // 2)) and len(set(keys)) == kv
+    assert np.all((v // 2 <= values) & (values < v))
+    pos = np.flatnonzero(ex["weights"])
+    assert len(pos) == kv and np.all(pos >= 2 * kv)
+    lookup = dict(zip(keys.tolist(), values.tolist(), strict=True))
+    assert sorted(ex["inputs"][pos].tolist()) == sorted(keys.tolist())  # each key queried once
+    for p in pos:  # the label at a query is that key's value
+        assert ex["targets"][p] == lookup[int(ex["inputs"][p])]
+    with pytest.raises(ValueError, match="4 \\* num_kv_pairs <= seq_len"):
+        builders.mqar_config(seq_len=16, num_kv_pairs=8)
+
+
+def test_builders_write_array_record_without_tensorflow(tmp_path):
+    cfg = builders.mqar_config(vocab_size=64, seq_len=32, num_kv_pairs=4, train_examples=50,
+                               test_examples=5)  # fmt: skip
+    b = builders.build(builders.Mqar, str(tmp_path), cfg)
+    assert list(tmp_path.rglob("*.array_record*"))
+    train = b.as_data_source("train")
+    assert len(train) == 50 and train[0]["inputs"].shape == (32,)
+    code = builders.build(builders.StdlibCode, str(tmp_path), f"py{builders.PYTHON_VERSION}-small")
+    n = code.info.splits["train"].num_examples + code.info.splits["validation"].num_examples
+    assert n == 60
+    assert "tensorflow" not in sys.modules
+
+
+def test_stdlib_split_is_deterministic_by_path():
+    files = builders.stdlib_files()
+    assert len(files) > 400
+    splits = [builders.split_of(str(p), 5) for p in files]
+    assert splits == [builders.split_of(str(p), 5) for p in files]
+    share = splits.count("validation") / len(splits)
+    assert 0.02 < share < 0.09
+
+
+def test_text_source_tokenizer_is_trained_once_and_reused(tmp_path):
+    docs = [f"def f{i}(x):\n    return x * {i} + {i * i}\n" for i in range(400)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(docs))
+    c = ConfigDict(dict(data=dict(source=f"text:{path}", data_dir=str(tmp_path / "d"),
+                                  vocab_size=300, small=False)))  # fmt: skip
+    train, evaluation, tok = sources.text_sources(c)
+    assert len(train) + len(evaluation) == 400 and len(evaluation) > 0
+    model = next((tmp_path / "d" / "tokenizers").glob("*.model"))
+    mtime = model.stat().st_mtime_ns
+    _, _, tok2 = sources.text_sources(c)
+    assert model.stat().st_mtime_ns == mtime  # reused, not retrained
+    s = "def f3(x):\n    return x * 3 + 9\n"
+    assert tok2.decode(tok.encode(s)) == s  # lossless on code, whitespace included
+    assert tok.piece_to_id("\n") not in (tokenizer.UNK_ID,)
+
+
+def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
+    docs = [{"text": f"x = {i}\n" * (i % 7 + 1)} for i in range(300)]
+    tok = tokenizer.train_or_load(lambda: (d["text"] for d in docs), str(tmp_path / "t.model"),
+                                  vocab_size=320)  # fmt: skip
+    ds = pipeline.lm_dataset(docs, tok, seq_len=16, batch_size=4, seed=3, train=True)
+    it = iter(ds)
+    first = next(it)
+    assert first["inputs"].shape == (4, 16) and first["weights"].dtype == np.float32
+    np.testing.assert_array_equal(first["inputs"][:, 1:], first["targets"][:, :-1])
+    state = it.get_state()
+    want = [next(it) for _ in range(3)]
+    again = iter(ds)
+    again.set_state(state)
+    for a, b in zip(want, [next(again) for _ in range(3)], strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    with pytest.raises(DataError, match=r"data.vocab_size=100 is too small .* at least \d+"):
+        tokenizer.train_or_load(lambda: (d["text"] for d in docs), str(tmp_path / "u.model"),
+                                vocab_size=100)  # fmt: skip
+    other_seed = next(iter(pipeline.lm_dataset(docs, tok, seq_len=16, batch_size=4, seed=4,
+                                               train=True)))  # fmt: skip
+    assert not np.array_equal(other_seed["inputs"], first["inputs"])

@@ -1,0 +1,155 @@
+"""The training CLI end to end: smoke, resume, preemption, corrupt checkpoint, NaN, bad config."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _env():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _cmd(workdir, data_dir, *overrides, config="configs/lm.py:smoke"):
+    return [sys.executable, "-m", "research.main", f"--config={config}", f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}", *overrides]  # fmt: skip
+
+
+def _run(*args, **kw):
+    return subprocess.run(_cmd(*args, **kw), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+def _train_losses(workdir) -> dict[int, float]:
+    """step -> loss; a step re-run after a restart appears twice, the last line wins."""
+    losses = {}
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["split"] == "train":
+            losses[row["step"]] = row["loss"]
+    return losses
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """An uninterrupted 24-step smoke run."""
+    wd = tmp_path_factory.mktemp("reference")
+    r = _run(wd, data_dir, "--config.num_train_steps=24")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return wd, r
+
+
+def test_smoke_run_writes_metrics_checkpoints_and_summary(reference):
+    wd, r = reference
+    rows = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in rows if x["split"] == "train"]
+    evals = [x for x in rows if x["split"] == "eval"]
+    assert [x["step"] for x in train] == list(range(1, 25))
+    assert [x["step"] for x in evals] == [6, 12, 18, 24]
+    assert train[-1]["loss"] < train[0]["loss"]  # it learns
+    assert all({"step", "split", "loss"} <= x.keys() for x in rows)
+    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [
+        16, 20, 24]  # every 4 steps, newest 3 kept  # fmt: skip
+    assert list((wd / "tensorboard").glob("events.out.tfevents.*"))
+    assert "done at step 24" in r.stdout and "tokens/s" in r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_exact_resume_after_sigkill(reference, data_dir, tmp_path):
+    ref_losses = _train_losses(reference[0])
+    proc = subprocess.Popen(_cmd(tmp_path, data_dir, "--config.num_train_steps=24"), cwd=ROOT,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 15:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_train_losses(tmp_path))
+    assert killed_at < 24, "the run finished before it could be killed"
+    r = _run(tmp_path, data_dir, "--config.num_train_steps=24")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from step" in r.stdout
+    # Bitwise: every step's loss equals the uninterrupted run's, before and after the kill.
+    assert _train_losses(tmp_path) == ref_losses
+
+
+def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
+    proc = subprocess.Popen(_cmd(tmp_path, data_dir, "--config.num_train_steps=100000",
+                                 "--config.checkpoint_every_steps=100000"),
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    metrics = tmp_path / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "preempted: saved and stopped at step" in out
+    step = int(out.split("at step ")[1].split()[0])
+    assert (tmp_path / "checkpoints" / str(step)).is_dir()
+    r = _run(tmp_path, data_dir, f"--config.num_train_steps={step + 2}")
+    assert f"resumed from step {step}" in r.stdout
+
+
+def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(reference[0], tmp_path / "wd")
+    wd = tmp_path / "wd"
+    for f in (wd / "checkpoints" / "24" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    r = _run(wd, data_dir, "--config.num_train_steps=26")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "checkpoint 24" in r.stderr and "unreadable" in r.stderr
+    assert "resumed from step 20" in r.stdout
+    assert _train_losses(wd)[21] == _train_losses(reference[0])[21]
+
+
+def test_non_finite_loss_stops_and_saves_nothing_bad(data_dir, tmp_path):
+    r = _run(tmp_path, data_dir, "--config.optimizer.learning_rate=1e30",
+             "--config.optimizer.grad_clip=0.0", "--config.num_train_steps=24")  # fmt: skip
+    assert r.returncode == 1
+    msg = r.stderr.strip().splitlines()[-1]
+    assert msg.startswith("error: non-finite train loss") and " at step " in msg
+    bad_step = int(msg.split(" at step ")[1].split(";")[0])
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert all(s < bad_step for s in saved)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.batch_size=0", "error: batch_size=0: must be a positive int"),
+        ("--config.model.attention=flash", "error: model: attention='flash' is not allowed"),
+        ("--config.model.d_model=31", "error: model: d_model (31) must be divisible by num_heads"),
+        ("--config.mesh.data=3", "error: mesh: mesh {'data': 3, 'fsdp': 1, 'tensor': 1} needs 3"),
+        ("--config.nonexistent=1", "error:"),
+        ("--config.data.source=text:/no/such/file", "error: data.source=text:/no/such/file"),
+        ("--config.optimizer.schedule=step", "error: optimizer.schedule='step': allowed cosine"),
+    ],
+)
+def test_bad_config_is_one_line_and_exit_2(data_dir, tmp_path, override, message):
+    r = _run(tmp_path, data_dir, override)
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(message), last
+    assert "Traceback" not in r.stderr
