@@ -37,5 +37,6 @@ def base_config() -> ConfigDict:
         seq_len=256,
         vocab_size=8192,
         small=False,
+        shards=0,  # logical data shards (0 = one per process); fixes the batches' content
     ))  # fmt: skip
     return c

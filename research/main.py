@@ -45,8 +45,9 @@ def main(argv):
         _fail("both --config=configs/NAME.py[:PRESET] and --workdir=DIR are required")
     config = _CONFIG.value
     try:
-        validate(config)
+        # Processes first: validation asks JAX how many devices the run has.
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        validate(config)
         summary = loop.train_and_evaluate(config, _WORKDIR.value)
     except (ConfigError, DataError) as e:
         _fail(str(e))

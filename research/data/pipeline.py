@@ -1,9 +1,13 @@
-"""grain input pipelines: per-process shard -> seeded shuffle -> tokenize -> pack -> batch.
+"""grain input pipelines: shard -> seeded shuffle -> tokenize -> pack -> batch -> prefetch.
 
-Each process reads its own 1/process_count of the records and builds batch_size/process_count
-rows; `global_batch` assembles the global array with `jax.make_array_from_process_local_data`.
-Iterators are grain `DatasetIterator`s, whose state Orbax saves beside the model.
+Records are split into `shards` logical shards (record i goes to shard i % shards), each packed
+and batched on its own; every process owns shards/process_count of them and concatenates their
+rows. The global batch therefore depends on `shards`, not on how many processes read it: one
+process with shards=2 sees exactly the batches of two processes (tests rely on this).
+`global_batch` assembles global arrays with `jax.make_array_from_process_local_data`.
 """
+
+import json
 
 import grain
 import jax
@@ -12,26 +16,29 @@ import numpy as np
 from research.data.tokenizer import EOS_ID
 
 
-def local_batch_size(global_batch_size: int) -> int:
-    n = jax.process_count()
-    if global_batch_size % n:
-        raise ValueError(f"batch_size {global_batch_size} is not divisible by {n} processes")
-    return global_batch_size // n
-
-
-def _records(source, *, seed: int, shuffle: bool, repeat: bool):
-    ds = grain.MapDataset.source(source)[jax.process_index() :: jax.process_count()]
+def _records(source, *, seed: int, shuffle: bool, repeat: bool, shard: int, shards: int):
+    ds = grain.MapDataset.source(source)[shard::shards]
     if shuffle:
         ds = ds.shuffle(seed=seed)
     return ds.repeat() if repeat else ds
 
 
-def lm_dataset(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, train: bool,
-               text_key: str = "text") -> grain.IterDataset:  # fmt: skip
-    """Language-model batches from text records: every document + EOS, concatenated and cut
-    into windows of seq_len + 1 tokens (GPT-style packing; attention crosses documents).
+def lm_dataset(
+    source,
+    tokenizer,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    shard: int = 0,
+    shards: int = 1,
+    text_key: str = "text",
+) -> grain.IterDataset:
+    """Language-model batches of one shard: every document + EOS, concatenated and cut into
+    windows of seq_len + 1 tokens (GPT-style packing; attention crosses documents).
 
-    Yields {"inputs", "targets": [b, seq_len] int32, "weights": [b, seq_len] float32}.
+    Yields {"inputs", "targets": [batch_size, seq_len] int32, "weights": [.., ..] float32}.
     """
 
     def tokenize(record):
@@ -39,12 +46,15 @@ def lm_dataset(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, t
         text = text.decode("utf-8") if isinstance(text, bytes) else text
         return {"tokens": np.asarray(tokenizer.encode(text) + [EOS_ID], np.int32)}
 
-    ds = _records(source, seed=seed, shuffle=train, repeat=train).map(tokenize)
+    ds = _records(source, seed=seed, shuffle=train, repeat=train, shard=shard, shards=shards)
+    ds = ds.map(tokenize)
     ds = grain.experimental.ConcatThenSplitIterDataset(
         ds.to_iter_dataset(), length_struct={"tokens": seq_len + 1}
     )
-    ds = ds.batch(local_batch_size(batch_size), drop_remainder=True)
-    return ds.map(_shift)
+    ds = ds.batch(batch_size, drop_remainder=True).map(_shift)
+    # A background thread keeps the next batches ready; grain's state still counts only
+    # what was consumed, so checkpoints stay exact.
+    return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=2)
 
 
 def _shift(batch):
@@ -54,10 +64,61 @@ def _shift(batch):
     return {"inputs": t[:, :-1], "targets": t[:, 1:], "weights": weights}
 
 
-def array_dataset(source, *, batch_size: int, seed: int, train: bool) -> grain.IterDataset:
-    """Batches of records that are already arrays (MQAR: inputs, targets, weights)."""
-    ds = _records(source, seed=seed, shuffle=train, repeat=train).to_iter_dataset()
-    return ds.batch(local_batch_size(batch_size), drop_remainder=True)
+def array_dataset(source, *, batch_size: int, seed: int, train: bool, shard: int = 0,
+                  shards: int = 1) -> grain.IterDataset:  # fmt: skip
+    """Batches of one shard of records that are already arrays (MQAR)."""
+    ds = _records(source, seed=seed, shuffle=train, repeat=train, shard=shard, shards=shards)
+    return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+
+
+def owned_shards(shards: int, global_batch_size: int) -> tuple[range, int]:
+    """(this process's shard indices, rows per shard); shards=0 means one per process."""
+    n, p = jax.process_count(), jax.process_index()
+    shards = shards or n
+    if shards % n:
+        raise ValueError(f"data.shards={shards} must be a multiple of the {n} processes")
+    if global_batch_size % shards:
+        raise ValueError(f"batch_size={global_batch_size} is not divisible by data.shards={shards}")
+    per = shards // n
+    return range(p * per, (p + 1) * per), global_batch_size // shards
+
+
+class ShardedIterator:
+    """Iterates several shard datasets in lockstep and concatenates their rows.
+
+    Checkpointable by grain's Orbax handler (get_state -> bytes, set_state, start_prefetch).
+    """
+
+    def __init__(self, datasets):
+        self.iterators = [iter(ds) for ds in datasets]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        parts = [next(it) for it in self.iterators]
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+    def get_state(self) -> bytes:
+        return json.dumps([it.get_state() for it in self.iterators]).encode()
+
+    def set_state(self, state: bytes):
+        for it, s in zip(self.iterators, json.loads(state), strict=True):
+            it.set_state(s)
+
+    def start_prefetch(self):
+        pass
+
+
+def lm_iterator(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, train: bool,
+                shards: int = 0) -> ShardedIterator:  # fmt: skip
+    """This process's rows of every global batch (see the module docstring)."""
+    mine, rows = owned_shards(shards, batch_size)
+    return ShardedIterator([
+        lm_dataset(source, tokenizer, seq_len=seq_len, batch_size=rows, seed=seed, train=train,
+                   shard=i, shards=len(mine) * jax.process_count())
+        for i in mine
+    ])  # fmt: skip
 
 
 def global_batch(local: dict, sharding) -> dict:

@@ -54,8 +54,8 @@ class _Preemption:
 
 
 def _evaluate(eval_step, state, eval_source, tok, c, batch_sharding) -> dict:
-    ds = pipeline.lm_dataset(eval_source, tok, seq_len=c.data.seq_len, batch_size=c.batch_size,
-                             seed=c.seed, train=False)  # fmt: skip
+    ds = pipeline.lm_iterator(eval_source, tok, seq_len=c.data.seq_len, batch_size=c.batch_size,
+                              seed=c.seed, train=False, shards=c.data.shards)  # fmt: skip
     totals = None
     for i, local in enumerate(ds):
         if i >= c.eval_steps:
@@ -78,10 +78,9 @@ def train_and_evaluate(c, workdir: str) -> Summary:
     shardings = step.state_shardings(opt, params, consts, mesh)
     state = step.init_state(opt, params, consts, c.seed, shardings)
     del model, params
-    train_data = pipeline.lm_dataset(
-        train_source, tok, seq_len=c.data.seq_len, batch_size=c.batch_size, seed=c.seed, train=True
-    )
-    train_iter = iter(train_data)
+    train_iter = pipeline.lm_iterator(train_source, tok, seq_len=c.data.seq_len,
+                                      batch_size=c.batch_size, seed=c.seed, train=True,
+                                      shards=c.data.shards)  # fmt: skip
 
     # ---- resume ----------------------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", every=c.checkpoint_every_steps,

@@ -69,14 +69,13 @@ def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
     docs = [{"text": f"x = {i}\n" * (i % 7 + 1)} for i in range(300)]
     tok = tokenizer.train_or_load(lambda: (d["text"] for d in docs), str(tmp_path / "t.model"),
                                   vocab_size=320)  # fmt: skip
-    ds = pipeline.lm_dataset(docs, tok, seq_len=16, batch_size=4, seed=3, train=True)
-    it = iter(ds)
+    it = pipeline.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=3, train=True, shards=2)
     first = next(it)
     assert first["inputs"].shape == (4, 16) and first["weights"].dtype == np.float32
     np.testing.assert_array_equal(first["inputs"][:, 1:], first["targets"][:, :-1])
     state = it.get_state()
     want = [next(it) for _ in range(3)]
-    again = iter(ds)
+    again = pipeline.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=3, train=True, shards=2)
     again.set_state(state)
     for a, b in zip(want, [next(again) for _ in range(3)], strict=True):
         for k in a:
@@ -84,6 +83,5 @@ def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
     with pytest.raises(DataError, match=r"data.vocab_size=100 is too small .* at least \d+"):
         tokenizer.train_or_load(lambda: (d["text"] for d in docs), str(tmp_path / "u.model"),
                                 vocab_size=100)  # fmt: skip
-    other_seed = next(iter(pipeline.lm_dataset(docs, tok, seq_len=16, batch_size=4, seed=4,
-                                               train=True)))  # fmt: skip
+    other_seed = next(pipeline.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=4, train=True))
     assert not np.array_equal(other_seed["inputs"], first["inputs"])

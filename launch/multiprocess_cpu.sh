@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs N local processes of research.main that form one JAX multi-process job on the CPU, the
+# way a multi-host pod runs: each process has DEVICES_PER_PROCESS fake CPU devices and they talk
+# through gloo collectives via a coordinator on 127.0.0.1.
+#
+#   ./launch/multiprocess_cpu.sh 2 --config=configs/lm.py:smoke --workdir=/tmp/seqlab/mp
+#   DEVICES_PER_PROCESS=4 ./launch/multiprocess_cpu.sh 2 --config=...
+#
+# Process 0 prints to the terminal; process i logs to WORKDIR/process_i.log (or /tmp). Exits with
+# the first non-zero exit code; SIGTERM/SIGINT are forwarded to every process (preemption).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -lt 1 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
+  echo "usage: $0 NUM_PROCESSES [research.main flags...]" >&2
+  exit 2
+fi
+n="$1"
+shift
+python="${PYTHON:-.venv/bin/python}"
+port="${SEQLAB_PORT:-$((20000 + RANDOM % 20000))}"
+logdir=/tmp
+for arg in "$@"; do
+  case "$arg" in --workdir=*) logdir="${arg#--workdir=}" ;; esac
+done
+mkdir -p "$logdir"
+pids=()
+forward() { kill -TERM "${pids[@]}" 2>/dev/null || true; }
+trap forward TERM INT
+for ((i = 0; i < n; i++)); do
+  env XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}" \
+    JAX_PLATFORMS=cpu SEQLAB_COORDINATOR="127.0.0.1:$port" SEQLAB_NUM_PROCESSES="$n" \
+    SEQLAB_PROCESS_ID="$i" "$python" -m research.main "$@" \
+    > >(if [ "$i" = 0 ]; then cat; else cat > "$logdir/process_$i.log"; fi) 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || { code=$?; [ "$status" = 0 ] && status=$code; }
+done
+exit "$status"
