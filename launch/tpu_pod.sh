@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs one config on every host of a Cloud TPU VM slice (multi-host pod). Each host runs the same
+# command; JAX finds the other hosts from the TPU metadata (research.train.distributed).
+#
+#   REPO=https://github.com/you/seqlab.git TPU_NAME=my-v5e-64 ZONE=us-west4-a \
+#     ./launch/tpu_pod.sh --config=configs/lm.py \
+#       --workdir=gs://my-bucket/seqlab/lm --config.mesh.fsdp=-1 --config.mesh.data=1
+#
+# Needs: gcloud, a TPU VM slice, REPO (a git URL of this project that every host can clone; each
+# host clones or updates ~/seqlab from it), and a workdir every host can reach (a GCS bucket).
+# Re-running the same command resumes from the newest checkpoint; preemption (SIGTERM) saves.
+set -euo pipefail
+: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${REPO:?set REPO to the git URL to clone}"
+repo="$REPO"
+args=$(printf '%q ' "$@")
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "
+  set -e
+  [ -d ~/seqlab ] || git clone '$repo' ~/seqlab
+  cd ~/seqlab && git pull --ff-only
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q -e '.[tpu]'   # jax[tpu] (libtpu) at the project's jax version
+  .venv/bin/python -m research.main $args
+"

@@ -1,0 +1,107 @@
+"""Training throughput of the real sharded train step: tokens/s and model FLOP utilisation.
+
+    python -m research.bench.train [--layers 6 --d_model 512 --heads 8 --length 512 --batch 8
+                                    --vocab 8192 --attention softmax --steps 5 --out DIR]
+
+MFU = model FLOPs per step / step time / measured matmul peak (research.bench.common), with the
+PaLM count (Chowdhery et al. 2022, appendix B): 6 N + 12 n_layers d_model length FLOPs per token,
+N the parameters that multiply activations (the tied output projection included, lookups not).
+"""
+
+import argparse
+import csv
+import pathlib
+
+import jax
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+
+from research.bench.common import machine_header, matmul_peak, median_time
+from research.models import DecoderLM, ModelConfig
+from research.train import optim, sharding, step, tasks
+
+
+def model_flops_per_token(cfg: ModelConfig, params) -> float:
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    n = sum(x.size for path, x in leaves if "position" not in jax.tree_util.keystr(path))
+    return 6.0 * n + 12.0 * cfg.num_layers * cfg.d_model * cfg.max_length
+
+
+def run(args) -> dict:
+    cfg = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, num_heads=args.heads,
+                      num_layers=args.layers, d_ff=4 * args.d_model, max_length=args.length,
+                      attention=args.attention, positions="learned", dtype=args.dtype)  # fmt: skip
+    model = DecoderLM(cfg, rngs=nnx.Rngs(0))
+    model_def, params, consts = step.split_model(model)
+    opt_cfg = ConfigDict(dict(learning_rate=1e-4, warmup_steps=10, schedule="cosine",
+                              weight_decay=0.1, grad_clip=1.0, adam_b1=0.9, adam_b2=0.95,
+                              adam_eps=1e-8))  # fmt: skip
+    opt = optim.make_optimizer(opt_cfg, 1000)
+    mesh = sharding.make_mesh({"data": -1})
+    shardings = step.state_shardings(opt, params, consts, mesh)
+    state = step.init_state(opt, params, consts, 0, shardings)
+    train = step.make_train_step(model_def, opt, tasks.lm_loss, mesh=mesh, shardings=shardings)
+    rng = np.random.default_rng(0)
+    toks = rng.integers(0, args.vocab, (args.batch, args.length + 1)).astype(np.int32)
+    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
+             "weights": np.ones((args.batch, args.length), np.float32)}  # fmt: skip
+    flops_token = model_flops_per_token(cfg, nnx.to_pure_dict(params))
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], m = train(holder["state"], batch)
+        return m["loss_sum"]
+
+    seconds = median_time(lambda: one_step(), repeats=args.steps, warmup=2)
+    peak = matmul_peak()
+    tokens = args.batch * args.length
+    return {
+        "layers": args.layers, "d_model": args.d_model, "heads": args.heads,
+        "length": args.length, "batch": args.batch, "vocab": args.vocab,
+        "attention": args.attention, "dtype": args.dtype, "step_seconds": seconds,
+        "tokens_per_second": tokens / seconds, "model_tflops_per_step": flops_token * tokens / 1e12,
+        "matmul_peak_gflops": peak / 1e9, "mfu": flops_token * tokens / seconds / peak,
+    }  # fmt: skip
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--d_model", type=int, default=512)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--length", type=int, default=512)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--attention", default="softmax", choices=["softmax", "linear"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--steps", type=int, default=5, help="timed steps (median), after 2 warm-up")
+    p.add_argument("--out", default="", help="directory for train_bench.csv")
+    args = p.parse_args(argv)
+    if args.batch % jax.device_count():
+        p.error(f"--batch {args.batch} must be divisible by the {jax.device_count()} devices")
+    r = run(args)
+    print(machine_header())
+    print(
+        f"DecoderLM {r['layers']}L d{r['d_model']} h{r['heads']} len {r['length']} batch "
+        f"{r['batch']} vocab {r['vocab']} {r['attention']} {r['dtype']}, AdamW, jit train step\n"
+    )
+    print("| step s | tokens/s | model TFLOP/step | matmul peak GFLOP/s | MFU |")
+    print("|---:|---:|---:|---:|---:|")
+    print(
+        f"| {r['step_seconds']:.3f} | {r['tokens_per_second']:,.0f} | "
+        f"{r['model_tflops_per_step']:.3f} | {r['matmul_peak_gflops']:.1f} | {r['mfu']:.1%} |"
+    )
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "train_bench.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(r))
+            w.writeheader()
+            w.writerow(r)
+        print(f"\nwrote {out / 'train_bench.csv'}")
+    return r
+
+
+if __name__ == "__main__":
+    main()
