@@ -55,6 +55,32 @@ def _split_documents(docs):
     return train, evaluation
 
 
+def _catalog(name: str, data_dir, *, download: bool):
+    """(train, validation-or-test) data sources of a tfds catalog dataset."""
+    import importlib.util
+
+    import tensorflow_datasets as tfds
+
+    def split(s):
+        return tfds.data_source(name, split=s, data_dir=str(data_dir), download=download)
+
+    try:
+        train = split("train")
+    except tfds.core.registered.DatasetNotFoundError:
+        if importlib.util.find_spec("tensorflow") is None:
+            raise DataError(
+                f"data.source=tfds:{name}: not found. Without TensorFlow some catalog builders "
+                "(glue, wmt, gigaword, cnn_dailymail, ...) cannot load; pip install -e '.[tf]'"
+            ) from None
+        raise DataError(f"data.source=tfds:{name}: no such tfds dataset") from None
+    for s in ("validation", "test"):
+        try:
+            return train, split(s)
+        except ValueError:  # the dataset has no such split
+            continue
+    raise DataError(f"data.source=tfds:{name}: has no validation or test split to evaluate on")
+
+
 def text_sources(c):
     """Returns (train records, eval records, sentencepiece processor) for config `c`."""
     data_dir = pathlib.Path(os.path.expanduser(c.data.data_dir))
@@ -69,16 +95,9 @@ def text_sources(c):
         )
         train, evaluation = builder.as_data_source("train"), builder.as_data_source("validation")
     elif source.startswith("tfds:"):
-        import tensorflow_datasets as tfds
-
         name = source.removeprefix("tfds:")
-
-        def load(download):
-            ds = tfds.data_source(name, data_dir=str(data_dir), download=download)
-            return ds["train"], ds.get("validation", ds.get("test"))
-
-        _on_process_0_then_all(f"build:{name}", lambda: load(True))
-        train, evaluation = load(False)
+        _on_process_0_then_all(f"build:{name}", lambda: _catalog(name, data_dir, download=True))
+        train, evaluation = _catalog(name, data_dir, download=False)
     elif source.startswith(("text:", "jsonl:")):
         kind, path = source.split(":", 1)
         train, evaluation = _split_documents(_local_documents(path, kind))

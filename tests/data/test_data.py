@@ -1,3 +1,4 @@
+import json
 import sys
 
 import numpy as np
@@ -85,3 +86,53 @@ def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
                                 vocab_size=100)  # fmt: skip
     other_seed = next(pipeline.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=4, train=True))
     assert not np.array_equal(other_seed["inputs"], first["inputs"])
+
+
+@pytest.mark.parametrize("task", builders.SEQ2SEQ_TASKS)
+def test_seq2seq_synthetic_tasks(task, tmp_path):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        src, tgt = builders.seq2seq_example(rng, task, 3, 9)
+        digits = src - builders.DIGIT0
+        if task == "addition":
+            plus = int(np.flatnonzero(src == builders.PLUS)[0])
+            a = int("".join(map(str, digits[:plus])))
+            b = int("".join(map(str, digits[plus + 1 :])))
+            assert "".join(str(d - builders.DIGIT0) for d in tgt) == str(a + b)
+        else:
+            want = {"copy": digits, "reverse": digits[::-1], "sort": np.sort(digits)}[task]
+            np.testing.assert_array_equal(tgt - builders.DIGIT0, want)
+            assert 3 <= len(src) <= 9
+    cfg = builders.seq2seq_config(task, 3, 9, train_examples=30, test_examples=5)
+    b = builders.build(builders.Seq2seqSynthetic, str(tmp_path), cfg)
+    ex = b.as_data_source("train")[0]
+    assert ex["source"].dtype == np.int32 and len(b.as_data_source("test")) == 5
+
+
+def test_catalog_dataset_by_name_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    c = ConfigDict(dict(data=dict(source="tfds:tiny_shakespeare", data_dir=str(tmp_path),
+                                  vocab_size=300, small=False)))  # fmt: skip
+    with tfds.testing.mock_data(num_examples=40):
+        train, evaluation, tok = sources.text_sources(c)
+    assert len(train) == 40 and len(evaluation) == 40 and tok.vocab_size() > 256
+
+
+def test_jsonl_source_and_clear_errors(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"line {i} " * 5}) for i in range(200)))
+    c = ConfigDict(dict(data=dict(source=f"jsonl:{path}", data_dir=str(tmp_path / "d"),
+                                  vocab_size=300, small=False)))  # fmt: skip
+    train, evaluation, _ = sources.text_sources(c)
+    assert len(train) + len(evaluation) == 200
+    (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')
+    c.data.source = f"jsonl:{tmp_path / 'bad.jsonl'}"
+    with pytest.raises(DataError, match="bad.jsonl:1: a jsonl record needs a 'text' field"):
+        sources.text_sources(c)
+    c.data.source = "tfds:glue/cola"  # needs TensorFlow, which the base install does not have
+    with pytest.raises(DataError, match=r"pip install -e '.\[tf\]'"):
+        sources.text_sources(c)
+    c.data.source = "parquet:x"
+    with pytest.raises(DataError, match="use stdlib_code, tfds:NAME, text:PATH or jsonl:PATH"):
+        sources.text_sources(c)

@@ -110,3 +110,22 @@ def test_optimizer_masks_norms_and_biases():
 def test_bad_mesh(mesh, match):
     with pytest.raises(ValueError, match=match):
         sharding.make_mesh(mesh)
+
+
+def test_bfloat16_compute_keeps_fp32_parameters():
+    model = DecoderLM(CFG.replace(dtype="bfloat16"), rngs=nnx.Rngs(params=0, dropout=1))
+    model_def, params, consts = step.split_model(model)
+    opt = optim.make_optimizer(OPT, 5)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    sh = step.state_shardings(opt, params, consts, mesh)
+    train = step.make_train_step(model_def, opt, tasks.lm_loss, mesh=mesh, shardings=sh)
+    state = step.init_state(opt, params, consts, 0, sh)
+    _, ref_losses, _ = _run()
+    losses = []
+    for batch in _batches():
+        state, m = train(state, batch)
+        losses.append(float(m["loss_sum"] / m["weight_sum"]))
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+    # bf16 matmuls track the fp32 run to bf16 precision, and the loss still goes down.
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-2)
+    assert losses[-1] < losses[0]
