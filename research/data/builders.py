@@ -7,6 +7,7 @@ building nor reading needs TensorFlow.
   seq2seq_synthetic  copy / reverse / sort / addition digit tasks for exposure-bias studies.
 """
 
+import abc
 import dataclasses
 import hashlib
 import pathlib
@@ -81,6 +82,28 @@ class StdlibCode(tfds.core.GeneratorBasedBuilder):
 
 
 # ----------------------------------------------------------------------------------------------
+# Synthetic tasks: seeded generators with train and test splits
+# ----------------------------------------------------------------------------------------------
+class _Synthetic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Splits of examples drawn by `_example(rng)`; the config has seed, train/test_examples."""
+
+    def _split_generators(self, dl_manager):
+        c = self.builder_config
+        return {"train": self._generate_examples(c.train_examples, 0),
+                "test": self._generate_examples(c.test_examples, 1)}  # fmt: skip
+
+    def _generate_examples(self, n, stream):
+        # Independent streams per split, so test examples never depend on the train size.
+        rng = np.random.default_rng([self.builder_config.seed, stream])
+        for i in range(n):
+            yield i, self._example(rng)
+
+    @abc.abstractmethod
+    def _example(self, rng: np.random.Generator) -> dict:
+        """One example (a dict of features) drawn with `rng`."""
+
+
+# ----------------------------------------------------------------------------------------------
 # MQAR
 # ----------------------------------------------------------------------------------------------
 def mqar_example(rng: np.random.Generator, *, vocab_size: int, seq_len: int, num_kv_pairs: int):
@@ -121,10 +144,11 @@ def mqar_config(vocab_size=8192, seq_len=256, num_kv_pairs=16, train_examples=20
     if 4 * num_kv_pairs > seq_len:
         raise ValueError(f"MQAR needs 4 * num_kv_pairs <= seq_len, got {num_kv_pairs}, {seq_len}")
     if num_kv_pairs >= vocab_size // 2 - 1:
-        raise ValueError(f"num_kv_pairs {num_kv_pairs} needs vocab_size > {2 * num_kv_pairs + 2}")
-    name = f"v{vocab_size}_l{seq_len}_kv{num_kv_pairs}_n{train_examples}_s{seed}"
-    return MqarConfig(
-        name=name,
+        raise ValueError(
+            f"num_kv_pairs={num_kv_pairs} needs vocab_size > {2 * num_kv_pairs + 2}, "
+            f"got {vocab_size}"
+        )
+    fields = dict(
         vocab_size=vocab_size,
         seq_len=seq_len,
         num_kv_pairs=num_kv_pairs,
@@ -132,9 +156,11 @@ def mqar_config(vocab_size=8192, seq_len=256, num_kv_pairs=16, train_examples=20
         test_examples=test_examples,
         seed=seed,
     )
+    name = f"v{vocab_size}_l{seq_len}_kv{num_kv_pairs}_n{train_examples}_s{seed}"
+    return MqarConfig(name=name, **fields)
 
 
-class Mqar(tfds.core.GeneratorBasedBuilder):
+class Mqar(_Synthetic):
     """Multi-query associative recall; pass `config=mqar_config(...)`."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -150,17 +176,10 @@ class Mqar(tfds.core.GeneratorBasedBuilder):
             })
         )  # fmt: skip
 
-    def _split_generators(self, dl_manager):
+    def _example(self, rng):
         c = self.builder_config
-        return {"train": self._generate_examples(c.train_examples, 0),
-                "test": self._generate_examples(c.test_examples, 1)}  # fmt: skip
-
-    def _generate_examples(self, n, stream):
-        c = self.builder_config
-        rng = np.random.default_rng([c.seed, stream])
-        for i in range(n):
-            yield i, mqar_example(rng, vocab_size=c.vocab_size, seq_len=c.seq_len,
-                                  num_kv_pairs=c.num_kv_pairs)  # fmt: skip
+        return mqar_example(rng, vocab_size=c.vocab_size, seq_len=c.seq_len,
+                            num_kv_pairs=c.num_kv_pairs)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,19 +226,12 @@ def seq2seq_config(task="reverse", min_len=8, max_len=32, train_examples=20_000,
         raise ValueError(f"unknown seq2seq task {task!r}; allowed: {', '.join(SEQ2SEQ_TASKS)}")
     if not 1 <= min_len <= max_len:
         raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
-    name = f"{task}_len{min_len}-{max_len}_n{train_examples}_s{seed}"
-    return Seq2SeqConfig(
-        name=name,
-        task=task,
-        min_len=min_len,
-        max_len=max_len,
-        train_examples=train_examples,
-        test_examples=test_examples,
-        seed=seed,
-    )
+    fields = dict(task=task, min_len=min_len, max_len=max_len, train_examples=train_examples,
+                  test_examples=test_examples, seed=seed)  # fmt: skip
+    return Seq2SeqConfig(name=f"{task}_len{min_len}-{max_len}_n{train_examples}_s{seed}", **fields)
 
 
-class Seq2seqSynthetic(tfds.core.GeneratorBasedBuilder):
+class Seq2seqSynthetic(_Synthetic):
     """copy / reverse / sort / addition over digits; pass `config=seq2seq_config(...)`."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -231,17 +243,10 @@ class Seq2seqSynthetic(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict({"source": seq, "target": seq})
         )
 
-    def _split_generators(self, dl_manager):
+    def _example(self, rng):
         c = self.builder_config
-        return {"train": self._generate_examples(c.train_examples, 0),
-                "test": self._generate_examples(c.test_examples, 1)}  # fmt: skip
-
-    def _generate_examples(self, n, stream):
-        c = self.builder_config
-        rng = np.random.default_rng([c.seed, stream])
-        for i in range(n):
-            source, target = seq2seq_example(rng, c.task, c.min_len, c.max_len)
-            yield i, {"source": source, "target": target}
+        source, target = seq2seq_example(rng, c.task, c.min_len, c.max_len)
+        return {"source": source, "target": target}
 
 
 def build(builder_cls, data_dir: str, config=None):
