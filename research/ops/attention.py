@@ -436,6 +436,7 @@ def linear_attention(
     mask: jax.Array | None = None,
     form: str = "chunked",
     chunk_size: int = 64,
+    initial_state: LinearAttentionState | None = None,
 ) -> jax.Array:
     """Kernelised attention: out_i = phi(q_i) sum_j phi(k_j) v_j^T / (phi(q_i) . sum_j phi(k_j)).
 
@@ -452,6 +453,9 @@ def linear_attention(
         O(L (C + d) d) time, no [L, d, d] tensor. Lengths are padded to a multiple of C.
       "scan": the token recurrence S_i = S_{i-1} + phi(k_i) v_i^T (`linear_attention_step`).
       "cumsum": reference; materialises the [B, L, H, F, Dv] prefix sums.
+    initial_state (causal only): sums over earlier tokens (for example
+      `linear_attention_state` of a prefix, or the prefix from other devices in context
+      parallelism), added to every position's running sums: S_i = S_0 + sum_{j<=i} phi(k_j) v_j^T.
     All sums are accumulated in fp32; the output has the dtype of q.
     """
     _check_qkv(q, k, v)
@@ -472,27 +476,39 @@ def linear_attention(
                 f"linear_attention takes a boolean key-padding mask [batch, kv_length] = "
                 f"{(batch, kv_len)}, got {mask.dtype} {mask.shape}"
             )
+    if initial_state is not None and not causal:
+        raise ValueError("initial_state is only defined for causal linear attention")
     k, v = _repeat_kv(k, heads), _repeat_kv(v, heads)
     fq, fk = _features(q, k, feature_map, mask)
     v32 = v.astype(jnp.float32)
+    if causal:
+        f, dv = fq.shape[-1], v.shape[-1]
+        zero = linear_attention_init_state(batch, heads, f, dv)
+        init = zero if initial_state is None else initial_state
+        if init.s.shape != zero.s.shape or init.z.shape != zero.z.shape:
+            raise ValueError(
+                f"initial_state shapes {init.s.shape}, {init.z.shape} do not match "
+                f"{zero.s.shape}, {zero.z.shape} (batch, heads, features, value_dim)"
+            )
+        init = LinearAttentionState(init.s.astype(jnp.float32), init.z.astype(jnp.float32))
     if not causal:
         kv = jnp.einsum("blhf,blhv->bhfv", fk, v32)
         num = jnp.einsum("blhf,bhfv->blhv", fq, kv)
         den = jnp.einsum("blhf,bhf->blh", fq, jnp.sum(fk, axis=1))
         out = _divide(num, den[..., None])
     elif form == "cumsum":
-        s = jnp.cumsum(jnp.einsum("blhf,blhv->blhfv", fk, v32), axis=1)
-        z = jnp.cumsum(fk, axis=1)
+        s = jnp.cumsum(jnp.einsum("blhf,blhv->blhfv", fk, v32), axis=1) + init.s[:, None]
+        z = jnp.cumsum(fk, axis=1) + init.z[:, None]
         num = jnp.einsum("blhf,blhfv->blhv", fq, s)
         out = _divide(num, jnp.einsum("blhf,blhf->blh", fq, z)[..., None])
     elif form == "scan":
-        out = _linear_scan(fq, fk, v32)
+        out = _linear_scan(fq, fk, v32, init)
     else:
-        out = _linear_chunked(fq, fk, v32, chunk_size)
+        out = _linear_chunked(fq, fk, v32, chunk_size, init)
     return out.astype(q.dtype)
 
 
-def _linear_chunked(fq, fk, v, chunk: int):
+def _linear_chunked(fq, fk, v, chunk: int, init: LinearAttentionState):
     """Causal chunkwise-parallel linear attention on fp32 features [B, L, H, F], v [B, L, H, Dv]."""
     b, length, h, f = fq.shape
     dv = v.shape[-1]
@@ -516,8 +532,7 @@ def _linear_chunked(fq, fk, v, chunk: int):
         s, z = carry
         return (s + x[0], z + x[1]), (s, z)
 
-    init = (jnp.zeros((b, h, f, dv), jnp.float32), jnp.zeros((b, h, f), jnp.float32))
-    _, (s_prev, z_prev) = lax.scan(prefix, init, (ds, dz))
+    _, (s_prev, z_prev) = lax.scan(prefix, (init.s, init.z), (ds, dz))
     num = num + jnp.einsum("bnihf,nbhfv->bnihv", fq, s_prev)
     den = den + jnp.einsum("bnihf,nbhf->bnih", fq, z_prev)
     out = _divide(num, den[..., None]).reshape(b, n * chunk, h, dv)
@@ -533,10 +548,7 @@ def _recurrent_update(state: LinearAttentionState, fq_t, fk_t, v_t):
     return LinearAttentionState(s, z), _divide(num, den[..., None])
 
 
-def _linear_scan(fq, fk, v):
-    b, _, h, f = fq.shape
-    state = linear_attention_init_state(b, h, f, v.shape[-1])
-
+def _linear_scan(fq, fk, v, state: LinearAttentionState):
     def step(state, xs):
         return _recurrent_update(state, *xs)
 

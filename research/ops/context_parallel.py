@@ -1,0 +1,108 @@
+"""Context parallelism: attention with the sequence axis sharded over a mesh axis.
+
+Call these inside `jax.shard_map` with q, k, v split along length over `axis_name` (device i
+holds positions [i L/P, (i+1) L/P)); each returns this device's outputs. Both equal the
+single-device causal result (tests/ops/test_context_parallel.py).
+
+linear: each device sums its keys into a d_k x d_v state, an exclusive prefix of those states
+  over devices (Hillis-Steele, log2 P `ppermute`s of one state each) gives the sums of all earlier
+  devices, and local causal linear attention starts from it. Communication per device:
+  ceil(log2 P) x B H (F Dv + F) floats, independent of the length.
+softmax: ring attention (Liu et al. 2023): K/V blocks travel around the ring with `ppermute`
+  for P - 1 steps while each device merges their contributions into an online softmax.
+  Communication per device: (P - 1) x B (L/P) Hkv (D + Dv) floats.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from research.ops import attention as att
+
+
+def _exclusive_prefix(x, axis_name: str, size: int):
+    """sum of x over devices with a smaller index on `axis_name` (log2(size) ppermutes)."""
+    idx = lax.axis_index(axis_name)
+    inclusive = x
+    offset = 1
+    while offset < size:
+        perm = [(i, i + offset) for i in range(size - offset)]
+        received = jax.tree.map(lambda t, p=perm: lax.ppermute(t, axis_name, p), inclusive)
+        inclusive = jax.tree.map(lambda a, r, o=offset: a + jnp.where(idx >= o, r, 0.0),
+                                 inclusive, received)  # fmt: skip
+        offset *= 2
+    return jax.tree.map(jnp.subtract, inclusive, x)
+
+
+def linear_attention_cp(q, k, v, *, axis_name: str, axis_size: int, feature_map="elu",
+                        form: str = "chunked", chunk_size: int = 64):  # fmt: skip
+    """Causal linear attention on this device's sequence block; see the module docstring.
+
+    q [B, L/P, H, D], k [B, L/P, Hkv, D], v [B, L/P, Hkv, Dv] (this device's block).
+    """
+    if feature_map == "softmax":
+        raise ValueError("feature_map='softmax' normalises over all positions; it cannot be causal")
+    heads = q.shape[2]
+    kr, vr = att._repeat_kv(k, heads), att._repeat_kv(v, heads)
+    local = att.linear_attention_state(kr, vr, feature_map=feature_map)
+    s_prev, z_prev = _exclusive_prefix((local.s, local.z), axis_name, axis_size)
+    return att.linear_attention(
+        q, k, v, feature_map=feature_map, causal=True, form=form, chunk_size=chunk_size,
+        initial_state=att.LinearAttentionState(s_prev, z_prev),
+    )  # fmt: skip
+
+
+def ring_attention(q, k, v, *, axis_name: str, axis_size: int, causal: bool = True,
+                   scale: float | None = None):  # fmt: skip
+    """Ring attention on this device's block: out_i = softmax over all keys j (<= i if causal).
+
+    q [B, L/P, H, D], k [B, L/P, Hkv, D], v [B, L/P, Hkv, Dv]. Logits and sums in fp32.
+    """
+    att._check_qkv(q, k, v)
+    b, n, h, d = q.shape
+    scale = d**-0.5 if scale is None else scale
+    idx = lax.axis_index(axis_name)
+    qt = jnp.swapaxes(q, 1, 2).astype(jnp.float32)  # [B, H, n, D]
+    pos = jnp.arange(n)
+    perm = [(i, (i + 1) % axis_size) for i in range(axis_size)]
+
+    def merge(carry, kv, s):
+        m, l, acc = carry
+        kb, vb = (jnp.swapaxes(att._repeat_kv(x, h), 1, 2).astype(jnp.float32) for x in kv)
+        src = (idx - s) % axis_size  # which device's keys these are
+        logits = jnp.einsum("bhqd,bhkd->bhqk", qt, kb) * scale
+        if causal:
+            visible = (src * n + pos[None, :]) <= (idx * n + pos[:, None])
+            logits = jnp.where(visible, logits, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
+        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+        p = jnp.exp(logits - m_safe[..., None])
+        corr = jnp.exp(m - m_safe)
+        return (m_new, l * corr + p.sum(-1), acc * corr[..., None] + p @ vb)
+
+    carry = (jnp.full((b, h, n), -jnp.inf), jnp.zeros((b, h, n)), jnp.zeros((b, h, n, v.shape[-1])))
+    kv = (k, v)
+    for s in range(axis_size):  # static and short: P steps, the last one without a send
+        carry = merge(carry, kv, s)
+        if s + 1 < axis_size:
+            kv = jax.tree.map(lambda t: lax.ppermute(t, axis_name, perm), kv)
+    _, l, acc = carry
+    out = acc / jnp.where(l > 0, l, 1.0)[..., None]
+    return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+
+def bytes_communicated(
+    kind: str, *, batch: int, length: int, heads: int, kv_heads: int, head_dim: int,
+    value_dim: int, feature_dim: int, devices: int,
+) -> int:  # fmt: skip
+    """fp32 bytes each device sends for one forward (see the module docstring)."""
+    if devices == 1:
+        return 0
+    if kind == "linear":
+        steps = math.ceil(math.log2(devices))
+        return 4 * steps * batch * heads * (feature_dim * value_dim + feature_dim)
+    if kind == "ring":
+        return 4 * (devices - 1) * batch * (length // devices) * kv_heads * (head_dim + value_dim)
+    raise ValueError(f"unknown kind {kind!r}; allowed: linear, ring")
