@@ -1,0 +1,319 @@
+"""Attention benchmark: time, memory and FLOP/s against length; decode speed against context.
+
+    python -m research.bench.attention [--lengths 512,1024,...,32768] [--out DIR]
+                                       [--batch 1 --heads 4 --head_dim 64] [--repeats 3]
+
+Rows: softmax xla (dense), softmax blockwise, linear chunked / scan / cumsum (elu+1), and
+torch.nn.functional.scaled_dot_product_attention on CPU when torch is installed; all causal,
+fp32, forward and forward+backward. Times are medians of `--repeats` after one warm-up call.
+Memory is XLA's compiled figure (arguments + outputs + temporaries, per device); a run whose
+compiled memory exceeds `--memory_budget_gb` is reported as skipped, not attempted.
+FLOP counts (forward; forward+backward counted as 3.5x forward, the FlashAttention convention):
+  softmax: 2 B H L^2 D (causal half of QK^T and PV);
+  linear chunked: B H L (2 C F + 2 C Dv + 4 F Dv); scan and cumsum: B H L 4 F Dv.
+Decode: one token against a cache of `context` tokens; the softmax KV cache attends over it, the
+linear recurrent state does not depend on it. Writes attention.csv and attention.png to --out.
+"""
+
+import argparse
+import csv
+import functools
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from research.bench.common import machine_header, matmul_peak, median_time
+from research.ops import attention as att
+
+IMPLS = ("softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan", "linear-cumsum")
+TORCH = "torch-sdpa"
+
+
+def attention_fn(impl: str):
+    if impl.startswith("softmax"):
+        return functools.partial(att.softmax_attention, causal=True,
+                                 implementation=impl.split("-")[1])  # fmt: skip
+    return functools.partial(att.linear_attention, causal=True, form=impl.split("-")[1])
+
+
+def flops(impl: str, b, length, h, d, chunk=64) -> float:
+    if impl.startswith("softmax") or impl == TORCH:
+        return 2.0 * b * h * length * length * d
+    per_token = 4 * d * d + (2 * chunk * d * 2 if impl == "linear-chunked" else 0)
+    return float(b * h * length * per_token)
+
+
+def _inputs(b, length, h, d, dtype=jnp.float32):
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    return [jax.random.normal(k, (b, length, h, d), dtype) for k in keys]
+
+
+def _compiled_bytes(compiled) -> int:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+
+
+def measure_jax(impl, mode, b, length, h, d, repeats, budget_bytes):
+    fn = attention_fn(impl)
+    if mode == "fwd":
+        f = jax.jit(fn)
+    else:
+        f = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v)), argnums=(0, 1, 2)))
+    shapes = [jax.ShapeDtypeStruct((b, length, h, d), jnp.float32)] * 3
+    compiled = f.lower(*shapes).compile()
+    mem = _compiled_bytes(compiled)
+    if mem > budget_bytes:
+        return {"seconds": float("nan"), "memory_bytes": mem, "status": "skipped: over budget"}
+    seconds = median_time(compiled, *_inputs(b, length, h, d), repeats=repeats, warmup=1)
+    return {"seconds": seconds, "memory_bytes": mem, "status": "ok"}
+
+
+def measure_torch(mode, b, length, h, d, repeats):
+    import time
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(b, h, length, d, generator=g, requires_grad=mode != "fwd")
+               for _ in range(3))  # fmt: skip
+
+    def run():
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if mode != "fwd":
+            out.sum().backward()
+
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        with torch.no_grad() if mode == "fwd" else torch.enable_grad():
+            run()
+        if i:  # the first call is the warm-up
+            times.append(time.perf_counter() - t0)
+    return {"seconds": float(np.median(times)), "memory_bytes": float("nan"), "status": "ok"}
+
+
+def decode_seconds(kind: str, context: int, b, h, d, steps: int = 64) -> float:
+    """Seconds per generated token with `context` tokens already cached (median of 3)."""
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    qs, ks, vs = (jax.random.normal(k, (steps, b, h, d)) for k in keys)
+    if kind == "softmax-kv-cache":
+        cache = [jax.random.normal(k, (b, context + steps, h, d)) for k in keys[:2]]
+
+        def run(cache, qs, ks, vs):
+            def body(t, c):
+                kc, vc, acc = c
+                kc = lax.dynamic_update_slice_in_dim(kc, ks[t][:, None], context + t, axis=1)
+                vc = lax.dynamic_update_slice_in_dim(vc, vs[t][:, None], context + t, axis=1)
+                valid = jnp.arange(kc.shape[1])[None, :] <= context + t
+                mask = jnp.broadcast_to(valid, (b, kc.shape[1]))
+                out = att.softmax_attention(qs[t][:, None], kc, vc, mask=mask)
+                return kc, vc, acc + out[:, 0]  # the sum keeps every step's output live
+
+            return lax.fori_loop(0, steps, body, (*cache, jnp.zeros((b, h, d))))[2]
+
+        args = (cache, qs, ks, vs)
+    else:
+        state = att.linear_attention_init_state(b, h, d, d)
+        state = att.LinearAttentionState(state.s + float(context), state.z + float(context))
+
+        def run(state, qs, ks, vs):
+            def body(t, c):
+                st, acc = c
+                st, out = att.linear_attention_step(st, qs[t], ks[t], vs[t])
+                return st, acc + out
+
+            return lax.fori_loop(0, steps, body, (state, jnp.zeros((b, h, d))))[1]
+
+        args = (state, qs, ks, vs)
+    return median_time(jax.jit(run), *args, repeats=3, warmup=1) / steps
+
+
+def run(args) -> list[dict]:
+    b, h, d = args.batch, args.heads, args.head_dim
+    budget = int(args.memory_budget_gb * 2**30)
+    peak = matmul_peak()
+    rows = []
+    impls = list(IMPLS)
+    try:
+        import torch  # noqa: F401
+
+        impls.append(TORCH)
+    except ImportError:
+        print("(torch not installed: the torch SDPA reference rows are left out)")
+    for length in args.lengths:
+        for impl in impls:
+            for mode in ("fwd", "fwd+bwd"):
+                if impl == TORCH:
+                    r = measure_torch(mode, b, length, h, d, args.repeats)
+                else:
+                    r = measure_jax(impl, mode, b, length, h, d, args.repeats, budget)
+                work = flops(impl, b, length, h, d) * (1.0 if mode == "fwd" else 3.5)
+                r.update(kind=mode, impl=impl, length=length,
+                         tokens_per_second=b * length / r["seconds"],
+                         gflops_per_second=work / r["seconds"] / 1e9,
+                         fraction_of_peak=work / r["seconds"] / peak)  # fmt: skip
+                rows.append(r)
+                print(
+                    f"  {mode:8s} {impl:18s} L={length:6d} {r['seconds']:9.4f} s "
+                    f"mem {r['memory_bytes'] / 2**20:9.1f} MiB  {r['status']}",
+                    flush=True,
+                )
+    for context in args.contexts:
+        for kind in ("softmax-kv-cache", "linear-state"):
+            s = decode_seconds(kind, context, b, h, d)
+            rows.append(dict(kind="decode", impl=kind, length=context, seconds=s,
+                             tokens_per_second=b / s, memory_bytes=float("nan"),
+                             gflops_per_second=float("nan"), fraction_of_peak=float("nan"),
+                             status="ok"))  # fmt: skip
+            print(f"  decode   {kind:18s} ctx={context:6d} {s * 1e3:9.3f} ms/token", flush=True)
+    for r in rows:
+        r["matmul_peak_gflops"] = peak / 1e9
+    return rows
+
+
+def _get(rows, kind, impl, length):
+    for r in rows:
+        if (r["kind"], r["impl"], r["length"]) == (kind, impl, length):
+            return r
+    return None
+
+
+def targets(rows) -> list[str]:
+    """The issue's speed targets, each with the measured figures ('n/a' where not measured)."""
+    out = []
+
+    def ratio(kind, a, b, length):
+        ra, rb = _get(rows, kind, a, length), _get(rows, kind, b, length)
+        if not ra or not rb or not np.isfinite(ra["seconds"] * rb["seconds"]):
+            return None
+        return rb["seconds"] / ra["seconds"]
+
+    def line(name, value, goal, ok):
+        mark = "n/a" if value is None else ("met" if ok else "MISSED")
+        shown = "not measured" if value is None else value
+        out.append(f"| {name} | {shown} | {goal} | {mark} |")
+
+    r = ratio("fwd+bwd", "linear-chunked", TORCH, 16384)
+    line("linear chunked vs torch SDPA, fwd+bwd 16k", r and f"{r:.1f}x faster", ">= 40x",
+         r is not None and r >= 40)  # fmt: skip
+    c = _get(rows, "fwd", "linear-chunked", 16384)
+    f = c and c["fraction_of_peak"]
+    line("linear chunked forward, fraction of matmul peak, 16k", f and f"{f:.1%}", ">= 20%",
+         f is not None and f >= 0.2)  # fmt: skip
+    c = _get(rows, "fwd+bwd", "linear-chunked", 16384)
+    t = c and c["seconds"]
+    line(
+        "linear chunked fwd+bwd 16k vs Performer's 0.22 s (issue figure)",
+        t and f"{t:.3f} s = {0.22 / t:.1f}x",
+        ">= 3x (<= 0.073 s)",
+        t is not None and t <= 0.0733,
+    )
+    a, m = (
+        _get(rows, "fwd+bwd", "linear-chunked", 16384),
+        _get(rows, "fwd+bwd", "linear-cumsum", 16384),
+    )
+    mr = a and m and a["memory_bytes"] / m["memory_bytes"]
+    line("linear chunked / cumsum memory, fwd+bwd 16k", mr and f"{mr:.3f}", "<= 0.1",
+         mr is not None and mr <= 0.1)  # fmt: skip
+    r = ratio("fwd+bwd", "softmax-blockwise", TORCH, 8192)
+    line("softmax blockwise time / torch SDPA, fwd+bwd 8k", r and f"{1 / r:.2f}", "<= 1.5",
+         r is not None and 1 / r <= 1.5)  # fmt: skip
+    s8, l8 = (
+        _get(rows, "decode", "softmax-kv-cache", 8192),
+        _get(rows, "decode", "linear-state", 8192),
+    )
+    dr = s8 and l8 and s8["seconds"] / l8["seconds"]
+    line("decode tokens/s, linear state / KV cache, 8k context", dr and f"{dr:.1f}x", ">= 10x",
+         dr is not None and dr >= 10)  # fmt: skip
+    l1, l32 = (
+        _get(rows, "decode", "linear-state", 1024),
+        _get(rows, "decode", "linear-state", 32768),
+    )
+    gr = l1 and l32 and l32["seconds"] / l1["seconds"]
+    line("linear decode time per token, 32k / 1k context", gr and f"{gr:.2f}", "<= 1.2",
+         gr is not None and gr <= 1.2)  # fmt: skip
+    return out
+
+
+def plot(rows, path, header):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for ax, kind in zip(axes[:2], ("fwd", "fwd+bwd"), strict=True):
+        for impl in (*IMPLS, TORCH):
+            pts = [
+                (r["length"], r["seconds"])
+                for r in rows
+                if r["kind"] == kind and r["impl"] == impl and np.isfinite(r["seconds"])
+            ]
+            if pts:
+                ax.loglog(*zip(*pts, strict=True), marker="o", label=impl)
+        ax.set(title=f"causal attention, {kind}", xlabel="sequence length", ylabel="seconds")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    for impl in ("softmax-kv-cache", "linear-state"):
+        pts = [(r["length"], r["tokens_per_second"]) for r in rows
+               if r["kind"] == "decode" and r["impl"] == impl]  # fmt: skip
+        if pts:
+            axes[2].loglog(*zip(*pts, strict=True), marker="o", label=impl)
+    axes[2].set(title="decode", xlabel="context length", ylabel="tokens / s")
+    axes[2].grid(True, which="both", alpha=0.3)
+    axes[2].legend(fontsize=8)
+    fig.suptitle(header, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lengths", default="512,1024,2048,4096,8192,16384,32768")
+    p.add_argument("--contexts", default="1024,8192,32768", help="decode context lengths")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head_dim", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--memory_budget_gb", type=float, default=12.0)
+    p.add_argument("--out", default="bench_out/attention")
+    args = p.parse_args(argv)
+    try:
+        args.lengths = [int(x) for x in args.lengths.split(",")]
+        args.contexts = [int(x) for x in args.contexts.split(",")]
+    except ValueError:
+        p.error("--lengths and --contexts take comma-separated integers")
+    header = (f"{machine_header()} | torch SDPA on CPU as reference | batch {args.batch}, heads "
+              f"{args.heads}, head_dim {args.head_dim}, fp32, causal")  # fmt: skip
+    print(header)
+    rows = run(args)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["kind", "impl", "length", "seconds", "tokens_per_second", "memory_bytes",
+              "gflops_per_second", "fraction_of_peak", "matmul_peak_gflops", "status"]  # fmt: skip
+    with (out / "attention.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    plot(rows, out / "attention.png", header)
+    print(f"\n{header}\n")
+    print("| kind | impl | length | seconds | tokens/s | memory MiB | GFLOP/s | of peak |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['kind']} | {r['impl']} | {r['length']} | {r['seconds']:.4g} | "
+              f"{r['tokens_per_second']:,.0f} | {r['memory_bytes'] / 2**20:,.1f} | "
+              f"{r['gflops_per_second']:.1f} | {r['fraction_of_peak']:.1%} |")  # fmt: skip
+    print("\n| target | measured | goal | status |\n|---|---|---|---|")
+    print("\n".join(targets(rows)))
+    print(f"\nwrote {out / 'attention.csv'} and {out / 'attention.png'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

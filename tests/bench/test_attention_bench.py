@@ -1,0 +1,25 @@
+"""The attention benchmark runs end to end on tiny shapes (speed is reported, not asserted)."""
+
+import math
+
+from research.bench import attention
+
+
+def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
+    rows = attention.main(["--lengths", "64,128", "--contexts", "64", "--repeats", "1",
+                           "--heads", "2", "--head_dim", "8", "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert (tmp_path / "attention.csv").read_text().startswith("kind,impl,length")
+    assert (tmp_path / "attention.png").stat().st_size > 10_000
+    assert "| target | measured | goal | status |" in out and "jax" in out.splitlines()[0]
+    impls = {r["impl"] for r in rows if r["kind"] == "fwd"}
+    assert set(attention.IMPLS) <= impls
+    for r in rows:
+        assert r["status"] == "ok" and math.isfinite(r["seconds"]) and r["seconds"] > 0
+    # FLOP model: causal softmax 2 B H L^2 D.
+    assert attention.flops("softmax-xla", 1, 128, 2, 8) == 2 * 2 * 128 * 128 * 8
+
+
+def test_memory_budget_skips_instead_of_running():
+    r = attention.measure_jax("softmax-xla", "fwd", 1, 4096, 4, 64, repeats=1, budget_bytes=1)
+    assert r["status"].startswith("skipped") and r["memory_bytes"] > 4096 * 4096 * 4
