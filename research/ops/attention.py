@@ -549,12 +549,68 @@ def _recurrent_update(state: LinearAttentionState, fq_t, fk_t, v_t):
 
 
 def _linear_scan(fq, fk, v, state: LinearAttentionState):
-    def step(state, xs):
-        return _recurrent_update(state, *xs)
+    """Token recurrence with a hand-written VJP (see `_scan_bwd`): O(d^2) memory for gradients."""
+    return _scan(fq, fk, v, state.s, state.z)
 
-    xs = tuple(jnp.swapaxes(x, 0, 1) for x in (fq, fk, v))
-    _, out = lax.scan(step, state, xs)
-    return jnp.swapaxes(out, 0, 1)
+
+def _scan_steps(fq, fk, v, s0, z0, g=None):
+    """Forward recurrence over tokens. With cotangents g it also returns, per token,
+    dq_t = S_t dnum_t + z_t dden_t, dnum_t = g_t / den_t and dden_t = -(g_t . out_t) / den_t."""
+
+    def step(carry, xs):
+        s, z = carry
+        fq_t, fk_t, v_t = xs[:3]
+        s = s + jnp.einsum("bhf,bhv->bhfv", fk_t, v_t)
+        z = z + fk_t
+        num = jnp.einsum("bhf,bhfv->bhv", fq_t, s)
+        den = jnp.einsum("bhf,bhf->bh", fq_t, z)
+        inv = jnp.where(den > 0, 1.0 / jnp.where(den > 0, den, 1.0), 0.0)[..., None]
+        out = num * inv
+        if g is None:
+            return (s, z), out
+        dnum = xs[3] * inv
+        dden = -jnp.sum(xs[3] * out, axis=-1, keepdims=True) * inv
+        dq = jnp.einsum("bhfv,bhv->bhf", s, dnum) + z * dden
+        return (s, z), (dq, dnum, dden)
+
+    xs = tuple(jnp.swapaxes(x, 0, 1) for x in (fq, fk, v) + (() if g is None else (g,)))
+    return lax.scan(step, (s0, z0), xs)[1]
+
+
+@jax.custom_vjp
+def _scan(fq, fk, v, s0, z0):
+    return jnp.swapaxes(_scan_steps(fq, fk, v, s0, z0), 0, 1)
+
+
+def _scan_fwd(fq, fk, v, s0, z0):
+    return _scan(fq, fk, v, s0, z0), (fq, fk, v, s0, z0)
+
+
+def _scan_bwd(res, g):
+    """Reverse-scan VJP (the Performer trick, with the forward states recomputed, not
+    subtracted): dk_t = R_t v_t + r_t, dv_t = R_t^T phi(k_t), with R_t = sum_{u>=t} phi(q_u)
+    dnum_u^T and r_t = sum_{u>=t} phi(q_u) dden_u carried backwards; R_0, r_0 are the
+    gradients of the initial state."""
+    fq, fk, v, s0, z0 = res
+    dq, dnum, dden = _scan_steps(fq, fk, v, s0, z0, g)  # time-major [L, B, H, .]
+
+    def back(carry, xs):
+        r_s, r_z = carry
+        fq_t, fk_t, v_t, dnum_t, dden_t = xs
+        r_s = r_s + jnp.einsum("bhf,bhv->bhfv", fq_t, dnum_t)
+        r_z = r_z + fq_t * dden_t
+        dk = jnp.einsum("bhfv,bhv->bhf", r_s, v_t) + r_z
+        dv = jnp.einsum("bhfv,bhf->bhv", r_s, fk_t)
+        return (r_s, r_z), (dk, dv)
+
+    xs = tuple(jnp.swapaxes(x, 0, 1) for x in (fq, fk, v)) + (dnum, dden)
+    (ds0, dz0), (dk, dv) = lax.scan(back, (jnp.zeros_like(s0), jnp.zeros_like(z0)), xs,
+                                    reverse=True)  # fmt: skip
+    t = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+    return t(dq), t(dk), t(dv), ds0, dz0
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 def linear_attention_init_state(
