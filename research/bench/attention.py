@@ -183,60 +183,55 @@ def _get(rows, kind, impl, length):
     return None
 
 
+def _value(rows, kind, impl, length, field="seconds"):
+    r = _get(rows, kind, impl, length)
+    return r[field] if r is not None and np.isfinite(r[field]) else None
+
+
+def _ratio(rows, a, b):
+    x, y = _value(rows, *a), _value(rows, *b)
+    return None if x is None or y is None else x / y
+
+
+def _times_faster_than_performer(rows):
+    t = _value(rows, "fwd+bwd", "linear-chunked", 16384)
+    return None if t is None else 0.22 / t  # the tracker's figure for Performer's JAX code
+
+
+# The tracker's speed targets: (what, measured value from the rows, goal, check).
+TARGETS = (
+    ("linear chunked vs torch SDPA, fwd+bwd 16k: times faster",
+     lambda r: _ratio(r, ("fwd+bwd", TORCH, 16384), ("fwd+bwd", "linear-chunked", 16384)),
+     ">= 40", lambda v: v >= 40),
+    ("linear chunked forward 16k: fraction of the matmul peak",
+     lambda r: _value(r, "fwd", "linear-chunked", 16384, "fraction_of_peak"),
+     ">= 0.2", lambda v: v >= 0.2),
+    ("linear chunked fwd+bwd 16k: times faster than Performer's quoted 0.22 s",
+     _times_faster_than_performer, ">= 3", lambda v: v >= 3),
+    ("linear chunked / cumsum compiled memory, fwd+bwd 16k",
+     lambda r: _ratio(r, ("fwd+bwd", "linear-chunked", 16384, "memory_bytes"),
+                      ("fwd+bwd", "linear-cumsum", 16384, "memory_bytes")),
+     "<= 0.1", lambda v: v <= 0.1),
+    ("softmax blockwise / torch SDPA time, fwd+bwd 8k",
+     lambda r: _ratio(r, ("fwd+bwd", "softmax-blockwise", 8192), ("fwd+bwd", TORCH, 8192)),
+     "<= 1.5", lambda v: v <= 1.5),
+    ("decode tokens/s, linear state / KV cache, 8k context",
+     lambda r: _ratio(r, ("decode", "softmax-kv-cache", 8192), ("decode", "linear-state", 8192)),
+     ">= 10", lambda v: v >= 10),
+    ("linear decode time per token, 32k / 1k context",
+     lambda r: _ratio(r, ("decode", "linear-state", 32768), ("decode", "linear-state", 1024)),
+     "<= 1.2", lambda v: v <= 1.2),
+)  # fmt: skip
+
+
 def targets(rows) -> list[str]:
-    """The issue's speed targets, each with the measured figures ('n/a' where not measured)."""
+    """One markdown row per target: measured value ('not measured' if absent), goal, status."""
     out = []
-
-    def ratio(kind, a, b, length):
-        ra, rb = _get(rows, kind, a, length), _get(rows, kind, b, length)
-        if not ra or not rb or not np.isfinite(ra["seconds"] * rb["seconds"]):
-            return None
-        return rb["seconds"] / ra["seconds"]
-
-    def line(name, value, goal, ok):
-        mark = "n/a" if value is None else ("met" if ok else "MISSED")
-        shown = "not measured" if value is None else value
-        out.append(f"| {name} | {shown} | {goal} | {mark} |")
-
-    r = ratio("fwd+bwd", "linear-chunked", TORCH, 16384)
-    line("linear chunked vs torch SDPA, fwd+bwd 16k", r and f"{r:.1f}x faster", ">= 40x",
-         r is not None and r >= 40)  # fmt: skip
-    c = _get(rows, "fwd", "linear-chunked", 16384)
-    f = c and c["fraction_of_peak"]
-    line("linear chunked forward, fraction of matmul peak, 16k", f and f"{f:.1%}", ">= 20%",
-         f is not None and f >= 0.2)  # fmt: skip
-    c = _get(rows, "fwd+bwd", "linear-chunked", 16384)
-    t = c and c["seconds"]
-    line(
-        "linear chunked fwd+bwd 16k vs Performer's 0.22 s (issue figure)",
-        t and f"{t:.3f} s = {0.22 / t:.1f}x",
-        ">= 3x (<= 0.073 s)",
-        t is not None and t <= 0.0733,
-    )
-    a, m = (
-        _get(rows, "fwd+bwd", "linear-chunked", 16384),
-        _get(rows, "fwd+bwd", "linear-cumsum", 16384),
-    )
-    mr = a and m and a["memory_bytes"] / m["memory_bytes"]
-    line("linear chunked / cumsum memory, fwd+bwd 16k", mr and f"{mr:.3f}", "<= 0.1",
-         mr is not None and mr <= 0.1)  # fmt: skip
-    r = ratio("fwd+bwd", "softmax-blockwise", TORCH, 8192)
-    line("softmax blockwise time / torch SDPA, fwd+bwd 8k", r and f"{1 / r:.2f}", "<= 1.5",
-         r is not None and 1 / r <= 1.5)  # fmt: skip
-    s8, l8 = (
-        _get(rows, "decode", "softmax-kv-cache", 8192),
-        _get(rows, "decode", "linear-state", 8192),
-    )
-    dr = s8 and l8 and s8["seconds"] / l8["seconds"]
-    line("decode tokens/s, linear state / KV cache, 8k context", dr and f"{dr:.1f}x", ">= 10x",
-         dr is not None and dr >= 10)  # fmt: skip
-    l1, l32 = (
-        _get(rows, "decode", "linear-state", 1024),
-        _get(rows, "decode", "linear-state", 32768),
-    )
-    gr = l1 and l32 and l32["seconds"] / l1["seconds"]
-    line("linear decode time per token, 32k / 1k context", gr and f"{gr:.2f}", "<= 1.2",
-         gr is not None and gr <= 1.2)  # fmt: skip
+    for name, value, goal, ok in TARGETS:
+        v = value(rows)
+        status = "n/a" if v is None else ("met" if ok(v) else "MISSED")
+        shown = "not measured" if v is None else f"{v:.3g}"
+        out.append(f"| {name} | {shown} | {goal} | {status} |")
     return out
 
 
