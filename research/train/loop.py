@@ -67,6 +67,11 @@ def _evaluate(eval_step, state, eval_source, tok, c, batch_sharding) -> dict:
     return metrics.summarize(totals)
 
 
+def _rate(tokens: float, t0: float | None) -> float:
+    """Tokens per second since t0 (0 before the first step has finished)."""
+    return 0.0 if t0 is None else tokens / max(time.perf_counter() - t0, 1e-9)
+
+
 def train_and_evaluate(c, workdir: str) -> Summary:
     # ---- data and model --------------------------------------------------------------------
     mesh = sharding.make_mesh(dict(c.mesh))
@@ -104,7 +109,8 @@ def train_and_evaluate(c, workdir: str) -> Summary:
     # ---- train -----------------------------------------------------------------------------
     bar = tqdm(total=c.num_train_steps, initial=start, disable=jax.process_index() != 0,
                desc="train", unit="step", dynamic_ncols=True)  # fmt: skip
-    window, t0, tokens, steps_run = None, time.perf_counter(), 0.0, 0
+    # Throughput counts from the end of this run's first step, so compilation is excluded.
+    window, t0, tokens, steps_run = None, None, 0.0, 0
     last_loss, eval_result, preempted, s = float("nan"), {}, False, start
     try:
         for s in range(start + 1, c.num_train_steps + 1):
@@ -117,9 +123,12 @@ def train_and_evaluate(c, workdir: str) -> Summary:
                 raise NonFiniteLoss(f"non-finite train loss ({last_loss}) at step {s}; "
                                     "stopping without saving this step's state")  # fmt: skip
             steps_run += 1
-            tokens += float(sums["weight_sum"])
+            if t0 is None:
+                t0 = time.perf_counter()
+            else:
+                tokens += float(sums["weight_sum"])
             window = sums if window is None else {k: window[k] + sums[k] for k in sums}
-            rate = tokens / max(time.perf_counter() - t0, 1e-9)
+            rate = _rate(tokens, t0)
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{rate:,.0f}")
             if s % c.log_every_steps == 0:
@@ -140,4 +149,4 @@ def train_and_evaluate(c, workdir: str) -> Summary:
         writer.close()
         preemption.restore()
     return Summary(steps_run, s, last_loss, eval_result,
-                   tokens / max(time.perf_counter() - t0, 1e-9), preempted, start)  # fmt: skip
+                   _rate(tokens, t0), preempted, start)  # fmt: skip
