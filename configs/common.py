@@ -38,5 +38,8 @@ def base_config() -> ConfigDict:
         vocab_size=8192,
         small=False,
         shards=0,  # logical data shards (0 = one per process); fixes the batches' content
+        num_kv_pairs=16,  # mqar only: key-value pairs per sequence
+        train_examples=100_000,  # mqar only
+        test_examples=1_000,  # mqar only
     ))  # fmt: skip
     return c

@@ -110,6 +110,17 @@ class ShardedIterator:
         pass
 
 
+def array_iterator(source, *, batch_size: int, seed: int, train: bool,
+                   shards: int = 0) -> ShardedIterator:  # fmt: skip
+    """This process's rows of every global batch of array records (MQAR)."""
+    mine, rows = owned_shards(shards, batch_size)
+    total = len(mine) * jax.process_count()
+    return ShardedIterator([
+        array_dataset(source, batch_size=rows, seed=seed, train=train, shard=i, shards=total)
+        for i in mine
+    ])  # fmt: skip
+
+
 def lm_iterator(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, train: bool,
                 shards: int = 0) -> ShardedIterator:  # fmt: skip
     """This process's rows of every global batch (see the module docstring)."""

@@ -81,6 +81,22 @@ def _catalog(name: str, data_dir, *, download: bool):
     raise DataError(f"data.source=tfds:{name}: has no validation or test split to evaluate on")
 
 
+def mqar_sources(c):
+    """(train, test) MQAR records built from config.data (vocab_size, seq_len, num_kv_pairs,
+    train_examples, test_examples); RESEARCH.md section 4."""
+    d = c.data
+    try:
+        cfg = builders.mqar_config(vocab_size=d.vocab_size, seq_len=d.seq_len,
+                                   num_kv_pairs=d.num_kv_pairs, train_examples=d.train_examples,
+                                   test_examples=d.test_examples, seed=c.seed)  # fmt: skip
+    except ValueError as e:
+        raise DataError(f"data: {e}") from None
+    data_dir = str(pathlib.Path(os.path.expanduser(d.data_dir)))
+    _on_process_0_then_all("build:mqar", lambda: builders.build(builders.Mqar, data_dir, cfg))
+    builder = builders.Mqar(data_dir=data_dir, config=cfg, file_format="array_record")
+    return builder.as_data_source("train"), builder.as_data_source("test")
+
+
 def text_sources(c):
     """Returns (train records, eval records, sentencepiece processor) for config `c`."""
     data_dir = pathlib.Path(os.path.expanduser(c.data.data_dir))

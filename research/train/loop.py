@@ -16,7 +16,7 @@ from research.models import DecoderLM
 from research.train import checkpoint, metrics, optim, sharding, step, tasks
 from research.train.config import model_config
 
-TASK_MODELS = {"lm": DecoderLM}
+TASK_MODELS = {"lm": DecoderLM, "mqar": DecoderLM}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -53,9 +53,29 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self.previous)
 
 
-def _evaluate(eval_step, state, eval_source, tok, c, batch_sharding) -> dict:
-    ds = pipeline.lm_iterator(eval_source, tok, seq_len=c.data.seq_len, batch_size=c.batch_size,
-                              seed=c.seed, train=False, shards=c.data.shards)  # fmt: skip
+def _task_data(c):
+    """-> (vocab size, make_iterator(train: bool)) for the config's task."""
+    if c.task == "mqar":
+        train_source, eval_source = sources.mqar_sources(c)
+
+        def make(train):
+            return pipeline.array_iterator(train_source if train else eval_source,
+                                           batch_size=c.batch_size, seed=c.seed, train=train,
+                                           shards=c.data.shards)  # fmt: skip
+
+        return c.data.vocab_size, make
+    train_source, eval_source, tok = sources.text_sources(c)
+
+    def make(train):
+        return pipeline.lm_iterator(train_source if train else eval_source, tok,
+                                    seq_len=c.data.seq_len, batch_size=c.batch_size, seed=c.seed,
+                                    train=train, shards=c.data.shards)  # fmt: skip
+
+    return tok.vocab_size(), make
+
+
+def _evaluate(eval_step, state, make_iterator, c, batch_sharding) -> dict:
+    ds = make_iterator(False)
     totals = None
     for i, local in enumerate(ds):
         if i >= c.eval_steps:
@@ -75,17 +95,15 @@ def _rate(tokens: float, t0: float | None) -> float:
 def train_and_evaluate(c, workdir: str) -> Summary:
     # ---- data and model --------------------------------------------------------------------
     mesh = sharding.make_mesh(dict(c.mesh))
-    train_source, eval_source, tok = sources.text_sources(c)
-    mcfg = model_config(c, vocab_size=tok.vocab_size(), max_length=c.data.seq_len)
+    vocab_size, make_iterator = _task_data(c)
+    mcfg = model_config(c, vocab_size=vocab_size, max_length=c.data.seq_len)
     model = TASK_MODELS[c.task](mcfg, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
     model_def, params, consts = step.split_model(model)
     opt = optim.make_optimizer(c.optimizer, c.num_train_steps)
     shardings = step.state_shardings(opt, params, consts, mesh)
     state = step.init_state(opt, params, consts, c.seed, shardings)
     del model, params
-    train_iter = pipeline.lm_iterator(train_source, tok, seq_len=c.data.seq_len,
-                                      batch_size=c.batch_size, seed=c.seed, train=True,
-                                      shards=c.data.shards)  # fmt: skip
+    train_iter = make_iterator(True)
 
     # ---- resume ----------------------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", every=c.checkpoint_every_steps,
@@ -125,8 +143,8 @@ def train_and_evaluate(c, workdir: str) -> Summary:
             steps_run += 1
             if t0 is None:
                 t0 = time.perf_counter()
-            else:
-                tokens += float(sums["weight_sum"])
+            else:  # every input token is processed, whatever its loss weight
+                tokens += c.batch_size * c.data.seq_len
             window = sums if window is None else {k: window[k] + sums[k] for k in sums}
             rate = _rate(tokens, t0)
             bar.update(1)
@@ -135,7 +153,7 @@ def train_and_evaluate(c, workdir: str) -> Summary:
                 writer.write(s, "train", {**metrics.summarize(window), "tokens_per_second": rate})
                 window = None
             if s % c.eval_every_steps == 0 or s == c.num_train_steps:
-                eval_result = _evaluate(eval_step, state, eval_source, tok, c, batch_sharding)
+                eval_result = _evaluate(eval_step, state, make_iterator, c, batch_sharding)
                 writer.write(s, "eval", eval_result)
             ckpt.save(s, state, train_iter, config_json, force=s == c.num_train_steps)
             if preemption.reached():

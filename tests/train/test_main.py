@@ -135,6 +135,16 @@ def test_non_finite_loss_stops_and_saves_nothing_bad(data_dir, tmp_path):
     assert all(s < bad_step for s in saved)
 
 
+def test_mqar_config_smoke(data_dir, tmp_path):
+    r = _run(tmp_path, data_dir, config="configs/mqar.py:smoke")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [x for x in rows if x["split"] == "eval"]
+    assert [x["step"] for x in evals] == [4, 8] and 0.0 <= evals[-1]["accuracy"] <= 1.0
+    # Only query positions carry weight: 4 key-value pairs x 16 sequences per train batch.
+    assert all(x["tokens"] == 64 for x in rows if x["split"] == "train")
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
