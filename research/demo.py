@@ -9,25 +9,18 @@ states a property and the measured figure, so a broken install shows up as a wro
 import argparse
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from research import ops
+from research.bench.common import median_time
 from research.ops import attention as att
 
 
 def _timed(fn, *args):
-    """Median wall time of a jitted call over 3 runs after one warm-up, and its output."""
-    out = jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
+    """(median seconds over 3 runs after a warm-up, output) of a jitted call."""
+    return median_time(fn, *args, repeats=3), fn(*args)
 
 
 def main(argv=None) -> int:

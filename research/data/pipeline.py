@@ -110,26 +110,28 @@ class ShardedIterator:
         pass
 
 
+def _sharded(make_shard, batch_size: int, shards: int) -> ShardedIterator:
+    """make_shard(rows, shard, shards) -> dataset, for each shard this process owns."""
+    mine, rows = owned_shards(shards, batch_size)
+    total = len(mine) * jax.process_count()
+    return ShardedIterator([make_shard(rows, i, total) for i in mine])
+
+
 def array_iterator(source, *, batch_size: int, seed: int, train: bool,
                    shards: int = 0) -> ShardedIterator:  # fmt: skip
     """This process's rows of every global batch of array records (MQAR)."""
-    mine, rows = owned_shards(shards, batch_size)
-    total = len(mine) * jax.process_count()
-    return ShardedIterator([
-        array_dataset(source, batch_size=rows, seed=seed, train=train, shard=i, shards=total)
-        for i in mine
-    ])  # fmt: skip
+    return _sharded(lambda rows, i, n: array_dataset(source, batch_size=rows, seed=seed,
+                                                     train=train, shard=i, shards=n),
+                    batch_size, shards)  # fmt: skip
 
 
 def lm_iterator(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, train: bool,
                 shards: int = 0) -> ShardedIterator:  # fmt: skip
-    """This process's rows of every global batch (see the module docstring)."""
-    mine, rows = owned_shards(shards, batch_size)
-    return ShardedIterator([
-        lm_dataset(source, tokenizer, seq_len=seq_len, batch_size=rows, seed=seed, train=train,
-                   shard=i, shards=len(mine) * jax.process_count())
-        for i in mine
-    ])  # fmt: skip
+    """This process's rows of every global LM batch (see the module docstring)."""
+    return _sharded(lambda rows, i, n: lm_dataset(source, tokenizer, seq_len=seq_len,
+                                                  batch_size=rows, seed=seed, train=train,
+                                                  shard=i, shards=n),
+                    batch_size, shards)  # fmt: skip
 
 
 def global_batch(local: dict, sharding) -> dict:

@@ -247,17 +247,10 @@ def _blockwise_forward(geo: _Blocks, q, k, v, bias, mask):
         qi = lax.dynamic_slice_in_dim(q, i * geo.bq, geo.bq, axis=2)
 
         def body(j, carry):
-            m, l, acc = carry
             kj = lax.dynamic_slice_in_dim(k, j * geo.bk, geo.bk, axis=2)
             vj = lax.dynamic_slice_in_dim(v, j * geo.bk, geo.bk, axis=2)
             s, _ = geo.scores(qi, kj, bias, mask, i, j)
-            m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-            p = jnp.exp(s - m_safe[..., None])
-            corr = jnp.exp(m - m_safe)
-            l = l * corr + jnp.sum(p, axis=-1)
-            acc = acc * corr[..., None] + jnp.einsum("bhqk,bhkd->bhqd", p, vj.astype(jnp.float32))
-            return m_new, l, acc
+            return online_softmax_update(carry, s, vj)
 
         init = (
             jnp.full((b, h, geo.bq), -jnp.inf, jnp.float32),
@@ -273,6 +266,22 @@ def _blockwise_forward(geo: _Blocks, q, k, v, bias, mask):
     out = jnp.moveaxis(out, 0, 2).reshape(b, h, geo.nq * geo.bq, dv)
     lse = jnp.moveaxis(lse, 0, 2).reshape(b, h, geo.nq * geo.bq)
     return out, lse
+
+
+def online_softmax_update(carry, s, v):
+    """Merges one block into a running softmax (Milakov & Gimelshein 2018; FlashAttention).
+
+    carry (m, l, acc): running max [..., q], sum [..., q], weighted values [..., q, d], starting
+    at (-inf, 0, 0); s [..., q, k] fp32 logits with -inf where masked; v [..., k, d].
+    The output is acc / l (0 where l = 0: nothing visible yet).
+    """
+    m, l, acc = carry
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    p = jnp.exp(s - m_safe[..., None])
+    corr = jnp.exp(m - m_safe)
+    acc = acc * corr[..., None] + jnp.einsum("...qk,...kd->...qd", p, v.astype(jnp.float32))
+    return m_new, l * corr + jnp.sum(p, axis=-1), acc
 
 
 def _reduce_to(x, shape):

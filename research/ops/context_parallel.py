@@ -69,18 +69,13 @@ def ring_attention(q, k, v, *, axis_name: str, axis_size: int, causal: bool = Tr
     perm = [(i, (i + 1) % axis_size) for i in range(axis_size)]
 
     def merge(carry, kv, s):
-        m, l, acc = carry
         kb, vb = (jnp.swapaxes(att._repeat_kv(x, h), 1, 2).astype(jnp.float32) for x in kv)
         src = (idx - s) % axis_size  # which device's keys these are
         logits = jnp.einsum("bhqd,bhkd->bhqk", qt, kb) * scale
         if causal:
             visible = (src * n + pos[None, :]) <= (idx * n + pos[:, None])
             logits = jnp.where(visible, logits, -jnp.inf)
-        m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
-        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-        p = jnp.exp(logits - m_safe[..., None])
-        corr = jnp.exp(m - m_safe)
-        return (m_new, l * corr + p.sum(-1), acc * corr[..., None] + p @ vb)
+        return att.online_softmax_update(carry, logits, vb)
 
     carry = (jnp.full((b, h, n), -jnp.inf), jnp.zeros((b, h, n)), jnp.zeros((b, h, n, v.shape[-1])))
     kv = (k, v)

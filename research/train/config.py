@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import jax
+
 from research.models import ModelConfig
 from research.train import optim, sharding, tasks
 
@@ -37,30 +39,18 @@ def validate(c) -> None:
     if o.warmup_steps < 0 or o.weight_decay < 0 or o.grad_clip < 0:
         raise ConfigError("optimizer.warmup_steps, weight_decay and grad_clip must be >= 0")
     try:
-        sharding.resolve_mesh_shape(dict(c.mesh), _device_count())
+        sharding.resolve_mesh_shape(dict(c.mesh), jax.device_count())
     except ValueError as e:
         raise ConfigError(f"mesh: {e}") from None
-    shards = c.data.shards or _process_count()
-    if shards < 1 or shards % _process_count() or c.batch_size % shards:
+    shards = c.data.shards or jax.process_count()
+    if shards < 1 or shards % jax.process_count() or c.batch_size % shards:
         raise ConfigError(
             f"data.shards={c.data.shards}: needs a multiple of the process count "
-            f"({_process_count()}) that divides batch_size={c.batch_size}"
+            f"({jax.process_count()}) that divides batch_size={c.batch_size}"
         )
     if c.data.seq_len < 2:
         raise ConfigError(f"data.seq_len={c.data.seq_len}: must be >= 2")
     model_config(c, vocab_size=max(c.data.vocab_size, 2), max_length=c.data.seq_len)
-
-
-def _device_count() -> int:
-    import jax
-
-    return jax.device_count()
-
-
-def _process_count() -> int:
-    import jax
-
-    return jax.process_count()
 
 
 def model_config(c, *, vocab_size: int, max_length: int) -> ModelConfig:
