@@ -78,12 +78,16 @@ def ring_attention(q, k, v, *, axis_name: str, axis_size: int, causal: bool = Tr
         return att.online_softmax_update(carry, logits, vb)
 
     carry = (jnp.full((b, h, n), -jnp.inf), jnp.zeros((b, h, n)), jnp.zeros((b, h, n, v.shape[-1])))
-    kv = (k, v)
-    for s in range(axis_size):  # static and short: P steps, the last one without a send
-        carry = merge(carry, kv, s)
-        if s + 1 < axis_size:
-            kv = jax.tree.map(lambda t: lax.ppermute(t, axis_name, perm), kv)
-    _, l, acc = carry
+    # The backward pass recomputes each step's logits instead of storing P blocks of them.
+    merge = jax.checkpoint(merge)
+    carry = merge(carry, (k, v), 0)
+
+    def step(s, state):  # a loop, not unrolled: compile time stays flat in the ring size
+        carry, kv = state
+        kv = jax.tree.map(lambda t: lax.ppermute(t, axis_name, perm), kv)
+        return merge(carry, kv, s), kv
+
+    (_, l, acc), _ = lax.fori_loop(1, axis_size, step, (carry, (k, v)))
     out = acc / jnp.where(l > 0, l, 1.0)[..., None]
     return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 

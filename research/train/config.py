@@ -18,7 +18,8 @@ def _positive(c, key):
         raise ConfigError(f"{key}={value!r}: must be a positive int")
 
 
-def validate(c) -> None:
+def validate(c, *, num_devices: int | None = None) -> None:
+    """num_devices: the mesh's device count (default: this run's, `jax.device_count()`)."""
     counts = ("batch_size", "accum_steps", "num_train_steps", "log_every_steps", "eval_every_steps",
               "eval_steps", "checkpoint_every_steps", "keep_checkpoints")  # fmt: skip
     for key in counts:
@@ -39,7 +40,7 @@ def validate(c) -> None:
     if o.warmup_steps < 0 or o.weight_decay < 0 or o.grad_clip < 0:
         raise ConfigError("optimizer.warmup_steps, weight_decay and grad_clip must be >= 0")
     try:
-        sharding.resolve_mesh_shape(dict(c.mesh), jax.device_count())
+        sharding.resolve_mesh_shape(dict(c.mesh), num_devices or jax.device_count())
     except ValueError as e:
         raise ConfigError(f"mesh: {e}") from None
     shards = c.data.shards or jax.process_count()

@@ -12,11 +12,8 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from research.data import DataError, pipeline, sources
-from research.models import DecoderLM
 from research.train import checkpoint, metrics, optim, sharding, step, tasks
 from research.train.config import model_config
-
-TASK_MODELS = {"lm": DecoderLM, "mqar": DecoderLM}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -97,7 +94,7 @@ def train_and_evaluate(c, workdir: str) -> Summary:
     mesh = sharding.make_mesh(dict(c.mesh))
     vocab_size, make_iterator = _task_data(c)
     mcfg = model_config(c, vocab_size=vocab_size, max_length=c.data.seq_len)
-    model = TASK_MODELS[c.task](mcfg, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
+    model = tasks.TASK_MODELS[c.task](mcfg, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
     model_def, params, consts = step.split_model(model)
     opt = optim.make_optimizer(c.optimizer, c.num_train_steps)
     shardings = step.state_shardings(opt, params, consts, mesh)

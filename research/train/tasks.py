@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 
 from research import ops
+from research.models import DecoderLM
 
 
 def lm_loss(model, batch: dict):
@@ -17,3 +18,5 @@ def lm_loss(model, batch: dict):
 # MQAR batches carry weight 1 only at query positions, so the LM loss is the recall loss and
 # its accuracy is MQAR accuracy (Zoology, Arora et al. 2023).
 TASKS = {"lm": lm_loss, "mqar": lm_loss}
+# The model class each task trains.
+TASK_MODELS = {"lm": DecoderLM, "mqar": DecoderLM}

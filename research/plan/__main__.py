@@ -1,0 +1,110 @@
+"""Does this config fit a TPU topology, and how fast could it go? Compiler figures, no TPU needed.
+
+    python -m research.plan --config=configs/lm.py --topology=v5e:16x16 [--num_slices=1] \
+        [--eval] [--config.batch_size=256 --config.mesh.fsdp=16 ...]
+    python -m research.plan --config=configs/lm.py:smoke --topology=cpu   # this machine
+
+Prints per-device argument/output/temp memory against the chip's HBM, compiled FLOPs and bytes
+per step, and a roofline step time and tokens/s. Exit codes: 0 fits, 3 does not fit,
+2 bad arguments (unknown topology, mesh not matching the chip count, config errors, no libtpu).
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v5e:16x16, v5p:4x8x8) or cpu")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "multislice: number of slices")
+_EVAL = flags.DEFINE_bool("eval", False, "also compile the eval step")
+
+GiB = 2**30
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _fail(message: str, code: int = 2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _parse_flags(argv):
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, bool]:
+    """(the table, fits) for compiled plans on `chips` devices of `chip`."""
+    tokens = c.batch_size * c.data.seq_len
+    lines = [
+        f"{topology}: {chips} x {chip.name}, {chip.hbm_bytes / GiB:.1f} GiB each | mesh "
+        f"{dict(mesh.shape)} | model d{c.model.d_model} x {c.model.num_layers} layers, "
+        f"{c.model.attention} attention | batch {c.batch_size} x {c.data.seq_len} tokens",
+        "| step | arguments | outputs | aliased | temp | total | HBM | margin | GFLOP | "
+        "GB accessed | roofline s | tokens/s | compile s |",
+        "|" + "---|" * 13,
+    ]
+    fits, notes = True, []
+    for p in plans:
+        margin = chip.hbm_bytes - p.total_bytes
+        fits &= margin >= 0
+        t = p.roofline_seconds(chip)
+        rate = f"{tokens / t:,.0f}" if p.name == "train" and t > 0 else "-"
+        if p.note:
+            notes.append(f"{p.name}: the compiler stopped: {p.note}")
+        lines.append(
+            f"| {p.name} | {_bytes(p.argument_bytes)} | {_bytes(p.output_bytes)} | "
+            f"{_bytes(p.alias_bytes)} | {_bytes(p.temp_bytes)} | {_bytes(p.total_bytes)} | "
+            f"{_bytes(chip.hbm_bytes)} | {_bytes(margin)} | {p.flops / 1e9:,.3f} | "
+            f"{p.bytes_accessed / 1e9:,.2f} | {t:.4g} | {rate} | {p.compile_seconds:.1f} |"
+        )
+    worst = max(p.total_bytes for p in plans) - chip.hbm_bytes
+    verdict = "fits" if fits else f"does not fit by {_bytes(worst)} per device"
+    m = c.model
+    if c.accum_steps > 1 or m.attention != "softmax" or m.softmax_implementation != "xla":
+        # XLA's cost analysis counts a while-loop body once, whatever its trip count.
+        notes.append("note: this step has loops (blockwise/linear attention or gradient "
+                     "accumulation); XLA counts a loop body once, so FLOPs, bytes and the "
+                     "roofline are underestimates. Memory is exact.")  # fmt: skip
+    lines += notes
+    lines.append(
+        "\nmemory per device; FLOPs and bytes per device per step (XLA estimates); "
+        f"roofline = max(FLOPs/peak, bytes/HBM bandwidth), a lower bound.\n{verdict}"
+    )
+    return "\n".join(lines), fits
+
+
+def main(argv):
+    from research.plan import MissingLibtpu, devices_for, plan_train
+    from research.train import sharding
+    from research.train.config import ConfigError
+
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; use --config.key=value to override config keys")
+    if _CONFIG.value is None or not _TOPOLOGY.value:
+        _fail("both --config=configs/NAME.py[:PRESET] and --topology=NAME are required")
+    c = _CONFIG.value
+    if "experiment" in c:
+        _fail("plan a single training config (configs/lm.py, configs/mqar.py), not a sweep")
+    try:
+        devices, chip = devices_for(_TOPOLOGY.value, _NUM_SLICES.value)
+        plans = plan_train(c, devices, eval_step=_EVAL.value)
+    except (MissingLibtpu, ConfigError, ValueError) as e:
+        _fail(str(e))
+    mesh = sharding.make_mesh(dict(c.mesh), devices)
+    text, fits = report(plans, chip, topology=_TOPOLOGY.value, chips=len(devices), mesh=mesh, c=c)
+    print(text)
+    return 0 if fits else 3
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

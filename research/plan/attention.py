@@ -1,0 +1,214 @@
+"""Linear vs softmax attention at pod scale on paper: one attention layer compiled for a topology.
+
+    python -m research.plan.attention --topology=v5e:16x16 [--lengths=8192,32768,...,1048576]
+        [--heads=16 --head_dim=128] [--out=DIR]
+
+For each context length, compiles causal attention forward+backward (bf16 q, k, v; fp32
+softmax statistics and linear states) four ways and reads per-device memory, FLOPs and bytes:
+  local (data parallel: every device holds whole sequences, batch = devices)
+    softmax-blockwise   online-softmax blocks (research.ops.softmax_attention)
+    linear-chunked      chunkwise-parallel linear attention (research.ops.linear_attention)
+  context parallel (one sequence split over all devices, research.ops.context_parallel)
+    softmax-ring        ring attention, K/V blocks passed around the devices
+    linear-cp           per-device chunk states + a log-depth prefix of d x d states
+Roofline time per step = FLOPs / peak + collective bytes / ICI bandwidth, a compute-bound lower
+bound. FLOPs are the analytic counts of research.bench.attention (forward+backward = 3.5 x forward;
+ring adds one forward for its recomputation and computes the masked half too), because XLA's
+cost analysis counts a loop body once and every variant here is a loop. Memory is XLA's compiled
+figure (loops do not distort it). Collective bytes are the forward formula of
+`context_parallel.bytes_communicated` x 2 for linear (the backward prefix sends as much) and x 3
+for ring (the backward recomputes the forward ring and sends dK, dV back around it). These are
+compiler figures and estimates, not measurements. Writes plan_attention.csv and .png to --out.
+"""
+
+import argparse
+import csv
+import functools
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from research.bench import attention as bench
+from research.ops import attention as att
+from research.ops import context_parallel as cp
+from research.ops.feature_maps import feature_dim
+from research.plan import MissingLibtpu, _compile, devices_for
+
+VARIANTS = ("softmax-blockwise", "linear-chunked", "softmax-ring", "linear-cp")
+DEFAULT_LENGTHS = "8192,32768,131072,524288,1048576"
+
+
+def _grad_of(fn):
+    return jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2))
+
+
+def compile_variant(variant: str, devices, length: int, heads: int, head_dim: int):
+    """Compile one variant's forward+backward; returns (Plan, tokens per step)."""
+    n = len(devices)
+    mesh = Mesh(np.asarray(devices), ("d",))
+    chunk = min(64, length // n) if variant.endswith(("cp", "ring")) else 64
+    if variant == "softmax-blockwise":
+        fn = functools.partial(att.softmax_attention, causal=True, implementation="blockwise")
+    elif variant == "linear-chunked":
+        fn = functools.partial(att.linear_attention, causal=True, form="chunked")
+    elif variant == "softmax-ring":
+        body = functools.partial(cp.ring_attention, axis_name="d", axis_size=n)
+    elif variant == "linear-cp":
+        body = functools.partial(cp.linear_attention_cp, axis_name="d", axis_size=n,
+                                 chunk_size=chunk)  # fmt: skip
+    else:
+        raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+    if variant in ("softmax-ring", "linear-cp"):
+        spec, batch, tokens = P(None, "d"), 1, length
+        fn = jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)
+    else:
+        spec, batch, tokens = P("d"), n, n * length
+    x = jax.ShapeDtypeStruct((batch, length, heads, head_dim), jnp.bfloat16,
+                             sharding=NamedSharding(mesh, spec))  # fmt: skip
+    plan, _ = _compile(variant, jax.jit(_grad_of(fn)), x, x, x)
+    return plan, tokens
+
+
+def comm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: int) -> int:
+    """Collective bytes per device for forward+backward (see the module docstring)."""
+    shape = dict(batch=1, length=length, heads=heads, kv_heads=heads, head_dim=head_dim,
+                 value_dim=head_dim, devices=devices)  # fmt: skip
+    if variant == "softmax-ring":  # the formula counts fp32; K/V travel in bf16 here
+        return 3 * cp.bytes_communicated("ring", feature_dim=head_dim, **shape) // 2
+    if variant == "linear-cp":  # fp32 states
+        f = feature_dim("elu", head_dim)
+        return 2 * cp.bytes_communicated("linear", feature_dim=f, **shape)
+    return 0
+
+
+def flops_per_device(variant: str, length: int, heads: int, head_dim: int, devices: int) -> float:
+    """Analytic forward+backward FLOPs on one device (see the module docstring)."""
+    n = length // devices
+    if variant == "softmax-blockwise":
+        return 3.5 * bench.flops("softmax-xla", 1, length, heads, head_dim)
+    if variant == "linear-chunked":
+        return 3.5 * bench.flops("linear-chunked", 1, length, heads, head_dim)
+    if variant == "softmax-ring":  # every (n x n) block of all P, causal mask applied after
+        return 4.5 * 4.0 * heads * n * length * head_dim
+    chunk = min(64, n)
+    return 3.5 * bench.flops("linear-chunked", 1, n, heads, head_dim, chunk=chunk)
+
+
+def run(topology: str, lengths, heads: int, head_dim: int, num_slices: int = 1) -> list[dict]:
+    devices, chip = devices_for(topology, num_slices)
+    n = len(devices)
+    rows = []
+    for length in lengths:
+        if length % n:
+            raise ValueError(f"length {length} is not divisible by the {n} devices")
+        for variant in VARIANTS:
+            plan, tokens = compile_variant(variant, devices, length, heads, head_dim)
+            comm = comm_bytes(variant, length, heads, head_dim, n)
+            flops = flops_per_device(variant, length, heads, head_dim, n)
+            seconds = flops / chip.peak_flops + comm / chip.ici_bandwidth
+            rows.append({
+                "topology": topology, "devices": n, "length": length, "variant": variant,
+                "memory_bytes": plan.total_bytes, "fits": plan.total_bytes <= chip.hbm_bytes,
+                "flops": flops, "comm_bytes": comm,
+                "roofline_s": seconds, "tokens_per_s": tokens / seconds,
+                "compile_s": plan.compile_seconds, "note": plan.note,
+            })  # fmt: skip
+            print(f"  {topology} L={length:>8} {variant:18} {plan.total_bytes / 2**30:8.2f} GiB "
+                  f"{seconds:10.4g} s  (compiled in {plan.compile_seconds:.1f} s)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return rows
+
+
+def crossover(rows, local: bool) -> int | None:
+    """Shortest length at which linear's roofline time beats softmax's (local or context
+    parallel), or None if it never does within the lengths."""
+    soft, lin = ("softmax-blockwise", "linear-chunked") if local else ("softmax-ring", "linear-cp")
+    for length in sorted({r["length"] for r in rows}):
+        t = {r["variant"]: r["roofline_s"] for r in rows if r["length"] == length}
+        if t[lin] < t[soft]:
+            return length
+    return None
+
+
+def table(rows) -> str:
+    lines = ["| length | variant | memory/device GiB | fits | TFLOP/device | comm MB | "
+             "roofline s | tokens/s |", "|" + "---|" * 8]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['length']:,} | {r['variant']} | {r['memory_bytes'] / 2**30:.2f} | "
+            f"{'yes' if r['fits'] else 'NO'} | {r['flops'] / 1e12:.3f} | "
+            f"{r['comm_bytes'] / 1e6:.1f} | "
+            f"{r['roofline_s']:.4g} | {r['tokens_per_s']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for v in VARIANTS:
+        mine = [r for r in rows if r["variant"] == v]
+        x = [r["length"] for r in mine]
+        axes[0].plot(x, [r["roofline_s"] for r in mine], marker="o", label=v)
+        axes[1].plot(x, [r["memory_bytes"] / 2**30 for r in mine], marker="o", label=v)
+    for ax, label in zip(axes, ("roofline s / step", "GiB per device"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--topology", required=True, help="v5e:16x16, v5p:4x8x8, ... or cpu")
+    parser.add_argument("--num_slices", type=int, default=1)
+    parser.add_argument("--lengths", default=DEFAULT_LENGTHS)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--head_dim", type=int, default=128)
+    parser.add_argument("--out", default="/tmp/seqlab/plan_attention")
+    args = parser.parse_args(argv)
+    try:
+        lengths = [int(x) for x in args.lengths.split(",")]
+        rows = run(args.topology, lengths, args.heads, args.head_dim, args.num_slices)
+    except (MissingLibtpu, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "plan_attention.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    title = (
+        f"{args.topology} ({rows[0]['devices']} devices), one causal attention layer fwd+bwd, "
+        f"{args.heads} heads x {args.head_dim}, bf16; compiler figures + roofline estimate"
+    )
+    plot(rows, out / "plan_attention.png", title)
+    print(title + "\n")
+    print(table(rows))
+    for local in (True, False):
+        x = crossover(rows, local)
+        kind = "local (whole sequence per device)" if local else "context parallel"
+        where = f"{x:,}" if x else f"none up to {max(lengths):,}"
+        print(f"crossover, {kind}: linear faster than softmax from length {where}")
+    print(f"\nwrote {out / 'plan_attention.csv'} and {out / 'plan_attention.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

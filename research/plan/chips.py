@@ -1,0 +1,75 @@
+"""Published per-chip TPU figures for roofline estimates, and topology names -> devices.
+
+A roofline step time is max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) per chip (+ the
+collective bytes over the chip's ICI bandwidth where we know them): a lower bound, not a forecast.
+"""
+
+import dataclasses
+import re
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    name: str
+    hbm_bytes: int
+    peak_flops: float  # dense bf16 FLOP/s per chip
+    hbm_bandwidth: float  # bytes/s per chip
+    ici_bandwidth: float  # bytes/s per chip, all links, one direction
+
+
+GiB = 2**30
+# Sources: cloud.google.com/tpu/docs/{v4,v5e,v5p,v6e} "system architecture" tables (2025).
+CHIPS = {
+    # v4: 32 GiB HBM2, 275 TFLOP/s bf16, 1,228 GB/s HBM, 2,400 Gbps ICI per chip.
+    "v4": Chip("TPU v4", 32 * GiB, 275e12, 1228e9, 300e9),
+    # v5e: 16 GiB HBM2e, 197 TFLOP/s bf16, 819 GB/s HBM, 1,600 Gbps ICI per chip.
+    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9, 200e9),
+    # v5p: 95 GiB HBM2e, 459 TFLOP/s bf16, 2,765 GB/s HBM, 4,800 Gbps ICI per chip.
+    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, 2765e9, 600e9),
+    # v6e (Trillium): 32 GiB HBM, 918 TFLOP/s bf16, 1,640 GB/s HBM, 3,584 Gbps ICI per chip.
+    "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9, 448e9),
+}
+_NAME = re.compile(r"^(v4|v5e|v5p|v6e):(\d+)x(\d+)(?:x(\d+))?$")
+
+
+def parse_topology(name: str) -> tuple[Chip, tuple[int, ...]]:
+    """'v5e:16x16' -> (chip, (16, 16)); ValueError naming what is allowed otherwise."""
+    m = _NAME.match(name)
+    if not m:
+        raise ValueError(
+            f"topology={name!r}: expected CHIP:AxB[xC] with CHIP one of {', '.join(CHIPS)} "
+            "(for example v5e:4x4, v5e:16x16, v5p:4x8x8), or 'cpu' for this machine's devices"
+        )
+    dims = tuple(int(d) for d in m.groups()[1:] if d is not None)
+    if m.group(1) in ("v4", "v5p") and len(dims) != 3:
+        raise ValueError(f"topology={name!r}: {m.group(1)} slices are 3-D, for example 4x4x4")
+    if m.group(1) in ("v5e", "v6e") and len(dims) != 2:
+        raise ValueError(f"topology={name!r}: {m.group(1)} slices are 2-D, for example 16x16")
+    return CHIPS[m.group(1)], dims
+
+
+def tpu_devices(name: str, num_slices: int = 1):
+    """Devices of a TPU topology, compiled for on this host (needs libtpu: the `tpu` extra)."""
+    _, dims = parse_topology(name)
+    from jax.experimental import topologies
+
+    # Hosts hold up to 2x2 chips (v5e/v6e 4-chip hosts; v4/v5p 2x2x1).
+    bounds = (min(2, dims[0]), min(2, dims[1]), 1)
+    try:
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=name,
+                                            chip_config_name="default",
+                                            chips_per_host_bounds=bounds,
+                                            num_slices=num_slices)  # fmt: skip
+    except RuntimeError as e:
+        if "support not installed" in str(e):
+            raise MissingLibtpu() from None
+        raise ValueError(f"topology={name!r} is not valid: {str(e).splitlines()[0]}") from None
+    return list(topo.devices)
+
+
+class MissingLibtpu(RuntimeError):
+    def __init__(self):
+        super().__init__(
+            "compiling for TPU needs libtpu: pip install -e '.[tpu]' (installs jax[tpu] at this "
+            "project's jax version); --topology=cpu plans for this machine's devices instead"
+        )

@@ -1,0 +1,112 @@
+"""research.plan: the CPU path against a real run, and TPU compiles with the CLI's exit codes."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import lm
+from research.plan import chips, plan_train
+from research.train import optim, sharding, step, tasks
+from research.train.config import model_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(
+    not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]'); TPU compiles skipped"
+)
+
+
+def _smoke(**mesh):
+    c = lm.get_config("smoke")
+    c.mesh.update(mesh)
+    return c
+
+
+def _device0_bytes(tree) -> int:
+    dev = jax.devices()[0]
+    return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+               if s.device == dev)  # fmt: skip
+
+
+def test_cpu_plan_predicts_a_real_runs_arrays_and_compiled_step():
+    """Abstract state + the same rules give exactly the bytes a real run puts on each device,
+    and the same compiled memory as the loop's step built from real arrays."""
+    c = _smoke(data=2, fsdp=2, tensor=2)
+    (plan,) = plan_train(c, jax.devices())
+
+    # The real thing, as research.train.loop builds it.
+    mesh = sharding.make_mesh(dict(c.mesh))
+    mcfg = model_config(c, vocab_size=c.data.vocab_size, max_length=c.data.seq_len)
+    model = tasks.TASK_MODELS[c.task](mcfg, rngs=nnx.Rngs(params=0, dropout=1))
+    model_def, params, consts = step.split_model(model)
+    opt = optim.make_optimizer(c.optimizer, c.num_train_steps)
+    sh = step.state_shardings(opt, params, consts, mesh)
+    state = step.init_state(opt, params, consts, 0, sh)
+    shape = (c.batch_size, c.data.seq_len)
+    dtypes = {"inputs": np.int32, "targets": np.int32, "weights": np.float32}
+    batch = {k: jax.device_put(np.zeros(shape, dt), sharding.batch_sharding(mesh))
+             for k, dt in dtypes.items()}  # fmt: skip
+    real_args = _device0_bytes(state) + _device0_bytes(batch)
+    assert plan.argument_bytes == real_args
+    assert plan.alias_bytes == _device0_bytes(state)  # the donated state is updated in place
+
+    train = step.make_train_step(model_def, opt, tasks.TASKS[c.task], mesh=mesh, shardings=sh)
+    real = train.lower(state, batch).compile().memory_analysis()
+    assert plan.temp_bytes == real.temp_size_in_bytes > 0
+    assert plan.output_bytes == real.output_size_in_bytes
+
+    # FLOPs against the 6 N T rule (Kaplan et al. 2020) for this device's tokens: the model is
+    # tiny, so attention and the softmax add to it, but the order of magnitude must agree.
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    tokens_per_device = c.batch_size * c.data.seq_len / 4  # data x fsdp = 4
+    assert 0.3 < plan.flops / (6 * n_params * tokens_per_device) < 3.0
+
+
+def test_plan_rejects_a_batch_that_does_not_split_over_the_mesh():
+    c = _smoke()
+    c.batch_size = 6
+    with pytest.raises(ValueError, match="batch_size=6 is not divisible by data x fsdp = 8"):
+        plan_train(c, jax.devices())
+
+
+@pytest.mark.parametrize("name", ["v5e:3", "v9:4x4", "v5e:4x4x4", "v5p:4x4"])
+def test_bad_topology_names(name):
+    with pytest.raises(ValueError, match="topology="):
+        chips.parse_topology(name)
+
+
+def _plan_cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "research.plan", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+@needs_libtpu
+def test_cli_tpu_fits_does_not_fit_and_bad_arguments():
+    ok = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:2x2", "--eval")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "4 x TPU v5e" in ok.stdout and ok.stdout.rstrip().endswith("fits")
+    train_row = next(line for line in ok.stdout.splitlines() if line.startswith("| train"))
+    cells = [x.strip() for x in train_row.split("|")[1:-1]]
+    assert float(cells[8].replace(",", "")) > 0  # GFLOP
+    assert not cells[5].startswith("0 B")  # total memory
+
+    # ~1.6B parameters with AdamW, replicated over data parallelism: far beyond 16 GiB.
+    big = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:2x2",
+                    "--config.model.d_model=4096", "--config.model.d_ff=16384",
+                    "--config.model.num_layers=8", "--config.model.num_heads=32")  # fmt: skip
+    assert big.returncode == 3, big.stderr[-2000:]
+    assert "does not fit by" in big.stdout and "GiB per device" in big.stdout
+
+    bad = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:7")
+    assert bad.returncode == 2 and "topology='v5e:7'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    mesh = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:2x2", "--config.mesh.data=8")
+    assert mesh.returncode == 2 and "mesh" in mesh.stderr and "Traceback" not in mesh.stderr

@@ -1,0 +1,43 @@
+"""research.plan.attention on this machine's 8 fake CPU devices (the TPU path is the same code)."""
+
+import csv
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from research.ops import attention as att
+from research.plan import attention as pa
+
+
+def test_cpu_sweep_writes_table_csv_png_and_crossover(tmp_path, capsys):
+    code = pa.main(["--topology=cpu", "--lengths=256,1024", "--heads=2", "--head_dim=16",
+                    f"--out={tmp_path}"])  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "plan_attention.csv")))
+    assert {r["variant"] for r in rows} == set(pa.VARIANTS) and len(rows) == 8
+    assert all(int(r["memory_bytes"]) > 0 and float(r["roofline_s"]) > 0 for r in rows)
+    assert (tmp_path / "plan_attention.png").stat().st_size > 10_000
+    out = capsys.readouterr().out
+    assert "crossover, local" in out and "crossover, context parallel" in out
+    # Context parallel splits the sequence: 8 devices hold 1/8 of the linear work each.
+    by = {(r["variant"], int(r["length"])): r for r in rows}
+    ratio = float(by["linear-chunked", 1024]["flops"]) / float(by["linear-cp", 1024]["flops"])
+    assert ratio == pytest.approx(8.0, rel=0.3)
+
+
+def test_analytic_softmax_flops_match_the_compiled_dense_forward():
+    """The roofline uses analytic FLOPs; check them against XLA's count of the dense (loop-free)
+    forward, which computes the full L x L (twice the causal count) plus softmax elementwise."""
+    b, length, h, d = 1, 512, 2, 64
+    x = jax.ShapeDtypeStruct((b, length, h, d), jnp.float32)
+    f = jax.jit(lambda q, k, v: att.softmax_attention(q, k, v, causal=True))
+    compiled = f.lower(x, x, x).compile().cost_analysis()
+    compiled = compiled[0] if isinstance(compiled, list) else compiled
+    analytic_causal = pa.flops_per_device("softmax-blockwise", length, h, d, 1) / 3.5
+    assert compiled["flops"] == pytest.approx(2 * analytic_causal, rel=0.1)
+
+
+def test_bad_topology_exits_2(capsys):
+    assert pa.main(["--topology=v5e:3"]) == 2
+    assert "topology='v5e:3'" in capsys.readouterr().err
