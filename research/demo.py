@@ -2,8 +2,8 @@
 
     python -m research.demo [--length 4096]
 
-It is what `./launch/run.sh` runs until the attention-comparison experiment lands. Each line
-states a property and the measured figure, so a broken install shows up as a wrong number.
+Each line states a property and the measured figure, so a broken install shows up as a wrong
+number. (`./launch/run.sh` runs the attention comparison, configs/compare_attention.py.)
 """
 
 import argparse

@@ -2,6 +2,9 @@
 
     python -m research.main --config=configs/NAME.py[:PRESET] --workdir=DIR [--config.key=value]
 
+A config with an `experiment` key (for example configs/compare_attention.py) runs that sweep of
+training runs from research.experiments instead of a single run.
+
 Re-running with the same --workdir resumes from its newest readable checkpoint. Exit codes:
 0 done or preempted (SIGTERM: saved, then stopped), 1 non-finite loss, 2 bad flags or config.
 """
@@ -47,6 +50,15 @@ def main(argv):
     try:
         # Processes first: validation asks JAX how many devices the run has.
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        if "experiment" in config:  # a sweep of training runs (research.experiments)
+            from research.experiments import EXPERIMENTS
+
+            if config.experiment not in EXPERIMENTS:
+                raise ConfigError(
+                    f"experiment={config.experiment!r}: allowed {', '.join(EXPERIMENTS)}"
+                )
+            EXPERIMENTS[config.experiment](config, _WORKDIR.value)
+            return 0
         validate(config)
         summary = loop.train_and_evaluate(config, _WORKDIR.value)
     except (ConfigError, DataError) as e:

@@ -1,0 +1,227 @@
+"""Linear vs softmax attention on recall (MQAR) and language modelling, one table at the end.
+
+Every (attention, width, learning rate) point is an ordinary training run of `research.train.loop`
+in its own sub-directory of the workdir, so an interrupted sweep resumes where it stopped and a
+finished point is never recomputed. For each (attention, width) the table reports the best MQAR
+eval accuracy over the learning rates (Zoology, Arora et al. 2023, sweeps learning rates the same
+way), the LM eval loss and perplexity, train tokens/s, greedy-decode tokens/s after a prompt of
+the MQAR length, and the bytes of the decode state (the KV cache for softmax at that context,
+the recurrent d_k x d_v state for linear), measured from the cache the model actually builds.
+"""
+
+import copy
+import csv
+import dataclasses
+import json
+import math
+import pathlib
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from research.bench.common import machine_header, median_time
+from research.models import DecoderLM
+from research.models.generate import generate
+from research.train import loop
+from research.train.config import ConfigError, model_config, validate
+
+FIELDS = ("attention", "width", "mqar_accuracy", "mqar_best_lr", "lm_loss", "lm_perplexity",
+          "train_tokens_per_s", "decode_tokens_per_s", "state_bytes")  # fmt: skip
+
+
+# softmax, or the feature map of causal linear attention (research.ops.feature_maps)
+ATTENTIONS = ("softmax", "elu", "relu", "taylor", "favor")
+
+
+def _parse_list(c, key, kind):
+    try:
+        values = [kind(v) for v in str(c[key]).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"{key}={c[key]!r}: expected a comma-separated list of {kind.__name__}"
+        ) from None
+    if not values:
+        raise ConfigError(f"{key} is empty")
+    return values
+
+
+def _attention_overrides(name: str) -> dict:
+    """Config model keys for an attention name: 'softmax' or a linear feature map."""
+    if name == "softmax":
+        return {"attention": "softmax"}
+    return {"attention": "linear", "feature_map": name}
+
+
+@dataclasses.dataclass
+class Point:
+    task: str  # mqar | lm
+    attention: str
+    width: int
+    lr: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}_{self.attention}_d{self.width}_lr{self.lr:g}"
+
+
+def point_config(c, p: Point):
+    """The training config of one point: the task's config with width, attention and lr set."""
+    base = copy.deepcopy(c[p.task])
+    base.unlock()
+    base.model.update(d_model=p.width, d_ff=4 * p.width, **_attention_overrides(p.attention))
+    base.optimizer.learning_rate = p.lr
+    return base
+
+
+def points(c) -> list[Point]:
+    attentions = [a.strip() for a in str(c.attentions).split(",") if a.strip()]
+    widths = _parse_list(c, "widths", int)
+    lrs = _parse_list(c, "learning_rates", float)
+    tasks = [t.strip() for t in str(c.tasks).split(",") if t.strip()]
+    if "mqar" not in tasks or set(tasks) - {"mqar", "lm"}:
+        raise ConfigError(f"tasks={c.tasks!r}: allowed 'mqar' or 'mqar,lm'")
+    for a in attentions:
+        if a not in ATTENTIONS:
+            raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTIONS)}")
+    out = [Point("mqar", a, w, lr) for a in attentions for w in widths for lr in lrs]
+    if "lm" in tasks:
+        out += [Point("lm", a, w, c.lm.optimizer.learning_rate) for a in attentions for w in widths]
+    for p in out:  # every mistake is reported before the first run starts
+        pc = point_config(c, p)
+        try:
+            validate(pc)
+        except ConfigError as e:
+            raise ConfigError(f"{p.name}: {e}") from None
+    return out
+
+
+def run_point(c, p: Point, workdir: pathlib.Path) -> dict:
+    """Train one point (resuming a partial run); its result.json makes a rerun free."""
+    out = workdir / "runs" / p.name
+    result_path = out / "result.json"
+    pc = point_config(c, p)
+    if result_path.exists():
+        saved = json.loads(result_path.read_text())
+        if saved["config"] != pc.to_dict():
+            raise ConfigError(f"{out} holds a run with a different config; use a new --workdir")
+        return saved
+    try:
+        summary = loop.train_and_evaluate(pc, str(out))
+        ev, rate, note = summary.eval, summary.tokens_per_second, ""
+    except loop.NonFiniteLoss as e:  # a diverged point is a result (recurrent models do this)
+        ev, rate, note = {"accuracy": math.nan, "loss": math.nan}, math.nan, str(e)
+        print(f"  {p.name}: {e}", flush=True)
+    result = {"point": dataclasses.asdict(p), "config": pc.to_dict(), "eval": ev,
+              "tokens_per_second": rate, "note": note}  # fmt: skip
+    if jax.process_index() == 0:
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(result_path)  # atomic: a killed sweep never leaves a half-written result
+    return result
+
+
+def decode_cost(c, attention: str, width: int) -> tuple[float, int]:
+    """(greedy tokens/s, decode-state bytes) for batch 1 after a prompt of MQAR length."""
+    pc = point_config(c, Point("mqar", attention, width, 1e-3))
+    prompt_len, new = pc.data.seq_len, c.decode_tokens
+    mcfg = model_config(pc, vocab_size=pc.data.vocab_size, max_length=prompt_len + new)
+    model = DecoderLM(mcfg, rngs=nnx.Rngs(0))
+    prompt = np.ones((1, prompt_len), np.int32)
+    _, cache = model.prefill(prompt, max_length=prompt_len + new)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(cache["layers"]))
+    seconds = median_time(lambda: generate(model, prompt, max_new_tokens=new), repeats=3)
+    return new / seconds, int(state_bytes)
+
+
+def summarize(c, results: list[dict], decode: dict) -> list[dict]:
+    rows = []
+    for a in [a.strip() for a in str(c.attentions).split(",") if a.strip()]:
+        for w in _parse_list(c, "widths", int):
+            mine = [r for r in results if r["point"]["attention"] == a and r["point"]["width"] == w]
+            mqar = [r for r in mine if r["point"]["task"] == "mqar"]
+            lm = [r for r in mine if r["point"]["task"] == "lm"]
+            # NaN (diverged) ranks below every finite accuracy.
+            best = max(mqar, key=lambda r: np.nan_to_num(r["eval"]["accuracy"], nan=-1.0))
+            lm_loss = lm[0]["eval"]["loss"] if lm else math.nan
+            rows.append({
+                "attention": a, "width": w, "mqar_accuracy": best["eval"]["accuracy"],
+                "mqar_best_lr": best["point"]["lr"], "lm_loss": lm_loss,
+                "lm_perplexity": math.exp(lm_loss) if lm else math.nan,
+                "train_tokens_per_s": best["tokens_per_second"],
+                "decode_tokens_per_s": decode[a, w][0], "state_bytes": decode[a, w][1],
+            })  # fmt: skip
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| attention | width | MQAR acc | best lr | LM loss | LM ppl | train tok/s "
+            "| decode tok/s | state bytes |")  # fmt: skip
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['attention']} | {r['width']} | {r['mqar_accuracy']:.3f} | "
+            f"{r['mqar_best_lr']:g} | {r['lm_loss']:.3f} | {r['lm_perplexity']:.1f} | "
+            f"{r['train_tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:,.0f} | "
+            f"{r['state_bytes']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: pathlib.Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for a in dict.fromkeys(r["attention"] for r in rows):
+        mine = [r for r in rows if r["attention"] == a]
+        widths = [r["width"] for r in mine]
+        axes[0].plot(widths, [r["mqar_accuracy"] for r in mine], marker="o", label=a)
+        axes[1].plot(widths, [r["lm_perplexity"] for r in mine], marker="o", label=a)
+    labels = ("MQAR eval accuracy (best lr)", "LM eval perplexity")
+    for ax, label in zip(axes, labels, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("model width (d_model)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(0, 1.02)
+    axes[0].legend()
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(c, workdir: str) -> list[dict]:
+    workdir = pathlib.Path(workdir).expanduser()
+    todo = points(c)
+    t0 = time.perf_counter()
+    results = []
+    for i, p in enumerate(todo, 1):
+        if jax.process_index() == 0:
+            print(f"[{i}/{len(todo)}] {p.name} ({time.perf_counter() - t0:.0f} s so far)",
+                  flush=True)  # fmt: skip
+        results.append(run_point(c, p, workdir))
+    widths = _parse_list(c, "widths", int)
+    attentions = dict.fromkeys(r["point"]["attention"] for r in results)
+    decode = {(a, w): decode_cost(c, a, w) for a in attentions for w in widths}
+    rows = summarize(c, results, decode)
+    m = c.mqar.data
+    header = (f"{machine_header()}\nMQAR seq_len {m.seq_len}, {m.num_kv_pairs} kv pairs, vocab "
+              f"{m.vocab_size}, {c.mqar.num_train_steps} steps x batch {c.mqar.batch_size}; "
+              f"LM {c.lm.data.source} seq_len {c.lm.data.seq_len}, {c.lm.num_train_steps} steps; "
+              f"{c.mqar.model.num_layers} layers, {c.mqar.model.num_heads} heads; decode batch 1, "
+              f"{c.decode_tokens} tokens after {m.seq_len}")  # fmt: skip
+    if jax.process_index() == 0:
+        with open(workdir / "compare.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        plot(rows, workdir / "compare.png", header)
+        print(f"\n{header}\n\n{table(rows)}\n")
+        print(f"wrote {workdir / 'compare.csv'} and {workdir / 'compare.png'} "
+              f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    return rows

@@ -1,0 +1,51 @@
+"""The default experiment (configs/compare_attention.py:smoke) end to end through the CLI."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run(workdir, data_dir, *overrides):
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2"
+    )
+    cmd = [sys.executable, "-m", "research.main", "--config=configs/compare_attention.py:smoke",
+           f"--workdir={workdir}", f"--config.mqar.data.data_dir={data_dir}",
+           f"--config.lm.data.data_dir={data_dir}", *overrides]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
+    r = _run(tmp_path / "wd", tmp_path / "data")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "wd" / "compare.csv")))
+    assert [(x["attention"], x["width"]) for x in rows] == [
+        ("softmax", "16"), ("softmax", "32"), ("elu", "16"), ("elu", "32")]  # fmt: skip
+    for x in rows:
+        assert 0.0 <= float(x["mqar_accuracy"]) <= 1.0 and float(x["lm_perplexity"]) > 1.0
+        assert float(x["train_tokens_per_s"]) > 0 and float(x["decode_tokens_per_s"]) > 0
+    # Decode state: KV cache 2 layers x 2 (K, V) x (32 + 4) positions x width x fp32 for
+    # softmax; elu+1 linear: 2 layers x heads x (F Dv + F) x fp32, F = Dv = width / 2 heads.
+    by = {(x["attention"], int(x["width"])): int(x["state_bytes"]) for x in rows}
+    assert by["softmax", 16] == 2 * 2 * 36 * 16 * 4
+    assert by["elu", 32] == 2 * 2 * (16 * 16 + 16) * 4
+    assert (tmp_path / "wd" / "compare.png").stat().st_size > 10_000
+    assert "| attention | width | MQAR acc |" in r.stdout
+
+    # A rerun reuses every finished point; a changed config in the same workdir is refused.
+    first = json.loads((tmp_path / "wd/runs/mqar_elu_d16_lr0.01/result.json").read_text())
+    again = _run(tmp_path / "wd", tmp_path / "data")
+    assert again.returncode == 0
+    assert json.loads((tmp_path / "wd/runs/mqar_elu_d16_lr0.01/result.json").read_text()) == first
+    changed = _run(tmp_path / "wd", tmp_path / "data", "--config.mqar.num_train_steps=9")
+    assert changed.returncode == 2 and "different config" in changed.stderr
+
+
+def test_bad_sweep_values_exit_2(tmp_path):
+    r = _run(tmp_path, tmp_path / "data", "--config.attentions=softmax,cosine")
+    assert r.returncode == 2 and "unknown 'cosine'" in r.stderr and "Traceback" not in r.stderr
