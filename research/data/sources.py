@@ -13,6 +13,7 @@ import pathlib
 import re
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 from research.data import DataError, builders, tokenizer
@@ -129,3 +130,88 @@ def text_sources(c):
         lambda: (r["text"] for r in train), str(model_path), vocab_size=c.data.vocab_size
     )
     return train, evaluation, tok
+
+
+def _local_pairs(path: str) -> list[dict]:
+    p = pathlib.Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data.source=jsonl:{path}: no such file")
+    pairs = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            r = json.loads(line)
+            if "source" not in r or "target" not in r:
+                raise DataError(f"{path}:{i + 1}: a seq2seq record needs 'source' and 'target'")
+            pairs.append({"text": r["source"] + "\n" + r["target"], **r})
+    return pairs
+
+
+def seq2seq_sources(c):
+    """(train records, eval records, Seq2seqVocab) of {"source", "target"} records.
+
+    data.source: "seq2seq_synthetic" (built here from data.seq2seq_task, min_len, max_len,
+    train_examples, test_examples: digit tokens, no tokenizer); "jsonl:PATH" ({"source",
+    "target"} text a line, e.g. CSL; split 95/5 by hash; a sentencepiece model is trained on it);
+    "tfds:NAME" with data.source_key / data.target_key (for example gigaword document/summary).
+    """
+    d = c.data
+    data_dir = pathlib.Path(os.path.expanduser(d.data_dir))
+    if d.source == "seq2seq_synthetic":
+        try:
+            cfg = builders.seq2seq_config(task=d.seq2seq_task, min_len=d.min_len,
+                                          max_len=d.max_len, train_examples=d.train_examples,
+                                          test_examples=d.test_examples, seed=c.seed)  # fmt: skip
+        except ValueError as e:
+            raise DataError(f"data: {e}") from None
+        _on_process_0_then_all("build:seq2seq", lambda: builders.build(
+            builders.Seq2seqSynthetic, str(data_dir), cfg))  # fmt: skip
+        b = builders.Seq2seqSynthetic(data_dir=str(data_dir), config=cfg,
+                                      file_format="array_record")  # fmt: skip
+        vocab = Seq2seqVocab(builders.SEQ2SEQ_VOCAB, builders.PAD, builders.BOS, builders.EOS)
+        return b.as_data_source("train"), b.as_data_source("test"), vocab
+    if d.source.startswith("jsonl:"):
+        train, evaluation = _split_documents(_local_pairs(d.source.removeprefix("jsonl:")))
+        keys = ("source", "target")
+    elif d.source.startswith("tfds:"):
+        name = d.source.removeprefix("tfds:")
+        _on_process_0_then_all(f"build:{name}", lambda: _catalog(name, data_dir, download=True))
+        train, evaluation = _catalog(name, data_dir, download=False)
+        keys = (d.source_key, d.target_key)
+    else:
+        raise DataError(f"data.source={d.source!r}: use seq2seq_synthetic, jsonl:PATH or tfds:NAME")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", d.source)
+    model_path = data_dir / "tokenizers" / f"{slug}-{d.vocab_size}.model"
+
+    def texts():
+        for r in train:
+            for k in keys:
+                t = r[k]
+                yield t.decode("utf-8") if isinstance(t, bytes) else t
+
+    tok = tokenizer.train_or_load(texts, str(model_path), vocab_size=d.vocab_size)
+    vocab = Seq2seqVocab(tok.vocab_size(), tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID,
+                         tok, keys)  # fmt: skip
+    return train, evaluation, vocab
+
+
+class Seq2seqVocab:
+    """Ids and (for text data) the tokenizer: encode(record) -> (source ids, target ids) and
+    detokenize(ids) -> the text a metric scores (space-joined ids for synthetic data)."""
+
+    def __init__(self, size, pad, bos, eos, tok=None, keys=("source", "target")):
+        self.size, self.pad, self.bos, self.eos = size, pad, bos, eos
+        self.tok, self.keys = tok, keys
+
+    def encode(self, record):
+        if self.tok is None:
+            return np.asarray(record["source"]), np.asarray(record["target"])
+        out = []
+        for k in self.keys:
+            t = record[k]
+            t = t.decode("utf-8") if isinstance(t, bytes) else t
+            out.append(np.asarray(self.tok.encode(t), np.int32))
+        return out[0], out[1]
+
+    def detokenize(self, ids) -> str:
+        ids = [int(i) for i in ids if int(i) not in (self.pad, self.bos, self.eos)]
+        return " ".join(map(str, ids)) if self.tok is None else self.tok.decode(ids)

@@ -1,5 +1,5 @@
 """Experiments that run several training runs and compare them: config.experiment names one."""
 
-from research.experiments import compare_attention
+from research.experiments import compare_attention, exposure_bias
 
-EXPERIMENTS = {"compare_attention": compare_attention.run}
+EXPERIMENTS = {"compare_attention": compare_attention.run, "exposure_bias": exposure_bias.run}

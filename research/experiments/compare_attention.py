@@ -12,7 +12,6 @@ the recurrent d_k x d_v state for linear), measured from the cache the model act
 import copy
 import csv
 import dataclasses
-import json
 import math
 import pathlib
 import time
@@ -22,9 +21,9 @@ import numpy as np
 from flax import nnx
 
 from research.bench.common import machine_header, median_time
+from research.experiments import sweep
 from research.models import DecoderLM
 from research.models.generate import generate
-from research.train import loop
 from research.train.config import ConfigError, model_config, validate
 
 FIELDS = ("attention", "width", "mqar_accuracy", "mqar_best_lr", "lm_loss", "lm_perplexity",
@@ -98,28 +97,7 @@ def points(c) -> list[Point]:
 
 
 def run_point(c, p: Point, workdir: pathlib.Path) -> dict:
-    """Train one point (resuming a partial run); its result.json makes a rerun free."""
-    out = workdir / "runs" / p.name
-    result_path = out / "result.json"
-    pc = point_config(c, p)
-    if result_path.exists():
-        saved = json.loads(result_path.read_text())
-        if saved["config"] != pc.to_dict():
-            raise ConfigError(f"{out} holds a run with a different config; use a new --workdir")
-        return saved
-    try:
-        summary = loop.train_and_evaluate(pc, str(out))
-        ev, rate, note = summary.eval, summary.tokens_per_second, ""
-    except loop.NonFiniteLoss as e:  # a diverged point is a result (recurrent models do this)
-        ev, rate, note = {"accuracy": math.nan, "loss": math.nan}, math.nan, str(e)
-        print(f"  {p.name}: {e}", flush=True)
-    result = {"point": dataclasses.asdict(p), "config": pc.to_dict(), "eval": ev,
-              "tokens_per_second": rate, "note": note}  # fmt: skip
-    if jax.process_index() == 0:
-        tmp = result_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(result_path)  # atomic: a killed sweep never leaves a half-written result
-    return result
+    return sweep.train_point(point_config(c, p), workdir / "runs" / p.name, dataclasses.asdict(p))
 
 
 def decode_cost(c, attention: str, width: int) -> tuple[float, int]:

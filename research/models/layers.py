@@ -291,9 +291,13 @@ class Embeddings(nnx.Module):
         self.norm = layer_norm(cfg, rngs) if cfg.norm == "post" else None
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def __call__(self, tokens, positions, segment_ids=None):
+    def __call__(self, tokens, positions, segment_ids=None, delta=None):
+        """delta [V, d_model]: added to the token table for this lookup only (embedding
+        perturbations: research.ops.exposure_bias); the tied output projection is unchanged."""
         cfg = self.cfg
         x = self.token(tokens)
+        if delta is not None:
+            x = x + delta[tokens].astype(x.dtype)
         if cfg.positions == "learned":
             x = x + self.position(positions)
         elif cfg.positions == "sinusoidal":

@@ -173,8 +173,10 @@ class Bert(_Stack):
         self.mlm_bias = bias if head else None
         self.pooler = _linear(cfg, d, d, "embed", "embed", rngs, True) if cfg.pooler else None
 
-    def __call__(self, tokens, *, segment_ids=None, mask=None, unilm: bool = False) -> BertOutput:
-        """tokens [B, L]; segment_ids [B, L]; mask [B, L] marks real tokens."""
+    def __call__(self, tokens, *, segment_ids=None, mask=None, unilm: bool = False,
+                 embedding_delta=None) -> BertOutput:  # fmt: skip
+        """tokens [B, L]; segment_ids [B, L]; mask [B, L] marks real tokens; embedding_delta
+        [V, d_model] perturbs the input token embeddings (see `Embeddings`)."""
         _check_inputs(self.cfg, tokens, segment_ids, mask)
         attn_mask = mask
         if unilm:
@@ -182,7 +184,7 @@ class Bert(_Stack):
                 raise ValueError("unilm=True needs segment_ids (0 = source, 1 = target)")
             attn_mask = ops.unilm_mask(segment_ids, mask)
         positions = _positions(tokens)
-        x = self.embed(tokens, positions, segment_ids)
+        x = self.embed(tokens, positions, segment_ids, embedding_delta)
         for layer in self.layers:
             x = layer(x, mask=attn_mask, positions=positions)
         if self.final_norm is not None:
@@ -230,27 +232,29 @@ class EncoderDecoder(_Stack):
         self.encoder_norm = layer_norm(cfg, rngs) if pre else None
         self.final_norm = layer_norm(cfg, rngs) if pre else None
 
-    def encode(self, src, *, src_mask=None):
+    def encode(self, src, *, src_mask=None, embedding_delta=None):
         """src [B, S] -> memory [B, S, d_model]."""
         _check_inputs(self.cfg, src, None, src_mask, name="src")
         positions = _positions(src)
-        x = self.embed(src, positions)
+        x = self.embed(src, positions, delta=embedding_delta)
         for layer in self.encoder:
             x = layer(x, mask=src_mask, positions=positions)
         return x if self.encoder_norm is None else self.encoder_norm(x)
 
-    def decode(self, memory, tgt, *, src_mask=None, tgt_mask=None):
+    def decode(self, memory, tgt, *, src_mask=None, tgt_mask=None, embedding_delta=None):
         """Teacher-forced decoder: tgt [B, T] (shifted right) -> logits [B, T, V]."""
         _check_inputs(self.cfg, tgt, None, tgt_mask, name="tgt")
         positions = _positions(tgt)
-        x = self.embed(tgt, positions)
+        x = self.embed(tgt, positions, delta=embedding_delta)
         for layer in self.layers:
             x = layer(x, mask=tgt_mask, positions=positions, context=memory, context_mask=src_mask)
         return self._logits(x)
 
-    def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None):
-        memory = self.encode(src, src_mask=src_mask)
-        return self.decode(memory, tgt, src_mask=src_mask, tgt_mask=tgt_mask)
+    def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None, embedding_delta=None):
+        """embedding_delta [V, d_model] perturbs source and target input embeddings."""
+        memory = self.encode(src, src_mask=src_mask, embedding_delta=embedding_delta)
+        return self.decode(memory, tgt, src_mask=src_mask, tgt_mask=tgt_mask,
+                           embedding_delta=embedding_delta)  # fmt: skip
 
     def _logits(self, x):
         return self.embed.logits(x if self.final_norm is None else self.final_norm(x))

@@ -51,7 +51,39 @@ def validate(c, *, num_devices: int | None = None) -> None:
         )
     if c.data.seq_len < 2:
         raise ConfigError(f"data.seq_len={c.data.seq_len}: must be >= 2")
+    if c.task == "seq2seq":
+        _validate_seq2seq(c)
     model_config(c, vocab_size=max(c.data.vocab_size, 2), max_length=c.data.seq_len)
+
+
+def _validate_seq2seq(c) -> None:
+    from research.data.pipeline import LAYOUTS
+    from research.ops import rewards
+    from research.train.seq2seq import REMEDIES
+
+    s = c.seq2seq
+    if s.layout not in LAYOUTS:
+        raise ConfigError(f"seq2seq.layout={s.layout!r}: allowed {', '.join(LAYOUTS)}")
+    if s.remedy not in REMEDIES:
+        raise ConfigError(f"seq2seq.remedy={s.remedy!r}: allowed {', '.join(REMEDIES)}")
+    if s.reward not in rewards.REWARDS:
+        raise ConfigError(f"seq2seq.reward={s.reward!r}: allowed {', '.join(rewards.REWARDS)}")
+    for key in ("src_len", "tgt_len", "ss_passes", "mrt_samples"):
+        if not isinstance(s[key], int) or s[key] < 1:
+            raise ConfigError(f"seq2seq.{key}={s[key]!r}: must be a positive int")
+    if s.layout == "unilm" and c.model.attention != "softmax":
+        raise ConfigError(
+            "seq2seq.layout='unilm' needs model.attention='softmax' (the UniLM mask is not "
+            "a key-padding mask, which linear attention requires)"
+        )
+    if not 0 <= s.seq_weight <= 1:
+        raise ConfigError(f"seq2seq.seq_weight={s.seq_weight}: must be in [0, 1]")
+    try:
+        beams = [int(b) for b in str(s.eval_beams).split(",")]
+    except ValueError:
+        beams = [0]
+    if min(beams) < 1:
+        raise ConfigError(f"seq2seq.eval_beams={s.eval_beams!r}: comma-separated positive ints")
 
 
 def model_config(c, *, vocab_size: int, max_length: int) -> ModelConfig:

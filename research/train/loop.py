@@ -51,7 +51,7 @@ class _Preemption:
 
 
 def _task_data(c):
-    """-> (vocab size, make_iterator(train: bool)) for the config's task."""
+    """-> (vocab size, make_iterator(train: bool), seq2seq vocabulary or None) for the task."""
     if c.task == "mqar":
         train_source, eval_source = sources.mqar_sources(c)
 
@@ -60,7 +60,18 @@ def _task_data(c):
                                            batch_size=c.batch_size, seed=c.seed, train=train,
                                            shards=c.data.shards)  # fmt: skip
 
-        return c.data.vocab_size, make
+        return c.data.vocab_size, make, None
+    if c.task == "seq2seq":
+        train_source, eval_source, vocab = sources.seq2seq_sources(c)
+
+        def make(train):
+            return pipeline.seq2seq_iterator(train_source if train else eval_source, vocab,
+                                             layout=c.seq2seq.layout, src_len=c.seq2seq.src_len,
+                                             tgt_len=c.seq2seq.tgt_len, batch_size=c.batch_size,
+                                             seed=c.seed, train=train,
+                                             shards=c.data.shards)  # fmt: skip
+
+        return vocab.size, make, vocab
     train_source, eval_source, tok = sources.text_sources(c)
 
     def make(train):
@@ -68,20 +79,26 @@ def _task_data(c):
                                     seq_len=c.data.seq_len, batch_size=c.batch_size, seed=c.seed,
                                     train=train, shards=c.data.shards)  # fmt: skip
 
-    return tok.vocab_size(), make
+    return tok.vocab_size(), make, None
 
 
-def _evaluate(eval_step, state, make_iterator, c, batch_sharding) -> dict:
+def _evaluate(eval_step, state, make_iterator, c, batch_sharding, decode=None) -> dict:
+    """Eval loss over c.eval_steps batches; for seq2seq also `decode(pairs)` metrics."""
     ds = make_iterator(False)
-    totals = None
+    totals, pairs = None, []
     for i, local in enumerate(ds):
         if i >= c.eval_steps:
             break
-        sums = jax.device_get(eval_step(state, pipeline.global_batch(local, batch_sharding)))
+        batch = pipeline.global_batch(local, batch_sharding)
+        pairs.append((local, batch))
+        sums = jax.device_get(eval_step(state, batch))
         totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
     if totals is None:
         raise DataError("the eval split is too small for one batch; lower batch_size or seq_len")
-    return metrics.summarize(totals)
+    result = metrics.summarize(totals)
+    if decode is not None:
+        result.update(decode(state, pairs))
+    return result
 
 
 def _rate(tokens: float, t0: float | None) -> float:
@@ -92,9 +109,13 @@ def _rate(tokens: float, t0: float | None) -> float:
 def train_and_evaluate(c, workdir: str) -> Summary:
     # ---- data and model --------------------------------------------------------------------
     mesh = sharding.make_mesh(dict(c.mesh))
-    vocab_size, make_iterator = _task_data(c)
-    mcfg = model_config(c, vocab_size=vocab_size, max_length=c.data.seq_len)
-    model = tasks.TASK_MODELS[c.task](mcfg, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
+    vocab_size, make_iterator, vocab = _task_data(c)
+    max_length = c.data.seq_len
+    if c.task == "seq2seq":  # UniLM rows hold source + separator + target
+        max_length = c.seq2seq.src_len + c.seq2seq.tgt_len + 1
+    mcfg = tasks.adapt_model_config(c, model_config(c, vocab_size=vocab_size,
+                                                    max_length=max_length))  # fmt: skip
+    model = tasks.model_class(c)(mcfg, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
     model_def, params, consts = step.split_model(model)
     opt = optim.make_optimizer(c.optimizer, c.num_train_steps)
     shardings = step.state_shardings(opt, params, consts, mesh)
@@ -112,7 +133,14 @@ def train_and_evaluate(c, workdir: str) -> Summary:
             print(f"resumed from step {start} in {workdir}", flush=True)
 
     # ---- compiled steps --------------------------------------------------------------------
-    loss_fn = tasks.TASKS[c.task]
+    loss_fn = tasks.make_loss(c, vocab=vocab)
+    decode = None
+    if c.task == "seq2seq":
+        from research.train import seq2seq
+
+        def decode(state, pairs):
+            return seq2seq.decode_metrics(model_def, state, pairs, vocab, c)
+
     train_step = step.make_train_step(model_def, opt, loss_fn, mesh=mesh, shardings=shardings,
                                       accum_steps=c.accum_steps)  # fmt: skip
     eval_step = step.make_eval_step(model_def, loss_fn, mesh=mesh, shardings=shardings)
@@ -150,7 +178,7 @@ def train_and_evaluate(c, workdir: str) -> Summary:
                 writer.write(s, "train", {**metrics.summarize(window), "tokens_per_second": rate})
                 window = None
             if s % c.eval_every_steps == 0 or s == c.num_train_steps:
-                eval_result = _evaluate(eval_step, state, make_iterator, c, batch_sharding)
+                eval_result = _evaluate(eval_step, state, make_iterator, c, batch_sharding, decode)
                 writer.write(s, "eval", eval_result)
             ckpt.save(s, state, train_iter, config_json, force=s == c.num_train_steps)
             if preemption.reached():

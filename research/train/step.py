@@ -20,7 +20,9 @@ from jax.sharding import PartitionSpec as P
 from research.models.layers import FavorProjection
 from research.train import sharding
 
-# loss_fn(model, batch) -> (loss_sum, weight_sum, {metric name: sum}); all fp32 scalars.
+# loss_fn(model, batch, *, key=None, step=None) -> (loss_sum, weight_sum, {metric: sum}), fp32
+# scalars. Training passes a per-step PRNG key and the step (for remedies that sample or follow
+# a schedule); evaluation passes neither.
 LossFn = Callable[[nnx.Module, dict], tuple[jax.Array, jax.Array, dict]]
 
 
@@ -85,19 +87,22 @@ def init_state(optimizer, params: nnx.State, consts: nnx.State, seed: int, shard
     )
 
 
-def _grads(model_def: ModelDef, loss_fn: LossFn, params, consts, batch, key):
+def _grads(model_def: ModelDef, loss_fn: LossFn, params, consts, batch, key, step=None):
     def f(p):
-        loss_sum, weight_sum, sums = loss_fn(model_def.merge(p, consts, train=True, key=key), batch)
+        model = model_def.merge(p, consts, train=True, key=key)
+        loss_sum, weight_sum, sums = loss_fn(model, batch, key=jax.random.fold_in(key, 1),
+                                             step=step)  # fmt: skip
         return loss_sum, (weight_sum, sums)
 
     (loss_sum, (weight_sum, sums)), grads = jax.value_and_grad(f, has_aux=True)(params)
     return grads, loss_sum, weight_sum, sums
 
 
-def _accumulated_grads(model_def, loss_fn, params, consts, batch, key, accum_steps: int):
+def _accumulated_grads(model_def, loss_fn, params, consts, batch, key, accum_steps: int,
+                       step=None):  # fmt: skip
     """Sums of gradients and losses over `accum_steps` microbatches (exact, not mean of means)."""
     if accum_steps == 1:
-        return _grads(model_def, loss_fn, params, consts, batch, key)
+        return _grads(model_def, loss_fn, params, consts, batch, key, step)
 
     def split(x):
         # Microbatch i takes rows i, i + accum, ...: each device keeps its own rows local.
@@ -105,13 +110,13 @@ def _accumulated_grads(model_def, loss_fn, params, consts, batch, key, accum_ste
 
     def body(carry, xs):
         i, micro = xs
-        out = _grads(model_def, loss_fn, params, consts, micro, jax.random.fold_in(key, i))
+        out = _grads(model_def, loss_fn, params, consts, micro, jax.random.fold_in(key, i), step)
         return jax.tree.map(jnp.add, carry, out), None
 
     micro = jax.tree.map(split, batch)
     first = jax.tree.map(lambda x: x[0], micro)
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: _grads(model_def, loss_fn, params, consts, first, key)))  # fmt: skip
+        lambda: _grads(model_def, loss_fn, params, consts, first, key, step)))  # fmt: skip
     total, _ = lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
     return total
 
@@ -134,7 +139,7 @@ def make_train_step(model_def: ModelDef, optimizer, loss_fn: LossFn, *, mesh: Me
     def step(state: TrainState, batch: dict):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         out = _accumulated_grads(model_def, loss_fn, state.params, state.consts, batch, key,
-                                 accum_steps)  # fmt: skip
+                                 accum_steps, state.step)  # fmt: skip
         return _apply(optimizer, state, *out)
 
     rep = sharding.replicated(mesh)
@@ -156,7 +161,7 @@ def make_shard_map_step(model_def: ModelDef, optimizer, loss_fn: LossFn, *, mesh
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         key = jax.random.fold_in(key, lax.axis_index(axis))  # distinct dropout per device
         out = _accumulated_grads(model_def, loss_fn, state.params, state.consts, batch, key,
-                                 accum_steps)  # fmt: skip
+                                 accum_steps, state.step)  # fmt: skip
         return _apply(optimizer, state, *lax.psum(out, axis))
 
     # check_vma=False: gradients stay per-device partial sums until the explicit psum above.

@@ -1,0 +1,161 @@
+"""Exposure-bias remedies side by side on one seq2seq task, several seeds (RESEARCH.md sec. 1).
+
+Each (variant, seed) is an ordinary seq2seq training run (`research.train.seq2seq`) in
+workdir/runs/VARIANT_seedS, cached by result.json. The token-level variants train from scratch
+for the same number of steps as the baseline; SCST and MRT start from the baseline's checkpoint
+at step `num_train_steps - finetune_steps` and train their mixed loss for the remaining steps
+(sequence-level training fine-tunes a cross-entropy model; Rennie et al. 2017, Shen et al. 2016),
+so every variant sees the same steps and learning-rate schedule. The table has the layout of
+RESEARCH.md section 1: beam 1/2/3 rows, "Rouge-L / Rouge-1 / Rouge-2 / BLEU" cells, mean and
+standard deviation over seeds, computed by rouge-score and sacrebleu.
+"""
+
+import copy
+import csv
+import pathlib
+import shutil
+import time
+
+import jax
+import numpy as np
+
+from research.bench.common import machine_header
+from research.experiments import sweep
+from research.train.config import ConfigError, validate
+from research.train.seq2seq import REMEDIES
+
+VARIANTS = ("baseline",) + tuple(r for r in REMEDIES if r != "none")
+SEQUENCE_LEVEL = ("scst", "mrt")
+METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "exact")
+
+
+def _list(c, key, kind=str):
+    try:
+        return [kind(v.strip()) for v in str(c[key]).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{key}={c[key]!r}: expected a comma-separated list") from None
+
+
+def point_config(c, variant: str, seed: int):
+    pc = copy.deepcopy(c.base)
+    pc.unlock()
+    pc.seed = seed
+    pc.seq2seq.remedy = "none" if variant == "baseline" else variant
+    if variant == "baseline":  # its checkpoint at the fine-tuning start seeds SCST and MRT
+        pc.checkpoint_every_steps = pc.num_train_steps - c.finetune_steps
+    return pc
+
+
+def _seed_from_baseline(c, workdir, variant, seed):
+    """Copy the baseline's checkpoint at the fine-tuning start into the variant's run."""
+    start = c.base.num_train_steps - c.finetune_steps
+    src = workdir / "runs" / f"baseline_seed{seed}" / "checkpoints" / str(start)
+    dst = workdir / "runs" / f"{variant}_seed{seed}" / "checkpoints" / str(start)
+    if not src.exists():
+        raise ConfigError(
+            f"{src} is missing: the baseline run must keep its step-{start} checkpoint"
+        )
+    if not dst.parent.exists() and jax.process_index() == 0:
+        shutil.copytree(src, dst)
+
+
+def run(c, workdir: str) -> list[dict]:
+    workdir = pathlib.Path(workdir).expanduser()
+    variants, seeds = _list(c, "variants"), _list(c, "seeds", int)
+    for v in variants:
+        if v not in VARIANTS:
+            raise ConfigError(f"variants: unknown {v!r}; allowed {', '.join(VARIANTS)}")
+    if "baseline" not in variants:
+        raise ConfigError("variants must include baseline (SCST and MRT fine-tune it)")
+    if not 0 < c.finetune_steps < c.base.num_train_steps:
+        raise ConfigError(f"finetune_steps={c.finetune_steps}: must be in (0, num_train_steps)")
+    for v in variants:  # every mistake is reported before the first run starts
+        validate(point_config(c, v, seeds[0]))
+    order = ["baseline"] + [v for v in variants if v != "baseline"]
+    todo = [(v, s) for s in seeds for v in order]
+    t0, results = time.perf_counter(), []
+    for i, (v, s) in enumerate(todo, 1):
+        if jax.process_index() == 0:
+            print(f"[{i}/{len(todo)}] {v} seed {s} ({time.perf_counter() - t0:.0f} s so far)",
+                  flush=True)  # fmt: skip
+        if v in SEQUENCE_LEVEL:
+            _seed_from_baseline(c, workdir, v, s)
+        out = workdir / "runs" / f"{v}_seed{s}"
+        results.append(sweep.train_point(point_config(c, v, s), out, {"variant": v, "seed": s}))
+    beams = _list(c.base.seq2seq, "eval_beams", int)
+    rows = summarize(results, order, beams)
+    if jax.process_index() == 0:
+        header = _header(c, seeds)
+        with open(workdir / "exposure_bias.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        plot(rows, order, beams, workdir / "exposure_bias.png", header)
+        print(f"\n{header}\n\n{table(rows, order, beams)}\n")
+        print(f"wrote {workdir / 'exposure_bias.csv'} and {workdir / 'exposure_bias.png'} "
+              f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    return rows
+
+
+def _header(c, seeds) -> str:
+    b, d = c.base, c.base.data
+    return (f"{machine_header()}\n{b.seq2seq.layout}, data {d.source} ({d.seq2seq_task}, source "
+            f"length {d.min_len}-{d.max_len}), d_model {b.model.d_model} x {b.model.num_layers} "
+            f"layers, {b.num_train_steps} steps x batch {b.batch_size} (SCST/MRT: last "
+            f"{c.finetune_steps}), seeds {seeds}; metrics x100 on {b.eval_steps} x "
+            f"{b.batch_size} test examples")  # fmt: skip
+
+
+def summarize(results, variants, beams) -> list[dict]:
+    """One row per (variant, beam): mean and std over seeds of each metric."""
+    rows = []
+    for v in variants:
+        mine = [r["eval"] for r in results if r["point"]["variant"] == v]
+        for b in beams:
+            row = {"variant": v, "beam": b, "seeds": len(mine)}
+            for m in METRICS:
+                vals = np.array([e.get(f"beam{b}_{m}", np.nan) for e in mine], float)
+                row[f"{m}_mean"], row[f"{m}_std"] = float(np.mean(vals)), float(np.std(vals))
+            rows.append(row)
+    return rows
+
+
+def table(rows, variants, beams) -> str:
+    """RESEARCH.md section 1 layout: beams down, variants across, RL / R1 / R2 / BLEU (+- std)."""
+    lines = ["| beam | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    for b in beams:
+        cells = []
+        for v in variants:
+            r = next(x for x in rows if x["variant"] == v and x["beam"] == b)
+            cells.append(" / ".join(f"{r[f'{m}_mean']:.2f}" for m in METRICS[:4])
+                         + f" (±{r['rougeL_std']:.2f}; exact {r['exact_mean']:.1f})")  # fmt: skip
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    lines.append("\ncells: Rouge-L / Rouge-1 / Rouge-2 / BLEU, mean over seeds; ± is the std of "
+                 "Rouge-L; exact = % of outputs equal to the reference")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(rows, variants, beams, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    x = np.arange(len(variants))
+    width = 0.8 / len(beams)
+    for ax, metric in zip(axes, ("rougeL", "bleu"), strict=True):
+        for i, b in enumerate(beams):
+            r = [next(y for y in rows if y["variant"] == v and y["beam"] == b) for v in variants]
+            ax.bar(x + i * width, [y[f"{metric}_mean"] for y in r], width,
+                   yerr=[y[f"{metric}_std"] for y in r], label=f"beam {b}", capsize=2)  # fmt: skip
+        ax.set_xticks(x + width * (len(beams) - 1) / 2, variants, rotation=30, ha="right")
+        ax.set_ylabel(f"{metric} x100 (mean ± std over seeds)")
+        lo = min(y[f"{metric}_mean"] - y[f"{metric}_std"] for y in rows)
+        ax.set_ylim(max(0.0, lo - 5), 100)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend()
+    fig.suptitle(title, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,37 @@
+"""One point of a sweep: an ordinary training run in its own directory, cached as result.json."""
+
+import json
+import math
+import pathlib
+
+import jax
+
+from research.train import loop
+from research.train.config import ConfigError
+
+
+def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
+    """Train config `pc` in `out` (resuming a partial run) unless out/result.json exists.
+
+    A run with a non-finite loss is a result too (eval NaN, with the reason in "note"), so one
+    diverging point does not stop the sweep. `meta` is stored with the result.
+    """
+    result_path = out / "result.json"
+    if result_path.exists():
+        saved = json.loads(result_path.read_text())
+        if saved["config"] != pc.to_dict():
+            raise ConfigError(f"{out} holds a run with a different config; use a new --workdir")
+        return saved
+    try:
+        summary = loop.train_and_evaluate(pc, str(out))
+        ev, rate, note = summary.eval, summary.tokens_per_second, ""
+    except loop.NonFiniteLoss as e:
+        ev, rate, note = {"accuracy": math.nan, "loss": math.nan}, math.nan, str(e)
+        print(f"  {out.name}: {e}", flush=True)
+    result = {"point": meta, "config": pc.to_dict(), "eval": ev, "tokens_per_second": rate,
+              "note": note}  # fmt: skip
+    if jax.process_index() == 0:
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(result_path)  # atomic: a killed sweep never leaves a half-written result
+    return result

@@ -1,0 +1,117 @@
+"""The seq2seq task: batch layouts, remedies at strength 0, and sequence log-probs vs decoding."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import seq2seq as seq2seq_config
+from research.data.pipeline import seq2seq_example
+from research.models import Bert, EncoderDecoder, ModelConfig
+from research.train import seq2seq
+
+PAD, BOS, EOS, V = 0, 1, 2, 14
+SRC, TGT = 6, 7
+
+
+def _batch(layout, seed=0, b=4):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(b):
+        n, m = rng.integers(2, SRC + 1), rng.integers(2, TGT)
+        ids = dict(pad=PAD, bos=BOS, eos=EOS)
+        src, tgt = rng.integers(4, V, n), rng.integers(4, V, m)
+        rows.append(seq2seq_example(src, tgt, layout=layout, src_len=SRC, tgt_len=TGT, **ids))
+    return {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+
+
+def _model(layout):
+    cfg = ModelConfig(vocab_size=V, d_model=32, num_heads=2, num_layers=2, d_ff=64,
+                      max_length=SRC + TGT + 1, positions="rotary",
+                      num_segments=2 if layout == "unilm" else 0)  # fmt: skip
+    cls = EncoderDecoder if layout == "encdec" else Bert
+    return cls(cfg, rngs=nnx.Rngs(0))
+
+
+def _config(layout, **seq):
+    c = seq2seq_config.get_config("smoke")
+    c.seq2seq.update(layout=layout, src_len=SRC, tgt_len=TGT, **seq)
+    return c
+
+
+def test_example_layouts():
+    e = seq2seq_example([5, 6, 7], [8, 9], layout="encdec", src_len=4, tgt_len=4, pad=PAD,
+                        bos=BOS, eos=EOS)  # fmt: skip
+    np.testing.assert_array_equal(e["src"], [5, 6, 7, 0])
+    np.testing.assert_array_equal(e["inputs"], [BOS, 8, 9, 0])
+    np.testing.assert_array_equal(e["targets"], [8, 9, EOS, 0])
+    np.testing.assert_array_equal(e["weights"], [1, 1, 1, 0])
+    np.testing.assert_array_equal(e["replace_mask"], [0, 1, 1, 0])
+    u = seq2seq_example([5, 6, 7], [8, 9], layout="unilm", src_len=4, tgt_len=4, pad=PAD,
+                        bos=BOS, eos=EOS)  # fmt: skip
+    np.testing.assert_array_equal(u["inputs"], [5, 6, 7, BOS, 8, 9, 0, 0])
+    np.testing.assert_array_equal(u["targets"], [6, 7, BOS, 8, 9, EOS, 0, 0])
+    np.testing.assert_array_equal(u["weights"], [0, 0, 0, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(u["segment_ids"], [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(u["replace_mask"], [0, 0, 0, 0, 1, 1, 0, 0])
+    assert u["prompt_length"] == 4
+
+
+ZERO_STRENGTH = [
+    dict(remedy="random_replacement", replace_sample_prob=0.0),
+    dict(remedy="random_replacement", replace_token_prob=0.0),
+    dict(remedy="gradient_penalty", penalty_epsilon=0.0),
+    dict(remedy="fgm", fgm_epsilon=0.0),
+    dict(remedy="scheduled_sampling", ss_schedule="constant", ss_k=1.0),
+    dict(remedy="scst", seq_weight=0.0),
+    dict(remedy="mrt", seq_weight=0.0),
+]
+
+
+@functools.cache
+def _value_and_grad(layout, kw: tuple):
+    batch, model = _batch(layout), _model(layout)
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+    fn = seq2seq.make_loss(_config(layout, **dict(kw)), V, BOS, EOS, PAD, 32)
+
+    def loss(p):
+        s, w, _ = fn(nnx.merge(graph, p, rest), batch, key=jax.random.PRNGKey(3), step=jnp.int32(5))
+        return s / w
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("layout", ["encdec", "unilm"])
+@pytest.mark.parametrize("kw", ZERO_STRENGTH, ids=lambda kw: "-".join(map(str, kw.values())))
+def test_every_remedy_at_strength_zero_is_teacher_forcing(layout, kw):
+    ref_loss, ref_grad = _value_and_grad(layout, (("remedy", "none"),))
+    loss, grad = _value_and_grad(layout, tuple(kw.items()))
+    np.testing.assert_array_equal(loss, ref_loss)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-7), grad, ref_grad)
+
+
+@pytest.mark.parametrize("layout", ["encdec", "unilm"])
+def test_sequence_log_prob_equals_the_incremental_decode(layout):
+    """log p(y) from the teacher-forced re-scoring (used by SCST/MRT) equals the sum of the
+    per-step log-probs of the same tokens under prefill + decode_step."""
+    batch, model = _batch(layout, seed=1), _model(layout)
+    tokens = seq2seq.generate(model, batch, layout=layout, method="sample", max_new=TGT,
+                              src_len=SRC, bos=BOS, eos=EOS, pad=PAD,
+                              key=jax.random.PRNGKey(0))  # fmt: skip
+    got = seq2seq._sequence_log_prob(model, batch, tokens, layout, BOS, EOS, PAD)
+
+    logits, cache = seq2seq._prefill(model, batch, layout, BOS, TGT, SRC)
+    step = seq2seq._step_fn(model, layout)
+    expected = np.zeros(tokens.shape[0])
+    done = np.zeros(tokens.shape[0], bool)
+    for t in range(TGT):
+        lp = np.asarray(jax.nn.log_softmax(logits, -1))
+        tok = np.asarray(tokens[:, t])
+        expected += np.where(done, 0.0, lp[np.arange(len(tok)), tok])
+        done |= tok == EOS
+        logits, cache = step(tokens[:, t], cache)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert np.all(np.asarray(got) < 0)
