@@ -147,8 +147,33 @@ def check(c, num_devices: int) -> None:
         )
 
 
-def plan_train(c, devices, *, eval_step: bool = False) -> list[Plan]:
-    """Compile the real train step (and eval step) for `devices`; per-device figures."""
+def _decode_plan(c, devices, mesh, new_tokens: int) -> Plan:
+    """Greedy decoding of `new_tokens` after a batch_size x seq_len prompt (KV cache or
+    recurrent state), parameters sharded by the training rules, batch over (data, fsdp)."""
+    from research.ops import decoding
+
+    mcfg = model_config(c, vocab_size=c.data.vocab_size, max_length=c.data.seq_len + new_tokens)
+    model = nnx.eval_shape(lambda: tasks.model_class(c)(mcfg, rngs=nnx.Rngs(0)))
+    model.eval()
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+    abstract_params = _abstract(nnx.to_pure_dict(params), sharding.state_shardings(params, mesh))
+    rep = sharding.replicated(mesh)
+    abstract_rest = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                                 nnx.to_pure_dict(rest))  # fmt: skip
+    prompt = jax.ShapeDtypeStruct((c.batch_size, c.data.seq_len), jnp.int32,
+                                  sharding=sharding.batch_sharding(mesh))  # fmt: skip
+
+    def decode(params, rest, prompt):
+        m = nnx.merge(graph, params, rest)
+        logits, cache = m.prefill(prompt, max_length=prompt.shape[1] + new_tokens)
+        return decoding.greedy(m.decode_step, logits, cache, max_new_tokens=new_tokens)
+
+    return _compile("decode", jax.jit(decode), abstract_params, abstract_rest, prompt)[0]
+
+
+def plan_train(c, devices, *, eval_step: bool = False, decode_tokens: int = 0) -> list[Plan]:
+    """Compile the real train step (and the eval step, and greedy decoding of `decode_tokens`
+    after a full-length prompt) for `devices`; per-device figures."""
     check(c, len(devices))
     mesh, model_def, opt, sh, state, batch = abstract_train(c, devices)
     loss_fn = tasks.make_loss(c)
@@ -158,4 +183,6 @@ def plan_train(c, devices, *, eval_step: bool = False) -> list[Plan]:
     if eval_step:
         ev = step.make_eval_step(model_def, loss_fn, mesh=mesh, shardings=sh)
         plans.append(_compile("eval", ev, state, batch)[0])
+    if decode_tokens:
+        plans.append(_decode_plan(c, devices, mesh, decode_tokens))
     return plans

@@ -1,7 +1,7 @@
 """Does this config fit a TPU topology, and how fast could it go? Compiler figures, no TPU needed.
 
     python -m research.plan --config=configs/lm.py --topology=v5e:16x16 [--num_slices=1] \
-        [--eval] [--config.batch_size=256 --config.mesh.fsdp=16 ...]
+        [--eval] [--decode=128] [--config.batch_size=256 --config.mesh.fsdp=16 ...]
     python -m research.plan --config=configs/lm.py:smoke --topology=cpu   # this machine
 
 Prints per-device argument/output/temp memory against the chip's HBM, compiled FLOPs and bytes
@@ -18,6 +18,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]"
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v5e:16x16, v5p:4x8x8) or cpu")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "multislice: number of slices")
 _EVAL = flags.DEFINE_bool("eval", False, "also compile the eval step")
+_DECODE = flags.DEFINE_integer(
+    "decode", 0, "also compile greedy decoding of this many tokens after a seq_len prompt"
+)
 
 GiB = 2**30
 
@@ -69,11 +72,12 @@ def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, boo
     worst = max(p.total_bytes for p in plans) - chip.hbm_bytes
     verdict = "fits" if fits else f"does not fit by {_bytes(worst)} per device"
     m = c.model
-    if c.accum_steps > 1 or m.attention != "softmax" or m.softmax_implementation != "xla":
+    loops = c.accum_steps > 1 or m.attention != "softmax" or m.softmax_implementation != "xla"
+    if loops or any(p.name == "decode" for p in plans):
         # XLA's cost analysis counts a while-loop body once, whatever its trip count.
-        notes.append("note: this step has loops (blockwise/linear attention or gradient "
-                     "accumulation); XLA counts a loop body once, so FLOPs, bytes and the "
-                     "roofline are underestimates. Memory is exact.")  # fmt: skip
+        notes.append("note: loops (decoding, blockwise/linear attention or gradient "
+                     "accumulation): XLA counts a loop body once, so those steps' FLOPs, bytes "
+                     "and roofline are underestimates. Memory is exact.")  # fmt: skip
     lines += notes
     lines.append(
         "\nmemory per device; FLOPs and bytes per device per step (XLA estimates); "
@@ -97,7 +101,7 @@ def main(argv):
         _fail("plan a single training config (configs/lm.py, configs/mqar.py), not a sweep")
     try:
         devices, chip = devices_for(_TOPOLOGY.value, _NUM_SLICES.value)
-        plans = plan_train(c, devices, eval_step=_EVAL.value)
+        plans = plan_train(c, devices, eval_step=_EVAL.value, decode_tokens=_DECODE.value)
     except (MissingLibtpu, ConfigError, ValueError) as e:
         _fail(str(e))
     mesh = sharding.make_mesh(dict(c.mesh), devices)

@@ -1,6 +1,6 @@
 """Linear vs softmax attention at pod scale on paper: one attention layer compiled for a topology.
 
-    python -m research.plan.attention --topology=v5e:16x16 [--lengths=8192,32768,...,1048576]
+    python -m research.plan.attention --topology=v5e:16x16 [--lengths=1024,4096,...,1048576]
         [--heads=16 --head_dim=128] [--out=DIR]
 
 For each context length, compiles causal attention forward+backward (bf16 q, k, v; fp32
@@ -11,14 +11,18 @@ softmax statistics and linear states) four ways and reads per-device memory, FLO
   context parallel (one sequence split over all devices, research.ops.context_parallel)
     softmax-ring        ring attention, K/V blocks passed around the devices
     linear-cp           per-device chunk states + a log-depth prefix of d x d states
-Roofline time per step = FLOPs / peak + collective bytes / ICI bandwidth, a compute-bound lower
-bound. FLOPs are the analytic counts of research.bench.attention (forward+backward = 3.5 x forward;
-ring adds one forward for its recomputation and computes the masked half too), because XLA's
-cost analysis counts a loop body once and every variant here is a loop. Memory is XLA's compiled
-figure (loops do not distort it). Collective bytes are the forward formula of
-`context_parallel.bytes_communicated` x 2 for linear (the backward prefix sends as much) and x 3
-for ring (the backward recomputes the forward ring and sends dK, dV back around it). These are
-compiler figures and estimates, not measurements. Writes plan_attention.csv and .png to --out.
+Roofline time per step = max(FLOPs / peak, HBM bytes / HBM bandwidth) + collective bytes / ICI
+bandwidth, a lower bound. FLOPs and HBM bytes are analytic (`flops_per_device`, `hbm_bytes`),
+because XLA's cost analysis counts a loop body once and every variant here is a loop: FLOPs as
+research.bench.attention (forward+backward = 3.5 x forward; ring adds a forward for its
+recomputation and computes the masked half too); bytes are the unavoidable traffic (q, k, v, o
+and their gradients) plus each form's own: softmax re-reads K/V once per 512-query block, linear
+writes and re-reads its fp32 chunk states and C x C chunk scores, ring materialises an
+(L/P)^2 fp32 logit block per step. Memory is XLA's compiled figure (loops do not distort it).
+Collective bytes are the forward formula of `context_parallel.bytes_communicated` x 2 for linear
+(the backward prefix sends as much) and x 3 for ring (the backward recomputes the forward ring
+and sends dK, dV back around it). These are compiler figures and estimates, not measurements.
+Writes plan_attention.csv and plan_attention.png to --out.
 """
 
 import argparse
@@ -40,7 +44,7 @@ from research.ops.feature_maps import feature_dim
 from research.plan import MissingLibtpu, _compile, devices_for
 
 VARIANTS = ("softmax-blockwise", "linear-chunked", "softmax-ring", "linear-cp")
-DEFAULT_LENGTHS = "8192,32768,131072,524288,1048576"
+DEFAULT_LENGTHS = "1024,4096,16384,65536,262144,1048576"
 
 
 def _grad_of(fn):
@@ -99,6 +103,21 @@ def flops_per_device(variant: str, length: int, heads: int, head_dim: int, devic
     return 3.5 * bench.flops("linear-chunked", 1, n, heads, head_dim, chunk=chunk)
 
 
+def hbm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: int) -> float:
+    """Analytic forward+backward HBM traffic on one device, bf16 activations (module docstring)."""
+    n = length if variant in ("softmax-blockwise", "linear-chunked") else length // devices
+    io = 12 * n * heads * head_dim * 2  # read q k v (o dO), write o (dq dk dv)
+    if variant == "softmax-blockwise":  # K/V re-read per 512-query block, causal half, x3 fb
+        return io + 3 * (length / 512) * (length / 2) * heads * head_dim * 2 * 2
+    if variant == "softmax-ring":  # every step: a K/V block in, an n x n fp32 logit block
+        return io + 3 * devices * (n * heads * head_dim * 2 * 2 + 2 * n * n * heads * 4)
+    chunk = min(64, n)
+    f = feature_dim("elu", head_dim)
+    states = 4 * (n / chunk) * heads * f * head_dim * 4  # write, read; twice in backward
+    scores = 4 * n * chunk * heads * 4
+    return io + states + scores
+
+
 def run(topology: str, lengths, heads: int, head_dim: int, num_slices: int = 1) -> list[dict]:
     devices, chip = devices_for(topology, num_slices)
     n = len(devices)
@@ -110,11 +129,13 @@ def run(topology: str, lengths, heads: int, head_dim: int, num_slices: int = 1) 
             plan, tokens = compile_variant(variant, devices, length, heads, head_dim)
             comm = comm_bytes(variant, length, heads, head_dim, n)
             flops = flops_per_device(variant, length, heads, head_dim, n)
-            seconds = flops / chip.peak_flops + comm / chip.ici_bandwidth
+            hbm = hbm_bytes(variant, length, heads, head_dim, n)
+            compute = max(flops / chip.peak_flops, hbm / chip.hbm_bandwidth)
+            seconds = compute + comm / chip.ici_bandwidth
             rows.append({
                 "topology": topology, "devices": n, "length": length, "variant": variant,
                 "memory_bytes": plan.total_bytes, "fits": plan.total_bytes <= chip.hbm_bytes,
-                "flops": flops, "comm_bytes": comm,
+                "flops": flops, "hbm_bytes": hbm, "comm_bytes": comm,
                 "roofline_s": seconds, "tokens_per_s": tokens / seconds,
                 "compile_s": plan.compile_seconds, "note": plan.note,
             })  # fmt: skip
@@ -136,13 +157,13 @@ def crossover(rows, local: bool) -> int | None:
 
 
 def table(rows) -> str:
-    lines = ["| length | variant | memory/device GiB | fits | TFLOP/device | comm MB | "
-             "roofline s | tokens/s |", "|" + "---|" * 8]  # fmt: skip
+    lines = ["| length | variant | memory/device GiB | fits | TFLOP/device | HBM GB | comm MB | "
+             "roofline s | tokens/s |", "|" + "---|" * 9]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['length']:,} | {r['variant']} | {r['memory_bytes'] / 2**30:.2f} | "
             f"{'yes' if r['fits'] else 'NO'} | {r['flops'] / 1e12:.3f} | "
-            f"{r['comm_bytes'] / 1e6:.1f} | "
+            f"{r['hbm_bytes'] / 1e9:.2f} | {r['comm_bytes'] / 1e6:.1f} | "
             f"{r['roofline_s']:.4g} | {r['tokens_per_s']:,.0f} |"
         )
     return "\n".join(lines)

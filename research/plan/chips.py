@@ -51,7 +51,13 @@ def parse_topology(name: str) -> tuple[Chip, tuple[int, ...]]:
 def tpu_devices(name: str, num_slices: int = 1):
     """Devices of a TPU topology, compiled for on this host (needs libtpu: the `tpu` extra)."""
     _, dims = parse_topology(name)
+    import os
+
     from jax.experimental import topologies
+
+    # Compiling needs no chip, so concurrent planners (and test workers) may share libtpu
+    # instead of failing on its single-process lockfile.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
     # Hosts hold up to 2x2 chips (v5e/v6e 4-chip hosts; v4/v5p 2x2x1).
     bounds = (min(2, dims[0]), min(2, dims[1]), 1)

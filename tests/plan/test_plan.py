@@ -90,8 +90,9 @@ def _plan_cli(*args):
 
 @needs_libtpu
 def test_cli_tpu_fits_does_not_fit_and_bad_arguments():
-    ok = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:2x2", "--eval")
+    ok = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:2x2", "--eval", "--decode=8")
     assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "| eval |" in ok.stdout and "| decode |" in ok.stdout
     assert "4 x TPU v5e" in ok.stdout and ok.stdout.rstrip().endswith("fits")
     train_row = next(line for line in ok.stdout.splitlines() if line.startswith("| train"))
     cells = [x.strip() for x in train_row.split("|")[1:-1]]
