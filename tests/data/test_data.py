@@ -136,3 +136,24 @@ def test_jsonl_source_and_clear_errors(tmp_path):
     c.data.source = "parquet:x"
     with pytest.raises(DataError, match="use stdlib_code, tfds:NAME, text:PATH or jsonl:PATH"):
         sources.text_sources(c)
+
+
+def test_seq2seq_catalog_dataset_by_name_with_mock_data(tmp_path):
+    """A seq2seq corpus by tfds name (here squad context -> question, mocked) gives batches."""
+    import tensorflow_datasets as tfds
+
+    from research.data import pipeline
+
+    c = ConfigDict(dict(seed=0, data=dict(source="tfds:squad", data_dir=str(tmp_path),
+                                          vocab_size=300, source_key="context",
+                                          target_key="question")))  # fmt: skip
+    with tfds.testing.mock_data(num_examples=24):
+        train, evaluation, vocab = sources.seq2seq_sources(c)
+        it = pipeline.seq2seq_iterator(train, vocab, layout="encdec", src_len=16, tgt_len=8,
+                                       batch_size=4, seed=0, train=True)  # fmt: skip
+        batch = next(it)
+    assert len(train) == 24 and vocab.tok is not None and vocab.size > 256
+    assert batch["src"].shape == (4, 16) and batch["inputs"].shape == (4, 8)
+    assert (batch["inputs"][:, 0] == vocab.bos).all() and batch["weights"].sum() > 0
+    rows = batch["weights"].sum(1).astype(int)  # the EOS sits right after the target tokens
+    assert all(batch["targets"][i, rows[i] - 1] == vocab.eos for i in range(4))
