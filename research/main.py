@@ -9,10 +9,10 @@ Re-running with the same --workdir resumes from its newest readable checkpoint. 
 0 done or preempted (SIGTERM: saved, then stopped), 1 non-finite loss, 2 bad flags or config.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from research.cli import fail, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory; reusing it resumes the run")
@@ -23,18 +23,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "multi-process: number
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "multi-process: this process's index")
 
 
-def _fail(message: str, code: int = 2):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def _parse_flags(argv):
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-        _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-
-
 def main(argv):
     from research.data import DataError
     from research.train import distributed, loop
@@ -43,9 +31,9 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax/grain INFO lines would bury the progress bar
     if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}; use --config.key=value to override config keys")
+        fail(f"unexpected arguments {argv[1:]}; use --config.key=value to override config keys")
     if _CONFIG.value is None or not _WORKDIR.value:
-        _fail("both --config=configs/NAME.py[:PRESET] and --workdir=DIR are required")
+        fail("both --config=configs/NAME.py[:PRESET] and --workdir=DIR are required")
     config = _CONFIG.value
     try:
         # Processes first: validation asks JAX how many devices the run has.
@@ -62,9 +50,9 @@ def main(argv):
         validate(config)
         summary = loop.train_and_evaluate(config, _WORKDIR.value)
     except (ConfigError, DataError) as e:
-        _fail(str(e))
+        fail(str(e))
     except loop.NonFiniteLoss as e:
-        _fail(str(e), code=1)
+        fail(str(e), code=1)
     import jax
 
     if jax.process_index() == 0:
@@ -82,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)

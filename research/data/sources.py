@@ -92,9 +92,15 @@ def mqar_sources(c):
                                    test_examples=d.test_examples, seed=c.seed)  # fmt: skip
     except ValueError as e:
         raise DataError(f"data: {e}") from None
-    data_dir = str(pathlib.Path(os.path.expanduser(d.data_dir)))
-    _on_process_0_then_all("build:mqar", lambda: builders.build(builders.Mqar, data_dir, cfg))
-    builder = builders.Mqar(data_dir=data_dir, config=cfg, file_format="array_record")
+    return _synthetic(builders.Mqar, cfg, d.data_dir)
+
+
+def _synthetic(builder_cls, cfg, data_dir):
+    """(train, test) sources of one of our builders, built on process 0 on first use."""
+    data_dir = str(pathlib.Path(os.path.expanduser(data_dir)))
+    name = builder_cls.__name__
+    _on_process_0_then_all(f"build:{name}", lambda: builders.build(builder_cls, data_dir, cfg))
+    builder = builder_cls(data_dir=data_dir, config=cfg, file_format="array_record")
     return builder.as_data_source("train"), builder.as_data_source("test")
 
 
@@ -163,12 +169,8 @@ def seq2seq_sources(c):
                                           test_examples=d.test_examples, seed=c.seed)  # fmt: skip
         except ValueError as e:
             raise DataError(f"data: {e}") from None
-        _on_process_0_then_all("build:seq2seq", lambda: builders.build(
-            builders.Seq2seqSynthetic, str(data_dir), cfg))  # fmt: skip
-        b = builders.Seq2seqSynthetic(data_dir=str(data_dir), config=cfg,
-                                      file_format="array_record")  # fmt: skip
         vocab = Seq2seqVocab(builders.SEQ2SEQ_VOCAB, builders.PAD, builders.BOS, builders.EOS)
-        return b.as_data_source("train"), b.as_data_source("test"), vocab
+        return (*_synthetic(builders.Seq2seqSynthetic, cfg, d.data_dir), vocab)
     if d.source.startswith("jsonl:"):
         train, evaluation = _split_documents(_local_pairs(d.source.removeprefix("jsonl:")))
         keys = ("source", "target")

@@ -24,7 +24,7 @@ from research.bench.common import machine_header, median_time
 from research.experiments import sweep
 from research.models import DecoderLM
 from research.models.generate import generate
-from research.train.config import ConfigError, model_config, validate
+from research.train.config import ConfigError, model_config, parse_list, validate
 
 FIELDS = ("attention", "width", "mqar_accuracy", "mqar_best_lr", "lm_loss", "lm_perplexity",
           "train_tokens_per_s", "decode_tokens_per_s", "state_bytes")  # fmt: skip
@@ -32,18 +32,6 @@ FIELDS = ("attention", "width", "mqar_accuracy", "mqar_best_lr", "lm_loss", "lm_
 
 # softmax, or the feature map of causal linear attention (research.ops.feature_maps)
 ATTENTIONS = ("softmax", "elu", "relu", "taylor", "favor")
-
-
-def _parse_list(c, key, kind):
-    try:
-        values = [kind(v) for v in str(c[key]).split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"{key}={c[key]!r}: expected a comma-separated list of {kind.__name__}"
-        ) from None
-    if not values:
-        raise ConfigError(f"{key} is empty")
-    return values
 
 
 def _attention_overrides(name: str) -> dict:
@@ -75,10 +63,10 @@ def point_config(c, p: Point):
 
 
 def points(c) -> list[Point]:
-    attentions = [a.strip() for a in str(c.attentions).split(",") if a.strip()]
-    widths = _parse_list(c, "widths", int)
-    lrs = _parse_list(c, "learning_rates", float)
-    tasks = [t.strip() for t in str(c.tasks).split(",") if t.strip()]
+    attentions = parse_list(c, "attentions")
+    widths = parse_list(c, "widths", int)
+    lrs = parse_list(c, "learning_rates", float)
+    tasks = parse_list(c, "tasks")
     if "mqar" not in tasks or set(tasks) - {"mqar", "lm"}:
         raise ConfigError(f"tasks={c.tasks!r}: allowed 'mqar' or 'mqar,lm'")
     for a in attentions:
@@ -115,8 +103,8 @@ def decode_cost(c, attention: str, width: int) -> tuple[float, int]:
 
 def summarize(c, results: list[dict], decode: dict) -> list[dict]:
     rows = []
-    for a in [a.strip() for a in str(c.attentions).split(",") if a.strip()]:
-        for w in _parse_list(c, "widths", int):
+    for a in parse_list(c, "attentions"):
+        for w in parse_list(c, "widths", int):
             mine = [r for r in results if r["point"]["attention"] == a and r["point"]["width"] == w]
             mqar = [r for r in mine if r["point"]["task"] == "mqar"]
             lm = [r for r in mine if r["point"]["task"] == "lm"]
@@ -183,9 +171,8 @@ def run(c, workdir: str) -> list[dict]:
             print(f"[{i}/{len(todo)}] {p.name} ({time.perf_counter() - t0:.0f} s so far)",
                   flush=True)  # fmt: skip
         results.append(run_point(c, p, workdir))
-    widths = _parse_list(c, "widths", int)
-    attentions = dict.fromkeys(r["point"]["attention"] for r in results)
-    decode = {(a, w): decode_cost(c, a, w) for a in attentions for w in widths}
+    widths = parse_list(c, "widths", int)
+    decode = {(a, w): decode_cost(c, a, w) for a in parse_list(c, "attentions") for w in widths}
     rows = summarize(c, results, decode)
     m = c.mqar.data
     header = (f"{machine_header()}\nMQAR seq_len {m.seq_len}, {m.num_kv_pairs} kv pairs, vocab "

@@ -21,19 +21,12 @@ import numpy as np
 
 from research.bench.common import machine_header
 from research.experiments import sweep
-from research.train.config import ConfigError, validate
+from research.train.config import ConfigError, parse_list, validate
 from research.train.seq2seq import REMEDIES
 
 VARIANTS = ("baseline",) + tuple(r for r in REMEDIES if r != "none")
 SEQUENCE_LEVEL = ("scst", "mrt")
 METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "exact")
-
-
-def _list(c, key, kind=str):
-    try:
-        return [kind(v.strip()) for v in str(c[key]).split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{key}={c[key]!r}: expected a comma-separated list") from None
 
 
 def point_config(c, variant: str, seed: int):
@@ -61,7 +54,7 @@ def _seed_from_baseline(c, workdir, variant, seed):
 
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
-    variants, seeds = _list(c, "variants"), _list(c, "seeds", int)
+    variants, seeds = parse_list(c, "variants"), parse_list(c, "seeds", int)
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"variants: unknown {v!r}; allowed {', '.join(VARIANTS)}")
@@ -82,7 +75,7 @@ def run(c, workdir: str) -> list[dict]:
             _seed_from_baseline(c, workdir, v, s)
         out = workdir / "runs" / f"{v}_seed{s}"
         results.append(sweep.train_point(point_config(c, v, s), out, {"variant": v, "seed": s}))
-    beams = _list(c.base.seq2seq, "eval_beams", int)
+    beams = parse_list(c.base.seq2seq, "eval_beams", int)
     rows = summarize(results, order, beams)
     if jax.process_index() == 0:
         header = _header(c, seeds)

@@ -101,12 +101,25 @@ def mix_predictions(key, inputs, logits, target_mask, tf_prob, *, sample: bool =
 LossWithDelta = Callable  # (model, batch, delta [V, D]) -> (loss_sum, weight_sum, metrics)
 
 
-def _mean_loss_and_grad(loss_fn: LossWithDelta, model, batch, zeros):
-    def mean(d):
-        s, w, _ = loss_fn(model, batch, d)
-        return s / jnp.maximum(w, 1.0)
+def _with_embedding_gradient(loss_fn: LossWithDelta, epsilon, delta_shape, delta_dtype, combine):
+    """Wrapper shared by the penalty and FGM: the unperturbed loss and, unless epsilon is 0,
+    g = d(mean CE)/dE at delta 0, handed to combine(model, batch, s, w, metrics, g)."""
+    if epsilon < 0:
+        raise ValueError(f"epsilon={epsilon}: must be >= 0")
 
-    return jax.grad(mean)(zeros)
+    def wrapped(model, batch):
+        zeros = jnp.zeros(delta_shape, delta_dtype)
+        s, w, metrics = loss_fn(model, batch, zeros)
+        if epsilon == 0:
+            return s, w, metrics
+
+        def mean(d):
+            s_d, w_d, _ = loss_fn(model, batch, d)
+            return s_d / jnp.maximum(w_d, 1.0)
+
+        return combine(model, batch, s, w, metrics, jax.grad(mean)(zeros))
+
+    return wrapped
 
 
 def gradient_penalty(
@@ -114,39 +127,25 @@ def gradient_penalty(
 ):
     """loss = CE + epsilon * sum (dCE/dE)^2 over the embedding table E (mean CE; the gradient
     of this loss is second order). epsilon 0.5 in RESEARCH.md section 1."""
-    if epsilon < 0:
-        raise ValueError(f"epsilon={epsilon}: must be >= 0")
 
-    def wrapped(model, batch):
-        zeros = jnp.zeros(delta_shape, delta_dtype)
-        s, w, metrics = loss_fn(model, batch, zeros)
-        if epsilon == 0:
-            return s, w, metrics
-        g = _mean_loss_and_grad(loss_fn, model, batch, zeros)
+    def combine(model, batch, s, w, metrics, g):
         penalty = epsilon * jnp.sum(jnp.square(g))
         # Sums are divided by the weight later, so add weight x penalty to keep CE + penalty.
         return s + penalty * w, w, {**metrics, "penalty": penalty * w}
 
-    return wrapped
+    return _with_embedding_gradient(loss_fn, epsilon, delta_shape, delta_dtype, combine)
 
 
 def fgm(loss_fn: LossWithDelta, *, epsilon: float, delta_shape, delta_dtype=jnp.float32):
     """Fast gradient method (Miyato et al. 2017): r = epsilon * g / |g| with g = dCE/dE (fixed,
     no gradient through r); loss = CE(E) + CE(E + r)."""
-    if epsilon < 0:
-        raise ValueError(f"epsilon={epsilon}: must be >= 0")
 
-    def wrapped(model, batch):
-        zeros = jnp.zeros(delta_shape, delta_dtype)
-        s, w, metrics = loss_fn(model, batch, zeros)
-        if epsilon == 0:
-            return s, w, metrics
-        g = _mean_loss_and_grad(loss_fn, model, batch, zeros)
+    def combine(model, batch, s, w, metrics, g):
         r = jax.lax.stop_gradient(epsilon * g / (jnp.linalg.norm(g) + 1e-12))
         s_adv, _, _ = loss_fn(model, batch, r)
         return s + s_adv, w, {**metrics, "adversarial_loss": s_adv}
 
-    return wrapped
+    return _with_embedding_gradient(loss_fn, epsilon, delta_shape, delta_dtype, combine)
 
 
 # ---- sequence-level training -------------------------------------------------------------------

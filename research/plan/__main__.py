@@ -9,10 +9,10 @@ per step, and a roofline step time and tokens/s. Exit codes: 0 fits, 3 does not 
 2 bad arguments (unknown topology, mesh not matching the chip count, config errors, no libtpu).
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from research.cli import fail, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v5e:16x16, v5p:4x8x8) or cpu")
@@ -30,18 +30,6 @@ def _bytes(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n:.0f} B"
-
-
-def _fail(message: str, code: int = 2):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def _parse_flags(argv):
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-        _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
 def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, bool]:
@@ -93,17 +81,17 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}; use --config.key=value to override config keys")
+        fail(f"unexpected arguments {argv[1:]}; use --config.key=value to override config keys")
     if _CONFIG.value is None or not _TOPOLOGY.value:
-        _fail("both --config=configs/NAME.py[:PRESET] and --topology=NAME are required")
+        fail("both --config=configs/NAME.py[:PRESET] and --topology=NAME are required")
     c = _CONFIG.value
     if "experiment" in c:
-        _fail("plan a single training config (configs/lm.py, configs/mqar.py), not a sweep")
+        fail("plan a single training config (configs/lm.py, configs/mqar.py), not a sweep")
     try:
         devices, chip = devices_for(_TOPOLOGY.value, _NUM_SLICES.value)
         plans = plan_train(c, devices, eval_step=_EVAL.value, decode_tokens=_DECODE.value)
     except (MissingLibtpu, ConfigError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     mesh = sharding.make_mesh(dict(c.mesh), devices)
     text, fits = report(plans, chip, topology=_TOPOLOGY.value, chips=len(devices), mesh=mesh, c=c)
     print(text)
@@ -111,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)

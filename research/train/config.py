@@ -12,6 +12,19 @@ class ConfigError(ValueError):
     """A user mistake in the config; `research.main` prints it on one line and exits 2."""
 
 
+def parse_list(c, key, kind=str) -> list:
+    """A comma-separated config value ("16,32,64") as a non-empty list of `kind`."""
+    try:
+        values = [kind(v.strip()) for v in str(c[key]).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"{key}={c[key]!r}: expected a comma-separated list of {kind.__name__}"
+        ) from None
+    if not values:
+        raise ConfigError(f"{key} is empty")
+    return values
+
+
 def _positive(c, key):
     value = c[key]
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -78,11 +91,7 @@ def _validate_seq2seq(c) -> None:
         )
     if not 0 <= s.seq_weight <= 1:
         raise ConfigError(f"seq2seq.seq_weight={s.seq_weight}: must be in [0, 1]")
-    try:
-        beams = [int(b) for b in str(s.eval_beams).split(",")]
-    except ValueError:
-        beams = [0]
-    if min(beams) < 1:
+    if min(parse_list(s, "eval_beams", int)) < 1:
         raise ConfigError(f"seq2seq.eval_beams={s.eval_beams!r}: comma-separated positive ints")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from research import ops
 from research.ops import decoding, rewards
 from research.ops import exposure_bias as eb
+from research.train.config import parse_list
 
 REMEDIES = ("none", "random_replacement", "gradient_penalty", "fgm", "scheduled_sampling",
             "scst", "mrt")  # fmt: skip
@@ -200,7 +201,7 @@ def decode_metrics(model_def, state, batches, vocab, c) -> dict:
     from rouge_score import rouge_scorer
 
     s = c.seq2seq
-    beams = [int(b) for b in str(s.eval_beams).split(",")]
+    beams = parse_list(s, "eval_beams", int)
 
     @functools.partial(jax.jit, static_argnames="beam")
     def run(params, consts, batch, beam):
