@@ -458,8 +458,9 @@ def linear_attention(
       positions for k; non-causal only), or a callable such as `feature_maps.favor(W)`.
     form (causal only; non-causal is always the O(L d^2) two-matmul form):
       "chunked": chunkwise-parallel. Inside each chunk of `chunk_size` tokens a masked quadratic
-        product; across chunks an exclusive prefix of per-chunk d_k x d_v states by `lax.scan`.
-        O(L (C + d) d) time, no [L, d, d] tensor. Lengths are padded to a multiple of C.
+        product; across chunks a prefix of per-chunk d_k x d_v states. Chunks are processed a
+        cache-sized block at a time with a hand-written VJP (see `_linear_chunked`): O(L (C + d)
+        d) time, O(L d) memory for values and gradients, no [L, d, d] tensor.
       "scan": the token recurrence S_i = S_{i-1} + phi(k_i) v_i^T (`linear_attention_step`).
       "cumsum": reference; materialises the [B, L, H, F, Dv] prefix sums.
     initial_state (causal only): sums over earlier tokens (for example
@@ -488,10 +489,8 @@ def linear_attention(
     if initial_state is not None and not causal:
         raise ValueError("initial_state is only defined for causal linear attention")
     k, v = _repeat_kv(k, heads), _repeat_kv(v, heads)
-    fq, fk = _features(q, k, feature_map, mask)
-    v32 = v.astype(jnp.float32)
     if causal:
-        f, dv = fq.shape[-1], v.shape[-1]
+        f, dv = fm.feature_dim(feature_map, q.shape[-1]), v.shape[-1]
         zero = linear_attention_init_state(batch, heads, f, dv)
         init = zero if initial_state is None else initial_state
         if init.s.shape != zero.s.shape or init.z.shape != zero.z.shape:
@@ -500,6 +499,14 @@ def linear_attention(
                 f"{zero.s.shape}, {zero.z.shape} (batch, heads, features, value_dim)"
             )
         init = LinearAttentionState(init.s.astype(jnp.float32), init.z.astype(jnp.float32))
+        if form == "chunked" and not callable(feature_map):
+            # Named maps are applied inside the kernel's blocks (one pass over q and k).
+            kmask = None if mask is None else mask.astype(jnp.float32)
+            phi = fm.resolve(feature_map)
+            out = _linear_chunked(q, k, v, kmask, init.s, init.z, phi, chunk_size)
+            return out.astype(q.dtype)
+    fq, fk = _features(q, k, feature_map, mask)
+    v32 = v.astype(jnp.float32)
     if not causal:
         kv = jnp.einsum("blhf,blhv->bhfv", fk, v32)
         num = jnp.einsum("blhf,bhfv->blhv", fq, kv)
@@ -512,40 +519,186 @@ def linear_attention(
         out = _divide(num, jnp.einsum("blhf,blhf->blh", fq, z)[..., None])
     elif form == "scan":
         out = _linear_scan(fq, fk, v32, init)
-    else:
-        out = _linear_chunked(fq, fk, v32, chunk_size, init)
+    else:  # a callable map (it may close over traced arrays): features computed here
+        out = _linear_chunked(fq, fk, v32, None, init.s, init.z, _as_float32, chunk_size)
     return out.astype(q.dtype)
 
 
-def _linear_chunked(fq, fk, v, chunk: int, init: LinearAttentionState):
-    """Causal chunkwise-parallel linear attention on fp32 features [B, L, H, F], v [B, L, H, Dv]."""
-    b, length, h, f = fq.shape
-    dv = v.shape[-1]
-    chunk = min(chunk, length)
-    n = -(-length // chunk)
-    # Padded keys have zero features, so they add nothing; padded queries are cut off below.
-    fq, fk, v = (_pad_axis(x, 1, n * chunk) for x in (fq, fk, v))
-    fq = fq.reshape(b, n, chunk, h, f)
-    fk = fk.reshape(b, n, chunk, h, f)
-    v = v.reshape(b, n, chunk, h, dv)
-    # Intra-chunk: masked quadratic attention, all chunks at once.
-    a = jnp.einsum("bnihf,bnjhf->bnhij", fq, fk)
-    a = jnp.where(jnp.tril(jnp.ones((chunk, chunk), bool)), a, 0.0)
-    num = jnp.einsum("bnhij,bnjhv->bnihv", a, v)
-    den = jnp.swapaxes(jnp.sum(a, axis=-1), 2, 3)  # [B, N, C, H]
-    # Inter-chunk: per-chunk states, then the exclusive prefix over chunks (state before chunk n).
-    ds = jnp.einsum("bnjhf,bnjhv->nbhfv", fk, v)
-    dz = jnp.einsum("bnjhf->nbhf", fk)
+# Causal chunked form: a blocked kernel with a hand-written VJP.
+#
+# Tokens are cut into chunks of C, and chunks into blocks of nc chunks whose working set fits
+# in cache (on the 2-core CPU here, passes over arrays that spill to DRAM cost more than the
+# matmuls). A `fori_loop` walks the blocks carrying the
+# d_k x d_v state; inside a block every chunk is handled at once by batched matmuls:
+#   A_c = tril(Q_c K_c^T), dS_c = K_c^T V_c, S_c = S_block + sum_{c' < c} dS_c' (a strictly
+#   triangular matmul over the block's chunks), num_c = A_c V_c + Q_c S_c.
+# A named feature map is applied inside the block, so q, k, v are read from memory once. Autodiff
+# through this loop would store every block's intermediates; the backward pass below instead
+# recomputes them block by block in reverse, carrying R = sum_{later} Q^T dnum, so memory is
+# O(L d) for any length. Sums are fp32.
+_BLOCK_BYTES = 2**21  # bytes of one [B, H, block, F] fp32 array: 2 MiB keeps a block in cache
 
-    def prefix(carry, x):
-        s, z = carry
-        return (s + x[0], z + x[1]), (s, z)
 
-    _, (s_prev, z_prev) = lax.scan(prefix, (init.s, init.z), (ds, dz))
-    num = num + jnp.einsum("bnihf,nbhfv->bnihv", fq, s_prev)
-    den = den + jnp.einsum("bnihf,nbhf->bnih", fq, z_prev)
-    out = _divide(num, den[..., None]).reshape(b, n * chunk, h, dv)
-    return out[:, :length]
+def _as_float32(x):  # the kernel's "feature map" for features computed by the caller
+    return x.astype(jnp.float32)
+
+
+def _chunk_blocks(length: int, chunk: int, row_bytes: int) -> tuple[int, int]:
+    """(chunks per block, number of blocks) for `length` tokens, preferring a block size that
+    divides the chunk count so no padding is needed."""
+    n_chunks = -(-length // chunk)
+    want = max(1, min(n_chunks, _BLOCK_BYTES // (row_bytes * chunk)))
+    divisor = max(d for d in range(1, want + 1) if n_chunks % d == 0)
+    nc = divisor if 2 * divisor >= want else want
+    return nc, -(-n_chunks // nc)
+
+
+def _load(x, start, nc: int, chunk: int):
+    """Tokens [start, start + nc*C) of x [B, L, H, F] as fp32 chunks [B, H, nc, C, F]."""
+    b, _, h, f = x.shape
+    x = lax.dynamic_slice_in_dim(x, start, nc * chunk, axis=1).reshape(b, nc, chunk, h, f)
+    return jnp.transpose(x, (0, 3, 1, 2, 4)).astype(jnp.float32)
+
+
+def _store(buf, x, start):
+    """Write chunks x [B, H, nc, C, F] into buf [B, L, H, F] at token `start`."""
+    b, h, nc, c, f = x.shape
+    x = jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(b, nc * c, h, f).astype(buf.dtype)
+    return lax.dynamic_update_slice_in_dim(buf, x, start, axis=1)
+
+
+def _exclusive(x, reverse: bool = False):
+    """Sum over earlier (later, if reverse) chunks of a block: x [B, H, nc, ...] -> same shape,
+    as one strictly triangular [nc, nc] matmul."""
+    nc = x.shape[2]
+    t = jnp.tril(jnp.ones((nc, nc), x.dtype), -1)
+    return jnp.einsum("cd,bhd...->bhc...", t.T if reverse else t, x)
+
+
+def _causal_scores(q, k):
+    """tril(q k^T) per chunk: q, k [B, H, nc, C, F] -> [B, H, nc, C, C]."""
+    c = q.shape[3]
+    return jnp.where(jnp.tril(jnp.ones((c, c), bool)), jnp.einsum("bhnif,bhnjf->bhnij", q, k), 0)
+
+
+def _block_inputs(q, k, v, kmask, start, nc, chunk, phi):
+    """One block's features and values, fp32 [B, H, nc, C, .], with the maps' VJPs."""
+    fq, q_vjp = jax.vjp(phi, _load(q, start, nc, chunk))
+    kb = _load(k, start, nc, chunk)
+    if kmask is not None:
+        m = _load(kmask[:, :, None, None], start, nc, chunk)  # [B, 1, nc, C, 1]
+        fk, k_vjp = jax.vjp(lambda x: phi(x) * m, kb)
+    else:
+        fk, k_vjp = jax.vjp(phi, kb)
+    return fq, fk, _load(v, start, nc, chunk), q_vjp, k_vjp
+
+
+def _block_states(fk, v, s, z):
+    """States before each chunk of a block, given the states s [B,H,F,V], z [B,H,F] before it."""
+    ds = jnp.einsum("bhnjf,bhnjv->bhnfv", fk, v)
+    dz = jnp.sum(fk, axis=3)
+    return _exclusive(ds) + s[:, :, None], _exclusive(dz) + z[:, :, None], ds, dz
+
+
+def _zeros(shape, *like):
+    """fp32 zeros that, inside shard_map, vary over the same mesh axes as the arrays `like`
+    (a loop's carries must keep their type); zeros_like carries that type, a sum unions it."""
+    return sum((jnp.zeros_like(x, jnp.float32, shape=()) for x in like), jnp.zeros(shape))
+
+
+def _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk):
+    b, length, h, _ = q.shape
+    f, dv = s0.shape[-2:]
+    nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, q.shape[-1]))
+    padded = nb * nc * chunk
+    q, k, v = (_pad_axis(x, 1, padded) for x in (q, k, v))
+    if kmask is not None:
+        kmask = _pad_axis(kmask, 1, padded)
+
+    def body(i, carry):
+        s, z, out, den_all, s_starts, z_starts = carry
+        start = i * nc * chunk
+        fq, fk, vb, _, _ = _block_inputs(q, k, v, kmask, start, nc, chunk, phi)
+        sp, zp, ds, dz = _block_states(fk, vb, s, z)
+        a = _causal_scores(fq, fk)
+        num = jnp.einsum("bhnij,bhnjv->bhniv", a, vb) + jnp.einsum("bhnif,bhnfv->bhniv", fq, sp)
+        den = jnp.sum(a, axis=-1) + jnp.einsum("bhnif,bhnf->bhni", fq, zp)
+        out = _store(out, _divide(num, den[..., None]), start)
+        den_all = _store(den_all, den[..., None], start)
+        s_starts, z_starts = s_starts.at[i].set(s), z_starts.at[i].set(z)
+        return s + jnp.sum(ds, axis=2), z + jnp.sum(dz, axis=2), out, den_all, s_starts, z_starts
+
+    ins = (q, k, v, s0, z0)
+    init = (s0, z0, _zeros((b, padded, h, dv), *ins), _zeros((b, padded, h, 1), *ins),
+            _zeros((nb, *s0.shape), *ins), _zeros((nb, *z0.shape), *ins))  # fmt: skip
+    _, _, out, den, s_starts, z_starts = lax.fori_loop(0, nb, body, init)
+    return out[:, :length], (den[:, :length], s_starts, z_starts)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _linear_chunked(q, k, v, kmask, s0, z0, phi, chunk):
+    """Causal linear attention, chunked. q, k [B, L, H, D] (raw; `phi` maps them to features
+    inside each block), v [B, L, H, Dv], kmask [B, L] float (0 = padding) or None, s0, z0 the
+    initial state. Returns out [B, L, H, Dv] fp32."""
+    return _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk)[0]
+
+
+def _linear_chunked_fwd(q, k, v, kmask, s0, z0, phi, chunk):
+    out, (den, s_starts, z_starts) = _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk)
+    return out, (q, k, v, kmask, s0, z0, out, den, s_starts, z_starts)
+
+
+def _linear_chunked_bwd(phi, chunk, res, g):
+    """With dnum = g / den and dden = -(g . out) / den per query, and per chunk
+    dA = tril(dnum V^T + dden 1^T), S / R the states before / after the chunk:
+      dQ = dA K + dnum S^T + dden z^T,  dK = dA^T Q + V R^T + r,  dV = A^T dnum + K R,
+    R, r accumulated over later chunks (and blocks, walked in reverse). R, r after the whole
+    sequence are the gradients of the initial state."""
+    q, k, v, kmask, s0, z0, out, den, s_starts, z_starts = res
+    b, length, h, _ = q.shape
+    f, dv = s0.shape[-2:]
+    nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, q.shape[-1]))
+    padded = nb * nc * chunk
+    inv = jnp.where(den > 0, 1.0 / jnp.where(den > 0, den, 1.0), 0.0)
+    q, k, v, g, out, inv = (_pad_axis(x, 1, padded) for x in (q, k, v, g, out, inv))
+    if kmask is not None:
+        kmask = _pad_axis(kmask, 1, padded)
+    tril = jnp.tril(jnp.ones((chunk, chunk), bool))
+
+    def body(t, carry):
+        r, rz, dq, dk, dvv = carry
+        i = nb - 1 - t
+        start = i * nc * chunk
+        fq, fk, vb, q_vjp, k_vjp = _block_inputs(q, k, v, kmask, start, nc, chunk, phi)
+        dnum = _load(g, start, nc, chunk) * _load(inv, start, nc, chunk)
+        dden = -jnp.sum(dnum * _load(out, start, nc, chunk), axis=-1)
+        sp, zp, _, _ = _block_states(fk, vb, s_starts[i], z_starts[i])
+        dr = jnp.einsum("bhnif,bhniv->bhnfv", fq, dnum)
+        drz = jnp.einsum("bhnif,bhni->bhnf", fq, dden)
+        rl = _exclusive(dr, reverse=True) + r[:, :, None]
+        rzl = _exclusive(drz, reverse=True) + rz[:, :, None]
+        a = _causal_scores(fq, fk)
+        da = jnp.where(tril, jnp.einsum("bhniv,bhnjv->bhnij", dnum, vb) + dden[..., None], 0)
+        dfq = (jnp.einsum("bhnij,bhnjf->bhnif", da, fk) + jnp.einsum("bhniv,bhnfv->bhnif", dnum, sp)
+               + dden[..., None] * zp[:, :, :, None])  # fmt: skip
+        dfk = (jnp.einsum("bhnij,bhnif->bhnjf", da, fq) + jnp.einsum("bhnjv,bhnfv->bhnjf", vb, rl)
+               + rzl[:, :, :, None])  # fmt: skip
+        dvb = jnp.einsum("bhnij,bhniv->bhnjv", a, dnum) + jnp.einsum("bhnjf,bhnfv->bhnjv", fk, rl)
+        dq = _store(dq, q_vjp(dfq)[0], start)
+        dk = _store(dk, k_vjp(dfk)[0], start)
+        dvv = _store(dvv, dvb, start)
+        return r + jnp.sum(dr, axis=2), rz + jnp.sum(drz, axis=2), dq, dk, dvv
+
+    ins = (q, k, v, g, s0, z0)
+    init = (_zeros(s0.shape, *ins), _zeros(z0.shape, *ins), _zeros(q.shape, *ins),
+            _zeros(k.shape, *ins), _zeros(v.shape, *ins))  # fmt: skip
+    ds0, dz0, dq, dk, dvv = lax.fori_loop(0, nb, body, init)
+    dmask = None if kmask is None else jnp.zeros_like(kmask[:, :length])
+    cut = lambda x, like: x[:, :length].astype(like.dtype)  # noqa: E731
+    return cut(dq, q), cut(dk, k), cut(dvv, v), dmask, ds0, dz0
+
+
+_linear_chunked.defvjp(_linear_chunked_fwd, _linear_chunked_bwd)
 
 
 def _recurrent_update(state: LinearAttentionState, fq_t, fk_t, v_t):

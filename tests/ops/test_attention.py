@@ -145,6 +145,42 @@ def test_chunked_and_scan_gradients_equal_reference(s):
             np.testing.assert_allclose(g, r, atol=ATOL, rtol=ATOL, err_msg=form)
 
 
+@pytest.mark.parametrize("length", [70, 85])  # 9 chunks: blocks of 3; 11 chunks: padded to 12
+@pytest.mark.parametrize("feature_map", ["elu", "taylor", "favor"])
+def test_chunked_kernel_across_blocks_equals_cumsum_form(monkeypatch, length, feature_map):
+    """The chunked kernel walks blocks of chunks with a hand-written VJP; shrink the block so
+    several blocks (and block padding) are exercised, with a key mask and an initial state,
+    and compare values and all gradients with the autodiff'd cumsum form."""
+    b, h, d, chunk = 2, 2, 8, 8
+    monkeypatch.setattr(att, "_BLOCK_BYTES", 4 * b * h * (d + 1) * chunk * 4)
+    nc, nb = att._chunk_blocks(length, chunk, 4 * b * h * (d + 1))
+    assert nb > 1 and nb * nc * chunk >= length
+    if feature_map == "favor":
+        feature_map = fm.favor(fm.favor_projection(jax.random.PRNGKey(3), 16, d))
+    f = fm.feature_dim(feature_map, d)
+    q, k, v = _qkv(5, b, length, length, h, d)
+    mask = jnp.asarray(_key_mask(5, b, length))
+    rng = np.random.default_rng(6)
+    s0 = jnp.asarray(rng.uniform(0, 1, (b, h, f, d)), jnp.float32)
+    z0 = jnp.asarray(rng.uniform(1, 2, (b, h, f)), jnp.float32)
+    cot = rng.standard_normal(v.shape).astype(np.float32)
+
+    def loss(form):
+        def fn(q, k, v, s0, z0):
+            init = att.LinearAttentionState(s0, z0)
+            out = att.linear_attention(q, k, v, feature_map=feature_map, causal=True, form=form,
+                                       chunk_size=chunk, mask=mask, initial_state=init)  # fmt: skip
+            return jnp.sum(out * cot), out
+
+        return jax.value_and_grad(fn, argnums=(0, 1, 2, 3, 4), has_aux=True)
+
+    (_, got), got_grads = loss("chunked")(q, k, v, s0, z0)
+    (_, want), want_grads = loss("cumsum")(q, k, v, s0, z0)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL)
+    for name, g, w in zip("q k v s0 z0".split(), got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, w, atol=ATOL, rtol=ATOL, err_msg=name)
+
+
 @pytest.mark.parametrize("form", att.LINEAR_FORMS)
 @pytest.mark.parametrize("feature_map", ["elu", "taylor"])
 def test_causal_linear_has_exactly_zero_gradient_from_the_future(form, feature_map):
