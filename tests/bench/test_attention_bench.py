@@ -7,11 +7,13 @@ from research.bench import attention
 
 def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
     rows = attention.main(["--lengths", "64,128", "--contexts", "64", "--repeats", "1",
-                           "--heads", "2", "--head_dim", "8", "--out", str(tmp_path)])  # fmt: skip
+                           "--long_length", "256", "--heads", "2", "--head_dim", "8",
+                           "--out", str(tmp_path)])  # fmt: skip
     out = capsys.readouterr().out
     assert (tmp_path / "attention.csv").read_text().startswith("kind,impl,length")
     assert (tmp_path / "attention.png").stat().st_size > 10_000
     assert "| target | measured | goal | status |" in out and "jax" in out.splitlines()[0]
+    assert {r["kind"] for r in rows if r["length"] == 256} == {"fwd", "fwd+bwd"}  # --long_length
     impls = {r["impl"] for r in rows if r["kind"] == "fwd"}
     assert set(attention.IMPLS) <= impls
     for r in rows:
