@@ -520,7 +520,7 @@ def linear_attention(
     elif form == "scan":
         out = _linear_scan(fq, fk, v32, init)
     else:  # a callable map (it may close over traced arrays): features computed here
-        out = _linear_chunked(fq, fk, v32, None, init.s, init.z, _as_float32, chunk_size)
+        out = _linear_chunked(fq, fk, v, None, init.s, init.z, _as_float32, chunk_size)
     return out.astype(q.dtype)
 
 
@@ -600,10 +600,10 @@ def _block_states(fk, v, s, z):
     return _exclusive(ds) + s[:, :, None], _exclusive(dz) + z[:, :, None], ds, dz
 
 
-def _zeros(shape, *like):
-    """fp32 zeros that, inside shard_map, vary over the same mesh axes as the arrays `like`
-    (a loop's carries must keep their type); zeros_like carries that type, a sum unions it."""
-    return sum((jnp.zeros_like(x, jnp.float32, shape=()) for x in like), jnp.zeros(shape))
+def _zeros(shape, *like, dtype=jnp.float32):
+    """Zeros that, inside shard_map, vary over the same mesh axes as the arrays `like` (a
+    loop's carries must keep their type); zeros_like carries that type, a sum unions it."""
+    return sum((jnp.zeros_like(x, dtype, shape=()) for x in like), jnp.zeros(shape, dtype))
 
 
 def _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk):
@@ -629,7 +629,9 @@ def _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk):
         return s + jnp.sum(ds, axis=2), z + jnp.sum(dz, axis=2), out, den_all, s_starts, z_starts
 
     ins = (q, k, v, s0, z0)
-    init = (s0, z0, _zeros((b, padded, h, dv), *ins), _zeros((b, padded, h, 1), *ins),
+    # Each block's outputs are final when written, so they are stored in the input dtype.
+    init = (s0, z0, _zeros((b, padded, h, dv), *ins, dtype=q.dtype),
+            _zeros((b, padded, h, 1), *ins),
             _zeros((nb, *s0.shape), *ins), _zeros((nb, *z0.shape), *ins))  # fmt: skip
     _, _, out, den, s_starts, z_starts = lax.fori_loop(0, nb, body, init)
     return out[:, :length], (den[:, :length], s_starts, z_starts)
@@ -639,7 +641,7 @@ def _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk):
 def _linear_chunked(q, k, v, kmask, s0, z0, phi, chunk):
     """Causal linear attention, chunked. q, k [B, L, H, D] (raw; `phi` maps them to features
     inside each block), v [B, L, H, Dv], kmask [B, L] float (0 = padding) or None, s0, z0 the
-    initial state. Returns out [B, L, H, Dv] fp32."""
+    initial state. Returns out [B, L, H, Dv] in the dtype of q."""
     return _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk)[0]
 
 
@@ -690,12 +692,11 @@ def _linear_chunked_bwd(phi, chunk, res, g):
         return r + jnp.sum(dr, axis=2), rz + jnp.sum(drz, axis=2), dq, dk, dvv
 
     ins = (q, k, v, g, s0, z0)
-    init = (_zeros(s0.shape, *ins), _zeros(z0.shape, *ins), _zeros(q.shape, *ins),
-            _zeros(k.shape, *ins), _zeros(v.shape, *ins))  # fmt: skip
+    init = (_zeros(s0.shape, *ins), _zeros(z0.shape, *ins), _zeros(q.shape, *ins, dtype=q.dtype),
+            _zeros(k.shape, *ins, dtype=k.dtype), _zeros(v.shape, *ins, dtype=v.dtype))  # fmt: skip
     ds0, dz0, dq, dk, dvv = lax.fori_loop(0, nb, body, init)
     dmask = None if kmask is None else jnp.zeros_like(kmask[:, :length])
-    cut = lambda x, like: x[:, :length].astype(like.dtype)  # noqa: E731
-    return cut(dq, q), cut(dk, k), cut(dvv, v), dmask, ds0, dz0
+    return dq[:, :length], dk[:, :length], dvv[:, :length], dmask, ds0, dz0
 
 
 _linear_chunked.defvjp(_linear_chunked_fwd, _linear_chunked_bwd)
