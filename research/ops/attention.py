@@ -528,8 +528,8 @@ def linear_attention(
 #
 # Tokens are cut into chunks of C, and chunks into blocks of nc chunks whose working set fits
 # in cache (on the 2-core CPU here, passes over arrays that spill to DRAM cost more than the
-# matmuls). A `fori_loop` walks the blocks carrying the
-# d_k x d_v state; inside a block every chunk is handled at once by batched matmuls:
+# matmuls). A `fori_loop` walks the blocks carrying the d_k x d_v state; inside a block every
+# chunk is handled at once by batched matmuls:
 #   A_c = tril(Q_c K_c^T), dS_c = K_c^T V_c, S_c = S_block + sum_{c' < c} dS_c' (a strictly
 #   triangular matmul over the block's chunks), num_c = A_c V_c + Q_c S_c.
 # A named feature map is applied inside the block, so q, k, v are read from memory once. Autodiff
@@ -543,11 +543,13 @@ def _as_float32(x):  # the kernel's "feature map" for features computed by the c
     return x.astype(jnp.float32)
 
 
-def _chunk_blocks(length: int, chunk: int, row_bytes: int) -> tuple[int, int]:
+def _chunk_blocks(length: int, chunk: int, row_bytes: int, value_dim: int) -> tuple[int, int]:
     """(chunks per block, number of blocks) for `length` tokens, preferring a block size that
-    divides the chunk count so no padding is needed."""
+    divides the chunk count so no padding is needed. Blocks hold at least 8 * value_dim tokens,
+    so the d x d state saved per block for the backward is at most 1/8 of q's size."""
     n_chunks = -(-length // chunk)
-    want = max(1, min(n_chunks, _BLOCK_BYTES // (row_bytes * chunk)))
+    want = max(_BLOCK_BYTES // (row_bytes * chunk), -(-8 * value_dim // chunk))
+    want = max(1, min(n_chunks, want))
     divisor = max(d for d in range(1, want + 1) if n_chunks % d == 0)
     nc = divisor if 2 * divisor >= want else want
     return nc, -(-n_chunks // nc)
@@ -558,6 +560,13 @@ def _load(x, start, nc: int, chunk: int):
     b, _, h, f = x.shape
     x = lax.dynamic_slice_in_dim(x, start, nc * chunk, axis=1).reshape(b, nc, chunk, h, f)
     return jnp.transpose(x, (0, 3, 1, 2, 4)).astype(jnp.float32)
+
+
+def _load_tokens(x, start, nc: int, chunk: int):
+    """Tokens [start, start + nc*C) of x [..., L] as fp32 [..., nc, C]. Per-token scalars are
+    kept token-minor ([B, H, L], not [B, L, H, 1]): TPUs pad a size-1 minor axis to 128 lanes."""
+    x = lax.dynamic_slice_in_dim(x, start, nc * chunk, axis=-1)
+    return x.reshape(*x.shape[:-1], nc, chunk).astype(jnp.float32)
 
 
 def _store(buf, x, start):
@@ -586,7 +595,7 @@ def _block_inputs(q, k, v, kmask, start, nc, chunk, phi):
     fq, q_vjp = jax.vjp(phi, _load(q, start, nc, chunk))
     kb = _load(k, start, nc, chunk)
     if kmask is not None:
-        m = _load(kmask[:, :, None, None], start, nc, chunk)  # [B, 1, nc, C, 1]
+        m = _load_tokens(kmask, start, nc, chunk)[:, None, :, :, None]  # [B, 1, nc, C, 1]
         fk, k_vjp = jax.vjp(lambda x: phi(x) * m, kb)
     else:
         fk, k_vjp = jax.vjp(phi, kb)
@@ -609,7 +618,7 @@ def _zeros(shape, *like, dtype=jnp.float32):
 def _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk):
     b, length, h, _ = q.shape
     f, dv = s0.shape[-2:]
-    nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, q.shape[-1]))
+    nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, q.shape[-1]), dv)
     padded = nb * nc * chunk
     q, k, v = (_pad_axis(x, 1, padded) for x in (q, k, v))
     if kmask is not None:
@@ -624,17 +633,17 @@ def _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk):
         num = jnp.einsum("bhnij,bhnjv->bhniv", a, vb) + jnp.einsum("bhnif,bhnfv->bhniv", fq, sp)
         den = jnp.sum(a, axis=-1) + jnp.einsum("bhnif,bhnf->bhni", fq, zp)
         out = _store(out, _divide(num, den[..., None]), start)
-        den_all = _store(den_all, den[..., None], start)
+        den_all = lax.dynamic_update_slice_in_dim(den_all, den.reshape(b, h, -1), start, axis=2)
         s_starts, z_starts = s_starts.at[i].set(s), z_starts.at[i].set(z)
         return s + jnp.sum(ds, axis=2), z + jnp.sum(dz, axis=2), out, den_all, s_starts, z_starts
 
     ins = (q, k, v, s0, z0)
     # Each block's outputs are final when written, so they are stored in the input dtype.
     init = (s0, z0, _zeros((b, padded, h, dv), *ins, dtype=q.dtype),
-            _zeros((b, padded, h, 1), *ins),
+            _zeros((b, h, padded), *ins),
             _zeros((nb, *s0.shape), *ins), _zeros((nb, *z0.shape), *ins))  # fmt: skip
     _, _, out, den, s_starts, z_starts = lax.fori_loop(0, nb, body, init)
-    return out[:, :length], (den[:, :length], s_starts, z_starts)
+    return out[:, :length], (den[:, :, :length], s_starts, z_starts)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
@@ -659,10 +668,11 @@ def _linear_chunked_bwd(phi, chunk, res, g):
     q, k, v, kmask, s0, z0, out, den, s_starts, z_starts = res
     b, length, h, _ = q.shape
     f, dv = s0.shape[-2:]
-    nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, q.shape[-1]))
+    nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, q.shape[-1]), dv)
     padded = nb * nc * chunk
     inv = jnp.where(den > 0, 1.0 / jnp.where(den > 0, den, 1.0), 0.0)
-    q, k, v, g, out, inv = (_pad_axis(x, 1, padded) for x in (q, k, v, g, out, inv))
+    q, k, v, g, out = (_pad_axis(x, 1, padded) for x in (q, k, v, g, out))
+    inv = _pad_axis(inv, 2, padded)  # [B, H, L]
     if kmask is not None:
         kmask = _pad_axis(kmask, 1, padded)
     tril = jnp.tril(jnp.ones((chunk, chunk), bool))
@@ -672,7 +682,7 @@ def _linear_chunked_bwd(phi, chunk, res, g):
         i = nb - 1 - t
         start = i * nc * chunk
         fq, fk, vb, q_vjp, k_vjp = _block_inputs(q, k, v, kmask, start, nc, chunk, phi)
-        dnum = _load(g, start, nc, chunk) * _load(inv, start, nc, chunk)
+        dnum = _load(g, start, nc, chunk) * _load_tokens(inv, start, nc, chunk)[..., None]
         dden = -jnp.sum(dnum * _load(out, start, nc, chunk), axis=-1)
         sp, zp, _, _ = _block_states(fk, vb, s_starts[i], z_starts[i])
         dr = jnp.einsum("bhnif,bhniv->bhnfv", fq, dnum)

@@ -145,7 +145,7 @@ def test_chunked_and_scan_gradients_equal_reference(s):
             np.testing.assert_allclose(g, r, atol=ATOL, rtol=ATOL, err_msg=form)
 
 
-@pytest.mark.parametrize("length", [70, 85])  # 9 chunks: blocks of 3; 11 chunks: padded to 12
+@pytest.mark.parametrize("length", [190, 150])  # 24 chunks: 3 blocks of 8; 19: padded to 24
 @pytest.mark.parametrize("feature_map", ["elu", "taylor", "favor"])
 def test_chunked_kernel_across_blocks_equals_cumsum_form(monkeypatch, length, feature_map):
     """The chunked kernel walks blocks of chunks with a hand-written VJP; shrink the block so
@@ -153,8 +153,8 @@ def test_chunked_kernel_across_blocks_equals_cumsum_form(monkeypatch, length, fe
     and compare values and all gradients with the autodiff'd cumsum form."""
     b, h, d, chunk = 2, 2, 8, 8
     monkeypatch.setattr(att, "_BLOCK_BYTES", 4 * b * h * (d + 1) * chunk * 4)
-    nc, nb = att._chunk_blocks(length, chunk, 4 * b * h * (d + 1))
-    assert nb > 1 and nb * nc * chunk >= length
+    nc, nb = att._chunk_blocks(length, chunk, 4 * b * h * (d + 1), d)
+    assert (nc, nb) == (8, 3)
     if feature_map == "favor":
         feature_map = fm.favor(fm.favor_projection(jax.random.PRNGKey(3), 16, d))
     f = fm.feature_dim(feature_map, d)
