@@ -536,7 +536,7 @@ def linear_attention(
 # through this loop would store every block's intermediates; the backward pass below instead
 # recomputes them block by block in reverse, carrying R = sum_{later} Q^T dnum, so memory is
 # O(L d) for any length. Sums are fp32.
-_BLOCK_BYTES = 2**21  # bytes of one [B, H, block, F] fp32 array: 2 MiB keeps a block in cache
+_BLOCK_BYTES = 2**20  # bytes of one [B, H, block, F] fp32 array; 1 MiB measured fastest here
 
 
 def _as_float32(x):  # the kernel's "feature map" for features computed by the caller
