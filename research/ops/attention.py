@@ -689,13 +689,13 @@ def _linear_chunked_bwd(phi, chunk, res, g):
         drz = jnp.einsum("bhnif,bhni->bhnf", fq, dden)
         rl = _exclusive(dr, reverse=True) + r[:, :, None]
         rzl = _exclusive(drz, reverse=True) + rz[:, :, None]
-        a = _causal_scores(fq, fk)
+        at = jnp.where(tril.T, jnp.einsum("bhnjf,bhnif->bhnji", fk, fq), 0)  # A^T, NT form
         da = jnp.where(tril, jnp.einsum("bhniv,bhnjv->bhnij", dnum, vb) + dden[..., None], 0)
         dfq = (jnp.einsum("bhnij,bhnjf->bhnif", da, fk) + jnp.einsum("bhniv,bhnfv->bhnif", dnum, sp)
                + dden[..., None] * zp[:, :, :, None])  # fmt: skip
         dfk = (jnp.einsum("bhnij,bhnif->bhnjf", da, fq) + jnp.einsum("bhnjv,bhnfv->bhnjf", vb, rl)
                + rzl[:, :, :, None])  # fmt: skip
-        dvb = jnp.einsum("bhnij,bhniv->bhnjv", a, dnum) + jnp.einsum("bhnjf,bhnfv->bhnjv", fk, rl)
+        dvb = jnp.einsum("bhnji,bhniv->bhnjv", at, dnum) + jnp.einsum("bhnjf,bhnfv->bhnjv", fk, rl)
         dq = _store(dq, q_vjp(dfq)[0], start)
         dk = _store(dk, k_vjp(dfk)[0], start)
         dvv = _store(dvv, dvb, start)
