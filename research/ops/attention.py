@@ -530,13 +530,14 @@ def linear_attention(
 # in cache (on the 2-core CPU here, passes over arrays that spill to DRAM cost more than the
 # matmuls). A `fori_loop` walks the blocks carrying the d_k x d_v state; inside a block every
 # chunk is handled at once by batched matmuls:
-#   A_c = tril(Q_c K_c^T), dS_c = K_c^T V_c, S_c = S_block + sum_{c' < c} dS_c' (a strictly
-#   triangular matmul over the block's chunks), num_c = A_c V_c + Q_c S_c.
+#   A_c = tril(Q_c K_c^T), dS_c = K_c^T V_c, S_c = S_block + sum_{c' < c} dS_c' (a log-depth
+#   prefix sum over the block's chunks), num_c = A_c V_c + Q_c S_c.
 # A named feature map is applied inside the block, so q, k, v are read from memory once. Autodiff
 # through this loop would store every block's intermediates; the backward pass below instead
 # recomputes them block by block in reverse, carrying R = sum_{later} Q^T dnum, so memory is
 # O(L d) for any length. Sums are fp32.
 _BLOCK_BYTES = 2**20  # bytes of one [B, H, block, F] fp32 array; 1 MiB measured fastest here
+_BACKWARD_SPLIT = 2  # the backward holds ~2x the live arrays per block, so it walks half-blocks
 
 
 def _as_float32(x):  # the kernel's "feature map" for features computed by the caller
@@ -553,6 +554,16 @@ def _chunk_blocks(length: int, chunk: int, row_bytes: int, value_dim: int) -> tu
     divisor = max(d for d in range(1, want + 1) if n_chunks % d == 0)
     nc = divisor if 2 * divisor >= want else want
     return nc, -(-n_chunks // nc)
+
+
+def _backward_chunks(nc: int) -> int:
+    """Chunks per backward block, given nc per forward block."""
+    return nc // _BACKWARD_SPLIT if nc % _BACKWARD_SPLIT == 0 else nc
+
+
+def _every(x, n: int):
+    """Every n-th chunk's entry of x [B, H, nc, ...], chunk-major: [nc / n, B, H, ...]."""
+    return jnp.moveaxis(x[:, :, ::n], 2, 0)
 
 
 def _load(x, start, nc: int, chunk: int):
@@ -577,11 +588,11 @@ def _store(buf, x, start):
 
 
 def _exclusive(x, reverse: bool = False):
-    """Sum over earlier (later, if reverse) chunks of a block: x [B, H, nc, ...] -> same shape,
-    as one strictly triangular [nc, nc] matmul."""
-    nc = x.shape[2]
-    t = jnp.tril(jnp.ones((nc, nc), x.dtype), -1)
-    return jnp.einsum("cd,bhd...->bhc...", t.T if reverse else t, x)
+    """Sum over earlier (later, if reverse) chunks of a block: x [B, H, nc, ...] -> same shape.
+    A log-depth scan: a triangular [nc, nc] matmul over the chunk axis made XLA transpose x."""
+    c = lax.associative_scan(jnp.add, x, axis=2, reverse=reverse)
+    zero = jnp.zeros_like(x[:, :, :1])
+    return jnp.concatenate([c[:, :, 1:], zero] if reverse else [zero, c[:, :, :-1]], axis=2)
 
 
 def _causal_scores(q, k):
@@ -609,16 +620,19 @@ def _block_states(fk, v, s, z):
     return _exclusive(ds) + s[:, :, None], _exclusive(dz) + z[:, :, None], ds, dz
 
 
-def _zeros(shape, *like, dtype=jnp.float32):
-    """Zeros that, inside shard_map, vary over the same mesh axes as the arrays `like` (a
-    loop's carries must keep their type); zeros_like carries that type, a sum unions it."""
-    return sum((jnp.zeros_like(x, dtype, shape=()) for x in like), jnp.zeros(shape, dtype))
+def _full(shape, *like, dtype=jnp.float32, fill=0):
+    """A `fill`-valued array that, inside shard_map, varies over the same mesh axes as the arrays
+    `like` (a loop's carries must keep their type); zeros_like carries that type, a sum unions
+    it. Output buffers that the loop overwrites get distinct fills: XLA would otherwise merge
+    their initialisation into one broadcast plus a copy per buffer (a DRAM pass each)."""
+    return sum((jnp.zeros_like(x, dtype, shape=()) for x in like), jnp.full(shape, fill, dtype))
 
 
 def _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk):
     b, length, h, _ = q.shape
     f, dv = s0.shape[-2:]
     nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, q.shape[-1]), dv)
+    ncb = _backward_chunks(nc)
     padded = nb * nc * chunk
     q, k, v = (_pad_axis(x, 1, padded) for x in (q, k, v))
     if kmask is not None:
@@ -634,14 +648,18 @@ def _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk):
         den = jnp.sum(a, axis=-1) + jnp.einsum("bhnif,bhnf->bhni", fq, zp)
         out = _store(out, _divide(num, den[..., None]), start)
         den_all = lax.dynamic_update_slice_in_dim(den_all, den.reshape(b, h, -1), start, axis=2)
-        s_starts, z_starts = s_starts.at[i].set(s), z_starts.at[i].set(z)
+        # States at the start of every backward block.
+        at = i * (nc // ncb)
+        s_starts = lax.dynamic_update_slice_in_dim(s_starts, _every(sp, ncb), at, axis=0)
+        z_starts = lax.dynamic_update_slice_in_dim(z_starts, _every(zp, ncb), at, axis=0)
         return s + jnp.sum(ds, axis=2), z + jnp.sum(dz, axis=2), out, den_all, s_starts, z_starts
 
     ins = (q, k, v, s0, z0)
     # Each block's outputs are final when written, so they are stored in the input dtype.
-    init = (s0, z0, _zeros((b, padded, h, dv), *ins, dtype=q.dtype),
-            _zeros((b, h, padded), *ins),
-            _zeros((nb, *s0.shape), *ins), _zeros((nb, *z0.shape), *ins))  # fmt: skip
+    n_starts = nb * (nc // ncb)
+    init = (s0, z0, _full((b, padded, h, dv), *ins, dtype=q.dtype, fill=1),
+            _full((b, h, padded), *ins),
+            _full((n_starts, *s0.shape), *ins), _full((n_starts, *z0.shape), *ins))  # fmt: skip
     _, _, out, den, s_starts, z_starts = lax.fori_loop(0, nb, body, init)
     return out[:, :length], (den[:, :, :length], s_starts, z_starts)
 
@@ -670,6 +688,8 @@ def _linear_chunked_bwd(phi, chunk, res, g):
     f, dv = s0.shape[-2:]
     nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, q.shape[-1]), dv)
     padded = nb * nc * chunk
+    nc = _backward_chunks(nc)
+    nb = padded // (nc * chunk)
     inv = jnp.where(den > 0, 1.0 / jnp.where(den > 0, den, 1.0), 0.0)
     q, k, v, g, out = (_pad_axis(x, 1, padded) for x in (q, k, v, g, out))
     inv = _pad_axis(inv, 2, padded)  # [B, H, L]
@@ -702,8 +722,8 @@ def _linear_chunked_bwd(phi, chunk, res, g):
         return r + jnp.sum(dr, axis=2), rz + jnp.sum(drz, axis=2), dq, dk, dvv
 
     ins = (q, k, v, g, s0, z0)
-    init = (_zeros(s0.shape, *ins), _zeros(z0.shape, *ins), _zeros(q.shape, *ins, dtype=q.dtype),
-            _zeros(k.shape, *ins, dtype=k.dtype), _zeros(v.shape, *ins, dtype=v.dtype))  # fmt: skip
+    grads = (_full(x.shape, *ins, dtype=x.dtype, fill=n) for n, x in enumerate((q, k, v), 2))
+    init = (_full(s0.shape, *ins), _full(z0.shape, *ins), *grads)
     ds0, dz0, dq, dk, dvv = lax.fori_loop(0, nb, body, init)
     dmask = None if kmask is None else jnp.zeros_like(kmask[:, :length])
     return dq[:, :length], dk[:, :length], dvv[:, :length], dmask, ds0, dz0
