@@ -14,7 +14,10 @@ FLOP counts (forward; forward+backward counted as 3.5x forward, the FlashAttenti
   linear chunked: B H L (2 C F + 2 C Dv + 4 F Dv); scan and cumsum: B H L 4 F Dv.
 Decode: one token against a cache of `context` tokens; the softmax KV cache attends over it, the
 linear recurrent state does not depend on it. `--long_length` runs linear chunked forward and
-forward+backward once at that length (0 skips it). Writes attention.csv and attention.png to --out.
+forward+backward once at that length (0 skips it). `--malloc keep` (default) asks glibc to keep
+freed memory rather than page-fault fresh buffers on every call (see `keep_freed_memory`; the
+header says which was used); `--malloc system` leaves the defaults. Writes attention.csv and
+attention.png to --out.
 """
 
 import argparse
@@ -28,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.bench.common import machine_header, matmul_peak, median_time
+from research.bench.common import keep_freed_memory, machine_header, matmul_peak, median_time
 from research.ops import attention as att
 
 IMPLS = ("softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan", "linear-cumsum")
@@ -308,15 +311,17 @@ def main(argv=None):
         help="one linear chunked run at this length (0: skip)",
     )
     p.add_argument("--memory_budget_gb", type=float, default=12.0)
+    p.add_argument("--malloc", choices=("keep", "system"), default="keep")
     p.add_argument("--out", default="bench_out/attention")
     args = p.parse_args(argv)
+    malloc = keep_freed_memory() if args.malloc == "keep" else "malloc: system defaults"
     try:
         args.lengths = [int(x) for x in args.lengths.split(",")]
         args.contexts = [int(x) for x in args.contexts.split(",")]
     except ValueError:
         p.error("--lengths and --contexts take comma-separated integers")
-    header = (f"{machine_header()} | torch SDPA on CPU as reference | batch {args.batch}, heads "
-              f"{args.heads}, head_dim {args.head_dim}, fp32, causal")  # fmt: skip
+    shapes = f"batch {args.batch}, heads {args.heads}, head_dim {args.head_dim}, fp32, causal"
+    header = f"{machine_header()} | {malloc} | torch SDPA on CPU as reference | {shapes}"
     print(header)
     rows = run(args)
     out = pathlib.Path(args.out)

@@ -1,8 +1,12 @@
 """The attention benchmark runs end to end on tiny shapes (speed is reported, not asserted)."""
 
+import ctypes
 import math
+import os
 
-from research.bench import attention
+import pytest
+
+from research.bench import attention, common
 
 
 def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
@@ -13,6 +17,7 @@ def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
     assert (tmp_path / "attention.csv").read_text().startswith("kind,impl,length")
     assert (tmp_path / "attention.png").stat().st_size > 10_000
     assert "| target | measured | goal | status |" in out and "jax" in out.splitlines()[0]
+    assert "malloc" in out.splitlines()[0]
     assert {r["kind"] for r in rows if r["length"] == 256} == {"fwd", "fwd+bwd"}  # --long_length
     impls = {r["impl"] for r in rows if r["kind"] == "fwd"}
     assert set(attention.IMPLS) <= impls
@@ -25,3 +30,21 @@ def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
 def test_memory_budget_skips_instead_of_running():
     r = attention.measure_jax("softmax-xla", "fwd", 1, 4096, 4, 64, repeats=1, budget_bytes=1)
     assert r["status"].startswith("skipped") and r["memory_bytes"] > 4096 * 4096 * 4
+
+
+def _resident_bytes() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_keep_freed_memory_keeps_a_freed_16mib_buffer_resident():
+    # glibc's default unmaps a freed 16 MiB block (it was mmap'ed); after the call it stays.
+    assert common.keep_freed_memory() == "glibc malloc keeps freed memory (mallopt)"
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    n = 16 << 20
+    block = libc.malloc(n)
+    ctypes.memset(block, 1, n)  # touch every page
+    before = _resident_bytes()
+    libc.free(ctypes.c_void_p(block))
+    assert before - _resident_bytes() < n // 4
