@@ -547,7 +547,8 @@ def _as_float32(x):  # the kernel's "feature map" for features computed by the c
 def _chunk_blocks(length: int, chunk: int, row_bytes: int, value_dim: int) -> tuple[int, int]:
     """(chunks per block, number of blocks) for `length` tokens, preferring a block size that
     divides the chunk count so no padding is needed. Blocks hold at least 8 * value_dim tokens,
-    so the d x d state saved per block for the backward is at most 1/8 of q's size."""
+    so the d x d fp32 states saved for the backward (one per backward block, which is half a
+    forward block) take at most 1/4 of q's fp32 size."""
     n_chunks = -(-length // chunk)
     want = max(_BLOCK_BYTES // (row_bytes * chunk), -(-8 * value_dim // chunk))
     want = max(1, min(n_chunks, want))
