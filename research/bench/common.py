@@ -41,8 +41,8 @@ def keep_freed_memory() -> str:
     """Ask glibc malloc to keep freed memory in the process (mallopt: mmap threshold 32 MiB, trim
     threshold 2 GiB, top pad 512 MiB) and return a note for the header. By default glibc gives a
     freed 16 MiB buffer back to the OS and the next call page-faults it in again; on this VM that
-    added ~20% to the fastest kernels' times and made repeats bimodal. It applies to everything in
-    the process (JAX and torch alike), as an LD_PRELOADed tcmalloc would."""
+    added ~25% to chunked linear attention's time and made repeats bimodal. It applies to all
+    code in the process (JAX and torch alike), as an LD_PRELOADed tcmalloc would."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
