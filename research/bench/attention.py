@@ -314,12 +314,12 @@ def main(argv=None):
     p.add_argument("--malloc", choices=("keep", "system"), default="keep")
     p.add_argument("--out", default="bench_out/attention")
     args = p.parse_args(argv)
-    malloc = keep_freed_memory() if args.malloc == "keep" else "malloc: system defaults"
     try:
         args.lengths = [int(x) for x in args.lengths.split(",")]
         args.contexts = [int(x) for x in args.contexts.split(",")]
     except ValueError:
         p.error("--lengths and --contexts take comma-separated integers")
+    malloc = keep_freed_memory() if args.malloc == "keep" else "malloc: system defaults"
     shapes = f"batch {args.batch}, heads {args.heads}, head_dim {args.head_dim}, fp32, causal"
     header = f"{machine_header()} | {malloc} | torch SDPA on CPU as reference | {shapes}"
     print(header)

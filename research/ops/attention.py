@@ -557,9 +557,14 @@ def _chunk_blocks(length: int, chunk: int, row_bytes: int, value_dim: int) -> tu
     return nc, -(-n_chunks // nc)
 
 
-def _backward_chunks(nc: int) -> int:
-    """Chunks per backward block, given nc per forward block."""
-    return nc // _BACKWARD_SPLIT if nc % _BACKWARD_SPLIT == 0 else nc
+def _chunk_geometry(q, s0, chunk: int) -> tuple[int, int, int, int]:
+    """The block layout both passes share: (chunks per forward block, forward blocks, chunks per
+    backward block, padded length) for q [B, L, H, D] and the state s0 [B, H, F, Dv]."""
+    b, length, h, d = q.shape
+    f, dv = s0.shape[-2:]
+    nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, d), dv)
+    ncb = nc // _BACKWARD_SPLIT if nc % _BACKWARD_SPLIT == 0 else nc
+    return nc, nb, ncb, nb * nc * chunk
 
 
 def _every(x, n: int):
@@ -631,10 +636,8 @@ def _full(shape, *like, dtype=jnp.float32, fill=0):
 
 def _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk):
     b, length, h, _ = q.shape
-    f, dv = s0.shape[-2:]
-    nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, q.shape[-1]), dv)
-    ncb = _backward_chunks(nc)
-    padded = nb * nc * chunk
+    dv = s0.shape[-1]
+    nc, nb, ncb, padded = _chunk_geometry(q, s0, chunk)
     q, k, v = (_pad_axis(x, 1, padded) for x in (q, k, v))
     if kmask is not None:
         kmask = _pad_axis(kmask, 1, padded)
@@ -685,11 +688,8 @@ def _linear_chunked_bwd(phi, chunk, res, g):
     R, r accumulated over later chunks (and blocks, walked in reverse). R, r after the whole
     sequence are the gradients of the initial state."""
     q, k, v, kmask, s0, z0, out, den, s_starts, z_starts = res
-    b, length, h, _ = q.shape
-    f, dv = s0.shape[-2:]
-    nc, nb = _chunk_blocks(length, chunk, 4 * b * h * max(f, dv, q.shape[-1]), dv)
-    padded = nb * nc * chunk
-    nc = _backward_chunks(nc)
+    length = q.shape[1]
+    _, _, nc, padded = _chunk_geometry(q, s0, chunk)
     nb = padded // (nc * chunk)
     inv = jnp.where(den > 0, 1.0 / jnp.where(den > 0, den, 1.0), 0.0)
     q, k, v, g, out = (_pad_axis(x, 1, padded) for x in (q, k, v, g, out))
