@@ -691,7 +691,7 @@ def _linear_chunked_bwd(phi, chunk, res, g):
     length = q.shape[1]
     _, _, nc, padded = _chunk_geometry(q, s0, chunk)
     nb = padded // (nc * chunk)
-    inv = jnp.where(den > 0, 1.0 / jnp.where(den > 0, den, 1.0), 0.0)
+    inv = _divide(1.0, den)
     q, k, v, g, out = (_pad_axis(x, 1, padded) for x in (q, k, v, g, out))
     inv = _pad_axis(inv, 2, padded)  # [B, H, L]
     if kmask is not None:
@@ -758,7 +758,7 @@ def _scan_steps(fq, fk, v, s0, z0, g=None):
         z = z + fk_t
         num = jnp.einsum("bhf,bhfv->bhv", fq_t, s)
         den = jnp.einsum("bhf,bhf->bh", fq_t, z)
-        inv = jnp.where(den > 0, 1.0 / jnp.where(den > 0, den, 1.0), 0.0)[..., None]
+        inv = _divide(1.0, den)[..., None]
         out = num * inv
         if g is None:
             return (s, z), out
