@@ -31,7 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.bench.common import keep_freed_memory, machine_header, matmul_peak, median_time
+from research.bench.common import (
+    int_at_least,
+    keep_freed_memory,
+    machine_header,
+    matmul_peak,
+    median_time,
+    positive_float,
+    positive_ints,
+)
 from research.ops import attention as att
 
 IMPLS = ("softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan", "linear-cumsum")
@@ -298,27 +306,24 @@ def plot(rows, path, header):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", default="512,1024,2048,4096,8192,16384,32768")
-    p.add_argument("--contexts", default="1024,8192,32768", help="decode context lengths")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--head_dim", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
+    positive = int_at_least(1)
+    p.add_argument("--lengths", type=positive_ints, default="512,1024,2048,4096,8192,16384,32768")
+    p.add_argument("--contexts", type=positive_ints, default="1024,8192,32768",
+                   help="decode context lengths")  # fmt: skip
+    p.add_argument("--batch", type=positive, default=1)
+    p.add_argument("--heads", type=positive, default=4)
+    p.add_argument("--head_dim", type=positive, default=64)
+    p.add_argument("--repeats", type=positive, default=5)
     p.add_argument(
         "--long_length",
-        type=int,
+        type=int_at_least(0),
         default=2**20,
         help="one linear chunked run at this length (0: skip)",
     )
-    p.add_argument("--memory_budget_gb", type=float, default=12.0)
+    p.add_argument("--memory_budget_gb", type=positive_float, default=12.0)
     p.add_argument("--malloc", choices=("keep", "system"), default="keep")
     p.add_argument("--out", default="bench_out/attention")
     args = p.parse_args(argv)
-    try:
-        args.lengths = [int(x) for x in args.lengths.split(",")]
-        args.contexts = [int(x) for x in args.contexts.split(",")]
-    except ValueError:
-        p.error("--lengths and --contexts take comma-separated integers")
     malloc = keep_freed_memory() if args.malloc == "keep" else "malloc: system defaults"
     shapes = f"batch {args.batch}, heads {args.heads}, head_dim {args.head_dim}, fp32, causal"
     header = f"{machine_header()} | {malloc} | torch SDPA on CPU as reference | {shapes}"

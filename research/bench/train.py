@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from research.bench.common import machine_header, matmul_peak, median_time
+from research.bench.common import int_at_least, machine_header, matmul_peak, median_time
 from research.models import DecoderLM, ModelConfig
 from research.train import optim, sharding, step, tasks
 
@@ -28,10 +28,14 @@ def model_flops_per_token(cfg: ModelConfig, params) -> float:
     return 6.0 * n + 12.0 * cfg.num_layers * cfg.d_model * cfg.max_length
 
 
+def model_config(args) -> ModelConfig:
+    return ModelConfig(vocab_size=args.vocab, d_model=args.d_model, num_heads=args.heads,
+                       num_layers=args.layers, d_ff=4 * args.d_model, max_length=args.length,
+                       attention=args.attention, positions="learned", dtype=args.dtype)  # fmt: skip
+
+
 def run(args) -> dict:
-    cfg = ModelConfig(vocab_size=args.vocab, d_model=args.d_model, num_heads=args.heads,
-                      num_layers=args.layers, d_ff=4 * args.d_model, max_length=args.length,
-                      attention=args.attention, positions="learned", dtype=args.dtype)  # fmt: skip
+    cfg = model_config(args)
     model = DecoderLM(cfg, rngs=nnx.Rngs(0))
     model_def, params, consts = step.split_model(model)
     opt_cfg = ConfigDict(dict(learning_rate=1e-4, warmup_steps=10, schedule="cosine",
@@ -67,19 +71,24 @@ def run(args) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--d_model", type=int, default=512)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--length", type=int, default=512)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=8192)
+    positive = int_at_least(1)
+    p.add_argument("--layers", type=positive, default=6)
+    p.add_argument("--d_model", type=positive, default=512)
+    p.add_argument("--heads", type=positive, default=8)
+    p.add_argument("--length", type=positive, default=512)
+    p.add_argument("--batch", type=positive, default=8)
+    p.add_argument("--vocab", type=positive, default=8192)
     p.add_argument("--attention", default="softmax", choices=["softmax", "linear"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--steps", type=int, default=5, help="timed steps (median), after 2 warm-up")
+    p.add_argument("--steps", type=positive, default=5, help="timed steps (median) after 2 warm-up")
     p.add_argument("--out", default="", help="directory for train_bench.csv")
     args = p.parse_args(argv)
     if args.batch % jax.device_count():
         p.error(f"--batch {args.batch} must be divisible by the {jax.device_count()} devices")
+    try:
+        model_config(args)
+    except ValueError as e:  # the model's own checks, such as d_model divisible by heads
+        p.error(str(e))
     r = run(args)
     print(machine_header())
     print(

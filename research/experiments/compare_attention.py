@@ -72,6 +72,8 @@ def points(c) -> list[Point]:
     for a in attentions:
         if a not in ATTENTIONS:
             raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTIONS)}")
+    if not (isinstance(c.decode_tokens, int) and c.decode_tokens >= 1):
+        raise ConfigError(f"decode_tokens={c.decode_tokens!r}: must be a positive int")
     out = [Point("mqar", a, w, lr) for a in attentions for w in widths for lr in lrs]
     if "lm" in tasks:
         out += [Point("lm", a, w, c.lm.optimizer.learning_rate) for a in attentions for w in widths]

@@ -48,3 +48,21 @@ def test_keep_freed_memory_keeps_a_freed_16mib_buffer_resident():
     before = _resident_bytes()
     libc.free(ctypes.c_void_p(block))
     assert before - _resident_bytes() < n // 4
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lengths", "512,-5"], "argument --lengths: expected an integer >= 1, got -5"),
+        (["--lengths", "512,abc"], "argument --lengths: expected an integer >= 1, got 'abc'"),
+        (["--contexts", "0"], "argument --contexts: expected an integer >= 1, got 0"),
+        (["--head_dim", "0"], "argument --head_dim: expected an integer >= 1, got 0"),
+        (["--long_length", "-1"], "argument --long_length: expected an integer >= 0, got -1"),
+        (["--memory_budget_gb", "nan"], "argument --memory_budget_gb: expected a number > 0"),
+    ],
+)
+def test_bad_arguments_exit_with_a_usage_error(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        attention.main([*argv, "--out", str(tmp_path)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing written

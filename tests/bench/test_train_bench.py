@@ -1,5 +1,7 @@
 """The throughput benchmark runs and counts FLOPs correctly (its speed is reported, not tested)."""
 
+import pytest
+
 from research.bench import train
 
 
@@ -14,3 +16,17 @@ def test_bench_runs_and_writes_csv(tmp_path):
     n = 64 * 32 + (4 * 32 * 32 + 4 * 32) + (2 * 32 * 128 + 128 + 32) + 2 * 2 * 32 + 2 * 32
     want = (6 * n + 12 * 1 * 32 * 16) * 8 * 16 / 1e12
     assert abs(r["model_tflops_per_step"] - want) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
+        (["--layers", "x"], "argument --layers: expected an integer >= 1, got 'x'"),
+        (["--d_model", "30", "--heads", "8"], "d_model (30) must be divisible by num_heads (8)"),
+    ],
+)
+def test_bad_arguments_exit_with_a_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -49,3 +51,15 @@ def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
 def test_bad_sweep_values_exit_2(tmp_path):
     r = _run(tmp_path, tmp_path / "data", "--config.attentions=softmax,cosine")
     assert r.returncode == 2 and "unknown 'cosine'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_decode_tokens_is_reported_before_any_run():
+    from configs import compare_attention as cfg
+    from research.experiments import compare_attention
+    from research.train.config import ConfigError
+
+    c = cfg.get_config("smoke")
+    for bad in (0, -1):
+        c.decode_tokens = bad
+        with pytest.raises(ConfigError, match=f"decode_tokens={bad}: must be a positive int"):
+            compare_attention.points(c)
