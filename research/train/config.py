@@ -67,6 +67,15 @@ def validate(c, *, num_devices: int | None = None) -> None:
     if c.task == "seq2seq":
         _validate_seq2seq(c)
     model_config(c, vocab_size=max(c.data.vocab_size, 2), max_length=c.data.seq_len)
+    # Every task's model has causal self-attention (DecoderLM, EncoderDecoder's decoder; UniLM
+    # is softmax-only, checked above), which these two cannot be (the layers raise too, later).
+    if c.model.attention == "linformer":
+        raise ConfigError(f"model.attention='linformer' cannot be causal; task={c.task!r} needs it")
+    if c.model.attention == "linear" and c.model.get("feature_map") == "softmax":
+        raise ConfigError(
+            "model.feature_map='softmax' (Efficient Attention) cannot be causal; choose elu, "
+            "relu, taylor or favor"
+        )
 
 
 def _validate_seq2seq(c) -> None:

@@ -155,6 +155,7 @@ def test_mqar_config_smoke(data_dir, tmp_path):
         ("--config.nonexistent=1", "error:"),
         ("--config.data.source=text:/no/such/file", "error: data.source=text:/no/such/file"),
         ("--config.optimizer.schedule=step", "error: optimizer.schedule='step': allowed cosine"),
+        ("--config.model.attention=linformer", "error: model.attention='linformer' cannot be"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(data_dir, tmp_path, override, message):
@@ -163,3 +164,15 @@ def test_bad_config_is_one_line_and_exit_2(data_dir, tmp_path, override, message
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(message), last
     assert "Traceback" not in r.stderr
+
+
+def test_non_causal_feature_map_is_a_config_error():
+    from configs import lm
+    from research.train.config import ConfigError, validate
+
+    c = lm.get_config("smoke")
+    c.model.update(attention="linear", feature_map="softmax")
+    with pytest.raises(ConfigError, match=r"model.feature_map='softmax' \(Efficient Attention\)"):
+        validate(c)
+    c.model.feature_map = "elu"
+    validate(c)
