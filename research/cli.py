@@ -15,5 +15,24 @@ def parse_flags(argv):
     """absl flag parsing (for app.run's flags_parser) that reports a bad flag on one line."""
     try:
         return flags.FLAGS(argv)
+    except OSError as e:  # a --config.key=value override applied to a config file that failed
+        fail(config_load_error(e))
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
         fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def config_load_error(e: OSError) -> str:
+    """ml_collections' multi-line load failure as one line: its last line holds the cause."""
+    return f"--config: {str(e).strip().splitlines()[-1].strip()}"
+
+
+def loaded_config(holder):
+    """The value of a `config_flags.DEFINE_config_file` flag, or None if not given; a file that
+    failed to load (ml_collections defers that error to the first access) exits with one line."""
+    config = holder.value
+    if config is not None:
+        try:
+            config.keys()
+        except OSError as e:
+            fail(config_load_error(e))
+    return config

@@ -9,10 +9,13 @@ Re-running with the same --workdir resumes from its newest readable checkpoint. 
 0 done or preempted (SIGTERM: saved, then stopped), 1 non-finite loss, 2 bad flags or config.
 """
 
+import os
+import pathlib
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from research.cli import fail, parse_flags
+from research.cli import fail, loaded_config, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory; reusing it resumes the run")
@@ -21,6 +24,22 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "multi-process: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "multi-process: this process's index")
+
+
+def _check_workdir(workdir: str) -> None:
+    """A local --workdir must be (or become) a writable directory; URLs (gs://...) are left to
+    the checkpointer."""
+    if "://" in workdir:
+        return
+    path = pathlib.Path(workdir).expanduser()
+    if path.exists() and not path.is_dir():
+        fail(f"--workdir={workdir}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"--workdir={workdir}: {e.strerror or e}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        fail(f"--workdir={workdir}: not writable")
 
 
 def main(argv):
@@ -32,9 +51,10 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # Orbax/grain INFO lines would bury the progress bar
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; use --config.key=value to override config keys")
-    if _CONFIG.value is None or not _WORKDIR.value:
+    config = loaded_config(_CONFIG)
+    if config is None or not _WORKDIR.value:
         fail("both --config=configs/NAME.py[:PRESET] and --workdir=DIR are required")
-    config = _CONFIG.value
+    _check_workdir(_WORKDIR.value)
     try:
         # Processes first: validation asks JAX how many devices the run has.
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -12,7 +12,7 @@ per step, and a roofline step time and tokens/s. Exit codes: 0 fits, 3 does not 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from research.cli import fail, parse_flags
+from research.cli import fail, loaded_config, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v5e:16x16, v5p:4x8x8) or cpu")
@@ -82,9 +82,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; use --config.key=value to override config keys")
-    if _CONFIG.value is None or not _TOPOLOGY.value:
+    c = loaded_config(_CONFIG)
+    if c is None or not _TOPOLOGY.value:
         fail("both --config=configs/NAME.py[:PRESET] and --topology=NAME are required")
-    c = _CONFIG.value
     if "experiment" in c:
         fail("plan a single training config (configs/lm.py, configs/mqar.py), not a sweep")
     try:

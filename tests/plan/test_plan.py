@@ -111,3 +111,11 @@ def test_cli_tpu_fits_does_not_fit_and_bad_arguments():
     assert "Traceback" not in bad.stderr
     mesh = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:2x2", "--config.mesh.data=8")
     assert mesh.returncode == 2 and "mesh" in mesh.stderr and "Traceback" not in mesh.stderr
+
+
+def test_cli_missing_config_file_is_one_line():
+    for extra in ([], ["--config.model.d_model=64"]):  # with an override it fails while parsing
+        r = _plan_cli("--config=configs/no_such_config.py", "--topology=cpu", *extra)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: --config: [Errno 2] No such file or directory: 'configs/")

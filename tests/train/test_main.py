@@ -176,3 +176,22 @@ def test_non_causal_feature_map_is_a_config_error():
         validate(c)
     c.model.feature_map = "elu"
     validate(c)
+
+
+def test_missing_config_file_and_unusable_workdir_are_one_line_errors(data_dir, tmp_path):
+    main = [sys.executable, "-m", "research.main", "--config=configs/no_such_config.py",
+            f"--workdir={tmp_path / 'w'}"]  # fmt: skip
+    for overrides in ([], ["--config.batch_size=4"]):  # an override fails while parsing flags
+        r = subprocess.run([*main, *overrides], cwd=ROOT, env=_env(), capture_output=True,
+                           text=True)  # fmt: skip
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: --config: [Errno 2] No such file or directory: 'configs/")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("kept")
+    for workdir, message in [(a_file, "exists and is not a directory"),
+                             (a_file / "sub", "Not a directory")]:  # fmt: skip
+        r = _run(workdir, data_dir)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines()[-1] == f"error: --workdir={workdir}: {message}"
+    assert a_file.read_text() == "kept"
