@@ -1,5 +1,6 @@
 """What every command-line entry point shares: one-line errors, absl parsing without tracebacks."""
 
+import argparse
 import sys
 
 from absl import flags
@@ -36,3 +37,36 @@ def loaded_config(holder):
         except OSError as e:
             fail(config_load_error(e))
     return config
+
+
+# argparse `type`s: a bad value exits 2 with one line naming it, before any work starts.
+def int_at_least(low: int):
+    """An argparse `type`: an integer >= low, else a one-line usage error naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            shown = repr(text) if value is None else value
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {shown}")
+        return value
+
+    return parse
+
+
+def positive_ints(text: str) -> list[int]:
+    """An argparse `type`: comma-separated integers >= 1, such as "512,1024"."""
+    return [int_at_least(1)(x) for x in text.split(",")]
+
+
+def positive_float(text: str) -> float:
+    """An argparse `type`: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value

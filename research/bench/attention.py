@@ -31,15 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.bench.common import (
-    int_at_least,
-    keep_freed_memory,
-    machine_header,
-    matmul_peak,
-    median_time,
-    positive_float,
-    positive_ints,
-)
+from research.bench.common import keep_freed_memory, machine_header, matmul_peak, median_time
+from research.cli import int_at_least, positive_float, positive_ints
 from research.ops import attention as att
 
 IMPLS = ("softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan", "linear-cumsum")

@@ -1,6 +1,5 @@
 """What every benchmark records: the machine, versions, and the measured dense-matmul peak."""
 
-import argparse
 import ctypes
 import os
 import platform
@@ -21,38 +20,6 @@ def median_time(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
-
-
-def int_at_least(low: int):
-    """An argparse `type`: an integer >= low, else a one-line usage error naming the value."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            shown = repr(text) if value is None else value
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {shown}")
-        return value
-
-    return parse
-
-
-def positive_ints(text: str) -> list[int]:
-    """An argparse `type`: comma-separated integers >= 1, such as "512,1024"."""
-    return [int_at_least(1)(x) for x in text.split(",")]
-
-
-def positive_float(text: str) -> float:
-    """An argparse `type`: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
 
 
 def matmul_peak(n: int = 2048, dtype=jnp.float32) -> float:

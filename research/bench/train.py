@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from research.bench.common import int_at_least, machine_header, matmul_peak, median_time
+from research.bench.common import machine_header, matmul_peak, median_time
+from research.cli import int_at_least
 from research.models import DecoderLM, ModelConfig
 from research.train import optim, sharding, step, tasks
 

@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research.bench import attention as bench
+from research.cli import int_at_least, positive_ints
 from research.ops import attention as att
 from research.ops import context_parallel as cp
 from research.ops.feature_maps import feature_dim
@@ -197,15 +198,14 @@ def plot(rows, path, title):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topology", required=True, help="v5e:16x16, v5p:4x8x8, ... or cpu")
-    parser.add_argument("--num_slices", type=int, default=1)
-    parser.add_argument("--lengths", default=DEFAULT_LENGTHS)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--head_dim", type=int, default=128)
+    parser.add_argument("--num_slices", type=int_at_least(1), default=1)
+    parser.add_argument("--lengths", type=positive_ints, default=DEFAULT_LENGTHS)
+    parser.add_argument("--heads", type=int_at_least(1), default=16)
+    parser.add_argument("--head_dim", type=int_at_least(1), default=128)
     parser.add_argument("--out", default="/tmp/seqlab/plan_attention")
     args = parser.parse_args(argv)
     try:
-        lengths = [int(x) for x in args.lengths.split(",")]
-        rows = run(args.topology, lengths, args.heads, args.head_dim, args.num_slices)
+        rows = run(args.topology, args.lengths, args.heads, args.head_dim, args.num_slices)
     except (MissingLibtpu, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     for local in (True, False):
         x = crossover(rows, local)
         kind = "local (whole sequence per device)" if local else "context parallel"
-        where = f"{x:,}" if x else f"none up to {max(lengths):,}"
+        where = f"{x:,}" if x else f"none up to {max(args.lengths):,}"
         print(f"crossover, {kind}: linear faster than softmax from length {where}")
     print(f"\nwrote {out / 'plan_attention.csv'} and {out / 'plan_attention.png'}")
     return 0

@@ -41,3 +41,17 @@ def test_analytic_softmax_flops_match_the_compiled_dense_forward():
 def test_bad_topology_exits_2(capsys):
     assert pa.main(["--topology=v5e:3"]) == 2
     assert "topology='v5e:3'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("--heads=0", "argument --heads: expected an integer >= 1, got 0"),
+        ("--lengths=1024,0", "argument --lengths: expected an integer >= 1, got 0"),
+        ("--head_dim=x", "argument --head_dim: expected an integer >= 1, got 'x'"),
+    ],
+)
+def test_bad_sizes_exit_2_before_compiling(arg, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        pa.main(["--topology=cpu", arg])
+    assert e.value.code == 2 and message in capsys.readouterr().err
