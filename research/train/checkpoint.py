@@ -12,6 +12,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from research.train.config import ConfigError
+
 
 class Checkpointer:
     def __init__(self, directory, *, every: int, keep: int):
@@ -46,6 +48,7 @@ class Checkpointer:
         The data iterator's state is restored in place.
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
+            self._check_same_layout(step, abstract_state)
             try:
                 restored = self.manager.restore(
                     step,
@@ -60,11 +63,51 @@ class Checkpointer:
                                 step, self.directory, type(e).__name__, str(e)[:200])  # fmt: skip
         return None, 0
 
+    def _check_same_layout(self, step: int, abstract_state) -> None:
+        """Raise MismatchedCheckpoint if checkpoint `step` holds a state of other array paths or
+        shapes than `abstract_state` (a different model or optimizer: restoring it would fail and
+        the walk-back would silently start a fresh run beside it). Unreadable metadata is left to
+        the restore below, which falls back to an older checkpoint."""
+        try:
+            saved = _shapes(self.manager.item_metadata(step)["state"])
+        except Exception:  # noqa: BLE001 - unreadable: treated as a corrupt checkpoint
+            return
+        want = _shapes(abstract_state)
+        if saved == want:
+            return
+        diff = (set(saved) ^ set(want)) or {k for k in want if saved[k] != want[k]}
+        k = min(diff, key=lambda k: (not k.startswith("params"), k))  # a parameter, if one differs
+        raise MismatchedCheckpoint(
+            f"checkpoint {step} in {self.directory} was saved by a different model or optimizer "
+            f"({k}: saved {saved.get(k, 'absent')}, this config {want.get(k, 'absent')}); use "
+            "another --workdir, or the config that wrote it"
+        )
+
     def wait(self):
         self.manager.wait_until_finished()
 
     def close(self):
         self.manager.close()
+
+
+class MismatchedCheckpoint(ConfigError):
+    """The workdir holds checkpoints of a differently shaped state (a user mistake: exit 2)."""
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """{"opt_state/1/0/mu/embed/...": shape} for every array leaf of a state or its metadata."""
+
+    def name(k):
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
+    return {
+        "/".join(name(k) for k in path): tuple(x.shape)
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+        if hasattr(x, "shape")
+    }
 
 
 def abstract(state):

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,3 +196,18 @@ def test_missing_config_file_and_unusable_workdir_are_one_line_errors(data_dir, 
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert r.stderr.strip().splitlines()[-1] == f"error: --workdir={workdir}: {message}"
     assert a_file.read_text() == "kept"
+
+
+def test_resuming_with_a_differently_shaped_model_is_refused(reference, data_dir, tmp_path):
+    wd = tmp_path / "wd"
+    shutil.copytree(reference[0], wd)
+    before = {p.relative_to(wd): p.read_bytes() for p in wd.rglob("*") if p.is_file()}
+    r = _run(wd, data_dir, "--config.num_train_steps=28", "--config.model.d_model=64")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint 24 in {wd}/checkpoints was saved by a different model or optimizer "
+        "(params/embed/token/embedding: saved (384, 32), this config (384, 64)); use another "
+        "--workdir, or the config that wrote it"
+    )
+    after = {p.relative_to(wd): p.read_bytes() for p in wd.rglob("*") if p.is_file()}
+    assert after == before  # nothing saved, nothing deleted
