@@ -180,9 +180,10 @@ def train_and_evaluate(c, workdir: str) -> Summary:
             if s % c.eval_every_steps == 0 or s == c.num_train_steps:
                 eval_result = _evaluate(eval_step, state, make_iterator, c, batch_sharding, decode)
                 writer.write(s, "eval", eval_result)
-            ckpt.save(s, state, train_iter, config_json, force=s == c.num_train_steps)
+            saved = ckpt.save(s, state, train_iter, config_json, force=s == c.num_train_steps)
             if preemption.reached():
-                ckpt.save(s, state, train_iter, config_json, force=True)
+                if not saved:  # a step the schedule just saved must not be saved twice
+                    ckpt.save(s, state, train_iter, config_json, force=True)
                 preempted = True
                 break
     finally:

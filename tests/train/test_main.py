@@ -92,9 +92,10 @@ def test_exact_resume_after_sigkill(reference, data_dir, tmp_path):
     assert _train_losses(tmp_path) == ref_losses
 
 
-def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
+@pytest.mark.parametrize("every", [100000, 1])  # 1: the schedule has just saved the stop step
+def test_sigterm_saves_and_exits_zero(data_dir, tmp_path, every):
     proc = subprocess.Popen(_cmd(tmp_path, data_dir, "--config.num_train_steps=100000",
-                                 "--config.checkpoint_every_steps=100000"),
+                                 f"--config.checkpoint_every_steps={every}"),
                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     metrics = tmp_path / "metrics.jsonl"
