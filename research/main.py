@@ -44,6 +44,7 @@ def _check_workdir(workdir: str) -> None:
 
 def main(argv):
     from research.data import DataError
+    from research.experiments.sweep import Preempted
     from research.train import distributed, loop
     from research.train.config import ConfigError, validate
 
@@ -65,7 +66,13 @@ def main(argv):
                 raise ConfigError(
                     f"experiment={config.experiment!r}: allowed {', '.join(EXPERIMENTS)}"
                 )
-            EXPERIMENTS[config.experiment](config, _WORKDIR.value)
+            try:
+                EXPERIMENTS[config.experiment](config, _WORKDIR.value)
+            except Preempted as e:
+                import jax
+
+                if jax.process_index() == 0:
+                    print(e, flush=True)
             return 0
         validate(config)
         summary = loop.train_and_evaluate(config, _WORKDIR.value)

@@ -10,6 +10,11 @@ from research.train import loop
 from research.train.config import ConfigError
 
 
+class Preempted(Exception):
+    """SIGTERM during a point: its run saved a checkpoint and stopped; the sweep stops too and
+    rerunning the same command resumes that point (no result.json was written for it)."""
+
+
 def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
     """Train config `pc` in `out` (resuming a partial run) unless out/result.json exists.
 
@@ -24,6 +29,9 @@ def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
         return saved
     try:
         summary = loop.train_and_evaluate(pc, str(out))
+        if summary.preempted:  # a partial run is not a result
+            raise Preempted(f"preempted in {out} at step {summary.last_step} (saved); rerun the "
+                            "same command to resume the sweep there")  # fmt: skip
         ev, rate, note = summary.eval, summary.tokens_per_second, ""
     except loop.NonFiniteLoss as e:
         ev, rate, note = {"accuracy": math.nan, "loss": math.nan}, math.nan, str(e)

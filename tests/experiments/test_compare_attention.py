@@ -4,22 +4,31 @@ import csv
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _run(workdir, data_dir, *overrides):
-    env = dict(
+def _env():
+    return dict(
         os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2"
     )
-    cmd = [sys.executable, "-m", "research.main", "--config=configs/compare_attention.py:smoke",
-           f"--workdir={workdir}", f"--config.mqar.data.data_dir={data_dir}",
-           f"--config.lm.data.data_dir={data_dir}", *overrides]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _cmd(workdir, data_dir, *overrides):
+    return [sys.executable, "-m", "research.main", "--config=configs/compare_attention.py:smoke",
+            f"--workdir={workdir}", f"--config.mqar.data.data_dir={data_dir}",
+            f"--config.lm.data.data_dir={data_dir}", *overrides]  # fmt: skip
+
+
+def _run(workdir, data_dir, *overrides):
+    return subprocess.run(_cmd(workdir, data_dir, *overrides), cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
 def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
@@ -63,3 +72,21 @@ def test_bad_decode_tokens_is_reported_before_any_run():
         c.decode_tokens = bad
         with pytest.raises(ConfigError, match=f"decode_tokens={bad}: must be a positive int"):
             compare_attention.points(c)
+
+
+def test_sigterm_stops_the_sweep_without_recording_the_partial_point(tmp_path):
+    wd = tmp_path / "wd"
+    first = wd / "runs" / "mqar_softmax_d16_lr0.01"
+    long = ("--config.mqar.num_train_steps=100000", "--config.mqar.checkpoint_every_steps=100000")
+    proc = subprocess.Popen(_cmd(wd, tmp_path / "data", *long), cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    metrics = first / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert f"preempted in {first} at step" in out
+    assert not (first / "result.json").exists()  # a partial run is not a result
+    assert [p.name for p in (wd / "runs").iterdir()] == [first.name]  # the sweep stopped
+    assert any(p.name.isdigit() for p in (first / "checkpoints").iterdir())  # resumable
