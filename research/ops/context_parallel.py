@@ -2,7 +2,8 @@
 
 Call these inside `jax.shard_map` with q, k, v split along length over `axis_name` (device i
 holds positions [i L/P, (i+1) L/P)); each returns this device's outputs. Both equal the
-single-device causal result (tests/ops/test_context_parallel.py).
+single-device causal result (tests/ops/test_context_parallel.py). `axis_size` is read from the
+mesh when omitted; a given one must match it.
 
 linear: each device sums its keys into a d_k x d_v state, an exclusive prefix of those states
   over devices (Hillis-Steele, log2 P `ppermute`s of one state each) gives the sums of all earlier
@@ -22,6 +23,15 @@ from jax import lax
 from research.ops import attention as att
 
 
+def _axis_size(axis_name: str, axis_size: int | None) -> int:
+    """The size of mesh axis `axis_name` (inside shard_map); a given `axis_size` must match it,
+    since a wrong one silently mixes the wrong blocks."""
+    actual = lax.axis_size(axis_name)
+    if axis_size is not None and axis_size != actual:
+        raise ValueError(f"axis_size={axis_size}, but mesh axis {axis_name!r} has {actual} devices")
+    return actual
+
+
 def _exclusive_prefix(x, axis_name: str, size: int):
     """sum of x over devices with a smaller index on `axis_name` (log2(size) ppermutes)."""
     idx = lax.axis_index(axis_name)
@@ -36,14 +46,24 @@ def _exclusive_prefix(x, axis_name: str, size: int):
     return jax.tree.map(jnp.subtract, inclusive, x)
 
 
-def linear_attention_cp(q, k, v, *, axis_name: str, axis_size: int, feature_map="elu",
-                        form: str = "chunked", chunk_size: int = 64):  # fmt: skip
+def linear_attention_cp(
+    q,
+    k,
+    v,
+    *,
+    axis_name: str,
+    axis_size: int | None = None,
+    feature_map="elu",
+    form: str = "chunked",
+    chunk_size: int = 64,
+):
     """Causal linear attention on this device's sequence block; see the module docstring.
 
     q [B, L/P, H, D], k [B, L/P, Hkv, D], v [B, L/P, Hkv, Dv] (this device's block).
     """
     if feature_map == "softmax":
         raise ValueError("feature_map='softmax' normalises over all positions; it cannot be causal")
+    axis_size = _axis_size(axis_name, axis_size)
     heads = q.shape[2]
     kr, vr = att._repeat_kv(k, heads), att._repeat_kv(v, heads)
     local = att.linear_attention_state(kr, vr, feature_map=feature_map)
@@ -54,13 +74,14 @@ def linear_attention_cp(q, k, v, *, axis_name: str, axis_size: int, feature_map=
     )  # fmt: skip
 
 
-def ring_attention(q, k, v, *, axis_name: str, axis_size: int, causal: bool = True,
-                   scale: float | None = None):  # fmt: skip
+def ring_attention(q, k, v, *, axis_name: str, axis_size: int | None = None,
+                   causal: bool = True, scale: float | None = None):  # fmt: skip
     """Ring attention on this device's block: out_i = softmax over all keys j (<= i if causal).
 
     q [B, L/P, H, D], k [B, L/P, Hkv, D], v [B, L/P, Hkv, Dv]. Logits and sums in fp32.
     """
     att._check_qkv(q, k, v)
+    axis_size = _axis_size(axis_name, axis_size)
     b, n, h, d = q.shape
     scale = d**-0.5 if scale is None else scale
     idx = lax.axis_index(axis_name)

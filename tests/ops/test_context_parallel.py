@@ -82,3 +82,16 @@ def test_bytes_communicated():
     assert cp.bytes_communicated("ring", **kw) == 4 * 7 * (1 << 17) * 4 * 128
     assert cp.bytes_communicated("linear", **{**kw, "length": 1 << 10}) == cp.bytes_communicated(
         "linear", **kw)  # independent of length  # fmt: skip
+
+
+def test_axis_size_is_read_from_the_mesh_and_a_wrong_one_is_refused():
+    q, k, v = _qkv()
+    for fn, want in [
+        (cp.linear_attention_cp, att.linear_attention(q, k, v, causal=True)),
+        (cp.ring_attention, att.softmax_attention(q, k, v, causal=True)),
+    ]:
+        sharded = _sharded(lambda q, k, v, fn=fn: fn(q, k, v, axis_name="seq"))  # size omitted
+        np.testing.assert_allclose(sharded(q, k, v), want, atol=1e-5)
+        wrong = _sharded(lambda q, k, v, fn=fn: fn(q, k, v, axis_name="seq", axis_size=4))
+        with pytest.raises(ValueError, match="axis_size=4, but mesh axis 'seq' has 8 devices"):
+            wrong(q, k, v)
