@@ -35,6 +35,21 @@ def _decode(graphdef, state, prompt, lengths, key, *, method, max_new_tokens, op
     return decoding.beam_search(step, logits, cache, max_new_tokens=max_new_tokens, **opts)
 
 
+def _check_concrete(model, prompt, lengths):
+    """Token ids and lengths that jit would silently clamp, checked when they are known."""
+    if lengths.shape != prompt.shape[:1]:
+        raise ValueError(f"lengths must be [batch] = {prompt.shape[:1]}, got {lengths.shape}")
+    if isinstance(prompt, jax.core.Tracer) or isinstance(lengths, jax.core.Tracer):
+        return
+    vocab = model.cfg.vocab_size
+    if prompt.size and not (0 <= int(prompt.min()) and int(prompt.max()) < vocab):
+        raise ValueError(f"prompt token ids must be in [0, {vocab}), got {int(prompt.min())} to "
+                         f"{int(prompt.max())}")  # fmt: skip
+    if lengths.size and not (1 <= int(lengths.min()) and int(lengths.max()) <= prompt.shape[1]):
+        raise ValueError(f"lengths must be in [1, {prompt.shape[1]}] (the prompt width), got "
+                         f"{int(lengths.min())} to {int(lengths.max())}")  # fmt: skip
+
+
 def generate(model, prompt, *, lengths=None, max_new_tokens: int, method: str = "greedy",
              key=None, **options):  # fmt: skip
     """Continue right-padded prompts [B, P] (`lengths` [B]) of a `DecoderLM` or UniLM `Bert`.
@@ -47,8 +62,13 @@ def generate(model, prompt, *, lengths=None, max_new_tokens: int, method: str = 
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     if method == "sample" and key is None:
         raise ValueError("method='sample' needs a PRNG key")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     prompt = jnp.asarray(prompt, jnp.int32)
+    if prompt.ndim != 2:
+        raise ValueError(f"prompt must be [batch, length] token ids, got shape {prompt.shape}")
     lengths = jnp.full(prompt.shape[:1], prompt.shape[1]) if lengths is None else lengths
+    _check_concrete(model, prompt, jnp.asarray(lengths))
     key = jax.random.PRNGKey(0) if key is None else key
     graphdef, state = nnx.split(model)
     opts = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))

@@ -54,3 +54,13 @@ def test_generate_bad_arguments():
         generate(model, jnp.ones((1, 2), jnp.int32), max_new_tokens=2, method="nucleus")
     with pytest.raises(ValueError, match="needs a PRNG key"):
         generate(model, jnp.ones((1, 2), jnp.int32), max_new_tokens=2, method="sample")
+    # Values that jit would clamp silently (an id past the vocabulary, a length past the prompt).
+    prompt = jnp.ones((2, 3), jnp.int32)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive int, got 0"):
+        generate(model, prompt, max_new_tokens=0)
+    with pytest.raises(ValueError, match=r"prompt token ids must be in \[0, 30\), got 1 to 30"):
+        generate(model, prompt.at[0, 0].set(30), max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"lengths must be in \[1, 3\] .* got 0 to 4"):
+        generate(model, prompt, lengths=jnp.array([0, 4]), max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"lengths must be \[batch\] = \(2,\), got \(1,\)"):
+        generate(model, prompt, lengths=jnp.array([3]), max_new_tokens=2)
