@@ -107,8 +107,9 @@ def test_sigterm_saves_and_exits_zero(data_dir, tmp_path, every):
     assert "preempted: saved and stopped at step" in out
     step = int(out.split("at step ")[1].split()[0])
     assert (tmp_path / "checkpoints" / str(step)).is_dir()
-    r = _run(tmp_path, data_dir, f"--config.num_train_steps={step + 2}")
-    assert f"resumed from step {step}" in r.stdout
+    if every > 1:  # resuming is the same either way; checked once
+        r = _run(tmp_path, data_dir, f"--config.num_train_steps={step + 2}")
+        assert f"resumed from step {step}" in r.stdout
 
 
 def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
