@@ -4,12 +4,12 @@ import csv
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from tests.preemption import sigterm_after_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -78,14 +78,10 @@ def test_sigterm_stops_the_sweep_without_recording_the_partial_point(tmp_path):
     wd = tmp_path / "wd"
     first = wd / "runs" / "mqar_softmax_d16_lr0.01"
     long = ("--config.mqar.num_train_steps=100000", "--config.mqar.checkpoint_every_steps=100000")
-    proc = subprocess.Popen(_cmd(wd, tmp_path / "data", *long), cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    metrics = first / "metrics.jsonl"
-    while proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    code, out, err = sigterm_after_metrics(
+        _cmd(wd, tmp_path / "data", *long), first / "metrics.jsonl", 3, cwd=ROOT, env=_env()
+    )
+    assert code == 0, err[-3000:]
     assert f"preempted in {first} at step" in out
     assert not (first / "result.json").exists()  # a partial run is not a result
     assert [p.name for p in (wd / "runs").iterdir()] == [first.name]  # the sweep stopped

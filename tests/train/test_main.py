@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.preemption import sigterm_after_metrics
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -94,16 +96,10 @@ def test_exact_resume_after_sigkill(reference, data_dir, tmp_path):
 
 @pytest.mark.parametrize("every", [100000, 1])  # 1: the schedule has just saved the stop step
 def test_sigterm_saves_and_exits_zero(data_dir, tmp_path, every):
-    proc = subprocess.Popen(_cmd(tmp_path, data_dir, "--config.num_train_steps=100000",
-                                 f"--config.checkpoint_every_steps={every}"),
-                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    metrics = tmp_path / "metrics.jsonl"
-    while proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 5):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    cmd = _cmd(tmp_path, data_dir, "--config.num_train_steps=100000",
+               f"--config.checkpoint_every_steps={every}")  # fmt: skip
+    code, out, err = sigterm_after_metrics(cmd, tmp_path / "metrics.jsonl", 5, cwd=ROOT, env=_env())
+    assert code == 0, err[-3000:]
     assert "preempted: saved and stopped at step" in out
     step = int(out.split("at step ")[1].split()[0])
     assert (tmp_path / "checkpoints" / str(step)).is_dir()
