@@ -56,9 +56,12 @@ def int_at_least(low: int):
     return parse
 
 
+positive_int = int_at_least(1)
+
+
 def positive_ints(text: str) -> list[int]:
     """An argparse `type`: comma-separated integers >= 1, such as "512,1024"."""
-    return [int_at_least(1)(x) for x in text.split(",")]
+    return [positive_int(x) for x in text.split(",")]
 
 
 def positive_float(text: str) -> float:

@@ -43,6 +43,8 @@ def _check_workdir(workdir: str) -> None:
 
 
 def main(argv):
+    import jax
+
     from research.data import DataError
     from research.experiments.sweep import Preempted
     from research.train import distributed, loop
@@ -69,8 +71,6 @@ def main(argv):
             try:
                 EXPERIMENTS[config.experiment](config, _WORKDIR.value)
             except Preempted as e:
-                import jax
-
                 if jax.process_index() == 0:
                     print(e, flush=True)
             return 0
@@ -80,8 +80,6 @@ def main(argv):
         fail(str(e))
     except loop.NonFiniteLoss as e:
         fail(str(e), code=1)
-    import jax
-
     if jax.process_index() == 0:
         ev = summary.eval
         state = "preempted: saved and stopped" if summary.preempted else "done"

@@ -32,7 +32,7 @@ import numpy as np
 from jax import lax
 
 from research.bench.common import keep_freed_memory, machine_header, matmul_peak, median_time
-from research.cli import int_at_least, positive_float, positive_ints
+from research.cli import int_at_least, positive_float, positive_int, positive_ints
 from research.ops import attention as att
 
 IMPLS = ("softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan", "linear-cumsum")
@@ -299,14 +299,13 @@ def plot(rows, path, header):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    positive = int_at_least(1)
     p.add_argument("--lengths", type=positive_ints, default="512,1024,2048,4096,8192,16384,32768")
     p.add_argument("--contexts", type=positive_ints, default="1024,8192,32768",
                    help="decode context lengths")  # fmt: skip
-    p.add_argument("--batch", type=positive, default=1)
-    p.add_argument("--heads", type=positive, default=4)
-    p.add_argument("--head_dim", type=positive, default=64)
-    p.add_argument("--repeats", type=positive, default=5)
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--head_dim", type=positive_int, default=64)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument(
         "--long_length",
         type=int_at_least(0),

@@ -18,7 +18,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from research.bench.common import machine_header, matmul_peak, median_time
-from research.cli import int_at_least
+from research.cli import positive_int
 from research.models import DecoderLM, ModelConfig
 from research.train import optim, sharding, step, tasks
 
@@ -72,16 +72,15 @@ def run(args) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    positive = int_at_least(1)
-    p.add_argument("--layers", type=positive, default=6)
-    p.add_argument("--d_model", type=positive, default=512)
-    p.add_argument("--heads", type=positive, default=8)
-    p.add_argument("--length", type=positive, default=512)
-    p.add_argument("--batch", type=positive, default=8)
-    p.add_argument("--vocab", type=positive, default=8192)
+    p.add_argument("--layers", type=positive_int, default=6)
+    p.add_argument("--d_model", type=positive_int, default=512)
+    p.add_argument("--heads", type=positive_int, default=8)
+    p.add_argument("--length", type=positive_int, default=512)
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--vocab", type=positive_int, default=8192)
     p.add_argument("--attention", default="softmax", choices=["softmax", "linear"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--steps", type=positive, default=5, help="timed steps (median) after 2 warm-up")
+    p.add_argument("--steps", type=positive_int, default=5, help="timed steps (median; 2 warm-up)")
     p.add_argument("--out", default="", help="directory for train_bench.csv")
     args = p.parse_args(argv)
     if args.batch % jax.device_count():

@@ -62,8 +62,7 @@ def generate(model, prompt, *, lengths=None, max_new_tokens: int, method: str = 
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     if method == "sample" and key is None:
         raise ValueError("method='sample' needs a PRNG key")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    decoding.check_max_new_tokens(max_new_tokens)  # before prefill sizes the cache with it
     prompt = jnp.asarray(prompt, jnp.int32)
     if prompt.ndim != 2:
         raise ValueError(f"prompt must be [batch, length] token ids, got shape {prompt.shape}")

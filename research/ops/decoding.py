@@ -14,9 +14,13 @@ from jax import lax
 StepFn = Callable[[jax.Array, object], tuple[jax.Array, object]]
 
 
-def _check(max_new_tokens: int, stop_tokens: Sequence[int]):
+def check_max_new_tokens(max_new_tokens) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+
+
+def _check(max_new_tokens: int, stop_tokens: Sequence[int]):
+    check_max_new_tokens(max_new_tokens)
     return jnp.asarray(tuple(stop_tokens), jnp.int32).reshape(-1)
 
 

@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from research.bench import attention as bench
-from research.cli import int_at_least, positive_ints
+from research.cli import positive_int, positive_ints
 from research.ops import attention as att
 from research.ops import context_parallel as cp
 from research.ops.feature_maps import feature_dim
@@ -198,10 +198,10 @@ def plot(rows, path, title):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topology", required=True, help="v5e:16x16, v5p:4x8x8, ... or cpu")
-    parser.add_argument("--num_slices", type=int_at_least(1), default=1)
+    parser.add_argument("--num_slices", type=positive_int, default=1)
     parser.add_argument("--lengths", type=positive_ints, default=DEFAULT_LENGTHS)
-    parser.add_argument("--heads", type=int_at_least(1), default=16)
-    parser.add_argument("--head_dim", type=int_at_least(1), default=128)
+    parser.add_argument("--heads", type=positive_int, default=16)
+    parser.add_argument("--head_dim", type=positive_int, default=128)
     parser.add_argument("--out", default="/tmp/seqlab/plan_attention")
     args = parser.parse_args(argv)
     try:
