@@ -29,6 +29,7 @@ def base_config() -> ConfigDict:
         d_model=128, num_heads=4, num_kv_heads=0, num_layers=2, d_ff=512, positions="rotary",
         attention="softmax", softmax_implementation="xla", feature_map="elu", linear_form="chunked",
         chunk_size=64, favor_features=64, activation="gelu", norm="pre", dropout=0.0,
+        short_conv=0,  # causal depthwise conv width on the keys' input (0 = none)
         dtype="float32",  # compute dtype; "bfloat16" keeps fp32 parameters
     ))  # fmt: skip
     c.data = ConfigDict(dict(

@@ -38,6 +38,10 @@ class ModelConfig:
     linear_form: str = "chunked"  # causal linear attention: chunked, scan or cumsum
     chunk_size: int = 64  # chunked linear attention
     linformer_k: int = 64  # Linformer projected length m
+    # Width of a causal depthwise convolution over time on the keys' input in self-attention,
+    # k_t = W_k sum_s c_s * x_{t-s} (s < short_conv), initialised to the identity: H3's shift
+    # (Fu et al. 2023), Based's short convolution. 0 = none.
+    short_conv: int = 0
     activation: str = "gelu"  # one of ACTIVATIONS
     norm: str = "pre"  # "pre" (GPT-2) or "post" (BERT) layer norm placement
     layer_norm_eps: float = 1e-5
@@ -86,6 +90,10 @@ class ModelConfig:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        if not isinstance(self.short_conv, int) or isinstance(self.short_conv, bool) or (
+            self.short_conv < 0
+        ):
+            raise ValueError(f"short_conv must be an int >= 0, got {self.short_conv!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 

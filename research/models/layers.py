@@ -7,6 +7,8 @@ Decoding caches are plain pytrees, so they pass through `jax.jit` and `lax.while
   {"index": [B] int32 next position, "valid": [B, T] bool written (real) positions,
    "layers": [per-layer dict]}; a softmax self-attention layer holds {"k", "v"}: [B, T, Hkv, D],
   a linear one a `LinearAttentionState`; cross-attention holds the encoder's {"k", "v", "mask"}.
+  With `short_conv` = K > 0 a self-attention layer holds {"attn": that cache, "conv": [B, K-1,
+  d_model] the last K-1 inputs}.
 """
 
 import functools
@@ -53,6 +55,25 @@ ACTIVATION_FNS = {
 }
 
 
+def causal_conv(x, w, history=None):
+    """Depthwise causal convolution over time: y_t = sum_s w[s] * x_{t-s}.
+
+    x [B, L, d], w [K, d], history [B, K-1, d]: the K-1 inputs before x (zeros if None). -> y [B,
+    L, d] in x's dtype."""
+    k = w.shape[0]
+    if history is None:
+        history = jnp.zeros((x.shape[0], k - 1, x.shape[2]), x.dtype)
+    full = jnp.concatenate([history.astype(x.dtype), x], axis=1)
+    w = w.astype(x.dtype)
+    return sum(w[s] * full[:, k - 1 - s : k - 1 - s + x.shape[1]] for s in range(k))
+
+
+def _conv_history(x, lengths, k: int):
+    """The K-1 inputs before position lengths[b] of each row of x [B, L, d] (zeros before 0)."""
+    full = jnp.concatenate([jnp.zeros((x.shape[0], k - 1, x.shape[2]), x.dtype), x], axis=1)
+    return jax.vmap(lambda f, n: jax.lax.dynamic_slice_in_dim(f, n, k - 1, 0))(full, lengths)
+
+
 class MultiHeadAttention(nnx.Module):
     """Multi-head self- or cross-attention; `cfg.attention` selects the `research.ops` function.
 
@@ -85,16 +106,22 @@ class MultiHeadAttention(nnx.Module):
         if cfg.attention == "linear" and cfg.feature_map == "favor":
             w = fm.favor_projection(rngs.params(), cfg.favor_features, dh)
             self.favor = FavorProjection(w, **axes(None, None))
+        self.short_conv = 0 if cross else cfg.short_conv
+        if self.short_conv:
+            # Identity at lag 0 plus small random lags: training starts near the plain model.
+            w = 0.02 * jax.random.normal(rngs.params(), (self.short_conv, d))
+            self.key_conv = nnx.Param(w.at[0].add(1.0), **axes(None, "embed"))
 
     # -- helpers ---------------------------------------------------------------------------
     def _heads(self, x, proj, n):
         return proj(x).reshape(*x.shape[:2], n, self.cfg.head_dim)
 
-    def _qkv(self, x, context, positions):
+    def _qkv(self, x, context, positions, history=None):
         cfg = self.cfg
         src = x if context is None else context
         q = self._heads(x, self.q, cfg.num_heads)
-        k, v = self._heads(src, self.k, cfg.kv_heads), self._heads(src, self.v, cfg.kv_heads)
+        ksrc = causal_conv(src, self.key_conv.get_value(), history) if self.short_conv else src
+        k, v = self._heads(ksrc, self.k, cfg.kv_heads), self._heads(src, self.v, cfg.kv_heads)
         if cfg.positions == "rotary" and not self.cross:
             q = ops.apply_rotary(q, positions, base=cfg.rope_base)
             k = ops.apply_rotary(k, positions, base=cfg.rope_base)
@@ -138,15 +165,28 @@ class MultiHeadAttention(nnx.Module):
         cfg = self.cfg
         if cfg.attention == "linear":
             fdim = fm.feature_dim(self.feature_map(), cfg.head_dim)
-            return ops.linear_attention_init_state(batch, cfg.num_heads, fdim, cfg.head_dim)
-        shape = (batch, max_length, cfg.kv_heads, cfg.head_dim)
-        return {"k": jnp.zeros(shape, jnp.float32), "v": jnp.zeros(shape, jnp.float32)}
+            cache = ops.linear_attention_init_state(batch, cfg.num_heads, fdim, cfg.head_dim)
+        else:
+            shape = (batch, max_length, cfg.kv_heads, cfg.head_dim)
+            cache = {"k": jnp.zeros(shape, jnp.float32), "v": jnp.zeros(shape, jnp.float32)}
+        if not self.short_conv:
+            return cache
+        history = jnp.zeros((batch, self.short_conv - 1, cfg.d_model), jnp.dtype(cfg.dtype))
+        return {"attn": cache, "conv": history}
 
     def prefill(self, x, layer_cache, *, mask, valid, positions):
         """Full forward over a prompt x [B, P, d] that also fills this layer's cache.
 
         `mask` is what the full forward uses; `valid` [B, P] marks real prompt tokens.
         """
+        inner = layer_cache["attn"] if self.short_conv else layer_cache
+        out, cache = self._prefill(x, inner, mask, valid, positions)
+        if not self.short_conv:
+            return out, cache
+        lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
+        return out, {"attn": cache, "conv": _conv_history(x, lengths, self.short_conv)}
+
+    def _prefill(self, x, layer_cache, mask, valid, positions):
         q, k, v = self._qkv(x, None, positions)
         out = self._out(self._attend(q, k, v, mask, self.causal))
         if self.cfg.attention == "linear":
@@ -159,8 +199,16 @@ class MultiHeadAttention(nnx.Module):
 
     def decode(self, x_t, layer_cache, *, index, valid):
         """One token x_t [B, 1, d] at positions `index` [B]; `valid` [B, T] includes this token."""
+        if not self.short_conv:
+            return self._decode(x_t, layer_cache, None, index, valid)
+        history = layer_cache["conv"]
+        out, cache = self._decode(x_t, layer_cache["attn"], history, index, valid)
+        window = jnp.concatenate([history, x_t.astype(history.dtype)], axis=1)
+        return out, {"attn": cache, "conv": window[:, 1:]}
+
+    def _decode(self, x_t, layer_cache, history, index, valid):
         cfg = self.cfg
-        q, k, v = self._qkv(x_t, None, index[:, None])
+        q, k, v = self._qkv(x_t, None, index[:, None], history)
         if cfg.attention == "linear":
             rep = cfg.num_heads // cfg.kv_heads
             k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from research.models import Bert, DecoderLM, EncoderDecoder, ModelConfig
-from research.models.layers import FavorProjection
+from research.models.layers import FavorProjection, causal_conv
 
 TINY = dict(vocab_size=40, d_model=16, num_heads=2, num_layers=2, d_ff=32, max_length=24,
             chunk_size=4, linformer_k=8, favor_features=16)  # fmt: skip
@@ -17,6 +17,11 @@ CAUSAL_KINDS = {
     "linear-elu": dict(attention="linear", feature_map="elu"),
     "linear-taylor-scan": dict(attention="linear", feature_map="taylor", linear_form="scan"),
     "linear-favor": dict(attention="linear", feature_map="favor"),
+}
+# A short key convolution adds a per-layer history to the decode cache.
+CONV_KINDS = {
+    "softmax-conv": dict(attention="softmax", short_conv=3),
+    "linear-elu-conv": dict(attention="linear", feature_map="elu", short_conv=3),
 }
 ENCODER_KINDS = {
     **CAUSAL_KINDS,
@@ -37,10 +42,13 @@ def _assert_close(a, b, atol=1e-5):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", CAUSAL_KINDS)
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
+@pytest.mark.parametrize(
+    "kind, positions",
+    [(k, p) for k in CAUSAL_KINDS for p in ("learned", "rotary")]
+    + [(k, "rotary") for k in CONV_KINDS],
+)
 def test_decoder_lm_shapes_causality_and_decode(kind, positions):
-    cfg = _cfg(positions=positions, num_segments=2, **CAUSAL_KINDS[kind])
+    cfg = _cfg(positions=positions, num_segments=2, **{**CAUSAL_KINDS, **CONV_KINDS}[kind])
     model = DecoderLM(cfg, rngs=nnx.Rngs(0))
     toks = _tokens(length=11)
     seg = jnp.broadcast_to((jnp.arange(11) >= 5).astype(jnp.int32), toks.shape)
@@ -61,9 +69,9 @@ def test_decoder_lm_shapes_causality_and_decode(kind, positions):
     _assert_close(got[-1], logits[:, 10])
 
 
-@pytest.mark.parametrize("kind", ["softmax", "linear-elu"])
+@pytest.mark.parametrize("kind", ["softmax", "linear-elu", *CONV_KINDS])
 def test_decoder_lm_padding_invariance_and_ragged_prefill(kind):
-    model = DecoderLM(_cfg(**CAUSAL_KINDS[kind]), rngs=nnx.Rngs(1))
+    model = DecoderLM(_cfg(**{**CAUSAL_KINDS, **CONV_KINDS}[kind]), rngs=nnx.Rngs(1))
     toks = _tokens(length=9)
     lengths = jnp.array([9, 6])
     mask = jnp.arange(9)[None] < lengths[:, None]
@@ -112,9 +120,9 @@ def test_bert_unilm_mask_and_incremental_decoding():
     _assert_close(jnp.stack(got, 1), full[:, 4:11])
 
 
-@pytest.mark.parametrize("kind", CAUSAL_KINDS)
+@pytest.mark.parametrize("kind", [*CAUSAL_KINDS, "softmax-conv"])
 def test_encoder_decoder_forward_and_decode(kind):
-    cfg = _cfg(num_decoder_layers=1, **CAUSAL_KINDS[kind])
+    cfg = _cfg(num_decoder_layers=1, **{**CAUSAL_KINDS, **CONV_KINDS}[kind])
     model = EncoderDecoder(cfg, rngs=nnx.Rngs(4))
     src, tgt = _tokens(length=10), _tokens(length=7, seed=1).at[:, 0].set(1)
     src_mask = jnp.arange(10)[None] < jnp.array([[10], [6]])
@@ -129,6 +137,36 @@ def test_encoder_decoder_forward_and_decode(kind):
         step, cache = model.decode_step(tgt[:, i], cache)
         got.append(step)
     _assert_close(jnp.stack(got, 1), logits)
+
+
+def test_causal_conv_matches_numpy_convolution():
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(2, 9, 3)), rng.normal(size=(4, 3))
+    history = rng.normal(size=(2, 3, 3))
+    full = np.concatenate([history, x], axis=1)
+    # np.convolve(a, w)[n] = sum_s w[s] a[n - s]; outputs for x start after the 3 history inputs.
+    want = np.stack([np.stack([np.convolve(full[b, :, c], w[:, c])[3:12] for c in range(3)], -1)
+                     for b in range(2)])  # fmt: skip
+    _assert_close(causal_conv(jnp.asarray(x), jnp.asarray(w), jnp.asarray(history)), want)
+    no_history = np.stack([np.stack([np.convolve(x[b, :, c], w[:, c])[:9] for c in range(3)], -1)
+                           for b in range(2)])  # fmt: skip
+    _assert_close(causal_conv(jnp.asarray(x), jnp.asarray(w)), no_history)
+
+
+def test_short_conv_starts_near_the_identity_and_changes_only_keys():
+    plain = DecoderLM(_cfg(), rngs=nnx.Rngs(0))
+    conv = DecoderLM(_cfg(short_conv=3), rngs=nnx.Rngs(0))
+    w = conv.layers[0].attn.key_conv.get_value()
+    assert w.shape == (3, 16) and np.abs(np.asarray(w[0]) - 1).max() < 0.1
+    assert np.abs(np.asarray(w[1:])).max() < 0.1
+    # With the convolution set to the identity (and the plain model's other weights) the model
+    # is the plain one; with the last lag instead, it differs.
+    nnx.update(conv, nnx.state(plain))
+    toks = _tokens()
+    for lag in (0, 2):
+        for layer in conv.layers:
+            layer.attn.key_conv.set_value(jnp.zeros((3, 16)).at[lag].set(1.0))
+        assert np.allclose(conv(toks), plain(toks), atol=1e-5) == (lag == 0)
 
 
 def test_parameters_carry_logical_axes():
@@ -167,6 +205,7 @@ def test_activation_choice_changes_the_network(activation):
         (dict(max_length=0), "max_length must be a positive int, got 0"),
         (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
         (dict(positions="alibi"), "positions='alibi' is not allowed"),
+        (dict(short_conv=-1), "short_conv must be an int >= 0, got -1"),
     ],
 )
 def test_bad_configs(kwargs, match):
