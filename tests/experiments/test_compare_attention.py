@@ -41,10 +41,11 @@ def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
         assert 0.0 <= float(x["mqar_accuracy"]) <= 1.0 and float(x["lm_perplexity"]) > 1.0
         assert float(x["train_tokens_per_s"]) > 0 and float(x["decode_tokens_per_s"]) > 0
     # Decode state: KV cache 2 layers x 2 (K, V) x (32 + 4) positions x width x fp32 for
-    # softmax; elu+1 linear: 2 layers x heads x (F Dv + F) x fp32, F = Dv = width / 2 heads.
+    # softmax; elu+1 linear: 2 layers x heads x (F Dv + F) x fp32, F = Dv = width / 2 heads;
+    # both plus the key convolution's last 2 inputs per layer (2 layers x 2 x width x fp32).
     by = {(x["attention"], int(x["width"])): int(x["state_bytes"]) for x in rows}
-    assert by["softmax", 16] == 2 * 2 * 36 * 16 * 4
-    assert by["elu", 32] == 2 * 2 * (16 * 16 + 16) * 4
+    assert by["softmax", 16] == 2 * 2 * 36 * 16 * 4 + 2 * 2 * 16 * 4
+    assert by["elu", 32] == 2 * 2 * (16 * 16 + 16) * 4 + 2 * 2 * 32 * 4
     assert (tmp_path / "wd" / "compare.png").stat().st_size > 10_000
     assert "| attention | width | MQAR acc |" in r.stdout
 
