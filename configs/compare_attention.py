@@ -8,7 +8,7 @@
 
 Writes compare.csv and compare.png into the workdir and prints the table; each point's training
 run lives in workdir/runs/NAME (metrics.jsonl, checkpoints) and is skipped when rerun.
-The default is sized for a 2-core CPU (about 10 minutes); `large` is the Zoology-sized sweep
+The default is sized for a 2-core CPU (about 13 minutes); `large` is the Zoology-sized sweep
 (sequence 256, 64 key-value pairs, widths 64-512, four learning rates) for accelerators.
 """
 

@@ -90,10 +90,9 @@ class ModelConfig:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
-        if not isinstance(self.short_conv, int) or isinstance(self.short_conv, bool) or (
-            self.short_conv < 0
-        ):
-            raise ValueError(f"short_conv must be an int >= 0, got {self.short_conv!r}")
+        conv = self.short_conv
+        if not isinstance(conv, int) or isinstance(conv, bool) or conv < 0:
+            raise ValueError(f"short_conv must be an int >= 0, got {conv!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
