@@ -39,7 +39,7 @@ class ModelConfig:
     chunk_size: int = 64  # chunked linear attention
     linformer_k: int = 64  # Linformer projected length m
     # Width of a causal depthwise convolution over time on the keys' input in self-attention,
-    # k_t = W_k sum_s c_s * x_{t-s} (s < short_conv), initialised to the identity: H3's shift
+    # k_t = W_k sum_s c_s * x_{t-s} (s < short_conv), initialised near the identity: H3's shift
     # (Fu et al. 2023), Based's short convolution. 0 = none.
     short_conv: int = 0
     activation: str = "gelu"  # one of ACTIVATIONS
