@@ -112,11 +112,12 @@ def summarize(c, results: list[dict], decode: dict) -> list[dict]:
             lm = [r for r in mine if r["point"]["task"] == "lm"]
             # NaN (diverged) ranks below every finite accuracy.
             best = max(mqar, key=lambda r: np.nan_to_num(r["eval"]["accuracy"], nan=-1.0))
-            lm_loss = lm[0]["eval"]["loss"] if lm else math.nan
+            # None = the LM was not run (tasks=mqar); NaN stays reserved for a diverged run.
+            lm_loss = lm[0]["eval"]["loss"] if lm else None
             rows.append({
                 "attention": a, "width": w, "mqar_accuracy": best["eval"]["accuracy"],
                 "mqar_best_lr": best["point"]["lr"], "lm_loss": lm_loss,
-                "lm_perplexity": math.exp(lm_loss) if lm else math.nan,
+                "lm_perplexity": None if lm_loss is None else math.exp(lm_loss),
                 "train_tokens_per_s": best["tokens_per_second"],
                 "decode_tokens_per_s": decode[a, w][0], "state_bytes": decode[a, w][1],
             })  # fmt: skip
@@ -128,9 +129,11 @@ def table(rows: list[dict]) -> str:
             "| decode tok/s | state bytes |")  # fmt: skip
     lines = [head, "|" + "---|" * 9]
     for r in rows:
+        loss, ppl = (("-", "-") if r["lm_loss"] is None
+                     else (f"{r['lm_loss']:.3f}", f"{r['lm_perplexity']:.1f}"))  # fmt: skip
         lines.append(
             f"| {r['attention']} | {r['width']} | {r['mqar_accuracy']:.3f} | "
-            f"{r['mqar_best_lr']:g} | {r['lm_loss']:.3f} | {r['lm_perplexity']:.1f} | "
+            f"{r['mqar_best_lr']:g} | {loss} | {ppl} | "
             f"{r['train_tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:,.0f} | "
             f"{r['state_bytes']:,} |"
         )
@@ -148,7 +151,10 @@ def plot(rows: list[dict], path: pathlib.Path, title: str):
         mine = [r for r in rows if r["attention"] == a]
         widths = [r["width"] for r in mine]
         axes[0].plot(widths, [r["mqar_accuracy"] for r in mine], marker="o", label=a)
-        axes[1].plot(widths, [r["lm_perplexity"] for r in mine], marker="o", label=a)
+        if mine[0]["lm_perplexity"] is not None:
+            axes[1].plot(widths, [r["lm_perplexity"] for r in mine], marker="o", label=a)
+    if rows[0]["lm_perplexity"] is None:
+        axes[1].text(0.5, 0.5, "LM not run (tasks=mqar)", ha="center", transform=axes[1].transAxes)
     labels = ("MQAR eval accuracy (best lr)", "LM eval perplexity")
     for ax, label in zip(axes, labels, strict=True):
         ax.set_xscale("log", base=2)
@@ -177,11 +183,13 @@ def run(c, workdir: str) -> list[dict]:
     decode = {(a, w): decode_cost(c, a, w) for a in parse_list(c, "attentions") for w in widths}
     rows = summarize(c, results, decode)
     m = c.mqar.data
+    lm = c.lm
+    lm_part = (f"LM {lm.data.source} seq_len {lm.data.seq_len}, {lm.num_train_steps} steps; "
+               if "lm" in parse_list(c, "tasks") else "")  # fmt: skip
     header = (f"{machine_header()}\nMQAR seq_len {m.seq_len}, {m.num_kv_pairs} kv pairs, vocab "
               f"{m.vocab_size}, {c.mqar.num_train_steps} steps x batch {c.mqar.batch_size}; "
-              f"LM {c.lm.data.source} seq_len {c.lm.data.seq_len}, {c.lm.num_train_steps} steps; "
-              f"{c.mqar.model.num_layers} layers, {c.mqar.model.num_heads} heads; decode batch 1, "
-              f"{c.decode_tokens} tokens after {m.seq_len}")  # fmt: skip
+              f"{lm_part}{c.mqar.model.num_layers} layers, {c.mqar.model.num_heads} heads; "
+              f"decode batch 1, {c.decode_tokens} tokens after {m.seq_len}")  # fmt: skip
     if jax.process_index() == 0:
         with open(workdir / "compare.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)

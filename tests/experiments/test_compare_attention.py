@@ -87,3 +87,24 @@ def test_sigterm_stops_the_sweep_without_recording_the_partial_point(tmp_path):
     assert not (first / "result.json").exists()  # a partial run is not a result
     assert [p.name for p in (wd / "runs").iterdir()] == [first.name]  # the sweep stopped
     assert any(p.name.isdigit() for p in (first / "checkpoints").iterdir())  # resumable
+
+
+def test_a_sweep_without_the_lm_prints_dashes_not_nan(tmp_path):
+    from configs import compare_attention as cfg
+    from research.experiments import compare_attention as ca
+
+    c = cfg.get_config("smoke")
+    c.tasks = "mqar"
+    results = [
+        {"point": {"task": "mqar", "attention": a, "width": w, "lr": 0.01},
+         "eval": {"accuracy": acc, "loss": 1.0}, "tokens_per_second": 10.0}
+        for a in ("softmax", "elu") for w in (16, 32) for acc in (0.5, float("nan"))
+    ]  # fmt: skip
+    decode = {(a, w): (5.0, 64) for a in ("softmax", "elu") for w in (16, 32)}
+    rows = ca.summarize(c, results, decode)
+    assert [r["mqar_accuracy"] for r in rows] == [0.5] * 4  # a diverged (NaN) lr never wins
+    text = ca.table(rows)
+    assert "| softmax | 16 | 0.500 | 0.01 | - | - | 10 | 5 | 64 |" in text
+    assert "nan" not in text  # NaN means diverged; the LM was simply not run
+    ca.plot(rows, tmp_path / "p.png", "title")
+    assert (tmp_path / "p.png").stat().st_size > 10_000
