@@ -61,16 +61,21 @@ def causal_conv(x, w, history=None):
     x [B, L, d], w [K, d], history [B, K-1, d]: the K-1 inputs before x (zeros if None). -> y [B,
     L, d] in x's dtype."""
     k = w.shape[0]
-    if history is None:
-        history = jnp.zeros((x.shape[0], k - 1, x.shape[2]), x.dtype)
-    full = jnp.concatenate([history.astype(x.dtype), x], axis=1)
+    full = _after_history(x, history, k)
     w = w.astype(x.dtype)
     return sum(w[s] * full[:, k - 1 - s : k - 1 - s + x.shape[1]] for s in range(k))
 
 
+def _after_history(x, history, k: int):
+    """[history; x] along time: x [B, L, d] preceded by its K-1 earlier inputs (zeros if None)."""
+    if history is None:
+        history = jnp.zeros((x.shape[0], k - 1, x.shape[2]), x.dtype)
+    return jnp.concatenate([history.astype(x.dtype), x], axis=1)
+
+
 def _conv_history(x, lengths, k: int):
     """The K-1 inputs before position lengths[b] of each row of x [B, L, d] (zeros before 0)."""
-    full = jnp.concatenate([jnp.zeros((x.shape[0], k - 1, x.shape[2]), x.dtype), x], axis=1)
+    full = _after_history(x, None, k)
     return jax.vmap(lambda f, n: jax.lax.dynamic_slice_in_dim(f, n, k - 1, 0))(full, lengths)
 
 
@@ -203,7 +208,7 @@ class MultiHeadAttention(nnx.Module):
             return self._decode(x_t, layer_cache, None, index, valid)
         history = layer_cache["conv"]
         out, cache = self._decode(x_t, layer_cache["attn"], history, index, valid)
-        window = jnp.concatenate([history, x_t.astype(history.dtype)], axis=1)
+        window = _after_history(x_t.astype(history.dtype), history, self.short_conv)
         return out, {"attn": cache, "conv": window[:, 1:]}
 
     def _decode(self, x_t, layer_cache, history, index, valid):

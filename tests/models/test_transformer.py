@@ -23,6 +23,7 @@ CONV_KINDS = {
     "softmax-conv": dict(attention="softmax", short_conv=3),
     "linear-elu-conv": dict(attention="linear", feature_map="elu", short_conv=3),
 }
+DECODER_KINDS = {**CAUSAL_KINDS, **CONV_KINDS}
 ENCODER_KINDS = {
     **CAUSAL_KINDS,
     "linear-softmax": dict(attention="linear", feature_map="softmax"),
@@ -48,7 +49,7 @@ def _assert_close(a, b, atol=1e-5):
     + [(k, "rotary") for k in CONV_KINDS],
 )
 def test_decoder_lm_shapes_causality_and_decode(kind, positions):
-    cfg = _cfg(positions=positions, num_segments=2, **{**CAUSAL_KINDS, **CONV_KINDS}[kind])
+    cfg = _cfg(positions=positions, num_segments=2, **DECODER_KINDS[kind])
     model = DecoderLM(cfg, rngs=nnx.Rngs(0))
     toks = _tokens(length=11)
     seg = jnp.broadcast_to((jnp.arange(11) >= 5).astype(jnp.int32), toks.shape)
@@ -71,7 +72,7 @@ def test_decoder_lm_shapes_causality_and_decode(kind, positions):
 
 @pytest.mark.parametrize("kind", ["softmax", "linear-elu", *CONV_KINDS])
 def test_decoder_lm_padding_invariance_and_ragged_prefill(kind):
-    model = DecoderLM(_cfg(**{**CAUSAL_KINDS, **CONV_KINDS}[kind]), rngs=nnx.Rngs(1))
+    model = DecoderLM(_cfg(**DECODER_KINDS[kind]), rngs=nnx.Rngs(1))
     toks = _tokens(length=9)
     lengths = jnp.array([9, 6])
     mask = jnp.arange(9)[None] < lengths[:, None]
@@ -122,7 +123,7 @@ def test_bert_unilm_mask_and_incremental_decoding():
 
 @pytest.mark.parametrize("kind", [*CAUSAL_KINDS, "softmax-conv"])
 def test_encoder_decoder_forward_and_decode(kind):
-    cfg = _cfg(num_decoder_layers=1, **{**CAUSAL_KINDS, **CONV_KINDS}[kind])
+    cfg = _cfg(num_decoder_layers=1, **DECODER_KINDS[kind])
     model = EncoderDecoder(cfg, rngs=nnx.Rngs(4))
     src, tgt = _tokens(length=10), _tokens(length=7, seed=1).at[:, 0].set(1)
     src_mask = jnp.arange(10)[None] < jnp.array([[10], [6]])
