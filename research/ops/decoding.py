@@ -11,12 +11,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from research.ops.checks import check_positive_int
+
 StepFn = Callable[[jax.Array, object], tuple[jax.Array, object]]
 
 
 def check_max_new_tokens(max_new_tokens) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    check_positive_int("max_new_tokens", max_new_tokens)
 
 
 def _check(max_new_tokens: int, stop_tokens: Sequence[int]):
@@ -116,8 +117,7 @@ def beam_search(
     Returns (tokens [B, beam_size, max_new_tokens], scores [B, beam_size]), best first.
     """
     _check(max_new_tokens, ())
-    if not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    check_positive_int("beam_size", beam_size)
     b, vocab = logits.shape
     if beam_size > vocab:
         raise ValueError(f"beam_size {beam_size} exceeds the vocabulary size {vocab}")

@@ -10,10 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.ops.checks import check_positive_int
+
 FeatureMap = Callable[[jax.Array], jax.Array]
 
 # Names accepted by `linear_attention(feature_map=...)`. "softmax" is special: it is not a
-# per-token map (keys are normalised over positions), see `research.ops.attention`.
+# per-token map (keys are normalised over positions), see `research.ops.attention.linear`.
 FEATURE_MAP_NAMES = ("elu", "relu", "taylor", "softmax")
 
 
@@ -55,10 +57,8 @@ def favor_projection(key: jax.Array, num_features: int, head_dim: int) -> jax.Ar
 
     Returns: [num_features, head_dim] float32.
     """
-    if not isinstance(num_features, int) or num_features < 1:
-        raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-    if not isinstance(head_dim, int) or head_dim < 1:
-        raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
+    check_positive_int("num_features", num_features)
+    check_positive_int("head_dim", head_dim)
     num_blocks = -(-num_features // head_dim)
     block_key, norm_key = jax.random.split(key)
     gauss = jax.random.normal(block_key, (num_blocks, head_dim, head_dim), jnp.float32)

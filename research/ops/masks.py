@@ -6,6 +6,8 @@ Combine them with `&`; pass the result as `mask=` to `research.ops.attention.sof
 import jax
 import jax.numpy as jnp
 
+from research.ops.checks import check_positive_int
+
 
 def _check_ids(name: str, ids) -> jax.Array:
     ids = jnp.asarray(ids)
@@ -24,9 +26,8 @@ def padding_mask(tokens: jax.Array, *, pad_id: int = 0) -> jax.Array:
 def causal_mask(q_length: int, kv_length: int | None = None) -> jax.Array:
     """[1, 1, q_length, kv_length]: query i sees keys j <= i (top-left aligned)."""
     kv_length = q_length if kv_length is None else kv_length
-    for name, n in (("q_length", q_length), ("kv_length", kv_length)):
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} must be a positive int, got {n!r}")
+    check_positive_int("q_length", q_length)
+    check_positive_int("kv_length", kv_length)
     return jnp.tril(jnp.ones((q_length, kv_length), bool))[None, None]
 
 

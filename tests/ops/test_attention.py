@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 
 from research.ops import attention as att
 from research.ops import feature_maps as fm
+from research.ops.attention import common, linear
+from research.ops.attention.linear import naive
+from research.ops.attention.linear.chunk import chunk_blocks
 from tests.ops.references import NP_FEATURE_MAPS, np_linear_attention, np_softmax_attention
 
 ATOL = 1e-4
@@ -147,13 +150,13 @@ def test_chunked_and_scan_gradients_equal_reference(s):
 
 @pytest.mark.parametrize("length", [190, 150])  # 24 chunks: 3 blocks of 8; 19: padded to 24
 @pytest.mark.parametrize("feature_map", ["elu", "taylor", "favor"])
-def test_chunked_kernel_across_blocks_equals_cumsum_form(monkeypatch, length, feature_map):
+def test_chunked_kernel_across_blocks_equals_cumsum_form(length, feature_map):
     """The chunked kernel walks blocks of chunks with a hand-written VJP; shrink the block so
     several blocks (and block padding) are exercised, with a key mask and an initial state,
     and compare values and all gradients with the autodiff'd cumsum form."""
     b, h, d, chunk = 2, 2, 8, 8
-    monkeypatch.setattr(att, "_BLOCK_BYTES", 4 * b * h * (d + 1) * chunk * 4)
-    nc, nb = att._chunk_blocks(length, chunk, 4 * b * h * (d + 1), d)
+    block_bytes = 4 * b * h * (d + 1) * chunk * 4
+    nc, nb = chunk_blocks(length, chunk, 4 * b * h * (d + 1), d, block_bytes)
     assert (nc, nb) == (8, 3)
     if feature_map == "favor":
         feature_map = fm.favor(fm.favor_projection(jax.random.PRNGKey(3), 16, d))
@@ -169,7 +172,8 @@ def test_chunked_kernel_across_blocks_equals_cumsum_form(monkeypatch, length, fe
         def fn(q, k, v, s0, z0):
             init = att.LinearAttentionState(s0, z0)
             out = att.linear_attention(q, k, v, feature_map=feature_map, causal=True, form=form,
-                                       chunk_size=chunk, mask=mask, initial_state=init)  # fmt: skip
+                                       chunk_size=chunk, mask=mask, initial_state=init,
+                                       block_bytes=block_bytes)  # fmt: skip
             return jnp.sum(out * cot), out
 
         return jax.value_and_grad(fn, argnums=(0, 1, 2, 3, 4), has_aux=True)
@@ -379,6 +383,73 @@ def test_linformer_equals_softmax_over_projected_keys():
         q, np.einsum("mn,bnhd->bmhd", e, km), np.einsum("mn,bnhd->bmhd", f, vm)
     )
     np.testing.assert_allclose(att.linformer_attention(q, k, v, e, f, mask=mask), want, atol=1e-5)
+
+
+# ---------------------------------------------------------------- naive reference, block sizes
+@pytest.mark.parametrize("masked", [False, True])
+def test_naive_quadratic_equals_chunked_scan_and_cumsum(masked):
+    """linear/naive.py's O(L^2) masked form, on the same features, equals every causal form
+    (chunked across several blocks, with block padding)."""
+    b, length, h, d = 2, 150, 2, 8
+    q, k, v = _qkv(21, b, length, length, h, d)
+    mask = jnp.asarray(_key_mask(21, b, length)) if masked else None
+    fq, fk = linear.features(q, k, "elu", mask)
+    want = naive.quadratic(fq, fk, jnp.asarray(v))
+    for form, block_bytes in [("chunked", None), ("chunked", 1), ("scan", None), ("cumsum", None)]:
+        got = att.linear_attention(q, k, v, causal=True, form=form, mask=mask, chunk_size=4,
+                                   block_bytes=block_bytes)  # fmt: skip
+        np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-6, err_msg=form)
+    ref = np_linear_attention(q, k, v, NP_FEATURE_MAPS["elu"], causal=True, key_mask=mask)
+    np.testing.assert_allclose(want, ref, atol=2e-6, rtol=2e-6)
+
+
+def test_cpu_default_block_sizes_are_the_tuned_values():
+    assert common.default_block_sizes("cpu") == (512, 512, 2**20)
+    assert common.default_block_sizes("unknown") == common.default_block_sizes("cpu")
+
+
+@pytest.mark.parametrize("feature_map", ["elu", "favor"])
+def test_linear_block_bytes_changes_no_value_or_gradient(feature_map):
+    """block_bytes only tiles the chunked kernel: tiny blocks (many, padded) equal the default."""
+    b, length, h, d = 2, 150, 2, 8
+    if feature_map == "favor":
+        feature_map = fm.favor(fm.favor_projection(jax.random.PRNGKey(4), 16, d))
+    q, k, v = _qkv(31, b, length, length, h, d)
+    mask = jnp.asarray(_key_mask(31, b, length))
+    cot = np.random.default_rng(32).standard_normal(v.shape).astype(np.float32)
+
+    def run(block_bytes):
+        def loss(q, k, v):
+            out = att.linear_attention(q, k, v, feature_map=feature_map, causal=True, mask=mask,
+                                       chunk_size=8, block_bytes=block_bytes)  # fmt: skip
+            return jnp.sum(out * cot), out
+
+        return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+
+    assert chunk_blocks(length, 8, 4 * b * h * d, d, 1)[1] > 1  # tiny blocks: several of them
+    (_, small), small_grads = run(1)
+    (_, default), default_grads = run(None)
+    np.testing.assert_allclose(small, default, atol=1e-5, rtol=1e-5)
+    for name, g, w in zip("qkv", small_grads, default_grads, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def test_softmax_block_sizes_change_no_value_or_gradient():
+    q, k, v = _qkv(41, 2, 45, 45, 2, 8)
+    cot = np.random.default_rng(42).standard_normal(q.shape).astype(np.float32)
+
+    def run(**blocks):
+        def loss(q, k, v):
+            out = att.softmax_attention(q, k, v, causal=True, implementation="blockwise", **blocks)
+            return jnp.sum(out * cot), out
+
+        return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+
+    (_, small), small_grads = run(block_q=8, block_k=16)
+    (_, default), default_grads = run()
+    np.testing.assert_allclose(small, default, atol=1e-5, rtol=1e-5)
+    for name, g, w in zip("qkv", small_grads, default_grads, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5, err_msg=name)
 
 
 # ---------------------------------------------------------------- bad input

@@ -8,7 +8,8 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from research.ops import attention as att
-from research.ops import context_parallel as cp
+from research.ops.attention import context_parallel as cp
+from research.ops.attention import cost
 
 SEQ = P(None, "seq")
 
@@ -78,9 +79,10 @@ def test_initial_state_continues_a_prefix():
 def test_bytes_communicated():
     kw = dict(batch=1, length=1 << 20, heads=4, kv_heads=4, head_dim=64, value_dim=64,
               feature_dim=64, devices=8)  # fmt: skip
-    assert cp.bytes_communicated("linear", **kw) == 4 * 3 * 4 * (64 * 64 + 64)
-    assert cp.bytes_communicated("ring", **kw) == 4 * 7 * (1 << 17) * 4 * 128
-    assert cp.bytes_communicated("linear", **{**kw, "length": 1 << 10}) == cp.bytes_communicated(
+    assert cost.bytes_communicated("linear", **kw) == 4 * 3 * 4 * (64 * 64 + 64)
+    assert cost.bytes_communicated("ring", **kw) == 4 * 7 * (1 << 17) * 4 * 128
+    short = {**kw, "length": 1 << 10}
+    assert cost.bytes_communicated("linear", **short) == cost.bytes_communicated(
         "linear", **kw)  # independent of length  # fmt: skip
 
 

@@ -1,9 +1,9 @@
 """Context parallelism: attention with the sequence axis sharded over a mesh axis.
 
 Call these inside `jax.shard_map` with q, k, v split along length over `axis_name` (device i
-holds positions [i L/P, (i+1) L/P)); each returns this device's outputs. Both equal the
-single-device causal result (tests/ops/test_context_parallel.py). `axis_size` is read from the
-mesh when omitted; a given one must match it.
+holds positions [i L/P, (i+1) L/P), N = L/P of them); each returns this device's outputs. Both
+equal the single-device causal result (tests/ops/test_context_parallel.py). `axis_size` is read
+from the mesh when omitted; a given one must match it.
 
 linear: each device sums its keys into a d_k x d_v state, an exclusive prefix of those states
   over devices (Hillis-Steele, log2 P `ppermute`s of one state each) gives the sums of all earlier
@@ -12,15 +12,24 @@ linear: each device sums its keys into a d_k x d_v state, an exclusive prefix of
 softmax: ring attention (Liu et al. 2023): K/V blocks travel around the ring with `ppermute`
   for P - 1 steps while each device merges their contributions into an online softmax.
   Communication per device: (P - 1) x B (L/P) Hkv (D + Dv) floats.
+The byte counts are `cost.bytes_communicated`.
 """
 
-import math
+# jaxtyping shape strings ("B L H D") are not forward references.
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jaxtyping import Array, Float
 
-from research.ops import attention as att
+from research.ops.attention.common import check_qkv, repeat_kv
+from research.ops.attention.linear import (
+    LinearAttentionState,
+    linear_attention,
+    linear_attention_state,
+)
+from research.ops.attention.softmax import online_softmax_update
+from research.ops.checks import check_causal_allowed
 
 
 def _axis_size(axis_name: str, axis_size: int | None) -> int:
@@ -47,40 +56,48 @@ def _exclusive_prefix(x, axis_name: str, size: int):
 
 
 def linear_attention_cp(
-    q,
-    k,
-    v,
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B N Hkv D"],
+    v: Float[Array, "B N Hkv Dv"],
     *,
     axis_name: str,
     axis_size: int | None = None,
     feature_map="elu",
     form: str = "chunked",
     chunk_size: int = 64,
-):
+    block_bytes: int | None = None,
+) -> Float[Array, "B N H Dv"]:
     """Causal linear attention on this device's sequence block; see the module docstring.
 
     q [B, L/P, H, D], k [B, L/P, Hkv, D], v [B, L/P, Hkv, Dv] (this device's block).
     """
-    if feature_map == "softmax":
-        raise ValueError("feature_map='softmax' normalises over all positions; it cannot be causal")
+    check_causal_allowed(feature_map=feature_map)
     axis_size = _axis_size(axis_name, axis_size)
     heads = q.shape[2]
-    kr, vr = att._repeat_kv(k, heads), att._repeat_kv(v, heads)
-    local = att.linear_attention_state(kr, vr, feature_map=feature_map)
+    kr, vr = repeat_kv(k, heads), repeat_kv(v, heads)
+    local = linear_attention_state(kr, vr, feature_map=feature_map)
     s_prev, z_prev = _exclusive_prefix((local.s, local.z), axis_name, axis_size)
-    return att.linear_attention(
+    return linear_attention(
         q, k, v, feature_map=feature_map, causal=True, form=form, chunk_size=chunk_size,
-        initial_state=att.LinearAttentionState(s_prev, z_prev),
+        block_bytes=block_bytes, initial_state=LinearAttentionState(s_prev, z_prev),
     )  # fmt: skip
 
 
-def ring_attention(q, k, v, *, axis_name: str, axis_size: int | None = None,
-                   causal: bool = True, scale: float | None = None):  # fmt: skip
+def ring_attention(
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B N Hkv D"],
+    v: Float[Array, "B N Hkv Dv"],
+    *,
+    axis_name: str,
+    axis_size: int | None = None,
+    causal: bool = True,
+    scale: float | None = None,
+) -> Float[Array, "B N H Dv"]:
     """Ring attention on this device's block: out_i = softmax over all keys j (<= i if causal).
 
     q [B, L/P, H, D], k [B, L/P, Hkv, D], v [B, L/P, Hkv, Dv]. Logits and sums in fp32.
     """
-    att._check_qkv(q, k, v)
+    check_qkv(q, k, v)
     axis_size = _axis_size(axis_name, axis_size)
     b, n, h, d = q.shape
     scale = d**-0.5 if scale is None else scale
@@ -90,13 +107,13 @@ def ring_attention(q, k, v, *, axis_name: str, axis_size: int | None = None,
     perm = [(i, (i + 1) % axis_size) for i in range(axis_size)]
 
     def merge(carry, kv, s):
-        kb, vb = (jnp.swapaxes(att._repeat_kv(x, h), 1, 2).astype(jnp.float32) for x in kv)
+        kb, vb = (jnp.swapaxes(repeat_kv(x, h), 1, 2).astype(jnp.float32) for x in kv)
         src = (idx - s) % axis_size  # which device's keys these are
         logits = jnp.einsum("bhqd,bhkd->bhqk", qt, kb) * scale
         if causal:
             visible = (src * n + pos[None, :]) <= (idx * n + pos[:, None])
             logits = jnp.where(visible, logits, -jnp.inf)
-        return att.online_softmax_update(carry, logits, vb)
+        return online_softmax_update(carry, logits, vb)
 
     carry = (jnp.full((b, h, n), -jnp.inf), jnp.zeros((b, h, n)), jnp.zeros((b, h, n, v.shape[-1])))
     # The backward pass recomputes each step's logits instead of storing P blocks of them.
@@ -111,18 +128,3 @@ def ring_attention(q, k, v, *, axis_name: str, axis_size: int | None = None,
     (_, l, acc), _ = lax.fori_loop(1, axis_size, step, (carry, (k, v)))
     out = acc / jnp.where(l > 0, l, 1.0)[..., None]
     return jnp.swapaxes(out, 1, 2).astype(q.dtype)
-
-
-def bytes_communicated(
-    kind: str, *, batch: int, length: int, heads: int, kv_heads: int, head_dim: int,
-    value_dim: int, feature_dim: int, devices: int,
-) -> int:  # fmt: skip
-    """fp32 bytes each device sends for one forward (see the module docstring)."""
-    if devices == 1:
-        return 0
-    if kind == "linear":
-        steps = math.ceil(math.log2(devices))
-        return 4 * steps * batch * heads * (feature_dim * value_dim + feature_dim)
-    if kind == "ring":
-        return 4 * (devices - 1) * batch * (length // devices) * kv_heads * (head_dim + value_dim)
-    raise ValueError(f"unknown kind {kind!r}; allowed: linear, ring")

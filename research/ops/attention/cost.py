@@ -1,0 +1,74 @@
+"""Analytic costs of attention: FLOPs and communicated bytes, shared by research.bench and plan.
+
+FLOPs count multiply-adds as 2 and ignore softmax / normalisation arithmetic. Forward, per
+batch and head, with L tokens, D = head_dim, Dv = value_dim, F = feature_dim, C = chunk_size:
+  softmax (any implementation): Lq Lk (D + Dv) x 2, halved when causal (only the lower triangle
+    of QK^T and PV is needed); 2 L^2 D for causal self-attention with Dv = D.
+  linear chunked (causal): L (2 C F + 2 C Dv + 4 F Dv): the C x C intra-chunk scores and their
+    product with V, plus phi(Q) S and the state update phi(K)^T V.
+  linear scan / cumsum, and every non-causal linear form: L 4 F Dv.
+Forward+backward is counted as 3.5 x forward (the FlashAttention convention).
+
+Communication (context parallelism, `research.ops.attention.context_parallel`), fp32 bytes each
+device sends in one forward:
+  linear: ceil(log2 P) x B H (F Dv + F) x 4 (a log-depth prefix of the d_k x d_v states);
+  ring:   (P - 1) x B (L/P) Hkv (D + Dv) x 4 (K/V blocks passed around the ring).
+"""
+
+import math
+
+# Forward+backward FLOPs as a multiple of the forward's.
+BACKWARD_FLOP_FACTOR = 3.5
+
+FLOP_IMPLS = ("softmax", "softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan",
+              "linear-cumsum")  # fmt: skip
+
+
+def attention_flops(
+    impl: str,
+    *,
+    batch: int,
+    length: int,
+    heads: int,
+    head_dim: int,
+    value_dim: int | None = None,
+    feature_dim: int | None = None,
+    chunk_size: int = 64,
+    causal: bool = True,
+    backward: bool = False,
+) -> float:
+    """FLOPs of one self-attention call over `length` tokens (see the module docstring).
+
+    impl: one of FLOP_IMPLS ("softmax" covers every softmax implementation, e.g. torch SDPA).
+    value_dim and feature_dim default to head_dim. backward=True returns forward+backward.
+    """
+    if impl not in FLOP_IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(FLOP_IMPLS)}")
+    dv = head_dim if value_dim is None else value_dim
+    f = head_dim if feature_dim is None else feature_dim
+    if impl.startswith("softmax"):
+        per_row = length * (head_dim + dv) * (1 if causal else 2)
+    else:
+        per_row = 4 * f * dv
+        if impl == "linear-chunked" and causal:  # non-causal is always the two-matmul form
+            per_row += 2 * chunk_size * f + 2 * chunk_size * dv
+    forward = float(batch * heads * length * per_row)
+    return forward * BACKWARD_FLOP_FACTOR if backward else forward
+
+
+def bytes_communicated(
+    kind: str, *, batch: int, length: int, heads: int, kv_heads: int, head_dim: int,
+    value_dim: int, feature_dim: int, devices: int,
+) -> int:  # fmt: skip
+    """fp32 bytes each device sends for one context-parallel forward (module docstring).
+
+    kind: "linear" (`linear_attention_cp`) or "ring" (`ring_attention`).
+    """
+    if devices == 1:
+        return 0
+    if kind == "linear":
+        steps = math.ceil(math.log2(devices))
+        return 4 * steps * batch * heads * (feature_dim * value_dim + feature_dim)
+    if kind == "ring":
+        return 4 * (devices - 1) * batch * (length // devices) * kv_heads * (head_dim + value_dim)
+    raise ValueError(f"unknown kind {kind!r}; allowed: linear, ring")
