@@ -4,6 +4,7 @@ import dataclasses
 
 from research.ops import attention as att
 from research.ops import feature_maps as fm
+from research.ops.checks import check_positive_int, is_positive_int
 
 ATTENTION_KINDS = ("softmax", "linear", "linformer")
 POSITIONS = ("learned", "sinusoidal", "rotary", "none")
@@ -55,12 +56,10 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_length",
                      "favor_features", "chunk_size", "linformer_k"):  # fmt: skip
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         for name in ("num_kv_heads", "num_decoder_layers"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and not is_positive_int(value):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
         choices = {
             "positions": POSITIONS,

@@ -1,38 +1,99 @@
-"""Thin adapter: run `research.ops.decoding` on a model, the whole decode in one `jax.jit`.
+"""Run `research.ops.decoding` on a model: `decode` (traceable) and `generate` (one `jax.jit`).
 
-The model is split into (graphdef, state) with `nnx.split` and merged back inside the jitted
-function, so parameters are ordinary jit arguments and nothing is retraced per call.
+`decode` prefills a `DecoderLM`, a UniLM `Bert` or an `EncoderDecoder` and runs greedy / sample
+/ beam search; it has no jit of its own, so training losses call it inside theirs. `generate`
+checks its arguments, then runs `decode` in one jitted function: the model is split into
+(graphdef, state) with `nnx.split` and merged back inside, so parameters are ordinary jit
+arguments and nothing is retraced per call.
 """
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from research.models.transformer import EncoderDecoder
 from research.ops import decoding
 
-METHODS = ("greedy", "sample", "beam")
+DECODERS = {"greedy": decoding.greedy, "sample": decoding.sample, "beam": decoding.beam_search}
+METHODS = tuple(DECODERS)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "method", "max_new_tokens", "options"))
-def _decode(graphdef, state, prompt, lengths, key, *, method, max_new_tokens, options):
-    model = nnx.merge(graphdef, state)
-    opts = dict(options)
-    segment = opts.pop("segment", None)
-    kwargs = {} if segment is None else {"segment": segment}
-    logits, cache = model.prefill(
-        prompt, lengths=lengths, max_length=prompt.shape[1] + max_new_tokens
+def _keyword_options(fn, *, required_only=False):
+    """The keyword-only options of a decoding function (all, or those without a default)."""
+    return frozenset(
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+        and p.name != "max_new_tokens"
+        and not (required_only and p.default is not p.empty)
     )
 
-    def step(token, cache):
-        return model.decode_step(token, cache, **kwargs)
 
-    if method == "greedy":
-        return decoding.greedy(step, logits, cache, max_new_tokens=max_new_tokens, **opts)
+# method -> the keyword options its `research.ops.decoding` function takes (and must be given).
+OPTIONS = {m: _keyword_options(fn) for m, fn in DECODERS.items()}
+REQUIRED = {m: _keyword_options(fn, required_only=True) for m, fn in DECODERS.items()}
+
+
+def check_options(method: str, options) -> None:
+    """ValueError for an unknown method, an option `method` does not take, or a missing one."""
+    if method not in DECODERS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    allowed = ", ".join(sorted(OPTIONS[method]))
+    for name in options:
+        if name not in OPTIONS[method]:
+            raise ValueError(f"unknown option {name!r} for method={method!r}; allowed: {allowed}")
+    missing = sorted(REQUIRED[method] - set(options))
+    if missing:
+        raise ValueError(f"method={method!r} needs option(s) {', '.join(missing)}")
+
+
+def decode(model, prompt, *, lengths, max_new_tokens: int, method: str, key=None, bos_id=None,
+           segment=None, **options):  # fmt: skip
+    """Prefill and decode; traceable (no jit here), so it runs inside a jitted loss.
+
+    DecoderLM / Bert: prompt [B, P] right-padded to `lengths` [B]; the cache holds P +
+    max_new_tokens positions; `segment` (int or [B]) applies to new tokens (Bert: the prompt is
+    segment 0, new tokens segment 1 unless given). EncoderDecoder: prompt = source ids [B, S],
+    src_mask = position < lengths, and decoding starts from `bos_id`.
+    `options` go to `research.ops.decoding.greedy / sample / beam_search` (see OPTIONS).
+    Returns tokens [B, max_new_tokens], or for "beam" (tokens [B, K, N], scores [B, K]).
+    """
+    check_options(method, options)
+    if method == "sample" and key is None:
+        raise ValueError("method='sample' needs a PRNG key")
+    lengths = jnp.asarray(lengths)
+    if isinstance(model, EncoderDecoder):
+        if bos_id is None:
+            raise ValueError("an EncoderDecoder decodes from bos_id; pass bos_id=")
+        if segment is not None:
+            raise ValueError("an EncoderDecoder has no segments; drop segment=")
+        src_mask = jnp.arange(prompt.shape[1])[None, :] < lengths[:, None]
+        logits, cache = model.prefill(prompt, src_mask=src_mask, bos_id=bos_id,
+                                      max_length=max_new_tokens + 1)  # fmt: skip
+        step = model.decode_step
+    else:
+        logits, cache = model.prefill(
+            prompt, lengths=lengths, max_length=prompt.shape[1] + max_new_tokens
+        )
+        kwargs = {} if segment is None else {"segment": segment}
+        step = functools.partial(model.decode_step, **kwargs)
     if method == "sample":
-        return decoding.sample(step, logits, cache, key, max_new_tokens=max_new_tokens, **opts)
-    return decoding.beam_search(step, logits, cache, max_new_tokens=max_new_tokens, **opts)
+        return decoding.sample(step, logits, cache, key, max_new_tokens=max_new_tokens, **options)
+    return DECODERS[method](step, logits, cache, max_new_tokens=max_new_tokens, **options)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "method", "max_new_tokens", "bos_id", "options")
+)
+def _decode_jit(graphdef, state, prompt, lengths, key, segment, *, method, max_new_tokens,
+                bos_id, options):  # fmt: skip
+    model = nnx.merge(graphdef, state)
+    return decode(model, prompt, lengths=lengths, max_new_tokens=max_new_tokens, method=method,
+                  key=key, bos_id=bos_id, segment=segment, **dict(options))  # fmt: skip
 
 
 def _check_concrete(model, prompt, lengths):
@@ -51,25 +112,38 @@ def _check_concrete(model, prompt, lengths):
 
 
 def generate(model, prompt, *, lengths=None, max_new_tokens: int, method: str = "greedy",
-             key=None, **options):  # fmt: skip
-    """Continue right-padded prompts [B, P] (`lengths` [B]) of a `DecoderLM` or UniLM `Bert`.
+             key=None, bos_id=None, segment=None, **options):  # fmt: skip
+    """Continue right-padded prompts [B, P] (`lengths` [B]) of a `DecoderLM` or UniLM `Bert`, or
+    decode from sources [B, S] (`lengths` = source lengths) of an `EncoderDecoder` (`bos_id`).
 
     method "greedy" / "sample" (options: temperature, top_k, top_p, stop_tokens, pad_id) return
-    tokens [B, max_new_tokens]; "beam" (beam_size, eos_id, alpha) returns (tokens [B, K, N],
-    scores [B, K]). `segment` (DecoderLM speakers; Bert defaults to 1) applies to new tokens.
+    tokens [B, max_new_tokens]; "beam" (beam_size, eos_id, alpha, pad_id) returns (tokens [B, K,
+    N], scores [B, K]). `segment` (DecoderLM speakers; Bert defaults to 1) applies to new tokens.
+    Arguments are checked here, before tracing; the decode itself is `decode` under one jit.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    check_options(method, options)
     if method == "sample" and key is None:
         raise ValueError("method='sample' needs a PRNG key")
     decoding.check_max_new_tokens(max_new_tokens)  # before prefill sizes the cache with it
     prompt = jnp.asarray(prompt, jnp.int32)
     if prompt.ndim != 2:
         raise ValueError(f"prompt must be [batch, length] token ids, got shape {prompt.shape}")
+    if isinstance(model, EncoderDecoder):
+        vocab = model.cfg.vocab_size
+        if not (isinstance(bos_id, int | np.integer) and 0 <= bos_id < vocab):
+            raise ValueError(f"an EncoderDecoder needs bos_id, an int in [0, {vocab}), got "
+                             f"{bos_id!r}")  # fmt: skip
+        if segment is not None:
+            raise ValueError("an EncoderDecoder has no segments; drop segment=")
+    elif bos_id is not None:
+        raise ValueError(f"bos_id is for an EncoderDecoder; a {type(model).__name__} continues "
+                         "its prompt")  # fmt: skip
     lengths = jnp.full(prompt.shape[:1], prompt.shape[1]) if lengths is None else lengths
     _check_concrete(model, prompt, jnp.asarray(lengths))
+    bos_id = None if bos_id is None else int(bos_id)
     key = jax.random.PRNGKey(0) if key is None else key
     graphdef, state = nnx.split(model)
     opts = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
-    return _decode(graphdef, state, prompt, jnp.asarray(lengths, jnp.int32), key, method=method,
-                   max_new_tokens=max_new_tokens, options=opts)  # fmt: skip
+    return _decode_jit(graphdef, state, prompt, jnp.asarray(lengths, jnp.int32), key, segment,
+                       method=method, max_new_tokens=max_new_tokens, bos_id=bos_id,
+                       options=opts)  # fmt: skip

@@ -13,7 +13,7 @@ from flax import nnx
 
 from research import ops
 from research.models.config import ModelConfig
-from research.models.layers import ACTIVATION_FNS, Block, Embeddings, _linear, axes, layer_norm
+from research.models.layers import ACTIVATION_FNS, Block, Embeddings, axes, dense, layer_norm
 
 
 def _check_inputs(cfg: ModelConfig, tokens, segment_ids=None, mask=None, name="tokens"):
@@ -113,7 +113,7 @@ class DecoderLM(_Stack):
         self.lm_head = (
             None
             if cfg.tie_embeddings
-            else _linear(cfg, cfg.d_model, cfg.vocab_size, "embed", "vocab", rngs, False)
+            else dense(cfg, cfg.d_model, cfg.vocab_size, "embed", "vocab", rngs, False)
         )
 
     def hidden_states(self, tokens, *, segment_ids=None, mask=None):
@@ -167,11 +167,11 @@ class Bert(_Stack):
         self.final_norm = layer_norm(cfg, rngs) if cfg.norm == "pre" else None
         head = cfg.mlm_head
         d = cfg.d_model
-        self.mlm_transform = _linear(cfg, d, d, "embed", "embed", rngs, True) if head else None
+        self.mlm_transform = dense(cfg, d, d, "embed", "embed", rngs, True) if head else None
         self.mlm_norm = layer_norm(cfg, rngs) if head else None
         bias = nnx.Param(jnp.zeros((cfg.vocab_size,)), **axes("vocab"))
         self.mlm_bias = bias if head else None
-        self.pooler = _linear(cfg, d, d, "embed", "embed", rngs, True) if cfg.pooler else None
+        self.pooler = dense(cfg, d, d, "embed", "embed", rngs, True) if cfg.pooler else None
 
     def __call__(self, tokens, *, segment_ids=None, mask=None, unilm: bool = False,
                  embedding_delta=None) -> BertOutput:  # fmt: skip

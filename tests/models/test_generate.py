@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from research.models import DecoderLM, ModelConfig
-from research.models.generate import generate
+from research.models import Bert, DecoderLM, EncoderDecoder, ModelConfig
+from research.models.generate import decode, generate
 
 CFG = ModelConfig(vocab_size=30, d_model=16, num_heads=2, num_layers=2, d_ff=32, max_length=32,
                   chunk_size=4)  # fmt: skip
@@ -64,3 +64,61 @@ def test_generate_bad_arguments():
         generate(model, prompt, lengths=jnp.array([0, 4]), max_new_tokens=2)
     with pytest.raises(ValueError, match=r"lengths must be \[batch\] = \(2,\), got \(1,\)"):
         generate(model, prompt, lengths=jnp.array([3]), max_new_tokens=2)
+
+
+def test_encoder_decoder_greedy_equals_a_teacher_forced_argmax_loop():
+    model = EncoderDecoder(CFG.replace(num_layers=1), rngs=nnx.Rngs(2))
+    src = jax.random.randint(jax.random.PRNGKey(3), (2, 7), 2, 30)
+    lengths = jnp.array([7, 4])
+    out = np.asarray(generate(model, src, lengths=lengths, max_new_tokens=5, bos_id=1))
+    src_mask = jnp.arange(7)[None] < lengths[:, None]
+    memory = model.encode(src, src_mask=src_mask)
+    tgt = np.ones((2, 1), np.int32)  # BOS, then each step's argmax fed back
+    for _ in range(5):
+        logits = model.decode(memory, jnp.asarray(tgt), src_mask=src_mask)
+        tgt = np.concatenate([tgt, np.argmax(np.asarray(logits)[:, -1], -1)[:, None]], axis=1)
+    np.testing.assert_array_equal(out, tgt[:, 1:])
+    # The traceable core runs inside a caller's jit (a training loss) with the same result.
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def inside(state, src, lengths):
+        return decode(nnx.merge(graphdef, state), src, lengths=lengths, max_new_tokens=5,
+                      method="greedy", bos_id=1)  # fmt: skip
+
+    np.testing.assert_array_equal(inside(state, src, lengths), out)
+
+
+def test_unilm_bert_beam_through_generate():
+    model = Bert(CFG.replace(norm="post", num_segments=2), rngs=nnx.Rngs(4))
+    prompt = jax.random.randint(jax.random.PRNGKey(5), (2, 5), 1, 30)
+    tokens, scores = generate(model, prompt, lengths=jnp.array([5, 3]), max_new_tokens=3,
+                              method="beam", beam_size=2, eos_id=0)  # fmt: skip
+    assert tokens.shape == (2, 2, 3) and scores.shape == (2, 2)
+    assert np.all(np.diff(np.asarray(scores), axis=1) <= 0)  # best first
+
+
+@pytest.mark.parametrize(
+    "method, options, message",
+    [
+        ("beam", dict(num_beams=2, eos_id=0),
+         "unknown option 'num_beams' for method='beam'; allowed: alpha, beam_size, eos_id, pad_id"),
+        ("greedy", dict(temperature=0.5),
+         "unknown option 'temperature' for method='greedy'; allowed: pad_id, stop_tokens"),
+        ("beam", dict(beam_size=2), "method='beam' needs option(s) eos_id"),
+    ],
+)  # fmt: skip
+def test_unknown_or_missing_option_is_one_line_naming_it(method, options, message):
+    model = DecoderLM(CFG, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError) as err:
+        generate(model, jnp.ones((1, 2), jnp.int32), max_new_tokens=2, method=method, **options)
+    assert str(err.value) == message
+
+
+def test_encoder_decoder_needs_bos_id():
+    model = EncoderDecoder(CFG.replace(num_layers=1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="EncoderDecoder needs bos_id"):
+        generate(model, jnp.ones((1, 3), jnp.int32), max_new_tokens=2)
+    with pytest.raises(ValueError, match="bos_id is for an EncoderDecoder"):
+        generate(DecoderLM(CFG, rngs=nnx.Rngs(0)), jnp.ones((1, 3), jnp.int32), max_new_tokens=2,
+                 bos_id=1)  # fmt: skip
