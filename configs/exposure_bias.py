@@ -8,7 +8,7 @@
         --config.base.seq2seq.tgt_len=48 --config.base.num_train_steps=20000
 
 Variants: baseline (teacher forcing), random_replacement, gradient_penalty, fgm,
-scheduled_sampling, scst, mrt (research.train.seq2seq.REMEDIES); each is a config value of
+scheduled_sampling, scst, mrt (research.tasks.seq2seq.REMEDIES); each is a config value of
 configs/seq2seq.py, which this sweep copies as `base`.
 
 Why this task: sorting digit strings (sources of 16 to 40 digits). The sorted output is fixed
@@ -27,8 +27,9 @@ from configs import seq2seq
 def get_config(preset: str = "") -> ConfigDict:
     c = ConfigDict()
     c.experiment = "exposure_bias"  # research.experiments.EXPERIMENTS
-    c.variants = "baseline,random_replacement,gradient_penalty,fgm,scheduled_sampling,scst,mrt"
-    c.seeds = "0,1,2"  # each seed: parameters, data order and the synthetic dataset
+    c.variants = ("baseline", "random_replacement", "gradient_penalty", "fgm", "scheduled_sampling",
+                  "scst", "mrt")  # fmt: skip
+    c.seeds = (0, 1, 2)  # each seed: parameters, data order and the synthetic dataset
     c.finetune_steps = 100  # SCST / MRT train the last N steps from the baseline's checkpoint
     c.base = seq2seq.get_config()
     c.base.data.update(seq2seq_task="sort", min_len=16, max_len=40)
@@ -36,7 +37,7 @@ def get_config(preset: str = "") -> ConfigDict:
     c.base.update(num_train_steps=300, eval_every_steps=300, eval_steps=8,
                   checkpoint_every_steps=300)  # fmt: skip
     if preset == "smoke":
-        c.seeds = "0"
+        c.seeds = (0,)
         c.finetune_steps = 2
         c.base = seq2seq.get_config("smoke")
         c.base.update(eval_every_steps=6)

@@ -15,33 +15,20 @@ Eval reports teacher-forced loss/accuracy and, from decodes with beam 1/2/3, Rou
 from ml_collections import ConfigDict
 
 from configs import common
+from research.config import section_defaults
+from research.tasks.seq2seq import Seq2seqConfig
 
 
 def get_config(preset: str = "") -> ConfigDict:
     c = common.base_config()
     c.task = "seq2seq"
     c.data.update(
-        source="seq2seq_synthetic",  # | jsonl:PATH ({"source", "target"} a line) | tfds:NAME
-        seq2seq_task="sort",  # synthetic: copy | reverse | sort | addition (builders.py)
-        min_len=8, max_len=24,  # synthetic: source lengths
-        source_key="document", target_key="summary",  # tfds:NAME feature names
+        source="seq2seq_synthetic", seq2seq_task="sort", min_len=8, max_len=24,
         train_examples=20_000, test_examples=512, seq_len=64, vocab_size=8000,
     )  # fmt: skip
-    c.seq2seq = ConfigDict(dict(
-        layout="encdec",  # encdec (EncoderDecoder) | unilm (Bert with the UniLM mask)
-        src_len=24, tgt_len=25,  # padded lengths; the target includes EOS
-        remedy="none",  # research.train.seq2seq.REMEDIES
-        label_smoothing=0.0,
-        replace_sample_prob=0.5, replace_token_prob=0.3, replace_pool="target",  # random repl.
-        penalty_epsilon=0.5,  # gradient penalty: CE + eps * |dCE/dE|^2
-        fgm_epsilon=0.5,  # FGM: |r| of the embedding perturbation
-        ss_schedule="inverse_sigmoid", ss_k=300.0, ss_floor=0.5, ss_slope=1e-4,  # sched. sampl.
-        ss_passes=1, ss_sample=False,  # extra passes; sample instead of argmax
-        seq_weight=0.5,  # scst / mrt: (1 - w) CE + w sequence loss
-        reward="rougeL",  # bleu | rouge1 | rouge2 | rougeL (research.ops.rewards)
-        sample_temperature=1.0, mrt_samples=4, mrt_alpha=0.05,
-        eval_beams="1,2,3",
-    ))  # fmt: skip
+    # research.tasks.seq2seq.Seq2seqConfig documents every key: layout, lengths, the remedy and
+    # its strengths, eval_beams.
+    c.seq2seq = section_defaults(Seq2seqConfig)
     c.model.update(d_model=64, num_heads=4, num_layers=2, d_ff=256, positions="rotary",
                    attention="softmax")  # fmt: skip
     c.update(batch_size=32, num_train_steps=600, eval_every_steps=600, eval_steps=8,
@@ -49,7 +36,7 @@ def get_config(preset: str = "") -> ConfigDict:
     c.optimizer.update(learning_rate=3e-3, warmup_steps=50, weight_decay=0.0)
     if preset == "smoke":
         c.data.update(min_len=3, max_len=6, train_examples=256, test_examples=32)
-        c.seq2seq.update(src_len=6, tgt_len=7, eval_beams="1,2")
+        c.seq2seq.update(src_len=6, tgt_len=7, eval_beams=(1, 2))
         c.model.update(d_model=32, d_ff=64, num_heads=2)
         c.update(batch_size=8, num_train_steps=6, eval_every_steps=3, eval_steps=2,
                  checkpoint_every_steps=3, log_every_steps=1)  # fmt: skip

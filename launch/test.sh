@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv if missing, installs seqlab with its test extras, lints, and runs the whole suite.
+# Creates .venv if missing, installs seqlab with its test extras, lints (ruff, the import-linter
+# architecture contracts), and runs the whole suite.
 # Extra arguments go to pytest, for example: ./launch/test.sh tests/ops -k linear
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,4 +8,5 @@ source launch/bootstrap.sh
 ensure_venv "test"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/lint-imports --no-cache  # architecture contracts in pyproject.toml
 exec .venv/bin/python -m pytest -n 2 "$@"

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from research import ops
-from research.bench.common import median_time
 from research.ops import attention as att
+from research.report import median_time
 
 
 def _timed(fn, *args):

@@ -48,7 +48,7 @@ def main(argv):
     from research.data import DataError
     from research.experiments.sweep import Preempted
     from research.train import distributed, loop
-    from research.train.config import ConfigError, validate
+    from research.train.config import ConfigError, parse
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax/grain INFO lines would bury the progress bar
@@ -74,8 +74,7 @@ def main(argv):
                 if jax.process_index() == 0:
                     print(e, flush=True)
             return 0
-        validate(config)
-        summary = loop.train_and_evaluate(config, _WORKDIR.value)
+        summary = loop.train_and_evaluate(parse(config), _WORKDIR.value)
     except (ConfigError, DataError) as e:
         fail(str(e))
     except loop.NonFiniteLoss as e:

@@ -9,7 +9,7 @@ torch.nn.functional.scaled_dot_product_attention on CPU when torch is installed;
 fp32, forward and forward+backward. Times are medians of `--repeats` after one warm-up call.
 Memory is XLA's compiled figure (arguments + outputs + temporaries, per device); a run whose
 compiled memory exceeds `--memory_budget_gb` is reported as skipped, not attempted.
-FLOP counts (forward; forward+backward counted as 3.5x forward, the FlashAttention convention):
+FLOP counts are `research.ops.attention.cost.attention_flops` (forward+backward = 3.5 x forward):
   softmax: 2 B H L^2 D (causal half of QK^T and PV);
   linear chunked: B H L (2 C F + 2 C Dv + 4 F Dv); scan and cumsum: B H L 4 F Dv.
 Decode: one token against a cache of `context` tokens; the softmax KV cache attends over it, the
@@ -21,7 +21,6 @@ attention.png to --out.
 """
 
 import argparse
-import csv
 import functools
 import os
 import pathlib
@@ -31,9 +30,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.bench.common import keep_freed_memory, machine_header, matmul_peak, median_time
 from research.cli import int_at_least, positive_float, positive_int, positive_ints
 from research.ops import attention as att
+from research.ops.attention.cost import attention_flops
+from research.report import (
+    format_table,
+    keep_freed_memory,
+    machine_header,
+    matmul_peak,
+    median_time,
+    save_figure,
+    write_csv,
+)
 
 IMPLS = ("softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan", "linear-cumsum")
 TORCH = "torch-sdpa"
@@ -44,13 +52,6 @@ def attention_fn(impl: str):
         return functools.partial(att.softmax_attention, causal=True,
                                  implementation=impl.split("-")[1])  # fmt: skip
     return functools.partial(att.linear_attention, causal=True, form=impl.split("-")[1])
-
-
-def flops(impl: str, b, length, h, d, chunk=64) -> float:
-    if impl.startswith("softmax") or impl == TORCH:
-        return 2.0 * b * h * length * length * d
-    per_token = 4 * d * d + (2 * chunk * d * 2 if impl == "linear-chunked" else 0)
-    return float(b * h * length * per_token)
 
 
 def _inputs(b, length, h, d, dtype=jnp.float32):
@@ -158,7 +159,9 @@ def run(args) -> list[dict]:
                     r = measure_torch(mode, b, length, h, d, args.repeats)
                 else:
                     r = measure_jax(impl, mode, b, length, h, d, args.repeats, budget)
-                work = flops(impl, b, length, h, d) * (1.0 if mode == "fwd" else 3.5)
+                work = attention_flops("softmax" if impl == TORCH else impl, batch=b,
+                                       length=length, heads=h, head_dim=d,
+                                       backward=mode != "fwd")  # fmt: skip
                 r.update(kind=mode, impl=impl, length=length,
                          tokens_per_second=b * length / r["seconds"],
                          gflops_per_second=work / r["seconds"] / 1e9,
@@ -253,48 +256,46 @@ TARGETS = (
 )  # fmt: skip
 
 
-def targets(rows) -> list[str]:
-    """One markdown row per target: measured value ('not measured' if absent), goal, status."""
+def targets(rows) -> list[dict]:
+    """One table row per target: measured value ('not measured' if absent), goal, status."""
     out = []
     for name, value, goal, ok in TARGETS:
         v = value(rows)
         status = "n/a" if v is None else ("met" if ok(v) else "MISSED")
         shown = "not measured" if v is None else f"{v:.3g}"
-        out.append(f"| {name} | {shown} | {goal} | {status} |")
+        out.append({"target": name, "measured": shown, "goal": goal, "status": status})
     return out
 
 
 def plot(rows, path, header):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    for ax, kind in zip(axes[:2], ("fwd", "fwd+bwd"), strict=True):
-        for impl in (*IMPLS, TORCH):
-            pts = [
-                (r["length"], r["seconds"])
-                for r in rows
-                if r["kind"] == kind and r["impl"] == impl and np.isfinite(r["seconds"])
-            ]
+    with save_figure(path, header, 3, (16, 4.8), title_size=9) as axes:
+        for ax, kind in zip(axes[:2], ("fwd", "fwd+bwd"), strict=True):
+            for impl in (*IMPLS, TORCH):
+                pts = [
+                    (r["length"], r["seconds"])
+                    for r in rows
+                    if r["kind"] == kind and r["impl"] == impl and np.isfinite(r["seconds"])
+                ]
+                if pts:
+                    ax.loglog(*zip(*pts, strict=True), marker="o", label=impl)
+            ax.set(title=f"causal attention, {kind}", xlabel="sequence length", ylabel="seconds")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        for impl in ("softmax-kv-cache", "linear-state"):
+            pts = [(r["length"], r["tokens_per_second"]) for r in rows
+                   if r["kind"] == "decode" and r["impl"] == impl]  # fmt: skip
             if pts:
-                ax.loglog(*zip(*pts, strict=True), marker="o", label=impl)
-        ax.set(title=f"causal attention, {kind}", xlabel="sequence length", ylabel="seconds")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    for impl in ("softmax-kv-cache", "linear-state"):
-        pts = [(r["length"], r["tokens_per_second"]) for r in rows
-               if r["kind"] == "decode" and r["impl"] == impl]  # fmt: skip
-        if pts:
-            axes[2].loglog(*zip(*pts, strict=True), marker="o", label=impl)
-    axes[2].set(title="decode", xlabel="context length", ylabel="tokens / s")
-    axes[2].grid(True, which="both", alpha=0.3)
-    axes[2].legend(fontsize=8)
-    fig.suptitle(header, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+                axes[2].loglog(*zip(*pts, strict=True), marker="o", label=impl)
+        axes[2].set(title="decode", xlabel="context length", ylabel="tokens / s")
+        axes[2].grid(True, which="both", alpha=0.3)
+        axes[2].legend(fontsize=8)
+
+
+RESULT_COLUMNS = ("kind", "impl", "length", "seconds", "tokens/s", "memory MiB", "GFLOP/s",
+                  "of peak")  # fmt: skip
+RESULT_FORMATS = ("{kind}", "{impl}", "{length}", "{seconds:.4g}", "{tokens_per_second:,.0f}",
+                  lambda r: f"{r['memory_bytes'] / 2**20:,.1f}", "{gflops_per_second:.1f}",
+                  "{fraction_of_peak:.1%}")  # fmt: skip
 
 
 def main(argv=None):
@@ -325,20 +326,12 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     fields = ["kind", "impl", "length", "seconds", "tokens_per_second", "memory_bytes",
               "gflops_per_second", "fraction_of_peak", "matmul_peak_gflops", "status"]  # fmt: skip
-    with (out / "attention.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "attention.csv", rows, fields)
     plot(rows, out / "attention.png", header)
     print(f"\n{header}\n")
-    print("| kind | impl | length | seconds | tokens/s | memory MiB | GFLOP/s | of peak |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['kind']} | {r['impl']} | {r['length']} | {r['seconds']:.4g} | "
-              f"{r['tokens_per_second']:,.0f} | {r['memory_bytes'] / 2**20:,.1f} | "
-              f"{r['gflops_per_second']:.1f} | {r['fraction_of_peak']:.1%} |")  # fmt: skip
-    print("\n| target | measured | goal | status |\n|---|---|---|---|")
-    print("\n".join(targets(rows)))
+    print(format_table(rows, RESULT_COLUMNS, RESULT_FORMATS, align="--rrrrrr"))
+    print()
+    print(format_table(targets(rows)))  # cells are ready: the dict keys are the columns
     print(f"\nwrote {out / 'attention.csv'} and {out / 'attention.png'}")
     return rows
 

@@ -3,24 +3,24 @@
     python -m research.bench.train [--layers 6 --d_model 512 --heads 8 --length 512 --batch 8
                                     --vocab 8192 --attention softmax --steps 5 --out DIR]
 
-MFU = model FLOPs per step / step time / measured matmul peak (research.bench.common), with the
+MFU = model FLOPs per step / step time / measured matmul peak (research.report), with the
 PaLM count (Chowdhery et al. 2022, appendix B): 6 N + 12 n_layers d_model length FLOPs per token,
 N the parameters that multiply activations (the tied output projection included, lookups not).
 """
 
 import argparse
-import csv
 import pathlib
 
 import jax
 import numpy as np
 from flax import nnx
-from ml_collections import ConfigDict
 
-from research.bench.common import machine_header, matmul_peak, median_time
 from research.cli import positive_int
+from research.config import OptimizerConfig
 from research.models import DecoderLM, ModelConfig
-from research.train import optim, sharding, step, tasks
+from research.report import format_table, machine_header, matmul_peak, median_time, write_csv
+from research.tasks import lm_loss
+from research.train import optim, sharding, step
 
 
 def model_flops_per_token(cfg: ModelConfig, params) -> float:
@@ -39,14 +39,11 @@ def run(args) -> dict:
     cfg = model_config(args)
     model = DecoderLM(cfg, rngs=nnx.Rngs(0))
     model_def, params, consts = step.split_model(model)
-    opt_cfg = ConfigDict(dict(learning_rate=1e-4, warmup_steps=10, schedule="cosine",
-                              weight_decay=0.1, grad_clip=1.0, adam_b1=0.9, adam_b2=0.95,
-                              adam_eps=1e-8))  # fmt: skip
-    opt = optim.make_optimizer(opt_cfg, 1000)
+    opt = optim.make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=10), 1000)
     mesh = sharding.make_mesh({"data": -1})
     shardings = step.state_shardings(opt, params, consts, mesh)
     state = step.init_state(opt, params, consts, 0, shardings)
-    train = step.make_train_step(model_def, opt, tasks.lm_loss, mesh=mesh, shardings=shardings)
+    train = step.make_train_step(model_def, opt, lm_loss, mesh=mesh, shardings=shardings)
     rng = np.random.default_rng(0)
     toks = rng.integers(0, args.vocab, (args.batch, args.length + 1)).astype(np.int32)
     batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
@@ -68,6 +65,11 @@ def run(args) -> dict:
         "tokens_per_second": tokens / seconds, "model_tflops_per_step": flops_token * tokens / 1e12,
         "matmul_peak_gflops": peak / 1e9, "mfu": flops_token * tokens / seconds / peak,
     }  # fmt: skip
+
+
+COLUMNS = ("step s", "tokens/s", "model TFLOP/step", "matmul peak GFLOP/s", "MFU")
+FORMATS = ("{step_seconds:.3f}", "{tokens_per_second:,.0f}", "{model_tflops_per_step:.3f}",
+           "{matmul_peak_gflops:.1f}", "{mfu:.1%}")  # fmt: skip
 
 
 def main(argv=None):
@@ -95,19 +97,11 @@ def main(argv=None):
         f"DecoderLM {r['layers']}L d{r['d_model']} h{r['heads']} len {r['length']} batch "
         f"{r['batch']} vocab {r['vocab']} {r['attention']} {r['dtype']}, AdamW, jit train step\n"
     )
-    print("| step s | tokens/s | model TFLOP/step | matmul peak GFLOP/s | MFU |")
-    print("|---:|---:|---:|---:|---:|")
-    print(
-        f"| {r['step_seconds']:.3f} | {r['tokens_per_second']:,.0f} | "
-        f"{r['model_tflops_per_step']:.3f} | {r['matmul_peak_gflops']:.1f} | {r['mfu']:.1%} |"
-    )
+    print(format_table([r], COLUMNS, FORMATS, align="rrrrr"))
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        with (out / "train_bench.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(r))
-            w.writeheader()
-            w.writerow(r)
+        write_csv(out / "train_bench.csv", [r])
         print(f"\nwrote {out / 'train_bench.csv'}")
     return r
 

@@ -17,6 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from research.data import DataError, builders, tokenizer
+from research.data.config import DataConfig
 
 
 def _on_process_0_then_all(name: str, fn):
@@ -82,14 +83,13 @@ def _catalog(name: str, data_dir, *, download: bool):
     raise DataError(f"data.source=tfds:{name}: has no validation or test split to evaluate on")
 
 
-def mqar_sources(c):
-    """(train, test) MQAR records built from config.data (vocab_size, seq_len, num_kv_pairs,
-    train_examples, test_examples); RESEARCH.md section 4."""
-    d = c.data
+def mqar_sources(d: DataConfig, *, seed: int):
+    """(train, test) MQAR records built from the data config (vocab_size, seq_len, num_kv_pairs,
+    train_examples, test_examples) and the run's seed (Zoology, Arora et al. 2023)."""
     try:
         cfg = builders.mqar_config(vocab_size=d.vocab_size, seq_len=d.seq_len,
                                    num_kv_pairs=d.num_kv_pairs, train_examples=d.train_examples,
-                                   test_examples=d.test_examples, seed=c.seed)  # fmt: skip
+                                   test_examples=d.test_examples, seed=seed)  # fmt: skip
     except ValueError as e:
         raise DataError(f"data: {e}") from None
     return _synthetic(builders.Mqar, cfg, d.data_dir)
@@ -104,12 +104,12 @@ def _synthetic(builder_cls, cfg, data_dir):
     return builder.as_data_source("train"), builder.as_data_source("test")
 
 
-def text_sources(c):
-    """Returns (train records, eval records, sentencepiece processor) for config `c`."""
-    data_dir = pathlib.Path(os.path.expanduser(c.data.data_dir))
-    source = c.data.source
+def text_sources(d: DataConfig):
+    """Returns (train records, eval records, sentencepiece processor) for data config `d`."""
+    data_dir = pathlib.Path(os.path.expanduser(d.data_dir))
+    source = d.source
     if source == "stdlib_code":
-        name = f"py{builders.PYTHON_VERSION}" + ("-small" if c.data.small else "")
+        name = f"py{builders.PYTHON_VERSION}" + ("-small" if d.small else "")
         _on_process_0_then_all(
             "build:stdlib", lambda: builders.build(builders.StdlibCode, str(data_dir), name)
         )
@@ -129,11 +129,11 @@ def text_sources(c):
             f"data.source={source!r}: use stdlib_code, tfds:NAME, text:PATH or jsonl:PATH"
         )
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source)
-    if source == "stdlib_code" and c.data.small:
+    if source == "stdlib_code" and d.small:
         slug += "-small"
-    model_path = data_dir / "tokenizers" / f"{slug}-{c.data.vocab_size}.model"
+    model_path = data_dir / "tokenizers" / f"{slug}-{d.vocab_size}.model"
     tok = tokenizer.train_or_load(
-        lambda: (r["text"] for r in train), str(model_path), vocab_size=c.data.vocab_size
+        lambda: (r["text"] for r in train), str(model_path), vocab_size=d.vocab_size
     )
     return train, evaluation, tok
 
@@ -152,7 +152,7 @@ def _local_pairs(path: str) -> list[dict]:
     return pairs
 
 
-def seq2seq_sources(c):
+def seq2seq_sources(d: DataConfig, *, seed: int):
     """(train records, eval records, Seq2seqVocab) of {"source", "target"} records.
 
     data.source: "seq2seq_synthetic" (built here from data.seq2seq_task, min_len, max_len,
@@ -160,13 +160,12 @@ def seq2seq_sources(c):
     "target"} text a line, e.g. CSL; split 95/5 by hash; a sentencepiece model is trained on it);
     "tfds:NAME" with data.source_key / data.target_key (for example gigaword document/summary).
     """
-    d = c.data
     data_dir = pathlib.Path(os.path.expanduser(d.data_dir))
     if d.source == "seq2seq_synthetic":
         try:
             cfg = builders.seq2seq_config(task=d.seq2seq_task, min_len=d.min_len,
                                           max_len=d.max_len, train_examples=d.train_examples,
-                                          test_examples=d.test_examples, seed=c.seed)  # fmt: skip
+                                          test_examples=d.test_examples, seed=seed)  # fmt: skip
         except ValueError as e:
             raise DataError(f"data: {e}") from None
         vocab = Seq2seqVocab(builders.SEQ2SEQ_VOCAB, builders.PAD, builders.BOS, builders.EOS)

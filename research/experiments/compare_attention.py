@@ -10,7 +10,6 @@ the recurrent d_k x d_v state for linear), measured from the cache the model act
 """
 
 import copy
-import csv
 import dataclasses
 import math
 import pathlib
@@ -20,11 +19,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from research.bench.common import machine_header, median_time
+from research.config import as_list
 from research.experiments import sweep
 from research.models import DecoderLM
 from research.models.generate import generate
-from research.train.config import ConfigError, model_config, parse_list, validate
+from research.ops.checks import is_positive_int
+from research.report import format_table, machine_header, median_time, save_figure, write_csv
+from research.train.config import ConfigError, parse
 
 FIELDS = ("attention", "width", "mqar_accuracy", "mqar_best_lr", "lm_loss", "lm_perplexity",
           "train_tokens_per_s", "decode_tokens_per_s", "state_bytes")  # fmt: skip
@@ -63,16 +64,16 @@ def point_config(c, p: Point):
 
 
 def points(c) -> list[Point]:
-    attentions = parse_list(c, "attentions")
-    widths = parse_list(c, "widths", int)
-    lrs = parse_list(c, "learning_rates", float)
-    tasks = parse_list(c, "tasks")
+    attentions = as_list(c.attentions, name="attentions")
+    widths = as_list(c.widths, int, name="widths")
+    lrs = as_list(c.learning_rates, float, name="learning_rates")
+    tasks = as_list(c.tasks, name="tasks")
     if "mqar" not in tasks or set(tasks) - {"mqar", "lm"}:
         raise ConfigError(f"tasks={c.tasks!r}: allowed 'mqar' or 'mqar,lm'")
     for a in attentions:
         if a not in ATTENTIONS:
             raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTIONS)}")
-    if not (isinstance(c.decode_tokens, int) and c.decode_tokens >= 1):
+    if not is_positive_int(c.decode_tokens):
         raise ConfigError(f"decode_tokens={c.decode_tokens!r}: must be a positive int")
     out = [Point("mqar", a, w, lr) for a in attentions for w in widths for lr in lrs]
     if "lm" in tasks:
@@ -80,7 +81,7 @@ def points(c) -> list[Point]:
     for p in out:  # every mistake is reported before the first run starts
         pc = point_config(c, p)
         try:
-            validate(pc)
+            parse(pc)
         except ConfigError as e:
             raise ConfigError(f"{p.name}: {e}") from None
     return out
@@ -94,7 +95,7 @@ def decode_cost(c, attention: str, width: int) -> tuple[float, int]:
     """(greedy tokens/s, decode-state bytes) for batch 1 after a prompt of MQAR length."""
     pc = point_config(c, Point("mqar", attention, width, 1e-3))
     prompt_len, new = pc.data.seq_len, c.decode_tokens
-    mcfg = model_config(pc, vocab_size=pc.data.vocab_size, max_length=prompt_len + new)
+    mcfg = parse(pc).model.replace(vocab_size=pc.data.vocab_size, max_length=prompt_len + new)
     model = DecoderLM(mcfg, rngs=nnx.Rngs(0))
     prompt = np.ones((1, prompt_len), np.int32)
     _, cache = model.prefill(prompt, max_length=prompt_len + new)
@@ -105,8 +106,8 @@ def decode_cost(c, attention: str, width: int) -> tuple[float, int]:
 
 def summarize(c, results: list[dict], decode: dict) -> list[dict]:
     rows = []
-    for a in parse_list(c, "attentions"):
-        for w in parse_list(c, "widths", int):
+    for a in as_list(c.attentions, name="attentions"):
+        for w in as_list(c.widths, int, name="widths"):
             mine = [r for r in results if r["point"]["attention"] == a and r["point"]["width"] == w]
             mqar = [r for r in mine if r["point"]["task"] == "mqar"]
             lm = [r for r in mine if r["point"]["task"] == "lm"]
@@ -124,49 +125,42 @@ def summarize(c, results: list[dict], decode: dict) -> list[dict]:
     return rows
 
 
+def _lm_cell(key: str, spec: str):
+    """'-' when the LM was not run (None); NaN stays reserved for a diverged run."""
+    return lambda r: "-" if r["lm_loss"] is None else format(r[key], spec)
+
+
+COLUMNS = ("attention", "width", "MQAR acc", "best lr", "LM loss", "LM ppl", "train tok/s",
+           "decode tok/s", "state bytes")  # fmt: skip
+FORMATS = ("{attention}", "{width}", "{mqar_accuracy:.3f}", "{mqar_best_lr:g}",
+           _lm_cell("lm_loss", ".3f"), _lm_cell("lm_perplexity", ".1f"),
+           "{train_tokens_per_s:,.0f}", "{decode_tokens_per_s:,.0f}",
+           "{state_bytes:,}")  # fmt: skip
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| attention | width | MQAR acc | best lr | LM loss | LM ppl | train tok/s "
-            "| decode tok/s | state bytes |")  # fmt: skip
-    lines = [head, "|" + "---|" * 9]
-    for r in rows:
-        loss, ppl = (("-", "-") if r["lm_loss"] is None
-                     else (f"{r['lm_loss']:.3f}", f"{r['lm_perplexity']:.1f}"))  # fmt: skip
-        lines.append(
-            f"| {r['attention']} | {r['width']} | {r['mqar_accuracy']:.3f} | "
-            f"{r['mqar_best_lr']:g} | {loss} | {ppl} | "
-            f"{r['train_tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:,.0f} | "
-            f"{r['state_bytes']:,} |"
-        )
-    return "\n".join(lines)
+    return format_table(rows, COLUMNS, FORMATS)
 
 
 def plot(rows: list[dict], path: pathlib.Path, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for a in dict.fromkeys(r["attention"] for r in rows):
-        mine = [r for r in rows if r["attention"] == a]
-        widths = [r["width"] for r in mine]
-        axes[0].plot(widths, [r["mqar_accuracy"] for r in mine], marker="o", label=a)
-        if mine[0]["lm_perplexity"] is not None:
-            axes[1].plot(widths, [r["lm_perplexity"] for r in mine], marker="o", label=a)
-    if rows[0]["lm_perplexity"] is None:
-        axes[1].text(0.5, 0.5, "LM not run (tasks=mqar)", ha="center", transform=axes[1].transAxes)
-    labels = ("MQAR eval accuracy (best lr)", "LM eval perplexity")
-    for ax, label in zip(axes, labels, strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("model width (d_model)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylim(0, 1.02)
-    axes[0].legend()
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with save_figure(path, title, 2, (11, 4)) as axes:
+        for a in dict.fromkeys(r["attention"] for r in rows):
+            mine = [r for r in rows if r["attention"] == a]
+            widths = [r["width"] for r in mine]
+            axes[0].plot(widths, [r["mqar_accuracy"] for r in mine], marker="o", label=a)
+            if mine[0]["lm_perplexity"] is not None:
+                axes[1].plot(widths, [r["lm_perplexity"] for r in mine], marker="o", label=a)
+        if rows[0]["lm_perplexity"] is None:
+            axes[1].text(0.5, 0.5, "LM not run (tasks=mqar)", ha="center",
+                         transform=axes[1].transAxes)  # fmt: skip
+        labels = ("MQAR eval accuracy (best lr)", "LM eval perplexity")
+        for ax, label in zip(axes, labels, strict=True):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("model width (d_model)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylim(0, 1.02)
+        axes[0].legend()
 
 
 def run(c, workdir: str) -> list[dict]:
@@ -179,22 +173,20 @@ def run(c, workdir: str) -> list[dict]:
             print(f"[{i}/{len(todo)}] {p.name} ({time.perf_counter() - t0:.0f} s so far)",
                   flush=True)  # fmt: skip
         results.append(run_point(c, p, workdir))
-    widths = parse_list(c, "widths", int)
-    decode = {(a, w): decode_cost(c, a, w) for a in parse_list(c, "attentions") for w in widths}
+    widths = as_list(c.widths, int, name="widths")
+    decode = {(a, w): decode_cost(c, a, w) for a in as_list(c.attentions, name="attentions")
+              for w in widths}  # fmt: skip
     rows = summarize(c, results, decode)
     m = c.mqar.data
     lm = c.lm
     lm_part = (f"LM {lm.data.source} seq_len {lm.data.seq_len}, {lm.num_train_steps} steps; "
-               if "lm" in parse_list(c, "tasks") else "")  # fmt: skip
+               if "lm" in as_list(c.tasks, name="tasks") else "")  # fmt: skip
     header = (f"{machine_header()}\nMQAR seq_len {m.seq_len}, {m.num_kv_pairs} kv pairs, vocab "
               f"{m.vocab_size}, {c.mqar.num_train_steps} steps x batch {c.mqar.batch_size}; "
               f"{lm_part}{c.mqar.model.num_layers} layers, {c.mqar.model.num_heads} heads; "
               f"decode batch 1, {c.decode_tokens} tokens after {m.seq_len}")  # fmt: skip
     if jax.process_index() == 0:
-        with open(workdir / "compare.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(workdir / "compare.csv", rows, FIELDS)
         plot(rows, workdir / "compare.png", header)
         print(f"\n{header}\n\n{table(rows)}\n")
         print(f"wrote {workdir / 'compare.csv'} and {workdir / 'compare.png'} "

@@ -1,6 +1,6 @@
 """Exposure-bias remedies side by side on one seq2seq task, several seeds (RESEARCH.md sec. 1).
 
-Each (variant, seed) is an ordinary seq2seq training run (`research.train.seq2seq`) in
+Each (variant, seed) is an ordinary seq2seq training run (`research.tasks.seq2seq`) in
 workdir/runs/VARIANT_seedS, cached by result.json. The token-level variants train from scratch
 for the same number of steps as the baseline; SCST and MRT start from the baseline's checkpoint
 at step `num_train_steps - finetune_steps` and train their mixed loss for the remaining steps
@@ -11,7 +11,6 @@ standard deviation over seeds, computed by rouge-score and sacrebleu.
 """
 
 import copy
-import csv
 import pathlib
 import shutil
 import time
@@ -19,10 +18,11 @@ import time
 import jax
 import numpy as np
 
-from research.bench.common import machine_header
+from research.config import as_list
 from research.experiments import sweep
-from research.train.config import ConfigError, parse_list, validate
-from research.train.seq2seq import REMEDIES
+from research.report import format_table, machine_header, save_figure, write_csv
+from research.tasks.seq2seq import REMEDIES
+from research.train.config import ConfigError, parse
 
 VARIANTS = ("baseline",) + tuple(r for r in REMEDIES if r != "none")
 SEQUENCE_LEVEL = ("scst", "mrt")
@@ -54,7 +54,7 @@ def _seed_from_baseline(c, workdir, variant, seed):
 
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
-    variants, seeds = parse_list(c, "variants"), parse_list(c, "seeds", int)
+    variants, seeds = as_list(c.variants, name="variants"), as_list(c.seeds, int, name="seeds")
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"variants: unknown {v!r}; allowed {', '.join(VARIANTS)}")
@@ -63,7 +63,7 @@ def run(c, workdir: str) -> list[dict]:
     if not 0 < c.finetune_steps < c.base.num_train_steps:
         raise ConfigError(f"finetune_steps={c.finetune_steps}: must be in (0, num_train_steps)")
     for v in variants:  # every mistake is reported before the first run starts
-        validate(point_config(c, v, seeds[0]))
+        parse(point_config(c, v, seeds[0]))
     order = ["baseline"] + [v for v in variants if v != "baseline"]
     todo = [(v, s) for s in seeds for v in order]
     t0, results = time.perf_counter(), []
@@ -75,14 +75,11 @@ def run(c, workdir: str) -> list[dict]:
             _seed_from_baseline(c, workdir, v, s)
         out = workdir / "runs" / f"{v}_seed{s}"
         results.append(sweep.train_point(point_config(c, v, s), out, {"variant": v, "seed": s}))
-    beams = parse_list(c.base.seq2seq, "eval_beams", int)
+    beams = as_list(c.base.seq2seq.eval_beams, int, name="base.seq2seq.eval_beams")
     rows = summarize(results, order, beams)
     if jax.process_index() == 0:
         header = _header(c, seeds)
-        with open(workdir / "exposure_bias.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(workdir / "exposure_bias.csv", rows)
         plot(rows, order, beams, workdir / "exposure_bias.png", header)
         print(f"\n{header}\n\n{table(rows, order, beams)}\n")
         print(f"wrote {workdir / 'exposure_bias.csv'} and {workdir / 'exposure_bias.png'} "
@@ -115,40 +112,34 @@ def summarize(results, variants, beams) -> list[dict]:
 
 def table(rows, variants, beams) -> str:
     """RESEARCH.md section 1 layout: beams down, variants across, RL / R1 / R2 / BLEU (+- std)."""
-    lines = ["| beam | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
-    for b in beams:
-        cells = []
-        for v in variants:
+
+    def cell(v):
+        def fmt(b):
             r = next(x for x in rows if x["variant"] == v and x["beam"] == b)
-            cells.append(" / ".join(f"{r[f'{m}_mean']:.2f}" for m in METRICS[:4])
-                         + f" (±{r['rougeL_std']:.2f}; exact {r['exact_mean']:.1f})")  # fmt: skip
-        lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    lines.append("\ncells: Rouge-L / Rouge-1 / Rouge-2 / BLEU, mean over seeds; ± is the std of "
-                 "Rouge-L; exact = % of outputs equal to the reference")  # fmt: skip
-    return "\n".join(lines)
+            return (" / ".join(f"{r[f'{m}_mean']:.2f}" for m in METRICS[:4])
+                    + f" (±{r['rougeL_std']:.2f}; exact {r['exact_mean']:.1f})")  # fmt: skip
+
+        return fmt
+
+    text = format_table(beams, ["beam", *variants], [str, *map(cell, variants)])
+    return text + ("\n\ncells: Rouge-L / Rouge-1 / Rouge-2 / BLEU, mean over seeds; ± is the "
+                   "std of Rouge-L; exact = % of outputs equal to the reference")  # fmt: skip
 
 
 def plot(rows, variants, beams, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    x = np.arange(len(variants))
-    width = 0.8 / len(beams)
-    for ax, metric in zip(axes, ("rougeL", "bleu"), strict=True):
-        for i, b in enumerate(beams):
-            r = [next(y for y in rows if y["variant"] == v and y["beam"] == b) for v in variants]
-            ax.bar(x + i * width, [y[f"{metric}_mean"] for y in r], width,
-                   yerr=[y[f"{metric}_std"] for y in r], label=f"beam {b}", capsize=2)  # fmt: skip
-        ax.set_xticks(x + width * (len(beams) - 1) / 2, variants, rotation=30, ha="right")
-        ax.set_ylabel(f"{metric} x100 (mean ± std over seeds)")
-        lo = min(y[f"{metric}_mean"] - y[f"{metric}_std"] for y in rows)
-        ax.set_ylim(max(0.0, lo - 5), 100)
-        ax.grid(alpha=0.3, axis="y")
-    axes[0].legend()
-    fig.suptitle(title, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with save_figure(path, title, 2, (12, 4), title_size=7) as axes:
+        x = np.arange(len(variants))
+        width = 0.8 / len(beams)
+        for ax, metric in zip(axes, ("rougeL", "bleu"), strict=True):
+            for i, b in enumerate(beams):
+                r = [next(y for y in rows if y["variant"] == v and y["beam"] == b)
+                     for v in variants]  # fmt: skip
+                ax.bar(x + i * width, [y[f"{metric}_mean"] for y in r], width,
+                       yerr=[y[f"{metric}_std"] for y in r], label=f"beam {b}",
+                       capsize=2)  # fmt: skip
+            ax.set_xticks(x + width * (len(beams) - 1) / 2, variants, rotation=30, ha="right")
+            ax.set_ylabel(f"{metric} x100 (mean ± std over seeds)")
+            lo = min(y[f"{metric}_mean"] - y[f"{metric}_std"] for y in rows)
+            ax.set_ylim(max(0.0, lo - 5), 100)
+            ax.grid(alpha=0.3, axis="y")
+        axes[0].legend()

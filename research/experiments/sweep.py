@@ -7,7 +7,7 @@ import pathlib
 import jax
 
 from research.train import loop
-from research.train.config import ConfigError
+from research.train.config import ConfigError, parse
 
 
 class Preempted(Exception):
@@ -28,7 +28,7 @@ def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
             raise ConfigError(f"{out} holds a run with a different config; use a new --workdir")
         return saved
     try:
-        summary = loop.train_and_evaluate(pc, str(out))
+        summary = loop.train_and_evaluate(parse(pc), str(out))
         if summary.preempted:  # a partial run is not a result
             raise Preempted(f"preempted in {out} at step {summary.last_step} (saved); rerun the "
                             "same command to resume the sweep there")  # fmt: skip

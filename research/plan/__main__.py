@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research.cli import fail, loaded_config, parse_flags
+from research.report import format_table
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v5e:16x16, v5p:4x8x8) or cpu")
@@ -32,6 +33,20 @@ def _bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _row(p, chip, tokens: int) -> dict:
+    """One table row of a Plan: column title -> cell."""
+    t = p.roofline_seconds(chip)
+    return {
+        "step": p.name, "arguments": _bytes(p.argument_bytes), "outputs": _bytes(p.output_bytes),
+        "aliased": _bytes(p.alias_bytes), "temp": _bytes(p.temp_bytes),
+        "total": _bytes(p.total_bytes), "HBM": _bytes(chip.hbm_bytes),
+        "margin": _bytes(chip.hbm_bytes - p.total_bytes), "GFLOP": f"{p.flops / 1e9:,.3f}",
+        "GB accessed": f"{p.bytes_accessed / 1e9:,.2f}", "roofline s": f"{t:.4g}",
+        "tokens/s": f"{tokens / t:,.0f}" if p.name == "train" and t > 0 else "-",
+        "compile s": f"{p.compile_seconds:.1f}",
+    }  # fmt: skip
+
+
 def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, bool]:
     """(the table, fits) for compiled plans on `chips` devices of `chip`."""
     tokens = c.batch_size * c.data.seq_len
@@ -39,24 +54,10 @@ def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, boo
         f"{topology}: {chips} x {chip.name}, {chip.hbm_bytes / GiB:.1f} GiB each | mesh "
         f"{dict(mesh.shape)} | model d{c.model.d_model} x {c.model.num_layers} layers, "
         f"{c.model.attention} attention | batch {c.batch_size} x {c.data.seq_len} tokens",
-        "| step | arguments | outputs | aliased | temp | total | HBM | margin | GFLOP | "
-        "GB accessed | roofline s | tokens/s | compile s |",
-        "|" + "---|" * 13,
+        format_table([_row(p, chip, tokens) for p in plans]),
     ]
-    fits, notes = True, []
-    for p in plans:
-        margin = chip.hbm_bytes - p.total_bytes
-        fits &= margin >= 0
-        t = p.roofline_seconds(chip)
-        rate = f"{tokens / t:,.0f}" if p.name == "train" and t > 0 else "-"
-        if p.note:
-            notes.append(f"{p.name}: the compiler stopped: {p.note}")
-        lines.append(
-            f"| {p.name} | {_bytes(p.argument_bytes)} | {_bytes(p.output_bytes)} | "
-            f"{_bytes(p.alias_bytes)} | {_bytes(p.temp_bytes)} | {_bytes(p.total_bytes)} | "
-            f"{_bytes(chip.hbm_bytes)} | {_bytes(margin)} | {p.flops / 1e9:,.3f} | "
-            f"{p.bytes_accessed / 1e9:,.2f} | {t:.4g} | {rate} | {p.compile_seconds:.1f} |"
-        )
+    fits = all(chip.hbm_bytes - p.total_bytes >= 0 for p in plans)
+    notes = [f"{p.name}: the compiler stopped: {p.note}" for p in plans if p.note]
     worst = max(p.total_bytes for p in plans) - chip.hbm_bytes
     verdict = "fits" if fits else f"does not fit by {_bytes(worst)} per device"
     m = c.model

@@ -8,25 +8,24 @@ softmax statistics and linear states) four ways and reads per-device memory, FLO
   local (data parallel: every device holds whole sequences, batch = devices)
     softmax-blockwise   online-softmax blocks (research.ops.softmax_attention)
     linear-chunked      chunkwise-parallel linear attention (research.ops.linear_attention)
-  context parallel (one sequence split over all devices, research.ops.context_parallel)
+  context parallel (one sequence split over all devices, research.ops.attention.context_parallel)
     softmax-ring        ring attention, K/V blocks passed around the devices
     linear-cp           per-device chunk states + a log-depth prefix of d x d states
 Roofline time per step = max(FLOPs / peak, HBM bytes / HBM bandwidth) + collective bytes / ICI
 bandwidth, a lower bound. FLOPs and HBM bytes are analytic (`flops_per_device`, `hbm_bytes`),
 because XLA's cost analysis counts a loop body once and every variant here is a loop: FLOPs as
-research.bench.attention (forward+backward = 3.5 x forward; ring adds a forward for its
+research.ops.attention.cost (forward+backward = 3.5 x forward; ring adds a forward for its
 recomputation and computes the masked half too); bytes are the unavoidable traffic (q, k, v, o
 and their gradients) plus each form's own: softmax re-reads K/V once per 512-query block, linear
 writes and re-reads its fp32 chunk states and C x C chunk scores, ring materialises an
 (L/P)^2 fp32 logit block per step. Memory is XLA's compiled figure (loops do not distort it).
-Collective bytes are the forward formula of `context_parallel.bytes_communicated` x 2 for linear
+Collective bytes are the forward formula of `cost.bytes_communicated` x 2 for linear
 (the backward prefix sends as much) and x 3 for ring (the backward recomputes the forward ring
 and sends dK, dV back around it). These are compiler figures and estimates, not measurements.
 Writes plan_attention.csv and plan_attention.png to --out.
 """
 
 import argparse
-import csv
 import functools
 import pathlib
 import sys
@@ -37,12 +36,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from research.bench import attention as bench
 from research.cli import positive_int, positive_ints
 from research.ops import attention as att
-from research.ops import context_parallel as cp
+from research.ops.attention import context_parallel as cp
+from research.ops.attention.cost import attention_flops, bytes_communicated
 from research.ops.feature_maps import feature_dim
-from research.plan import MissingLibtpu, _compile, devices_for
+from research.plan.chips import MissingLibtpu, devices_for
+from research.plan.compiler import compile_for_devices
+from research.report import format_table, save_figure, write_csv
 
 VARIANTS = ("softmax-blockwise", "linear-chunked", "softmax-ring", "linear-cp")
 DEFAULT_LENGTHS = "1024,4096,16384,65536,262144,1048576"
@@ -75,7 +76,7 @@ def compile_variant(variant: str, devices, length: int, heads: int, head_dim: in
         spec, batch, tokens = P("d"), n, n * length
     x = jax.ShapeDtypeStruct((batch, length, heads, head_dim), jnp.bfloat16,
                              sharding=NamedSharding(mesh, spec))  # fmt: skip
-    plan, _ = _compile(variant, jax.jit(_grad_of(fn)), x, x, x)
+    plan, _ = compile_for_devices(variant, jax.jit(_grad_of(fn)), x, x, x)
     return plan, tokens
 
 
@@ -84,24 +85,22 @@ def comm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: in
     shape = dict(batch=1, length=length, heads=heads, kv_heads=heads, head_dim=head_dim,
                  value_dim=head_dim, devices=devices)  # fmt: skip
     if variant == "softmax-ring":  # the formula counts fp32; K/V travel in bf16 here
-        return 3 * cp.bytes_communicated("ring", feature_dim=head_dim, **shape) // 2
+        return 3 * bytes_communicated("ring", feature_dim=head_dim, **shape) // 2
     if variant == "linear-cp":  # fp32 states
         f = feature_dim("elu", head_dim)
-        return 2 * cp.bytes_communicated("linear", feature_dim=f, **shape)
+        return 2 * bytes_communicated("linear", feature_dim=f, **shape)
     return 0
 
 
 def flops_per_device(variant: str, length: int, heads: int, head_dim: int, devices: int) -> float:
     """Analytic forward+backward FLOPs on one device (see the module docstring)."""
     n = length // devices
-    if variant == "softmax-blockwise":
-        return 3.5 * bench.flops("softmax-xla", 1, length, heads, head_dim)
-    if variant == "linear-chunked":
-        return 3.5 * bench.flops("linear-chunked", 1, length, heads, head_dim)
+    shape = dict(batch=1, heads=heads, head_dim=head_dim, backward=True)
+    if variant in ("softmax-blockwise", "linear-chunked"):
+        return attention_flops(variant, length=length, **shape)
     if variant == "softmax-ring":  # every (n x n) block of all P, causal mask applied after
         return 4.5 * 4.0 * heads * n * length * head_dim
-    chunk = min(64, n)
-    return 3.5 * bench.flops("linear-chunked", 1, n, heads, head_dim, chunk=chunk)
+    return attention_flops("linear-chunked", length=n, chunk_size=min(64, n), **shape)
 
 
 def hbm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: int) -> float:
@@ -157,42 +156,32 @@ def crossover(rows, local: bool) -> int | None:
     return None
 
 
+COLUMNS = ("length", "variant", "memory/device GiB", "fits", "TFLOP/device", "HBM GB", "comm MB",
+           "roofline s", "tokens/s")  # fmt: skip
+FORMATS = ("{length:,}", "{variant}", lambda r: f"{r['memory_bytes'] / 2**30:.2f}",
+           lambda r: "yes" if r["fits"] else "NO", lambda r: f"{r['flops'] / 1e12:.3f}",
+           lambda r: f"{r['hbm_bytes'] / 1e9:.2f}", lambda r: f"{r['comm_bytes'] / 1e6:.1f}",
+           "{roofline_s:.4g}", "{tokens_per_s:,.0f}")  # fmt: skip
+
+
 def table(rows) -> str:
-    lines = ["| length | variant | memory/device GiB | fits | TFLOP/device | HBM GB | comm MB | "
-             "roofline s | tokens/s |", "|" + "---|" * 9]  # fmt: skip
-    for r in rows:
-        lines.append(
-            f"| {r['length']:,} | {r['variant']} | {r['memory_bytes'] / 2**30:.2f} | "
-            f"{'yes' if r['fits'] else 'NO'} | {r['flops'] / 1e12:.3f} | "
-            f"{r['hbm_bytes'] / 1e9:.2f} | {r['comm_bytes'] / 1e6:.1f} | "
-            f"{r['roofline_s']:.4g} | {r['tokens_per_s']:,.0f} |"
-        )
-    return "\n".join(lines)
+    return format_table(rows, COLUMNS, FORMATS)
 
 
 def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for v in VARIANTS:
-        mine = [r for r in rows if r["variant"] == v]
-        x = [r["length"] for r in mine]
-        axes[0].plot(x, [r["roofline_s"] for r in mine], marker="o", label=v)
-        axes[1].plot(x, [r["memory_bytes"] / 2**30 for r in mine], marker="o", label=v)
-    for ax, label in zip(axes, ("roofline s / step", "GiB per device"), strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("context length")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with save_figure(path, title, 2, (11, 4)) as axes:
+        for v in VARIANTS:
+            mine = [r for r in rows if r["variant"] == v]
+            x = [r["length"] for r in mine]
+            axes[0].plot(x, [r["roofline_s"] for r in mine], marker="o", label=v)
+            axes[1].plot(x, [r["memory_bytes"] / 2**30 for r in mine], marker="o", label=v)
+        for ax, label in zip(axes, ("roofline s / step", "GiB per device"), strict=True):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("context length")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].legend()
 
 
 def main(argv=None) -> int:
@@ -211,10 +200,7 @@ def main(argv=None) -> int:
         return 2
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "plan_attention.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "plan_attention.csv", rows)
     title = (
         f"{args.topology} ({rows[0]['devices']} devices), one causal attention layer fwd+bwd, "
         f"{args.heads} heads x {args.head_dim}, bf16; compiler figures + roofline estimate"

@@ -2,10 +2,17 @@
 
 A roofline step time is max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) per chip (+ the
 collective bytes over the chip's ICI bandwidth where we know them): a lower bound, not a forecast.
+This machine's CPU devices are a 'chip' too (`cpu_chip`), measured, so plans can be run here.
 """
 
 import dataclasses
+import os
 import re
+
+import jax
+import jax.numpy as jnp
+
+from research.report import matmul_peak, median_time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +58,6 @@ def parse_topology(name: str) -> tuple[Chip, tuple[int, ...]]:
 def tpu_devices(name: str, num_slices: int = 1):
     """Devices of a TPU topology, compiled for on this host (needs libtpu: the `tpu` extra)."""
     _, dims = parse_topology(name)
-    import os
-
     from jax.experimental import topologies
 
     # Compiling needs no chip, so concurrent planners (and test workers) may share libtpu
@@ -79,3 +84,24 @@ class MissingLibtpu(RuntimeError):
             "compiling for TPU needs libtpu: pip install -e '.[tpu]' (installs jax[tpu] at this "
             "project's jax version); --topology=cpu plans for this machine's devices instead"
         )
+
+
+def cpu_chip(num_devices: int) -> Chip:
+    """This machine as a 'chip': RAM split over the (possibly fake) devices, measured matmul
+    FLOP/s and copy bandwidth, so CPU plans use the same roofline arithmetic."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    x = jnp.ones((1 << 24,), jnp.float32)
+    copy = jax.jit(lambda x: x + 1)
+    bandwidth = 2 * x.nbytes / median_time(copy, x, repeats=3)  # read + write
+    return Chip("cpu", ram // num_devices, matmul_peak(1024), bandwidth, float("inf"))
+
+
+def devices_for(topology: str, num_slices: int = 1):
+    """(devices, chip) for 'cpu' (this machine's devices) or a TPU topology name."""
+    if num_slices < 1:
+        raise ValueError(f"num_slices={num_slices}: must be >= 1")
+    if topology == "cpu":
+        devices = jax.devices("cpu")
+        return devices, cpu_chip(len(devices))
+    chip, _ = parse_topology(topology)
+    return tpu_devices(topology, num_slices), chip

@@ -11,9 +11,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from research.data import DataError, pipeline, sources
-from research.train import checkpoint, metrics, optim, sharding, step, tasks
-from research.train.config import model_config
+from research import tasks
+from research.config import RunConfig
+from research.data import DataError, pipeline
+from research.train import checkpoint, metrics, optim, sharding, step, trained
 
 
 class NonFiniteLoss(RuntimeError):
@@ -50,44 +51,12 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self.previous)
 
 
-def _task_data(c):
-    """-> (vocab size, make_iterator(train: bool), seq2seq vocabulary or None) for the task."""
-    if c.task == "mqar":
-        train_source, eval_source = sources.mqar_sources(c)
-
-        def make(train):
-            return pipeline.array_iterator(train_source if train else eval_source,
-                                           batch_size=c.batch_size, seed=c.seed, train=train,
-                                           shards=c.data.shards)  # fmt: skip
-
-        return c.data.vocab_size, make, None
-    if c.task == "seq2seq":
-        train_source, eval_source, vocab = sources.seq2seq_sources(c)
-
-        def make(train):
-            return pipeline.seq2seq_iterator(train_source if train else eval_source, vocab,
-                                             layout=c.seq2seq.layout, src_len=c.seq2seq.src_len,
-                                             tgt_len=c.seq2seq.tgt_len, batch_size=c.batch_size,
-                                             seed=c.seed, train=train,
-                                             shards=c.data.shards)  # fmt: skip
-
-        return vocab.size, make, vocab
-    train_source, eval_source, tok = sources.text_sources(c)
-
-    def make(train):
-        return pipeline.lm_iterator(train_source if train else eval_source, tok,
-                                    seq_len=c.data.seq_len, batch_size=c.batch_size, seed=c.seed,
-                                    train=train, shards=c.data.shards)  # fmt: skip
-
-    return tok.vocab_size(), make, None
-
-
-def _evaluate(eval_step, state, make_iterator, c, batch_sharding, decode=None) -> dict:
-    """Eval loss over c.eval_steps batches; for seq2seq also `decode(pairs)` metrics."""
+def _evaluate(eval_step, state, make_iterator, eval_steps: int, batch_sharding, extra) -> dict:
+    """Eval loss over `eval_steps` batches, plus the task's `extra(state, pairs)` metrics."""
     ds = make_iterator(False)
     totals, pairs = None, []
     for i, local in enumerate(ds):
-        if i >= c.eval_steps:
+        if i >= eval_steps:
             break
         batch = pipeline.global_batch(local, batch_sharding)
         pairs.append((local, batch))
@@ -96,8 +65,7 @@ def _evaluate(eval_step, state, make_iterator, c, batch_sharding, decode=None) -
     if totals is None:
         raise DataError("the eval split is too small for one batch; lower batch_size or seq_len")
     result = metrics.summarize(totals)
-    if decode is not None:
-        result.update(decode(state, pairs))
+    result.update(extra(state, pairs))
     return result
 
 
@@ -106,26 +74,28 @@ def _rate(tokens: float, t0: float | None) -> float:
     return 0.0 if t0 is None else tokens / max(time.perf_counter() - t0, 1e-9)
 
 
-def train_and_evaluate(c, workdir: str) -> Summary:
+def train_and_evaluate(run: RunConfig, workdir: str) -> Summary:
+    """Train `run` in `workdir` (resuming from its newest checkpoint) and evaluate it."""
+    t = run.train
+    task = tasks.get(run.task)
     # ---- data and model --------------------------------------------------------------------
-    mesh = sharding.make_mesh(dict(c.mesh))
-    vocab_size, make_iterator, vocab = _task_data(c)
-    max_length = c.data.seq_len
-    if c.task == "seq2seq":  # UniLM rows hold source + separator + target
-        max_length = c.seq2seq.src_len + c.seq2seq.tgt_len + 1
-    mcfg = tasks.adapt_model_config(c, model_config(c, vocab_size=vocab_size,
-                                                    max_length=max_length))  # fmt: skip
-    model = tasks.model_class(c)(mcfg, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
+    mesh = sharding.make_mesh(run.mesh.as_dict())
+    data = task.build_data(run)
+    mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
+    model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=t.seed, dropout=t.seed + 1))
     model_def, params, consts = step.split_model(model)
-    opt = optim.make_optimizer(c.optimizer, c.num_train_steps)
+    opt = optim.make_optimizer(run.optimizer, t.num_train_steps)
     shardings = step.state_shardings(opt, params, consts, mesh)
-    state = step.init_state(opt, params, consts, c.seed, shardings)
+    state = step.init_state(opt, params, consts, t.seed, shardings)
     del model, params
-    train_iter = make_iterator(True)
+    train_iter = data.make_iterator(True)
+    # What `load_trained` needs to rebuild the model and read its outputs on another machine.
+    if jax.process_index() == 0:
+        trained.save_run_files(workdir, mcfg, data.vocab)
 
     # ---- resume ----------------------------------------------------------------------------
-    ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", every=c.checkpoint_every_steps,
-                                   keep=c.keep_checkpoints)  # fmt: skip
+    ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", every=t.checkpoint_every_steps,
+                                   keep=t.keep_checkpoints)  # fmt: skip
     restored, start = ckpt.restore_latest(checkpoint.abstract(state), train_iter)
     if restored is not None:
         state = restored
@@ -133,30 +103,30 @@ def train_and_evaluate(c, workdir: str) -> Summary:
             print(f"resumed from step {start} in {workdir}", flush=True)
 
     # ---- compiled steps --------------------------------------------------------------------
-    loss_fn = tasks.make_loss(c, vocab=vocab)
-    decode = None
-    if c.task == "seq2seq":
-        from research.train import seq2seq
+    loss_fn = task.loss_fn(run, data)
 
-        def decode(state, pairs):
-            return seq2seq.decode_metrics(model_def, state, pairs, vocab, c)
+    def eval_model(params, consts):
+        return model_def.merge(params, consts, train=False)
+
+    def extra_metrics(state, pairs):
+        return task.evaluate(run, data, eval_model, state, pairs)
 
     train_step = step.make_train_step(model_def, opt, loss_fn, mesh=mesh, shardings=shardings,
-                                      accum_steps=c.accum_steps)  # fmt: skip
+                                      accum_steps=t.accum_steps)  # fmt: skip
     eval_step = step.make_eval_step(model_def, loss_fn, mesh=mesh, shardings=shardings)
     batch_sharding = sharding.batch_sharding(mesh)
     writer = metrics.MetricWriter(workdir)
     preemption = _Preemption()
-    config_json = c.to_dict()
+    config_json = run.raw
 
     # ---- train -----------------------------------------------------------------------------
-    bar = tqdm(total=c.num_train_steps, initial=start, disable=jax.process_index() != 0,
+    bar = tqdm(total=t.num_train_steps, initial=start, disable=jax.process_index() != 0,
                desc="train", unit="step", dynamic_ncols=True)  # fmt: skip
     # Throughput counts from the end of this run's first step, so compilation is excluded.
     window, t0, tokens, steps_run = None, None, 0.0, 0
     last_loss, eval_result, preempted, s = float("nan"), {}, False, start
     try:
-        for s in range(start + 1, c.num_train_steps + 1):
+        for s in range(start + 1, t.num_train_steps + 1):
             batch = pipeline.global_batch(next(train_iter), batch_sharding)
             state, sums = train_step(state, batch)
             sums = jax.device_get(sums)
@@ -169,18 +139,19 @@ def train_and_evaluate(c, workdir: str) -> Summary:
             if t0 is None:
                 t0 = time.perf_counter()
             else:  # every input token is processed, whatever its loss weight
-                tokens += c.batch_size * c.data.seq_len
+                tokens += t.batch_size * batch["inputs"].shape[1]
             window = sums if window is None else {k: window[k] + sums[k] for k in sums}
             rate = _rate(tokens, t0)
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{rate:,.0f}")
-            if s % c.log_every_steps == 0:
+            if s % t.log_every_steps == 0:
                 writer.write(s, "train", {**metrics.summarize(window), "tokens_per_second": rate})
                 window = None
-            if s % c.eval_every_steps == 0 or s == c.num_train_steps:
-                eval_result = _evaluate(eval_step, state, make_iterator, c, batch_sharding, decode)
+            if s % t.eval_every_steps == 0 or s == t.num_train_steps:
+                eval_result = _evaluate(eval_step, state, data.make_iterator, t.eval_steps,
+                                        batch_sharding, extra_metrics)  # fmt: skip
                 writer.write(s, "eval", eval_result)
-            saved = ckpt.save(s, state, train_iter, config_json, force=s == c.num_train_steps)
+            saved = ckpt.save(s, state, train_iter, config_json, force=s == t.num_train_steps)
             if preemption.reached():
                 if not saved:  # a step the schedule just saved must not be saved twice
                     ckpt.save(s, state, train_iter, config_json, force=True)

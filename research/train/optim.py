@@ -3,7 +3,7 @@
 import jax
 import optax
 
-SCHEDULES = ("cosine", "linear", "constant")
+from research.config import SCHEDULES, OptimizerConfig
 
 
 def learning_rate_schedule(*, peak: float, warmup_steps: int, total_steps: int, kind: str):
@@ -26,9 +26,9 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(cfg, num_train_steps: int) -> optax.GradientTransformation:
-    """cfg: learning_rate, warmup_steps, schedule, weight_decay, grad_clip,
-    adam_b1, adam_b2, adam_eps (see configs/)."""
+def make_optimizer(cfg: OptimizerConfig, num_train_steps: int) -> optax.GradientTransformation:
+    """AdamW as `cfg` describes (research.config.OptimizerConfig), decaying to 0 at
+    `num_train_steps`."""
     schedule = learning_rate_schedule(
         peak=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps,

@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from research.bench import attention, common
+from research.bench import attention
+from research.ops.attention.cost import attention_flops
+from research.report import keep_freed_memory
 
 
 def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
@@ -24,7 +26,9 @@ def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
     for r in rows:
         assert r["status"] == "ok" and math.isfinite(r["seconds"]) and r["seconds"] > 0
     # FLOP model: causal softmax 2 B H L^2 D.
-    assert attention.flops("softmax-xla", 1, 128, 2, 8) == 2 * 2 * 128 * 128 * 8
+    assert attention_flops("softmax-xla", batch=1, length=128, heads=2, head_dim=8) == (
+        2 * 2 * 128 * 128 * 8
+    )
 
 
 def test_memory_budget_skips_instead_of_running():
@@ -39,7 +43,7 @@ def _resident_bytes() -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
 def test_keep_freed_memory_keeps_a_freed_16mib_buffer_resident():
     # glibc's default unmaps a freed 16 MiB block (it was mmap'ed); after the call it stays.
-    assert common.keep_freed_memory() == "glibc malloc keeps freed memory (mallopt)"
+    assert keep_freed_memory() == "glibc malloc keeps freed memory (mallopt)"
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p
     n = 16 << 20

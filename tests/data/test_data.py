@@ -6,6 +6,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from research.data import DataError, builders, pipeline, sources, tokenizer
+from research.data.config import DataConfig
 
 
 @pytest.mark.parametrize("kv, length", [(4, 32), (16, 64), (8, 256)])
@@ -55,11 +56,11 @@ def test_text_source_tokenizer_is_trained_once_and_reused(tmp_path):
     path.write_text("\n\n".join(docs))
     c = ConfigDict(dict(data=dict(source=f"text:{path}", data_dir=str(tmp_path / "d"),
                                   vocab_size=300, small=False)))  # fmt: skip
-    train, evaluation, tok = sources.text_sources(c)
+    train, evaluation, tok = sources.text_sources(DataConfig(**c.data))
     assert len(train) + len(evaluation) == 400 and len(evaluation) > 0
     model = next((tmp_path / "d" / "tokenizers").glob("*.model"))
     mtime = model.stat().st_mtime_ns
-    _, _, tok2 = sources.text_sources(c)
+    _, _, tok2 = sources.text_sources(DataConfig(**c.data))
     assert model.stat().st_mtime_ns == mtime  # reused, not retrained
     s = "def f3(x):\n    return x * 3 + 9\n"
     assert tok2.decode(tok.encode(s)) == s  # lossless on code, whitespace included
@@ -115,7 +116,7 @@ def test_catalog_dataset_by_name_with_mock_data(tmp_path):
     c = ConfigDict(dict(data=dict(source="tfds:tiny_shakespeare", data_dir=str(tmp_path),
                                   vocab_size=300, small=False)))  # fmt: skip
     with tfds.testing.mock_data(num_examples=40):
-        train, evaluation, tok = sources.text_sources(c)
+        train, evaluation, tok = sources.text_sources(DataConfig(**c.data))
     assert len(train) == 40 and len(evaluation) == 40 and tok.vocab_size() > 256
 
 
@@ -124,18 +125,18 @@ def test_jsonl_source_and_clear_errors(tmp_path):
     path.write_text("\n".join(json.dumps({"text": f"line {i} " * 5}) for i in range(200)))
     c = ConfigDict(dict(data=dict(source=f"jsonl:{path}", data_dir=str(tmp_path / "d"),
                                   vocab_size=300, small=False)))  # fmt: skip
-    train, evaluation, _ = sources.text_sources(c)
+    train, evaluation, _ = sources.text_sources(DataConfig(**c.data))
     assert len(train) + len(evaluation) == 200
     (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')
     c.data.source = f"jsonl:{tmp_path / 'bad.jsonl'}"
     with pytest.raises(DataError, match="bad.jsonl:1: a jsonl record needs a 'text' field"):
-        sources.text_sources(c)
+        sources.text_sources(DataConfig(**c.data))
     c.data.source = "tfds:glue/cola"  # needs TensorFlow, which the base install does not have
     with pytest.raises(DataError, match=r"pip install -e '.\[tf\]'"):
-        sources.text_sources(c)
+        sources.text_sources(DataConfig(**c.data))
     c.data.source = "parquet:x"
     with pytest.raises(DataError, match="use stdlib_code, tfds:NAME, text:PATH or jsonl:PATH"):
-        sources.text_sources(c)
+        sources.text_sources(DataConfig(**c.data))
 
 
 def test_seq2seq_catalog_dataset_by_name_with_mock_data(tmp_path):
@@ -148,7 +149,7 @@ def test_seq2seq_catalog_dataset_by_name_with_mock_data(tmp_path):
                                           vocab_size=300, source_key="context",
                                           target_key="question")))  # fmt: skip
     with tfds.testing.mock_data(num_examples=24):
-        train, evaluation, vocab = sources.seq2seq_sources(c)
+        train, evaluation, vocab = sources.seq2seq_sources(DataConfig(**c.data), seed=c.seed)
         it = pipeline.seq2seq_iterator(train, vocab, layout="encdec", src_len=16, tgt_len=8,
                                        batch_size=4, seed=0, train=True)  # fmt: skip
         batch = next(it)

@@ -94,7 +94,7 @@ def test_a_sweep_without_the_lm_prints_dashes_not_nan(tmp_path):
     from research.experiments import compare_attention as ca
 
     c = cfg.get_config("smoke")
-    c.tasks = "mqar"
+    c.tasks = ("mqar",)
     results = [
         {"point": {"task": "mqar", "attention": a, "width": w, "lr": 0.01},
          "eval": {"accuracy": acc, "loss": 1.0}, "tokens_per_second": 10.0}

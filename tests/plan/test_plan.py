@@ -12,9 +12,10 @@ import pytest
 from flax import nnx
 
 from configs import lm
+from research import tasks
 from research.plan import chips, plan_train
-from research.train import optim, sharding, step, tasks
-from research.train.config import model_config
+from research.train import optim, sharding, step
+from research.train.config import parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -43,8 +44,10 @@ def test_cpu_plan_predicts_a_real_runs_arrays_and_compiled_step():
 
     # The real thing, as research.train.loop builds it.
     mesh = sharding.make_mesh(dict(c.mesh))
-    mcfg = model_config(c, vocab_size=c.data.vocab_size, max_length=c.data.seq_len)
-    model = tasks.model_class(c)(mcfg, rngs=nnx.Rngs(params=0, dropout=1))
+    run = parse(c)
+    task = tasks.get(run.task)
+    mcfg = task.model_config(run, vocab_size=c.data.vocab_size, max_length=c.data.seq_len)
+    model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=0, dropout=1))
     model_def, params, consts = step.split_model(model)
     opt = optim.make_optimizer(c.optimizer, c.num_train_steps)
     sh = step.state_shardings(opt, params, consts, mesh)
@@ -57,7 +60,7 @@ def test_cpu_plan_predicts_a_real_runs_arrays_and_compiled_step():
     assert plan.argument_bytes == real_args
     assert plan.alias_bytes == _device0_bytes(state)  # the donated state is updated in place
 
-    train = step.make_train_step(model_def, opt, tasks.make_loss(c), mesh=mesh, shardings=sh)
+    train = step.make_train_step(model_def, opt, task.loss_fn(run, None), mesh=mesh, shardings=sh)
     real = train.lower(state, batch).compile().memory_analysis()
     assert plan.temp_bytes == real.temp_size_in_bytes > 0
     assert plan.output_bytes == real.output_size_in_bytes

@@ -11,7 +11,9 @@ from flax import nnx
 from configs import seq2seq as seq2seq_config
 from research.data.pipeline import seq2seq_example
 from research.models import Bert, EncoderDecoder, ModelConfig
-from research.train import seq2seq
+from research.tasks import seq2seq
+from research.tasks.seq2seq import teacher_forcing
+from research.train.config import parse
 
 PAD, BOS, EOS, V = 0, 1, 2, 14
 SRC, TGT = 6, 7
@@ -75,7 +77,7 @@ ZERO_STRENGTH = [
 def _value_and_grad(layout, kw: tuple):
     batch, model = _batch(layout), _model(layout)
     graph, params, rest = nnx.split(model, nnx.Param, ...)
-    fn = seq2seq.make_loss(_config(layout, **dict(kw)), V, BOS, EOS, PAD, 32)
+    fn = seq2seq.make_loss(parse(_config(layout, **dict(kw))).task_config, V, BOS, EOS, PAD, 32)
 
     def loss(p):
         s, w, _ = fn(nnx.merge(graph, p, rest), batch, key=jax.random.PRNGKey(3), step=jnp.int32(5))
@@ -101,10 +103,17 @@ def test_sequence_log_prob_equals_the_incremental_decode(layout):
     tokens = seq2seq.generate(model, batch, layout=layout, method="sample", max_new=TGT,
                               src_len=SRC, bos=BOS, eos=EOS, pad=PAD,
                               key=jax.random.PRNGKey(0))  # fmt: skip
-    got = seq2seq._sequence_log_prob(model, batch, tokens, layout, BOS, EOS, PAD)
+    got = teacher_forcing.sequence_log_prob(model, batch, tokens, layout, BOS, EOS, PAD)
 
-    logits, cache = seq2seq._prefill(model, batch, layout, BOS, TGT, SRC)
-    step = seq2seq._step_fn(model, layout)
+    if layout == "encdec":
+        logits, cache = model.prefill(batch["src"], src_mask=batch["src_mask"], bos_id=BOS,
+                                      max_length=TGT + 1)  # fmt: skip
+        step = model.decode_step
+    else:
+        prompt = batch["inputs"][:, : SRC + 1]
+        logits, cache = model.prefill(prompt, lengths=batch["prompt_length"],
+                                      max_length=SRC + 1 + TGT)  # fmt: skip
+        step = functools.partial(model.decode_step, segment=1)
     expected = np.zeros(tokens.shape[0])
     done = np.zeros(tokens.shape[0], bool)
     for t in range(TGT):

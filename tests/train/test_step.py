@@ -6,8 +6,9 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
+from research import tasks
 from research.models import DecoderLM, ModelConfig
-from research.train import optim, sharding, step, tasks
+from research.train import optim, sharding, step
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_layers=2, d_ff=64, max_length=16,
                   positions="rotary")  # fmt: skip

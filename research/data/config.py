@@ -1,0 +1,36 @@
+"""The data section of a config, typed: the only configuration `research.data` reads."""
+
+import dataclasses
+
+from research.ops.checks import check_positive_field
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where examples come from and how they are cut. Which fields apply depends on the task."""
+
+    # Text tasks: stdlib_code (built here, no download) | tfds:NAME (catalog, downloads once) |
+    # text:PATH (documents separated by blank lines) | jsonl:PATH ({"text": ...} a line).
+    # mqar: "mqar". seq2seq: seq2seq_synthetic | jsonl:PATH ({"source", "target"}) | tfds:NAME.
+    source: str = ""
+    data_dir: str = "~/.cache/seqlab/data"  # built datasets and tokenizers live here
+    seq_len: int = 256  # tokens per training row (LM and MQAR)
+    vocab_size: int = 8192  # tokenizer pieces (an upper bound), or MQAR's token range
+    small: bool = False  # stdlib_code: the first 60 files only (seconds to build)
+    shards: int = 0  # logical data shards (0 = one per process); fixes the batches' content
+    num_kv_pairs: int = 16  # mqar: key-value pairs per sequence
+    train_examples: int = 100_000  # mqar, seq2seq_synthetic: examples built for training
+    test_examples: int = 1_000  # mqar, seq2seq_synthetic: examples built for evaluation
+    seq2seq_task: str = "sort"  # seq2seq_synthetic: copy | reverse | sort | addition
+    min_len: int = 8  # seq2seq_synthetic: shortest source
+    max_len: int = 32  # seq2seq_synthetic: longest source
+    source_key: str = "document"  # seq2seq tfds:NAME: the source text feature
+    target_key: str = "summary"  # seq2seq tfds:NAME: the target text feature
+
+    def __post_init__(self):
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len={self.seq_len}: must be >= 2")
+        for name in ("vocab_size", "num_kv_pairs", "train_examples", "test_examples"):
+            check_positive_field(name, getattr(self, name))
+        if self.shards < 0:
+            raise ValueError(f"shards={self.shards}: must be >= 0 (0 = one per process)")

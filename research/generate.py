@@ -1,0 +1,89 @@
+"""Continue a prompt with a trained language model, or decode a source with a seq2seq model.
+
+    python -m research.generate --workdir=/tmp/seqlab/lm --prompt='def main(' --max_new_tokens=64
+    python -m research.generate --workdir=DIR --prompt='...' --method=sample --temperature=0.8 \
+        --top_k=40 --seed=1 [--step=N]
+    python -m research.generate --workdir=/tmp/seqlab/s2s --prompt='8 3 5 1'   # seq2seq source
+
+The workdir is any training run of an lm or seq2seq config (`research.train.load_trained`:
+the newest checkpoint, or --step). Prints the continuation only. Exit 2 for a bad flag or a
+workdir that cannot be used.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from research.cli import fail, parse_flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a training run's directory")
+_PROMPT = flags.DEFINE_string("prompt", None, "text to continue (lm) or the source (seq2seq)")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate", lower_bound=1)
+_METHOD = flags.DEFINE_enum("method", "greedy", ["greedy", "sample", "beam"], "decoding method")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sample: softmax temperature", lower_bound=0)
+_TOP_K = flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens (0 = all)",
+                              lower_bound=0)  # fmt: skip
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass", lower_bound=0, upper_bound=1)
+_BEAM = flags.DEFINE_integer("beam_size", 4, "beam: beams kept", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "sample: PRNG seed")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
+
+
+def _options(eos: int, pad: int) -> dict:
+    if _METHOD.value == "greedy":
+        return {"stop_tokens": (eos,), "pad_id": pad}
+    if _METHOD.value == "sample":
+        return {"temperature": _TEMPERATURE.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
+                "stop_tokens": (eos,), "pad_id": pad}  # fmt: skip
+    return {"beam_size": _BEAM.value, "eos_id": eos, "pad_id": pad}
+
+
+def main(argv):
+    import jax
+    import numpy as np
+
+    from research.config import ConfigError
+    from research.data.tokenizer import EOS_ID, PAD_ID
+    from research.models.generate import generate
+    from research.train import load_trained
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}")
+    if not _WORKDIR.value or _PROMPT.value is None:
+        fail("both --workdir=DIR and --prompt=TEXT are required")
+    try:
+        trained = load_trained(_WORKDIR.value, step=_STEP.value)
+    except (ConfigError, FileNotFoundError) as e:
+        fail(str(e))
+    run, vocab = trained.config, trained.vocab
+    if run.task == "lm":
+        tok, bos, eos, pad = vocab, None, EOS_ID, PAD_ID
+    elif run.task == "seq2seq" and vocab.tok is not None:
+        tok, bos, eos, pad = vocab.tok, vocab.bos, vocab.eos, vocab.pad
+    else:
+        fail(f"{_WORKDIR.value}: task={run.task!r} has no text vocabulary; generate works for lm "
+             "and text seq2seq runs")  # fmt: skip
+    ids = tok.encode(_PROMPT.value)
+    if run.task == "seq2seq" and run.task_config.layout == "unilm":
+        ids = ids[: run.task_config.src_len] + [bos]  # source + separator, as in training
+        bos = None
+    if not ids:
+        fail("--prompt is empty after tokenization")
+    prompt = np.asarray([ids], np.int32)
+    try:
+        out = generate(trained.model, prompt, max_new_tokens=_MAX_NEW.value,
+                       method=_METHOD.value, key=jax.random.key(_SEED.value), bos_id=bos,
+                       **_options(eos, pad))  # fmt: skip
+    except ValueError as e:  # a prompt longer than the model's positions, for example
+        fail(str(e))
+    tokens = out[0][0, 0] if _METHOD.value == "beam" else out[0]
+    kept = [int(t) for t in np.asarray(tokens) if int(t) not in (eos, pad)]
+    print(tok.decode(kept))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

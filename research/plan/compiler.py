@@ -1,0 +1,68 @@
+"""Compile one jitted step ahead of time and read XLA's per-device figures into a `Plan`."""
+
+import dataclasses
+import math
+import re
+import time
+
+import jax
+
+from research.plan.chips import Chip
+
+
+@dataclasses.dataclass
+class Plan:
+    """Per-device compiler figures for one compiled step."""
+
+    name: str  # "train" | "eval"
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int  # outputs written into donated arguments (counted once)
+    temp_bytes: int
+    flops: float
+    bytes_accessed: float
+    compile_seconds: float
+    note: str = ""  # set when the compiler refused (out of memory): its own message
+
+    @property
+    def total_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    def roofline_seconds(self, chip: Chip) -> float:
+        return max(self.flops / chip.peak_flops, self.bytes_accessed / chip.hbm_bandwidth)
+
+
+def _shard_bytes(tree) -> int:
+    """Bytes one device holds of abstract arrays with shardings (the largest shard)."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+               for x in jax.tree.leaves(tree))  # fmt: skip
+
+
+_OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)")
+
+
+def compile_for_devices(name, fn, *args) -> tuple[Plan, object]:
+    """(Plan, compiled) of jitted `fn` lowered for abstract `args` (whose shardings name the
+    devices); compiled is None when the compiler ran out of memory (the Plan says by how much)."""
+    t0 = time.perf_counter()
+    try:
+        compiled = fn.lower(*args).compile()
+    except jax.errors.JaxRuntimeError as e:
+        # The TPU compiler stops when temporaries exceed HBM; its figure is the plan then.
+        m = _OOM.search(str(e))
+        if "RESOURCE_EXHAUSTED" not in str(e) or not m:
+            raise
+        temp = float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
+        note = str(e).split("RESOURCE_EXHAUSTED: ")[-1].splitlines()[0]
+        plan = Plan(name, _shard_bytes(args), 0, 0, int(temp), math.nan, math.nan,
+                    time.perf_counter() - t0, note)  # fmt: skip
+        return plan, None
+    seconds = time.perf_counter() - t0
+    m = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # older jax returned a list per device
+    plan = Plan(name, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
+                int(m.alias_size_in_bytes), int(m.temp_size_in_bytes),
+                float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
+                seconds)  # fmt: skip
+    return plan, compiled

@@ -1,0 +1,23 @@
+"""Training tasks behind one interface (`research.tasks.base.Task`); the loop knows none by name.
+
+lm        next-token LM on text (DecoderLM)
+mqar      multi-query associative recall (DecoderLM)
+seq2seq   EncoderDecoder or UniLM Bert, with one exposure-bias remedy
+"""
+
+from research.tasks.base import Task, TaskData
+from research.tasks.lm import LmTask, lm_loss
+from research.tasks.mqar import MqarTask
+from research.tasks.seq2seq import Seq2seqTask
+
+TASKS: dict[str, Task] = {t.name: t for t in (LmTask(), MqarTask(), Seq2seqTask())}
+
+
+def get(name: str) -> Task:
+    """The registered task called `name` (ValueError naming the allowed ones otherwise)."""
+    if name not in TASKS:
+        raise ValueError(f"task={name!r}: allowed {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+__all__ = ["TASKS", "Task", "TaskData", "get", "lm_loss"]

@@ -1,0 +1,40 @@
+"""Next-token language modelling with a `DecoderLM` on text (data.source: stdlib_code, tfds,
+text:PATH, jsonl:PATH), tokenized by a sentencepiece model trained on the train split."""
+
+import jax.numpy as jnp
+
+from research import ops
+from research.config import RunConfig
+from research.data import pipeline, sources
+from research.models import DecoderLM
+from research.tasks.base import Task, TaskData
+
+
+def lm_loss(model, batch: dict, *, key=None, step=None):
+    """Next-token LM. batch: inputs, targets [B, L] int, weights [B, L] float (0 = padding),
+    optional segment_ids [B, L]. Metrics: correct (weighted count of argmax hits)."""
+    logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
+    loss_sum, weight_sum = ops.cross_entropy(logits, batch["targets"], mask=batch["weights"])
+    hits = (jnp.argmax(logits, axis=-1) == batch["targets"]) * batch["weights"]
+    return loss_sum, weight_sum, {"correct": jnp.sum(hits)}
+
+
+class LmTask(Task):
+    name = "lm"
+
+    def build_data(self, run: RunConfig) -> TaskData:
+        train_source, eval_source, tok = sources.text_sources(run.data)
+        t, d = run.train, run.data
+
+        def make(train: bool):
+            return pipeline.lm_iterator(train_source if train else eval_source, tok,
+                                        seq_len=d.seq_len, batch_size=t.batch_size, seed=t.seed,
+                                        train=train, shards=d.shards)  # fmt: skip
+
+        return TaskData(tok.vocab_size(), d.seq_len, make, tok)
+
+    def model_class(self, run: RunConfig) -> type:
+        return DecoderLM
+
+    def loss_fn(self, run: RunConfig, data: TaskData | None):
+        return lm_loss

@@ -1,0 +1,79 @@
+"""Getting a trained run back: `load_trained(workdir)` -> the model, its vocabulary, its config.
+
+A workdir is self-contained: besides `checkpoints/` (Orbax: state, data iterator, config JSON)
+the loop writes `model.json` (the exact `ModelConfig`, sizes included) and the vocabulary
+(`research.data.vocab`), so a copied workdir rebuilds and decodes without the data.
+"""
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from ml_collections import ConfigDict
+
+from research import tasks
+from research.config import ConfigError, RunConfig
+from research.data import vocab as vocab_io
+from research.models import ModelConfig
+from research.train import step as train_step
+from research.train.config import parse
+
+
+class Trained(NamedTuple):
+    model: nnx.Module  # in eval mode (dropout off), parameters restored
+    vocab: Any  # sentencepiece processor (lm), Seq2seqVocab (seq2seq) or None (mqar)
+    config: RunConfig
+    step: int
+
+
+def save_run_files(workdir, mcfg: ModelConfig, vocab) -> None:
+    """model.json and the vocabulary, written by process 0 when a run starts."""
+    path = pathlib.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "model.json.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(mcfg), indent=1))
+    tmp.replace(path / "model.json")
+    vocab_io.save(path, vocab)
+
+
+def load_trained(workdir, *, step: int | None = None) -> Trained:
+    """The model of run `workdir` at checkpoint `step` (default: the newest), parameters only
+    (restored with Orbax onto this process's default device; the optimizer state is not read).
+    Raises ConfigError naming what is missing."""
+    path = pathlib.Path(workdir).expanduser()
+    if not (path / "model.json").is_file():
+        raise ConfigError(f"{workdir}: no model.json; not a workdir of a seqlab training run")
+    manager = ocp.CheckpointManager(
+        path / "checkpoints",
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()},
+    )  # fmt: skip
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise ConfigError(f"{workdir}: no checkpoints in {path / 'checkpoints'}")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise ConfigError(f"step={step}: {workdir} has checkpoints at steps {steps}")
+        raw = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        run = parse(ConfigDict(raw.config), check_devices=False)
+        mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
+        task = tasks.get(run.task)
+        model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=0, dropout=1))
+        model_def, params, consts = train_step.split_model(model)
+        target = {"params": nnx.to_pure_dict(params), "consts": nnx.to_pure_dict(consts)}
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                target)  # fmt: skip
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=abstract, partial_restore=True)))  # fmt: skip
+    finally:
+        manager.close()
+    state = restored.state
+    model = model_def.merge(state["params"], state["consts"], train=False)
+    return Trained(model, vocab_io.load(path), run, step)

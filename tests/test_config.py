@@ -1,0 +1,92 @@
+"""Typed configs: the ConfigDict skeleton comes from the dataclasses, parse() checks at the
+boundary, list values are lists however they are written."""
+
+import dataclasses
+
+import pytest
+from ml_collections import ConfigDict
+
+from configs import compare_attention, lm, seq2seq
+from research.config import (
+    MODEL_SIZE_FIELDS,
+    ConfigError,
+    MeshConfig,
+    OptimizerConfig,
+    TrainConfig,
+    as_list,
+    defaults,
+)
+from research.data.config import DataConfig
+from research.models import ModelConfig
+from research.tasks.seq2seq import Seq2seqConfig
+from research.train.config import parse
+
+
+def _declared(cls, exclude=()):
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in exclude}
+
+
+def test_the_skeleton_holds_every_declared_default_once():
+    c = defaults()
+    top = {k: c[k] for k in _declared(TrainConfig)}
+    assert top == _declared(TrainConfig)
+    assert c.optimizer.to_dict() == _declared(OptimizerConfig)
+    assert c.mesh.to_dict() == _declared(MeshConfig)
+    assert c.data.to_dict() == _declared(DataConfig)
+    assert c.model.to_dict() == _declared(ModelConfig, MODEL_SIZE_FIELDS)
+    # A None default (num_kv_heads) is a typed placeholder: an int override is accepted.
+    c.model.num_kv_heads = 2
+    assert parse(c).model.kv_heads == 2
+
+
+def test_parse_gives_typed_frozen_sections():
+    run = parse(seq2seq.get_config("smoke"))
+    assert isinstance(run.task_config, Seq2seqConfig) and run.task_config.eval_beams == (1, 2)
+    assert isinstance(run.data, DataConfig) and run.model.vocab_size == run.data.vocab_size
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.train.batch_size = 3
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("optimizer", "lr", 0.1, "optimizer: unknown keys ['lr']; allowed: adam_b1"),
+        ("data", "seq_len", 1, "data.seq_len=1: must be >= 2"),
+        ("data", "vocab_size", 0, "data.vocab_size=0: must be a positive int"),
+        ("model", "vocab_size", 7, "model: ['vocab_size'] come from the data"),
+        ("seq2seq", "eval_beams", (1, 0), "seq2seq.eval_beams=(1, 0): positive ints"),
+        ("seq2seq", "remedy", "dropout", "seq2seq.remedy='dropout': allowed none, random_"),
+    ],
+)
+def test_bad_values_are_one_line_config_errors(section, key, value, message):
+    c = seq2seq.get_config("smoke")
+    c.unlock()
+    c[section][key] = value
+    with pytest.raises(ConfigError) as e:
+        parse(c)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_unknown_top_level_key_and_task_are_named():
+    c = lm.get_config("smoke")
+    c.unlock()
+    c.seq2seq = ConfigDict({"layout": "encdec"})  # another task's section
+    with pytest.raises(ConfigError, match=r"unknown keys \['seq2seq'\] for task='lm'"):
+        parse(c)
+    c = lm.get_config("smoke")
+    c.task = "chat"
+    with pytest.raises(ConfigError, match="task='chat': allowed lm, mqar, seq2seq"):
+        parse(c)
+
+
+def test_lists_are_lists_whichever_way_they_are_written():
+    assert as_list((16, 32), int) == (16, 32)
+    assert as_list("16, 32", int) == (16, 32)
+    # ml_collections passes `--config.attentions=softmax,elu` to a tuple field as one element.
+    assert as_list(("softmax,elu",)) == ("softmax", "elu")
+    with pytest.raises(ConfigError, match="widths='16,x': expected a list of int"):
+        as_list("16,x", int, name="widths")
+    with pytest.raises(ConfigError, match="widths is empty"):
+        as_list((), int, name="widths")
+    c = compare_attention.get_config()
+    assert c.widths == (32, 64) and c.learning_rates == (1e-2,)
