@@ -29,6 +29,7 @@ def get_config(preset: str = "") -> ConfigDict:
     c.learning_rates = (1e-2,)
     c.tasks = ("mqar", "lm")  # lm: once per (attention, width) at c.lm.optimizer.learning_rate
     c.decode_tokens = 64  # greedy tokens timed after a prompt of MQAR length
+    c.data_dir = ""  # if set, overrides mqar.data.data_dir and lm.data.data_dir
 
     # MQAR (Zoology): keys/values from a small vocabulary; eval accuracy = recall at queries.
     c.mqar = mqar.get_config()

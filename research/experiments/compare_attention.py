@@ -58,6 +58,8 @@ def point_config(c, p: Point):
     """The training config of one point: the task's config with width, attention and lr set."""
     base = copy.deepcopy(c[p.task])
     base.unlock()
+    if c.get("data_dir"):  # one override for both tasks' datasets and tokenizers
+        base.data.data_dir = c.data_dir
     base.model.update(d_model=p.width, d_ff=4 * p.width, **_attention_overrides(p.attention))
     base.optimizer.learning_rate = p.lr
     return base
@@ -68,14 +70,16 @@ def points(c) -> list[Point]:
     widths = as_list(c.widths, int, name="widths")
     lrs = as_list(c.learning_rates, float, name="learning_rates")
     tasks = as_list(c.tasks, name="tasks")
-    if "mqar" not in tasks or set(tasks) - {"mqar", "lm"}:
-        raise ConfigError(f"tasks={c.tasks!r}: allowed 'mqar' or 'mqar,lm'")
+    if set(tasks) - {"mqar", "lm"}:
+        raise ConfigError(f"tasks={c.tasks!r}: allowed mqar, lm or both")
     for a in attentions:
         if a not in ATTENTIONS:
             raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTIONS)}")
     if not is_positive_int(c.decode_tokens):
         raise ConfigError(f"decode_tokens={c.decode_tokens!r}: must be a positive int")
-    out = [Point("mqar", a, w, lr) for a in attentions for w in widths for lr in lrs]
+    out = []
+    if "mqar" in tasks:
+        out += [Point("mqar", a, w, lr) for a in attentions for w in widths for lr in lrs]
     if "lm" in tasks:
         out += [Point("lm", a, w, c.lm.optimizer.learning_rate) for a in attentions for w in widths]
     for p in out:  # every mistake is reported before the first run starts
@@ -112,28 +116,31 @@ def summarize(c, results: list[dict], decode: dict) -> list[dict]:
             mqar = [r for r in mine if r["point"]["task"] == "mqar"]
             lm = [r for r in mine if r["point"]["task"] == "lm"]
             # NaN (diverged) ranks below every finite accuracy.
-            best = max(mqar, key=lambda r: np.nan_to_num(r["eval"]["accuracy"], nan=-1.0))
-            # None = the LM was not run (tasks=mqar); NaN stays reserved for a diverged run.
+            best = max(mqar, key=lambda r: np.nan_to_num(r["eval"]["accuracy"], nan=-1.0),
+                       default=None)  # fmt: skip
+            # None = that task was not run; NaN stays reserved for a diverged run.
             lm_loss = lm[0]["eval"]["loss"] if lm else None
+            speed_of = best or lm[0]  # the MQAR point's throughput, else the LM's
             rows.append({
-                "attention": a, "width": w, "mqar_accuracy": best["eval"]["accuracy"],
-                "mqar_best_lr": best["point"]["lr"], "lm_loss": lm_loss,
+                "attention": a, "width": w,
+                "mqar_accuracy": best and best["eval"]["accuracy"],
+                "mqar_best_lr": best and best["point"]["lr"], "lm_loss": lm_loss,
                 "lm_perplexity": None if lm_loss is None else math.exp(lm_loss),
-                "train_tokens_per_s": best["tokens_per_second"],
+                "train_tokens_per_s": speed_of["tokens_per_second"],
                 "decode_tokens_per_s": decode[a, w][0], "state_bytes": decode[a, w][1],
             })  # fmt: skip
     return rows
 
 
-def _lm_cell(key: str, spec: str):
-    """'-' when the LM was not run (None); NaN stays reserved for a diverged run."""
-    return lambda r: "-" if r["lm_loss"] is None else format(r[key], spec)
+def _cell(key: str, spec: str):
+    """'-' when that task was not run (None); NaN stays reserved for a diverged run."""
+    return lambda r: "-" if r[key] is None else format(r[key], spec)
 
 
 COLUMNS = ("attention", "width", "MQAR acc", "best lr", "LM loss", "LM ppl", "train tok/s",
            "decode tok/s", "state bytes")  # fmt: skip
-FORMATS = ("{attention}", "{width}", "{mqar_accuracy:.3f}", "{mqar_best_lr:g}",
-           _lm_cell("lm_loss", ".3f"), _lm_cell("lm_perplexity", ".1f"),
+FORMATS = ("{attention}", "{width}", _cell("mqar_accuracy", ".3f"), _cell("mqar_best_lr", "g"),
+           _cell("lm_loss", ".3f"), _cell("lm_perplexity", ".1f"),
            "{train_tokens_per_s:,.0f}", "{decode_tokens_per_s:,.0f}",
            "{state_bytes:,}")  # fmt: skip
 
@@ -147,20 +154,29 @@ def plot(rows: list[dict], path: pathlib.Path, title: str):
         for a in dict.fromkeys(r["attention"] for r in rows):
             mine = [r for r in rows if r["attention"] == a]
             widths = [r["width"] for r in mine]
-            axes[0].plot(widths, [r["mqar_accuracy"] for r in mine], marker="o", label=a)
-            if mine[0]["lm_perplexity"] is not None:
-                axes[1].plot(widths, [r["lm_perplexity"] for r in mine], marker="o", label=a)
-        if rows[0]["lm_perplexity"] is None:
-            axes[1].text(0.5, 0.5, "LM not run (tasks=mqar)", ha="center",
-                         transform=axes[1].transAxes)  # fmt: skip
-        labels = ("MQAR eval accuracy (best lr)", "LM eval perplexity")
+            for ax, key in zip(axes, ("mqar_accuracy", "lm_perplexity"), strict=True):
+                if mine[0][key] is not None:
+                    ax.plot(widths, [r[key] for r in mine], marker="o", label=a)
+        for ax, key, task in ((axes[0], "mqar_accuracy", "MQAR"), (axes[1], "lm_perplexity", "LM")):
+            if rows[0][key] is None:
+                ax.text(0.5, 0.5, f"{task} not run (tasks)", ha="center", transform=ax.transAxes)
+        labels = ("MQAR eval accuracy (best lr)", "LM eval perplexity" + _spread(rows))
         for ax, label in zip(axes, labels, strict=True):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("model width (d_model)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
         axes[0].set_ylim(0, 1.02)
-        axes[0].legend()
+        (axes[0] if rows[0]["mqar_accuracy"] is not None else axes[1]).legend()
+
+
+def _spread(rows) -> str:
+    """The LM panel's y-range in words: matplotlib zooms in on tiny differences (a 0.03% spread
+    once filled the panel), so the label says how large they are."""
+    ppl = [r["lm_perplexity"] for r in rows if r["lm_perplexity"] is not None]
+    if len(ppl) < 2 or not all(math.isfinite(p) for p in ppl):
+        return ""
+    return f"\n(max/min - 1 = {max(ppl) / min(ppl) - 1:.2%})"
 
 
 def run(c, workdir: str) -> list[dict]:
@@ -177,14 +193,15 @@ def run(c, workdir: str) -> list[dict]:
     decode = {(a, w): decode_cost(c, a, w) for a in as_list(c.attentions, name="attentions")
               for w in widths}  # fmt: skip
     rows = summarize(c, results, decode)
-    m = c.mqar.data
-    lm = c.lm
+    m, lm, tasks = c.mqar.data, c.lm, as_list(c.tasks, name="tasks")
+    mqar_part = (f"MQAR seq_len {m.seq_len}, {m.num_kv_pairs} kv pairs, vocab {m.vocab_size}, "
+                 f"{c.mqar.num_train_steps} steps x batch {c.mqar.batch_size}; "
+                 if "mqar" in tasks else "")  # fmt: skip
     lm_part = (f"LM {lm.data.source} seq_len {lm.data.seq_len}, {lm.num_train_steps} steps; "
-               if "lm" in as_list(c.tasks, name="tasks") else "")  # fmt: skip
-    header = (f"{machine_header()}\nMQAR seq_len {m.seq_len}, {m.num_kv_pairs} kv pairs, vocab "
-              f"{m.vocab_size}, {c.mqar.num_train_steps} steps x batch {c.mqar.batch_size}; "
-              f"{lm_part}{c.mqar.model.num_layers} layers, {c.mqar.model.num_heads} heads; "
-              f"decode batch 1, {c.decode_tokens} tokens after {m.seq_len}")  # fmt: skip
+               if "lm" in tasks else "")  # fmt: skip
+    header = (f"{machine_header()}\n{mqar_part}{lm_part}{c.mqar.model.num_layers} layers, "
+              f"{c.mqar.model.num_heads} heads; decode batch 1, {c.decode_tokens} tokens after "
+              f"{m.seq_len}")  # fmt: skip
     if jax.process_index() == 0:
         write_csv(workdir / "compare.csv", rows, FIELDS)
         plot(rows, workdir / "compare.png", header)

@@ -108,3 +108,29 @@ def test_a_sweep_without_the_lm_prints_dashes_not_nan(tmp_path):
     assert "nan" not in text  # NaN means diverged; the LM was simply not run
     ca.plot(rows, tmp_path / "p.png", "title")
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_an_lm_only_sweep_and_one_data_dir_for_both_tasks(tmp_path):
+    from configs import compare_attention as cfg
+    from research.experiments import compare_attention as ca
+
+    c = cfg.get_config("smoke")
+    c.tasks = ("lm",)
+    c.data_dir = str(tmp_path / "data")
+    points = ca.points(c)
+    assert {p.task for p in points} == {"lm"} and len(points) == 4
+    assert ca.point_config(c, points[0]).data.data_dir == str(tmp_path / "data")
+    mqar_point = ca.Point("mqar", "softmax", 16, 0.01)
+    assert ca.point_config(c, mqar_point).data.data_dir == str(tmp_path / "data")
+    results = [
+        {"point": {"task": "lm", "attention": a, "width": w, "lr": 0.003},
+         "eval": {"accuracy": 0.1, "loss": 4.0 + w / 1000}, "tokens_per_second": 7.0}
+        for a in ("softmax", "elu") for w in (16, 32)
+    ]  # fmt: skip
+    decode = {(a, w): (5.0, 64) for a in ("softmax", "elu") for w in (16, 32)}
+    rows = ca.summarize(c, results, decode)
+    assert "| softmax | 16 | - | - | 4.016 | 55.5 | 7 | 5 | 64 |" in ca.table(rows)
+    # The LM panel says how small its spread is: exp(4.032) / exp(4.016) - 1 = 1.61%.
+    assert ca._spread(rows) == "\n(max/min - 1 = 1.61%)"
+    ca.plot(rows, tmp_path / "p.png", "title")
+    assert (tmp_path / "p.png").stat().st_size > 10_000
