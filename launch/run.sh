@@ -2,9 +2,17 @@
 # Creates .venv if missing, installs seqlab, and runs the default experiment (linear vs softmax
 # attention, configs/compare_attention.py) on data built locally. Extra arguments go to
 # research.main, for example: ./launch/run.sh --config.widths=32,64 --workdir=/tmp/cmp
+#
+#   ./launch/run.sh --install-only        # only create .venv and install seqlab into it
+#   EXTRAS=tb ./launch/run.sh --install-only   # with the TensorBoard viewer (optional extras)
+#   PYTHON=/path/to/python3.11 ./launch/run.sh # the interpreter that creates .venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/bootstrap.sh
 ensure_venv ""
+if [ "${1:-}" = "--install-only" ]; then
+  echo "[seqlab] .venv is ready; run commands with .venv/bin/python or after source .venv/bin/activate"
+  exit 0
+fi
 exec .venv/bin/python -m research.main --config=configs/compare_attention.py \
     --workdir=/tmp/seqlab/compare_attention "$@"

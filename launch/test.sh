@@ -2,10 +2,15 @@
 # Creates .venv if missing, installs seqlab with its test extras, lints (ruff, the import-linter
 # architecture contracts), and runs the whole suite.
 # Extra arguments go to pytest, for example: ./launch/test.sh tests/ops -k linear
+# ./launch/test.sh --install-only installs the test extras and stops (PYTHON, EXTRAS: bootstrap.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/bootstrap.sh
 ensure_venv "test"
+if [ "${1:-}" = "--install-only" ]; then
+  echo "[seqlab] .venv is ready with the test extras"
+  exit 0
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache  # architecture contracts in pyproject.toml

@@ -1,7 +1,9 @@
 """What every command-line entry point shares: one-line errors, absl parsing without tracebacks."""
 
 import argparse
+import re
 import sys
+import traceback
 
 from absl import flags
 
@@ -18,8 +20,61 @@ def parse_flags(argv):
         return flags.FLAGS(argv)
     except OSError as e:  # a --config.key=value override applied to a config file that failed
         fail(config_load_error(e))
+    except (SyntaxError, ImportError) as e:  # a config file that does not compile or import
+        fail(_source_error(e))
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        # --config.no_such_key=...: ml_collections raises a KeyError ("Did you mean ..."), or,
+        # for a top-level key, an AttributeError that wraps one.
+        key_error = e.args[0] if isinstance(e, AttributeError) and e.args else e
+        if isinstance(key_error, KeyError):
+            fail(unknown_key_error(key_error, argv))
+        fail(_one_line(e))
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of `e`'s message. For a config file whose get_config() raised (a bad
+    preset, a SyntaxError), ml_collections replaces the message by a traceback: the cause, the
+    innermost exception of the chain, takes its place."""
+    text = str(e).strip()
+    marker = "Error whilst parsing config file:"
+    if marker in text:
+        cause = e
+        while (cause.__cause__ or cause.__context__) is not None:
+            cause = cause.__cause__ or cause.__context__
+        detail = str(cause).strip().splitlines()
+        head = text.split(marker, 1)[0]  # "flag --config=FILE:PRESET: "
+        return head + (detail[0] if detail else type(cause).__name__)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _source_error(e: SyntaxError | ImportError) -> str:
+    """`FILE:LINE: message` of a config file that does not compile, or of the deepest frame
+    (the config file's import line, unless the error is inside the imported module)."""
+    if isinstance(e, SyntaxError):
+        return f"{e.filename}:{e.lineno}: {e.msg}"
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<")]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+    return f"{where}{e}"
+
+
+def unknown_key_error(e: KeyError, argv) -> str:
+    """One line for an override of a config key that does not exist, naming the flag and, when
+    ml_collections has one, the closest existing key: `--config.num_train_step: no such config
+    key; did you mean --config.num_train_steps?`"""
+    message = str(e.args[0]) if e.args else ""
+    key = (message.splitlines() or [""])[0].strip("'\"")
+    suggestion = re.search(r'Did you mean "([^"]+)"', message)
+    for arg in argv[1:]:
+        name = arg.split("=", 1)[0].lstrip("-")
+        parts = name.split(".")
+        if len(parts) > 1 and key in parts[1:]:
+            flag = "--" + name
+            if suggestion:
+                fixed = [suggestion.group(1) if p == key else p for p in parts]
+                return f"{flag}: no such config key; did you mean --{'.'.join(fixed)}?"
+            return f"{flag}: no such config key"
+    hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
+    return f"no such config key {key!r}{hint}"
 
 
 def config_load_error(e: OSError) -> str:

@@ -10,12 +10,44 @@ building nor reading needs TensorFlow.
 import abc
 import dataclasses
 import hashlib
+import logging
 import pathlib
 import sys
 import sysconfig
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
+
+
+class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder of data made on this machine, built without tfds' download chatter."""
+
+    def dataset_info_from_configs(self, **kwargs):
+        info = super().dataset_info_from_configs(**kwargs)
+        # Before a first build tfds looks for precomputed metadata on GCS (off by default), but
+        # first makes a /tmp/tmp*tfds folder it never removes. Ours have no metadata there.
+        info.initialize_from_bucket = lambda: None
+        return info
+
+    def _log_download_bytes(self):
+        pass  # "Downloading and preparing dataset Unknown size (download: Unknown size, ...)"
+
+    def _log_download_done(self):
+        pass  # "Dataset NAME downloaded and prepared to DIR. Subsequent calls will reuse ..."
+
+
+class _QuietCustomConfigs(logging.Filter):
+    """Drops tfds' "Using custom data configuration: ..." warning for our builders' configs
+    (every MQAR and seq2seq setting is a custom config); other datasets keep it."""
+
+    def filter(self, record):
+        ours = isinstance(record.args, tuple) and record.args
+        ours = ours and isinstance(record.args[0], (StdlibCodeConfig, MqarConfig, Seq2SeqConfig))
+        return not (ours and str(record.msg).startswith("Using custom data configuration"))
+
+
+absl_logging.get_absl_logger().addFilter(_QuietCustomConfigs())
 
 # ----------------------------------------------------------------------------------------------
 # Standard-library code corpus
@@ -43,7 +75,7 @@ class StdlibCodeConfig(tfds.core.BuilderConfig):
     max_files: int = 0  # 0 = all files; tests use a few
 
 
-class StdlibCode(tfds.core.GeneratorBasedBuilder):
+class StdlibCode(_LocalBuilder):
     """Python standard-library sources, one example per file: {path, text}."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -84,7 +116,7 @@ class StdlibCode(tfds.core.GeneratorBasedBuilder):
 # ----------------------------------------------------------------------------------------------
 # Synthetic tasks: seeded generators with train and test splits
 # ----------------------------------------------------------------------------------------------
-class _Synthetic(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _Synthetic(_LocalBuilder, skip_registration=True):
     """Splits of examples drawn by `_example(rng)`; the config has seed, train/test_examples."""
 
     def _split_generators(self, dl_manager):

@@ -32,16 +32,37 @@ def _local_documents(path: str, kind: str) -> list[dict]:
     if not p.is_file():
         raise DataError(f"data.source={kind}:{path}: no such file")
     if kind == "text":
-        docs = [d.strip() for d in re.split(r"\n\s*\n", p.read_text(encoding="utf-8"))]
+        docs = [d.strip() for d in re.split(r"\n\s*\n", _read_text(p, path))]
         return [{"text": d} for d in docs if d]
     docs = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            record = json.loads(line)
-            if "text" not in record:
-                raise DataError(f"{path}:{i + 1}: a jsonl record needs a 'text' field")
-            docs.append({"text": record["text"]})
+    for i, record in _jsonl_records(p, path):
+        if not isinstance(record.get("text"), str):
+            raise DataError(f"{path}:{i}: a jsonl record needs a 'text' field holding a string")
+        docs.append({"text": record["text"]})
     return docs
+
+
+def _read_text(p: pathlib.Path, path: str) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def _jsonl_records(p: pathlib.Path, path: str):
+    """(line number, JSON object) for each non-blank line; a line that is not a JSON object
+    raises DataError naming the file and the line."""
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other line separators.
+    for i, line in enumerate(_read_text(p, path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: not valid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{i}: expected a JSON object, got {type(record).__name__}")
+        yield i, record
 
 
 def _split_documents(docs):
@@ -128,14 +149,32 @@ def text_sources(d: DataConfig):
         raise DataError(
             f"data.source={source!r}: use stdlib_code, tfds:NAME, text:PATH or jsonl:PATH"
         )
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source)
-    if source == "stdlib_code" and d.small:
-        slug += "-small"
-    model_path = data_dir / "tokenizers" / f"{slug}-{d.vocab_size}.model"
-    tok = tokenizer.train_or_load(
-        lambda: (r["text"] for r in train), str(model_path), vocab_size=d.vocab_size
-    )
+
+    def texts():
+        return (r["text"] for r in train)
+
+    local = source.startswith(("text:", "jsonl:"))
+    tag = "-small" if source == "stdlib_code" and d.small else ""
+    model_path = _tokenizer_path(data_dir, source + tag, d.vocab_size, texts() if local else None)
+    tok = tokenizer.train_or_load(texts, str(model_path), vocab_size=d.vocab_size)
     return train, evaluation, tok
+
+
+def _tokenizer_path(data_dir, source: str, vocab_size: int, texts=None) -> pathlib.Path:
+    """data_dir/tokenizers/{source as a file name}[-{hash}]-{vocab_size}.model.
+
+    `texts`, the training texts of a local file (text:, jsonl:), put the first 12 hex digits of
+    their sha256 in the name, so an edited corpus trains a new tokenizer instead of silently
+    reusing the old one. tfds datasets (stdlib_code, tfds:NAME) are versioned and keep one name.
+    """
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source)
+    if texts is not None:
+        h = hashlib.sha256()
+        for t in texts:
+            h.update(t.encode("utf-8"))
+            h.update(b"\0")
+        slug += f"-{h.hexdigest()[:12]}"
+    return data_dir / "tokenizers" / f"{slug}-{vocab_size}.model"
 
 
 def _local_pairs(path: str) -> list[dict]:
@@ -143,12 +182,10 @@ def _local_pairs(path: str) -> list[dict]:
     if not p.is_file():
         raise DataError(f"data.source=jsonl:{path}: no such file")
     pairs = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            r = json.loads(line)
-            if "source" not in r or "target" not in r:
-                raise DataError(f"{path}:{i + 1}: a seq2seq record needs 'source' and 'target'")
-            pairs.append({"text": r["source"] + "\n" + r["target"], **r})
+    for i, r in _jsonl_records(p, path):
+        if not (isinstance(r.get("source"), str) and isinstance(r.get("target"), str)):
+            raise DataError(f"{path}:{i}: a seq2seq record needs 'source' and 'target' strings")
+        pairs.append({"text": r["source"] + "\n" + r["target"], **r})
     return pairs
 
 
@@ -180,8 +217,6 @@ def seq2seq_sources(d: DataConfig, *, seed: int):
         keys = (d.source_key, d.target_key)
     else:
         raise DataError(f"data.source={d.source!r}: use seq2seq_synthetic, jsonl:PATH or tfds:NAME")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", d.source)
-    model_path = data_dir / "tokenizers" / f"{slug}-{d.vocab_size}.model"
 
     def texts():
         for r in train:
@@ -189,6 +224,8 @@ def seq2seq_sources(d: DataConfig, *, seed: int):
                 t = r[k]
                 yield t.decode("utf-8") if isinstance(t, bytes) else t
 
+    local = d.source.startswith("jsonl:")
+    model_path = _tokenizer_path(data_dir, d.source, d.vocab_size, texts() if local else None)
     tok = tokenizer.train_or_load(texts, str(model_path), vocab_size=d.vocab_size)
     vocab = Seq2seqVocab(tok.vocab_size(), tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID,
                          tok, keys)  # fmt: skip

@@ -67,6 +67,56 @@ def test_text_source_tokenizer_is_trained_once_and_reused(tmp_path):
     assert tok.piece_to_id("\n") not in (tokenizer.UNK_ID,)
 
 
+def test_text_source_tokenizer_is_retrained_when_the_corpus_changes(tmp_path):
+    """The cached tokenizer is keyed on a hash of its training text, not only the file's path."""
+    path = tmp_path / "corpus.txt"
+    d = DataConfig(source=f"text:{path}", data_dir=str(tmp_path / "d"), vocab_size=300)
+    path.write_text("\n\n".join(f"def f{i}(x):\n    return x * {i}\n" for i in range(300)))
+    _, _, old = sources.text_sources(d)
+    path.write_text("\n\n".join(f"class C{i}:\n    y = '{i}' * {i}\n" for i in range(300)))
+    _, _, new = sources.text_sources(d)
+    models = sorted((tmp_path / "d" / "tokenizers").glob("*.model"))
+    assert len(models) == 2 and all(m.name.endswith("-300.model") for m in models)
+    s = "class C7:\n    y = '7' * 7\n"
+    assert len(new.encode(s)) < len(old.encode(s))  # learnt from the new corpus
+
+
+def test_malformed_jsonl_line_names_the_file_and_line(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"text": f"doc {i}", "source": "a", "target": "b"}) for i in range(5)]
+    path.write_text("\n".join(lines[:3] + ['{"text": "cut off', *lines[3:]]))
+    d = DataConfig(source=f"jsonl:{path}", data_dir=str(tmp_path / "d"), vocab_size=300)
+    with pytest.raises(DataError, match=r"docs.jsonl:4: not valid JSON \(.*column \d+\)"):
+        sources.text_sources(d)
+    with pytest.raises(DataError, match=r"docs.jsonl:4: not valid JSON"):
+        sources.seq2seq_sources(d, seed=0)
+    path.write_text("\n".join([*lines[:2], "[1, 2]"]))
+    with pytest.raises(DataError, match=r"docs.jsonl:3: expected a JSON object, got list"):
+        sources.text_sources(d)
+    path.write_bytes(b'{"text": "\xff"}\n')
+    with pytest.raises(DataError, match=r"docs.jsonl: not UTF-8 text"):
+        sources.text_sources(d)
+
+
+def test_local_builds_are_quiet_and_leave_no_temporary_folder(tmp_path, monkeypatch, capfd, caplog):
+    """Our builders print none of tfds' download messages, and the folder tfds makes in the
+    temporary directory (tmp*tfds, never removed) is not made."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    cfg = builders.mqar_config(vocab_size=64, seq_len=32, num_kv_pairs=2, train_examples=8,
+                               test_examples=2)  # fmt: skip
+    builders.build(builders.Mqar, str(tmp_path / "data"), cfg)
+    builders.Mqar(data_dir=str(tmp_path / "data"), config=cfg).as_data_source("train")
+    out, err = capfd.readouterr()
+    shown = out + err + caplog.text
+    for message in ("Downloading and preparing", "downloaded and prepared", "custom data config"):
+        assert message not in shown
+    assert not list(tmp.iterdir())
+
+
 def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
     docs = [{"text": f"x = {i}\n" * (i % 7 + 1)} for i in range(300)]
     tok = tokenizer.train_or_load(lambda: (d["text"] for d in docs), str(tmp_path / "t.model"),

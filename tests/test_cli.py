@@ -1,0 +1,89 @@
+"""A researcher's first commands: each mistake ends in one `error: ...` line and exit code 2,
+before anything trains; config files load from any directory; CPU commands print no libtpu noise.
+"""
+
+import glob
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(args, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def _error_line(r) -> str:
+    """The one line a user mistake prints; fails on a traceback or on more lines."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def test_unknown_preset_prints_the_allowed_ones(tmp_path):
+    r = _run(["-m", "research.main", "--config=configs/lm.py:smok", f"--workdir={tmp_path}"])
+    assert _error_line(r) == (
+        "error: flag --config=configs/lm.py:smok: unknown preset 'smok' for configs/lm.py; "
+        "allowed: smoke"
+    )
+
+
+@pytest.mark.parametrize(
+    "flag, closest",
+    [("--config.num_train_step=10", "--config.num_train_steps"),
+     ("--config.model.d_modl=8", "--config.model.d_model")],
+)  # fmt: skip
+def test_misspelt_override_names_the_flag_and_the_closest_key(tmp_path, flag, closest):
+    r = _run(["-m", "research.main", "--config=configs/lm.py:smoke", flag, f"--workdir={tmp_path}"])
+    name = flag.split("=")[0]
+    assert _error_line(r) == f"error: {name}: no such config key; did you mean {closest}?"
+
+
+def test_config_file_that_does_not_compile_or_import(tmp_path):
+    (tmp_path / "broken.py").write_text("def get_config(:\n    pass\n")
+    (tmp_path / "imports.py").write_text("import no_such_module_xyz\n")
+    r = _run(["-m", "research.main", f"--config={tmp_path / 'broken.py'}", "--workdir=w"],
+             cwd=tmp_path)  # fmt: skip
+    assert _error_line(r).startswith(f"error: {tmp_path / 'broken.py'}:1: ")
+    r = _run(["-m", "research.main", f"--config={tmp_path / 'imports.py'}", "--workdir=w"],
+             cwd=tmp_path)  # fmt: skip
+    assert _error_line(r) == (
+        f"error: {tmp_path / 'imports.py'}:1: No module named 'no_such_module_xyz'"
+    )
+
+
+def test_config_files_load_by_absolute_path_from_any_directory(tmp_path):
+    """configs is an installed package: the repository's files and a user's own config file that
+    builds on them (`from configs import lm`) load from any working directory."""
+    mine = tmp_path / "mine.py"
+    mine.write_text(
+        "from configs import lm\n\n\n"
+        "def get_config(preset=''):\n"
+        "    c = lm.get_config('smoke')\n"
+        "    c.num_train_steps = 0\n"
+        "    return c\n"
+    )
+    for config in (f"{ROOT / 'configs' / 'lm.py'}:smoke", str(mine)):
+        r = _run(["-m", "research.main", f"--config={config}", "--config.num_train_steps=0",
+                  f"--workdir={tmp_path / 'w'}"], cwd=tmp_path)  # fmt: skip
+        assert _error_line(r) == "error: num_train_steps=0: must be a positive int"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
+@pytest.mark.skipif(
+    bool(glob.glob("/dev/accel*") or os.path.exists("/dev/vfio")), reason="a TPU host"
+)
+def test_cpu_commands_print_no_libtpu_errors(tmp_path):
+    """With libtpu installed (the test extra), JAX probes the TPU backend on every start; on a
+    machine without TPU chips that must not print libtpu's errors."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "TPU_"))}
+    r = _run(["-c", "import research, jax; print(jax.devices())"], cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    noise = [x for x in r.stderr.splitlines() if "libtpu" in x or "E0000" in x or "TPU" in x]
+    assert not noise, r.stderr
