@@ -239,7 +239,7 @@ class LinearAttention(Attention):
         _key_padding_only(cfg, mask)
         return ops.linear_attention(
             q, k, v, feature_map=self.feature_map(), causal=causal, mask=mask,
-            form=cfg.linear_form, chunk_size=cfg.chunk_size,
+            form=cfg.linear_form if causal else "chunked", chunk_size=cfg.chunk_size,
         )  # fmt: skip
 
     def empty_state(self, batch, max_length):

@@ -25,6 +25,13 @@ def check_positive_field(key: str, value) -> None:
         raise ValueError(f"{key}={value!r}: must be a positive int")
 
 
+def check_bool(name: str, value) -> None:
+    """Raises ValueError unless `value` is a real bool (numpy bools count; "yes", 1 and None do
+    not: a truthy string would otherwise silently switch a behaviour on)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
 def check_causal_allowed(*, attention: str = "linear", feature_map=None) -> None:
     """Raises ValueError if this attention cannot be causal (call it only when causal is asked).
 
@@ -41,5 +48,7 @@ def check_causal_allowed(*, attention: str = "linear", feature_map=None) -> None
     if attention == "linear" and isinstance(feature_map, str) and feature_map == "softmax":
         raise ValueError(
             "feature_map='softmax' (Efficient Attention) cannot be causal: it normalises keys "
-            "over all positions; use elu, relu, taylor or favor for causal attention"
+            "over all positions; use elu, relu, taylor or favor for causal attention (in "
+            "research.ops, favor also needs favor_projection=ops.favor_projection(key, "
+            "num_features, head_dim))"
         )

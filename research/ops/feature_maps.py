@@ -14,9 +14,19 @@ from research.ops.checks import check_positive_int
 
 FeatureMap = Callable[[jax.Array], jax.Array]
 
-# Names accepted by `linear_attention(feature_map=...)`. "softmax" is special: it is not a
-# per-token map (keys are normalised over positions), see `research.ops.attention.linear`.
+# Names accepted by `linear_attention(feature_map=...)` on their own. "softmax" is special: it
+# is not a per-token map (keys are normalised over positions), see `research.ops.attention.linear`.
 FEATURE_MAP_NAMES = ("elu", "relu", "taylor", "softmax")
+# FAVOR+ by name: the ops also need its random matrix, `favor_projection=favor_projection(key, m,
+# head_dim)` (`research.models.ModelConfig(feature_map="favor")` builds that matrix itself).
+FAVOR = "favor"
+FAVOR_NEEDS_PROJECTION = (
+    "feature_map='favor' needs favor_projection=ops.favor_projection(key, num_features, head_dim)"
+)
+ALLOWED = (
+    f"{', '.join(FEATURE_MAP_NAMES)}, favor (with favor_projection=...) "
+    "or a callable [..., head_dim] -> [..., features]"
+)
 
 
 def elu_feature_map(x: jax.Array) -> jax.Array:
@@ -108,8 +118,27 @@ _BY_NAME: dict[str, FeatureMap] = {
 }
 
 
-def resolve(feature_map: str | FeatureMap) -> FeatureMap:
+def with_projection(feature_map: str | FeatureMap, favor_projection=None) -> str | FeatureMap:
+    """`favor(favor_projection)` for feature_map="favor"; any other map is returned unchanged.
+
+    Raises ValueError for "favor" without a projection, or a projection with any other map (it
+    would be ignored).
+    """
+    if isinstance(feature_map, str) and feature_map == FAVOR:
+        if favor_projection is None:
+            raise ValueError(FAVOR_NEEDS_PROJECTION)
+        return favor(favor_projection)
+    if favor_projection is not None:
+        raise ValueError(
+            f"favor_projection is only used with feature_map='favor', got feature_map="
+            f"{feature_map!r}"
+        )
+    return feature_map
+
+
+def resolve(feature_map: str | FeatureMap, favor_projection=None) -> FeatureMap:
     """Returns the per-token map for a name or callable; raises ValueError for unknown names."""
+    feature_map = with_projection(feature_map, favor_projection)
     if callable(feature_map):
         return feature_map
     if feature_map == "softmax":
@@ -118,18 +147,18 @@ def resolve(feature_map: str | FeatureMap) -> FeatureMap:
             "per-token form; it is only available in non-causal linear_attention"
         )
     if feature_map not in _BY_NAME:
-        raise ValueError(
-            f"unknown feature_map {feature_map!r}; allowed: {', '.join(FEATURE_MAP_NAMES)} "
-            "or a callable [..., head_dim] -> [..., features]"
-        )
+        raise ValueError(f"unknown feature_map {feature_map!r}; allowed: {ALLOWED}")
     return _BY_NAME[feature_map]
 
 
-def feature_dim(feature_map: str | FeatureMap, head_dim: int) -> int:
-    """Number of features phi produces for inputs of size `head_dim` (the recurrent state's F)."""
-    if feature_map == "softmax":
+def feature_dim(feature_map: str | FeatureMap, head_dim: int, *, favor_projection=None) -> int:
+    """Number of features phi produces for inputs of size `head_dim` (the recurrent state's F).
+
+    For "favor" that is the projection's number of rows, so pass `favor_projection` with it.
+    """
+    if isinstance(feature_map, str) and feature_map == "softmax" and favor_projection is None:
         return head_dim
-    phi = resolve(feature_map)
+    phi = resolve(feature_map, favor_projection)
     if hasattr(phi, "feature_dim"):
         return int(phi.feature_dim)
     out = jax.eval_shape(phi, jax.ShapeDtypeStruct((1, head_dim), jnp.float32))

@@ -18,7 +18,8 @@ def cross_entropy(
 ) -> tuple[jax.Array, jax.Array]:
     """Sum of token cross-entropies and the sum of weights.
 
-    logits [..., V] (any float dtype; computed in fp32), labels [...] int, mask [...] bool or
+    logits [..., V] (any float dtype; computed in fp32), labels [...] of an integer dtype (float
+    labels raise ValueError rather than being silently truncated), mask [...] bool or
     float weights (default all ones). Per token, with targets t = (1 - eps) onehot(y) + eps / V:
       loss = -sum_v t_v log softmax(logits)_v + z_loss * logsumexp(logits)^2
     (label smoothing: Szegedy et al. 2016; z-loss: PaLM, Chowdhery et al. 2022).
@@ -28,6 +29,9 @@ def cross_entropy(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     if z_loss < 0:
         raise ValueError(f"z_loss must be >= 0, got {z_loss!r}")
+    labels_dtype = jnp.result_type(labels)
+    if not jnp.issubdtype(labels_dtype, jnp.integer):
+        raise ValueError(f"labels must have an integer dtype (token ids), got {labels_dtype}")
     if jnp.shape(labels) != jnp.shape(logits)[:-1]:
         raise ValueError(
             f"labels shape {jnp.shape(labels)} must equal logits shape without the vocab axis "

@@ -119,6 +119,89 @@ def test_favor_projection_rows_are_orthogonal_in_blocks():
     assert w.shape == (12, 8)
 
 
+def test_favor_by_name_with_projection_equals_the_callable():
+    """feature_map="favor" (the ModelConfig spelling) works in the ops given its projection, in
+    every entry point, and equals passing `fm.favor(W)`."""
+    q, k, v = _qkv(6, 2, 12, 12, 2, 8, dv=5)
+    mask = _key_mask(6, 2, 12)
+    w = fm.favor_projection(jax.random.PRNGKey(2), 16, 8)
+    named = dict(feature_map="favor", favor_projection=w)
+    for causal in (True, False):
+        got = att.linear_attention(q, k, v, causal=causal, mask=mask, chunk_size=4, **named)
+        want = att.linear_attention(q, k, v, feature_map=fm.favor(w), causal=causal, mask=mask,
+                                    chunk_size=4)  # fmt: skip
+        np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"causal={causal}")
+    assert fm.feature_dim("favor", 8, favor_projection=w) == 16
+    state = att.linear_attention_state(k[:, :5], v[:, :5], mask=mask[:, :5], **named)
+    want_state = att.linear_attention_state(k[:, :5], v[:, :5], mask=mask[:, :5],
+                                            feature_map=fm.favor(w))  # fmt: skip
+    np.testing.assert_allclose(state.s, want_state.s, atol=1e-6)
+    _, out = att.linear_attention_step(state, q[:, 5], k[:, 5], v[:, 5], **named)
+    _, want_out = att.linear_attention_step(want_state, q[:, 5], k[:, 5], v[:, 5],
+                                            feature_map=fm.favor(w))  # fmt: skip
+    np.testing.assert_allclose(out, want_out, atol=1e-6)
+    # Under jit the projection is a traced argument (as a trained or resampled W would be).
+    jitted = jax.jit(lambda w: att.linear_attention(q, k, v, causal=True, feature_map="favor",
+                                                    favor_projection=w))  # fmt: skip
+    np.testing.assert_allclose(jitted(w), att.linear_attention(q, k, v, causal=True, **named),
+                               atol=1e-6)  # fmt: skip
+
+
+def _favor_calls(w=None, feature_map="favor"):
+    kw = dict(feature_map=feature_map, favor_projection=w)
+    s0 = att.linear_attention_init_state(1, 2, 8, 4)
+    return {
+        "linear_attention": lambda: att.linear_attention(q4, q4, q4, causal=True, **kw),
+        "linear_attention_step": lambda: att.linear_attention_step(
+            s0, q4[:, 0], q4[:, 0], q4[:, 0], **kw
+        ),
+        "linear_attention_state": lambda: att.linear_attention_state(q4, q4, **kw),
+        "feature_dim": lambda: fm.feature_dim(feature_map, 4, favor_projection=w),
+    }
+
+
+@pytest.mark.parametrize("entry", list(_favor_calls()))
+def test_favor_name_without_projection_says_how_to_make_one(entry):
+    with pytest.raises(ValueError) as err:
+        _favor_calls()[entry]()
+    message = str(err.value)
+    assert message == (
+        "feature_map='favor' needs favor_projection=ops.favor_projection(key, num_features, "
+        "head_dim)"
+    )
+    # The suggested expression runs, and with it the same call succeeds.
+    from research import ops
+
+    suggested = message.split("favor_projection=", 1)[1]
+    w = eval(suggested, {"ops": ops, "key": jax.random.PRNGKey(0), "num_features": 8,
+                         "head_dim": 4})  # fmt: skip
+    _favor_calls(w)[entry]()
+
+
+@pytest.mark.parametrize("entry", list(_favor_calls()))
+def test_favor_projection_with_another_map_is_refused(entry):
+    w = fm.favor_projection(jax.random.PRNGKey(0), 8, 4)
+    with pytest.raises(ValueError, match="favor_projection is only used with feature_map='favor'"):
+        _favor_calls(w, feature_map="elu")[entry]()
+
+
+def test_causal_softmax_map_error_suggests_maps_that_work():
+    """The error for a causal softmax map lists replacements; each one (favor with the
+    projection its own error asks for) runs causally."""
+    with pytest.raises(ValueError, match="cannot be causal") as err:
+        att.linear_attention(q4, q4, q4, feature_map="softmax", causal=True)
+    names = str(err.value).split("use ", 1)[1].split(" for causal")[0]
+    suggested = names.replace(" or ", ", ").split(", ")
+    assert suggested == ["elu", "relu", "taylor", "favor"]
+    assert "favor_projection=ops.favor_projection(key, num_features, head_dim)" in str(err.value)
+    w = fm.favor_projection(jax.random.PRNGKey(0), 8, 4)
+    for name in suggested:
+        extra = {"favor_projection": w} if name == "favor" else {}
+        att.linear_attention(q4, q4, q4, feature_map=name, causal=True, **extra)
+    with pytest.raises(ValueError, match="unknown feature_map 'cosine'.*favor \\(with favor_proj"):
+        att.linear_attention(q4, q4, q4, feature_map="cosine")
+
+
 # ---------------------------------------------------------------- linear attention, gradients
 def _quadratic_linear_jax(q, k, v, phi):
     """Plain masked quadratic form in JAX, differentiated by autodiff: the gradient reference."""
@@ -373,6 +456,22 @@ def test_softmax_xla_matches_jax_nn_reference():
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", att.SOFTMAX_IMPLEMENTATIONS)
+@pytest.mark.parametrize("lq, lk", [(5, 9), (9, 5)])
+def test_causal_softmax_is_top_left_aligned_when_lengths_differ(impl, lq, lk):
+    """causal=True with Lq != Lk: query i sees keys j <= i (not the bottom-right alignment of
+    decoding after a cache), as the docstring says."""
+    q, k, v = _qkv(14, 2, lq, lk, 2, 4)
+    top_left = np.arange(lq)[:, None] >= np.arange(lk)[None, :]
+    want = np_softmax_attention(q, k, v, mask=top_left[None, None])
+    got = att.softmax_attention(q, k, v, causal=True, implementation=impl, block_q=2, block_k=3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    bottom_right = np.arange(lq)[:, None] + (lk - lq) >= np.arange(lk)[None, :]
+    other = np_softmax_attention(q, k, v, mask=bottom_right[None, None])
+    assert not np.allclose(got, other, atol=1e-3)
+    assert "top-left aligned also when Lq != Lk" in " ".join(att.softmax_attention.__doc__.split())
+
+
 def test_linformer_equals_softmax_over_projected_keys():
     q, k, v = _qkv(13, 2, 10, 16, 2, 4)
     rng = np.random.default_rng(0)
@@ -495,6 +594,28 @@ BAD_INPUTS = {
 }
 
 
+CAUSAL_CALLS = {
+    "softmax": lambda c: soft(q4, q4, q4, causal=c),
+    "blockwise": lambda c: soft(q4, q4, q4, causal=c, implementation="blockwise"),
+    "linear": lambda c: lin(q4, q4, q4, causal=c),
+    "linformer": lambda c: linformer(q4, q4, q4, ones((2, 8)), ones((2, 8)), causal=c),
+}
+
+
+@pytest.mark.parametrize("attention", CAUSAL_CALLS)
+@pytest.mark.parametrize("bad", ["yes", "False", 1, 0, None, np.array([True])])
+def test_causal_must_be_a_bool(attention, bad):
+    """A truthy string such as "False" used to switch causal masking on silently."""
+    with pytest.raises(ValueError, match=r"^causal must be a bool, got "):
+        CAUSAL_CALLS[attention](bad)
+
+
+@pytest.mark.parametrize("attention", CAUSAL_CALLS)
+def test_causal_accepts_python_and_numpy_bools(attention):
+    for good in (False, np.False_) + (() if attention == "linformer" else (True, np.True_)):
+        CAUSAL_CALLS[attention](good)
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_raises_clear_error(case):
     call, match = BAD_INPUTS[case]
@@ -507,3 +628,11 @@ def test_bad_input_is_rejected_before_compilation():
     fn = jax.jit(lambda q: att.linear_attention(q, q, q, chunk_size=0))
     with pytest.raises(ValueError, match="chunk_size"):
         fn.lower(q4)
+
+
+def test_a_causal_only_form_with_causal_false_is_refused():
+    q = jnp.ones((1, 8, 2, 4))
+    for form in ("scan", "cumsum"):
+        with pytest.raises(ValueError, match=f"form='{form}' applies to causal attention only"):
+            att.linear_attention(q, q, q, causal=False, form=form)
+    att.linear_attention(q, q, q, causal=False)  # the default form is fine

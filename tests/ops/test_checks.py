@@ -1,9 +1,11 @@
-"""research.ops.checks: the shared positive-int and causal-allowed rules."""
+"""research.ops.checks: the shared positive-int, bool and causal-allowed rules."""
+
+import re
 
 import numpy as np
 import pytest
 
-from research.ops.checks import check_causal_allowed, check_positive_int
+from research.ops.checks import check_bool, check_causal_allowed, check_positive_int
 
 
 @pytest.mark.parametrize("bad", [True, False, 0, -1, 1.5, "3", None])
@@ -26,3 +28,14 @@ def test_check_causal_allowed():
     for feature_map in (None, "elu", "relu", "taylor", "favor", lambda x: x):
         check_causal_allowed(feature_map=feature_map)
     check_causal_allowed(attention="softmax", feature_map="softmax")  # the map is unused there
+
+
+@pytest.mark.parametrize("bad", ["yes", "False", 1, 0, None, 1.0, np.array(True)])
+def test_check_bool_rejects(bad):
+    with pytest.raises(ValueError, match=f"^flag must be a bool, got {re.escape(repr(bad))}$"):
+        check_bool("flag", bad)
+
+
+@pytest.mark.parametrize("good", [True, False, np.True_, np.bool_(False)])
+def test_check_bool_accepts(good):
+    check_bool("flag", good)

@@ -8,6 +8,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from research.ops import attention as att
+from research.ops import feature_maps as fm
 from research.ops.attention import context_parallel as cp
 from research.ops.attention import cost
 
@@ -49,6 +50,25 @@ def test_linear_context_parallel_equals_single_device(feature_map, form):
         q, k, v, feature_map=feature_map, causal=True) ** 2), (0, 1, 2))(q, k, v)  # fmt: skip
     for a, b in zip(g, ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_linear_context_parallel_takes_favor_by_name():
+    q, k, v = _qkv(length=32)
+    w = fm.favor_projection(jax.random.PRNGKey(0), 16, 8)
+    named = dict(feature_map="favor", favor_projection=w, chunk_size=4)
+    fn = _sharded(lambda q, k, v: cp.linear_attention_cp(q, k, v, axis_name="seq", **named))
+    want = att.linear_attention(q, k, v, feature_map=fm.favor(w), causal=True)
+    np.testing.assert_allclose(fn(q, k, v), want, atol=1e-5)
+    with pytest.raises(ValueError, match="feature_map='favor' needs favor_projection="):
+        _sharded(lambda q, k, v: cp.linear_attention_cp(q, k, v, axis_name="seq",
+                                                        feature_map="favor"))(q, k, v)  # fmt: skip
+
+
+def test_ring_attention_causal_must_be_a_bool():
+    q, k, v = _qkv(length=16)
+    fn = _sharded(lambda q, k, v: cp.ring_attention(q, k, v, axis_name="seq", causal="no"))
+    with pytest.raises(ValueError, match="causal must be a bool, got 'no'"):
+        fn(q, k, v)
 
 
 @pytest.mark.parametrize("kv_heads", [2, 1])

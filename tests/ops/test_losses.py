@@ -93,3 +93,21 @@ def test_bad_arguments(kwargs, match):
         losses.cross_entropy(logits, labels, **kwargs)
     with pytest.raises(ValueError, match="labels shape"):
         losses.cross_entropy(logits, labels[:, :3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, jnp.bfloat16, np.bool_])
+def test_non_integer_labels_are_refused(dtype):
+    """Float labels used to be truncated to int silently (2.7 -> class 2)."""
+    logits, labels, _ = _case()
+    with pytest.raises(ValueError, match="labels must have an integer dtype"):
+        losses.cross_entropy(logits, np.asarray(labels, dtype))
+    with pytest.raises(ValueError, match="labels must have an integer dtype"):
+        losses.mlm_loss(logits, np.asarray(labels, dtype), mlm_mask=np.ones(labels.shape, bool))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.int16])
+def test_integer_labels_of_any_width_are_accepted(dtype):
+    logits, labels, _ = _case()
+    want = losses.cross_entropy(logits, labels.astype(np.int32))
+    got = losses.cross_entropy(logits, labels.astype(dtype))
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
+from research.ops import feature_maps as fm
 from research.ops.attention.common import check_qkv, repeat_kv
 from research.ops.attention.linear import (
     LinearAttentionState,
@@ -29,7 +30,7 @@ from research.ops.attention.linear import (
     linear_attention_state,
 )
 from research.ops.attention.softmax import online_softmax_update
-from research.ops.checks import check_causal_allowed
+from research.ops.checks import check_bool, check_causal_allowed
 
 
 def _axis_size(axis_name: str, axis_size: int | None) -> int:
@@ -63,6 +64,7 @@ def linear_attention_cp(
     axis_name: str,
     axis_size: int | None = None,
     feature_map="elu",
+    favor_projection: Float[Array, "M D"] | None = None,
     form: str = "chunked",
     chunk_size: int = 64,
     block_bytes: int | None = None,
@@ -70,7 +72,10 @@ def linear_attention_cp(
     """Causal linear attention on this device's sequence block; see the module docstring.
 
     q [B, L/P, H, D], k [B, L/P, Hkv, D], v [B, L/P, Hkv, Dv] (this device's block).
+    feature_map, favor_projection (the same [M, D] matrix on every device), form: as in
+    `linear_attention`.
     """
+    feature_map = fm.with_projection(feature_map, favor_projection)
     check_causal_allowed(feature_map=feature_map)
     axis_size = _axis_size(axis_name, axis_size)
     heads = q.shape[2]
@@ -97,6 +102,7 @@ def ring_attention(
 
     q [B, L/P, H, D], k [B, L/P, Hkv, D], v [B, L/P, Hkv, Dv]. Logits and sums in fp32.
     """
+    check_bool("causal", causal)
     check_qkv(q, k, v)
     axis_size = _axis_size(axis_name, axis_size)
     b, n, h, d = q.shape

@@ -12,7 +12,7 @@ from jaxtyping import Array, Bool, Float
 
 from research.ops.attention.common import check_qkv, normalise_mask
 from research.ops.attention.softmax import softmax_attention
-from research.ops.checks import check_causal_allowed
+from research.ops.checks import check_bool, check_causal_allowed
 
 
 def linformer_attention(
@@ -31,6 +31,7 @@ def linformer_attention(
     Shapes: q [B, Lq, H, D], k [B, n, Hkv, D], v [B, n, Hkv, Dv], e and f [m, n] -> [B, Lq, H, Dv].
     `mask` [B, n] is a key-padding mask: padded keys and values are zeroed before projecting.
     """
+    check_bool("causal", causal)
     if causal:
         check_causal_allowed(attention="linformer")
     check_qkv(q, k, v)

@@ -23,7 +23,7 @@ from research.ops.attention.common import (
     pad_axis,
     repeat_kv,
 )
-from research.ops.checks import check_positive_int
+from research.ops.checks import check_bool, check_positive_int
 
 SOFTMAX_IMPLEMENTATIONS = ("xla", "blockwise")
 
@@ -46,6 +46,11 @@ def softmax_attention(
     Shapes: q [B, Lq, H, D], k [B, Lk, Hkv, D], v [B, Lk, Hkv, Dv] -> [B, Lq, H, Dv].
     `scale` defaults to 1/sqrt(D). Logits and softmax are computed in fp32.
 
+    causal: query i sees keys j <= i, top-left aligned also when Lq != Lk (as in
+      `jax.nn.dot_product_attention(is_causal=True)`): with Lq < Lk the last Lk - Lq keys are
+      seen by no query, with Lq > Lk queries i >= Lk see every key. To decode Lq new queries
+      after Lk - Lq cached keys (bottom-right alignment), pass `mask` instead.
+
     implementation:
       "xla": dense reference; materialises the [B, H, Lq, Lk] logits.
       "blockwise": online softmax over key blocks (Rabe & Staats 2021, "Self-attention does not
@@ -55,6 +60,7 @@ def softmax_attention(
     block_q, block_k: blockwise tile sizes in tokens; None takes the backend's default
       (`common.default_block_sizes`). The dense form ignores them.
     """
+    check_bool("causal", causal)
     check_qkv(q, k, v)
     if implementation not in SOFTMAX_IMPLEMENTATIONS:
         raise ValueError(

@@ -17,20 +17,18 @@ from research.ops import feature_maps as fm
 from research.ops.attention.common import check_qkv, default_block_sizes, divide, repeat_kv
 from research.ops.attention.linear import chunk, naive, recurrent
 from research.ops.attention.linear.recurrent import LinearAttentionState
-from research.ops.checks import check_causal_allowed, check_positive_int
+from research.ops.checks import check_bool, check_causal_allowed, check_positive_int
 
 LINEAR_FORMS = ("chunked", "scan", "cumsum")
 
 
 def check_feature_map(feature_map, causal: bool) -> None:
-    """A callable, or a name in `feature_maps.FEATURE_MAP_NAMES` that allows `causal`."""
+    """A callable, or a name in `feature_maps.FEATURE_MAP_NAMES` (or "favor") that allows
+    `causal`. The public functions first bind "favor" to its projection (`fm.with_projection`)."""
     if callable(feature_map):
         return
-    if feature_map not in fm.FEATURE_MAP_NAMES:
-        raise ValueError(
-            f"unknown feature_map {feature_map!r}; allowed: {', '.join(fm.FEATURE_MAP_NAMES)} "
-            "or a callable [..., head_dim] -> [..., features]"
-        )
+    if feature_map not in (*fm.FEATURE_MAP_NAMES, fm.FAVOR):
+        raise ValueError(f"unknown feature_map {feature_map!r}; allowed: {fm.ALLOWED}")
     if causal:
         check_causal_allowed(feature_map=feature_map)
 
@@ -59,6 +57,7 @@ def linear_attention(
     v: Float[Array, "B Lk Hkv Dv"],
     *,
     feature_map="elu",
+    favor_projection: Float[Array, "M D"] | None = None,
     causal: bool = False,
     mask: Bool[Array, "B Lk"] | None = None,
     form: str = "chunked",
@@ -74,8 +73,12 @@ def linear_attention(
 
     feature_map: "elu" (elu+1), "relu", "taylor" (phi(x) = [1, x/|x|], sim = 1 + q^.k^),
       "softmax" (Efficient Attention, Shen et al. 2021: softmax over features for q, over
-      positions for k; non-causal only), or a callable such as `feature_maps.favor(W)`.
-    form (causal only; non-causal is always the O(L d^2) two-matmul form):
+      positions for k; non-causal only), "favor" (FAVOR+, Choromanski et al. 2021; needs
+      `favor_projection`), or a callable such as `feature_maps.favor(W)`.
+    favor_projection: [M, D] random features for feature_map="favor", from
+      `feature_maps.favor_projection(key, M, D)` (the same as passing `feature_maps.favor(W)`).
+    form (causal only; non-causal linear attention has one O(L d^2) two-matmul form, so another
+      form with causal=False is an error rather than silently ignored):
       "chunked": chunkwise-parallel. Inside each chunk of `chunk_size` tokens a masked quadratic
         product; across chunks a prefix of per-chunk d_k x d_v states. Chunks are processed a
         cache-sized block at a time (`block_bytes`, None: the backend's default) with a
@@ -88,10 +91,15 @@ def linear_attention(
       parallelism), added to every position's running sums: S_i = S_0 + sum_{j<=i} phi(k_j) v_j^T.
     All sums are accumulated in fp32; the output has the dtype of q.
     """
+    check_bool("causal", causal)
     check_qkv(q, k, v)
+    feature_map = fm.with_projection(feature_map, favor_projection)
     check_feature_map(feature_map, causal)
     if form not in LINEAR_FORMS:
         raise ValueError(f"unknown form {form!r}; allowed: {', '.join(LINEAR_FORMS)}")
+    if not causal and form != "chunked":
+        raise ValueError(f"form={form!r} applies to causal attention only; with causal=False "
+                         "leave form at its default")  # fmt: skip
     check_positive_int("chunk_size", chunk_size)
     block_bytes = default_block_sizes().block_bytes if block_bytes is None else block_bytes
     check_positive_int("block_bytes", block_bytes)
@@ -150,7 +158,8 @@ def linear_attention_init_state(
     """Zero recurrent state: s [batch, heads, features, value_dim], z [batch, heads, features].
 
     `feature_dim` is `research.ops.feature_maps.feature_dim(feature_map, head_dim)` (for example
-    head_dim + 1 for "taylor"). Keep `dtype` fp32 for long decodes: the sums only grow.
+    head_dim + 1 for "taylor", M for "favor" with `favor_projection=W` of shape [M, head_dim]).
+    Keep `dtype` fp32 for long decodes: the sums only grow.
     """
     for name, value in (("batch", batch), ("heads", heads), ("feature_dim", feature_dim),
                         ("value_dim", value_dim)):  # fmt: skip
@@ -168,6 +177,7 @@ def linear_attention_step(
     v_t: Float[Array, "B H Dv"],
     *,
     feature_map="elu",
+    favor_projection: Float[Array, "M D"] | None = None,
     mask_t: Bool[Array, " B"] | None = None,
 ) -> tuple[LinearAttentionState, Float[Array, "B H Dv"]]:
     """One decoding step of causal linear attention in O(1) time and memory per token.
@@ -175,8 +185,10 @@ def linear_attention_step(
     S_t = S_{t-1} + phi(k_t) v_t^T, z_t = z_{t-1} + phi(k_t), out_t = phi(q_t) S_t / phi(q_t).z_t.
     Shapes: q_t, k_t [B, H, D], v_t [B, H, Dv], state from `linear_attention_init_state`;
     `mask_t` [B] bool: False leaves that row's state unchanged (a padding token).
+    feature_map, favor_projection: as in `linear_attention` (not "softmax": it cannot be causal).
     Returns (new_state, out_t [B, H, Dv] in the dtype of q_t).
     """
+    feature_map = fm.with_projection(feature_map, favor_projection)
     check_feature_map(feature_map, causal=True)
     for name, x in (("q_t", q_t), ("k_t", k_t), ("v_t", v_t)):
         if jnp.ndim(x) != 3:
@@ -204,13 +216,16 @@ def linear_attention_state(
     v: Float[Array, "B L H Dv"],
     *,
     feature_map="elu",
+    favor_projection: Float[Array, "M D"] | None = None,
     mask: Bool[Array, "B L"] | None = None,
 ) -> LinearAttentionState:
     """Recurrent state after a whole prefix: s = sum_j phi(k_j) v_j^T, z = sum_j phi(k_j).
 
     k [B, L, H, D], v [B, L, H, Dv], mask [B, L] (False = padding, not summed). Stepping
     `linear_attention_step` from this state continues the causal form exactly (prefill).
+    feature_map, favor_projection: as in `linear_attention` (not "softmax": it cannot be causal).
     """
+    feature_map = fm.with_projection(feature_map, favor_projection)
     check_feature_map(feature_map, causal=True)
     fk = fm.resolve(feature_map)(k).astype(jnp.float32)
     if mask is not None:
