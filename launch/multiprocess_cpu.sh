@@ -6,8 +6,13 @@
 #   ./launch/multiprocess_cpu.sh 2 --config=configs/lm.py:smoke --workdir=/tmp/seqlab/mp
 #   DEVICES_PER_PROCESS=4 ./launch/multiprocess_cpu.sh 2 --config=...
 #
+# Each process runs .venv/bin/python (make it with ./launch/run.sh --install-only);
+# SEQLAB_PYTHON=/path/to/python runs another interpreter that has seqlab installed. PYTHON is not
+# used here: it names the base interpreter that run.sh and test.sh create .venv with.
+#
 # Process 0 prints to the terminal; process i logs to WORKDIR/process_i.log (or /tmp). Exits with
-# the first non-zero exit code; SIGTERM/SIGINT are forwarded to every process (preemption).
+# the first non-zero exit code of the processes (0 when all saved and stopped on a signal);
+# SIGTERM/SIGINT are forwarded to every process as SIGTERM (preemption).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
@@ -16,7 +21,11 @@ if [ $# -lt 1 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
 fi
 n="$1"
 shift
-python="${PYTHON:-.venv/bin/python}"
+python="${SEQLAB_PYTHON:-.venv/bin/python}"
+if ! command -v "$python" > /dev/null; then
+  echo "error: $python not found; create it with ./launch/run.sh --install-only" >&2
+  exit 2
+fi
 port="${SEQLAB_PORT:-$((20000 + RANDOM % 20000))}"
 logdir=/tmp
 for arg in "$@"; do
@@ -24,7 +33,11 @@ for arg in "$@"; do
 done
 mkdir -p "$logdir"
 pids=()
-forward() { kill -TERM "${pids[@]}" 2>/dev/null || true; }
+signalled=0
+forward() {
+  signalled=1
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+}
 trap forward TERM INT
 for ((i = 0; i < n; i++)); do
   env XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}" \
@@ -35,6 +48,15 @@ for ((i = 0; i < n; i++)); do
 done
 status=0
 for pid in "${pids[@]}"; do
-  wait "$pid" || { code=$?; [ "$status" = 0 ] && status=$code; }
+  while true; do
+    signalled=0
+    code=0
+    wait "$pid" || code=$?
+    # A trapped signal makes `wait` return 128+signal while the process still runs (saving):
+    # wait again for its own exit code (bash keeps it even when the process is gone).
+    if [ "$code" -gt 128 ] && [ "$signalled" = 1 ]; then continue; fi
+    break
+  done
+  [ "$status" = 0 ] && status=$code
 done
 exit "$status"

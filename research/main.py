@@ -5,8 +5,12 @@
 A config with an `experiment` key (for example configs/compare_attention.py) runs that sweep of
 training runs from research.experiments instead of a single run.
 
-Re-running with the same --workdir resumes from its newest readable checkpoint. Exit codes:
-0 done or preempted (SIGTERM: saved, then stopped), 1 non-finite loss, 2 bad flags or config.
+Re-running with the same --workdir resumes from its newest readable checkpoint; it refuses when the
+config changed in a way that changes the training (research.train.loop.SAFE_CONFIG_CHANGES lists
+what may change) unless --allow_config_change is given. SIGTERM (preemption) or Ctrl-C: save at
+the end of the current step and stop; a second Ctrl-C aborts at once, unsaved. Exit codes: 0 done
+or stopped by a signal (saved), 1 non-finite loss, 2 bad flags or config, 130 interrupted by
+Ctrl-C before training started or by a second Ctrl-C.
 """
 
 import os
@@ -24,6 +28,11 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "multi-process: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "multi-process: this process's index")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "resume even when the config differs from the checkpoint's in keys that change the training "
+    "(num_train_steps, optimizer.*, ...); the differences are printed",
+)  # fmt: skip
 
 
 def _check_workdir(workdir: str) -> None:
@@ -74,24 +83,42 @@ def main(argv):
                 if jax.process_index() == 0:
                     print(e, flush=True)
             return 0
-        summary = loop.train_and_evaluate(parse(config), _WORKDIR.value)
+        summary = loop.train_and_evaluate(
+            parse(config), _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+        )
     except (ConfigError, DataError) as e:
         fail(str(e))
     except loop.NonFiniteLoss as e:
         fail(str(e), code=1)
     if jax.process_index() == 0:
-        ev = summary.eval
-        state = "preempted: saved and stopped" if summary.preempted else "done"
-        nan = float("nan")
-        print(
-            f"{state} at step {summary.last_step} ({summary.steps_run} steps this run, resumed "
-            f"from {summary.resumed_from}); train loss {summary.final_train_loss:.4f}; "
-            f"eval loss {ev.get('loss', nan):.4f}, accuracy {ev.get('accuracy', nan):.4f}, "
-            f"perplexity {ev.get('perplexity', nan):.2f}; {summary.tokens_per_second:,.0f} tokens/s"
-        )
+        print(summary_line(summary))
     logging.flush()
     return 0
 
 
+def summary_line(summary) -> str:
+    """The last line of a run. NaN is kept for divergence: a run stopped before its first
+    evaluation (or resumed with no step left) says so instead of printing nan."""
+    state = "preempted: saved and stopped" if summary.preempted else "done"
+    parts = [f"{state} at step {summary.last_step} ({summary.steps_run} steps this run, resumed "
+             f"from {summary.resumed_from})"]  # fmt: skip
+    if summary.steps_run:
+        parts.append(f"train loss {summary.final_train_loss:.4f}")
+    ev = summary.eval
+    if ev:
+        metrics = [f"eval loss {ev['loss']:.4f}"] if "loss" in ev else []
+        metrics += [f"accuracy {ev['accuracy']:.4f}"] if "accuracy" in ev else []
+        metrics += [f"perplexity {ev['perplexity']:.2f}"] if "perplexity" in ev else []
+        parts.append(", ".join(metrics))
+    else:
+        parts.append("no evaluation ran")
+    if summary.steps_run:
+        parts.append(f"{summary.tokens_per_second:,.0f} tokens/s")
+    return "; ".join(parts)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    try:
+        app.run(main, flags_parser=parse_flags)
+    except KeyboardInterrupt:  # Ctrl-C while no training loop holds SIGINT (start-up, between runs)
+        fail("interrupted by Ctrl-C outside training: nothing to save", code=130)

@@ -18,8 +18,17 @@ from research.train.config import ConfigError
 class Checkpointer:
     def __init__(self, directory, *, every: int, keep: int):
         self.directory = epath.Path(directory)
+        # Orbax's default decision policy adds InitialSavePolicy, which saves the first step of a
+        # manager that has no checkpoint yet (a step-1 checkpoint nobody asked for). Saves here
+        # are the schedule's (every `every` steps), Orbax's own preemption notice (a
+        # multi-host preemption sync point, when JAX has one) and what the loop forces (the last
+        # step, SIGTERM/SIGINT).
+        policy = ocp.checkpoint_managers.AnySavePolicy([
+            ocp.checkpoint_managers.FixedIntervalPolicy(every),
+            ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
+        ])  # fmt: skip
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=True,
+            save_decision_policy=policy, max_to_keep=keep, enable_async_checkpointing=True,
             create=True, cleanup_tmp_directories=True,
         )  # fmt: skip
         self.manager = ocp.CheckpointManager(
@@ -41,14 +50,18 @@ class Checkpointer:
         )
         return self.manager.save(step, args=args, force=force)
 
-    def restore_latest(self, abstract_state, data_iterator):
+    def restore_latest(self, abstract_state, data_iterator, *, check_config=None):
         """(state, step) from the newest readable checkpoint, or (None, 0) when there is none.
 
         `abstract_state`: ShapeDtypeStructs with shardings, so arrays come back already placed.
-        The data iterator's state is restored in place.
+        The data iterator's state is restored in place. `check_config(step, saved_config)` is
+        called before a checkpoint is restored, with the config it was saved with (None when
+        unreadable); it may raise (ConfigError) to refuse that checkpoint, and the whole run.
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
             self._check_same_layout(step, abstract_state)
+            if check_config is not None:
+                check_config(step, self.saved_config(step))
             try:
                 restored = self.manager.restore(
                     step,
@@ -62,6 +75,16 @@ class Checkpointer:
                 logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying an older one",
                                 step, self.directory, type(e).__name__, str(e)[:200])  # fmt: skip
         return None, 0
+
+    def saved_config(self, step: int) -> dict | None:
+        """The config (JSON) checkpoint `step` was saved with, or None when unreadable."""
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+            )
+            return restored.config
+        except Exception:  # noqa: BLE001 - unreadable: the state restore decides what follows
+            return None
 
     def _check_same_layout(self, step: int, abstract_state) -> None:
         """Raise MismatchedCheckpoint if checkpoint `step` holds a state of other array paths or

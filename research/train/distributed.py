@@ -24,5 +24,12 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
             )
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES"):
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or _tpu_hosts() > 1:
         jax.distributed.initialize()  # JAX reads the cluster from SLURM / the TPU metadata
+
+
+def _tpu_hosts() -> int:
+    """Hosts named in TPU_WORKER_HOSTNAMES (comma-separated; research/__init__.py sets
+    "localhost" off TPU hosts to quiet libtpu). One host needs no distributed start-up."""
+    names = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return len([n for n in names.split(",") if n.strip()])

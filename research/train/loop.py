@@ -1,6 +1,8 @@
 """The training loop, top to bottom: build -> restore -> train/eval/checkpoint -> summary."""
 
 import dataclasses
+import json
+import logging
 import math
 import signal
 import time
@@ -12,7 +14,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from research import tasks
-from research.config import RunConfig
+from research.config import ConfigError, RunConfig
 from research.data import DataError, pipeline
 from research.train import checkpoint, metrics, optim, sharding, step, trained
 
@@ -33,14 +35,22 @@ class Summary:
 
 
 class _Preemption:
-    """SIGTERM sets a flag; every process stops at the same step (the flag is all-reduced)."""
+    """SIGTERM (preemption) or a first Ctrl-C (SIGINT) sets a flag: the loop saves and stops,
+    every process at the same step (the flag is all-reduced). A second Ctrl-C kills the process
+    at once, unsaved (the default action; a half-written checkpoint is a tmp directory that Orbax
+    removes on the next start)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.flag = False
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame):
+        # No printing here: the handler may interrupt the progress bar's own write to stderr.
         self.flag = True
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     def reached(self) -> bool:
         if jax.process_count() == 1:
@@ -48,7 +58,55 @@ class _Preemption:
         return bool(np.any(multihost_utils.process_allgather(np.asarray(self.flag))))
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self.previous)
+        for sig, previous in self.previous.items():
+            if previous is not None:  # None: installed outside Python, cannot be put back
+                signal.signal(sig, previous)
+
+
+# Config keys that may differ between a checkpoint and the run resuming it without changing what
+# is trained: they decide how often the loop logs, evaluates and saves, how many eval batches it
+# averages (the metric, not the training), where built data lives (the same data.source builds
+# the same data) and how devices are arranged (mesh.*: Orbax reshards the restored state onto the
+# new mesh; the math is the same up to reduction order). Everything else changes the training:
+# num_train_steps (the learning-rate schedule decays to 0 there), seed, batch_size, accum_steps
+# (dropout keys are per microbatch), optimizer.*, model.*, data.* (data.shards fixes which
+# examples form each batch and the layout of the saved iterator state) and the task's section.
+SAFE_CONFIG_CHANGES = ("log_every_steps", "eval_every_steps", "eval_steps",
+                       "checkpoint_every_steps", "keep_checkpoints", "data.data_dir",
+                       "mesh.")  # fmt: skip
+
+
+def _is_safe(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in SAFE_CONFIG_CHANGES)
+
+
+def config_changes(saved: dict, new: dict) -> dict[str, tuple]:
+    """{"optimizer.learning_rate": (saved value, new value)} for every key that differs; both
+    configs compared as JSON (as checkpoints store them), "absent" for a key only one has."""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(json.loads(json.dumps(saved))), flat(json.loads(json.dumps(new)))
+    pairs = {k: (a.get(k, "absent"), b.get(k, "absent")) for k in sorted(a.keys() | b.keys())}
+    return {k: (old, new) for k, (old, new) in pairs.items() if old != new}
+
+
+def describe_changes(changes: dict[str, tuple]) -> str:
+    """Changes on one line, such as "num_train_steps 300 -> 80, eval_every_steps 6 -> 3";
+    long values are cut."""
+
+    def show(v):
+        text = v if v == "absent" else repr(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    return ", ".join(f"{k} {show(old)} -> {show(new)}" for k, (old, new) in changes.items())
 
 
 def _evaluate(eval_step, state, make_iterator, eval_steps: int, batch_sharding, extra) -> dict:
@@ -74,8 +132,17 @@ def _rate(tokens: float, t0: float | None) -> float:
     return 0.0 if t0 is None else tokens / max(time.perf_counter() - t0, 1e-9)
 
 
-def train_and_evaluate(run: RunConfig, workdir: str) -> Summary:
-    """Train `run` in `workdir` (resuming from its newest checkpoint) and evaluate it."""
+def train_and_evaluate(
+    run: RunConfig, workdir: str, *, allow_config_change: bool = True
+) -> Summary:
+    """Train `run` in `workdir` (resuming from its newest checkpoint) and evaluate it.
+
+    Resuming compares `run` with the config the checkpoint was saved with and prints what
+    differs. allow_config_change=False (research.main without --allow_config_change) refuses
+    with a ConfigError, before anything is written, when a key outside SAFE_CONFIG_CHANGES
+    differs. The default resumes anyway: sweeps resume other runs' checkpoints on purpose
+    (exposure_bias seeds SCST and MRT with the baseline's) and check their own configs.
+    """
     t = run.train
     task = tasks.get(run.task)
     # ---- data and model --------------------------------------------------------------------
@@ -89,18 +156,42 @@ def train_and_evaluate(run: RunConfig, workdir: str) -> Summary:
     state = step.init_state(opt, params, consts, t.seed, shardings)
     del model, params
     train_iter = data.make_iterator(True)
-    # What `load_trained` needs to rebuild the model and read its outputs on another machine.
-    if jax.process_index() == 0:
-        trained.save_run_files(workdir, mcfg, data.vocab)
 
     # ---- resume ----------------------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", every=t.checkpoint_every_steps,
                                    keep=t.keep_checkpoints)  # fmt: skip
-    restored, start = ckpt.restore_latest(checkpoint.abstract(state), train_iter)
+    changes = {}  # step -> config changes since that checkpoint
+
+    def check_config(step, saved):
+        if saved is None:
+            logging.warning("checkpoint %d: its config is unreadable; not compared", step)
+            return
+        changes[step] = config_changes(saved, run.raw)
+        unsafe = {k: v for k, v in changes[step].items() if not _is_safe(k)}
+        if unsafe and not allow_config_change:
+            raise ConfigError(
+                f"checkpoint {step} in {ckpt.directory} was saved with another config "
+                f"({describe_changes(unsafe)}), which changes the training; use the config that "
+                "wrote it, another --workdir, or --allow_config_change to resume anyway"
+            )
+
+    try:
+        restored, start = ckpt.restore_latest(checkpoint.abstract(state), train_iter,
+                                              check_config=check_config)  # fmt: skip
+    except BaseException:
+        ckpt.close()
+        raise
     if restored is not None:
         state = restored
         if jax.process_index() == 0:
             print(f"resumed from step {start} in {workdir}", flush=True)
+            if changes.get(start):
+                print(f"config changed since checkpoint {start}: "
+                      f"{describe_changes(changes[start])}", flush=True)  # fmt: skip
+    # What `load_trained` needs to rebuild the model and read its outputs on another machine
+    # (after the checks above: a refused resume writes nothing).
+    if jax.process_index() == 0:
+        trained.save_run_files(workdir, mcfg, data.vocab)
 
     # ---- compiled steps --------------------------------------------------------------------
     loss_fn = task.loss_fn(run, data)

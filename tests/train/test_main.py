@@ -104,7 +104,8 @@ def test_sigterm_saves_and_exits_zero(data_dir, tmp_path, every):
     step = int(out.split("at step ")[1].split()[0])
     assert (tmp_path / "checkpoints" / str(step)).is_dir()
     if every > 1:  # resuming is the same either way; checked once
-        r = _run(tmp_path, data_dir, f"--config.num_train_steps={step + 2}")
+        r = _run(tmp_path, data_dir, f"--config.num_train_steps={step + 2}",
+                 "--allow_config_change")  # fmt: skip
         assert f"resumed from step {step}" in r.stdout
 
 
@@ -116,7 +117,7 @@ def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
     for f in (wd / "checkpoints" / "24" / "state").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    r = _run(wd, data_dir, "--config.num_train_steps=26")
+    r = _run(wd, data_dir, "--config.num_train_steps=26", "--allow_config_change")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "checkpoint 24" in r.stderr and "unreadable" in r.stderr
     assert "resumed from step 20" in r.stdout
@@ -268,3 +269,93 @@ def test_generate_cli_continues_a_prompt_from_a_copied_workdir(reference, tmp_pa
                              env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
         assert message in bad.stderr.strip().splitlines()[-1]
+
+
+def _steps(workdir) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _files(workdir) -> dict:
+    return {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+
+
+def test_ctrl_c_saves_stops_and_resumes(data_dir, tmp_path):
+    """Ctrl-C is a preemption: save at the end of the step, one line, exit 0; no evaluation ran
+    yet, so the summary says so (no nan); the only checkpoint is the one Ctrl-C asked for."""
+    from tests.preemption import signal_after_metrics
+
+    long = ["--config.num_train_steps=100000", "--config.eval_every_steps=100000",
+            "--config.checkpoint_every_steps=100000"]  # fmt: skip
+    cmd = _cmd(tmp_path, data_dir, *long)
+    code, out, err = signal_after_metrics(cmd, tmp_path / "metrics.jsonl", 5, signal.SIGINT,
+                                          cwd=ROOT, env=_env())  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("preempted: saved and stopped at step "), out
+    assert "no evaluation ran" in last and "nan" not in last
+    step = int(last.split("at step ")[1].split()[0])
+    assert _steps(tmp_path) == [step]
+    r = _run(tmp_path, data_dir, *long[1:], f"--config.num_train_steps={step + 2}",
+             "--allow_config_change")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from step {step} in {tmp_path}" in r.stdout
+    assert (f"config changed since checkpoint {step}: num_train_steps 100000 -> {step + 2}"
+            in r.stdout)  # fmt: skip
+    assert f"done at step {step + 2} (2 steps this run, resumed from {step})" in r.stdout
+
+
+def test_resuming_with_a_changed_config(reference, data_dir, tmp_path):
+    """A change that alters the training is refused (exit 2, one line naming it, nothing
+    written); a schedule-only change resumes and is reported."""
+    wd = tmp_path / "wd"
+    shutil.copytree(reference[0], wd)
+    before = _files(wd)
+    r = _run(wd, data_dir, "--config.num_train_steps=80", "--config.optimizer.learning_rate=0.01")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint 24 in {wd}/checkpoints was saved with another config "
+        "(num_train_steps 24 -> 80, optimizer.learning_rate 0.003 -> 0.01), which changes the "
+        "training; use the config that wrote it, another --workdir, or --allow_config_change "
+        "to resume anyway"
+    )
+    assert _files(wd) == before  # nothing saved, nothing deleted
+    r = _run(wd, data_dir, "--config.num_train_steps=24", "--config.eval_every_steps=3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from step 24" in r.stdout
+    assert "config changed since checkpoint 24: eval_every_steps 6 -> 3" in r.stdout
+    assert "done at step 24 (0 steps this run, resumed from 24); no evaluation ran" in r.stdout
+
+
+def test_safe_config_changes():
+    from research.train.loop import _is_safe, config_changes
+
+    saved = {"num_train_steps": 300, "mesh": {"data": -1, "fsdp": 1}, "data": {"shards": 0},
+             "model": {"kinds": ["a", "b"]}}  # fmt: skip
+    new = {"num_train_steps": 300, "mesh": {"data": 2, "fsdp": 2}, "data": {"shards": 2},
+           "model": {"kinds": ("a", "b")}, "eval_steps": 4}  # fmt: skip
+    changes = config_changes(saved, new)  # a tuple equals its JSON list
+    assert changes == {"data.shards": (0, 2), "eval_steps": ("absent", 4),
+                       "mesh.data": (-1, 2), "mesh.fsdp": (1, 2)}  # fmt: skip
+    assert [k for k in changes if not _is_safe(k)] == ["data.shards"]
+
+
+def test_summary_without_evaluation_says_so():
+    from research.main import summary_line
+    from research.train.loop import Summary
+
+    line = summary_line(Summary(5, 5, 5.25, {}, 300.0, preempted=True))
+    assert line == ("preempted: saved and stopped at step 5 (5 steps this run, resumed from 0); "
+                    "train loss 5.2500; no evaluation ran; 300 tokens/s")  # fmt: skip
+    ev = {"loss": 5.0, "accuracy": 0.5, "perplexity": 148.41, "tokens": 8.0}
+    assert "eval loss 5.0000, accuracy 0.5000, perplexity 148.41;" in summary_line(
+        Summary(12, 12, 5.1, ev, 300.0)
+    )
+
+
+def test_checkpoints_only_where_the_schedule_asks(data_dir, tmp_path):
+    """No step-1 checkpoint (Orbax's initial save): exactly every 4 steps, the last included."""
+    r = _run(tmp_path, data_dir, "--config.num_train_steps=12",
+             "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=10")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _steps(tmp_path) == [4, 8, 12]

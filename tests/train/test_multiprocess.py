@@ -20,7 +20,7 @@ def test_two_processes_match_one_process(tmp_path):
     data = tmp_path / "data"
     common = ["--config=configs/lm.py:smoke", f"--config.data.data_dir={data}",
               "--config.data.shards=2"]  # fmt: skip
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SEQLAB_PYTHON": sys.executable}
     one = subprocess.run(
         [sys.executable, "-m", "research.main", *common, f"--workdir={tmp_path / 'one'}"],
         cwd=ROOT, env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
@@ -42,3 +42,32 @@ def test_two_processes_match_one_process(tmp_path):
     # Each checkpoint holds one data-iterator state per process.
     ckpt = tmp_path / "two" / "checkpoints" / "12" / "data"
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= {p.name for p in ckpt.iterdir()}
+
+
+def test_sigterm_to_the_launcher_saves_both_processes_and_exits_zero(tmp_path):
+    """The launcher forwards SIGTERM; both processes save the same step and exit 0, and so does
+    the launcher (bash's `wait` returns 143 when the trap interrupts it)."""
+    import signal
+
+    from tests.preemption import signal_after_metrics
+
+    wd = tmp_path / "wd"
+    cmd = ["./launch/multiprocess_cpu.sh", "2", "--config=configs/lm.py:smoke",
+           f"--config.data.data_dir={tmp_path / 'data'}", "--config.num_train_steps=100000",
+           "--config.checkpoint_every_steps=100000", f"--workdir={wd}"]  # fmt: skip
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "SEQLAB_PYTHON": sys.executable,  # the interpreter running this test
+        "DEVICES_PER_PROCESS": "1",
+    }
+    code, out, err = signal_after_metrics(cmd, wd / "metrics.jsonl", 3, signal.SIGTERM, cwd=ROOT,
+                                          env=env)  # fmt: skip
+    log1 = (wd / "process_1.log").read_text()
+    assert code == 0, out[-2000:] + err[-2000:] + log1[-2000:]
+    assert "preempted: saved and stopped at step " in out and "Traceback" not in log1
+    step = int(out.split("saved and stopped at step ")[1].split()[0])
+    ckpts = [int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
+    assert ckpts == [step]
+    data = {p.name for p in (wd / "checkpoints" / str(step) / "data").iterdir()}
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= data
