@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 # Tests run on CPU with fp32 matmuls at full precision, the reference for every tolerance here.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -7,6 +8,15 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
+
+# Many tests train the same smoke models in fresh processes: a persistent compilation cache
+# (inherited by the subprocesses through the environment) compiles each program once per machine.
+# Its key covers the program, devices and flags, so a stale entry is never reused.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "seqlab-test-jax-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
