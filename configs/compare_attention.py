@@ -10,8 +10,9 @@
 Writes compare.csv and compare.png into the workdir and prints the table; each point's training
 run lives in workdir/runs/NAME (metrics.jsonl, checkpoints) and is skipped when rerun.
 The default (softmax, elu, taylor at one learning rate) is sized for a 2-core CPU; `full` runs
-all five attentions at two learning rates (the previous default); `large` is the Zoology-sized sweep (sequence 256, 64 key-value pairs, widths 64-512, four
-learning rates) for accelerators. Times measured per machine: docs/linear_vs_softmax.md.
+all five attentions at two learning rates (the previous default); `large` is the Zoology-sized
+sweep (sequence 256, 64 key-value pairs, widths 64-512, four learning rates) for accelerators.
+Times measured per machine: docs/linear_vs_softmax.md.
 """
 
 from ml_collections import ConfigDict
