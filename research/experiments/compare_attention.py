@@ -171,12 +171,14 @@ def plot(rows: list[dict], path: pathlib.Path, title: str):
 
 
 def _spread(rows) -> str:
-    """The LM panel's y-range in words: matplotlib zooms in on tiny differences (a 0.03% spread
-    once filled the panel), so the label says how large they are."""
-    ppl = [r["lm_perplexity"] for r in rows if r["lm_perplexity"] is not None]
-    if len(ppl) < 2 or not all(math.isfinite(p) for p in ppl):
-        return ""
-    return f"\n(max/min - 1 = {max(ppl) / min(ppl) - 1:.2%})"
+    """How far apart the attentions' perplexities are at a width, in words: matplotlib zooms in
+    on tiny differences (a 0.03% spread once looked large), so the label says how large."""
+    ratios = []
+    for w in {r["width"] for r in rows}:
+        ppl = [r["lm_perplexity"] for r in rows if r["width"] == w and r["lm_perplexity"]]
+        if len(ppl) > 1 and all(math.isfinite(p) for p in ppl):
+            ratios.append(max(ppl) / min(ppl) - 1)
+    return f"\n(attentions within {max(ratios):.2%} at each width)" if ratios else ""
 
 
 def run(c, workdir: str) -> list[dict]:
