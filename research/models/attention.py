@@ -98,19 +98,7 @@ class Attention(nnx.Module):
     def _init_kind(self, rngs: nnx.Rngs) -> None:
         """Kind-specific variables (Linformer's E and F, the FAVOR+ projection)."""
 
-    # -- per kind ------------------------------------------------------------------------------
-    def attend(self, q, k, v, mask, causal: bool):
-        """Heads q [B, L, H, D], k, v [B, S, Hkv, D] -> [B, L, H, D]."""
-        raise NotImplementedError
-
-    def empty_state(self, batch: int, max_length: int):
-        raise NotImplementedError
-
-    def prefill_state(self, k, v, state, valid):
-        raise NotImplementedError
-
-    def decode_attend(self, q, k, v, state, index, valid):
-        raise NotImplementedError
+    # -- per kind: each subclass defines attend, empty_state, prefill_state, decode_attend ----
 
     # -- helpers ---------------------------------------------------------------------------
     def _heads(self, x, proj, n):
