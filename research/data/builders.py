@@ -62,9 +62,14 @@ def stdlib_files(root: str | None = None) -> list[pathlib.Path]:
     return sorted(p for p in root.rglob("*.py") if not set(p.relative_to(root).parts) & set(skip))
 
 
+def hash_bucket(text: str) -> int:
+    """sha256 of the UTF-8 text mod 100: a split bucket, the same on every machine and run."""
+    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % 100
+
+
 def split_of(relative_path: str, validation_percent: int) -> str:
     """Deterministic split by a hash of the path, the same on every machine and run."""
-    bucket = int(hashlib.sha256(relative_path.encode()).hexdigest(), 16) % 100
+    bucket = hash_bucket(relative_path)
     return "validation" if bucket < validation_percent else "train"
 
 

@@ -1,8 +1,8 @@
 """A run's vocabulary saved beside its checkpoints, so a workdir decodes on any machine.
 
-Files in the workdir: `tokenizer.model` (the sentencepiece model, when the data has text) and
-`vocab.json` (which kind, and the special ids of a seq2seq vocabulary). MQAR has neither: its
-tokens are integers.
+Files in the workdir: `vocab.json` (which kind, and the special ids of a seq2seq vocabulary),
+and `tokenizer.model` (the sentencepiece model, when the data has text) or `tokenizer.json` (a
+BERT WordPiece vocabulary, Hugging Face format). MQAR has neither: its tokens are integers.
 """
 
 import json
@@ -11,11 +11,16 @@ import pathlib
 import sentencepiece as spm
 
 from research.data.sources import Seq2seqVocab
+from research.data.wordpiece import BertVocab
 
 
 def save(directory, vocab) -> None:
-    """Write `vocab` (a SentencePieceProcessor, a Seq2seqVocab or None) into `directory`."""
+    """Write `vocab` (a SentencePieceProcessor, a Seq2seqVocab, a BertVocab or None)."""
     directory = pathlib.Path(directory)
+    if isinstance(vocab, BertVocab):
+        _write(directory / "tokenizer.json", vocab.to_json().encode())
+        _write(directory / "vocab.json", json.dumps({"kind": "wordpiece"}, indent=1).encode())
+        return
     tok = vocab.tok if isinstance(vocab, Seq2seqVocab) else vocab
     if tok is not None:
         _write(directory / "tokenizer.model", tok.serialized_model_proto())
@@ -27,9 +32,12 @@ def save(directory, vocab) -> None:
 
 
 def load(directory):
-    """The vocabulary `save` wrote: a SentencePieceProcessor, a Seq2seqVocab or None."""
+    """The vocabulary `save` wrote: a SentencePieceProcessor, a Seq2seqVocab, a BertVocab or
+    None."""
     directory = pathlib.Path(directory)
     info = json.loads((directory / "vocab.json").read_text())
+    if info["kind"] == "wordpiece":
+        return BertVocab.from_json((directory / "tokenizer.json").read_text(encoding="utf-8"))
     tok = None
     if info["kind"] == "sentencepiece" or info.get("text"):
         tok = spm.SentencePieceProcessor(model_proto=(directory / "tokenizer.model").read_bytes())

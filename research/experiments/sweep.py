@@ -24,7 +24,7 @@ def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
     result_path = out / "result.json"
     if result_path.exists():
         saved = json.loads(result_path.read_text())
-        if saved["config"] != pc.to_dict():
+        if saved["config"] != json.loads(json.dumps(pc.to_dict())):  # as stored: lists, not tuples
             raise ConfigError(f"{out} holds a run with a different config; use a new --workdir")
         return saved
     try:

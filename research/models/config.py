@@ -51,6 +51,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # output projection shares the token embedding
     mlm_head: bool = True  # Bert: transform + tied decoder for masked-LM logits
     pooler: bool = False  # Bert: tanh dense layer on [CLS]
+    num_labels: int = 0  # Bert: classes of a softmax head on the pooled [CLS] (0 = no head)
     dtype: str = "float32"  # compute dtype; parameters are always float32
 
     def __post_init__(self):
@@ -89,6 +90,11 @@ class ModelConfig:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+        labels = self.num_labels
+        if not isinstance(labels, int) or isinstance(labels, bool) or labels < 0 or labels == 1:
+            raise ValueError(f"num_labels must be 0 (no head) or an int >= 2, got {labels!r}")
+        if self.num_labels and not self.pooler:
+            raise ValueError("num_labels > 0 needs pooler=True (the head reads the pooled [CLS])")
         conv = self.short_conv
         if not isinstance(conv, int) or isinstance(conv, bool) or conv < 0:
             raise ValueError(f"short_conv must be an int >= 0, got {conv!r}")

@@ -188,21 +188,3 @@ def load_gpt2(path, *, ignore_prefixes=(), **overrides) -> DecoderLM:
         tensors.pop("lm_head.weight")
     _assign(a, tensors, tuple(ignore_prefixes))
     return model
-
-
-def load_bert_tokenizer(path):
-    """WordPiece tokenizer (`tokenizers` library) from tokenizer.json, else from vocab.txt."""
-    from tokenizers import Tokenizer
-    from tokenizers.implementations import BertWordPieceTokenizer
-
-    path = pathlib.Path(path)
-    if (path / "tokenizer.json").is_file():
-        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-        tok.no_padding()  # some files pad every sequence to a fixed length; batching pads instead
-        return tok
-    if not (path / "vocab.txt").is_file():
-        raise FileNotFoundError(f"neither tokenizer.json nor vocab.txt in {path}")
-    lower = True
-    if (path / "tokenizer_config.json").is_file():
-        lower = json.loads((path / "tokenizer_config.json").read_text()).get("do_lower_case", True)
-    return BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=lower)

@@ -151,6 +151,7 @@ class BertOutput(NamedTuple):
     hidden_states: jax.Array  # [B, L, d_model], the last layer
     logits: jax.Array | None  # [B, L, V] masked-LM logits (None without an MLM head)
     pooled: jax.Array | None  # [B, d_model] tanh(W h_[CLS]) (None without a pooler)
+    class_logits: jax.Array | None = None  # [B, num_labels] fp32 (None without num_labels)
 
 
 class Bert(_Stack):
@@ -172,11 +173,17 @@ class Bert(_Stack):
         bias = nnx.Param(jnp.zeros((cfg.vocab_size,)), **axes("vocab"))
         self.mlm_bias = bias if head else None
         self.pooler = dense(cfg, d, d, "embed", "embed", rngs, True) if cfg.pooler else None
+        # Classification (Devlin et al. 2019, section 4.1): softmax(W dropout(pooled) + b).
+        labels = cfg.num_labels
+        self.classifier = dense(cfg, d, labels, "embed", None, rngs, True) if labels else None
+        self.classifier_dropout = nnx.Dropout(cfg.dropout, rngs=rngs) if labels else None
 
     def __call__(self, tokens, *, segment_ids=None, mask=None, unilm: bool = False,
-                 embedding_delta=None) -> BertOutput:  # fmt: skip
+                 embedding_delta=None, predict_at=None) -> BertOutput:  # fmt: skip
         """tokens [B, L]; segment_ids [B, L]; mask [B, L] marks real tokens; embedding_delta
-        [V, d_model] perturbs the input token embeddings (see `Embeddings`)."""
+        [V, d_model] perturbs the input token embeddings (see `Embeddings`). predict_at [B, K]
+        int: MLM logits only at these positions, [B, K, V] (BERT's masked_lm_positions: the
+        head's d_model x V matmul then costs K/L of the full one)."""
         _check_inputs(self.cfg, tokens, segment_ids, mask)
         attn_mask = mask
         if unilm:
@@ -189,9 +196,15 @@ class Bert(_Stack):
             x = layer(x, mask=attn_mask, positions=positions)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        logits = self.mlm_logits(x) if self.mlm_transform is not None else None
+        logits = None
+        if self.mlm_transform is not None:
+            at = x if predict_at is None else jnp.take_along_axis(x, predict_at[..., None], axis=1)
+            logits = self.mlm_logits(at)
         pooled = jnp.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
-        return BertOutput(x, logits, pooled)
+        class_logits = None
+        if self.classifier is not None:
+            class_logits = self.classifier(self.classifier_dropout(pooled)).astype(jnp.float32)
+        return BertOutput(x, logits, pooled, class_logits)
 
     def mlm_logits(self, h):
         """Masked-LM head: LN(act(W h)) E^T + b -> fp32 [..., V] (tied to the token embedding)."""

@@ -14,6 +14,7 @@ from research.ops.embedding import min_embedding_dim
 from research.ops.feature_maps import favor, favor_projection, feature_dim
 from research.ops.losses import cross_entropy, mlm_corrupt, mlm_loss
 from research.ops.masks import causal_mask, packed_mask, padding_mask, unilm_mask
+from research.ops.pet import label_scores, pet_loss
 from research.ops.positions import apply_rotary, sinusoidal_positions
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "feature_dim",
     "fit_gelu_constants",
     "gelu",
+    "label_scores",
     "linear_attention",
     "linear_attention_init_state",
     "linear_attention_state",
@@ -36,6 +38,7 @@ __all__ = [
     "mlm_loss",
     "packed_mask",
     "padding_mask",
+    "pet_loss",
     "sinusoidal_positions",
     "softmax_attention",
     "unilm_mask",

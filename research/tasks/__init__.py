@@ -3,14 +3,22 @@
 lm        next-token LM on text (DecoderLM)
 mqar      multi-query associative recall (DecoderLM)
 seq2seq   EncoderDecoder or UniLM Bert, with one exposure-bias remedy
+mlm       masked-LM pretraining of a Bert (whole-word masking)
+classify  a Bert classifier on [CLS], from a pretrained MLM
+pet       PET: classification as a cloze task scored by the MLM (zero/few-shot, semi-supervised)
 """
 
 from research.tasks.base import Task, TaskData
+from research.tasks.classify import ClassifyTask
 from research.tasks.lm import LmTask, lm_loss
+from research.tasks.mlm import MlmTask
 from research.tasks.mqar import MqarTask
+from research.tasks.pet import PetTask
 from research.tasks.seq2seq import Seq2seqTask
 
-TASKS: dict[str, Task] = {t.name: t for t in (LmTask(), MqarTask(), Seq2seqTask())}
+TASKS: dict[str, Task] = {
+    t.name: t for t in (LmTask(), MqarTask(), Seq2seqTask(), MlmTask(), ClassifyTask(), PetTask())
+}
 
 
 def get(name: str) -> Task:

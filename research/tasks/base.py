@@ -1,9 +1,10 @@
-"""The Task interface: everything that differs between training tasks, behind five methods.
+"""The Task interface: everything that differs between training tasks, behind a few methods.
 
 The loop (`research.train.loop`) knows no task by name. For a `RunConfig` it asks the task to
   1. `validate(run)`: cross-checks between the task's options and the model (ConfigError);
   2. `build_data(run)`: a `TaskData` (vocabulary size, the model's longest row, iterators);
-  3. `model_config(run, vocab_size, max_length)` and `build_model(mcfg, rngs=...)`;
+  3. `model_config(run, vocab_size, max_length)`, `build_model(mcfg, rngs=...)` and, for a run
+     without a checkpoint, `initialize(run, model)` (pretrained weights);
   4. `loss_fn(run, data)`: loss_fn(model, batch, *, key=None, step=None) -> (loss_sum,
      weight_sum, {metric: sum}); training passes a PRNG key and the step, evaluation neither;
   5. `evaluate(run, data, eval_model, state, batches)`: metrics beyond the loss (decoding).
@@ -68,6 +69,11 @@ class Task(abc.ABC):
 
     def build_model(self, run: RunConfig, mcfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
         return self.model_class(run)(mcfg, rngs=rngs)
+
+    def initialize(self, run: RunConfig, model: nnx.Module) -> None:
+        """Start a fresh model from pretrained weights, in place (called before training when
+        the run has no checkpoint yet). Default: keep the initialisation."""
+        del run, model
 
     @abc.abstractmethod
     def loss_fn(self, run: RunConfig, data: TaskData | None):

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from research import tasks
 from research.config import ConfigError, RunConfig
 from research.data import DataError, pipeline
+from research.models import params as params_io
 from research.train import checkpoint, metrics, optim, sharding, step, trained
 
 
@@ -150,6 +151,8 @@ def train_and_evaluate(
     data = task.build_data(run)
     mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
     model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=t.seed, dropout=t.seed + 1))
+    if not params_io.checkpoint_steps(f"{workdir}/checkpoints"):  # else resume overwrites it
+        task.initialize(run, model)
     model_def, params, consts = step.split_model(model)
     opt = optim.make_optimizer(run.optimizer, t.num_train_steps)
     shardings = step.state_shardings(opt, params, consts, mesh)

@@ -17,6 +17,8 @@ def summarize(sums: dict) -> dict:
     out["perplexity"] = math.exp(min(loss, 50.0))
     if "grad_norm" in sums:
         out["grad_norm"] = float(sums["grad_norm"])
+    for k in sums.keys() - {"loss_sum", "weight_sum", "correct", "grad_norm"}:
+        out[k] = float(sums[k])  # a task's own counts (mlm: "dropped"), summed over batches
     return out
 
 

@@ -10,8 +10,6 @@ import json
 import pathlib
 from typing import Any, NamedTuple
 
-import jax
-import orbax.checkpoint as ocp
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -19,7 +17,7 @@ from research import tasks
 from research.config import ConfigError, RunConfig
 from research.data import vocab as vocab_io
 from research.models import ModelConfig
-from research.train import step as train_step
+from research.models import params as params_io
 from research.train.config import parse
 
 
@@ -47,33 +45,17 @@ def load_trained(workdir, *, step: int | None = None) -> Trained:
     path = pathlib.Path(workdir).expanduser()
     if not (path / "model.json").is_file():
         raise ConfigError(f"{workdir}: no model.json; not a workdir of a seqlab training run")
-    manager = ocp.CheckpointManager(
-        path / "checkpoints",
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                       "config": ocp.JsonCheckpointHandler()},
-    )  # fmt: skip
-    try:
-        steps = sorted(manager.all_steps())
-        if not steps:
-            raise ConfigError(f"{workdir}: no checkpoints in {path / 'checkpoints'}")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise ConfigError(f"step={step}: {workdir} has checkpoints at steps {steps}")
-        raw = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        run = parse(ConfigDict(raw.config), check_devices=False)
-        mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
-        task = tasks.get(run.task)
-        model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=0, dropout=1))
-        model_def, params, consts = train_step.split_model(model)
-        target = {"params": nnx.to_pure_dict(params), "consts": nnx.to_pure_dict(consts)}
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                target)  # fmt: skip
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=abstract, partial_restore=True)))  # fmt: skip
-    finally:
-        manager.close()
-    state = restored.state
-    model = model_def.merge(state["params"], state["consts"], train=False)
+    steps = params_io.checkpoint_steps(path / "checkpoints")
+    if not steps:
+        raise ConfigError(f"{workdir}: no checkpoints in {path / 'checkpoints'}")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise ConfigError(f"step={step}: {workdir} has checkpoints at steps {steps}")
+    raw, _ = params_io.read_checkpoint(path / "checkpoints", step, config=True)
+    run = parse(ConfigDict(raw), check_devices=False)
+    mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
+    model = tasks.get(run.task).build_model(run, mcfg, rngs=nnx.Rngs(params=0, dropout=1))
+    _, model = params_io.read_checkpoint(path / "checkpoints", step, model=model)
+    model.eval()
     return Trained(model, vocab_io.load(path), run, step)

