@@ -104,6 +104,26 @@ def test_bert_shapes_and_padding_invariance(kind):
     _assert_close(other.hidden_states[1, :7], out.hidden_states[1, :7])
 
 
+def test_bert_predict_at_gathers_the_full_logits_and_the_classifier_head():
+    cfg = _cfg(norm="post", pooler=True, num_labels=3)
+    model = Bert(cfg, rngs=nnx.Rngs(4))
+    toks = _tokens(length=12)
+    full = model(toks)
+    at = jnp.array([[0, 5, 11], [3, 3, 7]])
+    part = model(toks, predict_at=at)
+    assert part.logits.shape == (2, 3, 40)
+    _assert_close(part.logits, jnp.take_along_axis(full.logits, at[..., None], axis=1))
+    # The head: softmax(W pooled + b), dropout off in eval mode.
+    head = model.classifier
+    ref = full.pooled @ head.kernel.get_value() + head.bias.get_value()
+    assert full.class_logits.shape == (2, 3)
+    _assert_close(full.class_logits, ref)
+    with pytest.raises(ValueError, match="num_labels > 0 needs pooler=True"):
+        _cfg(num_labels=3)
+    with pytest.raises(ValueError, match="num_labels must be 0 .no head. or an int >= 2, got 1"):
+        _cfg(pooler=True, num_labels=1)
+
+
 def test_bert_unilm_mask_and_incremental_decoding():
     cfg = _cfg(norm="post", num_segments=2)
     model = Bert(cfg, rngs=nnx.Rngs(3))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -15,13 +16,14 @@ from flax import nnx
 from configs import classify as classify_config
 from configs import mlm as mlm_config
 from configs import pet as pet_config
-from research import tasks
+from research import ops, tasks
 from research.config import ConfigError
-from research.data import DataError, classification, cloze, patterns
+from research.data import DataError, classification, cloze, masking, patterns
 from research.data.wordpiece import BertVocab
 from research.experiments import pet as pet_experiment
-from research.models import Bert
+from research.models import Bert, ModelConfig
 from research.tasks import bert, pet
+from research.tasks.mlm import make_mlm_loss, max_predictions
 from research.train import loop
 from research.train.config import parse
 from research.train.trained import load_trained
@@ -189,3 +191,28 @@ def test_init_strings_are_checked(tmp_path):
     for bad in ("checkpoint:/x", "workdir:", f"workdir:{tmp_path}"):
         with pytest.raises(ConfigError, match="init"):
             bert.parse_init(bad, key="pet.init")
+
+
+def test_mlm_loss_at_the_predicted_positions_equals_the_full_loss():
+    cfg = ModelConfig(vocab_size=50, d_model=16, num_heads=2, num_layers=1, d_ff=32,
+                      max_length=40, norm="post")  # fmt: skip
+    model = Bert(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in (40, 23, 9):  # rows of several lengths, padded to 40
+        ids = rng.integers(5, 50, n).astype(np.int32)
+        words = np.arange(n)
+        words[[0, n - 1]] = -1
+        inputs, targets, weights = masking.mlm_mask(ids, words, rng, mask_id=4, vocab_size=50,
+                                                    random_low=5)  # fmt: skip
+        pad = 40 - n
+        rows.append((np.pad(inputs, (0, pad)), np.pad(targets, (0, pad)),
+                     np.pad(weights, (0, pad)), np.arange(40) < n))  # fmt: skip
+    batch = {k: jnp.asarray(np.stack([r[i] for r in rows]))
+             for i, k in enumerate(("inputs", "targets", "weights", "mask"))}  # fmt: skip
+    loss_sum, weight_sum, sums = make_mlm_loss(max_predictions(40, 0.15))(model, batch)
+    full = model(batch["inputs"], mask=batch["mask"]).logits
+    ref_sum, ref_weight = ops.cross_entropy(full, batch["targets"], mask=batch["weights"])
+    np.testing.assert_allclose(loss_sum, ref_sum, rtol=1e-5)
+    assert float(weight_sum) == float(ref_weight) == float(batch["weights"].sum())
+    assert float(sums["dropped"]) == 0.0
