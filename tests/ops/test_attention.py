@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from research.ops import attention as att
@@ -211,6 +211,7 @@ def _quadratic_linear_jax(q, k, v, phi):
     return num / jnp.swapaxes(sim.sum(-1), 1, 2)[..., None]
 
 
+@settings(max_examples=6)  # each shape compiles a backward pass: half the profile's
 @given(s=shapes)
 def test_chunked_and_scan_gradients_equal_reference(s):
     q, k, v = _qkv(s["seed"], s["b"], s["length"], s["length"], s["h"], s["d"])
@@ -384,6 +385,7 @@ def test_softmax_implementations_equal_numpy(s):
         np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL, err_msg=impl)
 
 
+@settings(max_examples=6)  # each shape compiles a backward pass: half the profile's
 @given(s=softmax_shapes)
 def test_blockwise_gradients_equal_dense(s):
     q, k, v, mask = _softmax_case(s)
