@@ -21,6 +21,7 @@ from flax import nnx
 
 from research import ops
 from research.models.config import ModelConfig
+from research.models.variables import Constant
 from research.ops import feature_maps as fm
 from research.ops.checks import check_causal_allowed
 
@@ -30,7 +31,7 @@ def axes(*names):
     return {"logical_axes": names}
 
 
-class FavorProjection(nnx.Variable):
+class FavorProjection(Constant):
     """Fixed FAVOR+ random projection: a variable that is neither trained nor decayed."""
 
 

@@ -12,7 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from research.models.attention import FavorProjection
+from research.models.variables import Constant
 
 
 def _manager(directory) -> ocp.CheckpointManager:
@@ -45,7 +45,7 @@ def read_checkpoint(directory, step: int, *, config: bool = False, model=None):
             raw = raw.config
         if model is None:
             return raw, None
-        graph, params, consts, rest = nnx.split(model, nnx.Param, FavorProjection, ...)
+        graph, params, consts, rest = nnx.split(model, nnx.Param, Constant, ...)
         target = {"params": nnx.to_pure_dict(params), "consts": nnx.to_pure_dict(consts)}
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
@@ -68,8 +68,8 @@ def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
     with different shapes raises ValueError (a vocabulary or width mismatch is a mistake, not a
     fresh head).
     """
-    source = dict(nnx.to_flat_state(nnx.state(src, nnx.Any(nnx.Param, FavorProjection))))
-    state = nnx.state(dst, nnx.Any(nnx.Param, FavorProjection))
+    source = dict(nnx.to_flat_state(nnx.state(src, nnx.Any(nnx.Param, Constant))))
+    state = nnx.state(dst, nnx.Any(nnx.Param, Constant))
     copied, fresh = [], []
     for path, var in nnx.to_flat_state(state):
         name = "/".join(map(str, path))

@@ -184,6 +184,14 @@ class Bert(_Stack):
         [V, d_model] perturbs the input token embeddings (see `Embeddings`). predict_at [B, K]
         int: MLM logits only at these positions, [B, K, V] (BERT's masked_lm_positions: the
         head's d_model x V matmul then costs K/L of the full one)."""
+        x, attn_mask, positions = self.embed_inputs(tokens, segment_ids, mask, unilm,
+                                                    embedding_delta)  # fmt: skip
+        for layer in self.layers:
+            x = layer(x, mask=attn_mask, positions=positions)
+        return self.outputs(x, predict_at)
+
+    def embed_inputs(self, tokens, segment_ids=None, mask=None, unilm=False, embedding_delta=None):
+        """-> (embedded tokens [B, L, D], the layers' attention mask, positions [B, L])."""
         _check_inputs(self.cfg, tokens, segment_ids, mask)
         attn_mask = mask
         if unilm:
@@ -191,9 +199,10 @@ class Bert(_Stack):
                 raise ValueError("unilm=True needs segment_ids (0 = source, 1 = target)")
             attn_mask = ops.unilm_mask(segment_ids, mask)
         positions = _positions(tokens)
-        x = self.embed(tokens, positions, segment_ids, embedding_delta)
-        for layer in self.layers:
-            x = layer(x, mask=attn_mask, positions=positions)
+        return self.embed(tokens, positions, segment_ids, embedding_delta), attn_mask, positions
+
+    def outputs(self, x, predict_at=None) -> BertOutput:
+        """The last layer's output [B, L, D] -> final norm, MLM logits, pooled [CLS], classes."""
         if self.final_norm is not None:
             x = self.final_norm(x)
         logits = None

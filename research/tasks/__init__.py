@@ -6,6 +6,7 @@ seq2seq   EncoderDecoder or UniLM Bert, with one exposure-bias remedy
 mlm       masked-LM pretraining of a Bert (whole-word masking)
 classify  a Bert classifier on [CLS], from a pretrained MLM
 pet       PET: classification as a cloze task scored by the MLM (zero/few-shot, semi-supervised)
+theseus   BERT-of-Theseus: k successor layers replace a frozen classifier's modules
 """
 
 from research.tasks.base import Task, TaskData
@@ -15,9 +16,19 @@ from research.tasks.mlm import MlmTask
 from research.tasks.mqar import MqarTask
 from research.tasks.pet import PetTask
 from research.tasks.seq2seq import Seq2seqTask
+from research.tasks.theseus import TheseusTask
 
 TASKS: dict[str, Task] = {
-    t.name: t for t in (LmTask(), MqarTask(), Seq2seqTask(), MlmTask(), ClassifyTask(), PetTask())
+    t.name: t
+    for t in (
+        LmTask(),
+        MqarTask(),
+        Seq2seqTask(),
+        MlmTask(),
+        ClassifyTask(),
+        PetTask(),
+        TheseusTask(),
+    )  # fmt: skip
 }
 
 

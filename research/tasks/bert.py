@@ -4,7 +4,7 @@
   ""                 random initialisation, with a character vocabulary built from the data
                      (`chinese_vocab`);
   "workdir:PATH"     a seqlab run (an `mlm` run, say): its model.json, vocabulary and newest
-                     checkpoint;
+                     checkpoint; of a `theseus` run, its k-layer successor;
   "hf:PATH"          a Hugging Face directory (config.json, model.safetensors, tokenizer.json or
                      vocab.txt), read by `research.models.convert.load_bert`.
 The architecture and the vocabulary then come from the pretrained model; the task may add heads
@@ -22,6 +22,7 @@ from research.data import vocab as vocab_io
 from research.data.config import DataConfig
 from research.models import Bert, ModelConfig, convert
 from research.models import params as params_io
+from research.models.theseus import Theseus
 
 INIT_KINDS = ("workdir", "hf")
 
@@ -50,7 +51,9 @@ def pretrained_config(init: str, *, key: str) -> tuple[ModelConfig, wordpiece.Be
         vocab = vocab_io.load(path)
         if not isinstance(vocab, wordpiece.BertVocab):
             raise ConfigError(f"{key}={init!r}: that run has no WordPiece vocabulary (not BERT)")
-        return ModelConfig(**json.loads((path / "model.json").read_text())), vocab
+        mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
+        k = _theseus_layers(path)
+        return (mcfg if k is None else mcfg.replace(num_layers=k)), vocab
     config = json.loads((path / "config.json").read_text())
     return convert.bert_config(config), wordpiece.BertVocab.from_pretrained_dir(path)
 
@@ -64,8 +67,28 @@ def pretrained_model(init: str, *, key: str) -> Bert:
     steps = params_io.checkpoint_steps(path / "checkpoints")
     if not steps:
         raise ConfigError(f"{key}={init!r}: no checkpoints in {path / 'checkpoints'}")
-    model = Bert(mcfg, rngs=nnx.Rngs(params=0, dropout=1))
-    return params_io.read_checkpoint(path / "checkpoints", steps[-1], model=model)[1]
+    k = _theseus_layers(path)
+    rngs = nnx.Rngs(params=0, dropout=1)
+    if k is None:
+        model = Bert(mcfg, rngs=rngs)
+    else:  # a Theseus run: its successor, as a k-layer Bert
+        model = Theseus(mcfg, successor_layers=k, rngs=rngs)
+    model = params_io.read_checkpoint(path / "checkpoints", steps[-1], model=model)[1]
+    return model if k is None else model.successor_model()
+
+
+def run_config(path: pathlib.Path) -> dict:
+    """The config (JSON dict) saved with run `path`'s newest checkpoint; {} without one."""
+    steps = params_io.checkpoint_steps(path / "checkpoints")
+    if not steps:
+        return {}
+    return params_io.read_checkpoint(path / "checkpoints", steps[-1], config=True)[0]
+
+
+def _theseus_layers(path: pathlib.Path) -> int | None:
+    """A theseus run's successor_layers (its model.json is the predecessor's), else None."""
+    raw = run_config(path)
+    return raw["theseus"]["successor_layers"] if raw.get("task") == "theseus" else None
 
 
 def initialize(init: str, model: Bert, *, key: str) -> None:
@@ -80,18 +103,22 @@ def initialize(init: str, model: Bert, *, key: str) -> None:
 
 
 def build_config(run, init: str, *, key: str, vocab_size: int, max_length: int,
-                 **heads) -> ModelConfig:  # fmt: skip
+                 layers: int = 0, **heads) -> ModelConfig:  # fmt: skip
     """The model a BERT task trains: the pretrained architecture (dropout from the config), or
     the config's model sized to the data; with the task's `heads` (mlm_head, pooler,
-    num_labels)."""
+    num_labels). layers > 0 keeps only the first `layers` layers (BERT-of-Theseus' baseline)."""
     pre = pretrained_config(init, key=key)
     if pre is None:
-        return run.model.replace(vocab_size=vocab_size, max_length=max_length, **heads)
-    mcfg = pre[0]
-    if max_length > mcfg.max_length:
-        raise ConfigError(f"data.seq_len={max_length}: the pretrained model {init} takes at "
-                          f"most {mcfg.max_length} tokens")  # fmt: skip
-    return mcfg.replace(dropout=run.model.dropout, **heads)
+        mcfg = run.model.replace(vocab_size=vocab_size, max_length=max_length)
+    else:
+        mcfg = pre[0].replace(dropout=run.model.dropout)
+        if max_length > mcfg.max_length:
+            raise ConfigError(f"data.seq_len={max_length}: the pretrained model {init} takes "
+                              f"at most {mcfg.max_length} tokens")  # fmt: skip
+    if layers > mcfg.num_layers:
+        raise ConfigError(f"{key.split('.')[0]}.layers={layers}: the model has only "
+                          f"{mcfg.num_layers} layers")  # fmt: skip
+    return mcfg.replace(num_layers=layers or mcfg.num_layers, **heads)
 
 
 def vocabulary(data: DataConfig, init: str, *, key: str) -> wordpiece.BertVocab:

@@ -41,6 +41,7 @@ class ClassifyConfig:
     init: str = ""  # "" (random) | workdir:PATH (an mlm run) | hf:PATH (research.tasks.bert)
     num_labels: int = 2  # labels are 0 .. num_labels - 1
     labeled_examples: int = 0  # train on this many train examples (drawn with the seed); 0 = all
+    layers: int = 0  # keep the first N layers of the (pretrained) model; 0 = all of them
 
     def __post_init__(self):
         check_positive_field("num_labels", self.num_labels)
@@ -48,6 +49,8 @@ class ClassifyConfig:
             raise ValueError(f"num_labels={self.num_labels}: must be >= 2")
         if not isinstance(self.labeled_examples, int) or self.labeled_examples < 0:
             raise ValueError(f"labeled_examples={self.labeled_examples!r}: must be an int >= 0")
+        if not isinstance(self.layers, int) or self.layers < 0:
+            raise ValueError(f"layers={self.layers!r}: must be an int >= 0 (0 = all)")
 
 
 def labeled_subset(records, n: int, seed: int) -> list[dict]:
@@ -110,7 +113,8 @@ class ClassifyTask(Task):
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
         return bert.build_config(run, run.task_config.init, key="classify.init",
                                  vocab_size=vocab_size, max_length=max_length, mlm_head=False,
-                                 pooler=True, num_labels=run.task_config.num_labels)  # fmt: skip
+                                 pooler=True, num_labels=run.task_config.num_labels,
+                                 layers=run.task_config.layers)  # fmt: skip
 
     def model_class(self, run: RunConfig) -> type:
         return Bert

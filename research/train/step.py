@@ -17,7 +17,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from research.models.layers import FavorProjection
+from research.models.variables import Constant
 from research.train import sharding
 
 # loss_fn(model, batch, *, key=None, step=None) -> (loss_sum, weight_sum, {metric: sum}), fp32
@@ -30,7 +30,7 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar, steps taken
     params: dict  # trained parameters (nnx.Param), pure nested dict
     opt_state: Any  # optax state
-    consts: dict  # fixed variables that are saved but not trained (FAVOR projections)
+    consts: dict  # `Constant`s: saved, not trained (FAVOR projections, a frozen predecessor)
     rng: jax.Array  # uint32 key data; step t uses fold_in(rng, t)
 
 
@@ -53,9 +53,9 @@ class ModelDef:
 def split_model(model: nnx.Module) -> tuple[ModelDef, nnx.State, nnx.State]:
     """-> (ModelDef, params State, consts State). Leaves the model in eval mode."""
     model.train()
-    train_graph, params, consts, rngs = nnx.split(model, nnx.Param, FavorProjection, ...)
+    train_graph, params, consts, rngs = nnx.split(model, nnx.Param, Constant, ...)
     model.eval()
-    eval_graph = nnx.split(model, nnx.Param, FavorProjection, ...)[0]
+    eval_graph = nnx.split(model, nnx.Param, Constant, ...)[0]
     return ModelDef(train_graph, eval_graph, nnx.to_pure_dict(rngs)), params, consts
 
 

@@ -1,0 +1,201 @@
+"""BERT-of-Theseus, the note's table (RESEARCH.md section 5): predecessor, the first k layers
+fine-tuned directly, and Theseus-k, over seeds.
+
+From one pretrained BERT (`init`, or an `mlm` run trained first in workdir/pretrain), per seed:
+  predecessor   `finetune` of all n layers                            runs/predecessor_seedS
+  direct_k      `finetune` of the first k layers (classify.layers=k)   runs/direct_kK_seedS
+  theseus_k     the replacement stage (task theseus) from predecessor  runs/theseus_kK_seedS
+                then `finetune` of the successor alone                 runs/successor_kK_seedS
+Every run is an ordinary resumable run, cached by result.json; accuracies are computed on every
+validation and test example (cached in accuracy.json), with each model's parameter count and
+eval throughput (tokens/s of a jitted forward over the validation split, measured once per
+model shape on seed 0). The table gives mean ± std over seeds, the note's iflytek numbers beside.
+"""
+
+import functools
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from research.config import ConfigError, as_list
+from research.data import classification, pipeline
+from research.experiments import sweep
+from research.experiments.pet import _accuracy, _run_config
+from research.models.theseus import check_successor_layers
+from research.report import format_table, machine_header, save_figure, write_csv
+from research.tasks import bert, classify
+from research.tasks.theseus import SCHEDULES
+from research.train.config import parse
+from research.train.trained import load_trained
+
+# The note's iflytek dev accuracy (%), 12-layer BERT: by k / n, the fraction of layers kept.
+NOTE = {("predecessor", 1.0): 60.11, ("direct", 0.5): 58.99, ("direct", 0.25): 57.96,
+        ("theseus", 0.5): 59.61, ("theseus", 0.25): 59.36}  # fmt: skip
+
+
+def _note(kind: str, fraction: float) -> float:
+    return NOTE.get((kind, fraction), float("nan"))
+
+
+def eval_throughput(model, vocab, records, *, seq_len: int, batch_size: int = 64) -> float:
+    """Tokens/s of the jitted classifier forward over `records` (batch_size x seq_len tokens a
+    batch, padding included), after one warm-up batch that compiles."""
+    forward = jax.jit(lambda m, x, k: jnp.argmax(m(x, mask=k).class_logits, axis=-1))
+    batches = list(
+        pipeline.classify_dataset(
+            records, vocab, seq_len=seq_len, batch_size=batch_size, seed=0, train=False
+        )
+    )
+    forward(model, batches[0]["inputs"], batches[0]["mask"]).block_until_ready()
+    t0 = time.perf_counter()
+    for b in batches:
+        out = forward(model, b["inputs"], b["mask"])
+    out.block_until_ready()
+    return len(batches) * batch_size * seq_len / (time.perf_counter() - t0)
+
+
+def _params(model) -> int:
+    return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def run(c, workdir: str) -> list[dict]:
+    workdir = pathlib.Path(workdir).expanduser()
+    seeds = as_list(c.seeds, int, name="seeds")
+    ks = as_list(c.successor_layers, int, name="successor_layers")
+    if not 0.0 <= c.replace_prob <= 1.0:
+        raise ConfigError(f"replace_prob={c.replace_prob!r}: must be in [0, 1]")
+    if c.replace_schedule not in SCHEDULES:
+        raise ConfigError(f"replace_schedule={c.replace_schedule!r}: allowed "
+                          f"{', '.join(SCHEDULES)}")  # fmt: skip
+    t0 = time.perf_counter()
+
+    def log(msg):
+        if jax.process_index() == 0:
+            print(f"[theseus {time.perf_counter() - t0:.0f} s] {msg}", flush=True)
+
+    # ---- the pretrained BERT ------------------------------------------------------------------
+    init = c.init
+    pre = _run_config(c, c.pretrain, seeds[0])
+    n = (bert.pretrained_config(init, key="init")[0] if init else parse(pre).model).num_layers
+    for k in ks:  # every k is checked before anything trains
+        try:
+            check_successor_layers(n, k)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    data = parse(_run_config(c, c.finetune, seeds[0])).data
+    _, validation, test = classification.sources_of(data)
+    if not init:
+        log(f"pretraining the MLM in {workdir / 'pretrain'}")
+        sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
+        init = f"workdir:{workdir / 'pretrain'}"
+
+    seq_len = data.seq_len
+    results, speed = [], {}
+
+    def evaluate(kind, k, seed, out):
+        load = functools.cache(functools.partial(load_trained, out))
+
+        def acc():
+            t = load()
+            return {split: 100 * classify.accuracy(t.model, t.vocab, recs, seq_len=seq_len)
+                    for split, recs in (("validation", validation), ("test", test))}  # fmt: skip
+
+        result = _accuracy(out / "eval", acc)
+        if (kind, k) not in speed:  # model shape, not weights: once per kind and k
+            speed[kind, k] = _accuracy(out / "speed", lambda: {
+                "params": _params(load().model),
+                "tokens_per_s": eval_throughput(load().model, load().vocab, validation,
+                                                seq_len=seq_len)})  # fmt: skip
+        results.append({"kind": kind, "layers": k, "seed": seed, **result, **speed[kind, k]})
+        log(f"{kind} {k} layers seed {seed}: validation {result['validation']:.2f}, "
+            f"test {result['test']:.2f}")  # fmt: skip
+
+    def train(name, pc, seed):
+        out = workdir / "runs" / f"{name}_seed{seed}"
+        log(f"training {name} seed {seed} in {out}")
+        sweep.train_point(pc, out, {"run": name, "seed": seed})
+        return out
+
+    theseus = dict(replace_prob=c.replace_prob, replace_schedule=c.replace_schedule,
+                   replace_slope=c.replace_slope)  # fmt: skip
+    for seed in seeds:
+        out = train("predecessor", _run_config(c, c.finetune, seed, classify=dict(init=init)), seed)
+        evaluate("predecessor", n, seed, out)
+        predecessor = f"workdir:{out}"
+        for k in ks:
+            direct = _run_config(c, c.finetune, seed, classify=dict(init=init, layers=k))
+            evaluate("direct", k, seed, train(f"direct_k{k}", direct, seed))
+            stage2 = _run_config(c, c.theseus, seed, theseus=dict(
+                predecessor=predecessor, init=init, successor_layers=k, **theseus))  # fmt: skip
+            out2 = train(f"theseus_k{k}", stage2, seed)
+            stage3 = _run_config(c, c.finetune, seed, classify=dict(init=f"workdir:{out2}"))
+            evaluate("theseus", k, seed, train(f"successor_k{k}", stage3, seed))
+
+    rows = summarize(results, n)
+    if jax.process_index() == 0:
+        header = (f"{machine_header()}\nBERT-of-Theseus on {c.data.source}: from {init}, "
+                  f"n={n}, k in {ks}, replace p={c.replace_prob} ({c.replace_schedule}); "
+                  f"accuracy on all {len(validation)} validation / {len(test)} test examples; "
+                  f"seeds {list(seeds)}; seq_len {seq_len}")  # fmt: skip
+        write_csv(workdir / "theseus.csv", rows)
+        plot(rows, workdir / "theseus.png", header)
+        print(f"\n{header}\n\n{table(rows)}\n")
+        print(f"wrote {workdir / 'theseus.csv'} and {workdir / 'theseus.png'} "
+              f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+        (workdir / "results.json").write_text(json.dumps(results, indent=1))
+    return rows
+
+
+def summarize(results, n: int) -> list[dict]:
+    """One row per (kind, layers): mean and std over seeds, params, eval tokens/s, the note's."""
+    rows = []
+    for kind, k in dict.fromkeys((r["kind"], r["layers"]) for r in results):
+        mine = [r for r in results if r["kind"] == kind and r["layers"] == k]
+        row = {"model": f"{kind} ({k} layers)", "kind": kind, "layers": k, "seeds": len(mine),
+               "params": mine[0]["params"],
+               "eval_tokens_per_s": mine[0]["tokens_per_s"]}  # fmt: skip
+        for split in ("validation", "test"):
+            vals = np.array([r[split] for r in mine], float)
+            row[f"{split}_mean"], row[f"{split}_std"] = float(vals.mean()), float(vals.std())
+        row["note_dev"] = _note(kind, k / n)
+        rows.append(row)
+    return rows
+
+
+def table(rows) -> str:
+    def cell(split):
+        return lambda r: f"{r[f'{split}_mean']:.2f} ± {r[f'{split}_std']:.2f}"
+
+    def note(r):
+        return "-" if np.isnan(r["note_dev"]) else f"{r['note_dev']:.2f}"
+
+    return format_table(rows, ["model", "params", "validation", "test", "eval tok/s",
+                               "note (iflytek dev)"],
+                        ["{model}", "{params:,}", cell("validation"), cell("test"),
+                         "{eval_tokens_per_s:,.0f}", note], align="lrrrrr")  # fmt: skip
+
+
+def plot(rows, path, title):
+    with save_figure(path, title, 2, (11, 4.2), title_size=7) as axes:
+        x = np.arange(len(rows))
+        labels = [r["model"] for r in rows]
+        ax = axes[0]
+        for split, dx in (("validation", -0.2), ("test", 0.2)):
+            ax.bar(x + dx, [r[f"{split}_mean"] for r in rows], 0.4,
+                   yerr=[r[f"{split}_std"] for r in rows], capsize=3, label=split)  # fmt: skip
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("accuracy % (mean ± std over seeds)")
+        lo = min(r["validation_mean"] for r in rows) - 5
+        ax.set_ylim(max(0, lo), 100)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+        ax = axes[1]
+        ax.bar(x, [r["eval_tokens_per_s"] for r in rows])
+        ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel("eval tokens/s (jitted forward)")
+        ax.grid(alpha=0.3, axis="y")

