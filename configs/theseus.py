@@ -40,7 +40,7 @@ def get_config(preset: str = "") -> ConfigDict:
     c = ConfigDict()
     c.experiment = "theseus"  # research.experiments.EXPERIMENTS
     c.init = ""  # the pretrained BERT: workdir:PATH | hf:PATH | "" = pretrain `pretrain` first
-    c.successor_layers = (2, 1)  # k values: n/2 and n/4 of the 4-layer default MLM
+    c.successor_layers = (0,)  # k values; (0,) = (n/2, n/4) of the pretrained model's n layers
     c.replace_prob = 0.5  # the note's constant p (p_0 of the linear schedule)
     c.replace_schedule = "constant"  # constant | linear
     c.replace_slope = 0.0  # linear: theta per step; 0 = reach p = 1 at the stage's last step

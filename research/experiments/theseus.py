@@ -7,9 +7,10 @@ From one pretrained BERT (`init`, or an `mlm` run trained first in workdir/pretr
   theseus_k     the replacement stage (task theseus) from predecessor  runs/theseus_kK_seedS
                 then `finetune` of the successor alone                 runs/successor_kK_seedS
 Every run is an ordinary resumable run, cached by result.json; accuracies are computed on every
-validation and test example (cached in accuracy.json), with each model's parameter count and
-eval throughput (tokens/s of a jitted forward over the validation split, measured once per
-model shape on seed 0). The table gives mean ± std over seeds, the note's iflytek numbers beside.
+validation and test example (cached in accuracy.json), with each depth's parameter count and
+eval throughput (tokens/s of a jitted forward over the validation split, the median of 3
+passes, every depth measured back to back after training; cached in speed/accuracy.json).
+The table gives mean ± std over seeds, the note's iflytek numbers beside.
 """
 
 import functools
@@ -29,7 +30,7 @@ from research.experiments.pet import _accuracy, _run_config
 from research.models.theseus import check_successor_layers
 from research.report import format_table, machine_header, save_figure, write_csv
 from research.tasks import bert, classify
-from research.tasks.theseus import SCHEDULES
+from research.tasks.theseus import TheseusConfig
 from research.train.config import parse
 from research.train.trained import load_trained
 
@@ -67,11 +68,12 @@ def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
     seeds = as_list(c.seeds, int, name="seeds")
     ks = as_list(c.successor_layers, int, name="successor_layers")
-    if not 0.0 <= c.replace_prob <= 1.0:
-        raise ConfigError(f"replace_prob={c.replace_prob!r}: must be in [0, 1]")
-    if c.replace_schedule not in SCHEDULES:
-        raise ConfigError(f"replace_schedule={c.replace_schedule!r}: allowed "
-                          f"{', '.join(SCHEDULES)}")  # fmt: skip
+    theseus = dict(replace_prob=c.replace_prob, replace_schedule=c.replace_schedule,
+                   replace_slope=c.replace_slope)  # fmt: skip
+    try:
+        TheseusConfig(**theseus)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     t0 = time.perf_counter()
 
     def log(msg):
@@ -82,6 +84,8 @@ def run(c, workdir: str) -> list[dict]:
     init = c.init
     pre = _run_config(c, c.pretrain, seeds[0])
     n = (bert.pretrained_config(init, key="init")[0] if init else parse(pre).model).num_layers
+    if list(ks) == [0]:
+        ks = [n // 2, n // 4] if n >= 4 else [max(1, n // 2)]
     for k in ks:  # every k is checked before anything trains
         try:
             check_successor_layers(n, k)
@@ -95,7 +99,7 @@ def run(c, workdir: str) -> list[dict]:
         init = f"workdir:{workdir / 'pretrain'}"
 
     seq_len = data.seq_len
-    results, speed = [], {}
+    results, models = [], {}
 
     def evaluate(kind, k, seed, out):
         load = functools.cache(functools.partial(load_trained, out))
@@ -106,12 +110,8 @@ def run(c, workdir: str) -> list[dict]:
                     for split, recs in (("validation", validation), ("test", test))}  # fmt: skip
 
         result = _accuracy(out / "eval", acc)
-        if (kind, k) not in speed:  # model shape, not weights: once per kind and k
-            speed[kind, k] = _accuracy(out / "speed", lambda: {
-                "params": _params(load().model),
-                "tokens_per_s": eval_throughput(load().model, load().vocab, validation,
-                                                seq_len=seq_len)})  # fmt: skip
-        results.append({"kind": kind, "layers": k, "seed": seed, **result, **speed[kind, k]})
+        models.setdefault(k, out)  # one trained model per depth, for the speed measurement
+        results.append({"kind": kind, "layers": k, "seed": seed, **result})
         log(f"{kind} {k} layers seed {seed}: validation {result['validation']:.2f}, "
             f"test {result['test']:.2f}")  # fmt: skip
 
@@ -121,8 +121,6 @@ def run(c, workdir: str) -> list[dict]:
         sweep.train_point(pc, out, {"run": name, "seed": seed})
         return out
 
-    theseus = dict(replace_prob=c.replace_prob, replace_schedule=c.replace_schedule,
-                   replace_slope=c.replace_slope)  # fmt: skip
     for seed in seeds:
         out = train("predecessor", _run_config(c, c.finetune, seed, classify=dict(init=init)), seed)
         evaluate("predecessor", n, seed, out)
@@ -136,6 +134,16 @@ def run(c, workdir: str) -> list[dict]:
             stage3 = _run_config(c, c.finetune, seed, classify=dict(init=f"workdir:{out2}"))
             evaluate("theseus", k, seed, train(f"successor_k{k}", stage3, seed))
 
+    # Speed depends on the depth, not on the weights or how they were trained: every depth
+    # measured back to back, the median of 3 passes over the validation split each.
+    speed = _accuracy(workdir / "speed", lambda: {
+        str(k): {"params": _params(load_trained(out).model),
+                 "tokens_per_s": float(np.median([eval_throughput(
+                     load_trained(out).model, load_trained(out).vocab, validation,
+                     seq_len=seq_len) for _ in range(3)]))}
+        for k, out in sorted(models.items(), reverse=True)})  # fmt: skip
+    for r in results:
+        r.update(speed[str(r["layers"])])
     rows = summarize(results, n)
     if jax.process_index() == 0:
         header = (f"{machine_header()}\nBERT-of-Theseus on {c.data.source}: from {init}, "

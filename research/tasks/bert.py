@@ -82,7 +82,10 @@ def run_config(path: pathlib.Path) -> dict:
     steps = params_io.checkpoint_steps(path / "checkpoints")
     if not steps:
         return {}
-    return params_io.read_checkpoint(path / "checkpoints", steps[-1], config=True)[0]
+    try:
+        return params_io.read_checkpoint(path / "checkpoints", steps[-1], config=True)[0] or {}
+    except (OSError, ValueError, KeyError):  # a checkpoint written without its config item
+        return {}
 
 
 def _theseus_layers(path: pathlib.Path) -> int | None:

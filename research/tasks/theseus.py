@@ -3,9 +3,10 @@ fine-tuned classifier (`theseus.predecessor`, a `classify` run) and k successor 
 start from the first k layers of a pretrained BERT (`theseus.init`) and learn to stand in for
 its modules (`research.models.theseus.Theseus`).
 
-Every training batch draws r_i ~ Bernoulli(p_t) per module from the step's key; p_t is
-`replace_prob`, or with replace_schedule="linear" min(1, replace_prob + replace_slope * t)
-(replace_slope 0: p reaches 1 at the last step). Evaluation runs the successor alone (r = 1).
+Every training step draws r_i ~ Bernoulli(p_t) per module from the run's seed and the step
+(`make_theseus_loss`); p_t is `replace_prob`, or with replace_schedule="linear"
+min(1, replace_prob + replace_slope * t) (replace_slope 0: p reaches 1 at the last step).
+Evaluation runs the successor alone (r = 1).
 The run's workdir then is a pretrained model for `classify` (init=workdir:PATH gives the
 k-layer successor), the third stage.
 """
@@ -14,6 +15,7 @@ import dataclasses
 import json
 import pathlib
 
+import jax
 import jax.numpy as jnp
 
 from research import ops
@@ -21,6 +23,7 @@ from research.config import ConfigError, RunConfig
 from research.data import classification, pipeline
 from research.data import vocab as vocab_io
 from research.models import ModelConfig
+from research.models import params as params_io
 from research.models.params import transfer
 from research.models.theseus import Theseus, check_successor_layers, draw_replacement, replace_prob
 from research.tasks import bert
@@ -28,8 +31,11 @@ from research.tasks.base import Task, TaskData
 from research.tasks.classify import check_labels
 
 SCHEDULES = ("constant", "linear")
-# Fields that fix a layer's parameter shapes: a successor from another architecture is refused.
-_LAYER_FIELDS = ("d_model", "num_heads", "num_kv_heads", "d_ff", "norm", "use_bias", "activation")
+# Fields that fix what a layer computes and its parameters' shapes: a successor from another
+# architecture is refused.
+_LAYER_FIELDS = ("d_model", "num_heads", "num_kv_heads", "d_ff", "norm", "use_bias", "activation",
+                 "attention", "feature_map", "favor_features", "linear_form", "linformer_k",
+                 "short_conv", "positions")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,9 @@ def _predecessor(s: TheseusConfig) -> tuple[pathlib.Path, ModelConfig]:
         raise ConfigError(f"theseus.predecessor={s.predecessor!r}: use workdir:PATH of a "
                           "fine-tuned classify run")  # fmt: skip
     path = parsed[1]
+    if not params_io.checkpoint_steps(path / "checkpoints"):
+        raise ConfigError(f"theseus.predecessor={s.predecessor!r}: no checkpoints in "
+                          f"{path / 'checkpoints'}")  # fmt: skip
     mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
     if not mcfg.num_labels:
         raise ConfigError(f"theseus.predecessor={s.predecessor!r}: that run has no classifier "
@@ -139,33 +148,59 @@ class TheseusTask(Task):
     def initialize(self, run: RunConfig, model: Theseus) -> None:
         s = run.task_config
         path, _ = _predecessor(s)
-        copied, fresh = transfer(bert.pretrained_model(s.predecessor, key="theseus.predecessor"),
-                                 model.predecessor)  # fmt: skip
-        if fresh:
-            raise ConfigError(f"theseus.predecessor: the checkpoint lacks {fresh[:3]}")
         init = _successor_init(s, path)
-        pretrained = bert.pretrained_model(init, key="theseus.init")
-        for mine, theirs in zip(model.successor, pretrained.layers[: model.k], strict=True):
-            transfer(theirs, mine)
+        where = f"theseus.predecessor={s.predecessor!r}"
+        try:  # a checkpoint whose shapes differ from its model.json, or lacks a tensor
+            copied, fresh = transfer(
+                bert.pretrained_model(s.predecessor, key="theseus.predecessor"), model.predecessor
+            )
+            if fresh:
+                raise ValueError(f"the checkpoint lacks {', '.join(fresh[:3])}")
+            where = f"theseus.init={init!r}"
+            pretrained = bert.pretrained_model(init, key="theseus.init")
+            for mine, theirs in zip(model.successor, pretrained.layers[: model.k], strict=True):
+                missing = transfer(theirs, mine)[1]
+                if missing:
+                    raise ValueError(f"its layers lack {', '.join(missing[:3])}")
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
         print(f"theseus: predecessor ({len(copied)} tensors, frozen) from {s.predecessor}; "
               f"successor layers = the first {model.k} layers of {init}", flush=True)  # fmt: skip
 
     def loss_fn(self, run: RunConfig, data: TaskData | None):
-        s, steps = run.task_config, run.train.num_train_steps
-        slope = s.replace_slope or (1.0 - s.replace_prob) / max(steps, 1)
+        return make_theseus_loss(run.task_config, seed=run.train.seed,
+                                 num_train_steps=run.train.num_train_steps)  # fmt: skip
 
-        def theseus_loss(model, batch: dict, *, key=None, step=None):
-            """Classification cross-entropy; training draws the replacement, evaluation runs
-            the successor alone. Metrics: correct (weighted argmax hits)."""
-            replace = None
-            if key is not None:
-                p = replace_prob(step, p=s.replace_prob, schedule=s.replace_schedule,
-                                 slope=slope)  # fmt: skip
-                replace = draw_replacement(key, p, model.k)
-            logits = model(batch["inputs"], mask=batch["mask"], replace=replace).class_logits
-            weights = batch.get("weights", jnp.ones(batch["labels"].shape, jnp.float32))
-            loss_sum, weight_sum = ops.cross_entropy(logits, batch["labels"], mask=weights)
-            hits = (jnp.argmax(logits, axis=-1) == batch["labels"]) * weights
-            return loss_sum, weight_sum, {"correct": jnp.sum(hits)}
 
-        return theseus_loss
+def replacement_draws(s: TheseusConfig, *, seed: int, num_train_steps: int):
+    """draws(step, k) -> r [k] bool: module i replaced at `step` with probability p_step
+    (constant, or linear with replace_slope 0 meaning p = 1 at the last step)."""
+    slope = s.replace_slope or (1.0 - s.replace_prob) / max(num_train_steps - 1, 1)
+    base = jax.random.fold_in(jax.random.key(seed), 0x7E5E)
+
+    def draws(step, k: int):
+        p = replace_prob(step, p=s.replace_prob, schedule=s.replace_schedule, slope=slope)
+        return draw_replacement(jax.random.fold_in(base, step), p, k)
+
+    return draws
+
+
+def make_theseus_loss(s: TheseusConfig, *, seed: int, num_train_steps: int):
+    """The replacement stage's loss: classification cross-entropy with the modules replaced by
+    r ~ Bernoulli(p_step) in training, the successor alone in evaluation (key None).
+
+    r is drawn from the run's seed and the step number, not from the key the step passes:
+    every device of a shard_map step and every microbatch of an accumulated step must run the
+    same model (the step's key differs per device and per microbatch, for dropout).
+    """
+    draws = replacement_draws(s, seed=seed, num_train_steps=num_train_steps)
+
+    def theseus_loss(model, batch: dict, *, key=None, step=None):
+        replace = None if key is None else draws(step, model.k)
+        logits = model(batch["inputs"], mask=batch["mask"], replace=replace).class_logits
+        weights = batch.get("weights", jnp.ones(batch["labels"].shape, jnp.float32))
+        loss_sum, weight_sum = ops.cross_entropy(logits, batch["labels"], mask=weights)
+        hits = (jnp.argmax(logits, axis=-1) == batch["labels"]) * weights
+        return loss_sum, weight_sum, {"correct": jnp.sum(hits)}
+
+    return theseus_loss

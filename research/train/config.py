@@ -30,8 +30,9 @@ def parse(c, *, num_devices: int | None = None, check_devices: bool = True) -> R
     """Validate ConfigDict `c` into a RunConfig.
 
     num_devices: the mesh's device count (default: this run's, `jax.device_count()`).
-    check_devices=False skips the checks against this machine's devices and processes (for
-    reading a run that was trained elsewhere).
+    check_devices=False skips the checks against this machine's devices and processes and the
+    task's checks of files it starts from (`Task.validate`: a pretrained model, a predecessor),
+    for reading back a run that was trained elsewhere or whose inputs have moved.
     """
     if "task" not in c or c.task not in tasks.TASKS:
         raise ConfigError(f"task={c.get('task')!r}: allowed {', '.join(tasks.TASKS)}")
@@ -55,7 +56,8 @@ def parse(c, *, num_devices: int | None = None, check_devices: bool = True) -> R
     if check_devices:
         _check_devices(train, mesh, data, num_devices or jax.device_count())
     run = RunConfig(c.task, train, optimizer, mesh, data, model, task_config, c.to_dict())
-    task.validate(run)
+    if check_devices:
+        task.validate(run)
     return run
 
 

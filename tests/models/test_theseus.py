@@ -12,10 +12,10 @@ from research.models import Bert, ModelConfig
 from research.models.theseus import (
     Theseus,
     check_successor_layers,
-    draw_replacement,
     replace_prob,
 )
-from research.models.variables import Constant, Frozen
+from research.models.variables import Frozen
+from research.tasks.theseus import TheseusConfig, make_theseus_loss, replacement_draws
 from research.train import optim, sharding, step
 
 CFG = ModelConfig(vocab_size=60, d_model=16, num_heads=2, num_layers=4, d_ff=32, max_length=16,
@@ -72,20 +72,26 @@ def test_mixed_replacement_composes_the_modules(replace):
 
 
 def test_replacement_frequencies_and_schedule():
+    """The task's draws over 4,000 steps: each module replaced with probability p,
+    independently of the others, within 4 standard errors."""
     n = 4000
-    keys = jax.random.split(jax.random.key(0), n)
+    steps = jnp.arange(n)
     for p in (0.5, 0.2):
-        draws = np.asarray(jax.vmap(lambda k, p=p: draw_replacement(k, p, 3))(keys))
-        sigma = np.sqrt(p * (1 - p) / n)
-        # Each module replaced with probability p, independently of the others.
-        np.testing.assert_array_less(np.abs(draws.mean(0) - p), 4 * sigma)
-        both = (draws[:, 0] & draws[:, 1]).mean()
+        draws = replacement_draws(TheseusConfig(replace_prob=p), seed=3, num_train_steps=n)
+        r = np.asarray(jax.vmap(lambda t, d=draws: d(t, 3))(steps))
+        np.testing.assert_array_less(np.abs(r.mean(0) - p), 4 * np.sqrt(p * (1 - p) / n))
+        both = (r[:, 0] & r[:, 1]).mean()
         assert abs(both - p * p) < 4 * np.sqrt(p * p * (1 - p * p) / n)
-    assert float(replace_prob(7, p=0.5, schedule="constant", slope=0.1)) == 0.5
-    # The paper's linear curriculum p_t = min(1, p_0 + theta t).
+    # The paper's linear curriculum p_t = min(1, p_0 + theta t); slope 0 = reach 1 at the end.
     for t, want in ((0, 0.3), (10, 0.3 + 10 * 0.05), (100, 1.0)):
-        got = float(replace_prob(t, p=0.3, schedule="linear", slope=0.05))
-        assert got == pytest.approx(want)
+        assert float(replace_prob(t, p=0.3, schedule="linear", slope=0.05)) == pytest.approx(want)
+    assert float(replace_prob(7, p=0.5, schedule="constant", slope=0.1)) == 0.5
+    linear = TheseusConfig(replace_prob=0.0, replace_schedule="linear")
+    r = np.asarray(jax.vmap(lambda t: replacement_draws(linear, seed=0, num_train_steps=n)(t, 3))(
+        steps))  # fmt: skip
+    first, last = r[: n // 10].mean(), r[-n // 10 :].mean()
+    assert abs(first - 0.05) < 0.03 and abs(last - 0.95) < 0.03  # p rises 0 -> 1 linearly
+    assert r[-1].all()  # p = 1 at the last step
 
 
 def test_successor_layers_must_divide_the_predecessor():
@@ -97,15 +103,11 @@ def test_successor_layers_must_divide_the_predecessor():
         Theseus(CFG.replace(num_labels=0), successor_layers=2, rngs=nnx.Rngs(0))
 
 
-def _loss(model, batch, *, key=None, step=None):
-    replace = None if key is None else draw_replacement(key, 0.5, model.k)
-    logits = model(batch["inputs"], mask=batch["mask"], replace=replace).class_logits
-    logp = jax.nn.log_softmax(logits)
-    nll = -jnp.take_along_axis(logp, batch["labels"][:, None], axis=-1)[:, 0]
-    return jnp.sum(nll), jnp.float32(nll.shape[0]), {}
+# The task's loss: r drawn from the run's seed and the step (the same on every device).
+LOSS = make_theseus_loss(TheseusConfig(successor_layers=2), seed=0, num_train_steps=4)
 
 
-def _train(mesh_shape):
+def _train(mesh_shape, kind="jit"):
     model = Theseus(CFG, successor_layers=2, rngs=nnx.Rngs(params=0, dropout=1))
     frozen_before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model.predecessor, Frozen)))
     model_def, params, consts = step.split_model(model)
@@ -119,7 +121,14 @@ def _train(mesh_shape):
     opt = optim.make_optimizer(opt_cfg, 4)
     mesh = sharding.make_mesh(mesh_shape, jax.devices()[: int(np.prod(list(mesh_shape.values())))])
     sh = step.state_shardings(opt, params, consts, mesh)
-    train = step.make_train_step(model_def, opt, _loss, mesh=mesh, shardings=sh)
+    if kind == "shard_map":  # replicated state, each device its rows, explicit psum
+        mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+        rep = sharding.replicated(mesh)
+        sh = jax.tree.map(lambda _: rep, step.state_shardings(opt, params, consts, mesh),
+                          is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))  # fmt: skip
+        train = step.make_shard_map_step(model_def, opt, LOSS, mesh=mesh)
+    else:
+        train = step.make_train_step(model_def, opt, LOSS, mesh=mesh, shardings=sh)
     state = step.init_state(opt, params, consts, 0, sh)
     rng = np.random.default_rng(0)
     losses = []
@@ -140,9 +149,11 @@ def _train(mesh_shape):
 
 def test_training_moves_only_the_successor_and_8_devices_equal_1():
     params1, losses1, initial = _train({"data": 1})
-    params8, losses8, _ = _train({"data": 4, "fsdp": 2})
     moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), params1, initial)
     assert all(jax.tree.leaves(moved))  # every successor tensor trained
-    np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params8, params1)
-    assert issubclass(Frozen, Constant)
+    # 8 devices, sharded by rules or data-parallel with shard_map: the same draws, the same
+    # losses and parameters as one device.
+    for mesh, kind in (({"data": 4, "fsdp": 2}, "jit"), ({"data": 8}, "shard_map")):
+        params8, losses8, _ = _train(mesh, kind)
+        np.testing.assert_allclose(losses8, losses1, rtol=1e-5, err_msg=kind)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), params8, params1)

@@ -18,7 +18,7 @@ from configs import theseus as theseus_config
 from research import tasks
 from research.config import ConfigError
 from research.experiments import theseus as theseus_experiment
-from research.models import Bert
+from research.models import Bert, ModelConfig
 from research.models.theseus import Theseus
 from research.models.variables import Frozen
 from research.tasks import bert
@@ -127,6 +127,12 @@ def test_bad_theseus_settings_are_one_line_errors(data_dir, mlm_workdir, predece
         parse(_stage2(data_dir, predecessor, successor_layers=3))
     with pytest.raises(ConfigError, match=r"replace_prob=1.5: must be in \[0, 1\]"):
         parse(_stage2(data_dir, predecessor, replace_prob=1.5))
+    # A moved predecessor stops a new run, but not reading back one trained from it
+    # (load_trained parses with check_devices=False, which skips the task's file checks).
+    gone = _stage2(data_dir, tmp_path / "moved")
+    with pytest.raises(ConfigError, match="no model.json in"):
+        parse(gone)
+    assert parse(gone, check_devices=False).task_config.successor_layers == 1
     with pytest.raises(ConfigError, match="that run has no classifier"):
         parse(_stage2(data_dir, mlm_workdir))  # an MLM is not a fine-tuned predecessor
     # A successor init of another width than the predecessor.
@@ -137,6 +143,19 @@ def test_bad_theseus_settings_are_one_line_errors(data_dir, mlm_workdir, predece
     with pytest.raises(ConfigError, match=r"its layers differ from the predecessor's in d_model "
                                           r"\(48 vs 32\)"):  # fmt: skip
         parse(_stage2(data_dir, predecessor, init=f"workdir:{wide}"))
+    # A predecessor checkpoint of another shape than its model.json (d_ff 64 saved, 48 declared),
+    # with a successor init that agrees with the declaration: one line, before any training.
+    odd, odd_init = tmp_path / "odd", tmp_path / "odd_init"
+    for src, dst in ((predecessor, odd), (mlm_workdir, odd_init)):
+        shutil.copytree(src, dst)
+        mcfg = json.loads((dst / "model.json").read_text())
+        (dst / "model.json").write_text(json.dumps({**mcfg, "d_ff": 48}))
+    run = parse(_stage2(data_dir, odd, init=f"workdir:{odd_init}"))
+    task = tasks.get("theseus")
+    declared = ModelConfig(**json.loads((odd / "model.json").read_text()))
+    model = task.build_model(run, declared, rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match=rf"theseus.predecessor='workdir:{odd}': .*"):
+        task.initialize(run, model)
     with pytest.raises(ConfigError, match="classify.layers=3: the model has only 2 layers"):
         c = classify_config.get_config("smoke")
         c.data.data_dir = data_dir
