@@ -24,10 +24,11 @@ from research.tasks import bert
 from research.tasks.base import Task, TaskData
 
 
-def classify_loss(model, batch: dict, *, key=None, step=None):
+def classify_loss(model, batch: dict, *, key=None, step=None, **model_kwargs):
     """batch: inputs [B, L] int, mask [B, L], labels [B] int, optional weights [B] (0 = a
-    padding row). Metrics: correct (weighted argmax hits)."""
-    logits = model(batch["inputs"], mask=batch["mask"]).class_logits
+    padding row); model_kwargs go to the model (Theseus: replace). Metrics: correct (weighted
+    argmax hits)."""
+    logits = model(batch["inputs"], mask=batch["mask"], **model_kwargs).class_logits
     weights = batch.get("weights", jnp.ones(batch["labels"].shape, jnp.float32))
     loss_sum, weight_sum = ops.cross_entropy(logits, batch["labels"], mask=weights)
     hits = (jnp.argmax(logits, axis=-1) == batch["labels"]) * weights
@@ -86,6 +87,18 @@ def accuracy(model, vocab, records, *, seq_len: int, batch_size: int = 64) -> fl
     return hits / max(n, 1)
 
 
+def classify_data(run: RunConfig, vocab, train, validation) -> TaskData:
+    """TaskData of [CLS] text [SEP] rows and labels (`pipeline.classify_iterator`)."""
+    t, d = run.train, run.data
+
+    def make(is_train: bool):
+        return pipeline.classify_iterator(train if is_train else validation, vocab,
+                                          seq_len=d.seq_len, batch_size=t.batch_size,
+                                          seed=t.seed, train=is_train, shards=d.shards)  # fmt: skip
+
+    return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
+
+
 class ClassifyTask(Task):
     name = "classify"
     section = "classify"
@@ -101,14 +114,7 @@ class ClassifyTask(Task):
         train, validation, _ = classification.sources_of(d)
         train = labeled_subset(train, s.labeled_examples, t.seed)
         check_labels(train, s.num_labels, name=d.source)
-
-        def make(is_train: bool):
-            return pipeline.classify_iterator(train if is_train else validation, vocab,
-                                              seq_len=d.seq_len, batch_size=t.batch_size,
-                                              seed=t.seed, train=is_train,
-                                              shards=d.shards)  # fmt: skip
-
-        return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
+        return classify_data(run, vocab, train, validation)
 
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
         return bert.build_config(run, run.task_config.init, key="classify.init",

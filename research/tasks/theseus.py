@@ -16,11 +16,9 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 
-from research import ops
 from research.config import ConfigError, RunConfig
-from research.data import classification, pipeline
+from research.data import classification
 from research.data import vocab as vocab_io
 from research.models import ModelConfig
 from research.models import params as params_io
@@ -28,7 +26,7 @@ from research.models.params import transfer
 from research.models.theseus import Theseus, check_successor_layers, draw_replacement, replace_prob
 from research.tasks import bert
 from research.tasks.base import Task, TaskData
-from research.tasks.classify import check_labels
+from research.tasks.classify import check_labels, classify_data, classify_loss
 
 SCHEDULES = ("constant", "linear")
 # Fields that fix what a layer computes and its parameters' shapes: a successor from another
@@ -117,19 +115,12 @@ class TheseusTask(Task):
                               f"successor_layers={s.successor_layers}")  # fmt: skip
 
     def build_data(self, run: RunConfig) -> TaskData:
-        s, t, d = run.task_config, run.train, run.data
+        s, d = run.task_config, run.data
         path, mcfg = _predecessor(s)
         vocab = vocab_io.load(path)
         train, validation, _ = classification.sources_of(d)
         check_labels(train, mcfg.num_labels, name=d.source)
-
-        def make(is_train: bool):
-            return pipeline.classify_iterator(train if is_train else validation, vocab,
-                                              seq_len=d.seq_len, batch_size=t.batch_size,
-                                              seed=t.seed, train=is_train,
-                                              shards=d.shards)  # fmt: skip
-
-        return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
+        return classify_data(run, vocab, train, validation)
 
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
         _, mcfg = _predecessor(run.task_config)
@@ -197,10 +188,6 @@ def make_theseus_loss(s: TheseusConfig, *, seed: int, num_train_steps: int):
 
     def theseus_loss(model, batch: dict, *, key=None, step=None):
         replace = None if key is None else draws(step, model.k)
-        logits = model(batch["inputs"], mask=batch["mask"], replace=replace).class_logits
-        weights = batch.get("weights", jnp.ones(batch["labels"].shape, jnp.float32))
-        loss_sum, weight_sum = ops.cross_entropy(logits, batch["labels"], mask=weights)
-        hits = (jnp.argmax(logits, axis=-1) == batch["labels"]) * weights
-        return loss_sum, weight_sum, {"correct": jnp.sum(hits)}
+        return classify_loss(model, batch, replace=replace)
 
     return theseus_loss
