@@ -27,8 +27,8 @@ def get_config(preset: str = "") -> ConfigDict:
     c.mlm = section_defaults(MlmConfig)  # init, whole_word, mask_rate
     c.model.update(d_model=256, num_heads=4, num_layers=4, d_ff=1024, positions="rotary",
                    norm="pre", dropout=0.0)  # fmt: skip
-    # 750 steps (3.1M tokens): about 21 min on a 2-core AMD EPYC at 1.6 s/step; 21.0% of the
-    # masked characters right (eval loss 5.16). docs/training.md#how-long-things-take
+    # 750 steps (3.1M tokens): 21m55s on a 2-core AMD EPYC from an empty data_dir (1.7 s/step);
+    # 21.0% of the masked characters right (eval loss 5.16). docs/training.md
     c.update(batch_size=32, num_train_steps=750, eval_every_steps=250, eval_steps=10,
              checkpoint_every_steps=250, log_every_steps=25)  # fmt: skip
     c.optimizer.update(learning_rate=1e-3, warmup_steps=100, weight_decay=0.01)
