@@ -43,9 +43,11 @@ def _note(kind: str, fraction: float) -> float:
     return NOTE.get((kind, fraction), float("nan"))
 
 
-def eval_throughput(model, vocab, records, *, seq_len: int, batch_size: int = 64) -> float:
+def eval_throughput(model, vocab, records, *, seq_len: int, batch_size: int = 64,
+                    passes: int = 3) -> float:  # fmt: skip
     """Tokens/s of the jitted classifier forward over `records` (batch_size x seq_len tokens a
-    batch, padding included), after one warm-up batch that compiles."""
+    batch, padding included): the median of `passes` timed passes after one warm-up batch that
+    compiles."""
     forward = jax.jit(lambda m, x, k: jnp.argmax(m(x, mask=k).class_logits, axis=-1))
     batches = list(
         pipeline.classify_dataset(
@@ -53,11 +55,20 @@ def eval_throughput(model, vocab, records, *, seq_len: int, batch_size: int = 64
         )
     )
     forward(model, batches[0]["inputs"], batches[0]["mask"]).block_until_ready()
-    t0 = time.perf_counter()
-    for b in batches:
-        out = forward(model, b["inputs"], b["mask"])
-    out.block_until_ready()
-    return len(batches) * batch_size * seq_len / (time.perf_counter() - t0)
+    rates = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        for b in batches:
+            out = forward(model, b["inputs"], b["mask"])
+        out.block_until_ready()
+        rates.append(len(batches) * batch_size * seq_len / (time.perf_counter() - t0))
+    return float(np.median(rates))
+
+
+def _speed(out: pathlib.Path, records, seq_len: int) -> dict:
+    t = load_trained(out)
+    rate = eval_throughput(t.model, t.vocab, records, seq_len=seq_len)
+    return {"params": _params(t.model), "tokens_per_s": rate}
 
 
 def _params(model) -> int:
@@ -137,10 +148,7 @@ def run(c, workdir: str) -> list[dict]:
     # Speed depends on the depth, not on the weights or how they were trained: every depth
     # measured back to back, the median of 3 passes over the validation split each.
     speed = _accuracy(workdir / "speed", lambda: {
-        str(k): {"params": _params(load_trained(out).model),
-                 "tokens_per_s": float(np.median([eval_throughput(
-                     load_trained(out).model, load_trained(out).vocab, validation,
-                     seq_len=seq_len) for _ in range(3)]))}
+        str(k): _speed(out, validation, seq_len)
         for k, out in sorted(models.items(), reverse=True)})  # fmt: skip
     for r in results:
         r.update(speed[str(r["layers"])])
