@@ -2,6 +2,10 @@
 
 import math
 
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
 # 2 / 0.24 from the note; exact: 2 / (1/2 ln((sqrt5 + 1)/2)) = 4 / ln(golden ratio) = 8.3123...
 APPROX_CONSTANT = 8.33
 EXACT_CONSTANT = 4.0 / math.log((math.sqrt(5.0) + 1.0) / 2.0)
@@ -63,3 +67,46 @@ def sphere_entropy_monte_carlo(n: int, samples: int, seed: int = 0) -> float:
 def threshold_constant(n: int) -> float:
     """c(n) = 2 / (-h_n / n): H < 0 needs n > c ln N. c(n) -> 4 / ln((sqrt5 + 1)/2) = 8.3123."""
     return 2.0 / (-sphere_entropy(n) / n)
+
+
+def skipgram_log_probs(
+    u: Float[Array, "N n"], v: Float[Array, "N n"], centers: Int[Array, " B"]
+) -> Float[Array, "B N"]:
+    """log p(j | i) = <u_i, v_j> - log sum_k exp(<u_i, v_k>) for each center i: the
+    skip-gram-like model of the note (one table for centers, one for contexts, no bias)."""
+    return jax.nn.log_softmax(u[centers] @ v.T, axis=-1)
+
+
+def skipgram_loss(
+    u: Float[Array, "N n"],
+    v: Float[Array, "N n"],
+    centers: Int[Array, " B"],
+    contexts: Int[Array, " B"],
+) -> Float[Array, ""]:
+    """Mean -log p(context | center) under the full softmax over all N words (nats)."""
+    logp = skipgram_log_probs(u, v, centers)
+    return -jnp.mean(jnp.take_along_axis(logp, contexts[:, None], axis=1))
+
+
+def sampled_skipgram_loss(
+    u: Float[Array, "N n"],
+    v: Float[Array, "N n"],
+    centers: Int[Array, " B"],
+    contexts: Int[Array, " B"],
+    negatives: Int[Array, " K"],
+    log_q: Float[Array, " N"],
+) -> Float[Array, ""]:
+    """Sampled softmax (Jean et al. 2015): the softmax over the true context and K words drawn
+    with replacement from q (shared by the batch), every logit corrected by -log(K q_j) so the
+    gradient estimates the full softmax's; a draw equal to the example's own context is masked
+    out ("accidental hit"). log_q: log of the proposal, [N], normalised.
+
+        loss = -s_o + log( e^{s_o} + sum_{k: j_k != o} e^{s_{j_k}} ),  s_j = <u_i, v_j> - log(K q_j)
+    """
+    h = u[centers]
+    log_k = jnp.log(negatives.shape[0]).astype(h.dtype)
+    true = jnp.sum(h * v[contexts], axis=-1) - (log_k + log_q[contexts])
+    sampled = h @ v[negatives].T - (log_k + log_q[negatives])[None, :]
+    sampled = jnp.where(negatives[None, :] == contexts[:, None], -jnp.inf, sampled)
+    logits = jnp.concatenate([true[:, None], sampled], axis=1)
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - true)
