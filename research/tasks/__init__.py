@@ -7,9 +7,11 @@ mlm       masked-LM pretraining of a Bert (whole-word masking)
 classify  a Bert classifier on [CLS], from a pretrained MLM
 pet       PET: classification as a cloze task scored by the MLM (zero/few-shot, semi-supervised)
 theseus   BERT-of-Theseus: k successor layers replace a frozen classifier's modules
+chat      DialoGPT-style LM over whole multi-turn conversations (DecoderLM with speaker segments)
 """
 
 from research.tasks.base import Task, TaskData
+from research.tasks.chat import ChatTask
 from research.tasks.classify import ClassifyTask
 from research.tasks.lm import LmTask, lm_loss
 from research.tasks.mlm import MlmTask
@@ -28,6 +30,7 @@ TASKS: dict[str, Task] = {
         ClassifyTask(),
         PetTask(),
         TheseusTask(),
+        ChatTask(),
     )  # fmt: skip
 }
 

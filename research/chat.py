@@ -1,0 +1,98 @@
+"""Talk to a trained chat model (configs/chat.py; RESEARCH.md section 3).
+
+    python -m research.chat --workdir=/tmp/seqlab/chat
+    python -m research.chat --workdir=DIR --top_k=5 --top_p=0.9 --temperature=0.8 --max_tokens=32
+    printf 'hi there\\nhow are you?\\n' | python -m research.chat --workdir=DIR   # scripted
+
+Each line you type is a turn; the reply is printed as it is generated. The history is kept (the
+model's cache too, so a turn costs its own tokens): /reset forgets it, /quit (or end of input)
+leaves, an empty line is ignored. When stdin is not a terminal the lines are read one by one
+and each reply is printed on its own line after "bot: ", so it can be scripted and tested.
+Exit 2 for a bad flag or a workdir that is not a trained chat run.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from research.cli import fail, parse_flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a chat training run's directory")
+_TOP_K = flags.DEFINE_integer("top_k", 5, "keep the k most likely tokens (0 = all)", lower_bound=0)
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus mass", lower_bound=0, upper_bound=1)
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "softmax temperature", lower_bound=0)
+_MAX_TOKENS = flags.DEFINE_integer(
+    "max_tokens",
+    None,
+    "longest reply in tokens (default: the run's chat.max_reply_tokens)",
+    lower_bound=1,
+)
+_MAX_CONTEXT = flags.DEFINE_integer(
+    "max_context",
+    0,
+    "history limit in tokens (0 = the run's chat.max_context, else its data.seq_len)",
+    lower_bound=0,
+)
+_SEED = flags.DEFINE_integer("seed", 0, "sampling PRNG seed")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
+
+
+def main(argv):
+    from research.config import ConfigError
+    from research.tasks.chat import ChatSession
+    from research.train import load_trained
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}")
+    if not _WORKDIR.value:
+        fail("--workdir=DIR is required (a run of configs/chat.py)")
+    try:
+        trained = load_trained(_WORKDIR.value, step=_STEP.value)
+    except (ConfigError, FileNotFoundError) as e:
+        fail(str(e))
+    run = trained.config
+    if run.task != "chat":
+        fail(f"{_WORKDIR.value}: task={run.task!r}; research.chat needs a chat run")
+    context = _MAX_CONTEXT.value or run.task_config.max_context or run.data.seq_len
+    try:
+        session = ChatSession(
+            trained.model,
+            trained.vocab,
+            max_context=context,
+            max_tokens=_MAX_TOKENS.value or run.task_config.max_reply_tokens,
+            top_k=_TOP_K.value,
+            top_p=_TOP_P.value,
+            temperature=_TEMPERATURE.value,
+            seed=_SEED.value,
+        )
+    except ValueError as e:
+        fail(str(e))
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chat with {_WORKDIR.value} (step {trained.step}); /reset, /quit", flush=True)
+    while True:
+        if interactive:
+            print("you: ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/quit":
+            break
+        if text == "/reset":
+            session.reset()
+            print("(history cleared)", flush=True)
+            continue
+        session.user_turn(text)
+        print("bot: ", end="", flush=True)
+        session.bot_turn(on_text=lambda piece: print(piece, end="", flush=True))
+        print(flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

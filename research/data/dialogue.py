@@ -1,0 +1,167 @@
+"""Multi-turn conversations for the chat task (RESEARCH.md section 3), and their LM layout.
+
+Sources (`data.source` of configs/chat.py):
+  chitchat       the English `chitchat-dataset` 0.9.0 (MIT, BYU PCC lab): 7,168 conversations; a
+                 turn is the consecutive messages of one sender, joined by a space.
+  chatterbot_zh  the Chinese conversations of `chatterbot-corpus` 1.3.3 (BSD): a small check.
+  lccc:PATH      a file in the LCCC format (Wang et al. 2020): a JSON list of conversations,
+                 each a list of utterance strings (LCCC-base/large, or any such file).
+Conversations are split 90/5/5 by a hash of their id (chitchat) or of their text, so a
+conversation is never split between train and test.
+
+Layout (`chat_example`): [CLS] u1 [SEP] u2 [SEP] ... with segment ids alternating by speaker
+(turn k has segment k % 2 in the conversation, [CLS] that of the first turn kept); the LM loss
+is on every next-token prediction. A conversation longer than the row is cut into several rows,
+each of whole consecutive turns (`conversation_windows`), so the newest turns of a window are
+kept and every turn is trained on once an epoch.
+"""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+
+from research.data import DataError, chinese
+
+SOURCES = ("chitchat", "chatterbot_zh", "lccc:PATH")
+SPLIT_PERCENTS = (90, 5, 5)
+_CHITCHAT = "pip install chitchat-dataset==0.9.0"
+_CHATTERBOT = "pip install chatterbot-corpus==1.3.3"
+
+
+def _package_dir(package: str, missing: str) -> pathlib.Path:
+    spec = importlib.util.find_spec(package)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"package {package} is missing: {missing}")
+    return pathlib.Path(list(spec.submodule_search_locations)[0])
+
+
+def _checked_conversation(conv, where: str) -> list[str]:
+    if not isinstance(conv, list) or not conv:
+        raise DataError(f"{where}: a conversation must be a non-empty list of strings")
+    turns = []
+    for j, turn in enumerate(conv):
+        if not isinstance(turn, str):
+            raise DataError(f"{where}, turn {j}: expected a string, got {type(turn).__name__}")
+        turns.append(" ".join(turn.split()))  # LCCC separates characters by spaces; any works
+    if not any(turns):
+        raise DataError(f"{where}: every turn is empty")
+    return turns
+
+
+def read_lccc(path) -> list[list[str]]:
+    """Conversations of an LCCC-format JSON file; DataError naming the file (and the record)
+    for a missing file, invalid JSON, an empty list or a malformed conversation."""
+    path = pathlib.Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such conversation file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of conversations, got {type(data).__name__}")
+    if not data:
+        raise DataError(f"{path}: the file holds no conversation")
+    return [_checked_conversation(c, f"{path}: record {i}") for i, c in enumerate(data)]
+
+
+def chitchat_conversations() -> dict[str, list[str]]:
+    """Conversation id -> turns (a turn: one sender's consecutive messages joined by " ")."""
+    path = _package_dir("chitchat_dataset", _CHITCHAT) / "dataset.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    out = {}
+    for cid, conv in data.items():
+        turns = [" ".join(" ".join(m["text"].split()) for m in turn) for turn in conv["messages"]]
+        # An empty turn (12 in the file) is kept: dropping it would put two turns of one
+        # speaker side by side and flip the segment of every later turn.
+        out[cid] = _checked_conversation(turns, f"{path}: conversation {cid}")
+    return out
+
+
+def chatterbot_chinese() -> list[list[str]]:
+    """The conversations of chatterbot-corpus' data/chinese/*.yml files, in file order."""
+    import yaml
+
+    directory = _package_dir("chatterbot_corpus", _CHATTERBOT) / "data" / "chinese"
+    out = []
+    for path in sorted(directory.glob("*.yml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for i, conv in enumerate(doc.get("conversations") or []):
+            out.append(_checked_conversation([str(t) for t in conv], f"{path}: record {i}"))
+    if not out:
+        raise DataError(f"{directory}: no conversations found; {_CHATTERBOT}")
+    return out
+
+
+def conversations(source: str) -> dict[str, list[list[str]]]:
+    """Split name -> conversations (lists of turns) of `source` (see the module docstring)."""
+    if source == "chitchat":
+        keyed = chitchat_conversations().items()
+    elif source == "chatterbot_zh":
+        keyed = ((json.dumps(c, ensure_ascii=False), c) for c in chatterbot_chinese())
+    elif source.startswith("lccc:"):
+        keyed = ((json.dumps(c, ensure_ascii=False), c) for c in read_lccc(source[5:]))
+    else:
+        raise DataError(f"data.source={source!r}: allowed {', '.join(SOURCES)}")
+    out = {name: [] for name in chinese.SPLITS}
+    for key, conv in keyed:
+        out[chinese.split_of(key, SPLIT_PERCENTS)].append(conv)
+    return out
+
+
+def layout(turns: list[list[int]], *, cls_id: int, sep_id: int, first_segment: int = 0):
+    """[CLS] t_0 [SEP] t_1 [SEP] ... as (tokens, segments) int32 arrays: turn k and its [SEP]
+    get segment (first_segment + k) % 2, [CLS] gets first_segment."""
+    tokens, segments = [cls_id], [first_segment]
+    for k, ids in enumerate(turns):
+        seg = (first_segment + k) % 2
+        tokens += [*ids, sep_id]
+        segments += [seg] * (len(ids) + 1)
+    return np.asarray(tokens, np.int32), np.asarray(segments, np.int32)
+
+
+def newest_turns(turns: list[list[int]], budget: int) -> tuple[list[list[int]], int]:
+    """The newest whole turns whose tokens plus one [SEP] each fit `budget`, and how many older
+    turns were dropped. If even the newest turn does not fit, its last budget - 1 tokens."""
+    kept, used = [], 0
+    for ids in reversed(turns):
+        if used + len(ids) + 1 > budget:
+            break
+        kept.insert(0, ids)
+        used += len(ids) + 1
+    if not kept and turns:
+        return [turns[-1][-(budget - 1) :] if budget > 1 else []], len(turns) - 1
+    return kept, len(turns) - len(kept)
+
+
+def conversation_windows(turns: list[list[int]], seq_len: int) -> list[tuple[int, int]]:
+    """Non-overlapping (start, end) turn ranges whose rows [CLS] t_start [SEP] ... t_end-1 [SEP]
+    fit seq_len + 1 tokens (inputs and targets are the row shifted by one); a turn longer than
+    the row alone is a window of its own (cut when laid out)."""
+    windows, start, used = [], 0, 1
+    for k, ids in enumerate(turns):
+        need = len(ids) + 1
+        if used + need > seq_len + 1 and k > start:
+            windows.append((start, k))
+            start, used = k, 1
+        used += need
+    windows.append((start, len(turns)))
+    return windows
+
+
+def chat_example(turns: list[list[int]], *, first_segment: int, seq_len: int, cls_id: int,
+                 sep_id: int, pad_id: int) -> dict:  # fmt: skip
+    """One LM row of whole turns: inputs, targets, segment_ids [seq_len] int32 and weights
+    [seq_len] float32 (1 on every real next-token prediction). A row longer than seq_len + 1 is
+    cut at its end (only a single overlong turn is)."""
+    tokens, segments = layout(turns, cls_id=cls_id, sep_id=sep_id, first_segment=first_segment)
+    tokens, segments = tokens[: seq_len + 1], segments[: seq_len + 1]
+    n = len(tokens) - 1  # predictions in this row
+    out = {k: np.full(seq_len, pad_id, np.int32) for k in ("inputs", "targets")}
+    out["segment_ids"] = np.zeros(seq_len, np.int32)
+    out["inputs"][:n], out["targets"][:n] = tokens[:-1], tokens[1:]
+    out["segment_ids"][:n] = segments[:-1]
+    out["weights"] = (np.arange(seq_len) < n).astype(np.float32)
+    return out

@@ -1,0 +1,469 @@
+"""DialoGPT-style chat (RESEARCH.md section 3): a causal LM over whole multi-turn conversations.
+
+Rows are [CLS] u1 [SEP] u2 [SEP] ... with segment ids alternating by speaker
+(`research.data.dialogue`), and the LM loss is on every token of every turn. The model is a
+`DecoderLM` with two segment embeddings, trained from scratch or started from a BERT checkpoint
+run with the causal mask (`chat.init`: workdir:PATH of an mlm run, or hf:PATH of a Hugging Face
+BERT such as all-MiniLM-L6-v2); its output layer is the token embedding matrix (tied), and what
+the checkpoint lacks keeps its initialisation and is listed. Evaluation adds, besides the token
+loss and perplexity of held-out conversations, replies sampled for held-out contexts (top-k, as
+the note): distinct-1 / distinct-2 (distinct n-grams over all n-grams of the replies) and their
+mean length in tokens.
+"""
+
+import dataclasses
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tokenizers import Tokenizer
+from tokenizers.implementations import BertWordPieceTokenizer
+
+from research.config import ConfigError, RunConfig
+from research.data import DataError, dialogue, pipeline, wordpiece
+from research.models import DecoderLM, ModelConfig
+from research.models import params as params_io
+from research.ops import decoding
+from research.ops.checks import check_positive_field
+from research.tasks import bert
+from research.tasks.base import Task, TaskData
+from research.tasks.lm import lm_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatConfig:
+    """The `chat` section."""
+
+    init: str = ""  # "" (random) | workdir:PATH (an mlm run) | hf:PATH (a Hugging Face BERT)
+    vocab: str = "auto"  # from scratch: wordpiece | char | auto (wordpiece for chitchat)
+    top_k: int = 5  # evaluation replies: top-k sampling, as the note
+    max_reply_tokens: int = 32  # the note's limit
+    eval_contexts: int = 64  # held-out contexts to sample a reply for (distinct-n, length)
+    max_context: int = 0  # the interactive chat's history limit in tokens; 0 = data.seq_len
+
+    def __post_init__(self):
+        if self.vocab not in ("auto", "wordpiece", "char"):
+            raise ValueError(f"vocab={self.vocab!r}: allowed auto, wordpiece, char")
+        for name in ("top_k", "max_reply_tokens"):
+            check_positive_field(name, getattr(self, name))
+        for name in ("eval_contexts", "max_context"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}={value!r}: must be an int >= 0")
+
+
+def distinct_n(replies: list[list[int]], n: int) -> float:
+    """Distinct n-grams / all n-grams over every reply (Li et al. 2016); 0 without n-grams."""
+    grams = [tuple(r[i : i + n]) for r in replies for i in range(len(r) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _wordpiece_vocab(texts_fn, path: pathlib.Path, vocab_size: int) -> wordpiece.BertVocab:
+    """An English WordPiece vocabulary (BERT-uncased conventions) trained on texts_fn(), saved
+    at `path` (written once, then read, so every run of a data_dir shares it)."""
+    if jax.process_index() == 0 and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok = BertWordPieceTokenizer(lowercase=True)
+        tok.train_from_iterator(
+            texts_fn(),
+            vocab_size=vocab_size,
+            min_frequency=2,
+            special_tokens=list(wordpiece.SPECIALS),
+        )
+        tmp = path.with_name(path.name + ".tmp")
+        tok.save(str(tmp))
+        tmp.replace(path)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"chat-vocab:{path.name}")
+    return wordpiece.BertVocab(Tokenizer.from_file(str(path)))
+
+
+def chat_vocab(run: RunConfig, train_conversations) -> wordpiece.BertVocab:
+    s, d = run.task_config, run.data
+    if s.init:
+        return bert.vocabulary(d, s.init, key="chat.init")
+    kind = s.vocab if s.vocab != "auto" else ("wordpiece" if d.source == "chitchat" else "char")
+    texts = lambda: (t for conv in train_conversations for t in conv)  # noqa: E731
+    directory = pathlib.Path(d.data_dir).expanduser() / "tokenizers"
+    name = d.source.replace("/", "_").replace(":", "_")
+    if kind == "wordpiece":
+        return _wordpiece_vocab(
+            texts, directory / f"chat-{name}-wp{d.vocab_size}.json", d.vocab_size
+        )
+    path = wordpiece.char_vocab_path(d.data_dir, f"chat-{name}", d.vocab_size)
+    return wordpiece.train_or_load(texts, path, vocab_size=d.vocab_size)
+
+
+def encode_conversation(vocab, turns: list[str]) -> list[list[int]]:
+    return [vocab.encode(t) for t in turns]
+
+
+def conversation_rows(vocab, conversations, seq_len: int) -> list[dict]:
+    """Every conversation cut into rows of whole turns (`dialogue.conversation_windows`)."""
+    rows = []
+    for conv in conversations:
+        ids = encode_conversation(vocab, conv)
+        for start, end in dialogue.conversation_windows(ids, seq_len):
+            rows.append(
+                dialogue.chat_example(
+                    ids[start:end],
+                    first_segment=start % 2,
+                    seq_len=seq_len,
+                    cls_id=vocab.cls_id,
+                    sep_id=vocab.sep_id,
+                    pad_id=vocab.pad_id,
+                )
+            )
+    return rows
+
+
+def eval_contexts(vocab, conversations, *, n: int, seq_len: int, reply_tokens: int):
+    """Up to n held-out contexts (one per conversation with >= 2 turns, in order): the turns
+    before its last, newest first kept (left truncation) to leave room for a reply; returns
+    ([n, P] right-padded prompts, lengths [n], segments [n, P], reply segment [n])."""
+    prompts, segs, next_seg = [], [], []
+    for conv in conversations:
+        if len(prompts) == n:
+            break
+        if len(conv) < 2:
+            continue
+        ids = encode_conversation(vocab, conv[:-1])
+        kept, dropped = dialogue.newest_turns(ids, seq_len - reply_tokens - 1)
+        first = dropped % 2
+        tokens, segments = dialogue.layout(
+            kept, cls_id=vocab.cls_id, sep_id=vocab.sep_id, first_segment=first
+        )
+        prompts.append(tokens)
+        segs.append(segments)
+        next_seg.append((first + len(kept)) % 2)
+    if not prompts:
+        return None
+    width = max(len(p) for p in prompts)
+    out = np.full((len(prompts), width), vocab.pad_id, np.int32)
+    seg = np.zeros((len(prompts), width), np.int32)
+    for i, (p, s) in enumerate(zip(prompts, segs, strict=True)):
+        out[i, : len(p)], seg[i, : len(s)] = p, s
+    return out, np.array([len(p) for p in prompts], np.int32), seg, np.array(next_seg, np.int32)
+
+
+def sample_replies(
+    model,
+    prompts,
+    lengths,
+    segments,
+    reply_segment,
+    key,
+    *,
+    top_k: int,
+    max_tokens: int,
+    stop_id: int,
+    pad_id: int,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+):
+    """Top-k / top-p sampled replies [B, max_tokens] (pad after the stop token), traceable."""
+    logits, cache = model.prefill(
+        prompts, lengths=lengths, segment_ids=segments, max_length=prompts.shape[1] + max_tokens
+    )
+    step = lambda tok, c: model.decode_step(tok, c, segment=reply_segment)  # noqa: E731
+    return decoding.sample(
+        step,
+        logits,
+        cache,
+        key,
+        max_new_tokens=max_tokens,
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        stop_tokens=(stop_id,),
+        pad_id=pad_id,
+    )
+
+
+def reply_ids(tokens, stop_id: int) -> list[list[int]]:
+    """Each row up to (not including) its first stop token."""
+    out = []
+    for row in np.asarray(tokens).tolist():
+        out.append(row[: row.index(stop_id)] if stop_id in row else row)
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def _held_out(source: str) -> list[list[str]]:
+    """The validation conversations, read once per process (evaluation runs several times)."""
+    return dialogue.conversations(source)["validation"]
+
+
+class ChatTask(Task):
+    name = "chat"
+    section = "chat"
+    section_type = ChatConfig
+
+    def validate(self, run: RunConfig) -> None:
+        super().validate(run)
+        bert.parse_init(run.task_config.init, key="chat.init")
+        if run.data.source not in ("chitchat", "chatterbot_zh") and not run.data.source.startswith(
+            "lccc:"
+        ):
+            raise ConfigError(
+                f"data.source={run.data.source!r}: the chat task reads "
+                f"{', '.join(dialogue.SOURCES)}"
+            )
+        s, seq_len = run.task_config, run.data.seq_len
+        if s.max_reply_tokens + 4 > seq_len:
+            raise ConfigError(
+                f"chat.max_reply_tokens={s.max_reply_tokens}: a held-out context "
+                f"and the reply must fit data.seq_len={seq_len} (at most "
+                f"{seq_len - 4})"
+            )
+        if s.max_context and s.max_context < s.max_reply_tokens + 4:
+            raise ConfigError(
+                f"chat.max_context={s.max_context}: must be 0 or at least "
+                f"max_reply_tokens + 4 = {s.max_reply_tokens + 4}"
+            )
+
+    def build_data(self, run: RunConfig) -> TaskData:
+        t, d = run.train, run.data
+        try:
+            splits = dialogue.conversations(d.source)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+        vocab = chat_vocab(run, splits["train"])
+        rows = {
+            name: conversation_rows(vocab, splits[name], d.seq_len)
+            for name in ("train", "validation")
+        }
+        for name, r in rows.items():
+            if len(r) < t.batch_size:
+                raise DataError(
+                    f"data.source={d.source!r}: the {name} split has {len(r)} "
+                    f"rows, fewer than batch_size={t.batch_size}"
+                )
+
+        def make(is_train: bool):
+            return pipeline.array_iterator(
+                rows["train" if is_train else "validation"],
+                batch_size=t.batch_size,
+                seed=t.seed,
+                train=is_train,
+                shards=d.shards,
+            )
+
+        return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
+
+    def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
+        init = run.task_config.init
+        mcfg = bert.build_config(
+            run, init, key="chat.init", vocab_size=vocab_size, max_length=max_length
+        )
+        heads = dict(
+            num_segments=max(mcfg.num_segments, 2), tie_embeddings=True, pooler=False, num_labels=0
+        )
+        return mcfg.replace(**heads)
+
+    def model_class(self, run: RunConfig) -> type:
+        return DecoderLM
+
+    def initialize(self, run: RunConfig, model) -> None:
+        init = run.task_config.init
+        if not init:
+            return
+        copied, fresh = params_io.transfer(bert.pretrained_model(init, key="chat.init"), model)
+        print(
+            f"chat.init: {len(copied)} tensors from {init} (run causally); newly "
+            f"initialised: {sorted(fresh) or 'none'}",
+            flush=True,
+        )
+
+    def loss_fn(self, run: RunConfig, data: TaskData | None):
+        return lm_loss
+
+    def evaluate(self, run: RunConfig, data: TaskData, eval_model, state, batches) -> dict:
+        s = run.task_config
+        if not s.eval_contexts:
+            return {}
+        vocab = data.vocab
+        held_out = _held_out(run.data.source)
+        ctx = eval_contexts(
+            vocab,
+            held_out,
+            n=s.eval_contexts,
+            seq_len=run.data.seq_len,
+            reply_tokens=s.max_reply_tokens,
+        )
+        if ctx is None:
+            return {}
+        prompts, lengths, segments, reply_seg = ctx
+
+        @nnx.jit
+        def sample(model, key):
+            return sample_replies(
+                model,
+                jnp.asarray(prompts),
+                jnp.asarray(lengths),
+                jnp.asarray(segments),
+                jnp.asarray(reply_seg),
+                key,
+                top_k=s.top_k,
+                max_tokens=s.max_reply_tokens,
+                stop_id=vocab.sep_id,
+                pad_id=vocab.pad_id,
+            )
+
+        model = eval_model(state.params, state.consts)
+        tokens = sample(model, jax.random.key(run.train.seed))
+        replies = reply_ids(jax.device_get(tokens), vocab.sep_id)
+        return {
+            "distinct_1": distinct_n(replies, 1),
+            "distinct_2": distinct_n(replies, 2),
+            "reply_length": float(np.mean([len(r) for r in replies])),
+        }
+
+
+class ChatSession:
+    """A conversation with a trained chat model, its cache kept between turns.
+
+    The history is [CLS] u1 [SEP] r1 [SEP] u2 [SEP] ...; the user is speaker 0. A new user turn
+    is fed into the cache one token at a time (softmax attention: its keys and values; linear
+    attention: the O(1) recurrent state), so a turn costs its own tokens, not the history. When
+    the next turn and a full reply would not fit `max_context` tokens, the history is laid out
+    again from its newest whole turns (left truncation, as in training) and prefilled once.
+    Replies are sampled (temperature, top-k, top-p) until [SEP] or `max_tokens`.
+    """
+
+    def __init__(
+        self,
+        model,
+        vocab,
+        *,
+        max_context: int,
+        max_tokens: int = 32,
+        top_k: int = 5,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ):
+        if max_context < max_tokens + 4:
+            raise ValueError(
+                f"max_context={max_context} leaves no room for a turn and a reply "
+                f"of max_tokens={max_tokens}"
+            )
+        cfg = model.cfg
+        if cfg.positions in ("learned", "sinusoidal") and max_context > cfg.max_length:
+            raise ValueError(
+                f"max_context={max_context} exceeds the model's {cfg.max_length} "
+                f"{cfg.positions} positions"
+            )
+        decoding.filter_logits(
+            jnp.zeros((1, 2)), temperature=temperature, top_k=top_k, top_p=top_p
+        )  # checks the options now, not mid-conversation
+        self.vocab, self.max_context, self.max_tokens = vocab, max_context, max_tokens
+        self.options = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+        self.key = jax.random.key(seed)
+        graphdef, self._state = nnx.split(model)
+
+        @jax.jit
+        def prefill(state, tokens, segments, lengths):
+            m = nnx.merge(graphdef, state)
+            return m.prefill(tokens, lengths=lengths, segment_ids=segments, max_length=max_context)
+
+        @jax.jit
+        def step(state, token, cache, segment):
+            return nnx.merge(graphdef, state).decode_step(token, cache, segment=segment)
+
+        @jax.jit
+        def choose(logits, key):
+            filtered = decoding.filter_logits(logits, **self.options)
+            return jax.random.categorical(key, filtered, axis=-1)
+
+        self._prefill, self._step, self._choose = prefill, step, choose
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation (and the cache)."""
+        self.turns: list[list[int]] = []
+        self.dropped = 0  # turns left out of the cache by truncation
+        self.cache, self.logits, self.length, self.prefills = None, None, 0, 0
+
+    def _speaker(self, k: int) -> int:
+        return k % 2  # turn k of the whole conversation; the user opened it
+
+    def context(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, segments) the cache holds: the layout of the kept turns."""
+        return dialogue.layout(
+            self.turns[self.dropped :],
+            cls_id=self.vocab.cls_id,
+            sep_id=self.vocab.sep_id,
+            first_segment=self.dropped % 2,
+        )
+
+    def _feed(self, ids: list[int], segment: int) -> None:
+        for t in ids:
+            self.logits, self.cache = self._step(
+                self._state,
+                jnp.asarray([t], jnp.int32),
+                self.cache,
+                jnp.asarray([segment], jnp.int32),
+            )
+            self.length += 1
+
+    def _rebuild(self, budget: int) -> None:
+        kept, dropped = dialogue.newest_turns(self.turns, budget - 1)
+        if len(kept) == 1 and kept[0] != self.turns[-1]:  # the newest turn alone was cut
+            self.turns[-1] = kept[0]
+        self.dropped = dropped
+        tokens, segments = self.context()
+        # Right-padded to a power of two (at most the budget): a prefill costs about the
+        # history's length, and rebuilds share a few compiled shapes.
+        width = min(budget, 1 << (len(tokens) - 1).bit_length())
+        padded = np.full((1, width), self.vocab.pad_id, np.int32)
+        seg = np.zeros((1, width), np.int32)
+        padded[0, : len(tokens)], seg[0, : len(segments)] = tokens, segments
+        self.logits, self.cache = self._prefill(
+            self._state,
+            jnp.asarray(padded),
+            jnp.asarray(seg),
+            jnp.asarray([len(tokens)], jnp.int32),
+        )
+        self.length, self.prefills = len(tokens), self.prefills + 1
+
+    def user_turn(self, text_or_ids) -> jax.Array:
+        """Add the user's turn; returns the next-token logits [1, V] (the reply's first)."""
+        ids = self.vocab.encode(text_or_ids) if isinstance(text_or_ids, str) else text_or_ids
+        self.turns.append(list(ids))
+        need = len(ids) + 1 + self.max_tokens + 1
+        if self.cache is None or self.length + need > self.max_context:
+            self._rebuild(self.max_context - self.max_tokens - 1)
+        else:
+            self._feed([*ids, self.vocab.sep_id], self._speaker(len(self.turns) - 1))
+        return self.logits
+
+    def bot_turn(self, on_text=None, forced: list[int] | None = None) -> list[int]:
+        """Sample the reply (or take `forced` ids), feed it and its [SEP] into the cache, and
+        return its ids; on_text(piece) receives the text as it is generated."""
+        segment, sep = self._speaker(len(self.turns)), self.vocab.sep_id
+        reply, shown = [], ""
+        for i in range(self.max_tokens):
+            if forced is not None:
+                if i == len(forced):
+                    break
+                token = forced[i]
+            else:
+                self.key, sub = jax.random.split(self.key)
+                token = int(self._choose(self.logits, sub)[0])
+                if token == sep:
+                    break
+            reply.append(token)
+            self._feed([token], segment)
+            if on_text is not None:
+                text = self.vocab.decode(reply)
+                on_text(text[len(shown) :])
+                shown = text
+        self.turns.append(reply)
+        self._feed([sep], segment)
+        return reply

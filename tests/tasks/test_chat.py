@@ -1,0 +1,308 @@
+import json
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import chat as chat_config
+from research.data import dialogue
+from research.models import DecoderLM, ModelConfig
+from research.tasks.chat import ChatSession, distinct_n
+from research.train import load_trained, loop
+from research.train.config import parse
+
+
+class _Ids:  # token ids only; the session needs [CLS]/[SEP]
+    cls_id, sep_id, pad_id = 2, 3, 0
+
+
+@pytest.mark.parametrize(
+    "attention", [{"attention": "softmax"}, {"attention": "linear", "feature_map": "elu"}]
+)
+def test_cache_kept_between_turns_equals_reencoding_the_history(attention):
+    cfg = ModelConfig(
+        vocab_size=50,
+        d_model=32,
+        num_heads=2,
+        num_layers=2,
+        d_ff=64,
+        max_length=128,
+        positions="rotary",
+        num_segments=2,
+        **attention,
+    )
+    model = DecoderLM(cfg, rngs=nnx.Rngs(0))
+    session = ChatSession(model, _Ids(), max_context=128, max_tokens=6, seed=1)
+    rng = np.random.default_rng(0)
+    for turn in range(4):
+        logits = session.user_turn(rng.integers(5, 50, 3 + turn).tolist())
+        tokens, segments = session.context()
+        full = model(jnp.asarray(tokens[None]), segment_ids=jnp.asarray(segments[None]))
+        np.testing.assert_allclose(logits[0], full[0, -1], atol=2e-5)
+        assert segments[-1] == 0  # the user (turns 0, 2, ...) is speaker 0
+        reply = session.bot_turn()
+        assert len(reply) <= 6 and _Ids.sep_id not in reply
+    assert session.prefills == 1  # one prefill; every later turn went into the cache
+
+
+def test_history_beyond_max_context_is_cut_from_the_left():
+    cfg = ModelConfig(
+        vocab_size=50,
+        d_model=16,
+        num_heads=2,
+        num_layers=1,
+        d_ff=32,
+        max_length=64,
+        positions="rotary",
+        num_segments=2,
+    )
+    model = DecoderLM(cfg, rngs=nnx.Rngs(0))
+    session = ChatSession(model, _Ids(), max_context=40, max_tokens=5)
+    every = []  # the whole conversation, turn by turn
+    for i in range(6):
+        every.append([10 + i] * 6)
+        session.user_turn(every[-1])
+        assert session.length <= 40
+        every.append(session.bot_turn(forced=[20 + i] * 5))
+        assert session.length <= 40
+    tokens, segments = session.context()
+    assert session.dropped > 0 and session.prefills > 1
+    # the cache holds [CLS] + exactly the newest whole turns, with the whole conversation's
+    # segments (turn k has segment k % 2)
+    whole, whole_seg = dialogue.layout(every, cls_id=2, sep_id=3)
+    n = len(tokens) - 1
+    assert tokens[1:].tolist() == whole[-n:].tolist()
+    assert segments[1:].tolist() == whole_seg[-n:].tolist()
+    assert whole[-n - 1] == 3  # the cut falls just after a [SEP]: no turn is split
+    full = model(jnp.asarray(tokens[None]), segment_ids=jnp.asarray(segments[None]))
+    np.testing.assert_allclose(session.logits[0], full[0, -1], atol=2e-5)
+
+
+def test_a_newest_turn_longer_than_the_context_keeps_its_end():
+    cfg = ModelConfig(
+        vocab_size=50,
+        d_model=16,
+        num_heads=2,
+        num_layers=1,
+        d_ff=32,
+        max_length=64,
+        positions="rotary",
+        num_segments=2,
+    )
+    session = ChatSession(DecoderLM(cfg, rngs=nnx.Rngs(0)), _Ids(), max_context=24, max_tokens=4)
+    session.user_turn(list(range(10, 40)))  # 30 tokens; the layout gets 24 - 4 - 1 = 19
+    tokens, _ = session.context()
+    assert tokens.tolist() == [2, *range(23, 40), 3] and session.length == 19
+
+
+def test_learned_positions_bound_max_context():
+    cfg = ModelConfig(
+        vocab_size=50,
+        d_model=16,
+        num_heads=2,
+        num_layers=1,
+        d_ff=32,
+        max_length=32,
+        positions="learned",
+        num_segments=2,
+    )
+    with pytest.raises(ValueError, match="max_context=64 exceeds the model's 32 learned"):
+        ChatSession(DecoderLM(cfg, rngs=nnx.Rngs(0)), _Ids(), max_context=64)
+
+
+def test_distinct_n():
+    assert distinct_n([[1, 2, 1, 2], [1, 2]], 1) == 2 / 6
+    assert distinct_n([[1, 2, 1, 2], [1, 2]], 2) == 2 / 4
+    assert distinct_n([[1]], 2) == 0.0
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("chat")
+    c = chat_config.get_config("smoke")
+    c.data.data_dir = str(wd / "data")
+    summary = loop.train_and_evaluate(parse(c), str(wd / "run"))
+    return wd / "run", summary
+
+
+def test_smoke_training_reports_perplexity_and_reply_metrics(smoke_run):
+    workdir, summary = smoke_run
+    ev = summary.eval
+    assert ev["perplexity"] == pytest.approx(np.exp(ev["loss"]), rel=1e-5)
+    assert 0 <= ev["distinct_1"] <= 1 and 0 <= ev["distinct_2"] <= 1
+    assert 0 <= ev["reply_length"] <= 8
+    trained = load_trained(workdir)
+    assert isinstance(trained.model, DecoderLM) and trained.model.cfg.num_segments == 2
+    assert trained.model.cfg.tie_embeddings
+
+
+def _chat(workdir, text, *flags):
+    return subprocess.run(
+        [sys.executable, "-m", "research.chat", f"--workdir={workdir}", *flags],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_chat_cli_on_piped_stdin(smoke_run):
+    workdir, _ = smoke_run
+    r = _chat(workdir, "你好\n\n   \n你好吗\n/reset\n再见\n/quit\n这行不读\n", "--max_tokens=4")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["bot", "bot", "(history cleared)", "bot"]
+
+
+def test_chat_cli_errors(tmp_path, smoke_run):
+    r = _chat(tmp_path, "hi\n")
+    assert r.returncode == 2 and "no model.json" in r.stderr and "Traceback" not in r.stderr
+    workdir, _ = smoke_run
+    untrained = tmp_path / "untrained"  # a run that never saved a checkpoint
+    (untrained / "checkpoints").mkdir(parents=True)
+    (untrained / "model.json").write_text((workdir / "model.json").read_text())
+    r = _chat(untrained, "hi\n")
+    assert r.returncode == 2 and "no checkpoints" in r.stderr and "Traceback" not in r.stderr
+    r = _chat(workdir, "hi\n", "--top_p=0")  # the session's own check, before any turn
+    assert r.returncode == 2 and "top_p" in r.stderr and "Traceback" not in r.stderr
+    r = _chat(workdir, "hi\n", "--max_context=8")
+    assert r.returncode == 2 and "max_context=8" in r.stderr
+
+
+def test_bad_conversation_file_exits_2(tmp_path):
+    bad = tmp_path / "conv.json"
+    bad.write_text(json.dumps([["a", "b"], "not a list"]))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "research.main",
+            "--config=configs/chat.py:smoke",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.data.source=lccc:{bad}",
+            f"--config.data.data_dir={tmp_path / 'data'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"{bad}: record 1" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_bert_weights_run_causally_as_the_chat_model(norm):
+    # A BERT's encoder under the causal mask (UniLM with every token in segment 1 is causal)
+    # is the chat DecoderLM holding the same weights (research.models.params.transfer).
+    from research.models import Bert
+    from research.models import params as params_io
+
+    cfg = ModelConfig(
+        vocab_size=60,
+        d_model=32,
+        num_heads=2,
+        num_layers=2,
+        d_ff=64,
+        max_length=16,
+        positions="learned",
+        norm=norm,
+        num_segments=2,
+    )
+    bert = Bert(cfg, rngs=nnx.Rngs(0))
+    chat = DecoderLM(cfg.replace(mlm_head=False), rngs=nnx.Rngs(1))
+    copied, fresh = params_io.transfer(bert, chat)
+    assert fresh == [] and any(p.startswith("layers/1/") for p in copied)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 60, (2, 16)), jnp.int32)
+    seg = jnp.ones_like(tokens)
+    want = bert(tokens, segment_ids=seg, unilm=True).hidden_states
+    got = chat.hidden_states(tokens, segment_ids=seg)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("chat.max_reply_tokens", 30, "chat.max_reply_tokens=30"),
+        ("chat.max_context", 5, "chat.max_context=5"),
+        ("data.source", "wiki", "data.source='wiki'"),
+        ("chat.vocab", "bpe", "vocab='bpe'"),
+    ],
+)
+def test_bad_chat_config(key, value, match):
+    from research.config import ConfigError
+
+    c = chat_config.get_config("smoke")
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises((ConfigError, ValueError), match=match):
+        parse(c)
+
+
+def test_chat_starts_from_a_hugging_face_bert_without_an_mlm_head(tmp_path, capsys):
+    """chat.init=hf:PATH with a BertModel directory (no MLM head, like all-MiniLM-L6-v2): the
+    chat model takes its embeddings and layers, its output is the tied embedding, it trains."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from research import tasks
+    from research.models.convert import load_bert
+
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "hi",
+        "how",
+        "are",
+        "you",
+        "fine",
+        "thanks",
+        "good",
+        "bye",
+        "?",
+        "!",
+        ".",
+        "see",
+        "later",
+    ]
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "vocab.txt").write_text("".join(w + "\n" for w in words))
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(cfg).eval().save_pretrained(hf_dir, safe_serialization=True)
+    rng = np.random.default_rng(0)
+    convs = [
+        [" ".join(rng.choice(words[5:], rng.integers(1, 6))) for _ in range(rng.integers(2, 5))]
+        for _ in range(400)
+    ]
+    data = tmp_path / "conversations.json"
+    data.write_text(json.dumps(convs))
+    c = chat_config.get_config("smoke")
+    c.data.update(source=f"lccc:{data}", data_dir=str(tmp_path / "data"))
+    c.chat.init = f"hf:{hf_dir}"
+    run = parse(c)
+    task = tasks.get("chat")
+    mcfg = task.model_config(run, vocab_size=len(words), max_length=32)
+    assert mcfg.norm == "post" and mcfg.tie_embeddings and mcfg.num_segments == 2
+    model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=1, dropout=2))
+    task.initialize(run, model)
+    assert "newly initialised: none" in capsys.readouterr().out
+    hf = load_bert(hf_dir)
+    np.testing.assert_array_equal(
+        model.layers[1].attn.q.kernel.get_value(), hf.layers[1].attn.q.kernel.get_value()
+    )
+    summary = loop.train_and_evaluate(run, str(tmp_path / "run"))
+    assert np.isfinite(summary.final_train_loss) and np.isfinite(summary.eval["perplexity"])
