@@ -7,7 +7,9 @@ Sources (`data.source` of configs/chat.py):
   lccc:PATH      a file in the LCCC format (Wang et al. 2020): a JSON list of conversations,
                  each a list of utterance strings (LCCC-base/large, or any such file).
 Conversations are split 90/5/5 by a hash of their id (chitchat) or of their text, so a
-conversation is never split between train and test.
+conversation is never split between train and test. The two package sources are our tfds
+builders (`ChitchatConversations`, `ChatterbotChinese`: array_record in data_dir, built on first
+use); an LCCC file is the user's own and is read as it is.
 
 Layout (`chat_example`): [CLS] u1 [SEP] u2 [SEP] ... with segment ids alternating by speaker
 (turn k has segment k % 2 in the conversation, [CLS] that of the first turn kept); the LM loss
@@ -21,8 +23,9 @@ import json
 import pathlib
 
 import numpy as np
+import tensorflow_datasets as tfds
 
-from research.data import DataError, chinese
+from research.data import DataError, builders, chinese
 
 SOURCES = ("chitchat", "chatterbot_zh", "lccc:PATH")
 SPLIT_PERCENTS = (90, 5, 5)
@@ -95,20 +98,75 @@ def chatterbot_chinese() -> list[list[str]]:
     return out
 
 
-def conversations(source: str) -> dict[str, list[list[str]]]:
-    """Split name -> conversations (lists of turns) of `source` (see the module docstring)."""
+def _keyed(source: str):
+    """(split key, turns) of every conversation of `source`."""
     if source == "chitchat":
-        keyed = chitchat_conversations().items()
-    elif source == "chatterbot_zh":
-        keyed = ((json.dumps(c, ensure_ascii=False), c) for c in chatterbot_chinese())
-    elif source.startswith("lccc:"):
-        keyed = ((json.dumps(c, ensure_ascii=False), c) for c in read_lccc(source[5:]))
-    else:
-        raise DataError(f"data.source={source!r}: allowed {', '.join(SOURCES)}")
+        return list(chitchat_conversations().items())
+    if source == "chatterbot_zh":
+        return [(json.dumps(c, ensure_ascii=False), c) for c in chatterbot_chinese()]
+    if source.startswith("lccc:"):
+        return [(json.dumps(c, ensure_ascii=False), c) for c in read_lccc(source[5:])]
+    raise DataError(f"data.source={source!r}: allowed {', '.join(SOURCES)}")
+
+
+def split_conversations(source: str) -> dict[str, list[list[str]]]:
+    """Split name -> conversations (lists of turns) of `source`, read in memory."""
     out = {name: [] for name in chinese.SPLITS}
-    for key, conv in keyed:
+    for key, conv in _keyed(source):
         out[chinese.split_of(key, SPLIT_PERCENTS)].append(conv)
     return out
+
+
+class _Conversations(builders._LocalBuilder):
+    """{"key": the split key, "turns": [str]} per conversation, split by the key's hash."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    SOURCE = ""
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            description=f"multi-turn conversations of {self.SOURCE} (research.data.dialogue)",
+            features=tfds.features.FeaturesDict(
+                {"key": tfds.features.Text(), "turns": tfds.features.Sequence(tfds.features.Text())}
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        by_split = {name: [] for name in chinese.SPLITS}
+        for key, conv in _keyed(self.SOURCE):
+            by_split[chinese.split_of(key, SPLIT_PERCENTS)].append((key, conv))
+        return {name: self._generate_examples(items) for name, items in by_split.items()}
+
+    def _generate_examples(self, items):
+        # A conversation may occur twice (chatterbot repeats some): the position makes the
+        # record key unique, the text's hash still chooses the split.
+        for i, (key, turns) in enumerate(items):
+            yield f"{i:07d}-{chinese._key(key)[:16]}", {"key": key, "turns": turns}
+
+
+class ChitchatConversations(_Conversations):
+    SOURCE = "chitchat"
+
+
+class ChatterbotChinese(_Conversations):
+    SOURCE = "chatterbot_zh"
+
+
+_BUILDERS = {"chitchat": ChitchatConversations, "chatterbot_zh": ChatterbotChinese}
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def conversations(source: str, data_dir: str) -> dict[str, list[list[str]]]:
+    """Split name -> conversations (lists of turns) of `source`: the package sources from our
+    tfds builders in data_dir (built on first use), an LCCC file read directly."""
+    if source not in _BUILDERS:
+        return split_conversations(source)
+    splits = chinese._built_splits(_BUILDERS[source], data_dir)
+    return {name: [[_text(t) for t in split[i]["turns"]] for i in range(len(split))]
+            for name, split in zip(chinese.SPLITS, splits, strict=True)}  # fmt: skip
 
 
 def layout(turns: list[list[int]], *, cls_id: int, sep_id: int, first_segment: int = 0):

@@ -194,9 +194,9 @@ def reply_ids(tokens, stop_id: int) -> list[list[int]]:
 
 
 @functools.lru_cache(maxsize=2)
-def _held_out(source: str) -> list[list[str]]:
+def _held_out(source: str, data_dir: str) -> list[list[str]]:
     """The validation conversations, read once per process (evaluation runs several times)."""
-    return dialogue.conversations(source)["validation"]
+    return dialogue.conversations(source, data_dir)["validation"]
 
 
 class ChatTask(Task):
@@ -230,7 +230,7 @@ class ChatTask(Task):
     def build_data(self, run: RunConfig) -> TaskData:
         t, d = run.train, run.data
         try:
-            splits = dialogue.conversations(d.source)
+            splits = dialogue.conversations(d.source, d.data_dir)
         except DataError as e:
             raise ConfigError(str(e)) from None
         vocab = chat_vocab(run, splits["train"])
@@ -288,7 +288,7 @@ class ChatTask(Task):
         if not s.eval_contexts:
             return {}
         vocab = data.vocab
-        held_out = _held_out(run.data.source)
+        held_out = _held_out(run.data.source, run.data.data_dir)
         ctx = eval_contexts(
             vocab,
             held_out,

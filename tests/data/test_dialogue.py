@@ -79,7 +79,7 @@ def test_lccc_reader_and_errors(tmp_path):
 def test_chitchat_split_by_conversation():
     convs = dialogue.chitchat_conversations()
     assert len(convs) == 7168
-    splits = dialogue.conversations("chitchat")
+    splits = dialogue.split_conversations("chitchat")
     assert sum(len(v) for v in splits.values()) == 7168
     cid, turns = next(iter(convs.items()))
     assert turns in splits[chinese.split_of(cid, dialogue.SPLIT_PERCENTS)]
@@ -89,3 +89,15 @@ def test_chitchat_split_by_conversation():
 def test_chatterbot_chinese():
     convs = dialogue.chatterbot_chinese()
     assert len(convs) > 50 and ["你好", "嗨"] in convs
+
+
+def test_package_sources_are_tfds_builders_with_the_same_splits(tmp_path):
+    built = dialogue.conversations("chatterbot_zh", str(tmp_path))
+    memory = dialogue.split_conversations("chatterbot_zh")
+    for name in memory:  # the same conversations in each split (tfds stores them shuffled)
+        assert sorted(built[name]) == sorted(memory[name])
+    files = sorted(tmp_path.rglob("*.array_record*"))
+    assert files and {f.name.split(".")[0].split("-")[1] for f in files} >= {"train", "test"}
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert dialogue.conversations("chatterbot_zh", str(tmp_path)) == built  # reused, not rebuilt
+    assert [f.stat().st_mtime_ns for f in files] == stamps
