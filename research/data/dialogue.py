@@ -33,7 +33,9 @@ _CHITCHAT = "pip install chitchat-dataset==0.9.0"
 _CHATTERBOT = "pip install chatterbot-corpus==1.3.3"
 
 
-def _package_dir(package: str, missing: str) -> pathlib.Path:
+def package_dir(package: str, missing: str) -> pathlib.Path:
+    """The directory of an installed package, found without importing it (DataError with the
+    `missing` hint if it is not installed)."""
     spec = importlib.util.find_spec(package)  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"package {package} is missing: {missing}")
@@ -72,7 +74,7 @@ def read_lccc(path) -> list[list[str]]:
 
 def chitchat_conversations() -> dict[str, list[str]]:
     """Conversation id -> turns (a turn: one sender's consecutive messages joined by " ")."""
-    path = _package_dir("chitchat_dataset", _CHITCHAT) / "dataset.json"
+    path = package_dir("chitchat_dataset", _CHITCHAT) / "dataset.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     out = {}
     for cid, conv in data.items():
@@ -87,7 +89,7 @@ def chatterbot_chinese() -> list[list[str]]:
     """The conversations of chatterbot-corpus' data/chinese/*.yml files, in file order."""
     import yaml
 
-    directory = _package_dir("chatterbot_corpus", _CHATTERBOT) / "data" / "chinese"
+    directory = package_dir("chatterbot_corpus", _CHATTERBOT) / "data" / "chinese"
     out = []
     for path in sorted(directory.glob("*.yml")):
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

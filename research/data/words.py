@@ -11,14 +11,12 @@ pairs over a top-N vocabulary.
 """
 
 import collections
-import importlib.util
 import json
-import pathlib
 import re
 
 import numpy as np
 
-from research.data import DataError, chinese
+from research.data import DataError, chinese, dialogue
 
 CORPORA = ("peoples_daily", "chitchat")
 CHITCHAT_PERCENTS = (90, 5, 5)
@@ -29,20 +27,10 @@ _CHITCHAT_MISSING = (
 _ENGLISH_WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*|[^\w\s]")
 
 
-def _package_file(package: str, relative: str, missing: str) -> pathlib.Path:
-    spec = importlib.util.find_spec(package)  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(missing)
-    path = pathlib.Path(list(spec.submodule_search_locations)[0], relative)
-    if not path.is_file():
-        raise DataError(f"{path} is missing; {missing}")
-    return path
-
-
 def chitchat_conversations() -> dict[str, list[list[dict]]]:
     """Conversation id -> turns, a turn being the consecutive messages of one sender
     ({"text", "sender", "timestamp"} each), as `chitchat_dataset/dataset.json` stores them."""
-    path = _package_file("chitchat_dataset", "dataset.json", _CHITCHAT_MISSING)
+    path = dialogue.package_dir("chitchat_dataset", _CHITCHAT_MISSING) / "dataset.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or not data:
         raise DataError(f"{path}: expected a non-empty JSON object of conversations")
