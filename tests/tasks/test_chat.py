@@ -19,22 +19,26 @@ class _Ids:  # token ids only; the session needs [CLS]/[SEP]
     cls_id, sep_id, pad_id = 2, 3, 0
 
 
+def _tiny_lm(**overrides) -> DecoderLM:
+    """A 1-layer, 16-wide chat DecoderLM with two segments (fields overridable)."""
+    fields = dict(
+        vocab_size=50,
+        d_model=16,
+        num_heads=2,
+        num_layers=1,
+        d_ff=32,
+        max_length=64,
+        positions="rotary",
+        num_segments=2,
+    )
+    return DecoderLM(ModelConfig(**{**fields, **overrides}), rngs=nnx.Rngs(0))
+
+
 @pytest.mark.parametrize(
     "attention", [{"attention": "softmax"}, {"attention": "linear", "feature_map": "elu"}]
 )
 def test_cache_kept_between_turns_equals_reencoding_the_history(attention):
-    cfg = ModelConfig(
-        vocab_size=50,
-        d_model=32,
-        num_heads=2,
-        num_layers=2,
-        d_ff=64,
-        max_length=128,
-        positions="rotary",
-        num_segments=2,
-        **attention,
-    )
-    model = DecoderLM(cfg, rngs=nnx.Rngs(0))
+    model = _tiny_lm(d_model=32, num_layers=2, d_ff=64, max_length=128, **attention)
     session = ChatSession(model, _Ids(), max_context=128, max_tokens=6, seed=1)
     rng = np.random.default_rng(0)
     for turn in range(4):
@@ -49,17 +53,7 @@ def test_cache_kept_between_turns_equals_reencoding_the_history(attention):
 
 
 def test_history_beyond_max_context_is_cut_from_the_left():
-    cfg = ModelConfig(
-        vocab_size=50,
-        d_model=16,
-        num_heads=2,
-        num_layers=1,
-        d_ff=32,
-        max_length=64,
-        positions="rotary",
-        num_segments=2,
-    )
-    model = DecoderLM(cfg, rngs=nnx.Rngs(0))
+    model = _tiny_lm()
     session = ChatSession(model, _Ids(), max_context=40, max_tokens=5)
     every = []  # the whole conversation, turn by turn
     for i in range(6):
@@ -82,35 +76,16 @@ def test_history_beyond_max_context_is_cut_from_the_left():
 
 
 def test_a_newest_turn_longer_than_the_context_keeps_its_end():
-    cfg = ModelConfig(
-        vocab_size=50,
-        d_model=16,
-        num_heads=2,
-        num_layers=1,
-        d_ff=32,
-        max_length=64,
-        positions="rotary",
-        num_segments=2,
-    )
-    session = ChatSession(DecoderLM(cfg, rngs=nnx.Rngs(0)), _Ids(), max_context=24, max_tokens=4)
+    session = ChatSession(_tiny_lm(), _Ids(), max_context=24, max_tokens=4)
     session.user_turn(list(range(10, 40)))  # 30 tokens; the layout gets 24 - 4 - 1 = 19
     tokens, _ = session.context()
     assert tokens.tolist() == [2, *range(23, 40), 3] and session.length == 19
 
 
 def test_learned_positions_bound_max_context():
-    cfg = ModelConfig(
-        vocab_size=50,
-        d_model=16,
-        num_heads=2,
-        num_layers=1,
-        d_ff=32,
-        max_length=32,
-        positions="learned",
-        num_segments=2,
-    )
+    model = _tiny_lm(max_length=32, positions="learned")
     with pytest.raises(ValueError, match="max_context=64 exceeds the model's 32 learned"):
-        ChatSession(DecoderLM(cfg, rngs=nnx.Rngs(0)), _Ids(), max_context=64)
+        ChatSession(model, _Ids(), max_context=64)
 
 
 def test_distinct_n():
