@@ -11,12 +11,23 @@ the sentence's closing punctuation dropped and ？ appended.
 
 This is a rule-made question set on real passages. It exists so that the whole pipeline trains
 and is measured offline; its questions are templates, not human questions, and SQuAD or WebQA
-are the real benchmarks.
+are the real benchmarks. Those are read by `qa_sources` for users who have them:
+  "tfds:squad"        SQuAD v1.1 by tfds catalog name (array_record, no TensorFlow); its
+                      validation split is the test split, validation is 5% of train's passages;
+  "squad_json:PATH"   a SQuAD-format JSON file (data / paragraphs / qas / answers);
+  "jsonl:PATH"        WebQA / SogouQA-style JSON lines {"passage", "question", "answer"}.
+Local files are split 90/5/5 by passage. Every example is {passage, answer, question,
+answer_start} (answer_start: the answer's character offset in the passage) and is checked: a
+record with an empty passage or question, or an answer that is not in its passage, is a
+DataError naming the file and the record.
 """
 
+import json
+import os
+import pathlib
 import re
 
-from research.data import DataError, chinese
+from research.data import DataError, chinese, sources
 
 TYPES = {"nr": "person", "ns": "place", "nt": "organisation", "t": "time", "m": "number"}
 INTERROGATIVES = {"person": "谁", "place": "哪里", "organisation": "哪个机构", "time": "什么时候",
@@ -86,24 +97,27 @@ def _sentence(words, start: int, end: int) -> tuple[int, int]:
     return a, b  # [a, b): the sentence without its closing mark
 
 
-def line_examples(words: list[tuple[str, str, int]], *, min_words: int = 4) -> list[dict]:
-    """{passage, answer, question, type} for every answer of one tagged line whose sentence has
-    at least `min_words` other words; the same (answer, question) is kept once."""
+def line_examples(words: list[tuple[str, str, int]], *, min_words: int = 4,
+                  min_chars: int = 2) -> list[dict]:  # fmt: skip
+    """{passage, answer, question, type, answer_start} for every answer of at least `min_chars`
+    characters (a lone 一 or 两 is no answer) whose sentence has at least `min_words` other
+    words; the same (answer, question) is kept once."""
     passage = "".join(w for w, _, _ in words)
     out, seen = [], set()
     for start, end, kind in answer_spans(words):
         a, b = _sentence(words, start, end)
         rest = [w for w, _, _ in words[a:start] + words[end:b]]
-        if len(rest) < min_words:
-            continue
         answer = "".join(w for w, _, _ in words[start:end])
+        if len(rest) < min_words or len(answer) < min_chars:
+            continue
         before = "".join(w for w, _, _ in words[a:start])
         after = "".join(w for w, _, _ in words[end:b]).rstrip("，、：,")
         question = f"{before}{INTERROGATIVES[kind]}{after}？"
         if (answer, question) not in seen:
             seen.add((answer, question))
+            offset = sum(len(w) for w, _, _ in words[:start])
             out.append({"passage": passage, "answer": answer, "question": question,
-                        "type": kind})  # fmt: skip
+                        "type": kind, "answer_start": offset})  # fmt: skip
     return out
 
 
@@ -119,3 +133,125 @@ def peoples_daily_qa() -> dict[str, list[dict]]:
         seen.add(passage)
         out[chinese.split_of(passage, QA_PERCENTS)].extend(line_examples(words))
     return out
+
+
+SOURCES = ("peoples_daily", "tfds:NAME", "squad_json:PATH", "jsonl:PATH")
+LOCAL_PERCENTS = (90, 5, 5)
+
+
+def checked(passage, answer, question, where: str, answer_start: int | None = None) -> dict:
+    """One example, checked: non-empty strings, and the answer inside the passage (at
+    `answer_start` when given, else its first occurrence). DataError naming `where` otherwise."""
+    for name, value in (("passage", passage), ("answer", answer), ("question", question)):
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where}: the {name} is empty or not a string")
+    if answer_start is None:
+        answer_start = passage.find(answer)
+    if not (0 <= answer_start and passage[answer_start : answer_start + len(answer)] == answer):
+        at = "" if answer_start < 0 else f" at offset {answer_start}"
+        raise DataError(f"{where}: the answer {answer!r}{at} is not in its passage")
+    return {"passage": passage, "answer": answer, "question": question,
+            "answer_start": int(answer_start)}  # fmt: skip
+
+
+def squad_json_examples(path: str) -> list[dict]:
+    """Examples of a SQuAD-format file (v1.1; v2.0's unanswerable questions are skipped), the
+    first gold answer of each question."""
+    p = pathlib.Path(path).expanduser()
+    try:
+        data = json.loads(sources._read_text(p, path))["data"]
+        paragraphs = [(a.get("title", ""), para) for a in data for para in a["paragraphs"]]
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except (KeyError, TypeError):
+        raise DataError(f"{path}: not SQuAD format (data / paragraphs / qas)") from None
+    out = []
+    for title, para in paragraphs:
+        for qa_ in para.get("qas", []):
+            where = f"{path}: question {qa_.get('id', '?')!r} ({title})"
+            answers = qa_.get("answers") or []
+            if not answers and qa_.get("is_impossible"):
+                continue
+            if not answers or not isinstance(answers[0], dict):
+                raise DataError(f"{where}: no answers")
+            first = answers[0]
+            out.append(checked(para.get("context"), first.get("text"), qa_.get("question"),
+                               where, first.get("answer_start")))  # fmt: skip
+    if not out:
+        raise DataError(f"{path}: no questions with answers")
+    return out
+
+
+def jsonl_examples(path: str) -> list[dict]:
+    """Examples of WebQA / SogouQA-style JSON lines {"passage", "question", "answer"}."""
+    p = pathlib.Path(path).expanduser()
+    out = []
+    for i, r in sources._jsonl_records(p, path):
+        missing = [k for k in ("passage", "question", "answer") if k not in r]
+        if missing:
+            raise DataError(f"{path}:{i}: a record needs passage, question and answer; "
+                            f"missing {', '.join(missing)}")  # fmt: skip
+        out.append(checked(r["passage"], r["answer"], r["question"], f"{path}:{i}"))
+    return out
+
+
+def split_by_passage(examples: list[dict], percents=LOCAL_PERCENTS) -> dict[str, list[dict]]:
+    out = {name: [] for name in chinese.SPLITS}
+    for e in examples:
+        out[chinese.split_of(e["passage"], percents)].append(e)
+    empty = [k for k, v in out.items() if not v]
+    if empty:
+        raise DataError(f"no examples fall in the {', '.join(empty)} split (too few passages)")
+    return out
+
+
+def catalog_examples(name: str, data_dir: str) -> dict[str, list[dict]]:
+    """A SQuAD-format tfds catalog dataset (context, question, answers/text, answers/
+    answer_start): train minus 5% of its passages (validation), and its validation split as
+    the test split. Downloads and prepares once (array_record)."""
+    import tensorflow_datasets as tfds
+
+    data_dir = str(pathlib.Path(os.path.expanduser(data_dir)))
+    sources._on_process_0_then_all(
+        f"build:{name}", lambda: sources._catalog(name, data_dir, download=True)
+    )
+
+    def records(split: str) -> list[dict]:
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                  builder_kwargs={"file_format": "array_record"})  # fmt: skip
+        out = []
+        for i in range(len(source)):
+            r = source[i]
+            where = f"tfds:{name} {split} record {i}"
+            if not {"context", "question", "answers"} <= set(r):
+                raise DataError(f"{where}: not SQuAD format; it has {', '.join(sorted(r))}")
+            text, start = r["answers"]["text"], r["answers"]["answer_start"]
+            if len(text) == 0:
+                continue
+            out.append(checked(_str(r["context"]), _str(text[0]), _str(r["question"]), where,
+                               int(start[0])))  # fmt: skip
+        return out
+
+    train, test = records("train"), records("validation")
+    held = {e["passage"] for e in train if chinese.split_of(e["passage"], (95, 5, 0)) != "train"}
+    return {"train": [e for e in train if e["passage"] not in held],
+            "validation": [e for e in train if e["passage"] in held], "test": test}  # fmt: skip
+
+
+def _str(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def qa_sources(source: str, data_dir: str) -> dict[str, list[dict]]:
+    """Split name -> examples for `data.source` (see the module docstring)."""
+    if source == "peoples_daily":
+        return peoples_daily_qa()
+    if source.startswith("tfds:"):
+        return catalog_examples(source.removeprefix("tfds:"), data_dir)
+    for prefix, read in (("squad_json:", squad_json_examples), ("jsonl:", jsonl_examples)):
+        if source.startswith(prefix):
+            path = source.removeprefix(prefix)
+            if not pathlib.Path(path).expanduser().is_file():
+                raise DataError(f"data.source={source}: no such file")
+            return split_by_passage(read(path))
+    raise DataError(f"data.source={source!r}: question generation reads {', '.join(SOURCES)}")

@@ -61,9 +61,10 @@ class _Stack(nnx.Module):
     def init_cache(self, batch: int, max_length: int):
         return _empty_cache(self.layers, batch, max_length)
 
-    def _prefill_prompt(self, tokens, lengths, segment_ids, max_length):
+    def _prefill_prompt(self, tokens, lengths, segment_ids, max_length, unilm=False):
         """Prompt tokens [B, P], right-padded to `lengths` [B], attend with a key-padding mask
-        (causal layers stay causal, bidirectional ones see the whole prompt)."""
+        (causal layers stay causal, bidirectional ones see the whole prompt), or with the UniLM
+        mask of `segment_ids` when `unilm` (segment-1 prompt tokens causal)."""
         _check_inputs(self.cfg, tokens, segment_ids)
         _check_cache_length(self.cfg, max_length, tokens.shape[1])
         b, p = tokens.shape
@@ -72,7 +73,12 @@ class _Stack(nnx.Module):
         positions = _positions(tokens)
         x = self.embed(tokens, positions, segment_ids)
         cache = self.init_cache(b, max_length)
-        return self._prefill_layers(x, cache, mask=valid, valid=valid, positions=positions)
+        mask = valid
+        if unilm:
+            if segment_ids is None:
+                raise ValueError("unilm=True needs segment_ids (0 = source, 1 = target)")
+            mask = ops.unilm_mask(segment_ids, valid)
+        return self._prefill_layers(x, cache, mask=mask, valid=valid, positions=positions)
 
     def _prefill_layers(self, x, cache, *, mask, valid, positions):
         new_layers = []
@@ -224,15 +230,19 @@ class Bert(_Stack):
     def _logits(self, x):
         return self.mlm_logits(x if self.final_norm is None else self.final_norm(x))
 
-    def prefill(self, tokens, *, lengths=None, segment_ids=None, max_length: int):
+    def prefill(self, tokens, *, lengths=None, segment_ids=None, unilm: bool = False,
+                max_length: int):  # fmt: skip
         """UniLM: encodes the source tokens [B, P] (segment 0, bidirectional) into the cache.
 
-        Returns the MLM-head logits at each source's last token (predicting the first target
+        With `unilm=True` the prompt may already hold target tokens: `segment_ids` [B, P] marks
+        them 1 and they attend causally, as in training (`research.ops.unilm_mask`); question
+        generation prefills [CLS] passage [SEP] answer [SEP] this way.
+        Returns the MLM-head logits at each prompt's last token (predicting the next target
         token) and the cache; continue with `decode_step(..., segment=1)`.
         """
         if not self.cfg.mlm_head:
             raise ValueError("decoding with Bert needs mlm_head=True")
-        return self._prefill_prompt(tokens, lengths, segment_ids, max_length)
+        return self._prefill_prompt(tokens, lengths, segment_ids, max_length, unilm)
 
     def decode_step(self, token, cache, *, segment=1):
         return self._decode_layers(token, cache, segment)

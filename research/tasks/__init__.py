@@ -8,6 +8,7 @@ classify  a Bert classifier on [CLS], from a pretrained MLM
 pet       PET: classification as a cloze task scored by the MLM (zero/few-shot, semi-supervised)
 theseus   BERT-of-Theseus: k successor layers replace a frozen classifier's modules
 chat      DialoGPT-style LM over whole multi-turn conversations (DecoderLM with speaker segments)
+qagen     question generation: [CLS] passage [SEP] answer [SEP] question [SEP] (UniLM Bert)
 """
 
 from research.tasks.base import Task, TaskData
@@ -17,6 +18,7 @@ from research.tasks.lm import LmTask, lm_loss
 from research.tasks.mlm import MlmTask
 from research.tasks.mqar import MqarTask
 from research.tasks.pet import PetTask
+from research.tasks.qagen import QagenTask
 from research.tasks.seq2seq import Seq2seqTask
 from research.tasks.theseus import TheseusTask
 
@@ -31,6 +33,7 @@ TASKS: dict[str, Task] = {
         PetTask(),
         TheseusTask(),
         ChatTask(),
+        QagenTask(),
     )  # fmt: skip
 }
 

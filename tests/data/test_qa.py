@@ -1,4 +1,5 @@
 import collections
+import json
 
 import pytest
 
@@ -49,3 +50,92 @@ def test_the_peoples_daily_question_set():
         assert qa.INTERROGATIVES[e["type"]] in e["question"]
     held = {e["passage"] for e in splits["test"]}
     assert not held & {e["passage"] for e in train}  # split by passage
+
+
+def test_answer_offsets_and_single_characters():
+    words = qa.parse_tagged_line(LINE + "  他/r  买/v  了/u  一/m  本/q  书/n  。/w")
+    examples = qa.line_examples(words)
+    for e in examples:
+        assert e["passage"][e["answer_start"] :].startswith(e["answer"])
+    assert "一" not in {e["answer"] for e in examples}  # one character is no answer
+    assert "一" in {e["answer"] for e in qa.line_examples(words, min_chars=1)}
+
+
+def _squad(contexts_qas):
+    paragraphs = [{"context": c, "qas": qas} for c, qas in contexts_qas]
+    return {"version": "1.1", "data": [{"title": "T", "paragraphs": paragraphs}]}
+
+
+def test_squad_json_and_jsonl_readers(tmp_path):
+    ok = [
+        (f"Passage {i} says the answer is blue {i}.",
+         [{"id": f"q{i}", "question": f"What colour {i}?",
+           "answers": [{"text": f"blue {i}", "answer_start": 28 + len(str(i))}]}])
+        for i in range(60)
+    ]  # fmt: skip
+    ok.append(("Unanswerable.", [{"id": "x", "question": "?", "answers": [],
+                                  "is_impossible": True}]))  # fmt: skip
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(_squad(ok)))
+    splits = qa.qa_sources(f"squad_json:{path}", str(tmp_path))
+    assert sum(len(v) for v in splits.values()) == 60 and all(splits.values())
+    e = splits["train"][0]
+    assert e["passage"][e["answer_start"] :].startswith(e["answer"])
+    answer = {"text": "blue", "answer_start": 3}
+    bad = _squad([("The sky is blue.", [{"id": "q7", "question": "Colour?", "answers": [answer]}])])
+    path.write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"question 'q7' \(T\): the answer 'blue' at offset 3 is"):
+        qa.qa_sources(f"squad_json:{path}", str(tmp_path))
+    path.write_text('{"data": [{"no": 1}]}')
+    with pytest.raises(DataError, match="not SQuAD format"):
+        qa.qa_sources(f"squad_json:{path}", str(tmp_path))
+    lines = tmp_path / "webqa.jsonl"
+    rows = [
+        {"passage": f"第{i}段在北京。", "question": "在哪里？", "answer": "北京"} for i in range(80)
+    ]
+    lines.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    assert sum(len(v) for v in qa.qa_sources(f"jsonl:{lines}", "").values()) == 80
+    for row, match in (({"passage": "", "question": "q", "answer": "a"},
+                        ":2: the passage is empty"),
+                       ({"passage": "abc", "question": "q", "answer": "z"},
+                        ":2: the answer 'z' is not in its passage"),
+                       ({"passage": "abc", "answer": "a"}, ":2: a record needs passage, question "
+                        "and answer; missing question")):  # fmt: skip
+        lines.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n" + json.dumps(row))
+        with pytest.raises(DataError, match=match):
+            qa.qa_sources(f"jsonl:{lines}", "")
+    with pytest.raises(DataError, match="no such file"):
+        qa.qa_sources(f"jsonl:{tmp_path / 'missing.jsonl'}", "")
+    with pytest.raises(DataError, match="question generation reads peoples_daily, tfds:NAME"):
+        qa.qa_sources("csv:x", "")
+
+
+def test_squad_by_tfds_name_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    def records(split):
+        n = 40 if split == "train" else 6
+        return [{"id": f"{split}{i}", "title": "t", "context": f"In {1900 + i} the fair opened.",
+                 "question": f"When did fair {i} open?",
+                 "answers": {"text": [str(1900 + i)], "answer_start": [3]}}
+                for i in range(n)]  # fmt: skip
+
+    def as_data_source(self, split, *args, **kwargs):
+        return records(split)
+
+    with tfds.testing.mock_data(as_data_source_fn=as_data_source):
+        splits = qa.qa_sources("tfds:squad", str(tmp_path))
+    assert len(splits["test"]) == 6 and len(splits["train"]) + len(splits["validation"]) == 40
+    want = {"passage": "In 1900 the fair opened.", "answer": "1900",
+            "question": "When did fair 0 open?", "answer_start": 3}  # fmt: skip
+    assert splits["test"][0] == want
+
+    def broken(self, split, *args, **kwargs):
+        out = records(split)
+        out[2]["answers"]["answer_start"] = [10]
+        return out
+
+    with tfds.testing.mock_data(as_data_source_fn=broken), pytest.raises(
+        DataError, match="tfds:squad train record 2: the answer '1902' at offset 10 is not in"
+    ):  # fmt: skip
+        qa.qa_sources("tfds:squad", str(tmp_path))

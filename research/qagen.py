@@ -1,0 +1,142 @@
+"""Generate question-answer pairs from passages with a trained qagen run (configs/qagen.py;
+RESEARCH.md section 6; docs/qagen.md).
+
+    python -m research.qagen --workdir=/tmp/seqlab/qagen < passages.txt > pairs.jsonl
+    python -m research.qagen --workdir=DIR --input=passages.txt --num_answers=8 --top_k=5
+    echo '{"passage": "...", "answer": "..."}' | python -m research.qagen --workdir=DIR
+
+Input (a file, or stdin): one passage a line, plain text or a JSON object {"passage": str} with
+an optional "answer" (str): then only the question for that answer is generated. Blank lines
+are skipped. Output: a JSON line {passage, answer, question, scores: {answer, question}} for
+every kept pair (scores are log-probabilities under the model: log p(answer [SEP] | passage)
+and the question beam's). Answers are sampled (top-p / top-k / temperature), deduplicated and,
+unless --noin_passage, kept only when they are a span of the passage; questions come from beam
+search. Exit 2 for a bad flag, a workdir that is not a qagen run, or a bad input line (an empty
+passage, a given answer outside its passage, a JSON line that is not such an object).
+"""
+
+import dataclasses
+import json
+import sys
+
+from absl import app, flags, logging
+
+from research.cli import fail, parse_flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a qagen training run's directory")
+_INPUT = flags.DEFINE_string("input", "-", "passages file, one a line ('-' = stdin)")
+_NUM_ANSWERS = flags.DEFINE_integer(
+    "num_answers", None, "answers sampled per passage (default: the run's)", lower_bound=1
+)
+_TOP_P = flags.DEFINE_float("top_p", None, "answer sampling: nucleus mass (default: the run's)")
+_TOP_K = flags.DEFINE_integer("top_k", None, "answer sampling: top-k, 0 = off (default: the "
+                              "run's)", lower_bound=0)  # fmt: skip
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "answer sampling temperature")
+_BEAM = flags.DEFINE_integer("beam_size", None, "question beam size (default: the run's)",
+                             lower_bound=1)  # fmt: skip
+_IN_PASSAGE = flags.DEFINE_boolean("in_passage", True, "keep only answers found in the passage")
+_SEED = flags.DEFINE_integer("seed", 0, "sampling PRNG seed")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "passages per jitted batch", lower_bound=1)
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
+
+
+def read_records(lines, name: str) -> list[dict]:
+    """{"passage", "answer" (or None), "where"} per non-blank line; DataError naming the line."""
+    from research.data import DataError
+
+    out = []
+    for i, line in enumerate(lines, 1):
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        where = f"{name}:{i}"
+        answer = None
+        if text.lstrip().startswith("{"):
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("passage"), str):
+                raise DataError(f"{where}: a JSON line must be an object with a 'passage' string")
+            text, answer = record["passage"], record.get("answer")
+            if answer is not None and (not isinstance(answer, str) or not answer.strip()):
+                raise DataError(f"{where}: 'answer' must be a non-empty string")
+        if not text.strip():
+            raise DataError(f"{where}: the passage is empty")
+        if answer is not None and answer not in text:
+            raise DataError(f"{where}: the answer {answer!r} is not in its passage")
+        out.append({"passage": text, "answer": answer, "where": where})
+    return out
+
+
+def main(argv):
+    import jax
+
+    from research.config import ConfigError
+    from research.data import DataError
+    from research.tasks.qagen import Generator
+    from research.train import load_trained
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}")
+    if not _WORKDIR.value:
+        fail("--workdir=DIR is required (a run of configs/qagen.py)")
+    try:
+        trained = load_trained(_WORKDIR.value, step=_STEP.value)
+    except (ConfigError, FileNotFoundError) as e:
+        fail(str(e))
+    run = trained.config
+    if run.task != "qagen":
+        fail(f"{_WORKDIR.value}: task={run.task!r}; research.qagen needs a qagen run")
+    changes = {"num_answers": _NUM_ANSWERS.value, "top_p": _TOP_P.value, "top_k": _TOP_K.value,
+               "temperature": _TEMPERATURE.value, "beam_size": _BEAM.value}  # fmt: skip
+    try:
+        s = dataclasses.replace(run.task_config, in_passage=_IN_PASSAGE.value,
+                                **{k: v for k, v in changes.items() if v is not None})  # fmt: skip
+    except ValueError as e:
+        fail(str(e))
+    try:
+        if _INPUT.value == "-":
+            records = read_records(sys.stdin, "stdin")
+        else:
+            with open(_INPUT.value, encoding="utf-8") as f:
+                records = read_records(f, _INPUT.value)
+    except OSError as e:
+        fail(f"--input={_INPUT.value}: {e.strerror}")
+    except UnicodeDecodeError as e:
+        fail(f"--input={_INPUT.value}: not UTF-8 text (byte {e.start})")
+    except DataError as e:
+        fail(str(e))
+    vocab = trained.vocab
+    for r in records:
+        given = r["answer"]
+        if given is not None and len(vocab.encode(given)) > s.answer_len:
+            fail(f"{r['where']}: the answer {given!r} is longer than the run's {s.answer_len} "
+                 "answer tokens")  # fmt: skip
+    gen = Generator(trained.model, vocab, s, run.data.seq_len, batch_size=_BATCH.value)
+    asked = [r for r in records if r["answer"] is not None]
+    free = [r for r in records if r["answer"] is None]
+    results = {}
+    if asked:
+        got = gen.ask([r["passage"] for r in asked], [r["answer"] for r in asked])
+        for r, g in zip(asked, got, strict=True):
+            results[r["where"]] = [{"answer": r["answer"], **g}]
+    if free:
+        got = gen.generate([r["passage"] for r in free], jax.random.key(_SEED.value))
+        for r, g in zip(free, got, strict=True):
+            results[r["where"]] = g
+            if not g:
+                print(f"{r['where']}: no answer kept", file=sys.stderr, flush=True)
+    for r in records:  # input order
+        for g in results[r["where"]]:
+            scores = {"answer": g["answer_score"], "question": g["question_score"]}
+            line = {"passage": r["passage"], "answer": g["answer"], "question": g["question"],
+                    "scores": scores}  # fmt: skip
+            print(json.dumps(line, ensure_ascii=False), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,327 @@
+import functools
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import qagen as qagen_config
+from research.config import ConfigError
+from research.models import Bert, ModelConfig
+from research.ops import decoding
+from research.tasks import qagen
+from research.train import load_trained, loop
+from research.train.config import parse
+
+CLS, SEP, PAD = 2, 3, 0
+
+
+def _tiny_bert(**overrides) -> Bert:
+    fields = dict(vocab_size=40, d_model=32, num_heads=2, num_layers=2, d_ff=64, max_length=64,
+                  positions="rotary", num_segments=2, mlm_head=True)  # fmt: skip
+    return Bert(ModelConfig(**{**fields, **overrides}), rngs=nnx.Rngs(0))
+
+
+def _row(passage=(10, 11, 12, 13, 14), answer=(12, 13), question=(20, 21, 22), seq_len=20):
+    return qagen.qa_row(list(passage), list(answer), list(question), seq_len=seq_len,
+                        cls_id=CLS, sep_id=SEP, pad_id=PAD)  # fmt: skip
+
+
+def test_row_layout_segments_and_loss_weights():
+    r = _row()
+    ids = [CLS, 10, 11, 12, 13, 14, SEP, 12, 13, SEP, 20, 21, 22, SEP]
+    assert r["inputs"][:14].tolist() == ids and (r["inputs"][14:] == PAD).all()
+    assert r["segment_ids"][:14].tolist() == [0] * 7 + [1] * 7
+    assert r["mask"].tolist() == [True] * 14 + [False] * 6
+    # A weight where the NEXT token is a segment-1 token: from the passage's [SEP] to the
+    # question's last token; the target there is that next token.
+    assert np.flatnonzero(r["weights"]).tolist() == list(range(6, 13))
+    assert r["targets"][6:13].tolist() == ids[7:14]
+    with pytest.raises(ValueError, match="does not fit seq_len=10"):
+        _row(seq_len=10)
+
+
+def test_unilm_mask_segment_one_sees_the_passage_and_only_earlier_targets():
+    model = _tiny_bert()
+    r = _row()
+    tokens, seg, mask = (jnp.asarray(r[k][None]) for k in ("inputs", "segment_ids", "mask"))
+
+    def logits(t):
+        return np.asarray(model(t, segment_ids=seg, mask=mask, unilm=True).logits[0])
+
+    base = logits(tokens)
+    # A change in a later token changes no earlier logit; every later segment-1 logit moves.
+    for j in (7, 9, 11):
+        moved = np.abs(logits(tokens.at[0, j].set(30)) - base).max(-1)
+        assert (moved[:j] == 0).all() and (moved[j:14] > 1e-6).all(), j
+    # The passage is bidirectional and every segment-1 token sees all of it.
+    moved = np.abs(logits(tokens.at[0, 5].set(30)) - base).max(-1)
+    assert (moved[:14] > 1e-6).all()
+
+
+def test_loss_is_the_cross_entropy_of_segment_one_tokens_only():
+    model = _tiny_bert()
+    rows = [_row(), _row(passage=(15, 16, 17), answer=(16,), question=(21, 22, 23, 24, 25))]
+    batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+    loss, weight, metrics = qagen.make_qagen_loss(2 + 5 + 2)(model, batch)
+    full = np.asarray(model(batch["inputs"], segment_ids=batch["segment_ids"],
+                            mask=batch["mask"], unilm=True).logits)  # fmt: skip
+    top = full.max(-1, keepdims=True)
+    logp = full - top - np.log(np.exp(full - top).sum(-1, keepdims=True))
+    want, n = 0.0, 0
+    for b, r in enumerate(rows):
+        ids = r["inputs"][r["mask"]]
+        for i in range(len(ids) - 1):
+            if r["segment_ids"][i + 1] == 1:  # the next token is in segment 1
+                want -= logp[b, i, ids[i + 1]]
+                n += 1
+    assert float(weight) == n == 7 + 8
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    # Passage tokens are inputs, never targets: other targets there change nothing.
+    other = dict(batch, targets=batch["targets"].at[:, :3].set(7))
+    np.testing.assert_allclose(float(qagen.make_qagen_loss(9)(model, other)[0]), float(loss))
+    assert 0 <= float(metrics["correct"]) <= n
+
+
+class _CharVocab:
+    """One id per character (ids 5..), enough for windows and prompts."""
+
+    cls_id, sep_id, pad_id = CLS, SEP, PAD
+
+    def encode(self, text):
+        return [5 + ord(c) % 30 for c in text]
+
+
+def test_only_the_passage_is_cut_and_its_window_holds_the_answer():
+    v = _CharVocab()
+    passage = "abcdefghijklmnopqrstuvwxyz"
+    ids = qagen.passage_window(v, passage, passage.index("st"), 2, 6)
+    assert len(ids) == 6 and v.encode("st")[0] in ids and ids == v.encode("qrstuv")
+    assert qagen.passage_window(v, passage, -1, 0, 6) == v.encode("abcdef")
+    assert qagen.passage_window(v, passage, 24, 2, 6) == v.encode("uvwxyz")
+    s = qagen.QagenConfig(answer_len=3, question_len=5)
+    ex = {"passage": passage, "answer": "xyz", "question": "what?", "answer_start": 23}
+    r = qagen.encode_example(v, ex, seq_len=20, s=s)  # passage budget 20 - 3 - 5 - 4 = 8
+    row = r["inputs"][r["mask"]].tolist()
+    assert row == [CLS, *v.encode("stuvwxyz"), SEP, *v.encode("xyz"), SEP, *v.encode("what?"),
+                   SEP]  # fmt: skip
+    assert qagen.encode_example(v, dict(ex, question="a longer question"), seq_len=20, s=s) is None
+    assert qagen.encode_example(v, dict(ex, answer="wxyz", answer_start=22), seq_len=20,
+                                s=s) is None  # fmt: skip
+
+
+def _reference_step(model, width: int, segment_from):
+    """A cache-free decode step: the token is written at the row's length and the whole row is
+    run again with the UniLM mask (segment 1 from segment_from[row])."""
+
+    def step(token, state):
+        buf, length = state["buf"], state["length"]
+        buf = buf.at[jnp.arange(buf.shape[0]), length].set(token)
+        length = length + 1
+        pos = jnp.arange(width)[None, :]
+        seg = (pos >= state["seg_from"][:, None]).astype(jnp.int32)
+        out = model(buf, segment_ids=seg, mask=pos < length[:, None], unilm=True).logits
+        return out[jnp.arange(buf.shape[0]), length - 1], {**state, "buf": buf, "length": length}
+
+    def start(prompt, lengths):
+        buf = jnp.pad(prompt, ((0, 0), (0, width - prompt.shape[1])), constant_values=PAD)
+        state = {"buf": buf, "length": lengths, "seg_from": segment_from}
+        pos = jnp.arange(width)[None, :]
+        seg = (pos >= segment_from[:, None]).astype(jnp.int32)
+        out = model(buf, segment_ids=seg, mask=pos < lengths[:, None], unilm=True).logits
+        return out[jnp.arange(buf.shape[0]), lengths - 1], state
+
+    return start, step
+
+
+def test_two_stage_generation_equals_step_by_step_reference_decoding():
+    model = _tiny_bert()
+    # Make [SEP] and the passages' alphabet likely, so that answers of several lengths end
+    # inside the budget and some are spans of their passage.
+    model.mlm_bias.set_value(model.mlm_bias.get_value().at[SEP].add(2.5).at[5:12].add(2.5))
+    rng = np.random.default_rng(0)
+    b, p, k, a_len, q_len = 3, 9, 4, 4, 5
+    prompt = np.full((b, p), PAD, np.int32)
+    lengths = np.array([9, 6, 7], np.int32)
+    for i, n in enumerate(lengths):
+        prompt[i, :n] = [CLS, *rng.integers(5, 12, n - 2), SEP]  # a small alphabet: spans recur
+    key = jax.random.key(3)
+    opts = dict(num_answers=k, answer_len=a_len, question_len=q_len, top_p=0.9, top_k=6,
+                beam_size=3, sep_id=SEP, pad_id=PAD)  # fmt: skip
+    got = jax.jit(functools.partial(qagen.generate_qa, model, **opts))(
+        jnp.asarray(prompt), jnp.asarray(lengths), key
+    )
+    # Stage 1, by hand: sample with the same key, each step a full forward of the whole row.
+    rep, rep_len = np.repeat(prompt, k, 0), np.repeat(lengths, k)
+    start, step = _reference_step(model, p + a_len + 1, jnp.asarray(rep_len))
+    logits, state = start(jnp.asarray(rep), jnp.asarray(rep_len))
+    answers = decoding.sample(step, logits, state, key, max_new_tokens=a_len + 1, top_p=0.9,
+                              top_k=6, stop_tokens=(SEP,), pad_id=PAD)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(got["answers"]).reshape(b * k, -1), answers)
+    answers = np.asarray(answers)
+    alen = np.array([list(r).index(SEP) if SEP in r else a_len + 1 for r in answers])
+    assert len(set(alen.tolist())) > 1  # the check covers answers of several lengths
+    np.testing.assert_array_equal(np.asarray(got["answer_length"]).reshape(-1),
+                                  np.minimum(alen, a_len))  # fmt: skip
+    # Stage 2, by hand: prompt + answer + [SEP] (segment 1), beam search over full forwards.
+    width = p + a_len + 1 + q_len + 1
+    prompt2 = np.full((b * k, p + a_len + 1), PAD, np.int32)
+    len2 = np.zeros(b * k, np.int32)
+    for i in range(b * k):
+        n, m = rep_len[i], min(alen[i], a_len)
+        row = [*rep[i, :n], *answers[i, :m], SEP]
+        prompt2[i, : len(row)], len2[i] = row, len(row)
+    start, step = _reference_step(model, width, jnp.asarray(rep_len))
+    logits, state = start(jnp.asarray(prompt2), jnp.asarray(len2))
+    seqs, scores = decoding.beam_search(
+        step, logits, state, beam_size=3, max_new_tokens=q_len + 1, eos_id=SEP, pad_id=PAD
+    )
+    np.testing.assert_array_equal(np.asarray(got["questions"]).reshape(b * k, -1), seqs[:, 0])
+    np.testing.assert_allclose(np.asarray(got["question_score"]).reshape(-1), scores[:, 0],
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    # The answer score is log p(answer [SEP] | passage), summed by hand from full forwards.
+    for i in range(b * k):
+        n, m = rep_len[i], min(alen[i], a_len)
+        row = jnp.asarray(prompt2[i : i + 1, : n + m + 1])
+        seg = (jnp.arange(row.shape[1]) >= n).astype(jnp.int32)[None]
+        lp = jax.nn.log_softmax(model(row, segment_ids=seg, unilm=True).logits[0], -1)
+        want = sum(float(lp[n - 1 + t, row[0, n + t]]) for t in range(m + 1))
+        score = float(np.asarray(got["answer_score"]).reshape(-1)[i])
+        assert score == pytest.approx(want, abs=1e-4)
+    # keep: ended with [SEP], non-empty, a span of the passage, first of its duplicates.
+    keep = np.asarray(got["keep"])
+    for i in range(b):
+        seen = []
+        text = list(prompt[i, 1 : lengths[i] - 1])
+        for j in range(k):
+            r = i * k + j
+            ans = list(answers[r, : alen[r]])
+            ok = alen[r] <= a_len and SEP in answers[r] and len(ans) > 0
+            ok = ok and any(text[s : s + len(ans)] == ans for s in range(len(text)))
+            want = ok and ans not in seen
+            if ok:
+                seen.append(ans)
+            assert keep[i, j] == want, (i, j)
+    assert keep.any() and not keep.all()
+
+
+def test_in_passage_and_dedup_against_python():
+    prompt = jnp.asarray([[CLS, 7, 8, 9, 7, 8, SEP, PAD]])
+    lengths = jnp.asarray([7])
+    answers = jnp.asarray([[7, 8, PAD], [8, 9, 7], [9, 9, PAD], [8, SEP, PAD], [6, PAD, PAD]])
+    alen = jnp.asarray([2, 3, 2, 1, 0])
+    got = qagen.in_passage(jnp.repeat(prompt, 5, 0), jnp.repeat(lengths, 5), answers, alen)
+    assert got.tolist() == [True, True, False, True, False]
+    # [SEP] is not part of the passage: an answer running into it is not a span.
+    assert not qagen.in_passage(prompt, lengths, jnp.asarray([[7, 8, SEP]]), jnp.asarray([3]))[0]
+    dup = jnp.asarray([[[7, 8, 1], [7, 8, 2], [7, 9, 0], [7, 8, 0]]])
+    keep = qagen.first_of_each(dup, jnp.asarray([[2, 2, 2, 2]]), jnp.asarray([[1, 1, 1, 1]]) > 0)
+    assert keep.tolist() == [[True, False, True, False]]
+    keep = qagen.first_of_each(dup, jnp.asarray([[2, 2, 2, 2]]), jnp.asarray([[0, 1, 1, 1]]) > 0)
+    assert keep.tolist() == [[False, True, True, False]]  # an invalid first does not count
+
+
+def test_metrics_against_hand_computed_values():
+    assert qagen.metric_tokens("江泽民在1998年 Visited Beijing!") == [
+        "江", "泽", "民", "在", "1998", "年", "visited", "beijing", "!",
+    ]  # fmt: skip
+    # SQuAD F1 on characters: 2 of 3 predicted, 2 of 4 gold -> 2 * (2/3 * 1/2) / (2/3 + 1/2).
+    assert qagen.span_f1("北京市", "在北京城") == pytest.approx(4 / 7)
+    got = qagen.answer_scores([["北京", "上海市"], []], [["北京", "天津"], ["x"]])
+    assert got["answer_em"] == 50 and got["answers"] == 1
+    assert got["answer_f1"] == pytest.approx(100 * (1 + 2 * (1 / 3) * 0.5 / (1 / 3 + 0.5)) / 2)
+    same = qagen.question_scores(["谁发表讲话？"], ["谁发表讲话？"])
+    assert same["bleu4"] == pytest.approx(100) and same["rougeL"] == pytest.approx(100)
+    # ROUGE-L F1 by hand: LCS("甲乙丙丁", "甲丙丁戊") = 3 -> P = R = 3/4.
+    assert qagen.question_scores(["甲乙丙丁"], ["甲丙丁戊"])["rougeL"] == pytest.approx(75)
+    ex = {"passage": "开幕了。江泽民在北京发表讲话，大家鼓掌。完", "answer": "北京"}
+    assert qagen.baseline_question(ex) == "江泽民在发表讲话，大家鼓掌"
+    assert qagen.frequent_answers(["上海", "北京", "江泽民"], ex["passage"], 1) == ["北京"]
+
+
+def test_config_errors():
+    for bad, match in ((dict(top_p=0.0), "top_p=0.0"), (dict(num_answers=0), "num_answers"),
+                       (dict(top_k=-1), "top_k=-1"), (dict(in_passage=1), "in_passage=1"),
+                       (dict(eval_passages=-2), "eval_passages=-2")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            qagen.QagenConfig(**bad)
+    c = qagen_config.get_config("smoke")
+    c.data.seq_len = 32  # 32 - 6 - 24 - 4 = -2 passage tokens
+    with pytest.raises(ConfigError, match="leaves -2 passage tokens"):
+        parse(c)
+    c = qagen_config.get_config("smoke")
+    c.model.update(attention="linear", feature_map="elu")
+    with pytest.raises(ConfigError, match="needs model.attention='softmax'"):
+        parse(c)
+    c = qagen_config.get_config()
+    c.qagen.init = "workdir:/nonexistent/mlm"
+    with pytest.raises(ConfigError, match="train it first: python -m research.main --config="):
+        parse(c)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("qagen")
+    c = qagen_config.get_config("smoke")
+    c.data.data_dir = str(wd / "data")
+    summary = loop.train_and_evaluate(parse(c), str(wd / "run"))
+    return wd / "run", summary
+
+
+def test_smoke_training_reports_generation_metrics_beside_the_baseline(smoke_run):
+    workdir, summary = smoke_run
+    ev = summary.eval
+    for name in ("question_bleu4", "question_rougeL", "answer_em", "answer_f1"):
+        assert 0 <= ev[name] <= 100 and 0 <= ev[f"baseline_{name}"] <= 100
+    # The copy baseline shares most of the rule-made question's characters.
+    assert ev["baseline_question_rougeL"] > 50
+    trained = load_trained(workdir)
+    assert isinstance(trained.model, Bert) and trained.model.cfg.num_segments == 2
+    assert trained.config.task_config.answer_len == 6
+
+
+def _qagen(workdir, text, *flags):
+    return subprocess.run(
+        [sys.executable, "-m", "research.qagen", f"--workdir={workdir}", *flags],
+        input=text, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_qagen_cli_on_piped_input(smoke_run):
+    workdir, _ = smoke_run
+    given = {"passage": "江泽民在北京发表讲话。", "answer": "北京"}
+    text = "\n".join(["１９９６年全国广播影视系统语言工作会议在北京召开。", "",
+                      json.dumps(given, ensure_ascii=False)]) + "\n"  # fmt: skip
+    r = _qagen(workdir, text, "--noin_passage", "--num_answers=3", "--top_k=3")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert lines and lines[-1]["answer"] == "北京" and lines[-1]["passage"] == given["passage"]
+    for line in lines:
+        assert set(line) == {"passage", "answer", "question", "scores"}
+        assert line["scores"]["answer"] < 0 and line["scores"]["question"] < 0
+    assert len(lines) <= 3 + 1  # at most num_answers per free passage, one for the given answer
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"passage": "江泽民在北京发表讲话。", "answer": "上海"}\n',
+         "stdin:1: the answer '上海' is not in its passage"),
+        ('好的\n{"passage": "  "}\n', "stdin:2: the passage is empty"),
+        ('{"passage": 3}\n', "stdin:1: a JSON line must be an object with a 'passage' string"),
+        ("{not json\n", "stdin:1: not valid JSON"),
+    ],
+)  # fmt: skip
+def test_qagen_cli_bad_input_exits_2_naming_the_record(smoke_run, text, message):
+    r = _qagen(smoke_run[0], text)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
+
+
+def test_qagen_cli_rejects_other_runs(tmp_path):
+    r = _qagen(tmp_path, "x\n")
+    assert r.returncode == 2 and "no model.json" in r.stderr and "Traceback" not in r.stderr
