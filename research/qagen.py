@@ -34,7 +34,9 @@ _TOP_K = flags.DEFINE_integer("top_k", None, "answer sampling: top-k, 0 = off (d
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "answer sampling temperature")
 _BEAM = flags.DEFINE_integer("beam_size", None, "question beam size (default: the run's)",
                              lower_bound=1)  # fmt: skip
-_IN_PASSAGE = flags.DEFINE_boolean("in_passage", True, "keep only answers found in the passage")
+_IN_PASSAGE = flags.DEFINE_boolean(
+    "in_passage", True, "keep only answers found in the passage (default: the run's)"
+)
 _SEED = flags.DEFINE_integer("seed", 0, "sampling PRNG seed")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "passages per jitted batch", lower_bound=1)
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
@@ -46,7 +48,7 @@ def read_records(lines, name: str) -> list[dict]:
 
     out = []
     for i, line in enumerate(lines, 1):
-        text = line.rstrip("\n")
+        text = line.rstrip("\r\n")
         if not text.strip():
             continue
         where = f"{name}:{i}"
@@ -69,8 +71,25 @@ def read_records(lines, name: str) -> list[dict]:
     return out
 
 
-def main(argv):
+def _generate(gen, asked: list[dict], free: list[dict]) -> dict:
+    """where -> the pairs of that input line: questions for given answers, both stages else."""
     import jax
+
+    results = {}
+    if asked:
+        got = gen.ask([r["passage"] for r in asked], [r["answer"] for r in asked])
+        for r, g in zip(asked, got, strict=True):
+            results[r["where"]] = [{"answer": r["answer"], **g}]
+    if free:
+        got = gen.generate([r["passage"] for r in free], jax.random.key(_SEED.value))
+        for r, g in zip(free, got, strict=True):
+            results[r["where"]] = g
+            if not g:
+                print(f"{r['where']}: no answer kept", file=sys.stderr, flush=True)
+    return results
+
+
+def main(argv):
 
     from research.config import ConfigError
     from research.data import DataError
@@ -92,8 +111,10 @@ def main(argv):
         fail(f"{_WORKDIR.value}: task={run.task!r}; research.qagen needs a qagen run")
     changes = {"num_answers": _NUM_ANSWERS.value, "top_p": _TOP_P.value, "top_k": _TOP_K.value,
                "temperature": _TEMPERATURE.value, "beam_size": _BEAM.value}  # fmt: skip
+    if flags.FLAGS["in_passage"].present:
+        changes["in_passage"] = _IN_PASSAGE.value
     try:
-        s = dataclasses.replace(run.task_config, in_passage=_IN_PASSAGE.value,
+        s = dataclasses.replace(run.task_config,
                                 **{k: v for k, v in changes.items() if v is not None})  # fmt: skip
     except ValueError as e:
         fail(str(e))
@@ -116,19 +137,16 @@ def main(argv):
             fail(f"{r['where']}: the answer {given!r} is longer than the run's {s.answer_len} "
                  "answer tokens")  # fmt: skip
     gen = Generator(trained.model, vocab, s, run.data.seq_len, batch_size=_BATCH.value)
+    for r in records:
+        if r["answer"] is None and len(vocab.encode(r["passage"])) > gen.budget:
+            print(f"{r['where']}: the passage is cut to its first {gen.budget} tokens (the run's "
+                  "passage budget)", file=sys.stderr, flush=True)  # fmt: skip
     asked = [r for r in records if r["answer"] is not None]
     free = [r for r in records if r["answer"] is None]
-    results = {}
-    if asked:
-        got = gen.ask([r["passage"] for r in asked], [r["answer"] for r in asked])
-        for r, g in zip(asked, got, strict=True):
-            results[r["where"]] = [{"answer": r["answer"], **g}]
-    if free:
-        got = gen.generate([r["passage"] for r in free], jax.random.key(_SEED.value))
-        for r, g in zip(free, got, strict=True):
-            results[r["where"]] = g
-            if not g:
-                print(f"{r['where']}: no answer kept", file=sys.stderr, flush=True)
+    try:
+        results = _generate(gen, asked, free)
+    except ValueError as e:  # a run whose model cannot decode these lengths, say
+        fail(str(e))
     for r in records:  # input order
         for g in results[r["where"]]:
             scores = {"answer": g["answer_score"], "question": g["question_score"]}

@@ -21,7 +21,8 @@ class DataConfig:
     small: bool = False  # stdlib_code: the first 60 files only (seconds to build)
     shards: int = 0  # logical data shards (0 = one per process); fixes the batches' content
     num_kv_pairs: int = 16  # mqar: key-value pairs per sequence
-    train_examples: int = 100_000  # mqar, seq2seq_synthetic: examples built for training
+    # mqar, seq2seq_synthetic: examples built for training; qagen: the first N train examples
+    train_examples: int = 100_000
     test_examples: int = 1_000  # mqar, seq2seq_synthetic: examples built for evaluation
     seq2seq_task: str = "sort"  # seq2seq_synthetic: copy | reverse | sort | addition
     min_len: int = 8  # seq2seq_synthetic: shortest source

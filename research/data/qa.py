@@ -166,17 +166,23 @@ def squad_json_examples(path: str) -> list[dict]:
     except (KeyError, TypeError):
         raise DataError(f"{path}: not SQuAD format (data / paragraphs / qas)") from None
     out = []
-    for title, para in paragraphs:
-        for qa_ in para.get("qas", []):
+    for n, (title, para) in enumerate(paragraphs):
+        qas = para.get("qas", []) if isinstance(para, dict) else None
+        if not isinstance(qas, list) or not all(isinstance(q, dict) for q in qas):
+            raise DataError(f"{path}: paragraph {n} ({title}): not SQuAD format (context, qas)")
+        for qa_ in qas:
             where = f"{path}: question {qa_.get('id', '?')!r} ({title})"
             answers = qa_.get("answers") or []
             if not answers and qa_.get("is_impossible"):
                 continue
-            if not answers or not isinstance(answers[0], dict):
+            if not isinstance(answers, list) or not isinstance(answers[0], dict):
                 raise DataError(f"{where}: no answers")
             first = answers[0]
+            start = first.get("answer_start")
+            if not isinstance(start, int) or isinstance(start, bool):
+                raise DataError(f"{where}: answer_start {start!r} is not an integer")
             out.append(checked(para.get("context"), first.get("text"), qa_.get("question"),
-                               where, first.get("answer_start")))  # fmt: skip
+                               where, start))  # fmt: skip
     if not out:
         raise DataError(f"{path}: no questions with answers")
     return out
@@ -195,13 +201,17 @@ def jsonl_examples(path: str) -> list[dict]:
     return out
 
 
-def split_by_passage(examples: list[dict], percents=LOCAL_PERCENTS) -> dict[str, list[dict]]:
-    out = {name: [] for name in chinese.SPLITS}
+def split_by_passage(examples: list[dict], name: str,
+                     percents=LOCAL_PERCENTS) -> dict[str, list[dict]]:  # fmt: skip
+    """Split name -> examples, by a hash of the passage; train and validation must be
+    non-empty (`name` is the file, for the error)."""
+    out = {split: [] for split in chinese.SPLITS}
     for e in examples:
         out[chinese.split_of(e["passage"], percents)].append(e)
-    empty = [k for k, v in out.items() if not v]
+    empty = [k for k in ("train", "validation") if not out[k]]
     if empty:
-        raise DataError(f"no examples fall in the {', '.join(empty)} split (too few passages)")
+        raise DataError(f"{name}: no examples fall in the {', '.join(empty)} split (too few "
+                        "passages)")  # fmt: skip
     return out
 
 
@@ -217,8 +227,11 @@ def catalog_examples(name: str, data_dir: str) -> dict[str, list[dict]]:
     )
 
     def records(split: str) -> list[dict]:
-        source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                                  builder_kwargs={"file_format": "array_record"})  # fmt: skip
+        try:
+            source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                                      builder_kwargs={"file_format": "array_record"})  # fmt: skip
+        except ValueError as e:  # the dataset has no such split
+            raise DataError(f"tfds:{name}: needs train and validation splits ({e})") from None
         out = []
         for i in range(len(source)):
             r = source[i]
@@ -253,5 +266,5 @@ def qa_sources(source: str, data_dir: str) -> dict[str, list[dict]]:
             path = source.removeprefix(prefix)
             if not pathlib.Path(path).expanduser().is_file():
                 raise DataError(f"data.source={source}: no such file")
-            return split_by_passage(read(path))
+            return split_by_passage(read(path), path)
     raise DataError(f"data.source={source!r}: question generation reads {', '.join(SOURCES)}")

@@ -92,7 +92,8 @@ class _Stack(nnx.Module):
             "valid": cache["valid"].at[:, :p].set(valid),
             "layers": new_layers,
         }
-        last = self._logits(x)[jnp.arange(x.shape[0]), lengths - 1]
+        # The head only at each prompt's last token ([B, P, V] logits would be wasted).
+        last = self._logits(x[jnp.arange(x.shape[0]), lengths - 1][:, None])[:, 0]
         return last, cache
 
     def _decode_layers(self, token, cache, segment):

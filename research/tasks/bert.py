@@ -116,8 +116,11 @@ def build_config(run, init: str, *, key: str, vocab_size: int, max_length: int,
     else:
         mcfg = pre[0].replace(dropout=run.model.dropout)
         if max_length > mcfg.max_length:
-            raise ConfigError(f"data.seq_len={max_length}: the pretrained model {init} takes "
-                              f"at most {mcfg.max_length} tokens")  # fmt: skip
+            if mcfg.positions in ("learned", "sinusoidal") or mcfg.attention == "linformer":
+                raise ConfigError(f"data.seq_len={max_length}: the pretrained model {init} "
+                                  f"takes at most {mcfg.max_length} tokens")  # fmt: skip
+            # Rotary positions have no table to outgrow: the model takes the longer rows.
+            mcfg = mcfg.replace(max_length=max_length)
     if layers > mcfg.num_layers:
         raise ConfigError(f"{key.split('.')[0]}.layers={layers}: the model has only "
                           f"{mcfg.num_layers} layers")  # fmt: skip

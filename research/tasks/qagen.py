@@ -21,7 +21,9 @@ character, other text per word (`metric_tokens`).
 import collections
 import dataclasses
 import functools
+import itertools
 import re
+import unicodedata
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +35,6 @@ from research import ops
 from research.config import ConfigError, RunConfig
 from research.data import DataError, pipeline, qa, wordpiece
 from research.models import Bert, ModelConfig
-from research.models.generate import decode
 from research.ops import decoding
 from research.ops.checks import check_positive_field
 from research.tasks import bert
@@ -61,7 +62,7 @@ class QagenConfig:
             check_positive_field(name, getattr(self, name))
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p={self.top_p!r}: must be in (0, 1]")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
             raise ValueError(f"top_k={self.top_k!r}: must be an int >= 0 (0 = off)")
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature!r}: must be > 0")
@@ -134,14 +135,15 @@ def encode_rows(vocab, examples, *, seq_len: int, s: QagenConfig, name: str) -> 
     return kept
 
 
-def prompts(vocab, passages, *, budget: int, answers=None):
+def prompts(vocab, passages, *, budget: int, answers=None, starts=None):
     """[CLS] passage [SEP] prompts, right-padded: (ids [N, budget + 2], lengths [N]). With
-    `answers` (str or None per passage) the window holds the answer's first occurrence."""
+    `answers` (str or None per passage) the window holds the answer at `starts` (its character
+    offset; None: the first occurrence)."""
     out = np.full((len(passages), budget + 2), vocab.pad_id, np.int32)
     lengths = np.zeros(len(passages), np.int32)
     for i, p in enumerate(passages):
         a = None if answers is None else answers[i]
-        start = -1 if a is None else p.find(a)
+        start = -1 if a is None else p.find(a) if starts is None else starts[i]
         ids = [vocab.cls_id, *passage_window(vocab, p, start, len(a or ""), budget), vocab.sep_id]
         out[i, : len(ids)] = ids
         lengths[i] = len(ids)
@@ -246,28 +248,41 @@ def first_of_each(answers, answer_len, valid) -> Bool[Array, "b k"]:
 def generate_qa(model, prompt: Int[Array, "b p"], lengths: Int[Array, " b"], key, *,
                 num_answers: int, answer_len: int, question_len: int, top_p: float = 1.0,
                 top_k: int = 0, temperature: float = 1.0, beam_size: int = 1, sep_id: int,
-                pad_id: int, require_in_passage: bool = True) -> dict:  # fmt: skip
+                pad_id: int, require_in_passage: bool = True,
+                banned_ids: tuple[int, ...] = ()) -> dict:  # fmt: skip
     """Two-stage generation for prompts [CLS] passage [SEP] [B, P] (right-padded to lengths).
 
     Stage 1 samples `num_answers` answers per passage (up to answer_len tokens, then [SEP]);
-    stage 2 beam-searches one question per answer. Returns answers [B, k, answer_len + 1]
-    (sampled tokens, [SEP] and pad), answer_length [B, k], answer_score (log p(answer [SEP] |
-    passage)) [B, k], questions [B, k, question_len + 1], question_score (the beam's log-prob)
-    [B, k], keep [B, k]: ended with [SEP], non-empty, first of its duplicates, and a span of the
-    passage when `require_in_passage`.
+    stage 2 beam-searches one question per answer; `banned_ids` are never sampled. The stage-2
+    row, [CLS] passage [SEP] answer [SEP] question [SEP], is at most P + answer_len + 1 +
+    question_len + 1 tokens (= seq_len for P = the passage budget + 2).
+    Returns answers [B, k, answer_len + 1] (sampled tokens, [SEP] and pad), answer_length
+    [B, k], answer_score (log p(answer [SEP] | passage)) [B, k], questions [B, k,
+    question_len + 1], question_score (the beam's log-prob) [B, k], and keep [B, k]: ended
+    with [SEP], non-empty, first of its duplicates, and a span of the passage when
+    `require_in_passage`.
     """
     b, k = prompt.shape[0], num_answers
     rep, rep_len = jnp.repeat(prompt, k, axis=0), jnp.repeat(lengths, k)
-    sampled = decode(model, rep, lengths=rep_len, max_new_tokens=answer_len + 1, method="sample",
-                     key=key, temperature=temperature, top_k=top_k, top_p=top_p,
-                     stop_tokens=(sep_id,), pad_id=pad_id)  # fmt: skip
+    logits, cache = model.prefill(rep, lengths=rep_len, max_length=rep.shape[1] + answer_len + 1)
+    # Special tokens ([PAD], [CLS], [MASK], ...) are never answer text.
+    ban = jnp.zeros(logits.shape[-1]).at[jnp.asarray(banned_ids, jnp.int32)].set(-jnp.inf)
+
+    def step(token, cache):
+        logits, cache = model.decode_step(token, cache, segment=1)
+        return logits + ban, cache
+
+    sampled = decoding.sample(step, logits + ban, cache, key, max_new_tokens=answer_len + 1,
+                              temperature=temperature, top_k=top_k, top_p=top_p,
+                              stop_tokens=(sep_id,), pad_id=pad_id)  # fmt: skip
     alen, ended = answer_lengths(sampled, sep_id)
     valid = ended & (alen > 0)
     alen = jnp.minimum(alen, answer_len)
-    out = questions_for(model, rep, rep_len, sampled, alen, question_len=question_len,
+    answers = sampled[:, :answer_len]  # the [SEP] slot dropped: the stage-2 row fits seq_len
+    out = questions_for(model, rep, rep_len, answers, alen, question_len=question_len,
                         beam_size=beam_size, sep_id=sep_id, pad_id=pad_id)  # fmt: skip
     if require_in_passage:
-        valid = valid & in_passage(rep, rep_len, sampled, alen)
+        valid = valid & in_passage(rep, rep_len, answers, alen)
     keep = first_of_each(sampled.reshape(b, k, -1), alen.reshape(b, k), valid.reshape(b, k))
     shaped = {name: x.reshape(b, k, *x.shape[1:]) for name, x in out.items()}
     return {"answers": sampled.reshape(b, k, -1), **shaped, "keep": keep}
@@ -317,10 +332,16 @@ def question_scores(hypotheses: list[str], references: list[str]) -> dict:
     return {"bleu4": bleu.score, "rougeL": 100 * float(np.mean(rouge))}
 
 
+def answer_units(text: str) -> list[str]:
+    """SQuAD's answer normalisation on `metric_tokens`: accents stripped (NFKD), punctuation and
+    the English articles dropped; CJK characters stay one unit each."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return [t for t in metric_tokens(plain) if t.isalnum() and t not in ("a", "an", "the")]
+
+
 def span_f1(prediction: str, gold: str) -> float:
-    """SQuAD's F1 of the shared scoring units (bag overlap), on `metric_tokens`."""
-    p = [t for t in metric_tokens(prediction) if t.isalnum()]
-    g = [t for t in metric_tokens(gold) if t.isalnum()]
+    """SQuAD's F1: the bag overlap of `answer_units`."""
+    p, g = answer_units(prediction), answer_units(gold)
     common = sum(min(p.count(t), g.count(t)) for t in set(p))
     if not common:
         return 0.0
@@ -334,7 +355,7 @@ def answer_scores(predictions: list[list[str]], golds: list[list[str]]) -> dict:
     em, f1 = [], []
     for preds, gold in zip(predictions, golds, strict=True):
         for p in preds:
-            em.append(max(metric_tokens(p) == metric_tokens(g) for g in gold))
+            em.append(max(answer_units(p) == answer_units(g) for g in gold))
             f1.append(max(span_f1(p, g) for g in gold))
     return {"answer_em": 100 * float(np.mean(em)) if em else 0.0,
             "answer_f1": 100 * float(np.mean(f1)) if f1 else 0.0,
@@ -345,7 +366,7 @@ def baseline_question(ex: dict) -> str:
     """The trivial baseline: the sentence that holds the answer, the answer removed."""
     p, a = ex["passage"], ex["answer"]
     start = ex.get("answer_start", p.find(a))
-    ends = "。！？；!?;\n"
+    ends = "。！？；.!?;\n"
     first = max([p.rfind(c, 0, start) for c in ends]) + 1
     last = min([i for i in (p.find(c, start + len(a)) for c in ends) if i >= 0] or [len(p)])
     return (p[first:start] + p[start + len(a) : last]).strip()
@@ -363,11 +384,12 @@ def by_passage(examples: list[dict], n: int) -> list[tuple[str, list[str]]]:
 
 def frequent_answers(ranked: list[str], passage: str, k: int) -> list[str]:
     """The answer baseline: the first k of `ranked` (train answers, most frequent first) that
-    occur in the passage."""
-    return [a for a in ranked if a in passage][:k]
+    occur in `passage` (the text the model sees)."""
+    return list(itertools.islice((a for a in ranked if a in passage), k))
 
 
-def baseline_metrics(vocab, held_out: list[dict], s: QagenConfig, ranked: list[str]) -> dict:
+def baseline_metrics(vocab, held_out: list[dict], s: QagenConfig, ranked: list[str],
+                     seq_len: int) -> dict:  # fmt: skip
     """The trivial baseline on the pairs and passages `evaluate_model` scores: the question is
     the answer's sentence without the answer (`baseline_question`); the answers are the
     num_answers most frequent train answers found in the passage (`frequent_answers`)."""
@@ -379,7 +401,9 @@ def baseline_metrics(vocab, held_out: list[dict], s: QagenConfig, ranked: list[s
         out |= {"question_bleu4": scores["bleu4"], "question_rougeL": scores["rougeL"]}
     passages = by_passage(held_out, s.eval_passages)
     if passages:
-        out |= answer_scores([frequent_answers(ranked, p, s.num_answers) for p, _ in passages],
+        budget = passage_budget(seq_len, s)  # the window generation sees: the first tokens
+        seen = [vocab.decode(passage_window(vocab, p, -1, 0, budget)) for p, _ in passages]
+        out |= answer_scores([frequent_answers(ranked, p, s.num_answers) for p in seen],
                              [golds for _, golds in passages])  # fmt: skip
     return out
 
@@ -411,6 +435,9 @@ def qagen_vocab(run: RunConfig, train: list[dict]) -> wordpiece.BertVocab:
     return wordpiece.train_or_load(texts, path, vocab_size=d.vocab_size)
 
 
+_BASELINES: dict = {}
+
+
 class QagenTask(Task):
     name = "qagen"
     section = "qagen"
@@ -432,11 +459,11 @@ class QagenTask(Task):
                 "task='qagen' needs model.attention='softmax' (the UniLM mask is not a "
                 "key-padding mask, which linear attention requires)"
             )
-        if passage_budget(run.data.seq_len, s) < 8:
+        if passage_budget(run.data.seq_len, s) < max(8, s.answer_len):
             raise ConfigError(
                 f"data.seq_len={run.data.seq_len}: leaves {passage_budget(run.data.seq_len, s)} "
                 f"passage tokens after qagen.answer_len={s.answer_len} and qagen.question_len="
-                f"{s.question_len} (+4 specials); need at least 8"
+                f"{s.question_len} (+4 specials); need at least max(8, answer_len)"
             )
 
     def build_data(self, run: RunConfig) -> TaskData:
@@ -446,8 +473,9 @@ class QagenTask(Task):
         except DataError as e:
             raise ConfigError(str(e)) from None
         vocab = qagen_vocab(run, splits["train"])
-        rows = {name: encode_rows(vocab, splits[name], seq_len=d.seq_len, s=s, name=name)
-                for name in ("train", "validation")}  # fmt: skip
+        wanted = {"train": splits["train"][: d.train_examples], "validation": splits["validation"]}
+        rows = {name: encode_rows(vocab, wanted[name], seq_len=d.seq_len, s=s, name=name)
+                for name in wanted}  # fmt: skip
         for name, r in rows.items():
             if len(r) < t.batch_size:
                 raise DataError(f"data.source={d.source!r}: the {name} split has {len(r)} rows "
@@ -483,9 +511,11 @@ class QagenTask(Task):
         s, held_out = run.task_config, splits["validation"]
         out = evaluate_model(model, data.vocab, held_out, s, run.data.seq_len,
                              seed=run.train.seed)  # fmt: skip
-        ranked = _ranked_answers(run.data.source, run.data.data_dir)
-        base = baseline_metrics(data.vocab, held_out, s, ranked)
-        return out | {f"baseline_{k}": v for k, v in base.items()}
+        key = (run.data.source, run.data.data_dir, s, run.data.seq_len)
+        if key not in _BASELINES:  # the same at every evaluation of a run
+            ranked = _ranked_answers(run.data.source, run.data.data_dir)
+            _BASELINES[key] = baseline_metrics(data.vocab, held_out, s, ranked, run.data.seq_len)
+        return out | {f"baseline_{k}": v for k, v in _BASELINES[key].items()}
 
 
 def fitting(vocab, examples, s: QagenConfig, n: int) -> list[dict]:
@@ -505,44 +535,50 @@ def _batched(n: int, size: int):
         yield i, min(i + size, n)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "opts"))
+def _ask(graphdef, params, prompt, lengths, answers, alen, *, opts):
+    return questions_for(nnx.merge(graphdef, params), prompt, lengths, answers, alen, **dict(opts))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "opts", "gen"))
+def _both(graphdef, params, prompt, lengths, key, *, opts, gen):
+    return generate_qa(nnx.merge(graphdef, params), prompt, lengths, key, **dict(opts),
+                       **dict(gen))  # fmt: skip
+
+
 class Generator:
     """Batched, jitted generation with a trained qagen model: `generate` (both stages) and `ask`
-    (questions for given answers). Every batch is padded to `batch_size` rows, so each compiles
-    once; the passage is cut to the run's budget (the window holding a given answer)."""
+    (questions for given answers). Every batch is padded to `batch_size` rows, so each shape
+    compiles once (the jitted functions are module-level: a new Generator for the same model
+    and options reuses them); the passage is cut to the run's budget (the window holding a given
+    answer)."""
 
     def __init__(self, model, vocab, s: QagenConfig, seq_len: int, *, batch_size: int = 64):
         self.vocab, self.s, self.batch_size = vocab, s, batch_size
         self.budget = passage_budget(seq_len, s)
-        graphdef, self.params = nnx.split(model)
-        opts = dict(question_len=s.question_len, beam_size=s.beam_size, sep_id=vocab.sep_id,
-                    pad_id=vocab.pad_id)  # fmt: skip
-
-        @jax.jit
-        def ask(params, prompt, lengths, answers, alen):
-            return questions_for(nnx.merge(graphdef, params), prompt, lengths, answers, alen,
-                                 **opts)  # fmt: skip
-
-        @jax.jit
-        def both(params, prompt, lengths, key):
-            return generate_qa(nnx.merge(graphdef, params), prompt, lengths, key,
-                               num_answers=s.num_answers, answer_len=s.answer_len,
-                               top_p=s.top_p, top_k=s.top_k, temperature=s.temperature,
-                               require_in_passage=s.in_passage, **opts)  # fmt: skip
-
-        self._ask, self._both = ask, both
+        self.graphdef, self.params = nnx.split(model)
+        self.opts = (("beam_size", s.beam_size), ("pad_id", vocab.pad_id),
+                     ("question_len", s.question_len), ("sep_id", vocab.sep_id))  # fmt: skip
+        self.gen = (("answer_len", s.answer_len), ("num_answers", s.num_answers),
+                    ("require_in_passage", s.in_passage), ("temperature", s.temperature),
+                    ("top_k", s.top_k), ("top_p", s.top_p),
+                    ("banned_ids", special_ids(vocab)))  # fmt: skip
 
     def _question(self, ids) -> str:
         return self.vocab.decode(ids_until(ids, self.vocab.sep_id))
 
-    def ask(self, passages: list[str], answers: list[str]) -> list[dict]:
-        """{question, answer_score, question_score} for each (passage, given answer)."""
+    def ask(self, passages: list[str], answers: list[str], starts=None) -> list[dict]:
+        """{question, answer_score, question_score} for each (passage, given answer); `starts`:
+        the answers' character offsets (None: their first occurrence)."""
         out = []
         for i, j in _batched(len(passages), self.batch_size):
             ps = pad_list(passages[i:j], self.batch_size)
             ans = pad_list(answers[i:j], self.batch_size)
-            prompt, lengths = prompts(self.vocab, ps, budget=self.budget, answers=ans)
+            at = None if starts is None else pad_list(list(starts[i:j]), self.batch_size)
+            prompt, lengths = prompts(self.vocab, ps, budget=self.budget, answers=ans, starts=at)
             ids, alen = answer_ids(self.vocab, ans, self.s.answer_len)
-            got = jax.device_get(self._ask(self.params, prompt, lengths, ids, alen))
+            got = jax.device_get(_ask(self.graphdef, self.params, prompt, lengths, ids, alen,
+                                      opts=self.opts))  # fmt: skip
             out += [{"question": self._question(got["questions"][r]),
                      "answer_score": float(got["answer_score"][r]),
                      "question_score": float(got["question_score"][r])}
@@ -555,8 +591,9 @@ class Generator:
         for i, j in _batched(len(passages), self.batch_size):
             prompt, lengths = prompts(self.vocab, pad_list(passages[i:j], self.batch_size),
                                       budget=self.budget)  # fmt: skip
-            got = jax.device_get(self._both(self.params, prompt, lengths,
-                                            jax.random.fold_in(key, i)))  # fmt: skip
+            got = jax.device_get(_both(self.graphdef, self.params, prompt, lengths,
+                                       jax.random.fold_in(key, i), opts=self.opts,
+                                       gen=self.gen))  # fmt: skip
             for r in range(j - i):
                 out.append([{"answer": self.vocab.decode(
                                  got["answers"][r, k, : got["answer_length"][r, k]]),
@@ -575,7 +612,11 @@ def evaluate_model(model, vocab, held_out: list[dict], s: QagenConfig, seq_len: 
     out = {}
     pairs = fitting(vocab, held_out, s, s.eval_examples)
     if pairs:
-        asked = gen.ask([e["passage"] for e in pairs], [e["answer"] for e in pairs])
+        asked = gen.ask(
+            [e["passage"] for e in pairs],
+            [e["answer"] for e in pairs],
+            [e.get("answer_start", e["passage"].find(e["answer"])) for e in pairs],
+        )
         scores = question_scores([a["question"] for a in asked], [e["question"] for e in pairs])
         out |= {"question_bleu4": scores["bleu4"], "question_rougeL": scores["rougeL"]}
     passages = by_passage(held_out, s.eval_passages)
@@ -584,6 +625,12 @@ def evaluate_model(model, vocab, held_out: list[dict], s: QagenConfig, seq_len: 
         out |= answer_scores([[g["answer"] for g in kept] for kept in got],
                              [golds for _, golds in passages])  # fmt: skip
     return out
+
+
+def special_ids(vocab) -> tuple[int, ...]:
+    """The vocabulary's special tokens but [SEP] (which ends an answer)."""
+    names = ("pad_id", "unk_id", "cls_id", "mask_id")
+    return tuple(sorted({int(getattr(vocab, n)) for n in names if hasattr(vocab, n)}))
 
 
 def pad_list(items: list, size: int) -> list:

@@ -11,10 +11,11 @@ from flax import nnx
 
 from configs import qagen as qagen_config
 from research.config import ConfigError
+from research.experiments import EXPERIMENTS
 from research.models import Bert, ModelConfig
 from research.ops import decoding
 from research.tasks import qagen
-from research.train import load_trained, loop
+from research.train import load_trained
 from research.train.config import parse
 
 CLS, SEP, PAD = 2, 3, 0
@@ -151,7 +152,7 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
         prompt[i, :n] = [CLS, *rng.integers(5, 12, n - 2), SEP]  # a small alphabet: spans recur
     key = jax.random.key(3)
     opts = dict(num_answers=k, answer_len=a_len, question_len=q_len, top_p=0.9, top_k=6,
-                beam_size=3, sep_id=SEP, pad_id=PAD)  # fmt: skip
+                beam_size=3, sep_id=SEP, pad_id=PAD, banned_ids=(PAD, CLS))  # fmt: skip
     got = jax.jit(functools.partial(qagen.generate_qa, model, **opts))(
         jnp.asarray(prompt), jnp.asarray(lengths), key
     )
@@ -159,8 +160,14 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
     rep, rep_len = np.repeat(prompt, k, 0), np.repeat(lengths, k)
     start, step = _reference_step(model, p + a_len + 1, jnp.asarray(rep_len))
     logits, state = start(jnp.asarray(rep), jnp.asarray(rep_len))
-    answers = decoding.sample(step, logits, state, key, max_new_tokens=a_len + 1, top_p=0.9,
-                              top_k=6, stop_tokens=(SEP,), pad_id=PAD)  # fmt: skip
+    ban = jnp.zeros(40).at[jnp.asarray([PAD, CLS])].set(-jnp.inf)  # never sampled
+
+    def banned(token, state):
+        logits, state = step(token, state)
+        return logits + ban, state
+
+    answers = decoding.sample(banned, logits + ban, state, key, max_new_tokens=a_len + 1,
+                              top_p=0.9, top_k=6, stop_tokens=(SEP,), pad_id=PAD)  # fmt: skip
     np.testing.assert_array_equal(np.asarray(got["answers"]).reshape(b * k, -1), answers)
     answers = np.asarray(answers)
     alen = np.array([list(r).index(SEP) if SEP in r else a_len + 1 for r in answers])
@@ -207,6 +214,11 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
                 seen.append(ans)
             assert keep[i, j] == want, (i, j)
     assert keep.any() and not keep.all()
+    assert not np.isin(answers, [CLS]).any()
+    # The stage-2 row fits a model whose positions end exactly at the longest training row.
+    learned = _tiny_bert(positions="learned", max_length=p + a_len + 1 + q_len + 1)
+    out = qagen.generate_qa(learned, jnp.asarray(prompt), jnp.asarray(lengths), key, **opts)
+    assert out["questions"].shape == (b, k, q_len + 1)
 
 
 def test_in_passage_and_dedup_against_python():
@@ -231,9 +243,13 @@ def test_metrics_against_hand_computed_values():
     ]  # fmt: skip
     # SQuAD F1 on characters: 2 of 3 predicted, 2 of 4 gold -> 2 * (2/3 * 1/2) / (2/3 + 1/2).
     assert qagen.span_f1("北京市", "在北京城") == pytest.approx(4 / 7)
-    got = qagen.answer_scores([["北京", "上海市"], []], [["北京", "天津"], ["x"]])
+    got = qagen.answer_scores([["北京", "上海市"], []], [["北京", "上海"], ["x"]])
     assert got["answer_em"] == 50 and got["answers"] == 1
-    assert got["answer_f1"] == pytest.approx(100 * (1 + 2 * (1 / 3) * 0.5 / (1 / 3 + 0.5)) / 2)
+    # 上海市 vs 上海: 2 shared of 3 predicted and 2 gold -> F1 0.8; 北京 is exact.
+    assert got["answer_f1"] == pytest.approx(100 * (1 + 0.8) / 2)
+    # SQuAD's normalisation: punctuation, articles and accents do not count.
+    same = qagen.answer_scores([["１９９８年。", "The Beyoncé"]], [["１９９８年", "beyonce"]])
+    assert same["answer_em"] == 100 and same["answer_f1"] == 100
     same = qagen.question_scores(["谁发表讲话？"], ["谁发表讲话？"])
     assert same["bleu4"] == pytest.approx(100) and same["rougeL"] == pytest.approx(100)
     # ROUGE-L F1 by hand: LCS("甲乙丙丁", "甲丙丁戊") = 3 -> P = R = 3/4.
@@ -249,39 +265,49 @@ def test_config_errors():
                        (dict(eval_passages=-2), "eval_passages=-2")):  # fmt: skip
         with pytest.raises(ValueError, match=match):
             qagen.QagenConfig(**bad)
-    c = qagen_config.get_config("smoke")
+    c = qagen_config.run_config("smoke")
     c.data.seq_len = 32  # 32 - 6 - 24 - 4 = -2 passage tokens
     with pytest.raises(ConfigError, match="leaves -2 passage tokens"):
         parse(c)
-    c = qagen_config.get_config("smoke")
+    c = qagen_config.run_config("smoke")
     c.model.update(attention="linear", feature_map="elu")
     with pytest.raises(ConfigError, match="needs model.attention='softmax'"):
         parse(c)
-    c = qagen_config.get_config()
+    c = qagen_config.run_config()
     c.qagen.init = "workdir:/nonexistent/mlm"
     with pytest.raises(ConfigError, match="train it first: python -m research.main --config="):
         parse(c)
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def study(tmp_path_factory):
+    """The smoke experiment: a smoke MLM pretrained, then one qagen run from it."""
     wd = tmp_path_factory.mktemp("qagen")
     c = qagen_config.get_config("smoke")
     c.data.data_dir = str(wd / "data")
-    summary = loop.train_and_evaluate(parse(c), str(wd / "run"))
-    return wd / "run", summary
+    rows = EXPERIMENTS["qagen"](c, str(wd / "study"))
+    return wd / "study", rows
 
 
-def test_smoke_training_reports_generation_metrics_beside_the_baseline(smoke_run):
-    workdir, summary = smoke_run
-    ev = summary.eval
+def test_smoke_study_reports_generation_metrics_beside_the_baseline(study):
+    workdir, rows = study
+    by = {r["key"]: r for r in rows}
     for name in ("question_bleu4", "question_rougeL", "answer_em", "answer_f1"):
-        assert 0 <= ev[name] <= 100 and 0 <= ev[f"baseline_{name}"] <= 100
-    # The copy baseline shares most of the rule-made question's characters.
-    assert ev["baseline_question_rougeL"] > 50
-    trained = load_trained(workdir)
+        assert 0 <= by[name]["model_mean"] <= 100 and 0 <= by[name]["baseline"] <= 100
+        assert by[name]["model_std"] == 0 and by[name]["seeds"] == 1
+    # The copy baseline shares most of a rule-made question's characters.
+    assert by["question_rougeL"]["baseline"] > 50
+    assert {p.name for p in workdir.iterdir()} >= {"qagen.csv", "qagen.png", "examples.jsonl",
+                                                   "pretrain", "runs"}  # fmt: skip
+    examples = [json.loads(x) for x in (workdir / "examples.jsonl").read_text().splitlines()]
+    assert len(examples) == 2 and all(e["passage"] for e in examples)
+    for e in examples:
+        for g in e["gold_answer_given"]:
+            assert g["answer"] in e["passage"] and g["gold"].endswith("？")
+    run = workdir / "runs" / "seed0"
+    trained = load_trained(run)
     assert isinstance(trained.model, Bert) and trained.model.cfg.num_segments == 2
-    assert trained.config.task_config.answer_len == 6
+    assert trained.config.task_config.init == f"workdir:{workdir / 'pretrain'}"
 
 
 def _qagen(workdir, text, *flags):
@@ -291,8 +317,8 @@ def _qagen(workdir, text, *flags):
     )  # fmt: skip
 
 
-def test_qagen_cli_on_piped_input(smoke_run):
-    workdir, _ = smoke_run
+def test_qagen_cli_on_piped_input(study):
+    workdir = study[0] / "runs" / "seed0"
     given = {"passage": "江泽民在北京发表讲话。", "answer": "北京"}
     text = "\n".join(["１９９６年全国广播影视系统语言工作会议在北京召开。", "",
                       json.dumps(given, ensure_ascii=False)]) + "\n"  # fmt: skip
@@ -316,8 +342,8 @@ def test_qagen_cli_on_piped_input(smoke_run):
         ("{not json\n", "stdin:1: not valid JSON"),
     ],
 )  # fmt: skip
-def test_qagen_cli_bad_input_exits_2_naming_the_record(smoke_run, text, message):
-    r = _qagen(smoke_run[0], text)
+def test_qagen_cli_bad_input_exits_2_naming_the_record(study, text, message):
+    r = _qagen(study[0] / "runs" / "seed0", text)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert r.stdout == ""
 

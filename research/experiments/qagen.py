@@ -1,0 +1,147 @@
+"""Question generation over seeds, beside the trivial baseline (RESEARCH.md section 6;
+docs/qagen.md).
+
+From one pretrained BERT (`init`, or an `mlm` run trained first in workdir/pretrain), per seed
+an ordinary qagen run in runs/seedS (resumable, cached by result.json). Its final evaluation on
+held-out passages (`research.tasks.qagen.evaluate_model`: the question's BLEU-4 / ROUGE-L with
+the gold answer given; the sampled answers' exact match / F1 against the passage's gold
+answers) and the trivial baseline's on the same examples (`baseline_metrics`) make a table of
+mean ± std over seeds (qagen.csv, qagen.png). The first seed's model then generates pairs for
+`examples` held-out passages (examples.jsonl, printed): sampled answers with their questions,
+and the question for each gold answer.
+"""
+
+import copy
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from research.config import as_list
+from research.data import qa
+from research.experiments import sweep
+from research.experiments.pet import _run_config
+from research.report import format_table, machine_header, save_figure, write_csv
+from research.tasks import qagen
+from research.train.config import parse
+from research.train.trained import load_trained
+
+METRICS = {"question_bleu4": "question BLEU-4", "question_rougeL": "question ROUGE-L",
+           "answer_em": "answer EM", "answer_f1": "answer F1",
+           "answers": "answers kept / passage"}  # fmt: skip
+
+
+def run(c, workdir: str) -> list[dict]:
+    workdir = pathlib.Path(workdir).expanduser()
+    seeds = as_list(c.seeds, int, name="seeds")
+    t0 = time.perf_counter()
+
+    def log(msg):
+        if jax.process_index() == 0:
+            print(f"[qagen {time.perf_counter() - t0:.0f} s] {msg}", flush=True)
+
+    first = parse(_run_config(c, c.run, seeds[0], qagen=dict(init=c.init)))  # checks, early
+    init = c.init
+    if not init:
+        log(f"pretraining the MLM in {workdir / 'pretrain'}")
+        pre = copy.deepcopy(c.pretrain)  # configs/mlm.py's own data section, our data_dir
+        pre.seed, pre.data.data_dir = seeds[0], c.data.data_dir
+        sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
+        init = f"workdir:{workdir / 'pretrain'}"
+    evals, minutes = [], []
+    for seed in seeds:
+        out = workdir / "runs" / f"seed{seed}"
+        log(f"training seed {seed} in {out}")
+        pc = _run_config(c, c.run, seed, qagen=dict(init=init))
+        start = time.perf_counter()
+        result = sweep.train_point(pc, out, {"seed": seed})
+        evals.append(result["eval"])
+        minutes.append((time.perf_counter() - start) / 60)
+        log(f"seed {seed}: " + ", ".join(f"{k} {result['eval'].get(k, np.nan):.2f}"
+                                         for k in METRICS))  # fmt: skip
+    rows = summarize(evals)
+    examples = _examples(workdir / "runs" / f"seed{seeds[0]}", c.examples)
+    if jax.process_index() == 0:
+        s, t = first.task_config, first.train
+        header = (f"{machine_header()}\nquestion generation on {c.data.source} from {init}; "
+                  f"seeds {list(seeds)}; {t.num_train_steps} steps of {t.batch_size}; "
+                  f"{s.eval_examples} held-out pairs (questions, beam {s.beam_size}), "
+                  f"{s.eval_passages} held-out passages ({s.num_answers} answers sampled, top-p "
+                  f"{s.top_p}, top-k {s.top_k}, in-passage filter {s.in_passage})")  # fmt: skip
+        write_csv(workdir / "qagen.csv", rows)
+        plot(rows, workdir / "qagen.png", header)
+        with open(workdir / "examples.jsonl", "w", encoding="utf-8") as f:
+            for e in examples:
+                f.write(json.dumps(e, ensure_ascii=False) + "\n")
+        print(f"\n{header}\n\n{table(rows)}\n")
+        for e in examples:
+            print(json.dumps(e, ensure_ascii=False, indent=1))
+        print(f"wrote {workdir / 'qagen.csv'}, {workdir / 'qagen.png'} and "
+              f"{workdir / 'examples.jsonl'} ({time.perf_counter() - t0:.0f} s; training + "
+              f"evaluation {', '.join(f'{m:.1f}' for m in minutes)} min per seed)")  # fmt: skip
+    return rows
+
+
+def summarize(evals: list[dict]) -> list[dict]:
+    """One row per metric: ours (mean, std over seeds) and the baseline's (same examples)."""
+    rows = []
+    for key, name in METRICS.items():
+        ours = np.array([e.get(key, np.nan) for e in evals], float)
+        base = np.array([e.get(f"baseline_{key}", np.nan) for e in evals], float)
+        rows.append({"metric": name, "key": key, "seeds": len(evals),
+                     "model_mean": float(ours.mean()), "model_std": float(ours.std()),
+                     "baseline": float(base.mean())})  # fmt: skip
+    return rows
+
+
+def table(rows) -> str:
+    return format_table(rows, ["metric", "model (mean ± std)", "trivial baseline"],
+                        ["{metric}", "{model_mean:.2f} ± {model_std:.2f}", "{baseline:.2f}"],
+                        align="lrr")  # fmt: skip
+
+
+def _examples(run_dir: pathlib.Path, n: int) -> list[dict]:
+    """Pairs the model generates for the first n held-out passages: sampled answers with their
+    questions, and the question for each gold answer beside the gold question."""
+    if n == 0:
+        return []
+    t = load_trained(run_dir)
+    s, d = t.config.task_config, t.config.data
+    held_out = qa.qa_sources(d.source, d.data_dir)["validation"]
+    passages = qagen.by_passage(held_out, n)
+    gen = qagen.Generator(t.model, t.vocab, s, d.seq_len, batch_size=max(n, 1))
+    sampled = gen.generate([p for p, _ in passages], jax.random.key(t.config.train.seed))
+    out = []
+    for (passage, _), got in zip(passages, sampled, strict=True):
+        gold = qagen.fitting(t.vocab, [e for e in held_out if e["passage"] == passage], s, 3)
+        asked = gen.ask([passage] * len(gold), [e["answer"] for e in gold]) if gold else []
+        out.append({
+            "passage": passage,
+            "sampled": [{"answer": g["answer"], "question": g["question"]} for g in got],
+            "gold_answer_given": [
+                {"answer": e["answer"], "question": a["question"], "gold": e["question"],
+                 "baseline": qagen.baseline_question(e)}
+                for e, a in zip(gold, asked, strict=True)],
+        })  # fmt: skip
+    return out
+
+
+def plot(rows, path, title):
+    with save_figure(path, title, 1, (7, 3.6), title_size=6) as axes:
+        ax = axes  # one column: a single Axes
+        shown = [r for r in rows if r["key"] != "answers"]
+        x = np.arange(len(shown))
+        ax.bar(
+            x - 0.2,
+            [r["model_mean"] for r in shown],
+            0.4,
+            yerr=[r["model_std"] for r in shown],
+            capsize=3,
+            label="UniLM (mean ± std)",
+        )
+        ax.bar(x + 0.2, [r["baseline"] for r in shown], 0.4, label="trivial baseline")
+        ax.set_xticks(x, [r["metric"] for r in shown], fontsize=8)
+        ax.set_ylabel("score (x100)")
+        ax.legend(fontsize=8)
