@@ -33,15 +33,17 @@ def run_config(preset: str = "") -> ConfigDict:
     """One qagen training run (the experiment sets its seed and qagen.init)."""
     c = common.base_config()
     c.task = "qagen"
-    # seq_len 160 = [CLS] passage (<= 84) [SEP] answer (<= 8) [SEP] question (<= 64) [SEP].
-    c.data.update(source="peoples_daily", seq_len=160, vocab_size=6000)
+    # seq_len 128 = [CLS] passage (<= 76) [SEP] answer (<= 8) [SEP] question (<= 40) [SEP]:
+    # 26,428 of the 81,106 train examples fit.
+    c.data.update(source="peoples_daily", seq_len=128, vocab_size=6000)
     c.qagen = section_defaults(QagenConfig)  # init, answer_len, question_len, top_p, ...
+    c.qagen.question_len = 40
     # Used only without init (with init the architecture is the pretrained BERT's): mlm.py's.
     c.model.update(d_model=256, num_heads=4, num_layers=4, d_ff=1024, positions="rotary",
                    norm="pre", dropout=0.0)  # fmt: skip
-    c.update(batch_size=32, num_train_steps=300, eval_every_steps=300, eval_steps=10,
-             checkpoint_every_steps=300, log_every_steps=20)  # fmt: skip
-    c.optimizer.update(learning_rate=5e-4, warmup_steps=30, weight_decay=0.01)
+    c.update(batch_size=32, num_train_steps=600, eval_every_steps=600, eval_steps=10,
+             checkpoint_every_steps=300, log_every_steps=25)  # fmt: skip
+    c.optimizer.update(learning_rate=1e-3, warmup_steps=60, weight_decay=0.01)
     if preset == "smoke":
         c.data.update(seq_len=48, vocab_size=1500, train_examples=3000)
         c.qagen.update(answer_len=6, question_len=24, num_answers=2, beam_size=2,
@@ -58,12 +60,11 @@ def get_config(preset: str = "") -> ConfigDict:
     c = ConfigDict()
     c.experiment = "qagen"  # research.experiments.EXPERIMENTS
     c.init = ""  # the pretrained BERT: workdir:PATH | hf:PATH | "" = pretrain `pretrain` first
-    c.seeds = (0, 1, 2)  # data order, dropout and answer sampling, per run
+    c.seeds = (0,)  # data order, dropout, answer sampling; docs/qagen.md: --config.seeds=0,1,2
     c.examples = 6  # held-out passages whose generated pairs are printed and saved
     c.run = run_config(preset)
     c.data = c.run.data
     c.pretrain = mlm.get_config(preset)
     if preset == "smoke":
-        c.seeds = (0,)
         c.examples = 2
     return c

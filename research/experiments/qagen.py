@@ -19,8 +19,8 @@ import time
 import jax
 import numpy as np
 
-from research.config import as_list
-from research.data import qa
+from research.config import ConfigError, as_list
+from research.data import DataError
 from research.experiments import sweep
 from research.experiments.pet import _run_config
 from research.report import format_table, machine_header, save_figure, write_csv
@@ -43,6 +43,10 @@ def run(c, workdir: str) -> list[dict]:
             print(f"[qagen {time.perf_counter() - t0:.0f} s] {msg}", flush=True)
 
     first = parse(_run_config(c, c.run, seeds[0], qagen=dict(init=c.init)))  # checks, early
+    try:  # the data too, before anything trains (read once per process, then cached)
+        qagen.read_examples(c.data.source, c.data.data_dir)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
     init = c.init
     if not init:
         log(f"pretraining the MLM in {workdir / 'pretrain'}")
@@ -103,20 +107,26 @@ def table(rows) -> str:
 
 
 def _examples(run_dir: pathlib.Path, n: int) -> list[dict]:
-    """Pairs the model generates for the first n held-out passages: sampled answers with their
-    questions, and the question for each gold answer beside the gold question."""
+    """Pairs the model generates for the first n held-out passages that have a gold pair that
+    fits: sampled answers with their questions, and the question for each gold answer (at its
+    own offset) beside the gold question and the baseline's."""
     if n == 0:
         return []
     t = load_trained(run_dir)
     s, d = t.config.task_config, t.config.data
-    held_out = qa.qa_sources(d.source, d.data_dir)["validation"]
-    passages = qagen.by_passage(held_out, n)
+    held_out = qagen.read_examples(d.source, d.data_dir)["validation"]
+    golds: dict[str, list[dict]] = {}
+    for e in qagen.fitting(t.vocab, held_out, s, len(held_out)):
+        if e["passage"] in golds or len(golds) < n:
+            golds.setdefault(e["passage"], []).append(e)
+    passages = list(golds)
     gen = qagen.Generator(t.model, t.vocab, s, d.seq_len, batch_size=max(n, 1))
-    sampled = gen.generate([p for p, _ in passages], jax.random.key(t.config.train.seed))
+    sampled = gen.generate(passages, jax.random.key(t.config.train.seed))
     out = []
-    for (passage, _), got in zip(passages, sampled, strict=True):
-        gold = qagen.fitting(t.vocab, [e for e in held_out if e["passage"] == passage], s, 3)
-        asked = gen.ask([passage] * len(gold), [e["answer"] for e in gold]) if gold else []
+    for passage, got in zip(passages, sampled, strict=True):
+        gold = golds[passage][:3]
+        asked = gen.ask([passage] * len(gold), [e["answer"] for e in gold],
+                        [e["answer_start"] for e in gold])  # fmt: skip
         out.append({
             "passage": passage,
             "sampled": [{"answer": g["answer"], "question": g["question"]} for g in got],

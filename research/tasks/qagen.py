@@ -412,7 +412,7 @@ def baseline_metrics(vocab, held_out: list[dict], s: QagenConfig, ranked: list[s
 
 
 @functools.lru_cache(maxsize=2)
-def _examples(source: str, data_dir: str) -> dict[str, list[dict]]:
+def read_examples(source: str, data_dir: str) -> dict[str, list[dict]]:
     """The source's examples, read once per process (evaluation runs several times)."""
     return qa.qa_sources(source, data_dir)
 
@@ -420,7 +420,7 @@ def _examples(source: str, data_dir: str) -> dict[str, list[dict]]:
 @functools.lru_cache(maxsize=2)
 def _ranked_answers(source: str, data_dir: str) -> list[str]:
     """The train split's answers, most frequent first (the answer baseline)."""
-    counts = collections.Counter(e["answer"] for e in _examples(source, data_dir)["train"])
+    counts = collections.Counter(e["answer"] for e in read_examples(source, data_dir)["train"])
     return [a for a, _ in counts.most_common()]
 
 
@@ -469,7 +469,7 @@ class QagenTask(Task):
     def build_data(self, run: RunConfig) -> TaskData:
         s, t, d = run.task_config, run.train, run.data
         try:
-            splits = _examples(d.source, d.data_dir)
+            splits = read_examples(d.source, d.data_dir)
         except DataError as e:
             raise ConfigError(str(e)) from None
         vocab = qagen_vocab(run, splits["train"])
@@ -507,7 +507,7 @@ class QagenTask(Task):
     def evaluate(self, run: RunConfig, data: TaskData, eval_model, state, batches) -> dict:
         """The model's generation metrics and, as baseline_*, the trivial baseline's."""
         model = eval_model(state.params, state.consts)
-        splits = _examples(run.data.source, run.data.data_dir)
+        splits = read_examples(run.data.source, run.data.data_dir)
         s, held_out = run.task_config, splits["validation"]
         out = evaluate_model(model, data.vocab, held_out, s, run.data.seq_len,
                              seed=run.train.seed)  # fmt: skip

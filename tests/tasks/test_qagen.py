@@ -351,3 +351,19 @@ def test_qagen_cli_bad_input_exits_2_naming_the_record(study, text, message):
 def test_qagen_cli_rejects_other_runs(tmp_path):
     r = _qagen(tmp_path, "x\n")
     assert r.returncode == 2 and "no model.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_qa_file_exits_2_before_anything_trains(tmp_path):
+    bad = tmp_path / "webqa.jsonl"
+    good = {"passage": "江泽民在北京发表讲话。", "question": "在哪里？", "answer": "北京"}
+    bad.write_text(json.dumps(good, ensure_ascii=False) + "\n"
+                   + json.dumps(dict(good, answer="上海"), ensure_ascii=False) + "\n")  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "research.main", "--config=configs/qagen.py:smoke",
+         f"--workdir={tmp_path / 'study'}", f"--config.data.source=jsonl:{bad}",
+         f"--config.data.data_dir={tmp_path / 'data'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"{bad}:2: the answer '上海' is not in its passage" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "study" / "pretrain").exists()
