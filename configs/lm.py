@@ -8,6 +8,13 @@
 
 Other data: --config.data.source=tfds:tiny_shakespeare (catalog, needs internet once) or
 --config.data.source=text:/path/to/corpus.txt (one document per file line block).
+
+Pod presets (plan them first; figures in docs/pod_planning.md):
+
+    python -m research.plan --config=configs/lm.py:1b --topology=v5e:16x16
+    python -m research.plan --config=configs/lm.py:7b --topology=v5e:16x16
+    REPO=... TPU_NAME=... ZONE=... ./launch/tpu_pod.sh --config=configs/lm.py:1b \
+        --workdir=gs://BUCKET/lm1b --config.data.source=tfds:NAME
 """
 
 from ml_collections import ConfigDict
@@ -33,6 +40,19 @@ def get_config(preset: str = "") -> ConfigDict:
         c.update(batch_size=8, num_train_steps=12, eval_every_steps=6, eval_steps=2,
                  checkpoint_every_steps=4, log_every_steps=1)  # fmt: skip
         c.optimizer.update(learning_rate=3e-3, warmup_steps=2)
+    elif preset == "1b":  # 1.3B (d2048 x 24, GPT-3 XL's shape) for v5e-256; docs/pod_planning.md
+        c.data.update(seq_len=2048, vocab_size=32000)
+        c.model.update(d_model=2048, num_heads=16, num_layers=24, d_ff=8192, dtype="bfloat16",
+                       remat="full")  # fmt: skip
+        c.mesh.update(data=16, fsdp=16)
+        c.batch_size = 3072  # 12 x 2048 tokens per chip, MaxText's per-device batch for ~1B
+    elif preset == "7b":  # LLaMA-2-7B's shape for v5e-256 (MaxText configs/tpu/v5e/llama2_7b.sh)
+        c.data.update(seq_len=2048, vocab_size=32000)
+        c.model.update(d_model=4096, num_heads=32, num_layers=32, d_ff=11008,
+                       activation="swiglu", use_bias=False, dtype="bfloat16",
+                       remat="save_qkv_proj")  # fmt: skip
+        c.mesh.update(data=1, fsdp=256)
+        c.batch_size = 1024  # 4 x 2048 tokens per chip
     elif preset:
-        raise ValueError(f"unknown preset {preset!r} for configs/lm.py; allowed: smoke")
+        raise ValueError(f"unknown preset {preset!r} for configs/lm.py; allowed: smoke, 1b, 7b")
     return c

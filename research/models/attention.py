@@ -21,6 +21,7 @@ from flax import nnx
 
 from research import ops
 from research.models.config import ModelConfig
+from research.models.partitioning import BATCH, EMBED, HEADS, KV, LENGTH, tag
 from research.models.variables import Constant
 from research.ops import feature_maps as fm
 from research.ops.checks import check_causal_allowed
@@ -102,22 +103,26 @@ class Attention(nnx.Module):
     # -- per kind: each subclass defines attend, empty_state, prefill_state, decode_attend ----
 
     # -- helpers ---------------------------------------------------------------------------
-    def _heads(self, x, proj, n):
-        return proj(x).reshape(*x.shape[:2], n, self.cfg.head_dim)
+    def _heads(self, x, proj, n, name):
+        """[B, L, d] -> [B, L, n, head_dim], tagged `name` for remat, heads sharded."""
+        y = proj(x).reshape(*x.shape[:2], n, self.cfg.head_dim)
+        return tag(y, name, BATCH, LENGTH, HEADS if name == "query_proj" else KV, None)
 
     def _qkv(self, x, context, positions, history=None):
         cfg = self.cfg
         src = x if context is None else context
-        q = self._heads(x, self.q, cfg.num_heads)
+        q = self._heads(x, self.q, cfg.num_heads, "query_proj")
         ksrc = causal_conv(src, self.key_conv.get_value(), history) if self.short_conv else src
-        k, v = self._heads(ksrc, self.k, cfg.kv_heads), self._heads(src, self.v, cfg.kv_heads)
+        k = self._heads(ksrc, self.k, cfg.kv_heads, "key_proj")
+        v = self._heads(src, self.v, cfg.kv_heads, "value_proj")
         if cfg.positions == "rotary" and not self.cross:
             q = ops.apply_rotary(q, positions, base=cfg.rope_base)
             k = ops.apply_rotary(k, positions, base=cfg.rope_base)
         return q, k, v
 
     def _out(self, o):
-        return self.o(o.reshape(*o.shape[:2], -1))
+        o = tag(o, "context", BATCH, LENGTH, HEADS, None)
+        return tag(self.o(o.reshape(*o.shape[:2], -1)), "out_proj", BATCH, LENGTH, EMBED)
 
     def _repeat_kv(self, k, v):
         """Grouped-query k, v [B, L, Hkv, D] -> [B, L, H, D]."""
@@ -165,13 +170,13 @@ class Attention(nnx.Module):
 
     def cross_cache(self, context, context_mask):
         """Encoder keys/values computed once per decode: {"k", "v": [B, S, Hkv, D], "mask"}."""
-        k = self._heads(context, self.k, self.cfg.kv_heads)
-        v = self._heads(context, self.v, self.cfg.kv_heads)
+        k = self._heads(context, self.k, self.cfg.kv_heads, "key_proj")
+        v = self._heads(context, self.v, self.cfg.kv_heads, "value_proj")
         mask = jnp.ones(context.shape[:2], bool) if context_mask is None else context_mask
         return {"k": k, "v": v, "mask": mask}
 
     def decode_cross(self, x_t, cross_cache):
-        q = self._heads(x_t, self.q, self.cfg.num_heads)
+        q = self._heads(x_t, self.q, self.cfg.num_heads, "query_proj")
         o = self.attend(q, cross_cache["k"], cross_cache["v"], cross_cache["mask"], False)
         return self._out(o)
 

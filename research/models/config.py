@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from research.models.partitioning import check_remat
 from research.ops import attention as att
 from research.ops import feature_maps as fm
 from research.ops.checks import check_positive_int, is_positive_int
@@ -53,6 +54,11 @@ class ModelConfig:
     pooler: bool = False  # Bert: tanh dense layer on [CLS]
     num_labels: int = 0  # Bert: classes of a softmax head on the pooled [CLS] (0 = no head)
     dtype: str = "float32"  # compute dtype; parameters are always float32
+    # Rematerialise each layer in the backward pass: none | full (save nothing) | minimal (save
+    # matmuls without batch dims) | save_qkv_proj | save_dot_except_mlp | save_dot_except_mlpwi
+    # (save those `checkpoint_name` tags) | qkv_proj_offloaded (q/k/v kept in pinned host
+    # memory); MaxText's policies, research.models.partitioning.REMAT_POLICIES.
+    remat: str = "none"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_length",
@@ -86,6 +92,7 @@ class ModelConfig:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})"
             )
+        check_remat(self.remat)
         if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
         if self.positions == "sinusoidal" and self.d_model % 2:

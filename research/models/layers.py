@@ -19,6 +19,16 @@ from flax import nnx
 from research import ops
 from research.models.attention import FavorProjection, axes, causal_conv, dense, make_attention
 from research.models.config import ModelConfig
+from research.models.partitioning import (
+    BATCH,
+    EMBED,
+    LENGTH,
+    MLP,
+    REMAT_POLICIES,
+    VOCAB,
+    constrain,
+    tag,
+)
 
 __all__ = [
     "ACTIVATION_FNS",
@@ -27,10 +37,12 @@ __all__ = [
     "FavorProjection",
     "FeedForward",
     "axes",
+    "call_layer",
     "causal_conv",
     "dense",
     "layer_norm",
     "make_attention",
+    "vocab_logits",
 ]
 
 
@@ -61,12 +73,12 @@ class FeedForward(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, x):
-        h = self.wi(x)
+        h = tag(self.wi(x), "mlpwi", BATCH, LENGTH, MLP)
         if self.activation == "swiglu":
-            h = jax.nn.silu(self.wg(x)) * h
+            h = jax.nn.silu(tag(self.wg(x), "mlpwi", BATCH, LENGTH, MLP)) * h
         else:
             h = ACTIVATION_FNS[self.activation](h)
-        return self.wo(self.dropout(h))
+        return tag(self.wo(self.dropout(h)), "mlpwo", BATCH, LENGTH, EMBED)
 
 
 class Block(nnx.Module):
@@ -89,8 +101,10 @@ class Block(nnx.Module):
 
     def _residual(self, x, fn, norm):
         if self.pre:
-            return x + self.dropout(fn(norm(x)))
-        return norm(x + self.dropout(fn(x)))
+            x = x + self.dropout(fn(norm(x)))
+        else:
+            x = norm(x + self.dropout(fn(x)))
+        return constrain(x, BATCH, LENGTH, EMBED)  # the residual stream
 
     def __call__(self, x, *, mask=None, positions=None, context=None, context_mask=None):
         x = self._residual(
@@ -167,8 +181,21 @@ class Embeddings(nnx.Module):
             x = x + self.segment(seg)
         if self.norm is not None:
             x = self.norm(x)
-        return self.dropout(x)
+        return constrain(self.dropout(x), BATCH, LENGTH, EMBED)
 
     def logits(self, h):
         """Tied output projection h [B, L, d] -> fp32 logits [B, L, V]."""
-        return self.token.attend(h).astype(jnp.float32)
+        return vocab_logits(self.token.attend(h).astype(jnp.float32))
+
+
+def vocab_logits(logits):
+    """Logits [B, L, V] with the vocabulary dim sharded (other ranks pass through)."""
+    return constrain(logits, BATCH, LENGTH, VOCAB) if logits.ndim == 3 else logits
+
+
+def call_layer(cfg: ModelConfig, layer, x, **kwargs):
+    """layer(x, **kwargs), rematerialised in the backward pass by `cfg.remat`'s policy."""
+    if cfg.remat == "none":
+        return layer(x, **kwargs)
+    policy = REMAT_POLICIES[cfg.remat]
+    return nnx.remat(lambda m, h, kw: m(h, **kw), policy=policy)(layer, x, kwargs)

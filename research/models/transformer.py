@@ -13,7 +13,16 @@ from flax import nnx
 
 from research import ops
 from research.models.config import ModelConfig
-from research.models.layers import ACTIVATION_FNS, Block, Embeddings, axes, dense, layer_norm
+from research.models.layers import (
+    ACTIVATION_FNS,
+    Block,
+    Embeddings,
+    axes,
+    call_layer,
+    dense,
+    layer_norm,
+    vocab_logits,
+)
 
 
 def _check_inputs(cfg: ModelConfig, tokens, segment_ids=None, mask=None, name="tokens"):
@@ -129,7 +138,7 @@ class DecoderLM(_Stack):
         positions = _positions(tokens)
         x = self.embed(tokens, positions, segment_ids)
         for layer in self.layers:
-            x = layer(x, mask=mask, positions=positions)
+            x = call_layer(self.cfg, layer, x, mask=mask, positions=positions)
         return x if self.final_norm is None else self.final_norm(x)
 
     def __call__(self, tokens, *, segment_ids=None, mask=None):
@@ -137,7 +146,9 @@ class DecoderLM(_Stack):
         return self._head(self.hidden_states(tokens, segment_ids=segment_ids, mask=mask))
 
     def _head(self, h):
-        return self.embed.logits(h) if self.lm_head is None else self.lm_head(h).astype(jnp.float32)
+        if self.lm_head is None:
+            return self.embed.logits(h)
+        return vocab_logits(self.lm_head(h).astype(jnp.float32))
 
     def _logits(self, x):
         return self._head(x if self.final_norm is None else self.final_norm(x))
@@ -194,7 +205,7 @@ class Bert(_Stack):
         x, attn_mask, positions = self.embed_inputs(tokens, segment_ids, mask, unilm,
                                                     embedding_delta)  # fmt: skip
         for layer in self.layers:
-            x = layer(x, mask=attn_mask, positions=positions)
+            x = call_layer(self.cfg, layer, x, mask=attn_mask, positions=positions)
         return self.outputs(x, predict_at)
 
     def embed_inputs(self, tokens, segment_ids=None, mask=None, unilm=False, embedding_delta=None):
@@ -271,7 +282,7 @@ class EncoderDecoder(_Stack):
         positions = _positions(src)
         x = self.embed(src, positions, delta=embedding_delta)
         for layer in self.encoder:
-            x = layer(x, mask=src_mask, positions=positions)
+            x = call_layer(self.cfg, layer, x, mask=src_mask, positions=positions)
         return x if self.encoder_norm is None else self.encoder_norm(x)
 
     def decode(self, memory, tgt, *, src_mask=None, tgt_mask=None, embedding_delta=None):
@@ -280,7 +291,8 @@ class EncoderDecoder(_Stack):
         positions = _positions(tgt)
         x = self.embed(tgt, positions, delta=embedding_delta)
         for layer in self.layers:
-            x = layer(x, mask=tgt_mask, positions=positions, context=memory, context_mask=src_mask)
+            x = call_layer(self.cfg, layer, x, mask=tgt_mask, positions=positions,
+                           context=memory, context_mask=src_mask)  # fmt: skip
         return self._logits(x)
 
     def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None, embedding_delta=None):

@@ -43,6 +43,9 @@ def _row(p, chip, tokens: int) -> dict:
         "margin": _bytes(chip.hbm_bytes - p.total_bytes), "GFLOP": f"{p.flops / 1e9:,.3f}",
         "GB accessed": f"{p.bytes_accessed / 1e9:,.2f}", "roofline s": f"{t:.4g}",
         "tokens/s": f"{tokens / t:,.0f}" if p.name == "train" and t > 0 else "-",
+        "model GFLOP": f"{p.model_flops / 1e9:,.3f}" if p.model_flops else "-",
+        "ICI GB": f"{p.collective_bytes / 1e9:,.2f}" if p.name == "train" else "-",
+        "MFU <=": f"{100 * p.mfu_bound(chip):.1f}%" if p.model_flops else "-",
         "compile s": f"{p.compile_seconds:.1f}",
     }  # fmt: skip
 
@@ -53,7 +56,8 @@ def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, boo
     lines = [
         f"{topology}: {chips} x {chip.name}, {chip.hbm_bytes / GiB:.1f} GiB each | mesh "
         f"{dict(mesh.shape)} | model d{c.model.d_model} x {c.model.num_layers} layers, "
-        f"{c.model.attention} attention | batch {c.batch_size} x {c.data.seq_len} tokens",
+        f"{c.model.attention} attention, remat {c.model.get('remat', 'none')} | batch "
+        f"{c.batch_size} x {c.data.seq_len} tokens",
         format_table([_row(p, chip, tokens) for p in plans]),
     ]
     fits = all(chip.hbm_bytes - p.total_bytes >= 0 for p in plans)
@@ -69,8 +73,11 @@ def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, boo
                      "and roofline are underestimates. Memory is exact.")  # fmt: skip
     lines += notes
     lines.append(
-        "\nmemory per device; FLOPs and bytes per device per step (XLA estimates); "
-        f"roofline = max(FLOPs/peak, bytes/HBM bandwidth), a lower bound.\n{verdict}"
+        "\nmemory per device; FLOPs and bytes per device per step (XLA estimates); model "
+        "GFLOP: analytic 6TN + 12TLSd (research.plan.train.model_flops); ICI GB: FSDP gathers "
+        "and gradient reductions (collective_bytes); roofline = max(FLOPs/peak, bytes/HBM "
+        "bandwidth, ICI bytes/ICI bandwidth), a lower bound; MFU <= model FLOPs / (roofline x "
+        f"peak).\n{verdict}"
     )
     return "\n".join(lines), fits
 

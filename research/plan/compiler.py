@@ -23,13 +23,23 @@ class Plan:
     bytes_accessed: float
     compile_seconds: float
     note: str = ""  # set when the compiler refused (out of memory): its own message
+    model_flops: float = 0.0  # analytic FLOPs per device per step (train: `model_flops`)
+    collective_bytes: float = 0.0  # FSDP / data-parallel bytes over ICI per device per step
 
     @property
     def total_bytes(self) -> int:
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
 
     def roofline_seconds(self, chip: Chip) -> float:
-        return max(self.flops / chip.peak_flops, self.bytes_accessed / chip.hbm_bandwidth)
+        """max(FLOPs / peak, HBM bytes / HBM bandwidth, collective bytes / ICI bandwidth)."""
+        return max(self.flops / chip.peak_flops, self.bytes_accessed / chip.hbm_bandwidth,
+                   self.collective_bytes / chip.ici_bandwidth)  # fmt: skip
+
+    def mfu_bound(self, chip: Chip) -> float:
+        """Model FLOPs utilisation at the roofline time: an upper bound (the roofline is a
+        lower bound on the step time)."""
+        t = self.roofline_seconds(chip)
+        return self.model_flops / (t * chip.peak_flops) if t > 0 else math.nan
 
 
 def _shard_bytes(tree) -> int:

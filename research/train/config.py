@@ -63,9 +63,14 @@ def parse(c, *, num_devices: int | None = None, check_devices: bool = True) -> R
 
 def _check_devices(train: TrainConfig, mesh: MeshConfig, data: DataConfig, num_devices: int):
     try:
-        sharding.resolve_mesh_shape(mesh.as_dict(), num_devices)
+        data_size, fsdp, _ = sharding.resolve_mesh_shape(mesh.as_dict(), num_devices)
     except ValueError as e:
         raise ConfigError(f"mesh: {e}") from None
+    if train.batch_size % (data_size * fsdp):
+        raise ConfigError(
+            f"batch_size={train.batch_size} is not divisible by mesh data x fsdp = "
+            f"{data_size} x {fsdp} on {num_devices} devices (every device takes whole rows)"
+        )
     processes = jax.process_count()
     shards = data.shards or processes
     if shards % processes or train.batch_size % shards:

@@ -15,13 +15,24 @@ from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-# logical axis -> mesh axis. The first rule naming a mesh axis not yet used in a spec wins.
+# Logical axis -> mesh axis (or axes), for parameters and activations alike (MaxText's
+# logical_axis_rules). Parameters: vocab, heads, kv, mlp, embed. Activations
+# (research.models.partitioning): the batch over (data, fsdp), so FSDP keeps every
+# activation batch-sharded; their heads, mlp and vocab dims, and the residual stream's embed dim,
+# over tensor. A mesh axis already used earlier in a spec is not used again.
 LOGICAL_RULES = (
     ("vocab", "tensor"),
     ("heads", "tensor"),
     ("kv", "tensor"),
     ("mlp", "tensor"),
     ("embed", "fsdp"),
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_kv", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
 )
 
 
@@ -53,18 +64,31 @@ def make_mesh(mesh: dict, devices=None) -> Mesh:
 
 
 def logical_to_spec(names, shape, mesh: Mesh) -> P:
-    """PartitionSpec for a parameter: each named dim goes to its mesh axis when that axis is not
-    used yet in this spec and divides the dim; otherwise the dim is replicated."""
+    """PartitionSpec for a parameter or activation: each named dim goes to its rule's mesh
+    axes (those in the mesh and not used yet in this spec) when their product divides the dim;
+    otherwise the dim is replicated."""
     used, spec = set(), []
     rules = dict(LOGICAL_RULES)
     for name, dim in zip(names, shape, strict=True):
-        axis = rules.get(name)
-        if axis not in mesh.shape or axis in used or dim % mesh.shape[axis]:
+        rule = rules.get(name)
+        wanted = () if rule is None else (rule,) if isinstance(rule, str) else tuple(rule)
+        axes = tuple(a for a in wanted if a in mesh.shape and a not in used)
+        size = math.prod(mesh.shape[a] for a in axes)
+        if not axes or dim % size:
             spec.append(None)
         else:
-            used.add(axis)
-            spec.append(axis)
+            used.update(axes)
+            spec.append(axes[0] if len(axes) == 1 else axes)
     return P(*spec)
+
+
+def activation_resolver(mesh: Mesh):
+    """resolve(names, shape) -> NamedSharding for `research.models.partitioning.constrain`."""
+
+    def resolve(names, shape):
+        return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+
+    return resolve
 
 
 def state_shardings(state: nnx.State, mesh: Mesh) -> dict:

@@ -17,6 +17,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from research.models import partitioning
 from research.models.variables import Constant
 from research.train import sharding
 
@@ -134,12 +135,15 @@ def _apply(optimizer, state: TrainState, grads, loss_sum, weight_sum, sums):
 def make_train_step(model_def: ModelDef, optimizer, loss_fn: LossFn, *, mesh: Mesh,
                     shardings: TrainState, accum_steps: int = 1):  # fmt: skip
     """jax.jit step on the (data, fsdp, tensor) mesh: state sharded by rules, batch over
-    (data, fsdp), state donated. Returns step(state, batch) -> (state, metric sums)."""
+    (data, fsdp), activations constrained by the same rules (`research.models.partitioning`),
+    state donated. Returns step(state, batch) -> (state, metric sums)."""
 
     def step(state: TrainState, batch: dict):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        out = _accumulated_grads(model_def, loss_fn, state.params, state.consts, batch, key,
-                                 accum_steps, state.step)  # fmt: skip
+        # Traced inside: every activation the layers name is constrained on the mesh.
+        with partitioning.activation_sharding(sharding.activation_resolver(mesh)):
+            out = _accumulated_grads(model_def, loss_fn, state.params, state.consts, batch, key,
+                                     accum_steps, state.step)  # fmt: skip
         return _apply(optimizer, state, *out)
 
     rep = sharding.replicated(mesh)
@@ -176,9 +180,10 @@ def make_eval_step(model_def: ModelDef, loss_fn: LossFn, *, mesh: Mesh, sharding
     """Eval sums (loss, weight, task metrics) with dropout off."""
 
     def step(state: TrainState, batch: dict):
-        loss_sum, weight_sum, sums = loss_fn(
-            model_def.merge(state.params, state.consts, train=False), batch
-        )
+        with partitioning.activation_sharding(sharding.activation_resolver(mesh)):
+            loss_sum, weight_sum, sums = loss_fn(
+                model_def.merge(state.params, state.consts, train=False), batch
+            )
         return {"loss_sum": loss_sum, "weight_sum": weight_sum, **sums}
 
     return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),

@@ -156,6 +156,8 @@ def test_mqar_config_smoke(data_dir, tmp_path):
         ("--config.data.source=text:/no/such/file", "error: data.source=text:/no/such/file"),
         ("--config.optimizer.schedule=step", "error: optimizer.schedule='step': allowed cosine"),
         ("--config.model.attention=linformer", "error: model.attention='linformer' cannot be"),
+        ("--config.model.remat=everything", "error: model: remat='everything' is not allowed"),
+        ("--config.batch_size=6", "error: batch_size=6 is not divisible by mesh data x fsdp"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(data_dir, tmp_path, override, message):

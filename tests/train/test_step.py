@@ -1,13 +1,15 @@
 """The same 5 training steps on 1 device, on a (2, 2, 2) mesh, on data=8, and with shard_map."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
 from research import tasks
-from research.models import DecoderLM, ModelConfig
+from research.models import DecoderLM, ModelConfig, partitioning
+from research.models.partitioning import REMAT_POLICIES
 from research.train import optim, sharding, step
 
 CFG = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_layers=2, d_ff=64, max_length=16,
@@ -27,8 +29,8 @@ def _batches(n=5, b=16, length=12):
     return out
 
 
-def _run(mesh_shape=None, kind="jit", accum=1):
-    model = DecoderLM(CFG, rngs=nnx.Rngs(params=0, dropout=1))
+def _run(mesh_shape=None, kind="jit", accum=1, remat="none"):
+    model = DecoderLM(CFG.replace(remat=remat), rngs=nnx.Rngs(params=0, dropout=1))
     model_def, params, consts = step.split_model(model)
     opt = optim.make_optimizer(OPT, 5)
     devices = jax.devices() if mesh_shape else jax.devices()[:1]
@@ -130,3 +132,84 @@ def test_bfloat16_compute_keeps_fp32_parameters():
     # bf16 matmuls track the fp32 run to bf16 precision, and the loss still goes down.
     np.testing.assert_allclose(losses, ref_losses, rtol=2e-2)
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("remat", [p for p in REMAT_POLICIES if p != "none"])
+def test_every_remat_policy_on_a_data_fsdp_tensor_mesh_equals_single_device(reference, remat):
+    ref_params, ref_losses, _ = reference
+    params, losses, _ = _run({"data": 2, "fsdp": 2, "tensor": 2}, remat=remat)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _loss(remat: str, length: int = 12):
+    model = DecoderLM(CFG.replace(remat=remat, max_length=length), rngs=nnx.Rngs(0))
+    model_def, params, consts = step.split_model(model)  # as the train step merges it
+    params = nnx.to_pure_dict(params)
+    batch = {k: jnp.asarray(v[:, :length]) for k, v in _batches(1, length=length)[0].items()}
+
+    def loss(p):
+        m = model_def.merge(p, consts, train=True, key=jax.random.key(0))
+        s, w, _ = tasks.lm_loss(m, batch)
+        return s / w
+
+    return loss, params
+
+
+def test_remat_policies_save_what_they_name():
+    # What the backward pass keeps from the forward (jax's own accounting; the public
+    # jax.ad_checkpoint.print_saved_residuals prints the same list): everything without remat,
+    # only layer inputs with "full", plus exactly q/k/v with "save_qkv_proj".
+    from jax._src.ad_checkpoint import saved_residuals
+
+    saved = {}
+    for remat in ("none", "minimal", "save_dot_except_mlp", "save_qkv_proj", "full"):
+        loss, params = _loss(remat, length=64)
+        text = str(jax.make_jaxpr(jax.grad(loss))(params))
+        assert ("checkpoint" in text or "remat" in text) == (remat != "none"), remat
+        saved[remat] = sum(a.size * a.dtype.itemsize for a, _ in saved_residuals(loss, params))
+    order = ["none", "minimal", "save_dot_except_mlp", "save_qkv_proj", "full"]
+    assert all(saved[a] > saved[b] for a, b in zip(order, order[1:], strict=False)), saved
+    qkv = CFG.num_layers * 3 * 16 * 64 * CFG.d_model * 4  # [B, L, H, Dh] fp32, per layer
+    assert saved["save_qkv_proj"] - saved["full"] == pytest.approx(qkv, rel=0.01)
+
+
+def test_activations_are_constrained_only_inside_the_step_context():
+    model = DecoderLM(CFG, rngs=nnx.Rngs(0))
+    tokens = jnp.zeros((8, 12), jnp.int32)
+    assert "sharding_constraint" not in str(jax.make_jaxpr(lambda t: model(t))(tokens))
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    with partitioning.activation_sharding(sharding.activation_resolver(mesh)):
+        text = str(jax.make_jaxpr(lambda t: model(t))(tokens))
+    # residual stream (embeddings + 2 per layer), q/k/v, context, out_proj, mlpwi, mlpwo, logits
+    assert text.count("sharding_constraint") == 1 + CFG.num_layers * (2 + 5 + 2) + 1
+    spec = sharding.logical_to_spec(("activation_batch", "activation_length", "activation_embed"),
+                                    (8, 12, 32), mesh)  # fmt: skip
+    assert spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor")
+    # A dim the mesh axes do not divide stays replicated.
+    odd = sharding.logical_to_spec(("activation_batch", "activation_vocab"), (6, 63), mesh)
+    assert odd == jax.sharding.PartitionSpec(None, None)
+
+
+def test_remat_keeps_dropout_exact():
+    # The recomputed forward draws the same dropout masks: remat changes memory, not results.
+    out = {}
+    for remat in ("none", "full", "save_dot_except_mlp"):
+        model = DecoderLM(CFG.replace(remat=remat, dropout=0.2), rngs=nnx.Rngs(params=0, dropout=1))
+        model_def, params, consts = step.split_model(model)
+        opt = optim.make_optimizer(OPT, 5)
+        mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+        sh = step.state_shardings(opt, params, consts, mesh)
+        train = step.make_train_step(model_def, opt, tasks.lm_loss, mesh=mesh, shardings=sh)
+        state = step.init_state(opt, params, consts, 0, sh)
+        losses = []
+        for batch in _batches(3):
+            state, m = train(state, batch)
+            losses.append(float(m["loss_sum"] / m["weight_sum"]))
+        out[remat] = (losses, jax.device_get(state.params))
+    for remat in ("full", "save_dot_except_mlp"):
+        np.testing.assert_allclose(out[remat][0], out["none"][0], rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(out[remat][1]), jax.tree.leaves(out["none"][1]),
+                        strict=True):  # fmt: skip
+            np.testing.assert_allclose(a, b, atol=1e-6)
