@@ -45,6 +45,7 @@ def get_config(preset: str = "") -> ConfigDict:
         c.model.update(d_model=2048, num_heads=16, num_layers=24, d_ff=8192, dtype="bfloat16",
                        remat="full")  # fmt: skip
         c.mesh.update(data=16, fsdp=16)
+        c.data.shards = 64  # a multiple of v5e-256's 64 hosts: each reads only its records
         c.batch_size = 3072  # 12 x 2048 tokens per chip, MaxText's per-device batch for ~1B
     elif preset == "7b":  # LLaMA-2-7B's shape for v5e-256 (MaxText configs/tpu/v5e/llama2_7b.sh)
         c.data.update(seq_len=2048, vocab_size=32000)
@@ -52,6 +53,7 @@ def get_config(preset: str = "") -> ConfigDict:
                        activation="swiglu", use_bias=False, dtype="bfloat16",
                        remat="save_qkv_proj")  # fmt: skip
         c.mesh.update(data=1, fsdp=256)
+        c.data.shards = 64
         c.batch_size = 1024  # 4 x 2048 tokens per chip
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for configs/lm.py; allowed: smoke, 1b, 7b")

@@ -74,7 +74,7 @@ def train_row(record, rng, vocab, pattern, verbalizer_ids, *, seq_len: int, rate
 
 
 def train_iterator(labeled, unlabeled, vocab, pattern, *, seq_len: int, batch_size: int, seed: int,
-                 rate: float, unlabeled_share: float = 0.5, shards: int = 0):  # fmt: skip
+                 rate: float, unlabeled_share: float = 0.5, shards: int = 1):  # fmt: skip
     """This process's rows of every PET training batch: labeled rows through the pattern, mixed
     with unlabeled plain-MLM rows (`unlabeled_share` of the rows) when `unlabeled` is given."""
     verbalizer_ids = patterns.verbalizer_ids(pattern, vocab)
@@ -96,7 +96,7 @@ def train_iterator(labeled, unlabeled, vocab, pattern, *, seq_len: int, batch_si
 
 
 def eval_iterator(records, vocab, pattern, *, seq_len: int, batch_size: int,
-                      shards: int = 0):  # fmt: skip
+                      shards: int = 1):  # fmt: skip
     """This process's rows of PET evaluation batches (`pet_eval_row`, weights 1), in order."""
 
     def make(rows, i, n):

@@ -19,7 +19,10 @@ class DataConfig:
     seq_len: int = 256  # tokens per training row (LM and MQAR)
     vocab_size: int = 8192  # tokenizer pieces (an upper bound), or MQAR's token range
     small: bool = False  # stdlib_code: the first 60 files only (seconds to build)
-    shards: int = 0  # logical data shards (0 = one per process); fixes the batches' content
+    # Logical data shards: they, not the process or device count, fix each batch's content and
+    # the saved iterator state. A process reads only the shards holding its rows, so on a pod set
+    # a multiple of the host count (one shard is read whole by every process).
+    shards: int = 1
     num_kv_pairs: int = 16  # mqar: key-value pairs per sequence
     # mqar, seq2seq_synthetic: examples built for training; qagen: the first N train examples
     train_examples: int = 100_000
@@ -37,5 +40,5 @@ class DataConfig:
             raise ValueError(f"seq_len={self.seq_len}: must be >= 2")
         for name in ("vocab_size", "num_kv_pairs", "train_examples", "test_examples"):
             check_positive_field(name, getattr(self, name))
-        if self.shards < 0:
-            raise ValueError(f"shards={self.shards}: must be >= 0 (0 = one per process)")
+        if self.shards < 1:
+            raise ValueError(f"shards={self.shards}: must be >= 1 (logical data shards)")

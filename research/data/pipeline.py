@@ -1,9 +1,12 @@
 """grain input pipelines: shard -> seeded shuffle -> tokenize -> pack -> batch -> prefetch.
 
 Records are split into `shards` logical shards (record i goes to shard i % shards), each packed
-and batched on its own; every process owns shards/process_count of them and concatenates their
-rows. The global batch therefore depends on `shards`, not on how many processes read it: one
-process with shards=2 sees exactly the batches of two processes (tests rely on this).
+and batched on its own into batch_size/shards rows; a global batch is their rows in shard order.
+Process p of n takes global rows [p B/n, (p+1) B/n): it reads the shards that hold them (shards/n
+of them when n divides shards, or one shard shared by n/shards processes when fewer) and keeps
+its slice. The batches therefore depend on `shards` only, never on the process or device count,
+and the iterator's state is kept per logical shard, so a checkpoint saved by n processes
+restores on any other count (`ShardedIterator.merge_states`; tests rely on both).
 `global_batch` assembles global arrays with `jax.make_array_from_process_local_data`.
 """
 
@@ -73,54 +76,81 @@ def array_dataset(source, *, batch_size: int, seed: int, train: bool, shard: int
     return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
 
 
-def owned_shards(shards: int, global_batch_size: int) -> tuple[range, int]:
-    """(this process's shard indices, rows per shard); shards=0 means one per process."""
+def owned_shards(shards: int, global_batch_size: int) -> tuple[range, int, slice]:
+    """(the shards this process reads, rows per shard, its rows of their concatenation)."""
     n, p = jax.process_count(), jax.process_index()
-    shards = shards or n
-    if shards % n:
-        raise ValueError(f"data.shards={shards} must be a multiple of the {n} processes")
-    if global_batch_size % shards:
-        raise ValueError(f"batch_size={global_batch_size} is not divisible by data.shards={shards}")
-    per = shards // n
-    return range(p * per, (p + 1) * per), global_batch_size // shards
+    if shards < 1:
+        raise ValueError(f"data.shards={shards}: must be >= 1")
+    if global_batch_size % shards or global_batch_size % n:
+        raise ValueError(f"batch_size={global_batch_size} must be divisible by data.shards={shards}"
+                         f" and by the {n} processes")  # fmt: skip
+    rows, per = global_batch_size // shards, global_batch_size // n
+    lo, hi = p * per, (p + 1) * per
+    first, last = lo // rows, (hi - 1) // rows
+    return range(first, last + 1), rows, slice(lo - first * rows, hi - first * rows)
 
 
 class ShardedIterator:
-    """Iterates several shard datasets in lockstep and concatenates their rows.
+    """Iterates the shard datasets this process reads in lockstep, concatenates their rows and
+    keeps this process's slice. State: {"shards": S, "states": {shard index: grain state}}.
 
     Checkpointable by grain's Orbax handler (get_state -> bytes, set_state, start_prefetch).
     """
 
-    def __init__(self, datasets):
+    def __init__(self, datasets, shard_ids=None, shards: int | None = None, rows=slice(None)):
         self.iterators = [iter(ds) for ds in datasets]
+        self.shard_ids = list(range(len(self.iterators)) if shard_ids is None else shard_ids)
+        self.shards = len(self.iterators) if shards is None else shards
+        self.rows = rows
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
         parts = [next(it) for it in self.iterators]
-        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+        return {k: np.concatenate([part[k] for part in parts])[self.rows] for k in parts[0]}
 
     def get_state(self) -> bytes:
-        return json.dumps([it.get_state() for it in self.iterators]).encode()
+        pairs = zip(self.shard_ids, self.iterators, strict=True)
+        states = {str(i): it.get_state() for i, it in pairs}
+        return json.dumps({"shards": self.shards, "states": states}).encode()
 
     def set_state(self, state: bytes):
-        for it, s in zip(self.iterators, json.loads(state), strict=True):
-            it.set_state(s)
+        saved = json.loads(state)
+        if saved["shards"] != self.shards:
+            raise ValueError(
+                f"the saved data state has {saved['shards']} logical shards, this run "
+                f"{self.shards} (data.shards must not change on resume)"
+            )
+        for i, it in zip(self.shard_ids, self.iterators, strict=True):
+            if str(i) not in saved["states"]:
+                raise ValueError(f"the saved data state has no state for shard {i}")
+            it.set_state(saved["states"][str(i)])
 
     def start_prefetch(self):
         pass
 
+    @staticmethod
+    def merge_states(states: list[bytes | str]) -> bytes:
+        """One state holding every shard of several processes' states (any process count)."""
+        merged, shards = {}, set()
+        for s in states:
+            saved = json.loads(s)
+            shards.add(saved["shards"])
+            merged.update(saved["states"])
+        if len(shards) != 1:
+            raise ValueError(f"the saved data states disagree on the shard count: {sorted(shards)}")
+        return json.dumps({"shards": shards.pop(), "states": merged}).encode()
+
 
 def _sharded(make_shard, batch_size: int, shards: int) -> ShardedIterator:
-    """make_shard(rows, shard, shards) -> dataset, for each shard this process owns."""
-    mine, rows = owned_shards(shards, batch_size)
-    total = len(mine) * jax.process_count()
-    return ShardedIterator([make_shard(rows, i, total) for i in mine])
+    """make_shard(rows, shard, shards) -> dataset, for each shard this process reads."""
+    mine, rows, keep = owned_shards(shards, batch_size)
+    return ShardedIterator([make_shard(rows, i, shards) for i in mine], mine, shards, keep)
 
 
 def array_iterator(source, *, batch_size: int, seed: int, train: bool,
-                   shards: int = 0) -> ShardedIterator:  # fmt: skip
+                   shards: int = 1) -> ShardedIterator:  # fmt: skip
     """This process's rows of every global batch of array records (MQAR)."""
     return _sharded(lambda rows, i, n: array_dataset(source, batch_size=rows, seed=seed,
                                                      train=train, shard=i, shards=n),
@@ -128,7 +158,7 @@ def array_iterator(source, *, batch_size: int, seed: int, train: bool,
 
 
 def lm_iterator(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, train: bool,
-                shards: int = 0) -> ShardedIterator:  # fmt: skip
+                shards: int = 1) -> ShardedIterator:  # fmt: skip
     """This process's rows of every global LM batch (see the module docstring)."""
     return _sharded(lambda rows, i, n: lm_dataset(source, tokenizer, seq_len=seq_len,
                                                   batch_size=rows, seed=seed, train=train,
@@ -179,7 +209,7 @@ def seq2seq_example(src, tgt, *, layout: str, src_len: int, tgt_len: int, pad: i
 
 
 def seq2seq_iterator(source, vocab, *, layout: str, src_len: int, tgt_len: int, batch_size: int,
-                     seed: int, train: bool, shards: int = 0) -> ShardedIterator:  # fmt: skip
+                     seed: int, train: bool, shards: int = 1) -> ShardedIterator:  # fmt: skip
     """This process's rows of every global seq2seq batch (`seq2seq_example` per record)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: allowed {', '.join(LAYOUTS)}")
@@ -394,7 +424,7 @@ def classify_dataset(
 
 
 def mlm_iterator(source, vocab, *, seq_len: int, batch_size: int, seed: int, train: bool,
-                 shards: int = 0, whole_word: bool = True,
+                 shards: int = 1, whole_word: bool = True,
                  rate: float = 0.15) -> ShardedIterator:  # fmt: skip
     """This process's rows of every global masked-LM batch (see `mlm_dataset`). In eval, shards
     pack different numbers of rows; the lockstep iterator stops with the shortest shard."""
@@ -406,7 +436,7 @@ def mlm_iterator(source, vocab, *, seq_len: int, batch_size: int, seed: int, tra
 
 
 def classify_iterator(source, vocab, *, seq_len: int, batch_size: int, seed: int, train: bool,
-                      shards: int = 0, text_key: str = "text",
+                      shards: int = 1, text_key: str = "text",
                       label_key: str = "label") -> ShardedIterator:  # fmt: skip
     """This process's rows of every global classification batch (see `classify_dataset`)."""
     return _sharded(lambda rows, i, n: classify_dataset(source, vocab, seq_len=seq_len,

@@ -2,17 +2,48 @@
 
 Layout (MaxText's habit): one CheckpointManager, items "state" (the TrainState pytree), "data"
 (the grain iterator, one file per process) and "config" (JSON). Restoring walks back from the
-newest step, so an unreadable latest checkpoint costs a warning, not the run.
+newest step, so an unreadable latest checkpoint costs a warning, not the run. The data state is
+kept per logical shard (`research.data.pipeline.ShardedIterator`) and restored from every
+process's file, so a run saved by n processes resumes on any process count (elastic restart);
+Orbax puts the state into the new mesh's shardings.
 """
 
+import dataclasses
 import logging
+from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from research.data.pipeline import ShardedIterator
 from research.train.config import ConfigError
+
+
+class DataHandler(grain.checkpoint.CheckpointHandler):
+    """grain's handler (it saves process_P-of-N.json per process); restore merges the shard
+    states of every process's file, whatever N was, and the iterator takes the shards it reads."""
+
+    def restore(self, directory, item=None, args=None):
+        item = item or args.item
+        files = sorted(epath.Path(directory).glob("process_*-of-*.json"))
+        if not files:
+            raise ValueError(f"no data iterator state in {directory}")
+        item.set_state(ShardedIterator.merge_states([f.read_text() for f in files]))
+        return item
+
+
+@ocp.args.register_with_handler(DataHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(DataHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+    item: Any
 
 
 class Checkpointer:
@@ -36,7 +67,7 @@ class Checkpointer:
             options=options,
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
-                "data": grain.checkpoint.CheckpointHandler(),
+                "data": DataHandler(),
                 "config": ocp.JsonCheckpointHandler(),
             },
         )
@@ -45,7 +76,7 @@ class Checkpointer:
         """Starts an async save when `step` is due (or `force`); returns whether it saved."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
+            data=DataSave(data_iterator),
             config=ocp.args.JsonSave(config),
         )
         return self.manager.save(step, args=args, force=force)
@@ -67,7 +98,7 @@ class Checkpointer:
                     step,
                     args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract_state),
-                        data=grain.checkpoint.CheckpointRestore(data_iterator),
+                        data=DataRestore(data_iterator),
                     ),
                 )
                 return restored.state, step

@@ -117,6 +117,64 @@ def test_local_builds_are_quiet_and_leave_no_temporary_folder(tmp_path, monkeypa
     assert not list(tmp.iterdir())
 
 
+def _as_process(monkeypatch, p, n):
+    monkeypatch.setattr(pipeline.jax, "process_index", lambda: p)
+    monkeypatch.setattr(pipeline.jax, "process_count", lambda: n)
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4])
+def test_batches_and_saved_state_do_not_depend_on_the_process_count(monkeypatch, shards):
+    """Process p of n gets rows [p B/n, (p+1) B/n) of the same global batches for n = 1, 2, 4,
+    whatever the shard count; states saved by 4 processes restore on 1 and 2 (and back)."""
+    records = [{"inputs": np.full(3, i, np.int32)} for i in range(64)]
+    batch, steps = 8, 3
+
+    def iterators(n):
+        its = []
+        for p in range(n):
+            _as_process(monkeypatch, p, n)
+            its.append(pipeline.array_iterator(records, batch_size=batch, seed=5, train=True,
+                                               shards=shards))  # fmt: skip
+        return its
+
+    def global_batches(its, k):
+        return [np.concatenate([next(it)["inputs"] for it in its]) for _ in range(k)]
+
+    want = global_batches(iterators(1), 2 * steps)
+    assert len({b.tobytes() for b in want}) == 2 * steps  # the stream moves on
+    for n in (2, 4):
+        np.testing.assert_array_equal(global_batches(iterators(n), 2 * steps), want)
+    # Save after `steps` batches on 4 processes; resume on 1 and on 2, and 1 -> 4.
+    four = iterators(4)
+    global_batches(four, steps)
+    saved = [it.get_state() for it in four]
+    merged = pipeline.ShardedIterator.merge_states(saved)
+    for n in (1, 2):
+        its = iterators(n)
+        for it in its:
+            it.set_state(merged)
+        np.testing.assert_array_equal(global_batches(its, steps), want[steps:])
+    one = iterators(1)
+    global_batches(one, steps)
+    its = iterators(4)
+    for it in its:
+        it.set_state(pipeline.ShardedIterator.merge_states([one[0].get_state()]))
+    np.testing.assert_array_equal(global_batches(its, steps), want[steps:])
+
+
+def test_shard_layout_errors(monkeypatch):
+    _as_process(monkeypatch, 0, 3)
+    with pytest.raises(ValueError, match="batch_size=8 must be divisible by data.shards=2 and by "
+                                         "the 3 processes"):  # fmt: skip
+        pipeline.owned_shards(2, 8)
+    _as_process(monkeypatch, 0, 1)
+    it = pipeline.array_iterator([{"x": np.zeros(1)}] * 8, batch_size=4, seed=0, train=True,
+                                 shards=2)  # fmt: skip
+    other = pipeline.array_iterator([{"x": np.zeros(1)}] * 8, batch_size=4, seed=0, train=True)
+    with pytest.raises(ValueError, match="has 2 logical shards, this run 1"):
+        other.set_state(it.get_state())
+
+
 def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
     docs = [{"text": f"x = {i}\n" * (i % 7 + 1)} for i in range(300)]
     tok = tokenizer.train_or_load(lambda: (d["text"] for d in docs), str(tmp_path / "t.model"),

@@ -16,32 +16,45 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
 
 
-def test_two_processes_match_one_process(tmp_path):
-    data = tmp_path / "data"
-    common = ["--config=configs/lm.py:smoke", f"--config.data.data_dir={data}",
-              "--config.data.shards=2"]  # fmt: skip
+def _run(cmd, env, **extra):
+    r = subprocess.run(cmd, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def test_default_stream_ignores_the_topology_and_resumes_on_another(tmp_path):
+    """The default config (data.shards=1) on 2 processes x 2 devices trains on the batches of 1
+    process x 4 devices; a 2 x 2 run preempted by SIGTERM resumes on 1 x 4 (Orbax reshards the
+    state, the data state is merged from both processes' files) and the losses of the whole run
+    are those of an uninterrupted 1 x 4 run."""
+    import signal
+
+    from tests.preemption import signal_after_metrics
+
+    steps = 40
+    common = ["--config=configs/lm.py:smoke", f"--config.data.data_dir={tmp_path / 'data'}",
+              f"--config.num_train_steps={steps}"]  # fmt: skip
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "SEQLAB_PYTHON": sys.executable}
-    one = subprocess.run(
-        [sys.executable, "-m", "research.main", *common, f"--workdir={tmp_path / 'one'}"],
-        cwd=ROOT, env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
-        capture_output=True, text=True, timeout=600,
+    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    main = [sys.executable, "-m", "research.main", *common]
+    _run([*main, f"--workdir={tmp_path / 'one'}"], env, **four)
+    wd = tmp_path / "elastic"
+    code, out, err = signal_after_metrics(
+        ["./launch/multiprocess_cpu.sh", "2", *common, f"--workdir={wd}"], wd / "metrics.jsonl",
+        4, signal.SIGTERM, cwd=ROOT, env={**env, "DEVICES_PER_PROCESS": "2"},
     )  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        ["./launch/multiprocess_cpu.sh", "2", *common, f"--workdir={tmp_path / 'two'}"],
-        cwd=ROOT, env={**env, "DEVICES_PER_PROCESS": "2"}, capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert two.returncode == 0, (
-        two.stdout[-3000:] + (tmp_path / "two" / "process_1.log").read_text()
-    )
-    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert code == 0, out[-2000:] + err[-2000:] + (wd / "process_1.log").read_text()[-2000:]
+    stopped = int(out.split("saved and stopped at step ")[1].split()[0])
+    assert 1 <= stopped < steps
+    data = {p.name for p in (wd / "checkpoints" / str(stopped) / "data").iterdir()}
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= data
+    resumed = _run([*main, f"--workdir={wd}"], env, **four)
+    assert f"resumed from step {stopped}" in resumed.stdout
+    a, b = _losses(tmp_path / "one"), _losses(wd)
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     # Same data, same math; only the all-reduce order differs across processes (~1e-7 here).
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
-    # Each checkpoint holds one data-iterator state per process.
-    ckpt = tmp_path / "two" / "checkpoints" / "12" / "data"
-    assert {"process_0-of-2.json", "process_1-of-2.json"} <= {p.name for p in ckpt.iterdir()}
 
 
 def test_sigterm_to_the_launcher_saves_both_processes_and_exits_zero(tmp_path):
