@@ -19,6 +19,7 @@ from research.config import (
 )
 from research.data.config import DataConfig
 from research.models import ModelConfig
+from research.ops.attention import softmax
 from research.train import sharding
 
 __all__ = ["ConfigError", "RunConfig", "parse"]
@@ -55,6 +56,10 @@ def parse(c, *, num_devices: int | None = None, check_devices: bool = True) -> R
     task_config = task.parse_section(c.get(task.section)) if task.section else None
     if check_devices:
         _check_devices(train, mesh, data, num_devices or jax.device_count())
+        try:  # a kernel this backend lacks (cudnn off GPU): before anything is built
+            softmax.check_backend(model.softmax_implementation)
+        except ValueError as e:
+            raise ConfigError(f"model.softmax_implementation: {e}") from None
     run = RunConfig(c.task, train, optimizer, mesh, data, model, task_config, c.to_dict())
     if check_devices:
         task.validate(run)
@@ -72,9 +77,8 @@ def _check_devices(train: TrainConfig, mesh: MeshConfig, data: DataConfig, num_d
             f"{data_size} x {fsdp} on {num_devices} devices (every device takes whole rows)"
         )
     processes = jax.process_count()
-    shards = data.shards or processes
-    if shards % processes or train.batch_size % shards:
+    if train.batch_size % data.shards or train.batch_size % processes:
         raise ConfigError(
-            f"data.shards={data.shards}: needs a multiple of the process count "
-            f"({processes}) that divides batch_size={train.batch_size}"
+            f"batch_size={train.batch_size} must be divisible by data.shards={data.shards} and "
+            f"by the process count ({processes})"
         )

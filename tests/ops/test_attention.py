@@ -377,7 +377,7 @@ def test_softmax_implementations_equal_numpy(s):
         q, np.repeat(k, groups, 2), np.repeat(v, groups, 2), causal=s["causal"],
         mask=mask if mask is None or mask.ndim == 4 else _np_mask(mask),
     )  # fmt: skip
-    for impl in att.SOFTMAX_IMPLEMENTATIONS:
+    for impl in att.PORTABLE_SOFTMAX_IMPLEMENTATIONS:
         got = att.softmax_attention(
             q, k, v, causal=s["causal"], mask=mask, implementation=impl,
             block_q=s["bq"], block_k=s["bk"],
@@ -423,7 +423,7 @@ def test_blockwise_bias_gradient_reduces_over_broadcast_axes():
     np.testing.assert_allclose(gb, g("xla"), atol=ATOL)
 
 
-@pytest.mark.parametrize("impl", att.SOFTMAX_IMPLEMENTATIONS)
+@pytest.mark.parametrize("impl", att.PORTABLE_SOFTMAX_IMPLEMENTATIONS)
 def test_softmax_causal_zero_gradient_from_future_and_padding_invariance(impl):
     q, k, v = _qkv(6, 1, 21, 21, 2, 4)
     t = 10
@@ -442,7 +442,7 @@ def test_softmax_causal_zero_gradient_from_future_and_padding_invariance(impl):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", att.SOFTMAX_IMPLEMENTATIONS)
+@pytest.mark.parametrize("impl", att.PORTABLE_SOFTMAX_IMPLEMENTATIONS)
 def test_fully_masked_query_outputs_zero(impl):
     q, k, v = _qkv(7, 1, 4, 6, 1, 4)
     mask = np.ones((1, 1, 4, 6), bool)
@@ -458,7 +458,7 @@ def test_softmax_xla_matches_jax_nn_reference():
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", att.SOFTMAX_IMPLEMENTATIONS)
+@pytest.mark.parametrize("impl", att.PORTABLE_SOFTMAX_IMPLEMENTATIONS)
 @pytest.mark.parametrize("lq, lk", [(5, 9), (9, 5)])
 def test_causal_softmax_is_top_left_aligned_when_lengths_differ(impl, lq, lk):
     """causal=True with Lq != Lk: query i sees keys j <= i (not the bottom-right alignment of
@@ -638,3 +638,22 @@ def test_a_causal_only_form_with_causal_false_is_refused():
         with pytest.raises(ValueError, match=f"form='{form}' applies to causal attention only"):
             att.linear_attention(q, q, q, causal=False, form=form)
     att.linear_attention(q, q, q, causal=False)  # the default form is fine
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cudnn_path_passes_layout_masks_bias_and_groups_to_jax(causal):
+    """implementation="cudnn" is jax.nn.dot_product_attention with implementation="cudnn" on
+    our arguments; the same call with JAX's "xla" kernel (all a CPU has) equals NumPy, so only
+    the kernel name differs on a GPU."""
+    from research.ops.attention import softmax
+
+    q, k, v = _qkv(21, 2, 7, 7, 4, 8, hkv=2)
+    mask = np.asarray(_key_mask(3, 2, 7))[:, None, None, :]
+    bias = np.random.default_rng(4).standard_normal((1, 4, 7, 7)).astype(np.float32)
+    got = softmax._jax_attention(q, k, v, bias, mask, causal, 0.3, "xla")
+    want = np_softmax_attention(q, np.repeat(k, 2, 2), np.repeat(v, 2, 2), causal=causal,
+                                mask=mask, bias=bias, scale=0.3)  # fmt: skip
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    if jax.default_backend() != "gpu":
+        with pytest.raises(ValueError, match="'cudnn' needs a GPU .* backend is 'cpu'"):
+            att.softmax_attention(q, k, v, implementation="cudnn")

@@ -158,6 +158,11 @@ def test_mqar_config_smoke(data_dir, tmp_path):
         ("--config.model.attention=linformer", "error: model.attention='linformer' cannot be"),
         ("--config.model.remat=everything", "error: model: remat='everything' is not allowed"),
         ("--config.batch_size=6", "error: batch_size=6 is not divisible by mesh data x fsdp"),
+        (
+            "--config.model.softmax_implementation=cudnn",
+            "error: model.softmax_implementation: softmax implementation 'cudnn' needs a GPU",
+        ),
+        ("--config.data.shards=3", "error: batch_size=8 must be divisible by data.shards=3"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(data_dir, tmp_path, override, message):

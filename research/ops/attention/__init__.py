@@ -32,6 +32,7 @@ from research.ops.attention.linear import (
 )
 from research.ops.attention.linformer import linformer_attention
 from research.ops.attention.softmax import (
+    PORTABLE_SOFTMAX_IMPLEMENTATIONS,
     SOFTMAX_IMPLEMENTATIONS,
     online_softmax_update,
     softmax_attention,
@@ -39,6 +40,7 @@ from research.ops.attention.softmax import (
 
 __all__ = [
     "LINEAR_FORMS",
+    "PORTABLE_SOFTMAX_IMPLEMENTATIONS",
     "SOFTMAX_IMPLEMENTATIONS",
     "LinearAttentionState",
     "linear_attention",

@@ -25,7 +25,18 @@ from research.ops.attention.common import (
 )
 from research.ops.checks import check_bool, check_positive_int
 
-SOFTMAX_IMPLEMENTATIONS = ("xla", "blockwise")
+PORTABLE_SOFTMAX_IMPLEMENTATIONS = ("xla", "blockwise")  # every backend
+SOFTMAX_IMPLEMENTATIONS = (*PORTABLE_SOFTMAX_IMPLEMENTATIONS, "cudnn")
+
+
+def check_backend(implementation: str, backend: str | None = None) -> None:
+    """Raise when `implementation` has no kernel on `backend` (default: JAX's default)."""
+    backend = backend or jax.default_backend()
+    if implementation == "cudnn" and backend != "gpu":
+        raise ValueError(
+            f"softmax implementation 'cudnn' needs a GPU (cuDNN) but the backend is {backend!r}; "
+            "use 'blockwise' (portable, O(L) memory) or 'xla'"
+        )
 
 
 def softmax_attention(
@@ -57,6 +68,9 @@ def softmax_attention(
         need O(n^2) memory"; the FlashAttention-2 recurrence, Dao 2023) with a custom VJP that
         recomputes probabilities per block, so forward and backward use O(L * block) memory.
         Key blocks entirely above the causal diagonal are skipped, not masked.
+      "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's fused flash
+        attention on NVIDIA GPUs (fp16/bf16; other backends raise). Same arguments, and the
+        same top-left causal alignment, as the other two.
     block_q, block_k: blockwise tile sizes in tokens; None takes the backend's default
       (`common.default_block_sizes`). The dense form ignores them.
     """
@@ -67,6 +81,7 @@ def softmax_attention(
             f"unknown implementation {implementation!r}; "
             f"allowed: {', '.join(SOFTMAX_IMPLEMENTATIONS)}"
         )
+    check_backend(implementation)
     defaults = default_block_sizes()
     block_q = defaults.block_q if block_q is None else block_q
     block_k = defaults.block_k if block_k is None else block_k
@@ -77,6 +92,8 @@ def softmax_attention(
     mask4 = normalise_mask(mask, batch, heads, q_len, kv_len)
     bias4 = normalise_bias(bias, batch, heads, q_len, kv_len)
     scale = float(head_dim**-0.5 if scale is None else scale)
+    if implementation == "cudnn":
+        return _jax_attention(q, k, v, bias4, mask4, causal, scale, "cudnn")
     k, v = repeat_kv(k, heads), repeat_kv(v, heads)
     # Internal layout [B, H, L, D]: the per-head matmuls are then plain batched GEMMs.
     qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
@@ -86,6 +103,13 @@ def softmax_attention(
         bq, bk = min(block_q, q_len), min(block_k, kv_len)
         out = _blockwise_attention(qt, kt, vt, bias4, mask4, causal, scale, bq, bk)
     return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+
+def _jax_attention(q, k, v, bias, mask, causal: bool, scale: float, implementation: str):
+    """JAX's own attention on our [B, L, H, D] layout (JAX's too; grouped k/v heads native)."""
+    out = jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale, is_causal=causal,
+                                       implementation=implementation)  # fmt: skip
+    return out.astype(q.dtype)
 
 
 def _dense_attention(q, k, v, bias, mask, *, causal: bool, scale: float):
