@@ -21,7 +21,7 @@ from flax import nnx
 
 from research import ops
 from research.models.config import ModelConfig
-from research.models.partitioning import BATCH, EMBED, HEADS, KV, LENGTH, tag
+from research.models.partitioning import BATCH, EMBED, HEADS, KV, LENGTH, per_device, tag
 from research.models.variables import Constant
 from research.ops import feature_maps as fm
 from research.ops.checks import check_causal_allowed
@@ -185,9 +185,18 @@ class SoftmaxAttention(Attention):
     """Scaled dot-product attention; decodes from a key/value cache [B, T, Hkv, D]."""
 
     def attend(self, q, k, v, mask, causal):
-        return ops.softmax_attention(
-            q, k, v, causal=causal, mask=mask, implementation=self.cfg.softmax_implementation
-        )
+        impl = self.cfg.softmax_implementation
+
+        def fn(q, k, v, mask=None):
+            return ops.softmax_attention(q, k, v, causal=causal, mask=mask, implementation=impl)
+
+        if impl != "tpu_flash":
+            return fn(q, k, v, mask)
+        # A Mosaic kernel is not partitioned by XLA: one call per device, batch and heads split.
+        qn, kvn = (BATCH, LENGTH, HEADS, None), (BATCH, LENGTH, KV, None)
+        if mask is None:
+            return per_device(fn, qn, kvn, kvn)(q, k, v)
+        return per_device(fn, qn, kvn, kvn, (BATCH, None))(q, k, v, mask)
 
     def empty_state(self, batch, max_length):
         shape = (batch, max_length, self.cfg.kv_heads, self.cfg.head_dim)

@@ -34,8 +34,9 @@ class ModelConfig:
     rope_base: float = 10000.0  # rotary base
     num_segments: int = 0  # segment (token-type) vocabulary; 0 = no segment embedding
     attention: str = "softmax"  # one of ATTENTION_KINDS, for self- and cross-attention
-    # "xla" (dense, [B, H, L, L] scores), "blockwise" (O(L) memory, any backend) or "cudnn"
-    # (cuDNN flash attention, GPU only; research.ops.attention.softmax_attention)
+    # "xla" (dense, [B, H, L, L] scores), "blockwise" (O(L) memory, any backend), "cudnn"
+    # (cuDNN flash attention, GPU only) or "tpu_flash" (Pallas flash attention, TPU only; per
+    # device under shard_map); research.ops.attention.softmax_attention
     softmax_implementation: str = "xla"
     feature_map: str = "elu"  # linear attention: elu, relu, taylor, softmax (non-causal), favor
     favor_features: int = 64  # random features for feature_map="favor"

@@ -73,6 +73,25 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
     return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
+def per_device(fn: Callable, *names: tuple) -> Callable:
+    """fn run once per device under `jax.shard_map`, each argument split by its logical `names`
+    (a tuple per argument) and the output as the first argument; fn itself outside an
+    `activation_sharding` context. For kernels XLA cannot partition (Pallas/Mosaic)."""
+    resolve = getattr(_STATE, "resolve", None)
+    if resolve is None:
+        return fn
+
+    def run(*args):
+        shardings = [resolve(n, a.shape) for n, a in zip(names, args, strict=True)]
+        if any(s is None for s in shardings):
+            return fn(*args)
+        specs = tuple(s.spec for s in shardings)
+        return jax.shard_map(fn, mesh=shardings[0].mesh, in_specs=specs, out_specs=specs[0],
+                             check_vma=False)(*args)  # fmt: skip
+
+    return run
+
+
 def tag(x: jax.Array, name: str, *names: str | None) -> jax.Array:
     """`checkpoint_name(x, name)` (what remat policies select by), then `constrain(x, *names)`."""
     return constrain(checkpoint_name(x, name), *names)

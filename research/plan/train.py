@@ -56,10 +56,10 @@ def abstract_train(run: RunConfig, devices):
     return mesh, model_def, opt, sh, state, batch
 
 
-def check(c, num_devices: int) -> RunConfig:
-    """The training config's own checks (the batch split over the mesh among them) for this
-    many devices."""
-    return parse(c, num_devices=num_devices)
+def check(c, num_devices: int, platform: str | None = None) -> RunConfig:
+    """The training config's own checks (the batch split over the mesh, the attention kernel's
+    platform among them) for this many devices of `platform`."""
+    return parse(c, num_devices=num_devices, platform=platform)
 
 
 def _decode_plan(run: RunConfig, mesh, new_tokens: int) -> Plan:
@@ -113,7 +113,7 @@ def collective_bytes(param_bytes: float, mesh_shape: dict) -> float:
 def plan_train(c, devices, *, eval_step: bool = False, decode_tokens: int = 0) -> list[Plan]:
     """Compile the real train step (and the eval step, and greedy decoding of `decode_tokens`
     after a full-length prompt) for `devices`; per-device figures."""
-    run = check(c, len(devices))
+    run = check(c, len(devices), devices[0].platform)
     mesh, model_def, opt, sh, state, batch = abstract_train(run, devices)
     loss_fn = tasks.get(run.task).loss_fn(run, None)
     train = step.make_train_step(model_def, opt, loss_fn, mesh=mesh, shardings=sh,

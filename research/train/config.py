@@ -27,10 +27,13 @@ __all__ = ["ConfigError", "RunConfig", "parse"]
 _SECTIONS = ("optimizer", "mesh", "data", "model")
 
 
-def parse(c, *, num_devices: int | None = None, check_devices: bool = True) -> RunConfig:
+def parse(c, *, num_devices: int | None = None, check_devices: bool = True,
+          platform: str | None = None) -> RunConfig:  # fmt: skip
     """Validate ConfigDict `c` into a RunConfig.
 
     num_devices: the mesh's device count (default: this run's, `jax.device_count()`).
+    platform: the devices' platform ("cpu", "gpu", "tpu"; default: JAX's default backend), which
+    must have the attention kernel the model names.
     check_devices=False skips the checks against this machine's devices and processes and the
     task's checks of files it starts from (`Task.validate`: a pretrained model, a predecessor),
     for reading back a run that was trained elsewhere or whose inputs have moved.
@@ -57,7 +60,7 @@ def parse(c, *, num_devices: int | None = None, check_devices: bool = True) -> R
     if check_devices:
         _check_devices(train, mesh, data, num_devices or jax.device_count())
         try:  # a kernel this backend lacks (cudnn off GPU): before anything is built
-            softmax.check_backend(model.softmax_implementation)
+            softmax.check_backend(model.softmax_implementation, platform)
         except ValueError as e:
             raise ConfigError(f"model.softmax_implementation: {e}") from None
     run = RunConfig(c.task, train, optimizer, mesh, data, model, task_config, c.to_dict())

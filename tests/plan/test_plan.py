@@ -149,3 +149,25 @@ def test_collective_bytes_by_hand():
     # data 2 x fsdp 4 x tensor 2: 3 * 3/4 * p/2 + 2 * 1/2 * p/8
     got = collective_bytes(p, {"data": 2, "fsdp": 4, "tensor": 2})
     assert got == pytest.approx(3 * 0.75 * p / 2 + p / 8)
+
+
+@needs_libtpu
+def test_tpu_flash_kernel_compiles_per_device_for_v5e_and_drops_the_score_matrix():
+    """softmax_implementation='tpu_flash' (the Pallas kernel under shard_map) compiles the
+    whole train step for v5e:2x2 at length 4096; its temporaries are below the dense step's by
+    at least one [B/4, H, L, L] fp32 score matrix; off TPU it is a config error."""
+    c = _smoke(data=4)
+    c.data.seq_len = 4096
+    c.batch_size = 4
+    c.model.update(num_heads=2, d_model=256, dtype="bfloat16")
+    devices = chips.tpu_devices("v5e:2x2")
+    # Mosaic refuses bf16 matmuls at the fp32 precision conftest.py sets for CPU references.
+    with jax.default_matmul_precision("default"):
+        dense = plan_train(c, devices)[0]
+        c.model.softmax_implementation = "tpu_flash"
+        flash = plan_train(c, devices)[0]
+    scores = 1 * 2 * 4096 * 4096 * 4  # per device: batch 1, 2 heads
+    assert flash.temp_bytes > 0 and dense.temp_bytes - flash.temp_bytes >= scores
+    c.mesh.data = 1
+    with pytest.raises(ValueError, match="'tpu_flash' needs a TPU .* backend is 'cpu'"):
+        plan_train(c, jax.devices()[:1])

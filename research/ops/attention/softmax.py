@@ -26,16 +26,18 @@ from research.ops.attention.common import (
 from research.ops.checks import check_bool, check_positive_int
 
 PORTABLE_SOFTMAX_IMPLEMENTATIONS = ("xla", "blockwise")  # every backend
-SOFTMAX_IMPLEMENTATIONS = (*PORTABLE_SOFTMAX_IMPLEMENTATIONS, "cudnn")
+SOFTMAX_IMPLEMENTATIONS = (*PORTABLE_SOFTMAX_IMPLEMENTATIONS, "cudnn", "tpu_flash")
+_KERNEL_BACKEND = {"cudnn": ("gpu", "a GPU (cuDNN)"), "tpu_flash": ("tpu", "a TPU (Pallas/Mosaic)")}
 
 
 def check_backend(implementation: str, backend: str | None = None) -> None:
     """Raise when `implementation` has no kernel on `backend` (default: JAX's default)."""
     backend = backend or jax.default_backend()
-    if implementation == "cudnn" and backend != "gpu":
+    want, what = _KERNEL_BACKEND.get(implementation, (backend, ""))
+    if backend != want:
         raise ValueError(
-            f"softmax implementation 'cudnn' needs a GPU (cuDNN) but the backend is {backend!r}; "
-            "use 'blockwise' (portable, O(L) memory) or 'xla'"
+            f"softmax implementation {implementation!r} needs {what} but the backend is "
+            f"{backend!r}; use 'blockwise' (portable, O(L) memory) or 'xla'"
         )
 
 
@@ -71,6 +73,10 @@ def softmax_attention(
       "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's fused flash
         attention on NVIDIA GPUs (fp16/bf16; other backends raise). Same arguments, and the
         same top-left causal alignment, as the other two.
+      "tpu_flash": JAX's Pallas TPU flash attention (`jax.experimental.pallas.ops.tpu.
+        flash_attention`), TPU only; causal and key-padding masks, no bias, lengths multiples
+        of its 128-token blocks. A Mosaic kernel is not partitioned by XLA: on a mesh call it
+        per device inside `jax.shard_map` (the models do: `research.models.partitioning`).
     block_q, block_k: blockwise tile sizes in tokens; None takes the backend's default
       (`common.default_block_sizes`). The dense form ignores them.
     """
@@ -81,7 +87,8 @@ def softmax_attention(
             f"unknown implementation {implementation!r}; "
             f"allowed: {', '.join(SOFTMAX_IMPLEMENTATIONS)}"
         )
-    check_backend(implementation)
+    if implementation == "cudnn":  # (tpu_flash is traced on a CPU host when planning for TPU)
+        check_backend(implementation)
     defaults = default_block_sizes()
     block_q = defaults.block_q if block_q is None else block_q
     block_k = defaults.block_k if block_k is None else block_k
@@ -94,6 +101,8 @@ def softmax_attention(
     scale = float(head_dim**-0.5 if scale is None else scale)
     if implementation == "cudnn":
         return _jax_attention(q, k, v, bias4, mask4, causal, scale, "cudnn")
+    if implementation == "tpu_flash":
+        return _tpu_flash(q, k, v, bias, mask, causal, scale)
     k, v = repeat_kv(k, heads), repeat_kv(v, heads)
     # Internal layout [B, H, L, D]: the per-head matmuls are then plain batched GEMMs.
     qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
@@ -110,6 +119,23 @@ def _jax_attention(q, k, v, bias, mask, causal: bool, scale: float, implementati
     out = jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale, is_causal=causal,
                                        implementation=implementation)  # fmt: skip
     return out.astype(q.dtype)
+
+
+def _tpu_flash(q, k, v, bias, mask, causal: bool, scale: float):
+    """The Pallas TPU kernel on [B, H, L, D]; a key-padding mask becomes segment ids (queries 1,
+    valid keys 1, padding 0: a query sees only keys of its segment)."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as fa
+
+    if bias is not None or (mask is not None and jnp.ndim(mask) != 2):
+        raise ValueError("implementation='tpu_flash' takes causal and key-padding [batch, "
+                         "kv_length] masks only, no bias; use 'blockwise' for others")  # fmt: skip
+    heads = q.shape[2]
+    qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, repeat_kv(k, heads), repeat_kv(v, heads)))
+    seg = None
+    if mask is not None:
+        seg = fa.SegmentIds(q=jnp.ones(q.shape[:2], jnp.int32), kv=jnp.asarray(mask, jnp.int32))
+    out = fa.flash_attention(qt, kt, vt, segment_ids=seg, causal=causal, sm_scale=scale)
+    return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 
 
 def _dense_attention(q, k, v, bias, mask, *, causal: bool, scale: float):
