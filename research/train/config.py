@@ -25,6 +25,8 @@ from research.train import sharding
 __all__ = ["ConfigError", "RunConfig", "parse"]
 
 _SECTIONS = ("optimizer", "mesh", "data", "model")
+# Training rows this long must name an attention form without [B, H, L, L] tensors.
+DENSE_SOFTMAX_MAX_LEN = 8192
 
 
 def parse(c, *, num_devices: int | None = None, check_devices: bool = True,
@@ -56,6 +58,14 @@ def parse(c, *, num_devices: int | None = None, check_devices: bool = True,
     if bad:
         raise ConfigError(f"model: {bad} come from the data (data.vocab_size, data.seq_len)")
     model = typed(ModelConfig, model_section, name="model", prefix="model: ", **sizes)
+    if (model.attention == "softmax" and model.softmax_implementation == "xla"
+            and data.seq_len >= DENSE_SOFTMAX_MAX_LEN):  # fmt: skip
+        raise ConfigError(
+            f"data.seq_len={data.seq_len} with model.softmax_implementation='xla' keeps a dense "
+            f"[batch, heads, {data.seq_len}, {data.seq_len}] score matrix; from "
+            f"{DENSE_SOFTMAX_MAX_LEN} tokens choose blockwise | cudnn | tpu_flash, or "
+            "model.attention=linear"
+        )
     task_config = task.parse_section(c.get(task.section)) if task.section else None
     if check_devices:
         _check_devices(train, mesh, data, num_devices or jax.device_count())

@@ -163,6 +163,7 @@ def test_mqar_config_smoke(data_dir, tmp_path):
             "error: model.softmax_implementation: softmax implementation 'cudnn' needs a GPU",
         ),
         ("--config.data.shards=3", "error: batch_size=8 must be divisible by data.shards=3"),
+        ("--config.data.seq_len=8192", "error: data.seq_len=8192 with model.softmax_implementati"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(data_dir, tmp_path, override, message):
