@@ -3,10 +3,15 @@
     python -m research.plan --config=configs/lm.py --topology=v5e:16x16 [--num_slices=1] \
         [--eval] [--decode=128] [--config.batch_size=256 --config.mesh.fsdp=16 ...]
     python -m research.plan --config=configs/lm.py:smoke --topology=cpu   # this machine
+    python -m research.plan --config=configs/lm.py:1b --topology=v5e:16x16 \
+        --fsdp_sweep=16,32,64,128,256 --out=/tmp/seqlab/plan   # memory against FSDP size
 
 Prints per-device argument/output/temp memory against the chip's HBM, compiled FLOPs and bytes
-per step, and a roofline step time and tokens/s. Exit codes: 0 fits, 3 does not fit,
-2 bad arguments (unknown topology, mesh not matching the chip count, config errors, no libtpu).
+per step, and a roofline step time and tokens/s. --fsdp_sweep plans the train step once per
+mesh.fsdp at the config's global batch (mesh.data takes the remaining devices) and writes
+plan_fsdp.csv and plan_fsdp.png to --out: with FSDP, arguments x fsdp should stay constant.
+Exit codes: 0 fits, 3 does not fit, 2 bad arguments (unknown topology, mesh not matching the
+chip count, config errors, no libtpu).
 """
 
 from absl import app, flags, logging
@@ -22,6 +27,9 @@ _EVAL = flags.DEFINE_bool("eval", False, "also compile the eval step")
 _DECODE = flags.DEFINE_integer(
     "decode", 0, "also compile greedy decoding of this many tokens after a seq_len prompt"
 )
+
+_SWEEP = flags.DEFINE_list("fsdp_sweep", [], "plan the train step for each of these mesh.fsdp")
+_OUT = flags.DEFINE_string("out", "/tmp/seqlab/plan", "--fsdp_sweep: where CSV and PNG go")
 
 GiB = 2**30
 
@@ -50,13 +58,18 @@ def _row(p, chip, tokens: int) -> dict:
     }  # fmt: skip
 
 
+def _attention(m) -> str:
+    impl = m.get("softmax_implementation", "xla")
+    return f"softmax ({impl})" if m.attention == "softmax" else m.attention
+
+
 def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, bool]:
     """(the table, fits) for compiled plans on `chips` devices of `chip`."""
     tokens = c.batch_size * c.data.seq_len
     lines = [
         f"{topology}: {chips} x {chip.name}, {chip.hbm_bytes / GiB:.1f} GiB each | mesh "
         f"{dict(mesh.shape)} | model d{c.model.d_model} x {c.model.num_layers} layers, "
-        f"{c.model.attention} attention, remat {c.model.get('remat', 'none')} | batch "
+        f"{_attention(c.model)} attention, remat {c.model.get('remat', 'none')} | batch "
         f"{c.batch_size} x {c.data.seq_len} tokens",
         format_table([_row(p, chip, tokens) for p in plans]),
     ]
@@ -82,6 +95,63 @@ def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, boo
     return "\n".join(lines), fits
 
 
+def _positive(v: str) -> int:
+    if not v.isdigit() or int(v) < 1:
+        raise ValueError(f"--fsdp_sweep={_SWEEP.value}: {v!r} is not a positive integer")
+    return int(v)
+
+
+def fsdp_sweep(c, devices, chip, sizes: list[int]) -> int:
+    """The train step planned at each mesh.fsdp in `sizes` (data fills the devices); table, CSV
+    and PNG of per-device memory against fsdp. Exit 0 when every plan fits, else 3."""
+    import copy
+    import pathlib
+
+    from research.plan import plan_train
+    from research.report import save_figure, write_csv
+
+    rows = []
+    for f in sizes:
+        ci = copy.deepcopy(c)
+        ci.mesh.update(fsdp=f, data=-1)
+        p = plan_train(ci, devices)[0]
+        rows.append({"fsdp": f, "data": len(devices) // (f * ci.mesh.get("tensor", 1)),
+                     "argument_bytes": p.argument_bytes, "temp_bytes": p.temp_bytes,
+                     "total_bytes": p.total_bytes, "fits": p.total_bytes <= chip.hbm_bytes,
+                     "collective_bytes": p.collective_bytes, "mfu_bound": p.mfu_bound(chip),
+                     "compile_s": p.compile_seconds})  # fmt: skip
+    cols = ("fsdp", "data", "arguments", "arguments x fsdp", "temp", "total", "fits", "ICI GB",
+            "MFU <=", "compile s")  # fmt: skip
+    fmts = ("{fsdp}", "{data}", lambda r: _bytes(r["argument_bytes"]),
+            lambda r: _bytes(r["argument_bytes"] * r["fsdp"]), lambda r: _bytes(r["temp_bytes"]),
+            lambda r: _bytes(r["total_bytes"]), lambda r: "yes" if r["fits"] else "NO",
+            lambda r: f"{r['collective_bytes'] / 1e9:.2f}",
+            lambda r: f"{100 * r['mfu_bound']:.1f}%", "{compile_s:.0f}")  # fmt: skip
+    m = c.model
+    title = (f"{_TOPOLOGY.value}: d{m.d_model} x {m.num_layers} layers, {_attention(m)} "
+             f"attention, remat {m.get('remat', 'none')}, batch {c.batch_size} x "
+             f"{c.data.seq_len}")  # fmt: skip
+    scaled = [r["argument_bytes"] * r["fsdp"] for r in rows]
+    print(title)
+    print(format_table(rows, cols, fmts))
+    print(f"arguments x fsdp: max / min = {max(scaled) / min(scaled):.4f}")
+    out = pathlib.Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "plan_fsdp.csv", rows)
+    with save_figure(out / "plan_fsdp.png", title, 1, (6, 4)) as axes:
+        ax, x = axes, [r["fsdp"] for r in rows]
+        for key, label in (("argument_bytes", "arguments"), ("temp_bytes", "temporaries"),
+                           ("total_bytes", "total")):  # fmt: skip
+            ax.plot(x, [r[key] / GiB for r in rows], marker="o", label=label)
+        ax.axhline(chip.hbm_bytes / GiB, color="k", ls="--", lw=1, label=f"{chip.name} HBM")
+        ax.set(xscale="log", yscale="log", xlabel="mesh.fsdp", ylabel="GiB per device")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    print(f"wrote {out / 'plan_fsdp.csv'} and {out / 'plan_fsdp.png'}")
+    return 0 if all(r["fits"] for r in rows) else 3
+
+
 def main(argv):
     from research.plan import MissingLibtpu, devices_for, plan_train
     from research.train import sharding
@@ -97,6 +167,8 @@ def main(argv):
         fail("plan a single training config (configs/lm.py, configs/mqar.py), not a sweep")
     try:
         devices, chip = devices_for(_TOPOLOGY.value, _NUM_SLICES.value)
+        if _SWEEP.value:
+            return fsdp_sweep(c, devices, chip, [_positive(v) for v in _SWEEP.value])
         plans = plan_train(c, devices, eval_step=_EVAL.value, decode_tokens=_DECODE.value)
     except (MissingLibtpu, ConfigError, ValueError) as e:
         fail(str(e))
