@@ -171,3 +171,17 @@ def test_tpu_flash_kernel_compiles_per_device_for_v5e_and_drops_the_score_matrix
     c.mesh.data = 1
     with pytest.raises(ValueError, match="'tpu_flash' needs a TPU .* backend is 'cpu'"):
         plan_train(c, jax.devices()[:1])
+
+
+@pytest.mark.parametrize("preset", ["1b", "7b"])
+def test_pod_presets_are_valid_for_256_tpu_chips_and_refused_on_cpu(preset):
+    """The presets pass every config check for v5e-256 / v5p-512 (256 chips, TPU kernel);
+    on this CPU the TPU-only kernel is named in a ConfigError."""
+    from research.plan.train import model_flops
+
+    run = parse(lm.get_config(preset), num_devices=256, platform="tpu")
+    n = {"1b": 1.3e9, "7b": 6.7e9}[preset]  # GPT-3 XL's and LLaMA-2-7B's parameter counts
+    tokens = run.train.batch_size * run.data.seq_len
+    assert 0.9 < model_flops(run) / (6 * n * tokens) < 1.35  # attention adds 12 L S d / 6 N
+    with pytest.raises(ValueError, match="'tpu_flash' needs a TPU"):
+        parse(lm.get_config(preset), num_devices=256)
