@@ -99,8 +99,27 @@ def state_shardings(state: nnx.State, mesh: Mesh) -> dict:
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = NamedSharding(mesh, logical_to_spec(names, var.get_value().shape, mesh))
+        shape = var.get_value().shape
+        node[path[-1]] = NamedSharding(mesh, _fully_sharded(logical_to_spec(names, shape, mesh),
+                                                            shape, mesh))  # fmt: skip
     return out
+
+
+def _fully_sharded(spec: P, shape, mesh: Mesh) -> P:
+    """A parameter spec that does not use fsdp yet (the q/k/v and FFN biases: their one dim
+    is named for tensor parallelism) also splits its first dim that divides over fsdp, so FSDP
+    shards every parameter and its optimizer state (ZeRO-3); per-device bytes x fsdp stay
+    constant."""
+    entries = [() if e is None else (e,) if isinstance(e, str) else tuple(e) for e in spec]
+    entries += [()] * (len(shape) - len(entries))
+    if "fsdp" not in mesh.shape or mesh.shape["fsdp"] == 1 or any("fsdp" in e for e in entries):
+        return spec
+    for i, (axes, dim) in enumerate(zip(entries, shape, strict=True)):
+        size = math.prod(mesh.shape[a] for a in axes) * mesh.shape["fsdp"]
+        if dim % size == 0:
+            entries[i] = (*axes, "fsdp")
+            return P(*(None if not e else e[0] if len(e) == 1 else e for e in entries))
+    return spec
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

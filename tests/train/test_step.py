@@ -80,6 +80,23 @@ def test_sharded_steps_equal_single_device(reference, mesh_shape, kind):
         assert q.addressable_shards[0].data.shape == (16, 16)
 
 
+def test_fsdp_shards_every_parameter_and_its_adam_moments():
+    """ZeRO-3: on fsdp=8 every parameter, the q/k/v and FFN biases included (their one dim is
+    named for tensor parallelism), and both AdamW moments hold 1/8 of their elements per device,
+    so per-device state bytes x fsdp equal the whole state's."""
+    model = DecoderLM(CFG, rngs=nnx.Rngs(params=0, dropout=1))
+    _, params, consts = step.split_model(model)
+    opt = optim.make_optimizer(OPT, 5)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 8}, jax.devices())
+    sh = step.state_shardings(opt, params, consts, mesh)
+    state = step.init_state(opt, params, consts, 0, sh)
+    arrays = [x for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim]
+    assert any("bias" in jax.tree_util.keystr(k) for k, _ in
+               jax.tree_util.tree_leaves_with_path(state.params))  # fmt: skip
+    for x in arrays:
+        assert x.addressable_shards[0].data.size * 8 == x.size, (x.shape, x.sharding.spec)
+
+
 def test_gradient_accumulation_is_exact(reference):
     _, ref_losses, _ = reference
     ref_params = reference[0]
