@@ -17,6 +17,9 @@ CAUSAL_KINDS = {
     "linear-elu": dict(attention="linear", feature_map="elu"),
     "linear-taylor-scan": dict(attention="linear", feature_map="taylor", linear_form="scan"),
     "linear-favor": dict(attention="linear", feature_map="favor"),
+    # Rematerialised layers (model.remat) must compute the same forward, prefill and decode.
+    "softmax-remat-full": dict(attention="softmax", remat="full"),
+    "linear-remat-qkv": dict(attention="linear", feature_map="elu", remat="save_qkv_proj"),
 }
 # A short key convolution adds a per-layer history to the decode cache.
 CONV_KINDS = {
