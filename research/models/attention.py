@@ -193,10 +193,12 @@ class SoftmaxAttention(Attention):
         if impl != "tpu_flash":
             return fn(q, k, v, mask)
         # A Mosaic kernel is not partitioned by XLA: one call per device, batch and heads split.
-        qn, kvn = (BATCH, LENGTH, HEADS, None), (BATCH, LENGTH, KV, None)
+        # Grouped k/v are repeated first, so each device's k/v heads are its query heads' own.
+        k, v = self._repeat_kv(k, v)
+        names = ((BATCH, LENGTH, HEADS, None),) * 3
         if mask is None:
-            return per_device(fn, qn, kvn, kvn)(q, k, v)
-        return per_device(fn, qn, kvn, kvn, (BATCH, None))(q, k, v, mask)
+            return per_device(fn, *names)(q, k, v)
+        return per_device(fn, *names, (BATCH, None))(q, k, v, mask)
 
     def empty_state(self, batch, max_length):
         shape = (batch, max_length, self.cfg.kv_heads, self.cfg.head_dim)
