@@ -13,9 +13,9 @@ Exit 2 for a bad flag or a workdir that is not a trained chat run.
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from research.cli import fail, parse_flags
+from research.cli import fail, load_run, parse_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a chat training run's directory")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "keep the k most likely tokens (0 = all)", lower_bound=0)
@@ -38,23 +38,10 @@ _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest
 
 
 def main(argv):
-    from research.config import ConfigError
     from research.tasks.chat import ChatSession
-    from research.train import load_trained
 
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}")
-    if not _WORKDIR.value:
-        fail("--workdir=DIR is required (a run of configs/chat.py)")
-    try:
-        trained = load_trained(_WORKDIR.value, step=_STEP.value)
-    except (ConfigError, FileNotFoundError) as e:
-        fail(str(e))
+    trained = load_run(argv, _WORKDIR.value, _STEP.value, task="chat")
     run = trained.config
-    if run.task != "chat":
-        fail(f"{_WORKDIR.value}: task={run.task!r}; research.chat needs a chat run")
     context = _MAX_CONTEXT.value or run.task_config.max_context or run.data.seq_len
     try:
         session = ChatSession(

@@ -14,6 +14,30 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+def load_run(argv, workdir: str, step: int | None, task: str):
+    """The start of a tool over a trained run (research.chat, research.qagen): absl logging at
+    WARNING unless --verbosity, no positional arguments, --workdir given, the run loaded and of
+    `task`. Each mistake is one line and exit 2. Returns `research.train.load_trained`'s run."""
+    from absl import logging
+
+    from research.config import ConfigError
+    from research.train import load_trained
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}")
+    if not workdir:
+        fail(f"--workdir=DIR is required (a run of configs/{task}.py)")
+    try:
+        trained = load_trained(workdir, step=step)
+    except (ConfigError, FileNotFoundError) as e:
+        fail(str(e))
+    if trained.config.task != task:
+        fail(f"{workdir}: task={trained.config.task!r}; research.{task} needs a {task} run")
+    return trained
+
+
 def parse_flags(argv):
     """absl flag parsing (for app.run's flags_parser) that reports a bad flag on one line."""
     try:

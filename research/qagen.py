@@ -19,9 +19,9 @@ import dataclasses
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from research.cli import fail, parse_flags
+from research.cli import fail, load_run, parse_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a qagen training run's directory")
 _INPUT = flags.DEFINE_string("input", "-", "passages file, one a line ('-' = stdin)")
@@ -91,24 +91,11 @@ def _generate(gen, asked: list[dict], free: list[dict]) -> dict:
 
 def main(argv):
 
-    from research.config import ConfigError
     from research.data import DataError
     from research.tasks.qagen import Generator
-    from research.train import load_trained
 
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}")
-    if not _WORKDIR.value:
-        fail("--workdir=DIR is required (a run of configs/qagen.py)")
-    try:
-        trained = load_trained(_WORKDIR.value, step=_STEP.value)
-    except (ConfigError, FileNotFoundError) as e:
-        fail(str(e))
+    trained = load_run(argv, _WORKDIR.value, _STEP.value, task="qagen")
     run = trained.config
-    if run.task != "qagen":
-        fail(f"{_WORKDIR.value}: task={run.task!r}; research.qagen needs a qagen run")
     changes = {"num_answers": _NUM_ANSWERS.value, "top_p": _TOP_P.value, "top_k": _TOP_K.value,
                "temperature": _TEMPERATURE.value, "beam_size": _BEAM.value}  # fmt: skip
     if flags.FLAGS["in_passage"].present:

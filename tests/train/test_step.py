@@ -55,6 +55,17 @@ def _run(mesh_shape=None, kind="jit", accum=1, remat="none"):
     return jax.device_get(state.params), losses, state
 
 
+def _one_device(cfg: ModelConfig):
+    """(jit train step, initial state) of a DecoderLM with `cfg` on one device."""
+    model = DecoderLM(cfg, rngs=nnx.Rngs(params=0, dropout=1))
+    model_def, params, consts = step.split_model(model)
+    opt = optim.make_optimizer(OPT, 5)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    sh = step.state_shardings(opt, params, consts, mesh)
+    train = step.make_train_step(model_def, opt, tasks.lm_loss, mesh=mesh, shardings=sh)
+    return train, step.init_state(opt, params, consts, 0, sh)
+
+
 @pytest.fixture(scope="module")
 def reference():
     return _run()
@@ -133,13 +144,7 @@ def test_bad_mesh(mesh, match):
 
 
 def test_bfloat16_compute_keeps_fp32_parameters():
-    model = DecoderLM(CFG.replace(dtype="bfloat16"), rngs=nnx.Rngs(params=0, dropout=1))
-    model_def, params, consts = step.split_model(model)
-    opt = optim.make_optimizer(OPT, 5)
-    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    sh = step.state_shardings(opt, params, consts, mesh)
-    train = step.make_train_step(model_def, opt, tasks.lm_loss, mesh=mesh, shardings=sh)
-    state = step.init_state(opt, params, consts, 0, sh)
+    train, state = _one_device(CFG.replace(dtype="bfloat16"))
     _, ref_losses, _ = _run()
     losses = []
     for batch in _batches():
@@ -213,13 +218,7 @@ def test_remat_keeps_dropout_exact():
     # The recomputed forward draws the same dropout masks: remat changes memory, not results.
     out = {}
     for remat in ("none", "full", "save_dot_except_mlp"):
-        model = DecoderLM(CFG.replace(remat=remat, dropout=0.2), rngs=nnx.Rngs(params=0, dropout=1))
-        model_def, params, consts = step.split_model(model)
-        opt = optim.make_optimizer(OPT, 5)
-        mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-        sh = step.state_shardings(opt, params, consts, mesh)
-        train = step.make_train_step(model_def, opt, tasks.lm_loss, mesh=mesh, shardings=sh)
-        state = step.init_state(opt, params, consts, 0, sh)
+        train, state = _one_device(CFG.replace(remat=remat, dropout=0.2))
         losses = []
         for batch in _batches(3):
             state, m = train(state, batch)
