@@ -21,7 +21,8 @@ class DataConfig:
     small: bool = False  # stdlib_code: the first 60 files only (seconds to build)
     # Logical data shards: they, not the process or device count, fix each batch's content and
     # the saved iterator state. A process reads only the shards holding its rows, so on a pod set
-    # a multiple of the host count (one shard is read whole by every process).
+    # a multiple of the host count (one shard is read whole by every process). 0, the old
+    # default that earlier runs saved, reads as 1.
     shards: int = 1
     num_kv_pairs: int = 16  # mqar: key-value pairs per sequence
     # mqar, seq2seq_synthetic: examples built for training; qagen: the first N train examples
@@ -40,5 +41,5 @@ class DataConfig:
             raise ValueError(f"seq_len={self.seq_len}: must be >= 2")
         for name in ("vocab_size", "num_kv_pairs", "train_examples", "test_examples"):
             check_positive_field(name, getattr(self, name))
-        if self.shards < 1:
+        if self.shards < 0:
             raise ValueError(f"shards={self.shards}: must be >= 1 (logical data shards)")

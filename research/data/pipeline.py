@@ -12,6 +12,7 @@ restores on any other count (`ShardedIterator.merge_states`; tests rely on both)
 
 import copy
 import json
+import re
 
 import grain
 import jax
@@ -76,9 +77,15 @@ def array_dataset(source, *, batch_size: int, seed: int, train: bool, shard: int
     return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
 
 
+class DataStateError(ValueError):
+    """A saved data-iterator state that does not fit this run (refused, never skipped)."""
+
+
 def owned_shards(shards: int, global_batch_size: int) -> tuple[range, int, slice]:
-    """(the shards this process reads, rows per shard, its rows of their concatenation)."""
+    """(the shards this process reads, rows per shard, its rows of their concatenation).
+    shards=0, the old default saved in earlier runs' configs, reads as 1."""
     n, p = jax.process_count(), jax.process_index()
+    shards = shards or 1
     if shards < 1:
         raise ValueError(f"data.shards={shards}: must be >= 1")
     if global_batch_size % shards or global_batch_size % n:
@@ -118,34 +125,42 @@ class ShardedIterator:
     def set_state(self, state: bytes):
         saved = json.loads(state)
         if saved["shards"] != self.shards:
-            raise ValueError(
+            raise DataStateError(
                 f"the saved data state has {saved['shards']} logical shards, this run "
                 f"{self.shards} (data.shards must not change on resume)"
             )
         for i, it in zip(self.shard_ids, self.iterators, strict=True):
             if str(i) not in saved["states"]:
-                raise ValueError(f"the saved data state has no state for shard {i}")
+                raise DataStateError(f"the saved data state has no state for shard {i}")
             it.set_state(saved["states"][str(i)])
 
     def start_prefetch(self):
         pass
 
     @staticmethod
-    def merge_states(states: list[bytes | str]) -> bytes:
-        """One state holding every shard of several processes' states (any process count)."""
+    def merge_states(states: list[bytes | str], names: list[str] | None = None) -> bytes:
+        """One state holding every shard of several processes' states (any process count).
+        `names` (process_P-of-N.json) place an older list-format state, one entry per shard,
+        process P owning the P-th block of them."""
         merged, shards = {}, set()
-        for s in states:
+        for k, s in enumerate(states):
             saved = json.loads(s)
+            if isinstance(saved, list):  # written before per-shard states: shards = N x len
+                p, n = map(int, re.findall(r"\d+", names[k])[-2:])
+                states_ = {str(p * len(saved) + i): x for i, x in enumerate(saved)}
+                saved = {"shards": n * len(saved), "states": states_}
             shards.add(saved["shards"])
             merged.update(saved["states"])
         if len(shards) != 1:
-            raise ValueError(f"the saved data states disagree on the shard count: {sorted(shards)}")
+            raise DataStateError(f"the saved data states disagree on the shard count: "
+                                 f"{sorted(shards)}")  # fmt: skip
         return json.dumps({"shards": shards.pop(), "states": merged}).encode()
 
 
 def _sharded(make_shard, batch_size: int, shards: int) -> ShardedIterator:
     """make_shard(rows, shard, shards) -> dataset, for each shard this process reads."""
     mine, rows, keep = owned_shards(shards, batch_size)
+    shards = shards or 1
     return ShardedIterator([make_shard(rows, i, shards) for i in mine], mine, shards, keep)
 
 

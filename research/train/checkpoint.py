@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from research.data.pipeline import ShardedIterator
+from research.data.pipeline import DataStateError, ShardedIterator
 from research.train.config import ConfigError
 
 
@@ -30,7 +30,8 @@ class DataHandler(grain.checkpoint.CheckpointHandler):
         files = sorted(epath.Path(directory).glob("process_*-of-*.json"))
         if not files:
             raise ValueError(f"no data iterator state in {directory}")
-        item.set_state(ShardedIterator.merge_states([f.read_text() for f in files]))
+        texts, names = [f.read_text() for f in files], [f.name for f in files]
+        item.set_state(ShardedIterator.merge_states(texts, names))
         return item
 
 
@@ -103,6 +104,11 @@ class Checkpointer:
                 )
                 return restored.state, step
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back
+                refused = _cause(e, DataStateError)
+                if refused is not None:  # readable, but not this run's data: never start afresh
+                    raise MismatchedCheckpoint(
+                        f"checkpoint {step} in {self.directory}: {refused}"
+                    ) from None
                 logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying an older one",
                                 step, self.directory, type(e).__name__, str(e)[:200])  # fmt: skip
         return None, 0
@@ -146,6 +152,13 @@ class Checkpointer:
 
 class MismatchedCheckpoint(ConfigError):
     """The workdir holds checkpoints of a differently shaped state (a user mistake: exit 2)."""
+
+
+def _cause(e: BaseException, kind: type) -> BaseException | None:
+    """e or the first exception of `kind` in its cause/context chain (Orbax wraps errors)."""
+    while e is not None and not isinstance(e, kind):
+        e = e.__cause__ or e.__context__
+    return e
 
 
 def _shapes(tree) -> dict[str, tuple]:

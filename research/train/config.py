@@ -90,7 +90,7 @@ def _check_devices(train: TrainConfig, mesh: MeshConfig, data: DataConfig, num_d
             f"{data_size} x {fsdp} on {num_devices} devices (every device takes whole rows)"
         )
     processes = jax.process_count()
-    if train.batch_size % data.shards or train.batch_size % processes:
+    if train.batch_size % (data.shards or 1) or train.batch_size % processes:
         raise ConfigError(
             f"batch_size={train.batch_size} must be divisible by data.shards={data.shards} and "
             f"by the process count ({processes})"

@@ -96,7 +96,12 @@ def config_changes(saved: dict, new: dict) -> dict[str, tuple]:
 
     a, b = flat(json.loads(json.dumps(saved))), flat(json.loads(json.dumps(new)))
     pairs = {k: (a.get(k, "absent"), b.get(k, "absent")) for k in sorted(a.keys() | b.keys())}
-    return {k: (old, new) for k, (old, new) in pairs.items() if old != new}
+    return {k: (old, new) for k, (old, new) in pairs.items() if _read(k, old) != _read(k, new)}
+
+
+def _read(key: str, value):
+    """A saved value as this version reads it: data.shards=0, the old default, is 1."""
+    return 1 if key == "data.shards" and value == 0 else value
 
 
 def describe_changes(changes: dict[str, tuple]) -> str:

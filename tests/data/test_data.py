@@ -175,6 +175,26 @@ def test_shard_layout_errors(monkeypatch):
         other.set_state(it.get_state())
 
 
+def test_list_states_of_earlier_checkpoints_merge_by_process(monkeypatch):
+    """Checkpoints written before per-shard states hold a list per process (one shard each):
+    merged by their file names, they restore today's iterator on any process count."""
+    records = [{"inputs": np.full(2, i, np.int32)} for i in range(32)]
+    its = []
+    for p in range(2):
+        _as_process(monkeypatch, p, 2)
+        its.append(pipeline.array_iterator(records, batch_size=4, seed=1, train=True, shards=2))
+    for it in its:
+        next(it)
+    old = [json.dumps(list(json.loads(it.get_state())["states"].values())) for it in its]
+    merged = pipeline.ShardedIterator.merge_states(old, ["process_0-of-2.json",
+                                                         "process_1-of-2.json"])  # fmt: skip
+    _as_process(monkeypatch, 0, 1)
+    one = pipeline.array_iterator(records, batch_size=4, seed=1, train=True, shards=2)
+    one.set_state(merged)
+    want = np.concatenate([next(it)["inputs"] for it in its])
+    np.testing.assert_array_equal(next(one)["inputs"], want)
+
+
 def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
     docs = [{"text": f"x = {i}\n" * (i % 7 + 1)} for i in range(300)]
     tok = tokenizer.train_or_load(lambda: (d["text"] for d in docs), str(tmp_path / "t.model"),

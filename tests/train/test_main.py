@@ -313,6 +313,29 @@ def test_ctrl_c_saves_stops_and_resumes(data_dir, tmp_path):
     assert f"done at step {step + 2} (2 steps this run, resumed from {step})" in r.stdout
 
 
+def test_a_data_state_of_other_shards_is_refused_not_skipped(reference, data_dir, tmp_path):
+    """With --allow_config_change a different data.shards still cannot take the saved iterator
+    state: one line, exit 2, nothing written (never a silent fresh start)."""
+    wd = tmp_path / "wd"
+    shutil.copytree(reference[0], wd)
+    before = _files(wd)
+    r = _run(wd, data_dir, "--config.data.shards=2", "--allow_config_change")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: checkpoint 24 in {wd}/checkpoints: the saved data state has "
+                           "1 logical shards, this run 2"), last  # fmt: skip
+    assert _files(wd) == before
+
+
+def test_configs_saved_with_the_old_shards_default_are_unchanged():
+    from research.train.loop import config_changes
+
+    assert config_changes({"data": {"shards": 0}}, {"data": {"shards": 1}}) == {}
+    assert config_changes({"data": {"shards": 0}}, {"data": {"shards": 2}}) == {
+        "data.shards": (0, 2)
+    }
+
+
 def test_resuming_with_a_changed_config(reference, data_dir, tmp_path):
     """A change that alters the training is refused (exit 2, one line naming it, nothing
     written); a schedule-only change resumes and is reported."""
