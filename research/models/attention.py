@@ -21,7 +21,16 @@ from flax import nnx
 
 from research import ops
 from research.models.config import ModelConfig
-from research.models.partitioning import BATCH, EMBED, HEADS, KV, LENGTH, per_device, tag
+from research.models.partitioning import (
+    BATCH,
+    EMBED,
+    HEADS,
+    KV,
+    LENGTH,
+    per_device,
+    platform,
+    tag,
+)
 from research.models.variables import Constant
 from research.ops import feature_maps as fm
 from research.ops.checks import check_causal_allowed
@@ -186,6 +195,12 @@ class SoftmaxAttention(Attention):
 
     def attend(self, q, k, v, mask, causal):
         impl = self.cfg.softmax_implementation
+        if impl == "tpu_flash" and (q.shape[1] % 128 or k.shape[1] % 128 or
+                                    (mask is not None and mask.ndim != 2) or
+                                    platform() != "tpu"):  # fmt: skip
+            # The kernel's blocks are 128 tokens and it takes key-padding masks only; off TPU,
+            # and for prefill, cross-attention decoding or UniLM masks, the same math blockwise.
+            impl = "blockwise"
 
         def fn(q, k, v, mask=None):
             return ops.softmax_attention(q, k, v, causal=causal, mask=mask, implementation=impl)

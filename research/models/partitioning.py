@@ -92,6 +92,16 @@ def per_device(fn: Callable, *names: tuple) -> Callable:
     return run
 
 
+def platform() -> str:
+    """The platform the traced code runs on: the active mesh's devices' (a TPU topology while
+    planning on a CPU host), else JAX's default backend."""
+    resolve = getattr(_STATE, "resolve", None)
+    sharding = None if resolve is None else resolve((), ())
+    if sharding is None:
+        return jax.default_backend()
+    return sharding.mesh.devices.flat[0].platform
+
+
 def tag(x: jax.Array, name: str, *names: str | None) -> jax.Array:
     """`checkpoint_name(x, name)` (what remat policies select by), then `constrain(x, *names)`."""
     return constrain(checkpoint_name(x, name), *names)

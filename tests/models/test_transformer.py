@@ -20,6 +20,8 @@ CAUSAL_KINDS = {
     # Rematerialised layers (model.remat) must compute the same forward, prefill and decode.
     "softmax-remat-full": dict(attention="softmax", remat="full"),
     "linear-remat-qkv": dict(attention="linear", feature_map="elu", remat="save_qkv_proj"),
+    # The TPU kernel off TPU (or at lengths not a multiple of 128) falls back to blockwise.
+    "tpu-flash-off-tpu": dict(attention="softmax", softmax_implementation="tpu_flash"),
 }
 # A short key convolution adds a per-layer history to the decode cache.
 CONV_KINDS = {

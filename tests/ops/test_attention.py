@@ -657,3 +657,25 @@ def test_cudnn_path_passes_layout_masks_bias_and_groups_to_jax(causal):
     if jax.default_backend() != "gpu":
         with pytest.raises(ValueError, match="'cudnn' needs a GPU .* backend is 'cpu'"):
             att.softmax_attention(q, k, v, implementation="cudnn")
+
+
+def test_cudnn_call_gets_a_full_length_mask(monkeypatch):
+    """cuDNN reads a mask as a bias of shape [B, H, Lq, Lk]; a key-padding mask must reach
+    jax.nn.dot_product_attention broadcast to Lq x Lk (checked by intercepting the call)."""
+    from research.ops.attention import softmax
+
+    seen = {}
+    original = jax.nn.dot_product_attention
+
+    def spy(q, k, v, bias=None, mask=None, **kw):
+        seen["mask"], seen["implementation"] = mask.shape, kw["implementation"]
+        return original(q, k, v, bias, mask, **{**kw, "implementation": "xla"})
+
+    monkeypatch.setattr(softmax, "check_backend", lambda *a: None)
+    monkeypatch.setattr(softmax.jax.nn, "dot_product_attention", spy)
+    q, k, v = _qkv(22, 2, 5, 7, 2, 8)
+    mask = np.asarray(_key_mask(5, 2, 7))
+    got = att.softmax_attention(q, k, v, mask=mask, implementation="cudnn")
+    assert seen == {"mask": (2, 1, 5, 7), "implementation": "cudnn"}
+    np.testing.assert_allclose(got, np_softmax_attention(q, k, v, mask=mask[:, None, None, :]),
+                               atol=1e-5)  # fmt: skip

@@ -116,6 +116,8 @@ def softmax_attention(
 
 def _jax_attention(q, k, v, bias, mask, causal: bool, scale: float, implementation: str):
     """JAX's own attention on our [B, L, H, D] layout (JAX's too; grouped k/v heads native)."""
+    if mask is not None:  # cuDNN takes the mask as a bias, whose lengths must be Lq x Lk
+        mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
     out = jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale, is_causal=causal,
                                        implementation=implementation)  # fmt: skip
     return out.astype(q.dtype)
