@@ -62,6 +62,10 @@ class ModelConfig:
     # (save those `checkpoint_name` tags) | qkv_proj_offloaded (q/k/v kept in pinned host
     # memory); MaxText's policies, research.models.partitioning.REMAT_POLICIES.
     remat: str = "none"
+    # Stack the layers' variables on a leading "layers" axis and run them with jax.lax.scan: one
+    # compiled layer body (compile time flat in depth), remat applied to it; MaxText's
+    # scan_layers. Same parameters and outputs as the unrolled loop; research.models.stack.
+    scan_layers: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_length",
@@ -96,6 +100,8 @@ class ModelConfig:
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})"
             )
         check_remat(self.remat)
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"scan_layers must be True or False, got {self.scan_layers!r}")
         if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
         if self.positions == "sinusoidal" and self.d_model % 2:

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file
 
+from research.models import stack
 from research.models.config import ModelConfig
 from research.models.transformer import Bert, DecoderLM
 
@@ -111,7 +112,7 @@ def load_bert(path, *, ignore_prefixes=(), **overrides) -> Bert:
     has_mlm = any(k.startswith("cls.predictions.") for k in tensors)
     has_pooler = "pooler.dense.weight" in tensors
     cfg = bert_config(config, mlm_head=has_mlm, pooler=has_pooler, **overrides)
-    model = Bert(cfg, rngs=nnx.Rngs(0))
+    model = Bert(cfg.replace(scan_layers=False), rngs=nnx.Rngs(0))  # stacked after loading
     ident = lambda x: x  # noqa: E731
     e = model.embed
     a = [
@@ -144,7 +145,7 @@ def load_bert(path, *, ignore_prefixes=(), **overrides) -> Bert:
                     raise ValueError(f"{name} differs from {ref}; only tied MLM decoders load")
                 tensors.pop(name)
     _assign(a, tensors, tuple(ignore_prefixes))
-    return model
+    return stack.convert(model, scan=cfg.scan_layers)
 
 
 def gpt2_config(config: dict, **overrides) -> ModelConfig:
@@ -163,7 +164,7 @@ def load_gpt2(path, *, ignore_prefixes=(), **overrides) -> DecoderLM:
     config, tensors = _read(path)
     tensors = _strip(tensors, "transformer.")
     cfg = gpt2_config(config, **overrides)
-    model = DecoderLM(cfg, rngs=nnx.Rngs(0))
+    model = DecoderLM(cfg.replace(scan_layers=False), rngs=nnx.Rngs(0))  # stacked after loading
     ident = lambda x: x  # noqa: E731
     d = cfg.d_model
     a = [
@@ -187,4 +188,4 @@ def load_gpt2(path, *, ignore_prefixes=(), **overrides) -> DecoderLM:
             raise ValueError("lm_head.weight differs from wte.weight; only tied GPT-2 heads load")
         tensors.pop("lm_head.weight")
     _assign(a, tensors, tuple(ignore_prefixes))
-    return model
+    return stack.convert(model, scan=cfg.scan_layers)

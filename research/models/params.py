@@ -12,6 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from research.models import stack
 from research.models.variables import Constant
 
 
@@ -64,25 +65,38 @@ def read_checkpoint(directory, step: int, *, config: bool = False, model=None):
 def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
     """Copy every parameter of `src` into `dst` whose path and shape agree; in place.
 
-    Returns (copied paths, paths of `dst` left as initialised), paths "a/b/c". A path both have
-    with different shapes raises ValueError (a vocabulary or width mismatch is a mistake, not a
+    Layers match by number whether either model stacks them (`ModelConfig.scan_layers`) or
+    not, so a scanned model starts from an unrolled one and back, and a k-layer model from the
+    first k layers of a deeper one. Returns (copied paths, paths of `dst` left as initialised),
+    paths "a/b/c" with per-layer paths "layers/i/..." in both forms. A path both have with
+    different shapes raises ValueError (a vocabulary or width mismatch is a mistake, not a
     fresh head).
     """
-    source = dict(nnx.to_flat_state(nnx.state(src, nnx.Any(nnx.Param, Constant))))
+    source = {}
+    for path, var in nnx.to_flat_state(nnx.state(src, nnx.Any(nnx.Param, Constant))):
+        value, k = var.get_value(), stack.stack_position(path, var)
+        if k is None:
+            source[path] = value
+        else:  # one entry per layer, as an unrolled model names them
+            for i in range(value.shape[0]):
+                source[(*path[: k + 1], i, *path[k + 1 :])] = value[i]
     state = nnx.state(dst, nnx.Any(nnx.Param, Constant))
     copied, fresh = [], []
     for path, var in nnx.to_flat_state(state):
-        name = "/".join(map(str, path))
-        if path not in source:
-            fresh.append(name)
-            continue
-        value = source[path].get_value()
-        if value.shape != var.get_value().shape:
-            raise ValueError(
-                f"parameter {name}: pretrained shape {value.shape} != model shape "
-                f"{var.get_value().shape}"
-            )
+        value, k = var.get_value(), stack.stack_position(path, var)
+        layers = [None] if k is None else range(value.shape[0])
+        for i in layers:
+            at = path if i is None else (*path[: k + 1], i, *path[k + 1 :])
+            name = "/".join(map(str, at))
+            mine = value if i is None else value[i]
+            if at not in source:
+                fresh.append(name)
+                continue
+            if source[at].shape != mine.shape:
+                raise ValueError(f"parameter {name}: pretrained shape {source[at].shape} != "
+                                 f"model shape {mine.shape}")  # fmt: skip
+            value = source[at] if i is None else value.at[i].set(source[at])
+            copied.append(name)
         var.set_value(value)
-        copied.append(name)
     nnx.update(dst, state)
     return copied, fresh

@@ -58,6 +58,8 @@ class Theseus(nnx.Module):
         if not cfg.num_labels:
             raise ValueError("Theseus compresses a classifier: the predecessor needs num_labels")
         check_successor_layers(cfg.num_layers, successor_layers)
+        if cfg.scan_layers:
+            raise ValueError("scan_layers=True: Theseus swaps single layers; build it unrolled")
         self.cfg = cfg
         self.k = successor_layers
         self.predecessor = Bert(cfg, rngs=rngs)

@@ -12,13 +12,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from research import ops
+from research.models import stack
 from research.models.config import ModelConfig
 from research.models.layers import (
     ACTIVATION_FNS,
-    Block,
     Embeddings,
     axes,
-    call_layer,
     dense,
     layer_norm,
     vocab_logits,
@@ -51,7 +50,7 @@ def _empty_cache(layers, batch: int, max_length: int):
     return {
         "index": jnp.zeros((batch,), jnp.int32),
         "valid": jnp.zeros((batch, max_length), bool),
-        "layers": [{"self": layer.attn.init_cache(batch, max_length)} for layer in layers],
+        "layers": stack.init_cache(layers, batch, max_length),
     }
 
 
@@ -90,10 +89,11 @@ class _Stack(nnx.Module):
         return self._prefill_layers(x, cache, mask=mask, valid=valid, positions=positions)
 
     def _prefill_layers(self, x, cache, *, mask, valid, positions):
-        new_layers = []
-        for layer, lc in zip(self.layers, cache["layers"], strict=True):
-            x, new = layer.prefill(x, lc, mask=mask, valid=valid, positions=positions)
-            new_layers.append({**lc, **new})
+        def prefill(layer, h, lc):
+            h, new = layer.prefill(h, lc, mask=mask, valid=valid, positions=positions)
+            return h, {**lc, **new}
+
+        x, new_layers = stack.run_cached(self.layers, prefill, x, cache["layers"])
         lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
         p = valid.shape[1]
         cache = {
@@ -110,10 +110,9 @@ class _Stack(nnx.Module):
         valid = cache["valid"].at[jnp.arange(token.shape[0]), index].set(True)
         seg = None if segment is None else jnp.broadcast_to(segment, token.shape)[:, None]
         x = self.embed(token[:, None], index[:, None], seg)
-        new_layers = []
-        for layer, lc in zip(self.layers, cache["layers"], strict=True):
-            x, lc = layer.decode(x, lc, index=index, valid=valid)
-            new_layers.append(lc)
+        x, new_layers = stack.run_cached(
+            self.layers, lambda layer, h, lc: layer.decode(h, lc, index=index, valid=valid), x,
+            cache["layers"])  # fmt: skip
         logits = self._logits(x)[:, 0]
         return logits, {"index": index + 1, "valid": valid, "layers": new_layers}
 
@@ -124,7 +123,7 @@ class DecoderLM(_Stack):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = Embeddings(cfg, rngs=rngs)
-        self.layers = nnx.List([Block(cfg, causal=True, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layers = stack.make_layers(cfg, cfg.num_layers, causal=True, rngs=rngs)
         self.final_norm = layer_norm(cfg, rngs) if cfg.norm == "pre" else None
         self.lm_head = (
             None
@@ -137,8 +136,7 @@ class DecoderLM(_Stack):
         _check_inputs(self.cfg, tokens, segment_ids, mask)
         positions = _positions(tokens)
         x = self.embed(tokens, positions, segment_ids)
-        for layer in self.layers:
-            x = call_layer(self.cfg, layer, x, mask=mask, positions=positions)
+        x = stack.run_layers(self.cfg, self.layers, x, mask=mask, positions=positions)
         return x if self.final_norm is None else self.final_norm(x)
 
     def __call__(self, tokens, *, segment_ids=None, mask=None):
@@ -182,7 +180,7 @@ class Bert(_Stack):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = Embeddings(cfg, rngs=rngs)
-        self.layers = nnx.List([Block(cfg, causal=False, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.layers = stack.make_layers(cfg, cfg.num_layers, causal=False, rngs=rngs)
         self.final_norm = layer_norm(cfg, rngs) if cfg.norm == "pre" else None
         head = cfg.mlm_head
         d = cfg.d_model
@@ -204,8 +202,7 @@ class Bert(_Stack):
         head's d_model x V matmul then costs K/L of the full one)."""
         x, attn_mask, positions = self.embed_inputs(tokens, segment_ids, mask, unilm,
                                                     embedding_delta)  # fmt: skip
-        for layer in self.layers:
-            x = call_layer(self.cfg, layer, x, mask=attn_mask, positions=positions)
+        x = stack.run_layers(self.cfg, self.layers, x, mask=attn_mask, positions=positions)
         return self.outputs(x, predict_at)
 
     def embed_inputs(self, tokens, segment_ids=None, mask=None, unilm=False, embedding_delta=None):
@@ -266,12 +263,9 @@ class EncoderDecoder(_Stack):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = Embeddings(cfg, rngs=rngs)
-        self.encoder = nnx.List(
-            [Block(cfg, causal=False, rngs=rngs) for _ in range(cfg.num_layers)]
-        )
-        self.layers = nnx.List(
-            [Block(cfg, causal=True, cross=True, rngs=rngs) for _ in range(cfg.decoder_layers)]
-        )
+        self.encoder = stack.make_layers(cfg, cfg.num_layers, causal=False, rngs=rngs)
+        self.layers = stack.make_layers(cfg, cfg.decoder_layers, causal=True, cross=True,
+                                        rngs=rngs)  # fmt: skip
         pre = cfg.norm == "pre"
         self.encoder_norm = layer_norm(cfg, rngs) if pre else None
         self.final_norm = layer_norm(cfg, rngs) if pre else None
@@ -281,8 +275,7 @@ class EncoderDecoder(_Stack):
         _check_inputs(self.cfg, src, None, src_mask, name="src")
         positions = _positions(src)
         x = self.embed(src, positions, delta=embedding_delta)
-        for layer in self.encoder:
-            x = call_layer(self.cfg, layer, x, mask=src_mask, positions=positions)
+        x = stack.run_layers(self.cfg, self.encoder, x, mask=src_mask, positions=positions)
         return x if self.encoder_norm is None else self.encoder_norm(x)
 
     def decode(self, memory, tgt, *, src_mask=None, tgt_mask=None, embedding_delta=None):
@@ -290,9 +283,8 @@ class EncoderDecoder(_Stack):
         _check_inputs(self.cfg, tgt, None, tgt_mask, name="tgt")
         positions = _positions(tgt)
         x = self.embed(tgt, positions, delta=embedding_delta)
-        for layer in self.layers:
-            x = call_layer(self.cfg, layer, x, mask=tgt_mask, positions=positions,
-                           context=memory, context_mask=src_mask)  # fmt: skip
+        x = stack.run_layers(self.cfg, self.layers, x, mask=tgt_mask, positions=positions,
+                             context=memory, context_mask=src_mask)  # fmt: skip
         return self._logits(x)
 
     def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None, embedding_delta=None):
@@ -313,8 +305,14 @@ class EncoderDecoder(_Stack):
         memory = self.encode(src, src_mask=src_mask)
         b = src.shape[0]
         cache = _empty_cache(self.layers, b, max_length)
-        for lc, layer in zip(cache["layers"], self.layers, strict=True):
-            lc["cross"] = layer.cross_attn.cross_cache(memory, src_mask)
+        cross = stack.map_layers(
+            self.layers, lambda layer: layer.cross_attn.cross_cache(memory, src_mask)
+        )
+        if stack.is_scanned(self.layers):
+            cache["layers"]["cross"] = cross
+        else:
+            for lc, c in zip(cache["layers"], cross, strict=True):
+                lc["cross"] = c
         return self.decode_step(jnp.full((b,), bos_id, jnp.int32), cache)
 
     def decode_step(self, token, cache):

@@ -20,7 +20,7 @@ import jax
 from research.config import ConfigError, RunConfig
 from research.data import classification
 from research.data import vocab as vocab_io
-from research.models import ModelConfig
+from research.models import ModelConfig, stack
 from research.models import params as params_io
 from research.models.params import transfer
 from research.models.theseus import Theseus, check_successor_layers, draw_replacement, replace_prob
@@ -95,6 +95,10 @@ class TheseusTask(Task):
     causal = False
 
     def validate(self, run: RunConfig) -> None:
+        if run.model.scan_layers:
+            raise ConfigError("model.scan_layers=True: BERT-of-Theseus swaps single layers "
+                              "in and out, which a scanned stack cannot; set it False (the "
+                              "predecessor and successor may come from scanned runs)")  # fmt: skip
         s = run.task_config
         path, mcfg = _predecessor(s)
         try:
@@ -128,7 +132,8 @@ class TheseusTask(Task):
             raise ConfigError(f"theseus.predecessor: its model takes {mcfg.vocab_size} tokens "
                               f"and {mcfg.max_length} positions; the data needs {vocab_size} "
                               f"and {max_length}")  # fmt: skip
-        return mcfg.replace(dropout=run.model.dropout)
+        # Unrolled whatever the predecessor's run used: modules are swapped layer by layer.
+        return mcfg.replace(dropout=run.model.dropout, scan_layers=False)
 
     def model_class(self, run: RunConfig) -> type:
         return Theseus
@@ -148,7 +153,7 @@ class TheseusTask(Task):
             if fresh:
                 raise ValueError(f"the checkpoint lacks {', '.join(fresh[:3])}")
             where = f"theseus.init={init!r}"
-            pretrained = bert.pretrained_model(init, key="theseus.init")
+            pretrained = stack.convert(bert.pretrained_model(init, key="theseus.init"), scan=False)
             for mine, theirs in zip(model.successor, pretrained.layers[: model.k], strict=True):
                 missing = transfer(theirs, mine)[1]
                 if missing:

@@ -100,7 +100,10 @@ def config_changes(saved: dict, new: dict) -> dict[str, tuple]:
 
 
 def _read(key: str, value):
-    """A saved value as this version reads it: data.shards=0, the old default, is 1."""
+    """A saved value as this version reads it: data.shards=0, the old default, is 1; a run
+    saved before model.scan_layers existed had unrolled layers."""
+    if key == "model.scan_layers" and value == "absent":
+        return False
     return 1 if key == "data.shards" and value == 0 else value
 
 

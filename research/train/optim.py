@@ -4,6 +4,7 @@ import jax
 import optax
 
 from research.config import SCHEDULES, OptimizerConfig
+from research.models import stack
 
 
 def learning_rate_schedule(*, peak: float, warmup_steps: int, total_steps: int, kind: str):
@@ -22,8 +23,17 @@ def learning_rate_schedule(*, peak: float, warmup_steps: int, total_steps: int, 
 
 
 def decay_mask(params):
-    """Weight decay on matrices only: norms' scales and all biases are 1-D and are not decayed."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay on matrices only: norms' scales and all biases are 1-D and are not decayed.
+    Stacked layers (`ModelConfig.scan_layers`: a stack's entry is not a layer number) count
+    without their leading layers dim."""
+
+    def is_matrix(path, p):
+        keys = [getattr(k, "key", None) for k in path]
+        at = next((i for i, k in enumerate(keys[:-1]) if k in stack.STACKS), None)
+        stacked = at is not None and not isinstance(keys[at + 1], int)
+        return p.ndim - stacked >= 2
+
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(cfg: OptimizerConfig, num_train_steps: int) -> optax.GradientTransformation:

@@ -26,6 +26,7 @@ LOGICAL_RULES = (
     ("kv", "tensor"),
     ("mlp", "tensor"),
     ("embed", "fsdp"),
+    ("layers", None),  # stacked layers (scan_layers): each device holds every layer's shard
     ("activation_batch", BATCH_AXES),
     ("activation_length", None),
     ("activation_embed", "tensor"),
@@ -100,21 +101,23 @@ def state_shardings(state: nnx.State, mesh: Mesh) -> dict:
         for key in path[:-1]:
             node = node.setdefault(key, {})
         shape = var.get_value().shape
-        node[path[-1]] = NamedSharding(mesh, _fully_sharded(logical_to_spec(names, shape, mesh),
-                                                            shape, mesh))  # fmt: skip
+        spec = _fully_sharded(logical_to_spec(names, shape, mesh), names, shape, mesh)
+        node[path[-1]] = NamedSharding(mesh, spec)
     return out
 
 
-def _fully_sharded(spec: P, shape, mesh: Mesh) -> P:
+def _fully_sharded(spec: P, names, shape, mesh: Mesh) -> P:
     """A parameter spec that does not use fsdp yet (the q/k/v and FFN biases: their one dim
     is named for tensor parallelism) also splits its first dim that divides over fsdp, so FSDP
     shards every parameter and its optimizer state (ZeRO-3); per-device bytes x fsdp stay
-    constant."""
+    constant. A stacked "layers" dim is never split (the scan slices it every layer)."""
     entries = [() if e is None else (e,) if isinstance(e, str) else tuple(e) for e in spec]
     entries += [()] * (len(shape) - len(entries))
     if "fsdp" not in mesh.shape or mesh.shape["fsdp"] == 1 or any("fsdp" in e for e in entries):
         return spec
-    for i, (axes, dim) in enumerate(zip(entries, shape, strict=True)):
+    for i, (axes, dim, name) in enumerate(zip(entries, shape, names, strict=True)):
+        if name == "layers":
+            continue
         size = math.prod(mesh.shape[a] for a in axes) * mesh.shape["fsdp"]
         if dim % size == 0:
             entries[i] = (*axes, "fsdp")

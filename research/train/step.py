@@ -47,7 +47,8 @@ class ModelDef:
         model = nnx.merge(self.train_graph if train else self.eval_graph, params, consts,
                           self.rng_state)  # fmt: skip
         if key is not None:
-            nnx.reseed(model, dropout=key)
+            # Stacked layers (scan_layers) hold one dropout key per layer: split the step's key.
+            nnx.reseed(model, dropout=key, policy="match_shape")
         return model
 
 

@@ -9,6 +9,7 @@ from safetensors.numpy import load_file, save_file
 
 from research.data.wordpiece import load_hf_tokenizer
 from research.models import convert
+from research.models.layers import Block
 
 torch = pytest.importorskip("torch", reason="parity tests need the test extra (torch==2.13.0)")
 transformers = pytest.importorskip("transformers", reason="parity tests need transformers")
@@ -33,7 +34,8 @@ def _inputs(vocab, b=2, length=13, seed=0):
     return ids, seg, mask
 
 
-def test_tiny_bert_matches_transformers(tmp_path):
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_tiny_bert_matches_transformers(tmp_path, scan):
     hf = _random_bert(tmp_path)
     ids, seg, mask = _inputs(99)
     with torch.no_grad():
@@ -43,15 +45,17 @@ def test_tiny_bert_matches_transformers(tmp_path):
             attention_mask=torch.tensor(mask.astype(np.int64)),
             output_hidden_states=True,
         )
-    ours = convert.load_bert(tmp_path)(jnp.asarray(ids), segment_ids=jnp.asarray(seg),
-                                       mask=jnp.asarray(mask))  # fmt: skip
+    model = convert.load_bert(tmp_path, scan_layers=scan)
+    assert isinstance(model.layers, Block) == scan  # scanned: one Block of stacked layers
+    ours = model(jnp.asarray(ids), segment_ids=jnp.asarray(seg), mask=jnp.asarray(mask))
     m = mask[..., None]
     np.testing.assert_allclose(np.asarray(ours.hidden_states) * m,
                                ref.hidden_states[-1].numpy() * m, atol=1e-4)  # fmt: skip
     np.testing.assert_allclose(np.asarray(ours.logits) * m, ref.logits.numpy() * m, atol=1e-4)
 
 
-def test_tiny_gpt2_matches_transformers(tmp_path):
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_tiny_gpt2_matches_transformers(tmp_path, scan):
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64)
     hf = transformers.GPT2LMHeadModel(cfg).eval()
@@ -59,7 +63,8 @@ def test_tiny_gpt2_matches_transformers(tmp_path):
     ids = np.random.default_rng(1).integers(0, 97, (2, 17))
     with torch.no_grad():
         ref = hf(input_ids=torch.tensor(ids)).logits.numpy()
-    model = convert.load_gpt2(tmp_path)
+    model = convert.load_gpt2(tmp_path, scan_layers=scan)
+    assert model.cfg.scan_layers == scan and isinstance(model.layers, Block) == scan
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), ref, atol=1e-4)
     # The imported model decodes incrementally to the same logits.
     logits, cache = model.prefill(jnp.asarray(ids[:, :5]), max_length=18)

@@ -327,12 +327,17 @@ def test_a_data_state_of_other_shards_is_refused_not_skipped(reference, data_dir
     assert _files(wd) == before
 
 
-def test_configs_saved_with_the_old_shards_default_are_unchanged():
+def test_configs_saved_before_a_new_default_are_unchanged():
     from research.train.loop import config_changes
 
     assert config_changes({"data": {"shards": 0}}, {"data": {"shards": 1}}) == {}
     assert config_changes({"data": {"shards": 0}}, {"data": {"shards": 2}}) == {
         "data.shards": (0, 2)
+    }
+    # Saved before model.scan_layers existed: unrolled, the default.
+    assert config_changes({"model": {}}, {"model": {"scan_layers": False}}) == {}
+    assert config_changes({"model": {}}, {"model": {"scan_layers": True}}) == {
+        "model.scan_layers": ("absent", True)
     }
 
 
@@ -390,3 +395,37 @@ def test_checkpoints_only_where_the_schedule_asks(data_dir, tmp_path):
              "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=10")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert _steps(tmp_path) == [4, 8, 12]
+
+
+def test_scanned_layers_train_resume_exactly_and_decode(data_dir, tmp_path):
+    """A model.scan_layers run checkpoints stacked layers, resumes bitwise from an older
+    checkpoint, loads for decoding, and refuses to resume as unrolled (one line, exit 2, the
+    checkpoint untouched)."""
+    import numpy as np
+
+    from research.models.generate import generate
+    from research.train import load_trained
+
+    scan = "--config.model.scan_layers=True"
+    r = _run(tmp_path, data_dir, "--config.num_train_steps=12", scan)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = _train_losses(tmp_path)
+    assert _steps(tmp_path) == [4, 8, 12]
+    shutil.rmtree(tmp_path / "checkpoints" / "12")  # as if preempted after step 8's save
+    r = _run(tmp_path, data_dir, "--config.num_train_steps=12", scan)
+    assert r.returncode == 0 and "resumed from step 8" in r.stdout, r.stderr[-3000:]
+    assert _train_losses(tmp_path) == first  # steps 9-12 again, bit for bit
+    t = load_trained(tmp_path)
+    assert t.model.cfg.scan_layers and t.model.layers.attn.q.kernel.get_value().shape[0] == 2
+    ids = np.asarray([t.vocab.encode("def f(x):")], np.int32)
+    out = generate(t.model, ids, max_new_tokens=4, stop_tokens=(3,), pad_id=0)
+    assert np.asarray(out).shape == (1, 4)
+    before = _files(tmp_path)
+    bad = _run(tmp_path, data_dir, "--config.num_train_steps=14", "--allow_config_change")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint 12 in {tmp_path}/checkpoints was saved by a different model or "
+        "optimizer (params/layers/0/attn/k/bias: saved absent, this config (32,)); use another "
+        "--workdir, or the config that wrote it"
+    )
+    assert _files(tmp_path) == before

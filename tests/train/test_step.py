@@ -29,8 +29,9 @@ def _batches(n=5, b=16, length=12):
     return out
 
 
-def _run(mesh_shape=None, kind="jit", accum=1, remat="none"):
-    model = DecoderLM(CFG.replace(remat=remat), rngs=nnx.Rngs(params=0, dropout=1))
+def _run(mesh_shape=None, kind="jit", accum=1, remat="none", scan=False):
+    cfg = CFG.replace(remat=remat, scan_layers=scan)
+    model = DecoderLM(cfg, rngs=nnx.Rngs(params=0, dropout=1))
     model_def, params, consts = step.split_model(model)
     opt = optim.make_optimizer(OPT, 5)
     devices = jax.devices() if mesh_shape else jax.devices()[:1]
@@ -53,6 +54,24 @@ def _run(mesh_shape=None, kind="jit", accum=1, remat="none"):
         state, m = train(state, batch)
         losses.append(float(m["loss_sum"] / m["weight_sum"]))
     return jax.device_get(state.params), losses, state
+
+
+def _per_layer(params):
+    """A scanned model's parameters as the unrolled model names them (layers/i/...)."""
+    if 0 in params["layers"]:
+        return params
+    n = jax.tree.leaves(params["layers"])[0].shape[0]
+    return {**params, "layers": {i: jax.tree.map(lambda x, i=i: x[i], params["layers"])
+                                 for i in range(n)}}  # fmt: skip
+
+
+def _assert_same_run(run, reference):
+    (params, losses, _), (ref_params, ref_losses, _) = run, reference
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    flat, ref = jax.tree.leaves_with_path(_per_layer(params)), jax.tree.leaves_with_path(ref_params)
+    assert [k for k, _ in flat] == [k for k, _ in ref]
+    for (_, a), (_, b) in zip(flat, ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def _one_device(cfg: ModelConfig):
@@ -124,6 +143,13 @@ def test_optimizer_masks_norms_and_biases():
     assert mask["layers"][0]["attn"]["q"]["kernel"] is True
     assert mask["layers"][0]["attn"]["q"]["bias"] is False
     assert mask["layers"][0]["attn_norm"]["scale"] is False
+    # Stacked layers: a [layers, d] bias or scale is still not decayed, a kernel still is.
+    model = DecoderLM(CFG.replace(scan_layers=True), rngs=nnx.Rngs(0))
+    stacked = optim.decay_mask(nnx.to_pure_dict(step.split_model(model)[1]))
+    assert stacked["layers"]["attn"]["q"]["kernel"] is True
+    assert stacked["layers"]["attn"]["q"]["bias"] is False
+    assert stacked["layers"]["attn_norm"]["scale"] is False
+    assert stacked["embed"]["token"]["embedding"] is True
     sched = optim.learning_rate_schedule(peak=1.0, warmup_steps=10, total_steps=110, kind="cosine")
     assert float(sched(0)) == 0.0 and abs(float(sched(10)) - 1.0) < 1e-6
     assert abs(float(sched(60)) - 0.5) < 1e-6 and float(sched(110)) < 1e-6
@@ -156,13 +182,39 @@ def test_bfloat16_compute_keeps_fp32_parameters():
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("remat", [p for p in REMAT_POLICIES if p != "none"])
-def test_every_remat_policy_on_a_data_fsdp_tensor_mesh_equals_single_device(reference, remat):
-    ref_params, ref_losses, _ = reference
-    params, losses, _ = _run({"data": 2, "fsdp": 2, "tensor": 2}, remat=remat)
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+# (none, unrolled) on this mesh is test_sharded_steps_equal_single_device.
+@pytest.mark.parametrize(
+    "remat, scan", [(r, s) for r in REMAT_POLICIES for s in (False, True) if r != "none" or s]
+)
+def test_every_remat_policy_on_a_data_fsdp_tensor_mesh_equals_single_device(reference, remat,
+                                                                            scan):  # fmt: skip
+    _assert_same_run(_run({"data": 2, "fsdp": 2, "tensor": 2}, remat=remat, scan=scan), reference)
+
+
+@pytest.mark.parametrize(
+    "mesh_shape, kind", [({"data": -1}, "jit"), (None, "shard_map")], ids=["data8", "shard_map"]
+)
+def test_scanned_layers_on_other_meshes_equal_single_device(reference, mesh_shape, kind):
+    run = _run(mesh_shape, kind, scan=True)
+    _assert_same_run(run, reference)
+    if kind == "jit":  # the stacked layers axis is never split; the rest is as unrolled
+        q = run[2].params["layers"]["attn"]["q"]["kernel"]
+        assert q.shape == (2, 32, 32) and q.sharding.spec[0] is None
+
+
+def test_fsdp_never_splits_the_stacked_layers_axis():
+    # 8 layers on fsdp=8: a bias [8, 32] must split its 32, not its layers dim (the scan slices
+    # that every layer), and ZeRO-3 still leaves 1/8 of every parameter on each device.
+    model = DecoderLM(CFG.replace(num_layers=8, scan_layers=True), rngs=nnx.Rngs(0))
+    _, params, consts = step.split_model(model)
+    opt = optim.make_optimizer(OPT, 5)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 8}, jax.devices())
+    sh = step.state_shardings(opt, params, consts, mesh)
+    stacked = jax.tree.leaves(sh.params["layers"])
+    assert stacked and all(s.spec[0] is None for s in stacked)
+    state = step.init_state(opt, params, consts, 0, sh)
+    for x in jax.tree.leaves(state.params):
+        assert x.addressable_shards[0].data.size * 8 == x.size, (x.shape, x.sharding.spec)
 
 
 def _loss(remat: str, length: int = 12):
@@ -214,11 +266,12 @@ def test_activations_are_constrained_only_inside_the_step_context():
     assert odd == jax.sharding.PartitionSpec(None, None)
 
 
-def test_remat_keeps_dropout_exact():
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_remat_keeps_dropout_exact(scan):
     # The recomputed forward draws the same dropout masks: remat changes memory, not results.
     out = {}
     for remat in ("none", "full", "save_dot_except_mlp"):
-        train, state = _one_device(CFG.replace(remat=remat, dropout=0.2))
+        train, state = _one_device(CFG.replace(remat=remat, dropout=0.2, scan_layers=scan))
         losses = []
         for batch in _batches(3):
             state, m = train(state, batch)
