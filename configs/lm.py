@@ -9,7 +9,7 @@
 Other data: --config.data.source=tfds:tiny_shakespeare (catalog, needs internet once) or
 --config.data.source=text:/path/to/corpus.txt (one document per file line block).
 
-Pod presets for TPU (Pallas flash attention, full remat; plan them first, figures in
+Pod presets for TPU (Pallas flash attention, scanned layers; plan them first, figures in
 docs/pod_planning.md; on GPUs add --config.model.softmax_implementation=cudnn):
 
     python -m research.plan --config=configs/lm.py:1b --topology=v5e:16x16
@@ -44,15 +44,17 @@ def get_config(preset: str = "") -> ConfigDict:
     elif preset == "1b":  # 1.3B (d2048 x 24, GPT-3 XL's shape) for v5e-256; docs/pod_planning.md
         c.data.update(seq_len=2048, vocab_size=32000)
         c.model.update(d_model=2048, num_heads=16, num_layers=24, d_ff=8192, dtype="bfloat16",
-                       remat="full", softmax_implementation="tpu_flash")  # fmt: skip
+                       remat="full", softmax_implementation="tpu_flash",
+                       scan_layers=True)  # fmt: skip
         c.mesh.update(data=16, fsdp=16)
         c.data.shards = 64  # a multiple of v5e-256's 64 hosts: each reads only its records
         c.batch_size = 3072  # 12 x 2048 tokens per chip, MaxText's per-device batch for ~1B
     elif preset == "7b":  # LLaMA-2-7B's shape for v5e-256 (MaxText configs/tpu/v5e/llama2_7b.sh)
         c.data.update(seq_len=2048, vocab_size=32000)
         c.model.update(d_model=4096, num_heads=32, num_layers=32, d_ff=11008,
-                       activation="swiglu", use_bias=False, dtype="bfloat16", remat="full",
-                       softmax_implementation="tpu_flash")  # fmt: skip
+                       activation="swiglu", use_bias=False, dtype="bfloat16",
+                       remat="save_qkv_proj", softmax_implementation="tpu_flash",
+                       scan_layers=True)  # fmt: skip
         c.mesh.update(data=1, fsdp=256)
         c.data.shards = 64
         c.batch_size = 1024  # 4 x 2048 tokens per chip

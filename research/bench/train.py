@@ -2,6 +2,7 @@
 
     python -m research.bench.train [--layers 6 --d_model 512 --heads 8 --length 512 --batch 8
                                     --vocab 8192 --attention softmax --steps 5 --out DIR]
+                                    [--scan_layers --remat full]
 
 MFU = model FLOPs per step / step time / measured matmul peak (research.report), with the
 PaLM count (Chowdhery et al. 2022, appendix B): 6 N + 12 n_layers d_model length FLOPs per token,
@@ -18,6 +19,7 @@ from flax import nnx
 from research.cli import positive_int
 from research.config import OptimizerConfig
 from research.models import DecoderLM, ModelConfig
+from research.models.partitioning import REMAT_POLICIES
 from research.report import format_table, machine_header, matmul_peak, median_time, write_csv
 from research.tasks import lm_loss
 from research.train import optim, sharding, step
@@ -32,7 +34,8 @@ def model_flops_per_token(cfg: ModelConfig, params) -> float:
 def model_config(args) -> ModelConfig:
     return ModelConfig(vocab_size=args.vocab, d_model=args.d_model, num_heads=args.heads,
                        num_layers=args.layers, d_ff=4 * args.d_model, max_length=args.length,
-                       attention=args.attention, positions="learned", dtype=args.dtype)  # fmt: skip
+                       attention=args.attention, positions="learned", dtype=args.dtype,
+                       scan_layers=args.scan_layers, remat=args.remat)  # fmt: skip
 
 
 def run(args) -> dict:
@@ -61,7 +64,8 @@ def run(args) -> dict:
     return {
         "layers": args.layers, "d_model": args.d_model, "heads": args.heads,
         "length": args.length, "batch": args.batch, "vocab": args.vocab,
-        "attention": args.attention, "dtype": args.dtype, "step_seconds": seconds,
+        "attention": args.attention, "dtype": args.dtype, "scan_layers": args.scan_layers,
+        "remat": args.remat, "step_seconds": seconds,
         "tokens_per_second": tokens / seconds, "model_tflops_per_step": flops_token * tokens / 1e12,
         "matmul_peak_gflops": peak / 1e9, "mfu": flops_token * tokens / seconds / peak,
     }  # fmt: skip
@@ -82,6 +86,8 @@ def main(argv=None):
     p.add_argument("--vocab", type=positive_int, default=8192)
     p.add_argument("--attention", default="softmax", choices=["softmax", "linear"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--scan_layers", action="store_true", help="model.scan_layers (one lax.scan)")
+    p.add_argument("--remat", default="none", choices=list(REMAT_POLICIES))
     p.add_argument("--steps", type=positive_int, default=5, help="timed steps (median; 2 warm-up)")
     p.add_argument("--out", default="", help="directory for train_bench.csv")
     args = p.parse_args(argv)
@@ -95,7 +101,9 @@ def main(argv=None):
     print(machine_header())
     print(
         f"DecoderLM {r['layers']}L d{r['d_model']} h{r['heads']} len {r['length']} batch "
-        f"{r['batch']} vocab {r['vocab']} {r['attention']} {r['dtype']}, AdamW, jit train step\n"
+        f"{r['batch']} vocab {r['vocab']} {r['attention']} {r['dtype']}, "
+        f"{'scanned' if r['scan_layers'] else 'unrolled'} layers, remat {r['remat']}, AdamW, jit "
+        "train step\n"
     )
     print(format_table([r], COLUMNS, FORMATS, align="rrrrr"))
     if args.out:

@@ -5,11 +5,15 @@
     python -m research.plan --config=configs/lm.py:smoke --topology=cpu   # this machine
     python -m research.plan --config=configs/lm.py:1b --topology=v5e:16x16 \
         --fsdp_sweep=16,32,64,128,256 --out=/tmp/seqlab/plan   # memory against FSDP size
+    python -m research.plan --config=configs/lm.py:1b --topology=v5e:16x16 \
+        --layers_sweep=6,12,24,48 --out=/tmp/seqlab/plan   # compile time against depth
 
 Prints per-device argument/output/temp memory against the chip's HBM, compiled FLOPs and bytes
 per step, and a roofline step time and tokens/s. --fsdp_sweep plans the train step once per
 mesh.fsdp at the config's global batch (mesh.data takes the remaining devices) and writes
 plan_fsdp.csv and plan_fsdp.png to --out: with FSDP, arguments x fsdp should stay constant.
+--layers_sweep plans it once per model.num_layers and writes plan_layers_{scanned,unrolled}.csv
+and .png: with model.scan_layers=True the compile time should stay flat in depth.
 Exit codes: 0 fits, 3 does not fit, 2 bad arguments (unknown topology, mesh not matching the
 chip count, config errors, no libtpu).
 """
@@ -29,7 +33,8 @@ _DECODE = flags.DEFINE_integer(
 )
 
 _SWEEP = flags.DEFINE_list("fsdp_sweep", [], "plan the train step for each of these mesh.fsdp")
-_OUT = flags.DEFINE_string("out", "/tmp/seqlab/plan", "--fsdp_sweep: where CSV and PNG go")
+_LAYERS = flags.DEFINE_list("layers_sweep", [], "plan the train step for each model.num_layers")
+_OUT = flags.DEFINE_string("out", "/tmp/seqlab/plan", "sweeps: where CSV and PNG go")
 
 GiB = 2**30
 
@@ -63,14 +68,20 @@ def _attention(m) -> str:
     return f"softmax ({impl})" if m.attention == "softmax" else m.attention
 
 
+def _layers(m) -> str:
+    """ "d2048 x 24 layers (scanned), softmax (tpu_flash) attention, remat full"."""
+    stacked = "scanned" if m.get("scan_layers", False) else "unrolled"
+    return (f"d{m.d_model} x {m.num_layers} layers ({stacked}), {_attention(m)} attention, "
+            f"remat {m.get('remat', 'none')}")  # fmt: skip
+
+
 def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, bool]:
     """(the table, fits) for compiled plans on `chips` devices of `chip`."""
     tokens = c.batch_size * c.data.seq_len
     lines = [
         f"{topology}: {chips} x {chip.name}, {chip.hbm_bytes / GiB:.1f} GiB each | mesh "
-        f"{dict(mesh.shape)} | model d{c.model.d_model} x {c.model.num_layers} layers, "
-        f"{_attention(c.model)} attention, remat {c.model.get('remat', 'none')} | batch "
-        f"{c.batch_size} x {c.data.seq_len} tokens",
+        f"{dict(mesh.shape)} | model {_layers(c.model)} | batch {c.batch_size} x "
+        f"{c.data.seq_len} tokens",
         format_table([_row(p, chip, tokens) for p in plans]),
     ]
     fits = all(chip.hbm_bytes - p.total_bytes >= 0 for p in plans)
@@ -78,12 +89,14 @@ def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, boo
     worst = max(p.total_bytes for p in plans) - chip.hbm_bytes
     verdict = "fits" if fits else f"does not fit by {_bytes(worst)} per device"
     m = c.model
-    loops = c.accum_steps > 1 or m.attention != "softmax" or m.softmax_implementation != "xla"
+    loops = (c.accum_steps > 1 or m.attention != "softmax" or m.softmax_implementation != "xla"
+             or m.get("scan_layers", False))  # fmt: skip
     if loops or any(p.name == "decode" for p in plans):
         # XLA's cost analysis counts a while-loop body once, whatever its trip count.
-        notes.append("note: loops (decoding, blockwise/linear attention or gradient "
-                     "accumulation): XLA counts a loop body once, so those steps' FLOPs, bytes "
-                     "and roofline are underestimates. Memory is exact.")  # fmt: skip
+        notes.append("note: loops (scanned layers, decoding, blockwise/linear attention or "
+                     "gradient accumulation): XLA counts a loop body once, so those steps' "
+                     "GFLOP and GB accessed are underestimates (the roofline takes the larger of "
+                     "XLA's and the model FLOPs). Memory is exact.")  # fmt: skip
     lines += notes
     lines.append(
         "\nmemory per device; FLOPs and bytes per device per step (XLA estimates); model "
@@ -95,9 +108,9 @@ def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, boo
     return "\n".join(lines), fits
 
 
-def _positive(v: str) -> int:
+def _positive(flag, v: str) -> int:
     if not v.isdigit() or int(v) < 1:
-        raise ValueError(f"--fsdp_sweep={_SWEEP.value}: {v!r} is not a positive integer")
+        raise ValueError(f"--{flag.name}={','.join(flag.value)}: {v!r} is not a positive integer")
     return int(v)
 
 
@@ -127,10 +140,7 @@ def fsdp_sweep(c, devices, chip, sizes: list[int]) -> int:
             lambda r: _bytes(r["total_bytes"]), lambda r: "yes" if r["fits"] else "NO",
             lambda r: f"{r['collective_bytes'] / 1e9:.2f}",
             lambda r: f"{100 * r['mfu_bound']:.1f}%", "{compile_s:.0f}")  # fmt: skip
-    m = c.model
-    title = (f"{_TOPOLOGY.value}: d{m.d_model} x {m.num_layers} layers, {_attention(m)} "
-             f"attention, remat {m.get('remat', 'none')}, batch {c.batch_size} x "
-             f"{c.data.seq_len}")  # fmt: skip
+    title = f"{_TOPOLOGY.value}: {_layers(c.model)}, batch {c.batch_size} x {c.data.seq_len}"
     scaled = [r["argument_bytes"] * r["fsdp"] for r in rows]
     print(title)
     print(format_table(rows, cols, fmts))
@@ -152,6 +162,61 @@ def fsdp_sweep(c, devices, chip, sizes: list[int]) -> int:
     return 0 if all(r["fits"] for r in rows) else 3
 
 
+def layers_sweep(c, devices, chip, depths: list[int]) -> int:
+    """The train step planned at each model.num_layers in `depths`; table, CSV and PNG of
+    compile time and per-device memory against depth. Exit 0 when every plan fits, else 3."""
+    import copy
+    import pathlib
+
+    from research.plan import plan_train
+    from research.report import save_figure, write_csv
+
+    rows = []
+    for n in depths:
+        ci = copy.deepcopy(c)
+        ci.model.num_layers = n
+        p = plan_train(ci, devices)[0]
+        rows.append(
+            {
+                "layers": n,
+                "compile_s": p.compile_seconds,
+                "argument_bytes": p.argument_bytes,
+                "temp_bytes": p.temp_bytes,
+                "total_bytes": p.total_bytes,
+                "fits": p.total_bytes <= chip.hbm_bytes,
+            }
+        )
+        print(f"  {n} layers: compiled in {p.compile_seconds:.1f} s", flush=True)
+    cols = ("layers", "compile s", "compile / shallowest", "arguments", "temp", "total", "fits")
+    first = rows[0]["compile_s"]
+    fmts = ("{layers}", "{compile_s:.1f}", lambda r: f"{r['compile_s'] / first:.2f}x",
+            lambda r: _bytes(r["argument_bytes"]), lambda r: _bytes(r["temp_bytes"]),
+            lambda r: _bytes(r["total_bytes"]), lambda r: "yes" if r["fits"] else "NO")  # fmt: skip
+    model = _layers(c.model).replace(f"x {c.model.num_layers} layers", "x N layers")
+    title = f"{_TOPOLOGY.value}: {model}, batch {c.batch_size} x {c.data.seq_len}"
+    times = [r["compile_s"] for r in rows]
+    print(title)
+    print(format_table(rows, cols, fmts))
+    print(f"compile time: max / min = {max(times) / min(times):.2f}")
+    out = pathlib.Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "plan_layers_" + ("scanned" if c.model.get("scan_layers", False) else "unrolled")
+    write_csv(out / f"{stem}.csv", rows)
+    with save_figure(out / f"{stem}.png", title, 2, (10, 4)) as (ax, mem):
+        x = [r["layers"] for r in rows]
+        ax.plot(x, times, marker="o")
+        ax.set(xlabel="model.num_layers", ylabel="compile seconds", ylim=(0, None))
+        for key, label in (("argument_bytes", "arguments"), ("temp_bytes", "temporaries")):
+            mem.plot(x, [r[key] / GiB for r in rows], marker="o", label=label)
+        mem.axhline(chip.hbm_bytes / GiB, color="k", ls="--", lw=1, label=f"{chip.name} HBM")
+        mem.set(xlabel="model.num_layers", ylabel="GiB per device")
+        for a in (ax, mem):
+            a.grid(alpha=0.3)
+        mem.legend()
+    print(f"wrote {out / stem}.csv and .png")
+    return 0 if all(r["fits"] for r in rows) else 3
+
+
 def main(argv):
     from research.plan import MissingLibtpu, devices_for, plan_train
     from research.train import sharding
@@ -168,7 +233,9 @@ def main(argv):
     try:
         devices, chip = devices_for(_TOPOLOGY.value, _NUM_SLICES.value)
         if _SWEEP.value:
-            return fsdp_sweep(c, devices, chip, [_positive(v) for v in _SWEEP.value])
+            return fsdp_sweep(c, devices, chip, [_positive(_SWEEP, v) for v in _SWEEP.value])
+        if _LAYERS.value:
+            return layers_sweep(c, devices, chip, [_positive(_LAYERS, v) for v in _LAYERS.value])
         plans = plan_train(c, devices, eval_step=_EVAL.value, decode_tokens=_DECODE.value)
     except (MissingLibtpu, ConfigError, ValueError) as e:
         fail(str(e))

@@ -31,8 +31,12 @@ class Plan:
         return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
 
     def roofline_seconds(self, chip: Chip) -> float:
-        """max(FLOPs / peak, HBM bytes / HBM bandwidth, collective bytes / ICI bandwidth)."""
-        return max(self.flops / chip.peak_flops, self.bytes_accessed / chip.hbm_bandwidth,
+        """max(FLOPs / peak, HBM bytes / HBM bandwidth, collective bytes / ICI bandwidth).
+
+        FLOPs: the larger of XLA's count and the analytic model FLOPs; XLA counts a loop body
+        (scanned layers, blockwise attention) once, whatever its trip count."""
+        flops = max(self.flops, self.model_flops)
+        return max(flops / chip.peak_flops, self.bytes_accessed / chip.hbm_bandwidth,
                    self.collective_bytes / chip.ici_bandwidth)  # fmt: skip
 
     def mfu_bound(self, chip: Chip) -> float:

@@ -89,6 +89,13 @@ def _check_devices(train: TrainConfig, mesh: MeshConfig, data: DataConfig, num_d
             f"batch_size={train.batch_size} is not divisible by mesh data x fsdp = "
             f"{data_size} x {fsdp} on {num_devices} devices (every device takes whole rows)"
         )
+    micro = train.batch_size // train.accum_steps
+    if micro % (data_size * fsdp):
+        raise ConfigError(
+            f"batch_size / accum_steps = {train.batch_size} / {train.accum_steps} = {micro} rows "
+            f"per microbatch is not divisible by mesh data x fsdp = {data_size} x {fsdp} (each "
+            "device would hold every microbatch row's activations)"
+        )
     processes = jax.process_count()
     if train.batch_size % (data.shards or 1) or train.batch_size % processes:
         raise ConfigError(

@@ -120,11 +120,8 @@ def describe_changes(changes: dict[str, tuple]) -> str:
 
 def _evaluate(eval_step, state, make_iterator, eval_steps: int, batch_sharding, extra) -> dict:
     """Eval loss over `eval_steps` batches, plus the task's `extra(state, pairs)` metrics."""
-    ds = make_iterator(False)
     totals, pairs = None, []
-    for i, local in enumerate(ds):
-        if i >= eval_steps:
-            break
+    for local in batches_everywhere(iter(make_iterator(False)), eval_steps):
         batch = pipeline.global_batch(local, batch_sharding)
         pairs.append((local, batch))
         sums = jax.device_get(eval_step(state, batch))
@@ -134,6 +131,25 @@ def _evaluate(eval_step, state, make_iterator, eval_steps: int, batch_sharding, 
     result = metrics.summarize(totals)
     result.update(extra(state, pairs))
     return result
+
+
+def batches_everywhere(iterator, limit: int, all_have=None):
+    """Up to `limit` batches of this process's `iterator`, stopping on every process as soon as
+    one has run out: processes reading other shards can hold different numbers of eval batches,
+    and one that stopped alone would leave the others waiting in the step's collectives.
+    `all_have(have) -> bool`: whether every process has a batch (default: an all-gather)."""
+    all_have = all_have or _all_processes_have
+    for _ in range(limit):
+        local = next(iterator, None)
+        if not all_have(local is not None):
+            return
+        yield local
+
+
+def _all_processes_have(have: bool) -> bool:
+    if jax.process_count() == 1:
+        return have
+    return bool(np.all(multihost_utils.process_allgather(np.int32(have))))
 
 
 def _rate(tokens: float, t0: float | None) -> float:

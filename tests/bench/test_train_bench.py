@@ -5,10 +5,14 @@ import pytest
 from research.bench import train
 
 
-def test_bench_runs_and_writes_csv(tmp_path):
+@pytest.mark.parametrize(
+    "extra", [[], ["--scan_layers", "--remat", "full"]], ids=["unrolled", "scan"]
+)
+def test_bench_runs_and_writes_csv(tmp_path, extra):
     args = ["--layers", "1", "--d_model", "32", "--heads", "2", "--length", "16", "--batch", "8",
-            "--vocab", "64", "--steps", "2", "--out", str(tmp_path)]  # fmt: skip
+            "--vocab", "64", "--steps", "2", "--out", str(tmp_path), *extra]  # fmt: skip
     r = train.main(args)
+    assert r["scan_layers"] == bool(extra) and r["remat"] == ("full" if extra else "none")
     assert (tmp_path / "train_bench.csv").read_text().startswith("layers,")
     assert r["tokens_per_second"] > 0 and 0 < r["mfu"]
     # PaLM count by hand: N = tied embedding 64*32 + 1 layer (4 * 32*32 + 4 * 32 + 2 * 32*128 + 128

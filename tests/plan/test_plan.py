@@ -77,6 +77,14 @@ def test_plan_rejects_a_batch_that_does_not_split_over_the_mesh():
     c.batch_size = 6
     with pytest.raises(ValueError, match="batch_size=6 is not divisible by mesh data x fsdp"):
         plan_train(c, jax.devices())
+    # Whole batches that split, but microbatches that do not: 8 / 4 = 2 rows on 8 devices.
+    c.batch_size, c.accum_steps = 8, 4
+    with pytest.raises(
+        ValueError,
+        match=r"batch_size / accum_steps = 8 / 4 = 2 rows per "
+        r"microbatch is not divisible by mesh data x fsdp = 8 x 1",
+    ):
+        plan_train(c, jax.devices())
 
 
 @pytest.mark.parametrize("name", ["v5e:3", "v9:4x4", "v5e:4x4x4", "v5p:4x4"])
@@ -89,6 +97,47 @@ def _plan_cli(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "research.plan", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_cli_sweeps_write_tables_csv_and_png(tmp_path):
+    """--layers_sweep (scanned here) and --fsdp_sweep on this machine's CPU devices: a row per
+    value, CSV and PNG in --out; a bad value is one line, exit 2."""
+    import csv
+
+    smoke = ("--config=configs/lm.py:smoke", "--topology=cpu", f"--out={tmp_path}")
+    r = _plan_cli(*smoke, "--layers_sweep=1,3", "--config.model.scan_layers=True")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "d32 x N layers (scanned)" in r.stdout and "compile time: max / min" in r.stdout
+    rows = list(csv.DictReader((tmp_path / "plan_layers_scanned.csv").open()))
+    assert [int(x["layers"]) for x in rows] == [1, 3]
+    # Three layers hold three layers' parameters: more argument bytes than one.
+    assert int(rows[1]["argument_bytes"]) > int(rows[0]["argument_bytes"])
+    assert (tmp_path / "plan_layers_scanned.png").stat().st_size > 10_000
+    r = _plan_cli(*smoke, "--fsdp_sweep=1,2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "plan_fsdp.csv").open()))
+    assert [int(x["fsdp"]) for x in rows] == [1, 2]
+    assert (tmp_path / "plan_fsdp.png").is_file()
+    bad = _plan_cli(*smoke, "--layers_sweep=2,x")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--layers_sweep=2,x: 'x' is not a positive integer")
+    )
+
+
+def test_scanned_plan_takes_the_model_flops_into_its_roofline():
+    """XLA counts the scanned layer body once, so its FLOPs fall below the analytic count; the
+    roofline takes the larger, so the MFU bound stays at most 1."""
+    c = lm.get_config("smoke")
+    c.model.update(d_model=128, num_heads=4, num_layers=4, d_ff=512, scan_layers=True)
+    c.data.update(seq_len=64, vocab_size=512)
+    plan = plan_train(c, jax.devices()[:1])[0]
+    assert plan.flops < plan.model_flops
+    chip = chips.cpu_chip(1)
+    assert plan.roofline_seconds(chip) >= plan.model_flops / chip.peak_flops
+    assert 0 < plan.mfu_bound(chip) <= 1
 
 
 @needs_libtpu

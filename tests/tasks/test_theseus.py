@@ -127,6 +127,11 @@ def test_bad_theseus_settings_are_one_line_errors(data_dir, mlm_workdir, predece
         parse(_stage2(data_dir, predecessor, successor_layers=3))
     with pytest.raises(ConfigError, match=r"replace_prob=1.5: must be in \[0, 1\]"):
         parse(_stage2(data_dir, predecessor, replace_prob=1.5))
+    scanned = _stage2(data_dir, predecessor)
+    scanned.model.scan_layers = True
+    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: BERT-of-Theseus swaps single "
+                                          r"layers in and out"):  # fmt: skip
+        parse(scanned)
     # A moved predecessor stops a new run, but not reading back one trained from it
     # (load_trained parses with check_devices=False, which skips the task's file checks).
     gone = _stage2(data_dir, tmp_path / "moved")

@@ -429,3 +429,15 @@ def test_scanned_layers_train_resume_exactly_and_decode(data_dir, tmp_path):
         "--workdir, or the config that wrote it"
     )
     assert _files(tmp_path) == before
+
+
+def test_evaluation_stops_on_every_process_when_one_runs_out():
+    from research.train.loop import batches_everywhere
+
+    # One process alone: up to the limit, or to the end of its batches.
+    assert list(batches_everywhere(iter(range(5)), 3)) == [0, 1, 2]
+    assert list(batches_everywhere(iter(range(2)), 3)) == [0, 1]
+    # Another process holds 2 batches: this one stops after 2 too, though it has 5.
+    other = iter([True, True, False])
+    got = list(batches_everywhere(iter(range(5)), 10, all_have=lambda have: have and next(other)))
+    assert got == [0, 1]
