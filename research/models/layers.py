@@ -7,7 +7,8 @@ Decoding caches are plain pytrees, so they pass through `jax.jit` and `lax.while
   {"index": [B] int32 next position, "valid": [B, T] bool written (real) positions,
    "layers": [per-layer dict]}; each layer holds {"self": its self-attention's cache} and, in an
   encoder-decoder, {"cross": the encoder's keys/values}; `research.models.attention` describes
-  them.
+  them. With scanned layers (`scan_layers`) "layers" is one such dict whose leaves are
+  [B, n_layers, ...] (`research.models.stack`).
 """
 
 import functools

@@ -9,6 +9,7 @@ keep their initialisation. Together they put a pretrained MLM under a classifier
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -85,18 +86,20 @@ def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
     for path, var in nnx.to_flat_state(state):
         value, k = var.get_value(), stack.stack_position(path, var)
         layers = [None] if k is None else range(value.shape[0])
+        parts = []  # the new value, layer by layer (stacked once: no copy per layer)
         for i in layers:
             at = path if i is None else (*path[: k + 1], i, *path[k + 1 :])
             name = "/".join(map(str, at))
             mine = value if i is None else value[i]
             if at not in source:
                 fresh.append(name)
+                parts.append(mine)
                 continue
             if source[at].shape != mine.shape:
                 raise ValueError(f"parameter {name}: pretrained shape {source[at].shape} != "
                                  f"model shape {mine.shape}")  # fmt: skip
-            value = source[at] if i is None else value.at[i].set(source[at])
+            parts.append(jnp.asarray(source[at], mine.dtype))
             copied.append(name)
-        var.set_value(value)
+        var.set_value(parts[0] if k is None else jnp.stack(parts))
     nnx.update(dst, state)
     return copied, fresh

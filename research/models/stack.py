@@ -163,7 +163,8 @@ def convert(model: nnx.Module, *, scan: bool) -> nnx.Module:
 
 def stack_position(path: tuple, var) -> int | None:
     """For a stacked layer variable at `path`, the index of its stack's name in the path (the
-    per-layer path inserts the layer number after it); None for any other variable."""
+    per-layer path inserts the layer number after it; the innermost stack name, so a model
+    held by a wrapper attribute named "encoder" still works); None for any other variable."""
     if var.get_metadata().get("logical_axes", ())[:1] != (LAYERS,):
         return None
-    return next((k for k, name in enumerate(path) if name in STACKS), None)
+    return max((k for k, name in enumerate(path) if name in STACKS), default=None)

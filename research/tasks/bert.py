@@ -114,7 +114,10 @@ def build_config(run, init: str, *, key: str, vocab_size: int, max_length: int,
     if pre is None:
         mcfg = run.model.replace(vocab_size=vocab_size, max_length=max_length)
     else:
-        mcfg = pre[0].replace(dropout=run.model.dropout)
+        # The architecture is the pretrained model's; how this run executes it is the run's own
+        # (transfer matches layers across the scanned and unrolled forms).
+        mcfg = pre[0].replace(dropout=run.model.dropout, scan_layers=run.model.scan_layers,
+                              remat=run.model.remat)  # fmt: skip
         if max_length > mcfg.max_length:
             if mcfg.positions in ("learned", "sinusoidal") or mcfg.attention == "linformer":
                 raise ConfigError(f"data.seq_len={max_length}: the pretrained model {init} "

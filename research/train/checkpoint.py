@@ -10,6 +10,7 @@ Orbax puts the state into the new mesh's shardings.
 
 import dataclasses
 import logging
+import re
 from typing import Any
 
 import grain
@@ -137,10 +138,14 @@ class Checkpointer:
             return
         diff = (set(saved) ^ set(want)) or {k for k in want if saved[k] != want[k]}
         k = min(diff, key=lambda k: (not k.startswith("params"), k))  # a parameter, if one differs
+        form = ""
+        if _per_layer(saved) != _per_layer(want):  # one side numbers its layers, the other stacks
+            form = (f"; it holds {'per-layer' if _per_layer(saved) else 'stacked'} layers: "
+                    f"resume it with model.scan_layers={not _per_layer(saved)}")  # fmt: skip
         raise MismatchedCheckpoint(
             f"checkpoint {step} in {self.directory} was saved by a different model or optimizer "
-            f"({k}: saved {saved.get(k, 'absent')}, this config {want.get(k, 'absent')}); use "
-            "another --workdir, or the config that wrote it"
+            f"({k}: saved {saved.get(k, 'absent')}, this config {want.get(k, 'absent')}){form}; "
+            "use another --workdir, or the config that wrote it"
         )
 
     def wait(self):
@@ -148,6 +153,14 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
+
+
+_LAYER_NUMBER = re.compile(r"^params/(.+/)?(encoder|layers)/\d+/")
+
+
+def _per_layer(shapes: dict) -> bool:
+    """Whether a state's parameter paths number their layers (unrolled, not scan_layers)."""
+    return any(_LAYER_NUMBER.match(k) for k in shapes)
 
 
 class MismatchedCheckpoint(ConfigError):

@@ -29,7 +29,7 @@ def decay_mask(params):
 
     def is_matrix(path, p):
         keys = [getattr(k, "key", None) for k in path]
-        at = next((i for i, k in enumerate(keys[:-1]) if k in stack.STACKS), None)
+        at = max((i for i, k in enumerate(keys[:-1]) if k in stack.STACKS), default=None)
         stacked = at is not None and not isinstance(keys[at + 1], int)
         return p.ndim - stacked >= 2
 

@@ -105,7 +105,7 @@ def test_cli_sweeps_write_tables_csv_and_png(tmp_path):
     import csv
 
     smoke = ("--config=configs/lm.py:smoke", "--topology=cpu", f"--out={tmp_path}")
-    r = _plan_cli(*smoke, "--layers_sweep=1,3", "--config.model.scan_layers=True")
+    r = _plan_cli(*smoke, "--layers_sweep=3,1", "--config.model.scan_layers=True")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "d32 x N layers (scanned)" in r.stdout and "compile time: max / min" in r.stdout
     rows = list(csv.DictReader((tmp_path / "plan_layers_scanned.csv").open()))
@@ -118,6 +118,10 @@ def test_cli_sweeps_write_tables_csv_and_png(tmp_path):
     rows = list(csv.DictReader((tmp_path / "plan_fsdp.csv").open()))
     assert [int(x["fsdp"]) for x in rows] == [1, 2]
     assert (tmp_path / "plan_fsdp.png").is_file()
+    both = _plan_cli(*smoke, "--layers_sweep=1", "--fsdp_sweep=1")
+    assert both.returncode == 2 and both.stderr.strip().splitlines()[-1] == (
+        "error: give one of --fsdp_sweep and --layers_sweep"
+    )
     bad = _plan_cli(*smoke, "--layers_sweep=2,x")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert (

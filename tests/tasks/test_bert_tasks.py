@@ -21,7 +21,7 @@ from research.config import ConfigError
 from research.data import DataError, classification, cloze, masking, patterns
 from research.data.wordpiece import BertVocab
 from research.experiments import pet as pet_experiment
-from research.models import Bert, ModelConfig
+from research.models import Bert, ModelConfig, stack
 from research.models.convert import load_bert
 from research.tasks import bert, pet
 from research.tasks.mlm import make_mlm_loss, max_predictions
@@ -86,6 +86,29 @@ def test_classify_starts_from_the_mlm_encoder_with_a_fresh_head(mlm_workdir, dat
     assert {p[0] for p in new} == {"pooler", "classifier"}
     for p in new:
         np.testing.assert_array_equal(after[p].get_value(), before[p])
+
+
+def test_a_scanned_classifier_starts_from_an_unrolled_mlm(mlm_workdir, data_dir):
+    """The run's model.scan_layers (and remat) win over the pretrained model's form: the
+    classifier scans its layers and layer i holds the unrolled MLM's layer i."""
+    c = classify_config.get_config("smoke")
+    c.data.data_dir = data_dir
+    c.classify.init = f"workdir:{mlm_workdir}"
+    c.model.update(scan_layers=True, remat="full")
+    run = parse(c)
+    task = tasks.get("classify")
+    data = task.build_data(run)
+    mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
+    assert mcfg.scan_layers and mcfg.remat == "full"
+    model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=5, dropout=6))
+    task.initialize(run, model)
+    pre = load_trained(mlm_workdir).model
+    assert not pre.cfg.scan_layers and stack.num_layers(model.layers) == len(pre.layers) > 1
+    for i, layer in enumerate(pre.layers):
+        want = nnx.to_flat_state(nnx.state(layer, nnx.Param))
+        got = dict(nnx.to_flat_state(nnx.state(stack.layer_at(model.layers, i), nnx.Param)))
+        for path, var in want:
+            np.testing.assert_array_equal(got[path].get_value(), var.get_value())
 
 
 def test_pet_run_and_zero_shot_accuracy(mlm_workdir, data_dir, tmp_path):

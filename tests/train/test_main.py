@@ -425,8 +425,9 @@ def test_scanned_layers_train_resume_exactly_and_decode(data_dir, tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1] == (
         f"error: checkpoint 12 in {tmp_path}/checkpoints was saved by a different model or "
-        "optimizer (params/layers/0/attn/k/bias: saved absent, this config (32,)); use another "
-        "--workdir, or the config that wrote it"
+        "optimizer (params/layers/0/attn/k/bias: saved absent, this config (32,)); it holds "
+        "stacked layers: resume it with model.scan_layers=True; use another --workdir, or the "
+        "config that wrote it"
     )
     assert _files(tmp_path) == before
 
