@@ -64,12 +64,13 @@ def _row(p, chip, tokens: int) -> dict:
 
 
 def _mfu(p, chip) -> str:
-    """The MFU bound, or "-" where XLA counted fewer FLOPs than the model's (a scanned or
-    Pallas body): the roofline then rests on the model FLOPs and the bound is 100% by
-    construction."""
-    if not p.model_flops or p.flops < p.model_flops:
+    """The MFU bound; "(a)" where XLA counted fewer FLOPs than the analytic model + remat
+    FLOPs (a scanned or Pallas body), so the roofline's compute time rests on the analytic
+    count."""
+    if not p.model_flops:
         return "-"
-    return f"{100 * p.mfu_bound(chip):.1f}%"
+    analytic = p.flops < p.model_flops + p.remat_flops
+    return f"{100 * p.mfu_bound(chip):.1f}%" + (" (a)" if analytic else "")
 
 
 def _attention(m) -> str:
@@ -105,11 +106,13 @@ def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, boo
         notes.append("note: loops (scanned layers, decoding, blockwise/linear attention or "
                      "gradient accumulation): XLA counts a loop body once, so those steps' "
                      "GFLOP and GB accessed are underestimates (the roofline takes the larger of "
-                     "XLA's and the model FLOPs). Memory is exact.")  # fmt: skip
+                     "XLA's and the model + remat FLOPs). Memory is exact.")  # fmt: skip
     lines += notes
     lines.append(
         "\nmemory per device; FLOPs and bytes per device per step (XLA estimates); model "
-        "GFLOP: analytic 6TN + 12TLSd (research.plan.train.model_flops); ICI GB: FSDP gathers "
+        "GFLOP: analytic 6TN + 12TLSd (research.plan.train.model_flops), excluding the forward "
+        "FLOPs remat recomputes (remat_flops); (a): XLA counted fewer FLOPs than model + remat, so "
+        "the roofline uses the analytic count; ICI GB: FSDP gathers "
         "and gradient reductions (collective_bytes); roofline = max(FLOPs/peak, bytes/HBM "
         "bandwidth, ICI bytes/ICI bandwidth), a lower bound; MFU <= model FLOPs / (roofline x "
         f"peak).\n{verdict}"

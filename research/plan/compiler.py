@@ -24,6 +24,7 @@ class Plan:
     compile_seconds: float
     note: str = ""  # set when the compiler refused (out of memory): its own message
     model_flops: float = 0.0  # analytic FLOPs per device per step (train: `model_flops`)
+    remat_flops: float = 0.0  # analytic forward FLOPs recomputed by remat (`remat_flops`)
     collective_bytes: float = 0.0  # FSDP / data-parallel bytes over ICI per device per step
 
     @property
@@ -33,9 +34,10 @@ class Plan:
     def roofline_seconds(self, chip: Chip) -> float:
         """max(FLOPs / peak, HBM bytes / HBM bandwidth, collective bytes / ICI bandwidth).
 
-        FLOPs: the larger of XLA's count and the analytic model FLOPs; XLA counts a loop body
-        (scanned layers, blockwise attention) once, whatever its trip count."""
-        flops = max(self.flops, self.model_flops)
+        FLOPs: the larger of XLA's count and the analytic model + remat FLOPs; XLA counts a
+        loop body (scanned layers, blockwise attention) once, whatever its trip count, and does
+        not see inside a Pallas kernel."""
+        flops = max(self.flops, self.model_flops + self.remat_flops)
         return max(flops / chip.peak_flops, self.bytes_accessed / chip.hbm_bandwidth,
                    self.collective_bytes / chip.ici_bandwidth)  # fmt: skip
 

@@ -99,6 +99,40 @@ def model_flops(run: RunConfig) -> float:
     return 6 * tokens * n + 12 * tokens * m.num_layers * seq * m.num_heads * m.head_dim
 
 
+# The forward matmuls each remat policy runs again in the backward pass: what it does not save
+# (research.models.partitioning.REMAT_POLICIES) and the backward needs. "attention" is QK^T and
+# PV (the context is never saved); "minimal" saves every weight matmul (no batch dims) and
+# recomputes only attention. The FFN's output projection (mlpwo) is never recomputed: no
+# gradient needs its output, and XLA drops it.
+_RECOMPUTED = {
+    "none": (),
+    "full": ("qkv", "out", "attention", "mlpwi"),
+    "minimal": ("attention",),
+    "save_qkv_proj": ("out", "attention", "mlpwi"),
+    "qkv_proj_offloaded": ("out", "attention", "mlpwi"),
+    "save_dot_except_mlp": ("attention", "mlpwi"),
+    "save_dot_except_mlpwi": ("attention", "mlpwi"),
+}
+
+
+def remat_flops(run: RunConfig) -> float:
+    """Analytic FLOPs one training step spends recomputing the forward pass under
+    `model.remat`, all devices: per token and layer, 2 x the multiply-adds of each recomputed
+    part (q/k/v, out, attention 4 S H Dh, the FFN's input projections). Model FLOPs exclude
+    them (MaxText's MFU does too), so a step that recomputes can reach at most
+    model / (model + remat) MFU."""
+    m, seq = run.model, run.data.seq_len
+    d, hd = m.d_model, m.num_heads * m.head_dim
+    part = {
+        "qkv": 2 * d * m.head_dim * (m.num_heads + 2 * m.kv_heads),
+        "out": 2 * hd * d,
+        "attention": 4 * seq * hd,
+        "mlpwi": 2 * d * m.d_ff * (2 if m.activation == "swiglu" else 1),
+    }
+    per_token = sum(part[name] for name in _RECOMPUTED[m.remat])
+    return run.train.batch_size * seq * m.num_layers * per_token
+
+
 def collective_bytes(param_bytes: float, mesh_shape: dict) -> float:
     """Bytes one device sends per training step for its parameters (MaxText's "FSDP arithmetic
     intensity"): with f = fsdp, d = data, t = tensor and P the parameter bytes, FSDP all-gathers
@@ -121,6 +155,7 @@ def plan_train(c, devices, *, eval_step: bool = False, decode_tokens: int = 0) -
     plans = [compile_for_devices("train", train, state, batch)[0]]
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
     plans[0].model_flops = model_flops(run) / len(devices)
+    plans[0].remat_flops = remat_flops(run) / len(devices)
     plans[0].collective_bytes = collective_bytes(param_bytes, dict(mesh.shape))
     if eval_step:
         ev = step.make_eval_step(model_def, loss_fn, mesh=mesh, shardings=sh)
