@@ -24,8 +24,12 @@ def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
     result_path = out / "result.json"
     if result_path.exists():
         saved = json.loads(result_path.read_text())
-        if saved["config"] != json.loads(json.dumps(pc.to_dict())):  # as stored: lists, not tuples
-            raise ConfigError(f"{out} holds a run with a different config; use a new --workdir")
+        # Compared as the checkpoints are: a key saved before it existed reads as its default.
+        changes = loop.config_changes(saved["config"], pc.to_dict())
+        if changes:
+            what = loop.describe_changes(changes)
+            raise ConfigError(f"{out} holds a run with a different config ({what}); use a new "
+                              "--workdir")  # fmt: skip
         return saved
     try:
         summary = loop.train_and_evaluate(parse(pc), str(out))
