@@ -80,7 +80,7 @@ def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
             source[path] = value
         else:  # one entry per layer, as an unrolled model names them
             for i in range(value.shape[0]):
-                source[(*path[: k + 1], i, *path[k + 1 :])] = value[i]
+                source[stack.layer_path(path, k, i)] = value[i]
     state = nnx.state(dst, nnx.Any(nnx.Param, Constant))
     copied, fresh = [], []
     for path, var in nnx.to_flat_state(state):
@@ -88,7 +88,7 @@ def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
         layers = [None] if k is None else range(value.shape[0])
         parts = []  # the new value, layer by layer (stacked once: no copy per layer)
         for i in layers:
-            at = path if i is None else (*path[: k + 1], i, *path[k + 1 :])
+            at = path if i is None else stack.layer_path(path, k, i)
             name = "/".join(map(str, at))
             mine = value if i is None else value[i]
             if at not in source:

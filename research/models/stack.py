@@ -168,3 +168,9 @@ def stack_position(path: tuple, var) -> int | None:
     if var.get_metadata().get("logical_axes", ())[:1] != (LAYERS,):
         return None
     return max((k for k, name in enumerate(path) if name in STACKS), default=None)
+
+
+def layer_path(path: tuple, k: int, i: int) -> tuple:
+    """Layer i's path of a stacked variable at `path` (`stack_position` k): as an unrolled
+    model names it, the layer number after the stack's name."""
+    return (*path[: k + 1], i, *path[k + 1 :])
