@@ -12,7 +12,10 @@
 #
 # Process 0 prints to the terminal; process i logs to WORKDIR/process_i.log (or /tmp). Exits with
 # the first non-zero exit code of the processes (0 when all saved and stopped on a signal);
-# SIGTERM/SIGINT are forwarded to every process as SIGTERM (preemption).
+# SIGTERM/SIGINT/SIGHUP are forwarded to every process as SIGTERM (preemption). There is no relay
+# process between a training process and its output (process 0 writes to this script's stdout
+# and stderr, the others straight to their files), so a signal to the whole process group
+# (`timeout`, a job manager, `kill -- -PGID`) reaches only processes that save before they stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 1 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
@@ -38,12 +41,16 @@ forward() {
   signalled=1
   kill -TERM "${pids[@]}" 2>/dev/null || true
 }
-trap forward TERM INT
+trap forward TERM INT HUP
 for ((i = 0; i < n; i++)); do
-  env XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}" \
-    JAX_PLATFORMS=cpu SEQLAB_COORDINATOR="127.0.0.1:$port" SEQLAB_NUM_PROCESSES="$n" \
-    SEQLAB_PROCESS_ID="$i" "$python" -m research.main "$@" \
-    > >(if [ "$i" = 0 ]; then cat; else cat > "$logdir/process_$i.log"; fi) 2>&1 &
+  cmd=(env XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}"
+    JAX_PLATFORMS=cpu SEQLAB_COORDINATOR="127.0.0.1:$port" SEQLAB_NUM_PROCESSES="$n"
+    SEQLAB_PROCESS_ID="$i" "$python" -m research.main "$@")
+  if [ "$i" = 0 ]; then
+    "${cmd[@]}" 2>&1 &
+  else
+    "${cmd[@]}" > "$logdir/process_$i.log" 2>&1 &
+  fi
   pids+=($!)
 done
 status=0

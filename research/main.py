@@ -7,10 +7,20 @@ training runs from research.experiments instead of a single run.
 
 Re-running with the same --workdir resumes from its newest readable checkpoint; it refuses when the
 config changed in a way that changes the training (research.train.loop.SAFE_CONFIG_CHANGES lists
-what may change) unless --allow_config_change is given. SIGTERM (preemption) or Ctrl-C: save at
-the end of the current step and stop; a second Ctrl-C aborts at once, unsaved. Exit codes: 0 done
-or stopped by a signal (saved), 1 non-finite loss, 2 bad flags or config, 130 interrupted by
-Ctrl-C before training started or by a second Ctrl-C.
+what may change) unless --allow_config_change is given, and when every checkpoint is unreadable
+unless --start_fresh is given. One run at a time holds a workdir (WORKDIR/run.lock); a second is
+refused with the holder's pid, host and start time.
+
+SIGTERM (preemption), SIGHUP (the terminal went away) or Ctrl-C: save at the end of the current
+step and stop; a second Ctrl-C aborts at once, unsaved. A closed stdout or stderr (a pipe reader
+killed with the job) does not stop the run: its output moves to WORKDIR/console.log.
+
+The last line of stdout tells how a run ended: "done at step N ..." when it finished,
+"interrupted (Ctrl-C): saved at step N ..." or "stopped by SIGTERM: saved at step N ..." when a
+signal stopped it (rerun the same command to resume). Exit codes: 0 done, or saved and stopped by
+a signal; 1 non-finite loss; 2 bad flags or config, a workdir in use, unreadable checkpoints;
+3 no space left on the device (the checkpoints named are intact: free space and rerun); 130
+Ctrl-C before training started, or a second Ctrl-C.
 """
 
 import os
@@ -33,6 +43,11 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "resume even when the config differs from the checkpoint's in keys that change the training "
     "(num_train_steps, optimizer.*, ...); the differences are printed",
 )  # fmt: skip
+_START_FRESH = flags.DEFINE_bool(
+    "start_fresh", False,
+    "when every checkpoint of --workdir is unreadable, move them to WORKDIR/unreadable_checkpoints "
+    "and train from step 0 (without it such a run is refused)",
+)  # fmt: skip
 
 
 def _check_workdir(workdir: str) -> None:
@@ -54,9 +69,10 @@ def _check_workdir(workdir: str) -> None:
 def main(argv):
     import jax
 
+    from research import tasks
     from research.data import DataError
     from research.experiments.sweep import Preempted
-    from research.train import distributed, loop
+    from research.train import console, distributed, faults, lock, loop
     from research.train.config import ConfigError, parse
 
     if not flags.FLAGS["verbosity"].present:
@@ -67,9 +83,12 @@ def main(argv):
     if config is None or not _WORKDIR.value:
         fail("both --config=configs/NAME.py[:PRESET] and --workdir=DIR are required")
     _check_workdir(_WORKDIR.value)
+    console.survive_closed_output(_WORKDIR.value)
+    faults.divert_noise(_WORKDIR.value)
     try:
         # Processes first: validation asks JAX how many devices the run has.
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        lock.acquire(_WORKDIR.value)
         if "experiment" in config:  # a sweep of training runs (research.experiments)
             from research.experiments import EXPERIMENTS
 
@@ -83,38 +102,61 @@ def main(argv):
                 if jax.process_index() == 0:
                     print(e, flush=True)
             return 0
+        run = parse(config)
         summary = loop.train_and_evaluate(
-            parse(config), _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
-        )
+            run, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+            start_fresh=_START_FRESH.value,
+        )  # fmt: skip
     except (ConfigError, DataError) as e:
         fail(str(e))
     except loop.NonFiniteLoss as e:
         fail(str(e), code=1)
+    except faults.NoSpaceLeft as e:
+        fail(str(e), code=3)
+    finally:
+        lock.release()
     if jax.process_index() == 0:
-        print(summary_line(summary))
+        print(summary_line(summary, tokens=tasks.get(run.task).predicts_tokens), flush=True)
     logging.flush()
     return 0
 
 
-def summary_line(summary) -> str:
-    """The last line of a run. NaN is kept for divergence: a run stopped before its first
-    evaluation (or resumed with no step left) says so instead of printing nan."""
-    state = "preempted: saved and stopped" if summary.preempted else "done"
-    parts = [f"{state} at step {summary.last_step} ({summary.steps_run} steps this run, resumed "
-             f"from {summary.resumed_from})"]  # fmt: skip
+_STOPPED_BY = {"SIGINT": "interrupted (Ctrl-C)", "SIGTERM": "stopped by SIGTERM",
+               "SIGHUP": "stopped by SIGHUP (terminal closed)"}  # fmt: skip
+
+
+def summary_line(summary, *, tokens: bool = True) -> str:
+    """The last line of a run: "done at step N" when it finished, "interrupted (Ctrl-C): saved
+    at step N" or "stopped by SIGTERM: saved at step N" when a signal stopped it. NaN is kept
+    for divergence: a run stopped before its first evaluation (or resumed with no step left) says
+    so instead of printing nan. `tokens`: a token-level task (perplexity, tokens/s); a
+    classifier shows accuracy and examples/s."""
+    if summary.preempted:
+        why = _STOPPED_BY.get(summary.signal, "stopped (another process was signalled)")
+        head = f"{why}: saved at step {summary.last_step}"
+    else:
+        head = f"done at step {summary.last_step}"
+    parts = [f"{head} ({summary.steps_run} {_plural(summary.steps_run, 'step')} this run, "
+             f"resumed from {summary.resumed_from})"]  # fmt: skip
     if summary.steps_run:
         parts.append(f"train loss {summary.final_train_loss:.4f}")
     ev = summary.eval
     if ev:
         metrics = [f"eval loss {ev['loss']:.4f}"] if "loss" in ev else []
         metrics += [f"accuracy {ev['accuracy']:.4f}"] if "accuracy" in ev else []
-        metrics += [f"perplexity {ev['perplexity']:.2f}"] if "perplexity" in ev else []
+        if tokens and "perplexity" in ev:
+            metrics.append(f"perplexity {ev['perplexity']:.2f}")
         parts.append(", ".join(metrics))
     else:
         parts.append("no evaluation ran")
     if summary.steps_run:
-        parts.append(f"{summary.tokens_per_second:,.0f} tokens/s")
+        parts.append(f"{summary.tokens_per_second:,.0f} tokens/s" if tokens
+                     else f"{summary.examples_per_second:,.1f} examples/s")  # fmt: skip
     return "; ".join(parts)
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
 
 
 if __name__ == "__main__":

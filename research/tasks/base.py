@@ -40,6 +40,9 @@ class Task(abc.ABC):
     section: str | None = None  # ConfigDict section with the task's own options (or None)
     section_type: type | None = None  # its typed dataclass
     causal: bool = True  # the model has causal self-attention (checked against the model)
+    # Its loss is a per-token cross entropy (perplexity, tokens/s); False for a classifier,
+    # whose run summary shows accuracy and examples/s instead.
+    predicts_tokens: bool = True
 
     def parse_section(self, section) -> Any:
         """The task's typed options from its ConfigDict section (None for tasks without)."""

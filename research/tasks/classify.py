@@ -104,6 +104,7 @@ class ClassifyTask(Task):
     section = "classify"
     section_type = ClassifyConfig
     causal = False
+    predicts_tokens = False
 
     def validate(self, run: RunConfig) -> None:
         bert.parse_init(run.task_config.init, key="classify.init")

@@ -115,6 +115,7 @@ class PetTask(Task):
     section = "pet"
     section_type = PetConfig
     causal = False
+    predicts_tokens = False
 
     def parse_section(self, section):
         cfg = super().parse_section(section)

@@ -2,23 +2,28 @@
 
 Layout (MaxText's habit): one CheckpointManager, items "state" (the TrainState pytree), "data"
 (the grain iterator, one file per process) and "config" (JSON). Restoring walks back from the
-newest step, so an unreadable latest checkpoint costs a warning, not the run. The data state is
+newest step: an unreadable latest checkpoint costs one line and is moved to
+WORKDIR/unreadable_checkpoints, not the run; when none is readable the run is refused rather
+than silently restarted (`--start_fresh` does that on purpose). The data state is
 kept per logical shard (`research.data.pipeline.ShardedIterator`) and restored from every
 process's file, so a run saved by n processes resumes on any process count (elastic restart);
 Orbax puts the state into the new mesh's shardings.
 """
 
 import dataclasses
-import logging
 import re
+import shutil
+import sys
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from research.data.pipeline import DataStateError, ShardedIterator
+from research.train import faults
 from research.train.config import ConfigError
 
 
@@ -83,14 +88,22 @@ class Checkpointer:
         )
         return self.manager.save(step, args=args, force=force)
 
-    def restore_latest(self, abstract_state, data_iterator, *, check_config=None):
+    def restore_latest(self, abstract_state, data_iterator, *, check_config=None,
+                       start_fresh: bool = False):  # fmt: skip
         """(state, step) from the newest readable checkpoint, or (None, 0) when there is none.
 
         `abstract_state`: ShapeDtypeStructs with shardings, so arrays come back already placed.
         The data iterator's state is restored in place. `check_config(step, saved_config)` is
         called before a checkpoint is restored, with the config it was saved with (None when
         unreadable); it may raise (ConfigError) to refuse that checkpoint, and the whole run.
+
+        Unreadable checkpoints newer than the one restored are moved to
+        WORKDIR/unreadable_checkpoints/STEP (kept for inspection, never overwritten by the
+        resumed run's saves) and named in one printed line. When every checkpoint is unreadable
+        the run is refused (UnreadableCheckpoints) and nothing is moved, unless `start_fresh`:
+        then they are all moved aside and the run starts from step 0.
         """
+        unreadable = {}  # step -> one-line reason
         for step in sorted(self.manager.all_steps(), reverse=True):
             self._check_same_layout(step, abstract_state)
             if check_config is not None:
@@ -103,16 +116,67 @@ class Checkpointer:
                         data=DataRestore(data_iterator),
                     ),
                 )
-                return restored.state, step
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back
                 refused = _cause(e, DataStateError)
                 if refused is not None:  # readable, but not this run's data: never start afresh
                     raise MismatchedCheckpoint(
                         f"checkpoint {step} in {self.directory}: {refused}"
                     ) from None
-                logging.warning("checkpoint %d in %s is unreadable (%s: %s); trying an older one",
-                                step, self.directory, type(e).__name__, str(e)[:200])  # fmt: skip
+                unreadable[step] = faults.one_line(e)
+                continue
+            if unreadable:
+                where = self._move_aside(unreadable)
+                _say(f"{_describe(unreadable)}; moved to {where}; resuming from {step}")
+            return restored.state, step
+        if unreadable:
+            if not start_fresh:
+                raise faults.UnreadableCheckpoints(
+                    f"every checkpoint in {self.directory} is unreadable ({_describe(unreadable)}"
+                    "); nothing was changed. Rerun with --start_fresh to move them to "
+                    f"{self.aside} and train from step 0"
+                )
+            where = self._move_aside(unreadable)
+            _say(f"--start_fresh: {_describe(unreadable)}; moved to {where}; "
+                 "training from step 0")  # fmt: skip
         return None, 0
+
+    @property
+    def aside(self) -> epath.Path:
+        """Where unreadable checkpoints are kept: WORKDIR/unreadable_checkpoints."""
+        return self.directory.parent / "unreadable_checkpoints"
+
+    def _move_aside(self, steps) -> epath.Path:
+        """Move checkpoint `steps` to `self.aside` (process 0; every process waits for it)."""
+        if jax.process_index() == 0:
+            self.aside.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                target, n = self.aside / str(step), 1
+                while target.exists():  # an earlier fault's copy of the same step stays too
+                    target, n = self.aside / f"{step}.{n}", n + 1
+                (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("seqlab: unreadable checkpoints moved aside")
+        self.manager.reload()
+        return self.aside
+
+    def no_space_message(self, step: int) -> str:
+        """The one line for a full disk: which save (or step) failed and which steps are intact.
+        Removes the half-written step (its space is what the rerun needs; process 0 only)."""
+        tmp = list(self.directory.glob("*.orbax-checkpoint-tmp*"))
+        partial = sorted(int(p.name.split(".")[0]) for p in tmp if p.name.split(".")[0].isdigit())
+        if jax.process_index() == 0:
+            for p in tmp:
+                shutil.rmtree(p, ignore_errors=True)
+        intact = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+        what = f"saving step {partial[-1]}" if partial else f"writing step {step}'s metrics"
+        if len(intact) > 1:
+            kept = f"steps {', '.join(map(str, intact))} are intact"
+        else:
+            kept = f"step {intact[0]} is intact" if intact else "no checkpoint was saved yet"
+        return (
+            f"no space left on device while {what} in {self.directory}; {kept}; "
+            "free space and rerun the same command to resume"
+        )
 
     def saved_config(self, step: int) -> dict | None:
         """The config (JSON) checkpoint `step` was saved with, or None when unreadable."""
@@ -165,6 +229,21 @@ def _per_layer(shapes: dict) -> bool:
 
 class MismatchedCheckpoint(ConfigError):
     """The workdir holds checkpoints of a differently shaped state (a user mistake: exit 2)."""
+
+
+def _describe(unreadable: dict) -> str:
+    """ "checkpoint 20 is unreadable (reason)" or "checkpoints 24, 20 are unreadable (24: ...)"."""
+    if len(unreadable) == 1:
+        [(step, why)] = unreadable.items()
+        return f"checkpoint {step} is unreadable ({why})"
+    steps = ", ".join(map(str, unreadable))
+    step, why = next(iter(unreadable.items()))
+    return f"checkpoints {steps} are unreadable ({step}: {why})"
+
+
+def _say(line: str) -> None:
+    if jax.process_index() == 0:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _cause(e: BaseException, kind: type) -> BaseException | None:

@@ -17,7 +17,7 @@ from research import tasks
 from research.config import ConfigError, RunConfig
 from research.data import DataError, pipeline
 from research.models import params as params_io
-from research.train import checkpoint, metrics, optim, sharding, step, trained
+from research.train import checkpoint, faults, metrics, optim, sharding, step, trained
 
 
 class NonFiniteLoss(RuntimeError):
@@ -33,23 +33,27 @@ class Summary:
     tokens_per_second: float
     preempted: bool = False
     resumed_from: int = 0
+    signal: str = ""  # what stopped a preempted run: "SIGTERM", "SIGINT" (Ctrl-C), "SIGHUP"
+    examples_per_second: float = 0.0
 
 
 class _Preemption:
-    """SIGTERM (preemption) or a first Ctrl-C (SIGINT) sets a flag: the loop saves and stops,
-    every process at the same step (the flag is all-reduced). A second Ctrl-C kills the process
-    at once, unsaved (the default action; a half-written checkpoint is a tmp directory that Orbax
-    removes on the next start)."""
+    """SIGTERM (preemption), SIGHUP (the terminal or ssh session went away) or a first Ctrl-C
+    (SIGINT) sets a flag: the loop saves and stops, every process at the same step (the flag is
+    all-reduced). A second Ctrl-C kills the process at once, unsaved (the default action; a
+    half-written checkpoint is a tmp directory that Orbax removes on the next start)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self):
         self.flag = False
+        self.name = ""  # the first signal received, or "" when another process was signalled
         self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame):
         # No printing here: the handler may interrupt the progress bar's own write to stderr.
         self.flag = True
+        self.name = self.name or signal.Signals(signum).name
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -158,7 +162,7 @@ def _rate(tokens: float, t0: float | None) -> float:
 
 
 def train_and_evaluate(
-    run: RunConfig, workdir: str, *, allow_config_change: bool = True
+    run: RunConfig, workdir: str, *, allow_config_change: bool = True, start_fresh: bool = False
 ) -> Summary:
     """Train `run` in `workdir` (resuming from its newest checkpoint) and evaluate it.
 
@@ -167,6 +171,12 @@ def train_and_evaluate(
     with a ConfigError, before anything is written, when a key outside SAFE_CONFIG_CHANGES
     differs. The default resumes anyway: sweeps resume other runs' checkpoints on purpose
     (exposure_bias seeds SCST and MRT with the baseline's) and check their own configs.
+
+    Unreadable checkpoints are moved aside (one line); when none is readable the run is refused
+    (faults.UnreadableCheckpoints) unless `start_fresh`. metrics.jsonl keeps the rows up to the
+    resumed step; later rows (steps this run trains again) move to metrics.replaced.jsonl, so no
+    step is ever listed twice. A full disk raises faults.NoSpaceLeft, one line naming the
+    intact checkpoints.
     """
     t = run.train
     task = tasks.get(run.task)
@@ -174,15 +184,21 @@ def train_and_evaluate(
     mesh = sharding.make_mesh(run.mesh.as_dict())
     data = task.build_data(run)
     mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
-    model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=t.seed, dropout=t.seed + 1))
-    if not params_io.checkpoint_steps(f"{workdir}/checkpoints"):  # else resume overwrites it
-        task.initialize(run, model)
-    model_def, params, consts = step.split_model(model)
     opt = optim.make_optimizer(run.optimizer, t.num_train_steps)
-    shardings = step.state_shardings(opt, params, consts, mesh)
-    state = step.init_state(opt, params, consts, t.seed, shardings)
-    del model, params
-    train_iter = data.make_iterator(True)
+
+    def fresh_start(initialize: bool):
+        """(model_def, shardings, state, train iterator) of step 0; `initialize`: load the
+        task's pretrained weights (a resume overwrites them, so only a fresh run does)."""
+        model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=t.seed, dropout=t.seed + 1))
+        if initialize:
+            task.initialize(run, model)
+        model_def, params, consts = step.split_model(model)
+        shardings = step.state_shardings(opt, params, consts, mesh)
+        state = step.init_state(opt, params, consts, t.seed, shardings)
+        return model_def, shardings, state, data.make_iterator(True)
+
+    had_checkpoints = bool(params_io.checkpoint_steps(f"{workdir}/checkpoints"))
+    model_def, shardings, state, train_iter = fresh_start(initialize=not had_checkpoints)
 
     # ---- resume ----------------------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", every=t.checkpoint_every_steps,
@@ -204,10 +220,15 @@ def train_and_evaluate(
 
     try:
         restored, start = ckpt.restore_latest(checkpoint.abstract(state), train_iter,
-                                              check_config=check_config)  # fmt: skip
+                                              check_config=check_config,
+                                              start_fresh=start_fresh)  # fmt: skip
     except BaseException:
         ckpt.close()
         raise
+    if restored is None and had_checkpoints:
+        # --start_fresh moved unreadable checkpoints aside; the failed restores may have moved
+        # the data iterator, and the pretrained weights were not loaded: build step 0 again.
+        model_def, shardings, state, train_iter = fresh_start(initialize=True)
     if restored is not None:
         state = restored
         if jax.process_index() == 0:
@@ -219,6 +240,7 @@ def train_and_evaluate(
     # (after the checks above: a refused resume writes nothing).
     if jax.process_index() == 0:
         trained.save_run_files(workdir, mcfg, data.vocab)
+        metrics.keep_rows_up_to(workdir, start)
 
     # ---- compiled steps --------------------------------------------------------------------
     loss_fn = task.loss_fn(run, data)
@@ -233,7 +255,7 @@ def train_and_evaluate(
                                       accum_steps=t.accum_steps)  # fmt: skip
     eval_step = step.make_eval_step(model_def, loss_fn, mesh=mesh, shardings=shardings)
     batch_sharding = sharding.batch_sharding(mesh)
-    writer = metrics.MetricWriter(workdir)
+    writer = metrics.MetricWriter(workdir, purge_after=start)
     preemption = _Preemption()
     config_json = run.raw
 
@@ -241,8 +263,9 @@ def train_and_evaluate(
     bar = tqdm(total=t.num_train_steps, initial=start, disable=jax.process_index() != 0,
                desc="train", unit="step", dynamic_ncols=True)  # fmt: skip
     # Throughput counts from the end of this run's first step, so compilation is excluded.
-    window, t0, tokens, steps_run = None, None, 0.0, 0
+    window, t0, tokens, examples, steps_run = None, None, 0.0, 0.0, 0
     last_loss, eval_result, preempted, s = float("nan"), {}, False, start
+    errors = []  # what failed in the loop and while finishing its saves, in order
     try:
         for s in range(start + 1, t.num_train_steps + 1):
             batch = pipeline.global_batch(next(train_iter), batch_sharding)
@@ -258,10 +281,14 @@ def train_and_evaluate(
                 t0 = time.perf_counter()
             else:  # every input token is processed, whatever its loss weight
                 tokens += t.batch_size * batch["inputs"].shape[1]
+                examples += t.batch_size
             window = sums if window is None else {k: window[k] + sums[k] for k in sums}
             rate = _rate(tokens, t0)
             bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{rate:,.0f}")
+            if task.predicts_tokens:
+                bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{rate:,.0f}")
+            else:  # a classifier: rows per second
+                bar.set_postfix(loss=f"{last_loss:.4f}", ex_s=f"{_rate(examples, t0):,.1f}")
             if s % t.log_every_steps == 0:
                 writer.write(s, "train", {**metrics.summarize(window), "tokens_per_second": rate})
                 window = None
@@ -275,11 +302,20 @@ def train_and_evaluate(
                     ckpt.save(s, state, train_iter, config_json, force=True)
                 preempted = True
                 break
+    except BaseException as e:
+        errors.append(e)
     finally:
-        bar.close()
-        ckpt.wait()  # pending async saves complete even when a step fails
-        ckpt.close()
-        writer.close()
-        preemption.restore()
-    return Summary(steps_run, s, last_loss, eval_result,
-                   _rate(tokens, t0), preempted, start)  # fmt: skip
+        # Pending async saves complete even when a step fails; each closing step runs even
+        # when one before it fails (a full disk fails them all). Signals keep setting the flag
+        # until the saves are done.
+        for finish in (bar.close, ckpt.wait, ckpt.close, writer.close, preemption.restore):
+            try:
+                finish()
+            except Exception as e:  # noqa: BLE001 - reported below, the first one first
+                errors.append(e)
+    if any(faults.is_disk_full(e) for e in errors):
+        raise faults.NoSpaceLeft(ckpt.no_space_message(s)) from None
+    if errors:
+        raise errors[0]
+    return Summary(steps_run, s, last_loss, eval_result, _rate(tokens, t0), preempted, start,
+                   preemption.name, _rate(examples, t0))  # fmt: skip

@@ -22,22 +22,60 @@ def summarize(sums: dict) -> dict:
     return out
 
 
+def keep_rows_up_to(workdir, step: int) -> int:
+    """Keep the rows of WORKDIR/metrics.jsonl with step <= `step` (the step a run resumes from)
+    and append the others, the record of steps about to be trained again, to
+    metrics.replaced.jsonl; a half-written last line (a crash, a full disk) is dropped. The file
+    is replaced atomically, so a failure here leaves it as it was. Returns the rows moved."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    keep, moved = [], []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except ValueError:  # a half-written row
+            continue
+        if not line.endswith("\n"):
+            line += "\n"
+        (keep if row.get("step", 0) <= step else moved).append(line)
+    if not moved and sum(map(len, keep)) == path.stat().st_size:
+        return 0
+    if moved:
+        with (path.parent / "metrics.replaced.jsonl").open("a") as f:
+            f.writelines(moved)
+    tmp = path.with_name("metrics.jsonl.tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
+    return len(moved)
+
+
 class MetricWriter:
-    def __init__(self, workdir):
+    """Appends rows to WORKDIR/metrics.jsonl and TensorBoard. `purge_after`: the step a run
+    resumed from; TensorBoard hides its events of later steps (they are trained again)."""
+
+    def __init__(self, workdir, purge_after: int = 0):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter
 
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
-        self.file = self.path.open("a")
-        self.tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+        self.file = self.path.open("ab", buffering=0)  # unbuffered: a failed row is not retried
+        self.tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"),
+                                purge_step=purge_after + 1 if purge_after else None)  # fmt: skip
 
     def write(self, step: int, split: str, values: dict):
         if not self.enabled:
             return
-        self.file.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        self.file.flush()
+        row = (json.dumps({"step": step, "split": split, **values}) + "\n").encode()
+        end = self.file.seek(0, 2)
+        try:
+            while row:  # a raw write may take part of the row
+                row = row[self.file.write(row) :]
+        except OSError:  # a full disk: no half row is left behind
+            self.file.truncate(end)
+            raise
         for k, v in values.items():
             self.tb.add_scalar(f"{split}/{k}", v, step)
 

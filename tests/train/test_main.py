@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -34,13 +35,11 @@ def _run(*args, **kw):
 
 
 def _train_losses(workdir) -> dict[int, float]:
-    """step -> loss; a step re-run after a restart appears twice, the last line wins."""
-    losses = {}
-    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row["split"] == "train":
-            losses[row["step"]] = row["loss"]
-    return losses
+    """step -> loss, asserting that no (step, split) row appears twice in metrics.jsonl."""
+    rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
+    keys = [(row["step"], row["split"]) for row in rows]
+    assert len(keys) == len(set(keys)), "a step is listed twice in metrics.jsonl"
+    return {row["step"]: row["loss"] for row in rows if row["split"] == "train"}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +99,7 @@ def test_sigterm_saves_and_exits_zero(data_dir, tmp_path, every):
                f"--config.checkpoint_every_steps={every}")  # fmt: skip
     code, out, err = sigterm_after_metrics(cmd, tmp_path / "metrics.jsonl", 5, cwd=ROOT, env=_env())
     assert code == 0, err[-3000:]
-    assert "preempted: saved and stopped at step" in out
+    assert "stopped by SIGTERM: saved at step" in out
     step = int(out.split("at step ")[1].split()[0])
     assert (tmp_path / "checkpoints" / str(step)).is_dir()
     if every > 1:  # resuming is the same either way; checked once
@@ -109,19 +108,178 @@ def test_sigterm_saves_and_exits_zero(data_dir, tmp_path, every):
         assert f"resumed from step {step}" in r.stdout
 
 
-def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
-    import shutil
+def _truncate_arrays(checkpoint):
+    """Cut every array data file of a saved state to 10 bytes (a torn write, a bad disk)."""
+    files = [f for f in (checkpoint / "state").rglob("*") if f.is_file() and f.parent.name == "d"]
+    assert files
+    for f in files:
+        f.write_bytes(f.read_bytes()[:10])
 
+
+def _assert_one_line_no_traceback(err: str, *needles):
+    lines = [x for x in err.replace("\r", "\n").splitlines() if x.strip()]
+    hits = [x for x in lines if all(n in x for n in needles)]
+    assert len(hits) == 1, err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    assert "Event loop is closed" not in err and "'driver'" not in err, err[-3000:]
+    return hits[0]
+
+
+def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
+    """A truncated array file in the newest checkpoint: one line naming it and the step resumed
+    from, the bad step moved to unreadable_checkpoints (not overwritten by the resumed run's
+    save of the same step), the run's losses exactly the uninterrupted ones, no row twice."""
     shutil.copytree(reference[0], tmp_path / "wd")
     wd = tmp_path / "wd"
-    for f in (wd / "checkpoints" / "24" / "state").rglob("*"):
-        if f.is_file():
-            f.write_bytes(b"garbage")
-    r = _run(wd, data_dir, "--config.num_train_steps=26", "--allow_config_change")
+    _truncate_arrays(wd / "checkpoints" / "24")
+    bad = _files(wd / "checkpoints" / "24")
+    r = _run(wd, data_dir, "--config.num_train_steps=24")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "checkpoint 24" in r.stderr and "unreadable" in r.stderr
+    line = _assert_one_line_no_traceback(r.stderr, "checkpoint 24 is unreadable (")
+    assert line.endswith(f"; moved to {wd / 'unreadable_checkpoints'}; resuming from 20")
     assert "resumed from step 20" in r.stdout
-    assert _train_losses(wd)[21] == _train_losses(reference[0])[21]
+    assert _files(wd / "unreadable_checkpoints" / "24") == bad  # kept as it was, to inspect
+    assert _steps(wd) == [16, 20, 24]  # 24 saved anew by the resumed run
+    assert _train_losses(wd) == _train_losses(reference[0])
+    replaced = (wd / "metrics.replaced.jsonl").read_text().splitlines()
+    assert sorted({json.loads(x)["step"] for x in replaced}) == [21, 22, 23, 24]
+
+
+def test_every_checkpoint_unreadable_is_refused_until_start_fresh(reference, data_dir, tmp_path):
+    """No readable checkpoint: refused (exit 2, one line naming the steps and --start_fresh),
+    nothing changed; --start_fresh moves them aside and trains from step 0, exactly as a new
+    run would (the failed restores must not have moved the data iterator)."""
+    shutil.copytree(reference[0], tmp_path / "wd")
+    wd = tmp_path / "wd"
+    for step in (16, 20, 24):
+        _truncate_arrays(wd / "checkpoints" / str(step))
+    before = _files(wd)
+    r = _run(wd, data_dir, "--config.num_train_steps=24")
+    assert r.returncode == 2, r.stderr[-3000:]
+    line = _assert_one_line_no_traceback(r.stderr, "error: every checkpoint in")
+    assert "checkpoints 24, 20, 16 are unreadable (24: " in line and "--start_fresh" in line
+    after = _files(wd)
+    assert after.pop(pathlib.Path("errors.log"), b"") != b"Traceback"  # the noise, kept aside
+    assert after == before  # nothing else written, moved or deleted
+    r = _run(wd, data_dir, "--config.num_train_steps=24", "--start_fresh")
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_one_line_no_traceback(r.stderr, "--start_fresh: checkpoints 24, 20, 16 are unreadable")
+    assert "done at step 24 (24 steps this run, resumed from 0)" in r.stdout
+    assert sorted(p.name for p in (wd / "unreadable_checkpoints").iterdir()) == ["16", "20", "24"]
+    assert _train_losses(wd) == _train_losses(reference[0])
+
+
+def test_a_second_run_on_a_workdir_is_refused_and_a_dead_holder_taken_over(data_dir, tmp_path):
+    """While a run trains, the same command is refused (exit 2, one line naming pid, host and
+    start time) and writes nothing; after the holder is SIGKILLed, the next run takes the lock
+    over with one line. metrics.jsonl never lists a step twice."""
+    import socket
+
+    from tests.preemption import wait_for_lines
+
+    long = ["--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000"]
+    first = subprocess.Popen(_cmd(tmp_path, data_dir, *long), cwd=ROOT, env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_lines(first, tmp_path / "metrics.jsonl", 2)
+        assert first.poll() is None
+        rows = (tmp_path / "metrics.jsonl").read_text().count("\n")
+        r = _run(tmp_path, data_dir, *long)
+        assert first.poll() is None  # the holder goes on
+    finally:
+        first.kill()
+        first.wait()
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"error: {tmp_path} is in use by pid {first.pid} on host "
+                               f"{socket.gethostname()} since ")  # fmt: skip
+    assert r.stderr.count("\n") == 1 and not r.stdout
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") >= rows  # only the holder wrote
+    r = _run(tmp_path, data_dir, "--config.num_train_steps=4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"taking over the lock of {tmp_path} from pid {first.pid}" in r.stderr
+    assert "done at step 4" in r.stdout
+    _train_losses(tmp_path)  # no step twice
+    assert (tmp_path / "run.lock").read_text() == ""  # a clean exit leaves no holder behind
+
+
+def test_closed_stdout_and_stderr_still_save_on_schedule_and_on_sigterm(data_dir, tmp_path):
+    """`python -m research.main ... | head -n 1`: the reader goes away; the run goes on, saves on
+    its schedule and on SIGTERM, and its output continues in WORKDIR/console.log."""
+    from tests.preemption import wait_for_lines
+
+    cmd = _cmd(tmp_path, data_dir, "--config.num_train_steps=100000",
+               "--config.checkpoint_every_steps=10")  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # both readers gone: every write now fails with EPIPE
+    proc.stderr.close()
+    wait_for_lines(proc, tmp_path / "metrics.jsonl", 30)
+    assert proc.poll() is None, "the run died when its output was closed"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0
+    console = (tmp_path / "console.log").read_text()
+    assert "was closed (Broken pipe); its output continues here" in console
+    step = int(console.split("stopped by SIGTERM: saved at step ")[1].split()[0])
+    saved = _steps(tmp_path)
+    assert step in saved  # the signal's save
+    assert [s for s in saved if s < step] == [s for s in saved if s < step and s % 10 == 0] != []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1,400 KiB tmpfs (room for two smoke checkpoints, not three); grow(size) frees space."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1400k", "tmpfs", str(fs)],
+                           capture_output=True, text=True)  # fmt: skip
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mount.stderr.strip()}")
+
+    def grow(size="64m"):
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(fs)], check=True)
+
+    try:
+        yield fs, grow
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def test_disk_full_while_saving_is_one_line_and_the_rerun_resumes(data_dir, small_disk):
+    """The third checkpoint does not fit: exit 3, one line naming the step and the intact ones,
+    no traceback, no half-written step or metrics row left; after space is freed the same
+    command resumes from the last intact step and lists no step twice."""
+    fs, grow = small_disk
+    wd = fs / "wd"
+    args = ("--config.num_train_steps=40", "--config.checkpoint_every_steps=10")
+    r = _run(wd, data_dir, *args)
+    assert r.returncode == 3, r.stderr[-3000:]
+    line = _assert_one_line_no_traceback(r.stderr, "error: no space left on device while")
+    m = re.fullmatch(rf"error: no space left on device while saving step (\d+) in "
+                     rf"{re.escape(str(wd / 'checkpoints'))}; (steps? [\d, ]+) (?:is|are) intact; "
+                     "free space and rerun the same command to resume", line)  # fmt: skip
+    assert m, line
+    intact = [int(x) for x in re.findall(r"\d+", m.group(2))]
+    assert intact and all(s % 10 == 0 for s in intact) and int(m.group(1)) == intact[-1] + 10
+    assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir()) == intact  # no tmp left
+    assert (wd / "metrics.jsonl").read_text().endswith("\n")  # no half row
+    _train_losses(wd)
+    grow()
+    r = _run(wd, data_dir, *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from step {intact[-1]}" in r.stdout and "done at step 40" in r.stdout
+    assert sorted(_train_losses(wd)) == list(range(1, 41))
+
+
+def test_sighup_saves_and_stops_like_sigterm(data_dir, tmp_path):
+    from tests.preemption import signal_after_metrics
+
+    cmd = _cmd(tmp_path, data_dir, "--config.num_train_steps=100000",
+               "--config.checkpoint_every_steps=100000")  # fmt: skip
+    code, out, err = signal_after_metrics(cmd, tmp_path / "metrics.jsonl", 3, signal.SIGHUP,
+                                          cwd=ROOT, env=_env())  # fmt: skip
+    assert code == 0, err[-3000:]
+    step = int(out.split("stopped by SIGHUP (terminal closed): saved at step ")[1].split()[0])
+    assert _steps(tmp_path) == [step]
 
 
 def test_non_finite_loss_stops_and_saves_nothing_bad(data_dir, tmp_path):
@@ -270,7 +428,7 @@ def test_generate_cli_continues_a_prompt_from_a_copied_workdir(reference, tmp_pa
     out = generate(t.model, ids, max_new_tokens=8, stop_tokens=(3,), pad_id=0)
     expected = t.vocab.decode([int(i) for i in np.asarray(out[0]) if int(i) not in (0, 3)])
     assert r.stdout == expected + "\n"
-    for args, message in [([f"--workdir={tmp_path / 'none'}", "--prompt=x"], "no model.json"),
+    for args, message in [([f"--workdir={tmp_path / 'none'}", "--prompt=x"], "does not exist"),
                           ([f"--workdir={copy}", "--prompt=x", "--step=5"],
                            "step=5: ")]:  # fmt: skip
         bad = subprocess.run([sys.executable, "-m", "research.generate", *args], cwd=ROOT,
@@ -300,7 +458,7 @@ def test_ctrl_c_saves_stops_and_resumes(data_dir, tmp_path):
     assert code == 0, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     last = out.strip().splitlines()[-1]
-    assert last.startswith("preempted: saved and stopped at step "), out
+    assert last.startswith("interrupted (Ctrl-C): saved at step "), out
     assert "no evaluation ran" in last and "nan" not in last
     step = int(last.split("at step ")[1].split()[0])
     assert _steps(tmp_path) == [step]
@@ -380,13 +538,31 @@ def test_summary_without_evaluation_says_so():
     from research.main import summary_line
     from research.train.loop import Summary
 
-    line = summary_line(Summary(5, 5, 5.25, {}, 300.0, preempted=True))
-    assert line == ("preempted: saved and stopped at step 5 (5 steps this run, resumed from 0); "
+    line = summary_line(Summary(5, 5, 5.25, {}, 300.0, preempted=True, signal="SIGINT"))
+    assert line == ("interrupted (Ctrl-C): saved at step 5 (5 steps this run, resumed from 0); "
                     "train loss 5.2500; no evaluation ran; 300 tokens/s")  # fmt: skip
     ev = {"loss": 5.0, "accuracy": 0.5, "perplexity": 148.41, "tokens": 8.0}
     assert "eval loss 5.0000, accuracy 0.5000, perplexity 148.41;" in summary_line(
         Summary(12, 12, 5.1, ev, 300.0)
     )
+    hup = summary_line(Summary(1, 8, 5.1, {}, 300.0, preempted=True, resumed_from=7,
+                               signal="SIGHUP"))  # fmt: skip
+    assert hup.startswith("stopped by SIGHUP (terminal closed): saved at step 8 (1 step this run")
+    other = summary_line(Summary(1, 8, 5.1, {}, 300.0, preempted=True))
+    assert other.startswith("stopped (another process was signalled): saved at step 8")
+
+
+def test_a_classifier_summary_shows_accuracy_and_examples_per_second():
+    """Perplexity and tokens/s mean nothing for a classifier: accuracy and rows per second."""
+    from research import tasks
+    from research.main import summary_line
+    from research.train.loop import Summary
+
+    assert not tasks.get("classify").predicts_tokens and tasks.get("lm").predicts_tokens
+    ev = {"loss": 0.5, "accuracy": 0.75, "perplexity": 1.65, "tokens": 8.0}
+    line = summary_line(Summary(3, 3, 0.6, ev, 900.0, examples_per_second=7.5), tokens=False)
+    assert line == ("done at step 3 (3 steps this run, resumed from 0); train loss 0.6000; "
+                    "eval loss 0.5000, accuracy 0.7500; 7.5 examples/s")  # fmt: skip
 
 
 def test_checkpoints_only_where_the_schedule_asks(data_dir, tmp_path):

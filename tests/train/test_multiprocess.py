@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,7 @@ def test_default_stream_ignores_the_topology_and_resumes_on_another(tmp_path):
         4, signal.SIGTERM, cwd=ROOT, env={**env, "DEVICES_PER_PROCESS": "2"},
     )  # fmt: skip
     assert code == 0, out[-2000:] + err[-2000:] + (wd / "process_1.log").read_text()[-2000:]
-    stopped = int(out.split("saved and stopped at step ")[1].split()[0])
+    stopped = int(out.split("stopped by SIGTERM: saved at step ")[1].split()[0])
     assert 1 <= stopped < steps
     data = {p.name for p in (wd / "checkpoints" / str(stopped) / "data").iterdir()}
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= data
@@ -57,30 +58,59 @@ def test_default_stream_ignores_the_topology_and_resumes_on_another(tmp_path):
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
 
 
-def test_sigterm_to_the_launcher_saves_both_processes_and_exits_zero(tmp_path):
-    """The launcher forwards SIGTERM; both processes save the same step and exit 0, and so does
-    the launcher (bash's `wait` returns 143 when the trap interrupts it)."""
+@pytest.mark.parametrize("target", ["launcher", "group"])
+def test_sigterm_saves_both_processes_and_exits_zero(tmp_path, target):
+    """SIGTERM to the launcher (it forwards it) or to the launch's whole process group (what
+    `timeout`, a job manager or `kill -- -PGID` do; no relay process may die and break the
+    training processes' output): both processes save the same step and exit 0, and so does the
+    launcher (bash's `wait` returns 143 when the trap interrupts it). The rerun resumes there."""
     import signal
 
     from tests.preemption import signal_after_metrics
 
     wd = tmp_path / "wd"
-    cmd = ["./launch/multiprocess_cpu.sh", "2", "--config=configs/lm.py:smoke",
-           f"--config.data.data_dir={tmp_path / 'data'}", "--config.num_train_steps=100000",
-           "--config.checkpoint_every_steps=100000", f"--workdir={wd}"]  # fmt: skip
+    common = ["--config=configs/lm.py:smoke", f"--config.data.data_dir={tmp_path / 'data'}",
+              "--config.checkpoint_every_steps=100000", f"--workdir={wd}"]  # fmt: skip
+    cmd = ["./launch/multiprocess_cpu.sh", "2", *common, "--config.num_train_steps=100000"]
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "SEQLAB_PYTHON": sys.executable,  # the interpreter running this test
         "DEVICES_PER_PROCESS": "1",
     }
+    second = []
+
+    def run_a_second_time():  # process 0 holds the workdir's lock for the whole job
+        second.append(
+            subprocess.run(
+                [sys.executable, "-m", "research.main", *common],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+        )
+
+    during = run_a_second_time if target == "launcher" else None
     code, out, err = signal_after_metrics(cmd, wd / "metrics.jsonl", 3, signal.SIGTERM, cwd=ROOT,
-                                          env=env)  # fmt: skip
+                                          env=env, group=target == "group",
+                                          during=during)  # fmt: skip
     log1 = (wd / "process_1.log").read_text()
     assert code == 0, out[-2000:] + err[-2000:] + log1[-2000:]
-    assert "preempted: saved and stopped at step " in out and "Traceback" not in log1
-    step = int(out.split("saved and stopped at step ")[1].split()[0])
+    assert "stopped by SIGTERM: saved at step " in out and "Traceback" not in log1
+    assert "Traceback" not in out + err
+    step = int(out.split("saved at step ")[1].split()[0])
     ckpts = [int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
     assert ckpts == [step]
     data = {p.name for p in (wd / "checkpoints" / str(step) / "data").iterdir()}
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= data
+    if second:
+        assert second[0].returncode == 2, second[0].stderr[-2000:]
+        assert second[0].stderr.startswith(f"error: {wd} is in use by pid "), second[0].stderr
+    if target == "group":  # resuming is the same either way; checked once, on one process
+        r = _run([sys.executable, "-m", "research.main", *common, "--allow_config_change",
+                  f"--config.num_train_steps={step + 1}"], env,
+                 XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
+        assert f"resumed from step {step}" in r.stdout
+        assert f"done at step {step + 1} (1 step this run, resumed from {step})" in r.stdout
