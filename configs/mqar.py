@@ -1,4 +1,4 @@
-"""Multi-query associative recall (Zoology; RESEARCH.md section 4) with any attention.
+"""Multi-query associative recall (Zoology; docs/research_notes.md section 4) with any attention.
 
     python -m research.main --config=configs/mqar.py --workdir=/tmp/seqlab/mqar
     python -m research.main --config=configs/mqar.py:smoke --workdir=/tmp/seqlab/mqar_smoke

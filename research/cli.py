@@ -1,6 +1,7 @@
 """What every command-line entry point shares: one-line errors, absl parsing without tracebacks."""
 
 import argparse
+import pathlib
 import re
 import sys
 import traceback
@@ -14,10 +15,11 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
-def load_run(argv, workdir: str, step: int | None, task: str):
-    """The start of a tool over a trained run (research.chat, research.qagen): absl logging at
-    WARNING unless --verbosity, no positional arguments, --workdir given, the run loaded and of
-    `task`. Each mistake is one line and exit 2. Returns `research.train.load_trained`'s run."""
+def load_run(argv, workdir: str, step: int | None, task: str | None):
+    """The start of a tool over a trained run (research.chat, research.qagen, research.generate):
+    absl logging at WARNING unless --verbosity, no positional arguments, --workdir given and a
+    run's directory (`workdir_error`), the run loaded and of `task` (None: any; the caller
+    checks). Each mistake is one line and exit 2. Returns `research.train.load_trained`'s run."""
     from absl import logging
 
     from research.config import ConfigError
@@ -28,14 +30,41 @@ def load_run(argv, workdir: str, step: int | None, task: str):
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}")
     if not workdir:
-        fail(f"--workdir=DIR is required (a run of configs/{task}.py)")
+        what = f"a run of configs/{task}.py" if task else "a training run's directory"
+        fail(f"--workdir=DIR is required ({what})")
+    problem = workdir_error(workdir)
+    if problem:
+        fail(problem)
     try:
         trained = load_trained(workdir, step=step)
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e))
-    if trained.config.task != task:
+    if task is not None and trained.config.task != task:
         fail(f"{workdir}: task={trained.config.task!r}; research.{task} needs a {task} run")
     return trained
+
+
+def workdir_error(workdir: str, shown: int = 6) -> str | None:
+    """Why `workdir` cannot be a trained run's directory, before anything loads: it does not
+    exist, is not a directory, or is an experiment's directory (no model.json, runs under
+    runs/: they are named). None otherwise (load_trained checks the rest)."""
+    path = pathlib.Path(workdir).expanduser()
+    if not path.exists():
+        return f"--workdir={workdir} does not exist"
+    if not path.is_dir():
+        return f"--workdir={workdir} is not a directory"
+    if (path / "model.json").is_file() or not (path / "runs").is_dir():
+        return None
+    runs = sorted((p for p in (path / "runs").iterdir() if (p / "model.json").is_file()),
+                  key=lambda p: [int(x) if x.isdigit() else x
+                                 for x in re.split(r"(\d+)", p.name)])  # fmt: skip
+    if not runs:
+        return None
+    names = [f"runs/{p.name}" for p in runs]
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown
+                                         else "")  # fmt: skip
+    return (f"--workdir={workdir} is an experiment directory; its runs are {listed}: give one, "
+            f"e.g. --workdir={workdir.rstrip('/')}/{names[0]}")  # fmt: skip
 
 
 def parse_flags(argv):

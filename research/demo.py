@@ -75,14 +75,17 @@ def main(argv=None) -> int:
     print(f"   max |recurrent - parallel| = {err:.2e}; state size "
           f"{(state.s.size + state.z.size) * 4} bytes, independent of context length")  # fmt: skip
 
-    print("4. GELU constants re-derived by minimax fits (RESEARCH.md section 2)")
+    print("4. GELU constants re-derived by minimax fits (docs/research_notes.md section 2)")
     c = ops.fit_gelu_constants()
     print(f"   tanh coefficient {c['tanh_coefficient']:.7f} (published 0.044715, note 0.0447149), "
           f"max erf error {c['tanh_max_error']:.2e}\n"
           f"   sigmoid scale {c['sigmoid_scale']:.7f} (published 1.702, note 1.7017449), "
           f"max Phi error {c['sigmoid_max_error']:.2e}")  # fmt: skip
 
-    print("5. embedding size needed for a vocabulary, n > 8.33 ln N (RESEARCH.md section 7)")
+    print(
+        "5. embedding size needed for a vocabulary, n > 8.33 ln N "
+        "(docs/research_notes.md section 7)"
+    )
     for n in (8192, 100_000, 5_000_000):
         print(f"   N = {n:>9,}: n >= {ops.min_embedding_dim(n)}")
     return 0

@@ -6,15 +6,16 @@
     python -m research.generate --workdir=/tmp/seqlab/s2s --prompt='8 3 5 1'   # seq2seq source
 
 The workdir is any training run of an lm or seq2seq config (`research.train.load_trained`:
-the newest checkpoint, or --step). Prints the continuation only. Exit 2 for a bad flag or a
-workdir that cannot be used.
+the newest checkpoint, or --step); for a sweep (configs/compare_attention.py, ...) one of its runs,
+WORKDIR/runs/NAME. Prints the continuation only. Exit 2 for a bad flag or a workdir that cannot
+be used (an experiment's directory: its runs are named).
 """
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from research.cli import fail, parse_flags
+from research.cli import fail, load_run, parse_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a training run's directory")
 _PROMPT = flags.DEFINE_string("prompt", None, "text to continue (lm) or the source (seq2seq)")
@@ -42,21 +43,12 @@ def main(argv):
     import jax
     import numpy as np
 
-    from research.config import ConfigError
     from research.data.tokenizer import EOS_ID, PAD_ID
     from research.models.generate import generate
-    from research.train import load_trained
 
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}")
     if not _WORKDIR.value or _PROMPT.value is None:
         fail("both --workdir=DIR and --prompt=TEXT are required")
-    try:
-        trained = load_trained(_WORKDIR.value, step=_STEP.value)
-    except (ConfigError, FileNotFoundError) as e:
-        fail(str(e))
+    trained = load_run(argv, _WORKDIR.value, _STEP.value, task=None)
     run, vocab = trained.config, trained.vocab
     if run.task == "lm":
         tok, bos, eos, pad = vocab, None, EOS_ID, PAD_ID

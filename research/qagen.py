@@ -1,18 +1,21 @@
 """Generate question-answer pairs from passages with a trained qagen run (configs/qagen.py;
-RESEARCH.md section 6; docs/qagen.md).
+docs/research_notes.md section 6; docs/qagen.md).
 
-    python -m research.qagen --workdir=/tmp/seqlab/qagen < passages.txt > pairs.jsonl
+    python -m research.qagen --workdir=/tmp/seqlab/qagen/runs/seed0 < passages.txt > pairs.jsonl
     python -m research.qagen --workdir=DIR --input=passages.txt --num_answers=8 --top_k=5
     echo '{"passage": "...", "answer": "..."}' | python -m research.qagen --workdir=DIR
 
-Input (a file, or stdin): one passage a line, plain text or a JSON object {"passage": str} with
-an optional "answer" (str): then only the question for that answer is generated. Blank lines
-are skipped. Output: a JSON line {passage, answer, question, scores: {answer, question}} for
-every kept pair (scores are log-probabilities under the model: log p(answer [SEP] | passage)
-and the question beam's). Answers are sampled (top-p / top-k / temperature), deduplicated and,
-unless --noin_passage, kept only when they are a span of the passage; questions come from beam
-search. Exit 2 for a bad flag, a workdir that is not a qagen run, or a bad input line (an empty
-passage, a given answer outside its passage, a JSON line that is not such an object).
+The workdir is one run of the qagen experiment (WORKDIR/runs/seedS), not the experiment's
+directory. Input (a file, or stdin): one passage a line, plain text or a JSON object
+{"passage": str} with an optional "answer" (str): then only the question for that answer is
+generated. Blank lines are skipped. Output: a JSON line {passage, answer, question, scores:
+{answer, question}} for every kept pair (scores are log-probabilities under the model:
+log p(answer [SEP] | passage) and the question beam's). Answers are sampled (top-p / top-k /
+temperature), deduplicated and, unless --noin_passage, kept only when they are a span of the
+passage; questions come from beam search. A summary goes to stderr ("1 of 2 passages produced
+pairs; 3 pairs written"), and each passage without a kept answer is named there. Exit 2 for a
+bad flag, a workdir that is not a qagen run, an input without any passage, or a bad input line
+(an empty passage, a given answer outside its passage, a JSON line that is not such an object).
 """
 
 import dataclasses
@@ -23,7 +26,9 @@ from absl import app, flags
 
 from research.cli import fail, load_run, parse_flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "a qagen training run's directory")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "a qagen run's directory: WORKDIR/runs/seedS of the experiment"
+)
 _INPUT = flags.DEFINE_string("input", "-", "passages file, one a line ('-' = stdin)")
 _NUM_ANSWERS = flags.DEFINE_integer(
     "num_answers", None, "answers sampled per passage (default: the run's)", lower_bound=1
@@ -117,6 +122,9 @@ def main(argv):
         fail(f"--input={_INPUT.value}: not UTF-8 text (byte {e.start})")
     except DataError as e:
         fail(str(e))
+    if not records:
+        source = "stdin" if _INPUT.value == "-" else f"--input={_INPUT.value}"
+        fail(f"{source} holds no passage (it is empty or blank); give one passage a line")
     vocab = trained.vocab
     for r in records:
         given = r["answer"]
@@ -134,12 +142,17 @@ def main(argv):
         results = _generate(gen, asked, free)
     except ValueError as e:  # a run whose model cannot decode these lengths, say
         fail(str(e))
+    pairs = 0
     for r in records:  # input order
+        pairs += len(results[r["where"]])
         for g in results[r["where"]]:
             scores = {"answer": g["answer_score"], "question": g["question_score"]}
             line = {"passage": r["passage"], "answer": g["answer"], "question": g["question"],
                     "scores": scores}  # fmt: skip
             print(json.dumps(line, ensure_ascii=False), flush=True)
+    produced = sum(1 for r in records if results[r["where"]])
+    print(f"{produced} of {len(records)} passages produced pairs; {pairs} pairs written",
+          file=sys.stderr, flush=True)  # fmt: skip
     return 0
 
 

@@ -3,15 +3,19 @@
 Timing: `median_time`, `matmul_peak` (the roofline MFU is quoted against). The machine:
 `machine_header` (figures are only comparable on the same machine), `keep_freed_memory`.
 Writers: `write_csv`, `format_table` (the markdown tables printed to stdout) and `save_figure`
-(the matplotlib boilerplate around each tool's own plot).
+(the matplotlib boilerplate around each tool's own plot: titles wrapped to fit the canvas). Cells:
+`plural` ("1 layer", "2 layers"), `seed_stats` and `mean_std` (mean ± std over seeds; one seed
+has no std, and says so instead of a fake "± 0.00").
 """
 
 import contextlib
 import csv
 import ctypes
+import math
 import os
 import pathlib
 import platform
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -19,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["format_table", "keep_freed_memory", "machine_header", "matmul_peak", "median_time",
-           "save_figure", "write_csv"]  # fmt: skip
+__all__ = ["fit_text", "format_table", "keep_freed_memory", "machine_header", "matmul_peak",
+           "mean_std", "median_time", "over_seeds", "plural", "save_figure", "seed_stats",
+           "write_csv"]  # fmt: skip
 
 
 def median_time(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
@@ -119,20 +124,85 @@ def format_table(
     return "\n".join(lines)
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """ "1 layer", "2 layers", "1,024 tokens": the count and the word in its number."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def seed_stats(values) -> tuple[float, float]:
+    """(mean, std) of one figure over seeds (the population std, as numpy's default). The std of
+    a single seed is undefined: NaN, which `mean_std` prints as "(1 seed)" and plots draw as no
+    error bar, never a fake 0. No seeds: (NaN, NaN)."""
+    v = np.asarray(values, float)
+    if len(v) == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std()) if len(v) > 1 else math.nan
+
+
+def mean_std(mean: float, std: float, seeds: int, spec: str = ".2f") -> str:
+    """A table cell: "12.34 ± 0.56" over several seeds, "12.34 (1 seed)" over one, "-" over
+    none."""
+    if seeds == 0:
+        return "-"
+    if seeds == 1:
+        return f"{mean:{spec}} ({plural(seeds, 'seed')})"
+    return f"{mean:{spec}} ± {std:{spec.lstrip('+')}}"
+
+
+def over_seeds(seeds: Iterable[int]) -> str:
+    """A plot label's spread, from each bar's seed count: "mean ± std over 3 seeds", or "1 seed,
+    no std" (no error bars are drawn then)."""
+    counts = sorted(set(seeds))
+    if counts == [1]:
+        return "1 seed, no std"
+    n = str(counts[-1]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"mean ± std over {n} seeds"
+
+
+def _wrap_to(text, limit: float, renderer, extent) -> None:
+    """Re-wrap a Text artist's lines (at spaces) until `extent(bbox)` is within `limit` pixels."""
+    lines = []
+    for line in text.get_text().split("\n"):
+        text.set_text(line)
+        size = extent(text.get_window_extent(renderer))
+        chars = len(line)
+        while size > limit and chars > 12:
+            chars = min(chars - 1, int(chars * limit / size))
+            text.set_text("\n".join(textwrap.wrap(line, max(chars, 12), break_on_hyphens=False)))
+            size = extent(text.get_window_extent(renderer))
+        lines.append(text.get_text())
+    text.set_text("\n".join(lines))
+
+
+def fit_text(fig, title=None) -> None:
+    """Wrap `title` (the figure's suptitle Text) to the canvas width, then, once the layout has
+    placed the axes, each axis label longer than its axes to the axes' width (x) or height (y),
+    so that nothing is cut at an edge of the saved image or runs into the title."""
+    renderer = fig.canvas.get_renderer()
+    if title is not None:
+        _wrap_to(title, 0.97 * fig.bbox.width, renderer, lambda b: b.width)
+    fig.draw_without_rendering()  # runs the layout engine: the axes' final boxes
+    for ax in fig.axes:
+        box = ax.get_window_extent(renderer)
+        _wrap_to(ax.xaxis.label, box.width, renderer, lambda b: b.width)
+        _wrap_to(ax.yaxis.label, box.height, renderer, lambda b: b.height)
+
+
 @contextlib.contextmanager
 def save_figure(path: str | pathlib.Path, title: str, ncols: int, figsize, title_size: int = 8):
     """Yield the axes of a 1 x `ncols` figure (Agg backend: no display needed); on exit, title
-    it, lay it out and save it to `path` at 120 dpi. The figure is closed either way."""
+    it (wrapped to the figure's width), lay it out (constrained layout: room for the title,
+    labels and legends outside the axes) and save it to `path` at 120 dpi, exactly the laid-out
+    canvas (no tight bounding box that would crop or grow it). The figure is closed either way."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    fig, axes = plt.subplots(1, ncols, figsize=figsize, layout="constrained", dpi=120)
     try:
         yield axes
-        fig.suptitle(title, fontsize=title_size)
-        fig.tight_layout()
+        fit_text(fig, fig.suptitle(title, fontsize=title_size))
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)

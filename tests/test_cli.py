@@ -6,6 +6,7 @@ import glob
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -87,3 +88,75 @@ def test_cpu_commands_print_no_libtpu_errors(tmp_path):
     assert r.returncode == 0, r.stderr
     noise = [x for x in r.stderr.splitlines() if "libtpu" in x or "E0000" in x or "TPU" in x]
     assert not noise, r.stderr
+
+
+@pytest.fixture
+def absl_verbosity():
+    """load_run sets absl logging to WARNING (as the CLIs want); put it back afterwards."""
+    from absl import logging
+
+    before = logging.get_verbosity()
+    yield
+    logging.set_verbosity(before)
+
+
+def _load_run_error(capsys, workdir, task) -> str:
+    """The one `error: ...` line research.cli.load_run exits 2 with, called in-process."""
+    from research.cli import load_run
+
+    with pytest.raises(SystemExit) as e:
+        load_run(["prog"], str(workdir), None, task)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("task", ["chat", "qagen", None])  # None: research.generate's call
+def test_a_missing_workdir_is_named_as_missing(tmp_path, capsys, absl_verbosity, task):
+    missing = tmp_path / "no_such_run"
+    assert _load_run_error(capsys, missing, task) == f"error: --workdir={missing} does not exist"
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    assert _load_run_error(capsys, afile, task) == f"error: --workdir={afile} is not a directory"
+
+
+@pytest.mark.parametrize("task", ["chat", "qagen", None])
+def test_an_experiment_directory_lists_its_runs(tmp_path, capsys, absl_verbosity, task):
+    """An experiment's directory (configs/qagen.py's, a sweep's) holds no model.json; its runs
+    do, under runs/. The error names them, in numeric order, and one to pass instead."""
+    for name in ("seed10", "seed1", "seed0"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "model.json").write_text("{}")
+    (tmp_path / "runs" / "unfinished").mkdir()  # no model.json: not a run to offer
+    (tmp_path / "pretrain").mkdir()
+    assert _load_run_error(capsys, tmp_path, task) == (
+        f"error: --workdir={tmp_path} is an experiment directory; its runs are runs/seed0, "
+        f"runs/seed1, runs/seed10: give one, e.g. --workdir={tmp_path}/runs/seed0"
+    )
+
+
+def test_many_runs_are_listed_in_part(tmp_path):
+    from research.cli import workdir_error
+
+    for i in range(9):
+        (tmp_path / "runs" / f"p{i}").mkdir(parents=True)
+        (tmp_path / "runs" / f"p{i}" / "model.json").write_text("{}")
+    assert "its runs are runs/p0, runs/p1, runs/p2, runs/p3, runs/p4, runs/p5 and 3 more:" in (
+        workdir_error(str(tmp_path))
+    )
+
+
+def test_a_directory_that_is_no_run_still_says_no_model_json(tmp_path, capsys, absl_verbosity):
+    assert _load_run_error(capsys, tmp_path, "chat") == (
+        f"error: {tmp_path}: no model.json; not a workdir of a seqlab training run"
+    )
+
+
+def test_qagen_help_gives_a_run_of_the_experiment_as_workdir():
+    """configs/qagen.py is an experiment (WORKDIR/runs/seedS): --help's --workdir examples must
+    be one of its runs, which research.qagen can load, not the experiment's directory."""
+    r = _run(["-m", "research.qagen", "--help"])  # absl's --help exits 1 after the usage
+    examples = re.findall(r"--workdir=(/tmp/seqlab/\S+)", r.stdout)
+    assert examples, r.stdout
+    for path in examples:
+        assert re.fullmatch(r"/tmp/seqlab/qagen/runs/seed\d+", path), path

@@ -19,3 +19,10 @@ def test_readme_block_runs(index, capsys):
     out = capsys.readouterr().out
     if "ln(11)" in BLOCKS[index]:
         assert "2.3978" in out
+    if "research.models.generate import generate" in BLOCKS[index]:  # the decoding section
+        assert "(2, 8) (2, 8) (2, 4, 8) (2, 4)" in out
+
+
+def test_readme_decoding_section_is_run():
+    """The decoding section's example is a ```python block, so test_readme_block_runs runs it."""
+    assert any("generate(model, prompt" in b and 'method="beam"' in b for b in BLOCKS)

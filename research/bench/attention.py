@@ -278,7 +278,11 @@ def plot(rows, path, header):
                 ]
                 if pts:
                     ax.loglog(*zip(*pts, strict=True), marker="o", label=impl)
-            ax.set(title=f"causal attention, {kind}", xlabel="sequence length", ylabel="seconds")
+            ax.set(
+                title=f"causal attention, {kind}",
+                xlabel="sequence length (tokens)",
+                ylabel="seconds per call (median)",
+            )
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         for impl in ("softmax-kv-cache", "linear-state"):
@@ -286,7 +290,11 @@ def plot(rows, path, header):
                    if r["kind"] == "decode" and r["impl"] == impl]  # fmt: skip
             if pts:
                 axes[2].loglog(*zip(*pts, strict=True), marker="o", label=impl)
-        axes[2].set(title="decode", xlabel="context length", ylabel="tokens / s")
+        axes[2].set(
+            title="decode, one token at a time",
+            xlabel="context length (tokens)",
+            ylabel="tokens / s",
+        )
         axes[2].grid(True, which="both", alpha=0.3)
         axes[2].legend(fontsize=8)
 

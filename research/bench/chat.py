@@ -26,7 +26,7 @@ from flax import nnx
 
 from research.cli import positive_int
 from research.models import DecoderLM, ModelConfig
-from research.report import format_table, machine_header, save_figure, write_csv
+from research.report import format_table, machine_header, plural, save_figure, write_csv
 from research.tasks.chat import ChatSession
 
 ATTENTIONS = {
@@ -121,7 +121,7 @@ def run(args) -> list[dict]:
                 raise RuntimeError(f"history {h}: the kept cache was rebuilt; raise --max_context")
             rows.append(row)
             print(
-                f"{attention} history {h} turns ({row['history_tokens']} tokens): kept "
+                f"{attention} history {plural(h, 'turn')} ({row['history_tokens']} tokens): kept "
                 f"{row['kept_ms']:.1f} ms, re-encode {row['reencode_ms']:.1f} ms",
                 flush=True,
             )
@@ -140,7 +140,7 @@ def plot(rows, path, title):
         ax.set_xlabel("history (turns)")
         ax.set_ylabel("latency of one turn + reply (ms, median)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
 
 
 def main(argv=None):

@@ -3,7 +3,8 @@
 Read them with `tfds.data_source(NAME, data_dir=...)` or `builder.as_data_source(split)`; neither
 building nor reading needs TensorFlow.
   stdlib_code  the .py sources of the running interpreter's standard library (real text).
-  mqar         multi-query associative recall (Zoology; Arora et al. 2023), RESEARCH.md section 4.
+  mqar         multi-query associative recall (Zoology; Arora et al. 2023),
+               docs/research_notes.md section 4.
   seq2seq_synthetic  copy / reverse / sort / addition digit tasks for exposure-bias studies.
 """
 

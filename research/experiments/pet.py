@@ -1,4 +1,4 @@
-"""PET's settings side by side (RESEARCH.md section 8), per pattern, over seeds.
+"""PET's settings side by side (docs/research_notes.md section 8), per pattern, over seeds.
 
 Settings, all from one pretrained MLM (`init`, or an `mlm` run this experiment trains first in
 workdir/pretrain from `pretrain`):
@@ -28,7 +28,15 @@ from ml_collections import ConfigDict
 from research.config import as_list
 from research.data import classification, patterns
 from research.experiments import sweep
-from research.report import format_table, machine_header, save_figure, write_csv
+from research.report import (
+    format_table,
+    machine_header,
+    mean_std,
+    over_seeds,
+    save_figure,
+    seed_stats,
+    write_csv,
+)
 from research.tasks import bert, classify, pet
 from research.train.config import ConfigError, parse
 from research.train.trained import load_trained
@@ -101,7 +109,7 @@ def run(c, workdir: str) -> list[dict]:
     for t in templates:
         pet.pattern_for(pet.PetConfig(template=t, verbalizer=verbalizer), vocab)
     if not init:
-        log(f"pretraining the MLM in {workdir / 'pretrain'}")
+        log(sweep.start_message(workdir / "pretrain", "pretraining the MLM"))
         sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
         init = f"workdir:{workdir / 'pretrain'}"
     bert.parse_init(init, key="init")
@@ -154,7 +162,7 @@ def run(c, workdir: str) -> list[dict]:
     for (setting, p, seed), pc in runs.items():
         name = setting if p is None else f"{setting}_p{p}"
         out = workdir / "runs" / f"{name}_seed{seed}"
-        log(f"training {name} seed {seed} in {out}")
+        log(sweep.start_message(out, f"training {name} seed {seed}"))
         sweep.train_point(pc, out, {"run": name, "seed": seed})
         load = functools.cache(functools.partial(load_trained, out))  # only on a cache miss
 
@@ -201,18 +209,18 @@ def summarize(results, settings, templates) -> list[dict]:
             row = {"setting": s, "pattern_id": "-" if p == "-" else f"p{p}",
                    "pattern": "-" if p == "-" else templates[p], "seeds": len(mine)}  # fmt: skip
             for split in ("validation", "test"):
-                vals = np.array([r[split] for r in mine], float)
-                row[f"{split}_mean"], row[f"{split}_std"] = float(vals.mean()), float(vals.std())
+                row[f"{split}_mean"], row[f"{split}_std"] = seed_stats([r[split] for r in mine])
             row["note_validation"], row["note_test"] = NOTE[s]
             rows.append(row)
     return rows
 
 
 def table(rows, templates) -> str:
-    """The note's layout: settings down; validation / test accuracy (mean ± std) and the note's."""
+    """The note's layout: settings down; validation / test accuracy (mean ± std over seeds, or
+    the one seed's) and the note's."""
 
     def cell(split):
-        return lambda r: f"{r[f'{split}_mean']:.2f} ± {r[f'{split}_std']:.2f}"
+        return lambda r: mean_std(r[f"{split}_mean"], r[f"{split}_std"], r["seeds"])
 
     def note(r):
         v, t = r["note_validation"], r["note_test"]
@@ -237,7 +245,7 @@ def plot(rows, path, title):
                        zorder=3, label="note (RoBERTa-wwm-ext)")  # fmt: skip
             ax.axhline(50, color="gray", lw=0.8, ls=":", label="chance (2 labels)")
             ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=6)
-            ax.set_ylabel(f"{split} accuracy % (mean ± std over seeds)")
+            ax.set_ylabel(f"{split} accuracy (%), {over_seeds(r['seeds'] for r in rows)}")
             ax.set_ylim(40, 100)
             ax.grid(alpha=0.3, axis="y")
         axes[0].legend(fontsize=7)

@@ -1,4 +1,4 @@
-"""Question generation over seeds, beside the trivial baseline (RESEARCH.md section 6;
+"""Question generation over seeds, beside the trivial baseline (docs/research_notes.md section 6;
 docs/qagen.md).
 
 From one pretrained BERT (`init`, or an `mlm` run trained first in workdir/pretrain), per seed
@@ -23,7 +23,15 @@ from research.config import ConfigError, as_list
 from research.data import DataError
 from research.experiments import sweep
 from research.experiments.pet import _run_config
-from research.report import format_table, machine_header, save_figure, write_csv
+from research.report import (
+    format_table,
+    machine_header,
+    mean_std,
+    over_seeds,
+    save_figure,
+    seed_stats,
+    write_csv,
+)
 from research.tasks import qagen
 from research.train.config import parse
 from research.train.trained import load_trained
@@ -49,20 +57,22 @@ def run(c, workdir: str) -> list[dict]:
         raise ConfigError(str(e)) from None
     init = c.init
     if not init:
-        log(f"pretraining the MLM in {workdir / 'pretrain'}")
+        log(sweep.start_message(workdir / "pretrain", "pretraining the MLM"))
         pre = copy.deepcopy(c.pretrain)  # configs/mlm.py's own data section, our data_dir
         pre.seed, pre.data.data_dir = seeds[0], c.data.data_dir
         sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
         init = f"workdir:{workdir / 'pretrain'}"
-    evals, minutes = [], []
+    evals, per_seed = [], []
     for seed in seeds:
         out = workdir / "runs" / f"seed{seed}"
-        log(f"training seed {seed} in {out}")
+        reused = sweep.is_finished(out)
+        log(sweep.start_message(out, f"training seed {seed}"))
         pc = _run_config(c, c.run, seed, qagen=dict(init=init))
         start = time.perf_counter()
         result = sweep.train_point(pc, out, {"seed": seed})
         evals.append(result["eval"])
-        minutes.append((time.perf_counter() - start) / 60)
+        took = "reused" if reused else f"{(time.perf_counter() - start) / 60:.1f} min"
+        per_seed.append(f"seed {seed} {took}")
         log(f"seed {seed}: " + ", ".join(f"{k} {result['eval'].get(k, np.nan):.2f}"
                                          for k in METRICS))  # fmt: skip
     rows = summarize(evals)
@@ -84,7 +94,7 @@ def run(c, workdir: str) -> list[dict]:
             print(json.dumps(e, ensure_ascii=False, indent=1))
         print(f"wrote {workdir / 'qagen.csv'}, {workdir / 'qagen.png'} and "
               f"{workdir / 'examples.jsonl'} ({time.perf_counter() - t0:.0f} s; training + "
-              f"evaluation {', '.join(f'{m:.1f}' for m in minutes)} min per seed)")  # fmt: skip
+              f"evaluation: {', '.join(per_seed)})")  # fmt: skip
     return rows
 
 
@@ -92,18 +102,20 @@ def summarize(evals: list[dict]) -> list[dict]:
     """One row per metric: ours (mean, std over seeds) and the baseline's (same examples)."""
     rows = []
     for key, name in METRICS.items():
-        ours = np.array([e.get(key, np.nan) for e in evals], float)
+        mean, std = seed_stats([e.get(key, np.nan) for e in evals])
         base = np.array([e.get(f"baseline_{key}", np.nan) for e in evals], float)
-        rows.append({"metric": name, "key": key, "seeds": len(evals),
-                     "model_mean": float(ours.mean()), "model_std": float(ours.std()),
-                     "baseline": float(base.mean())})  # fmt: skip
+        rows.append({"metric": name, "key": key, "seeds": len(evals), "model_mean": mean,
+                     "model_std": std, "baseline": float(base.mean())})  # fmt: skip
     return rows
 
 
 def table(rows) -> str:
-    return format_table(rows, ["metric", "model (mean ± std)", "trivial baseline"],
-                        ["{metric}", "{model_mean:.2f} ± {model_std:.2f}", "{baseline:.2f}"],
-                        align="lrr")  # fmt: skip
+    def model(r):
+        return mean_std(r["model_mean"], r["model_std"], r["seeds"])
+
+    spread = over_seeds(r["seeds"] for r in rows)
+    return format_table(rows, ["metric", f"model ({spread})", "trivial baseline"],
+                        ["{metric}", model, "{baseline:.2f}"], align="lrr")  # fmt: skip
 
 
 def _examples(run_dir: pathlib.Path, n: int) -> list[dict]:
@@ -139,7 +151,9 @@ def _examples(run_dir: pathlib.Path, n: int) -> list[dict]:
 
 
 def plot(rows, path, title):
-    with save_figure(path, title, 1, (7, 3.6), title_size=6) as axes:
+    """The four held-out scores (BLEU-4, ROUGE-L F1, exact match, F1: all 0-100) of the model
+    beside the trivial baseline's; "answers kept / passage" is a count, so only the table has it."""
+    with save_figure(path, title, 1, (7, 4.2), title_size=7) as axes:
         ax = axes  # one column: a single Axes
         shown = [r for r in rows if r["key"] != "answers"]
         x = np.arange(len(shown))
@@ -149,9 +163,12 @@ def plot(rows, path, title):
             0.4,
             yerr=[r["model_std"] for r in shown],
             capsize=3,
-            label="UniLM (mean ± std)",
+            label=f"UniLM ({over_seeds(r['seeds'] for r in shown)})",
         )
         ax.bar(x + 0.2, [r["baseline"] for r in shown], 0.4, label="trivial baseline")
         ax.set_xticks(x, [r["metric"] for r in shown], fontsize=8)
-        ax.set_ylabel("score (x100)")
-        ax.legend(fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("held-out score (%, 100 = perfect)")
+        ax.grid(alpha=0.3, axis="y")
+        # Below the axes: inside, it would cover the bars that reach 90.
+        ax.legend(fontsize=8, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.1))

@@ -15,6 +15,18 @@ class Preempted(Exception):
     rerunning the same command resumes that point (no result.json was written for it)."""
 
 
+def is_finished(out: pathlib.Path) -> bool:
+    """Whether `out` holds a finished point (its result.json), which train_point reuses."""
+    return (pathlib.Path(out) / "result.json").exists()
+
+
+def start_message(out: pathlib.Path, doing: str) -> str:
+    """The line an experiment logs before train_point(..., out, ...): "DOING in OUT" when the run
+    will train (or resume a partial run), "reusing the finished run in OUT" when out/result.json
+    is there and nothing will train."""
+    return f"reusing the finished run in {out}" if is_finished(out) else f"{doing} in {out}"
+
+
 def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
     """Train config `pc` in `out` (resuming a partial run) unless out/result.json exists.
 

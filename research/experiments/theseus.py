@@ -1,5 +1,5 @@
-"""BERT-of-Theseus, the note's table (RESEARCH.md section 5): predecessor, the first k layers
-fine-tuned directly, and Theseus-k, over seeds.
+"""BERT-of-Theseus, the note's table (docs/research_notes.md section 5): predecessor, the first k
+layers fine-tuned directly, and Theseus-k, over seeds.
 
 From one pretrained BERT (`init`, or an `mlm` run trained first in workdir/pretrain), per seed:
   predecessor   `finetune` of all n layers                            runs/predecessor_seedS
@@ -28,7 +28,16 @@ from research.data import classification, pipeline
 from research.experiments import sweep
 from research.experiments.pet import _accuracy, _run_config
 from research.models.theseus import check_successor_layers
-from research.report import format_table, machine_header, save_figure, write_csv
+from research.report import (
+    format_table,
+    machine_header,
+    mean_std,
+    over_seeds,
+    plural,
+    save_figure,
+    seed_stats,
+    write_csv,
+)
 from research.tasks import bert, classify
 from research.tasks.theseus import TheseusConfig
 from research.train.config import parse
@@ -105,7 +114,7 @@ def run(c, workdir: str) -> list[dict]:
     data = parse(_run_config(c, c.finetune, seeds[0])).data
     _, validation, test = classification.sources_of(data)
     if not init:
-        log(f"pretraining the MLM in {workdir / 'pretrain'}")
+        log(sweep.start_message(workdir / "pretrain", "pretraining the MLM"))
         sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
         init = f"workdir:{workdir / 'pretrain'}"
 
@@ -123,12 +132,12 @@ def run(c, workdir: str) -> list[dict]:
         result = _accuracy(out / "eval", acc)
         models.setdefault(k, out)  # one trained model per depth, for the speed measurement
         results.append({"kind": kind, "layers": k, "seed": seed, **result})
-        log(f"{kind} {k} layers seed {seed}: validation {result['validation']:.2f}, "
+        log(f"{kind} {plural(k, 'layer')} seed {seed}: validation {result['validation']:.2f}, "
             f"test {result['test']:.2f}")  # fmt: skip
 
     def train(name, pc, seed):
         out = workdir / "runs" / f"{name}_seed{seed}"
-        log(f"training {name} seed {seed} in {out}")
+        log(sweep.start_message(out, f"training {name} seed {seed}"))
         sweep.train_point(pc, out, {"run": name, "seed": seed})
         return out
 
@@ -172,12 +181,11 @@ def summarize(results, n: int) -> list[dict]:
     rows = []
     for kind, k in dict.fromkeys((r["kind"], r["layers"]) for r in results):
         mine = [r for r in results if r["kind"] == kind and r["layers"] == k]
-        row = {"model": f"{kind} ({k} layers)", "kind": kind, "layers": k, "seeds": len(mine),
-               "params": mine[0]["params"],
+        row = {"model": f"{kind} ({plural(k, 'layer')})", "kind": kind, "layers": k,
+               "seeds": len(mine), "params": mine[0]["params"],
                "eval_tokens_per_s": mine[0]["tokens_per_s"]}  # fmt: skip
         for split in ("validation", "test"):
-            vals = np.array([r[split] for r in mine], float)
-            row[f"{split}_mean"], row[f"{split}_std"] = float(vals.mean()), float(vals.std())
+            row[f"{split}_mean"], row[f"{split}_std"] = seed_stats([r[split] for r in mine])
         row["note_dev"] = _note(kind, k / n)
         rows.append(row)
     return rows
@@ -185,7 +193,7 @@ def summarize(results, n: int) -> list[dict]:
 
 def table(rows) -> str:
     def cell(split):
-        return lambda r: f"{r[f'{split}_mean']:.2f} ± {r[f'{split}_std']:.2f}"
+        return lambda r: mean_std(r[f"{split}_mean"], r[f"{split}_std"], r["seeds"])
 
     def note(r):
         return "-" if np.isnan(r["note_dev"]) else f"{r['note_dev']:.2f}"
@@ -205,7 +213,7 @@ def plot(rows, path, title):
             ax.bar(x + dx, [r[f"{split}_mean"] for r in rows], 0.4,
                    yerr=[r[f"{split}_std"] for r in rows], capsize=3, label=split)  # fmt: skip
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel("accuracy % (mean ± std over seeds)")
+        ax.set_ylabel(f"accuracy (%), {over_seeds(r['seeds'] for r in rows)}")
         lo = min(r["validation_mean"] for r in rows) - 5
         ax.set_ylim(max(0, lo), 100)
         ax.grid(alpha=0.3, axis="y")

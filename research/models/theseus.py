@@ -1,5 +1,5 @@
 """BERT-of-Theseus (Xu et al. 2020, "BERT-of-Theseus: Compressing BERT by Progressive Module
-Replacing"; RESEARCH.md section 5): compress a fine-tuned n-layer classifier to k layers.
+Replacing"; docs/research_notes.md section 5): compress a fine-tuned n-layer classifier to k layers.
 
 The predecessor (an n-layer `Bert` with its pooler and classifier, fine-tuned on the task) is
 frozen and cut into k modules of m = n / k consecutive layers. The successor has k layers; in

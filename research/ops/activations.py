@@ -1,4 +1,5 @@
-"""GELU and its two elementary approximations (Hendrycks & Gimpel 2016; RESEARCH.md section 2)."""
+"""GELU and its two elementary approximations (Hendrycks & Gimpel 2016; docs/research_notes.md
+section 2)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""How many dimensions a word embedding needs (Su 2020; RESEARCH.md section 7)."""
+"""How many dimensions a word embedding needs (Su 2020; docs/research_notes.md section 7)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Remedies for exposure bias in teacher-forced seq2seq training (RESEARCH.md section 1).
+"""Remedies for exposure bias in teacher-forced seq2seq training (docs/research_notes.md section 1).
 
 Conventions: `inputs` [B, L] are the teacher-forced input tokens (decoder inputs, or the whole
 UniLM sequence) and `logits[:, t]` predicts `inputs[:, t + 1]`; `target_mask` [B, L] marks the
@@ -126,7 +126,7 @@ def gradient_penalty(
     loss_fn: LossWithDelta, *, epsilon: float, delta_shape, delta_dtype=jnp.float32
 ):
     """loss = CE + epsilon * sum (dCE/dE)^2 over the embedding table E (mean CE; the gradient
-    of this loss is second order). epsilon 0.5 in RESEARCH.md section 1."""
+    of this loss is second order). epsilon 0.5 in docs/research_notes.md section 1."""
 
     def combine(model, batch, s, w, metrics, g):
         penalty = epsilon * jnp.sum(jnp.square(g))

@@ -8,10 +8,12 @@
     python -m research.plan --config=configs/lm.py:1b --topology=v5e:16x16 \
         --layers_sweep=6,12,24,48 --out=/tmp/seqlab/plan   # compile time against depth
 
-Prints per-device argument/output/temp memory against the chip's HBM, compiled FLOPs and bytes
-per step, and a roofline step time and tokens/s. --fsdp_sweep plans the train step once per
-mesh.fsdp at the config's global batch (mesh.data takes the remaining devices) and writes
-plan_fsdp.csv and plan_fsdp.png to --out: with FSDP, arguments x fsdp should stay constant.
+Prints a verdict block first (at most 100 columns: fits or not and by how much, memory per chip
+against the chip's HBM, the train step's roofline time, tokens/s and MFU bound), then the
+per-device argument/output/temp memory and the compiled FLOPs and bytes per step as tables.
+--fsdp_sweep plans the train step once per mesh.fsdp at the config's global batch (mesh.data
+takes the remaining devices) and writes plan_fsdp.csv and plan_fsdp.png to --out: with FSDP,
+arguments x fsdp should stay constant.
 --layers_sweep plans it once per model.num_layers and writes plan_layers_{scanned,unrolled}.csv
 and .png: with model.scan_layers=True the compile time should stay flat in depth.
 Exit codes: 0 fits, 3 does not fit, 2 bad arguments (unknown topology, mesh not matching the
@@ -22,7 +24,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research.cli import fail, loaded_config, parse_flags
-from research.report import format_table
+from research.plan.output import describe_model, fmt_bytes, mfu_cell, plot_fsdp, plot_layers, report
+from research.report import format_table, plural
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v5e:16x16, v5p:4x8x8) or cpu")
@@ -39,87 +42,6 @@ _OUT = flags.DEFINE_string("out", "/tmp/seqlab/plan", "sweeps: where CSV and PNG
 GiB = 2**30
 
 
-def _bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
-def _row(p, chip, tokens: int) -> dict:
-    """One table row of a Plan: column title -> cell."""
-    t = p.roofline_seconds(chip)
-    return {
-        "step": p.name, "arguments": _bytes(p.argument_bytes), "outputs": _bytes(p.output_bytes),
-        "aliased": _bytes(p.alias_bytes), "temp": _bytes(p.temp_bytes),
-        "total": _bytes(p.total_bytes), "HBM": _bytes(chip.hbm_bytes),
-        "margin": _bytes(chip.hbm_bytes - p.total_bytes), "GFLOP": f"{p.flops / 1e9:,.3f}",
-        "GB accessed": f"{p.bytes_accessed / 1e9:,.2f}", "roofline s": f"{t:.4g}",
-        "tokens/s": f"{tokens / t:,.0f}" if p.name == "train" and t > 0 else "-",
-        "model GFLOP": f"{p.model_flops / 1e9:,.3f}" if p.model_flops else "-",
-        "ICI GB": f"{p.collective_bytes / 1e9:,.2f}" if p.name == "train" else "-",
-        "MFU <=": _mfu(p, chip),
-        "compile s": f"{p.compile_seconds:.1f}",
-    }  # fmt: skip
-
-
-def _mfu(p, chip) -> str:
-    """The MFU bound; "(a)" where XLA counted fewer FLOPs than the analytic model + remat
-    FLOPs (a scanned or Pallas body), so the roofline's compute time rests on the analytic
-    count."""
-    if not p.model_flops:
-        return "-"
-    analytic = p.flops < p.model_flops + p.remat_flops
-    return f"{100 * p.mfu_bound(chip):.1f}%" + (" (a)" if analytic else "")
-
-
-def _attention(m) -> str:
-    impl = m.get("softmax_implementation", "xla")
-    return f"softmax ({impl})" if m.attention == "softmax" else m.attention
-
-
-def _layers(m) -> str:
-    """ "d2048 x 24 layers (scanned), softmax (tpu_flash) attention, remat full"."""
-    stacked = "scanned" if m.get("scan_layers", False) else "unrolled"
-    return (f"d{m.d_model} x {m.num_layers} layers ({stacked}), {_attention(m)} attention, "
-            f"remat {m.get('remat', 'none')}")  # fmt: skip
-
-
-def report(plans, chip, *, topology: str, chips: int, mesh, c) -> tuple[str, bool]:
-    """(the table, fits) for compiled plans on `chips` devices of `chip`."""
-    tokens = c.batch_size * c.data.seq_len
-    lines = [
-        f"{topology}: {chips} x {chip.name}, {chip.hbm_bytes / GiB:.1f} GiB each | mesh "
-        f"{dict(mesh.shape)} | model {_layers(c.model)} | batch {c.batch_size} x "
-        f"{c.data.seq_len} tokens",
-        format_table([_row(p, chip, tokens) for p in plans]),
-    ]
-    fits = all(chip.hbm_bytes - p.total_bytes >= 0 for p in plans)
-    notes = [f"{p.name}: the compiler stopped: {p.note}" for p in plans if p.note]
-    worst = max(p.total_bytes for p in plans) - chip.hbm_bytes
-    verdict = "fits" if fits else f"does not fit by {_bytes(worst)} per device"
-    m = c.model
-    loops = (c.accum_steps > 1 or m.attention != "softmax" or m.softmax_implementation != "xla"
-             or m.get("scan_layers", False))  # fmt: skip
-    if loops or any(p.name == "decode" for p in plans):
-        # XLA's cost analysis counts a while-loop body once, whatever its trip count.
-        notes.append("note: loops (scanned layers, decoding, blockwise/linear attention or "
-                     "gradient accumulation): XLA counts a loop body once, so those steps' "
-                     "GFLOP and GB accessed are underestimates (the roofline takes the larger of "
-                     "XLA's and the model + remat FLOPs). Memory is exact.")  # fmt: skip
-    lines += notes
-    lines.append(
-        "\nmemory per device; FLOPs and bytes per device per step (XLA estimates); model "
-        "GFLOP: analytic 6TN + 12TLSd (research.plan.train.model_flops), excluding the forward "
-        "FLOPs remat recomputes (remat_flops); (a): XLA counted fewer FLOPs than model + remat, so "
-        "the roofline uses the analytic count; ICI GB: FSDP gathers "
-        "and gradient reductions (collective_bytes); roofline = max(FLOPs/peak, bytes/HBM "
-        "bandwidth, ICI bytes/ICI bandwidth), a lower bound; MFU <= model FLOPs / (roofline x "
-        f"peak).\n{verdict}"
-    )
-    return "\n".join(lines), fits
-
-
 def _positive(flag, v: str) -> int:
     if not v.isdigit() or int(v) < 1:
         raise ValueError(f"--{flag.name}={','.join(flag.value)}: {v!r} is not a positive integer")
@@ -133,7 +55,7 @@ def fsdp_sweep(c, devices, chip, sizes: list[int]) -> int:
     import pathlib
 
     from research.plan import plan_train
-    from research.report import save_figure, write_csv
+    from research.report import write_csv
 
     rows = []
     for f in sizes:
@@ -143,33 +65,29 @@ def fsdp_sweep(c, devices, chip, sizes: list[int]) -> int:
         rows.append({"fsdp": f, "data": len(devices) // (f * ci.mesh.get("tensor", 1)),
                      "argument_bytes": p.argument_bytes, "temp_bytes": p.temp_bytes,
                      "total_bytes": p.total_bytes, "fits": p.total_bytes <= chip.hbm_bytes,
-                     "collective_bytes": p.collective_bytes, "mfu": _mfu(p, chip),
+                     "collective_bytes": p.collective_bytes, "mfu": mfu_cell(p, chip),
                      "compile_s": p.compile_seconds})  # fmt: skip
     cols = ("fsdp", "data", "arguments", "arguments x fsdp", "temp", "total", "fits", "ICI GB",
             "MFU <=", "compile s")  # fmt: skip
-    fmts = ("{fsdp}", "{data}", lambda r: _bytes(r["argument_bytes"]),
-            lambda r: _bytes(r["argument_bytes"] * r["fsdp"]), lambda r: _bytes(r["temp_bytes"]),
-            lambda r: _bytes(r["total_bytes"]), lambda r: "yes" if r["fits"] else "NO",
+    fmts = ("{fsdp}", "{data}", lambda r: fmt_bytes(r["argument_bytes"]),
+            lambda r: fmt_bytes(r["argument_bytes"] * r["fsdp"]),
+            lambda r: fmt_bytes(r["temp_bytes"]), lambda r: fmt_bytes(r["total_bytes"]),
+            lambda r: "yes" if r["fits"] else "NO",
             lambda r: f"{r['collective_bytes'] / 1e9:.2f}",
             "{mfu}", "{compile_s:.0f}")  # fmt: skip
-    title = f"{_TOPOLOGY.value}: {_layers(c.model)}, batch {c.batch_size} x {c.data.seq_len}"
+    title = (f"{_TOPOLOGY.value}: {describe_model(c.model)}, batch {c.batch_size} x "
+             f"{c.data.seq_len}")  # fmt: skip
     scaled = [r["argument_bytes"] * r["fsdp"] for r in rows]
     print(title)
     print(format_table(rows, cols, fmts))
     print(f"arguments x fsdp: max / min = {max(scaled) / min(scaled):.4f}")
+    if any("(a)" in r["mfu"] for r in rows):
+        print("(a): XLA counted fewer FLOPs than model + remat, so the roofline uses the analytic "
+              "count")  # fmt: skip
     out = pathlib.Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "plan_fsdp.csv", rows)
-    with save_figure(out / "plan_fsdp.png", title, 1, (6, 4)) as axes:
-        ax, x = axes, [r["fsdp"] for r in rows]
-        for key, label in (("argument_bytes", "arguments"), ("temp_bytes", "temporaries"),
-                           ("total_bytes", "total")):  # fmt: skip
-            ax.plot(x, [r[key] / GiB for r in rows], marker="o", label=label)
-        ax.axhline(chip.hbm_bytes / GiB, color="k", ls="--", lw=1, label=f"{chip.name} HBM")
-        ax.set(xscale="log", yscale="log", xlabel="mesh.fsdp", ylabel="GiB per device")
-        ax.set_xscale("log", base=2)
-        ax.grid(alpha=0.3)
-        ax.legend()
+    plot_fsdp(rows, chip, out / "plan_fsdp.png", title)
     print(f"wrote {out / 'plan_fsdp.csv'} and {out / 'plan_fsdp.png'}")
     return 0 if all(r["fits"] for r in rows) else 3
 
@@ -181,7 +99,7 @@ def layers_sweep(c, devices, chip, depths: list[int]) -> int:
     import pathlib
 
     from research.plan import plan_train
-    from research.report import save_figure, write_csv
+    from research.report import write_csv
 
     rows = []
     for n in sorted(depths):
@@ -198,13 +116,14 @@ def layers_sweep(c, devices, chip, depths: list[int]) -> int:
                 "fits": p.total_bytes <= chip.hbm_bytes,
             }
         )
-        print(f"  {n} layers: compiled in {p.compile_seconds:.1f} s", flush=True)
+        print(f"  {plural(n, 'layer')}: compiled in {p.compile_seconds:.1f} s", flush=True)
     cols = ("layers", "compile s", "compile / shallowest", "arguments", "temp", "total", "fits")
     first = rows[0]["compile_s"]
     fmts = ("{layers}", "{compile_s:.1f}", lambda r: f"{r['compile_s'] / first:.2f}x",
-            lambda r: _bytes(r["argument_bytes"]), lambda r: _bytes(r["temp_bytes"]),
-            lambda r: _bytes(r["total_bytes"]), lambda r: "yes" if r["fits"] else "NO")  # fmt: skip
-    model = _layers(c.model).replace(f"x {c.model.num_layers} layers", "x N layers")
+            lambda r: fmt_bytes(r["argument_bytes"]), lambda r: fmt_bytes(r["temp_bytes"]),
+            lambda r: fmt_bytes(r["total_bytes"]),
+            lambda r: "yes" if r["fits"] else "NO")  # fmt: skip
+    model = describe_model(c.model, layers="N layers")
     title = f"{_TOPOLOGY.value}: {model}, batch {c.batch_size} x {c.data.seq_len}"
     times = [r["compile_s"] for r in rows]
     print(title)
@@ -214,17 +133,7 @@ def layers_sweep(c, devices, chip, depths: list[int]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = "plan_layers_" + ("scanned" if c.model.get("scan_layers", False) else "unrolled")
     write_csv(out / f"{stem}.csv", rows)
-    with save_figure(out / f"{stem}.png", title, 2, (10, 4)) as (ax, mem):
-        x = [r["layers"] for r in rows]
-        ax.plot(x, times, marker="o")
-        ax.set(xlabel="model.num_layers", ylabel="compile seconds", ylim=(0, None))
-        for key, label in (("argument_bytes", "arguments"), ("temp_bytes", "temporaries")):
-            mem.plot(x, [r[key] / GiB for r in rows], marker="o", label=label)
-        mem.axhline(chip.hbm_bytes / GiB, color="k", ls="--", lw=1, label=f"{chip.name} HBM")
-        mem.set(xlabel="model.num_layers", ylabel="GiB per device")
-        for a in (ax, mem):
-            a.grid(alpha=0.3)
-        mem.legend()
+    plot_layers(rows, chip, out / f"{stem}.png", title)
     print(f"wrote {out / stem}.csv and .png")
     return 0 if all(r["fits"] for r in rows) else 3
 
@@ -254,7 +163,8 @@ def main(argv):
     except (MissingLibtpu, ConfigError, ValueError) as e:
         fail(str(e))
     mesh = sharding.make_mesh(dict(c.mesh), devices)
-    text, fits = report(plans, chip, topology=_TOPOLOGY.value, chips=len(devices), mesh=mesh, c=c)
+    text, fits = report(plans, chip, topology=_TOPOLOGY.value, chips=len(devices),
+                        mesh_shape=dict(mesh.shape), c=c)  # fmt: skip
     print(text)
     return 0 if fits else 3
 

@@ -175,10 +175,11 @@ def plot(rows, path, title):
             x = [r["length"] for r in mine]
             axes[0].plot(x, [r["roofline_s"] for r in mine], marker="o", label=v)
             axes[1].plot(x, [r["memory_bytes"] / 2**30 for r in mine], marker="o", label=v)
-        for ax, label in zip(axes, ("roofline s / step", "GiB per device"), strict=True):
+        labels = ("roofline time per step (s, a lower bound)", "memory per device (GiB)")
+        for ax, label in zip(axes, labels, strict=True):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
-            ax.set_xlabel("context length")
+            ax.set_xlabel("context length (tokens)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
         axes[0].legend()

@@ -95,14 +95,14 @@ def _theseus_layers(path: pathlib.Path) -> int | None:
 
 
 def initialize(init: str, model: Bert, *, key: str) -> None:
-    """Start `model` from the pretrained weights `init` names (nothing for ""); prints what was
-    copied and which parameters keep their initialisation (new heads)."""
+    """Start `model` from the pretrained weights `init` names (nothing for ""); prints how many
+    tensors were copied and the path of every parameter that keeps its initialisation (a new
+    head's, e.g. "classifier/kernel")."""
     if not init:
         return
     copied, fresh = params_io.transfer(pretrained_model(init, key=key), model)
-    heads = sorted({f.split("/")[0] for f in fresh})
-    print(f"{key}: {len(copied)} tensors from {init}; newly initialised: {heads or 'none'}",
-          flush=True)  # fmt: skip
+    print(f"{key}: {len(copied)} tensors from {init}; newly initialised: "
+          f"{', '.join(sorted(fresh)) or 'none'}", flush=True)  # fmt: skip
 
 
 def build_config(run, init: str, *, key: str, vocab_size: int, max_length: int,

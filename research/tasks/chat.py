@@ -1,4 +1,5 @@
-"""DialoGPT-style chat (RESEARCH.md section 3): a causal LM over whole multi-turn conversations.
+"""DialoGPT-style chat (docs/research_notes.md section 3): a causal LM over whole multi-turn
+conversations.
 
 Rows are [CLS] u1 [SEP] u2 [SEP] ... with segment ids alternating by speaker
 (`research.data.dialogue`), and the LM loss is on every token of every turn. The model is a
@@ -8,7 +9,8 @@ BERT such as all-MiniLM-L6-v2); its output layer is the token embedding matrix (
 the checkpoint lacks keeps its initialisation and is listed. Evaluation adds, besides the token
 loss and perplexity of held-out conversations, replies sampled for held-out contexts (top-k, as
 the note): distinct-1 / distinct-2 (distinct n-grams over all n-grams of the replies) and their
-mean length in tokens.
+mean length in tokens. `data.train_examples` caps the train conversations (the first N; the
+smoke preset's 200), the vocabulary trained from scratch included.
 """
 
 import dataclasses
@@ -83,20 +85,50 @@ def _wordpiece_vocab(texts_fn, path: pathlib.Path, vocab_size: int) -> wordpiece
     return wordpiece.BertVocab(Tokenizer.from_file(str(path)))
 
 
-def chat_vocab(run: RunConfig, train_conversations) -> wordpiece.BertVocab:
+def chat_vocab(run: RunConfig, train_conversations, *, capped: bool = False):
+    """The run's vocabulary: chat.init's, else trained on `train_conversations` (once per
+    data_dir; `capped`: they are the first data.train_examples, named in the file)."""
     s, d = run.task_config, run.data
     if s.init:
         return bert.vocabulary(d, s.init, key="chat.init")
-    kind = s.vocab if s.vocab != "auto" else ("wordpiece" if d.source == "chitchat" else "char")
     texts = lambda: (t for conv in train_conversations for t in conv)  # noqa: E731
     directory = pathlib.Path(d.data_dir).expanduser() / "tokenizers"
     name = d.source.replace("/", "_").replace(":", "_")
-    if kind == "wordpiece":
+    if capped:
+        name += f"-n{d.train_examples}"
+    if vocab_kind(run) == "wordpiece":
         return _wordpiece_vocab(
             texts, directory / f"chat-{name}-wp{d.vocab_size}.json", d.vocab_size
         )
     path = wordpiece.char_vocab_path(d.data_dir, f"chat-{name}", d.vocab_size)
     return wordpiece.train_or_load(texts, path, vocab_size=d.vocab_size)
+
+
+def vocab_kind(run: RunConfig) -> str:
+    """wordpiece or char: chat.vocab, where auto is wordpiece for chitchat (English)."""
+    if run.task_config.vocab != "auto":
+        return run.task_config.vocab
+    return "wordpiece" if run.data.source == "chitchat" else "char"
+
+
+def vocabulary_origin(run: RunConfig) -> str:
+    """Where the run's vocabulary comes from, to end "the model's vocabulary, which ..."."""
+    s, source = run.task_config, run.data.source
+    if s.init:
+        return f"comes from chat.init={s.init}"
+    text = {"chitchat": "English conversations (data.source=chitchat)",
+            "chatterbot_zh": "Chinese conversations (data.source=chatterbot_zh)"}.get(
+        source, f"the conversations of {source[5:]} (data.source={source})")  # fmt: skip
+    return f"was trained on {text}"
+
+
+def unknown_turn_warning(vocab, ids: list[int], origin: str) -> str | None:
+    """One line when most of a turn's token ids (more than half) are [UNK], else None."""
+    unknown = sum(1 for t in ids if t == vocab.unk_id)
+    if not ids or 2 * unknown <= len(ids):
+        return None
+    return (f"most of this turn ({unknown} of {len(ids)} tokens) is unknown to the model's "
+            f"vocabulary, which {origin}")  # fmt: skip
 
 
 def encode_conversation(vocab, turns: list[str]) -> list[list[int]]:
@@ -233,10 +265,11 @@ class ChatTask(Task):
             splits = dialogue.conversations(d.source, d.data_dir)
         except DataError as e:
             raise ConfigError(str(e)) from None
-        vocab = chat_vocab(run, splits["train"])
+        train = splits["train"][: d.train_examples]
+        vocab = chat_vocab(run, train, capped=len(train) < len(splits["train"]))
         rows = {
-            name: conversation_rows(vocab, splits[name], d.seq_len)
-            for name in ("train", "validation")
+            "train": conversation_rows(vocab, train, d.seq_len),
+            "validation": conversation_rows(vocab, splits["validation"], d.seq_len),
         }
         for name, r in rows.items():
             if len(r) < t.batch_size:

@@ -1,4 +1,4 @@
-"""Question generation with UniLM (RESEARCH.md section 6): passage -> answer -> question.
+"""Question generation with UniLM (docs/research_notes.md section 6): passage -> answer -> question.
 
 A row is [CLS] passage [SEP] answer [SEP] question [SEP], padded to data.seq_len. Segment 0 is
 [CLS] passage [SEP] (bidirectional); segment 1 is answer [SEP] question [SEP] (causal over

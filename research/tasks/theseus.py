@@ -1,4 +1,4 @@
-"""BERT-of-Theseus' replacement stage (Xu et al. 2020; RESEARCH.md section 5): a frozen
+"""BERT-of-Theseus' replacement stage (Xu et al. 2020; docs/research_notes.md section 5): a frozen
 fine-tuned classifier (`theseus.predecessor`, a `classify` run) and k successor layers that
 start from the first k layers of a pretrained BERT (`theseus.init`) and learn to stand in for
 its modules (`research.models.theseus.Theseus`).
@@ -93,6 +93,7 @@ class TheseusTask(Task):
     section = "theseus"
     section_type = TheseusConfig
     causal = False
+    predicts_tokens = False
 
     def validate(self, run: RunConfig) -> None:
         if run.model.scan_layers:

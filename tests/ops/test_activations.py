@@ -40,7 +40,8 @@ def test_fitted_constants_reproduce_the_published_ones():
     c = activations.fit_gelu_constants()
     assert abs(c["tanh_coefficient"] - 0.0447149) < 1e-4
     assert abs(c["sigmoid_scale"] - 1.7017) < 1e-4
-    # RESEARCH.md section 2: max errors about 3.6e-4 (tanh fit of erf) and 9.5e-3 (sigmoid fit).
+    # docs/research_notes.md section 2: max errors about 3.6e-4 (tanh fit of erf) and 9.5e-3
+    # (sigmoid fit).
     assert abs(c["tanh_max_error"] - 3.6e-4) < 0.1e-4
     assert abs(c["sigmoid_max_error"] - 9.5e-3) < 0.1e-3
     # A real optimum: perturbing the constants makes the worst-case error larger.

@@ -19,7 +19,8 @@ def _table_step(table):
 
 
 def _exposure_bias_example():
-    """RESEARCH.md section 1: p(a)=.6, p(c)=.4; p(b|a)=.55, p(d|a)=.45, p(b|c)=.1, p(d|c)=.9."""
+    """docs/research_notes.md section 1: p(a)=.6, p(c)=.4; p(b|a)=.55, p(d|a)=.45, p(b|c)=.1,
+    p(d|c)=.9."""
     v = 5
     first = np.zeros(v)
     first[[A, C]] = [0.6, 0.4]

@@ -149,18 +149,22 @@ def test_cli_tpu_fits_does_not_fit_and_bad_arguments():
     ok = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:2x2", "--eval", "--decode=8")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "| eval |" in ok.stdout and "| decode |" in ok.stdout
-    assert "4 x TPU v5e" in ok.stdout and ok.stdout.rstrip().endswith("fits")
-    train_row = next(line for line in ok.stdout.splitlines() if line.startswith("| train"))
-    cells = [x.strip() for x in train_row.split("|")[1:-1]]
-    assert float(cells[8].replace(",", "")) > 0  # GFLOP
-    assert not cells[5].startswith("0 B")  # total memory
+    lines = ok.stdout.splitlines()
+    assert lines[0].startswith("FITS v5e:2x2 (4 x TPU v5e, 16.00 GiB HBM each)")
+    block = ok.stdout.split("\n\n")[0].splitlines()
+    assert all(len(line) <= 100 for line in block) and len(block) >= 5
+    memory_row, compute_row = (line for line in lines if line.startswith("| train"))
+    cells = [x.strip() for x in compute_row.split("|")[1:-1]]
+    assert float(cells[1].replace(",", "")) > 0  # GFLOP
+    assert not [x.strip() for x in memory_row.split("|")[1:-1]][5].startswith("0 B")  # total
 
     # ~1.6B parameters with AdamW, replicated over data parallelism: far beyond 16 GiB.
     big = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:2x2",
                     "--config.model.d_model=4096", "--config.model.d_ff=16384",
                     "--config.model.num_layers=8", "--config.model.num_heads=32")  # fmt: skip
     assert big.returncode == 3, big.stderr[-2000:]
-    assert "does not fit by" in big.stdout and "GiB per device" in big.stdout
+    head = big.stdout.splitlines()[0]
+    assert head.startswith("DOES NOT FIT v5e:2x2") and head.endswith(" GiB over")
 
     bad = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:7")
     assert bad.returncode == 2 and "topology='v5e:7'" in bad.stderr

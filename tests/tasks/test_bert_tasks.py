@@ -58,7 +58,7 @@ def test_mlm_smoke_run_writes_a_bert_workdir(mlm_workdir):
     assert evals[-1]["loss"] < np.log(t.vocab.vocab_size())
 
 
-def test_classify_starts_from_the_mlm_encoder_with_a_fresh_head(mlm_workdir, data_dir):
+def test_classify_starts_from_the_mlm_encoder_with_a_fresh_head(mlm_workdir, data_dir, capsys):
     c = classify_config.get_config("smoke")
     c.data.data_dir = data_dir
     c.classify.init = f"workdir:{mlm_workdir}"
@@ -71,7 +71,9 @@ def test_classify_starts_from_the_mlm_encoder_with_a_fresh_head(mlm_workdir, dat
     before = {
         p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
     }
+    capsys.readouterr()
     task.initialize(run, model)
+    printed = capsys.readouterr().out
     after = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     pre = dict(nnx.to_flat_state(nnx.state(load_trained(mlm_workdir).model, nnx.Param)))
     # Every tensor the MLM has (but its MLM head, which the classifier lacks) is copied; the
@@ -86,6 +88,10 @@ def test_classify_starts_from_the_mlm_encoder_with_a_fresh_head(mlm_workdir, dat
     assert {p[0] for p in new} == {"pooler", "classifier"}
     for p in new:
         np.testing.assert_array_equal(after[p].get_value(), before[p])
+    # The log line names every new parameter by its path, not just the top-level module.
+    names = sorted("/".join(map(str, p)) for p in new)
+    assert "classifier/kernel" in names and "classifier/bias" in names
+    assert f"newly initialised: {', '.join(names)}\n" in printed
 
 
 def test_a_scanned_classifier_starts_from_an_unrolled_mlm(mlm_workdir, data_dir):
@@ -153,7 +159,7 @@ def test_pet_rows_put_the_verbalizer_at_the_slots(mlm_workdir):
     assert int(plain["mask"].sum()) == 2 + len(rec["text"])
 
 
-def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tmp_path):
+def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tmp_path, capsys):
     c = pet_config.get_config("smoke")
     c.init = f"workdir:{mlm_workdir}"
     c.data.data_dir = data_dir
@@ -165,10 +171,14 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
     with open(tmp_path / "pet.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (tmp_path / "pet.png").stat().st_size > 10_000
+    assert "training few_shot_p0 seed 0 in " in capsys.readouterr().out
     again = pet_experiment.run(
         c, str(tmp_path)
     )  # every point cached: the same numbers, nothing retrained
     assert again == rows
+    rerun = capsys.readouterr().out  # and the log says so, run by run
+    assert f"reusing the finished run in {tmp_path / 'runs' / 'few_shot_p0_seed0'}" in rerun
+    assert "training " not in rerun
 
 
 def _main(workdir, *overrides):

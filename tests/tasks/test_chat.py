@@ -10,7 +10,7 @@ from flax import nnx
 from configs import chat as chat_config
 from research.data import dialogue
 from research.models import DecoderLM, ModelConfig
-from research.tasks.chat import ChatSession, distinct_n
+from research.tasks.chat import ChatSession, distinct_n, unknown_turn_warning, vocabulary_origin
 from research.train import load_trained, loop
 from research.train.config import parse
 
@@ -105,6 +105,10 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_training_reports_perplexity_and_reply_metrics(smoke_run):
     workdir, summary = smoke_run
+    # The smoke preset is the README's chat model, small: English chitchat, its first 200 train
+    # conversations (named in the vocabulary's file, so a full run does not reuse it).
+    data_dir = workdir.parent / "data"
+    assert (data_dir / "tokenizers" / "chat-chitchat-n200-wp600.json").is_file()
     ev = summary.eval
     assert ev["perplexity"] == pytest.approx(np.exp(ev["loss"]), rel=1e-5)
     assert 0 <= ev["distinct_1"] <= 1 and 0 <= ev["distinct_2"] <= 1
@@ -112,6 +116,26 @@ def test_smoke_training_reports_perplexity_and_reply_metrics(smoke_run):
     trained = load_trained(workdir)
     assert isinstance(trained.model, DecoderLM) and trained.model.cfg.num_segments == 2
     assert trained.model.cfg.tie_embeddings
+    assert trained.config.data.source == "chitchat"
+
+
+def test_a_turn_mostly_unknown_to_the_vocabulary_is_warned_about(smoke_run):
+    trained = load_trained(smoke_run[0])
+    vocab, origin = trained.vocab, vocabulary_origin(trained.config)
+    assert origin == "was trained on English conversations (data.source=chitchat)"
+    assert unknown_turn_warning(vocab, vocab.encode("hello, how are you?"), origin) is None
+    ids = vocab.encode("你好吗朋友")
+    assert ids == [vocab.unk_id] * 5
+    assert unknown_turn_warning(vocab, ids, origin) == (
+        "most of this turn (5 of 5 tokens) is unknown to the model's vocabulary, which was "
+        "trained on English conversations (data.source=chitchat)"
+    )
+    known = vocab.encode("hello")[0]
+    assert unknown_turn_warning(vocab, [vocab.unk_id, known], origin) is None  # half: not most
+    assert unknown_turn_warning(vocab, [vocab.unk_id] * 2 + [known], origin).startswith(
+        "most of this turn (2 of 3 tokens)"
+    )
+    assert unknown_turn_warning(vocab, [], origin) is None
 
 
 def _chat(workdir, text, *flags):
@@ -126,10 +150,17 @@ def _chat(workdir, text, *flags):
 
 def test_chat_cli_on_piped_stdin(smoke_run):
     workdir, _ = smoke_run
-    r = _chat(workdir, "你好\n\n   \n你好吗\n/reset\n再见\n/quit\n这行不读\n", "--max_tokens=4")
+    r = _chat(workdir, "hello\n\n   \nhow are you\n/reset\n你好吗\n/quit\nnot read\n",
+              "--max_tokens=4")  # fmt: skip
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["bot", "bot", "(history cleared)", "bot"]
+    # The Chinese turn, and only it, is mostly unknown to the English vocabulary: one line.
+    warnings = [x for x in r.stderr.splitlines() if x.startswith("warning: ")]
+    assert warnings == [
+        "warning: most of this turn (3 of 3 tokens) is unknown to the model's vocabulary, which "
+        "was trained on English conversations (data.source=chitchat)"
+    ], r.stderr
 
 
 def test_chat_cli_errors(tmp_path, smoke_run):

@@ -294,7 +294,8 @@ def test_smoke_study_reports_generation_metrics_beside_the_baseline(study):
     by = {r["key"]: r for r in rows}
     for name in ("question_bleu4", "question_rougeL", "answer_em", "answer_f1"):
         assert 0 <= by[name]["model_mean"] <= 100 and 0 <= by[name]["baseline"] <= 100
-        assert by[name]["model_std"] == 0 and by[name]["seeds"] == 1
+        # One seed: no std (NaN, printed "(1 seed)"), not a fake 0.
+        assert np.isnan(by[name]["model_std"]) and by[name]["seeds"] == 1
     # The copy baseline shares most of a rule-made question's characters.
     assert by["question_rougeL"]["baseline"] > 50
     assert {p.name for p in workdir.iterdir()} >= {"qagen.csv", "qagen.png", "examples.jsonl",
@@ -330,6 +331,27 @@ def test_qagen_cli_on_piped_input(study):
         assert set(line) == {"passage", "answer", "question", "scores"}
         assert line["scores"]["answer"] < 0 and line["scores"]["question"] < 0
     assert len(lines) <= 3 + 1  # at most num_answers per free passage, one for the given answer
+    produced = len({line["passage"] for line in lines})
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"{produced} of 2 passages produced pairs; {len(lines)} pairs written"
+    )
+
+
+def test_qagen_cli_says_when_no_passage_produced_a_pair(study):
+    """Passages of characters the vocabulary lacks are all [UNK], which is never sampled as an
+    answer: with answers kept only as spans of the passage, none is kept. Nothing goes to
+    stdout, and stderr says so per passage and in the summary (exit 0: the input was valid)."""
+    workdir = study[0] / "runs" / "seed0"
+    vocab = load_trained(workdir).vocab
+    passages = ["\U0001f642\U0001f643\U0001f642", "\U0001f680\U0001f6f8"]
+    for text in passages:
+        assert set(vocab.encode(text)) == {vocab.unk_id}
+    r = _qagen(workdir, "\n".join(passages) + "\n", "--num_answers=2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert lines[-3:] == ["stdin:1: no answer kept", "stdin:2: no answer kept",
+                          "0 of 2 passages produced pairs; 0 pairs written"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -340,17 +362,30 @@ def test_qagen_cli_on_piped_input(study):
         ('好的\n{"passage": "  "}\n', "stdin:2: the passage is empty"),
         ('{"passage": 3}\n', "stdin:1: a JSON line must be an object with a 'passage' string"),
         ("{not json\n", "stdin:1: not valid JSON"),
+        ("", "stdin holds no passage (it is empty or blank); give one passage a line"),
+        ("\n  \n", "stdin holds no passage (it is empty or blank); give one passage a line"),
     ],
 )  # fmt: skip
 def test_qagen_cli_bad_input_exits_2_naming_the_record(study, text, message):
     r = _qagen(study[0] / "runs" / "seed0", text)
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
     assert r.stdout == ""
 
 
 def test_qagen_cli_rejects_other_runs(tmp_path):
     r = _qagen(tmp_path, "x\n")
     assert r.returncode == 2 and "no model.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_qagen_cli_given_the_experiment_directory_names_its_runs(study):
+    workdir = study[0]
+    r = _qagen(workdir, "x\n")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: --workdir={workdir} is an experiment directory; its runs are runs/seed0: give "
+        f"one, e.g. --workdir={workdir}/runs/seed0"
+    )
 
 
 def test_bad_qa_file_exits_2_before_anything_trains(tmp_path):
