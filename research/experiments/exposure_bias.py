@@ -8,7 +8,7 @@ at step `num_train_steps - finetune_steps` and train their mixed loss for the re
 (sequence-level training fine-tunes a cross-entropy model; Rennie et al. 2017, Shen et al. 2016),
 so every variant sees the same steps and learning-rate schedule. The table has the layout of
 docs/research_notes.md section 1: beam 1/2/3 rows, "Rouge-L / Rouge-1 / Rouge-2 / BLEU" cells,
-mean and standard deviation over seeds, computed by rouge-score and sacrebleu.
+mean and standard deviation over seeds, computed by research.tasks.seq2seq.metrics.text_scores.
 """
 
 import copy
@@ -35,7 +35,7 @@ from research.train.config import ConfigError, parse
 
 VARIANTS = ("baseline",) + tuple(r for r in REMEDIES if r != "none")
 SEQUENCE_LEVEL = ("scst", "mrt")
-METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "exact")
+METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "exact", "sentence_bleu")  # cells: the first 4
 
 
 def point_config(c, variant: str, seed: int):

@@ -166,12 +166,14 @@ class Embeddings(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, tokens, positions, segment_ids=None, delta=None):
-        """delta [V, d_model]: added to the token table for this lookup only (embedding
-        perturbations: research.ops.exposure_bias); the tied output projection is unchanged."""
+        """delta perturbs the token embeddings (research.ops.exposure_bias): [V, d_model] is
+        added to the token table for this lookup only (the tied output projection is
+        unchanged); [B, L, d_model] is added after the lookup, one row per position."""
         cfg = self.cfg
         x = self.token(tokens)
         if delta is not None:
-            x = x + delta[tokens].astype(x.dtype)
+            per_position = delta.ndim == 3
+            x = x + (delta if per_position else delta[tokens]).astype(x.dtype)
         if cfg.positions == "learned":
             x = x + self.position(positions)
         elif cfg.positions == "sinusoidal":

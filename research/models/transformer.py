@@ -197,7 +197,8 @@ class Bert(_Stack):
     def __call__(self, tokens, *, segment_ids=None, mask=None, unilm: bool = False,
                  embedding_delta=None, predict_at=None) -> BertOutput:  # fmt: skip
         """tokens [B, L]; segment_ids [B, L]; mask [B, L] marks real tokens; embedding_delta
-        [V, d_model] perturbs the input token embeddings (see `Embeddings`). predict_at [B, K]
+        [V, d_model] (table) or [B, L, d_model] (per position) perturbs the input token
+        embeddings (see `Embeddings`). predict_at [B, K]
         int: MLM logits only at these positions, [B, K, V] (BERT's masked_lm_positions: the
         head's d_model x V matmul then costs K/L of the full one)."""
         x, attn_mask, positions = self.embed_inputs(tokens, segment_ids, mask, unilm,
@@ -288,10 +289,15 @@ class EncoderDecoder(_Stack):
         return self._logits(x)
 
     def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None, embedding_delta=None):
-        """embedding_delta [V, d_model] perturbs source and target input embeddings."""
-        memory = self.encode(src, src_mask=src_mask, embedding_delta=embedding_delta)
+        """embedding_delta perturbs the input embeddings (see `Embeddings`): one table delta
+        [V, d_model] for source and target, or a pair (source [B, S, d_model], target
+        [B, T, d_model]) added per position."""
+        src_delta = tgt_delta = embedding_delta
+        if isinstance(embedding_delta, tuple | list):
+            src_delta, tgt_delta = embedding_delta
+        memory = self.encode(src, src_mask=src_mask, embedding_delta=src_delta)
         return self.decode(memory, tgt, src_mask=src_mask, tgt_mask=tgt_mask,
-                           embedding_delta=embedding_delta)  # fmt: skip
+                           embedding_delta=tgt_delta)  # fmt: skip
 
     def _logits(self, x):
         return self.embed.logits(x if self.final_norm is None else self.final_norm(x))

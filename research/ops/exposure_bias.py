@@ -4,8 +4,17 @@ Conventions: `inputs` [B, L] are the teacher-forced input tokens (decoder inputs
 UniLM sequence) and `logits[:, t]` predicts `inputs[:, t + 1]`; `target_mask` [B, L] marks the
 target-side input positions a remedy may change (padding and source tokens are 0).
 Loss functions compose as `loss_fn(model, batch, delta) -> (loss_sum, weight_sum, metrics)`,
-where `delta` is added to the token-embedding table (shape [V, D]); the wrappers return the
-two-argument `loss_fn(model, batch)` that `research.train.step` differentiates.
+where `delta` perturbs the input token embeddings in one of two forms (the caller's loss_fn
+decides where it goes; `delta_shape` gives its shape):
+
+- per position: delta [B, L, D] is added after the embedding lookup, one row per token
+  occurrence; d(loss)/d(delta) is the gradient w.r.t. each position's embedding, as the note's
+  reference penalises (`K.gradients(ce, [emb])[0].values`: one row per looked-up occurrence);
+- table: delta [V, D] is added to the embedding table, so the gradients of all occurrences of
+  a token are summed into its row before any square is taken.
+
+The wrappers return the two-argument `loss_fn(model, batch)` that `research.train.step`
+differentiates.
 """
 
 import math
@@ -98,17 +107,31 @@ def mix_predictions(key, inputs, logits, target_mask, tf_prob, *, sample: bool =
 
 
 # ---- embedding-gradient penalty and FGM --------------------------------------------------------
-LossWithDelta = Callable  # (model, batch, delta [V, D]) -> (loss_sum, weight_sum, metrics)
+LossWithDelta = Callable  # (model, batch, delta) -> (loss_sum, weight_sum, metrics)
+# The perturbation's shape: one shape, a tuple of shapes (one delta per input, e.g. the source
+# and target of an encoder-decoder), or a callable batch -> either (per-position shapes).
+DeltaShape = tuple | Callable
+
+
+def _zero_delta(delta_shape: DeltaShape, batch, dtype):
+    shape = delta_shape(batch) if callable(delta_shape) else delta_shape
+    if all(isinstance(n, int) for n in shape):
+        return jnp.zeros(shape, dtype)
+    return tuple(jnp.zeros(s, dtype) for s in shape)
+
+
+def _squared_norm(tree):
+    return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
 
 
 def _with_embedding_gradient(loss_fn: LossWithDelta, epsilon, delta_shape, delta_dtype, combine):
     """Wrapper shared by the penalty and FGM: the unperturbed loss and, unless epsilon is 0,
-    g = d(mean CE)/dE at delta 0, handed to combine(model, batch, s, w, metrics, g)."""
+    g = d(mean CE)/d(delta) at delta 0, handed to combine(model, batch, s, w, metrics, g)."""
     if epsilon < 0:
         raise ValueError(f"epsilon={epsilon}: must be >= 0")
 
     def wrapped(model, batch):
-        zeros = jnp.zeros(delta_shape, delta_dtype)
+        zeros = _zero_delta(delta_shape, batch, delta_dtype)
         s, w, metrics = loss_fn(model, batch, zeros)
         if epsilon == 0:
             return s, w, metrics
@@ -123,25 +146,30 @@ def _with_embedding_gradient(loss_fn: LossWithDelta, epsilon, delta_shape, delta
 
 
 def gradient_penalty(
-    loss_fn: LossWithDelta, *, epsilon: float, delta_shape, delta_dtype=jnp.float32
+    loss_fn: LossWithDelta, *, epsilon: float, delta_shape: DeltaShape, delta_dtype=jnp.float32
 ):
-    """loss = CE + epsilon * sum (dCE/dE)^2 over the embedding table E (mean CE; the gradient
-    of this loss is second order). epsilon 0.5 in docs/research_notes.md section 1."""
+    """loss = CE + epsilon * sum (dCE/d delta)^2 (mean CE; the gradient of this loss is second
+    order). Per position (delta [B, L, D] after the lookup) this is the note's penalty, the sum
+    over input positions of the squared gradient w.r.t. that position's embedding, with epsilon
+    0.5 (docs/research_notes.md section 1); with a table delta [V, D] it squares per-token sums
+    of those gradients instead (the table form)."""
 
     def combine(model, batch, s, w, metrics, g):
-        penalty = epsilon * jnp.sum(jnp.square(g))
+        penalty = epsilon * _squared_norm(g)
         # Sums are divided by the weight later, so add weight x penalty to keep CE + penalty.
         return s + penalty * w, w, {**metrics, "penalty": penalty * w}
 
     return _with_embedding_gradient(loss_fn, epsilon, delta_shape, delta_dtype, combine)
 
 
-def fgm(loss_fn: LossWithDelta, *, epsilon: float, delta_shape, delta_dtype=jnp.float32):
-    """Fast gradient method (Miyato et al. 2017): r = epsilon * g / |g| with g = dCE/dE (fixed,
-    no gradient through r); loss = CE(E) + CE(E + r)."""
+def fgm(loss_fn: LossWithDelta, *, epsilon: float, delta_shape: DeltaShape,
+        delta_dtype=jnp.float32):  # fmt: skip
+    """Fast gradient method (Miyato et al. 2017): r = epsilon * g / |g| with g = dCE/d delta
+    (fixed, no gradient through r); loss = CE(E) + CE(E + r)."""
 
     def combine(model, batch, s, w, metrics, g):
-        r = jax.lax.stop_gradient(epsilon * g / (jnp.linalg.norm(g) + 1e-12))
+        norm = jnp.sqrt(_squared_norm(g)) + 1e-12
+        r = jax.lax.stop_gradient(jax.tree.map(lambda x: epsilon * x / norm, g))
         s_adv, _, _ = loss_fn(model, batch, r)
         return s + s_adv, w, {**metrics, "adversarial_loss": s_adv}
 

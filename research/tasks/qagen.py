@@ -12,17 +12,16 @@ Generation (`generate_qa`, traceable, one jit): stage 1 samples k answers per pa
 0.95 as the note, or top-k as its first version) until [SEP]; stage 2 prefills [CLS] passage
 [SEP] answer [SEP] with the UniLM mask and beam-searches one question per answer. Duplicate
 answers of a passage and, with `in_passage`, answers that are not a span of the passage are
-marked dropped (`keep`). Evaluation on held-out passages: the question's BLEU-4 (sacrebleu)
-and ROUGE-L F1 (rouge-score) with the gold answer given, and the sampled answers' exact match
-and F1 against the passage's gold answers (SQuAD's max over golds); CJK text is scored per
-character, other text per word (`metric_tokens`).
+marked dropped (`keep`). Evaluation on held-out passages: the question's corpus BLEU-4 and
+ROUGE-L F1 with the gold answer given (`research.tasks.seq2seq.metrics.text_scores`, shared by
+every task), and the sampled answers' exact match and F1 against the passage's gold answers
+(SQuAD's max over golds); CJK text is scored per character, other text per word (`text_units`).
 """
 
 import collections
 import dataclasses
 import functools
 import itertools
-import re
 import unicodedata
 
 import jax
@@ -39,6 +38,7 @@ from research.ops import decoding
 from research.ops.checks import check_positive_field
 from research.tasks import bert
 from research.tasks.base import Task, TaskData
+from research.tasks.seq2seq.metrics import text_scores, text_units
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,39 +304,12 @@ def questions_for(model, prompt, lengths, answers, answer_len, *, question_len: 
 
 # ---- metrics ------------------------------------------------------------------------------
 
-_CJK = "\u3400-\u9fff\uf900-\ufaff"
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+|[^\s\w]")
-
-
-def metric_tokens(text: str) -> list[str]:
-    """Scoring units: one per CJK character, one per word (lower-cased) or punctuation mark."""
-    return _TOKEN.findall(text.lower())
-
-
-class _UnitTokenizer:  # rouge-score's tokenizer interface
-    def tokenize(self, text):
-        return metric_tokens(text)
-
-
-def question_scores(hypotheses: list[str], references: list[str]) -> dict:
-    """Corpus BLEU-4 (sacrebleu, on `metric_tokens`) and mean ROUGE-L F1 (rouge-score), x100."""
-    import sacrebleu
-    from rouge_score import rouge_scorer
-
-    join = lambda t: " ".join(metric_tokens(t))  # noqa: E731
-    bleu = sacrebleu.corpus_bleu([join(h) for h in hypotheses], [[join(r) for r in references]],
-                                 tokenize="none")  # fmt: skip
-    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_UnitTokenizer())
-    rouge = [scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hypotheses, references,
-                                                                    strict=True)]  # fmt: skip
-    return {"bleu4": bleu.score, "rougeL": 100 * float(np.mean(rouge))}
-
 
 def answer_units(text: str) -> list[str]:
-    """SQuAD's answer normalisation on `metric_tokens`: accents stripped (NFKD), punctuation and
+    """SQuAD's answer normalisation on `text_units`: accents stripped (NFKD), punctuation and
     the English articles dropped; CJK characters stay one unit each."""
     plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    return [t for t in metric_tokens(plain) if t.isalnum() and t not in ("a", "an", "the")]
+    return [t for t in text_units(plain) if t.isalnum() and t not in ("a", "an", "the")]
 
 
 def span_f1(prediction: str, gold: str) -> float:
@@ -396,9 +369,8 @@ def baseline_metrics(vocab, held_out: list[dict], s: QagenConfig, ranked: list[s
     out = {}
     pairs = fitting(vocab, held_out, s, s.eval_examples)
     if pairs:
-        scores = question_scores([baseline_question(e) for e in pairs],
-                                 [e["question"] for e in pairs])  # fmt: skip
-        out |= {"question_bleu4": scores["bleu4"], "question_rougeL": scores["rougeL"]}
+        scores = text_scores([baseline_question(e) for e in pairs], [e["question"] for e in pairs])
+        out |= {"question_bleu4": scores["bleu"], "question_rougeL": scores["rougeL"]}
     passages = by_passage(held_out, s.eval_passages)
     if passages:
         budget = passage_budget(seq_len, s)  # the window generation sees: the first tokens
@@ -617,8 +589,8 @@ def evaluate_model(model, vocab, held_out: list[dict], s: QagenConfig, seq_len: 
             [e["answer"] for e in pairs],
             [e.get("answer_start", e["passage"].find(e["answer"])) for e in pairs],
         )
-        scores = question_scores([a["question"] for a in asked], [e["question"] for e in pairs])
-        out |= {"question_bleu4": scores["bleu4"], "question_rougeL": scores["rougeL"]}
+        scores = text_scores([a["question"] for a in asked], [e["question"] for e in pairs])
+        out |= {"question_bleu4": scores["bleu"], "question_rougeL": scores["rougeL"]}
     passages = by_passage(held_out, s.eval_passages)
     if passages:
         got = gen.generate([p for p, _ in passages], jax.random.key(seed))

@@ -142,6 +142,50 @@ def test_gradient_penalty_matches_finite_differences():
         jax.config.update("jax_enable_x64", False)
 
 
+def _context_loss(params, batch, emb):
+    """A toy loss on explicit input embeddings emb [B, L, D]: every position also sees its row's
+    mean, so occurrences of one token get different gradients."""
+    h = jnp.tanh(emb + jnp.mean(emb, axis=1, keepdims=True))
+    logp = jax.nn.log_softmax(h @ params["W"], -1)
+    nll = -jnp.take_along_axis(logp, batch["y"][..., None], -1)[..., 0]
+    return jnp.sum(nll * batch["w"]), jnp.sum(batch["w"]), {}
+
+
+def _penalty(loss_fn, params, batch, delta_shape):
+    wrapped = eb.gradient_penalty(loss_fn, epsilon=0.5, delta_shape=delta_shape)
+    _, weight, metrics = wrapped(params, batch)
+    return float(metrics["penalty"]) / float(weight)
+
+
+def _both_forms(params, batch):
+    """(per-position penalty, table penalty, explicit per-occurrence gradients [B, L, D])."""
+    v, d = params["E"].shape
+    per_position = lambda p, b, delta: _context_loss(p, b, p["E"][b["x"]] + delta)  # noqa: E731
+    table = lambda p, b, delta: _context_loss(p, b, (p["E"] + delta)[b["x"]])  # noqa: E731
+    emb = params["E"][batch["x"]]
+    g = jax.grad(lambda e: _context_loss(params, batch, e)[0] / batch["w"].sum())(emb)
+    got_position = _penalty(per_position, params, batch, lambda b: (*b["x"].shape, d))
+    return got_position, _penalty(table, params, batch, (v, d)), np.asarray(g)
+
+
+def test_per_position_penalty_is_the_per_occurrence_gradient():
+    params, batch, (v, d) = _toy_problem()
+    assert len(np.unique(batch["x"])) < batch["x"].size  # repeated tokens
+    position, table, g = _both_forms(params, batch)
+    # The note: the squared gradient w.r.t. each occurrence's embedding, summed over positions.
+    np.testing.assert_allclose(position, 0.5 * np.sum(g**2), rtol=1e-5)
+    # The table form squares the per-token sums of those gradients: a different penalty.
+    summed = np.zeros((v, d))
+    np.add.at(summed, batch["x"], g)
+    np.testing.assert_allclose(table, 0.5 * np.sum(summed**2), rtol=1e-5)
+    assert abs(table - position) > 0.1 * position
+    # With every token occurring once the two forms agree.
+    distinct = {**batch, "x": np.arange(6).reshape(2, 3), "y": batch["y"][:2, :3],
+                "w": np.ones((2, 3))}  # fmt: skip
+    position, table, _ = _both_forms(params, distinct)
+    np.testing.assert_allclose(position, table, rtol=1e-5)
+
+
 def test_fgm_adds_the_loss_at_the_normalised_gradient_step():
     params, batch, shape = _toy_problem()
     g = jax.grad(lambda d: _toy_loss(params, batch, d)[0] / batch["w"].sum())(jnp.zeros(shape))

@@ -4,7 +4,7 @@ Two layouts (research.data.pipeline.seq2seq_example): "encdec" trains an `Encode
 "unilm" a `Bert` with the UniLM mask (Dong et al. 2019). The `seq2seq` config section
 (`Seq2seqConfig`) picks one of REMEDIES (remedies.py), each a pure function applied inside the
 jitted step that reduces to plain teacher forcing at strength 0 (tests). Evaluation decodes with
-the beam sizes `eval_beams` and scores with rouge-score and sacrebleu (metrics.py).
+the beam sizes `eval_beams` and scores with `metrics.text_scores` (CJK per character).
 """
 
 import jax

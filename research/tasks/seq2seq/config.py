@@ -7,6 +7,8 @@ from research.ops import rewards
 from research.ops.checks import check_positive_field, is_positive_int
 from research.tasks.seq2seq.remedies import REMEDIES
 
+PENALTY_FORMS = ("position", "table")  # research.tasks.seq2seq.remedies.Context.delta_shape
+
 
 @dataclasses.dataclass(frozen=True)
 class Seq2seqConfig:
@@ -22,8 +24,12 @@ class Seq2seqConfig:
     replace_sample_prob: float = 0.5
     replace_token_prob: float = 0.3
     replace_pool: str = "target"
-    penalty_epsilon: float = 0.5  # gradient_penalty: CE + eps * |dCE/dE|^2
-    fgm_epsilon: float = 0.5  # fgm: norm of the adversarial embedding perturbation
+    # gradient_penalty: CE + eps * sum |dCE/de|^2, e = each input position's token embedding
+    # (penalty_form "position", the note's penalty; eps 0.5 as its reference code), or e = a
+    # row of the embedding table, occurrences of a token summed first ("table", the old form).
+    penalty_epsilon: float = 0.5
+    penalty_form: str = "position"
+    fgm_epsilon: float = 0.5  # fgm: norm of the adversarial perturbation of the embedding table
     # scheduled_sampling: teacher-forcing probability schedule (inverse_sigmoid | linear |
     # exponential | constant) with its constants, extra passes, sampling instead of argmax.
     ss_schedule: str = "inverse_sigmoid"
@@ -40,7 +46,8 @@ class Seq2seqConfig:
     eval_beams: tuple[int, ...] = (1, 2, 3)  # beam sizes decoded at evaluation (1 = greedy)
 
     def __post_init__(self):
-        choices = {"layout": LAYOUTS, "remedy": tuple(REMEDIES), "reward": rewards.REWARDS}
+        choices = {"layout": LAYOUTS, "remedy": tuple(REMEDIES), "reward": rewards.REWARDS,
+                   "penalty_form": PENALTY_FORMS}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: allowed {', '.join(allowed)}")

@@ -1,21 +1,71 @@
-"""Evaluation by decoding: beam sizes `eval_beams` (1 = greedy), scored on the host with
-rouge-score (rougeL/1/2 F1) and sacrebleu (corpus BLEU), x100, as in the research note's table."""
+"""Text scores for every task that reports them (`text_scores`), and seq2seq's evaluation by
+decoding: beam sizes `eval_beams` (1 = greedy), scored on the host, x100, as in the research
+note's table (docs/research_notes.md section 1).
+
+Units: one per CJK character (as the note scores Chinese titles: Rouge and sentence BLEU on
+characters), one per word (lower-cased) or punctuation mark otherwise (`text_units`). Corpus BLEU
+uses sacrebleu's own "zh" tokenisation: CJK characters one by one, other text as sacrebleu's
+default 13a (so English and digit-string scores are the same as with 13a).
+"""
 
 import functools
+import re
 
 import jax
 import numpy as np
 
 from research.tasks.seq2seq.remedies import generate
 
+_CJK = "\u3400-\u9fff\uf900-\ufaff"
+_UNIT = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+|[^\s\w]")
+ROUGE = ("rougeL", "rouge1", "rouge2")
+SCORES = (*ROUGE, "bleu", "sentence_bleu")
+
+
+def text_units(text: str) -> list[str]:
+    """Scoring units: one per CJK character, one per word (lower-cased) or punctuation mark."""
+    return _UNIT.findall(text.lower())
+
+
+class _UnitTokenizer:  # rouge-score's tokenizer interface
+    def tokenize(self, text):
+        return text_units(text)
+
+
+def text_scores(hyps: list[str], refs: list[str]) -> dict:
+    """Scores of hypotheses against one reference each, all x100:
+
+    rougeL, rouge1, rouge2: mean F1 over the pairs (rouge-score on `text_units`);
+    bleu: corpus BLEU-4 (sacrebleu, tokenize="zh");
+    sentence_bleu: the mean sentence BLEU-4 on `text_units` with Chen & Cherry's smoothing 1
+    (nltk's SmoothingFunction().method1, epsilon 0.1: the note's reference evaluation).
+    An empty hypothesis scores 0 on every sentence-level metric.
+    """
+    import sacrebleu
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    from rouge_score import rouge_scorer
+
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references")
+    if not hyps:
+        raise ValueError("text_scores needs at least one pair")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE), tokenizer=_UnitTokenizer())
+    rouge = [scorer.score(r, h) for h, r in zip(hyps, refs, strict=True)]
+    out = {name: 100 * float(np.mean([s[name].fmeasure for s in rouge])) for name in ROUGE}
+    out["bleu"] = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh").score
+    smooth = SmoothingFunction().method1
+    sentence = [sentence_bleu([text_units(r)], text_units(h), smoothing_function=smooth)
+                if text_units(h) else 0.0 for h, r in zip(hyps, refs, strict=True)]  # fmt: skip
+    out["sentence_bleu"] = 100 * float(np.mean(sentence))
+    return out
+
 
 def decode_metrics(cfg, vocab, eval_model, state, batches) -> dict:
     """cfg: Seq2seqConfig; vocab: `research.data.sources.Seq2seqVocab`; eval_model(params,
     consts) -> model; batches: (process-local numpy batch, the same as global arrays) pairs.
-    Every process decodes its rows; the texts are gathered so all processes score the same."""
-    import sacrebleu
+    Every process decodes its rows; the texts are gathered so all processes score the same.
+    Keys beam{b}_{rougeL, rouge1, rouge2, bleu, sentence_bleu, exact} (`text_scores`)."""
     from jax.experimental import multihost_utils
-    from rouge_score import rouge_scorer
 
     @functools.partial(jax.jit, static_argnames="beam")
     def run(params, consts, batch, beam):
@@ -34,14 +84,9 @@ def decode_metrics(cfg, vocab, eval_model, state, batches) -> dict:
         for b in cfg.eval_beams:
             hyps[b] += [vocab.detokenize(h) for h in gather(run(state.params, state.consts,
                                                                 batch, beam=b))]  # fmt: skip
-    scorer = rouge_scorer.RougeScorer(["rougeL", "rouge1", "rouge2"])
-    tokenize = "none" if vocab.tok is None else "13a"
     result = {}
     for b in cfg.eval_beams:
-        pairs = list(zip(refs, hyps[b], strict=True))
-        scores = [scorer.score(r, h) for r, h in pairs]
-        for name in ("rougeL", "rouge1", "rouge2"):
-            result[f"beam{b}_{name}"] = 100 * float(np.mean([x[name].fmeasure for x in scores]))
-        result[f"beam{b}_bleu"] = sacrebleu.corpus_bleu(hyps[b], [refs], tokenize=tokenize).score
-        result[f"beam{b}_exact"] = 100 * float(np.mean([h == r for r, h in pairs]))
+        result.update({f"beam{b}_{k}": v for k, v in text_scores(hyps[b], refs).items()})
+        exact = [h == r for h, r in zip(hyps[b], refs, strict=True)]
+        result[f"beam{b}_exact"] = 100 * float(np.mean(exact))
     return result

