@@ -4,7 +4,8 @@
                                        [--batch 1 --heads 4 --head_dim 64] [--repeats 5]
                                        [--long_length 1048576]
 
-Rows: softmax xla (dense), softmax blockwise, linear chunked / scan / cumsum (elu+1), and
+Rows: softmax xla (dense), softmax blockwise, linear chunked / scan / cumsum (elu+1), gated
+linear attention and the gated delta rule (chunked / scan; no FLOP model, so no GFLOP/s), and
 torch.nn.functional.scaled_dot_product_attention on CPU when torch is installed; all causal,
 fp32, forward and forward+backward. Times are medians of `--repeats` after one warm-up call.
 Memory is XLA's compiled figure (arguments + outputs + temporaries, per device); a run whose
@@ -45,9 +46,31 @@ from research.report import (
 
 IMPLS = ("softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan", "linear-cumsum")
 TORCH = "torch-sdpa"
+# Gated linear attention (per-key-dim gate) and the gated delta rule, chunked and scan forms.
+# Their fixed extra inputs are built inside the timed function (`_recurrent_fn`).
+RECURRENT_IMPLS = ("gla-chunked", "gla-scan", "delta-chunked", "delta-scan")
+
+
+def _recurrent_fn(impl: str):
+    """q, k, v -> out for the gated families: k L2-normalised (as the layers do), log_gate
+    -0.05, and for the delta rule beta 0.5 (Gated DeltaNet)."""
+    family, form = impl.split("-")
+
+    def fn(q, k, v):
+        g = jnp.full(q.shape[:3], -0.05, jnp.float32)
+        if family == "gla":
+            return att.gated_linear_attention(q, k, v, jnp.broadcast_to(g[..., None], q.shape),
+                                              form=form)  # fmt: skip
+        k = k * lax.rsqrt(jnp.sum(k * k, axis=-1, keepdims=True) + 1e-6)
+        return att.delta_rule_attention(q, k, v, jnp.full(q.shape[:3], 0.5, jnp.float32),
+                                        log_gate=g, form=form)  # fmt: skip
+
+    return fn
 
 
 def attention_fn(impl: str):
+    if impl in RECURRENT_IMPLS:
+        return _recurrent_fn(impl)
     if impl.startswith("softmax"):
         return functools.partial(att.softmax_attention, causal=True,
                                  implementation=impl.split("-")[1])  # fmt: skip
@@ -145,7 +168,7 @@ def run(args) -> list[dict]:
     budget = int(args.memory_budget_gb * 2**30)
     peak = matmul_peak()
     rows = []
-    impls = list(IMPLS)
+    impls = [*IMPLS, *RECURRENT_IMPLS]
     try:
         import torch  # noqa: F401
 
@@ -159,9 +182,9 @@ def run(args) -> list[dict]:
                     r = measure_torch(mode, b, length, h, d, args.repeats)
                 else:
                     r = measure_jax(impl, mode, b, length, h, d, args.repeats, budget)
-                work = attention_flops("softmax" if impl == TORCH else impl, batch=b,
-                                       length=length, heads=h, head_dim=d,
-                                       backward=mode != "fwd")  # fmt: skip
+                work = float("nan") if impl in RECURRENT_IMPLS else attention_flops(
+                    "softmax" if impl == TORCH else impl, batch=b, length=length, heads=h,
+                    head_dim=d, backward=mode != "fwd")  # fmt: skip
                 r.update(kind=mode, impl=impl, length=length,
                          tokens_per_second=b * length / r["seconds"],
                          gflops_per_second=work / r["seconds"] / 1e9,
@@ -247,6 +270,14 @@ TARGETS = (
     ("softmax blockwise / torch SDPA time, fwd+bwd 8k",
      lambda r: _ratio(r, ("fwd+bwd", "softmax-blockwise", 8192), ("fwd+bwd", TORCH, 8192)),
      "<= 1.5", lambda v: v <= 1.5),
+    *((f"{fam} chunked vs scan, fwd+bwd 16k: times faster",
+       lambda r, f=fam: _ratio(r, ("fwd+bwd", f"{f}-scan", 16384),
+                               ("fwd+bwd", f"{f}-chunked", 16384)),
+       ">= 5", lambda v: v >= 5) for fam in ("gla", "delta")),
+    *((f"{fam} chunked / linear chunked time, fwd+bwd 16k",
+       lambda r, f=fam: _ratio(r, ("fwd+bwd", f"{f}-chunked", 16384),
+                               ("fwd+bwd", "linear-chunked", 16384)),
+       f"<= {limit}", lambda v, x=limit: v <= x) for fam, limit in (("gla", 3), ("delta", 5))),
     ("decode tokens/s, linear state / KV cache, 8k context",
      lambda r: _ratio(r, ("decode", "softmax-kv-cache", 8192), ("decode", "linear-state", 8192)),
      ">= 10", lambda v: v >= 10),
@@ -270,7 +301,7 @@ def targets(rows) -> list[dict]:
 def plot(rows, path, header):
     with save_figure(path, header, 3, (16, 4.8), title_size=9) as axes:
         for ax, kind in zip(axes[:2], ("fwd", "fwd+bwd"), strict=True):
-            for impl in (*IMPLS, TORCH):
+            for impl in (*IMPLS, TORCH, *RECURRENT_IMPLS):
                 pts = [
                     (r["length"], r["seconds"])
                     for r in rows

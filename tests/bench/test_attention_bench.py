@@ -23,6 +23,7 @@ def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
     assert {r["kind"] for r in rows if r["length"] == 256} == {"fwd", "fwd+bwd"}  # --long_length
     impls = {r["impl"] for r in rows if r["kind"] == "fwd"}
     assert set(attention.IMPLS) <= impls
+    assert set(attention.RECURRENT_IMPLS) <= impls  # gated linear attention and delta rule
     for r in rows:
         assert r["status"] == "ok" and math.isfinite(r["seconds"]) and r["seconds"] > 0
     # FLOP model: causal softmax 2 B H L^2 D.

@@ -6,6 +6,12 @@ Layout (after flash-linear-attention):
   softmax.py           dense and blockwise softmax attention (custom VJP), online_softmax_update
   linear/              linear attention: chunk.py (chunked kernel), recurrent.py (scan form,
                        decode step, prefix state), naive.py (readable references)
+  delta/               delta-rule attention (DeltaNet, Gated DeltaNet): chunk.py (WY / UT
+                       transform), recurrent.py (scan form, decode step), naive.py (reference)
+  gated/               gated linear attention (GLA, RetNet, Mamba2-style scalar decay):
+                       chunk.py (sub-chunked log-space chunks), recurrent.py (scan form,
+                       decode step), naive.py (reference)
+  segments.py          packed sequences: segment_ids checks, reset indicators, state shapes
   linformer.py         Linformer
   context_parallel.py  sequence-sharded linear attention and ring attention (inside shard_map)
   cost.py              analytic FLOPs and communicated bytes (research.bench, research.plan)
@@ -22,6 +28,12 @@ outputs zeros (and gets zero gradient) in every implementation. `causal=True` le
 keys j <= i (top-left aligned, as in `jax.nn.dot_product_attention`).
 """
 
+from research.ops.attention.delta import DELTA_FORMS, delta_rule_attention, delta_rule_step
+from research.ops.attention.gated import (
+    GATED_FORMS,
+    gated_linear_attention,
+    gated_linear_attention_step,
+)
 from research.ops.attention.linear import (
     LINEAR_FORMS,
     LinearAttentionState,
@@ -39,10 +51,16 @@ from research.ops.attention.softmax import (
 )
 
 __all__ = [
+    "DELTA_FORMS",
+    "GATED_FORMS",
     "LINEAR_FORMS",
     "PORTABLE_SOFTMAX_IMPLEMENTATIONS",
     "SOFTMAX_IMPLEMENTATIONS",
     "LinearAttentionState",
+    "delta_rule_attention",
+    "delta_rule_step",
+    "gated_linear_attention",
+    "gated_linear_attention_step",
     "linear_attention",
     "linear_attention_init_state",
     "linear_attention_state",

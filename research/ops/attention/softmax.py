@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
 from research.ops.attention.common import (
     check_qkv,
@@ -23,6 +23,7 @@ from research.ops.attention.common import (
     pad_axis,
     repeat_kv,
 )
+from research.ops.attention.segments import check_segment_ids, same_segment
 from research.ops.checks import check_bool, check_positive_int
 
 PORTABLE_SOFTMAX_IMPLEMENTATIONS = ("xla", "blockwise")  # every backend
@@ -53,6 +54,7 @@ def softmax_attention(
     implementation: str = "xla",
     block_q: int | None = None,
     block_k: int | None = None,
+    segment_ids: Int[Array, "B L"] | None = None,
 ) -> Float[Array, "B Lq H Dv"]:
     """Scaled dot-product attention: out = softmax(scale q k^T + bias, masked) v.
 
@@ -79,6 +81,11 @@ def softmax_attention(
         per device inside `jax.shard_map` (the models do: `research.models.partitioning`).
     block_q, block_k: blockwise tile sizes in tokens; None takes the backend's default
       (`common.default_block_sizes`). The dense form ignores them.
+    segment_ids: [B, L] int, non-decreasing along L (packed sequences, needs Lq == Lk): query i
+      sees key j only if they share an id (block-diagonal; with causal, block-diagonal causal).
+      "xla" and "blockwise" apply it per block (no [L, L] mask is built by "blockwise");
+      "tpu_flash" passes it to the kernel's SegmentIds; "cudnn" raises (JAX's cuDNN call takes
+      no segment ids).
     """
     check_bool("causal", causal)
     check_qkv(q, k, v)
@@ -87,6 +94,11 @@ def softmax_attention(
             f"unknown implementation {implementation!r}; "
             f"allowed: {', '.join(SOFTMAX_IMPLEMENTATIONS)}"
         )
+    if implementation == "cudnn" and segment_ids is not None:
+        raise ValueError("implementation='cudnn' takes no segment_ids (jax.nn."
+                         "dot_product_attention has none); use 'blockwise' (O(L) memory), "
+                         "'xla', 'tpu_flash' on TPU, or mask=research.ops.masks."
+                         "packed_mask(...)")  # fmt: skip
     if implementation == "cudnn":  # (tpu_flash is traced on a CPU host when planning for TPU)
         check_backend(implementation)
     defaults = default_block_sizes()
@@ -96,21 +108,28 @@ def softmax_attention(
     check_positive_int("block_k", block_k)
     batch, q_len, heads, head_dim = q.shape
     kv_len = k.shape[1]
+    if segment_ids is not None:
+        if q_len != kv_len:
+            raise ValueError(f"segment_ids [batch, length] needs q_length == kv_length, got "
+                             f"{q_len}, {kv_len}; pass a mask for cross attention")  # fmt: skip
+    seg = check_segment_ids(segment_ids, batch, q_len)
     mask4 = normalise_mask(mask, batch, heads, q_len, kv_len)
     bias4 = normalise_bias(bias, batch, heads, q_len, kv_len)
     scale = float(head_dim**-0.5 if scale is None else scale)
     if implementation == "cudnn":
         return _jax_attention(q, k, v, bias4, mask4, causal, scale, "cudnn")
     if implementation == "tpu_flash":
-        return _tpu_flash(q, k, v, bias, mask, causal, scale)
+        return _tpu_flash(q, k, v, bias, mask, causal, scale, seg)
     k, v = repeat_kv(k, heads), repeat_kv(v, heads)
     # Internal layout [B, H, L, D]: the per-head matmuls are then plain batched GEMMs.
     qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
     if implementation == "xla":
+        if seg is not None:
+            mask4 = same_segment(seg) if mask4 is None else mask4 & same_segment(seg)
         out = _dense_attention(qt, kt, vt, bias4, mask4, causal=causal, scale=scale)
     else:
         bq, bk = min(block_q, q_len), min(block_k, kv_len)
-        out = _blockwise_attention(qt, kt, vt, bias4, mask4, causal, scale, bq, bk)
+        out = _blockwise_attention(qt, kt, vt, bias4, mask4, seg, causal, scale, bq, bk)
     return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 
 
@@ -123,9 +142,10 @@ def _jax_attention(q, k, v, bias, mask, causal: bool, scale: float, implementati
     return out.astype(q.dtype)
 
 
-def _tpu_flash(q, k, v, bias, mask, causal: bool, scale: float):
+def _tpu_flash(q, k, v, bias, mask, causal: bool, scale: float, seg=None):
     """The Pallas TPU kernel on [B, H, L, D]; a key-padding mask becomes segment ids (queries 1,
-    valid keys 1, padding 0: a query sees only keys of its segment)."""
+    valid keys 1, padding 0: a query sees only keys of its segment). `seg` [B, L] (packed
+    sequences) is shifted to ids >= 1 so padding keeps 0."""
     from jax.experimental.pallas.ops.tpu import flash_attention as fa
 
     if bias is not None or (mask is not None and jnp.ndim(mask) != 2):
@@ -133,10 +153,12 @@ def _tpu_flash(q, k, v, bias, mask, causal: bool, scale: float):
                          "kv_length] masks only, no bias; use 'blockwise' for others")  # fmt: skip
     heads = q.shape[2]
     qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, repeat_kv(k, heads), repeat_kv(v, heads)))
-    seg = None
-    if mask is not None:
-        seg = fa.SegmentIds(q=jnp.ones(q.shape[:2], jnp.int32), kv=jnp.asarray(mask, jnp.int32))
-    out = fa.flash_attention(qt, kt, vt, segment_ids=seg, causal=causal, sm_scale=scale)
+    ids = None
+    if mask is not None or seg is not None:
+        q_ids = jnp.ones(q.shape[:2], jnp.int32) if seg is None else seg - jnp.min(seg) + 1
+        kv_ids = q_ids if mask is None else jnp.where(jnp.asarray(mask, bool), q_ids, 0)
+        ids = fa.SegmentIds(q=q_ids, kv=kv_ids)
+    out = fa.flash_attention(qt, kt, vt, segment_ids=ids, causal=causal, sm_scale=scale)
     return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 
 
@@ -177,7 +199,7 @@ class _Blocks(NamedTuple):
     causal: bool
     scale: float
 
-    def scores(self, qi, kj, bias, mask, i, j):
+    def scores(self, qi, kj, bias, mask, seg, i, j):
         """fp32 logits of block (i, j), -inf where not attended, and the validity mask."""
         s = jnp.einsum("bhqd,bhkd->bhqk", qi, kj, preferred_element_type=jnp.float32)
         s = s * self.scale
@@ -190,6 +212,10 @@ class _Blocks(NamedTuple):
             valid = valid & (q_idx[:, None] >= k_idx[None, :])
         if mask is not None:
             valid = valid & _block(_block(mask, 2, i, self.bq), 3, j, self.bk)
+        if seg is not None:  # packed sequences: [B, L_pad] ids, same id = same sequence
+            seg_q = lax.dynamic_slice_in_dim(seg, i * self.bq, self.bq, axis=1)
+            seg_k = lax.dynamic_slice_in_dim(seg, j * self.bk, self.bk, axis=1)
+            valid = valid & (seg_q[:, None, :, None] == seg_k[:, None, None, :])
         return jnp.where(valid, s, -jnp.inf), valid
 
     def kv_blocks_for(self, i):
@@ -204,8 +230,10 @@ class _Blocks(NamedTuple):
         return (j * self.bk) // self.bq if self.causal else 0
 
 
-def _pad_inputs(geo: _Blocks, q, k, v, bias, mask):
+def _pad_inputs(geo: _Blocks, q, k, v, bias, mask, seg=None):
     lq, lk = geo.nq * geo.bq, geo.nk * geo.bk
+    if seg is not None:  # (padded keys are masked by index, padded queries dropped)
+        seg = pad_axis(seg, 1, max(lq, lk))
     q = pad_axis(q, 2, lq)
     k, v = pad_axis(k, 2, lk), pad_axis(v, 2, lk)
     if bias is not None:
@@ -214,10 +242,10 @@ def _pad_inputs(geo: _Blocks, q, k, v, bias, mask):
     if mask is not None:
         mask = pad_axis(mask, 2, lq, False) if mask.shape[2] > 1 else mask
         mask = pad_axis(mask, 3, lk, False) if mask.shape[3] > 1 else mask
-    return q, k, v, bias, mask
+    return q, k, v, bias, mask, seg
 
 
-def _blockwise_forward(geo: _Blocks, q, k, v, bias, mask):
+def _blockwise_forward(geo: _Blocks, q, k, v, bias, mask, seg):
     """Padded inputs -> (out [B, H, Lq_pad, Dv] fp32, logsumexp [B, H, Lq_pad] fp32)."""
     b, h, _, _ = q.shape
     dv = v.shape[-1]
@@ -228,7 +256,7 @@ def _blockwise_forward(geo: _Blocks, q, k, v, bias, mask):
         def body(j, carry):
             kj = lax.dynamic_slice_in_dim(k, j * geo.bk, geo.bk, axis=2)
             vj = lax.dynamic_slice_in_dim(v, j * geo.bk, geo.bk, axis=2)
-            s, _ = geo.scores(qi, kj, bias, mask, i, j)
+            s, _ = geo.scores(qi, kj, bias, mask, seg, i, j)
             return online_softmax_update(carry, s, vj)
 
         init = (
@@ -271,7 +299,7 @@ def _reduce_to(x, shape):
     return jnp.sum(x, axis=axes, keepdims=True) if axes else x
 
 
-def _blockwise_backward(geo: _Blocks, q, k, v, bias, mask, out, lse, dout):
+def _blockwise_backward(geo: _Blocks, q, k, v, bias, mask, seg, out, lse, dout):
     """FlashAttention-2 backward on padded inputs: outer loop over key blocks, inner over q."""
     delta = jnp.sum(dout * out, axis=-1)  # [B, H, Lq_pad]
     lse_safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
@@ -287,7 +315,7 @@ def _blockwise_backward(geo: _Blocks, q, k, v, bias, mask, out, lse, dout):
             dq, dbias, dk, dv = inner
             qi = lax.dynamic_slice_in_dim(q, i * geo.bq, geo.bq, axis=2)
             doi = lax.dynamic_slice_in_dim(dout, i * geo.bq, geo.bq, axis=2)
-            s, valid = geo.scores(qi, kj, bias, mask, i, j)
+            s, valid = geo.scores(qi, kj, bias, mask, seg, i, j)
             lse_i = lax.dynamic_slice_in_dim(lse_safe, i * geo.bq, geo.bq, axis=2)
             p = jnp.where(valid, jnp.exp(s - lse_i[..., None]), 0.0)
             dv = dv + jnp.einsum("bhqk,bhqd->bhkd", p, doi)
@@ -325,9 +353,9 @@ def _blockwise_backward(geo: _Blocks, q, k, v, bias, mask, out, lse, dout):
     return dq, dk, dv, dbias
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _blockwise_attention(q, k, v, bias, mask, causal, scale, bq, bk):
-    return _blockwise_fwd(q, k, v, bias, mask, causal, scale, bq, bk)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _blockwise_attention(q, k, v, bias, mask, seg, causal, scale, bq, bk):
+    return _blockwise_fwd(q, k, v, bias, mask, seg, causal, scale, bq, bk)[0]
 
 
 def _geometry(q, k, causal, scale, bq, bk) -> _Blocks:
@@ -335,28 +363,29 @@ def _geometry(q, k, causal, scale, bq, bk) -> _Blocks:
     return _Blocks(q_len, kv_len, bq, bk, -(-q_len // bq), -(-kv_len // bk), causal, scale)
 
 
-def _blockwise_fwd(q, k, v, bias, mask, causal, scale, bq, bk):
+def _blockwise_fwd(q, k, v, bias, mask, seg, causal, scale, bq, bk):
     geo = _geometry(q, k, causal, scale, bq, bk)
-    qp, kp, vp, biasp, maskp = _pad_inputs(geo, q, k, v, bias, mask)
-    out, lse = _blockwise_forward(geo, qp, kp, vp, biasp, maskp)
+    qp, kp, vp, biasp, maskp, segp = _pad_inputs(geo, q, k, v, bias, mask, seg)
+    out, lse = _blockwise_forward(geo, qp, kp, vp, biasp, maskp, segp)
     out = out[:, :, : geo.q_len]
-    return out, (q, k, v, bias, mask, out, lse)
+    return out, (q, k, v, bias, mask, seg, out, lse)
 
 
 def _blockwise_bwd(causal, scale, bq, bk, res, dout):
-    q, k, v, bias, mask, out, lse = res
+    q, k, v, bias, mask, seg, out, lse = res
     geo = _geometry(q, k, causal, scale, bq, bk)
-    qp, kp, vp, biasp, maskp = _pad_inputs(geo, q, k, v, bias, mask)
+    qp, kp, vp, biasp, maskp, segp = _pad_inputs(geo, q, k, v, bias, mask, seg)
     lq = geo.nq * geo.bq
     outp = pad_axis(out, 2, lq)
     doutp = pad_axis(dout.astype(jnp.float32), 2, lq)
-    dq, dk, dv, dbias = _blockwise_backward(geo, qp, kp, vp, biasp, maskp, outp, lse, doutp)
+    dq, dk, dv, dbias = _blockwise_backward(geo, qp, kp, vp, biasp, maskp, segp, outp, lse,
+                                           doutp)  # fmt: skip
     dq = dq[:, :, : geo.q_len].astype(q.dtype)
     dk = dk[:, :, : geo.kv_len].astype(k.dtype)
     dv = dv[:, :, : geo.kv_len].astype(v.dtype)
     if dbias is not None:
         dbias = dbias[:, :, : bias.shape[2], : bias.shape[3]].astype(bias.dtype)
-    return dq, dk, dv, dbias, None
+    return dq, dk, dv, dbias, None, None
 
 
 _blockwise_attention.defvjp(_blockwise_fwd, _blockwise_bwd)

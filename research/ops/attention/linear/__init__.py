@@ -4,6 +4,8 @@ Modules:
   chunk.py      causal chunkwise-parallel kernel with a hand-written VJP (the default form)
   recurrent.py  the token recurrence: scan form (reverse-scan VJP), decode step, prefix state
   naive.py      readable references: the O(L^2) masked quadratic form and the cumsum form
+With `segment_ids` (packed sequences) the causal forms run on the gated kernels
+(`research.ops.attention.gated`) with zero log-gates and the sums reset at segment starts.
 """
 
 # jaxtyping shape strings ("B L H D") are not forward references.
@@ -11,12 +13,14 @@ Modules:
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
 from research.ops import feature_maps as fm
+from research.ops.attention import gated
 from research.ops.attention.common import check_qkv, default_block_sizes, divide, repeat_kv
 from research.ops.attention.linear import chunk, naive, recurrent
 from research.ops.attention.linear.recurrent import LinearAttentionState
+from research.ops.attention.segments import check_segment_ids, segment_starts
 from research.ops.checks import check_bool, check_causal_allowed, check_positive_int
 
 LINEAR_FORMS = ("chunked", "scan", "cumsum")
@@ -64,6 +68,7 @@ def linear_attention(
     chunk_size: int = 64,
     block_bytes: int | None = None,
     initial_state: LinearAttentionState | None = None,
+    segment_ids: Int[Array, "B L"] | None = None,
 ) -> Float[Array, "B Lq H Dv"]:
     """Kernelised attention: out_i = phi(q_i) sum_j phi(k_j) v_j^T / (phi(q_i) . sum_j phi(k_j)).
 
@@ -89,6 +94,12 @@ def linear_attention(
     initial_state (causal only): sums over earlier tokens (for example
       `linear_attention_state` of a prefix, or the prefix from other devices in context
       parallelism), added to every position's running sums: S_i = S_0 + sum_{j<=i} phi(k_j) v_j^T.
+    segment_ids (causal only): [B, L] int, non-decreasing along L (packed sequences): the sums
+      restart from zero at the first token of each segment after the first (which starts from
+      `initial_state`), so each query sees only earlier keys of its own segment. "chunked" and
+      "scan" then run on the gated kernels with zero gates (`research.ops.attention.gated`:
+      chunk.py, recurrent.py) over [v, 1] (numerator and denominator in one pass), "cumsum" on
+      a prefix sum with resets; `block_bytes` does not apply.
     All sums are accumulated in fp32; the output has the dtype of q.
     """
     check_bool("causal", causal)
@@ -118,6 +129,10 @@ def linear_attention(
             )
     if initial_state is not None and not causal:
         raise ValueError("initial_state is only defined for causal linear attention")
+    if segment_ids is not None and not causal:
+        raise ValueError("segment_ids applies to causal linear attention only (state resets); "
+                         "for non-causal packed rows run each sequence separately")  # fmt: skip
+    seg = check_segment_ids(segment_ids, batch, kv_len)
     k, v = repeat_kv(k, heads), repeat_kv(v, heads)
     if causal:
         f, dv = fm.feature_dim(feature_map, q.shape[-1]), v.shape[-1]
@@ -129,6 +144,11 @@ def linear_attention(
                 f"{zero.s.shape}, {zero.z.shape} (batch, heads, features, value_dim)"
             )
         init = LinearAttentionState(init.s.astype(jnp.float32), init.z.astype(jnp.float32))
+        if seg is not None:
+            fq, fk = features(q, k, feature_map, mask)
+            return _packed(fq, fk, v.astype(jnp.float32), init, seg, form, chunk_size).astype(
+                q.dtype
+            )
         if form == "chunked" and not callable(feature_map):
             # Named maps are applied inside the kernel's blocks (one pass over q and k).
             kmask = None if mask is None else mask.astype(jnp.float32)
@@ -150,6 +170,25 @@ def linear_attention(
         out = chunk.chunked(fq, fk, v, None, init.s, init.z, chunk.as_float32, chunk_size,
                             block_bytes)  # fmt: skip
     return out.astype(q.dtype)
+
+
+def _packed(fq, fk, v, init: LinearAttentionState, seg, form: str, chunk_size: int):
+    """Causal linear attention with resets at segment starts, on features fq, fk [B, L, H, F]:
+    numerator and denominator are one gated-linear-attention pass with zero log-gates over
+    [v, 1] from the state [s, z] (scale 1: the features are used as they are)."""
+    ones = jnp.ones((*v.shape[:-1], 1), jnp.float32)
+    vz = jnp.concatenate([v, ones], axis=-1)
+    s0 = jnp.concatenate([init.s, init.z[..., None]], axis=-1)
+    g = jnp.zeros((*fq.shape[:-1], 1), jnp.float32)
+    if form == "chunked":
+        out, _ = gated.chunk.chunked(fq, fk, vz, g, seg, s0, scale=1.0, chunk=chunk_size)
+    elif form == "scan":
+        keep = 1.0 - segment_starts(seg).astype(jnp.float32)
+        out, _ = gated.recurrent.scan(fq, fk, vz, g, keep, s0, block=chunk_size)
+    else:
+        keep = 1.0 - segment_starts(seg).astype(jnp.float32)
+        return naive.cumsum(fq, fk, v, init.s, init.z, keep=keep)
+    return divide(out[..., :-1], out[..., -1:])
 
 
 def linear_attention_init_state(
