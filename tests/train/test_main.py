@@ -211,7 +211,8 @@ def test_closed_stdout_and_stderr_still_save_on_schedule_and_on_sigterm(data_dir
                "--config.checkpoint_every_steps=10")  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip
-    proc.stdout.close()  # both readers gone: every write now fails with EPIPE
+    wait_for_lines(proc, tmp_path / "metrics.jsonl", 3)  # training, the bar writing to stderr
+    proc.stdout.close()  # both readers gone mid-run: every write now fails with EPIPE
     proc.stderr.close()
     wait_for_lines(proc, tmp_path / "metrics.jsonl", 30)
     assert proc.poll() is None, "the run died when its output was closed"
