@@ -1,7 +1,7 @@
 """Gated linear attention (GLA, Yang et al. 2024): the public API, input checks and dispatch.
 
 Modules:
-  chunk.py      chunkwise-parallel form with sub-chunked log-space decays (the default form)
+  chunk.py      chunkwise-parallel form, blocks of chunks at once (the default form)
   recurrent.py  the token recurrence: scan form (rematerialised blocks) and decode step
   naive.py      readable reference: a Python loop over tokens
 """
