@@ -8,12 +8,18 @@ EncoderDecoder or UniLM BERT.
     python -m research.main --config=configs/seq2seq.py --workdir=/tmp/seqlab/csl \
         --config.data.source=jsonl:/data/csl.jsonl --config.data.vocab_size=8000 \
         --config.seq2seq.src_len=256 --config.seq2seq.tgt_len=48
+    # UniLM from seqlab's Chinese MLM (or hf:PATH), with its character vocabulary:
+    python -m research.main --config=configs/seq2seq.py --workdir=/tmp/seqlab/s2s_zh \
+        --config.seq2seq.layout=unilm --config.seq2seq.init=workdir:/tmp/seqlab/mlm \
+        --config.data.source=inews_titles --config.seq2seq.src_len=87 --config.seq2seq.tgt_len=40
 
 Eval reports teacher-forced loss/accuracy and, from decodes with beam 1/2/3, Rouge-L/1/2 F1,
 corpus BLEU and the note's mean sentence BLEU, x100, on characters for CJK text and words
 otherwise (research.tasks.seq2seq.metrics.text_scores), plus the share of exact matches.
 The gradient penalty is the note's per-position form by default
 (`--config.seq2seq.penalty_form=table` for the older, per-token-summed one).
+With seq2seq.init the architecture, weights and vocabulary are the pretrained BERT's (rows
+[CLS] source [SEP] target [SEP]); the model section then sets only dropout, scan and remat.
 """
 
 from ml_collections import ConfigDict

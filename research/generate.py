@@ -50,16 +50,22 @@ def main(argv):
         fail("both --workdir=DIR and --prompt=TEXT are required")
     trained = load_run(argv, _WORKDIR.value, _STEP.value, task=None)
     run, vocab = trained.config, trained.vocab
+    prefix = []
+    if run.task == "seq2seq":
+        from research.tasks.seq2seq import seq2seq_vocab
+
+        vocab = seq2seq_vocab(vocab)  # a run started from a BERT keeps the BERT's vocabulary
     if run.task == "lm":
         tok, bos, eos, pad = vocab, None, EOS_ID, PAD_ID
     elif run.task == "seq2seq" and vocab.tok is not None:
-        tok, bos, eos, pad = vocab.tok, vocab.bos, vocab.eos, vocab.pad
+        tok, bos, eos, pad, prefix = vocab.tok, vocab.bos, vocab.eos, vocab.pad, list(vocab.prefix)
     else:
         fail(f"{_WORKDIR.value}: task={run.task!r} has no text vocabulary; generate works for lm "
              "and text seq2seq runs")  # fmt: skip
     ids = tok.encode(_PROMPT.value)
     if run.task == "seq2seq" and run.task_config.layout == "unilm":
-        ids = ids[: run.task_config.src_len] + [bos]  # source + separator, as in training
+        # [CLS] (a BERT's) + source + separator, as in training
+        ids = (prefix + ids)[: run.task_config.src_len] + [bos]
         bos = None
     if not ids:
         fail("--prompt is empty after tokenization")

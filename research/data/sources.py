@@ -192,8 +192,12 @@ def _local_pairs(path: str) -> list[dict]:
     return pairs
 
 
-def seq2seq_sources(d: DataConfig, *, seed: int):
+def seq2seq_sources(d: DataConfig, *, seed: int, bert_vocab=None):
     """(train records, eval records, Seq2seqVocab) of {"source", "target"} records.
+
+    bert_vocab: a pretrained BERT's `research.data.wordpiece.BertVocab` (seq2seq.init): text
+    data is then encoded with it, as [CLS] source [SEP] target [SEP] ([SEP] is the separator
+    and the end token), and no sentencepiece model is trained; synthetic data is refused.
 
     data.source: "seq2seq_synthetic" (built here from data.seq2seq_task, min_len, max_len,
     train_examples, test_examples: digit tokens, no tokenizer); "jsonl:PATH" ({"source",
@@ -204,6 +208,10 @@ def seq2seq_sources(d: DataConfig, *, seed: int):
     """
     data_dir = pathlib.Path(os.path.expanduser(d.data_dir))
     if d.source == "seq2seq_synthetic":
+        if bert_vocab is not None:
+            raise DataError("data.source='seq2seq_synthetic' has its own digit vocabulary, not "
+                            "the pretrained BERT's: use text data (inews_titles, jsonl:PATH, "
+                            "tfds:NAME) with seq2seq.init")  # fmt: skip
         try:
             cfg = builders.seq2seq_config(task=d.seq2seq_task, min_len=d.min_len,
                                           max_len=d.max_len, train_examples=d.train_examples,
@@ -238,6 +246,8 @@ def seq2seq_sources(d: DataConfig, *, seed: int):
                 t = r[k]
                 yield t.decode("utf-8") if isinstance(t, bytes) else t
 
+    if bert_vocab is not None:
+        return train, evaluation, bert_seq2seq_vocab(bert_vocab, keys)
     local = d.source.startswith("jsonl:")
     model_path = _tokenizer_path(data_dir, d.source, d.vocab_size, texts() if local else None)
     tok = tokenizer.train_or_load(texts, str(model_path), vocab_size=d.vocab_size)
@@ -246,13 +256,22 @@ def seq2seq_sources(d: DataConfig, *, seed: int):
     return train, evaluation, vocab
 
 
+def bert_seq2seq_vocab(v, keys=("source", "target")) -> "Seq2seqVocab":
+    """A BERT vocabulary (`research.data.wordpiece.BertVocab`) as seq2seq ids: the source
+    starts with [CLS], [SEP] separates it from the target and ends the target."""
+    return Seq2seqVocab(v.vocab_size(), v.pad_id, v.sep_id, v.sep_id, v, keys,
+                        prefix=(v.cls_id,))  # fmt: skip
+
+
 class Seq2seqVocab:
     """Ids and (for text data) the tokenizer: encode(record) -> (source ids, target ids) and
-    detokenize(ids) -> the text a metric scores (space-joined ids for synthetic data)."""
+    detokenize(ids) -> the text a metric scores (space-joined ids for synthetic data). `tok` is
+    a sentencepiece model or a BERT vocabulary (encode(text) -> ids, decode(ids) -> text);
+    `prefix` ids start every source ([CLS] for a BERT)."""
 
-    def __init__(self, size, pad, bos, eos, tok=None, keys=("source", "target")):
+    def __init__(self, size, pad, bos, eos, tok=None, keys=("source", "target"), prefix=()):
         self.size, self.pad, self.bos, self.eos = size, pad, bos, eos
-        self.tok, self.keys = tok, keys
+        self.tok, self.keys, self.prefix = tok, keys, tuple(prefix)
 
     def encode(self, record):
         if self.tok is None:
@@ -262,7 +281,7 @@ class Seq2seqVocab:
             t = record[k]
             t = t.decode("utf-8") if isinstance(t, bytes) else t
             out.append(np.asarray(self.tok.encode(t), np.int32))
-        return out[0], out[1]
+        return np.concatenate([np.asarray(self.prefix, np.int32), out[0]]), out[1]
 
     def detokenize(self, ids) -> str:
         ids = [int(i) for i in ids if int(i) not in (self.pad, self.bos, self.eos)]

@@ -9,6 +9,11 @@ at step `num_train_steps - finetune_steps` and train their mixed loss for the re
 so every variant sees the same steps and learning-rate schedule. The table has the layout of
 docs/research_notes.md section 1: beam 1/2/3 rows, "Rouge-L / Rouge-1 / Rouge-2 / BLEU" cells,
 mean and standard deviation over seeds, computed by research.tasks.seq2seq.metrics.text_scores.
+
+`penalty_epsilons` (non-empty) replaces the gradient_penalty variant by one variant per
+epsilon, gradient_penalty_eps{EPS}. A config with an `init` key (configs/exposure_bias.py:zh)
+starts every run from that pretrained BERT (base.seq2seq.init); init "" first trains
+`pretrain` (configs/mlm.py) in workdir/pretrain, as the qagen experiment does.
 """
 
 import copy
@@ -30,22 +35,71 @@ from research.report import (
     seed_stats,
     write_csv,
 )
+from research.tasks import bert
 from research.tasks.seq2seq import REMEDIES
 from research.train.config import ConfigError, parse
 
 VARIANTS = ("baseline",) + tuple(r for r in REMEDIES if r != "none")
 SEQUENCE_LEVEL = ("scst", "mrt")
 METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "exact", "sentence_bleu")  # cells: the first 4
+PENALTY_PREFIX = "gradient_penalty_eps"
 
 
-def point_config(c, variant: str, seed: int):
+def expand_variants(variants, epsilons) -> list[str]:
+    """`variants` with gradient_penalty replaced by gradient_penalty_eps{EPS} per epsilon."""
+    out = []
+    for v in variants:
+        if v == "gradient_penalty" and epsilons:
+            out += [f"{PENALTY_PREFIX}{float(e):g}" for e in epsilons]
+        else:
+            out.append(v)
+    return out
+
+
+def _remedy(variant: str) -> tuple[str, float | None]:
+    """(remedy, penalty epsilon or None) of a variant name."""
+    if variant.startswith(PENALTY_PREFIX):
+        try:
+            eps = float(variant.removeprefix(PENALTY_PREFIX))
+        except ValueError:
+            raise ConfigError(f"variants: {variant!r} is not {PENALTY_PREFIX}NUMBER") from None
+        if not eps > 0:
+            raise ConfigError(f"variants: {variant!r}: the epsilon must be positive")
+        return "gradient_penalty", eps
+    if variant not in VARIANTS:
+        raise ConfigError(f"variants: unknown {variant!r}; allowed {', '.join(VARIANTS)} or "
+                          f"{PENALTY_PREFIX}NUMBER")  # fmt: skip
+    return ("none" if variant == "baseline" else variant), None
+
+
+def point_config(c, variant: str, seed: int, init: str | None = None):
     pc = copy.deepcopy(c.base)
     pc.unlock()
     pc.seed = seed
-    pc.seq2seq.remedy = "none" if variant == "baseline" else variant
+    remedy, eps = _remedy(variant)
+    pc.seq2seq.remedy = remedy
+    if eps is not None:
+        pc.seq2seq.penalty_epsilon = eps
+    if init is not None:
+        pc.seq2seq.init = init
     if variant == "baseline":  # its checkpoint at the fine-tuning start seeds SCST and MRT
         pc.checkpoint_every_steps = pc.num_train_steps - c.finetune_steps
     return pc
+
+
+def _pretrained(c, workdir: pathlib.Path, seed: int) -> str | None:
+    """The BERT every run starts from (c.init; "" = train c.pretrain first); None without an
+    `init` key (runs from random weights)."""
+    if "init" not in c:
+        return None
+    if c.init:
+        return c.init
+    if jax.process_index() == 0:
+        print(sweep.start_message(workdir / "pretrain", "pretraining the MLM"), flush=True)
+    pre = copy.deepcopy(c.pretrain)  # configs/mlm.py's own data section, the base's data_dir
+    pre.seed, pre.data.data_dir = seed, c.base.data.data_dir
+    sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
+    return f"workdir:{workdir / 'pretrain'}"
 
 
 def _seed_from_baseline(c, workdir, variant, seed):
@@ -64,15 +118,18 @@ def _seed_from_baseline(c, workdir, variant, seed):
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
     variants, seeds = as_list(c.variants, name="variants"), as_list(c.seeds, int, name="seeds")
+    eps = c.get("penalty_epsilons") or ()
+    epsilons = as_list(eps, float, name="penalty_epsilons") if eps else ()
+    variants = expand_variants(variants, epsilons)
     for v in variants:
-        if v not in VARIANTS:
-            raise ConfigError(f"variants: unknown {v!r}; allowed {', '.join(VARIANTS)}")
+        _remedy(v)
     if "baseline" not in variants:
         raise ConfigError("variants must include baseline (SCST and MRT fine-tune it)")
     if not 0 < c.finetune_steps < c.base.num_train_steps:
         raise ConfigError(f"finetune_steps={c.finetune_steps}: must be in (0, num_train_steps)")
     for v in variants:  # every mistake is reported before the first run starts
-        parse(point_config(c, v, seeds[0]))
+        parse(point_config(c, v, seeds[0], c.get("init") or None))
+    init = _pretrained(c, workdir, seeds[0])
     order = ["baseline"] + [v for v in variants if v != "baseline"]
     todo = [(v, s) for s in seeds for v in order]
     t0, results = time.perf_counter(), []
@@ -84,11 +141,12 @@ def run(c, workdir: str) -> list[dict]:
                   f"{msg}", flush=True)  # fmt: skip
         if v in SEQUENCE_LEVEL:
             _seed_from_baseline(c, workdir, v, s)
-        results.append(sweep.train_point(point_config(c, v, s), out, {"variant": v, "seed": s}))
+        results.append(sweep.train_point(point_config(c, v, s, init), out,
+                                         {"variant": v, "seed": s}))  # fmt: skip
     beams = as_list(c.base.seq2seq.eval_beams, int, name="base.seq2seq.eval_beams")
     rows = summarize(results, order, beams)
     if jax.process_index() == 0:
-        header = _header(c, seeds)
+        header = _header(c, seeds, init)
         write_csv(workdir / "exposure_bias.csv", rows)
         plot(rows, order, beams, workdir / "exposure_bias.png", header)
         print(f"\n{header}\n\n{table(rows, order, beams)}\n")
@@ -97,13 +155,25 @@ def run(c, workdir: str) -> list[dict]:
     return rows
 
 
-def _header(c, seeds) -> str:
+def _header(c, seeds, init=None) -> str:
     b, d = c.base, c.base.data
-    return (f"{machine_header()}\n{b.seq2seq.layout}, data {d.source} ({d.seq2seq_task}, source "
-            f"length {d.min_len}-{d.max_len}), d_model {b.model.d_model} x "
-            f"{plural(b.model.num_layers, 'layer')}, {b.num_train_steps} steps x batch "
-            f"{b.batch_size} (SCST/MRT: last {c.finetune_steps}), seeds {seeds}; metrics x100 "
-            f"on {b.eval_steps} x {b.batch_size} test examples")  # fmt: skip
+    if d.source == "seq2seq_synthetic":
+        data = f"{d.source} ({d.seq2seq_task}, source length {d.min_len}-{d.max_len})"
+    else:
+        data = f"{d.source} (source {b.seq2seq.src_len}, target {b.seq2seq.tgt_len} tokens)"
+    if init:
+        mcfg = bert.pretrained_config(init, key="seq2seq.init")[0]
+        model = f"from {init} (d_model {mcfg.d_model} x {plural(mcfg.num_layers, 'layer')})"
+    else:
+        model = f"d_model {b.model.d_model} x {plural(b.model.num_layers, 'layer')}"
+    variants = as_list(c.variants, name="variants")
+    seq = (f" (SCST/MRT: last {c.finetune_steps})"
+           if any(v in SEQUENCE_LEVEL for v in variants) else "")  # fmt: skip
+    return (f"{machine_header()}\n{b.seq2seq.layout}, data {data}, {model}, "
+            f"{b.num_train_steps} steps x batch {b.batch_size}{seq}, seeds {seeds}; metrics "
+            f"x100 (CJK per character, other text per word) on {b.eval_steps} x "
+            f"{b.batch_size} {'test' if d.source == 'seq2seq_synthetic' else 'validation'} "
+            "examples")  # fmt: skip
 
 
 def summarize(results, variants, beams) -> list[dict]:

@@ -43,3 +43,57 @@ def test_unilm_with_linear_attention_is_refused(tmp_path):
              "--config.base.model.attention=linear")  # fmt: skip
     assert r.returncode == 2 and "needs model.attention='softmax'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_penalty_epsilons_become_one_gradient_penalty_variant_each():
+    import pytest
+
+    from configs import exposure_bias as config
+    from research.config import ConfigError
+    from research.experiments import exposure_bias as eb
+    from research.train.config import parse
+
+    c = config.get_config("penalty_sweep")
+    variants = eb.expand_variants(c.variants, c.penalty_epsilons)
+    assert variants == ["baseline", "gradient_penalty_eps0.05", "gradient_penalty_eps0.1",
+                        "gradient_penalty_eps0.2", "gradient_penalty_eps0.5"]  # fmt: skip
+    assert c.base.data.source == "seq2seq_synthetic"  # the synthetic sorting task
+    for v, eps in zip(variants[1:], (0.05, 0.1, 0.2, 0.5), strict=True):
+        s = parse(eb.point_config(c, v, 0)).task_config
+        assert (s.remedy, s.penalty_epsilon, s.penalty_form) == ("gradient_penalty", eps,
+                                                                 "position")  # fmt: skip
+    assert parse(eb.point_config(c, "baseline", 0)).task_config.remedy == "none"
+    for bad in ("gradient_penalty_epsx", "gradient_penalty_eps0", "dropout"):
+        with pytest.raises(ConfigError, match="variants"):
+            eb.point_config(c, bad, 0)
+
+
+def test_zh_smoke_study_from_the_chinese_mlm(tmp_path, capsys):
+    """configs/exposure_bias.py:zh_smoke end to end, in process: a smoke MLM pretrained, then
+    baseline / random replacement / gradient penalty on inews_titles from it."""
+    from configs import exposure_bias as config
+    from research.data.wordpiece import BertVocab
+    from research.experiments import EXPERIMENTS
+    from research.train.trained import load_trained
+
+    c = config.get_config("zh_smoke")
+    c.base.data.data_dir = str(tmp_path / "data")
+    rows = EXPERIMENTS["exposure_bias"](c, str(tmp_path / "wd"))
+    out = capsys.readouterr().out
+    variants = ("baseline", "random_replacement", "gradient_penalty")
+    assert [(r["variant"], r["beam"]) for r in rows] == [(v, b) for v in variants for b in (1, 2)]
+    table = list(csv.DictReader(open(tmp_path / "wd" / "exposure_bias.csv")))
+    assert [(x["variant"], x["beam"]) for x in table] == [
+        (v, b) for v in variants for b in ("1", "2")]  # fmt: skip
+    for x in table:
+        for m in ("rougeL", "rouge1", "rouge2", "bleu", "sentence_bleu", "exact"):
+            assert 0.0 <= float(x[f"{m}_mean"]) <= 100.0, (m, x)
+    assert "| beam | baseline | random_replacement | gradient_penalty |" in out
+    assert "data inews_titles" in out and f"from workdir:{tmp_path / 'wd' / 'pretrain'}" in out
+    assert "CJK per character" in out
+    # Every run decoded with the MLM's character vocabulary (one token per character).
+    for v in variants:
+        vocab = load_trained(tmp_path / "wd" / "runs" / f"{v}_seed0").vocab
+        assert isinstance(vocab, BertVocab)
+        assert vocab.to_json() == load_trained(tmp_path / "wd" / "pretrain").vocab.to_json()
+        assert vocab.encode("中国人民") == [vocab.token_to_id(ch) for ch in "中国人民"]

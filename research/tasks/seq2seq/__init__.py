@@ -5,13 +5,18 @@ Two layouts (research.data.pipeline.seq2seq_example): "encdec" trains an `Encode
 (`Seq2seqConfig`) picks one of REMEDIES (remedies.py), each a pure function applied inside the
 jitted step that reduces to plain teacher forcing at strength 0 (tests). Evaluation decodes with
 the beam sizes `eval_beams` and scores with `metrics.text_scores` (CJK per character).
+
+`seq2seq.init` (workdir:PATH of an mlm run, or hf:PATH) starts a unilm run from that BERT, as
+qagen and the BERT tasks do (`research.tasks.bert`): its architecture, weights and vocabulary
+(one token per character for seqlab's Chinese MLM); rows are [CLS] source [SEP] target [SEP].
 """
 
 import jax
 
 from research.config import ConfigError, RunConfig
-from research.data import pipeline, sources
+from research.data import DataError, pipeline, sources
 from research.models import Bert, EncoderDecoder, ModelConfig
+from research.tasks import bert
 from research.tasks.base import Task, TaskData
 from research.tasks.seq2seq.config import Seq2seqConfig
 from research.tasks.seq2seq.metrics import decode_metrics
@@ -42,15 +47,51 @@ class Seq2seqTask(Task):
 
     def validate(self, run: RunConfig) -> None:
         super().validate(run)
-        if run.task_config.layout == "unilm" and run.model.attention != "softmax":
+        s = run.task_config
+        if s.init:
+            self._validate_init(run)
+        elif s.layout == "unilm" and run.model.attention != "softmax":
             raise ConfigError(
                 "seq2seq.layout='unilm' needs model.attention='softmax' (the UniLM mask is not "
                 "a key-padding mask, which linear attention requires)"
             )
 
+    def _validate_init(self, run: RunConfig) -> None:
+        s = run.task_config
+        if s.layout != "unilm":
+            raise ConfigError(f"seq2seq.init={s.init!r} needs seq2seq.layout='unilm' (a BERT "
+                              f"decodes with the UniLM mask), not {s.layout!r}")  # fmt: skip
+        if run.data.source == "seq2seq_synthetic":
+            raise ConfigError(f"seq2seq.init={s.init!r}: data.source='seq2seq_synthetic' has its "
+                              "own digit vocabulary, not the BERT's; use text data "
+                              "(inews_titles, jsonl:PATH, tfds:NAME)")  # fmt: skip
+        try:
+            pre = bert.pretrained_config(s.init, key="seq2seq.init")
+        except ConfigError as e:
+            if not s.init.startswith("workdir:") or "no model.json" not in str(e):
+                raise
+            raise ConfigError(f"{e} (train it first: python -m research.main --config=configs/"
+                              f"mlm.py --workdir={s.init.removeprefix('workdir:')}; or "
+                              "--config.seq2seq.init= for random weights)") from None  # fmt: skip
+        mcfg, vocab = pre
+        if vocab.vocab_size() > mcfg.vocab_size:  # ids the embedding table has no row for
+            raise ConfigError(f"seq2seq.init={s.init!r}: its vocabulary has {vocab.vocab_size()} "
+                              f"tokens, its model only {mcfg.vocab_size} embeddings")  # fmt: skip
+        if mcfg.attention != "softmax":
+            raise ConfigError(f"seq2seq.init={s.init!r}: its attention is {mcfg.attention!r}; "
+                              "the UniLM mask needs softmax attention")  # fmt: skip
+
     def build_data(self, run: RunConfig) -> TaskData:
         s, t, d = run.task_config, run.train, run.data
-        train_source, eval_source, vocab = sources.seq2seq_sources(d, seed=t.seed)
+        bert_vocab = bert.vocabulary(d, s.init, key="seq2seq.init") if s.init else None
+        try:
+            train_source, eval_source, vocab = sources.seq2seq_sources(
+                d, seed=t.seed, bert_vocab=bert_vocab
+            )
+        except DataError as e:
+            if bert_vocab is None:
+                raise
+            raise ConfigError(f"seq2seq.init={s.init!r}: {e}") from None
 
         def make(train: bool):
             return pipeline.seq2seq_iterator(train_source if train else eval_source, vocab,
@@ -59,23 +100,43 @@ class Seq2seqTask(Task):
                                              seed=t.seed, train=train,
                                              shards=d.shards)  # fmt: skip
 
-        # UniLM rows hold source + separator + target.
-        return TaskData(vocab.size, s.src_len + s.tgt_len + 1, make, vocab)
+        # UniLM rows hold source + separator + target. From a BERT the run keeps the BERT's
+        # vocabulary (saved as tokenizer.json, so the run is itself a BERT workdir).
+        return TaskData(vocab.size, s.src_len + s.tgt_len + 1, make, bert_vocab or vocab)
 
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
+        s = run.task_config
+        if s.init:  # the pretrained BERT's architecture, with its MLM head to decode with
+            mcfg = bert.build_config(run, s.init, key="seq2seq.init", vocab_size=vocab_size,
+                                     max_length=max_length, mlm_head=True, pooler=False,
+                                     num_labels=0)  # fmt: skip
+            return mcfg.replace(num_segments=max(mcfg.num_segments, 2))
         mcfg = super().model_config(run, vocab_size=vocab_size, max_length=max_length)
-        if run.task_config.layout == "unilm":  # two segments and the MLM head to decode with
+        if s.layout == "unilm":  # two segments and the MLM head to decode with
             mcfg = mcfg.replace(num_segments=2, mlm_head=True)
         return mcfg
 
     def model_class(self, run: RunConfig) -> type:
         return EncoderDecoder if run.task_config.layout == "encdec" else Bert
 
+    def initialize(self, run: RunConfig, model) -> None:
+        bert.initialize(run.task_config.init, model, key="seq2seq.init")
+
     def loss_fn(self, run: RunConfig, data: TaskData | None):
         if data is None:
             raise ConfigError("task='seq2seq' needs its data's vocabulary for the loss")
-        v = data.vocab
-        return make_loss(run.task_config, v.size, v.bos, v.eos, v.pad, run.model.d_model)
+        s, v = run.task_config, seq2seq_vocab(data.vocab)
+        pre = bert.pretrained_config(s.init, key="seq2seq.init")  # None without init
+        # The trained model's embedding table: the pretrained one with init.
+        mcfg = run.model.replace(vocab_size=v.size) if pre is None else pre[0]
+        size, d_model = mcfg.vocab_size, mcfg.d_model
+        return make_loss(s, size, v.bos, v.eos, v.pad, d_model)
 
     def evaluate(self, run: RunConfig, data: TaskData, eval_model, state, batches) -> dict:
-        return decode_metrics(run.task_config, data.vocab, eval_model, state, batches)
+        return decode_metrics(run.task_config, seq2seq_vocab(data.vocab), eval_model, state,
+                              batches)  # fmt: skip
+
+
+def seq2seq_vocab(vocab) -> sources.Seq2seqVocab:
+    """A run's vocabulary as seq2seq ids: itself, or a BERT vocabulary ([CLS] / [SEP])."""
+    return vocab if isinstance(vocab, sources.Seq2seqVocab) else sources.bert_seq2seq_vocab(vocab)

@@ -15,6 +15,9 @@ class Seq2seqConfig:
     """Every remedy reduces to plain teacher forcing at strength 0 (tests)."""
 
     layout: str = "encdec"  # encdec (EncoderDecoder) | unilm (Bert with the UniLM mask)
+    # The pretrained BERT a unilm run starts from, with its vocabulary ([CLS] source [SEP]
+    # target [SEP]): "" (random) | workdir:PATH (an mlm run) | hf:PATH (research.tasks.bert).
+    init: str = ""
     src_len: int = 24  # padded source length
     tgt_len: int = 25  # padded target length, EOS included
     remedy: str = "none"  # one of REMEDIES (research.tasks.seq2seq.remedies)
