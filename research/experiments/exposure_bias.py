@@ -227,4 +227,6 @@ def plot(rows, variants, beams, path, title):
             lo = np.nanmin([y[f"{metric}_mean"] - np.nan_to_num(y[f"{metric}_std"]) for y in rows])
             ax.set_ylim(max(0.0, lo - 5), 100)
             ax.grid(alpha=0.3, axis="y")
-        axes[0].legend()
+        # Above the axes, in one row: inside, it would cover bars (they all reach near 100).
+        axes[0].legend(ncols=len(beams), loc="lower left", bbox_to_anchor=(0.0, 1.0),
+                       fontsize=8, frameon=False)  # fmt: skip
