@@ -5,14 +5,16 @@
                                        [--long_length 1048576]
 
 Rows: softmax xla (dense), softmax blockwise, linear chunked / scan / cumsum (elu+1), gated
-linear attention and the gated delta rule (chunked / scan; no FLOP model, so no GFLOP/s), and
+linear attention (per-key-dim gate) and the gated delta rule (chunked / scan), and
 torch.nn.functional.scaled_dot_product_attention on CPU when torch is installed; all causal,
 fp32, forward and forward+backward. Times are medians of `--repeats` after one warm-up call.
 Memory is XLA's compiled figure (arguments + outputs + temporaries, per device); a run whose
 compiled memory exceeds `--memory_budget_gb` is reported as skipped, not attempted.
 FLOP counts are `research.ops.attention.cost.attention_flops` (forward+backward = 3.5 x forward):
   softmax: 2 B H L^2 D (causal half of QK^T and PV);
-  linear chunked: B H L (2 C F + 2 C Dv + 4 F Dv); scan and cumsum: B H L 4 F Dv.
+  linear chunked: B H L (2 C F + 2 C Dv + 4 F Dv); scan and cumsum: B H L 4 F Dv;
+  gla chunked as linear chunked, gla scan B H L 4 Dk Dv, delta scan B H L 6 Dk Dv, delta
+  chunked the WY form's products (2.6 x linear chunked at C = D = 64; see `cost.py`).
 Decode: one token against a cache of `context` tokens; the softmax KV cache attends over it, the
 linear recurrent state does not depend on it. `--long_length` runs linear chunked forward and
 forward+backward once at that length (0 skips it). `--malloc keep` (default) asks glibc to keep
@@ -182,9 +184,9 @@ def run(args) -> list[dict]:
                     r = measure_torch(mode, b, length, h, d, args.repeats)
                 else:
                     r = measure_jax(impl, mode, b, length, h, d, args.repeats, budget)
-                work = float("nan") if impl in RECURRENT_IMPLS else attention_flops(
-                    "softmax" if impl == TORCH else impl, batch=b, length=length, heads=h,
-                    head_dim=d, backward=mode != "fwd")  # fmt: skip
+                work = attention_flops("softmax" if impl == TORCH else impl, batch=b,
+                                       length=length, heads=h, head_dim=d,
+                                       backward=mode != "fwd")  # fmt: skip
                 r.update(kind=mode, impl=impl, length=length,
                          tokens_per_second=b * length / r["seconds"],
                          gflops_per_second=work / r["seconds"] / 1e9,

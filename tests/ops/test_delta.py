@@ -200,6 +200,21 @@ def test_numpy_reference_gradients_match_finite_differences():
         np.testing.assert_allclose(np.sum(ref[name] * d), fd, rtol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize("size", [1, 3, 8, 9, 16, 64])  # powers of two and padded sizes
+def test_unit_lower_inverse_and_its_gradient(size):
+    """T = (I + A)^{-1} (forward substitution in 8 x 8 blocks, then recursive doubling) and its
+    VJP against NumPy's inverse, in float64 terms, with A of the delta rule's magnitude."""
+    rng = np.random.default_rng(size)
+    a = np.tril(rng.uniform(-1, 1, (2, size, size)), -1).astype(np.float32)
+    want = np.linalg.inv(np.eye(size) + a.astype(np.float64))
+    np.testing.assert_allclose(chunk.unit_lower_inverse(a), want, atol=1e-4 * size)
+    dt = rng.standard_normal(want.shape)
+    _, vjp = jax.vjp(chunk.unit_lower_inverse, jnp.asarray(a))
+    got = np.tril(vjp(jnp.asarray(dt, jnp.float32))[0], -1)
+    ref = np.tril(-want.swapaxes(-1, -2) @ dt @ want.swapaxes(-1, -2), -1)
+    np.testing.assert_allclose(got, ref, atol=1e-3 * size)
+
+
 @pytest.mark.parametrize("length", [103, 120])  # several blocks; 103 is padded
 def test_chunked_kernel_over_several_blocks(length):
     x = _inputs(5, 2, length, 2, 2, 6, 5, strong=True, segments=True)

@@ -7,7 +7,20 @@ batch and head, with L tokens, D = head_dim, Dv = value_dim, F = feature_dim, C 
   linear chunked (causal): L (2 C F + 2 C Dv + 4 F Dv): the C x C intra-chunk scores and their
     product with V, plus phi(Q) S and the state update phi(K)^T V.
   linear scan / cumsum, and every non-causal linear form: L 4 F Dv.
-Forward+backward is counted as 3.5 x forward (the FlashAttention convention).
+  gla chunked (gated linear attention, `research.ops.attention.gated`): as linear chunked with
+    F = Dk, L (2 C Dk + 2 C Dv + 4 Dk Dv); gla scan: L 4 Dk Dv (the rank-1 update k v^T and
+    the readout S^T q; the gate's elementwise decay of S is not counted).
+  delta scan (the delta rule's token recurrence): L 6 Dk Dv (k^T S, the rank-1 update k u^T,
+    the readout).
+  delta chunked (the WY form as `research.ops.attention.delta.chunk` computes it), per chunk of
+    C tokens: K K^T 2 C^2 Dk, the unit-lower-triangular inverse T = (I + A)^{-1} 2 C^3 / 3,
+    W = T [K | V] 2 C^2 (Dk + Dv), Q K^T 2 C^2 Dk, P W 2 C^2 (Dk + Dv), Kend^T W
+    2 C Dk (Dk + Dv), the chunk recurrence M S 2 Dk^2 Dv and the readout Q' S 2 C Dk Dv; i.e.
+    L (4 C Dk + 4 C (Dk + Dv) + 2 C^2 / 3 + 2 Dk (Dk + Dv) + 2 Dk^2 Dv / C + 2 Dk Dv).
+    At C = Dk = Dv = 64 that is 2.6 x linear chunked. For the gated families C is
+    min(chunk_size, length), as the ops clamp it; gates, masks and exponentials are not counted
+    (XLA's own count of one chunk of the delta form is about 3% higher: tests/ops/test_cost.py).
+Forward+backward is counted as 3.5 x forward (the FlashAttention convention), for every impl.
 
 Communication (context parallelism, `research.ops.attention.context_parallel`), fp32 bytes each
 device sends in one forward:
@@ -21,7 +34,8 @@ import math
 BACKWARD_FLOP_FACTOR = 3.5
 
 FLOP_IMPLS = ("softmax", "softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan",
-              "linear-cumsum")  # fmt: skip
+              "linear-cumsum", "gla-chunked", "gla-scan", "delta-chunked",
+              "delta-scan")  # fmt: skip
 
 
 def attention_flops(
@@ -39,15 +53,27 @@ def attention_flops(
 ) -> float:
     """FLOPs of one self-attention call over `length` tokens (see the module docstring).
 
-    impl: one of FLOP_IMPLS ("softmax" covers every softmax implementation, e.g. torch SDPA).
-    value_dim and feature_dim default to head_dim. backward=True returns forward+backward.
+    impl: one of FLOP_IMPLS ("softmax" covers every softmax implementation, e.g. torch SDPA;
+    "gla-*" and "delta-*" are always causal, and head_dim is their key dim Dk). value_dim and
+    feature_dim default to head_dim. backward=True returns forward+backward.
     """
     if impl not in FLOP_IMPLS:
         raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(FLOP_IMPLS)}")
     dv = head_dim if value_dim is None else value_dim
     f = head_dim if feature_dim is None else feature_dim
+    c = min(chunk_size, length)
     if impl.startswith("softmax"):
         per_row = length * (head_dim + dv) * (1 if causal else 2)
+    elif impl == "gla-chunked":
+        per_row = 2 * c * head_dim + 2 * c * dv + 4 * head_dim * dv
+    elif impl == "gla-scan":
+        per_row = 4 * head_dim * dv
+    elif impl == "delta-scan":
+        per_row = 6 * head_dim * dv
+    elif impl == "delta-chunked":
+        dk = head_dim
+        per_row = (4 * c * dk + 4 * c * (dk + dv) + 2 * c * c / 3 + 2 * dk * (dk + dv)
+                   + 2 * dk * dk * dv / c + 2 * dk * dv)  # fmt: skip
     else:
         per_row = 4 * f * dv
         if impl == "linear-chunked" and causal:  # non-causal is always the two-matmul form
