@@ -55,16 +55,20 @@ def workdir_error(workdir: str, shown: int = 6) -> str | None:
         return f"--workdir={workdir} is not a directory"
     if (path / "model.json").is_file() or not (path / "runs").is_dir():
         return None
-    runs = sorted((p for p in (path / "runs").iterdir() if (p / "model.json").is_file()),
-                  key=lambda p: [int(x) if x.isdigit() else x
-                                 for x in re.split(r"(\d+)", p.name)])  # fmt: skip
+    runs = sorted(
+        (p for p in (path / "runs").iterdir() if (p / "model.json").is_file()),
+        key=lambda p: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", p.name)],
+    )
     if not runs:
         return None
     names = [f"runs/{p.name}" for p in runs]
-    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown
-                                         else "")  # fmt: skip
-    return (f"--workdir={workdir} is an experiment directory; its runs are {listed}: give one, "
-            f"e.g. --workdir={workdir.rstrip('/')}/{names[0]}")  # fmt: skip
+    listed = ", ".join(names[:shown]) + (
+        f" and {len(names) - shown} more" if len(names) > shown else ""
+    )
+    return (
+        f"--workdir={workdir} is an experiment directory; its runs are {listed}: give one, "
+        f"e.g. --workdir={workdir.rstrip('/')}/{names[0]}"
+    )
 
 
 def parse_flags(argv):

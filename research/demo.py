@@ -31,8 +31,10 @@ def main(argv=None) -> int:
         print(f"error: --length must be >= 2, got {args.length}", file=sys.stderr)
         return 2
     length, heads, dim = args.length, 4, 64
-    print(f"seqlab ops demo | jax {jax.__version__} | {jax.devices()[0].platform} | "
-          f"python {platform.python_version()}")  # fmt: skip
+    print(
+        f"seqlab ops demo | jax {jax.__version__} | {jax.devices()[0].platform} | "
+        f"python {platform.python_version()}"
+    )
     print(f"attention shapes: batch 1, length {length}, heads {heads}, head_dim {dim}, fp32\n")
     kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
     q, k, v = (jax.random.normal(x, (1, length, heads, dim)) for x in (kq, kk, kv))
@@ -45,8 +47,10 @@ def main(argv=None) -> int:
         lambda q, k, v: ops.softmax_attention(q, k, v, causal=True, implementation="blockwise")
     )
     t_block, block = _timed(blockwise, q, k, v)
-    print(f"   max |dense - blockwise| = {float(jnp.max(jnp.abs(dense - block))):.2e}   "
-          f"time dense {t_dense * 1e3:.1f} ms, blockwise {t_block * 1e3:.1f} ms")  # fmt: skip
+    print(
+        f"   max |dense - blockwise| = {float(jnp.max(jnp.abs(dense - block))):.2e}   "
+        f"time dense {t_dense * 1e3:.1f} ms, blockwise {t_block * 1e3:.1f} ms"
+    )
 
     print("2. causal linear attention (elu+1): chunked vs token scan vs cumsum reference")
     outs, times = {}, {}
@@ -59,9 +63,11 @@ def main(argv=None) -> int:
     ref = ops.linear_attention(q[:, short], k[:, short], v[:, short], causal=True, form="cumsum")
     scan_err = float(jnp.max(jnp.abs(outs["chunked"] - outs["scan"])))
     cumsum_err = float(jnp.max(jnp.abs(outs["chunked"][:, short] - ref)))
-    print(f"   max |chunked - scan| = {scan_err:.2e}, |chunked - cumsum| (first {ref.shape[1]}) = "
-          f"{cumsum_err:.2e}   time chunked {times['chunked'] * 1e3:.1f} ms, "
-          f"scan {times['scan'] * 1e3:.1f} ms")  # fmt: skip
+    print(
+        f"   max |chunked - scan| = {scan_err:.2e}, |chunked - cumsum| (first {ref.shape[1]}) = "
+        f"{cumsum_err:.2e}   time chunked {times['chunked'] * 1e3:.1f} ms, "
+        f"scan {times['scan'] * 1e3:.1f} ms"
+    )
 
     n = min(16, length)
     print(f"3. recurrent decoding: {n} steps of linear_attention_step equal the parallel form")
@@ -72,15 +78,19 @@ def main(argv=None) -> int:
         state, o = step(state, q[:, t], k[:, t], v[:, t])
         steps.append(o)
     err = float(jnp.max(jnp.abs(jnp.stack(steps, 1) - outs["chunked"][:, :n])))
-    print(f"   max |recurrent - parallel| = {err:.2e}; state size "
-          f"{(state.s.size + state.z.size) * 4} bytes, independent of context length")  # fmt: skip
+    print(
+        f"   max |recurrent - parallel| = {err:.2e}; state size "
+        f"{(state.s.size + state.z.size) * 4} bytes, independent of context length"
+    )
 
     print("4. GELU constants re-derived by minimax fits (docs/research_notes.md section 2)")
     c = ops.fit_gelu_constants()
-    print(f"   tanh coefficient {c['tanh_coefficient']:.7f} (published 0.044715, note 0.0447149), "
-          f"max erf error {c['tanh_max_error']:.2e}\n"
-          f"   sigmoid scale {c['sigmoid_scale']:.7f} (published 1.702, note 1.7017449), "
-          f"max Phi error {c['sigmoid_max_error']:.2e}")  # fmt: skip
+    print(
+        f"   tanh coefficient {c['tanh_coefficient']:.7f} (published 0.044715, note 0.0447149), "
+        f"max erf error {c['tanh_max_error']:.2e}\n"
+        f"   sigmoid scale {c['sigmoid_scale']:.7f} (published 1.702, note 1.7017449), "
+        f"max Phi error {c['sigmoid_max_error']:.2e}"
+    )
 
     print(
         "5. embedding size needed for a vocabulary, n > 8.33 ln N "

@@ -22,8 +22,9 @@ _PROMPT = flags.DEFINE_string("prompt", None, "text to continue (lm) or the sour
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate", lower_bound=1)
 _METHOD = flags.DEFINE_enum("method", "greedy", ["greedy", "sample", "beam"], "decoding method")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "sample: softmax temperature", lower_bound=0)
-_TOP_K = flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens (0 = all)",
-                              lower_bound=0)  # fmt: skip
+_TOP_K = flags.DEFINE_integer(
+    "top_k", 0, "sample: keep the k most likely tokens (0 = all)", lower_bound=0
+)
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass", lower_bound=0, upper_bound=1)
 _BEAM = flags.DEFINE_integer("beam_size", 4, "beam: beams kept", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "sample: PRNG seed")
@@ -34,8 +35,13 @@ def _options(eos: int, pad: int) -> dict:
     if _METHOD.value == "greedy":
         return {"stop_tokens": (eos,), "pad_id": pad}
     if _METHOD.value == "sample":
-        return {"temperature": _TEMPERATURE.value, "top_k": _TOP_K.value, "top_p": _TOP_P.value,
-                "stop_tokens": (eos,), "pad_id": pad}  # fmt: skip
+        return {
+            "temperature": _TEMPERATURE.value,
+            "top_k": _TOP_K.value,
+            "top_p": _TOP_P.value,
+            "stop_tokens": (eos,),
+            "pad_id": pad,
+        }
     return {"beam_size": _BEAM.value, "eos_id": eos, "pad_id": pad}
 
 
@@ -60,8 +66,10 @@ def main(argv):
     elif run.task == "seq2seq" and vocab.tok is not None:
         tok, bos, eos, pad, prefix = vocab.tok, vocab.bos, vocab.eos, vocab.pad, list(vocab.prefix)
     else:
-        fail(f"{_WORKDIR.value}: task={run.task!r} has no text vocabulary; generate works for lm "
-             "and text seq2seq runs")  # fmt: skip
+        fail(
+            f"{_WORKDIR.value}: task={run.task!r} has no text vocabulary; generate works for lm "
+            "and text seq2seq runs"
+        )
     ids = tok.encode(_PROMPT.value)
     if run.task == "seq2seq" and run.task_config.layout == "unilm":
         # [CLS] (a BERT's) + source + separator, as in training
@@ -71,9 +79,15 @@ def main(argv):
         fail("--prompt is empty after tokenization")
     prompt = np.asarray([ids], np.int32)
     try:
-        out = generate(trained.model, prompt, max_new_tokens=_MAX_NEW.value,
-                       method=_METHOD.value, key=jax.random.key(_SEED.value), bos_id=bos,
-                       **_options(eos, pad))  # fmt: skip
+        out = generate(
+            trained.model,
+            prompt,
+            max_new_tokens=_MAX_NEW.value,
+            method=_METHOD.value,
+            key=jax.random.key(_SEED.value),
+            bos_id=bos,
+            **_options(eos, pad),
+        )
     except ValueError as e:  # a prompt longer than the model's positions, for example
         fail(str(e))
     tokens = out[0][0, 0] if _METHOD.value == "beam" else out[0]

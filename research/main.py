@@ -39,15 +39,17 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "multi-process: number of processes")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "multi-process: this process's index")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False,
+    "allow_config_change",
+    False,
     "resume even when the config differs from the checkpoint's in keys that change the training "
     "(num_train_steps, optimizer.*, ...); the differences are printed",
-)  # fmt: skip
+)
 _START_FRESH = flags.DEFINE_bool(
-    "start_fresh", False,
+    "start_fresh",
+    False,
     "when every checkpoint of --workdir is unreadable, move them to WORKDIR/unreadable_checkpoints "
     "and train from step 0 (without it such a run is refused)",
-)  # fmt: skip
+)
 
 
 def _check_workdir(workdir: str) -> None:
@@ -104,9 +106,11 @@ def main(argv):
             return 0
         run = parse(config)
         summary = loop.train_and_evaluate(
-            run, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+            run,
+            _WORKDIR.value,
+            allow_config_change=_ALLOW_CONFIG_CHANGE.value,
             start_fresh=_START_FRESH.value,
-        )  # fmt: skip
+        )
     except (ConfigError, DataError) as e:
         fail(str(e))
     except loop.NonFiniteLoss as e:
@@ -121,8 +125,11 @@ def main(argv):
     return 0
 
 
-_STOPPED_BY = {"SIGINT": "interrupted (Ctrl-C)", "SIGTERM": "stopped by SIGTERM",
-               "SIGHUP": "stopped by SIGHUP (terminal closed)"}  # fmt: skip
+_STOPPED_BY = {
+    "SIGINT": "interrupted (Ctrl-C)",
+    "SIGTERM": "stopped by SIGTERM",
+    "SIGHUP": "stopped by SIGHUP (terminal closed)",
+}
 
 
 def summary_line(summary, *, tokens: bool = True) -> str:
@@ -136,8 +143,10 @@ def summary_line(summary, *, tokens: bool = True) -> str:
         head = f"{why}: saved at step {summary.last_step}"
     else:
         head = f"done at step {summary.last_step}"
-    parts = [f"{head} ({summary.steps_run} {_plural(summary.steps_run, 'step')} this run, "
-             f"resumed from {summary.resumed_from})"]  # fmt: skip
+    parts = [
+        f"{head} ({summary.steps_run} {_plural(summary.steps_run, 'step')} this run, "
+        f"resumed from {summary.resumed_from})"
+    ]
     if summary.steps_run:
         parts.append(f"train loss {summary.final_train_loss:.4f}")
     ev = summary.eval
@@ -150,8 +159,11 @@ def summary_line(summary, *, tokens: bool = True) -> str:
     else:
         parts.append("no evaluation ran")
     if summary.steps_run:
-        parts.append(f"{summary.tokens_per_second:,.0f} tokens/s" if tokens
-                     else f"{summary.examples_per_second:,.1f} examples/s")  # fmt: skip
+        parts.append(
+            f"{summary.tokens_per_second:,.0f} tokens/s"
+            if tokens
+            else f"{summary.examples_per_second:,.1f} examples/s"
+        )
     return "; ".join(parts)
 
 

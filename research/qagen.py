@@ -34,11 +34,13 @@ _NUM_ANSWERS = flags.DEFINE_integer(
     "num_answers", None, "answers sampled per passage (default: the run's)", lower_bound=1
 )
 _TOP_P = flags.DEFINE_float("top_p", None, "answer sampling: nucleus mass (default: the run's)")
-_TOP_K = flags.DEFINE_integer("top_k", None, "answer sampling: top-k, 0 = off (default: the "
-                              "run's)", lower_bound=0)  # fmt: skip
+_TOP_K = flags.DEFINE_integer(
+    "top_k", None, "answer sampling: top-k, 0 = off (default: the run's)", lower_bound=0
+)
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "answer sampling temperature")
-_BEAM = flags.DEFINE_integer("beam_size", None, "question beam size (default: the run's)",
-                             lower_bound=1)  # fmt: skip
+_BEAM = flags.DEFINE_integer(
+    "beam_size", None, "question beam size (default: the run's)", lower_bound=1
+)
 _IN_PASSAGE = flags.DEFINE_boolean(
     "in_passage", True, "keep only answers found in the passage (default: the run's)"
 )
@@ -101,13 +103,19 @@ def main(argv):
 
     trained = load_run(argv, _WORKDIR.value, _STEP.value, task="qagen")
     run = trained.config
-    changes = {"num_answers": _NUM_ANSWERS.value, "top_p": _TOP_P.value, "top_k": _TOP_K.value,
-               "temperature": _TEMPERATURE.value, "beam_size": _BEAM.value}  # fmt: skip
+    changes = {
+        "num_answers": _NUM_ANSWERS.value,
+        "top_p": _TOP_P.value,
+        "top_k": _TOP_K.value,
+        "temperature": _TEMPERATURE.value,
+        "beam_size": _BEAM.value,
+    }
     if flags.FLAGS["in_passage"].present:
         changes["in_passage"] = _IN_PASSAGE.value
     try:
-        s = dataclasses.replace(run.task_config,
-                                **{k: v for k, v in changes.items() if v is not None})  # fmt: skip
+        s = dataclasses.replace(
+            run.task_config, **{k: v for k, v in changes.items() if v is not None}
+        )
     except ValueError as e:
         fail(str(e))
     try:
@@ -129,13 +137,19 @@ def main(argv):
     for r in records:
         given = r["answer"]
         if given is not None and len(vocab.encode(given)) > s.answer_len:
-            fail(f"{r['where']}: the answer {given!r} is longer than the run's {s.answer_len} "
-                 "answer tokens")  # fmt: skip
+            fail(
+                f"{r['where']}: the answer {given!r} is longer than the run's {s.answer_len} "
+                "answer tokens"
+            )
     gen = Generator(trained.model, vocab, s, run.data.seq_len, batch_size=_BATCH.value)
     for r in records:
         if r["answer"] is None and len(vocab.encode(r["passage"])) > gen.budget:
-            print(f"{r['where']}: the passage is cut to its first {gen.budget} tokens (the run's "
-                  "passage budget)", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"{r['where']}: the passage is cut to its first {gen.budget} tokens (the run's "
+                "passage budget)",
+                file=sys.stderr,
+                flush=True,
+            )
     asked = [r for r in records if r["answer"] is not None]
     free = [r for r in records if r["answer"] is None]
     try:
@@ -147,12 +161,19 @@ def main(argv):
         pairs += len(results[r["where"]])
         for g in results[r["where"]]:
             scores = {"answer": g["answer_score"], "question": g["question_score"]}
-            line = {"passage": r["passage"], "answer": g["answer"], "question": g["question"],
-                    "scores": scores}  # fmt: skip
+            line = {
+                "passage": r["passage"],
+                "answer": g["answer"],
+                "question": g["question"],
+                "scores": scores,
+            }
             print(json.dumps(line, ensure_ascii=False), flush=True)
     produced = sum(1 for r in records if results[r["where"]])
-    print(f"{produced} of {len(records)} passages produced pairs; {pairs} pairs written",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"{produced} of {len(records)} passages produced pairs; {pairs} pairs written",
+        file=sys.stderr,
+        flush=True,
+    )
     return 0
 
 

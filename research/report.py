@@ -23,9 +23,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["fit_text", "format_table", "keep_freed_memory", "machine_header", "matmul_peak",
-           "mean_std", "median_time", "over_seeds", "plural", "save_figure", "seed_stats",
-           "write_csv"]  # fmt: skip
+__all__ = [
+    "fit_text",
+    "format_table",
+    "keep_freed_memory",
+    "machine_header",
+    "matmul_peak",
+    "mean_std",
+    "median_time",
+    "over_seeds",
+    "plural",
+    "save_figure",
+    "seed_stats",
+    "write_csv",
+]
 
 
 def median_time(fn, *args, repeats: int = 5, warmup: int = 1) -> float:

@@ -15,8 +15,14 @@ def signal_after_metrics(
     The signal goes to `cmd`'s process only (a launcher forwards it to its children itself), or
     with `group` to every process of its own new process group, as `timeout`, a job manager's
     stop or `kill -- -PGID` do. `during()` is called just before the signal, while it runs."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=group, **popen)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=group,
+        **popen,
+    )
     wait_for_lines(proc, metrics, lines)
     if during is not None:
         during()

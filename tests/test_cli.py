@@ -16,8 +16,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(args, cwd=ROOT, env=None):
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _error_line(r) -> str:
@@ -49,11 +50,13 @@ def test_misspelt_override_names_the_flag_and_the_closest_key(tmp_path, flag, cl
 def test_config_file_that_does_not_compile_or_import(tmp_path):
     (tmp_path / "broken.py").write_text("def get_config(:\n    pass\n")
     (tmp_path / "imports.py").write_text("import no_such_module_xyz\n")
-    r = _run(["-m", "research.main", f"--config={tmp_path / 'broken.py'}", "--workdir=w"],
-             cwd=tmp_path)  # fmt: skip
+    r = _run(
+        ["-m", "research.main", f"--config={tmp_path / 'broken.py'}", "--workdir=w"], cwd=tmp_path
+    )
     assert _error_line(r).startswith(f"error: {tmp_path / 'broken.py'}:1: ")
-    r = _run(["-m", "research.main", f"--config={tmp_path / 'imports.py'}", "--workdir=w"],
-             cwd=tmp_path)  # fmt: skip
+    r = _run(
+        ["-m", "research.main", f"--config={tmp_path / 'imports.py'}", "--workdir=w"], cwd=tmp_path
+    )
     assert _error_line(r) == (
         f"error: {tmp_path / 'imports.py'}:1: No module named 'no_such_module_xyz'"
     )
@@ -71,8 +74,16 @@ def test_config_files_load_by_absolute_path_from_any_directory(tmp_path):
         "    return c\n"
     )
     for config in (f"{ROOT / 'configs' / 'lm.py'}:smoke", str(mine)):
-        r = _run(["-m", "research.main", f"--config={config}", "--config.num_train_steps=0",
-                  f"--workdir={tmp_path / 'w'}"], cwd=tmp_path)  # fmt: skip
+        r = _run(
+            [
+                "-m",
+                "research.main",
+                f"--config={config}",
+                "--config.num_train_steps=0",
+                f"--workdir={tmp_path / 'w'}",
+            ],
+            cwd=tmp_path,
+        )
         assert _error_line(r) == "error: num_train_steps=0: must be a positive int"
 
 

@@ -19,10 +19,12 @@ matplotlib.use("Agg")
 
 MIN_POINTS = 6  # the smallest font a figure may use
 # Titles as long as the experiments' own: the machine, then one long line of settings.
-TITLE = (f"{machine_header()}\nquestion generation on people_daily from workdir:/tmp/seqlab/"
-         "qagen/pretrain; seeds [0, 1, 2]; 600 steps of 32; 128 held-out pairs (questions, beam "
-         "3), 64 held-out passages (4 answers sampled, top-p 0.9, top-k 0, in-passage filter "
-         "True)")  # fmt: skip
+TITLE = (
+    f"{machine_header()}\nquestion generation on people_daily from workdir:/tmp/seqlab/"
+    "qagen/pretrain; seeds [0, 1, 2]; 600 steps of 32; 128 held-out pairs (questions, beam "
+    "3), 64 held-out passages (4 answers sampled, top-p 0.9, top-k 0, in-passage filter "
+    "True)"
+)
 
 
 def text_problems(fig: Figure, dpi: float) -> list[str]:
@@ -128,9 +130,13 @@ def _qagen_rows(seeds):
     from research.experiments import qagen
 
     rng = np.random.default_rng(0)
-    evals = [{**{k: float(rng.uniform(10, 90)) for k in qagen.METRICS},
-              **{f"baseline_{k}": float(rng.uniform(50, 92)) for k in qagen.METRICS}}
-             for _ in range(seeds)]  # fmt: skip
+    evals = [
+        {
+            **{k: float(rng.uniform(10, 90)) for k in qagen.METRICS},
+            **{f"baseline_{k}": float(rng.uniform(50, 92)) for k in qagen.METRICS},
+        }
+        for _ in range(seeds)
+    ]
     return qagen.summarize(evals)
 
 
@@ -146,9 +152,18 @@ def test_pet(tmp_path, saved_figures):
     from research.experiments import pet
 
     templates = ["____满意。", "感觉很____。"]
-    results = [{"setting": s, "pattern": "-" if s == "fine_tune" else p, "seed": seed,
-                "validation": 60.0 + seed + p, "test": 58.0 + seed}
-               for s in pet.SETTINGS for p in range(2) for seed in range(3)]  # fmt: skip
+    results = [
+        {
+            "setting": s,
+            "pattern": "-" if s == "fine_tune" else p,
+            "seed": seed,
+            "validation": 60.0 + seed + p,
+            "test": 58.0 + seed,
+        }
+        for s in pet.SETTINGS
+        for p in range(2)
+        for seed in range(3)
+    ]
     rows = pet.summarize(results, pet.SETTINGS, templates)
     pet.plot(rows, tmp_path / "pet.png", TITLE)
     _fits(saved_figures)
@@ -157,11 +172,25 @@ def test_pet(tmp_path, saved_figures):
 def test_theseus(tmp_path, saved_figures):
     from research.experiments import theseus
 
-    results = [{"kind": kind, "layers": k, "seed": seed, "validation": 55.0 + seed,
-                "test": 54.0 + k, "params": 1_000_000 * k, "tokens_per_s": 5000.0 / k}
-               for kind, k in (("predecessor", 4), ("direct", 2), ("theseus", 2), ("direct", 1),
-                               ("theseus", 1))
-               for seed in range(3)]  # fmt: skip
+    results = [
+        {
+            "kind": kind,
+            "layers": k,
+            "seed": seed,
+            "validation": 55.0 + seed,
+            "test": 54.0 + k,
+            "params": 1_000_000 * k,
+            "tokens_per_s": 5000.0 / k,
+        }
+        for kind, k in (
+            ("predecessor", 4),
+            ("direct", 2),
+            ("theseus", 2),
+            ("direct", 1),
+            ("theseus", 1),
+        )
+        for seed in range(3)
+    ]
     rows = theseus.summarize(results, 4)
     theseus.plot(rows, tmp_path / "theseus.png", TITLE)
     _fits(saved_figures)
@@ -172,9 +201,16 @@ def test_gelu_both_figures(tmp_path, saved_figures):
 
     report = gelu.forms_report(num_points=2_000)
     gelu.plot_forms(tmp_path / "gelu_forms.png", report, TITLE)
-    results = [{"activation": form, "seed": seed, "eval_loss": 2.0 + 0.01 * seed + 0.001 * i,
-                "step_ms": 30.0 + i}
-               for i, form in enumerate(gelu.FORMS) for seed in range(3)]  # fmt: skip
+    results = [
+        {
+            "activation": form,
+            "seed": seed,
+            "eval_loss": 2.0 + 0.01 * seed + 0.001 * i,
+            "step_ms": 30.0 + i,
+        }
+        for i, form in enumerate(gelu.FORMS)
+        for seed in range(3)
+    ]
     gelu.plot(gelu.summarize(results, report), results, tmp_path / "gelu.png", TITLE)
     _fits(saved_figures, 2)
 
@@ -183,9 +219,14 @@ def test_exposure_bias(tmp_path, saved_figures):
     from research.experiments import exposure_bias as eb
 
     beams = [1, 2, 3]
-    results = [{"point": {"variant": v, "seed": s},
-                "eval": {f"beam{b}_{m}": 40.0 + 5 * b + s for b in beams for m in eb.METRICS}}
-               for v in eb.VARIANTS for s in range(3)]  # fmt: skip
+    results = [
+        {
+            "point": {"variant": v, "seed": s},
+            "eval": {f"beam{b}_{m}": 40.0 + 5 * b + s for b in beams for m in eb.METRICS},
+        }
+        for v in eb.VARIANTS
+        for s in range(3)
+    ]
     rows = eb.summarize(results, eb.VARIANTS, beams)
     eb.plot(rows, eb.VARIANTS, beams, tmp_path / "exposure_bias.png", TITLE)
     _fits(saved_figures)
@@ -194,11 +235,20 @@ def test_exposure_bias(tmp_path, saved_figures):
 def test_embedding_dim(tmp_path, saved_figures):
     from research.experiments import embedding_dim as ed
 
-    results = [{"corpus": corpus, "vocab_size": n, "dim": d, "seed": 0,
-                "eval_nll": 5.0 + 4.0 / d + 0.1 * math.log(n), "train_pairs": 100_000,
-                "unigram_nll": 6.0 + 0.1 * math.log(n)}
-               for corpus in ("wikitext", "people_daily") for n in (1000, 10_000)
-               for d in (8, 16, 32, 64, 128)]  # fmt: skip
+    results = [
+        {
+            "corpus": corpus,
+            "vocab_size": n,
+            "dim": d,
+            "seed": 0,
+            "eval_nll": 5.0 + 4.0 / d + 0.1 * math.log(n),
+            "train_pairs": 100_000,
+            "unigram_nll": 6.0 + 0.1 * math.log(n),
+        }
+        for corpus in ("wikitext", "people_daily")
+        for n in (1000, 10_000)
+        for d in (8, 16, 32, 64, 128)
+    ]
     rows = ed.summarize(results, 0.01)
     ed.plot(results, rows, tmp_path / "embedding_dim.png", TITLE)
     _fits(saved_figures)
@@ -207,10 +257,21 @@ def test_embedding_dim(tmp_path, saved_figures):
 def test_compare_attention(tmp_path, saved_figures):
     from research.experiments import compare_attention as ca
 
-    rows = [{"attention": a, "width": w, "mqar_accuracy": 0.5 + 0.1 * i, "mqar_best_lr": 0.01,
-             "lm_loss": 4.0, "lm_perplexity": 55.0 + i + w / 64, "train_tokens_per_s": 1000.0,
-             "decode_tokens_per_s": 100.0, "state_bytes": 4096}
-            for i, a in enumerate(ca.ATTENTIONS) for w in (16, 32, 64)]  # fmt: skip
+    rows = [
+        {
+            "attention": a,
+            "width": w,
+            "mqar_accuracy": 0.5 + 0.1 * i,
+            "mqar_best_lr": 0.01,
+            "lm_loss": 4.0,
+            "lm_perplexity": 55.0 + i + w / 64,
+            "train_tokens_per_s": 1000.0,
+            "decode_tokens_per_s": 100.0,
+            "state_bytes": 4096,
+        }
+        for i, a in enumerate(ca.ATTENTIONS)
+        for w in (16, 32, 64)
+    ]
     ca.plot(rows, tmp_path / "compare_attention.png", TITLE)
     _fits(saved_figures)
 
@@ -218,8 +279,11 @@ def test_compare_attention(tmp_path, saved_figures):
 def test_chat_bench(tmp_path, saved_figures):
     from research.bench import chat
 
-    rows = [{"attention": a, "history_turns": h, "kept_ms": 5.0 + h, "reencode_ms": 5.0 + 4 * h}
-            for a in chat.ATTENTIONS for h in (1, 2, 4, 8, 16, 32, 64)]  # fmt: skip
+    rows = [
+        {"attention": a, "history_turns": h, "kept_ms": 5.0 + h, "reencode_ms": 5.0 + 4 * h}
+        for a in chat.ATTENTIONS
+        for h in (1, 2, 4, 8, 16, 32, 64)
+    ]
     chat.plot(rows, tmp_path / "chat_latency.png", TITLE)
     _fits(saved_figures)
 
@@ -228,14 +292,23 @@ def test_attention_bench(tmp_path, saved_figures):
     from research.bench import attention
 
     lengths = (512, 2048, 8192, 32768)
-    rows = [{"kind": kind, "impl": impl, "length": n, "seconds": 1e-7 * n,
-             "tokens_per_second": 1e7 / n}
-            for kind in ("fwd", "fwd+bwd") for impl in (*attention.IMPLS, attention.TORCH)
-            for n in lengths]  # fmt: skip
-    rows += [{"kind": "decode", "impl": impl, "length": n, "seconds": 1e-4,
-              "tokens_per_second": 1e4 * (1 if impl == "linear-state" else 1024 / n)}
-             for impl in ("softmax-kv-cache", "linear-state")
-             for n in (1024, 8192, 32768)]  # fmt: skip
+    rows = [
+        {"kind": kind, "impl": impl, "length": n, "seconds": 1e-7 * n, "tokens_per_second": 1e7 / n}
+        for kind in ("fwd", "fwd+bwd")
+        for impl in (*attention.IMPLS, attention.TORCH)
+        for n in lengths
+    ]
+    rows += [
+        {
+            "kind": "decode",
+            "impl": impl,
+            "length": n,
+            "seconds": 1e-4,
+            "tokens_per_second": 1e4 * (1 if impl == "linear-state" else 1024 / n),
+        }
+        for impl in ("softmax-kv-cache", "linear-state")
+        for n in (1024, 8192, 32768)
+    ]
     attention.plot(rows, tmp_path / "attention.png", TITLE)
     _fits(saved_figures)
 
@@ -243,9 +316,16 @@ def test_attention_bench(tmp_path, saved_figures):
 def test_plan_attention(tmp_path, saved_figures):
     from research.plan import attention
 
-    rows = [{"variant": v, "length": n, "roofline_s": 1e-9 * n * (i + 1),
-             "memory_bytes": 2**20 * n / 1024} for i, v in enumerate(attention.VARIANTS)
-            for n in (1024, 16384, 262144, 1048576)]  # fmt: skip
+    rows = [
+        {
+            "variant": v,
+            "length": n,
+            "roofline_s": 1e-9 * n * (i + 1),
+            "memory_bytes": 2**20 * n / 1024,
+        }
+        for i, v in enumerate(attention.VARIANTS)
+        for n in (1024, 16384, 262144, 1048576)
+    ]
     attention.plot(rows, tmp_path / "plan_attention.png", TITLE)
     _fits(saved_figures)
 
@@ -256,10 +336,24 @@ def test_plan_sweeps(tmp_path, saved_figures):
 
     GiB = 2**30
     chip = chips.CHIPS["v5e"]
-    fsdp = [{"fsdp": f, "argument_bytes": 14 * GiB / f, "temp_bytes": 9.5 * GiB,
-             "total_bytes": 14 * GiB / f + 9.5 * GiB} for f in (16, 32, 64, 128, 256)]  # fmt: skip
+    fsdp = [
+        {
+            "fsdp": f,
+            "argument_bytes": 14 * GiB / f,
+            "temp_bytes": 9.5 * GiB,
+            "total_bytes": 14 * GiB / f + 9.5 * GiB,
+        }
+        for f in (16, 32, 64, 128, 256)
+    ]
     plot_fsdp(fsdp, chip, tmp_path / "plan_fsdp.png", TITLE)
-    layers = [{"layers": n, "compile_s": 40.0 + n, "argument_bytes": n * GiB / 20,
-               "temp_bytes": 5 * GiB + n * GiB / 8} for n in (6, 12, 24, 48)]  # fmt: skip
+    layers = [
+        {
+            "layers": n,
+            "compile_s": 40.0 + n,
+            "argument_bytes": n * GiB / 20,
+            "temp_bytes": 5 * GiB + n * GiB / 8,
+        }
+        for n in (6, 12, 24, 48)
+    ]
     plot_layers(layers, chip, tmp_path / "plan_layers_scanned.png", TITLE)
     _fits(saved_figures, 2)

@@ -61,11 +61,13 @@ def _recurrent_fn(impl: str):
     def fn(q, k, v):
         g = jnp.full(q.shape[:3], -0.05, jnp.float32)
         if family == "gla":
-            return att.gated_linear_attention(q, k, v, jnp.broadcast_to(g[..., None], q.shape),
-                                              form=form)  # fmt: skip
+            return att.gated_linear_attention(
+                q, k, v, jnp.broadcast_to(g[..., None], q.shape), form=form
+            )
         k = k * lax.rsqrt(jnp.sum(k * k, axis=-1, keepdims=True) + 1e-6)
-        return att.delta_rule_attention(q, k, v, jnp.full(q.shape[:3], 0.5, jnp.float32),
-                                        log_gate=g, form=form)  # fmt: skip
+        return att.delta_rule_attention(
+            q, k, v, jnp.full(q.shape[:3], 0.5, jnp.float32), log_gate=g, form=form
+        )
 
     return fn
 
@@ -74,8 +76,9 @@ def attention_fn(impl: str):
     if impl in RECURRENT_IMPLS:
         return _recurrent_fn(impl)
     if impl.startswith("softmax"):
-        return functools.partial(att.softmax_attention, causal=True,
-                                 implementation=impl.split("-")[1])  # fmt: skip
+        return functools.partial(
+            att.softmax_attention, causal=True, implementation=impl.split("-")[1]
+        )
     return functools.partial(att.linear_attention, causal=True, form=impl.split("-")[1])
 
 
@@ -111,8 +114,9 @@ def measure_torch(mode, b, length, h, d, repeats):
 
     torch.set_num_threads(os.cpu_count() or 1)
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(b, h, length, d, generator=g, requires_grad=mode != "fwd")
-               for _ in range(3))  # fmt: skip
+    q, k, v = (
+        torch.randn(b, h, length, d, generator=g, requires_grad=mode != "fwd") for _ in range(3)
+    )
 
     def run():
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -184,13 +188,22 @@ def run(args) -> list[dict]:
                     r = measure_torch(mode, b, length, h, d, args.repeats)
                 else:
                     r = measure_jax(impl, mode, b, length, h, d, args.repeats, budget)
-                work = attention_flops("softmax" if impl == TORCH else impl, batch=b,
-                                       length=length, heads=h, head_dim=d,
-                                       backward=mode != "fwd")  # fmt: skip
-                r.update(kind=mode, impl=impl, length=length,
-                         tokens_per_second=b * length / r["seconds"],
-                         gflops_per_second=work / r["seconds"] / 1e9,
-                         fraction_of_peak=work / r["seconds"] / peak)  # fmt: skip
+                work = attention_flops(
+                    "softmax" if impl == TORCH else impl,
+                    batch=b,
+                    length=length,
+                    heads=h,
+                    head_dim=d,
+                    backward=mode != "fwd",
+                )
+                r.update(
+                    kind=mode,
+                    impl=impl,
+                    length=length,
+                    tokens_per_second=b * length / r["seconds"],
+                    gflops_per_second=work / r["seconds"] / 1e9,
+                    fraction_of_peak=work / r["seconds"] / peak,
+                )
                 rows.append(r)
                 print(
                     f"  {mode:8s} {impl:18s} L={length:6d} {r['seconds']:9.4f} s "
@@ -200,20 +213,37 @@ def run(args) -> list[dict]:
     if args.long_length:
         for mode in ("fwd", "fwd+bwd"):
             r = measure_jax("linear-chunked", mode, b, args.long_length, h, d, 1, budget)
-            r.update(kind=mode, impl="linear-chunked", length=args.long_length,
-                     tokens_per_second=b * args.long_length / r["seconds"],
-                     gflops_per_second=float("nan"), fraction_of_peak=float("nan"))  # fmt: skip
+            r.update(
+                kind=mode,
+                impl="linear-chunked",
+                length=args.long_length,
+                tokens_per_second=b * args.long_length / r["seconds"],
+                gflops_per_second=float("nan"),
+                fraction_of_peak=float("nan"),
+            )
             rows.append(r)
             gib = r["memory_bytes"] / 2**30
-            print(f"  {mode:8s} linear-chunked     L={args.long_length} {r['seconds']:9.4f} s "
-                  f"mem {gib:6.2f} GiB  {r['status']}", flush=True)  # fmt: skip
+            print(
+                f"  {mode:8s} linear-chunked     L={args.long_length} {r['seconds']:9.4f} s "
+                f"mem {gib:6.2f} GiB  {r['status']}",
+                flush=True,
+            )
     for context in args.contexts:
         for kind in ("softmax-kv-cache", "linear-state"):
             s = decode_seconds(kind, context, b, h, d)
-            rows.append(dict(kind="decode", impl=kind, length=context, seconds=s,
-                             tokens_per_second=b / s, memory_bytes=float("nan"),
-                             gflops_per_second=float("nan"), fraction_of_peak=float("nan"),
-                             status="ok"))  # fmt: skip
+            rows.append(
+                dict(
+                    kind="decode",
+                    impl=kind,
+                    length=context,
+                    seconds=s,
+                    tokens_per_second=b / s,
+                    memory_bytes=float("nan"),
+                    gflops_per_second=float("nan"),
+                    fraction_of_peak=float("nan"),
+                    status="ok",
+                )
+            )
             print(f"  decode   {kind:18s} ctx={context:6d} {s * 1e3:9.3f} ms/token", flush=True)
     for r in rows:
         r["matmul_peak_gflops"] = peak / 1e9
@@ -239,8 +269,13 @@ def _ratio(rows, a, b):
 
 def _long_memory_gb(rows):
     """Compiled fwd+bwd memory (decimal GB) of the longest linear chunked run, if >= 1M and run."""
-    runs = [r for r in rows if (r["kind"], r["impl"]) == ("fwd+bwd", "linear-chunked")
-            and r["length"] >= 2**20 and r["status"] == "ok"]  # fmt: skip
+    runs = [
+        r
+        for r in rows
+        if (r["kind"], r["impl"]) == ("fwd+bwd", "linear-chunked")
+        and r["length"] >= 2**20
+        and r["status"] == "ok"
+    ]
     return max(runs, key=lambda r: r["length"])["memory_bytes"] / 1e9 if runs else None
 
 
@@ -319,8 +354,11 @@ def plot(rows, path, header):
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         for impl in ("softmax-kv-cache", "linear-state"):
-            pts = [(r["length"], r["tokens_per_second"]) for r in rows
-                   if r["kind"] == "decode" and r["impl"] == impl]  # fmt: skip
+            pts = [
+                (r["length"], r["tokens_per_second"])
+                for r in rows
+                if r["kind"] == "decode" and r["impl"] == impl
+            ]
             if pts:
                 axes[2].loglog(*zip(*pts, strict=True), marker="o", label=impl)
         axes[2].set(
@@ -332,18 +370,34 @@ def plot(rows, path, header):
         axes[2].legend(fontsize=8)
 
 
-RESULT_COLUMNS = ("kind", "impl", "length", "seconds", "tokens/s", "memory MiB", "GFLOP/s",
-                  "of peak")  # fmt: skip
-RESULT_FORMATS = ("{kind}", "{impl}", "{length}", "{seconds:.4g}", "{tokens_per_second:,.0f}",
-                  lambda r: f"{r['memory_bytes'] / 2**20:,.1f}", "{gflops_per_second:.1f}",
-                  "{fraction_of_peak:.1%}")  # fmt: skip
+RESULT_COLUMNS = (
+    "kind",
+    "impl",
+    "length",
+    "seconds",
+    "tokens/s",
+    "memory MiB",
+    "GFLOP/s",
+    "of peak",
+)
+RESULT_FORMATS = (
+    "{kind}",
+    "{impl}",
+    "{length}",
+    "{seconds:.4g}",
+    "{tokens_per_second:,.0f}",
+    lambda r: f"{r['memory_bytes'] / 2**20:,.1f}",
+    "{gflops_per_second:.1f}",
+    "{fraction_of_peak:.1%}",
+)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=positive_ints, default="512,1024,2048,4096,8192,16384,32768")
-    p.add_argument("--contexts", type=positive_ints, default="1024,8192,32768",
-                   help="decode context lengths")  # fmt: skip
+    p.add_argument(
+        "--contexts", type=positive_ints, default="1024,8192,32768", help="decode context lengths"
+    )
     p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--heads", type=positive_int, default=4)
     p.add_argument("--head_dim", type=positive_int, default=64)
@@ -365,8 +419,18 @@ def main(argv=None):
     rows = run(args)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["kind", "impl", "length", "seconds", "tokens_per_second", "memory_bytes",
-              "gflops_per_second", "fraction_of_peak", "matmul_peak_gflops", "status"]  # fmt: skip
+    fields = [
+        "kind",
+        "impl",
+        "length",
+        "seconds",
+        "tokens_per_second",
+        "memory_bytes",
+        "gflops_per_second",
+        "fraction_of_peak",
+        "matmul_peak_gflops",
+        "status",
+    ]
     write_csv(out / "attention.csv", rows, fields)
     plot(rows, out / "attention.png", header)
     print(f"\n{header}\n")

@@ -32,10 +32,19 @@ def model_flops_per_token(cfg: ModelConfig, params) -> float:
 
 
 def model_config(args) -> ModelConfig:
-    return ModelConfig(vocab_size=args.vocab, d_model=args.d_model, num_heads=args.heads,
-                       num_layers=args.layers, d_ff=4 * args.d_model, max_length=args.length,
-                       attention=args.attention, positions="learned", dtype=args.dtype,
-                       scan_layers=args.scan_layers, remat=args.remat)  # fmt: skip
+    return ModelConfig(
+        vocab_size=args.vocab,
+        d_model=args.d_model,
+        num_heads=args.heads,
+        num_layers=args.layers,
+        d_ff=4 * args.d_model,
+        max_length=args.length,
+        attention=args.attention,
+        positions="learned",
+        dtype=args.dtype,
+        scan_layers=args.scan_layers,
+        remat=args.remat,
+    )
 
 
 def run(args) -> dict:
@@ -49,8 +58,11 @@ def run(args) -> dict:
     train = step.make_train_step(model_def, opt, lm_loss, mesh=mesh, shardings=shardings)
     rng = np.random.default_rng(0)
     toks = rng.integers(0, args.vocab, (args.batch, args.length + 1)).astype(np.int32)
-    batch = {"inputs": toks[:, :-1], "targets": toks[:, 1:],
-             "weights": np.ones((args.batch, args.length), np.float32)}  # fmt: skip
+    batch = {
+        "inputs": toks[:, :-1],
+        "targets": toks[:, 1:],
+        "weights": np.ones((args.batch, args.length), np.float32),
+    }
     flops_token = model_flops_per_token(cfg, nnx.to_pure_dict(params))
     holder = {"state": state}
 
@@ -62,18 +74,32 @@ def run(args) -> dict:
     peak = matmul_peak()
     tokens = args.batch * args.length
     return {
-        "layers": args.layers, "d_model": args.d_model, "heads": args.heads,
-        "length": args.length, "batch": args.batch, "vocab": args.vocab,
-        "attention": args.attention, "dtype": args.dtype, "scan_layers": args.scan_layers,
-        "remat": args.remat, "step_seconds": seconds,
-        "tokens_per_second": tokens / seconds, "model_tflops_per_step": flops_token * tokens / 1e12,
-        "matmul_peak_gflops": peak / 1e9, "mfu": flops_token * tokens / seconds / peak,
-    }  # fmt: skip
+        "layers": args.layers,
+        "d_model": args.d_model,
+        "heads": args.heads,
+        "length": args.length,
+        "batch": args.batch,
+        "vocab": args.vocab,
+        "attention": args.attention,
+        "dtype": args.dtype,
+        "scan_layers": args.scan_layers,
+        "remat": args.remat,
+        "step_seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "model_tflops_per_step": flops_token * tokens / 1e12,
+        "matmul_peak_gflops": peak / 1e9,
+        "mfu": flops_token * tokens / seconds / peak,
+    }
 
 
 COLUMNS = ("step s", "tokens/s", "model TFLOP/step", "matmul peak GFLOP/s", "MFU")
-FORMATS = ("{step_seconds:.3f}", "{tokens_per_second:,.0f}", "{model_tflops_per_step:.3f}",
-           "{matmul_peak_gflops:.1f}", "{mfu:.1%}")  # fmt: skip
+FORMATS = (
+    "{step_seconds:.3f}",
+    "{tokens_per_second:,.0f}",
+    "{model_tflops_per_step:.3f}",
+    "{matmul_peak_gflops:.1f}",
+    "{mfu:.1%}",
+)
 
 
 def main(argv=None):

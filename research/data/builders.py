@@ -127,8 +127,10 @@ class _Synthetic(_LocalBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
-        return {"train": self._generate_examples(c.train_examples, 0),
-                "test": self._generate_examples(c.test_examples, 1)}  # fmt: skip
+        return {
+            "train": self._generate_examples(c.train_examples, 0),
+            "test": self._generate_examples(c.test_examples, 1),
+        }
 
     def _generate_examples(self, n, stream):
         # Independent streams per split, so test examples never depend on the train size.
@@ -177,8 +179,14 @@ class MqarConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-def mqar_config(vocab_size=8192, seq_len=256, num_kv_pairs=16, train_examples=20_000,
-                test_examples=1_000, seed=0) -> MqarConfig:  # fmt: skip
+def mqar_config(
+    vocab_size=8192,
+    seq_len=256,
+    num_kv_pairs=16,
+    train_examples=20_000,
+    test_examples=1_000,
+    seed=0,
+) -> MqarConfig:
     if 4 * num_kv_pairs > seq_len:
         raise ValueError(f"MQAR needs 4 * num_kv_pairs <= seq_len, got {num_kv_pairs}, {seq_len}")
     if num_kv_pairs >= vocab_size // 2 - 1:
@@ -207,17 +215,20 @@ class Mqar(_Synthetic):
     def _info(self):
         n = self.builder_config.seq_len
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "inputs": tfds.features.Tensor(shape=(n,), dtype=np.int32),
-                "targets": tfds.features.Tensor(shape=(n,), dtype=np.int32),
-                "weights": tfds.features.Tensor(shape=(n,), dtype=np.float32),
-            })
-        )  # fmt: skip
+            features=tfds.features.FeaturesDict(
+                {
+                    "inputs": tfds.features.Tensor(shape=(n,), dtype=np.int32),
+                    "targets": tfds.features.Tensor(shape=(n,), dtype=np.int32),
+                    "weights": tfds.features.Tensor(shape=(n,), dtype=np.float32),
+                }
+            )
+        )
 
     def _example(self, rng):
         c = self.builder_config
-        return mqar_example(rng, vocab_size=c.vocab_size, seq_len=c.seq_len,
-                            num_kv_pairs=c.num_kv_pairs)  # fmt: skip
+        return mqar_example(
+            rng, vocab_size=c.vocab_size, seq_len=c.seq_len, num_kv_pairs=c.num_kv_pairs
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,14 +269,21 @@ class Seq2SeqConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-def seq2seq_config(task="reverse", min_len=8, max_len=32, train_examples=20_000, test_examples=500,
-                   seed=0) -> Seq2SeqConfig:  # fmt: skip
+def seq2seq_config(
+    task="reverse", min_len=8, max_len=32, train_examples=20_000, test_examples=500, seed=0
+) -> Seq2SeqConfig:
     if task not in SEQ2SEQ_TASKS:
         raise ValueError(f"unknown seq2seq task {task!r}; allowed: {', '.join(SEQ2SEQ_TASKS)}")
     if not 1 <= min_len <= max_len:
         raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
-    fields = dict(task=task, min_len=min_len, max_len=max_len, train_examples=train_examples,
-                  test_examples=test_examples, seed=seed)  # fmt: skip
+    fields = dict(
+        task=task,
+        min_len=min_len,
+        max_len=max_len,
+        train_examples=train_examples,
+        test_examples=test_examples,
+        seed=seed,
+    )
     return Seq2SeqConfig(name=f"{task}_len{min_len}-{max_len}_n{train_examples}_s{seed}", **fields)
 
 

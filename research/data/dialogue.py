@@ -168,8 +168,10 @@ def conversations(source: str, data_dir: str) -> dict[str, list[list[str]]]:
     if source not in _BUILDERS:
         return split_conversations(source)
     splits = chinese._built_splits(_BUILDERS[source], data_dir)
-    return {name: [[_text(t) for t in split[i]["turns"]] for i in range(len(split))]
-            for name, split in zip(chinese.SPLITS, splits, strict=True)}  # fmt: skip
+    return {
+        name: [[_text(t) for t in split[i]["turns"]] for i in range(len(split))]
+        for name, split in zip(chinese.SPLITS, splits, strict=True)
+    }
 
 
 def layout(turns: list[list[int]], *, cls_id: int, sep_id: int, first_segment: int = 0):
@@ -212,8 +214,15 @@ def conversation_windows(turns: list[list[int]], seq_len: int) -> list[tuple[int
     return windows
 
 
-def chat_example(turns: list[list[int]], *, first_segment: int, seq_len: int, cls_id: int,
-                 sep_id: int, pad_id: int) -> dict:  # fmt: skip
+def chat_example(
+    turns: list[list[int]],
+    *,
+    first_segment: int,
+    seq_len: int,
+    cls_id: int,
+    sep_id: int,
+    pad_id: int,
+) -> dict:
     """One LM row of whole turns: inputs, targets, segment_ids [seq_len] int32 and weights
     [seq_len] float32 (1 on every real next-token prediction). A row longer than seq_len + 1 is
     cut at its end (only a single overlong turn is)."""

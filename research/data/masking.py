@@ -12,9 +12,19 @@ import numpy as np
 from research.data import DataError
 
 
-def mlm_mask(ids, word_index, rng: np.random.Generator, *, mask_id: int, vocab_size: int,
-             random_low: int, rate: float = 0.15, mask_prob: float = 0.8,
-             random_prob: float = 0.1, maskable=None):  # fmt: skip
+def mlm_mask(
+    ids,
+    word_index,
+    rng: np.random.Generator,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    random_low: int,
+    rate: float = 0.15,
+    mask_prob: float = 0.8,
+    random_prob: float = 0.1,
+    maskable=None,
+):
     """(inputs, targets, weights) of one sequence, masked at whole words.
 
     ids: [L] int token ids. word_index: [L] int, tokens of one word share it; -1 marks tokens

@@ -70,8 +70,9 @@ def _shift(batch):
     return {"inputs": t[:, :-1], "targets": t[:, 1:], "weights": weights}
 
 
-def array_dataset(source, *, batch_size: int, seed: int, train: bool, shard: int = 0,
-                  shards: int = 1) -> grain.IterDataset:  # fmt: skip
+def array_dataset(
+    source, *, batch_size: int, seed: int, train: bool, shard: int = 0, shards: int = 1
+) -> grain.IterDataset:
     """Batches of one shard of records that are already arrays (MQAR)."""
     ds = _records(source, seed=seed, shuffle=train, repeat=train, shard=shard, shards=shards)
     return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
@@ -89,8 +90,10 @@ def owned_shards(shards: int, global_batch_size: int) -> tuple[range, int, slice
     if shards < 1:
         raise ValueError(f"data.shards={shards}: must be >= 1")
     if global_batch_size % shards or global_batch_size % n:
-        raise ValueError(f"batch_size={global_batch_size} must be divisible by data.shards={shards}"
-                         f" and by the {n} processes")  # fmt: skip
+        raise ValueError(
+            f"batch_size={global_batch_size} must be divisible by data.shards={shards}"
+            f" and by the {n} processes"
+        )
     rows, per = global_batch_size // shards, global_batch_size // n
     lo, hi = p * per, (p + 1) * per
     first, last = lo // rows, (hi - 1) // rows
@@ -152,8 +155,9 @@ class ShardedIterator:
             shards.add(saved["shards"])
             merged.update(saved["states"])
         if len(shards) != 1:
-            raise DataStateError(f"the saved data states disagree on the shard count: "
-                                 f"{sorted(shards)}")  # fmt: skip
+            raise DataStateError(
+                f"the saved data states disagree on the shard count: {sorted(shards)}"
+            )
         return json.dumps({"shards": shards.pop(), "states": merged}).encode()
 
 
@@ -164,28 +168,45 @@ def _sharded(make_shard, batch_size: int, shards: int) -> ShardedIterator:
     return ShardedIterator([make_shard(rows, i, shards) for i in mine], mine, shards, keep)
 
 
-def array_iterator(source, *, batch_size: int, seed: int, train: bool,
-                   shards: int = 1) -> ShardedIterator:  # fmt: skip
+def array_iterator(
+    source, *, batch_size: int, seed: int, train: bool, shards: int = 1
+) -> ShardedIterator:
     """This process's rows of every global batch of array records (MQAR)."""
-    return _sharded(lambda rows, i, n: array_dataset(source, batch_size=rows, seed=seed,
-                                                     train=train, shard=i, shards=n),
-                    batch_size, shards)  # fmt: skip
+    return _sharded(
+        lambda rows, i, n: array_dataset(
+            source, batch_size=rows, seed=seed, train=train, shard=i, shards=n
+        ),
+        batch_size,
+        shards,
+    )
 
 
-def lm_iterator(source, tokenizer, *, seq_len: int, batch_size: int, seed: int, train: bool,
-                shards: int = 1) -> ShardedIterator:  # fmt: skip
+def lm_iterator(
+    source, tokenizer, *, seq_len: int, batch_size: int, seed: int, train: bool, shards: int = 1
+) -> ShardedIterator:
     """This process's rows of every global LM batch (see the module docstring)."""
-    return _sharded(lambda rows, i, n: lm_dataset(source, tokenizer, seq_len=seq_len,
-                                                  batch_size=rows, seed=seed, train=train,
-                                                  shard=i, shards=n),
-                    batch_size, shards)  # fmt: skip
+    return _sharded(
+        lambda rows, i, n: lm_dataset(
+            source,
+            tokenizer,
+            seq_len=seq_len,
+            batch_size=rows,
+            seed=seed,
+            train=train,
+            shard=i,
+            shards=n,
+        ),
+        batch_size,
+        shards,
+    )
 
 
 LAYOUTS = ("encdec", "unilm")
 
 
-def seq2seq_example(src, tgt, *, layout: str, src_len: int, tgt_len: int, pad: int, bos: int,
-                    eos: int) -> dict:  # fmt: skip
+def seq2seq_example(
+    src, tgt, *, layout: str, src_len: int, tgt_len: int, pad: int, bos: int, eos: int
+) -> dict:
     """One padded seq2seq example (source cut to src_len, target to tgt_len - 1 plus EOS).
 
     encdec: src, src_mask [S]; inputs = [BOS, y] and targets = [y, EOS] [T]; weights on targets;
@@ -198,8 +219,11 @@ def seq2seq_example(src, tgt, *, layout: str, src_len: int, tgt_len: int, pad: i
     y = np.asarray(tgt, np.int32)[: tgt_len - 1]
     m = len(y)
     if layout == "encdec":
-        out = {"src": np.full(src_len, pad, np.int32), "inputs": np.full(tgt_len, pad, np.int32),
-               "targets": np.full(tgt_len, pad, np.int32)}  # fmt: skip
+        out = {
+            "src": np.full(src_len, pad, np.int32),
+            "inputs": np.full(tgt_len, pad, np.int32),
+            "targets": np.full(tgt_len, pad, np.int32),
+        }
         out["src"][: len(src)] = src
         out["inputs"][: m + 1] = np.concatenate([[bos], y])
         out["targets"][: m + 1] = np.concatenate([y, [eos]])
@@ -215,24 +239,43 @@ def seq2seq_example(src, tgt, *, layout: str, src_len: int, tgt_len: int, pad: i
     pos = np.arange(total)
     inputs = np.where(pos <= n + m, seq[:-1], pad)  # EOS is only ever a label
     return {
-        "inputs": inputs, "targets": seq[1:],
+        "inputs": inputs,
+        "targets": seq[1:],
         "segment_ids": (pos > n).astype(np.int32),
         "weights": ((pos >= n) & (pos <= n + m)).astype(np.float32),
         "replace_mask": ((pos > n) & (pos <= n + m)).astype(np.float32),
         "prompt_length": np.int32(n + 1),
-    }  # fmt: skip
+    }
 
 
-def seq2seq_iterator(source, vocab, *, layout: str, src_len: int, tgt_len: int, batch_size: int,
-                     seed: int, train: bool, shards: int = 1) -> ShardedIterator:  # fmt: skip
+def seq2seq_iterator(
+    source,
+    vocab,
+    *,
+    layout: str,
+    src_len: int,
+    tgt_len: int,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    shards: int = 1,
+) -> ShardedIterator:
     """This process's rows of every global seq2seq batch (`seq2seq_example` per record)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: allowed {', '.join(LAYOUTS)}")
 
     def example(record):
         src, tgt = vocab.encode(record)
-        return seq2seq_example(src, tgt, layout=layout, src_len=src_len, tgt_len=tgt_len,
-                               pad=vocab.pad, bos=vocab.bos, eos=vocab.eos)  # fmt: skip
+        return seq2seq_example(
+            src,
+            tgt,
+            layout=layout,
+            src_len=src_len,
+            tgt_len=tgt_len,
+            pad=vocab.pad,
+            bos=vocab.bos,
+            eos=vocab.eos,
+        )
 
     def make(rows, i, n):
         ds = _records(source, seed=seed, shuffle=train, repeat=train, shard=i, shards=n)
@@ -322,8 +365,10 @@ def _pad_batch(batch: dict, batch_size: int, fill: dict) -> dict:
     n = len(next(iter(batch.values())))
     if n == batch_size:
         return batch
-    return {k: np.concatenate([v, np.full((batch_size - n, *v.shape[1:]), fill[k], v.dtype)])
-            for k, v in batch.items()}  # fmt: skip
+    return {
+        k: np.concatenate([v, np.full((batch_size - n, *v.shape[1:]), fill[k], v.dtype)])
+        for k, v in batch.items()
+    }
 
 
 def mlm_dataset(
@@ -367,8 +412,10 @@ def mlm_dataset(
         else:
             ids = vocab.encode(text)
             word_index = range(len(ids))
-        return {"ids": np.asarray(ids[:capacity], np.int32),
-                "words": np.asarray(word_index[:capacity], np.int32)}  # fmt: skip
+        return {
+            "ids": np.asarray(ids[:capacity], np.int32),
+            "words": np.asarray(word_index[:capacity], np.int32),
+        }
 
     def mask(row, rng):
         n = len(row["ids"])
@@ -377,11 +424,20 @@ def mlm_dataset(
         word_index = np.full(seq_len, -1, np.int32)  # [CLS], [SEP], [PAD]: never masked
         word_index[1 : n + 1] = row["words"]
         inputs, targets, weights = masking.mlm_mask(
-            ids, word_index, rng, rate=rate, mask_id=vocab.mask_id,
-            vocab_size=vocab.vocab_size(), random_low=vocab.first_regular_id,
-        )  # fmt: skip
-        return {"inputs": inputs, "targets": targets, "weights": weights,
-                "mask": np.arange(seq_len) < n + 2}  # fmt: skip
+            ids,
+            word_index,
+            rng,
+            rate=rate,
+            mask_id=vocab.mask_id,
+            vocab_size=vocab.vocab_size(),
+            random_low=vocab.first_regular_id,
+        )
+        return {
+            "inputs": inputs,
+            "targets": targets,
+            "weights": weights,
+            "mask": np.arange(seq_len) < n + 2,
+        }
 
     ds = _records(source, seed=seed, shuffle=train, repeat=train, shard=shard, shards=shards)
     ds = _PackSentences(ds.map(tokenize).to_iter_dataset(_READ), capacity)
@@ -422,8 +478,12 @@ def classify_dataset(
         ids = [vocab.cls_id, *vocab.encode(_text(record[text_key]))[: seq_len - 2], vocab.sep_id]
         inputs = np.full(seq_len, vocab.pad_id, np.int32)
         inputs[: len(ids)] = ids
-        return {"inputs": inputs, "mask": np.arange(seq_len) < len(ids),
-                "labels": np.int32(record[label_key]), "weights": np.float32(1)}  # fmt: skip
+        return {
+            "inputs": inputs,
+            "mask": np.arange(seq_len) < len(ids),
+            "labels": np.int32(record[label_key]),
+            "weights": np.float32(1),
+        }
 
     if train:
         ds = _records(source, seed=seed, shuffle=True, repeat=True, shard=shard, shards=shards)
@@ -431,31 +491,75 @@ def classify_dataset(
     records = grain.MapDataset.source(source)[shard::shards]
     per_shard = -(-len(source) // shards)
     total = -(-per_shard // batch_size) * batch_size
-    blank = {"inputs": np.full(seq_len, vocab.pad_id, np.int32), "mask": np.zeros(seq_len, bool),
-             "labels": np.int32(0), "weights": np.float32(0)}  # fmt: skip
+    blank = {
+        "inputs": np.full(seq_len, vocab.pad_id, np.int32),
+        "mask": np.zeros(seq_len, bool),
+        "labels": np.int32(0),
+        "weights": np.float32(0),
+    }
     n = len(records)
     ds = grain.MapDataset.range(total).map(lambda i: example(records[i]) if i < n else blank)
     return ds.to_iter_dataset(_READ).batch(batch_size)
 
 
-def mlm_iterator(source, vocab, *, seq_len: int, batch_size: int, seed: int, train: bool,
-                 shards: int = 1, whole_word: bool = True,
-                 rate: float = 0.15) -> ShardedIterator:  # fmt: skip
+def mlm_iterator(
+    source,
+    vocab,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    shards: int = 1,
+    whole_word: bool = True,
+    rate: float = 0.15,
+) -> ShardedIterator:
     """This process's rows of every global masked-LM batch (see `mlm_dataset`). In eval, shards
     pack different numbers of rows; the lockstep iterator stops with the shortest shard."""
-    return _sharded(lambda rows, i, n: mlm_dataset(source, vocab, seq_len=seq_len,
-                                                   batch_size=rows, seed=seed, train=train,
-                                                   shard=i, shards=n, whole_word=whole_word,
-                                                   rate=rate),
-                    batch_size, shards)  # fmt: skip
+    return _sharded(
+        lambda rows, i, n: mlm_dataset(
+            source,
+            vocab,
+            seq_len=seq_len,
+            batch_size=rows,
+            seed=seed,
+            train=train,
+            shard=i,
+            shards=n,
+            whole_word=whole_word,
+            rate=rate,
+        ),
+        batch_size,
+        shards,
+    )
 
 
-def classify_iterator(source, vocab, *, seq_len: int, batch_size: int, seed: int, train: bool,
-                      shards: int = 1, text_key: str = "text",
-                      label_key: str = "label") -> ShardedIterator:  # fmt: skip
+def classify_iterator(
+    source,
+    vocab,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    shards: int = 1,
+    text_key: str = "text",
+    label_key: str = "label",
+) -> ShardedIterator:
     """This process's rows of every global classification batch (see `classify_dataset`)."""
-    return _sharded(lambda rows, i, n: classify_dataset(source, vocab, seq_len=seq_len,
-                                                        batch_size=rows, seed=seed, train=train,
-                                                        shard=i, shards=n, text_key=text_key,
-                                                        label_key=label_key),
-                    batch_size, shards)  # fmt: skip
+    return _sharded(
+        lambda rows, i, n: classify_dataset(
+            source,
+            vocab,
+            seq_len=seq_len,
+            batch_size=rows,
+            seed=seed,
+            train=train,
+            shard=i,
+            shards=n,
+            text_key=text_key,
+            label_key=label_key,
+        ),
+        batch_size,
+        shards,
+    )

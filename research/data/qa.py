@@ -30,8 +30,13 @@ import re
 from research.data import DataError, chinese, sources
 
 TYPES = {"nr": "person", "ns": "place", "nt": "organisation", "t": "time", "m": "number"}
-INTERROGATIVES = {"person": "谁", "place": "哪里", "organisation": "哪个机构", "time": "什么时候",
-                  "number": "多少"}  # fmt: skip
+INTERROGATIVES = {
+    "person": "谁",
+    "place": "哪里",
+    "organisation": "哪个机构",
+    "time": "什么时候",
+    "number": "多少",
+}
 SENTENCE_ENDS = frozenset("。！？；")
 QA_PERCENTS = (96, 2, 2)
 _GROUP = re.compile(r"(\[?)(.+?)/([A-Za-z]+)(?:\]([A-Za-z]+))?")
@@ -97,8 +102,9 @@ def _sentence(words, start: int, end: int) -> tuple[int, int]:
     return a, b  # [a, b): the sentence without its closing mark
 
 
-def line_examples(words: list[tuple[str, str, int]], *, min_words: int = 4,
-                  min_chars: int = 2) -> list[dict]:  # fmt: skip
+def line_examples(
+    words: list[tuple[str, str, int]], *, min_words: int = 4, min_chars: int = 2
+) -> list[dict]:
     """{passage, answer, question, type, answer_start} for every answer of at least `min_chars`
     characters (a lone 一 or 两 is no answer) whose sentence has at least `min_words` other
     words; the same (answer, question) is kept once."""
@@ -116,8 +122,15 @@ def line_examples(words: list[tuple[str, str, int]], *, min_words: int = 4,
         if (answer, question) not in seen:
             seen.add((answer, question))
             offset = sum(len(w) for w, _, _ in words[:start])
-            out.append({"passage": passage, "answer": answer, "question": question,
-                        "type": kind, "answer_start": offset})  # fmt: skip
+            out.append(
+                {
+                    "passage": passage,
+                    "answer": answer,
+                    "question": question,
+                    "type": kind,
+                    "answer_start": offset,
+                }
+            )
     return out
 
 
@@ -150,8 +163,12 @@ def checked(passage, answer, question, where: str, answer_start: int | None = No
     if not (0 <= answer_start and passage[answer_start : answer_start + len(answer)] == answer):
         at = "" if answer_start < 0 else f" at offset {answer_start}"
         raise DataError(f"{where}: the answer {answer!r}{at} is not in its passage")
-    return {"passage": passage, "answer": answer, "question": question,
-            "answer_start": int(answer_start)}  # fmt: skip
+    return {
+        "passage": passage,
+        "answer": answer,
+        "question": question,
+        "answer_start": int(answer_start),
+    }
 
 
 def squad_json_examples(path: str) -> list[dict]:
@@ -181,8 +198,9 @@ def squad_json_examples(path: str) -> list[dict]:
             start = first.get("answer_start")
             if not isinstance(start, int) or isinstance(start, bool):
                 raise DataError(f"{where}: answer_start {start!r} is not an integer")
-            out.append(checked(para.get("context"), first.get("text"), qa_.get("question"),
-                               where, start))  # fmt: skip
+            out.append(
+                checked(para.get("context"), first.get("text"), qa_.get("question"), where, start)
+            )
     if not out:
         raise DataError(f"{path}: no questions with answers")
     return out
@@ -195,14 +213,17 @@ def jsonl_examples(path: str) -> list[dict]:
     for i, r in sources._jsonl_records(p, path):
         missing = [k for k in ("passage", "question", "answer") if k not in r]
         if missing:
-            raise DataError(f"{path}:{i}: a record needs passage, question and answer; "
-                            f"missing {', '.join(missing)}")  # fmt: skip
+            raise DataError(
+                f"{path}:{i}: a record needs passage, question and answer; "
+                f"missing {', '.join(missing)}"
+            )
         out.append(checked(r["passage"], r["answer"], r["question"], f"{path}:{i}"))
     return out
 
 
-def split_by_passage(examples: list[dict], name: str,
-                     percents=LOCAL_PERCENTS) -> dict[str, list[dict]]:  # fmt: skip
+def split_by_passage(
+    examples: list[dict], name: str, percents=LOCAL_PERCENTS
+) -> dict[str, list[dict]]:
     """Split name -> examples, by a hash of the passage; train and validation must be
     non-empty (`name` is the file, for the error)."""
     out = {split: [] for split in chinese.SPLITS}
@@ -210,8 +231,9 @@ def split_by_passage(examples: list[dict], name: str,
         out[chinese.split_of(e["passage"], percents)].append(e)
     empty = [k for k in ("train", "validation") if not out[k]]
     if empty:
-        raise DataError(f"{name}: no examples fall in the {', '.join(empty)} split (too few "
-                        "passages)")  # fmt: skip
+        raise DataError(
+            f"{name}: no examples fall in the {', '.join(empty)} split (too few passages)"
+        )
     return out
 
 
@@ -228,8 +250,13 @@ def catalog_examples(name: str, data_dir: str) -> dict[str, list[dict]]:
 
     def records(split: str) -> list[dict]:
         try:
-            source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                                      builder_kwargs={"file_format": "array_record"})  # fmt: skip
+            source = tfds.data_source(
+                name,
+                split=split,
+                data_dir=data_dir,
+                download=False,
+                builder_kwargs={"file_format": "array_record"},
+            )
         except ValueError as e:  # the dataset has no such split
             raise DataError(f"tfds:{name}: needs train and validation splits ({e})") from None
         out = []
@@ -241,14 +268,20 @@ def catalog_examples(name: str, data_dir: str) -> dict[str, list[dict]]:
             text, start = r["answers"]["text"], r["answers"]["answer_start"]
             if len(text) == 0:
                 continue
-            out.append(checked(_str(r["context"]), _str(text[0]), _str(r["question"]), where,
-                               int(start[0])))  # fmt: skip
+            out.append(
+                checked(
+                    _str(r["context"]), _str(text[0]), _str(r["question"]), where, int(start[0])
+                )
+            )
         return out
 
     train, test = records("train"), records("validation")
     held = {e["passage"] for e in train if chinese.split_of(e["passage"], (95, 5, 0)) != "train"}
-    return {"train": [e for e in train if e["passage"] not in held],
-            "validation": [e for e in train if e["passage"] in held], "test": test}  # fmt: skip
+    return {
+        "train": [e for e in train if e["passage"] not in held],
+        "validation": [e for e in train if e["passage"] in held],
+        "test": test,
+    }
 
 
 def _str(value) -> str:

@@ -87,8 +87,13 @@ def _catalog(name: str, data_dir, *, download: bool):
     def split(s):
         # array_record: random access without TensorFlow (tfds' default with a data_dir is
         # tfrecord, which needs TensorFlow to write and cannot be indexed).
-        return tfds.data_source(name, split=s, data_dir=str(data_dir), download=download,
-                                builder_kwargs={"file_format": "array_record"})  # fmt: skip
+        return tfds.data_source(
+            name,
+            split=s,
+            data_dir=str(data_dir),
+            download=download,
+            builder_kwargs={"file_format": "array_record"},
+        )
 
     try:
         train = split("train")
@@ -111,9 +116,14 @@ def mqar_sources(d: DataConfig, *, seed: int):
     """(train, test) MQAR records built from the data config (vocab_size, seq_len, num_kv_pairs,
     train_examples, test_examples) and the run's seed (Zoology, Arora et al. 2023)."""
     try:
-        cfg = builders.mqar_config(vocab_size=d.vocab_size, seq_len=d.seq_len,
-                                   num_kv_pairs=d.num_kv_pairs, train_examples=d.train_examples,
-                                   test_examples=d.test_examples, seed=seed)  # fmt: skip
+        cfg = builders.mqar_config(
+            vocab_size=d.vocab_size,
+            seq_len=d.seq_len,
+            num_kv_pairs=d.num_kv_pairs,
+            train_examples=d.train_examples,
+            test_examples=d.test_examples,
+            seed=seed,
+        )
     except ValueError as e:
         raise DataError(f"data: {e}") from None
     return _synthetic(builders.Mqar, cfg, d.data_dir)
@@ -209,13 +219,20 @@ def seq2seq_sources(d: DataConfig, *, seed: int, bert_vocab=None):
     data_dir = pathlib.Path(os.path.expanduser(d.data_dir))
     if d.source == "seq2seq_synthetic":
         if bert_vocab is not None:
-            raise DataError("data.source='seq2seq_synthetic' has its own digit vocabulary, not "
-                            "the pretrained BERT's: use text data (inews_titles, jsonl:PATH, "
-                            "tfds:NAME) with seq2seq.init")  # fmt: skip
+            raise DataError(
+                "data.source='seq2seq_synthetic' has its own digit vocabulary, not "
+                "the pretrained BERT's: use text data (inews_titles, jsonl:PATH, "
+                "tfds:NAME) with seq2seq.init"
+            )
         try:
-            cfg = builders.seq2seq_config(task=d.seq2seq_task, min_len=d.min_len,
-                                          max_len=d.max_len, train_examples=d.train_examples,
-                                          test_examples=d.test_examples, seed=seed)  # fmt: skip
+            cfg = builders.seq2seq_config(
+                task=d.seq2seq_task,
+                min_len=d.min_len,
+                max_len=d.max_len,
+                train_examples=d.train_examples,
+                test_examples=d.test_examples,
+                seed=seed,
+            )
         except ValueError as e:
             raise DataError(f"data: {e}") from None
         vocab = Seq2seqVocab(builders.SEQ2SEQ_VOCAB, builders.PAD, builders.BOS, builders.EOS)
@@ -251,16 +268,16 @@ def seq2seq_sources(d: DataConfig, *, seed: int, bert_vocab=None):
     local = d.source.startswith("jsonl:")
     model_path = _tokenizer_path(data_dir, d.source, d.vocab_size, texts() if local else None)
     tok = tokenizer.train_or_load(texts, str(model_path), vocab_size=d.vocab_size)
-    vocab = Seq2seqVocab(tok.vocab_size(), tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID,
-                         tok, keys)  # fmt: skip
+    vocab = Seq2seqVocab(
+        tok.vocab_size(), tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID, tok, keys
+    )
     return train, evaluation, vocab
 
 
 def bert_seq2seq_vocab(v, keys=("source", "target")) -> "Seq2seqVocab":
     """A BERT vocabulary (`research.data.wordpiece.BertVocab`) as seq2seq ids: the source
     starts with [CLS], [SEP] separates it from the target and ends the target."""
-    return Seq2seqVocab(v.vocab_size(), v.pad_id, v.sep_id, v.sep_id, v, keys,
-                        prefix=(v.cls_id,))  # fmt: skip
+    return Seq2seqVocab(v.vocab_size(), v.pad_id, v.sep_id, v.sep_id, v, keys, prefix=(v.cls_id,))
 
 
 class Seq2seqVocab:

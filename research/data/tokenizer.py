@@ -62,11 +62,22 @@ def train_or_load(texts_fn, path: str, *, vocab_size: int, max_lines: int = 300_
 
 def _train(texts_fn, tmp_prefix: str, vocab_size: int, max_lines: int):
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_lines(texts_fn(), max_lines), model_prefix=tmp_prefix,
-        vocab_size=vocab_size, model_type="bpe", character_coverage=1.0, byte_fallback=True,
-        remove_extra_whitespaces=False, normalization_rule_name="identity",
-        allow_whitespace_only_pieces=True, split_digits=True, user_defined_symbols=["\n"],
-        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-        num_threads=os.cpu_count() or 1, minloglevel=2,
+        sentence_iterator=_lines(texts_fn(), max_lines),
+        model_prefix=tmp_prefix,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        character_coverage=1.0,
+        byte_fallback=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        user_defined_symbols=["\n"],
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
         hard_vocab_limit=False,  # a small corpus may support fewer pieces; the model reads the size
-    )  # fmt: skip
+    )

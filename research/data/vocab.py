@@ -26,8 +26,15 @@ def save(directory, vocab) -> None:
         _write(directory / "tokenizer.model", tok.serialized_model_proto())
     info = {"kind": "none" if vocab is None else "sentencepiece"}
     if isinstance(vocab, Seq2seqVocab):
-        info = {"kind": "seq2seq", "size": vocab.size, "pad": vocab.pad, "bos": vocab.bos,
-                "eos": vocab.eos, "keys": list(vocab.keys), "text": tok is not None}  # fmt: skip
+        info = {
+            "kind": "seq2seq",
+            "size": vocab.size,
+            "pad": vocab.pad,
+            "bos": vocab.bos,
+            "eos": vocab.eos,
+            "keys": list(vocab.keys),
+            "text": tok is not None,
+        }
     _write(directory / "vocab.json", json.dumps(info, indent=1).encode())
 
 
@@ -42,8 +49,9 @@ def load(directory):
     if info["kind"] == "sentencepiece" or info.get("text"):
         tok = spm.SentencePieceProcessor(model_proto=(directory / "tokenizer.model").read_bytes())
     if info["kind"] == "seq2seq":
-        return Seq2seqVocab(info["size"], info["pad"], info["bos"], info["eos"], tok,
-                            tuple(info["keys"]))  # fmt: skip
+        return Seq2seqVocab(
+            info["size"], info["pad"], info["bos"], info["eos"], tok, tuple(info["keys"])
+        )
     return tok
 
 

@@ -43,8 +43,9 @@ def _char_pre_tokenizer():
 _CHAR_STATE = [_normalizer().__getstate__(), _char_pre_tokenizer().__getstate__()]
 
 
-def build_char_tokenizer(texts: Iterable[str], *, vocab_size: int,
-                         min_frequency: int = 1) -> Tokenizer:  # fmt: skip
+def build_char_tokenizer(
+    texts: Iterable[str], *, vocab_size: int, min_frequency: int = 1
+) -> Tokenizer:
     """A character-level WordPiece tokenizer of `texts` (str or UTF-8 bytes).
 
     Keeps the (vocab_size - 5) most frequent characters seen at least `min_frequency` times,
@@ -61,8 +62,9 @@ def build_char_tokenizer(texts: Iterable[str], *, vocab_size: int,
     for text in texts:
         counts.update(normalizer.normalize_str(_str(text)))
     # Whitespace (as the pre-tokenizer defines it) never becomes a token.
-    chars = [c for c, n in counts.items()
-             if n >= min_frequency and pre_tokenizer.pre_tokenize_str(c)]  # fmt: skip
+    chars = [
+        c for c, n in counts.items() if n >= min_frequency and pre_tokenizer.pre_tokenize_str(c)
+    ]
     chars.sort(key=lambda c: (-counts[c], c))
     vocab = {token: i for i, token in enumerate(SPECIALS)}
     vocab.update((c, len(SPECIALS) + i) for i, c in enumerate(chars[: vocab_size - len(SPECIALS)]))
@@ -70,8 +72,9 @@ def build_char_tokenizer(texts: Iterable[str], *, vocab_size: int,
     tok.add_special_tokens(list(SPECIALS))
     tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     # As in Hugging Face BERT files: encode(text) alone adds [CLS] ... [SEP].
-    tok.post_processor = processors.BertProcessing(("[SEP]", vocab["[SEP]"]),
-                                                   ("[CLS]", vocab["[CLS]"]))  # fmt: skip
+    tok.post_processor = processors.BertProcessing(
+        ("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"])
+    )
     tok.decoder = decoders.WordPiece()
     return tok
 
@@ -103,9 +106,15 @@ def _str(text) -> str:
 def _is_cjk(ch: str) -> bool:
     """A CJK ideograph, as BERT's tokenizer defines it (`_is_chinese_char`)."""
     cp = ord(ch)
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
-            or 0x2A700 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
-            or 0x2F800 <= cp <= 0x2FA1F)  # fmt: skip
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2B81F
+        or 0x2B820 <= cp <= 0x2CEAF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+    )
 
 
 class BertVocab:

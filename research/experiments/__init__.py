@@ -10,7 +10,12 @@ from research.experiments import (
     theseus,
 )
 
-EXPERIMENTS = {"compare_attention": compare_attention.run, "exposure_bias": exposure_bias.run,
-               "pet": pet.run, "theseus": theseus.run,
-               "embedding_dim": embedding_dim.run, "gelu": gelu.run,
-               "qagen": qagen.run}  # fmt: skip
+EXPERIMENTS = {
+    "compare_attention": compare_attention.run,
+    "exposure_bias": exposure_bias.run,
+    "pet": pet.run,
+    "theseus": theseus.run,
+    "embedding_dim": embedding_dim.run,
+    "gelu": gelu.run,
+    "qagen": qagen.run,
+}

@@ -34,8 +34,17 @@ from research.report import (
 )
 from research.train.config import ConfigError, parse
 
-FIELDS = ("attention", "width", "mqar_accuracy", "mqar_best_lr", "lm_loss", "lm_perplexity",
-          "train_tokens_per_s", "decode_tokens_per_s", "state_bytes")  # fmt: skip
+FIELDS = (
+    "attention",
+    "width",
+    "mqar_accuracy",
+    "mqar_best_lr",
+    "lm_loss",
+    "lm_perplexity",
+    "train_tokens_per_s",
+    "decode_tokens_per_s",
+    "state_bytes",
+)
 
 
 # softmax, or the feature map of causal linear attention (research.ops.feature_maps)
@@ -123,19 +132,25 @@ def summarize(c, results: list[dict], decode: dict) -> list[dict]:
             mqar = [r for r in mine if r["point"]["task"] == "mqar"]
             lm = [r for r in mine if r["point"]["task"] == "lm"]
             # NaN (diverged) ranks below every finite accuracy.
-            best = max(mqar, key=lambda r: np.nan_to_num(r["eval"]["accuracy"], nan=-1.0),
-                       default=None)  # fmt: skip
+            best = max(
+                mqar, key=lambda r: np.nan_to_num(r["eval"]["accuracy"], nan=-1.0), default=None
+            )
             # None = that task was not run; NaN stays reserved for a diverged run.
             lm_loss = lm[0]["eval"]["loss"] if lm else None
             speed_of = best or lm[0]  # the MQAR point's throughput, else the LM's
-            rows.append({
-                "attention": a, "width": w,
-                "mqar_accuracy": best and best["eval"]["accuracy"],
-                "mqar_best_lr": best and best["point"]["lr"], "lm_loss": lm_loss,
-                "lm_perplexity": None if lm_loss is None else math.exp(lm_loss),
-                "train_tokens_per_s": speed_of["tokens_per_second"],
-                "decode_tokens_per_s": decode[a, w][0], "state_bytes": decode[a, w][1],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "attention": a,
+                    "width": w,
+                    "mqar_accuracy": best and best["eval"]["accuracy"],
+                    "mqar_best_lr": best and best["point"]["lr"],
+                    "lm_loss": lm_loss,
+                    "lm_perplexity": None if lm_loss is None else math.exp(lm_loss),
+                    "train_tokens_per_s": speed_of["tokens_per_second"],
+                    "decode_tokens_per_s": decode[a, w][0],
+                    "state_bytes": decode[a, w][1],
+                }
+            )
     return rows
 
 
@@ -144,12 +159,28 @@ def _cell(key: str, spec: str):
     return lambda r: "-" if r[key] is None else format(r[key], spec)
 
 
-COLUMNS = ("attention", "width", "MQAR acc", "best lr", "LM loss", "LM ppl", "train tok/s",
-           "decode tok/s", "state bytes")  # fmt: skip
-FORMATS = ("{attention}", "{width}", _cell("mqar_accuracy", ".3f"), _cell("mqar_best_lr", "g"),
-           _cell("lm_loss", ".3f"), _cell("lm_perplexity", ".1f"),
-           "{train_tokens_per_s:,.0f}", "{decode_tokens_per_s:,.0f}",
-           "{state_bytes:,}")  # fmt: skip
+COLUMNS = (
+    "attention",
+    "width",
+    "MQAR acc",
+    "best lr",
+    "LM loss",
+    "LM ppl",
+    "train tok/s",
+    "decode tok/s",
+    "state bytes",
+)
+FORMATS = (
+    "{attention}",
+    "{width}",
+    _cell("mqar_accuracy", ".3f"),
+    _cell("mqar_best_lr", "g"),
+    _cell("lm_loss", ".3f"),
+    _cell("lm_perplexity", ".1f"),
+    "{train_tokens_per_s:,.0f}",
+    "{decode_tokens_per_s:,.0f}",
+    "{state_bytes:,}",
+)
 
 
 def table(rows: list[dict]) -> str:
@@ -195,26 +226,40 @@ def run(c, workdir: str) -> list[dict]:
     results = []
     for i, p in enumerate(todo, 1):
         if jax.process_index() == 0:
-            print(f"[{i}/{len(todo)}] {p.name} ({time.perf_counter() - t0:.0f} s so far)",
-                  flush=True)  # fmt: skip
+            print(
+                f"[{i}/{len(todo)}] {p.name} ({time.perf_counter() - t0:.0f} s so far)", flush=True
+            )
         results.append(run_point(c, p, workdir))
     widths = as_list(c.widths, int, name="widths")
-    decode = {(a, w): decode_cost(c, a, w) for a in as_list(c.attentions, name="attentions")
-              for w in widths}  # fmt: skip
+    decode = {
+        (a, w): decode_cost(c, a, w)
+        for a in as_list(c.attentions, name="attentions")
+        for w in widths
+    }
     rows = summarize(c, results, decode)
     m, lm, tasks = c.mqar.data, c.lm, as_list(c.tasks, name="tasks")
-    mqar_part = (f"MQAR seq_len {m.seq_len}, {m.num_kv_pairs} kv pairs, vocab {m.vocab_size}, "
-                 f"{c.mqar.num_train_steps} steps x batch {c.mqar.batch_size}; "
-                 if "mqar" in tasks else "")  # fmt: skip
-    lm_part = (f"LM {lm.data.source} seq_len {lm.data.seq_len}, {lm.num_train_steps} steps; "
-               if "lm" in tasks else "")  # fmt: skip
+    mqar_part = (
+        f"MQAR seq_len {m.seq_len}, {m.num_kv_pairs} kv pairs, vocab {m.vocab_size}, "
+        f"{c.mqar.num_train_steps} steps x batch {c.mqar.batch_size}; "
+        if "mqar" in tasks
+        else ""
+    )
+    lm_part = (
+        f"LM {lm.data.source} seq_len {lm.data.seq_len}, {lm.num_train_steps} steps; "
+        if "lm" in tasks
+        else ""
+    )
     shape = f"{plural(c.mqar.model.num_layers, 'layer')}, {plural(c.mqar.model.num_heads, 'head')}"
-    header = (f"{machine_header()}\n{mqar_part}{lm_part}{shape}; decode batch 1, "
-              f"{c.decode_tokens} tokens after {m.seq_len}")  # fmt: skip
+    header = (
+        f"{machine_header()}\n{mqar_part}{lm_part}{shape}; decode batch 1, "
+        f"{c.decode_tokens} tokens after {m.seq_len}"
+    )
     if jax.process_index() == 0:
         write_csv(workdir / "compare.csv", rows, FIELDS)
         plot(rows, workdir / "compare.png", header)
         print(f"\n{header}\n\n{table(rows)}\n")
-        print(f"wrote {workdir / 'compare.csv'} and {workdir / 'compare.png'} "
-              f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+        print(
+            f"wrote {workdir / 'compare.csv'} and {workdir / 'compare.png'} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
     return rows

@@ -67,8 +67,10 @@ def _remedy(variant: str) -> tuple[str, float | None]:
             raise ConfigError(f"variants: {variant!r}: the epsilon must be positive")
         return "gradient_penalty", eps
     if variant not in VARIANTS:
-        raise ConfigError(f"variants: unknown {variant!r}; allowed {', '.join(VARIANTS)} or "
-                          f"{PENALTY_PREFIX}NUMBER")  # fmt: skip
+        raise ConfigError(
+            f"variants: unknown {variant!r}; allowed {', '.join(VARIANTS)} or "
+            f"{PENALTY_PREFIX}NUMBER"
+        )
     return ("none" if variant == "baseline" else variant), None
 
 
@@ -137,12 +139,15 @@ def run(c, workdir: str) -> list[dict]:
         out = workdir / "runs" / f"{v}_seed{s}"
         if jax.process_index() == 0:
             msg = sweep.start_message(out, "training")
-            print(f"[{i}/{len(todo)}] {v} seed {s} ({time.perf_counter() - t0:.0f} s so far): "
-                  f"{msg}", flush=True)  # fmt: skip
+            print(
+                f"[{i}/{len(todo)}] {v} seed {s} ({time.perf_counter() - t0:.0f} s so far): {msg}",
+                flush=True,
+            )
         if v in SEQUENCE_LEVEL:
             _seed_from_baseline(c, workdir, v, s)
-        results.append(sweep.train_point(point_config(c, v, s, init), out,
-                                         {"variant": v, "seed": s}))  # fmt: skip
+        results.append(
+            sweep.train_point(point_config(c, v, s, init), out, {"variant": v, "seed": s})
+        )
     beams = as_list(c.base.seq2seq.eval_beams, int, name="base.seq2seq.eval_beams")
     rows = summarize(results, order, beams)
     if jax.process_index() == 0:
@@ -150,8 +155,10 @@ def run(c, workdir: str) -> list[dict]:
         write_csv(workdir / "exposure_bias.csv", rows)
         plot(rows, order, beams, workdir / "exposure_bias.png", header)
         print(f"\n{header}\n\n{table(rows, order, beams)}\n")
-        print(f"wrote {workdir / 'exposure_bias.csv'} and {workdir / 'exposure_bias.png'} "
-              f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+        print(
+            f"wrote {workdir / 'exposure_bias.csv'} and {workdir / 'exposure_bias.png'} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
     return rows
 
 
@@ -167,13 +174,18 @@ def _header(c, seeds, init=None) -> str:
     else:
         model = f"d_model {b.model.d_model} x {plural(b.model.num_layers, 'layer')}"
     variants = as_list(c.variants, name="variants")
-    seq = (f" (SCST/MRT: last {c.finetune_steps})"
-           if any(v in SEQUENCE_LEVEL for v in variants) else "")  # fmt: skip
-    return (f"{machine_header()}\n{b.seq2seq.layout}, data {data}, {model}, "
-            f"{b.num_train_steps} steps x batch {b.batch_size}{seq}, seeds {seeds}; metrics "
-            f"x100 (CJK per character, other text per word) on {b.eval_steps} x "
-            f"{b.batch_size} {'test' if d.source == 'seq2seq_synthetic' else 'validation'} "
-            "examples")  # fmt: skip
+    seq = (
+        f" (SCST/MRT: last {c.finetune_steps})"
+        if any(v in SEQUENCE_LEVEL for v in variants)
+        else ""
+    )
+    return (
+        f"{machine_header()}\n{b.seq2seq.layout}, data {data}, {model}, "
+        f"{b.num_train_steps} steps x batch {b.batch_size}{seq}, seeds {seeds}; metrics "
+        f"x100 (CJK per character, other text per word) on {b.eval_steps} x "
+        f"{b.batch_size} {'test' if d.source == 'seq2seq_synthetic' else 'validation'} "
+        "examples"
+    )
 
 
 def summarize(results, variants, beams) -> list[dict]:
@@ -198,16 +210,23 @@ def table(rows, variants, beams) -> str:
         def fmt(b):
             r = next(x for x in rows if x["variant"] == v and x["beam"] == b)
             spread = plural(1, "seed") if r["seeds"] < 2 else f"±{r['rougeL_std']:.2f}"
-            return (" / ".join(f"{r[f'{m}_mean']:.2f}" for m in METRICS[:4])
-                    + f" ({spread}; exact {r['exact_mean']:.1f})")  # fmt: skip
+            return (
+                " / ".join(f"{r[f'{m}_mean']:.2f}" for m in METRICS[:4])
+                + f" ({spread}; exact {r['exact_mean']:.1f})"
+            )
 
         return fmt
 
     text = format_table(beams, ["beam", *variants], [str, *map(cell, variants)])
-    spread = ("one seed, no std" if all(r["seeds"] < 2 for r in rows)
-              else "± is the std of Rouge-L over seeds")  # fmt: skip
-    return text + ("\n\ncells: Rouge-L / Rouge-1 / Rouge-2 / BLEU (x100), mean over seeds; "
-                   f"{spread}; exact = % of outputs equal to the reference")  # fmt: skip
+    spread = (
+        "one seed, no std"
+        if all(r["seeds"] < 2 for r in rows)
+        else "± is the std of Rouge-L over seeds"
+    )
+    return text + (
+        "\n\ncells: Rouge-L / Rouge-1 / Rouge-2 / BLEU (x100), mean over seeds; "
+        f"{spread}; exact = % of outputs equal to the reference"
+    )
 
 
 def plot(rows, variants, beams, path, title):
@@ -216,11 +235,17 @@ def plot(rows, variants, beams, path, title):
         width = 0.8 / len(beams)
         for ax, metric in zip(axes, ("rougeL", "bleu"), strict=True):
             for i, b in enumerate(beams):
-                r = [next(y for y in rows if y["variant"] == v and y["beam"] == b)
-                     for v in variants]  # fmt: skip
-                ax.bar(x + i * width, [y[f"{metric}_mean"] for y in r], width,
-                       yerr=[y[f"{metric}_std"] for y in r], label=f"beam {b}",
-                       capsize=2)  # fmt: skip
+                r = [
+                    next(y for y in rows if y["variant"] == v and y["beam"] == b) for v in variants
+                ]
+                ax.bar(
+                    x + i * width,
+                    [y[f"{metric}_mean"] for y in r],
+                    width,
+                    yerr=[y[f"{metric}_std"] for y in r],
+                    label=f"beam {b}",
+                    capsize=2,
+                )
             ax.set_xticks(x + width * (len(beams) - 1) / 2, variants, rotation=30, ha="right")
             name = {"rougeL": "Rouge-L F1", "bleu": "BLEU"}[metric]
             ax.set_ylabel(f"{name} (x100), {over_seeds(y['seeds'] for y in rows)}")
@@ -228,5 +253,6 @@ def plot(rows, variants, beams, path, title):
             ax.set_ylim(max(0.0, lo - 5), 100)
             ax.grid(alpha=0.3, axis="y")
         # Above the axes, in one row: inside, it would cover bars (they all reach near 100).
-        axes[0].legend(ncols=len(beams), loc="lower left", bbox_to_anchor=(0.0, 1.0),
-                       fontsize=8, frameon=False)  # fmt: skip
+        axes[0].legend(
+            ncols=len(beams), loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=8, frameon=False
+        )

@@ -44,9 +44,13 @@ from research.train.trained import load_trained
 SETTINGS = ("zero_shot", "zero_shot_mlm", "few_shot", "semi_supervised", "fine_tune")
 # The note's RoBERTa-wwm-ext base results (validation / test accuracy, %); fine-tuning on the
 # same labels is quoted as "about 88.93" without a split.
-NOTE = {"zero_shot": (85.17, 84.27), "zero_shot_mlm": (88.05, 87.53),
-        "few_shot": (89.29, 89.18), "semi_supervised": (90.09, 89.76),
-        "fine_tune": (88.93, math.nan)}  # fmt: skip
+NOTE = {
+    "zero_shot": (85.17, 84.27),
+    "zero_shot_mlm": (88.05, 87.53),
+    "few_shot": (89.29, 89.18),
+    "semi_supervised": (90.09, 89.76),
+    "fine_tune": (88.93, math.nan),
+}
 
 
 def _run_config(c, base: ConfigDict, seed: int, **sections) -> ConfigDict:
@@ -120,12 +124,22 @@ def run(c, workdir: str) -> list[dict]:
             runs["zero_shot_mlm", None, seed] = _run_config(c, c.mlm, seed, mlm=dict(init=init))
         for setting in ("few_shot", "semi_supervised"):
             for i, t in enumerate(templates if setting in settings else ()):
-                runs[setting, i, seed] = _run_config(c, c.pet, seed, pet=dict(
-                    init=init, template=t, verbalizer=verbalizer, labeled_examples=n_labeled,
-                    unlabeled=setting == "semi_supervised"))  # fmt: skip
+                runs[setting, i, seed] = _run_config(
+                    c,
+                    c.pet,
+                    seed,
+                    pet=dict(
+                        init=init,
+                        template=t,
+                        verbalizer=verbalizer,
+                        labeled_examples=n_labeled,
+                        unlabeled=setting == "semi_supervised",
+                    ),
+                )
         if "fine_tune" in settings:
-            runs["fine_tune", None, seed] = _run_config(c, c.classify, seed, classify=dict(
-                init=init, labeled_examples=n_labeled))  # fmt: skip
+            runs["fine_tune", None, seed] = _run_config(
+                c, c.classify, seed, classify=dict(init=init, labeled_examples=n_labeled)
+            )
     for pc in runs.values():  # every config mistake is reported before the first run
         parse(pc)
 
@@ -134,13 +148,17 @@ def run(c, workdir: str) -> list[dict]:
 
     def record(setting, pattern, seed, acc):
         results.append({"setting": setting, "pattern": pattern, "seed": seed, **acc})
-        log(f"{setting} pattern {pattern} seed {seed}: validation {acc['validation']:.2f}, "
-            f"test {acc['test']:.2f}")  # fmt: skip
+        log(
+            f"{setting} pattern {pattern} seed {seed}: validation {acc['validation']:.2f}, "
+            f"test {acc['test']:.2f}"
+        )
 
     def pattern_acc(model, vocab, i):
         p = patterns.Pattern(templates[i], verbalizer)
-        return {split: 100 * pet.accuracy(model, vocab, p, recs, seq_len=seq_len)
-                for split, recs in (("validation", validation), ("test", test))}  # fmt: skip
+        return {
+            split: 100 * pet.accuracy(model, vocab, p, recs, seq_len=seq_len)
+            for split, recs in (("validation", validation), ("test", test))
+        }
 
     if "zero_shot" in settings:
         model, vocab = None, None
@@ -171,9 +189,14 @@ def run(c, workdir: str) -> list[dict]:
                 acc = _accuracy(out / f"p{i}", lambda i=i, load=load: pattern_acc(*load()[:2], i))
                 record(setting, i, seed, acc)
         elif setting == "fine_tune":
-            acc = _accuracy(out / "eval", lambda load=load: {
-                split: 100 * classify.accuracy(load().model, load().vocab, recs, seq_len=seq_len)
-                for split, recs in (("validation", validation), ("test", test))})  # fmt: skip
+            acc = _accuracy(
+                out / "eval",
+                lambda load=load: {
+                    split: 100
+                    * classify.accuracy(load().model, load().vocab, recs, seq_len=seq_len)
+                    for split, recs in (("validation", validation), ("test", test))
+                },
+            )
             record(setting, "-", seed, acc)
         else:
             acc = _accuracy(out / "eval", lambda p=p, load=load: pattern_acc(*load()[:2], p))
@@ -185,16 +208,20 @@ def run(c, workdir: str) -> list[dict]:
         write_csv(workdir / "pet.csv", rows)
         plot(rows, workdir / "pet.png", header)
         print(f"\n{header}\n\n{table(rows, templates)}\n")
-        print(f"wrote {workdir / 'pet.csv'} and {workdir / 'pet.png'} "
-              f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+        print(
+            f"wrote {workdir / 'pet.csv'} and {workdir / 'pet.png'} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
     return rows
 
 
 def _header(c, init, seeds, n_labeled, n_train, n_val, n_test) -> str:
-    return (f"{machine_header()}\nPET on {c.data.source}: MLM {init}; {n_labeled} labeled of "
-            f"{n_train} train examples ({c.labeled_fraction:.1%}), accuracy on all {n_val} "
-            f"validation / {n_test} test examples; seeds {list(seeds)}; seq_len "
-            f"{c.data.seq_len}")  # fmt: skip
+    return (
+        f"{machine_header()}\nPET on {c.data.source}: MLM {init}; {n_labeled} labeled of "
+        f"{n_train} train examples ({c.labeled_fraction:.1%}), accuracy on all {n_val} "
+        f"validation / {n_test} test examples; seeds {list(seeds)}; seq_len "
+        f"{c.data.seq_len}"
+    )
 
 
 def summarize(results, settings, templates) -> list[dict]:
@@ -206,8 +233,12 @@ def summarize(results, settings, templates) -> list[dict]:
             mine = [r for r in results if r["setting"] == s and r["pattern"] == p]
             if not mine:
                 continue
-            row = {"setting": s, "pattern_id": "-" if p == "-" else f"p{p}",
-                   "pattern": "-" if p == "-" else templates[p], "seeds": len(mine)}  # fmt: skip
+            row = {
+                "setting": s,
+                "pattern_id": "-" if p == "-" else f"p{p}",
+                "pattern": "-" if p == "-" else templates[p],
+                "seeds": len(mine),
+            }
             for split in ("validation", "test"):
                 row[f"{split}_mean"], row[f"{split}_std"] = seed_stats([r[split] for r in mine])
             row["note_validation"], row["note_test"] = NOTE[s]
@@ -226,23 +257,38 @@ def table(rows, templates) -> str:
         v, t = r["note_validation"], r["note_test"]
         return f"{v:.2f} / {'-' if math.isnan(t) else f'{t:.2f}'}"
 
-    return format_table(rows, ["setting", "pattern", "validation", "test", "note (RoBERTa)"],
-                        ["{setting}", "{pattern_id} {pattern}", cell("validation"), cell("test"),
-                         note],
-                        align="llrrr")  # fmt: skip
+    return format_table(
+        rows,
+        ["setting", "pattern", "validation", "test", "note (RoBERTa)"],
+        ["{setting}", "{pattern_id} {pattern}", cell("validation"), cell("test"), note],
+        align="llrrr",
+    )
 
 
 def plot(rows, path, title):
     with save_figure(path, title, 2, (12, 4.5), title_size=7) as axes:
         # Patterns by id (p0, p1, as in the table): the default font has no CJK glyphs.
-        labels = [r["setting"] + ("" if r["pattern_id"] == "-" else f" {r['pattern_id']}")
-                  for r in rows]  # fmt: skip
+        labels = [
+            r["setting"] + ("" if r["pattern_id"] == "-" else f" {r['pattern_id']}") for r in rows
+        ]
         x = np.arange(len(rows))
         for ax, split in zip(axes, ("validation", "test"), strict=True):
-            ax.bar(x, [r[f"{split}_mean"] for r in rows], yerr=[r[f"{split}_std"] for r in rows],
-                   capsize=3, label="ours")  # fmt: skip
-            ax.scatter(x, [r[f"note_{split}"] for r in rows], color="k", marker="_", s=200,
-                       zorder=3, label="note (RoBERTa-wwm-ext)")  # fmt: skip
+            ax.bar(
+                x,
+                [r[f"{split}_mean"] for r in rows],
+                yerr=[r[f"{split}_std"] for r in rows],
+                capsize=3,
+                label="ours",
+            )
+            ax.scatter(
+                x,
+                [r[f"note_{split}"] for r in rows],
+                color="k",
+                marker="_",
+                s=200,
+                zorder=3,
+                label="note (RoBERTa-wwm-ext)",
+            )
             ax.axhline(50, color="gray", lw=0.8, ls=":", label="chance (2 labels)")
             ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=6)
             ax.set_ylabel(f"{split} accuracy (%), {over_seeds(r['seeds'] for r in rows)}")

@@ -36,9 +36,13 @@ from research.tasks import qagen
 from research.train.config import parse
 from research.train.trained import load_trained
 
-METRICS = {"question_bleu4": "question BLEU-4", "question_rougeL": "question ROUGE-L",
-           "answer_em": "answer EM", "answer_f1": "answer F1",
-           "answers": "answers kept / passage"}  # fmt: skip
+METRICS = {
+    "question_bleu4": "question BLEU-4",
+    "question_rougeL": "question ROUGE-L",
+    "answer_em": "answer EM",
+    "answer_f1": "answer F1",
+    "answers": "answers kept / passage",
+}
 
 
 def run(c, workdir: str) -> list[dict]:
@@ -73,17 +77,21 @@ def run(c, workdir: str) -> list[dict]:
         evals.append(result["eval"])
         took = "reused" if reused else f"{(time.perf_counter() - start) / 60:.1f} min"
         per_seed.append(f"seed {seed} {took}")
-        log(f"seed {seed}: " + ", ".join(f"{k} {result['eval'].get(k, np.nan):.2f}"
-                                         for k in METRICS))  # fmt: skip
+        log(
+            f"seed {seed}: "
+            + ", ".join(f"{k} {result['eval'].get(k, np.nan):.2f}" for k in METRICS)
+        )
     rows = summarize(evals)
     examples = _examples(workdir / "runs" / f"seed{seeds[0]}", c.examples)
     if jax.process_index() == 0:
         s, t = first.task_config, first.train
-        header = (f"{machine_header()}\nquestion generation on {c.data.source} from {init}; "
-                  f"seeds {list(seeds)}; {t.num_train_steps} steps of {t.batch_size}; "
-                  f"{s.eval_examples} held-out pairs (questions, beam {s.beam_size}), "
-                  f"{s.eval_passages} held-out passages ({s.num_answers} answers sampled, top-p "
-                  f"{s.top_p}, top-k {s.top_k}, in-passage filter {s.in_passage})")  # fmt: skip
+        header = (
+            f"{machine_header()}\nquestion generation on {c.data.source} from {init}; "
+            f"seeds {list(seeds)}; {t.num_train_steps} steps of {t.batch_size}; "
+            f"{s.eval_examples} held-out pairs (questions, beam {s.beam_size}), "
+            f"{s.eval_passages} held-out passages ({s.num_answers} answers sampled, top-p "
+            f"{s.top_p}, top-k {s.top_k}, in-passage filter {s.in_passage})"
+        )
         write_csv(workdir / "qagen.csv", rows)
         plot(rows, workdir / "qagen.png", header)
         with open(workdir / "examples.jsonl", "w", encoding="utf-8") as f:
@@ -92,9 +100,11 @@ def run(c, workdir: str) -> list[dict]:
         print(f"\n{header}\n\n{table(rows)}\n")
         for e in examples:
             print(json.dumps(e, ensure_ascii=False, indent=1))
-        print(f"wrote {workdir / 'qagen.csv'}, {workdir / 'qagen.png'} and "
-              f"{workdir / 'examples.jsonl'} ({time.perf_counter() - t0:.0f} s; training + "
-              f"evaluation: {', '.join(per_seed)})")  # fmt: skip
+        print(
+            f"wrote {workdir / 'qagen.csv'}, {workdir / 'qagen.png'} and "
+            f"{workdir / 'examples.jsonl'} ({time.perf_counter() - t0:.0f} s; training + "
+            f"evaluation: {', '.join(per_seed)})"
+        )
     return rows
 
 
@@ -104,8 +114,16 @@ def summarize(evals: list[dict]) -> list[dict]:
     for key, name in METRICS.items():
         mean, std = seed_stats([e.get(key, np.nan) for e in evals])
         base = np.array([e.get(f"baseline_{key}", np.nan) for e in evals], float)
-        rows.append({"metric": name, "key": key, "seeds": len(evals), "model_mean": mean,
-                     "model_std": std, "baseline": float(base.mean())})  # fmt: skip
+        rows.append(
+            {
+                "metric": name,
+                "key": key,
+                "seeds": len(evals),
+                "model_mean": mean,
+                "model_std": std,
+                "baseline": float(base.mean()),
+            }
+        )
     return rows
 
 
@@ -114,8 +132,12 @@ def table(rows) -> str:
         return mean_std(r["model_mean"], r["model_std"], r["seeds"])
 
     spread = over_seeds(r["seeds"] for r in rows)
-    return format_table(rows, ["metric", f"model ({spread})", "trivial baseline"],
-                        ["{metric}", model, "{baseline:.2f}"], align="lrr")  # fmt: skip
+    return format_table(
+        rows,
+        ["metric", f"model ({spread})", "trivial baseline"],
+        ["{metric}", model, "{baseline:.2f}"],
+        align="lrr",
+    )
 
 
 def _examples(run_dir: pathlib.Path, n: int) -> list[dict]:
@@ -137,16 +159,24 @@ def _examples(run_dir: pathlib.Path, n: int) -> list[dict]:
     out = []
     for passage, got in zip(passages, sampled, strict=True):
         gold = golds[passage][:3]
-        asked = gen.ask([passage] * len(gold), [e["answer"] for e in gold],
-                        [e["answer_start"] for e in gold])  # fmt: skip
-        out.append({
-            "passage": passage,
-            "sampled": [{"answer": g["answer"], "question": g["question"]} for g in got],
-            "gold_answer_given": [
-                {"answer": e["answer"], "question": a["question"], "gold": e["question"],
-                 "baseline": qagen.baseline_question(e)}
-                for e, a in zip(gold, asked, strict=True)],
-        })  # fmt: skip
+        asked = gen.ask(
+            [passage] * len(gold), [e["answer"] for e in gold], [e["answer_start"] for e in gold]
+        )
+        out.append(
+            {
+                "passage": passage,
+                "sampled": [{"answer": g["answer"], "question": g["question"]} for g in got],
+                "gold_answer_given": [
+                    {
+                        "answer": e["answer"],
+                        "question": a["question"],
+                        "gold": e["question"],
+                        "baseline": qagen.baseline_question(e),
+                    }
+                    for e, a in zip(gold, asked, strict=True)
+                ],
+            }
+        )
     return out
 
 

@@ -40,20 +40,28 @@ def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
         changes = loop.config_changes(saved["config"], pc.to_dict())
         if changes:
             what = loop.describe_changes(changes)
-            raise ConfigError(f"{out} holds a run with a different config ({what}); use a new "
-                              "--workdir")  # fmt: skip
+            raise ConfigError(
+                f"{out} holds a run with a different config ({what}); use a new --workdir"
+            )
         return saved
     try:
         summary = loop.train_and_evaluate(parse(pc), str(out))
         if summary.preempted:  # a partial run is not a result
-            raise Preempted(f"preempted in {out} at step {summary.last_step} (saved); rerun the "
-                            "same command to resume the sweep there")  # fmt: skip
+            raise Preempted(
+                f"preempted in {out} at step {summary.last_step} (saved); rerun the "
+                "same command to resume the sweep there"
+            )
         ev, rate, note = summary.eval, summary.tokens_per_second, ""
     except loop.NonFiniteLoss as e:
         ev, rate, note = {"accuracy": math.nan, "loss": math.nan}, math.nan, str(e)
         print(f"  {out.name}: {e}", flush=True)
-    result = {"point": meta, "config": pc.to_dict(), "eval": ev, "tokens_per_second": rate,
-              "note": note}  # fmt: skip
+    result = {
+        "point": meta,
+        "config": pc.to_dict(),
+        "eval": ev,
+        "tokens_per_second": rate,
+        "note": note,
+    }
     if jax.process_index() == 0:
         tmp = result_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))

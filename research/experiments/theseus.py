@@ -44,16 +44,22 @@ from research.train.config import parse
 from research.train.trained import load_trained
 
 # The note's iflytek dev accuracy (%), 12-layer BERT: by k / n, the fraction of layers kept.
-NOTE = {("predecessor", 1.0): 60.11, ("direct", 0.5): 58.99, ("direct", 0.25): 57.96,
-        ("theseus", 0.5): 59.61, ("theseus", 0.25): 59.36}  # fmt: skip
+NOTE = {
+    ("predecessor", 1.0): 60.11,
+    ("direct", 0.5): 58.99,
+    ("direct", 0.25): 57.96,
+    ("theseus", 0.5): 59.61,
+    ("theseus", 0.25): 59.36,
+}
 
 
 def _note(kind: str, fraction: float) -> float:
     return NOTE.get((kind, fraction), float("nan"))
 
 
-def eval_throughput(model, vocab, records, *, seq_len: int, batch_size: int = 64,
-                    passes: int = 3) -> float:  # fmt: skip
+def eval_throughput(
+    model, vocab, records, *, seq_len: int, batch_size: int = 64, passes: int = 3
+) -> float:
     """Tokens/s of the jitted classifier forward over `records` (batch_size x seq_len tokens a
     batch, padding included): the median of `passes` timed passes after one warm-up batch that
     compiles."""
@@ -88,8 +94,11 @@ def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
     seeds = as_list(c.seeds, int, name="seeds")
     ks = as_list(c.successor_layers, int, name="successor_layers")
-    theseus = dict(replace_prob=c.replace_prob, replace_schedule=c.replace_schedule,
-                   replace_slope=c.replace_slope)  # fmt: skip
+    theseus = dict(
+        replace_prob=c.replace_prob,
+        replace_schedule=c.replace_schedule,
+        replace_slope=c.replace_slope,
+    )
     try:
         TheseusConfig(**theseus)
     except ValueError as e:
@@ -126,14 +135,18 @@ def run(c, workdir: str) -> list[dict]:
 
         def acc():
             t = load()
-            return {split: 100 * classify.accuracy(t.model, t.vocab, recs, seq_len=seq_len)
-                    for split, recs in (("validation", validation), ("test", test))}  # fmt: skip
+            return {
+                split: 100 * classify.accuracy(t.model, t.vocab, recs, seq_len=seq_len)
+                for split, recs in (("validation", validation), ("test", test))
+            }
 
         result = _accuracy(out / "eval", acc)
         models.setdefault(k, out)  # one trained model per depth, for the speed measurement
         results.append({"kind": kind, "layers": k, "seed": seed, **result})
-        log(f"{kind} {plural(k, 'layer')} seed {seed}: validation {result['validation']:.2f}, "
-            f"test {result['test']:.2f}")  # fmt: skip
+        log(
+            f"{kind} {plural(k, 'layer')} seed {seed}: validation {result['validation']:.2f}, "
+            f"test {result['test']:.2f}"
+        )
 
     def train(name, pc, seed):
         out = workdir / "runs" / f"{name}_seed{seed}"
@@ -148,30 +161,42 @@ def run(c, workdir: str) -> list[dict]:
         for k in ks:
             direct = _run_config(c, c.finetune, seed, classify=dict(init=init, layers=k))
             evaluate("direct", k, seed, train(f"direct_k{k}", direct, seed))
-            stage2 = _run_config(c, c.theseus, seed, theseus=dict(
-                predecessor=predecessor, init=init, successor_layers=k, **theseus))  # fmt: skip
+            stage2 = _run_config(
+                c,
+                c.theseus,
+                seed,
+                theseus=dict(predecessor=predecessor, init=init, successor_layers=k, **theseus),
+            )
             out2 = train(f"theseus_k{k}", stage2, seed)
             stage3 = _run_config(c, c.finetune, seed, classify=dict(init=f"workdir:{out2}"))
             evaluate("theseus", k, seed, train(f"successor_k{k}", stage3, seed))
 
     # Speed depends on the depth, not on the weights or how they were trained: every depth
     # measured back to back, the median of 3 passes over the validation split each.
-    speed = _accuracy(workdir / "speed", lambda: {
-        str(k): _speed(out, validation, seq_len)
-        for k, out in sorted(models.items(), reverse=True)})  # fmt: skip
+    speed = _accuracy(
+        workdir / "speed",
+        lambda: {
+            str(k): _speed(out, validation, seq_len)
+            for k, out in sorted(models.items(), reverse=True)
+        },
+    )
     for r in results:
         r.update(speed[str(r["layers"])])
     rows = summarize(results, n)
     if jax.process_index() == 0:
-        header = (f"{machine_header()}\nBERT-of-Theseus on {c.data.source}: from {init}, "
-                  f"n={n}, k in {ks}, replace p={c.replace_prob} ({c.replace_schedule}); "
-                  f"accuracy on all {len(validation)} validation / {len(test)} test examples; "
-                  f"seeds {list(seeds)}; seq_len {seq_len}")  # fmt: skip
+        header = (
+            f"{machine_header()}\nBERT-of-Theseus on {c.data.source}: from {init}, "
+            f"n={n}, k in {ks}, replace p={c.replace_prob} ({c.replace_schedule}); "
+            f"accuracy on all {len(validation)} validation / {len(test)} test examples; "
+            f"seeds {list(seeds)}; seq_len {seq_len}"
+        )
         write_csv(workdir / "theseus.csv", rows)
         plot(rows, workdir / "theseus.png", header)
         print(f"\n{header}\n\n{table(rows)}\n")
-        print(f"wrote {workdir / 'theseus.csv'} and {workdir / 'theseus.png'} "
-              f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+        print(
+            f"wrote {workdir / 'theseus.csv'} and {workdir / 'theseus.png'} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
         (workdir / "results.json").write_text(json.dumps(results, indent=1))
     return rows
 
@@ -181,9 +206,14 @@ def summarize(results, n: int) -> list[dict]:
     rows = []
     for kind, k in dict.fromkeys((r["kind"], r["layers"]) for r in results):
         mine = [r for r in results if r["kind"] == kind and r["layers"] == k]
-        row = {"model": f"{kind} ({plural(k, 'layer')})", "kind": kind, "layers": k,
-               "seeds": len(mine), "params": mine[0]["params"],
-               "eval_tokens_per_s": mine[0]["tokens_per_s"]}  # fmt: skip
+        row = {
+            "model": f"{kind} ({plural(k, 'layer')})",
+            "kind": kind,
+            "layers": k,
+            "seeds": len(mine),
+            "params": mine[0]["params"],
+            "eval_tokens_per_s": mine[0]["tokens_per_s"],
+        }
         for split in ("validation", "test"):
             row[f"{split}_mean"], row[f"{split}_std"] = seed_stats([r[split] for r in mine])
         row["note_dev"] = _note(kind, k / n)
@@ -198,10 +228,19 @@ def table(rows) -> str:
     def note(r):
         return "-" if np.isnan(r["note_dev"]) else f"{r['note_dev']:.2f}"
 
-    return format_table(rows, ["model", "params", "validation", "test", "eval tok/s",
-                               "note (iflytek dev)"],
-                        ["{model}", "{params:,}", cell("validation"), cell("test"),
-                         "{eval_tokens_per_s:,.0f}", note], align="lrrrrr")  # fmt: skip
+    return format_table(
+        rows,
+        ["model", "params", "validation", "test", "eval tok/s", "note (iflytek dev)"],
+        [
+            "{model}",
+            "{params:,}",
+            cell("validation"),
+            cell("test"),
+            "{eval_tokens_per_s:,.0f}",
+            note,
+        ],
+        align="lrrrrr",
+    )
 
 
 def plot(rows, path, title):
@@ -210,8 +249,14 @@ def plot(rows, path, title):
         labels = [r["model"] for r in rows]
         ax = axes[0]
         for split, dx in (("validation", -0.2), ("test", 0.2)):
-            ax.bar(x + dx, [r[f"{split}_mean"] for r in rows], 0.4,
-                   yerr=[r[f"{split}_std"] for r in rows], capsize=3, label=split)  # fmt: skip
+            ax.bar(
+                x + dx,
+                [r[f"{split}_mean"] for r in rows],
+                0.4,
+                yerr=[r[f"{split}_std"] for r in rows],
+                capsize=3,
+                label=split,
+            )
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(f"accuracy (%), {over_seeds(r['seeds'] for r in rows)}")
         lo = min(r["validation_mean"] for r in rows) - 5

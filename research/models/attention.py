@@ -49,10 +49,15 @@ def dense(cfg: ModelConfig, n_in: int, n_out: int, in_axis, out_axis, rngs, bias
     """nnx.Linear n_in -> n_out with N(0, 0.02) kernels and logical axes (bias: cfg.use_bias)."""
     use_bias = cfg.use_bias if bias is None else bias
     return nnx.Linear(
-        n_in, n_out, use_bias=use_bias, dtype=jnp.dtype(cfg.dtype), rngs=rngs,
+        n_in,
+        n_out,
+        use_bias=use_bias,
+        dtype=jnp.dtype(cfg.dtype),
+        rngs=rngs,
         kernel_init=nnx.initializers.normal(0.02),
-        kernel_metadata=axes(in_axis, out_axis), bias_metadata=axes(out_axis),
-    )  # fmt: skip
+        kernel_metadata=axes(in_axis, out_axis),
+        bias_metadata=axes(out_axis),
+    )
 
 
 def causal_conv(x, w, history=None):
@@ -195,9 +200,12 @@ class SoftmaxAttention(Attention):
 
     def attend(self, q, k, v, mask, causal):
         impl = self.cfg.softmax_implementation
-        if impl == "tpu_flash" and (q.shape[1] % 128 or k.shape[1] % 128 or
-                                    (mask is not None and mask.ndim != 2) or
-                                    platform() != "tpu"):  # fmt: skip
+        if impl == "tpu_flash" and (
+            q.shape[1] % 128
+            or k.shape[1] % 128
+            or (mask is not None and mask.ndim != 2)
+            or platform() != "tpu"
+        ):
             # The kernel's blocks are 128 tokens and it takes key-padding masks only; off TPU,
             # and for prefill, cross-attention decoding or UniLM masks, the same math blockwise.
             impl = "blockwise"
@@ -229,8 +237,9 @@ class SoftmaxAttention(Attention):
             "k": state["k"].at[rows, index].set(k[:, 0].astype(jnp.float32)),
             "v": state["v"].at[rows, index].set(v[:, 0].astype(jnp.float32)),
         }
-        o = ops.softmax_attention(q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype),
-                                  mask=valid)  # fmt: skip
+        o = ops.softmax_attention(
+            q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype), mask=valid
+        )
         return o, cache
 
 
@@ -258,9 +267,15 @@ class LinearAttention(Attention):
         cfg = self.cfg
         _key_padding_only(cfg, mask)
         return ops.linear_attention(
-            q, k, v, feature_map=self.feature_map(), causal=causal, mask=mask,
-            form=cfg.linear_form if causal else "chunked", chunk_size=cfg.chunk_size,
-        )  # fmt: skip
+            q,
+            k,
+            v,
+            feature_map=self.feature_map(),
+            causal=causal,
+            mask=mask,
+            form=cfg.linear_form if causal else "chunked",
+            chunk_size=cfg.chunk_size,
+        )
 
     def empty_state(self, batch, max_length):
         cfg = self.cfg

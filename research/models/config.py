@@ -68,8 +68,17 @@ class ModelConfig:
     scan_layers: bool = False
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_length",
-                     "favor_features", "chunk_size", "linformer_k"):  # fmt: skip
+        for name in (
+            "vocab_size",
+            "d_model",
+            "num_heads",
+            "num_layers",
+            "d_ff",
+            "max_length",
+            "favor_features",
+            "chunk_size",
+            "linformer_k",
+        ):
             check_positive_int(name, getattr(self, name))
         for name in ("num_kv_heads", "num_decoder_layers"):
             value = getattr(self, name)

@@ -15,8 +15,12 @@ from research.models import stack
 from research.models.config import ModelConfig
 from research.models.transformer import Bert, DecoderLM
 
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                  "relu": "relu"}  # fmt: skip
+HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+}
 # Buffers some checkpoints carry that are not parameters: position ids and GPT-2's causal masks.
 BUFFER_SUFFIXES = ("embeddings.position_ids", ".attn.bias", ".attn.masked_bias")
 
@@ -46,9 +50,10 @@ def _assign(assignments, tensors: dict, ignore_prefixes=()):
     missing = [name for name, _, _ in assignments if name not in tensors]
     used = {name for name, _, _ in assignments}
     unexpected = [
-        k for k in tensors
+        k
+        for k in tensors
         if k not in used and not k.endswith(BUFFER_SUFFIXES) and not k.startswith(ignore_prefixes)
-    ]  # fmt: skip
+    ]
     if missing or unexpected:
         raise ValueError(
             f"checkpoint does not match the model: missing {sorted(missing)}; "
@@ -90,13 +95,19 @@ def bert_config(config: dict, **overrides) -> ModelConfig:
             f"unsupported position_embedding_type {config['position_embedding_type']!r}"
         )
     return ModelConfig(
-        vocab_size=config["vocab_size"], d_model=config["hidden_size"],
-        num_heads=config["num_attention_heads"], num_layers=config["num_hidden_layers"],
-        d_ff=config["intermediate_size"], max_length=config["max_position_embeddings"],
-        num_segments=config.get("type_vocab_size", 2), layer_norm_eps=config["layer_norm_eps"],
-        activation=_activation(config, "hidden_act"), norm="post", positions="learned",
+        vocab_size=config["vocab_size"],
+        d_model=config["hidden_size"],
+        num_heads=config["num_attention_heads"],
+        num_layers=config["num_hidden_layers"],
+        d_ff=config["intermediate_size"],
+        max_length=config["max_position_embeddings"],
+        num_segments=config.get("type_vocab_size", 2),
+        layer_norm_eps=config["layer_norm_eps"],
+        activation=_activation(config, "hidden_act"),
+        norm="post",
+        positions="learned",
         **overrides,
-    )  # fmt: skip
+    )
 
 
 def load_bert(path, *, ignore_prefixes=(), **overrides) -> Bert:
@@ -138,8 +149,10 @@ def load_bert(path, *, ignore_prefixes=(), **overrides) -> Bert:
         a += _norm("cls.predictions.transform.LayerNorm", model.mlm_norm)
         a.append(("cls.predictions.bias", model.mlm_bias, ident))
         # The decoder is tied to the word embeddings; a stored copy must be that same matrix.
-        for name, ref in (("cls.predictions.decoder.weight", "embeddings.word_embeddings.weight"),
-                          ("cls.predictions.decoder.bias", "cls.predictions.bias")):  # fmt: skip
+        for name, ref in (
+            ("cls.predictions.decoder.weight", "embeddings.word_embeddings.weight"),
+            ("cls.predictions.decoder.bias", "cls.predictions.bias"),
+        ):
             if name in tensors:
                 if not _same(tensors[name], tensors[ref]):
                     raise ValueError(f"{name} differs from {ref}; only tied MLM decoders load")
@@ -151,12 +164,18 @@ def load_bert(path, *, ignore_prefixes=(), **overrides) -> Bert:
 def gpt2_config(config: dict, **overrides) -> ModelConfig:
     d = config["n_embd"]
     return ModelConfig(
-        vocab_size=config["vocab_size"], d_model=d, num_heads=config["n_head"],
-        num_layers=config["n_layer"], d_ff=config.get("n_inner") or 4 * d,
-        max_length=config["n_positions"], layer_norm_eps=config["layer_norm_epsilon"],
-        activation=_activation(config, "activation_function"), norm="pre", positions="learned",
+        vocab_size=config["vocab_size"],
+        d_model=d,
+        num_heads=config["n_head"],
+        num_layers=config["n_layer"],
+        d_ff=config.get("n_inner") or 4 * d,
+        max_length=config["n_positions"],
+        layer_norm_eps=config["layer_norm_epsilon"],
+        activation=_activation(config, "activation_function"),
+        norm="pre",
+        positions="learned",
         **overrides,
-    )  # fmt: skip
+    )
 
 
 def load_gpt2(path, *, ignore_prefixes=(), **overrides) -> DecoderLM:

@@ -51,8 +51,18 @@ def check_options(method: str, options) -> None:
         raise ValueError(f"method={method!r} needs option(s) {', '.join(missing)}")
 
 
-def decode(model, prompt, *, lengths, max_new_tokens: int, method: str, key=None, bos_id=None,
-           segment=None, **options):  # fmt: skip
+def decode(
+    model,
+    prompt,
+    *,
+    lengths,
+    max_new_tokens: int,
+    method: str,
+    key=None,
+    bos_id=None,
+    segment=None,
+    **options,
+):
     """Prefill and decode; traceable (no jit here), so it runs inside a jitted loss.
 
     DecoderLM / Bert: prompt [B, P] right-padded to `lengths` [B]; the cache holds P +
@@ -72,8 +82,9 @@ def decode(model, prompt, *, lengths, max_new_tokens: int, method: str, key=None
         if segment is not None:
             raise ValueError("an EncoderDecoder has no segments; drop segment=")
         src_mask = jnp.arange(prompt.shape[1])[None, :] < lengths[:, None]
-        logits, cache = model.prefill(prompt, src_mask=src_mask, bos_id=bos_id,
-                                      max_length=max_new_tokens + 1)  # fmt: skip
+        logits, cache = model.prefill(
+            prompt, src_mask=src_mask, bos_id=bos_id, max_length=max_new_tokens + 1
+        )
         step = model.decode_step
     else:
         logits, cache = model.prefill(
@@ -89,11 +100,21 @@ def decode(model, prompt, *, lengths, max_new_tokens: int, method: str, key=None
 @functools.partial(
     jax.jit, static_argnames=("graphdef", "method", "max_new_tokens", "bos_id", "options")
 )
-def _decode_jit(graphdef, state, prompt, lengths, key, segment, *, method, max_new_tokens,
-                bos_id, options):  # fmt: skip
+def _decode_jit(
+    graphdef, state, prompt, lengths, key, segment, *, method, max_new_tokens, bos_id, options
+):
     model = nnx.merge(graphdef, state)
-    return decode(model, prompt, lengths=lengths, max_new_tokens=max_new_tokens, method=method,
-                  key=key, bos_id=bos_id, segment=segment, **dict(options))  # fmt: skip
+    return decode(
+        model,
+        prompt,
+        lengths=lengths,
+        max_new_tokens=max_new_tokens,
+        method=method,
+        key=key,
+        bos_id=bos_id,
+        segment=segment,
+        **dict(options),
+    )
 
 
 def _check_concrete(model, prompt, lengths):
@@ -104,15 +125,29 @@ def _check_concrete(model, prompt, lengths):
         return
     vocab = model.cfg.vocab_size
     if prompt.size and not (0 <= int(prompt.min()) and int(prompt.max()) < vocab):
-        raise ValueError(f"prompt token ids must be in [0, {vocab}), got {int(prompt.min())} to "
-                         f"{int(prompt.max())}")  # fmt: skip
+        raise ValueError(
+            f"prompt token ids must be in [0, {vocab}), got {int(prompt.min())} to "
+            f"{int(prompt.max())}"
+        )
     if lengths.size and not (1 <= int(lengths.min()) and int(lengths.max()) <= prompt.shape[1]):
-        raise ValueError(f"lengths must be in [1, {prompt.shape[1]}] (the prompt width), got "
-                         f"{int(lengths.min())} to {int(lengths.max())}")  # fmt: skip
+        raise ValueError(
+            f"lengths must be in [1, {prompt.shape[1]}] (the prompt width), got "
+            f"{int(lengths.min())} to {int(lengths.max())}"
+        )
 
 
-def generate(model, prompt, *, lengths=None, max_new_tokens: int, method: str = "greedy",
-             key=None, bos_id=None, segment=None, **options):  # fmt: skip
+def generate(
+    model,
+    prompt,
+    *,
+    lengths=None,
+    max_new_tokens: int,
+    method: str = "greedy",
+    key=None,
+    bos_id=None,
+    segment=None,
+    **options,
+):
     """Continue right-padded prompts [B, P] (`lengths` [B]) of a `DecoderLM` or UniLM `Bert`, or
     decode from sources [B, S] (`lengths` = source lengths) of an `EncoderDecoder` (`bos_id`).
 
@@ -131,19 +166,30 @@ def generate(model, prompt, *, lengths=None, max_new_tokens: int, method: str = 
     if isinstance(model, EncoderDecoder):
         vocab = model.cfg.vocab_size
         if not (isinstance(bos_id, int | np.integer) and 0 <= bos_id < vocab):
-            raise ValueError(f"an EncoderDecoder needs bos_id, an int in [0, {vocab}), got "
-                             f"{bos_id!r}")  # fmt: skip
+            raise ValueError(
+                f"an EncoderDecoder needs bos_id, an int in [0, {vocab}), got {bos_id!r}"
+            )
         if segment is not None:
             raise ValueError("an EncoderDecoder has no segments; drop segment=")
     elif bos_id is not None:
-        raise ValueError(f"bos_id is for an EncoderDecoder; a {type(model).__name__} continues "
-                         "its prompt")  # fmt: skip
+        raise ValueError(
+            f"bos_id is for an EncoderDecoder; a {type(model).__name__} continues its prompt"
+        )
     lengths = jnp.full(prompt.shape[:1], prompt.shape[1]) if lengths is None else lengths
     _check_concrete(model, prompt, jnp.asarray(lengths))
     bos_id = None if bos_id is None else int(bos_id)
     key = jax.random.PRNGKey(0) if key is None else key
     graphdef, state = nnx.split(model)
     opts = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
-    return _decode_jit(graphdef, state, prompt, jnp.asarray(lengths, jnp.int32), key, segment,
-                       method=method, max_new_tokens=max_new_tokens, bos_id=bos_id,
-                       options=opts)  # fmt: skip
+    return _decode_jit(
+        graphdef,
+        state,
+        prompt,
+        jnp.asarray(lengths, jnp.int32),
+        key,
+        segment,
+        method=method,
+        max_new_tokens=max_new_tokens,
+        bos_id=bos_id,
+        options=opts,
+    )

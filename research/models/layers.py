@@ -49,9 +49,13 @@ __all__ = [
 
 def layer_norm(cfg: ModelConfig, rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(
-        cfg.d_model, epsilon=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs,
-        scale_metadata=axes("embed"), bias_metadata=axes("embed"),
-    )  # fmt: skip
+        cfg.d_model,
+        epsilon=cfg.layer_norm_eps,
+        dtype=jnp.dtype(cfg.dtype),
+        rngs=rngs,
+        scale_metadata=axes("embed"),
+        bias_metadata=axes("embed"),
+    )
 
 
 ACTIVATION_FNS = {
@@ -153,12 +157,24 @@ class Embeddings(nnx.Module):
         self.cfg = cfg
         init = nnx.initializers.normal(0.02)
         dtype = jnp.dtype(cfg.dtype)
-        self.token = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, embedding_init=init,
-                               embedding_metadata=axes("vocab", "embed"), rngs=rngs)  # fmt: skip
+        self.token = nnx.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=dtype,
+            embedding_init=init,
+            embedding_metadata=axes("vocab", "embed"),
+            rngs=rngs,
+        )
 
         def table(n):
-            return nnx.Embed(n, cfg.d_model, dtype=dtype, embedding_init=init,
-                             embedding_metadata=axes(None, "embed"), rngs=rngs)  # fmt: skip
+            return nnx.Embed(
+                n,
+                cfg.d_model,
+                dtype=dtype,
+                embedding_init=init,
+                embedding_metadata=axes(None, "embed"),
+                rngs=rngs,
+            )
 
         self.position = table(cfg.max_length) if cfg.positions == "learned" else None
         self.segment = table(cfg.num_segments) if cfg.num_segments else None

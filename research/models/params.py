@@ -50,12 +50,19 @@ def read_checkpoint(directory, step: int, *, config: bool = False, model=None):
         graph, params, consts, rest = nnx.split(model, nnx.Param, Constant, ...)
         target = {"params": nnx.to_pure_dict(params), "consts": nnx.to_pure_dict(consts)}
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                target)  # fmt: skip
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=abstract, partial_restore=True,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))  # fmt: skip
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target
+        )
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=abstract,
+                    partial_restore=True,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                )
+            ),
+        )
     finally:
         manager.close()
     nnx.replace_by_pure_dict(params, restored.state["params"])
@@ -96,8 +103,10 @@ def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
                 parts.append(mine)
                 continue
             if source[at].shape != mine.shape:
-                raise ValueError(f"parameter {name}: pretrained shape {source[at].shape} != "
-                                 f"model shape {mine.shape}")  # fmt: skip
+                raise ValueError(
+                    f"parameter {name}: pretrained shape {source[at].shape} != "
+                    f"model shape {mine.shape}"
+                )
             parts.append(jnp.asarray(source[at], mine.dtype))
             copied.append(name)
         var.set_value(parts[0] if k is None else jnp.stack(parts))

@@ -45,7 +45,7 @@ REMAT_POLICIES: dict[str, Callable | None] = {
         names_which_can_be_offloaded=list(_QKV),
         offload_src="device",
         offload_dst="pinned_host",
-    ),  # fmt: skip
+    ),
 }
 OFFLOADING = frozenset({"qkv_proj_offloaded"})
 
@@ -86,8 +86,9 @@ def per_device(fn: Callable, *names: tuple) -> Callable:
         if any(s is None for s in shardings):
             return fn(*args)
         specs = tuple(s.spec for s in shardings)
-        return jax.shard_map(fn, mesh=shardings[0].mesh, in_specs=specs, out_specs=specs[0],
-                             check_vma=False)(*args)  # fmt: skip
+        return jax.shard_map(
+            fn, mesh=shardings[0].mesh, in_specs=specs, out_specs=specs[0], check_vma=False
+        )(*args)
 
     return run
 

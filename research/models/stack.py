@@ -84,8 +84,10 @@ def scan(layers: Block, fn, carry, xs=None, *, remat: str = "none"):
     graphdef, state = nnx.split(layers)
     # Only a training-mode dropout draws: then the streams' counts come back out of the scan.
     # (Writing them back otherwise would mutate a model from inside decoding's while loop.)
-    draws = any(isinstance(m, nnx.Dropout) and m.rate > 0 and not m.deterministic
-                for _, m in nnx.iter_graph(layers))  # fmt: skip
+    draws = any(
+        isinstance(m, nnx.Dropout) and m.rate > 0 and not m.deterministic
+        for _, m in nnx.iter_graph(layers)
+    )
 
     def body(c, inputs):
         layer_state, x = inputs

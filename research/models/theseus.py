@@ -34,8 +34,9 @@ def check_successor_layers(num_layers: int, k: int, *, key: str = "successor_lay
     """ValueError unless 1 <= k <= num_layers and k divides num_layers."""
     if not isinstance(k, int) or k < 1 or k > num_layers or num_layers % k:
         allowed = [d for d in range(1, num_layers + 1) if num_layers % d == 0]
-        raise ValueError(f"{key}={k!r}: must divide the predecessor's {num_layers} layers "
-                         f"(allowed: {allowed})")  # fmt: skip
+        raise ValueError(
+            f"{key}={k!r}: must divide the predecessor's {num_layers} layers (allowed: {allowed})"
+        )
 
 
 def replace_prob(step, *, p: float, schedule: str, slope: float):
@@ -68,8 +69,9 @@ class Theseus(nnx.Module):
             [Block(cfg, causal=False, rngs=rngs) for _ in range(successor_layers)]
         )
 
-    def __call__(self, tokens: Int[Array, "B L"], *, segment_ids=None, mask=None,
-                 replace=None) -> BertOutput:  # fmt: skip
+    def __call__(
+        self, tokens: Int[Array, "B L"], *, segment_ids=None, mask=None, replace=None
+    ) -> BertOutput:
         """replace: [k] bool, True = module i runs successor layer i. A concrete value (numpy,
         a list, or None = all True: the successor) picks the layers in Python; a traced one
         (drawn inside jit) switches each module with `nnx.cond`, so only one branch runs."""
@@ -93,8 +95,13 @@ class Theseus(nnx.Module):
                 branch = run_successor if bool(replace[i]) else run_predecessor
                 x = branch(self, x, i)
             else:
-                x = nnx.cond(replace[i], lambda mdl, h, i=i: run_successor(mdl, h, i),
-                             lambda mdl, h, i=i: run_predecessor(mdl, h, i), self, x)  # fmt: skip
+                x = nnx.cond(
+                    replace[i],
+                    lambda mdl, h, i=i: run_successor(mdl, h, i),
+                    lambda mdl, h, i=i: run_predecessor(mdl, h, i),
+                    self,
+                    x,
+                )
         return pred.outputs(x)
 
     def successor_model(self, *, rngs: nnx.Rngs | None = None) -> Bert:

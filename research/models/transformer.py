@@ -111,8 +111,11 @@ class _Stack(nnx.Module):
         seg = None if segment is None else jnp.broadcast_to(segment, token.shape)[:, None]
         x = self.embed(token[:, None], index[:, None], seg)
         x, new_layers = stack.run_cached(
-            self.layers, lambda layer, h, lc: layer.decode(h, lc, index=index, valid=valid), x,
-            cache["layers"])  # fmt: skip
+            self.layers,
+            lambda layer, h, lc: layer.decode(h, lc, index=index, valid=valid),
+            x,
+            cache["layers"],
+        )
         logits = self._logits(x)[:, 0]
         return logits, {"index": index + 1, "valid": valid, "layers": new_layers}
 
@@ -194,15 +197,24 @@ class Bert(_Stack):
         self.classifier = dense(cfg, d, labels, "embed", None, rngs, True) if labels else None
         self.classifier_dropout = nnx.Dropout(cfg.dropout, rngs=rngs) if labels else None
 
-    def __call__(self, tokens, *, segment_ids=None, mask=None, unilm: bool = False,
-                 embedding_delta=None, predict_at=None) -> BertOutput:  # fmt: skip
+    def __call__(
+        self,
+        tokens,
+        *,
+        segment_ids=None,
+        mask=None,
+        unilm: bool = False,
+        embedding_delta=None,
+        predict_at=None,
+    ) -> BertOutput:
         """tokens [B, L]; segment_ids [B, L]; mask [B, L] marks real tokens; embedding_delta
         [V, d_model] (table) or [B, L, d_model] (per position) perturbs the input token
         embeddings (see `Embeddings`). predict_at [B, K]
         int: MLM logits only at these positions, [B, K, V] (BERT's masked_lm_positions: the
         head's d_model x V matmul then costs K/L of the full one)."""
-        x, attn_mask, positions = self.embed_inputs(tokens, segment_ids, mask, unilm,
-                                                    embedding_delta)  # fmt: skip
+        x, attn_mask, positions = self.embed_inputs(
+            tokens, segment_ids, mask, unilm, embedding_delta
+        )
         x = stack.run_layers(self.cfg, self.layers, x, mask=attn_mask, positions=positions)
         return self.outputs(x, predict_at)
 
@@ -233,15 +245,17 @@ class Bert(_Stack):
 
     def mlm_logits(self, h):
         """Masked-LM head: LN(act(W h)) E^T + b -> fp32 [..., V] (tied to the token embedding)."""
-        t = self.mlm_norm(ACTIVATION_FNS.get(self.cfg.activation, ACTIVATION_FNS["gelu"])(
-            self.mlm_transform(h)))  # fmt: skip
+        t = self.mlm_norm(
+            ACTIVATION_FNS.get(self.cfg.activation, ACTIVATION_FNS["gelu"])(self.mlm_transform(h))
+        )
         return self.embed.logits(t) + self.mlm_bias.get_value()
 
     def _logits(self, x):
         return self.mlm_logits(x if self.final_norm is None else self.final_norm(x))
 
-    def prefill(self, tokens, *, lengths=None, segment_ids=None, unilm: bool = False,
-                max_length: int):  # fmt: skip
+    def prefill(
+        self, tokens, *, lengths=None, segment_ids=None, unilm: bool = False, max_length: int
+    ):
         """UniLM: encodes the source tokens [B, P] (segment 0, bidirectional) into the cache.
 
         With `unilm=True` the prompt may already hold target tokens: `segment_ids` [B, P] marks
@@ -265,8 +279,7 @@ class EncoderDecoder(_Stack):
         self.cfg = cfg
         self.embed = Embeddings(cfg, rngs=rngs)
         self.encoder = stack.make_layers(cfg, cfg.num_layers, causal=False, rngs=rngs)
-        self.layers = stack.make_layers(cfg, cfg.decoder_layers, causal=True, cross=True,
-                                        rngs=rngs)  # fmt: skip
+        self.layers = stack.make_layers(cfg, cfg.decoder_layers, causal=True, cross=True, rngs=rngs)
         pre = cfg.norm == "pre"
         self.encoder_norm = layer_norm(cfg, rngs) if pre else None
         self.final_norm = layer_norm(cfg, rngs) if pre else None
@@ -284,8 +297,15 @@ class EncoderDecoder(_Stack):
         _check_inputs(self.cfg, tgt, None, tgt_mask, name="tgt")
         positions = _positions(tgt)
         x = self.embed(tgt, positions, delta=embedding_delta)
-        x = stack.run_layers(self.cfg, self.layers, x, mask=tgt_mask, positions=positions,
-                             context=memory, context_mask=src_mask)  # fmt: skip
+        x = stack.run_layers(
+            self.cfg,
+            self.layers,
+            x,
+            mask=tgt_mask,
+            positions=positions,
+            context=memory,
+            context_mask=src_mask,
+        )
         return self._logits(x)
 
     def __call__(self, src, tgt, *, src_mask=None, tgt_mask=None, embedding_delta=None):
@@ -296,8 +316,9 @@ class EncoderDecoder(_Stack):
         if isinstance(embedding_delta, tuple | list):
             src_delta, tgt_delta = embedding_delta
         memory = self.encode(src, src_mask=src_mask, embedding_delta=src_delta)
-        return self.decode(memory, tgt, src_mask=src_mask, tgt_mask=tgt_mask,
-                           embedding_delta=tgt_delta)  # fmt: skip
+        return self.decode(
+            memory, tgt, src_mask=src_mask, tgt_mask=tgt_mask, embedding_delta=tgt_delta
+        )
 
     def _logits(self, x):
         return self.embed.logits(x if self.final_norm is None else self.final_norm(x))

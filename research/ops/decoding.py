@@ -87,9 +87,18 @@ def greedy(
 
 
 def sample(
-    step_fn: StepFn, logits, cache, key, *, max_new_tokens: int, temperature: float = 1.0,
-    top_k: int = 0, top_p: float = 1.0, stop_tokens=(), pad_id: int = 0,
-) -> jax.Array:  # fmt: skip
+    step_fn: StepFn,
+    logits,
+    cache,
+    key,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_tokens=(),
+    pad_id: int = 0,
+) -> jax.Array:
     """Ancestral sampling with temperature, top-k and top-p. Returns tokens [B, max_new_tokens]."""
     stop = _check(max_new_tokens, stop_tokens)
     filter_logits(jnp.zeros((1, 2)), temperature=temperature, top_k=top_k, top_p=top_p)
@@ -107,9 +116,16 @@ def length_penalty(lengths: jax.Array, alpha: float) -> jax.Array:
 
 
 def beam_search(
-    step_fn: StepFn, logits, cache, *, beam_size: int, max_new_tokens: int, eos_id: int,
-    alpha: float = 0.0, pad_id: int = 0,
-) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    step_fn: StepFn,
+    logits,
+    cache,
+    *,
+    beam_size: int,
+    max_new_tokens: int,
+    eos_id: int,
+    alpha: float = 0.0,
+    pad_id: int = 0,
+) -> tuple[jax.Array, jax.Array]:
     """Batched beam search over log-probabilities.
 
     Beams that emit `eos_id` are frozen (their later tokens are pad_id and add 0 log-prob); at

@@ -28,9 +28,17 @@ SCHEDULES = ("constant", "linear", "exponential", "inverse_sigmoid")
 
 
 # ---- random replacement ------------------------------------------------------------------------
-def random_replacement(key, inputs, target_mask, *, sample_prob: float = 0.5,
-                       token_prob: float = 0.3, pool: str = "target", vocab_size: int | None = None,
-                       pad_id: int = 0):  # fmt: skip
+def random_replacement(
+    key,
+    inputs,
+    target_mask,
+    *,
+    sample_prob: float = 0.5,
+    token_prob: float = 0.3,
+    pool: str = "target",
+    vocab_size: int | None = None,
+    pad_id: int = 0,
+):
     """Replace target-side input tokens by random ones; labels are not touched (apply to inputs).
 
     With probability `sample_prob` a sample is perturbed; in it each position with target_mask
@@ -64,8 +72,14 @@ def random_replacement(key, inputs, target_mask, *, sample_prob: float = 0.5,
 
 
 # ---- scheduled sampling ------------------------------------------------------------------------
-def teacher_forcing_prob(step, schedule: str = "inverse_sigmoid", *, k: float = 1000.0,
-                         floor: float = 0.0, slope: float = 1e-4):  # fmt: skip
+def teacher_forcing_prob(
+    step,
+    schedule: str = "inverse_sigmoid",
+    *,
+    k: float = 1000.0,
+    floor: float = 0.0,
+    slope: float = 1e-4,
+):
     """Probability of feeding the gold token at training step `step` (Bengio et al. 2015):
     constant k; linear max(floor, 1 - slope * step); exponential k^step (k < 1);
     inverse_sigmoid k / (k + exp(step / k)) (k >= 1)."""
@@ -87,8 +101,9 @@ def teacher_forcing_prob(step, schedule: str = "inverse_sigmoid", *, k: float = 
     return jnp.maximum(floor, k / (k + jnp.exp(step / k)))
 
 
-def mix_predictions(key, inputs, logits, target_mask, tf_prob, *, sample: bool = False,
-                    temperature: float = 1.0):  # fmt: skip
+def mix_predictions(
+    key, inputs, logits, target_mask, tf_prob, *, sample: bool = False, temperature: float = 1.0
+):
     """One scheduled-sampling mix (Duckworth et al. 2019, parallel form): each target-side input
     position t >= 1 keeps the gold token with probability tf_prob, else takes the model's
     prediction from position t - 1 (argmax, or a sample at `temperature`), under stop_gradient.
@@ -162,8 +177,9 @@ def gradient_penalty(
     return _with_embedding_gradient(loss_fn, epsilon, delta_shape, delta_dtype, combine)
 
 
-def fgm(loss_fn: LossWithDelta, *, epsilon: float, delta_shape: DeltaShape,
-        delta_dtype=jnp.float32):  # fmt: skip
+def fgm(
+    loss_fn: LossWithDelta, *, epsilon: float, delta_shape: DeltaShape, delta_dtype=jnp.float32
+):
     """Fast gradient method (Miyato et al. 2017): r = epsilon * g / |g| with g = dCE/d delta
     (fixed, no gradient through r); loss = CE(E) + CE(E + r)."""
 

@@ -9,5 +9,13 @@ from research.plan.chips import CHIPS, Chip, MissingLibtpu, cpu_chip, devices_fo
 from research.plan.compiler import Plan, compile_for_devices
 from research.plan.train import plan_train
 
-__all__ = ["CHIPS", "Chip", "MissingLibtpu", "Plan", "compile_for_devices", "cpu_chip",
-           "devices_for", "plan_train"]  # fmt: skip
+__all__ = [
+    "CHIPS",
+    "Chip",
+    "MissingLibtpu",
+    "Plan",
+    "compile_for_devices",
+    "cpu_chip",
+    "devices_for",
+    "plan_train",
+]

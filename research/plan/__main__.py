@@ -62,28 +62,53 @@ def fsdp_sweep(c, devices, chip, sizes: list[int]) -> int:
         ci = copy.deepcopy(c)
         ci.mesh.update(fsdp=f, data=-1)
         p = plan_train(ci, devices)[0]
-        rows.append({"fsdp": f, "data": len(devices) // (f * ci.mesh.get("tensor", 1)),
-                     "argument_bytes": p.argument_bytes, "temp_bytes": p.temp_bytes,
-                     "total_bytes": p.total_bytes, "fits": p.total_bytes <= chip.hbm_bytes,
-                     "collective_bytes": p.collective_bytes, "mfu": mfu_cell(p, chip),
-                     "compile_s": p.compile_seconds})  # fmt: skip
-    cols = ("fsdp", "data", "arguments", "arguments x fsdp", "temp", "total", "fits", "ICI GB",
-            "MFU <=", "compile s")  # fmt: skip
-    fmts = ("{fsdp}", "{data}", lambda r: fmt_bytes(r["argument_bytes"]),
-            lambda r: fmt_bytes(r["argument_bytes"] * r["fsdp"]),
-            lambda r: fmt_bytes(r["temp_bytes"]), lambda r: fmt_bytes(r["total_bytes"]),
-            lambda r: "yes" if r["fits"] else "NO",
-            lambda r: f"{r['collective_bytes'] / 1e9:.2f}",
-            "{mfu}", "{compile_s:.0f}")  # fmt: skip
-    title = (f"{_TOPOLOGY.value}: {describe_model(c.model)}, batch {c.batch_size} x "
-             f"{c.data.seq_len}")  # fmt: skip
+        rows.append(
+            {
+                "fsdp": f,
+                "data": len(devices) // (f * ci.mesh.get("tensor", 1)),
+                "argument_bytes": p.argument_bytes,
+                "temp_bytes": p.temp_bytes,
+                "total_bytes": p.total_bytes,
+                "fits": p.total_bytes <= chip.hbm_bytes,
+                "collective_bytes": p.collective_bytes,
+                "mfu": mfu_cell(p, chip),
+                "compile_s": p.compile_seconds,
+            }
+        )
+    cols = (
+        "fsdp",
+        "data",
+        "arguments",
+        "arguments x fsdp",
+        "temp",
+        "total",
+        "fits",
+        "ICI GB",
+        "MFU <=",
+        "compile s",
+    )
+    fmts = (
+        "{fsdp}",
+        "{data}",
+        lambda r: fmt_bytes(r["argument_bytes"]),
+        lambda r: fmt_bytes(r["argument_bytes"] * r["fsdp"]),
+        lambda r: fmt_bytes(r["temp_bytes"]),
+        lambda r: fmt_bytes(r["total_bytes"]),
+        lambda r: "yes" if r["fits"] else "NO",
+        lambda r: f"{r['collective_bytes'] / 1e9:.2f}",
+        "{mfu}",
+        "{compile_s:.0f}",
+    )
+    title = f"{_TOPOLOGY.value}: {describe_model(c.model)}, batch {c.batch_size} x {c.data.seq_len}"
     scaled = [r["argument_bytes"] * r["fsdp"] for r in rows]
     print(title)
     print(format_table(rows, cols, fmts))
     print(f"arguments x fsdp: max / min = {max(scaled) / min(scaled):.4f}")
     if any("(a)" in r["mfu"] for r in rows):
-        print("(a): XLA counted fewer FLOPs than model + remat, so the roofline uses the analytic "
-              "count")  # fmt: skip
+        print(
+            "(a): XLA counted fewer FLOPs than model + remat, so the roofline uses the analytic "
+            "count"
+        )
     out = pathlib.Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "plan_fsdp.csv", rows)
@@ -119,10 +144,15 @@ def layers_sweep(c, devices, chip, depths: list[int]) -> int:
         print(f"  {plural(n, 'layer')}: compiled in {p.compile_seconds:.1f} s", flush=True)
     cols = ("layers", "compile s", "compile / shallowest", "arguments", "temp", "total", "fits")
     first = rows[0]["compile_s"]
-    fmts = ("{layers}", "{compile_s:.1f}", lambda r: f"{r['compile_s'] / first:.2f}x",
-            lambda r: fmt_bytes(r["argument_bytes"]), lambda r: fmt_bytes(r["temp_bytes"]),
-            lambda r: fmt_bytes(r["total_bytes"]),
-            lambda r: "yes" if r["fits"] else "NO")  # fmt: skip
+    fmts = (
+        "{layers}",
+        "{compile_s:.1f}",
+        lambda r: f"{r['compile_s'] / first:.2f}x",
+        lambda r: fmt_bytes(r["argument_bytes"]),
+        lambda r: fmt_bytes(r["temp_bytes"]),
+        lambda r: fmt_bytes(r["total_bytes"]),
+        lambda r: "yes" if r["fits"] else "NO",
+    )
     model = describe_model(c.model, layers="N layers")
     title = f"{_TOPOLOGY.value}: {model}, batch {c.batch_size} x {c.data.seq_len}"
     times = [r["compile_s"] for r in rows]
@@ -163,8 +193,9 @@ def main(argv):
     except (MissingLibtpu, ConfigError, ValueError) as e:
         fail(str(e))
     mesh = sharding.make_mesh(dict(c.mesh), devices)
-    text, fits = report(plans, chip, topology=_TOPOLOGY.value, chips=len(devices),
-                        mesh_shape=dict(mesh.shape), c=c)  # fmt: skip
+    text, fits = report(
+        plans, chip, topology=_TOPOLOGY.value, chips=len(devices), mesh_shape=dict(mesh.shape), c=c
+    )
     print(text)
     return 0 if fits else 3
 

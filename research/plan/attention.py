@@ -65,8 +65,9 @@ def compile_variant(variant: str, devices, length: int, heads: int, head_dim: in
     elif variant == "softmax-ring":
         body = functools.partial(cp.ring_attention, axis_name="d", axis_size=n)
     elif variant == "linear-cp":
-        body = functools.partial(cp.linear_attention_cp, axis_name="d", axis_size=n,
-                                 chunk_size=chunk)  # fmt: skip
+        body = functools.partial(
+            cp.linear_attention_cp, axis_name="d", axis_size=n, chunk_size=chunk
+        )
     else:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     if variant in ("softmax-ring", "linear-cp"):
@@ -74,16 +75,24 @@ def compile_variant(variant: str, devices, length: int, heads: int, head_dim: in
         fn = jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)
     else:
         spec, batch, tokens = P("d"), n, n * length
-    x = jax.ShapeDtypeStruct((batch, length, heads, head_dim), jnp.bfloat16,
-                             sharding=NamedSharding(mesh, spec))  # fmt: skip
+    x = jax.ShapeDtypeStruct(
+        (batch, length, heads, head_dim), jnp.bfloat16, sharding=NamedSharding(mesh, spec)
+    )
     plan, _ = compile_for_devices(variant, jax.jit(_grad_of(fn)), x, x, x)
     return plan, tokens
 
 
 def comm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: int) -> int:
     """Collective bytes per device for forward+backward (see the module docstring)."""
-    shape = dict(batch=1, length=length, heads=heads, kv_heads=heads, head_dim=head_dim,
-                 value_dim=head_dim, devices=devices)  # fmt: skip
+    shape = dict(
+        batch=1,
+        length=length,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=head_dim,
+        value_dim=head_dim,
+        devices=devices,
+    )
     if variant == "softmax-ring":  # the formula counts fp32; K/V travel in bf16 here
         return 3 * bytes_communicated("ring", feature_dim=head_dim, **shape) // 2
     if variant == "linear-cp":  # fp32 states
@@ -132,16 +141,29 @@ def run(topology: str, lengths, heads: int, head_dim: int, num_slices: int = 1) 
             hbm = hbm_bytes(variant, length, heads, head_dim, n)
             compute = max(flops / chip.peak_flops, hbm / chip.hbm_bandwidth)
             seconds = compute + comm / chip.ici_bandwidth
-            rows.append({
-                "topology": topology, "devices": n, "length": length, "variant": variant,
-                "memory_bytes": plan.total_bytes, "fits": plan.total_bytes <= chip.hbm_bytes,
-                "flops": flops, "hbm_bytes": hbm, "comm_bytes": comm,
-                "roofline_s": seconds, "tokens_per_s": tokens / seconds,
-                "compile_s": plan.compile_seconds, "note": plan.note,
-            })  # fmt: skip
-            print(f"  {topology} L={length:>8} {variant:18} {plan.total_bytes / 2**30:8.2f} GiB "
-                  f"{seconds:10.4g} s  (compiled in {plan.compile_seconds:.1f} s)",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            rows.append(
+                {
+                    "topology": topology,
+                    "devices": n,
+                    "length": length,
+                    "variant": variant,
+                    "memory_bytes": plan.total_bytes,
+                    "fits": plan.total_bytes <= chip.hbm_bytes,
+                    "flops": flops,
+                    "hbm_bytes": hbm,
+                    "comm_bytes": comm,
+                    "roofline_s": seconds,
+                    "tokens_per_s": tokens / seconds,
+                    "compile_s": plan.compile_seconds,
+                    "note": plan.note,
+                }
+            )
+            print(
+                f"  {topology} L={length:>8} {variant:18} {plan.total_bytes / 2**30:8.2f} GiB "
+                f"{seconds:10.4g} s  (compiled in {plan.compile_seconds:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
@@ -156,12 +178,28 @@ def crossover(rows, local: bool) -> int | None:
     return None
 
 
-COLUMNS = ("length", "variant", "memory/device GiB", "fits", "TFLOP/device", "HBM GB", "comm MB",
-           "roofline s", "tokens/s")  # fmt: skip
-FORMATS = ("{length:,}", "{variant}", lambda r: f"{r['memory_bytes'] / 2**30:.2f}",
-           lambda r: "yes" if r["fits"] else "NO", lambda r: f"{r['flops'] / 1e12:.3f}",
-           lambda r: f"{r['hbm_bytes'] / 1e9:.2f}", lambda r: f"{r['comm_bytes'] / 1e6:.1f}",
-           "{roofline_s:.4g}", "{tokens_per_s:,.0f}")  # fmt: skip
+COLUMNS = (
+    "length",
+    "variant",
+    "memory/device GiB",
+    "fits",
+    "TFLOP/device",
+    "HBM GB",
+    "comm MB",
+    "roofline s",
+    "tokens/s",
+)
+FORMATS = (
+    "{length:,}",
+    "{variant}",
+    lambda r: f"{r['memory_bytes'] / 2**30:.2f}",
+    lambda r: "yes" if r["fits"] else "NO",
+    lambda r: f"{r['flops'] / 1e12:.3f}",
+    lambda r: f"{r['hbm_bytes'] / 1e9:.2f}",
+    lambda r: f"{r['comm_bytes'] / 1e6:.1f}",
+    "{roofline_s:.4g}",
+    "{tokens_per_s:,.0f}",
+)
 
 
 def table(rows) -> str:

@@ -67,10 +67,13 @@ def tpu_devices(name: str, num_slices: int = 1):
     # Hosts hold up to 2x2 chips (v5e/v6e 4-chip hosts; v4/v5p 2x2x1).
     bounds = (min(2, dims[0]), min(2, dims[1]), 1)
     try:
-        topo = topologies.get_topology_desc(platform="tpu", topology_name=name,
-                                            chip_config_name="default",
-                                            chips_per_host_bounds=bounds,
-                                            num_slices=num_slices)  # fmt: skip
+        topo = topologies.get_topology_desc(
+            platform="tpu",
+            topology_name=name,
+            chip_config_name="default",
+            chips_per_host_bounds=bounds,
+            num_slices=num_slices,
+        )
     except RuntimeError as e:
         if "support not installed" in str(e):
             raise MissingLibtpu() from None

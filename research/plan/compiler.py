@@ -38,8 +38,11 @@ class Plan:
         loop body (scanned layers, blockwise attention) once, whatever its trip count, and does
         not see inside a Pallas kernel."""
         flops = max(self.flops, self.model_flops + self.remat_flops)
-        return max(flops / chip.peak_flops, self.bytes_accessed / chip.hbm_bandwidth,
-                   self.collective_bytes / chip.ici_bandwidth)  # fmt: skip
+        return max(
+            flops / chip.peak_flops,
+            self.bytes_accessed / chip.hbm_bandwidth,
+            self.collective_bytes / chip.ici_bandwidth,
+        )
 
     def mfu_bound(self, chip: Chip) -> float:
         """Model FLOPs utilisation at the roofline time: an upper bound (the roofline is a
@@ -50,8 +53,9 @@ class Plan:
 
 def _shard_bytes(tree) -> int:
     """Bytes one device holds of abstract arrays with shardings (the largest shard)."""
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-               for x in jax.tree.leaves(tree))  # fmt: skip
+    return sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+    )
 
 
 _OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)")
@@ -70,15 +74,30 @@ def compile_for_devices(name, fn, *args) -> tuple[Plan, object]:
             raise
         temp = float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
         note = str(e).split("RESOURCE_EXHAUSTED: ")[-1].splitlines()[0]
-        plan = Plan(name, _shard_bytes(args), 0, 0, int(temp), math.nan, math.nan,
-                    time.perf_counter() - t0, note)  # fmt: skip
+        plan = Plan(
+            name,
+            _shard_bytes(args),
+            0,
+            0,
+            int(temp),
+            math.nan,
+            math.nan,
+            time.perf_counter() - t0,
+            note,
+        )
         return plan, None
     seconds = time.perf_counter() - t0
     m = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost  # older jax returned a list per device
-    plan = Plan(name, int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
-                int(m.alias_size_in_bytes), int(m.temp_size_in_bytes),
-                float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
-                seconds)  # fmt: skip
+    plan = Plan(
+        name,
+        int(m.argument_size_in_bytes),
+        int(m.output_size_in_bytes),
+        int(m.alias_size_in_bytes),
+        int(m.temp_size_in_bytes),
+        float(cost.get("flops", 0.0)),
+        float(cost.get("bytes accessed", 0.0)),
+        seconds,
+    )
     return plan, compiled

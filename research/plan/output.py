@@ -57,15 +57,22 @@ def describe_model(m, layers: str | None = None) -> str:
     """ "d2048 x 24 layers (scanned), softmax (tpu_flash) attention, remat full"; `layers`
     replaces the layer count ("N layers" for a sweep over depth)."""
     stacked = "scanned" if m.get("scan_layers", False) else "unrolled"
-    return (f"d{m.d_model} x {layers or plural(m.num_layers, 'layer')} ({stacked}), "
-            f"{_attention(m)} attention, remat {m.get('remat', 'none')}")  # fmt: skip
+    return (
+        f"d{m.d_model} x {layers or plural(m.num_layers, 'layer')} ({stacked}), "
+        f"{_attention(m)} attention, remat {m.get('remat', 'none')}"
+    )
 
 
 def _memory_row(p, chip) -> dict:
-    return {"step": p.name, "arguments": fmt_bytes(p.argument_bytes),
-            "outputs": fmt_bytes(p.output_bytes), "aliased": fmt_bytes(p.alias_bytes),
-            "temp": fmt_bytes(p.temp_bytes), "total": fmt_bytes(p.total_bytes),
-            "of HBM": _share(p.total_bytes, chip.hbm_bytes)}  # fmt: skip
+    return {
+        "step": p.name,
+        "arguments": fmt_bytes(p.argument_bytes),
+        "outputs": fmt_bytes(p.output_bytes),
+        "aliased": fmt_bytes(p.alias_bytes),
+        "temp": fmt_bytes(p.temp_bytes),
+        "total": fmt_bytes(p.total_bytes),
+        "of HBM": _share(p.total_bytes, chip.hbm_bytes),
+    }
 
 
 def _compute_row(p, chip, tokens: int) -> dict:
@@ -73,14 +80,16 @@ def _compute_row(p, chip, tokens: int) -> dict:
     t = p.roofline_seconds(chip) if done else math.nan
     train = p.name == "train"
     return {
-        "step": p.name, "GFLOP": f"{p.flops / 1e9:,.3f}" if done else "-",
+        "step": p.name,
+        "GFLOP": f"{p.flops / 1e9:,.3f}" if done else "-",
         "model GFLOP": f"{p.model_flops / 1e9:,.3f}" if p.model_flops else "-",
         "GB accessed": f"{p.bytes_accessed / 1e9:,.2f}" if done else "-",
         "ICI GB": f"{p.collective_bytes / 1e9:,.2f}" if train else "-",
         "roofline s": f"{t:.4g}" if done else "-",
         "tokens/s": f"{tokens / t:,.0f}" if train and done and t > 0 else "-",
-        "MFU <=": mfu_cell(p, chip), "compile s": f"{p.compile_seconds:.1f}",
-    }  # fmt: skip
+        "MFU <=": mfu_cell(p, chip),
+        "compile s": f"{p.compile_seconds:.1f}",
+    }
 
 
 def _wrap(text: str, indent: str = "") -> list[str]:
@@ -109,16 +118,25 @@ def verdict(plans, chip, *, topology: str, chips: int, mesh_shape: dict, c) -> t
     if train is not None and math.isfinite(train.flops):
         t = train.roofline_seconds(chip)
         tokens = c.batch_size * c.data.seq_len
-        items.append(("train step", f">= {_seconds(t)} (roofline, a lower bound), "
-                                    f"<= {tokens / t:,.0f} tokens/s"))  # fmt: skip
+        items.append(
+            (
+                "train step",
+                f">= {_seconds(t)} (roofline, a lower bound), <= {tokens / t:,.0f} tokens/s",
+            )
+        )
         if train.model_flops:
-            how = ("from the analytic FLOPs (XLA counted fewer)" if analytic(train)
-                   else "model FLOPs / (roofline x peak)")  # fmt: skip
+            how = (
+                "from the analytic FLOPs (XLA counted fewer)"
+                if analytic(train)
+                else "model FLOPs / (roofline x peak)"
+            )
             items.append(("MFU bound", f"<= {100 * train.mfu_bound(chip):.1f}% ({how})"))
     elif train is not None:
         items.append(("train step", "no time: the compiler stopped (see the note below)"))
-    items += [("mesh, batch", f"{mesh_shape}, batch {c.batch_size} x {c.data.seq_len} tokens"),
-              ("model", describe_model(c.model))]  # fmt: skip
+    items += [
+        ("mesh, batch", f"{mesh_shape}, batch {c.batch_size} x {c.data.seq_len} tokens"),
+        ("model", describe_model(c.model)),
+    ]
     label = max(len(k) for k, _ in items) + 2
     lines = [*_wrap(head, "    ")]
     for key, value in items:
@@ -133,18 +151,31 @@ def report(plans, chip, *, topology: str, chips: int, mesh_shape: dict, c) -> tu
     lines, fits = verdict(plans, chip, topology=topology, chips=chips, mesh_shape=mesh_shape, c=c)
     tokens = c.batch_size * c.data.seq_len
     compute = [_compute_row(p, chip, tokens) for p in plans]
-    lines += ["", "memory per chip:", format_table([_memory_row(p, chip) for p in plans]), "",
-              "FLOPs, bytes and time per chip per step:", format_table(compute), ""]  # fmt: skip
+    lines += [
+        "",
+        "memory per chip:",
+        format_table([_memory_row(p, chip) for p in plans]),
+        "",
+        "FLOPs, bytes and time per chip per step:",
+        format_table(compute),
+        "",
+    ]
     notes = [f"{p.name}: the compiler stopped: {p.note}" for p in plans if p.note]
     m = c.model
-    loops = (c.accum_steps > 1 or m.attention != "softmax" or m.softmax_implementation != "xla"
-             or m.get("scan_layers", False))  # fmt: skip
+    loops = (
+        c.accum_steps > 1
+        or m.attention != "softmax"
+        or m.softmax_implementation != "xla"
+        or m.get("scan_layers", False)
+    )
     if loops or any(p.name == "decode" for p in plans):
         # XLA's cost analysis counts a while-loop body once, whatever its trip count.
-        notes.append("note: loops (scanned layers, decoding, blockwise/linear attention or "
-                     "gradient accumulation): XLA counts a loop body once, so those steps' "
-                     "GFLOP and GB accessed are underestimates (the roofline takes the larger of "
-                     "XLA's and the model + remat FLOPs). Memory is exact.")  # fmt: skip
+        notes.append(
+            "note: loops (scanned layers, decoding, blockwise/linear attention or "
+            "gradient accumulation): XLA counts a loop body once, so those steps' "
+            "GFLOP and GB accessed are underestimates (the roofline takes the larger of "
+            "XLA's and the model + remat FLOPs). Memory is exact."
+        )
     notes += [
         "aliased: outputs written into the donated arguments (counted once in total).",
         "GFLOP, GB accessed: XLA's estimates. model GFLOP: analytic 6TN + 12TLSd "
@@ -154,9 +185,11 @@ def report(plans, chip, *, topology: str, chips: int, mesh_shape: dict, c) -> tu
         "on the step time; MFU <= model FLOPs / (roofline x peak).",
     ]
     if any(ANALYTIC in r["MFU <="] for r in compute):
-        notes.append(f"{ANALYTIC}: XLA counted fewer FLOPs than model + remat (a scanned layer "
-                     "body is counted once, a Pallas kernel not at all), so the roofline uses "
-                     "the analytic count.")  # fmt: skip
+        notes.append(
+            f"{ANALYTIC}: XLA counted fewer FLOPs than model + remat (a scanned layer "
+            "body is counted once, a Pallas kernel not at all), so the roofline uses "
+            "the analytic count."
+        )
     for note in notes:
         lines += _wrap(note, "  ")
     return "\n".join(lines), fits
@@ -166,8 +199,11 @@ def plot_fsdp(rows, chip, path, title) -> None:
     """Per-device memory against mesh.fsdp (log-log), the chip's HBM dashed."""
     with save_figure(path, title, 1, (6, 4)) as ax:
         x = [r["fsdp"] for r in rows]
-        for key, label in (("argument_bytes", "arguments"), ("temp_bytes", "temporaries"),
-                           ("total_bytes", "total")):  # fmt: skip
+        for key, label in (
+            ("argument_bytes", "arguments"),
+            ("temp_bytes", "temporaries"),
+            ("total_bytes", "total"),
+        ):
             ax.plot(x, [r[key] / GiB for r in rows], marker="o", label=label)
         ax.axhline(chip.hbm_bytes / GiB, color="k", ls="--", lw=1, label=f"{chip.name} HBM")
         ax.set(yscale="log", xlabel="mesh.fsdp (devices per FSDP group)", ylabel="GiB per device")

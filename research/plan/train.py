@@ -20,8 +20,9 @@ from research.train.config import ConfigError, parse
 
 
 def _abstract(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        tree, shardings)  # fmt: skip
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
 
 
 def _model(run: RunConfig, max_length: int):
@@ -50,9 +51,11 @@ def abstract_train(run: RunConfig, devices):
         rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sh.rng),
     )
     shape, bsh = (run.train.batch_size, run.data.seq_len), sharding.batch_sharding(mesh)
-    batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bsh),
-             "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bsh),
-             "weights": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bsh)}  # fmt: skip
+    batch = {
+        "inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bsh),
+        "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bsh),
+        "weights": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bsh),
+    }
     return mesh, model_def, opt, sh, state, batch
 
 
@@ -72,10 +75,12 @@ def _decode_plan(run: RunConfig, mesh, new_tokens: int) -> Plan:
     graph, params, rest = nnx.split(model, nnx.Param, ...)
     abstract_params = _abstract(nnx.to_pure_dict(params), sharding.state_shardings(params, mesh))
     rep = sharding.replicated(mesh)
-    abstract_rest = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-                                 nnx.to_pure_dict(rest))  # fmt: skip
-    prompt = jax.ShapeDtypeStruct((run.train.batch_size, run.data.seq_len), jnp.int32,
-                                  sharding=sharding.batch_sharding(mesh))  # fmt: skip
+    abstract_rest = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), nnx.to_pure_dict(rest)
+    )
+    prompt = jax.ShapeDtypeStruct(
+        (run.train.batch_size, run.data.seq_len), jnp.int32, sharding=sharding.batch_sharding(mesh)
+    )
 
     def decode(params, rest, prompt):
         m = nnx.merge(graph, params, rest)
@@ -150,8 +155,9 @@ def plan_train(c, devices, *, eval_step: bool = False, decode_tokens: int = 0) -
     run = check(c, len(devices), devices[0].platform)
     mesh, model_def, opt, sh, state, batch = abstract_train(run, devices)
     loss_fn = tasks.get(run.task).loss_fn(run, None)
-    train = step.make_train_step(model_def, opt, loss_fn, mesh=mesh, shardings=sh,
-                                 accum_steps=run.train.accum_steps)  # fmt: skip
+    train = step.make_train_step(
+        model_def, opt, loss_fn, mesh=mesh, shardings=sh, accum_steps=run.train.accum_steps
+    )
     plans = [compile_for_devices("train", train, state, batch)[0]]
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
     plans[0].model_flops = model_flops(run) / len(devices)

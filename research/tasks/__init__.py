@@ -34,7 +34,7 @@ TASKS: dict[str, Task] = {
         TheseusTask(),
         ChatTask(),
         QagenTask(),
-    )  # fmt: skip
+    )
 }
 
 

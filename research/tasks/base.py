@@ -54,8 +54,9 @@ class Task(abc.ABC):
         """Raise ConfigError for a model this task cannot train."""
         if self.causal:
             try:
-                check_causal_allowed(attention=run.model.attention,
-                                     feature_map=run.model.feature_map)  # fmt: skip
+                check_causal_allowed(
+                    attention=run.model.attention, feature_map=run.model.feature_map
+                )
             except ValueError as e:  # "attention='linformer' cannot be causal ..."
                 raise ConfigError(f"model.{e}; task={run.task!r} needs causal attention") from None
 

@@ -101,12 +101,16 @@ def initialize(init: str, model: Bert, *, key: str) -> None:
     if not init:
         return
     copied, fresh = params_io.transfer(pretrained_model(init, key=key), model)
-    print(f"{key}: {len(copied)} tensors from {init}; newly initialised: "
-          f"{', '.join(sorted(fresh)) or 'none'}", flush=True)  # fmt: skip
+    print(
+        f"{key}: {len(copied)} tensors from {init}; newly initialised: "
+        f"{', '.join(sorted(fresh)) or 'none'}",
+        flush=True,
+    )
 
 
-def build_config(run, init: str, *, key: str, vocab_size: int, max_length: int,
-                 layers: int = 0, **heads) -> ModelConfig:  # fmt: skip
+def build_config(
+    run, init: str, *, key: str, vocab_size: int, max_length: int, layers: int = 0, **heads
+) -> ModelConfig:
     """The model a BERT task trains: the pretrained architecture (dropout from the config), or
     the config's model sized to the data; with the task's `heads` (mlm_head, pooler,
     num_labels). layers > 0 keeps only the first `layers` layers (BERT-of-Theseus' baseline)."""
@@ -116,17 +120,21 @@ def build_config(run, init: str, *, key: str, vocab_size: int, max_length: int,
     else:
         # The architecture is the pretrained model's; how this run executes it is the run's own
         # (transfer matches layers across the scanned and unrolled forms).
-        mcfg = pre[0].replace(dropout=run.model.dropout, scan_layers=run.model.scan_layers,
-                              remat=run.model.remat)  # fmt: skip
+        mcfg = pre[0].replace(
+            dropout=run.model.dropout, scan_layers=run.model.scan_layers, remat=run.model.remat
+        )
         if max_length > mcfg.max_length:
             if mcfg.positions in ("learned", "sinusoidal") or mcfg.attention == "linformer":
-                raise ConfigError(f"data.seq_len={max_length}: the pretrained model {init} "
-                                  f"takes at most {mcfg.max_length} tokens")  # fmt: skip
+                raise ConfigError(
+                    f"data.seq_len={max_length}: the pretrained model {init} "
+                    f"takes at most {mcfg.max_length} tokens"
+                )
             # Rotary positions have no table to outgrow: the model takes the longer rows.
             mcfg = mcfg.replace(max_length=max_length)
     if layers > mcfg.num_layers:
-        raise ConfigError(f"{key.split('.')[0]}.layers={layers}: the model has only "
-                          f"{mcfg.num_layers} layers")  # fmt: skip
+        raise ConfigError(
+            f"{key.split('.')[0]}.layers={layers}: the model has only {mcfg.num_layers} layers"
+        )
     return mcfg.replace(num_layers=layers or mcfg.num_layers, **heads)
 
 

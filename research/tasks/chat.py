@@ -116,9 +116,10 @@ def vocabulary_origin(run: RunConfig) -> str:
     s, source = run.task_config, run.data.source
     if s.init:
         return f"comes from chat.init={s.init}"
-    text = {"chitchat": "English conversations (data.source=chitchat)",
-            "chatterbot_zh": "Chinese conversations (data.source=chatterbot_zh)"}.get(
-        source, f"the conversations of {source[5:]} (data.source={source})")  # fmt: skip
+    text = {
+        "chitchat": "English conversations (data.source=chitchat)",
+        "chatterbot_zh": "Chinese conversations (data.source=chatterbot_zh)",
+    }.get(source, f"the conversations of {source[5:]} (data.source={source})")
     return f"was trained on {text}"
 
 
@@ -127,8 +128,10 @@ def unknown_turn_warning(vocab, ids: list[int], origin: str) -> str | None:
     unknown = sum(1 for t in ids if t == vocab.unk_id)
     if not ids or 2 * unknown <= len(ids):
         return None
-    return (f"most of this turn ({unknown} of {len(ids)} tokens) is unknown to the model's "
-            f"vocabulary, which {origin}")  # fmt: skip
+    return (
+        f"most of this turn ({unknown} of {len(ids)} tokens) is unknown to the model's "
+        f"vocabulary, which {origin}"
+    )
 
 
 def encode_conversation(vocab, turns: list[str]) -> list[list[int]]:

@@ -92,9 +92,15 @@ def classify_data(run: RunConfig, vocab, train, validation) -> TaskData:
     t, d = run.train, run.data
 
     def make(is_train: bool):
-        return pipeline.classify_iterator(train if is_train else validation, vocab,
-                                          seq_len=d.seq_len, batch_size=t.batch_size,
-                                          seed=t.seed, train=is_train, shards=d.shards)  # fmt: skip
+        return pipeline.classify_iterator(
+            train if is_train else validation,
+            vocab,
+            seq_len=d.seq_len,
+            batch_size=t.batch_size,
+            seed=t.seed,
+            train=is_train,
+            shards=d.shards,
+        )
 
     return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
 
@@ -118,10 +124,17 @@ class ClassifyTask(Task):
         return classify_data(run, vocab, train, validation)
 
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
-        return bert.build_config(run, run.task_config.init, key="classify.init",
-                                 vocab_size=vocab_size, max_length=max_length, mlm_head=False,
-                                 pooler=True, num_labels=run.task_config.num_labels,
-                                 layers=run.task_config.layers)  # fmt: skip
+        return bert.build_config(
+            run,
+            run.task_config.init,
+            key="classify.init",
+            vocab_size=vocab_size,
+            max_length=max_length,
+            mlm_head=False,
+            pooler=True,
+            num_labels=run.task_config.num_labels,
+            layers=run.task_config.layers,
+        )
 
     def model_class(self, run: RunConfig) -> type:
         return Bert

@@ -27,9 +27,15 @@ class LmTask(Task):
         t, d = run.train, run.data
 
         def make(train: bool):
-            return pipeline.lm_iterator(train_source if train else eval_source, tok,
-                                        seq_len=d.seq_len, batch_size=t.batch_size, seed=t.seed,
-                                        train=train, shards=d.shards)  # fmt: skip
+            return pipeline.lm_iterator(
+                train_source if train else eval_source,
+                tok,
+                seq_len=d.seq_len,
+                batch_size=t.batch_size,
+                seed=t.seed,
+                train=train,
+                shards=d.shards,
+            )
 
         return TaskData(tok.vocab_size(), d.seq_len, make, tok)
 

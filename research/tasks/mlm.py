@@ -42,8 +42,11 @@ def make_mlm_loss(max_predicted: int):
         logits = model(batch["inputs"], mask=batch["mask"], predict_at=at).logits
         loss_sum, weight_sum = ops.cross_entropy(logits, targets, mask=w)
         hits = (jnp.argmax(logits, axis=-1) == targets) * w
-        return loss_sum, weight_sum, {"correct": jnp.sum(hits),
-                                      "dropped": jnp.sum(weights) - jnp.sum(w)}  # fmt: skip
+        return (
+            loss_sum,
+            weight_sum,
+            {"correct": jnp.sum(hits), "dropped": jnp.sum(weights) - jnp.sum(w)},
+        )
 
     return mlm_loss
 
@@ -91,16 +94,29 @@ class MlmTask(Task):
         train_source, eval_source = text_sources(d)
 
         def make(train: bool):
-            return pipeline.mlm_iterator(train_source if train else eval_source, vocab,
-                                         seq_len=d.seq_len, batch_size=t.batch_size, seed=t.seed,
-                                         train=train, shards=d.shards, whole_word=s.whole_word,
-                                         rate=s.mask_rate)  # fmt: skip
+            return pipeline.mlm_iterator(
+                train_source if train else eval_source,
+                vocab,
+                seq_len=d.seq_len,
+                batch_size=t.batch_size,
+                seed=t.seed,
+                train=train,
+                shards=d.shards,
+                whole_word=s.whole_word,
+                rate=s.mask_rate,
+            )
 
         return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
 
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
-        return bert.build_config(run, run.task_config.init, key="mlm.init", vocab_size=vocab_size,
-                                 max_length=max_length, mlm_head=True)  # fmt: skip
+        return bert.build_config(
+            run,
+            run.task_config.init,
+            key="mlm.init",
+            vocab_size=vocab_size,
+            max_length=max_length,
+            mlm_head=True,
+        )
 
     def model_class(self, run: RunConfig) -> type:
         return Bert

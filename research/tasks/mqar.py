@@ -19,9 +19,13 @@ class MqarTask(Task):
         t, d = run.train, run.data
 
         def make(train: bool):
-            return pipeline.array_iterator(train_source if train else eval_source,
-                                           batch_size=t.batch_size, seed=t.seed, train=train,
-                                           shards=d.shards)  # fmt: skip
+            return pipeline.array_iterator(
+                train_source if train else eval_source,
+                batch_size=t.batch_size,
+                seed=t.seed,
+                train=train,
+                shards=d.shards,
+            )
 
         return TaskData(d.vocab_size, d.seq_len, make)
 

@@ -89,8 +89,9 @@ def make_loss(verbalizer_ids: np.ndarray, max_predicted: int):
     return loss_fn
 
 
-def accuracy(model, vocab, pattern: patterns.Pattern, records, *, seq_len: int,
-             batch_size: int = 64) -> float:  # fmt: skip
+def accuracy(
+    model, vocab, pattern: patterns.Pattern, records, *, seq_len: int, batch_size: int = 64
+) -> float:
     """Share of `records` whose best-scoring label (through `pattern`) is the label."""
     table = jnp.asarray(patterns.verbalizer_ids(pattern, vocab))
 
@@ -101,8 +102,7 @@ def accuracy(model, vocab, pattern: patterns.Pattern, records, *, seq_len: int,
         return jnp.argmax(ops.label_scores(logits, at, table), axis=-1)
 
     hits = n = 0
-    for b in cloze.eval_batches(records, vocab, pattern, seq_len=seq_len,
-                                       batch_size=batch_size):  # fmt: skip
+    for b in cloze.eval_batches(records, vocab, pattern, seq_len=seq_len, batch_size=batch_size):
         pred = np.asarray(predict(model, b["inputs"], b["mask"], b["mask_positions"]))
         keep = b["weights"] > 0
         hits += int(np.sum((pred == b["labels"])[keep]))
@@ -144,20 +144,38 @@ class PetTask(Task):
 
         def make(is_train: bool):
             if is_train:
-                return cloze.train_iterator(labeled, unlabeled, vocab, pattern,
-                                             seq_len=d.seq_len, batch_size=t.batch_size,
-                                             seed=t.seed, rate=s.mask_rate,
-                                             unlabeled_share=s.unlabeled_share,
-                                             shards=d.shards)  # fmt: skip
-            return cloze.eval_iterator(validation, vocab, pattern, seq_len=d.seq_len,
-                                              batch_size=t.batch_size,
-                                              shards=d.shards)  # fmt: skip
+                return cloze.train_iterator(
+                    labeled,
+                    unlabeled,
+                    vocab,
+                    pattern,
+                    seq_len=d.seq_len,
+                    batch_size=t.batch_size,
+                    seed=t.seed,
+                    rate=s.mask_rate,
+                    unlabeled_share=s.unlabeled_share,
+                    shards=d.shards,
+                )
+            return cloze.eval_iterator(
+                validation,
+                vocab,
+                pattern,
+                seq_len=d.seq_len,
+                batch_size=t.batch_size,
+                shards=d.shards,
+            )
 
         return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
 
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
-        return bert.build_config(run, run.task_config.init, key="pet.init", vocab_size=vocab_size,
-                                 max_length=max_length, mlm_head=True)  # fmt: skip
+        return bert.build_config(
+            run,
+            run.task_config.init,
+            key="pet.init",
+            vocab_size=vocab_size,
+            max_length=max_length,
+            mlm_head=True,
+        )
 
     def model_class(self, run: RunConfig) -> type:
         return Bert

@@ -96,8 +96,9 @@ def passage_window(vocab, passage: str, start: int, n_chars: int, budget: int) -
     return ids[first : first + budget]
 
 
-def qa_row(passage, answer, question, *, seq_len: int, cls_id: int, sep_id: int,
-           pad_id: int) -> dict:  # fmt: skip
+def qa_row(
+    passage, answer, question, *, seq_len: int, cls_id: int, sep_id: int, pad_id: int
+) -> dict:
     """One training row from token ids: inputs, segment_ids, mask [L]; targets [L] (the next
     token) and weights [L] (1 where the next token is in segment 1)."""
     ids = [cls_id, *passage, sep_id, *answer, sep_id, *question, sep_id]
@@ -110,8 +111,13 @@ def qa_row(passage, answer, question, *, seq_len: int, cls_id: int, sep_id: int,
     targets = np.full(seq_len, pad_id, np.int32)
     targets[: len(ids) - 1] = ids[1:]
     weights = ((pos >= n0 - 1) & (pos < len(ids) - 1)).astype(np.float32)
-    return {"inputs": inputs, "segment_ids": (pos >= n0).astype(np.int32),
-            "mask": pos < len(ids), "targets": targets, "weights": weights}  # fmt: skip
+    return {
+        "inputs": inputs,
+        "segment_ids": (pos >= n0).astype(np.int32),
+        "mask": pos < len(ids),
+        "targets": targets,
+        "weights": weights,
+    }
 
 
 def encode_example(vocab, ex: dict, *, seq_len: int, s: QagenConfig) -> dict | None:
@@ -120,18 +126,33 @@ def encode_example(vocab, ex: dict, *, seq_len: int, s: QagenConfig) -> dict | N
     answer, question = vocab.encode(ex["answer"]), vocab.encode(ex["question"])
     if not 0 < len(answer) <= s.answer_len or not 0 < len(question) <= s.question_len:
         return None
-    passage = passage_window(vocab, ex["passage"], ex.get("answer_start", -1), len(ex["answer"]),
-                             passage_budget(seq_len, s))  # fmt: skip
-    return qa_row(passage, answer, question, seq_len=seq_len, cls_id=vocab.cls_id,
-                  sep_id=vocab.sep_id, pad_id=vocab.pad_id)  # fmt: skip
+    passage = passage_window(
+        vocab,
+        ex["passage"],
+        ex.get("answer_start", -1),
+        len(ex["answer"]),
+        passage_budget(seq_len, s),
+    )
+    return qa_row(
+        passage,
+        answer,
+        question,
+        seq_len=seq_len,
+        cls_id=vocab.cls_id,
+        sep_id=vocab.sep_id,
+        pad_id=vocab.pad_id,
+    )
 
 
 def encode_rows(vocab, examples, *, seq_len: int, s: QagenConfig, name: str) -> list[dict]:
     rows = [encode_example(vocab, e, seq_len=seq_len, s=s) for e in examples]
     kept = [r for r in rows if r is not None]
     if len(kept) < len(rows):
-        print(f"qagen {name}: {len(rows) - len(kept):,} of {len(rows):,} examples dropped (answer "
-              f"> {s.answer_len} or question > {s.question_len} tokens)", flush=True)  # fmt: skip
+        print(
+            f"qagen {name}: {len(rows) - len(kept):,} of {len(rows):,} examples dropped (answer "
+            f"> {s.answer_len} or question > {s.question_len} tokens)",
+            flush=True,
+        )
     return kept
 
 
@@ -159,8 +180,13 @@ def make_qagen_loss(max_targets: int):
         at = jnp.argsort(-w, axis=-1, stable=True)[:, :max_targets]
         weights = jnp.take_along_axis(w, at, axis=1)
         targets = jnp.take_along_axis(batch["targets"], at, axis=1)
-        logits = model(batch["inputs"], segment_ids=batch["segment_ids"], mask=batch["mask"],
-                       unilm=True, predict_at=at).logits  # fmt: skip
+        logits = model(
+            batch["inputs"],
+            segment_ids=batch["segment_ids"],
+            mask=batch["mask"],
+            unilm=True,
+            predict_at=at,
+        ).logits
         loss_sum, weight_sum = ops.cross_entropy(logits, targets, mask=weights)
         hits = (jnp.argmax(logits, axis=-1) == targets) * weights
         return loss_sum, weight_sum, {"correct": jnp.sum(hits)}
@@ -178,9 +204,15 @@ def answer_lengths(tokens: Int[Array, "n a"], sep_id: int) -> tuple[Array, Array
     return jnp.where(ended, jnp.argmax(is_sep, axis=1), tokens.shape[1]).astype(jnp.int32), ended
 
 
-def question_prompts(prompt: Int[Array, "n p"], lengths: Int[Array, " n"],
-                     answers: Int[Array, "n a"], answer_len: Int[Array, " n"], *, sep_id: int,
-                     pad_id: int):  # fmt: skip
+def question_prompts(
+    prompt: Int[Array, "n p"],
+    lengths: Int[Array, " n"],
+    answers: Int[Array, "n a"],
+    answer_len: Int[Array, " n"],
+    *,
+    sep_id: int,
+    pad_id: int,
+):
     """[CLS] passage [SEP] + answer [SEP] -> (tokens [N, P + A + 1], segment ids (1 from the
     answer on), lengths [N])."""
     n, p = prompt.shape
@@ -198,8 +230,9 @@ def question_prompts(prompt: Int[Array, "n p"], lengths: Int[Array, " n"],
 def answer_log_prob(model, tokens, segments, lengths, prompt_lengths, answer_len, max_answer):
     """log p(answer [SEP] | passage) [N] under the model, from one UniLM forward pass."""
     valid = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    at = jnp.clip(prompt_lengths[:, None] - 1 + jnp.arange(max_answer + 1)[None, :], 0,
-                  tokens.shape[1] - 2)  # fmt: skip
+    at = jnp.clip(
+        prompt_lengths[:, None] - 1 + jnp.arange(max_answer + 1)[None, :], 0, tokens.shape[1] - 2
+    )
     logits = model(tokens, segment_ids=segments, mask=valid, unilm=True, predict_at=at).logits
     targets = jnp.take_along_axis(tokens, at + 1, axis=1)
     scored = jnp.arange(max_answer + 1)[None, :] <= answer_len[:, None]
@@ -207,16 +240,28 @@ def answer_log_prob(model, tokens, segments, lengths, prompt_lengths, answer_len
     return jnp.sum(jnp.where(scored, lp, 0.0), axis=1)
 
 
-def beam_questions(model, tokens, segments, lengths, *, question_len: int, beam_size: int,
-                   sep_id: int, pad_id: int):  # fmt: skip
+def beam_questions(
+    model, tokens, segments, lengths, *, question_len: int, beam_size: int, sep_id: int, pad_id: int
+):
     """The best beam's question [N, question_len + 1] ([SEP]-ended, pad after) and its log-prob
     [N], continuing the prompts `tokens` (segments as given, UniLM mask) as segment 1."""
-    logits, cache = model.prefill(tokens, lengths=lengths, segment_ids=segments, unilm=True,
-                                  max_length=tokens.shape[1] + question_len + 1)  # fmt: skip
+    logits, cache = model.prefill(
+        tokens,
+        lengths=lengths,
+        segment_ids=segments,
+        unilm=True,
+        max_length=tokens.shape[1] + question_len + 1,
+    )
     step = functools.partial(model.decode_step, segment=1)
-    seqs, scores = decoding.beam_search(step, logits, cache, beam_size=beam_size,
-                                        max_new_tokens=question_len + 1, eos_id=sep_id,
-                                        pad_id=pad_id)  # fmt: skip
+    seqs, scores = decoding.beam_search(
+        step,
+        logits,
+        cache,
+        beam_size=beam_size,
+        max_new_tokens=question_len + 1,
+        eos_id=sep_id,
+        pad_id=pad_id,
+    )
     return seqs[:, 0], scores[:, 0]
 
 
@@ -245,11 +290,24 @@ def first_of_each(answers, answer_len, valid) -> Bool[Array, "b k"]:
     return valid & ~dup
 
 
-def generate_qa(model, prompt: Int[Array, "b p"], lengths: Int[Array, " b"], key, *,
-                num_answers: int, answer_len: int, question_len: int, top_p: float = 1.0,
-                top_k: int = 0, temperature: float = 1.0, beam_size: int = 1, sep_id: int,
-                pad_id: int, require_in_passage: bool = True,
-                banned_ids: tuple[int, ...] = ()) -> dict:  # fmt: skip
+def generate_qa(
+    model,
+    prompt: Int[Array, "b p"],
+    lengths: Int[Array, " b"],
+    key,
+    *,
+    num_answers: int,
+    answer_len: int,
+    question_len: int,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    temperature: float = 1.0,
+    beam_size: int = 1,
+    sep_id: int,
+    pad_id: int,
+    require_in_passage: bool = True,
+    banned_ids: tuple[int, ...] = (),
+) -> dict:
     """Two-stage generation for prompts [CLS] passage [SEP] [B, P] (right-padded to lengths).
 
     Stage 1 samples `num_answers` answers per passage (up to answer_len tokens, then [SEP]);
@@ -272,15 +330,33 @@ def generate_qa(model, prompt: Int[Array, "b p"], lengths: Int[Array, " b"], key
         logits, cache = model.decode_step(token, cache, segment=1)
         return logits + ban, cache
 
-    sampled = decoding.sample(step, logits + ban, cache, key, max_new_tokens=answer_len + 1,
-                              temperature=temperature, top_k=top_k, top_p=top_p,
-                              stop_tokens=(sep_id,), pad_id=pad_id)  # fmt: skip
+    sampled = decoding.sample(
+        step,
+        logits + ban,
+        cache,
+        key,
+        max_new_tokens=answer_len + 1,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        stop_tokens=(sep_id,),
+        pad_id=pad_id,
+    )
     alen, ended = answer_lengths(sampled, sep_id)
     valid = ended & (alen > 0)
     alen = jnp.minimum(alen, answer_len)
     answers = sampled[:, :answer_len]  # the [SEP] slot dropped: the stage-2 row fits seq_len
-    out = questions_for(model, rep, rep_len, answers, alen, question_len=question_len,
-                        beam_size=beam_size, sep_id=sep_id, pad_id=pad_id)  # fmt: skip
+    out = questions_for(
+        model,
+        rep,
+        rep_len,
+        answers,
+        alen,
+        question_len=question_len,
+        beam_size=beam_size,
+        sep_id=sep_id,
+        pad_id=pad_id,
+    )
     if require_in_passage:
         valid = valid & in_passage(rep, rep_len, answers, alen)
     keep = first_of_each(sampled.reshape(b, k, -1), alen.reshape(b, k), valid.reshape(b, k))
@@ -288,18 +364,40 @@ def generate_qa(model, prompt: Int[Array, "b p"], lengths: Int[Array, " b"], key
     return {"answers": sampled.reshape(b, k, -1), **shaped, "keep": keep}
 
 
-def questions_for(model, prompt, lengths, answers, answer_len, *, question_len: int,
-                  beam_size: int, sep_id: int, pad_id: int) -> dict:  # fmt: skip
+def questions_for(
+    model,
+    prompt,
+    lengths,
+    answers,
+    answer_len,
+    *,
+    question_len: int,
+    beam_size: int,
+    sep_id: int,
+    pad_id: int,
+) -> dict:
     """Stage 2 for given answers [N, A] (their first answer_len [N] tokens): answer_length,
     answer_score, questions [N, question_len + 1], question_score (see `generate_qa`)."""
-    tokens, segments, qlen = question_prompts(prompt, lengths, answers, answer_len,
-                                              sep_id=sep_id, pad_id=pad_id)  # fmt: skip
+    tokens, segments, qlen = question_prompts(
+        prompt, lengths, answers, answer_len, sep_id=sep_id, pad_id=pad_id
+    )
     score = answer_log_prob(model, tokens, segments, qlen, lengths, answer_len, answers.shape[1])
-    questions, q_score = beam_questions(model, tokens, segments, qlen, question_len=question_len,
-                                        beam_size=beam_size, sep_id=sep_id,
-                                        pad_id=pad_id)  # fmt: skip
-    return {"answer_length": answer_len, "answer_score": score, "questions": questions,
-            "question_score": q_score}  # fmt: skip
+    questions, q_score = beam_questions(
+        model,
+        tokens,
+        segments,
+        qlen,
+        question_len=question_len,
+        beam_size=beam_size,
+        sep_id=sep_id,
+        pad_id=pad_id,
+    )
+    return {
+        "answer_length": answer_len,
+        "answer_score": score,
+        "questions": questions,
+        "question_score": q_score,
+    }
 
 
 # ---- metrics ------------------------------------------------------------------------------
@@ -330,9 +428,11 @@ def answer_scores(predictions: list[list[str]], golds: list[list[str]]) -> dict:
         for p in preds:
             em.append(max(answer_units(p) == answer_units(g) for g in gold))
             f1.append(max(span_f1(p, g) for g in gold))
-    return {"answer_em": 100 * float(np.mean(em)) if em else 0.0,
-            "answer_f1": 100 * float(np.mean(f1)) if f1 else 0.0,
-            "answers": float(np.mean([len(p) for p in predictions]))}  # fmt: skip
+    return {
+        "answer_em": 100 * float(np.mean(em)) if em else 0.0,
+        "answer_f1": 100 * float(np.mean(f1)) if f1 else 0.0,
+        "answers": float(np.mean([len(p) for p in predictions])),
+    }
 
 
 def baseline_question(ex: dict) -> str:
@@ -361,8 +461,9 @@ def frequent_answers(ranked: list[str], passage: str, k: int) -> list[str]:
     return list(itertools.islice((a for a in ranked if a in passage), k))
 
 
-def baseline_metrics(vocab, held_out: list[dict], s: QagenConfig, ranked: list[str],
-                     seq_len: int) -> dict:  # fmt: skip
+def baseline_metrics(
+    vocab, held_out: list[dict], s: QagenConfig, ranked: list[str], seq_len: int
+) -> dict:
     """The trivial baseline on the pairs and passages `evaluate_model` scores: the question is
     the answer's sentence without the answer (`baseline_question`); the answers are the
     num_answers most frequent train answers found in the passage (`frequent_answers`)."""
@@ -375,8 +476,10 @@ def baseline_metrics(vocab, held_out: list[dict], s: QagenConfig, ranked: list[s
     if passages:
         budget = passage_budget(seq_len, s)  # the window generation sees: the first tokens
         seen = [vocab.decode(passage_window(vocab, p, -1, 0, budget)) for p, _ in passages]
-        out |= answer_scores([frequent_answers(ranked, p, s.num_answers) for p in seen],
-                             [golds for _, golds in passages])  # fmt: skip
+        out |= answer_scores(
+            [frequent_answers(ranked, p, s.num_answers) for p in seen],
+            [golds for _, golds in passages],
+        )
     return out
 
 
@@ -423,9 +526,11 @@ class QagenTask(Task):
         except ConfigError as e:
             if not s.init.startswith("workdir:"):
                 raise
-            raise ConfigError(f"{e} (train it first: python -m research.main --config=configs/"
-                              f"mlm.py --workdir={s.init.removeprefix('workdir:')}; or "
-                              "--config.qagen.init= for random weights)") from None  # fmt: skip
+            raise ConfigError(
+                f"{e} (train it first: python -m research.main --config=configs/"
+                f"mlm.py --workdir={s.init.removeprefix('workdir:')}; or "
+                "--config.qagen.init= for random weights)"
+            ) from None
         if run.model.attention != "softmax":
             raise ConfigError(
                 "task='qagen' needs model.attention='softmax' (the UniLM mask is not a "
@@ -446,24 +551,39 @@ class QagenTask(Task):
             raise ConfigError(str(e)) from None
         vocab = qagen_vocab(run, splits["train"])
         wanted = {"train": splits["train"][: d.train_examples], "validation": splits["validation"]}
-        rows = {name: encode_rows(vocab, wanted[name], seq_len=d.seq_len, s=s, name=name)
-                for name in wanted}  # fmt: skip
+        rows = {
+            name: encode_rows(vocab, wanted[name], seq_len=d.seq_len, s=s, name=name)
+            for name in wanted
+        }
         for name, r in rows.items():
             if len(r) < t.batch_size:
-                raise DataError(f"data.source={d.source!r}: the {name} split has {len(r)} rows "
-                                f"that fit, fewer than batch_size={t.batch_size}")  # fmt: skip
+                raise DataError(
+                    f"data.source={d.source!r}: the {name} split has {len(r)} rows "
+                    f"that fit, fewer than batch_size={t.batch_size}"
+                )
 
         def make(is_train: bool):
-            return pipeline.array_iterator(rows["train" if is_train else "validation"],
-                                           batch_size=t.batch_size, seed=t.seed, train=is_train,
-                                           shards=d.shards)  # fmt: skip
+            return pipeline.array_iterator(
+                rows["train" if is_train else "validation"],
+                batch_size=t.batch_size,
+                seed=t.seed,
+                train=is_train,
+                shards=d.shards,
+            )
 
         return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
 
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
-        mcfg = bert.build_config(run, run.task_config.init, key="qagen.init",
-                                 vocab_size=vocab_size, max_length=max_length, mlm_head=True,
-                                 pooler=False, num_labels=0)  # fmt: skip
+        mcfg = bert.build_config(
+            run,
+            run.task_config.init,
+            key="qagen.init",
+            vocab_size=vocab_size,
+            max_length=max_length,
+            mlm_head=True,
+            pooler=False,
+            num_labels=0,
+        )
         return mcfg.replace(num_segments=max(mcfg.num_segments, 2))
 
     def model_class(self, run: RunConfig) -> type:
@@ -481,8 +601,7 @@ class QagenTask(Task):
         model = eval_model(state.params, state.consts)
         splits = read_examples(run.data.source, run.data.data_dir)
         s, held_out = run.task_config, splits["validation"]
-        out = evaluate_model(model, data.vocab, held_out, s, run.data.seq_len,
-                             seed=run.train.seed)  # fmt: skip
+        out = evaluate_model(model, data.vocab, held_out, s, run.data.seq_len, seed=run.train.seed)
         key = (run.data.source, run.data.data_dir, s, run.data.seq_len)
         if key not in _BASELINES:  # the same at every evaluation of a run
             ranked = _ranked_answers(run.data.source, run.data.data_dir)
@@ -514,8 +633,7 @@ def _ask(graphdef, params, prompt, lengths, answers, alen, *, opts):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "opts", "gen"))
 def _both(graphdef, params, prompt, lengths, key, *, opts, gen):
-    return generate_qa(nnx.merge(graphdef, params), prompt, lengths, key, **dict(opts),
-                       **dict(gen))  # fmt: skip
+    return generate_qa(nnx.merge(graphdef, params), prompt, lengths, key, **dict(opts), **dict(gen))
 
 
 class Generator:
@@ -529,12 +647,21 @@ class Generator:
         self.vocab, self.s, self.batch_size = vocab, s, batch_size
         self.budget = passage_budget(seq_len, s)
         self.graphdef, self.params = nnx.split(model)
-        self.opts = (("beam_size", s.beam_size), ("pad_id", vocab.pad_id),
-                     ("question_len", s.question_len), ("sep_id", vocab.sep_id))  # fmt: skip
-        self.gen = (("answer_len", s.answer_len), ("num_answers", s.num_answers),
-                    ("require_in_passage", s.in_passage), ("temperature", s.temperature),
-                    ("top_k", s.top_k), ("top_p", s.top_p),
-                    ("banned_ids", special_ids(vocab)))  # fmt: skip
+        self.opts = (
+            ("beam_size", s.beam_size),
+            ("pad_id", vocab.pad_id),
+            ("question_len", s.question_len),
+            ("sep_id", vocab.sep_id),
+        )
+        self.gen = (
+            ("answer_len", s.answer_len),
+            ("num_answers", s.num_answers),
+            ("require_in_passage", s.in_passage),
+            ("temperature", s.temperature),
+            ("top_k", s.top_k),
+            ("top_p", s.top_p),
+            ("banned_ids", special_ids(vocab)),
+        )
 
     def _question(self, ids) -> str:
         return self.vocab.decode(ids_until(ids, self.vocab.sep_id))
@@ -549,35 +676,65 @@ class Generator:
             at = None if starts is None else pad_list(list(starts[i:j]), self.batch_size)
             prompt, lengths = prompts(self.vocab, ps, budget=self.budget, answers=ans, starts=at)
             ids, alen = answer_ids(self.vocab, ans, self.s.answer_len)
-            got = jax.device_get(_ask(self.graphdef, self.params, prompt, lengths, ids, alen,
-                                      opts=self.opts))  # fmt: skip
-            out += [{"question": self._question(got["questions"][r]),
-                     "answer_score": float(got["answer_score"][r]),
-                     "question_score": float(got["question_score"][r])}
-                    for r in range(j - i)]  # fmt: skip
+            got = jax.device_get(
+                _ask(self.graphdef, self.params, prompt, lengths, ids, alen, opts=self.opts)
+            )
+            out += [
+                {
+                    "question": self._question(got["questions"][r]),
+                    "answer_score": float(got["answer_score"][r]),
+                    "question_score": float(got["question_score"][r]),
+                }
+                for r in range(j - i)
+            ]
         return out
 
     def generate(self, passages: list[str], key) -> list[list[dict]]:
         """For each passage, its kept {answer, question, answer_score, question_score}."""
         out = []
         for i, j in _batched(len(passages), self.batch_size):
-            prompt, lengths = prompts(self.vocab, pad_list(passages[i:j], self.batch_size),
-                                      budget=self.budget)  # fmt: skip
-            got = jax.device_get(_both(self.graphdef, self.params, prompt, lengths,
-                                       jax.random.fold_in(key, i), opts=self.opts,
-                                       gen=self.gen))  # fmt: skip
+            prompt, lengths = prompts(
+                self.vocab, pad_list(passages[i:j], self.batch_size), budget=self.budget
+            )
+            got = jax.device_get(
+                _both(
+                    self.graphdef,
+                    self.params,
+                    prompt,
+                    lengths,
+                    jax.random.fold_in(key, i),
+                    opts=self.opts,
+                    gen=self.gen,
+                )
+            )
             for r in range(j - i):
-                out.append([{"answer": self.vocab.decode(
-                                 got["answers"][r, k, : got["answer_length"][r, k]]),
-                             "question": self._question(got["questions"][r, k]),
-                             "answer_score": float(got["answer_score"][r, k]),
-                             "question_score": float(got["question_score"][r, k])}
-                            for k in range(self.s.num_answers) if got["keep"][r, k]])  # fmt: skip
+                out.append(
+                    [
+                        {
+                            "answer": self.vocab.decode(
+                                got["answers"][r, k, : got["answer_length"][r, k]]
+                            ),
+                            "question": self._question(got["questions"][r, k]),
+                            "answer_score": float(got["answer_score"][r, k]),
+                            "question_score": float(got["question_score"][r, k]),
+                        }
+                        for k in range(self.s.num_answers)
+                        if got["keep"][r, k]
+                    ]
+                )
         return out
 
 
-def evaluate_model(model, vocab, held_out: list[dict], s: QagenConfig, seq_len: int, *,
-                   seed: int = 0, batch_size: int = 64) -> dict:  # fmt: skip
+def evaluate_model(
+    model,
+    vocab,
+    held_out: list[dict],
+    s: QagenConfig,
+    seq_len: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict:
     """Question BLEU-4 / ROUGE-L (gold answers given) on `s.eval_examples` held-out pairs, and
     answer EM / F1 of k sampled answers on `s.eval_passages` held-out passages."""
     gen = Generator(model, vocab, s, seq_len, batch_size=batch_size)
@@ -594,8 +751,9 @@ def evaluate_model(model, vocab, held_out: list[dict], s: QagenConfig, seq_len: 
     passages = by_passage(held_out, s.eval_passages)
     if passages:
         got = gen.generate([p for p, _ in passages], jax.random.key(seed))
-        out |= answer_scores([[g["answer"] for g in kept] for kept in got],
-                             [golds for _, golds in passages])  # fmt: skip
+        out |= answer_scores(
+            [[g["answer"] for g in kept] for kept in got], [golds for _, golds in passages]
+        )
     return out
 
 

@@ -31,9 +31,22 @@ from research.tasks.classify import check_labels, classify_data, classify_loss
 SCHEDULES = ("constant", "linear")
 # Fields that fix what a layer computes and its parameters' shapes: a successor from another
 # architecture is refused.
-_LAYER_FIELDS = ("d_model", "num_heads", "num_kv_heads", "d_ff", "norm", "use_bias", "activation",
-                 "attention", "feature_map", "favor_features", "linear_form", "linformer_k",
-                 "short_conv", "positions")  # fmt: skip
+_LAYER_FIELDS = (
+    "d_model",
+    "num_heads",
+    "num_kv_heads",
+    "d_ff",
+    "norm",
+    "use_bias",
+    "activation",
+    "attention",
+    "feature_map",
+    "favor_features",
+    "linear_form",
+    "linformer_k",
+    "short_conv",
+    "positions",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +65,9 @@ class TheseusConfig:
         if not 0.0 <= self.replace_prob <= 1.0:
             raise ValueError(f"replace_prob={self.replace_prob!r}: must be in [0, 1]")
         if self.replace_schedule not in SCHEDULES:
-            raise ValueError(f"replace_schedule={self.replace_schedule!r}: allowed "
-                             f"{', '.join(SCHEDULES)}")  # fmt: skip
+            raise ValueError(
+                f"replace_schedule={self.replace_schedule!r}: allowed {', '.join(SCHEDULES)}"
+            )
         if self.replace_slope < 0:
             raise ValueError(f"replace_slope={self.replace_slope!r}: must be >= 0")
         if not isinstance(self.successor_layers, int) or self.successor_layers < 1:
@@ -63,16 +77,20 @@ class TheseusConfig:
 def _predecessor(s: TheseusConfig) -> tuple[pathlib.Path, ModelConfig]:
     parsed = bert.parse_init(s.predecessor, key="theseus.predecessor")
     if parsed is None or parsed[0] != "workdir":
-        raise ConfigError(f"theseus.predecessor={s.predecessor!r}: use workdir:PATH of a "
-                          "fine-tuned classify run")  # fmt: skip
+        raise ConfigError(
+            f"theseus.predecessor={s.predecessor!r}: use workdir:PATH of a fine-tuned classify run"
+        )
     path = parsed[1]
     if not params_io.checkpoint_steps(path / "checkpoints"):
-        raise ConfigError(f"theseus.predecessor={s.predecessor!r}: no checkpoints in "
-                          f"{path / 'checkpoints'}")  # fmt: skip
+        raise ConfigError(
+            f"theseus.predecessor={s.predecessor!r}: no checkpoints in {path / 'checkpoints'}"
+        )
     mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
     if not mcfg.num_labels:
-        raise ConfigError(f"theseus.predecessor={s.predecessor!r}: that run has no classifier "
-                          "(num_labels=0); train one with configs/classify.py first")  # fmt: skip
+        raise ConfigError(
+            f"theseus.predecessor={s.predecessor!r}: that run has no classifier "
+            "(num_labels=0); train one with configs/classify.py first"
+        )
     return path, mcfg
 
 
@@ -83,8 +101,10 @@ def _successor_init(s: TheseusConfig, path: pathlib.Path) -> str:
     raw = bert.run_config(path)
     init = raw.get("classify", {}).get("init", "")
     if not init:
-        raise ConfigError(f"theseus.init='': the predecessor {path} started from random weights; "
-                          "name the pretrained BERT (workdir:PATH or hf:PATH)")  # fmt: skip
+        raise ConfigError(
+            f"theseus.init='': the predecessor {path} started from random weights; "
+            "name the pretrained BERT (workdir:PATH or hf:PATH)"
+        )
     return init
 
 
@@ -97,14 +117,17 @@ class TheseusTask(Task):
 
     def validate(self, run: RunConfig) -> None:
         if run.model.scan_layers:
-            raise ConfigError("model.scan_layers=True: BERT-of-Theseus swaps single layers "
-                              "in and out, which a scanned stack cannot; set it False (the "
-                              "predecessor and successor may come from scanned runs)")  # fmt: skip
+            raise ConfigError(
+                "model.scan_layers=True: BERT-of-Theseus swaps single layers "
+                "in and out, which a scanned stack cannot; set it False (the "
+                "predecessor and successor may come from scanned runs)"
+            )
         s = run.task_config
         path, mcfg = _predecessor(s)
         try:
-            check_successor_layers(mcfg.num_layers, s.successor_layers,
-                                   key="theseus.successor_layers")  # fmt: skip
+            check_successor_layers(
+                mcfg.num_layers, s.successor_layers, key="theseus.successor_layers"
+            )
         except ValueError as e:
             raise ConfigError(str(e)) from None
         init = _successor_init(s, path)
@@ -116,8 +139,10 @@ class TheseusTask(Task):
                 + ", ".join(f"{f} ({getattr(pre, f)} vs {getattr(mcfg, f)})" for f in differ)
             )
         if pre.num_layers < s.successor_layers:
-            raise ConfigError(f"theseus.init={init!r}: has {pre.num_layers} layers, fewer than "
-                              f"successor_layers={s.successor_layers}")  # fmt: skip
+            raise ConfigError(
+                f"theseus.init={init!r}: has {pre.num_layers} layers, fewer than "
+                f"successor_layers={s.successor_layers}"
+            )
 
     def build_data(self, run: RunConfig) -> TaskData:
         s, d = run.task_config, run.data
@@ -130,9 +155,11 @@ class TheseusTask(Task):
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
         _, mcfg = _predecessor(run.task_config)
         if vocab_size != mcfg.vocab_size or max_length > mcfg.max_length:
-            raise ConfigError(f"theseus.predecessor: its model takes {mcfg.vocab_size} tokens "
-                              f"and {mcfg.max_length} positions; the data needs {vocab_size} "
-                              f"and {max_length}")  # fmt: skip
+            raise ConfigError(
+                f"theseus.predecessor: its model takes {mcfg.vocab_size} tokens "
+                f"and {mcfg.max_length} positions; the data needs {vocab_size} "
+                f"and {max_length}"
+            )
         # Unrolled whatever the predecessor's run used: modules are swapped layer by layer.
         return mcfg.replace(dropout=run.model.dropout, scan_layers=False)
 
@@ -161,12 +188,16 @@ class TheseusTask(Task):
                     raise ValueError(f"its layers lack {', '.join(missing[:3])}")
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
-        print(f"theseus: predecessor ({len(copied)} tensors, frozen) from {s.predecessor}; "
-              f"successor layers = the first {model.k} layers of {init}", flush=True)  # fmt: skip
+        print(
+            f"theseus: predecessor ({len(copied)} tensors, frozen) from {s.predecessor}; "
+            f"successor layers = the first {model.k} layers of {init}",
+            flush=True,
+        )
 
     def loss_fn(self, run: RunConfig, data: TaskData | None):
-        return make_theseus_loss(run.task_config, seed=run.train.seed,
-                                 num_train_steps=run.train.num_train_steps)  # fmt: skip
+        return make_theseus_loss(
+            run.task_config, seed=run.train.seed, num_train_steps=run.train.num_train_steps
+        )
 
 
 def replacement_draws(s: TheseusConfig, *, seed: int, num_train_steps: int):

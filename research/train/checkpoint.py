@@ -61,14 +61,19 @@ class Checkpointer:
         # are the schedule's (every `every` steps), Orbax's own preemption notice (a
         # multi-host preemption sync point, when JAX has one) and what the loop forces (the last
         # step, SIGTERM/SIGINT).
-        policy = ocp.checkpoint_managers.AnySavePolicy([
-            ocp.checkpoint_managers.FixedIntervalPolicy(every),
-            ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
-        ])  # fmt: skip
+        policy = ocp.checkpoint_managers.AnySavePolicy(
+            [
+                ocp.checkpoint_managers.FixedIntervalPolicy(every),
+                ocp.checkpoint_managers.PreemptionCheckpointingPolicy(),
+            ]
+        )
         options = ocp.CheckpointManagerOptions(
-            save_decision_policy=policy, max_to_keep=keep, enable_async_checkpointing=True,
-            create=True, cleanup_tmp_directories=True,
-        )  # fmt: skip
+            save_decision_policy=policy,
+            max_to_keep=keep,
+            enable_async_checkpointing=True,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=options,
@@ -88,8 +93,9 @@ class Checkpointer:
         )
         return self.manager.save(step, args=args, force=force)
 
-    def restore_latest(self, abstract_state, data_iterator, *, check_config=None,
-                       start_fresh: bool = False):  # fmt: skip
+    def restore_latest(
+        self, abstract_state, data_iterator, *, check_config=None, start_fresh: bool = False
+    ):
         """(state, step) from the newest readable checkpoint, or (None, 0) when there is none.
 
         `abstract_state`: ShapeDtypeStructs with shardings, so arrays come back already placed.
@@ -136,8 +142,7 @@ class Checkpointer:
                     f"{self.aside} and train from step 0"
                 )
             where = self._move_aside(unreadable)
-            _say(f"--start_fresh: {_describe(unreadable)}; moved to {where}; "
-                 "training from step 0")  # fmt: skip
+            _say(f"--start_fresh: {_describe(unreadable)}; moved to {where}; training from step 0")
         return None, 0
 
     @property
@@ -204,8 +209,10 @@ class Checkpointer:
         k = min(diff, key=lambda k: (not k.startswith("params"), k))  # a parameter, if one differs
         form = ""
         if _per_layer(saved) != _per_layer(want):  # one side numbers its layers, the other stacks
-            form = (f"; it holds {'per-layer' if _per_layer(saved) else 'stacked'} layers: "
-                    f"resume it with model.scan_layers={not _per_layer(saved)}")  # fmt: skip
+            form = (
+                f"; it holds {'per-layer' if _per_layer(saved) else 'stacked'} layers: "
+                f"resume it with model.scan_layers={not _per_layer(saved)}"
+            )
         raise MismatchedCheckpoint(
             f"checkpoint {step} in {self.directory} was saved by a different model or optimizer "
             f"({k}: saved {saved.get(k, 'absent')}, this config {want.get(k, 'absent')}){form}; "

@@ -29,8 +29,9 @@ _SECTIONS = ("optimizer", "mesh", "data", "model")
 DENSE_SOFTMAX_MAX_LEN = 8192
 
 
-def parse(c, *, num_devices: int | None = None, check_devices: bool = True,
-          platform: str | None = None) -> RunConfig:  # fmt: skip
+def parse(
+    c, *, num_devices: int | None = None, check_devices: bool = True, platform: str | None = None
+) -> RunConfig:
     """Validate ConfigDict `c` into a RunConfig.
 
     num_devices: the mesh's device count (default: this run's, `jax.device_count()`).
@@ -58,8 +59,11 @@ def parse(c, *, num_devices: int | None = None, check_devices: bool = True,
     if bad:
         raise ConfigError(f"model: {bad} come from the data (data.vocab_size, data.seq_len)")
     model = typed(ModelConfig, model_section, name="model", prefix="model: ", **sizes)
-    if (model.attention == "softmax" and model.softmax_implementation == "xla"
-            and data.seq_len >= DENSE_SOFTMAX_MAX_LEN):  # fmt: skip
+    if (
+        model.attention == "softmax"
+        and model.softmax_implementation == "xla"
+        and data.seq_len >= DENSE_SOFTMAX_MAX_LEN
+    ):
         raise ConfigError(
             f"data.seq_len={data.seq_len} with model.softmax_implementation='xla' keeps a dense "
             f"[batch, heads, {data.seq_len}, {data.seq_len}] score matrix; from "

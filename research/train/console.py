@@ -26,8 +26,10 @@ class _Survivor:
 
     def _move(self, error: OSError) -> None:
         log = open(self._log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the stream
-        log.write(f"[seqlab] {time.strftime('%Y-%m-%d %H:%M:%S')}: fd {self._fd} was closed "
-                  f"({error.strerror or error}); its output continues here\n")  # fmt: skip
+        log.write(
+            f"[seqlab] {time.strftime('%Y-%m-%d %H:%M:%S')}: fd {self._fd} was closed "
+            f"({error.strerror or error}); its output continues here\n"
+        )
         os.dup2(log.fileno(), self._fd)  # C-level writers (absl, XLA) follow the descriptor
         self._stream = log
         self.moved = True

@@ -52,22 +52,35 @@ def _acquire_local(workdir: str) -> str:
     except BlockingIOError:
         holder = _read(f)
         f.close()
-        who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} since "
-               f"{holder.get('since', '?')}") if holder else "another process"  # fmt: skip
+        who = (
+            (
+                f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} since "
+                f"{holder.get('since', '?')}"
+            )
+            if holder
+            else "another process"
+        )
         return (
             f"{workdir} is in use by {who}; wait for that run to end or stop it "
             "(it saves on SIGTERM), or use another --workdir"
         )
     except OSError as e:  # a file system without flock (some NFS mounts): run unlocked
         f.close()
-        print(f"warning: cannot lock {workdir} ({e.strerror or e}); running unlocked",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"warning: cannot lock {workdir} ({e.strerror or e}); running unlocked",
+            file=sys.stderr,
+            flush=True,
+        )
         return ""
     previous = _read(f)
     if previous and previous.get("pid") != os.getpid():
-        print(f"taking over the lock of {workdir} from pid {previous.get('pid')} on host "
-              f"{previous.get('host')} (since {previous.get('since')}), which is no longer "
-              "running", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"taking over the lock of {workdir} from pid {previous.get('pid')} on host "
+            f"{previous.get('host')} (since {previous.get('since')}), which is no longer "
+            "running",
+            file=sys.stderr,
+            flush=True,
+        )
     since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     f.seek(0)
     f.truncate()

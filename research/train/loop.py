@@ -76,9 +76,15 @@ class _Preemption:
 # num_train_steps (the learning-rate schedule decays to 0 there), seed, batch_size, accum_steps
 # (dropout keys are per microbatch), optimizer.*, model.*, data.* (data.shards fixes which
 # examples form each batch and the layout of the saved iterator state) and the task's section.
-SAFE_CONFIG_CHANGES = ("log_every_steps", "eval_every_steps", "eval_steps",
-                       "checkpoint_every_steps", "keep_checkpoints", "data.data_dir",
-                       "mesh.")  # fmt: skip
+SAFE_CONFIG_CHANGES = (
+    "log_every_steps",
+    "eval_every_steps",
+    "eval_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "data.data_dir",
+    "mesh.",
+)
 
 
 def _is_safe(key: str) -> bool:
@@ -201,8 +207,9 @@ def train_and_evaluate(
     model_def, shardings, state, train_iter = fresh_start(initialize=not had_checkpoints)
 
     # ---- resume ----------------------------------------------------------------------------
-    ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", every=t.checkpoint_every_steps,
-                                   keep=t.keep_checkpoints)  # fmt: skip
+    ckpt = checkpoint.Checkpointer(
+        f"{workdir}/checkpoints", every=t.checkpoint_every_steps, keep=t.keep_checkpoints
+    )
     changes = {}  # step -> config changes since that checkpoint
 
     def check_config(step, saved):
@@ -219,9 +226,12 @@ def train_and_evaluate(
             )
 
     try:
-        restored, start = ckpt.restore_latest(checkpoint.abstract(state), train_iter,
-                                              check_config=check_config,
-                                              start_fresh=start_fresh)  # fmt: skip
+        restored, start = ckpt.restore_latest(
+            checkpoint.abstract(state),
+            train_iter,
+            check_config=check_config,
+            start_fresh=start_fresh,
+        )
     except BaseException:
         ckpt.close()
         raise
@@ -234,8 +244,10 @@ def train_and_evaluate(
         if jax.process_index() == 0:
             print(f"resumed from step {start} in {workdir}", flush=True)
             if changes.get(start):
-                print(f"config changed since checkpoint {start}: "
-                      f"{describe_changes(changes[start])}", flush=True)  # fmt: skip
+                print(
+                    f"config changed since checkpoint {start}: {describe_changes(changes[start])}",
+                    flush=True,
+                )
     # What `load_trained` needs to rebuild the model and read its outputs on another machine
     # (after the checks above: a refused resume writes nothing).
     if jax.process_index() == 0:
@@ -251,8 +263,9 @@ def train_and_evaluate(
     def extra_metrics(state, pairs):
         return task.evaluate(run, data, eval_model, state, pairs)
 
-    train_step = step.make_train_step(model_def, opt, loss_fn, mesh=mesh, shardings=shardings,
-                                      accum_steps=t.accum_steps)  # fmt: skip
+    train_step = step.make_train_step(
+        model_def, opt, loss_fn, mesh=mesh, shardings=shardings, accum_steps=t.accum_steps
+    )
     eval_step = step.make_eval_step(model_def, loss_fn, mesh=mesh, shardings=shardings)
     batch_sharding = sharding.batch_sharding(mesh)
     writer = metrics.MetricWriter(workdir, purge_after=start)
@@ -260,8 +273,14 @@ def train_and_evaluate(
     config_json = run.raw
 
     # ---- train -----------------------------------------------------------------------------
-    bar = tqdm(total=t.num_train_steps, initial=start, disable=jax.process_index() != 0,
-               desc="train", unit="step", dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=t.num_train_steps,
+        initial=start,
+        disable=jax.process_index() != 0,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
     # Throughput counts from the end of this run's first step, so compilation is excluded.
     window, t0, tokens, examples, steps_run = None, None, 0.0, 0.0, 0
     last_loss, eval_result, preempted, s = float("nan"), {}, False, start
@@ -274,8 +293,10 @@ def train_and_evaluate(
             last_loss = float(sums["loss_sum"]) / max(float(sums["weight_sum"]), 1.0)
             if not math.isfinite(last_loss):
                 # Stop before this state can reach a checkpoint.
-                raise NonFiniteLoss(f"non-finite train loss ({last_loss}) at step {s}; "
-                                    "stopping without saving this step's state")  # fmt: skip
+                raise NonFiniteLoss(
+                    f"non-finite train loss ({last_loss}) at step {s}; "
+                    "stopping without saving this step's state"
+                )
             steps_run += 1
             if t0 is None:
                 t0 = time.perf_counter()
@@ -293,8 +314,14 @@ def train_and_evaluate(
                 writer.write(s, "train", {**metrics.summarize(window), "tokens_per_second": rate})
                 window = None
             if s % t.eval_every_steps == 0 or s == t.num_train_steps:
-                eval_result = _evaluate(eval_step, state, data.make_iterator, t.eval_steps,
-                                        batch_sharding, extra_metrics)  # fmt: skip
+                eval_result = _evaluate(
+                    eval_step,
+                    state,
+                    data.make_iterator,
+                    t.eval_steps,
+                    batch_sharding,
+                    extra_metrics,
+                )
                 writer.write(s, "eval", eval_result)
             saved = ckpt.save(s, state, train_iter, config_json, force=s == t.num_train_steps)
             if preemption.reached():
@@ -317,5 +344,14 @@ def train_and_evaluate(
         raise faults.NoSpaceLeft(ckpt.no_space_message(s)) from None
     if errors:
         raise errors[0]
-    return Summary(steps_run, s, last_loss, eval_result, _rate(tokens, t0), preempted, start,
-                   preemption.name, _rate(examples, t0))  # fmt: skip
+    return Summary(
+        steps_run,
+        s,
+        last_loss,
+        eval_result,
+        _rate(tokens, t0),
+        preempted,
+        start,
+        preemption.name,
+        _rate(examples, t0),
+    )

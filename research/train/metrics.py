@@ -62,8 +62,10 @@ class MetricWriter:
 
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self.file = self.path.open("ab", buffering=0)  # unbuffered: a failed row is not retried
-        self.tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"),
-                                purge_step=purge_after + 1 if purge_after else None)  # fmt: skip
+        self.tb = SummaryWriter(
+            str(pathlib.Path(workdir) / "tensorboard"),
+            purge_step=purge_after + 1 if purge_after else None,
+        )
 
     def write(self, step: int, split: str, values: dict):
         if not self.enabled:

@@ -46,6 +46,14 @@ def make_optimizer(cfg: OptimizerConfig, num_train_steps: int) -> optax.Gradient
         kind=cfg.schedule,
     )
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-    parts.append(optax.adamw(schedule, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
-                             weight_decay=cfg.weight_decay, mask=decay_mask))  # fmt: skip
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=cfg.adam_b1,
+            b2=cfg.adam_b2,
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+            mask=decay_mask,
+        )
+    )
     return optax.chain(*parts)

@@ -44,17 +44,23 @@ def resolve_mesh_shape(mesh: dict, num_devices: int) -> tuple[int, int, int]:
         raise ValueError(f"unknown mesh axes {sorted(unknown)}; allowed: {', '.join(MESH_AXES)}")
     sizes = [int(mesh.get(a, 1)) for a in MESH_AXES]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes, strict=True))}: sizes must be >= 1, "
-                         "with at most one -1")  # fmt: skip
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes, strict=True))}: sizes must be >= 1, "
+            "with at most one -1"
+        )
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} does not divide "
-                             f"{num_devices} devices")  # fmt: skip
+            raise ValueError(
+                f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} does not divide "
+                f"{num_devices} devices"
+            )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs "
-                         f"{math.prod(sizes)} devices, have {num_devices}")  # fmt: skip
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs "
+            f"{math.prod(sizes)} devices, have {num_devices}"
+        )
     return tuple(sizes)
 
 

@@ -44,8 +44,9 @@ class ModelDef:
     rng_state: dict  # dropout stream state, reseeded every step
 
     def merge(self, params, consts, *, train: bool, key=None):
-        model = nnx.merge(self.train_graph if train else self.eval_graph, params, consts,
-                          self.rng_state)  # fmt: skip
+        model = nnx.merge(
+            self.train_graph if train else self.eval_graph, params, consts, self.rng_state
+        )
         if key is not None:
             # Stacked layers (scan_layers) hold one dropout key per layer: split the step's key.
             nnx.reseed(model, dropout=key, policy="match_shape")
@@ -68,10 +69,13 @@ def state_shardings(optimizer, params: nnx.State, consts: nnx.State, mesh: Mesh)
     abstract_params = jax.eval_shape(lambda: nnx.to_pure_dict(params))
     abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
     opt_sh = optax.tree_map_params(
-        optimizer, lambda _, s: s, abstract_opt, param_sh,
+        optimizer,
+        lambda _, s: s,
+        abstract_opt,
+        param_sh,
         transform_non_params=lambda _: rep,
         is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
-    )  # fmt: skip
+    )
     consts_sh = jax.tree.map(lambda _: rep, nnx.to_pure_dict(consts))
     return TrainState(rep, param_sh, opt_sh, consts_sh, rep)
 
@@ -92,16 +96,16 @@ def init_state(optimizer, params: nnx.State, consts: nnx.State, seed: int, shard
 def _grads(model_def: ModelDef, loss_fn: LossFn, params, consts, batch, key, step=None):
     def f(p):
         model = model_def.merge(p, consts, train=True, key=key)
-        loss_sum, weight_sum, sums = loss_fn(model, batch, key=jax.random.fold_in(key, 1),
-                                             step=step)  # fmt: skip
+        loss_sum, weight_sum, sums = loss_fn(
+            model, batch, key=jax.random.fold_in(key, 1), step=step
+        )
         return loss_sum, (weight_sum, sums)
 
     (loss_sum, (weight_sum, sums)), grads = jax.value_and_grad(f, has_aux=True)(params)
     return grads, loss_sum, weight_sum, sums
 
 
-def _accumulated_grads(model_def, loss_fn, params, consts, batch, key, accum_steps: int,
-                       step=None):  # fmt: skip
+def _accumulated_grads(model_def, loss_fn, params, consts, batch, key, accum_steps: int, step=None):
     """Sums of gradients and losses over `accum_steps` microbatches (exact, not mean of means)."""
     if accum_steps == 1:
         return _grads(model_def, loss_fn, params, consts, batch, key, step)
@@ -117,8 +121,10 @@ def _accumulated_grads(model_def, loss_fn, params, consts, batch, key, accum_ste
 
     micro = jax.tree.map(split, batch)
     first = jax.tree.map(lambda x: x[0], micro)
-    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: _grads(model_def, loss_fn, params, consts, first, key, step)))  # fmt: skip
+    zeros = jax.tree.map(
+        jnp.zeros_like,
+        jax.eval_shape(lambda: _grads(model_def, loss_fn, params, consts, first, key, step)),
+    )
     total, _ = lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
     return total
 
@@ -128,13 +134,24 @@ def _apply(optimizer, state: TrainState, grads, loss_sum, weight_sum, sums):
     grads = jax.tree.map(lambda g: g / jnp.maximum(weight_sum, 1.0), grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss_sum": loss_sum, "weight_sum": weight_sum, "grad_norm": optax.tree.norm(grads),
-               **sums}  # fmt: skip
+    metrics = {
+        "loss_sum": loss_sum,
+        "weight_sum": weight_sum,
+        "grad_norm": optax.tree.norm(grads),
+        **sums,
+    }
     return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def make_train_step(model_def: ModelDef, optimizer, loss_fn: LossFn, *, mesh: Mesh,
-                    shardings: TrainState, accum_steps: int = 1):  # fmt: skip
+def make_train_step(
+    model_def: ModelDef,
+    optimizer,
+    loss_fn: LossFn,
+    *,
+    mesh: Mesh,
+    shardings: TrainState,
+    accum_steps: int = 1,
+):
     """jax.jit step on the (data, fsdp, tensor) mesh: state sharded by rules, batch over
     (data, fsdp), activations constrained by the same rules (`research.models.partitioning`),
     state donated. Returns step(state, batch) -> (state, metric sums)."""
@@ -143,17 +160,29 @@ def make_train_step(model_def: ModelDef, optimizer, loss_fn: LossFn, *, mesh: Me
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         # Traced inside: every activation the layers name is constrained on the mesh.
         with partitioning.activation_sharding(sharding.activation_resolver(mesh)):
-            out = _accumulated_grads(model_def, loss_fn, state.params, state.consts, batch, key,
-                                     accum_steps, state.step)  # fmt: skip
+            out = _accumulated_grads(
+                model_def, loss_fn, state.params, state.consts, batch, key, accum_steps, state.step
+            )
         return _apply(optimizer, state, *out)
 
     rep = sharding.replicated(mesh)
-    return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=(shardings, rep), donate_argnums=0)  # fmt: skip
+    return jax.jit(
+        step,
+        in_shardings=(shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(shardings, rep),
+        donate_argnums=0,
+    )
 
 
-def make_shard_map_step(model_def: ModelDef, optimizer, loss_fn: LossFn, *, mesh: Mesh,
-                        accum_steps: int = 1, axis: str = "data"):  # fmt: skip
+def make_shard_map_step(
+    model_def: ModelDef,
+    optimizer,
+    loss_fn: LossFn,
+    *,
+    mesh: Mesh,
+    accum_steps: int = 1,
+    axis: str = "data",
+):
     """pmap-style data parallelism with explicit collectives (`jax.shard_map`).
 
     Parameters and optimizer state are replicated; each device takes its slice of the batch,
@@ -165,15 +194,17 @@ def make_shard_map_step(model_def: ModelDef, optimizer, loss_fn: LossFn, *, mesh
     def local(state: TrainState, batch: dict):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         key = jax.random.fold_in(key, lax.axis_index(axis))  # distinct dropout per device
-        out = _accumulated_grads(model_def, loss_fn, state.params, state.consts, batch, key,
-                                 accum_steps, state.step)  # fmt: skip
+        out = _accumulated_grads(
+            model_def, loss_fn, state.params, state.consts, batch, key, accum_steps, state.step
+        )
         return _apply(optimizer, state, *lax.psum(out, axis))
 
     # check_vma=False: gradients stay per-device partial sums until the explicit psum above.
     # With it on, autodiff of the replicated params already psums some cotangents, and the
     # explicit psum would count those gradients axis-size times (a test catches this).
-    mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis)), out_specs=(P(), P()),
-                           check_vma=False)  # fmt: skip
+    mapped = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(axis)), out_specs=(P(), P()), check_vma=False
+    )
     return jax.jit(mapped, donate_argnums=0)
 
 
@@ -187,5 +218,8 @@ def make_eval_step(model_def: ModelDef, loss_fn: LossFn, *, mesh: Mesh, sharding
             )
         return {"loss_sum": loss_sum, "weight_sum": weight_sum, **sums}
 
-    return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.replicated(mesh))  # fmt: skip
+    return jax.jit(
+        step,
+        in_shardings=(shardings, sharding.batch_sharding(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )

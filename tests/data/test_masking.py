@@ -20,8 +20,9 @@ def corpus():
 
 
 def _kw(vocab):
-    return dict(mask_id=vocab.mask_id, vocab_size=vocab.vocab_size(),
-                random_low=vocab.first_regular_id)  # fmt: skip
+    return dict(
+        mask_id=vocab.mask_id, vocab_size=vocab.vocab_size(), random_low=vocab.first_regular_id
+    )
 
 
 def _row(words, vocab, pad=5):
@@ -90,8 +91,9 @@ def test_masking_is_deterministic_for_a_seed_and_respects_maskable(corpus):
     # Token-level masking (each token its own word) meets the budget exactly.
     tokens = np.where(word_index >= 0, np.arange(len(row)), -1)
     allowed = np.arange(len(row)) % 2 == 0
-    _, _, w = mlm_mask(row, tokens, np.random.default_rng(1), maskable=allowed, rate=0.5,
-                       **_kw(vocab))  # fmt: skip
+    _, _, w = mlm_mask(
+        row, tokens, np.random.default_rng(1), maskable=allowed, rate=0.5, **_kw(vocab)
+    )
     n = int((allowed & (tokens >= 0)).sum())
     assert not w[~allowed].any() and w.sum() == math.floor(0.5 * n + 0.5)
     with pytest.raises(DataError, match="mask_prob, random_prob"):
@@ -134,8 +136,9 @@ def test_mlm_pipeline_packs_sentences_in_order(corpus):
     content_mask = out["mask"] & (out["targets"] != vocab.cls_id) & (out["targets"] != vocab.sep_id)
     assert not out["weights"][~content_mask].any()
     _within(int(out["weights"].sum()), int(content_mask.sum()), 0.15)
-    again, _ = _collect(pipeline.mlm_dataset(records, vocab, seq_len=seq_len, batch_size=8, seed=0,
-                                             train=False))  # fmt: skip
+    again, _ = _collect(
+        pipeline.mlm_dataset(records, vocab, seq_len=seq_len, batch_size=8, seed=0, train=False)
+    )
     np.testing.assert_array_equal(again["inputs"], out["inputs"])
 
 
@@ -144,8 +147,9 @@ def test_mlm_pipeline_resumes_with_the_same_rows_and_masks(corpus):
     records = [{"text": " ".join(words)} for words in sentences[:400]]
 
     def make():
-        return pipeline.mlm_iterator(records, vocab, seq_len=48, batch_size=4, seed=3, train=True,
-                                     shards=2)  # fmt: skip
+        return pipeline.mlm_iterator(
+            records, vocab, seq_len=48, batch_size=4, seed=3, train=True, shards=2
+        )
 
     it = make()
     for _ in range(5):

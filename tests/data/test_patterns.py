@@ -146,8 +146,11 @@ def test_verbalizer_must_fit_the_slots_and_the_vocabulary(verbalizer, match):
 
 def test_labels_outside_the_verbalizer():
     patterns.check_labels(np.array([0, 1, 1]), SENTIMENT_PATTERNS[0])
-    with pytest.raises(ValueError, match=r"labels \[-1, 2\] are outside the verbalizer "
-                       r"\('不', '很'\): allowed 0..1") as err:  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"labels \[-1, 2\] are outside the verbalizer "
+        r"\('不', '很'\): allowed 0..1",
+    ) as err:
         patterns.check_labels([0, 2, -1, 2], SENTIMENT_PATTERNS[0])
     _one_line(err)
     with pytest.raises(ValueError, match="labels must be ints, got dtype float64"):
@@ -155,7 +158,10 @@ def test_labels_outside_the_verbalizer():
 
 
 def test_max_length_must_leave_room_for_the_text():
-    with pytest.raises(ValueError, match=r"max_length=10 leaves no room for the text: pattern "
-                       r"'\{text\}总体来说\[MASK\]满意。' takes 10 tokens") as err:  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"max_length=10 leaves no room for the text: pattern "
+        r"'\{text\}总体来说\[MASK\]满意。' takes 10 tokens",
+    ) as err:
         patterns.encode(SENTIMENT_PATTERNS[1], TEXT, VOCAB, max_length=10)
     _one_line(err)

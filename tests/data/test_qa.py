@@ -68,13 +68,21 @@ def _squad(contexts_qas):
 
 def test_squad_json_and_jsonl_readers(tmp_path):
     ok = [
-        (f"Passage {i} says the answer is blue {i}.",
-         [{"id": f"q{i}", "question": f"What colour {i}?",
-           "answers": [{"text": f"blue {i}", "answer_start": 28 + len(str(i))}]}])
+        (
+            f"Passage {i} says the answer is blue {i}.",
+            [
+                {
+                    "id": f"q{i}",
+                    "question": f"What colour {i}?",
+                    "answers": [{"text": f"blue {i}", "answer_start": 28 + len(str(i))}],
+                }
+            ],
+        )
         for i in range(60)
-    ]  # fmt: skip
-    ok.append(("Unanswerable.", [{"id": "x", "question": "?", "answers": [],
-                                  "is_impossible": True}]))  # fmt: skip
+    ]
+    ok.append(
+        ("Unanswerable.", [{"id": "x", "question": "?", "answers": [], "is_impossible": True}])
+    )
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(_squad(ok)))
     splits = qa.qa_sources(f"squad_json:{path}", str(tmp_path))
@@ -95,12 +103,17 @@ def test_squad_json_and_jsonl_readers(tmp_path):
     ]
     lines.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
     assert sum(len(v) for v in qa.qa_sources(f"jsonl:{lines}", "").values()) == 80
-    for row, match in (({"passage": "", "question": "q", "answer": "a"},
-                        ":2: the passage is empty"),
-                       ({"passage": "abc", "question": "q", "answer": "z"},
-                        ":2: the answer 'z' is not in its passage"),
-                       ({"passage": "abc", "answer": "a"}, ":2: a record needs passage, question "
-                        "and answer; missing question")):  # fmt: skip
+    for row, match in (
+        ({"passage": "", "question": "q", "answer": "a"}, ":2: the passage is empty"),
+        (
+            {"passage": "abc", "question": "q", "answer": "z"},
+            ":2: the answer 'z' is not in its passage",
+        ),
+        (
+            {"passage": "abc", "answer": "a"},
+            ":2: a record needs passage, question and answer; missing question",
+        ),
+    ):
         lines.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n" + json.dumps(row))
         with pytest.raises(DataError, match=match):
             qa.qa_sources(f"jsonl:{lines}", "")
@@ -115,10 +128,16 @@ def test_squad_by_tfds_name_with_mock_data(tmp_path):
 
     def records(split):
         n = 40 if split == "train" else 6
-        return [{"id": f"{split}{i}", "title": "t", "context": f"In {1900 + i} the fair opened.",
-                 "question": f"When did fair {i} open?",
-                 "answers": {"text": [str(1900 + i)], "answer_start": [3]}}
-                for i in range(n)]  # fmt: skip
+        return [
+            {
+                "id": f"{split}{i}",
+                "title": "t",
+                "context": f"In {1900 + i} the fair opened.",
+                "question": f"When did fair {i} open?",
+                "answers": {"text": [str(1900 + i)], "answer_start": [3]},
+            }
+            for i in range(n)
+        ]
 
     def as_data_source(self, split, *args, **kwargs):
         return records(split)
@@ -126,8 +145,12 @@ def test_squad_by_tfds_name_with_mock_data(tmp_path):
     with tfds.testing.mock_data(as_data_source_fn=as_data_source):
         splits = qa.qa_sources("tfds:squad", str(tmp_path))
     assert len(splits["test"]) == 6 and len(splits["train"]) + len(splits["validation"]) == 40
-    want = {"passage": "In 1900 the fair opened.", "answer": "1900",
-            "question": "When did fair 0 open?", "answer_start": 3}  # fmt: skip
+    want = {
+        "passage": "In 1900 the fair opened.",
+        "answer": "1900",
+        "question": "When did fair 0 open?",
+        "answer_start": 3,
+    }
     assert splits["test"][0] == want
 
     def broken(self, split, *args, **kwargs):
@@ -135,7 +158,10 @@ def test_squad_by_tfds_name_with_mock_data(tmp_path):
         out[2]["answers"]["answer_start"] = [10]
         return out
 
-    with tfds.testing.mock_data(as_data_source_fn=broken), pytest.raises(
-        DataError, match="tfds:squad train record 2: the answer '1902' at offset 10 is not in"
-    ):  # fmt: skip
+    with (
+        tfds.testing.mock_data(as_data_source_fn=broken),
+        pytest.raises(
+            DataError, match="tfds:squad train record 2: the answer '1902' at offset 10 is not in"
+        ),
+    ):
         qa.qa_sources("tfds:squad", str(tmp_path))

@@ -53,8 +53,10 @@ def test_char_vocab_keeps_the_most_frequent_characters(sentences, vocab):
 def test_one_token_per_character_and_the_word_of_each(sentences, vocab):
     for words in sentences[:500]:
         chars = [c for w in words for c in _normalized(w)]
-        want = [vocab.token_to_id(c) if vocab.token_to_id(c) is not None else vocab.unk_id
-                for c in chars]  # fmt: skip
+        want = [
+            vocab.token_to_id(c) if vocab.token_to_id(c) is not None else vocab.unk_id
+            for c in chars
+        ]
         assert vocab.encode(" ".join(words)) == want
         assert vocab.encode("".join(words).encode("utf-8")) == want  # tfds gives bytes
         ids, word_index = vocab.encode_words(words)
@@ -100,8 +102,19 @@ def test_same_ids_as_hugging_face_bert_tokenizer(tmp_path, sentences, vocab):
 
 
 def test_hugging_face_vocab_ids_are_looked_up_by_name(tmp_path):
-    tokens = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s",
-              "中", "国"]  # fmt: skip
+    tokens = [
+        "[PAD]",
+        "[unused1]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "hello",
+        "world",
+        "##s",
+        "中",
+        "国",
+    ]
     (tmp_path / "vocab.txt").write_text("\n".join(tokens) + "\n")
     v = BertVocab.from_pretrained_dir(tmp_path)
     assert (v.pad_id, v.unk_id, v.cls_id, v.sep_id, v.mask_id) == (0, 2, 3, 4, 5)
@@ -155,8 +168,20 @@ def test_train_or_load_builds_once_and_the_workdir_copy_loads(tmp_path, sentence
 
 def test_memoised_character_ids_match_the_tokenizer(sentences, vocab):
     """BertVocab memoises the ids of each character; the tokenizer itself is the reference."""
-    odd = ["ΟΔΟΣ", "e\u0301cole", "İstanbul", "한국어", "a\u3000b", "x\x00y", "[MASK] 中国",
-           "[mask]", "ﬁ ①", "🙂", "Ａ１ｂ", ""]  # fmt: skip
+    odd = [
+        "ΟΔΟΣ",
+        "e\u0301cole",
+        "İstanbul",
+        "한국어",
+        "a\u3000b",
+        "x\x00y",
+        "[MASK] 中国",
+        "[mask]",
+        "ﬁ ①",
+        "🙂",
+        "Ａ１ｂ",
+        "",
+    ]
     reviews = [e["text"] for e in chinese.review_examples()[:1000]]
     texts = [" ".join(words) for words in sentences] + reviews + odd
     ref = vocab.tokenizer.encode_batch(texts, add_special_tokens=False)

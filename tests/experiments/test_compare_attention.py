@@ -21,14 +21,27 @@ def _env():
 
 
 def _cmd(workdir, data_dir, *overrides):
-    return [sys.executable, "-m", "research.main", "--config=configs/compare_attention.py:smoke",
-            f"--workdir={workdir}", f"--config.mqar.data.data_dir={data_dir}",
-            f"--config.lm.data.data_dir={data_dir}", *overrides]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "research.main",
+        "--config=configs/compare_attention.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.mqar.data.data_dir={data_dir}",
+        f"--config.lm.data.data_dir={data_dir}",
+        *overrides,
+    ]
 
 
 def _run(workdir, data_dir, *overrides):
-    return subprocess.run(_cmd(workdir, data_dir, *overrides), cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    return subprocess.run(
+        _cmd(workdir, data_dir, *overrides),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
@@ -36,7 +49,11 @@ def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "wd" / "compare.csv")))
     assert [(x["attention"], x["width"]) for x in rows] == [
-        ("softmax", "16"), ("softmax", "32"), ("elu", "16"), ("elu", "32")]  # fmt: skip
+        ("softmax", "16"),
+        ("softmax", "32"),
+        ("elu", "16"),
+        ("elu", "32"),
+    ]
     for x in rows:
         assert 0.0 <= float(x["mqar_accuracy"]) <= 1.0 and float(x["lm_perplexity"]) > 1.0
         assert float(x["train_tokens_per_s"]) > 0 and float(x["decode_tokens_per_s"]) > 0
@@ -101,10 +118,15 @@ def test_a_sweep_without_the_lm_prints_dashes_not_nan(tmp_path):
     c = cfg.get_config("smoke")
     c.tasks = ("mqar",)
     results = [
-        {"point": {"task": "mqar", "attention": a, "width": w, "lr": 0.01},
-         "eval": {"accuracy": acc, "loss": 1.0}, "tokens_per_second": 10.0}
-        for a in ("softmax", "elu") for w in (16, 32) for acc in (0.5, float("nan"))
-    ]  # fmt: skip
+        {
+            "point": {"task": "mqar", "attention": a, "width": w, "lr": 0.01},
+            "eval": {"accuracy": acc, "loss": 1.0},
+            "tokens_per_second": 10.0,
+        }
+        for a in ("softmax", "elu")
+        for w in (16, 32)
+        for acc in (0.5, float("nan"))
+    ]
     decode = {(a, w): (5.0, 64) for a in ("softmax", "elu") for w in (16, 32)}
     rows = ca.summarize(c, results, decode)
     assert [r["mqar_accuracy"] for r in rows] == [0.5] * 4  # a diverged (NaN) lr never wins
@@ -128,11 +150,14 @@ def test_an_lm_only_sweep_and_one_data_dir_for_both_tasks(tmp_path):
     mqar_point = ca.Point("mqar", "softmax", 16, 0.01)
     assert ca.point_config(c, mqar_point).data.data_dir == str(tmp_path / "data")
     results = [
-        {"point": {"task": "lm", "attention": a, "width": w, "lr": 0.003},
-         "eval": {"accuracy": 0.1, "loss": 4.0 + w / 1000 + (a == "elu") / 100},
-         "tokens_per_second": 7.0}
-        for a in ("softmax", "elu") for w in (16, 32)
-    ]  # fmt: skip
+        {
+            "point": {"task": "lm", "attention": a, "width": w, "lr": 0.003},
+            "eval": {"accuracy": 0.1, "loss": 4.0 + w / 1000 + (a == "elu") / 100},
+            "tokens_per_second": 7.0,
+        }
+        for a in ("softmax", "elu")
+        for w in (16, 32)
+    ]
     decode = {(a, w): (5.0, 64) for a in ("softmax", "elu") for w in (16, 32)}
     rows = ca.summarize(c, results, decode)
     assert "| softmax | 16 | - | - | 4.016 | 55.5 | 7 | 5 | 64 |" in ca.table(rows)

@@ -14,10 +14,17 @@ def _run(workdir, data_dir, *overrides):
     env = dict(
         os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2"
     )
-    cmd = [sys.executable, "-m", "research.main", "--config=configs/exposure_bias.py:smoke",
-           f"--workdir={workdir}", f"--config.base.data.data_dir={data_dir}",
-           "--config.variants=baseline,random_replacement,scst",
-           "--config.base.seq2seq.eval_beams=1,2", *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "research.main",
+        "--config=configs/exposure_bias.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.base.data.data_dir={data_dir}",
+        "--config.variants=baseline,random_replacement,scst",
+        "--config.base.seq2seq.eval_beams=1,2",
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -26,7 +33,8 @@ def test_smoke_sweep(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "wd" / "exposure_bias.csv")))
     assert [(x["variant"], x["beam"]) for x in rows] == [
-        (v, b) for v in ("baseline", "random_replacement", "scst") for b in ("1", "2")]  # fmt: skip
+        (v, b) for v in ("baseline", "random_replacement", "scst") for b in ("1", "2")
+    ]
     for x in rows:
         assert 0.0 <= float(x["rougeL_mean"]) <= 100.0 and 0.0 <= float(x["bleu_mean"]) <= 100.0
     assert (tmp_path / "wd" / "exposure_bias.png").stat().st_size > 10_000
@@ -39,8 +47,12 @@ def test_smoke_sweep(tmp_path):
 
 
 def test_unilm_with_linear_attention_is_refused(tmp_path):
-    r = _run(tmp_path, tmp_path / "data", "--config.base.seq2seq.layout=unilm",
-             "--config.base.model.attention=linear")  # fmt: skip
+    r = _run(
+        tmp_path,
+        tmp_path / "data",
+        "--config.base.seq2seq.layout=unilm",
+        "--config.base.model.attention=linear",
+    )
     assert r.returncode == 2 and "needs model.attention='softmax'" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -55,13 +67,21 @@ def test_penalty_epsilons_become_one_gradient_penalty_variant_each():
 
     c = config.get_config("penalty_sweep")
     variants = eb.expand_variants(c.variants, c.penalty_epsilons)
-    assert variants == ["baseline", "gradient_penalty_eps0.05", "gradient_penalty_eps0.1",
-                        "gradient_penalty_eps0.2", "gradient_penalty_eps0.5"]  # fmt: skip
+    assert variants == [
+        "baseline",
+        "gradient_penalty_eps0.05",
+        "gradient_penalty_eps0.1",
+        "gradient_penalty_eps0.2",
+        "gradient_penalty_eps0.5",
+    ]
     assert c.base.data.source == "seq2seq_synthetic"  # the synthetic sorting task
     for v, eps in zip(variants[1:], (0.05, 0.1, 0.2, 0.5), strict=True):
         s = parse(eb.point_config(c, v, 0)).task_config
-        assert (s.remedy, s.penalty_epsilon, s.penalty_form) == ("gradient_penalty", eps,
-                                                                 "position")  # fmt: skip
+        assert (s.remedy, s.penalty_epsilon, s.penalty_form) == (
+            "gradient_penalty",
+            eps,
+            "position",
+        )
     assert parse(eb.point_config(c, "baseline", 0)).task_config.remedy == "none"
     for bad in ("gradient_penalty_epsx", "gradient_penalty_eps0", "dropout"):
         with pytest.raises(ConfigError, match="variants"):
@@ -84,7 +104,8 @@ def test_zh_smoke_study_from_the_chinese_mlm(tmp_path, capsys):
     assert [(r["variant"], r["beam"]) for r in rows] == [(v, b) for v in variants for b in (1, 2)]
     table = list(csv.DictReader(open(tmp_path / "wd" / "exposure_bias.csv")))
     assert [(x["variant"], x["beam"]) for x in table] == [
-        (v, b) for v in variants for b in ("1", "2")]  # fmt: skip
+        (v, b) for v in variants for b in ("1", "2")
+    ]
     for x in table:
         for m in ("rougeL", "rouge1", "rouge2", "bleu", "sentence_bleu", "exact"):
             assert 0.0 <= float(x[f"{m}_mean"]) <= 100.0, (m, x)

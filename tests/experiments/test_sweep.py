@@ -12,8 +12,13 @@ from research.train.config import ConfigError
 def _finished_point(out, pc):
     """A run directory as train_point leaves it: result.json holding the run's config."""
     out.mkdir(parents=True)
-    result = {"point": {"seed": 0}, "config": pc.to_dict(), "eval": {"accuracy": 0.25},
-              "tokens_per_second": 123.0, "note": ""}  # fmt: skip
+    result = {
+        "point": {"seed": 0},
+        "config": pc.to_dict(),
+        "eval": {"accuracy": 0.25},
+        "tokens_per_second": 123.0,
+        "note": "",
+    }
     (out / "result.json").write_text(json.dumps(result))
     return result
 

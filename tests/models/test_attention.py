@@ -11,8 +11,17 @@ from research.models.attention import (
     make_attention,
 )
 
-TINY = dict(vocab_size=40, d_model=16, num_heads=2, num_layers=1, d_ff=32, max_length=24,
-            chunk_size=4, linformer_k=8, favor_features=16)  # fmt: skip
+TINY = dict(
+    vocab_size=40,
+    d_model=16,
+    num_heads=2,
+    num_layers=1,
+    d_ff=32,
+    max_length=24,
+    chunk_size=4,
+    linformer_k=8,
+    favor_features=16,
+)
 PROJECTIONS = {f"{p}/{w}" for p in "qkvo" for w in ("kernel", "bias")}
 
 
@@ -30,8 +39,12 @@ def _block(prefix, attn, cross=False):
     return paths
 
 
-EMBED = {"embed/dropout/rngs/count", "embed/dropout/rngs/key", "embed/position/embedding",
-         "embed/token/embedding"}  # fmt: skip
+EMBED = {
+    "embed/dropout/rngs/count",
+    "embed/dropout/rngs/key",
+    "embed/position/embedding",
+    "embed/token/embedding",
+}
 NORMS = {f"{n}/{w}" for n in ("final_norm", "encoder_norm") for w in ("bias", "scale")}
 MLM = {"mlm_bias", "mlm_norm/bias", "mlm_norm/scale", "mlm_transform/bias", "mlm_transform/kernel"}
 
@@ -82,8 +95,9 @@ def test_make_attention_checks_causality_and_linformer_has_no_decode():
     with pytest.raises(ValueError, match="linformer' cannot be causal"):
         make_attention(cfg, causal=True, rngs=rngs)
     with pytest.raises(ValueError, match="feature_map='softmax'.*cannot be causal"):
-        make_attention(cfg.replace(attention="linear", feature_map="softmax"), causal=True,
-                       rngs=rngs)  # fmt: skip
+        make_attention(
+            cfg.replace(attention="linear", feature_map="softmax"), causal=True, rngs=rngs
+        )
     attn = make_attention(cfg, causal=False, rngs=rngs)
     assert type(attn) is LinformerAttention
     with pytest.raises(ValueError, match="linformer' has no incremental decoding"):

@@ -18,9 +18,15 @@ transformers = pytest.importorskip("transformers", reason="parity tests need tra
 def _random_bert(tmp_path, **kw):
     torch.manual_seed(0)
     cfg = transformers.BertConfig(
-        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=37, max_position_embeddings=64, type_vocab_size=2, **kw,
-    )  # fmt: skip
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        **kw,
+    )
     model = transformers.BertForMaskedLM(cfg).eval()
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model
@@ -49,8 +55,9 @@ def test_tiny_bert_matches_transformers(tmp_path, scan):
     assert isinstance(model.layers, Block) == scan  # scanned: one Block of stacked layers
     ours = model(jnp.asarray(ids), segment_ids=jnp.asarray(seg), mask=jnp.asarray(mask))
     m = mask[..., None]
-    np.testing.assert_allclose(np.asarray(ours.hidden_states) * m,
-                               ref.hidden_states[-1].numpy() * m, atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        np.asarray(ours.hidden_states) * m, ref.hidden_states[-1].numpy() * m, atol=1e-4
+    )
     np.testing.assert_allclose(np.asarray(ours.logits) * m, ref.logits.numpy() * m, atol=1e-4)
 
 
@@ -104,8 +111,9 @@ def test_real_minilm_weights_match_transformers():
         ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)))
     model = convert.load_bert(path)
     assert model.cfg.d_model == 384 and model.cfg.num_layers == 6 and model.pooler is not None
-    ours = model(jnp.asarray(ids), segment_ids=jnp.zeros_like(jnp.asarray(ids)),
-                 mask=jnp.asarray(mask))  # fmt: skip
+    ours = model(
+        jnp.asarray(ids), segment_ids=jnp.zeros_like(jnp.asarray(ids)), mask=jnp.asarray(mask)
+    )
     m = mask[..., None]
     diff = np.abs(np.asarray(ours.hidden_states) * m - ref.last_hidden_state.numpy() * m)
     assert diff.max() < 1e-4, diff.max()
@@ -119,8 +127,11 @@ def test_bad_checkpoints_list_the_names(tmp_path):
     tensors.pop("bert.encoder.layer.1.output.dense.bias")
     tensors["bert.encoder.layer.0.extra.weight"] = np.zeros(3, np.float32)
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"missing \['encoder.layer.1.output.dense.bias'\]; "
-                       r"unexpected \['encoder.layer.0.extra.weight'\]"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"missing \['encoder.layer.1.output.dense.bias'\]; "
+        r"unexpected \['encoder.layer.0.extra.weight'\]",
+    ):
         convert.load_bert(tmp_path)
     full["bert.encoder.layer.0.intermediate.dense.weight"] = np.zeros((36, 32), np.float32)
     save_file(full, str(tmp_path / "model.safetensors"))

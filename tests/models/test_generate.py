@@ -7,8 +7,9 @@ from flax import nnx
 from research.models import Bert, DecoderLM, EncoderDecoder, ModelConfig
 from research.models.generate import decode, generate
 
-CFG = ModelConfig(vocab_size=30, d_model=16, num_heads=2, num_layers=2, d_ff=32, max_length=32,
-                  chunk_size=4)  # fmt: skip
+CFG = ModelConfig(
+    vocab_size=30, d_model=16, num_heads=2, num_layers=2, d_ff=32, max_length=32, chunk_size=4
+)
 
 
 @pytest.mark.parametrize("attention", ["softmax", "linear"])
@@ -26,10 +27,24 @@ def test_jitted_greedy_equals_argmax_of_full_forward(attention):
 def test_sampling_and_beam_through_the_model():
     model = DecoderLM(CFG, rngs=nnx.Rngs(1))
     prompt = jnp.ones((3, 2), jnp.int32)
-    a = generate(model, prompt, method="sample", key=jax.random.PRNGKey(1), max_new_tokens=5,
-                 top_k=5, temperature=0.7)  # fmt: skip
-    b = generate(model, prompt, method="sample", key=jax.random.PRNGKey(1), max_new_tokens=5,
-                 top_k=5, temperature=0.7)  # fmt: skip
+    a = generate(
+        model,
+        prompt,
+        method="sample",
+        key=jax.random.PRNGKey(1),
+        max_new_tokens=5,
+        top_k=5,
+        temperature=0.7,
+    )
+    b = generate(
+        model,
+        prompt,
+        method="sample",
+        key=jax.random.PRNGKey(1),
+        max_new_tokens=5,
+        top_k=5,
+        temperature=0.7,
+    )
     np.testing.assert_array_equal(a, b)  # deterministic given the key
     seqs, scores = generate(model, prompt, method="beam", max_new_tokens=4, beam_size=3, eos_id=0)
     assert seqs.shape == (3, 3, 4) and scores.shape == (3, 3)
@@ -83,8 +98,14 @@ def test_encoder_decoder_greedy_equals_a_teacher_forced_argmax_loop():
 
     @jax.jit
     def inside(state, src, lengths):
-        return decode(nnx.merge(graphdef, state), src, lengths=lengths, max_new_tokens=5,
-                      method="greedy", bos_id=1)  # fmt: skip
+        return decode(
+            nnx.merge(graphdef, state),
+            src,
+            lengths=lengths,
+            max_new_tokens=5,
+            method="greedy",
+            bos_id=1,
+        )
 
     np.testing.assert_array_equal(inside(state, src, lengths), out)
 
@@ -92,8 +113,15 @@ def test_encoder_decoder_greedy_equals_a_teacher_forced_argmax_loop():
 def test_unilm_bert_beam_through_generate():
     model = Bert(CFG.replace(norm="post", num_segments=2), rngs=nnx.Rngs(4))
     prompt = jax.random.randint(jax.random.PRNGKey(5), (2, 5), 1, 30)
-    tokens, scores = generate(model, prompt, lengths=jnp.array([5, 3]), max_new_tokens=3,
-                              method="beam", beam_size=2, eos_id=0)  # fmt: skip
+    tokens, scores = generate(
+        model,
+        prompt,
+        lengths=jnp.array([5, 3]),
+        max_new_tokens=3,
+        method="beam",
+        beam_size=2,
+        eos_id=0,
+    )
     assert tokens.shape == (2, 2, 3) and scores.shape == (2, 2)
     assert np.all(np.diff(np.asarray(scores), axis=1) <= 0)  # best first
 
@@ -120,5 +148,9 @@ def test_encoder_decoder_needs_bos_id():
     with pytest.raises(ValueError, match="EncoderDecoder needs bos_id"):
         generate(model, jnp.ones((1, 3), jnp.int32), max_new_tokens=2)
     with pytest.raises(ValueError, match="bos_id is for an EncoderDecoder"):
-        generate(DecoderLM(CFG, rngs=nnx.Rngs(0)), jnp.ones((1, 3), jnp.int32), max_new_tokens=2,
-                 bos_id=1)  # fmt: skip
+        generate(
+            DecoderLM(CFG, rngs=nnx.Rngs(0)),
+            jnp.ones((1, 3), jnp.int32),
+            max_new_tokens=2,
+            bos_id=1,
+        )

@@ -11,8 +11,9 @@ from research.models.layers import Block
 from research.models.params import transfer
 from research.ops import decoding
 
-BASE = dict(vocab_size=50, d_model=32, num_heads=4, num_layers=3, d_ff=64, max_length=32,
-            positions="rotary")  # fmt: skip
+BASE = dict(
+    vocab_size=50, d_model=32, num_heads=4, num_layers=3, d_ff=64, max_length=32, positions="rotary"
+)
 
 
 def _pair(cls, **kw):
@@ -38,8 +39,9 @@ def test_scanned_model_stacks_the_unrolled_parameters():
             assert pa == pb
             np.testing.assert_array_equal(va.get_value(), vb.get_value())
     # The rest of the model (embeddings, final norm) is the same draw too.
-    np.testing.assert_array_equal(unrolled.embed.token.embedding.get_value(),
-                                  scanned.embed.token.embedding.get_value())  # fmt: skip
+    np.testing.assert_array_equal(
+        unrolled.embed.token.embedding.get_value(), scanned.embed.token.embedding.get_value()
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,8 +74,9 @@ def test_beam_search_reorders_a_scanned_cache():
     out = []
     for model in (unrolled, scanned):
         logits, cache = model.prefill(prompt, max_length=16)
-        seqs, scores = decoding.beam_search(model.decode_step, logits, cache, beam_size=3,
-                                            max_new_tokens=6, eos_id=0)  # fmt: skip
+        seqs, scores = decoding.beam_search(
+            model.decode_step, logits, cache, beam_size=3, max_new_tokens=6, eos_id=0
+        )
         out.append((np.asarray(seqs), np.asarray(scores)))
     np.testing.assert_array_equal(out[0][0], out[1][0])
     np.testing.assert_allclose(out[0][1], out[1][1], atol=1e-5)
@@ -131,8 +134,9 @@ def test_scan_compiles_one_layer_body():
     # The jaxpr (what XLA compiles) holds one layer body however deep the stack: compile time
     # stays flat in depth (research.plan --layers_sweep measures it on a TPU topology).
     def dots(n, scan):
-        model = DecoderLM(ModelConfig(**{**BASE, "num_layers": n, "scan_layers": scan}),
-                          rngs=nnx.Rngs(0))  # fmt: skip
+        model = DecoderLM(
+            ModelConfig(**{**BASE, "num_layers": n, "scan_layers": scan}), rngs=nnx.Rngs(0)
+        )
         return str(jax.make_jaxpr(lambda t: model(t))(_tokens())).count("dot_general")
 
     assert dots(2, True) == dots(8, True)
@@ -175,8 +179,9 @@ def test_convert_and_transfer_between_layouts():
     short = DecoderLM(unrolled.cfg.replace(num_layers=2, scan_layers=True), rngs=nnx.Rngs(7))
     copied, left = transfer(scanned, short)
     assert not left and not any(c.startswith("layers/2/") for c in copied)
-    np.testing.assert_array_equal(short.layers.ffn.wi.kernel.get_value(),
-                                  again.layers.ffn.wi.kernel.get_value()[:2])  # fmt: skip
+    np.testing.assert_array_equal(
+        short.layers.ffn.wi.kernel.get_value(), again.layers.ffn.wi.kernel.get_value()[:2]
+    )
 
 
 def test_bad_scan_layers_value():

@@ -18,8 +18,18 @@ from research.models.variables import Frozen
 from research.tasks.theseus import TheseusConfig, make_theseus_loss, replacement_draws
 from research.train import optim, sharding, step
 
-CFG = ModelConfig(vocab_size=60, d_model=16, num_heads=2, num_layers=4, d_ff=32, max_length=16,
-                  positions="rotary", norm="pre", pooler=True, num_labels=3)  # fmt: skip
+CFG = ModelConfig(
+    vocab_size=60,
+    d_model=16,
+    num_heads=2,
+    num_layers=4,
+    d_ff=32,
+    max_length=16,
+    positions="rotary",
+    norm="pre",
+    pooler=True,
+    num_labels=3,
+)
 
 
 def _model(k=2, seed=0):
@@ -38,14 +48,17 @@ def test_no_replacement_is_the_predecessor_and_full_replacement_is_the_successor
     m = _model()
     x, mask = _tokens()
     # r = 0: exactly the predecessor Bert, bit for bit.
-    np.testing.assert_array_equal(m(x, mask=mask, replace=np.zeros(2, bool)).class_logits,
-                                  m.predecessor(x, mask=mask).class_logits)  # fmt: skip
+    np.testing.assert_array_equal(
+        m(x, mask=mask, replace=np.zeros(2, bool)).class_logits,
+        m.predecessor(x, mask=mask).class_logits,
+    )
     # r = 1 (the default): exactly the standalone k-layer successor Bert.
     successor = m.successor_model()
     successor.eval()
     assert isinstance(successor, Bert) and successor.cfg.num_layers == 2
-    np.testing.assert_array_equal(m(x, mask=mask).class_logits,
-                                  successor(x, mask=mask).class_logits)  # fmt: skip
+    np.testing.assert_array_equal(
+        m(x, mask=mask).class_logits, successor(x, mask=mask).class_logits
+    )
     # The successor's weights are trainable Params again, the predecessor's are Frozen.
     assert len(nnx.to_flat_state(nnx.state(successor, Frozen))) == 0
     assert len(nnx.to_flat_state(nnx.state(m.predecessor, nnx.Param))) == 0
@@ -87,8 +100,9 @@ def test_replacement_frequencies_and_schedule():
         assert float(replace_prob(t, p=0.3, schedule="linear", slope=0.05)) == pytest.approx(want)
     assert float(replace_prob(7, p=0.5, schedule="constant", slope=0.1)) == 0.5
     linear = TheseusConfig(replace_prob=0.0, replace_schedule="linear")
-    r = np.asarray(jax.vmap(lambda t: replacement_draws(linear, seed=0, num_train_steps=n)(t, 3))(
-        steps))  # fmt: skip
+    r = np.asarray(
+        jax.vmap(lambda t: replacement_draws(linear, seed=0, num_train_steps=n)(t, 3))(steps)
+    )
     first, last = r[: n // 10].mean(), r[-n // 10 :].mean()
     assert abs(first - 0.05) < 0.03 and abs(last - 0.95) < 0.03  # p rises 0 -> 1 linearly
     assert r[-1].all()  # p = 1 at the last step
@@ -115,17 +129,30 @@ def _train(mesh_shape, kind="jit"):
     # Only the successor is trainable; the predecessor is in consts, replicated.
     assert set(nnx.to_pure_dict(params)) == {"successor"}
     assert set(nnx.to_pure_dict(consts)) == {"predecessor"}
-    opt_cfg = ConfigDict(dict(learning_rate=3e-3, warmup_steps=1, num_train_steps=4,
-                              schedule="cosine", weight_decay=0.1, grad_clip=1.0, adam_b1=0.9,
-                              adam_b2=0.99, adam_eps=1e-8))  # fmt: skip
+    opt_cfg = ConfigDict(
+        dict(
+            learning_rate=3e-3,
+            warmup_steps=1,
+            num_train_steps=4,
+            schedule="cosine",
+            weight_decay=0.1,
+            grad_clip=1.0,
+            adam_b1=0.9,
+            adam_b2=0.99,
+            adam_eps=1e-8,
+        )
+    )
     opt = optim.make_optimizer(opt_cfg, 4)
     mesh = sharding.make_mesh(mesh_shape, jax.devices()[: int(np.prod(list(mesh_shape.values())))])
     sh = step.state_shardings(opt, params, consts, mesh)
     if kind == "shard_map":  # replicated state, each device its rows, explicit psum
         mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
         rep = sharding.replicated(mesh)
-        sh = jax.tree.map(lambda _: rep, step.state_shardings(opt, params, consts, mesh),
-                          is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))  # fmt: skip
+        sh = jax.tree.map(
+            lambda _: rep,
+            step.state_shardings(opt, params, consts, mesh),
+            is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+        )
         train = step.make_shard_map_step(model_def, opt, LOSS, mesh=mesh)
     else:
         train = step.make_train_step(model_def, opt, LOSS, mesh=mesh, shardings=sh)
@@ -133,8 +160,11 @@ def _train(mesh_shape, kind="jit"):
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(4):
-        batch = {"inputs": rng.integers(5, 60, (16, 12)), "mask": np.ones((16, 12), bool),
-                 "labels": rng.integers(0, 3, (16,))}  # fmt: skip
+        batch = {
+            "inputs": rng.integers(5, 60, (16, 12)),
+            "mask": np.ones((16, 12), bool),
+            "labels": rng.integers(0, 3, (16,)),
+        }
         state, metrics = train(state, batch)
         losses.append(float(metrics["loss_sum"] / metrics["weight_sum"]))
     # No optimizer moment exists for a predecessor weight.

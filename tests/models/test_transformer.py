@@ -9,8 +9,17 @@ from flax import nnx
 from research.models import Bert, DecoderLM, EncoderDecoder, ModelConfig
 from research.models.layers import FavorProjection, causal_conv
 
-TINY = dict(vocab_size=40, d_model=16, num_heads=2, num_layers=2, d_ff=32, max_length=24,
-            chunk_size=4, linformer_k=8, favor_features=16)  # fmt: skip
+TINY = dict(
+    vocab_size=40,
+    d_model=16,
+    num_heads=2,
+    num_layers=2,
+    d_ff=32,
+    max_length=24,
+    chunk_size=4,
+    linformer_k=8,
+    favor_features=16,
+)
 CAUSAL_KINDS = {
     "softmax": dict(attention="softmax"),
     "blockwise": dict(attention="softmax", softmax_implementation="blockwise"),
@@ -171,11 +180,16 @@ def test_causal_conv_matches_numpy_convolution():
     history = rng.normal(size=(2, 3, 3))
     full = np.concatenate([history, x], axis=1)
     # np.convolve(a, w)[n] = sum_s w[s] a[n - s]; outputs for x start after the 3 history inputs.
-    want = np.stack([np.stack([np.convolve(full[b, :, c], w[:, c])[3:12] for c in range(3)], -1)
-                     for b in range(2)])  # fmt: skip
+    want = np.stack(
+        [
+            np.stack([np.convolve(full[b, :, c], w[:, c])[3:12] for c in range(3)], -1)
+            for b in range(2)
+        ]
+    )
     _assert_close(causal_conv(jnp.asarray(x), jnp.asarray(w), jnp.asarray(history)), want)
-    no_history = np.stack([np.stack([np.convolve(x[b, :, c], w[:, c])[:9] for c in range(3)], -1)
-                           for b in range(2)])  # fmt: skip
+    no_history = np.stack(
+        [np.stack([np.convolve(x[b, :, c], w[:, c])[:9] for c in range(3)], -1) for b in range(2)]
+    )
     _assert_close(causal_conv(jnp.asarray(x), jnp.asarray(w)), no_history)
 
 
@@ -196,8 +210,9 @@ def test_short_conv_starts_near_the_identity_and_changes_only_keys():
 
 
 def test_parameters_carry_logical_axes():
-    model = DecoderLM(_cfg(attention="linear", feature_map="favor", tie_embeddings=False),
-                      rngs=nnx.Rngs(0))  # fmt: skip
+    model = DecoderLM(
+        _cfg(attention="linear", feature_map="favor", tie_embeddings=False), rngs=nnx.Rngs(0)
+    )
     params = nnx.state(model, nnx.Any(nnx.Param, FavorProjection))
     leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
     assert len(leaves) > 20
@@ -210,8 +225,12 @@ def test_parameters_carry_logical_axes():
     assert model.embed.token.embedding.get_metadata()["logical_axes"] == ("vocab", "embed")
     # The FAVOR projection is state, not a trainable parameter.
     assert isinstance(layer.attn.favor, FavorProjection)
-    assert not any(isinstance(v, FavorProjection) for v in jax.tree.leaves(
-        nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable)))  # fmt: skip
+    assert not any(
+        isinstance(v, FavorProjection)
+        for v in jax.tree.leaves(
+            nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable)
+        )
+    )
 
 
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "gelu_sigmoid", "relu", "swiglu"])

@@ -56,8 +56,9 @@ def np_softmax_attention(q, k, v, *, causal=False, mask=None, bias=None, scale=N
     return np.einsum("bhqk,bkhd->bqhd", p, v)
 
 
-def np_delta_rule(q, k, v, beta, *, log_gate=None, scale=None, initial_state=None,
-                  segment_ids=None):  # fmt: skip
+def np_delta_rule(
+    q, k, v, beta, *, log_gate=None, scale=None, initial_state=None, segment_ids=None
+):
     """(Gated) delta rule token by token: S_t = a_t (I - beta_t k_t k_t^T) S_{t-1}
     + beta_t k_t v_t^T, o_t = S_t^T (scale q_t), a_t = exp(log_gate_t); the state restarts from
     zero where segment_ids changes. q [B, L, H, Dk], k [B, L, Hkv, Dk], v [B, L, Hkv, Dv]
@@ -84,8 +85,19 @@ def np_delta_rule(q, k, v, beta, *, log_gate=None, scale=None, initial_state=Non
     return out, s
 
 
-def np_delta_rule_grads(q, k, v, beta, d_out, *, d_state=None, log_gate=None, scale=None,
-                        initial_state=None, segment_ids=None):  # fmt: skip
+def np_delta_rule_grads(
+    q,
+    k,
+    v,
+    beta,
+    d_out,
+    *,
+    d_state=None,
+    log_gate=None,
+    scale=None,
+    initial_state=None,
+    segment_ids=None,
+):
     """Gradients of sum(o * d_out) + sum(S_L * d_state) for `np_delta_rule`, by the reverse
     recurrence: with dS the cotangent of S_t, M = I - beta k k^T and P the state before token t,
       dq = scale S_t do,  dv = beta dS^T k,  dbeta = k^T dS v - a k^T dS P^T k,
@@ -115,9 +127,12 @@ def np_delta_rule_grads(q, k, v, beta, d_out, *, d_state=None, log_gate=None, sc
                 kt = k[i, t, j]
                 m = eye - beta[i, t, j] * np.outer(kt, kt)
                 states[i, t + 1, j] = np.exp(g[i, t, j]) * m @ p + beta[i, t, j] * np.outer(
-                    kt, v[i, t, j])  # fmt: skip
-    grads = {n: np.zeros_like(x) for n, x in (("q", q), ("k", k), ("v", v), ("beta", beta),
-                                              ("log_gate", g))}  # fmt: skip
+                    kt, v[i, t, j]
+                )
+    grads = {
+        n: np.zeros_like(x)
+        for n, x in (("q", q), ("k", k), ("v", v), ("beta", beta), ("log_gate", g))
+    }
     grads["initial_state"] = np.zeros_like(s0)
     for i in range(b):
         for j in range(h):
@@ -162,14 +177,16 @@ def _np_gla_inputs(q, k, v, log_gate, scale, initial_state, segment_ids):
     return q * scale, k, v, g, s0, reset, scale, scalar
 
 
-def np_gated_linear_attention(q, k, v, log_gate, *, scale=None, initial_state=None,
-                              segment_ids=None):  # fmt: skip
+def np_gated_linear_attention(
+    q, k, v, log_gate, *, scale=None, initial_state=None, segment_ids=None
+):
     """GLA token by token: S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t), the
     state restarting from zero where segment_ids changes. q [B, L, H, Dk], k [B, L, Hkv, Dk],
     v [B, L, Hkv, Dv], log_gate [B, L, H(kv), Dk] or [B, L, H(kv)] (broadcast over Dk).
     Returns (o [B, L, H, Dv], final S [B, H, Dk, Dv])."""
-    qs, k, v, g, s, reset, _, _ = _np_gla_inputs(q, k, v, log_gate, scale, initial_state,
-                                                 segment_ids)  # fmt: skip
+    qs, k, v, g, s, reset, _, _ = _np_gla_inputs(
+        q, k, v, log_gate, scale, initial_state, segment_ids
+    )
     b, length, h, _ = qs.shape
     out = np.zeros((b, length, h, v.shape[-1]))
     for t in range(length):
@@ -179,8 +196,9 @@ def np_gated_linear_attention(q, k, v, log_gate, *, scale=None, initial_state=No
     return out, s
 
 
-def np_gated_linear_attention_grads(q, k, v, log_gate, d_out, *, d_state=None, scale=None,
-                                    initial_state=None, segment_ids=None):  # fmt: skip
+def np_gated_linear_attention_grads(
+    q, k, v, log_gate, d_out, *, d_state=None, scale=None, initial_state=None, segment_ids=None
+):
     """Gradients of sum(o * d_out) + sum(S_L * d_state) for `np_gated_linear_attention`, by the
     reverse recurrence: with dS the cotangent of S_t, a = exp(g_t) (0 at a reset) and P the
     state before token t,
@@ -188,15 +206,17 @@ def np_gated_linear_attention_grads(q, k, v, log_gate, d_out, *, d_state=None, s
       dg_t = a * sum_v dS P (per key dim; summed over Dk for a scalar gate),  dP = a dS.
     Returns a dict q, k, v, log_gate (summed over each k/v head's query heads), initial_state."""
     hkv, hg = np.shape(k)[2], np.shape(log_gate)[2]
-    qs, k, v, g, s0, reset, scale, scalar = _np_gla_inputs(q, k, v, log_gate, scale,
-                                                           initial_state, segment_ids)  # fmt: skip
+    qs, k, v, g, s0, reset, scale, scalar = _np_gla_inputs(
+        q, k, v, log_gate, scale, initial_state, segment_ids
+    )
     b, length, h, dk = qs.shape
     a = np.where(reset[:, :, None, None], 0.0, np.exp(g))  # [B, L, H, Dk]
     states = np.zeros((length + 1, *s0.shape))  # states[t + 1] = S_t
     states[0] = s0
     for t in range(length):
-        states[t + 1] = a[:, t, ..., None] * states[t] + np.einsum("bhd,bhv->bhdv", k[:, t],
-                                                                    v[:, t])  # fmt: skip
+        states[t + 1] = a[:, t, ..., None] * states[t] + np.einsum(
+            "bhd,bhv->bhdv", k[:, t], v[:, t]
+        )
     do = np.asarray(d_out, np.float64)
     ds = np.zeros_like(s0) if d_state is None else np.array(d_state, np.float64)
     dq, dk_, dv, dg = (np.zeros_like(x) for x in (qs, k, v, g))
@@ -212,5 +232,10 @@ def np_gated_linear_attention_grads(q, k, v, log_gate, d_out, *, d_state=None, s
     def fold(x, heads):  # gradients of repeated heads add up
         return x.reshape(b, length, heads, h // heads, *x.shape[3:]).sum(3)
 
-    return {"q": dq, "k": fold(dk_, hkv), "v": fold(dv, hkv), "log_gate": fold(dg, hg),
-            "initial_state": ds}  # fmt: skip
+    return {
+        "q": dq,
+        "k": fold(dk_, hkv),
+        "v": fold(dv, hkv),
+        "log_gate": fold(dg, hg),
+        "initial_state": ds,
+    }

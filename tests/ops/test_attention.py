@@ -128,23 +128,30 @@ def test_favor_by_name_with_projection_equals_the_callable():
     named = dict(feature_map="favor", favor_projection=w)
     for causal in (True, False):
         got = att.linear_attention(q, k, v, causal=causal, mask=mask, chunk_size=4, **named)
-        want = att.linear_attention(q, k, v, feature_map=fm.favor(w), causal=causal, mask=mask,
-                                    chunk_size=4)  # fmt: skip
+        want = att.linear_attention(
+            q, k, v, feature_map=fm.favor(w), causal=causal, mask=mask, chunk_size=4
+        )
         np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"causal={causal}")
     assert fm.feature_dim("favor", 8, favor_projection=w) == 16
     state = att.linear_attention_state(k[:, :5], v[:, :5], mask=mask[:, :5], **named)
-    want_state = att.linear_attention_state(k[:, :5], v[:, :5], mask=mask[:, :5],
-                                            feature_map=fm.favor(w))  # fmt: skip
+    want_state = att.linear_attention_state(
+        k[:, :5], v[:, :5], mask=mask[:, :5], feature_map=fm.favor(w)
+    )
     np.testing.assert_allclose(state.s, want_state.s, atol=1e-6)
     _, out = att.linear_attention_step(state, q[:, 5], k[:, 5], v[:, 5], **named)
-    _, want_out = att.linear_attention_step(want_state, q[:, 5], k[:, 5], v[:, 5],
-                                            feature_map=fm.favor(w))  # fmt: skip
+    _, want_out = att.linear_attention_step(
+        want_state, q[:, 5], k[:, 5], v[:, 5], feature_map=fm.favor(w)
+    )
     np.testing.assert_allclose(out, want_out, atol=1e-6)
     # Under jit the projection is a traced argument (as a trained or resampled W would be).
-    jitted = jax.jit(lambda w: att.linear_attention(q, k, v, causal=True, feature_map="favor",
-                                                    favor_projection=w))  # fmt: skip
-    np.testing.assert_allclose(jitted(w), att.linear_attention(q, k, v, causal=True, **named),
-                               atol=1e-6)  # fmt: skip
+    jitted = jax.jit(
+        lambda w: att.linear_attention(
+            q, k, v, causal=True, feature_map="favor", favor_projection=w
+        )
+    )
+    np.testing.assert_allclose(
+        jitted(w), att.linear_attention(q, k, v, causal=True, **named), atol=1e-6
+    )
 
 
 def _favor_calls(w=None, feature_map="favor"):
@@ -173,8 +180,9 @@ def test_favor_name_without_projection_says_how_to_make_one(entry):
     from research import ops
 
     suggested = message.split("favor_projection=", 1)[1]
-    w = eval(suggested, {"ops": ops, "key": jax.random.PRNGKey(0), "num_features": 8,
-                         "head_dim": 4})  # fmt: skip
+    w = eval(
+        suggested, {"ops": ops, "key": jax.random.PRNGKey(0), "num_features": 8, "head_dim": 4}
+    )
     _favor_calls(w)[entry]()
 
 
@@ -255,9 +263,18 @@ def test_chunked_kernel_across_blocks_equals_cumsum_form(length, feature_map):
     def loss(form):
         def fn(q, k, v, s0, z0):
             init = att.LinearAttentionState(s0, z0)
-            out = att.linear_attention(q, k, v, feature_map=feature_map, causal=True, form=form,
-                                       chunk_size=chunk, mask=mask, initial_state=init,
-                                       block_bytes=block_bytes)  # fmt: skip
+            out = att.linear_attention(
+                q,
+                k,
+                v,
+                feature_map=feature_map,
+                causal=True,
+                form=form,
+                chunk_size=chunk,
+                mask=mask,
+                initial_state=init,
+                block_bytes=block_bytes,
+            )
             return jnp.sum(out * cot), out
 
         return jax.value_and_grad(fn, argnums=(0, 1, 2, 3, 4), has_aux=True)
@@ -374,14 +391,23 @@ def test_softmax_implementations_equal_numpy(s):
     q, k, v, mask = _softmax_case(s)
     groups = q.shape[2] // k.shape[2]
     want = np_softmax_attention(
-        q, np.repeat(k, groups, 2), np.repeat(v, groups, 2), causal=s["causal"],
+        q,
+        np.repeat(k, groups, 2),
+        np.repeat(v, groups, 2),
+        causal=s["causal"],
         mask=mask if mask is None or mask.ndim == 4 else _np_mask(mask),
-    )  # fmt: skip
+    )
     for impl in att.PORTABLE_SOFTMAX_IMPLEMENTATIONS:
         got = att.softmax_attention(
-            q, k, v, causal=s["causal"], mask=mask, implementation=impl,
-            block_q=s["bq"], block_k=s["bk"],
-        )  # fmt: skip
+            q,
+            k,
+            v,
+            causal=s["causal"],
+            mask=mask,
+            implementation=impl,
+            block_q=s["bq"],
+            block_k=s["bk"],
+        )
         np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL, err_msg=impl)
 
 
@@ -396,9 +422,16 @@ def test_blockwise_gradients_equal_dense(s):
     def grads(impl):
         def loss(q, k, v, bias):
             out = att.softmax_attention(
-                q, k, v, causal=s["causal"], mask=mask, bias=bias, implementation=impl,
-                block_q=s["bq"], block_k=s["bk"],
-            )  # fmt: skip
+                q,
+                k,
+                v,
+                causal=s["causal"],
+                mask=mask,
+                bias=bias,
+                implementation=impl,
+                block_q=s["bq"],
+                block_k=s["bk"],
+            )
             return jnp.sum(out * cot)
 
         return jax.grad(loss, (0, 1, 2, 3))(q, k, v, bias)
@@ -414,8 +447,11 @@ def test_blockwise_bias_gradient_reduces_over_broadcast_axes():
 
     def g(impl):
         fn = lambda b: jnp.sum(  # noqa: E731
-            att.softmax_attention(q, k, v, bias=b, causal=True, implementation=impl, block_q=5,
-                                  block_k=3) ** 2)  # fmt: skip
+            att.softmax_attention(
+                q, k, v, bias=b, causal=True, implementation=impl, block_q=5, block_k=3
+            )
+            ** 2
+        )
         return jax.grad(fn)(bias)
 
     gb = g("blockwise")
@@ -497,8 +533,9 @@ def test_naive_quadratic_equals_chunked_scan_and_cumsum(masked):
     fq, fk = linear.features(q, k, "elu", mask)
     want = naive.quadratic(fq, fk, jnp.asarray(v))
     for form, block_bytes in [("chunked", None), ("chunked", 1), ("scan", None), ("cumsum", None)]:
-        got = att.linear_attention(q, k, v, causal=True, form=form, mask=mask, chunk_size=4,
-                                   block_bytes=block_bytes)  # fmt: skip
+        got = att.linear_attention(
+            q, k, v, causal=True, form=form, mask=mask, chunk_size=4, block_bytes=block_bytes
+        )
         np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-6, err_msg=form)
     ref = np_linear_attention(q, k, v, NP_FEATURE_MAPS["elu"], causal=True, key_mask=mask)
     np.testing.assert_allclose(want, ref, atol=2e-6, rtol=2e-6)
@@ -521,8 +558,16 @@ def test_linear_block_bytes_changes_no_value_or_gradient(feature_map):
 
     def run(block_bytes):
         def loss(q, k, v):
-            out = att.linear_attention(q, k, v, feature_map=feature_map, causal=True, mask=mask,
-                                       chunk_size=8, block_bytes=block_bytes)  # fmt: skip
+            out = att.linear_attention(
+                q,
+                k,
+                v,
+                feature_map=feature_map,
+                causal=True,
+                mask=mask,
+                chunk_size=8,
+                block_bytes=block_bytes,
+            )
             return jnp.sum(out * cot), out
 
         return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
@@ -651,8 +696,9 @@ def test_cudnn_path_passes_layout_masks_bias_and_groups_to_jax(causal):
     mask = np.asarray(_key_mask(3, 2, 7))[:, None, None, :]
     bias = np.random.default_rng(4).standard_normal((1, 4, 7, 7)).astype(np.float32)
     got = softmax._jax_attention(q, k, v, bias, mask, causal, 0.3, "xla")
-    want = np_softmax_attention(q, np.repeat(k, 2, 2), np.repeat(v, 2, 2), causal=causal,
-                                mask=mask, bias=bias, scale=0.3)  # fmt: skip
+    want = np_softmax_attention(
+        q, np.repeat(k, 2, 2), np.repeat(v, 2, 2), causal=causal, mask=mask, bias=bias, scale=0.3
+    )
     np.testing.assert_allclose(got, want, atol=1e-5)
     if jax.default_backend() != "gpu":
         with pytest.raises(ValueError, match="'cudnn' needs a GPU .* backend is 'cpu'"):
@@ -677,5 +723,6 @@ def test_cudnn_call_gets_a_full_length_mask(monkeypatch):
     mask = np.asarray(_key_mask(5, 2, 7))
     got = att.softmax_attention(q, k, v, mask=mask, implementation="cudnn")
     assert seen == {"mask": (2, 1, 5, 7), "implementation": "cudnn"}
-    np.testing.assert_allclose(got, np_softmax_attention(q, k, v, mask=mask[:, None, None, :]),
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        got, np_softmax_attention(q, k, v, mask=mask[:, None, None, :]), atol=1e-5
+    )

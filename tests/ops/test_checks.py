@@ -22,8 +22,11 @@ def test_check_positive_int_accepts(good):
 def test_check_causal_allowed():
     with pytest.raises(ValueError, match="attention='linformer' cannot be causal: E and F mix"):
         check_causal_allowed(attention="linformer")
-    with pytest.raises(ValueError, match=r"feature_map='softmax' \(Efficient Attention\) cannot be "
-                       "causal.*use elu, relu, taylor or favor"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"feature_map='softmax' \(Efficient Attention\) cannot be "
+        "causal.*use elu, relu, taylor or favor",
+    ):
         check_causal_allowed(feature_map="softmax")
     for feature_map in (None, "elu", "relu", "taylor", "favor", lambda x: x):
         check_causal_allowed(feature_map=feature_map)

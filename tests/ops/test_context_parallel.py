@@ -38,16 +38,21 @@ def test_linear_context_parallel_equals_single_device(feature_map, form):
     q, k, v = _qkv()
 
     def local(q, k, v):
-        return cp.linear_attention_cp(q, k, v, axis_name="seq", axis_size=8,
-                                      feature_map=feature_map, form=form, chunk_size=4)  # fmt: skip
+        return cp.linear_attention_cp(
+            q, k, v, axis_name="seq", axis_size=8, feature_map=feature_map, form=form, chunk_size=4
+        )
 
     fn = _sharded(local)
     want = att.linear_attention(q, k, v, feature_map=feature_map, causal=True)
     np.testing.assert_allclose(fn(q, k, v), want, atol=1e-5)
     # Gradients flow through the cross-device prefix too.
     g = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) ** 2), (0, 1, 2))(q, k, v)
-    ref = jax.grad(lambda q, k, v: jnp.sum(att.linear_attention(
-        q, k, v, feature_map=feature_map, causal=True) ** 2), (0, 1, 2))(q, k, v)  # fmt: skip
+    ref = jax.grad(
+        lambda q, k, v: jnp.sum(
+            att.linear_attention(q, k, v, feature_map=feature_map, causal=True) ** 2
+        ),
+        (0, 1, 2),
+    )(q, k, v)
     for a, b in zip(g, ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
@@ -60,8 +65,9 @@ def test_linear_context_parallel_takes_favor_by_name():
     want = att.linear_attention(q, k, v, feature_map=fm.favor(w), causal=True)
     np.testing.assert_allclose(fn(q, k, v), want, atol=1e-5)
     with pytest.raises(ValueError, match="feature_map='favor' needs favor_projection="):
-        _sharded(lambda q, k, v: cp.linear_attention_cp(q, k, v, axis_name="seq",
-                                                        feature_map="favor"))(q, k, v)  # fmt: skip
+        _sharded(
+            lambda q, k, v: cp.linear_attention_cp(q, k, v, axis_name="seq", feature_map="favor")
+        )(q, k, v)
 
 
 def test_ring_attention_causal_must_be_a_bool():
@@ -78,8 +84,9 @@ def test_ring_attention_equals_dense_causal(kv_heads):
     want = att.softmax_attention(q, k, v, causal=True)
     np.testing.assert_allclose(fn(q, k, v), want, atol=1e-5)
     g = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) ** 2), (0, 1, 2))(q, k, v)
-    ref = jax.grad(lambda q, k, v: jnp.sum(att.softmax_attention(q, k, v, causal=True) ** 2),
-                   (0, 1, 2))(q, k, v)  # fmt: skip
+    ref = jax.grad(
+        lambda q, k, v: jnp.sum(att.softmax_attention(q, k, v, causal=True) ** 2), (0, 1, 2)
+    )(q, k, v)
     for a, b in zip(g, ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
@@ -89,21 +96,37 @@ def test_initial_state_continues_a_prefix():
     full = att.linear_attention(q, k, v, causal=True, chunk_size=4)
     prefix = att.linear_attention_state(k[:, :12], v[:, :12])
     for form in att.LINEAR_FORMS:
-        rest = att.linear_attention(q[:, 12:], k[:, 12:], v[:, 12:], causal=True, form=form,
-                                    chunk_size=4, initial_state=prefix)  # fmt: skip
+        rest = att.linear_attention(
+            q[:, 12:],
+            k[:, 12:],
+            v[:, 12:],
+            causal=True,
+            form=form,
+            chunk_size=4,
+            initial_state=prefix,
+        )
         np.testing.assert_allclose(rest, full[:, 12:], atol=1e-5)
     with pytest.raises(ValueError, match="only defined for causal"):
         att.linear_attention(q, k, v, initial_state=prefix)
 
 
 def test_bytes_communicated():
-    kw = dict(batch=1, length=1 << 20, heads=4, kv_heads=4, head_dim=64, value_dim=64,
-              feature_dim=64, devices=8)  # fmt: skip
+    kw = dict(
+        batch=1,
+        length=1 << 20,
+        heads=4,
+        kv_heads=4,
+        head_dim=64,
+        value_dim=64,
+        feature_dim=64,
+        devices=8,
+    )
     assert cost.bytes_communicated("linear", **kw) == 4 * 3 * 4 * (64 * 64 + 64)
     assert cost.bytes_communicated("ring", **kw) == 4 * 7 * (1 << 17) * 4 * 128
     short = {**kw, "length": 1 << 10}
     assert cost.bytes_communicated("linear", **short) == cost.bytes_communicated(
-        "linear", **kw)  # independent of length  # fmt: skip
+        "linear", **kw
+    )  # independent of length
 
 
 def test_axis_size_is_read_from_the_mesh_and_a_wrong_one_is_refused():

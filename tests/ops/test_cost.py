@@ -70,8 +70,15 @@ def test_delta_scan_model_matches_xla_cost_analysis_of_one_step():
     """One token of the recurrence: the model's 6 Dk Dv (k^T S, k u^T, S^T q) plus XLA's
     count of the gate and reset (elementwise, Dk Dv each, left out of the model)."""
     b, h, dk, dv = 1, 2, 64, 32
-    args = (_sd(b, h, dk, dv), _sd(b, h, dk), _sd(b, h, dk), _sd(b, h, dv), _sd(b, h),
-            _sd(b, h), _sd(b, dtype=bool))  # fmt: skip
+    args = (
+        _sd(b, h, dk, dv),
+        _sd(b, h, dk),
+        _sd(b, h, dk),
+        _sd(b, h, dv),
+        _sd(b, h),
+        _sd(b, h),
+        _sd(b, dtype=bool),
+    )
     xla = _xla_flops(recurrent.recurrence, *args)
     model = attention_flops("delta-scan", batch=b, length=1, heads=h, head_dim=dk, value_dim=dv)
     assert model <= xla <= model + 4.5 * b * h * dk * dv, (xla, model)

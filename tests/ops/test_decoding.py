@@ -48,8 +48,9 @@ def test_beam_search_reproduces_the_exposure_bias_example(beam, want, prob):
 
 def test_beam_search_eos_freezes_and_length_penalty():
     logits, step = _exposure_bias_example()
-    seqs, scores = decoding.beam_search(step, logits, jnp.zeros((1,)), beam_size=2,
-                                        max_new_tokens=4, eos_id=EOS, alpha=0.6)  # fmt: skip
+    seqs, scores = decoding.beam_search(
+        step, logits, jnp.zeros((1,)), beam_size=2, max_new_tokens=4, eos_id=EOS, alpha=0.6
+    )
     best = np.asarray(seqs[0, 0])
     assert tuple(best[:3]) == (C, D, EOS) and best[3] == 0  # pad after EOS
     want = np.log(0.36) / ((5 + 3) / 6) ** 0.6
@@ -58,8 +59,9 @@ def test_beam_search_eos_freezes_and_length_penalty():
 
 def test_greedy_stops_and_pads():
     logits, step = _exposure_bias_example()
-    out = decoding.greedy(step, logits, jnp.zeros((1,)), max_new_tokens=5, stop_tokens=(EOS,),
-                          pad_id=9)  # fmt: skip
+    out = decoding.greedy(
+        step, logits, jnp.zeros((1,)), max_new_tokens=5, stop_tokens=(EOS,), pad_id=9
+    )
     np.testing.assert_array_equal(out[0], [A, B, EOS, 9, 9])
 
 
@@ -80,8 +82,9 @@ def test_sampling_frequencies_follow_the_filtered_distribution():
     def step(token, cache):
         return logits, cache
 
-    out = decoding.sample(step, logits, jnp.zeros((4000,)), jax.random.PRNGKey(0),
-                          max_new_tokens=1, top_p=0.71)  # fmt: skip
+    out = decoding.sample(
+        step, logits, jnp.zeros((4000,)), jax.random.PRNGKey(0), max_new_tokens=1, top_p=0.71
+    )
     freq = np.bincount(np.asarray(out[:, 0]), minlength=5) / 4000
     want = np.array([0, 0.4, 0.3, 0.15, 0]) / 0.85
     assert np.max(np.abs(freq - want)) < 0.03

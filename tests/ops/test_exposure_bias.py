@@ -81,12 +81,19 @@ def test_mix_predictions_uses_the_previous_positions_prediction():
 
 def test_teacher_forcing_schedules():
     steps = np.array([0, 10, 1000, 5000])
-    np.testing.assert_allclose(eb.teacher_forcing_prob(steps, "inverse_sigmoid", k=500),
-                               500 / (500 + np.exp(steps / 500)), rtol=1e-6)  # fmt: skip
-    np.testing.assert_allclose(eb.teacher_forcing_prob(steps, "exponential", k=0.999),
-                               0.999**steps, rtol=1e-4)  # fmt: skip
-    np.testing.assert_allclose(eb.teacher_forcing_prob(steps, "linear", slope=1e-4, floor=0.6),
-                               np.maximum(0.6, 1 - 1e-4 * steps), rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        eb.teacher_forcing_prob(steps, "inverse_sigmoid", k=500),
+        500 / (500 + np.exp(steps / 500)),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        eb.teacher_forcing_prob(steps, "exponential", k=0.999), 0.999**steps, rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        eb.teacher_forcing_prob(steps, "linear", slope=1e-4, floor=0.6),
+        np.maximum(0.6, 1 - 1e-4 * steps),
+        rtol=1e-6,
+    )
     with pytest.raises(ValueError, match="schedule='cosine'"):
         eb.teacher_forcing_prob(steps, "cosine")
 
@@ -95,8 +102,11 @@ def test_teacher_forcing_schedules():
 def _toy_problem(v=6, d=4, b=3, t=5):
     rng = np.random.default_rng(7)
     params = {"E": jnp.asarray(rng.normal(size=(v, d))), "W": jnp.asarray(rng.normal(size=(d, v)))}
-    batch = {"x": rng.integers(0, v, (b, t)), "y": rng.integers(0, v, (b, t)),
-             "w": (rng.random((b, t)) > 0.2).astype(np.float64)}  # fmt: skip
+    batch = {
+        "x": rng.integers(0, v, (b, t)),
+        "y": rng.integers(0, v, (b, t)),
+        "w": (rng.random((b, t)) > 0.2).astype(np.float64),
+    }
     return params, batch, (v, d)
 
 
@@ -123,11 +133,13 @@ def test_gradient_penalty_matches_finite_differences():
             ep[idx] += h
             em[idx] -= h
             g[idx] = (mean_ce(ep) - mean_ce(em)) / (2 * h)
-        wrapped = eb.gradient_penalty(_toy_loss, epsilon=0.5, delta_shape=shape,
-                                      delta_dtype=jnp.float64)  # fmt: skip
+        wrapped = eb.gradient_penalty(
+            _toy_loss, epsilon=0.5, delta_shape=shape, delta_dtype=jnp.float64
+        )
         s, weight, metrics = wrapped(params, batch)
-        np.testing.assert_allclose(float(metrics["penalty"]) / float(weight),
-                                   0.5 * np.sum(g**2), rtol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            float(metrics["penalty"]) / float(weight), 0.5 * np.sum(g**2), rtol=1e-6
+        )
         # The trained gradient is second order; check it against differences of the loss.
         grad_w = jax.grad(lambda p: wrapped(p, batch)[0] / w)(params)["W"]
         wf = np.asarray(params["W"])
@@ -180,8 +192,12 @@ def test_per_position_penalty_is_the_per_occurrence_gradient():
     np.testing.assert_allclose(table, 0.5 * np.sum(summed**2), rtol=1e-5)
     assert abs(table - position) > 0.1 * position
     # With every token occurring once the two forms agree.
-    distinct = {**batch, "x": np.arange(6).reshape(2, 3), "y": batch["y"][:2, :3],
-                "w": np.ones((2, 3))}  # fmt: skip
+    distinct = {
+        **batch,
+        "x": np.arange(6).reshape(2, 3),
+        "y": batch["y"][:2, :3],
+        "w": np.ones((2, 3)),
+    }
     position, table, _ = _both_forms(params, distinct)
     np.testing.assert_allclose(position, table, rtol=1e-5)
 
@@ -208,8 +224,9 @@ def test_scst_raises_better_than_baseline_samples_and_lowers_worse_ones():
     before = eb.sequence_log_prob(theta, tokens, mask)
     after = eb.sequence_log_prob(theta - 0.1 * jax.grad(loss)(theta), tokens, mask)
     assert after[0] > before[0] and after[1] < before[1]
-    zero = jax.grad(lambda th: jnp.sum(eb.scst_loss(eb.sequence_log_prob(th, tokens, mask),
-                                                    baseline, baseline)))(theta)  # fmt: skip
+    zero = jax.grad(
+        lambda th: jnp.sum(eb.scst_loss(eb.sequence_log_prob(th, tokens, mask), baseline, baseline))
+    )(theta)
     assert not np.any(np.asarray(zero))  # no advantage, no update
 
 
@@ -223,19 +240,25 @@ def test_mrt_risk_and_gradient_match_numpy():
     delta = 1 - r
     risk = np.sum(q * delta, 1)
     grad = alpha * q * (delta - np.sum(q * delta, 1, keepdims=True))
-    np.testing.assert_allclose(eb.mrt_risk(jnp.asarray(logp), jnp.asarray(r), alpha=alpha), risk,
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        eb.mrt_risk(jnp.asarray(logp), jnp.asarray(r), alpha=alpha), risk, rtol=1e-5
+    )
     got = jax.grad(lambda lp: jnp.sum(eb.mrt_risk(lp, jnp.asarray(r), alpha=alpha)))(
         jnp.asarray(logp, jnp.float32)
     )
     np.testing.assert_allclose(got, grad, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(sample_prob=1.5), "sample_prob=1.5"), (dict(pool="batch"), "pool='batch'"),
-    (dict(pool="vocab"), "vocab_size >= 2"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(sample_prob=1.5), "sample_prob=1.5"),
+        (dict(pool="batch"), "pool='batch'"),
+        (dict(pool="vocab"), "vocab_size >= 2"),
+    ],
+)
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
-        eb.random_replacement(jax.random.PRNGKey(0), np.ones((2, 3), np.int32),
-                              np.ones((2, 3)), **kw)  # fmt: skip
+        eb.random_replacement(
+            jax.random.PRNGKey(0), np.ones((2, 3), np.int32), np.ones((2, 3)), **kw
+        )

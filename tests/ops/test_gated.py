@@ -25,13 +25,17 @@ def _close(got, want, tol=2e-4):
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, np.abs(want).max()))
 
 
-def _inputs(rng, b, length, heads, kv_heads, dk, dv, gate="vector", strength=3.0, p_new=0.2,
-            strong=0.1):  # fmt: skip
+def _inputs(
+    rng, b, length, heads, kv_heads, dk, dv, gate="vector", strength=3.0, p_new=0.2, strong=0.1
+):
     q = rng.standard_normal((b, length, heads, dk)).astype(np.float32)
     k = rng.standard_normal((b, length, kv_heads, dk)).astype(np.float32)
     v = rng.standard_normal((b, length, kv_heads, dv)).astype(np.float32)
-    gate_shape = {"vector": (b, length, heads, dk), "scalar": (b, length, heads),
-                  "kv_scalar": (b, length, kv_heads)}[gate]  # fmt: skip
+    gate_shape = {
+        "vector": (b, length, heads, dk),
+        "scalar": (b, length, heads),
+        "kv_scalar": (b, length, kv_heads),
+    }[gate]
     g = -rng.uniform(0.0, strength, gate_shape)
     g = np.where(rng.random(gate_shape) < strong, -20.0, g).astype(np.float32)
     seg = np.cumsum(rng.random((b, length)) < p_new, axis=1).astype(np.int32)
@@ -99,9 +103,17 @@ def test_forms_equal_numpy_recurrence(p, which):
     q, k, v, g, seg, s0, d_out, d_state = _inputs(rng, **p)
 
     def fn(q, k, v, g, s0):
-        return ops.gated_linear_attention(q, k, v, g, initial_state=s0, segment_ids=seg,
-                                          return_state=True, form=form,
-                                          chunk_size=chunk_size)  # fmt: skip
+        return ops.gated_linear_attention(
+            q,
+            k,
+            v,
+            g,
+            initial_state=s0,
+            segment_ids=seg,
+            return_state=True,
+            form=form,
+            chunk_size=chunk_size,
+        )
 
     _check_against_numpy(fn, q, k, v, g, seg, s0, d_out, d_state)
 
@@ -111,8 +123,9 @@ def test_naive_form_equals_numpy_recurrence():
     q, k, v, g, seg, s0, d_out, d_state = _inputs(rng, 2, 13, 4, 2, 3, 5, p_new=0.3)
 
     def fn(q, k, v, g, s0):
-        return ops.gated_linear_attention(q, k, v, g, initial_state=s0, segment_ids=seg,
-                                          return_state=True, form="naive")  # fmt: skip
+        return ops.gated_linear_attention(
+            q, k, v, g, initial_state=s0, segment_ids=seg, return_state=True, form="naive"
+        )
 
     _check_against_numpy(fn, q, k, v, g, seg, s0, d_out, d_state)
 
@@ -128,8 +141,9 @@ def test_strong_decays_stay_finite_across_chunks_and_sub_chunks(gate):
     g[:, 200:203] = -20.0
 
     def fn(q, k, v, g, s0):
-        return ops.gated_linear_attention(q, k, v, g, initial_state=s0, segment_ids=seg,
-                                          return_state=True, chunk_size=128)  # fmt: skip
+        return ops.gated_linear_attention(
+            q, k, v, g, initial_state=s0, segment_ids=seg, return_state=True, chunk_size=128
+        )
 
     _check_against_numpy(fn, q, k, v, g, seg, s0, d_out, d_state)
 
@@ -145,9 +159,15 @@ def test_decode_steps_after_a_chunked_prefill_equal_numpy():
     want, want_state = np_gated_linear_attention(q, k, v, g, initial_state=s0, segment_ids=seg)
     prefill = 9
     out, state = ops.gated_linear_attention(
-        q[:, :prefill], k[:, :prefill], v[:, :prefill], g[:, :prefill], initial_state=s0,
-        segment_ids=seg[:, :prefill], return_state=True, chunk_size=4,
-    )  # fmt: skip
+        q[:, :prefill],
+        k[:, :prefill],
+        v[:, :prefill],
+        g[:, :prefill],
+        initial_state=s0,
+        segment_ids=seg[:, :prefill],
+        return_state=True,
+        chunk_size=4,
+    )
     outs = [out]
     step = jax.jit(ops.gated_linear_attention_step)
     for t in range(prefill, q.shape[1]):
@@ -175,8 +195,9 @@ def _sharded(fn, n_in):
     return jax.shard_map(fn, mesh=mesh, in_specs=(seq,) * n_in + (P(),), out_specs=seq)
 
 
-@pytest.mark.parametrize("form,gate", [("chunked", "vector"), ("chunked", "kv_scalar"),
-                                       ("scan", "scalar")])  # fmt: skip
+@pytest.mark.parametrize(
+    "form,gate", [("chunked", "vector"), ("chunked", "kv_scalar"), ("scan", "scalar")]
+)
 def test_context_parallel_equals_numpy(form, gate):
     """8 devices x 9 tokens (not a multiple of the chunk of 4); segments that cross shard and
     chunk boundaries, one of length 1 right at a shard start, and strong decays."""
@@ -188,9 +209,21 @@ def test_context_parallel_equals_numpy(form, gate):
     seg[0, 27:] += 1  # 27 = 3 * 9: a segment of length 1 at the start of shard 3
     seg[0, 28:] += 1
     seg[1] = np.repeat([0, 1, 2], [30, 1, 41])
-    fn = _sharded(lambda q, k, v, g, seg, s0: cp.gated_linear_attention_cp(
-        q, k, v, g, axis_name="seq", axis_size=8, initial_state=s0, segment_ids=seg, form=form,
-        chunk_size=4), 5)  # fmt: skip
+    fn = _sharded(
+        lambda q, k, v, g, seg, s0: cp.gated_linear_attention_cp(
+            q,
+            k,
+            v,
+            g,
+            axis_name="seq",
+            axis_size=8,
+            initial_state=s0,
+            segment_ids=seg,
+            form=form,
+            chunk_size=4,
+        ),
+        5,
+    )
 
     def loss(q, k, v, g, s0):
         return jnp.sum(fn(q, k, v, g, seg, s0) * d_out)
@@ -224,8 +257,11 @@ def test_scalar_gate_equals_the_per_dim_gate_broadcast():
     q, k, v, g, seg, s0, _, _ = _inputs(rng, 2, 50, 2, 2, 4, 3, gate="scalar", strong=0.1)
     kw = dict(initial_state=s0, segment_ids=seg, chunk_size=16)
     wide = np.broadcast_to(g[..., None], (*g.shape, 4))
-    _close(ops.gated_linear_attention(q, k, v, g, **kw),
-           ops.gated_linear_attention(q, k, v, wide, **kw), 1e-5)  # fmt: skip
+    _close(
+        ops.gated_linear_attention(q, k, v, g, **kw),
+        ops.gated_linear_attention(q, k, v, wide, **kw),
+        1e-5,
+    )
 
 
 def test_retnet_decay_equals_the_parallel_retention_form():
@@ -257,21 +293,29 @@ BAD = [
     (dict(log_gate=_G + 0.5), r"log_gate must be finite and <= 0 .* got 0\.5 at index \(0, 0, 0\)"),
     (dict(log_gate=np.full_like(_G, np.nan)), "log_gate must be finite and <= 0"),
     (dict(log_gate=np.zeros((1, 6, 2, 5))), r"log_gate must be \(1, 6, 2\) or \(1, 6, 2, 4\)"),
-    (dict(segment_ids=np.array([[0, 0, 1, 1, 0, 2]])),
-     "segment_ids must be non-decreasing along length; row 0 goes from 1 to 0 at position 4"),
-    (dict(segment_ids=np.zeros((1, 5), np.int32)),
-     r"segment_ids must be an integer array \[batch, length\] = \(1, 6\), got int32 \(1, 5\)"),
+    (
+        dict(segment_ids=np.array([[0, 0, 1, 1, 0, 2]])),
+        "segment_ids must be non-decreasing along length; row 0 goes from 1 to 0 at position 4",
+    ),
+    (
+        dict(segment_ids=np.zeros((1, 5), np.int32)),
+        r"segment_ids must be an integer array \[batch, length\] = \(1, 6\), got int32 \(1, 5\)",
+    ),
     (dict(segment_ids=np.zeros((1, 6), np.float32)), "segment_ids must be an integer array"),
     (dict(k=np.zeros((1, 6, 2, 5), np.float32)), "q and k head_dim differ"),
-    (dict(k=np.zeros((1, 5, 2, 4), np.float32), v=np.zeros((1, 5, 2, 3), np.float32)),
-     "gated linear attention is causal and needs q_length == kv_length, got 6, 5"),
-    (dict(initial_state=np.zeros((1, 2, 3, 4))),
-     r"initial_state must be \[batch, heads, key_dim, value_dim\] = \(1, 2, 4, 3\)"),
+    (
+        dict(k=np.zeros((1, 5, 2, 4), np.float32), v=np.zeros((1, 5, 2, 3), np.float32)),
+        "gated linear attention is causal and needs q_length == kv_length, got 6, 5",
+    ),
+    (
+        dict(initial_state=np.zeros((1, 2, 3, 4))),
+        r"initial_state must be \[batch, heads, key_dim, value_dim\] = \(1, 2, 4, 3\)",
+    ),
     (dict(form="cumsum"), "unknown form 'cumsum'; allowed: chunked, scan, naive"),
     (dict(chunk_size=0), "chunk_size must be a positive int, got 0"),
     (dict(scale="big"), "scale must be a number or None"),
     (dict(return_state="yes"), "return_state must be a bool, got 'yes'"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("bad,message", BAD)
@@ -305,8 +349,12 @@ def _fwd_bwd_bytes(length: int, form: str) -> int:
 
     compiled = jax.jit(jax.value_and_grad(loss, range(4))).lower(f32, f32, f32, f32).compile()
     m = compiled.memory_analysis()
-    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-            - m.alias_size_in_bytes)  # fmt: skip
+    return (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
 
 
 @pytest.mark.parametrize("form", ["chunked", "scan"])

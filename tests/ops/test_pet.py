@@ -66,8 +66,9 @@ def test_cross_entropy_over_label_scores_is_the_papers_label_softmax():
     labels = np.array([1, 3, 0])
     raw = np.zeros((3, 4))
     for s in range(2):  # sum over slots of the unnormalised logit of each label's token
-        raw += logits.astype(np.float64)[np.arange(3)[:, None], positions[:, s, None],
-                                         verbalizer[None, :, s]]  # fmt: skip
+        raw += logits.astype(np.float64)[
+            np.arange(3)[:, None], positions[:, s, None], verbalizer[None, :, s]
+        ]
     ref = -log_softmax(raw, axis=-1)[np.arange(3), labels].sum()
     loss, _ = ops.cross_entropy(ops.label_scores(logits, positions, verbalizer), labels)
     np.testing.assert_allclose(loss, ref, rtol=1e-5)
@@ -90,12 +91,16 @@ def test_label_scores_match_transformers(tmp_path):
     ids[np.arange(b)[:, None], positions] = 4  # a [MASK] id at the slots
     verbalizer = np.array([[10, 11], [12, 13], [20, 30], [97, 5]])
     with torch.no_grad():
-        hf_logits = hf(input_ids=torch.tensor(ids),
-                       attention_mask=torch.tensor(mask.astype(np.int64))).logits  # fmt: skip
+        hf_logits = hf(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64))
+        ).logits
         lp = torch.log_softmax(hf_logits, dim=-1)
         # lp[b, positions[b, s], verbalizer[y, s]] -> [B, S, Y]
-        at_slots = lp[torch.arange(b)[:, None, None], torch.tensor(positions)[:, :, None],
-                      torch.tensor(verbalizer.T)[None]]  # fmt: skip
+        at_slots = lp[
+            torch.arange(b)[:, None, None],
+            torch.tensor(positions)[:, :, None],
+            torch.tensor(verbalizer.T)[None],
+        ]
         ref = at_slots.sum(1).numpy()
     out = load_bert(tmp_path)(jnp.asarray(ids), mask=jnp.asarray(mask))
     scores = ops.label_scores(out.logits, positions, verbalizer)
@@ -119,7 +124,7 @@ def _shapes(logits=(2, 5, 7), positions=(2, 1), verbalizer=(3, 1), pos_dtype=np.
         (
             _shapes(verbalizer=(3, 2)),
             "verbalizer_ids has 2 tokens per label but mask_positions has 1 slots",
-        ),  # fmt: skip
+        ),
         (_shapes(pos_dtype=np.float32), "mask_positions must have an integer dtype"),
     ],
 )

@@ -40,8 +40,10 @@ def _text(row):
 def test_sentence_bleu_equals_sacrebleu(vocab):
     hyps, refs = _batch(np.random.default_rng(vocab), 80, 14, vocab)
     ours = np.asarray(jax.jit(rewards.sentence_bleu)(hyps, refs))
-    theirs = [sacrebleu.sentence_bleu(_text(h), [_text(r)], tokenize="none").score / 100
-              for h, r in zip(hyps, refs, strict=True)]  # fmt: skip
+    theirs = [
+        sacrebleu.sentence_bleu(_text(h), [_text(r)], tokenize="none").score / 100
+        for h, r in zip(hyps, refs, strict=True)
+    ]
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     assert np.ptp(theirs) > 0.3  # the cases span a real range of scores
 
@@ -51,9 +53,11 @@ def test_rouge_equals_rouge_score(vocab):
     hyps, refs = _batch(np.random.default_rng(100 + vocab), 80, 14, vocab)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
     ref_scores = [scorer.score(_text(r), _text(h)) for h, r in zip(hyps, refs, strict=True)]
-    for name, ours in (("rouge1", rewards.rouge_n(hyps, refs, 1)),
-                       ("rouge2", rewards.rouge_n(hyps, refs, 2)),
-                       ("rougeL", jax.jit(rewards.rouge_l)(hyps, refs))):  # fmt: skip
+    for name, ours in (
+        ("rouge1", rewards.rouge_n(hyps, refs, 1)),
+        ("rouge2", rewards.rouge_n(hyps, refs, 2)),
+        ("rougeL", jax.jit(rewards.rouge_l)(hyps, refs)),
+    ):
         theirs = [s[name].fmeasure for s in ref_scores]
         np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5, err_msg=name)
 

@@ -48,8 +48,16 @@ def test_softmax_packed_equals_separate(implementation, causal):
     q, k, v, _, seg = _docs(kv_heads=1)
 
     def fn(q, k, v, segment_ids=None):
-        return ops.softmax_attention(q, k, v, causal=causal, implementation=implementation,
-                                     segment_ids=segment_ids, block_q=4, block_k=8)  # fmt: skip
+        return ops.softmax_attention(
+            q,
+            k,
+            v,
+            causal=causal,
+            implementation=implementation,
+            segment_ids=segment_ids,
+            block_q=4,
+            block_k=8,
+        )
 
     _packed_equals_alone(fn, q, k, v, seg)
 
@@ -60,8 +68,16 @@ def test_linear_packed_equals_separate(form, feature_map):
     q, k, v, _, seg = _docs()
 
     def fn(q, k, v, segment_ids=None):
-        return ops.linear_attention(q, k, v, causal=True, feature_map=feature_map, form=form,
-                                    chunk_size=8, segment_ids=segment_ids)  # fmt: skip
+        return ops.linear_attention(
+            q,
+            k,
+            v,
+            causal=True,
+            feature_map=feature_map,
+            form=form,
+            chunk_size=8,
+            segment_ids=segment_ids,
+        )
 
     _packed_equals_alone(fn, q, k, v, seg)
 
@@ -71,8 +87,9 @@ def test_gated_packed_equals_separate(form, chunk_size):
     q, k, v, g, seg = _docs(kv_heads=1)
 
     def fn(q, k, v, g, segment_ids=None):
-        return ops.gated_linear_attention(q, k, v, g, form=form, chunk_size=chunk_size,
-                                          segment_ids=segment_ids)  # fmt: skip
+        return ops.gated_linear_attention(
+            q, k, v, g, form=form, chunk_size=chunk_size, segment_ids=segment_ids
+        )
 
     _packed_equals_alone(fn, q, k, v, seg, g)
 
@@ -82,8 +99,9 @@ def test_linear_first_segment_starts_from_the_initial_state():
     state = ops.linear_attention_state(k[:, :5], v[:, :5])
     kw = dict(causal=True, chunk_size=4)
     for form in ("chunked", "scan", "cumsum"):
-        packed = ops.linear_attention(q, k, v, initial_state=state, segment_ids=seg, form=form,
-                                      **kw)  # fmt: skip
+        packed = ops.linear_attention(
+            q, k, v, initial_state=state, segment_ids=seg, form=form, **kw
+        )
         first = ops.linear_attention(q[:, :13], k[:, :13], v[:, :13], initial_state=state, **kw)
         rest = ops.linear_attention(q[:, 13:], k[:, 13:], v[:, 13:], segment_ids=seg[:, 13:], **kw)
         np.testing.assert_allclose(packed, np.concatenate([first, rest], 1), atol=2e-5)
@@ -101,19 +119,31 @@ def test_segment_helpers():
 
 
 BAD = [
-    (lambda q, k, v, s: ops.softmax_attention(q, k, v, segment_ids=s[:, ::-1]),
-     "segment_ids must be non-decreasing along length; row 0 goes from 2 to 1 at position 18"),
-    (lambda q, k, v, s: ops.softmax_attention(q, k, v, segment_ids=s[:1]),
-     r"segment_ids must be an integer array \[batch, length\] = \(2, 32\), got int32 \(1, 32\)"),
-    (lambda q, k, v, s: ops.softmax_attention(q, k[:, :5], v[:, :5], segment_ids=s),
-     "segment_ids .* needs q_length == kv_length, got 32, 5"),
-    (lambda q, k, v, s: ops.softmax_attention(q, k, v, implementation="cudnn", segment_ids=s),
-     "implementation='cudnn' takes no segment_ids .* use 'blockwise'"),
-    (lambda q, k, v, s: ops.linear_attention(q, k, v, segment_ids=s),
-     "segment_ids applies to causal linear attention only"),
-    (lambda q, k, v, s: ops.linear_attention(q, k, v, causal=True, segment_ids=s.astype(float)),
-     "segment_ids must be an integer array"),
-]  # fmt: skip
+    (
+        lambda q, k, v, s: ops.softmax_attention(q, k, v, segment_ids=s[:, ::-1]),
+        "segment_ids must be non-decreasing along length; row 0 goes from 2 to 1 at position 18",
+    ),
+    (
+        lambda q, k, v, s: ops.softmax_attention(q, k, v, segment_ids=s[:1]),
+        r"segment_ids must be an integer array \[batch, length\] = \(2, 32\), got int32 \(1, 32\)",
+    ),
+    (
+        lambda q, k, v, s: ops.softmax_attention(q, k[:, :5], v[:, :5], segment_ids=s),
+        "segment_ids .* needs q_length == kv_length, got 32, 5",
+    ),
+    (
+        lambda q, k, v, s: ops.softmax_attention(q, k, v, implementation="cudnn", segment_ids=s),
+        "implementation='cudnn' takes no segment_ids .* use 'blockwise'",
+    ),
+    (
+        lambda q, k, v, s: ops.linear_attention(q, k, v, segment_ids=s),
+        "segment_ids applies to causal linear attention only",
+    ),
+    (
+        lambda q, k, v, s: ops.linear_attention(q, k, v, causal=True, segment_ids=s.astype(float)),
+        "segment_ids must be an integer array",
+    ),
+]
 
 
 @pytest.mark.parametrize("call,message", BAD)
@@ -139,8 +169,9 @@ def test_tpu_flash_gets_segment_ids_as_kernel_segment_ids(monkeypatch):
     q, k, v, _, seg = _docs(dv=4)
     mask = np.ones(seg.shape, bool)
     mask[:, -2:] = False
-    softmax_module.softmax_attention(q, k, v, implementation="tpu_flash", segment_ids=seg,
-                                     mask=mask)  # fmt: skip
+    softmax_module.softmax_attention(
+        q, k, v, implementation="tpu_flash", segment_ids=seg, mask=mask
+    )
     ids = seen["ids"]
     np.testing.assert_array_equal(ids.q, seg - seg.min() + 1)
     np.testing.assert_array_equal(ids.kv, np.where(mask, seg - seg.min() + 1, 0))

@@ -32,8 +32,12 @@ def _smoke(**mesh):
 
 def _device0_bytes(tree) -> int:
     dev = jax.devices()[0]
-    return sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
-               if s.device == dev)  # fmt: skip
+    return sum(
+        s.data.nbytes
+        for x in jax.tree.leaves(tree)
+        for s in x.addressable_shards
+        if s.device == dev
+    )
 
 
 def test_cpu_plan_predicts_a_real_runs_arrays_and_compiled_step():
@@ -54,8 +58,10 @@ def test_cpu_plan_predicts_a_real_runs_arrays_and_compiled_step():
     state = step.init_state(opt, params, consts, 0, sh)
     shape = (c.batch_size, c.data.seq_len)
     dtypes = {"inputs": np.int32, "targets": np.int32, "weights": np.float32}
-    batch = {k: jax.device_put(np.zeros(shape, dt), sharding.batch_sharding(mesh))
-             for k, dt in dtypes.items()}  # fmt: skip
+    batch = {
+        k: jax.device_put(np.zeros(shape, dt), sharding.batch_sharding(mesh))
+        for k, dt in dtypes.items()
+    }
     real_args = _device0_bytes(state) + _device0_bytes(batch)
     assert plan.argument_bytes == real_args
     assert plan.alias_bytes == _device0_bytes(state)  # the donated state is updated in place
@@ -95,8 +101,14 @@ def test_bad_topology_names(name):
 
 def _plan_cli(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "research.plan", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "research.plan", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_cli_sweeps_write_tables_csv_and_png(tmp_path):
@@ -159,9 +171,14 @@ def test_cli_tpu_fits_does_not_fit_and_bad_arguments():
     assert not [x.strip() for x in memory_row.split("|")[1:-1]][5].startswith("0 B")  # total
 
     # ~1.6B parameters with AdamW, replicated over data parallelism: far beyond 16 GiB.
-    big = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:2x2",
-                    "--config.model.d_model=4096", "--config.model.d_ff=16384",
-                    "--config.model.num_layers=8", "--config.model.num_heads=32")  # fmt: skip
+    big = _plan_cli(
+        "--config=configs/lm.py:smoke",
+        "--topology=v5e:2x2",
+        "--config.model.d_model=4096",
+        "--config.model.d_ff=16384",
+        "--config.model.num_layers=8",
+        "--config.model.num_heads=32",
+    )
     assert big.returncode == 3, big.stderr[-2000:]
     head = big.stdout.splitlines()[0]
     assert head.startswith("DOES NOT FIT v5e:2x2") and head.endswith(" GiB over")
@@ -196,9 +213,15 @@ def test_analytic_model_flops_match_xla_on_an_unrolled_step():
     assert plan.model_flops == analytic and 0 < plan.mfu_bound(chips.cpu_chip(1))
 
 
-@pytest.mark.parametrize("remat, low, high", [("full", 0.95, 1.05), ("save_qkv_proj", 0.95, 1.05),
-                                              ("save_dot_except_mlpwi", 0.95, 1.05),
-                                              ("minimal", 1.0, 1.3)])  # fmt: skip
+@pytest.mark.parametrize(
+    "remat, low, high",
+    [
+        ("full", 0.95, 1.05),
+        ("save_qkv_proj", 0.95, 1.05),
+        ("save_dot_except_mlpwi", 0.95, 1.05),
+        ("minimal", 1.0, 1.3),
+    ],
+)
 def test_analytic_remat_flops_match_what_xla_adds(remat, low, high):
     """The forward FLOPs a remat policy recomputes (remat_flops) against XLA's count of the
     unrolled CPU step with that policy minus without. The matmul policies agree within 5%;

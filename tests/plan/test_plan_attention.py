@@ -11,8 +11,9 @@ from research.plan import attention as pa
 
 
 def test_cpu_sweep_writes_table_csv_png_and_crossover(tmp_path, capsys):
-    code = pa.main(["--topology=cpu", "--lengths=256,1024", "--heads=2", "--head_dim=16",
-                    f"--out={tmp_path}"])  # fmt: skip
+    code = pa.main(
+        ["--topology=cpu", "--lengths=256,1024", "--heads=2", "--head_dim=16", f"--out={tmp_path}"]
+    )
     assert code == 0
     rows = list(csv.DictReader(open(tmp_path / "plan_attention.csv")))
     assert {r["variant"] for r in rows} == set(pa.VARIANTS) and len(rows) == 8

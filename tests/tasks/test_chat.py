@@ -151,8 +151,9 @@ def _chat(workdir, text, *flags):
 
 def test_chat_cli_on_piped_stdin(smoke_run):
     workdir, _ = smoke_run
-    r = _chat(workdir, "hello\n\n   \nhow are you\n/reset\n你好吗\n/quit\nnot read\n",
-              "--max_tokens=4")  # fmt: skip
+    r = _chat(
+        workdir, "hello\n\n   \nhow are you\n/reset\n你好吗\n/quit\nnot read\n", "--max_tokens=4"
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["bot", "bot", "(history cleared)", "bot"]

@@ -23,14 +23,30 @@ CLS, SEP, PAD = 2, 3, 0
 
 
 def _tiny_bert(**overrides) -> Bert:
-    fields = dict(vocab_size=40, d_model=32, num_heads=2, num_layers=2, d_ff=64, max_length=64,
-                  positions="rotary", num_segments=2, mlm_head=True)  # fmt: skip
+    fields = dict(
+        vocab_size=40,
+        d_model=32,
+        num_heads=2,
+        num_layers=2,
+        d_ff=64,
+        max_length=64,
+        positions="rotary",
+        num_segments=2,
+        mlm_head=True,
+    )
     return Bert(ModelConfig(**{**fields, **overrides}), rngs=nnx.Rngs(0))
 
 
 def _row(passage=(10, 11, 12, 13, 14), answer=(12, 13), question=(20, 21, 22), seq_len=20):
-    return qagen.qa_row(list(passage), list(answer), list(question), seq_len=seq_len,
-                        cls_id=CLS, sep_id=SEP, pad_id=PAD)  # fmt: skip
+    return qagen.qa_row(
+        list(passage),
+        list(answer),
+        list(question),
+        seq_len=seq_len,
+        cls_id=CLS,
+        sep_id=SEP,
+        pad_id=PAD,
+    )
 
 
 def test_row_layout_segments_and_loss_weights():
@@ -70,8 +86,11 @@ def test_loss_is_the_cross_entropy_of_segment_one_tokens_only():
     rows = [_row(), _row(passage=(15, 16, 17), answer=(16,), question=(21, 22, 23, 24, 25))]
     batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
     loss, weight, metrics = qagen.make_qagen_loss(2 + 5 + 2)(model, batch)
-    full = np.asarray(model(batch["inputs"], segment_ids=batch["segment_ids"],
-                            mask=batch["mask"], unilm=True).logits)  # fmt: skip
+    full = np.asarray(
+        model(
+            batch["inputs"], segment_ids=batch["segment_ids"], mask=batch["mask"], unilm=True
+        ).logits
+    )
     top = full.max(-1, keepdims=True)
     logp = full - top - np.log(np.exp(full - top).sum(-1, keepdims=True))
     want, n = 0.0, 0
@@ -109,11 +128,11 @@ def test_only_the_passage_is_cut_and_its_window_holds_the_answer():
     ex = {"passage": passage, "answer": "xyz", "question": "what?", "answer_start": 23}
     r = qagen.encode_example(v, ex, seq_len=20, s=s)  # passage budget 20 - 3 - 5 - 4 = 8
     row = r["inputs"][r["mask"]].tolist()
-    assert row == [CLS, *v.encode("stuvwxyz"), SEP, *v.encode("xyz"), SEP, *v.encode("what?"),
-                   SEP]  # fmt: skip
+    assert row == [CLS, *v.encode("stuvwxyz"), SEP, *v.encode("xyz"), SEP, *v.encode("what?"), SEP]
     assert qagen.encode_example(v, dict(ex, question="a longer question"), seq_len=20, s=s) is None
-    assert qagen.encode_example(v, dict(ex, answer="wxyz", answer_start=22), seq_len=20,
-                                s=s) is None  # fmt: skip
+    assert (
+        qagen.encode_example(v, dict(ex, answer="wxyz", answer_start=22), seq_len=20, s=s) is None
+    )
 
 
 def _reference_step(model, width: int, segment_from):
@@ -152,8 +171,17 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
     for i, n in enumerate(lengths):
         prompt[i, :n] = [CLS, *rng.integers(5, 12, n - 2), SEP]  # a small alphabet: spans recur
     key = jax.random.key(3)
-    opts = dict(num_answers=k, answer_len=a_len, question_len=q_len, top_p=0.9, top_k=6,
-                beam_size=3, sep_id=SEP, pad_id=PAD, banned_ids=(PAD, CLS))  # fmt: skip
+    opts = dict(
+        num_answers=k,
+        answer_len=a_len,
+        question_len=q_len,
+        top_p=0.9,
+        top_k=6,
+        beam_size=3,
+        sep_id=SEP,
+        pad_id=PAD,
+        banned_ids=(PAD, CLS),
+    )
     got = jax.jit(functools.partial(qagen.generate_qa, model, **opts))(
         jnp.asarray(prompt), jnp.asarray(lengths), key
     )
@@ -167,14 +195,24 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
         logits, state = step(token, state)
         return logits + ban, state
 
-    answers = decoding.sample(banned, logits + ban, state, key, max_new_tokens=a_len + 1,
-                              top_p=0.9, top_k=6, stop_tokens=(SEP,), pad_id=PAD)  # fmt: skip
+    answers = decoding.sample(
+        banned,
+        logits + ban,
+        state,
+        key,
+        max_new_tokens=a_len + 1,
+        top_p=0.9,
+        top_k=6,
+        stop_tokens=(SEP,),
+        pad_id=PAD,
+    )
     np.testing.assert_array_equal(np.asarray(got["answers"]).reshape(b * k, -1), answers)
     answers = np.asarray(answers)
     alen = np.array([list(r).index(SEP) if SEP in r else a_len + 1 for r in answers])
     assert len(set(alen.tolist())) > 1  # the check covers answers of several lengths
-    np.testing.assert_array_equal(np.asarray(got["answer_length"]).reshape(-1),
-                                  np.minimum(alen, a_len))  # fmt: skip
+    np.testing.assert_array_equal(
+        np.asarray(got["answer_length"]).reshape(-1), np.minimum(alen, a_len)
+    )
     # Stage 2, by hand: prompt + answer + [SEP] (segment 1), beam search over full forwards.
     width = p + a_len + 1 + q_len + 1
     prompt2 = np.full((b * k, p + a_len + 1), PAD, np.int32)
@@ -189,8 +227,9 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
         step, logits, state, beam_size=3, max_new_tokens=q_len + 1, eos_id=SEP, pad_id=PAD
     )
     np.testing.assert_array_equal(np.asarray(got["questions"]).reshape(b * k, -1), seqs[:, 0])
-    np.testing.assert_allclose(np.asarray(got["question_score"]).reshape(-1), scores[:, 0],
-                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        np.asarray(got["question_score"]).reshape(-1), scores[:, 0], rtol=1e-5, atol=1e-5
+    )
     # The answer score is log p(answer [SEP] | passage), summed by hand from full forwards.
     for i in range(b * k):
         n, m = rep_len[i], min(alen[i], a_len)
@@ -240,8 +279,16 @@ def test_in_passage_and_dedup_against_python():
 
 def test_metrics_against_hand_computed_values():
     assert metrics.text_units("江泽民在1998年 Visited Beijing!") == [
-        "江", "泽", "民", "在", "1998", "年", "visited", "beijing", "!",
-    ]  # fmt: skip
+        "江",
+        "泽",
+        "民",
+        "在",
+        "1998",
+        "年",
+        "visited",
+        "beijing",
+        "!",
+    ]
     # SQuAD F1 on characters: 2 of 3 predicted, 2 of 4 gold -> 2 * (2/3 * 1/2) / (2/3 + 1/2).
     assert qagen.span_f1("北京市", "在北京城") == pytest.approx(4 / 7)
     got = qagen.answer_scores([["北京", "上海市"], []], [["北京", "上海"], ["x"]])
@@ -261,9 +308,13 @@ def test_metrics_against_hand_computed_values():
 
 
 def test_config_errors():
-    for bad, match in ((dict(top_p=0.0), "top_p=0.0"), (dict(num_answers=0), "num_answers"),
-                       (dict(top_k=-1), "top_k=-1"), (dict(in_passage=1), "in_passage=1"),
-                       (dict(eval_passages=-2), "eval_passages=-2")):  # fmt: skip
+    for bad, match in (
+        (dict(top_p=0.0), "top_p=0.0"),
+        (dict(num_answers=0), "num_answers"),
+        (dict(top_k=-1), "top_k=-1"),
+        (dict(in_passage=1), "in_passage=1"),
+        (dict(eval_passages=-2), "eval_passages=-2"),
+    ):
         with pytest.raises(ValueError, match=match):
             qagen.QagenConfig(**bad)
     c = qagen_config.run_config("smoke")
@@ -299,8 +350,13 @@ def test_smoke_study_reports_generation_metrics_beside_the_baseline(study):
         assert np.isnan(by[name]["model_std"]) and by[name]["seeds"] == 1
     # The copy baseline shares most of a rule-made question's characters.
     assert by["question_rougeL"]["baseline"] > 50
-    assert {p.name for p in workdir.iterdir()} >= {"qagen.csv", "qagen.png", "examples.jsonl",
-                                                   "pretrain", "runs"}  # fmt: skip
+    assert {p.name for p in workdir.iterdir()} >= {
+        "qagen.csv",
+        "qagen.png",
+        "examples.jsonl",
+        "pretrain",
+        "runs",
+    }
     examples = [json.loads(x) for x in (workdir / "examples.jsonl").read_text().splitlines()]
     assert len(examples) == 2 and all(e["passage"] for e in examples)
     for e in examples:
@@ -315,15 +371,26 @@ def test_smoke_study_reports_generation_metrics_beside_the_baseline(study):
 def _qagen(workdir, text, *flags):
     return subprocess.run(
         [sys.executable, "-m", "research.qagen", f"--workdir={workdir}", *flags],
-        input=text, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_qagen_cli_on_piped_input(study):
     workdir = study[0] / "runs" / "seed0"
     given = {"passage": "江泽民在北京发表讲话。", "answer": "北京"}
-    text = "\n".join(["１９９６年全国广播影视系统语言工作会议在北京召开。", "",
-                      json.dumps(given, ensure_ascii=False)]) + "\n"  # fmt: skip
+    text = (
+        "\n".join(
+            [
+                "１９９６年全国广播影视系统语言工作会议在北京召开。",
+                "",
+                json.dumps(given, ensure_ascii=False),
+            ]
+        )
+        + "\n"
+    )
     r = _qagen(workdir, text, "--noin_passage", "--num_answers=3", "--top_k=3")
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
@@ -351,8 +418,11 @@ def test_qagen_cli_says_when_no_passage_produced_a_pair(study):
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
-    assert lines[-3:] == ["stdin:1: no answer kept", "stdin:2: no answer kept",
-                          "0 of 2 passages produced pairs; 0 pairs written"]  # fmt: skip
+    assert lines[-3:] == [
+        "stdin:1: no answer kept",
+        "stdin:2: no answer kept",
+        "0 of 2 passages produced pairs; 0 pairs written",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -392,14 +462,26 @@ def test_qagen_cli_given_the_experiment_directory_names_its_runs(study):
 def test_bad_qa_file_exits_2_before_anything_trains(tmp_path):
     bad = tmp_path / "webqa.jsonl"
     good = {"passage": "江泽民在北京发表讲话。", "question": "在哪里？", "answer": "北京"}
-    bad.write_text(json.dumps(good, ensure_ascii=False) + "\n"
-                   + json.dumps(dict(good, answer="上海"), ensure_ascii=False) + "\n")  # fmt: skip
+    bad.write_text(
+        json.dumps(good, ensure_ascii=False)
+        + "\n"
+        + json.dumps(dict(good, answer="上海"), ensure_ascii=False)
+        + "\n"
+    )
     r = subprocess.run(
-        [sys.executable, "-m", "research.main", "--config=configs/qagen.py:smoke",
-         f"--workdir={tmp_path / 'study'}", f"--config.data.source=jsonl:{bad}",
-         f"--config.data.data_dir={tmp_path / 'data'}"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "research.main",
+            "--config=configs/qagen.py:smoke",
+            f"--workdir={tmp_path / 'study'}",
+            f"--config.data.source=jsonl:{bad}",
+            f"--config.data.data_dir={tmp_path / 'data'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"{bad}:2: the answer '上海' is not in its passage" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "study" / "pretrain").exists()

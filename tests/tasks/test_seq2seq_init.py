@@ -37,8 +37,10 @@ def _config(ddir, init, **seq):
 
 
 def _params(model) -> dict:
-    return {"/".join(map(str, k)): np.asarray(v) for k, v in
-            nnx.to_flat_state(nnx.state(model, nnx.Param))}  # fmt: skip
+    return {
+        "/".join(map(str, k)): np.asarray(v)
+        for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
 
 
 def test_unilm_starts_from_the_mlm_with_its_character_vocabulary(mlm_workdir, data_dir):  # noqa: F811
@@ -51,7 +53,10 @@ def test_unilm_starts_from_the_mlm_with_its_character_vocabulary(mlm_workdir, da
     assert not list((pathlib.Path(data_dir) / "tokenizers").glob("inews*"))
     mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
     assert (mcfg.d_model, mcfg.num_layers, mcfg.vocab_size) == (
-        pre.model.cfg.d_model, pre.model.cfg.num_layers, pre.model.cfg.vocab_size)  # fmt: skip
+        pre.model.cfg.d_model,
+        pre.model.cfg.num_layers,
+        pre.model.cfg.vocab_size,
+    )
     assert mcfg.mlm_head and mcfg.num_segments == 2
     model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=5, dropout=6))
     before = _params(model)
@@ -91,9 +96,18 @@ def test_trained_run_scores_the_decoded_titles_on_characters(mlm_workdir, data_d
     hyps, refs = [], []
     for _ in range(run.train.eval_steps):
         b = next(it)
-        out = seq2seq.generate(trained.model, jax.tree.map(jax.numpy.asarray, b), layout="unilm",
-                               method="beam", beam_size=1, max_new=s.tgt_len, src_len=s.src_len,
-                               bos=v.bos, eos=v.eos, pad=v.pad)  # fmt: skip
+        out = seq2seq.generate(
+            trained.model,
+            jax.tree.map(jax.numpy.asarray, b),
+            layout="unilm",
+            method="beam",
+            beam_size=1,
+            max_new=s.tgt_len,
+            src_len=s.src_len,
+            bos=v.bos,
+            eos=v.eos,
+            pad=v.pad,
+        )
         hyps += [v.detokenize(h) for h in np.asarray(out)]
         refs += [v.detokenize(r) for r in np.where(b["weights"] > 0, b["targets"], v.pad)]
     assert all(r and " " not in r for r in refs)
@@ -104,10 +118,21 @@ def test_trained_run_scores_the_decoded_titles_on_characters(mlm_workdir, data_d
     # A perfect hypothesis scores 100 on these character units.
     assert text_scores(refs, refs)["rougeL"] == pytest.approx(100.0)
     # research.generate decodes a source with the BERT's vocabulary ([CLS] source [SEP]).
-    r = subprocess.run([sys.executable, "-m", "research.generate", f"--workdir={tmp_path / 'wd'}",
-                        "--prompt=新华社北京一月一日电", "--max_new_tokens=4"], cwd=ROOT,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "research.generate",
+            f"--workdir={tmp_path / 'wd'}",
+            "--prompt=新华社北京一月一日电",
+            "--max_new_tokens=4",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert " " not in r.stdout.strip() and len(r.stdout.strip()) <= 4 * 4
 
@@ -145,10 +170,16 @@ def test_bad_init_values_are_one_line_config_errors(mlm_workdir, data_dir, tmp_p
         assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
     # From the command line: exit 2, one line, no traceback, with the way to train the MLM.
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "research.main", "--config=configs/seq2seq.py:smoke",
-           f"--workdir={tmp_path / 'wd'}", "--config.seq2seq.layout=unilm",
-           "--config.data.source=inews_titles",
-           f"--config.seq2seq.init=workdir:{tmp_path / 'missing'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "research.main",
+        "--config=configs/seq2seq.py:smoke",
+        f"--workdir={tmp_path / 'wd'}",
+        "--config.seq2seq.layout=unilm",
+        "--config.data.source=inews_titles",
+        f"--config.seq2seq.init=workdir:{tmp_path / 'missing'}",
+    ]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "no model.json" in r.stderr and "configs/mlm.py" in r.stderr
@@ -167,9 +198,14 @@ def test_unilm_starts_from_a_hugging_face_bert(mlm_workdir, data_dir, tmp_path):
     hf_dir.mkdir()
     (hf_dir / "vocab.txt").write_text("".join(t + "\n" for t, _ in tokens))
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64,
-                                  max_position_embeddings=64)  # fmt: skip
+    cfg = transformers.BertConfig(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     transformers.BertForMaskedLM(cfg).eval().save_pretrained(hf_dir, safe_serialization=True)
     run = parse(_config(data_dir, f"hf:{hf_dir}"))
     task = seq2seq.Seq2seqTask()

@@ -50,9 +50,12 @@ class ReverseTask(Task):
         train, evaluation = rows(64), rows(16)
 
         def make(train_split: bool):
-            return pipeline.array_iterator(train if train_split else evaluation,
-                                           batch_size=run.train.batch_size, seed=run.train.seed,
-                                           train=train_split)  # fmt: skip
+            return pipeline.array_iterator(
+                train if train_split else evaluation,
+                batch_size=run.train.batch_size,
+                seed=run.train.seed,
+                train=train_split,
+            )
 
         return TaskData(v, n, make)
 
@@ -65,8 +68,7 @@ class ReverseTask(Task):
     def evaluate(self, run, data, eval_model, state, batches):
         model = eval_model(state.params, state.consts)
         local, batch = batches[0]
-        return {"rows_seen": float(len(local["inputs"])),
-                "vocab": float(model.cfg.vocab_size)}  # fmt: skip
+        return {"rows_seen": float(len(local["inputs"])), "vocab": float(model.cfg.vocab_size)}
 
 
 def test_a_new_task_plugs_in_without_touching_the_loop(tmp_path, monkeypatch):

@@ -10,8 +10,17 @@ from research.tasks.seq2seq.metrics import text_scores, text_units
 
 def test_units_are_cjk_characters_and_words():
     assert text_units("2019年NLP会议, 在北京。") == [
-        "2019", "年", "nlp", "会", "议", ",", "在", "北", "京", "。",
-    ]  # fmt: skip
+        "2019",
+        "年",
+        "nlp",
+        "会",
+        "议",
+        ",",
+        "在",
+        "北",
+        "京",
+        "。",
+    ]
 
 
 def test_chinese_scores_against_hand_counts():

@@ -129,8 +129,11 @@ def test_bad_theseus_settings_are_one_line_errors(data_dir, mlm_workdir, predece
         parse(_stage2(data_dir, predecessor, replace_prob=1.5))
     scanned = _stage2(data_dir, predecessor)
     scanned.model.scan_layers = True
-    with pytest.raises(ConfigError, match=r"^model.scan_layers=True: BERT-of-Theseus swaps single "
-                                          r"layers in and out"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.scan_layers=True: BERT-of-Theseus swaps single "
+        r"layers in and out",
+    ):
         parse(scanned)
     # A moved predecessor stops a new run, but not reading back one trained from it
     # (load_trained parses with check_devices=False, which skips the task's file checks).
@@ -145,8 +148,11 @@ def test_bad_theseus_settings_are_one_line_errors(data_dir, mlm_workdir, predece
     shutil.copytree(mlm_workdir, wide)
     mcfg = json.loads((wide / "model.json").read_text())
     (wide / "model.json").write_text(json.dumps({**mcfg, "d_model": 48}))
-    with pytest.raises(ConfigError, match=r"its layers differ from the predecessor's in d_model "
-                                          r"\(48 vs 32\)"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"its layers differ from the predecessor's in d_model "
+        r"\(48 vs 32\)",
+    ):
         parse(_stage2(data_dir, predecessor, init=f"workdir:{wide}"))
     # A predecessor checkpoint of another shape than its model.json (d_ff 64 saved, 48 declared),
     # with a successor init that agrees with the declaration: one line, before any training.
@@ -169,16 +175,32 @@ def test_bad_theseus_settings_are_one_line_errors(data_dir, mlm_workdir, predece
         tasks.get("classify").model_config(run, vocab_size=1500, max_length=32)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.successor_layers=3", "successor_layers=3: must divide the predecessor's 2 layers"),
-    ("--config.replace_prob=-0.1", "replace_prob=-0.1: must be in [0, 1]"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "--config.successor_layers=3",
+            "successor_layers=3: must divide the predecessor's 2 layers",
+        ),
+        ("--config.replace_prob=-0.1", "replace_prob=-0.1: must be in [0, 1]"),
+    ],
+)
 def test_experiment_cli_errors_exit_2(mlm_workdir, tmp_path, override, message):
     r = subprocess.run(
-        [sys.executable, "-m", "research.main", "--config=configs/theseus.py:smoke",
-         f"--workdir={tmp_path / 'w'}", f"--config.init=workdir:{mlm_workdir}", override],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "research.main",
+            "--config=configs/theseus.py:smoke",
+            f"--workdir={tmp_path / 'w'}",
+            f"--config.init=workdir:{mlm_workdir}",
+            override,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
@@ -188,7 +210,10 @@ def test_experiment_cli_errors_exit_2(mlm_workdir, tmp_path, override, message):
 def test_theseus_experiment_smoke_table_csv_png_and_resume(mlm_workdir, experiment):
     rows, c, tmp_path = experiment
     assert [(r["kind"], r["layers"]) for r in rows] == [
-        ("predecessor", 2), ("direct", 1), ("theseus", 1)]  # fmt: skip
+        ("predecessor", 2),
+        ("direct", 1),
+        ("theseus", 1),
+    ]
     # Parameters: the 1-layer models have the 2-layer model's minus one layer's.
     layer = sum(v.size for v in _flat(load_trained(mlm_workdir).model.layers[0]).values())
     assert rows[0]["params"] - rows[1]["params"] == layer == rows[0]["params"] - rows[2]["params"]

@@ -25,13 +25,21 @@ def _env():
 
 
 def _cmd(workdir, data_dir, *overrides, config="configs/lm.py:smoke"):
-    return [sys.executable, "-m", "research.main", f"--config={config}", f"--workdir={workdir}",
-            f"--config.data.data_dir={data_dir}", *overrides]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "research.main",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        *overrides,
+    ]
 
 
 def _run(*args, **kw):
-    return subprocess.run(_cmd(*args, **kw), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    return subprocess.run(
+        _cmd(*args, **kw), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 def _train_losses(workdir) -> dict[int, float]:
@@ -66,7 +74,10 @@ def test_smoke_run_writes_metrics_checkpoints_and_summary(reference):
     assert train[-1]["loss"] < train[0]["loss"]  # it learns
     assert all({"step", "split", "loss"} <= x.keys() for x in rows)
     assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [
-        16, 20, 24]  # every 4 steps, newest 3 kept  # fmt: skip
+        16,
+        20,
+        24,
+    ]  # every 4 steps, newest 3 kept
     assert list((wd / "tensorboard").glob("events.out.tfevents.*"))
     assert "done at step 24" in r.stdout and "tokens/s" in r.stdout
     assert "Traceback" not in r.stderr
@@ -74,8 +85,13 @@ def test_smoke_run_writes_metrics_checkpoints_and_summary(reference):
 
 def test_exact_resume_after_sigkill(reference, data_dir, tmp_path):
     ref_losses = _train_losses(reference[0])
-    proc = subprocess.Popen(_cmd(tmp_path, data_dir, "--config.num_train_steps=24"), cwd=ROOT,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        _cmd(tmp_path, data_dir, "--config.num_train_steps=24"),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -95,16 +111,21 @@ def test_exact_resume_after_sigkill(reference, data_dir, tmp_path):
 
 @pytest.mark.parametrize("every", [100000, 1])  # 1: the schedule has just saved the stop step
 def test_sigterm_saves_and_exits_zero(data_dir, tmp_path, every):
-    cmd = _cmd(tmp_path, data_dir, "--config.num_train_steps=100000",
-               f"--config.checkpoint_every_steps={every}")  # fmt: skip
+    cmd = _cmd(
+        tmp_path,
+        data_dir,
+        "--config.num_train_steps=100000",
+        f"--config.checkpoint_every_steps={every}",
+    )
     code, out, err = sigterm_after_metrics(cmd, tmp_path / "metrics.jsonl", 5, cwd=ROOT, env=_env())
     assert code == 0, err[-3000:]
     assert "stopped by SIGTERM: saved at step" in out
     step = int(out.split("at step ")[1].split()[0])
     assert (tmp_path / "checkpoints" / str(step)).is_dir()
     if every > 1:  # resuming is the same either way; checked once
-        r = _run(tmp_path, data_dir, f"--config.num_train_steps={step + 2}",
-                 "--allow_config_change")  # fmt: skip
+        r = _run(
+            tmp_path, data_dir, f"--config.num_train_steps={step + 2}", "--allow_config_change"
+        )
         assert f"resumed from step {step}" in r.stdout
 
 
@@ -178,8 +199,13 @@ def test_a_second_run_on_a_workdir_is_refused_and_a_dead_holder_taken_over(data_
     from tests.preemption import wait_for_lines
 
     long = ["--config.num_train_steps=100000", "--config.checkpoint_every_steps=100000"]
-    first = subprocess.Popen(_cmd(tmp_path, data_dir, *long), cwd=ROOT, env=_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    first = subprocess.Popen(
+        _cmd(tmp_path, data_dir, *long),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_lines(first, tmp_path / "metrics.jsonl", 2)
         assert first.poll() is None
@@ -190,8 +216,9 @@ def test_a_second_run_on_a_workdir_is_refused_and_a_dead_holder_taken_over(data_
         first.kill()
         first.wait()
     assert r.returncode == 2
-    assert r.stderr.startswith(f"error: {tmp_path} is in use by pid {first.pid} on host "
-                               f"{socket.gethostname()} since ")  # fmt: skip
+    assert r.stderr.startswith(
+        f"error: {tmp_path} is in use by pid {first.pid} on host {socket.gethostname()} since "
+    )
     assert r.stderr.count("\n") == 1 and not r.stdout
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") >= rows  # only the holder wrote
     r = _run(tmp_path, data_dir, "--config.num_train_steps=4")
@@ -207,10 +234,12 @@ def test_closed_stdout_and_stderr_still_save_on_schedule_and_on_sigterm(data_dir
     its schedule and on SIGTERM, and its output continues in WORKDIR/console.log."""
     from tests.preemption import wait_for_lines
 
-    cmd = _cmd(tmp_path, data_dir, "--config.num_train_steps=100000",
-               "--config.checkpoint_every_steps=10")  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    cmd = _cmd(
+        tmp_path, data_dir, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=10"
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     wait_for_lines(proc, tmp_path / "metrics.jsonl", 3)  # training, the bar writing to stderr
     proc.stdout.close()  # both readers gone mid-run: every write now fails with EPIPE
     proc.stderr.close()
@@ -231,8 +260,11 @@ def small_disk(tmp_path):
     """A 1,400 KiB tmpfs (room for two smoke checkpoints, not three); grow(size) frees space."""
     fs = tmp_path / "fs"
     fs.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1400k", "tmpfs", str(fs)],
-                           capture_output=True, text=True)  # fmt: skip
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1400k", "tmpfs", str(fs)],
+        capture_output=True,
+        text=True,
+    )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {mount.stderr.strip()}")
 
@@ -255,10 +287,13 @@ def test_disk_full_while_saving_is_one_line_and_the_rerun_resumes(data_dir, smal
     r = _run(wd, data_dir, *args)
     assert r.returncode == 3, r.stderr[-3000:]
     line = _assert_one_line_no_traceback(r.stderr, "error: no space left on device while")
-    m = re.fullmatch(rf"error: no space left on device while saving step (\d+) in "
-                     rf"{re.escape(str(wd / 'checkpoints'))}; (steps? [\d, ]+ (?:is|are) intact|"
-                     "no checkpoint was saved yet); free space and rerun the same command to "
-                     "resume", line)  # fmt: skip
+    m = re.fullmatch(
+        rf"error: no space left on device while saving step (\d+) in "
+        rf"{re.escape(str(wd / 'checkpoints'))}; (steps? [\d, ]+ (?:is|are) intact|"
+        "no checkpoint was saved yet); free space and rerun the same command to "
+        "resume",
+        line,
+    )
     assert m, line
     # How many saves fit depends on what else the run wrote first; the line must say which.
     intact = [int(x) for x in re.findall(r"\d+", m.group(2))]
@@ -277,18 +312,28 @@ def test_disk_full_while_saving_is_one_line_and_the_rerun_resumes(data_dir, smal
 def test_sighup_saves_and_stops_like_sigterm(data_dir, tmp_path):
     from tests.preemption import signal_after_metrics
 
-    cmd = _cmd(tmp_path, data_dir, "--config.num_train_steps=100000",
-               "--config.checkpoint_every_steps=100000")  # fmt: skip
-    code, out, err = signal_after_metrics(cmd, tmp_path / "metrics.jsonl", 3, signal.SIGHUP,
-                                          cwd=ROOT, env=_env())  # fmt: skip
+    cmd = _cmd(
+        tmp_path,
+        data_dir,
+        "--config.num_train_steps=100000",
+        "--config.checkpoint_every_steps=100000",
+    )
+    code, out, err = signal_after_metrics(
+        cmd, tmp_path / "metrics.jsonl", 3, signal.SIGHUP, cwd=ROOT, env=_env()
+    )
     assert code == 0, err[-3000:]
     step = int(out.split("stopped by SIGHUP (terminal closed): saved at step ")[1].split()[0])
     assert _steps(tmp_path) == [step]
 
 
 def test_non_finite_loss_stops_and_saves_nothing_bad(data_dir, tmp_path):
-    r = _run(tmp_path, data_dir, "--config.optimizer.learning_rate=1e30",
-             "--config.optimizer.grad_clip=0.0", "--config.num_train_steps=24")  # fmt: skip
+    r = _run(
+        tmp_path,
+        data_dir,
+        "--config.optimizer.learning_rate=1e30",
+        "--config.optimizer.grad_clip=0.0",
+        "--config.num_train_steps=24",
+    )
     assert r.returncode == 1
     msg = r.stderr.strip().splitlines()[-1]
     assert msg.startswith("error: non-finite train loss") and " at step " in msg
@@ -350,18 +395,26 @@ def test_non_causal_feature_map_is_a_config_error():
 
 
 def test_missing_config_file_and_unusable_workdir_are_one_line_errors(data_dir, tmp_path):
-    main = [sys.executable, "-m", "research.main", "--config=configs/no_such_config.py",
-            f"--workdir={tmp_path / 'w'}"]  # fmt: skip
+    main = [
+        sys.executable,
+        "-m",
+        "research.main",
+        "--config=configs/no_such_config.py",
+        f"--workdir={tmp_path / 'w'}",
+    ]
     for overrides in ([], ["--config.batch_size=4"]):  # an override fails while parsing flags
-        r = subprocess.run([*main, *overrides], cwd=ROOT, env=_env(), capture_output=True,
-                           text=True)  # fmt: skip
+        r = subprocess.run(
+            [*main, *overrides], cwd=ROOT, env=_env(), capture_output=True, text=True
+        )
         assert r.returncode == 2 and "Traceback" not in r.stderr
         last = r.stderr.strip().splitlines()[-1]
         assert last.startswith("error: --config: [Errno 2] No such file or directory: 'configs/")
     a_file = tmp_path / "a_file"
     a_file.write_text("kept")
-    for workdir, message in [(a_file, "exists and is not a directory"),
-                             (a_file / "sub", "Not a directory")]:  # fmt: skip
+    for workdir, message in [
+        (a_file, "exists and is not a directory"),
+        (a_file / "sub", "Not a directory"),
+    ]:
         r = _run(workdir, data_dir)
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert r.stderr.strip().splitlines()[-1] == f"error: --workdir={workdir}: {message}"
@@ -423,8 +476,14 @@ def test_generate_cli_continues_a_prompt_from_a_copied_workdir(reference, tmp_pa
     copy = tmp_path / "copied"
     shutil.copytree(reference[0], copy)
     prompt = "def f(x):"
-    cmd = [sys.executable, "-m", "research.generate", f"--workdir={copy}", f"--prompt={prompt}",
-           "--max_new_tokens=8"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "research.generate",
+        f"--workdir={copy}",
+        f"--prompt={prompt}",
+        "--max_new_tokens=8",
+    ]
     r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     t = load_trained(copy)
@@ -432,11 +491,18 @@ def test_generate_cli_continues_a_prompt_from_a_copied_workdir(reference, tmp_pa
     out = generate(t.model, ids, max_new_tokens=8, stop_tokens=(3,), pad_id=0)
     expected = t.vocab.decode([int(i) for i in np.asarray(out[0]) if int(i) not in (0, 3)])
     assert r.stdout == expected + "\n"
-    for args, message in [([f"--workdir={tmp_path / 'none'}", "--prompt=x"], "does not exist"),
-                          ([f"--workdir={copy}", "--prompt=x", "--step=5"],
-                           "step=5: ")]:  # fmt: skip
-        bad = subprocess.run([sys.executable, "-m", "research.generate", *args], cwd=ROOT,
-                             env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    for args, message in [
+        ([f"--workdir={tmp_path / 'none'}", "--prompt=x"], "does not exist"),
+        ([f"--workdir={copy}", "--prompt=x", "--step=5"], "step=5: "),
+    ]:
+        bad = subprocess.run(
+            [sys.executable, "-m", "research.generate", *args],
+            cwd=ROOT,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert bad.returncode == 2 and "Traceback" not in bad.stderr
         assert message in bad.stderr.strip().splitlines()[-1]
 
@@ -454,11 +520,15 @@ def test_ctrl_c_saves_stops_and_resumes(data_dir, tmp_path):
     yet, so the summary says so (no nan); the only checkpoint is the one Ctrl-C asked for."""
     from tests.preemption import signal_after_metrics
 
-    long = ["--config.num_train_steps=100000", "--config.eval_every_steps=100000",
-            "--config.checkpoint_every_steps=100000"]  # fmt: skip
+    long = [
+        "--config.num_train_steps=100000",
+        "--config.eval_every_steps=100000",
+        "--config.checkpoint_every_steps=100000",
+    ]
     cmd = _cmd(tmp_path, data_dir, *long)
-    code, out, err = signal_after_metrics(cmd, tmp_path / "metrics.jsonl", 5, signal.SIGINT,
-                                          cwd=ROOT, env=_env())  # fmt: skip
+    code, out, err = signal_after_metrics(
+        cmd, tmp_path / "metrics.jsonl", 5, signal.SIGINT, cwd=ROOT, env=_env()
+    )
     assert code == 0, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     last = out.strip().splitlines()[-1]
@@ -466,12 +536,18 @@ def test_ctrl_c_saves_stops_and_resumes(data_dir, tmp_path):
     assert "no evaluation ran" in last and "nan" not in last
     step = int(last.split("at step ")[1].split()[0])
     assert _steps(tmp_path) == [step]
-    r = _run(tmp_path, data_dir, *long[1:], f"--config.num_train_steps={step + 2}",
-             "--allow_config_change")  # fmt: skip
+    r = _run(
+        tmp_path,
+        data_dir,
+        *long[1:],
+        f"--config.num_train_steps={step + 2}",
+        "--allow_config_change",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from step {step} in {tmp_path}" in r.stdout
-    assert (f"config changed since checkpoint {step}: num_train_steps 100000 -> {step + 2}"
-            in r.stdout)  # fmt: skip
+    assert (
+        f"config changed since checkpoint {step}: num_train_steps 100000 -> {step + 2}" in r.stdout
+    )
     assert f"done at step {step + 2} (2 steps this run, resumed from {step})" in r.stdout
 
 
@@ -484,8 +560,10 @@ def test_a_data_state_of_other_shards_is_refused_not_skipped(reference, data_dir
     r = _run(wd, data_dir, "--config.data.shards=2", "--allow_config_change")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: checkpoint 24 in {wd}/checkpoints: the saved data state has "
-                           "1 logical shards, this run 2"), last  # fmt: skip
+    assert last.startswith(
+        f"error: checkpoint 24 in {wd}/checkpoints: the saved data state has "
+        "1 logical shards, this run 2"
+    ), last
     assert _files(wd) == before
 
 
@@ -528,13 +606,26 @@ def test_resuming_with_a_changed_config(reference, data_dir, tmp_path):
 def test_safe_config_changes():
     from research.train.loop import _is_safe, config_changes
 
-    saved = {"num_train_steps": 300, "mesh": {"data": -1, "fsdp": 1}, "data": {"shards": 0},
-             "model": {"kinds": ["a", "b"]}}  # fmt: skip
-    new = {"num_train_steps": 300, "mesh": {"data": 2, "fsdp": 2}, "data": {"shards": 2},
-           "model": {"kinds": ("a", "b")}, "eval_steps": 4}  # fmt: skip
+    saved = {
+        "num_train_steps": 300,
+        "mesh": {"data": -1, "fsdp": 1},
+        "data": {"shards": 0},
+        "model": {"kinds": ["a", "b"]},
+    }
+    new = {
+        "num_train_steps": 300,
+        "mesh": {"data": 2, "fsdp": 2},
+        "data": {"shards": 2},
+        "model": {"kinds": ("a", "b")},
+        "eval_steps": 4,
+    }
     changes = config_changes(saved, new)  # a tuple equals its JSON list
-    assert changes == {"data.shards": (0, 2), "eval_steps": ("absent", 4),
-                       "mesh.data": (-1, 2), "mesh.fsdp": (1, 2)}  # fmt: skip
+    assert changes == {
+        "data.shards": (0, 2),
+        "eval_steps": ("absent", 4),
+        "mesh.data": (-1, 2),
+        "mesh.fsdp": (1, 2),
+    }
     assert [k for k in changes if not _is_safe(k)] == ["data.shards"]
 
 
@@ -543,14 +634,17 @@ def test_summary_without_evaluation_says_so():
     from research.train.loop import Summary
 
     line = summary_line(Summary(5, 5, 5.25, {}, 300.0, preempted=True, signal="SIGINT"))
-    assert line == ("interrupted (Ctrl-C): saved at step 5 (5 steps this run, resumed from 0); "
-                    "train loss 5.2500; no evaluation ran; 300 tokens/s")  # fmt: skip
+    assert line == (
+        "interrupted (Ctrl-C): saved at step 5 (5 steps this run, resumed from 0); "
+        "train loss 5.2500; no evaluation ran; 300 tokens/s"
+    )
     ev = {"loss": 5.0, "accuracy": 0.5, "perplexity": 148.41, "tokens": 8.0}
     assert "eval loss 5.0000, accuracy 0.5000, perplexity 148.41;" in summary_line(
         Summary(12, 12, 5.1, ev, 300.0)
     )
-    hup = summary_line(Summary(1, 8, 5.1, {}, 300.0, preempted=True, resumed_from=7,
-                               signal="SIGHUP"))  # fmt: skip
+    hup = summary_line(
+        Summary(1, 8, 5.1, {}, 300.0, preempted=True, resumed_from=7, signal="SIGHUP")
+    )
     assert hup.startswith("stopped by SIGHUP (terminal closed): saved at step 8 (1 step this run")
     other = summary_line(Summary(1, 8, 5.1, {}, 300.0, preempted=True))
     assert other.startswith("stopped (another process was signalled): saved at step 8")
@@ -565,14 +659,21 @@ def test_a_classifier_summary_shows_accuracy_and_examples_per_second():
     assert not tasks.get("classify").predicts_tokens and tasks.get("lm").predicts_tokens
     ev = {"loss": 0.5, "accuracy": 0.75, "perplexity": 1.65, "tokens": 8.0}
     line = summary_line(Summary(3, 3, 0.6, ev, 900.0, examples_per_second=7.5), tokens=False)
-    assert line == ("done at step 3 (3 steps this run, resumed from 0); train loss 0.6000; "
-                    "eval loss 0.5000, accuracy 0.7500; 7.5 examples/s")  # fmt: skip
+    assert line == (
+        "done at step 3 (3 steps this run, resumed from 0); train loss 0.6000; "
+        "eval loss 0.5000, accuracy 0.7500; 7.5 examples/s"
+    )
 
 
 def test_checkpoints_only_where_the_schedule_asks(data_dir, tmp_path):
     """No step-1 checkpoint (Orbax's initial save): exactly every 4 steps, the last included."""
-    r = _run(tmp_path, data_dir, "--config.num_train_steps=12",
-             "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=10")  # fmt: skip
+    r = _run(
+        tmp_path,
+        data_dir,
+        "--config.num_train_steps=12",
+        "--config.checkpoint_every_steps=4",
+        "--config.keep_checkpoints=10",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert _steps(tmp_path) == [4, 8, 12]
 

@@ -18,8 +18,9 @@ def _losses(workdir):
 
 
 def _run(cmd, env, **extra):
-    r = subprocess.run(cmd, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True,
-                       timeout=600)  # fmt: skip
+    r = subprocess.run(
+        cmd, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r
 
@@ -34,17 +35,24 @@ def test_default_stream_ignores_the_topology_and_resumes_on_another(tmp_path):
     from tests.preemption import signal_after_metrics
 
     steps = 40
-    common = ["--config=configs/lm.py:smoke", f"--config.data.data_dir={tmp_path / 'data'}",
-              f"--config.num_train_steps={steps}"]  # fmt: skip
+    common = [
+        "--config=configs/lm.py:smoke",
+        f"--config.data.data_dir={tmp_path / 'data'}",
+        f"--config.num_train_steps={steps}",
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "SEQLAB_PYTHON": sys.executable}
     four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     main = [sys.executable, "-m", "research.main", *common]
     _run([*main, f"--workdir={tmp_path / 'one'}"], env, **four)
     wd = tmp_path / "elastic"
     code, out, err = signal_after_metrics(
-        ["./launch/multiprocess_cpu.sh", "2", *common, f"--workdir={wd}"], wd / "metrics.jsonl",
-        4, signal.SIGTERM, cwd=ROOT, env={**env, "DEVICES_PER_PROCESS": "2"},
-    )  # fmt: skip
+        ["./launch/multiprocess_cpu.sh", "2", *common, f"--workdir={wd}"],
+        wd / "metrics.jsonl",
+        4,
+        signal.SIGTERM,
+        cwd=ROOT,
+        env={**env, "DEVICES_PER_PROCESS": "2"},
+    )
     assert code == 0, out[-2000:] + err[-2000:] + (wd / "process_1.log").read_text()[-2000:]
     stopped = int(out.split("stopped by SIGTERM: saved at step ")[1].split()[0])
     assert 1 <= stopped < steps
@@ -69,8 +77,12 @@ def test_sigterm_saves_both_processes_and_exits_zero(tmp_path, target):
     from tests.preemption import signal_after_metrics
 
     wd = tmp_path / "wd"
-    common = ["--config=configs/lm.py:smoke", f"--config.data.data_dir={tmp_path / 'data'}",
-              "--config.checkpoint_every_steps=100000", f"--workdir={wd}"]  # fmt: skip
+    common = [
+        "--config=configs/lm.py:smoke",
+        f"--config.data.data_dir={tmp_path / 'data'}",
+        "--config.checkpoint_every_steps=100000",
+        f"--workdir={wd}",
+    ]
     cmd = ["./launch/multiprocess_cpu.sh", "2", *common, "--config.num_train_steps=100000"]
     env = {
         **os.environ,
@@ -93,9 +105,16 @@ def test_sigterm_saves_both_processes_and_exits_zero(tmp_path, target):
         )
 
     during = run_a_second_time if target == "launcher" else None
-    code, out, err = signal_after_metrics(cmd, wd / "metrics.jsonl", 3, signal.SIGTERM, cwd=ROOT,
-                                          env=env, group=target == "group",
-                                          during=during)  # fmt: skip
+    code, out, err = signal_after_metrics(
+        cmd,
+        wd / "metrics.jsonl",
+        3,
+        signal.SIGTERM,
+        cwd=ROOT,
+        env=env,
+        group=target == "group",
+        during=during,
+    )
     log1 = (wd / "process_1.log").read_text()
     assert code == 0, out[-2000:] + err[-2000:] + log1[-2000:]
     assert "stopped by SIGTERM: saved at step " in out and "Traceback" not in log1
@@ -109,8 +128,17 @@ def test_sigterm_saves_both_processes_and_exits_zero(tmp_path, target):
         assert second[0].returncode == 2, second[0].stderr[-2000:]
         assert second[0].stderr.startswith(f"error: {wd} is in use by pid "), second[0].stderr
     if target == "group":  # resuming is the same either way; checked once, on one process
-        r = _run([sys.executable, "-m", "research.main", *common, "--allow_config_change",
-                  f"--config.num_train_steps={step + 1}"], env,
-                 XLA_FLAGS="--xla_force_host_platform_device_count=2")  # fmt: skip
+        r = _run(
+            [
+                sys.executable,
+                "-m",
+                "research.main",
+                *common,
+                "--allow_config_change",
+                f"--config.num_train_steps={step + 1}",
+            ],
+            env,
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        )
         assert f"resumed from step {step}" in r.stdout
         assert f"done at step {step + 1} (1 step this run, resumed from {step})" in r.stdout

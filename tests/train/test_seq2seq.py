@@ -31,9 +31,16 @@ def _batch(layout, seed=0, b=4):
 
 
 def _model(layout):
-    cfg = ModelConfig(vocab_size=V, d_model=32, num_heads=2, num_layers=2, d_ff=64,
-                      max_length=SRC + TGT + 1, positions="rotary",
-                      num_segments=2 if layout == "unilm" else 0)  # fmt: skip
+    cfg = ModelConfig(
+        vocab_size=V,
+        d_model=32,
+        num_heads=2,
+        num_layers=2,
+        d_ff=64,
+        max_length=SRC + TGT + 1,
+        positions="rotary",
+        num_segments=2 if layout == "unilm" else 0,
+    )
     cls = EncoderDecoder if layout == "encdec" else Bert
     return cls(cfg, rngs=nnx.Rngs(0))
 
@@ -45,15 +52,17 @@ def _config(layout, **seq):
 
 
 def test_example_layouts():
-    e = seq2seq_example([5, 6, 7], [8, 9], layout="encdec", src_len=4, tgt_len=4, pad=PAD,
-                        bos=BOS, eos=EOS)  # fmt: skip
+    e = seq2seq_example(
+        [5, 6, 7], [8, 9], layout="encdec", src_len=4, tgt_len=4, pad=PAD, bos=BOS, eos=EOS
+    )
     np.testing.assert_array_equal(e["src"], [5, 6, 7, 0])
     np.testing.assert_array_equal(e["inputs"], [BOS, 8, 9, 0])
     np.testing.assert_array_equal(e["targets"], [8, 9, EOS, 0])
     np.testing.assert_array_equal(e["weights"], [1, 1, 1, 0])
     np.testing.assert_array_equal(e["replace_mask"], [0, 1, 1, 0])
-    u = seq2seq_example([5, 6, 7], [8, 9], layout="unilm", src_len=4, tgt_len=4, pad=PAD,
-                        bos=BOS, eos=EOS)  # fmt: skip
+    u = seq2seq_example(
+        [5, 6, 7], [8, 9], layout="unilm", src_len=4, tgt_len=4, pad=PAD, bos=BOS, eos=EOS
+    )
     np.testing.assert_array_equal(u["inputs"], [5, 6, 7, BOS, 8, 9, 0, 0])
     np.testing.assert_array_equal(u["targets"], [6, 7, BOS, 8, 9, EOS, 0, 0])
     np.testing.assert_array_equal(u["weights"], [0, 0, 0, 1, 1, 1, 0, 0])
@@ -136,19 +145,30 @@ def test_sequence_log_prob_equals_the_incremental_decode(layout):
     """log p(y) from the teacher-forced re-scoring (used by SCST/MRT) equals the sum of the
     per-step log-probs of the same tokens under prefill + decode_step."""
     batch, model = _batch(layout, seed=1), _model(layout)
-    tokens = seq2seq.generate(model, batch, layout=layout, method="sample", max_new=TGT,
-                              src_len=SRC, bos=BOS, eos=EOS, pad=PAD,
-                              key=jax.random.PRNGKey(0))  # fmt: skip
+    tokens = seq2seq.generate(
+        model,
+        batch,
+        layout=layout,
+        method="sample",
+        max_new=TGT,
+        src_len=SRC,
+        bos=BOS,
+        eos=EOS,
+        pad=PAD,
+        key=jax.random.PRNGKey(0),
+    )
     got = teacher_forcing.sequence_log_prob(model, batch, tokens, layout, BOS, EOS, PAD)
 
     if layout == "encdec":
-        logits, cache = model.prefill(batch["src"], src_mask=batch["src_mask"], bos_id=BOS,
-                                      max_length=TGT + 1)  # fmt: skip
+        logits, cache = model.prefill(
+            batch["src"], src_mask=batch["src_mask"], bos_id=BOS, max_length=TGT + 1
+        )
         step = model.decode_step
     else:
         prompt = batch["inputs"][:, : SRC + 1]
-        logits, cache = model.prefill(prompt, lengths=batch["prompt_length"],
-                                      max_length=SRC + 1 + TGT)  # fmt: skip
+        logits, cache = model.prefill(
+            prompt, lengths=batch["prompt_length"], max_length=SRC + 1 + TGT
+        )
         step = functools.partial(model.decode_step, segment=1)
     expected = np.zeros(tokens.shape[0])
     done = np.zeros(tokens.shape[0], bool)
@@ -181,11 +201,20 @@ def test_local_jsonl_pairs_train_with_a_sentencepiece_vocabulary(tmp_path):
     env = dict(
         os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
     )
-    cmd = [sys.executable, "-m", "research.main", "--config=configs/seq2seq.py:smoke",
-           f"--workdir={tmp_path / 'wd'}", f"--config.data.data_dir={tmp_path / 'data'}",
-           f"--config.data.source=jsonl:{tmp_path / 'pairs.jsonl'}", "--config.data.vocab_size=320",
-           "--config.seq2seq.src_len=24", "--config.seq2seq.tgt_len=12",
-           "--config.eval_every_steps=6", "--config.seq2seq.eval_beams=1,2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "research.main",
+        "--config=configs/seq2seq.py:smoke",
+        f"--workdir={tmp_path / 'wd'}",
+        f"--config.data.data_dir={tmp_path / 'data'}",
+        f"--config.data.source=jsonl:{tmp_path / 'pairs.jsonl'}",
+        "--config.data.vocab_size=320",
+        "--config.seq2seq.src_len=24",
+        "--config.seq2seq.tgt_len=12",
+        "--config.eval_every_steps=6",
+        "--config.seq2seq.eval_beams=1,2",
+    ]
     r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert list((tmp_path / "data" / "tokenizers").glob("jsonl_*-320.model"))

@@ -12,11 +12,22 @@ from research.models import DecoderLM, ModelConfig, partitioning
 from research.models.partitioning import REMAT_POLICIES
 from research.train import optim, sharding, step
 
-CFG = ModelConfig(vocab_size=64, d_model=32, num_heads=4, num_layers=2, d_ff=64, max_length=16,
-                  positions="rotary")  # fmt: skip
-OPT = ConfigDict(dict(learning_rate=3e-3, warmup_steps=2, num_train_steps=5, schedule="cosine",
-                      weight_decay=0.1, grad_clip=1.0, adam_b1=0.9, adam_b2=0.99,
-                      adam_eps=1e-8))  # fmt: skip
+CFG = ModelConfig(
+    vocab_size=64, d_model=32, num_heads=4, num_layers=2, d_ff=64, max_length=16, positions="rotary"
+)
+OPT = ConfigDict(
+    dict(
+        learning_rate=3e-3,
+        warmup_steps=2,
+        num_train_steps=5,
+        schedule="cosine",
+        weight_decay=0.1,
+        grad_clip=1.0,
+        adam_b1=0.9,
+        adam_b2=0.99,
+        adam_eps=1e-8,
+    )
+)
 
 
 def _batches(n=5, b=16, length=12):
@@ -39,15 +50,19 @@ def _run(mesh_shape=None, kind="jit", accum=1, remat="none", scan=False):
     if kind == "shard_map":
         mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
         rep = sharding.replicated(mesh)
-        sh = jax.tree.map(lambda _: rep, step.state_shardings(opt, params, consts, mesh),
-                          is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))  # fmt: skip
+        sh = jax.tree.map(
+            lambda _: rep,
+            step.state_shardings(opt, params, consts, mesh),
+            is_leaf=lambda x: isinstance(x, jax.sharding.Sharding),
+        )
         train = step.make_shard_map_step(
             model_def, opt, tasks.lm_loss, mesh=mesh, accum_steps=accum
         )
     else:
         sh = step.state_shardings(opt, params, consts, mesh)
-        train = step.make_train_step(model_def, opt, tasks.lm_loss, mesh=mesh, shardings=sh,
-                                     accum_steps=accum)  # fmt: skip
+        train = step.make_train_step(
+            model_def, opt, tasks.lm_loss, mesh=mesh, shardings=sh, accum_steps=accum
+        )
     state = step.init_state(opt, params, consts, 0, sh)
     losses = []
     for batch in _batches():
@@ -61,8 +76,10 @@ def _per_layer(params):
     if 0 in params["layers"]:
         return params
     n = jax.tree.leaves(params["layers"])[0].shape[0]
-    return {**params, "layers": {i: jax.tree.map(lambda x, i=i: x[i], params["layers"])
-                                 for i in range(n)}}  # fmt: skip
+    return {
+        **params,
+        "layers": {i: jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(n)},
+    }
 
 
 def _assert_same_run(run, reference):
@@ -121,8 +138,10 @@ def test_fsdp_shards_every_parameter_and_its_adam_moments():
     sh = step.state_shardings(opt, params, consts, mesh)
     state = step.init_state(opt, params, consts, 0, sh)
     arrays = [x for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim]
-    assert any("bias" in jax.tree_util.keystr(k) for k, _ in
-               jax.tree_util.tree_leaves_with_path(state.params))  # fmt: skip
+    assert any(
+        "bias" in jax.tree_util.keystr(k)
+        for k, _ in jax.tree_util.tree_leaves_with_path(state.params)
+    )
     for x in arrays:
         assert x.addressable_shards[0].data.size * 8 == x.size, (x.shape, x.sharding.spec)
 
@@ -186,8 +205,7 @@ def test_bfloat16_compute_keeps_fp32_parameters():
 @pytest.mark.parametrize(
     "remat, scan", [(r, s) for r in REMAT_POLICIES for s in (False, True) if r != "none" or s]
 )
-def test_every_remat_policy_on_a_data_fsdp_tensor_mesh_equals_single_device(reference, remat,
-                                                                            scan):  # fmt: skip
+def test_every_remat_policy_on_a_data_fsdp_tensor_mesh_equals_single_device(reference, remat, scan):
     _assert_same_run(_run({"data": 2, "fsdp": 2, "tensor": 2}, remat=remat, scan=scan), reference)
 
 
@@ -258,8 +276,9 @@ def test_activations_are_constrained_only_inside_the_step_context():
         text = str(jax.make_jaxpr(lambda t: model(t))(tokens))
     # residual stream (embeddings + 2 per layer), q/k/v, context, out_proj, mlpwi, mlpwo, logits
     assert text.count("sharding_constraint") == 1 + CFG.num_layers * (2 + 5 + 2) + 1
-    spec = sharding.logical_to_spec(("activation_batch", "activation_length", "activation_embed"),
-                                    (8, 12, 32), mesh)  # fmt: skip
+    spec = sharding.logical_to_spec(
+        ("activation_batch", "activation_length", "activation_embed"), (8, 12, 32), mesh
+    )
     assert spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor")
     # A dim the mesh axes do not divide stays replicated.
     odd = sharding.logical_to_spec(("activation_batch", "activation_vocab"), (6, 63), mesh)
@@ -279,6 +298,7 @@ def test_remat_keeps_dropout_exact(scan):
         out[remat] = (losses, jax.device_get(state.params))
     for remat in ("full", "save_dot_except_mlp"):
         np.testing.assert_allclose(out[remat][0], out["none"][0], rtol=1e-6)
-        for a, b in zip(jax.tree.leaves(out[remat][1]), jax.tree.leaves(out["none"][1]),
-                        strict=True):  # fmt: skip
+        for a, b in zip(
+            jax.tree.leaves(out[remat][1]), jax.tree.leaves(out["none"][1]), strict=True
+        ):
             np.testing.assert_allclose(a, b, atol=1e-6)

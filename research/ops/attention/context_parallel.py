@@ -67,8 +67,9 @@ def _exclusive_prefix(x, axis_name: str, size: int):
     while offset < size:
         perm = [(i, i + offset) for i in range(size - offset)]
         received = jax.tree.map(lambda t, p=perm: lax.ppermute(t, axis_name, p), inclusive)
-        inclusive = jax.tree.map(lambda a, r, o=offset: a + jnp.where(idx >= o, r, 0.0),
-                                 inclusive, received)  # fmt: skip
+        inclusive = jax.tree.map(
+            lambda a, r, o=offset: a + jnp.where(idx >= o, r, 0.0), inclusive, received
+        )
         offset *= 2
     return jax.tree.map(jnp.subtract, inclusive, x)
 
@@ -100,9 +101,16 @@ def linear_attention_cp(
     local = linear_attention_state(kr, vr, feature_map=feature_map)
     s_prev, z_prev = _exclusive_prefix((local.s, local.z), axis_name, axis_size)
     return linear_attention(
-        q, k, v, feature_map=feature_map, causal=True, form=form, chunk_size=chunk_size,
-        block_bytes=block_bytes, initial_state=LinearAttentionState(s_prev, z_prev),
-    )  # fmt: skip
+        q,
+        k,
+        v,
+        feature_map=feature_map,
+        causal=True,
+        form=form,
+        chunk_size=chunk_size,
+        block_bytes=block_bytes,
+        initial_state=LinearAttentionState(s_prev, z_prev),
+    )
 
 
 def ring_attention(
@@ -168,8 +176,10 @@ def _exclusive_affine_prefix(a, b, axis_name: str, size: int):
         perm = [(i, i + offset) for i in range(size - offset)]
         ra, rb = (lax.ppermute(t, axis_name, perm) for t in (a, b))
         take = idx >= offset
-        a, b = (jnp.where(take, jnp.einsum("...ij,...jk->...ik", a, ra), a),
-                jnp.where(take, jnp.einsum("...ij,...jv->...iv", a, rb) + b, b))  # fmt: skip
+        a, b = (
+            jnp.where(take, jnp.einsum("...ij,...jk->...ik", a, ra), a),
+            jnp.where(take, jnp.einsum("...ij,...jv->...iv", a, rb) + b, b),
+        )
         offset *= 2
     eye = jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
     return _shift_right(a, axis_name, size, eye), _shift_right(b, axis_name, size, 0.0 * b)
@@ -235,8 +245,10 @@ def _exclusive_diagonal_prefix(a, b, axis_name: str, size: int):
         take = idx >= offset
         a, b = jnp.where(take, ra * a, a), jnp.where(take, a[..., None] * rb + b, b)
         offset *= 2
-    return (_shift_right(a, axis_name, size, jnp.ones_like(a)),
-            _shift_right(b, axis_name, size, jnp.zeros_like(b)))  # fmt: skip
+    return (
+        _shift_right(a, axis_name, size, jnp.ones_like(a)),
+        _shift_right(b, axis_name, size, jnp.zeros_like(b)),
+    )
 
 
 def gated_linear_attention_cp(
@@ -275,8 +287,9 @@ def gated_linear_attention_cp(
     k, v, g = (repeat_kv(x, heads).astype(f32) for x in (k, v, g))
     # This block's map S -> diag(a) S + b: b sums the keys of its last segment, each decayed by
     # the gates after it (a reverse exclusive prefix of log-gates, all <= 0: no overflow).
-    after = jnp.concatenate([lax.cumsum(g, axis=1, reverse=True)[:, 1:],
-                             jnp.zeros_like(g[:, :1])], axis=1)  # fmt: skip
+    after = jnp.concatenate(
+        [lax.cumsum(g, axis=1, reverse=True)[:, 1:], jnp.zeros_like(g[:, :1])], axis=1
+    )
     kd = k * jnp.exp(after)
     a = jnp.exp(jnp.sum(g, axis=1))  # [B, H, Dk or 1]
     keep = p0 = None
@@ -293,6 +306,5 @@ def gated_linear_attention_cp(
     if form == "chunked":
         out, _ = gated.chunk.chunked(q, k, v, g, seg, s_in, scale=scale, chunk=chunk_size, p0=p0)
     else:
-        out, _ = gated.recurrent.scan(q.astype(f32) * scale, k, v, g, keep, s_in,
-                                      block=chunk_size)  # fmt: skip
+        out, _ = gated.recurrent.scan(q.astype(f32) * scale, k, v, g, keep, s_in, block=chunk_size)
     return out.astype(q.dtype)

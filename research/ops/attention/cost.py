@@ -33,9 +33,18 @@ import math
 # Forward+backward FLOPs as a multiple of the forward's.
 BACKWARD_FLOP_FACTOR = 3.5
 
-FLOP_IMPLS = ("softmax", "softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan",
-              "linear-cumsum", "gla-chunked", "gla-scan", "delta-chunked",
-              "delta-scan")  # fmt: skip
+FLOP_IMPLS = (
+    "softmax",
+    "softmax-xla",
+    "softmax-blockwise",
+    "linear-chunked",
+    "linear-scan",
+    "linear-cumsum",
+    "gla-chunked",
+    "gla-scan",
+    "delta-chunked",
+    "delta-scan",
+)
 
 
 def attention_flops(
@@ -72,8 +81,14 @@ def attention_flops(
         per_row = 6 * head_dim * dv
     elif impl == "delta-chunked":
         dk = head_dim
-        per_row = (4 * c * dk + 4 * c * (dk + dv) + 2 * c * c / 3 + 2 * dk * (dk + dv)
-                   + 2 * dk * dk * dv / c + 2 * dk * dv)  # fmt: skip
+        per_row = (
+            4 * c * dk
+            + 4 * c * (dk + dv)
+            + 2 * c * c / 3
+            + 2 * dk * (dk + dv)
+            + 2 * dk * dk * dv / c
+            + 2 * dk * dv
+        )
     else:
         per_row = 4 * f * dv
         if impl == "linear-chunked" and causal:  # non-causal is always the two-matmul form
@@ -83,9 +98,17 @@ def attention_flops(
 
 
 def bytes_communicated(
-    kind: str, *, batch: int, length: int, heads: int, kv_heads: int, head_dim: int,
-    value_dim: int, feature_dim: int, devices: int,
-) -> int:  # fmt: skip
+    kind: str,
+    *,
+    batch: int,
+    length: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    value_dim: int,
+    feature_dim: int,
+    devices: int,
+) -> int:
     """fp32 bytes each device sends for one context-parallel forward (module docstring).
 
     kind: "linear" (`linear_attention_cp`) or "ring" (`ring_attention`).

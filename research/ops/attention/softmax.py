@@ -95,10 +95,12 @@ def softmax_attention(
             f"allowed: {', '.join(SOFTMAX_IMPLEMENTATIONS)}"
         )
     if implementation == "cudnn" and segment_ids is not None:
-        raise ValueError("implementation='cudnn' takes no segment_ids (jax.nn."
-                         "dot_product_attention has none); use 'blockwise' (O(L) memory), "
-                         "'xla', 'tpu_flash' on TPU, or mask=research.ops.masks."
-                         "packed_mask(...)")  # fmt: skip
+        raise ValueError(
+            "implementation='cudnn' takes no segment_ids (jax.nn."
+            "dot_product_attention has none); use 'blockwise' (O(L) memory), "
+            "'xla', 'tpu_flash' on TPU, or mask=research.ops.masks."
+            "packed_mask(...)"
+        )
     if implementation == "cudnn":  # (tpu_flash is traced on a CPU host when planning for TPU)
         check_backend(implementation)
     defaults = default_block_sizes()
@@ -110,8 +112,10 @@ def softmax_attention(
     kv_len = k.shape[1]
     if segment_ids is not None:
         if q_len != kv_len:
-            raise ValueError(f"segment_ids [batch, length] needs q_length == kv_length, got "
-                             f"{q_len}, {kv_len}; pass a mask for cross attention")  # fmt: skip
+            raise ValueError(
+                f"segment_ids [batch, length] needs q_length == kv_length, got "
+                f"{q_len}, {kv_len}; pass a mask for cross attention"
+            )
     seg = check_segment_ids(segment_ids, batch, q_len)
     mask4 = normalise_mask(mask, batch, heads, q_len, kv_len)
     bias4 = normalise_bias(bias, batch, heads, q_len, kv_len)
@@ -137,8 +141,9 @@ def _jax_attention(q, k, v, bias, mask, causal: bool, scale: float, implementati
     """JAX's own attention on our [B, L, H, D] layout (JAX's too; grouped k/v heads native)."""
     if mask is not None:  # cuDNN takes the mask as a bias, whose lengths must be Lq x Lk
         mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
-    out = jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale, is_causal=causal,
-                                       implementation=implementation)  # fmt: skip
+    out = jax.nn.dot_product_attention(
+        q, k, v, bias, mask, scale=scale, is_causal=causal, implementation=implementation
+    )
     return out.astype(q.dtype)
 
 
@@ -149,8 +154,10 @@ def _tpu_flash(q, k, v, bias, mask, causal: bool, scale: float, seg=None):
     from jax.experimental.pallas.ops.tpu import flash_attention as fa
 
     if bias is not None or (mask is not None and jnp.ndim(mask) != 2):
-        raise ValueError("implementation='tpu_flash' takes causal and key-padding [batch, "
-                         "kv_length] masks only, no bias; use 'blockwise' for others")  # fmt: skip
+        raise ValueError(
+            "implementation='tpu_flash' takes causal and key-padding [batch, "
+            "kv_length] masks only, no bias; use 'blockwise' for others"
+        )
     heads = q.shape[2]
     qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, repeat_kv(k, heads), repeat_kv(v, heads)))
     ids = None
@@ -378,8 +385,7 @@ def _blockwise_bwd(causal, scale, bq, bk, res, dout):
     lq = geo.nq * geo.bq
     outp = pad_axis(out, 2, lq)
     doutp = pad_axis(dout.astype(jnp.float32), 2, lq)
-    dq, dk, dv, dbias = _blockwise_backward(geo, qp, kp, vp, biasp, maskp, segp, outp, lse,
-                                           doutp)  # fmt: skip
+    dq, dk, dv, dbias = _blockwise_backward(geo, qp, kp, vp, biasp, maskp, segp, outp, lse, doutp)
     dq = dq[:, :, : geo.q_len].astype(q.dtype)
     dk = dk[:, :, : geo.kv_len].astype(k.dtype)
     dv = dv[:, :, : geo.kv_len].astype(v.dtype)

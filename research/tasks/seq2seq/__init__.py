@@ -59,27 +59,37 @@ class Seq2seqTask(Task):
     def _validate_init(self, run: RunConfig) -> None:
         s = run.task_config
         if s.layout != "unilm":
-            raise ConfigError(f"seq2seq.init={s.init!r} needs seq2seq.layout='unilm' (a BERT "
-                              f"decodes with the UniLM mask), not {s.layout!r}")  # fmt: skip
+            raise ConfigError(
+                f"seq2seq.init={s.init!r} needs seq2seq.layout='unilm' (a BERT "
+                f"decodes with the UniLM mask), not {s.layout!r}"
+            )
         if run.data.source == "seq2seq_synthetic":
-            raise ConfigError(f"seq2seq.init={s.init!r}: data.source='seq2seq_synthetic' has its "
-                              "own digit vocabulary, not the BERT's; use text data "
-                              "(inews_titles, jsonl:PATH, tfds:NAME)")  # fmt: skip
+            raise ConfigError(
+                f"seq2seq.init={s.init!r}: data.source='seq2seq_synthetic' has its "
+                "own digit vocabulary, not the BERT's; use text data "
+                "(inews_titles, jsonl:PATH, tfds:NAME)"
+            )
         try:
             pre = bert.pretrained_config(s.init, key="seq2seq.init")
         except ConfigError as e:
             if not s.init.startswith("workdir:") or "no model.json" not in str(e):
                 raise
-            raise ConfigError(f"{e} (train it first: python -m research.main --config=configs/"
-                              f"mlm.py --workdir={s.init.removeprefix('workdir:')}; or "
-                              "--config.seq2seq.init= for random weights)") from None  # fmt: skip
+            raise ConfigError(
+                f"{e} (train it first: python -m research.main --config=configs/"
+                f"mlm.py --workdir={s.init.removeprefix('workdir:')}; or "
+                "--config.seq2seq.init= for random weights)"
+            ) from None
         mcfg, vocab = pre
         if vocab.vocab_size() > mcfg.vocab_size:  # ids the embedding table has no row for
-            raise ConfigError(f"seq2seq.init={s.init!r}: its vocabulary has {vocab.vocab_size()} "
-                              f"tokens, its model only {mcfg.vocab_size} embeddings")  # fmt: skip
+            raise ConfigError(
+                f"seq2seq.init={s.init!r}: its vocabulary has {vocab.vocab_size()} "
+                f"tokens, its model only {mcfg.vocab_size} embeddings"
+            )
         if mcfg.attention != "softmax":
-            raise ConfigError(f"seq2seq.init={s.init!r}: its attention is {mcfg.attention!r}; "
-                              "the UniLM mask needs softmax attention")  # fmt: skip
+            raise ConfigError(
+                f"seq2seq.init={s.init!r}: its attention is {mcfg.attention!r}; "
+                "the UniLM mask needs softmax attention"
+            )
 
     def build_data(self, run: RunConfig) -> TaskData:
         s, t, d = run.task_config, run.train, run.data
@@ -94,11 +104,17 @@ class Seq2seqTask(Task):
             raise ConfigError(f"seq2seq.init={s.init!r}: {e}") from None
 
         def make(train: bool):
-            return pipeline.seq2seq_iterator(train_source if train else eval_source, vocab,
-                                             layout=s.layout, src_len=s.src_len,
-                                             tgt_len=s.tgt_len, batch_size=t.batch_size,
-                                             seed=t.seed, train=train,
-                                             shards=d.shards)  # fmt: skip
+            return pipeline.seq2seq_iterator(
+                train_source if train else eval_source,
+                vocab,
+                layout=s.layout,
+                src_len=s.src_len,
+                tgt_len=s.tgt_len,
+                batch_size=t.batch_size,
+                seed=t.seed,
+                train=train,
+                shards=d.shards,
+            )
 
         # UniLM rows hold source + separator + target. From a BERT the run keeps the BERT's
         # vocabulary (saved as tokenizer.json, so the run is itself a BERT workdir).
@@ -107,9 +123,16 @@ class Seq2seqTask(Task):
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
         s = run.task_config
         if s.init:  # the pretrained BERT's architecture, with its MLM head to decode with
-            mcfg = bert.build_config(run, s.init, key="seq2seq.init", vocab_size=vocab_size,
-                                     max_length=max_length, mlm_head=True, pooler=False,
-                                     num_labels=0)  # fmt: skip
+            mcfg = bert.build_config(
+                run,
+                s.init,
+                key="seq2seq.init",
+                vocab_size=vocab_size,
+                max_length=max_length,
+                mlm_head=True,
+                pooler=False,
+                num_labels=0,
+            )
             return mcfg.replace(num_segments=max(mcfg.num_segments, 2))
         mcfg = super().model_config(run, vocab_size=vocab_size, max_length=max_length)
         if s.layout == "unilm":  # two segments and the MLM head to decode with
@@ -133,8 +156,9 @@ class Seq2seqTask(Task):
         return make_loss(s, size, v.bos, v.eos, v.pad, d_model)
 
     def evaluate(self, run: RunConfig, data: TaskData, eval_model, state, batches) -> dict:
-        return decode_metrics(run.task_config, seq2seq_vocab(data.vocab), eval_model, state,
-                              batches)  # fmt: skip
+        return decode_metrics(
+            run.task_config, seq2seq_vocab(data.vocab), eval_model, state, batches
+        )
 
 
 def seq2seq_vocab(vocab) -> sources.Seq2seqVocab:

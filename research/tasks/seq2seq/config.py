@@ -49,8 +49,12 @@ class Seq2seqConfig:
     eval_beams: tuple[int, ...] = (1, 2, 3)  # beam sizes decoded at evaluation (1 = greedy)
 
     def __post_init__(self):
-        choices = {"layout": LAYOUTS, "remedy": tuple(REMEDIES), "reward": rewards.REWARDS,
-                   "penalty_form": PENALTY_FORMS}  # fmt: skip
+        choices = {
+            "layout": LAYOUTS,
+            "remedy": tuple(REMEDIES),
+            "reward": rewards.REWARDS,
+            "penalty_form": PENALTY_FORMS,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: allowed {', '.join(allowed)}")

@@ -54,8 +54,12 @@ def text_scores(hyps: list[str], refs: list[str]) -> dict:
     out = {name: 100 * float(np.mean([s[name].fmeasure for s in rouge])) for name in ROUGE}
     out["bleu"] = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh").score
     smooth = SmoothingFunction().method1
-    sentence = [sentence_bleu([text_units(r)], text_units(h), smoothing_function=smooth)
-                if text_units(h) else 0.0 for h, r in zip(hyps, refs, strict=True)]  # fmt: skip
+    sentence = [
+        sentence_bleu([text_units(r)], text_units(h), smoothing_function=smooth)
+        if text_units(h)
+        else 0.0
+        for h, r in zip(hyps, refs, strict=True)
+    ]
     out["sentence_bleu"] = 100 * float(np.mean(sentence))
     return out
 
@@ -69,9 +73,18 @@ def decode_metrics(cfg, vocab, eval_model, state, batches) -> dict:
 
     @functools.partial(jax.jit, static_argnames="beam")
     def run(params, consts, batch, beam):
-        return generate(eval_model(params, consts), batch, layout=cfg.layout, method="beam",
-                        beam_size=beam, max_new=cfg.tgt_len, src_len=cfg.src_len, bos=vocab.bos,
-                        eos=vocab.eos, pad=vocab.pad)  # fmt: skip
+        return generate(
+            eval_model(params, consts),
+            batch,
+            layout=cfg.layout,
+            method="beam",
+            beam_size=beam,
+            max_new=cfg.tgt_len,
+            src_len=cfg.src_len,
+            bos=vocab.bos,
+            eos=vocab.eos,
+            pad=vocab.pad,
+        )
 
     def gather(x):
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -82,8 +95,9 @@ def decode_metrics(cfg, vocab, eval_model, state, batches) -> dict:
         ref = gather(np.where(local["weights"] > 0, local["targets"], vocab.pad))
         refs += [vocab.detokenize(r) for r in ref]
         for b in cfg.eval_beams:
-            hyps[b] += [vocab.detokenize(h) for h in gather(run(state.params, state.consts,
-                                                                batch, beam=b))]  # fmt: skip
+            hyps[b] += [
+                vocab.detokenize(h) for h in gather(run(state.params, state.consts, batch, beam=b))
+            ]
     result = {}
     for b in cfg.eval_beams:
         result.update({f"beam{b}_{k}": v for k, v in text_scores(hyps[b], refs).items()})

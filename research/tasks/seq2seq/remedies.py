@@ -29,14 +29,25 @@ class Context:
 
     def teacher_forced(self, model, batch, delta=None, inputs=None):
         inputs = batch["inputs"] if inputs is None else inputs
-        return tf.cross_entropy(model, batch, inputs, delta, self.cfg.layout,
-                                self.cfg.label_smoothing)  # fmt: skip
+        return tf.cross_entropy(
+            model, batch, inputs, delta, self.cfg.layout, self.cfg.label_smoothing
+        )
 
     def generate(self, model, batch, *, method, key=None, beam_size=1):
-        return generate(model, batch, layout=self.cfg.layout, method=method,
-                        max_new=self.cfg.tgt_len, src_len=self.cfg.src_len, bos=self.bos,
-                        eos=self.eos, pad=self.pad, key=key, beam_size=beam_size,
-                        temperature=self.cfg.sample_temperature)  # fmt: skip
+        return generate(
+            model,
+            batch,
+            layout=self.cfg.layout,
+            method=method,
+            max_new=self.cfg.tgt_len,
+            src_len=self.cfg.src_len,
+            bos=self.bos,
+            eos=self.eos,
+            pad=self.pad,
+            key=key,
+            beam_size=beam_size,
+            temperature=self.cfg.sample_temperature,
+        )
 
     def delta_shape(self, form: str):
         """The embedding perturbation's shape (research.ops.exposure_bias): "table" [V, D];
@@ -50,12 +61,26 @@ class Context:
         return lambda batch: (*batch["inputs"].shape, d)
 
     def log_prob(self, model, batch, tokens):
-        return tf.sequence_log_prob(model, batch, tokens, self.cfg.layout, self.bos, self.eos,
-                                    self.pad)  # fmt: skip
+        return tf.sequence_log_prob(
+            model, batch, tokens, self.cfg.layout, self.bos, self.eos, self.pad
+        )
 
 
-def generate(model, batch, *, layout, method, max_new, src_len, bos, eos, pad, key=None,
-             beam_size=1, temperature=1.0):  # fmt: skip
+def generate(
+    model,
+    batch,
+    *,
+    layout,
+    method,
+    max_new,
+    src_len,
+    bos,
+    eos,
+    pad,
+    key=None,
+    beam_size=1,
+    temperature=1.0,
+):
     """[B, max_new] tokens (pad after EOS) by greedy / sample / beam (the best beam), inside jit:
     encdec decodes from the source; unilm continues [source, separator] as segment 1."""
     if layout == "encdec":
@@ -63,13 +88,15 @@ def generate(model, batch, *, layout, method, max_new, src_len, bos, eos, pad, k
     else:  # the prompt (source + separator, at most src_len + 1 tokens) is right-padded
         prompt, lengths = batch["inputs"][:, : src_len + 1], batch["prompt_length"]
     bos_id = bos if layout == "encdec" else None
-    run = functools.partial(decode, model, prompt, lengths=lengths, max_new_tokens=max_new,
-                            bos_id=bos_id)  # fmt: skip
+    run = functools.partial(
+        decode, model, prompt, lengths=lengths, max_new_tokens=max_new, bos_id=bos_id
+    )
     if method == "greedy":
         return run(method="greedy", stop_tokens=(eos,), pad_id=pad)
     if method == "sample":
-        return run(method="sample", key=key, temperature=temperature, stop_tokens=(eos,),
-                   pad_id=pad)  # fmt: skip
+        return run(
+            method="sample", key=key, temperature=temperature, stop_tokens=(eos,), pad_id=pad
+        )
     tokens, _ = run(method="beam", beam_size=beam_size, eos_id=eos, pad_id=pad)
     return tokens[:, 0]
 
@@ -96,10 +123,16 @@ def random_replacement(ctx: Context) -> Loss:
     s = ctx.cfg
 
     def loss(model, batch, key, step):
-        inputs = eb.random_replacement(key, batch["inputs"], batch["replace_mask"],
-                                       sample_prob=s.replace_sample_prob,
-                                       token_prob=s.replace_token_prob, pool=s.replace_pool,
-                                       vocab_size=ctx.vocab_size, pad_id=ctx.pad)  # fmt: skip
+        inputs = eb.random_replacement(
+            key,
+            batch["inputs"],
+            batch["replace_mask"],
+            sample_prob=s.replace_sample_prob,
+            token_prob=s.replace_token_prob,
+            pool=s.replace_pool,
+            vocab_size=ctx.vocab_size,
+            pad_id=ctx.pad,
+        )
         return ctx.teacher_forced(model, batch, inputs=inputs)
 
     return loss
@@ -107,15 +140,19 @@ def random_replacement(ctx: Context) -> Loss:
 
 @remedy("gradient_penalty")
 def gradient_penalty(ctx: Context) -> Loss:
-    fn = eb.gradient_penalty(ctx.teacher_forced, epsilon=ctx.cfg.penalty_epsilon,
-                             delta_shape=ctx.delta_shape(ctx.cfg.penalty_form))  # fmt: skip
+    fn = eb.gradient_penalty(
+        ctx.teacher_forced,
+        epsilon=ctx.cfg.penalty_epsilon,
+        delta_shape=ctx.delta_shape(ctx.cfg.penalty_form),
+    )
     return lambda model, batch, key, step: fn(model, batch)
 
 
 @remedy("fgm")
 def fgm(ctx: Context) -> Loss:
-    fn = eb.fgm(ctx.teacher_forced, epsilon=ctx.cfg.fgm_epsilon,
-                delta_shape=ctx.delta_shape("table"))  # fmt: skip
+    fn = eb.fgm(
+        ctx.teacher_forced, epsilon=ctx.cfg.fgm_epsilon, delta_shape=ctx.delta_shape("table")
+    )
     return lambda model, batch, key, step: fn(model, batch)
 
 
@@ -124,13 +161,20 @@ def scheduled_sampling(ctx: Context) -> Loss:
     s = ctx.cfg
 
     def loss(model, batch, key, step):
-        p = eb.teacher_forcing_prob(step, s.ss_schedule, k=s.ss_k, floor=s.ss_floor,
-                                    slope=s.ss_slope)  # fmt: skip
+        p = eb.teacher_forcing_prob(
+            step, s.ss_schedule, k=s.ss_k, floor=s.ss_floor, slope=s.ss_slope
+        )
         inputs = batch["inputs"]
         for i in range(s.ss_passes):  # pass i + 1 mixes pass i's predictions
             logits = tf.forward(model, batch, inputs, None, s.layout)
-            inputs = eb.mix_predictions(jax.random.fold_in(key, i), batch["inputs"], logits,
-                                        batch["replace_mask"], p, sample=s.ss_sample)  # fmt: skip
+            inputs = eb.mix_predictions(
+                jax.random.fold_in(key, i),
+                batch["inputs"],
+                logits,
+                batch["replace_mask"],
+                p,
+                sample=s.ss_sample,
+            )
         out = ctx.teacher_forced(model, batch, inputs=inputs)
         return out[0], out[1], {**out[2], "teacher_forcing_prob": p * out[1]}
 
@@ -175,8 +219,9 @@ def mrt(ctx: Context) -> Loss:
         ce = ctx.teacher_forced(model, batch)
         ref = tf.references(batch, ctx.eos, ctx.pad)
         keys = jax.random.split(key, ctx.cfg.mrt_samples)
-        samples = [jax.lax.stop_gradient(ctx.generate(model, batch, method="sample", key=k))
-                   for k in keys]  # fmt: skip
+        samples = [
+            jax.lax.stop_gradient(ctx.generate(model, batch, method="sample", key=k)) for k in keys
+        ]
         logp = jnp.stack([ctx.log_prob(model, batch, x) for x in samples], axis=1)
         r = jnp.stack([reward(x, ref, pad_id=ctx.pad) for x in samples], axis=1)
         seq_loss = jnp.mean(eb.mrt_risk(logp, r, alpha=ctx.cfg.mrt_alpha))

@@ -185,8 +185,7 @@ def _block_backward(s, do, ds, q, k, v, beta, g, reset, scale, chunk):
         m_c, local_c = x
         return local_c + jnp.einsum("bhjk,bhjv->bhkv", m_c, r), r
 
-    ds, after = lax.scan(step, ds, (jnp.moveaxis(m, 2, 0), jnp.moveaxis(local, 2, 0)),
-                         reverse=True)  # fmt: skip
+    ds, after = lax.scan(step, ds, (jnp.moveaxis(m, 2, 0), jnp.moveaxis(local, 2, 0)), reverse=True)
     after = jnp.moveaxis(after, 0, 2)
     dqp = jnp.einsum("bhncv,bhnkv->bhnck", do, before)
     dm = jnp.einsum("bhnkv,bhnjv->bhnkj", after, before)
@@ -268,8 +267,9 @@ def _chunked_bwd(scale, chunk, block_bytes, res, cotangents):
         ds, grads = carry
         i = nb - 1 - j
         q_b, k_b, v_b, beta_b, g_b, reset_b, do_b = _slices(xs, i * t, t)
-        ds, *dx = _block_backward(starts[i], do_b, ds, q_b, k_b, v_b, beta_b, g_b, reset_b,
-                                  scale, chunk)  # fmt: skip
+        ds, *dx = _block_backward(
+            starts[i], do_b, ds, q_b, k_b, v_b, beta_b, g_b, reset_b, scale, chunk
+        )
         grads = [
             lax.dynamic_update_slice_in_dim(a, d.astype(a.dtype), i * t, axis=1)
             for a, d in zip(grads, dx, strict=True)

@@ -31,8 +31,9 @@ def check_log_gate(log_gate, lead: tuple[int, ...], heads: tuple[int, ...], key_
     ok_vector = len(shape) == n + 2 and shape[:n] == lead and shape[n] in heads
     if not (ok_scalar or (ok_vector and shape[-1] == key_dim)):
         allowed = " or ".join(f"{(*lead, h)} or {(*lead, h, key_dim)}" for h in heads)
-        raise ValueError(f"log_gate must be {allowed} (a scalar or per-key-dim gate per head), "
-                         f"got shape {shape}")  # fmt: skip
+        raise ValueError(
+            f"log_gate must be {allowed} (a scalar or per-key-dim gate per head), got shape {shape}"
+        )
     if not isinstance(log_gate, jax.core.Tracer):
         x = np.asarray(log_gate)
         bad = ~(np.isfinite(x) & (x <= 0))
@@ -102,14 +103,19 @@ def gated_linear_attention(
     batch, length, heads, dk = q.shape
     kv_heads, dv = k.shape[2], v.shape[3]
     if k.shape[1] != length:
-        raise ValueError(f"gated linear attention is causal and needs q_length == kv_length, "
-                         f"got {length}, {k.shape[1]}")  # fmt: skip
+        raise ValueError(
+            f"gated linear attention is causal and needs q_length == kv_length, "
+            f"got {length}, {k.shape[1]}"
+        )
     g = check_log_gate(log_gate, (batch, length), tuple({heads, kv_heads}), dk)
     seg = check_segment_ids(segment_ids, batch, length)
     check_state("initial_state", initial_state, (batch, heads, dk, dv))
     scale = gated_scale(scale, dk)
-    s0 = (jnp.zeros((batch, heads, dk, dv), jnp.float32) if initial_state is None
-          else jnp.asarray(initial_state, jnp.float32))  # fmt: skip
+    s0 = (
+        jnp.zeros((batch, heads, dk, dv), jnp.float32)
+        if initial_state is None
+        else jnp.asarray(initial_state, jnp.float32)
+    )
     k, v, g = repeat_kv(k, heads), repeat_kv(v, heads), repeat_kv(g, heads)
     if form == "chunked":
         out, state = chunk.chunked(q, k, v, g, seg, s0, scale=scale, chunk=chunk_size)
@@ -162,15 +168,21 @@ def gated_linear_attention_step(
     if reset_t is not None:
         reset_t = jnp.asarray(reset_t)
         if reset_t.dtype != jnp.bool_ or reset_t.shape != (batch,):
-            raise ValueError(f"reset_t must be a bool array [batch] = {(batch,)}, got "
-                             f"{reset_t.dtype} {reset_t.shape}")  # fmt: skip
+            raise ValueError(
+                f"reset_t must be a bool array [batch] = {(batch,)}, got "
+                f"{reset_t.dtype} {reset_t.shape}"
+            )
         keep = 1.0 - reset_t.astype(jnp.float32)
     scale = gated_scale(scale, dk)
     rep = lambda x: repeat_kv(x[:, None], heads)[:, 0].astype(jnp.float32)  # noqa: E731
     new, out = recurrent.decode_step(
-        jnp.asarray(state, jnp.float32), q_t.astype(jnp.float32) * scale, rep(k_t), rep(v_t),
-        rep(g), keep,
-    )  # fmt: skip
+        jnp.asarray(state, jnp.float32),
+        q_t.astype(jnp.float32) * scale,
+        rep(k_t),
+        rep(v_t),
+        rep(g),
+        keep,
+    )
     return new.astype(state.dtype), out.astype(q_t.dtype)
 
 

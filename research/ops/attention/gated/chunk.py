@@ -79,7 +79,7 @@ def chunk_terms(q, k, g, seg, p, *, sub: int):
     lo, re, bt = local[..., 0], rest[..., 0], between[..., 0]
     expo = (
         lo[:, :, :, :, :, None, None] + re[:, :, :, None, None] + bt[:, :, :, :, None, :, None]
-    )  # [B, H, N, s, i, t, j]; fmt: skip
+    )  # [B, H, N, s, i, t, j]
     diag_expo = lo[..., :, None] - lo[..., None, :]  # [B, H, N, s, i, j]
     eye = jnp.eye(ns, dtype=bool)[:, None, :, None]
     expo = jnp.where(eye, diag_expo[:, :, :, :, :, None], expo)
@@ -185,8 +185,14 @@ def chunked(q, k, v, g, seg, s0, *, scale: float, chunk: int, p0=None):
     # The per-key-dim gate's tree needs a power-of-two chunk: pad each chunk at its end.
     width = chunk if g.shape[-1] == 1 else 1 << (chunk - 1).bit_length()
     if width > chunk:
-        xs = [jnp.pad(x, [(0, 0)] * 3 + [(0, width - chunk)] + [(0, 0)] * (x.ndim - 4),
-                      mode="edge" if x.dtype.kind in "iu" else "constant") for x in xs]  # fmt: skip
+        xs = [
+            jnp.pad(
+                x,
+                [(0, 0)] * 3 + [(0, width - chunk)] + [(0, 0)] * (x.ndim - 4),
+                mode="edge" if x.dtype.kind in "iu" else "constant",
+            )
+            for x in xs
+        ]
 
     @jax.checkpoint
     def body(carry, x):

@@ -109,8 +109,10 @@ def linear_attention(
     if form not in LINEAR_FORMS:
         raise ValueError(f"unknown form {form!r}; allowed: {', '.join(LINEAR_FORMS)}")
     if not causal and form != "chunked":
-        raise ValueError(f"form={form!r} applies to causal attention only; with causal=False "
-                         "leave form at its default")  # fmt: skip
+        raise ValueError(
+            f"form={form!r} applies to causal attention only; with causal=False "
+            "leave form at its default"
+        )
     check_positive_int("chunk_size", chunk_size)
     block_bytes = default_block_sizes().block_bytes if block_bytes is None else block_bytes
     check_positive_int("block_bytes", block_bytes)
@@ -130,8 +132,10 @@ def linear_attention(
     if initial_state is not None and not causal:
         raise ValueError("initial_state is only defined for causal linear attention")
     if segment_ids is not None and not causal:
-        raise ValueError("segment_ids applies to causal linear attention only (state resets); "
-                         "for non-causal packed rows run each sequence separately")  # fmt: skip
+        raise ValueError(
+            "segment_ids applies to causal linear attention only (state resets); "
+            "for non-causal packed rows run each sequence separately"
+        )
     seg = check_segment_ids(segment_ids, batch, kv_len)
     k, v = repeat_kv(k, heads), repeat_kv(v, heads)
     if causal:
@@ -167,8 +171,9 @@ def linear_attention(
     elif form == "scan":
         out = recurrent.scan(fq, fk, v32, init)
     else:  # a callable map (it may close over traced arrays): features computed here
-        out = chunk.chunked(fq, fk, v, None, init.s, init.z, chunk.as_float32, chunk_size,
-                            block_bytes)  # fmt: skip
+        out = chunk.chunked(
+            fq, fk, v, None, init.s, init.z, chunk.as_float32, chunk_size, block_bytes
+        )
     return out.astype(q.dtype)
 
 
@@ -200,8 +205,12 @@ def linear_attention_init_state(
     head_dim + 1 for "taylor", M for "favor" with `favor_projection=W` of shape [M, head_dim]).
     Keep `dtype` fp32 for long decodes: the sums only grow.
     """
-    for name, value in (("batch", batch), ("heads", heads), ("feature_dim", feature_dim),
-                        ("value_dim", value_dim)):  # fmt: skip
+    for name, value in (
+        ("batch", batch),
+        ("heads", heads),
+        ("feature_dim", feature_dim),
+        ("value_dim", value_dim),
+    ):
         check_positive_int(name, value)
     return LinearAttentionState(
         jnp.zeros((batch, heads, feature_dim, value_dim), dtype),

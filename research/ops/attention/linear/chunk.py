@@ -151,9 +151,14 @@ def _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk, block_bytes):
     ins = (q, k, v, s0, z0)
     # Each block's outputs are final when written, so they are stored in the input dtype.
     n_starts = nb * (nc // ncb)
-    init = (s0, z0, _full((b, padded, h, dv), *ins, dtype=q.dtype, fill=1),
-            _full((b, h, padded), *ins),
-            _full((n_starts, *s0.shape), *ins), _full((n_starts, *z0.shape), *ins))  # fmt: skip
+    init = (
+        s0,
+        z0,
+        _full((b, padded, h, dv), *ins, dtype=q.dtype, fill=1),
+        _full((b, h, padded), *ins),
+        _full((n_starts, *s0.shape), *ins),
+        _full((n_starts, *z0.shape), *ins),
+    )
     _, _, out, den, s_starts, z_starts = lax.fori_loop(0, nb, body, init)
     return out[:, :length], (den[:, :, :length], s_starts, z_starts)
 
@@ -167,8 +172,9 @@ def chunked(q, k, v, kmask, s0, z0, phi, chunk, block_bytes):
 
 
 def _chunked_fwd(q, k, v, kmask, s0, z0, phi, chunk, block_bytes):
-    out, (den, s_starts, z_starts) = _chunked_forward(q, k, v, kmask, s0, z0, phi, chunk,
-                                                      block_bytes)  # fmt: skip
+    out, (den, s_starts, z_starts) = _chunked_forward(
+        q, k, v, kmask, s0, z0, phi, chunk, block_bytes
+    )
     return out, (q, k, v, kmask, s0, z0, out, den, s_starts, z_starts)
 
 
@@ -203,10 +209,16 @@ def _chunked_bwd(phi, chunk, block_bytes, res, g):
         rzl = _exclusive(drz, reverse=True) + rz[:, :, None]
         at = jnp.where(tril.T, jnp.einsum("bhnjf,bhnif->bhnji", fk, fq), 0)  # A^T, NT form
         da = jnp.where(tril, jnp.einsum("bhniv,bhnjv->bhnij", dnum, vb) + dden[..., None], 0)
-        dfq = (jnp.einsum("bhnij,bhnjf->bhnif", da, fk) + jnp.einsum("bhniv,bhnfv->bhnif", dnum, sp)
-               + dden[..., None] * zp[:, :, :, None])  # fmt: skip
-        dfk = (jnp.einsum("bhnij,bhnif->bhnjf", da, fq) + jnp.einsum("bhnjv,bhnfv->bhnjf", vb, rl)
-               + rzl[:, :, :, None])  # fmt: skip
+        dfq = (
+            jnp.einsum("bhnij,bhnjf->bhnif", da, fk)
+            + jnp.einsum("bhniv,bhnfv->bhnif", dnum, sp)
+            + dden[..., None] * zp[:, :, :, None]
+        )
+        dfk = (
+            jnp.einsum("bhnij,bhnif->bhnjf", da, fq)
+            + jnp.einsum("bhnjv,bhnfv->bhnjf", vb, rl)
+            + rzl[:, :, :, None]
+        )
         dvb = jnp.einsum("bhnji,bhniv->bhnjv", at, dnum) + jnp.einsum("bhnjf,bhnfv->bhnjv", fk, rl)
         dq = _store(dq, q_vjp(dfq)[0], start)
         dk = _store(dk, k_vjp(dfk)[0], start)

@@ -106,8 +106,9 @@ def _scan_bwd(res, g):
         return (r_s, r_z), (dk, dv)
 
     xs = tuple(jnp.swapaxes(x, 0, 1) for x in (fq, fk, v)) + (dnum, dden)
-    (ds0, dz0), (dk, dv) = lax.scan(back, (jnp.zeros_like(s0), jnp.zeros_like(z0)), xs,
-                                    reverse=True)  # fmt: skip
+    (ds0, dz0), (dk, dv) = lax.scan(
+        back, (jnp.zeros_like(s0), jnp.zeros_like(z0)), xs, reverse=True
+    )
     t = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
     return t(dq), t(dk), t(dv), ds0, dz0
 
