@@ -189,12 +189,6 @@ def test_decode_step_gradients_equal_numpy():
     _check_against_numpy(fn, q, k, v, g, None, s0, d_out, d_state)
 
 
-def _sharded(fn, n_in):
-    mesh = Mesh(np.asarray(jax.devices()), ("seq",))
-    seq = P(None, "seq")
-    return jax.shard_map(fn, mesh=mesh, in_specs=(seq,) * n_in + (P(),), out_specs=seq)
-
-
 @pytest.mark.parametrize(
     "form,gate", [("chunked", "vector"), ("chunked", "kv_scalar"), ("scan", "scalar")]
 )
@@ -209,8 +203,10 @@ def test_context_parallel_equals_numpy(form, gate):
     seg[0, 27:] += 1  # 27 = 3 * 9: a segment of length 1 at the start of shard 3
     seg[0, 28:] += 1
     seg[1] = np.repeat([0, 1, 2], [30, 1, 41])
-    fn = _sharded(
-        lambda q, k, v, g, seg, s0: cp.gated_linear_attention_cp(
+    mesh = Mesh(np.asarray(jax.devices()), ("seq",))
+
+    def local(q, k, v, g, seg, s0):
+        o, s = cp.gated_linear_attention_cp(
             q,
             k,
             v,
@@ -218,21 +214,29 @@ def test_context_parallel_equals_numpy(form, gate):
             axis_name="seq",
             axis_size=8,
             initial_state=s0,
+            return_state=True,
             segment_ids=seg,
             form=form,
             chunk_size=4,
-        ),
-        5,
-    )
+        )
+        last = jax.lax.axis_index("seq") == 7  # the last device's state is the final one
+        return o, jax.lax.psum(jnp.where(last, s, 0.0), "seq")
+
+    seq = P(None, "seq")
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(seq,) * 5 + (P(),), out_specs=(seq, P()))
+    d_state = rng.standard_normal(s0.shape).astype(np.float32)
 
     def loss(q, k, v, g, s0):
-        return jnp.sum(fn(q, k, v, g, seg, s0) * d_out)
+        o, s = fn(q, k, v, g, seg, s0)
+        return jnp.sum(o * d_out) + jnp.sum(s * d_state)
 
-    out = jax.jit(fn)(q, k, v, g, seg, s0)
+    out, state = jax.jit(fn)(q, k, v, g, seg, s0)
     grads = jax.jit(jax.grad(loss, range(5)))(q, k, v, g, s0)
     kw = dict(initial_state=s0, segment_ids=seg)
-    _close(out, np_gated_linear_attention(q, k, v, g, **kw)[0])
-    ref = np_gated_linear_attention_grads(q, k, v, g, d_out, **kw)
+    want_out, want_state = np_gated_linear_attention(q, k, v, g, **kw)
+    _close(out, want_out)
+    _close(state, want_state)
+    ref = np_gated_linear_attention_grads(q, k, v, g, d_out, d_state=d_state, **kw)
     for name, got in zip(GRAD_NAMES, grads, strict=True):
         _close(got, ref[name])
 

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def check_qkv(q, k, v) -> None:
@@ -28,6 +29,38 @@ def check_qkv(q, k, v) -> None:
         raise ValueError(f"q heads ({q.shape[2]}) must be a multiple of k/v heads ({k.shape[2]})")
     if q.shape[3] != k.shape[3]:
         raise ValueError(f"q and k head_dim differ: q {q.shape}, k {k.shape}")
+
+
+def check_form(form: str, allowed: tuple[str, ...]) -> None:
+    """`form` must be one of `allowed`, else ValueError naming them."""
+    if form not in allowed:
+        raise ValueError(f"unknown form {form!r}; allowed: {', '.join(allowed)}")
+
+
+def check_causal_lengths(what: str, q, k) -> None:
+    """A causal op needs as many queries as keys, else ValueError naming `what`."""
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(
+            f"{what} is causal and needs q_length == kv_length, got {q.shape[1]}, {k.shape[1]}"
+        )
+
+
+def check_step_ranks(**arrays) -> None:
+    """Decode-step inputs (q_t=..., k_t=..., v_t=...) must be [batch, heads, head_dim]."""
+    for name, x in arrays.items():
+        if jnp.ndim(x) != 3:
+            raise ValueError(
+                f"{name} must have rank 3 [batch, heads, head_dim], got {jnp.shape(x)}"
+            )
+
+
+def resolve_scale(scale, key_dim: int) -> float:
+    """The multiplier of q: `scale` as a float, key_dim ** -0.5 if None, else ValueError."""
+    if scale is None:
+        return key_dim**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, int | float | np.floating | np.integer):
+        raise ValueError(f"scale must be a number or None (key_dim ** -0.5), got {scale!r}")
+    return float(scale)
 
 
 def normalise_mask(mask, batch: int, heads: int, q_len: int, kv_len: int):

@@ -38,7 +38,7 @@ from jaxtyping import Array, Float, Int
 
 from research.ops import feature_maps as fm
 from research.ops.attention import gated
-from research.ops.attention.common import check_qkv, repeat_kv
+from research.ops.attention.common import check_form, check_qkv, repeat_kv, resolve_scale
 from research.ops.attention.delta import DELTA_FORMS, check_delta_inputs, delta_rule_forms
 from research.ops.attention.linear import (
     LinearAttentionState,
@@ -210,13 +210,12 @@ def delta_rule_attention_cp(
     (the last device's is the final state of the whole sequence).
     """
     check_bool("return_state", return_state)
-    if form not in DELTA_FORMS:
-        raise ValueError(f"unknown form {form!r}; allowed: {', '.join(DELTA_FORMS)}")
+    check_form(form, DELTA_FORMS)
     segment_ids = check_delta_inputs(q, k, v, beta, log_gate, segment_ids, initial_state)
     axis_size = _axis_size(axis_name, axis_size)
     b, n, h, dk = q.shape
     dv = v.shape[-1]
-    scale = dk**-0.5 if scale is None else scale
+    scale = resolve_scale(scale, dk)
     reset = jnp.zeros((b, n), bool)
     if segment_ids is not None:
         # A block's first token restarts the state if its id differs from the previous block's last.
@@ -261,18 +260,22 @@ def gated_linear_attention_cp(
     axis_size: int | None = None,
     scale: float | None = None,
     initial_state: Float[Array, "B H Dk Dv"] | None = None,
+    return_state: bool = False,
     segment_ids: Int[Array, "B N"] | None = None,
     form: str = "chunked",
     chunk_size: int = 64,
-) -> Float[Array, "B N H Dv"]:
+):
     """Gated linear attention on this device's sequence block; see the module docstring.
 
     q [B, L/P, H, Dk], k [B, L/P, Hkv, Dk], v [B, L/P, Hkv, Dv], log_gate [B, L/P, H, Dk] or
     [B, L/P, H] (H or Hkv heads), segment_ids [B, L/P] (this device's block of the [B, L] ids;
     a segment may span devices); initial_state [B, H, Dk, Dv] (replicated: the state before the
     whole sequence). scale, form ("chunked" or "scan"), chunk_size: as in
-    `gated_linear_attention`. Values of traced inputs cannot be checked here.
+    `gated_linear_attention`. With return_state, also returns the state after this device's
+    block (the last device's is the final state of the whole sequence). Values of traced inputs
+    cannot be checked here.
     """
+    check_bool("return_state", return_state)
     if form not in ("chunked", "scan"):
         raise ValueError(f"form={form!r}: context parallelism runs 'chunked' or 'scan'")
     check_qkv(q, k, v)
@@ -282,7 +285,7 @@ def gated_linear_attention_cp(
     g = gated.check_log_gate(log_gate, (batch, n), tuple({heads, k.shape[2]}), dk)
     seg = check_segment_ids(segment_ids, batch, n)
     check_state("initial_state", initial_state, (batch, heads, dk, dv))
-    scale = gated.gated_scale(scale, dk)
+    scale = resolve_scale(scale, dk)
     f32 = jnp.float32
     k, v, g = (repeat_kv(x, heads).astype(f32) for x in (k, v, g))
     # This block's map S -> diag(a) S + b: b sums the keys of its last segment, each decayed by
@@ -304,7 +307,8 @@ def gated_linear_attention_cp(
     if initial_state is not None:
         s_in = a_in[..., None] * jnp.asarray(initial_state, f32) + b_in
     if form == "chunked":
-        out, _ = gated.chunk.chunked(q, k, v, g, seg, s_in, scale=scale, chunk=chunk_size, p0=p0)
+        out, s = gated.chunk.chunked(q, k, v, g, seg, s_in, scale=scale, chunk=chunk_size, p0=p0)
     else:
-        out, _ = gated.recurrent.scan(q.astype(f32) * scale, k, v, g, keep, s_in, block=chunk_size)
-    return out.astype(q.dtype)
+        out, s = gated.recurrent.scan(q.astype(f32) * scale, k, v, g, keep, s_in, block=chunk_size)
+    out = out.astype(q.dtype)
+    return (out, s) if return_state else out

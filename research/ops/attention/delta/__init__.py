@@ -16,7 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from research.ops.attention.common import check_qkv, repeat_kv
+from research.ops.attention.common import (
+    check_causal_lengths,
+    check_form,
+    check_qkv,
+    check_step_ranks,
+    repeat_kv,
+    resolve_scale,
+)
 from research.ops.attention.delta import chunk, naive, recurrent
 from research.ops.attention.segments import check_segment_ids, check_state, segment_starts
 from research.ops.checks import check_bool, check_positive_int
@@ -46,12 +53,8 @@ def check_delta_inputs(q, k, v, beta, log_gate, segment_ids, initial_state):
     """Shapes and (where concrete) values of `delta_rule_attention`'s inputs, else ValueError.
     Returns the segment ids as int32 [B, L] (or None)."""
     check_qkv(q, k, v)
+    check_causal_lengths("delta rule attention", q, k)
     batch, length, heads, dk = q.shape
-    if k.shape[1] != length:
-        raise ValueError(
-            f"delta rule attention is causal: q and k lengths must match, got "
-            f"q {q.shape}, k {k.shape}"
-        )
     _check_range("beta", beta, (batch, length, heads), 0.0, 1.0)
     if log_gate is not None:
         _check_range("log_gate", log_gate, (batch, length, heads), None, 0.0)
@@ -125,12 +128,11 @@ def delta_rule_attention(
     log_gate > 0, decreasing segment_ids, and mismatched shapes.
     """
     check_bool("return_state", return_state)
-    if form not in DELTA_FORMS:
-        raise ValueError(f"unknown form {form!r}; allowed: {', '.join(DELTA_FORMS)}")
+    check_form(form, DELTA_FORMS)
     check_positive_int("chunk_size", chunk_size)
     segment_ids = check_delta_inputs(q, k, v, beta, log_gate, segment_ids, initial_state)
     batch, length, heads, dk = q.shape
-    scale = dk**-0.5 if scale is None else scale
+    scale = resolve_scale(scale, dk)
     s0 = jnp.zeros((batch, heads, dk, v.shape[-1]), jnp.float32)
     s0 = s0 if initial_state is None else initial_state
     reset = jnp.zeros((batch, length), bool) if segment_ids is None else segment_starts(segment_ids)
@@ -157,16 +159,12 @@ def delta_rule_step(
     return_state=True)`); q_t [B, H, Dk], k_t [B, Hkv, Dk], v_t [B, Hkv, Dv], beta_t and
     log_gate_t [B, H]. Returns (new state fp32, out_t [B, H, Dv] in the dtype of q_t).
     """
-    for name, x in (("q_t", q_t), ("k_t", k_t), ("v_t", v_t)):
-        if jnp.ndim(x) != 3:
-            raise ValueError(
-                f"{name} must have rank 3 [batch, heads, head_dim], got {jnp.shape(x)}"
-            )
+    check_step_ranks(q_t=q_t, k_t=k_t, v_t=v_t)
     # The sequence checks on a length-1 sequence give the same messages as the full op.
     one = lambda x: None if x is None else x[:, None]  # noqa: E731
     check_delta_inputs(one(q_t), one(k_t), one(v_t), one(beta_t), one(log_gate_t), None, state)
     heads, dk = q_t.shape[1:]
-    scale = dk**-0.5 if scale is None else scale
+    scale = resolve_scale(scale, dk)
     groups = heads // k_t.shape[1]
     k_t, v_t = (jnp.repeat(x, groups, axis=1) if groups > 1 else x for x in (k_t, v_t))
     f32 = lambda x: x.astype(jnp.float32)  # noqa: E731

@@ -13,7 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from research.ops.attention.common import check_qkv, repeat_kv
+from research.ops.attention.common import (
+    check_causal_lengths,
+    check_form,
+    check_qkv,
+    check_step_ranks,
+    repeat_kv,
+    resolve_scale,
+)
 from research.ops.attention.gated import chunk, naive, recurrent
 from research.ops.attention.segments import check_segment_ids, check_state, segment_starts
 from research.ops.checks import check_bool, check_positive_int
@@ -44,15 +51,6 @@ def check_log_gate(log_gate, lead: tuple[int, ...], heads: tuple[int, ...], key_
             )
     g = jnp.asarray(log_gate, jnp.float32)
     return g[..., None] if ok_scalar else g
-
-
-def gated_scale(scale, key_dim: int) -> float:
-    """`scale` as a float (key_dim ** -0.5 if None), else ValueError."""
-    if scale is None:
-        return key_dim**-0.5
-    if isinstance(scale, bool) or not isinstance(scale, int | float | np.floating | np.integer):
-        raise ValueError(f"scale must be a number or None (key_dim ** -0.5), got {scale!r}")
-    return float(scale)
 
 
 def gated_linear_attention(
@@ -97,20 +95,15 @@ def gated_linear_attention(
     """
     check_bool("return_state", return_state)
     check_qkv(q, k, v)
-    if form not in GATED_FORMS:
-        raise ValueError(f"unknown form {form!r}; allowed: {', '.join(GATED_FORMS)}")
+    check_form(form, GATED_FORMS)
     check_positive_int("chunk_size", chunk_size)
+    check_causal_lengths("gated linear attention", q, k)
     batch, length, heads, dk = q.shape
     kv_heads, dv = k.shape[2], v.shape[3]
-    if k.shape[1] != length:
-        raise ValueError(
-            f"gated linear attention is causal and needs q_length == kv_length, "
-            f"got {length}, {k.shape[1]}"
-        )
     g = check_log_gate(log_gate, (batch, length), tuple({heads, kv_heads}), dk)
     seg = check_segment_ids(segment_ids, batch, length)
     check_state("initial_state", initial_state, (batch, heads, dk, dv))
-    scale = gated_scale(scale, dk)
+    scale = resolve_scale(scale, dk)
     s0 = (
         jnp.zeros((batch, heads, dk, dv), jnp.float32)
         if initial_state is None
@@ -156,9 +149,7 @@ def gated_linear_attention_step(
     Returns:
       (new_state [B, H, Dk, Dv] in the dtype of state, out_t [B, H, Dv] in the dtype of q_t).
     """
-    for name, x in (("q_t", q_t), ("k_t", k_t), ("v_t", v_t)):
-        if jnp.ndim(x) != 3:
-            raise ValueError(f"{name} must have rank 3 [batch, heads, dim], got {jnp.shape(x)}")
+    check_step_ranks(q_t=q_t, k_t=k_t, v_t=v_t)
     check_qkv(q_t[:, None], k_t[:, None], v_t[:, None])
     batch, heads, dk = q_t.shape
     kv_heads, dv = k_t.shape[1], v_t.shape[2]
@@ -173,7 +164,7 @@ def gated_linear_attention_step(
                 f"{reset_t.dtype} {reset_t.shape}"
             )
         keep = 1.0 - reset_t.astype(jnp.float32)
-    scale = gated_scale(scale, dk)
+    scale = resolve_scale(scale, dk)
     rep = lambda x: repeat_kv(x[:, None], heads)[:, 0].astype(jnp.float32)  # noqa: E731
     new, out = recurrent.decode_step(
         jnp.asarray(state, jnp.float32),
@@ -191,5 +182,4 @@ __all__ = [
     "check_log_gate",
     "gated_linear_attention",
     "gated_linear_attention_step",
-    "gated_scale",
 ]

@@ -34,9 +34,7 @@ from jax import lax
 from research.ops.attention.common import pad_axis
 
 SUB_CHUNK = 16  # the secondary split; fla's chunk_gla uses 16 too
-BLOCK_TOKENS = 1024
-TREE = True
-ASSOC = False  # tokens per rematerialised block (a few MiB of intermediates per head)
+BLOCK_TOKENS = 1024  # tokens per rematerialised block (a few MiB of intermediates per head)
 
 
 def sub_chunk_size(chunk: int) -> int:

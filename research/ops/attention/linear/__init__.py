@@ -17,7 +17,14 @@ from jaxtyping import Array, Bool, Float, Int
 
 from research.ops import feature_maps as fm
 from research.ops.attention import gated
-from research.ops.attention.common import check_qkv, default_block_sizes, divide, repeat_kv
+from research.ops.attention.common import (
+    check_form,
+    check_qkv,
+    check_step_ranks,
+    default_block_sizes,
+    divide,
+    repeat_kv,
+)
 from research.ops.attention.linear import chunk, naive, recurrent
 from research.ops.attention.linear.recurrent import LinearAttentionState
 from research.ops.attention.segments import check_segment_ids, segment_starts
@@ -106,8 +113,7 @@ def linear_attention(
     check_qkv(q, k, v)
     feature_map = fm.with_projection(feature_map, favor_projection)
     check_feature_map(feature_map, causal)
-    if form not in LINEAR_FORMS:
-        raise ValueError(f"unknown form {form!r}; allowed: {', '.join(LINEAR_FORMS)}")
+    check_form(form, LINEAR_FORMS)
     if not causal and form != "chunked":
         raise ValueError(
             f"form={form!r} applies to causal attention only; with causal=False "
@@ -238,11 +244,7 @@ def linear_attention_step(
     """
     feature_map = fm.with_projection(feature_map, favor_projection)
     check_feature_map(feature_map, causal=True)
-    for name, x in (("q_t", q_t), ("k_t", k_t), ("v_t", v_t)):
-        if jnp.ndim(x) != 3:
-            raise ValueError(
-                f"{name} must have rank 3 [batch, heads, head_dim], got {jnp.shape(x)}"
-            )
+    check_step_ranks(q_t=q_t, k_t=k_t, v_t=v_t)
     if q_t.shape != k_t.shape or v_t.shape[:2] != q_t.shape[:2]:
         raise ValueError(f"step shapes differ: q_t {q_t.shape}, k_t {k_t.shape}, v_t {v_t.shape}")
     phi = fm.resolve(feature_map)
