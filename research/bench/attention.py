@@ -5,7 +5,8 @@
                                        [--long_length 1048576]
 
 Rows: softmax xla (dense), softmax blockwise, linear chunked / scan / cumsum (elu+1), gated
-linear attention (per-key-dim gate) and the gated delta rule (chunked / scan), and
+linear attention (per-key-dim gate and a scalar gate per head) and the gated delta rule
+(chunked / scan), and
 torch.nn.functional.scaled_dot_product_attention on CPU when torch is installed; all causal,
 fp32, forward and forward+backward. Times are medians of `--repeats` after one warm-up call.
 Memory is XLA's compiled figure (arguments + outputs + temporaries, per device); a run whose
@@ -13,8 +14,9 @@ compiled memory exceeds `--memory_budget_gb` is reported as skipped, not attempt
 FLOP counts are `research.ops.attention.cost.attention_flops` (forward+backward = 3.5 x forward):
   softmax: 2 B H L^2 D (causal half of QK^T and PV);
   linear chunked: B H L (2 C F + 2 C Dv + 4 F Dv); scan and cumsum: B H L 4 F Dv;
-  gla chunked as linear chunked, gla scan B H L 4 Dk Dv, delta scan B H L 6 Dk Dv, delta
-  chunked the WY form's products (2.6 x linear chunked at C = D = 64; see `cost.py`).
+  gla (and gla_scalar) chunked as linear chunked, gla scan B H L 4 Dk Dv, delta scan
+  B H L 6 Dk Dv, delta chunked the WY form's products (2.6 x linear chunked at C = D = 64;
+  see `cost.py`). `--impls` runs a subset of the rows.
 Decode: one token against a cache of `context` tokens; the softmax KV cache attends over it, the
 linear recurrent state does not depend on it. `--long_length` runs linear chunked forward and
 forward+backward once at that length (0 skips it). `--malloc keep` (default) asks glibc to keep
@@ -48,9 +50,17 @@ from research.report import (
 
 IMPLS = ("softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan", "linear-cumsum")
 TORCH = "torch-sdpa"
-# Gated linear attention (per-key-dim gate) and the gated delta rule, chunked and scan forms.
-# Their fixed extra inputs are built inside the timed function (`_recurrent_fn`).
-RECURRENT_IMPLS = ("gla-chunked", "gla-scan", "delta-chunked", "delta-scan")
+# Gated linear attention (gla: per-key-dim gate; gla_scalar: one gate per head and step, the
+# Mamba2/SSD form) and the gated delta rule, chunked and scan forms. Their fixed extra inputs are
+# built inside the timed function (`_recurrent_fn`).
+RECURRENT_IMPLS = (
+    "gla-chunked",
+    "gla-scan",
+    "gla_scalar-chunked",
+    "gla_scalar-scan",
+    "delta-chunked",
+    "delta-scan",
+)
 
 
 def _recurrent_fn(impl: str):
@@ -64,6 +74,8 @@ def _recurrent_fn(impl: str):
             return att.gated_linear_attention(
                 q, k, v, jnp.broadcast_to(g[..., None], q.shape), form=form
             )
+        if family == "gla_scalar":
+            return att.gated_linear_attention(q, k, v, g, form=form)
         k = k * lax.rsqrt(jnp.sum(k * k, axis=-1, keepdims=True) + 1e-6)
         return att.delta_rule_attention(
             q, k, v, jnp.full(q.shape[:3], 0.5, jnp.float32), log_gate=g, form=form
@@ -174,13 +186,14 @@ def run(args) -> list[dict]:
     budget = int(args.memory_budget_gb * 2**30)
     peak = matmul_peak()
     rows = []
-    impls = [*IMPLS, *RECURRENT_IMPLS]
-    try:
-        import torch  # noqa: F401
+    impls = [i for i in (*IMPLS, *RECURRENT_IMPLS) if i in args.impls]
+    if TORCH in args.impls:
+        try:
+            import torch  # noqa: F401
 
-        impls.append(TORCH)
-    except ImportError:
-        print("(torch not installed: the torch SDPA reference rows are left out)")
+            impls.append(TORCH)
+        except ImportError:
+            print("(torch not installed: the torch SDPA reference rows are left out)")
     for length in args.lengths:
         for impl in impls:
             for mode in ("fwd", "fwd+bwd"):
@@ -310,11 +323,12 @@ TARGETS = (
     *((f"{fam} chunked vs scan, fwd+bwd 16k: times faster",
        lambda r, f=fam: _ratio(r, ("fwd+bwd", f"{f}-scan", 16384),
                                ("fwd+bwd", f"{f}-chunked", 16384)),
-       ">= 5", lambda v: v >= 5) for fam in ("gla", "delta")),
+       ">= 5", lambda v: v >= 5) for fam in ("gla", "gla_scalar", "delta")),
     *((f"{fam} chunked / linear chunked time, fwd+bwd 16k",
        lambda r, f=fam: _ratio(r, ("fwd+bwd", f"{f}-chunked", 16384),
                                ("fwd+bwd", "linear-chunked", 16384)),
-       f"<= {limit}", lambda v, x=limit: v <= x) for fam, limit in (("gla", 3), ("delta", 5))),
+       f"<= {limit}", lambda v, x=limit: v <= x)
+      for fam, limit in (("gla", 3), ("gla_scalar", 3), ("delta", 5))),
     ("decode tokens/s, linear state / KV cache, 8k context",
      lambda r: _ratio(r, ("decode", "softmax-kv-cache", 8192), ("decode", "linear-state", 8192)),
      ">= 10", lambda v: v >= 10),
@@ -392,11 +406,31 @@ RESULT_FORMATS = (
 )
 
 
+ALL_IMPLS = (*IMPLS, *RECURRENT_IMPLS, TORCH)
+
+
+def _impl_list(text: str) -> tuple[str, ...]:
+    """--impls: names from ALL_IMPLS, comma-separated (argparse exits 2 with the message)."""
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [x for x in names if x not in ALL_IMPLS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown impl {unknown[0] if unknown else text!r}; allowed: {', '.join(ALL_IMPLS)}"
+        )
+    return names
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lengths", type=positive_ints, default="512,1024,2048,4096,8192,16384,32768")
     p.add_argument(
         "--contexts", type=positive_ints, default="1024,8192,32768", help="decode context lengths"
+    )
+    p.add_argument(
+        "--impls",
+        type=_impl_list,
+        default=",".join(ALL_IMPLS),
+        help=f"comma-separated subset of {','.join(ALL_IMPLS)} (default: all)",
     )
     p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--heads", type=positive_int, default=4)

@@ -47,6 +47,20 @@ def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
     )
 
 
+def test_impls_runs_a_subset_and_refuses_unknown_names(tmp_path, capsys):
+    argv = ["--lengths", "32", "--contexts", "32", "--repeats", "1", "--long_length", "0"]
+    argv += ["--heads", "1", "--head_dim", "4", "--out", str(tmp_path)]
+    rows = attention.main([*argv, "--impls", "gla_scalar-chunked,gla_scalar-scan"])
+    assert {r["impl"] for r in rows if r["kind"] != "decode"} == {
+        "gla_scalar-chunked",
+        "gla_scalar-scan",
+    }
+    with pytest.raises(SystemExit) as e:
+        attention.main([*argv, "--impls", "gla-fast"])
+    assert e.value.code == 2
+    assert "unknown impl 'gla-fast'; allowed: softmax-xla," in capsys.readouterr().err
+
+
 def test_memory_budget_skips_instead_of_running():
     r = attention.measure_jax("softmax-xla", "fwd", 1, 4096, 4, 64, repeats=1, budget_bytes=1)
     assert r["status"].startswith("skipped") and r["memory_bytes"] > 4096 * 4096 * 4

@@ -9,7 +9,8 @@ batch and head, with L tokens, D = head_dim, Dv = value_dim, F = feature_dim, C 
   linear scan / cumsum, and every non-causal linear form: L 4 F Dv.
   gla chunked (gated linear attention, `research.ops.attention.gated`): as linear chunked with
     F = Dk, L (2 C Dk + 2 C Dv + 4 Dk Dv); gla scan: L 4 Dk Dv (the rank-1 update k v^T and
-    the readout S^T q; the gate's elementwise decay of S is not counted).
+    the readout S^T q; the gate's elementwise decay of S is not counted). "gla_scalar-*" (one
+    gate per head and step) counts as "gla-*": the same matmuls.
   delta scan (the delta rule's token recurrence): L 6 Dk Dv (k^T S, the rank-1 update k u^T,
     the readout).
   delta chunked (the WY form as `research.ops.attention.delta.chunk` computes it), per chunk of
@@ -42,6 +43,8 @@ FLOP_IMPLS = (
     "linear-cumsum",
     "gla-chunked",
     "gla-scan",
+    "gla_scalar-chunked",
+    "gla_scalar-scan",
     "delta-chunked",
     "delta-scan",
 )
@@ -73,9 +76,9 @@ def attention_flops(
     c = min(chunk_size, length)
     if impl.startswith("softmax"):
         per_row = length * (head_dim + dv) * (1 if causal else 2)
-    elif impl == "gla-chunked":
+    elif impl in ("gla-chunked", "gla_scalar-chunked"):
         per_row = 2 * c * head_dim + 2 * c * dv + 4 * head_dim * dv
-    elif impl == "gla-scan":
+    elif impl in ("gla-scan", "gla_scalar-scan"):
         per_row = 4 * head_dim * dv
     elif impl == "delta-scan":
         per_row = 6 * head_dim * dv
