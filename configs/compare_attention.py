@@ -36,33 +36,61 @@ def get_config(preset: str = "") -> ConfigDict:
 
     # MQAR (Zoology): keys/values from a small vocabulary; eval accuracy = recall at queries.
     c.mqar = mqar.get_config()
-    c.mqar.data.update(seq_len=64, vocab_size=64, num_kv_pairs=8, train_examples=20_000,
-                       test_examples=512)  # fmt: skip
+    c.mqar.data.update(
+        seq_len=64, vocab_size=64, num_kv_pairs=8, train_examples=20_000, test_examples=512
+    )
     c.mqar.model.update(num_layers=2, num_heads=2, chunk_size=32, favor_features=64)
-    c.mqar.update(batch_size=32, num_train_steps=1000, eval_every_steps=1000, eval_steps=16,
-                  checkpoint_every_steps=1000, log_every_steps=100)  # fmt: skip
+    c.mqar.update(
+        batch_size=32,
+        num_train_steps=1000,
+        eval_every_steps=1000,
+        eval_steps=16,
+        checkpoint_every_steps=1000,
+        log_every_steps=100,
+    )
     c.mqar.optimizer.update(warmup_steps=50, weight_decay=0.0)
 
     # LM on this interpreter's standard library (first 60 files: built in seconds, no download).
     c.lm = lm.get_config()
     c.lm.data.update(seq_len=128, vocab_size=512, small=True)
     c.lm.model.update(num_layers=2, num_heads=2, chunk_size=32, favor_features=64)
-    c.lm.update(batch_size=16, num_train_steps=150, eval_every_steps=150, eval_steps=8,
-                checkpoint_every_steps=150, log_every_steps=50)  # fmt: skip
+    c.lm.update(
+        batch_size=16,
+        num_train_steps=150,
+        eval_every_steps=150,
+        eval_steps=8,
+        checkpoint_every_steps=150,
+        log_every_steps=50,
+    )
     c.lm.optimizer.update(learning_rate=3e-3, warmup_steps=20)
 
     if preset == "large":
         c.widths = (64, 128, 256, 512)
         c.learning_rates = (1e-4, 4.6e-4, 2.2e-3, 1e-2)
-        c.mqar.data.update(seq_len=256, vocab_size=8192, num_kv_pairs=64,
-                           train_examples=100_000, test_examples=3_000)  # fmt: skip
-        c.mqar.update(batch_size=256, num_train_steps=20_000, eval_every_steps=2_000,
-                      eval_steps=12, checkpoint_every_steps=2_000)  # fmt: skip
+        c.mqar.data.update(
+            seq_len=256,
+            vocab_size=8192,
+            num_kv_pairs=64,
+            train_examples=100_000,
+            test_examples=3_000,
+        )
+        c.mqar.update(
+            batch_size=256,
+            num_train_steps=20_000,
+            eval_every_steps=2_000,
+            eval_steps=12,
+            checkpoint_every_steps=2_000,
+        )
         c.mqar.model.update(num_heads=4, chunk_size=64)
         c.lm.data.update(seq_len=1024, vocab_size=8192, small=False)
         c.lm.model.update(num_heads=4, chunk_size=64)
-        c.lm.update(batch_size=64, num_train_steps=10_000, eval_every_steps=2_000, eval_steps=20,
-                    checkpoint_every_steps=2_000)  # fmt: skip
+        c.lm.update(
+            batch_size=64,
+            num_train_steps=10_000,
+            eval_every_steps=2_000,
+            eval_steps=20,
+            checkpoint_every_steps=2_000,
+        )
         c.lm.optimizer.update(learning_rate=1e-3, warmup_steps=500)
     elif preset == "full":  # the previous default: five attentions, two learning rates
         c.attentions = ("softmax", "elu", "relu", "taylor", "favor")

@@ -50,8 +50,15 @@ PRESETS = ("smoke", "penalty_sweep", "zh", "zh_smoke")
 def get_config(preset: str = "") -> ConfigDict:
     c = ConfigDict()
     c.experiment = "exposure_bias"  # research.experiments.EXPERIMENTS
-    c.variants = ("baseline", "random_replacement", "gradient_penalty", "fgm", "scheduled_sampling",
-                  "scst", "mrt")  # fmt: skip
+    c.variants = (
+        "baseline",
+        "random_replacement",
+        "gradient_penalty",
+        "fgm",
+        "scheduled_sampling",
+        "scst",
+        "mrt",
+    )
     c.seeds = (0, 1, 2)  # each seed: parameters, data order and the synthetic dataset
     c.finetune_steps = 100  # SCST / MRT train the last N steps from the baseline's checkpoint
     # Non-empty: one gradient_penalty variant per epsilon (gradient_penalty_eps0.1, ...).
@@ -59,8 +66,9 @@ def get_config(preset: str = "") -> ConfigDict:
     c.base = seq2seq.get_config()
     c.base.data.update(seq2seq_task="sort", min_len=16, max_len=40)
     c.base.seq2seq.update(src_len=40, tgt_len=41)
-    c.base.update(num_train_steps=300, eval_every_steps=300, eval_steps=8,
-                  checkpoint_every_steps=300)  # fmt: skip
+    c.base.update(
+        num_train_steps=300, eval_every_steps=300, eval_steps=8, checkpoint_every_steps=300
+    )
     if preset == "smoke":
         c.seeds = (0,)
         c.finetune_steps = 2
@@ -72,8 +80,9 @@ def get_config(preset: str = "") -> ConfigDict:
     elif preset in ("zh", "zh_smoke"):
         _chinese(c, smoke=preset == "zh_smoke")
     elif preset:
-        raise ValueError(f"unknown preset {preset!r} for configs/exposure_bias.py; allowed: "
-                         f"{', '.join(PRESETS)}")  # fmt: skip
+        raise ValueError(
+            f"unknown preset {preset!r} for configs/exposure_bias.py; allowed: {', '.join(PRESETS)}"
+        )
     return c
 
 
@@ -90,19 +99,37 @@ def _chinese(c: ConfigDict, *, smoke: bool) -> None:
     b.data.update(source="inews_titles")  # encoded with the BERT's character vocabulary
     # [CLS] text (86 characters) [SEP] title (39 + [SEP]) = 128 tokens, the MLM's row length;
     # 95% of the titles have at most 36 characters.
-    b.seq2seq.update(layout="unilm", src_len=87, tgt_len=40, eval_beams=(1, 2, 3),
-                     penalty_epsilon=0.5, penalty_form="position")  # fmt: skip
+    b.seq2seq.update(
+        layout="unilm",
+        src_len=87,
+        tgt_len=40,
+        eval_beams=(1, 2, 3),
+        penalty_epsilon=0.5,
+        penalty_form="position",
+    )
     b.model.update(dropout=0.0)  # the architecture is the pretrained model's
     # Sized from measured step times (docs/exposure_bias.md, "Chinese titles"): 200 steps x 16
     # = 3,200 of the 5,298 training pairs per run, 192 validation pairs decoded with beams 1, 2
     # and 3; about 37 minutes on the slower 2-core box given the MLM, 59 with its pretraining.
-    b.update(batch_size=16, num_train_steps=200, eval_every_steps=200, eval_steps=12,
-             checkpoint_every_steps=200, log_every_steps=25)  # fmt: skip
+    b.update(
+        batch_size=16,
+        num_train_steps=200,
+        eval_every_steps=200,
+        eval_steps=12,
+        checkpoint_every_steps=200,
+        log_every_steps=25,
+    )
     b.optimizer.update(learning_rate=5e-4, warmup_steps=20, weight_decay=0.01)
     if smoke:
         c.seeds = (0,)
         c.finetune_steps = 1
         b.seq2seq.update(src_len=23, tgt_len=8, eval_beams=(1, 2))
-        b.update(batch_size=8, num_train_steps=3, eval_every_steps=3, eval_steps=1,
-                 checkpoint_every_steps=3, log_every_steps=1)  # fmt: skip
+        b.update(
+            batch_size=8,
+            num_train_steps=3,
+            eval_every_steps=3,
+            eval_steps=1,
+            checkpoint_every_steps=3,
+            log_every_steps=1,
+        )
         b.optimizer.update(warmup_steps=1)

@@ -26,18 +26,37 @@ def get_config(preset: str = "") -> ConfigDict:
     c.task = "mlm"
     c.data.update(source="peoples_daily", seq_len=128, vocab_size=6000)
     c.mlm = section_defaults(MlmConfig)  # init, whole_word, mask_rate
-    c.model.update(d_model=256, num_heads=4, num_layers=4, d_ff=1024, positions="rotary",
-                   norm="pre", dropout=0.0)  # fmt: skip
+    c.model.update(
+        d_model=256,
+        num_heads=4,
+        num_layers=4,
+        d_ff=1024,
+        positions="rotary",
+        norm="pre",
+        dropout=0.0,
+    )
     # 750 steps (3.1M tokens): 21m55s on a 2-core AMD EPYC from an empty data_dir (1.7 s/step);
     # 21.0% of the masked characters right (eval loss 5.16). docs/training.md
-    c.update(batch_size=32, num_train_steps=750, eval_every_steps=250, eval_steps=10,
-             checkpoint_every_steps=250, log_every_steps=25)  # fmt: skip
+    c.update(
+        batch_size=32,
+        num_train_steps=750,
+        eval_every_steps=250,
+        eval_steps=10,
+        checkpoint_every_steps=250,
+        log_every_steps=25,
+    )
     c.optimizer.update(learning_rate=1e-3, warmup_steps=100, weight_decay=0.01)
     if preset == "smoke":
         c.data.update(seq_len=32, vocab_size=1500)
         c.model.update(d_model=32, num_heads=2, num_layers=2, d_ff=64)
-        c.update(batch_size=8, num_train_steps=6, eval_every_steps=3, eval_steps=2,
-                 checkpoint_every_steps=3, log_every_steps=1)  # fmt: skip
+        c.update(
+            batch_size=8,
+            num_train_steps=6,
+            eval_every_steps=3,
+            eval_steps=2,
+            checkpoint_every_steps=3,
+            log_every_steps=1,
+        )
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for configs/mlm.py; allowed: smoke")
     return c

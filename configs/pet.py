@@ -55,19 +55,26 @@ def get_config(preset: str = "") -> ConfigDict:
     c.pet = _pet_run(preset)
     # 200 steps of 16 rows: about 23 passes over the 140 labeled reviews. 1e-3: at 1e-4 nothing
     # moved in 150 steps (seed 0, pattern 0: validation 51.18%, below the 53.09% majority).
-    c.pet.update(num_train_steps=200, eval_every_steps=200, checkpoint_every_steps=200,
-                 batch_size=16)  # fmt: skip
+    c.pet.update(
+        num_train_steps=200, eval_every_steps=200, checkpoint_every_steps=200, batch_size=16
+    )
     c.pet.optimizer.update(learning_rate=1e-3, warmup_steps=20)
     c.classify = classify.get_config(preset)
-    c.classify.update(num_train_steps=200, eval_every_steps=200, checkpoint_every_steps=200,
-                      batch_size=16)  # fmt: skip
+    c.classify.update(
+        num_train_steps=200, eval_every_steps=200, checkpoint_every_steps=200, batch_size=16
+    )
     c.classify.optimizer.update(learning_rate=1e-3, warmup_steps=20)  # as PET: the same budget
     if preset == "smoke":
         c.seeds = (0,)
         c.labeled_fraction = 0.02
         for run in (c.mlm, c.pet, c.classify):
-            run.update(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4,
-                       eval_steps=2, batch_size=8)  # fmt: skip
+            run.update(
+                num_train_steps=4,
+                eval_every_steps=4,
+                checkpoint_every_steps=4,
+                eval_steps=2,
+                batch_size=8,
+            )
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for configs/pet.py; allowed: smoke")
     return c

@@ -39,18 +39,43 @@ def run_config(preset: str = "") -> ConfigDict:
     c.qagen = section_defaults(QagenConfig)  # init, answer_len, question_len, top_p, ...
     c.qagen.question_len = 40
     # Used only without init (with init the architecture is the pretrained BERT's): mlm.py's.
-    c.model.update(d_model=256, num_heads=4, num_layers=4, d_ff=1024, positions="rotary",
-                   norm="pre", dropout=0.0)  # fmt: skip
-    c.update(batch_size=32, num_train_steps=600, eval_every_steps=600, eval_steps=10,
-             checkpoint_every_steps=300, log_every_steps=25)  # fmt: skip
+    c.model.update(
+        d_model=256,
+        num_heads=4,
+        num_layers=4,
+        d_ff=1024,
+        positions="rotary",
+        norm="pre",
+        dropout=0.0,
+    )
+    c.update(
+        batch_size=32,
+        num_train_steps=600,
+        eval_every_steps=600,
+        eval_steps=10,
+        checkpoint_every_steps=300,
+        log_every_steps=25,
+    )
     c.optimizer.update(learning_rate=1e-3, warmup_steps=60, weight_decay=0.01)
     if preset == "smoke":
         c.data.update(seq_len=48, vocab_size=1500, train_examples=3000)
-        c.qagen.update(answer_len=6, question_len=24, num_answers=2, beam_size=2,
-                       eval_examples=8, eval_passages=8)  # fmt: skip
+        c.qagen.update(
+            answer_len=6,
+            question_len=24,
+            num_answers=2,
+            beam_size=2,
+            eval_examples=8,
+            eval_passages=8,
+        )
         c.model.update(d_model=32, num_heads=2, num_layers=2, d_ff=64)
-        c.update(batch_size=8, num_train_steps=4, eval_every_steps=4, eval_steps=2,
-                 checkpoint_every_steps=2, log_every_steps=1)  # fmt: skip
+        c.update(
+            batch_size=8,
+            num_train_steps=4,
+            eval_every_steps=4,
+            eval_steps=2,
+            checkpoint_every_steps=2,
+            log_every_steps=1,
+        )
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for configs/qagen.py; allowed: smoke")
     return c

@@ -33,23 +33,42 @@ def get_config(preset: str = "") -> ConfigDict:
     c = common.base_config()
     c.task = "seq2seq"
     c.data.update(
-        source="seq2seq_synthetic", seq2seq_task="sort", min_len=8, max_len=24,
-        train_examples=20_000, test_examples=512, seq_len=64, vocab_size=8000,
-    )  # fmt: skip
+        source="seq2seq_synthetic",
+        seq2seq_task="sort",
+        min_len=8,
+        max_len=24,
+        train_examples=20_000,
+        test_examples=512,
+        seq_len=64,
+        vocab_size=8000,
+    )
     # research.tasks.seq2seq.Seq2seqConfig documents every key: layout, lengths, the remedy and
     # its strengths, eval_beams.
     c.seq2seq = section_defaults(Seq2seqConfig)
-    c.model.update(d_model=64, num_heads=4, num_layers=2, d_ff=256, positions="rotary",
-                   attention="softmax")  # fmt: skip
-    c.update(batch_size=32, num_train_steps=600, eval_every_steps=600, eval_steps=8,
-             checkpoint_every_steps=600, log_every_steps=50)  # fmt: skip
+    c.model.update(
+        d_model=64, num_heads=4, num_layers=2, d_ff=256, positions="rotary", attention="softmax"
+    )
+    c.update(
+        batch_size=32,
+        num_train_steps=600,
+        eval_every_steps=600,
+        eval_steps=8,
+        checkpoint_every_steps=600,
+        log_every_steps=50,
+    )
     c.optimizer.update(learning_rate=3e-3, warmup_steps=50, weight_decay=0.0)
     if preset == "smoke":
         c.data.update(min_len=3, max_len=6, train_examples=256, test_examples=32)
         c.seq2seq.update(src_len=6, tgt_len=7, eval_beams=(1, 2))
         c.model.update(d_model=32, d_ff=64, num_heads=2)
-        c.update(batch_size=8, num_train_steps=6, eval_every_steps=3, eval_steps=2,
-                 checkpoint_every_steps=3, log_every_steps=1)  # fmt: skip
+        c.update(
+            batch_size=8,
+            num_train_steps=6,
+            eval_every_steps=3,
+            eval_steps=2,
+            checkpoint_every_steps=3,
+            log_every_steps=1,
+        )
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for configs/seq2seq.py; allowed: smoke")
     return c

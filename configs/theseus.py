@@ -63,8 +63,13 @@ def get_config(preset: str = "") -> ConfigDict:
         c.seeds = (0,)
         c.successor_layers = (1,)
         for run in (c.finetune, c.theseus):
-            run.update(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=4,
-                       eval_steps=2, batch_size=8)  # fmt: skip
+            run.update(
+                num_train_steps=4,
+                eval_every_steps=4,
+                checkpoint_every_steps=4,
+                eval_steps=2,
+                batch_size=8,
+            )
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for configs/theseus.py; allowed: smoke")
     return c
