@@ -1,8 +1,9 @@
 """Multi-head attention as Flax NNX modules: one class per `cfg.attention`, chosen once.
 
-`make_attention(cfg, causal=..., cross=..., rngs=...)` builds a `SoftmaxAttention`,
-`LinearAttention` or `LinformerAttention`. The base `Attention` owns what they share: the
-projections q/k/v/o, rotary positions, the short causal key convolution (with its decode
+`research.models.layers.make_attention(cfg, causal=..., cross=..., rngs=...)` builds a
+`SoftmaxAttention`, `LinearAttention` or `LinformerAttention` from here, or one of the gated /
+delta-rule kinds of `research.models.recurrent_attention`. The base `Attention` owns what they
+share: the projections q/k/v/o, rotary positions, the short causal key convolution (with its decode
 history) and the cross-attention cache; each subclass supplies `attend` and its decode cache.
 
 Also here, because attention is the lowest model layer: `axes` (logical-axes metadata), `dense`
@@ -60,15 +61,27 @@ def dense(cfg: ModelConfig, n_in: int, n_out: int, in_axis, out_axis, rngs, bias
     )
 
 
-def causal_conv(x, w, history=None):
+def causal_conv(x, w, history=None, document_ids=None):
     """Depthwise causal convolution over time: y_t = sum_s w[s] * x_{t-s}.
 
-    x [B, L, d], w [K, d], history [B, K-1, d]: the K-1 inputs before x (zeros if None). -> y [B,
-    L, d] in x's dtype."""
-    k = w.shape[0]
+    x [B, L, d], w [K, d], history [B, K-1, d]: the K-1 inputs before x (zeros if None);
+    document_ids [B, L] (packed documents): x_{t-s} counts only if it is in t's document.
+    -> y [B, L, d] in x's dtype."""
+    k, length = w.shape[0], x.shape[1]
     full = _after_history(x, history, k)
     w = w.astype(x.dtype)
-    return sum(w[s] * full[:, k - 1 - s : k - 1 - s + x.shape[1]] for s in range(k))
+    if document_ids is None:
+        return sum(w[s] * full[:, k - 1 - s : k - 1 - s + length] for s in range(k))
+    doc = jnp.pad(document_ids, ((0, 0), (k - 1, 0)), constant_values=-1)
+    return sum(
+        w[s]
+        * jnp.where(
+            (doc[:, k - 1 - s : k - 1 - s + length] == document_ids)[..., None],
+            full[:, k - 1 - s : k - 1 - s + length],
+            0,
+        )
+        for s in range(k)
+    )
 
 
 def _after_history(x, history, k: int):
@@ -122,11 +135,13 @@ class Attention(nnx.Module):
         y = proj(x).reshape(*x.shape[:2], n, self.cfg.head_dim)
         return tag(y, name, BATCH, LENGTH, HEADS if name == "query_proj" else KV, None)
 
-    def _qkv(self, x, context, positions, history=None):
+    def _qkv(self, x, context, positions, history=None, document_ids=None):
         cfg = self.cfg
         src = x if context is None else context
         q = self._heads(x, self.q, cfg.num_heads, "query_proj")
-        ksrc = causal_conv(src, self.key_conv.get_value(), history) if self.short_conv else src
+        ksrc = src
+        if self.short_conv:
+            ksrc = causal_conv(src, self.key_conv.get_value(), history, document_ids)
         k = self._heads(ksrc, self.k, cfg.kv_heads, "key_proj")
         v = self._heads(src, self.v, cfg.kv_heads, "value_proj")
         if cfg.positions == "rotary" and not self.cross:
@@ -144,10 +159,11 @@ class Attention(nnx.Module):
         return jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
 
     # -- full sequence -------------------------------------------------------------------------
-    def __call__(self, x, *, mask=None, positions=None, context=None):
-        """mask: key-padding [B, S] or full [B, 1|H, L, S] (True = attend)."""
-        q, k, v = self._qkv(x, context, positions)
-        return self._out(self.attend(q, k, v, mask, self.causal))
+    def __call__(self, x, *, mask=None, positions=None, context=None, document_ids=None):
+        """mask: key-padding [B, S] or full [B, 1|H, L, S] (True = attend); document_ids [B, L]
+        int, non-decreasing: packed documents, none attending to another (self-attention)."""
+        q, k, v = self._qkv(x, context, positions, document_ids=document_ids)
+        return self._out(self.attend(q, k, v, mask, self.causal, document_ids))
 
     # -- decoding ------------------------------------------------------------------------------
     def init_cache(self, batch: int, max_length: int):
@@ -198,20 +214,24 @@ class Attention(nnx.Module):
 class SoftmaxAttention(Attention):
     """Scaled dot-product attention; decodes from a key/value cache [B, T, Hkv, D]."""
 
-    def attend(self, q, k, v, mask, causal):
+    def attend(self, q, k, v, mask, causal, document_ids=None):
         impl = self.cfg.softmax_implementation
         if impl == "tpu_flash" and (
             q.shape[1] % 128
             or k.shape[1] % 128
             or (mask is not None and mask.ndim != 2)
+            or document_ids is not None
             or platform() != "tpu"
         ):
             # The kernel's blocks are 128 tokens and it takes key-padding masks only; off TPU,
-            # and for prefill, cross-attention decoding or UniLM masks, the same math blockwise.
+            # and for prefill, cross-attention decoding, UniLM masks or packed documents, the
+            # same math blockwise.
             impl = "blockwise"
 
         def fn(q, k, v, mask=None):
-            return ops.softmax_attention(q, k, v, causal=causal, mask=mask, implementation=impl)
+            return ops.softmax_attention(
+                q, k, v, causal=causal, mask=mask, implementation=impl, segment_ids=document_ids
+            )
 
         if impl != "tpu_flash":
             return fn(q, k, v, mask)
@@ -263,7 +283,7 @@ class LinearAttention(Attention):
         cfg = self.cfg
         return fm.favor(self.favor.get_value()) if cfg.feature_map == "favor" else cfg.feature_map
 
-    def attend(self, q, k, v, mask, causal):
+    def attend(self, q, k, v, mask, causal, document_ids=None):
         cfg = self.cfg
         _key_padding_only(cfg, mask)
         return ops.linear_attention(
@@ -275,6 +295,7 @@ class LinearAttention(Attention):
             mask=mask,
             form=cfg.linear_form if causal else "chunked",
             chunk_size=cfg.chunk_size,
+            segment_ids=document_ids,
         )
 
     def empty_state(self, batch, max_length):
@@ -307,8 +328,10 @@ class LinformerAttention(Attention):
         self.e = nnx.Param(init(rngs.params(), shape), **axes(None, None))
         self.f = nnx.Param(init(rngs.params(), shape), **axes(None, None))
 
-    def attend(self, q, k, v, mask, causal):
+    def attend(self, q, k, v, mask, causal, document_ids=None):
         _key_padding_only(self.cfg, mask)
+        if document_ids is not None:
+            raise ValueError("attention='linformer' cannot separate packed documents")
         n = k.shape[1]
         e, f = self.e.get_value()[:, :n], self.f.get_value()[:, :n]
         return ops.linformer_attention(q, k, v, e, f, mask=mask)
@@ -320,13 +343,8 @@ class LinformerAttention(Attention):
         )
 
 
-ATTENTION_CLASSES = {
+ATTENTION_CLASSES = {  # the 2020 kinds; research.models.layers.make_attention adds the rest
     "softmax": SoftmaxAttention,
     "linear": LinearAttention,
     "linformer": LinformerAttention,
 }
-
-
-def make_attention(cfg: ModelConfig, *, causal: bool, cross: bool = False, rngs: nnx.Rngs):
-    """The attention module for `cfg.attention`; ValueError for a kind that cannot be causal."""
-    return ATTENTION_CLASSES[cfg.attention](cfg, causal=causal, cross=cross, rngs=rngs)

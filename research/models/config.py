@@ -7,7 +7,9 @@ from research.ops import attention as att
 from research.ops import feature_maps as fm
 from research.ops.checks import check_positive_int, is_positive_int
 
-ATTENTION_KINDS = ("softmax", "linear", "linformer")
+# The gated / delta-rule kinds (research.models.recurrent_attention): causal self-attention only.
+RECURRENT_KINDS = ("gla", "retnet", "deltanet", "gated_deltanet")
+ATTENTION_KINDS = ("softmax", "linear", "linformer", *RECURRENT_KINDS)
 POSITIONS = ("learned", "sinusoidal", "rotary", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh", "gelu_sigmoid", "relu", "swiglu")
 NORMS = ("pre", "post")
@@ -40,8 +42,16 @@ class ModelConfig:
     softmax_implementation: str = "xla"
     feature_map: str = "elu"  # linear attention: elu, relu, taylor, softmax (non-causal), favor
     favor_features: int = 64  # random features for feature_map="favor"
-    linear_form: str = "chunked"  # causal linear attention: chunked, scan or cumsum
-    chunk_size: int = 64  # chunked linear attention
+    # causal linear attention: chunked, scan or cumsum; the RECURRENT_KINDS: chunked or scan
+    linear_form: str = "chunked"
+    chunk_size: int = 64  # chunked linear attention and the RECURRENT_KINDS
+    # attention="gla": rank of the low-rank gate projection and the temperature dividing its
+    # log-sigmoid (fla's gate_low_rank_dim and gate_logit_normalizer)
+    gla_gate_rank: int = 16
+    gla_gate_temperature: float = 16.0
+    # attention="deltanet" / "gated_deltanet": width of the causal depthwise convolutions on the
+    # q, k, v projections (fla's conv_size)
+    qkv_conv: int = 4
     linformer_k: int = 64  # Linformer projected length m
     # Width of a causal depthwise convolution over time on the keys' input in self-attention,
     # k_t = W_k sum_s c_s * x_{t-s} (s < short_conv), initialised near the identity: H3's shift
@@ -78,6 +88,8 @@ class ModelConfig:
             "favor_features",
             "chunk_size",
             "linformer_k",
+            "gla_gate_rank",
+            "qkv_conv",
         ):
             check_positive_int(name, getattr(self, name))
         for name in ("num_kv_heads", "num_decoder_layers"):
@@ -108,6 +120,7 @@ class ModelConfig:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})"
             )
+        self._check_recurrent_kind()
         check_remat(self.remat)
         if not isinstance(self.scan_layers, bool):
             raise ValueError(f"scan_layers must be True or False, got {self.scan_layers!r}")
@@ -125,6 +138,32 @@ class ModelConfig:
             raise ValueError(f"short_conv must be an int >= 0, got {conv!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    def _check_recurrent_kind(self) -> None:
+        """The gated / delta kinds take no feature map, no key conv, no cumsum form."""
+        temperature = self.gla_gate_temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise ValueError(f"gla_gate_temperature must be a number > 0, got {temperature!r}")
+        if not temperature > 0:
+            raise ValueError(f"gla_gate_temperature must be > 0, got {temperature!r}")
+        if self.attention not in RECURRENT_KINDS:
+            return
+        kind = f"attention={self.attention!r}"
+        if self.feature_map != "elu":
+            raise ValueError(
+                f"feature_map={self.feature_map!r} does not apply to {kind} (no feature map: "
+                "the kind has its own gates); leave feature_map at its default 'elu'"
+            )
+        if self.short_conv:
+            raise ValueError(
+                f"short_conv={self.short_conv} does not apply to {kind}; leave it at 0 "
+                "(deltanet and gated_deltanet convolve q, k, v with width qkv_conv)"
+            )
+        if self.linear_form not in ("chunked", "scan"):
+            raise ValueError(
+                f"linear_form={self.linear_form!r} is not allowed with {kind}; choose one of "
+                "chunked, scan"
+            )
 
     @property
     def head_dim(self) -> int:

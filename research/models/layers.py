@@ -18,7 +18,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from research import ops
-from research.models.attention import FavorProjection, axes, causal_conv, dense, make_attention
+from research.models.attention import (
+    ATTENTION_CLASSES,
+    FavorProjection,
+    axes,
+    causal_conv,
+    dense,
+)
 from research.models.config import ModelConfig
 from research.models.partitioning import (
     BATCH,
@@ -30,6 +36,7 @@ from research.models.partitioning import (
     constrain,
     tag,
 )
+from research.models.recurrent_attention import RECURRENT_CLASSES
 
 __all__ = [
     "ACTIVATION_FNS",
@@ -45,6 +52,13 @@ __all__ = [
     "make_attention",
     "vocab_logits",
 ]
+
+
+def make_attention(cfg: ModelConfig, *, causal: bool, cross: bool = False, rngs: nnx.Rngs):
+    """The attention module for `cfg.attention`; ValueError for a kind that cannot be causal
+    (linformer) or can only be (the gated / delta kinds)."""
+    cls = {**ATTENTION_CLASSES, **RECURRENT_CLASSES}[cfg.attention]
+    return cls(cfg, causal=causal, cross=cross, rngs=rngs)
 
 
 def layer_norm(cfg: ModelConfig, rngs) -> nnx.LayerNorm:
@@ -111,10 +125,13 @@ class Block(nnx.Module):
             x = norm(x + self.dropout(fn(x)))
         return constrain(x, BATCH, LENGTH, EMBED)  # the residual stream
 
-    def __call__(self, x, *, mask=None, positions=None, context=None, context_mask=None):
-        x = self._residual(
-            x, lambda h: self.attn(h, mask=mask, positions=positions), self.attn_norm
-        )
+    def __call__(
+        self, x, *, mask=None, positions=None, context=None, context_mask=None, document_ids=None
+    ):
+        def attn(h):
+            return self.attn(h, mask=mask, positions=positions, document_ids=document_ids)
+
+        x = self._residual(x, attn, self.attn_norm)
         if self.cross_attn is not None:
             fn = lambda h: self.cross_attn(h, mask=context_mask, context=context)  # noqa: E731
             x = self._residual(x, fn, self.cross_norm)

@@ -42,8 +42,23 @@ def _check_inputs(cfg: ModelConfig, tokens, segment_ids=None, mask=None, name="t
         )
 
 
-def _positions(tokens):
-    return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+def _positions(tokens, document_ids=None):
+    """Positions [B, L]: 0, 1, ... along each row, restarting at each packed document."""
+    index = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    if document_ids is None:
+        return index
+    if jnp.shape(document_ids) != tokens.shape or not jnp.issubdtype(
+        jnp.asarray(document_ids).dtype, jnp.integer
+    ):
+        raise ValueError(
+            f"document_ids must be int {tokens.shape} like tokens, got "
+            f"{jnp.asarray(document_ids).dtype} {jnp.shape(document_ids)}"
+        )
+    starts = jnp.concatenate(
+        [jnp.ones_like(document_ids[:, :1], bool), document_ids[:, 1:] != document_ids[:, :-1]],
+        axis=1,
+    )
+    return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
 
 
 def _empty_cache(layers, batch: int, max_length: int):
@@ -134,17 +149,23 @@ class DecoderLM(_Stack):
             else dense(cfg, cfg.d_model, cfg.vocab_size, "embed", "vocab", rngs, False)
         )
 
-    def hidden_states(self, tokens, *, segment_ids=None, mask=None):
+    def hidden_states(self, tokens, *, segment_ids=None, mask=None, document_ids=None):
         """[B, L, d_model] after the last layer (and final norm for pre-LN)."""
         _check_inputs(self.cfg, tokens, segment_ids, mask)
-        positions = _positions(tokens)
+        positions = _positions(tokens, document_ids)
         x = self.embed(tokens, positions, segment_ids)
-        x = stack.run_layers(self.cfg, self.layers, x, mask=mask, positions=positions)
+        kw = {} if document_ids is None else {"document_ids": document_ids}
+        x = stack.run_layers(self.cfg, self.layers, x, mask=mask, positions=positions, **kw)
         return x if self.final_norm is None else self.final_norm(x)
 
-    def __call__(self, tokens, *, segment_ids=None, mask=None):
-        """tokens [B, L] -> logits [B, L, V]; mask [B, L] marks real tokens (padding is ignored)."""
-        return self._head(self.hidden_states(tokens, segment_ids=segment_ids, mask=mask))
+    def __call__(self, tokens, *, segment_ids=None, mask=None, document_ids=None):
+        """tokens [B, L] -> logits [B, L, V]; mask [B, L] marks real tokens (padding is ignored);
+        document_ids [B, L] int, non-decreasing: packed documents, each attending only to itself
+        with positions restarting at its first token (every attention kind)."""
+        h = self.hidden_states(
+            tokens, segment_ids=segment_ids, mask=mask, document_ids=document_ids
+        )
+        return self._head(h)
 
     def _head(self, h):
         if self.lm_head is None:

@@ -19,7 +19,8 @@ from typing import Any
 from flax import nnx
 
 from research.config import ConfigError, RunConfig, typed
-from research.models import ModelConfig
+from research.models import DecoderLM, ModelConfig
+from research.models.config import RECURRENT_KINDS
 from research.ops.checks import check_causal_allowed
 
 
@@ -59,6 +60,17 @@ class Task(abc.ABC):
                 )
             except ValueError as e:  # "attention='linformer' cannot be causal ..."
                 raise ConfigError(f"model.{e}; task={run.task!r} needs causal attention") from None
+
+    def check_attention(self, run: RunConfig) -> None:
+        """ConfigError for a causal-only attention kind in a model with bidirectional or
+        cross-attention (called by `research.train.config.parse` for every task)."""
+        kind = run.model.attention
+        if kind in RECURRENT_KINDS and self.model_class(run) is not DecoderLM:
+            raise ConfigError(
+                f"model.attention={kind!r} is causal self-attention only (a recurrence); "
+                f"task={run.task!r} trains a {self.model_class(run).__name__} with bidirectional "
+                "or cross-attention: use softmax, linear or linformer"
+            )
 
     @abc.abstractmethod
     def build_data(self, run: RunConfig) -> TaskData:

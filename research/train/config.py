@@ -78,6 +78,7 @@ def parse(
         except ValueError as e:
             raise ConfigError(f"model.softmax_implementation: {e}") from None
     run = RunConfig(c.task, train, optimizer, mesh, data, model, task_config, c.to_dict())
+    task.check_attention(run)
     if check_devices:
         task.validate(run)
     return run

@@ -4,12 +4,8 @@ import pytest
 from flax import nnx
 
 from research.models import Bert, DecoderLM, EncoderDecoder, ModelConfig
-from research.models.attention import (
-    LinearAttention,
-    LinformerAttention,
-    SoftmaxAttention,
-    make_attention,
-)
+from research.models.attention import LinearAttention, LinformerAttention, SoftmaxAttention
+from research.models.layers import make_attention
 
 TINY = dict(
     vocab_size=40,

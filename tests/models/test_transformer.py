@@ -37,7 +37,15 @@ CONV_KINDS = {
     "softmax-conv": dict(attention="softmax", short_conv=3),
     "linear-elu-conv": dict(attention="linear", feature_map="elu", short_conv=3),
 }
-DECODER_KINDS = {**CAUSAL_KINDS, **CONV_KINDS}
+# The gated / delta-rule kinds (causal self-attention only; research.models.recurrent_attention).
+RECURRENT_KINDS = {
+    "gla": dict(attention="gla"),
+    "retnet": dict(attention="retnet"),
+    "deltanet": dict(attention="deltanet"),
+    "gated_deltanet": dict(attention="gated_deltanet"),
+    "gated_deltanet-scan-gqa": dict(attention="gated_deltanet", linear_form="scan", num_kv_heads=1),
+}
+DECODER_KINDS = {**CAUSAL_KINDS, **CONV_KINDS, **RECURRENT_KINDS}
 ENCODER_KINDS = {
     **CAUSAL_KINDS,
     "linear-softmax": dict(attention="linear", feature_map="softmax"),
@@ -60,7 +68,9 @@ def _assert_close(a, b, atol=1e-5):
 @pytest.mark.parametrize(
     "kind, positions",
     [(k, p) for k in CAUSAL_KINDS for p in ("learned", "rotary")]
-    + [(k, "rotary") for k in CONV_KINDS],
+    + [(k, "rotary") for k in CONV_KINDS]
+    + [(k, "rotary") for k in RECURRENT_KINDS]
+    + [("gla", "learned")],
 )
 def test_decoder_lm_shapes_causality_and_decode(kind, positions):
     cfg = _cfg(positions=positions, num_segments=2, **DECODER_KINDS[kind])
@@ -84,7 +94,7 @@ def test_decoder_lm_shapes_causality_and_decode(kind, positions):
     _assert_close(got[-1], logits[:, 10])
 
 
-@pytest.mark.parametrize("kind", ["softmax", "linear-elu", *CONV_KINDS])
+@pytest.mark.parametrize("kind", ["softmax", "linear-elu", *CONV_KINDS, *RECURRENT_KINDS])
 def test_decoder_lm_padding_invariance_and_ragged_prefill(kind):
     model = DecoderLM(_cfg(**DECODER_KINDS[kind]), rngs=nnx.Rngs(1))
     toks = _tokens(length=9)

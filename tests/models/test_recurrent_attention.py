@@ -1,0 +1,171 @@
+"""The gated / delta-rule layers (GLA, RetNet, DeltaNet, Gated DeltaNet) against NumPy, packed
+documents against separate runs for every causal kind, and their config errors.
+
+(Prefill + decode == forward and padding for these kinds: tests/models/test_transformer.py.)"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import lm
+from research.config import ConfigError
+from research.models import DecoderLM, ModelConfig
+from research.models.layers import make_attention
+from research.models.recurrent_attention import retnet_log_decays
+from research.train.config import parse
+from tests.ops.references import np_delta_rule, np_gated_linear_attention
+
+TINY = dict(
+    vocab_size=40, d_model=16, num_heads=2, num_layers=2, d_ff=32, max_length=24, chunk_size=4
+)
+
+
+def _np(x):
+    return np.asarray(x, np.float64)
+
+
+def _dense(layer, x):
+    y = x @ _np(layer.kernel.get_value())
+    return y if layer.bias is None else y + _np(layer.bias.get_value())
+
+
+def _silu(x):
+    return x / (1 + np.exp(-x))
+
+
+def _readout(attn, x, o, eps):
+    """NumPy: per-head RMSNorm(o) * swish(W_g x), then W_o."""
+    o = o / np.sqrt(np.mean(o * o, axis=-1, keepdims=True) + eps) * _np(attn.norm.get_value())
+    o = o * _silu(_dense(attn.gate, x)).reshape(o.shape)
+    return _dense(attn.o, o.reshape(*o.shape[:2], -1))
+
+
+def _conv(x, w):
+    """Causal depthwise conv: y_t = sum_s w[s] x_{t-s}."""
+    y = np.zeros_like(x)
+    for s in range(w.shape[0]):
+        y[:, s:] += w[s] * x[:, : x.shape[1] - s]
+    return y
+
+
+def test_gla_layer_equals_numpy():
+    cfg = ModelConfig(**TINY, attention="gla", positions="none", gla_gate_rank=3)
+    attn = make_attention(cfg, causal=True, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(0).standard_normal((2, 11, 16)).astype(np.float32)
+    got = attn(jnp.asarray(x))
+    xd = _np(x)
+    heads = lambda t: t.reshape(2, 11, 2, 8)  # noqa: E731
+    q, k, v = (heads(_dense(p, xd)) for p in (attn.q, attn.k, attn.v))
+    logit = _dense(attn.gate_up, _dense(attn.gate_down, xd))
+    g = heads(-np.log1p(np.exp(-logit)) / 16.0)  # log-sigmoid / temperature
+    o, _ = np_gated_linear_attention(q, k, v, g)
+    want = _readout(attn, xd, o, cfg.layer_norm_eps)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["deltanet", "gated_deltanet"])
+def test_delta_layers_equal_numpy(kind):
+    cfg = ModelConfig(**TINY, attention=kind, positions="none", num_kv_heads=1, qkv_conv=3)
+    attn = make_attention(cfg, causal=True, rngs=nnx.Rngs(1))
+    x = np.random.default_rng(1).standard_normal((2, 10, 16)).astype(np.float32)
+    got = attn(jnp.asarray(x))
+    xd = _np(x)
+    q, k, v = (
+        _silu(_conv(_dense(p, xd), _np(getattr(attn, f"{n}_conv").get_value())))
+        for n, p in (("q", attn.q), ("k", attn.k), ("v", attn.v))
+    )
+    q, k, v = q.reshape(2, 10, 2, 8), k.reshape(2, 10, 1, 8), v.reshape(2, 10, 1, 8)
+    q, k = (t / np.sqrt(np.sum(t * t, axis=-1, keepdims=True) + 1e-6) for t in (q, k))
+    beta = 1 / (1 + np.exp(-_dense(attn.beta, xd)))
+    g = None
+    if kind == "gated_deltanet":
+        a = _dense(attn.decay_proj, xd) + _np(attn.dt_bias.get_value())
+        g = -np.exp(_np(attn.a_log.get_value())) * np.log1p(np.exp(a))
+        assert np.all(g < 0)
+    o, _ = np_delta_rule(q, k, v, beta, log_gate=g)
+    want = _readout(attn, xd, o, cfg.layer_norm_eps)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-4)
+
+
+def test_retnet_decays_are_the_papers():
+    """gamma_h = 1 - 2^(-5 - h) (Sun et al. 2023, section 2.2)."""
+    want = np.log([1 - 2.0 ** (-5 - h) for h in range(4)])
+    np.testing.assert_allclose(np.asarray(retnet_log_decays(4)), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(attention="softmax"),
+        dict(attention="softmax", softmax_implementation="blockwise"),
+        dict(attention="linear", feature_map="elu"),
+        dict(attention="linear", feature_map="elu", short_conv=3),
+        dict(attention="gla"),
+        dict(attention="retnet", positions="rotary"),
+        dict(attention="deltanet"),
+        dict(attention="gated_deltanet", positions="rotary"),
+    ],
+    ids=lambda kw: "-".join(str(v) for v in kw.values()),
+)
+def test_packed_documents_get_the_logits_they_get_alone(kw):
+    """Three documents (5, 1 and 7 tokens; chunks of 4, so two cross a chunk boundary) packed in
+    one row: each gets exactly its own logits (attention, positions and recurrent state all
+    restart at its first token)."""
+    model = DecoderLM(ModelConfig(**{**TINY, **kw}), rngs=nnx.Rngs(2))
+    toks = jax.random.randint(jax.random.PRNGKey(3), (1, 13), 1, TINY["vocab_size"])
+    doc = jnp.asarray([[0] * 5 + [1] + [2] * 7])
+    packed = model(toks, document_ids=doc)
+    for start, stop in ((0, 5), (5, 6), (6, 13)):
+        alone = model(toks[:, start:stop])
+        np.testing.assert_allclose(packed[:, start:stop], alone, atol=2e-5, rtol=1e-5)
+    # Without the ids the later documents see the earlier ones.
+    assert not np.allclose(model(toks)[:, 6:], packed[:, 6:], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            dict(attention="gated_deltanet", feature_map="taylor"),
+            "model: feature_map='taylor' does not apply to attention='gated_deltanet' (no feature "
+            "map: the kind has its own gates); leave feature_map at its default 'elu'",
+        ),
+        (
+            dict(attention="gla", short_conv=3),
+            "model: short_conv=3 does not apply to attention='gla'; leave it at 0",
+        ),
+        (
+            dict(attention="retnet", linear_form="cumsum"),
+            "model: linear_form='cumsum' is not allowed with attention='retnet'; choose one of "
+            "chunked, scan",
+        ),
+        (
+            dict(attention="gla", gla_gate_temperature=0.0),
+            "model: gla_gate_temperature must be > 0, got 0.0",
+        ),
+    ],
+)
+def test_a_new_kind_with_an_option_it_does_not_take_is_one_line(override, message):
+    c = lm.get_config("smoke")
+    c.model.update(override)
+    with pytest.raises(ConfigError) as e:
+        parse(c)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_bidirectional_task_refuses_a_causal_only_kind():
+    from configs import mlm
+
+    c = mlm.get_config("smoke")
+    c.model.attention = "gated_deltanet"
+    with pytest.raises(ConfigError) as e:
+        parse(c)
+    assert str(e.value) == (
+        "model.attention='gated_deltanet' is causal self-attention only (a recurrence); "
+        "task='mlm' trains a Bert with bidirectional or cross-attention: use softmax, linear or "
+        "linformer"
+    )
+    with pytest.raises(ValueError, match="'gla' is causal self-attention only"):
+        make_attention(ModelConfig(**TINY, attention="gla"), causal=False, rngs=nnx.Rngs(0))
