@@ -14,6 +14,7 @@ docs/pod_planning.md; on GPUs add --config.model.softmax_implementation=cudnn):
 
     python -m research.plan --config=configs/lm.py:1b --topology=v5e:16x16
     python -m research.plan --config=configs/lm.py:7b --topology=v5e:16x16
+    python -m research.plan --config=configs/lm.py:1b_gdn --topology=v5e:16x16  # Gated DeltaNet
     REPO=... TPU_NAME=... ZONE=... ./launch/tpu_pod.sh --config=configs/lm.py:1b \
         --workdir=gs://BUCKET/lm1b --config.data.source=tfds:NAME
 """
@@ -69,6 +70,22 @@ def get_config(preset: str = "") -> ConfigDict:
         c.mesh.update(data=16, fsdp=16)
         c.data.shards = 64  # a multiple of v5e-256's 64 hosts: each reads only its records
         c.batch_size = 3072  # 12 x 2048 tokens per chip, MaxText's per-device batch for ~1B
+    elif preset == "1b_gdn":  # the 1b shape with Gated DeltaNet layers (Qwen3-Next's kind)
+        c.data.update(seq_len=2048, vocab_size=32000)
+        c.model.update(
+            d_model=2048,
+            num_heads=16,
+            num_layers=24,
+            d_ff=8192,
+            dtype="bfloat16",
+            remat="full",
+            attention="gated_deltanet",
+            positions="none",  # fla's GatedDeltaNet: the recurrence orders the tokens
+            scan_layers=True,
+        )
+        c.mesh.update(data=16, fsdp=16)
+        c.data.shards = 64
+        c.batch_size = 3072
     elif preset == "7b":  # LLaMA-2-7B's shape for v5e-256 (MaxText configs/tpu/v5e/llama2_7b.sh)
         c.data.update(seq_len=2048, vocab_size=32000)
         c.model.update(
@@ -87,5 +104,7 @@ def get_config(preset: str = "") -> ConfigDict:
         c.data.shards = 64
         c.batch_size = 1024  # 4 x 2048 tokens per chip
     elif preset:
-        raise ValueError(f"unknown preset {preset!r} for configs/lm.py; allowed: smoke, 1b, 7b")
+        raise ValueError(
+            f"unknown preset {preset!r} for configs/lm.py; allowed: smoke, 1b, 1b_gdn, 7b"
+        )
     return c

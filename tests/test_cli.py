@@ -32,7 +32,7 @@ def test_unknown_preset_prints_the_allowed_ones(tmp_path):
     r = _run(["-m", "research.main", "--config=configs/lm.py:smok", f"--workdir={tmp_path}"])
     assert _error_line(r) == (
         "error: flag --config=configs/lm.py:smok: unknown preset 'smok' for configs/lm.py; "
-        "allowed: smoke, 1b, 7b"
+        "allowed: smoke, 1b, 1b_gdn, 7b"
     )
 
 

@@ -14,6 +14,9 @@ from flax import nnx
 
 from research import tasks
 from research.config import RunConfig
+from research.models import ModelConfig
+from research.ops import feature_maps as fm
+from research.ops.attention.cost import attention_flops
 from research.plan.compiler import Plan, compile_for_devices
 from research.train import optim, sharding, step
 from research.train.config import ConfigError, parse
@@ -90,18 +93,62 @@ def _decode_plan(run: RunConfig, mesh, new_tokens: int) -> Plan:
     return compile_for_devices("decode", jax.jit(decode), abstract_params, abstract_rest, prompt)[0]
 
 
+# The analytic FLOP model of each attention kind's token mixing (research.ops.attention.cost).
+_MIXING_IMPL = {
+    "linear": "linear-chunked",
+    "gla": "gla-chunked",
+    "retnet": "gla_scalar-chunked",
+    "deltanet": "delta-chunked",
+    "gated_deltanet": "delta-chunked",
+}
+
+
+def mixing_flops(m: ModelConfig, seq: int) -> float:
+    """Forward FLOPs per token and layer of the attention's token mixing at `seq` tokens:
+    softmax 4 S H Dh (QK^T and PV in full, as MaxText counts), the linear and gated / delta
+    kinds their chunked forms' count (`research.ops.attention.cost.attention_flops`)."""
+    if m.attention not in _MIXING_IMPL:
+        return 4 * seq * m.num_heads * m.head_dim
+    fdim = fm.feature_dim(m.feature_map, m.head_dim) if m.attention == "linear" else None
+    total = attention_flops(
+        _MIXING_IMPL[m.attention],
+        batch=1,
+        length=seq,
+        heads=m.num_heads,
+        head_dim=m.head_dim,
+        feature_dim=fdim,
+        chunk_size=m.chunk_size,
+    )
+    return total / seq
+
+
+def attention_params(m: ModelConfig) -> int:
+    """Matmul parameters of one attention layer: q, k, v, o, plus the gated / delta kinds'
+    output gate (d x H Dh), GLA's low-rank gate (d r + r H Dh) and the delta kinds' beta and
+    decay projections (d x H each)."""
+    d, h, dh = m.d_model, m.num_heads, m.head_dim
+    n = d * dh * (2 * h + 2 * m.kv_heads)
+    if m.attention in _MIXING_IMPL and m.attention != "linear":
+        n += d * h * dh
+    if m.attention == "gla":
+        n += d * m.gla_gate_rank + m.gla_gate_rank * h * dh
+    n += {"deltanet": d * h, "gated_deltanet": 2 * d * h}.get(m.attention, 0)
+    return n
+
+
 def model_flops(run: RunConfig) -> float:
-    """Analytic FLOPs of one training step of a decoder LM, all devices: 6 T N + 12 T L S H Dh
+    """Analytic FLOPs of one training step of a decoder LM, all devices: 6 T N + 3 T L M
     (PaLM, Chowdhery et al. 2022, appendix B; forward + backward = 3 x forward). T = batch x
-    seq_len tokens, N the matmul parameters (q, k, v, o, the FFN, the output layer), L layers,
-    S seq_len, H Dh the attention width; attention counted in full (as MaxText), not halved for
-    causality. XLA's own count sees a scanned or looped body once; this one does not."""
+    seq_len tokens, N the matmul parameters (`attention_params`, the FFN, the output layer),
+    L layers, M the attention's mixing FLOPs per token (`mixing_flops`: 4 S H Dh for softmax,
+    counted in full as MaxText does, not halved for causality; the chunked forms' count for the
+    linear, gated and delta kinds). XLA's own count sees a scanned or looped body once; this one
+    does not."""
     m, seq = run.model, run.data.seq_len
     tokens = run.train.batch_size * seq
-    attn = m.d_model * m.head_dim * (2 * m.num_heads + 2 * m.kv_heads)
     ffn = m.d_model * m.d_ff * (3 if m.activation == "swiglu" else 2)
-    n = m.num_layers * (attn + ffn) + m.d_model * run.data.vocab_size
-    return 6 * tokens * n + 12 * tokens * m.num_layers * seq * m.num_heads * m.head_dim
+    n = m.num_layers * (attention_params(m) + ffn) + m.d_model * run.data.vocab_size
+    return 6 * tokens * n + 3 * tokens * m.num_layers * mixing_flops(m, seq)
 
 
 # The forward matmuls each remat policy runs again in the backward pass: what it does not save
@@ -123,15 +170,17 @@ _RECOMPUTED = {
 def remat_flops(run: RunConfig) -> float:
     """Analytic FLOPs one training step spends recomputing the forward pass under
     `model.remat`, all devices: per token and layer, 2 x the multiply-adds of each recomputed
-    part (q/k/v, out, attention 4 S H Dh, the FFN's input projections). Model FLOPs exclude
-    them (MaxText's MFU does too), so a step that recomputes can reach at most
+    part (q/k/v and gates, out, the attention's mixing `mixing_flops`, the FFN's input
+    projections). Model FLOPs exclude them (MaxText's MFU does too), so a step that recomputes
+    can reach at most
     model / (model + remat) MFU."""
     m, seq = run.model, run.data.seq_len
     d, hd = m.d_model, m.num_heads * m.head_dim
     part = {
-        "qkv": 2 * d * m.head_dim * (m.num_heads + 2 * m.kv_heads),
+        # q, k, v and the kinds' gate projections: all of attention_params but the output
+        "qkv": 2 * (attention_params(m) - hd * d),
         "out": 2 * hd * d,
-        "attention": 4 * seq * hd,
+        "attention": mixing_flops(m, seq),
         "mlpwi": 2 * d * m.d_ff * (2 if m.activation == "swiglu" else 1),
     }
     per_token = sum(part[name] for name in _RECOMPUTED[m.remat])
