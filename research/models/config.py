@@ -55,7 +55,8 @@ class ModelConfig:
     linformer_k: int = 64  # Linformer projected length m
     # Width of a causal depthwise convolution over time on the keys' input in self-attention,
     # k_t = W_k sum_s c_s * x_{t-s} (s < short_conv), initialised near the identity: H3's shift
-    # (Fu et al. 2023), Based's short convolution. 0 = none.
+    # (Fu et al. 2023), Based's short convolution. 0 = none. Also gla and retnet; the delta kinds
+    # take qkv_conv instead.
     short_conv: int = 0
     activation: str = "gelu"  # one of ACTIVATIONS
     norm: str = "pre"  # "pre" (GPT-2) or "post" (BERT) layer norm placement
@@ -140,7 +141,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     def _check_recurrent_kind(self) -> None:
-        """The gated / delta kinds take no feature map, no key conv, no cumsum form."""
+        """The gated / delta kinds take no feature map and no cumsum form; the delta kinds no
+        key conv (they have qkv_conv)."""
         temperature = self.gla_gate_temperature
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise ValueError(f"gla_gate_temperature must be a number > 0, got {temperature!r}")
@@ -154,7 +156,7 @@ class ModelConfig:
                 f"feature_map={self.feature_map!r} does not apply to {kind} (no feature map: "
                 "the kind has its own gates); leave feature_map at its default 'elu'"
             )
-        if self.short_conv:
+        if self.short_conv and self.attention in ("deltanet", "gated_deltanet"):
             raise ValueError(
                 f"short_conv={self.short_conv} does not apply to {kind}; leave it at 0 "
                 "(deltanet and gated_deltanet convolve q, k, v with width qkv_conv)"

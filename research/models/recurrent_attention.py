@@ -24,8 +24,12 @@ Padding (a key-padding mask [B, L], True = real) and packed documents (`document
 are exact: a padded token has k = v = 0, no decay and beta = 0, so it leaves the state as it is,
 and the state restarts from zero at each document's first token.
 
-Decode caches: {"state": [B, H, Dk, Dv] fp32} and, for the delta kinds, {"conv": {"q", "k",
-"v": [B, qkv_conv - 1, H(kv) * D]}}: the projections of the last qkv_conv - 1 tokens.
+gla and retnet take `short_conv` (the key convolution of H3 / Based that softmax and linear
+attention take); the delta kinds have their own q, k, v convolutions instead (`qkv_conv`).
+
+Decode caches: {"state": [B, H, Dk, Dv] fp32} and the conv windows, {"conv": {"q", "k", "v":
+[B, qkv_conv - 1, H(kv) * D]}} for the delta kinds (the projections of the last tokens), {"conv":
+{"x": [B, short_conv - 1, d_model]}} for gla / retnet with a key convolution.
 """
 
 import math
@@ -87,30 +91,47 @@ class RecurrentAttention(Attention):
         """The kind's own parameters (gate or beta projections, convolutions)."""
 
     # -- the kind's inputs ---------------------------------------------------------------------
-    def _projections(self, x, history=None, document_ids=None):
-        """-> (raw, q, k, v): raw {"q", "k", "v"} the projections [B, L, H(kv) * D] (what the
-        conv windows keep), q, k, v [B, L, H(kv), D] before rotary; the delta kinds convolve the
-        projections (after `history`, the previous tokens' ones; within each document) and
-        apply SiLU."""
+    def _windows(self) -> dict[str, tuple[int, int]]:
+        """The conv windows a decode cache keeps: name -> (width, channels). The delta kinds
+        keep their q, k, v projections ("q", "k", "v"); gla / retnet with `short_conv` keep the
+        layer input ("x") of the key convolution."""
         cfg = self.cfg
-        raw = {"q": self.q(x), "k": self.k(x), "v": self.v(x)}
-        out = raw
         if self.conv_width:
-            history = history or {}
-            weights = {n: getattr(self, f"{n}_conv").get_value() for n in raw}
-            out = {
-                n: jax.nn.silu(causal_conv(t, weights[n], history.get(n), document_ids))
-                for n, t in raw.items()
-            }
+            kv = cfg.kv_heads * cfg.head_dim
+            heads = {"q": cfg.num_heads * cfg.head_dim, "k": kv, "v": kv}
+            return {n: (self.conv_width, c) for n, c in heads.items()}
+        return {"x": (self.short_conv, cfg.d_model)} if self.short_conv else {}
+
+    def _projections(self, x, history=None, document_ids=None):
+        """-> (seqs, q, k, v): seqs {window name: the sequence it keeps} (see `_windows`), q, k,
+        v [B, L, H(kv), D] before rotary. The delta kinds convolve the q, k, v projections and
+        apply SiLU; gla / retnet with short_conv project k from the key convolution of x. Every
+        convolution continues `history` (the previous tokens' windows) and stays within each
+        document."""
+        cfg = self.cfg
+        history = history or {}
+        if self.conv_width:
+            seqs = {"q": self.q(x), "k": self.k(x), "v": self.v(x)}
+            weights = {n: getattr(self, f"{n}_conv").get_value() for n in seqs}
+            q, k, v = (
+                jax.nn.silu(causal_conv(t, weights[n], history.get(n), document_ids))
+                for n, t in seqs.items()
+            )
+        else:
+            seqs = {"x": x} if self.short_conv else {}
+            kx = x
+            if self.short_conv:
+                kx = causal_conv(x, self.key_conv.get_value(), history.get("x"), document_ids)
+            q, k, v = self.q(x), self.k(kx), self.v(x)
         shape = (*x.shape[:2], -1, cfg.head_dim)
-        return raw, *(out[n].reshape(shape) for n in ("q", "k", "v"))
+        return seqs, q.reshape(shape), k.reshape(shape), v.reshape(shape)
 
     def _inputs(self, x, q, k, v):
         """-> (q, k, v, log_gate, beta) for the op; log_gate / beta None where unused."""
         raise NotImplementedError
 
     def _all_inputs(self, x, positions, valid, history=None, document_ids=None):
-        """-> (raw projections, (q, k, v, log_gate, beta)): everything the op needs for tokens
+        """-> (window sequences, (q, k, v, log_gate, beta)): everything the op needs for tokens
         x [B, L, d]; padded tokens (valid False) made no-ops: k = v = 0, log_gate = 0, beta = 0."""
         cfg = self.cfg
         raw, q, k, v = self._projections(x, history, document_ids)
@@ -176,12 +197,11 @@ class RecurrentAttention(Attention):
         del max_length  # the state does not grow with the context
         cfg = self.cfg
         state = jnp.zeros((batch, cfg.num_heads, cfg.head_dim, cfg.head_dim), jnp.float32)
-        if not self.conv_width:
+        windows = self._windows()
+        if not windows:
             return {"state": state}
-        width = {"q": cfg.num_heads * cfg.head_dim, "k": cfg.kv_heads * cfg.head_dim}
-        width["v"] = width["k"]
         dtype = jnp.dtype(cfg.dtype)
-        conv = {n: jnp.zeros((batch, self.conv_width - 1, w), dtype) for n, w in width.items()}
+        conv = {n: jnp.zeros((batch, w - 1, c), dtype) for n, (w, c) in windows.items()}
         return {"state": state, "conv": conv}
 
     def prefill(self, x, layer_cache, *, mask, valid, positions):
@@ -191,9 +211,10 @@ class RecurrentAttention(Attention):
         raw, inputs = self._all_inputs(x, positions, valid)
         o, state = self._mix(*inputs, initial_state=layer_cache["state"])
         cache = {"state": state}
-        if self.conv_width:
+        windows = self._windows()
+        if windows:
             lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
-            cache["conv"] = {n: _conv_history(t, lengths, self.conv_width) for n, t in raw.items()}
+            cache["conv"] = {n: _conv_history(t, lengths, windows[n][0]) for n, t in raw.items()}
         return self._readout(x, o), cache
 
     def decode(self, x_t, layer_cache, *, index, valid):
@@ -203,10 +224,10 @@ class RecurrentAttention(Attention):
         raw, inputs = self._all_inputs(x_t, index[:, None], None, history)
         o, state = self._mix(*inputs, initial_state=layer_cache["state"], step=True)
         cache = {"state": state}
-        if self.conv_width:
-            width = self.conv_width
+        windows = self._windows()
+        if windows:
             cache["conv"] = {
-                n: _after_history(t.astype(history[n].dtype), history[n], width)[:, 1:]
+                n: _after_history(t.astype(history[n].dtype), history[n], windows[n][0])[:, 1:]
                 for n, t in raw.items()
             }
         return self._readout(x_t, o), cache

@@ -179,8 +179,9 @@ def report(plans, chip, *, topology: str, chips: int, mesh_shape: dict, c) -> tu
     notes += [
         "aliased: outputs written into the donated arguments (counted once in total).",
         "GFLOP, GB accessed: XLA's estimates. model GFLOP: analytic 6TN + 3TLM, M the "
-        "attention's mixing FLOPs per token (research.plan.train.model_flops), without the forward FLOPs remat recomputes. ICI GB: "
-        "FSDP gathers and gradient reductions (collective_bytes).",
+        "attention's mixing FLOPs per token (research.plan.train.model_flops), without the "
+        "forward FLOPs remat recomputes. ICI GB: FSDP gathers and gradient reductions "
+        "(collective_bytes).",
         "roofline = max(FLOPs/peak, bytes/HBM bandwidth, ICI bytes/ICI bandwidth), a lower bound "
         "on the step time; MFU <= model FLOPs / (roofline x peak).",
     ]

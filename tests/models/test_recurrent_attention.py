@@ -103,6 +103,7 @@ def test_retnet_decays_are_the_papers():
         dict(attention="linear", feature_map="elu"),
         dict(attention="linear", feature_map="elu", short_conv=3),
         dict(attention="gla"),
+        dict(attention="gla", short_conv=3),
         dict(attention="retnet", positions="rotary"),
         dict(attention="deltanet"),
         dict(attention="gated_deltanet", positions="rotary"),
@@ -133,8 +134,8 @@ def test_packed_documents_get_the_logits_they_get_alone(kw):
             "map: the kind has its own gates); leave feature_map at its default 'elu'",
         ),
         (
-            dict(attention="gla", short_conv=3),
-            "model: short_conv=3 does not apply to attention='gla'; leave it at 0",
+            dict(attention="deltanet", short_conv=3),
+            "model: short_conv=3 does not apply to attention='deltanet'; leave it at 0",
         ),
         (
             dict(attention="retnet", linear_form="cumsum"),

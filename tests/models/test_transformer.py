@@ -40,7 +40,7 @@ CONV_KINDS = {
 # The gated / delta-rule kinds (causal self-attention only; research.models.recurrent_attention).
 RECURRENT_KINDS = {
     "gla": dict(attention="gla"),
-    "retnet": dict(attention="retnet"),
+    "retnet-conv": dict(attention="retnet", short_conv=3),
     "deltanet": dict(attention="deltanet"),
     "gated_deltanet": dict(attention="gated_deltanet"),
     "gated_deltanet-scan-gqa": dict(attention="gated_deltanet", linear_form="scan", num_kv_heads=1),
