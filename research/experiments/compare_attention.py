@@ -5,8 +5,10 @@ in its own sub-directory of the workdir, so an interrupted sweep resumes where i
 finished point is never recomputed. For each (attention, width) the table reports the best MQAR
 eval accuracy over the learning rates (Zoology, Arora et al. 2023, sweeps learning rates the same
 way), the LM eval loss and perplexity, train tokens/s, greedy-decode tokens/s after a prompt of
-the MQAR length, and the bytes of the decode state (the KV cache for softmax at that context,
-the recurrent d_k x d_v state for linear), measured from the cache the model actually builds.
+the MQAR length, the bytes of the decode state (the KV cache for softmax at that context, the
+recurrent d_k x d_v state for linear and the gated / delta kinds, conv windows included),
+measured from the cache the model actually builds, and the parameter count (the kinds differ at
+one width: compare at equal parameters too, not only equal width).
 """
 
 import copy
@@ -22,6 +24,7 @@ from flax import nnx
 from research.config import as_list
 from research.experiments import sweep
 from research.models import DecoderLM
+from research.models.config import RECURRENT_KINDS
 from research.models.generate import generate
 from research.ops.checks import is_positive_int
 from research.report import (
@@ -44,18 +47,25 @@ FIELDS = (
     "train_tokens_per_s",
     "decode_tokens_per_s",
     "state_bytes",
+    "params",
 )
 
 
-# softmax, or the feature map of causal linear attention (research.ops.feature_maps)
-ATTENTIONS = ("softmax", "elu", "relu", "taylor", "favor")
+# softmax, the feature map of causal linear attention (research.ops.feature_maps), or a gated /
+# delta-rule kind (research.models.recurrent_attention)
+FEATURE_MAPS = ("elu", "relu", "taylor", "favor")
+ATTENTIONS = ("softmax", *FEATURE_MAPS, *RECURRENT_KINDS)
 
 
 def _attention_overrides(name: str) -> dict:
-    """Config model keys for an attention name: 'softmax' or a linear feature map."""
-    if name == "softmax":
-        return {"attention": "softmax"}
-    return {"attention": "linear", "feature_map": name}
+    """Config model keys for an attention name: 'softmax', a linear feature map or a gated /
+    delta kind. The delta kinds convolve q, k, v themselves (qkv_conv), so they take no key
+    convolution (short_conv 0); every other kind keeps the config's."""
+    if name in FEATURE_MAPS:
+        return {"attention": "linear", "feature_map": name}
+    if name in ("deltanet", "gated_deltanet"):
+        return {"attention": name, "short_conv": 0}
+    return {"attention": name}
 
 
 @dataclasses.dataclass
@@ -111,8 +121,9 @@ def run_point(c, p: Point, workdir: pathlib.Path) -> dict:
     return sweep.train_point(point_config(c, p), workdir / "runs" / p.name, dataclasses.asdict(p))
 
 
-def decode_cost(c, attention: str, width: int) -> tuple[float, int]:
-    """(greedy tokens/s, decode-state bytes) for batch 1 after a prompt of MQAR length."""
+def decode_cost(c, attention: str, width: int) -> tuple[float, int, int]:
+    """(greedy tokens/s, decode-state bytes, parameters) for batch 1 after a prompt of MQAR
+    length (parameters: the MQAR model's, embeddings included)."""
     pc = point_config(c, Point("mqar", attention, width, 1e-3))
     prompt_len, new = pc.data.seq_len, c.decode_tokens
     mcfg = parse(pc).model.replace(vocab_size=pc.data.vocab_size, max_length=prompt_len + new)
@@ -121,7 +132,8 @@ def decode_cost(c, attention: str, width: int) -> tuple[float, int]:
     _, cache = model.prefill(prompt, max_length=prompt_len + new)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(cache["layers"]))
     seconds = median_time(lambda: generate(model, prompt, max_new_tokens=new), repeats=3)
-    return new / seconds, int(state_bytes)
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return new / seconds, int(state_bytes), int(params)
 
 
 def summarize(c, results: list[dict], decode: dict) -> list[dict]:
@@ -149,6 +161,7 @@ def summarize(c, results: list[dict], decode: dict) -> list[dict]:
                     "train_tokens_per_s": speed_of["tokens_per_second"],
                     "decode_tokens_per_s": decode[a, w][0],
                     "state_bytes": decode[a, w][1],
+                    "params": decode[a, w][2],
                 }
             )
     return rows
@@ -169,6 +182,7 @@ COLUMNS = (
     "train tok/s",
     "decode tok/s",
     "state bytes",
+    "params",
 )
 FORMATS = (
     "{attention}",
@@ -180,6 +194,7 @@ FORMATS = (
     "{train_tokens_per_s:,.0f}",
     "{decode_tokens_per_s:,.0f}",
     "{state_bytes:,}",
+    "{params:,}",
 )
 
 

@@ -63,6 +63,9 @@ def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
     by = {(x["attention"], int(x["width"])): int(x["state_bytes"]) for x in rows}
     assert by["softmax", 16] == 2 * 2 * 36 * 16 * 4 + 2 * 2 * 16 * 4
     assert by["elu", 32] == 2 * 2 * (16 * 16 + 16) * 4 + 2 * 2 * 32 * 4
+    # The elu+1 feature map has no parameters: softmax and elu models match at each width.
+    params = {(x["attention"], int(x["width"])): int(x["params"]) for x in rows}
+    assert params["softmax", 16] == params["elu", 16] < params["softmax", 32] == params["elu", 32]
     assert (tmp_path / "wd" / "compare.png").stat().st_size > 10_000
     assert "| attention | width | MQAR acc |" in r.stdout
 
@@ -127,11 +130,11 @@ def test_a_sweep_without_the_lm_prints_dashes_not_nan(tmp_path):
         for w in (16, 32)
         for acc in (0.5, float("nan"))
     ]
-    decode = {(a, w): (5.0, 64) for a in ("softmax", "elu") for w in (16, 32)}
+    decode = {(a, w): (5.0, 64, 1000) for a in ("softmax", "elu") for w in (16, 32)}
     rows = ca.summarize(c, results, decode)
     assert [r["mqar_accuracy"] for r in rows] == [0.5] * 4  # a diverged (NaN) lr never wins
     text = ca.table(rows)
-    assert "| softmax | 16 | 0.500 | 0.01 | - | - | 10 | 5 | 64 |" in text
+    assert "| softmax | 16 | 0.500 | 0.01 | - | - | 10 | 5 | 64 | 1,000 |" in text
     assert "nan" not in text  # NaN means diverged; the LM was simply not run
     ca.plot(rows, tmp_path / "p.png", "title")
     assert (tmp_path / "p.png").stat().st_size > 10_000
@@ -158,9 +161,9 @@ def test_an_lm_only_sweep_and_one_data_dir_for_both_tasks(tmp_path):
         for a in ("softmax", "elu")
         for w in (16, 32)
     ]
-    decode = {(a, w): (5.0, 64) for a in ("softmax", "elu") for w in (16, 32)}
+    decode = {(a, w): (5.0, 64, 1000) for a in ("softmax", "elu") for w in (16, 32)}
     rows = ca.summarize(c, results, decode)
-    assert "| softmax | 16 | - | - | 4.016 | 55.5 | 7 | 5 | 64 |" in ca.table(rows)
+    assert "| softmax | 16 | - | - | 4.016 | 55.5 | 7 | 5 | 64 | 1,000 |" in ca.table(rows)
     # The LM panel says how far apart the attentions are at a width: exp(0.01) - 1 = 1.01%.
     assert ca._spread(rows) == "\n(attentions within 1.01% at each width)"
     ca.plot(rows, tmp_path / "p.png", "title")
