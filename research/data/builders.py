@@ -169,6 +169,46 @@ def mqar_example(rng: np.random.Generator, *, vocab_size: int, seq_len: int, num
     return {"inputs": seq[:-1], "targets": seq[1:], "weights": weights}
 
 
+ZOOLOGY_POWER_A = 0.01  # Zoology's power_a: query gap g (0-based) drawn with p ~ (g + 1)^(a - 1)
+
+
+def mqar_zoology_example(
+    rng: np.random.Generator, *, vocab_size: int, seq_len: int, num_kv_pairs: int
+):
+    """One MQAR sequence as Zoology's `multiquery_ar` draws it (Arora et al. 2023,
+    zoology/data/associative_recall.py, power_a=0.01, random_non_queries=True).
+
+    Keys from [1, V/2) and values from [V/2, V), both without replacement; the sequence starts
+    k1 v1 ... kn vn; key i is queried once, at position 2n + 2 g_i, the gaps g_i distinct in
+    [0, (L - 2n) / 2) with p(g) ~ (g + 1)^(a - 1): most queries come soon after the context. The
+    value is not shown after its query; every other position holds a random token of [0, V).
+    The label at a query is its value (weight 1); every other label is ignored (weight 0).
+    Returns inputs [L], targets [L], weights [L].
+    """
+    half = vocab_size // 2
+    keys = rng.choice(np.arange(1, half), size=num_kv_pairs, replace=False)
+    values = rng.choice(np.arange(half, vocab_size), size=num_kv_pairs, replace=False)
+    context = 2 * num_kv_pairs
+    space = (seq_len - context) // 2
+    p = ZOOLOGY_POWER_A * np.arange(1, space + 1) ** (ZOOLOGY_POWER_A - 1)
+    gaps = rng.choice(space, size=num_kv_pairs, replace=False, p=p / p.sum())
+    inputs = np.zeros(seq_len, np.int32)
+    inputs[0:context:2], inputs[1:context:2] = keys, values
+    pos = context + 2 * gaps
+    inputs[pos] = keys
+    filler = np.ones(seq_len, bool)
+    filler[:context] = filler[pos] = False
+    inputs[filler] = rng.integers(0, vocab_size, size=int(filler.sum()))
+    targets = np.zeros(seq_len, np.int32)
+    targets[pos] = values
+    weights = np.zeros(seq_len, np.float32)
+    weights[pos] = 1.0
+    return {"inputs": inputs, "targets": targets, "weights": weights}
+
+
+MQAR_EXAMPLES = {"seqlab": mqar_example, "zoology": mqar_zoology_example}
+
+
 @dataclasses.dataclass
 class MqarConfig(tfds.core.BuilderConfig):
     vocab_size: int = 8192
@@ -177,6 +217,7 @@ class MqarConfig(tfds.core.BuilderConfig):
     train_examples: int = 20_000
     test_examples: int = 1_000
     seed: int = 0
+    variant: str = "seqlab"  # MQAR_EXAMPLES
 
 
 def mqar_config(
@@ -186,7 +227,10 @@ def mqar_config(
     train_examples=20_000,
     test_examples=1_000,
     seed=0,
+    variant="seqlab",
 ) -> MqarConfig:
+    if variant not in MQAR_EXAMPLES:
+        raise ValueError(f"mqar variant={variant!r}: allowed {', '.join(MQAR_EXAMPLES)}")
     if 4 * num_kv_pairs > seq_len:
         raise ValueError(f"MQAR needs 4 * num_kv_pairs <= seq_len, got {num_kv_pairs}, {seq_len}")
     if num_kv_pairs >= vocab_size // 2 - 1:
@@ -201,8 +245,11 @@ def mqar_config(
         train_examples=train_examples,
         test_examples=test_examples,
         seed=seed,
+        variant=variant,
     )
     name = f"v{vocab_size}_l{seq_len}_kv{num_kv_pairs}_n{train_examples}_s{seed}"
+    if variant != "seqlab":  # the seqlab variant keeps the names of datasets built before
+        name += f"_{variant}"
     return MqarConfig(name=name, **fields)
 
 
@@ -226,7 +273,7 @@ class Mqar(_Synthetic):
 
     def _example(self, rng):
         c = self.builder_config
-        return mqar_example(
+        return MQAR_EXAMPLES[c.variant](
             rng, vocab_size=c.vocab_size, seq_len=c.seq_len, num_kv_pairs=c.num_kv_pairs
         )
 

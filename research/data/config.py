@@ -5,6 +5,9 @@ import dataclasses
 from research.ops.checks import check_positive_field
 
 
+MQAR_VARIANTS = ("seqlab", "zoology")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where examples come from and how they are cut. Which fields apply depends on the task."""
@@ -25,6 +28,10 @@ class DataConfig:
     # default that earlier runs saved, reads as 1.
     shards: int = 1
     num_kv_pairs: int = 16  # mqar: key-value pairs per sequence
+    # mqar: "seqlab" (each query slot shows key and value, uniform gaps, values may repeat, filler
+    # 0) or "zoology" (Zoology's multiquery_ar: power-law query gaps, values without replacement,
+    # the value not shown after its query, random filler tokens)
+    mqar_variant: str = "seqlab"
     # mqar, seq2seq_synthetic: examples built for training; qagen: the first N train examples;
     # chat: the first N train conversations
     train_examples: int = 100_000
@@ -42,5 +49,9 @@ class DataConfig:
             raise ValueError(f"seq_len={self.seq_len}: must be >= 2")
         for name in ("vocab_size", "num_kv_pairs", "train_examples", "test_examples"):
             check_positive_field(name, getattr(self, name))
+        if self.mqar_variant not in MQAR_VARIANTS:
+            raise ValueError(
+                f"mqar_variant={self.mqar_variant!r}: allowed {', '.join(MQAR_VARIANTS)}"
+            )
         if self.shards < 0:
             raise ValueError(f"shards={self.shards}: must be >= 1 (logical data shards)")

@@ -123,6 +123,7 @@ def mqar_sources(d: DataConfig, *, seed: int):
             train_examples=d.train_examples,
             test_examples=d.test_examples,
             seed=seed,
+            variant=d.mqar_variant,
         )
     except ValueError as e:
         raise DataError(f"data: {e}") from None

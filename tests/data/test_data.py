@@ -28,6 +28,49 @@ def test_mqar_examples_follow_the_zoology_definition(kv, length):
         builders.mqar_config(seq_len=16, num_kv_pairs=8)
 
 
+@pytest.mark.parametrize("kv, length", [(4, 64), (16, 256), (64, 256)])
+def test_mqar_zoology_variant_is_zoologys_multiquery_ar(kv, length):
+    """Zoology's protocol: keys and values without replacement, context k1 v1 .. kn vn, each key
+    queried once at an even offset after it, the value not shown after its query, random
+    filler; query gaps follow p(g) ~ (g + 1)^(a - 1), a = 0.01."""
+    rng = np.random.default_rng(kv)
+    v = 512
+    ex = builders.mqar_zoology_example(rng, vocab_size=v, seq_len=length, num_kv_pairs=kv)
+    inputs, ctx = ex["inputs"], 2 * kv
+    keys, values = inputs[0:ctx:2], inputs[1:ctx:2]
+    assert np.all((1 <= keys) & (keys < v // 2)) and len(set(keys)) == kv
+    assert np.all((v // 2 <= values) & (values < v)) and len(set(values)) == kv
+    pos = np.flatnonzero(ex["weights"])
+    assert len(pos) == kv and np.all(pos >= ctx) and np.all((pos - ctx) % 2 == 0)
+    lookup = dict(zip(keys.tolist(), values.tolist(), strict=True))
+    assert sorted(inputs[pos].tolist()) == sorted(keys.tolist())  # each key queried once
+    for p in pos:  # the label at a query is its key's value
+        assert ex["targets"][p] == lookup[int(inputs[p])]
+    # The filler is random tokens, not zeros (Zoology's random_non_queries).
+    filler = np.ones(length, bool)
+    filler[:ctx] = filler[pos] = False
+    assert len(np.unique(inputs[filler])) > filler.sum() // 4
+    # Gaps: with one pair, the query's gap g over 2000 draws has Zoology's distribution:
+    # P(g < space / 8) from the formula, within 3 standard errors.
+    rng, n, space = np.random.default_rng(0), 2000, (length - 2) // 2
+    gaps = []
+    for _ in range(n):
+        one = builders.mqar_zoology_example(rng, vocab_size=v, seq_len=length, num_kv_pairs=1)
+        gaps.append((np.flatnonzero(one["weights"])[0] - 2) // 2)
+    p = 0.01 * np.arange(1, space + 1) ** (0.01 - 1)
+    want = p[: space // 8].sum() / p.sum()
+    got = np.mean(np.asarray(gaps) < space // 8)
+    assert abs(got - want) < 3 * np.sqrt(want * (1 - want) / n), (got, want)
+    assert want > 0.3  # far from uniform (1/8): most queries come soon after the context
+
+
+def test_mqar_variant_is_checked_and_names_its_dataset():
+    assert builders.mqar_config(variant="zoology").name.endswith("_zoology")
+    assert builders.mqar_config().name == "v8192_l256_kv16_n20000_s0"  # datasets built before
+    with pytest.raises(ValueError, match="mqar_variant='zoo': allowed seqlab, zoology"):
+        DataConfig(mqar_variant="zoo")
+
+
 def test_builders_write_array_record_without_tensorflow(tmp_path):
     cfg = builders.mqar_config(
         vocab_size=64, seq_len=32, num_kv_pairs=4, train_examples=50, test_examples=5
