@@ -4,20 +4,29 @@
         [--heads=16 --head_dim=128] [--out=DIR]
 
 For each context length, compiles causal attention forward+backward (bf16 q, k, v; fp32
-softmax statistics and linear states) four ways and reads per-device memory, FLOPs and bytes:
+softmax statistics and linear states) eight ways and reads per-device memory, FLOPs and bytes:
   local (data parallel: every device holds whole sequences, batch = devices)
     softmax-blockwise   online-softmax blocks (research.ops.softmax_attention)
     linear-chunked      chunkwise-parallel linear attention (research.ops.linear_attention)
+    gla-chunked         gated linear attention, per-key-dim gate (research.ops
+                        .gated_linear_attention)
+    gdn-chunked         the gated delta rule, Gated DeltaNet's op (research.ops
+                        .delta_rule_attention)
   context parallel (one sequence split over all devices, research.ops.attention.context_parallel)
     softmax-ring        ring attention, K/V blocks passed around the devices
-    linear-cp           per-device chunk states + a log-depth prefix of d x d states
+    linear-cp, gla-cp   per-device chunk states + a log-depth prefix of d x d states (GLA: decay
+                        then add)
+    gdn-cp              each device's block as an affine map S -> A S + B, a log-depth prefix
+                        of those maps (A [Dk, Dk], B [Dk, Dv]), then the block's outputs
+The gates and beta are computed from q, k, v inside the step (as a layer would feed them).
 Roofline time per step = max(FLOPs / peak, HBM bytes / HBM bandwidth) + collective bytes / ICI
 bandwidth, a lower bound. FLOPs and HBM bytes are analytic (`flops_per_device`, `hbm_bytes`),
 because XLA's cost analysis counts a loop body once and every variant here is a loop: FLOPs as
 research.ops.attention.cost (forward+backward = 3.5 x forward; ring adds a forward for its
 recomputation and computes the masked half too); bytes are the unavoidable traffic (q, k, v, o
 and their gradients) plus each form's own: softmax re-reads K/V once per 512-query block, linear
-writes and re-reads its fp32 chunk states and C x C chunk scores, ring materialises an
+writes and re-reads its fp32 chunk states and C x C chunk scores (GLA and the delta rule
+counted the same way, gdn-cp twice), ring materialises an
 (L/P)^2 fp32 logit block per step. Memory is XLA's compiled figure (loops do not distort it).
 Collective bytes are the forward formula of `cost.bytes_communicated` x 2 for linear
 (the backward prefix sends as much) and x 3 for ring (the backward recomputes the forward ring
@@ -27,6 +36,7 @@ Writes plan_attention.csv and plan_attention.png to --out.
 
 import argparse
 import functools
+import math
 import pathlib
 import sys
 
@@ -45,12 +55,50 @@ from research.plan.chips import MissingLibtpu, devices_for
 from research.plan.compiler import compile_for_devices
 from research.report import format_table, save_figure, write_csv
 
-VARIANTS = ("softmax-blockwise", "linear-chunked", "softmax-ring", "linear-cp")
+LOCAL = {
+    "softmax": "softmax-blockwise",
+    "linear": "linear-chunked",
+    "gla": "gla-chunked",
+    "gdn": "gdn-chunked",
+}
+CONTEXT_PARALLEL = {
+    "softmax": "softmax-ring",
+    "linear": "linear-cp",
+    "gla": "gla-cp",
+    "gdn": "gdn-cp",
+}
+VARIANTS = (*LOCAL.values(), *CONTEXT_PARALLEL.values())
+RECURRENT = ("linear", "gla", "gdn")  # the families compared against softmax
 DEFAULT_LENGTHS = "1024,4096,16384,65536,262144,1048576"
 
 
 def _grad_of(fn):
     return jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2))
+
+
+def _gla(op, **kw):
+    """GLA with a per-key-dim gate made from k (log-sigmoid / 16, GLA's layer): data-dependent
+    and differentiated, as in a model."""
+
+    def fn(q, k, v):
+        g = jax.nn.log_sigmoid(k.astype(jnp.float32)) / 16.0
+        return op(q, k, v, g, **kw)
+
+    return fn
+
+
+def _gdn(op, **kw):
+    """The gated delta rule with k L2-normalised, beta = sigmoid and a Mamba2-style decay, both
+    made from the inputs (one value per head and token), as a Gated DeltaNet layer feeds it."""
+
+    def fn(q, k, v):
+        k32 = k.astype(jnp.float32)
+        k = (k32 * jax.lax.rsqrt(jnp.sum(k32 * k32, axis=-1, keepdims=True) + 1e-6)).astype(q.dtype)
+        beta = jax.nn.sigmoid(jnp.mean(v.astype(jnp.float32), axis=-1))
+        g = -jax.nn.softplus(jnp.mean(q.astype(jnp.float32), axis=-1))
+        return op(q, k, v, beta, log_gate=g, **kw)
+
+    return fn
 
 
 def compile_variant(variant: str, devices, length: int, heads: int, head_dim: int):
@@ -68,9 +116,17 @@ def compile_variant(variant: str, devices, length: int, heads: int, head_dim: in
         body = functools.partial(
             cp.linear_attention_cp, axis_name="d", axis_size=n, chunk_size=chunk
         )
+    elif variant == "gla-chunked":
+        fn = _gla(att.gated_linear_attention)
+    elif variant == "gdn-chunked":
+        fn = _gdn(att.delta_rule_attention)
+    elif variant == "gla-cp":
+        body = _gla(cp.gated_linear_attention_cp, axis_name="d", axis_size=n, chunk_size=chunk)
+    elif variant == "gdn-cp":
+        body = _gdn(cp.delta_rule_attention_cp, axis_name="d", axis_size=n, chunk_size=chunk)
     else:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
-    if variant in ("softmax-ring", "linear-cp"):
+    if variant in CONTEXT_PARALLEL.values():
         spec, batch, tokens = P(None, "d"), 1, length
         fn = jax.shard_map(body, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec)
     else:
@@ -95,9 +151,12 @@ def comm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: in
     )
     if variant == "softmax-ring":  # the formula counts fp32; K/V travel in bf16 here
         return 3 * bytes_communicated("ring", feature_dim=head_dim, **shape) // 2
-    if variant == "linear-cp":  # fp32 states
-        f = feature_dim("elu", head_dim)
+    if variant in ("linear-cp", "gla-cp"):  # fp32 states (and normaliser / decay vectors)
+        f = feature_dim("elu", head_dim) if variant == "linear-cp" else head_dim
         return 2 * bytes_communicated("linear", feature_dim=f, **shape)
+    if variant == "gdn-cp":  # the affine prefix: A [Dk, Dk] and B [Dk, Dv], fp32, plus a shift
+        steps = math.ceil(math.log2(devices)) + 1 if devices > 1 else 0
+        return 2 * 4 * steps * heads * head_dim * (head_dim + head_dim)
     return 0
 
 
@@ -107,23 +166,37 @@ def flops_per_device(variant: str, length: int, heads: int, head_dim: int, devic
     shape = dict(batch=1, heads=heads, head_dim=head_dim, backward=True)
     if variant in ("softmax-blockwise", "linear-chunked"):
         return attention_flops(variant, length=length, **shape)
+    if variant == "gla-chunked":
+        return attention_flops("gla-chunked", length=length, **shape)
+    if variant == "gdn-chunked":
+        return attention_flops("delta-chunked", length=length, **shape)
     if variant == "softmax-ring":  # every (n x n) block of all P, causal mask applied after
         return 4.5 * 4.0 * heads * n * length * head_dim
-    return attention_flops("linear-chunked", length=n, chunk_size=min(64, n), **shape)
+    chunk = min(64, n)
+    if variant == "gla-cp":
+        return attention_flops("gla-chunked", length=n, chunk_size=chunk, **shape)
+    if variant == "gdn-cp":  # the block's map (values [I | 0] and [0 | v]), then the outputs
+        as_map = attention_flops(
+            "delta-chunked", length=n, chunk_size=chunk, value_dim=2 * head_dim, **shape
+        )
+        return as_map + attention_flops("delta-chunked", length=n, chunk_size=chunk, **shape)
+    return attention_flops("linear-chunked", length=n, chunk_size=chunk, **shape)
 
 
 def hbm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: int) -> float:
     """Analytic forward+backward HBM traffic on one device, bf16 activations (module docstring)."""
-    n = length if variant in ("softmax-blockwise", "linear-chunked") else length // devices
+    n = length if variant in LOCAL.values() else length // devices
     io = 12 * n * heads * head_dim * 2  # read q k v (o dO), write o (dq dk dv)
     if variant == "softmax-blockwise":  # K/V re-read per 512-query block, causal half, x3 fb
         return io + 3 * (length / 512) * (length / 2) * heads * head_dim * 2 * 2
     if variant == "softmax-ring":  # every step: a K/V block in, an n x n fp32 logit block
         return io + 3 * devices * (n * heads * head_dim * 2 * 2 + 2 * n * n * heads * 4)
     chunk = min(64, n)
-    f = feature_dim("elu", head_dim)
+    f = feature_dim("elu", head_dim) if variant.startswith("linear") else head_dim
     states = 4 * (n / chunk) * heads * f * head_dim * 4  # write, read; twice in backward
     scores = 4 * n * chunk * heads * 4
+    if variant == "gdn-cp":  # runs the chunked form twice (the map, then the outputs)
+        return io + 2 * (states + scores)
     return io + states + scores
 
 
@@ -167,10 +240,11 @@ def run(topology: str, lengths, heads: int, head_dim: int, num_slices: int = 1) 
     return rows
 
 
-def crossover(rows, local: bool) -> int | None:
-    """Shortest length at which linear's roofline time beats softmax's (local or context
-    parallel), or None if it never does within the lengths."""
-    soft, lin = ("softmax-blockwise", "linear-chunked") if local else ("softmax-ring", "linear-cp")
+def crossover(rows, local: bool, family: str = "linear") -> int | None:
+    """Shortest length at which `family`'s (linear, gla, gdn) roofline time beats softmax's
+    (local or context parallel), or None if it never does within the lengths."""
+    forms = LOCAL if local else CONTEXT_PARALLEL
+    soft, lin = forms["softmax"], forms[family]
     for length in sorted({r["length"] for r in rows}):
         t = {r["variant"]: r["roofline_s"] for r in rows if r["length"] == length}
         if t[lin] < t[soft]:
@@ -248,10 +322,11 @@ def main(argv=None) -> int:
     print(title + "\n")
     print(table(rows))
     for local in (True, False):
-        x = crossover(rows, local)
-        kind = "local (whole sequence per device)" if local else "context parallel"
-        where = f"{x:,}" if x else f"none up to {max(args.lengths):,}"
-        print(f"crossover, {kind}: linear faster than softmax from length {where}")
+        for family in RECURRENT:
+            x = crossover(rows, local, family)
+            kind = "local (whole sequence per device)" if local else "context parallel"
+            where = f"{x:,}" if x else f"none up to {max(args.lengths):,}"
+            print(f"crossover, {kind}: {family} faster than softmax from length {where}")
     print(f"\nwrote {out / 'plan_attention.csv'} and {out / 'plan_attention.png'}")
     return 0
 
