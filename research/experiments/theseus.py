@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from research.config import ConfigError, as_list
-from research.data import classification, pipeline
+from research.data import classification
 from research.experiments import sweep
 from research.models.theseus import check_successor_layers
 from research.report import (
@@ -64,7 +64,7 @@ def eval_throughput(
     compiles."""
     forward = jax.jit(lambda m, x, k: jnp.argmax(m(x, mask=k).class_logits, axis=-1))
     batches = list(
-        pipeline.classify_dataset(
+        classification.classify_dataset(
             records, vocab, seq_len=seq_len, batch_size=batch_size, seed=0, train=False
         )
     )

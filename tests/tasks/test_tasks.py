@@ -8,7 +8,7 @@ import pytest
 
 from configs import lm
 from research import tasks
-from research.data import pipeline
+from research.data.shards import array_iterator
 from research.models import DecoderLM
 from research.tasks import Task, TaskData
 from research.train import loop
@@ -50,7 +50,7 @@ class ReverseTask(Task):
         train, evaluation = rows(64), rows(16)
 
         def make(train_split: bool):
-            return pipeline.array_iterator(
+            return array_iterator(
                 train if train_split else evaluation,
                 batch_size=run.train.batch_size,
                 seed=run.train.seed,
