@@ -58,7 +58,7 @@ def pretrained_config(init: str, *, key: str) -> tuple[ModelConfig, wordpiece.Be
             raise ConfigError(f"{key}={init!r}: that run has no WordPiece vocabulary (not BERT)")
         mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
         task, saved = _exporter(path)
-        k = None if task is None else task.exported_layers(saved)
+        k = task.exported_layers(saved)
         return (mcfg if k is None else mcfg.replace(num_layers=k)), vocab
     config = json.loads((path / "config.json").read_text())
     return convert.bert_config(config), wordpiece.BertVocab.from_pretrained_dir(path)
@@ -74,11 +74,7 @@ def pretrained_model(init: str, *, key: str) -> Bert:
     if not steps:
         raise ConfigError(f"{key}={init!r}: no checkpoints in {path / 'checkpoints'}")
     task, saved = _exporter(path)
-    rngs = nnx.Rngs(params=0, dropout=1)
-    if task is None:
-        model, export = Bert(mcfg, rngs=rngs), None
-    else:
-        model, export = task.exported_model(saved, mcfg, rngs=rngs)
+    model, export = task.exported_model(saved, mcfg, rngs=nnx.Rngs(params=0, dropout=1))
     model = params_io.read_checkpoint(path / "checkpoints", steps[-1], model=model)[1]
     return model if export is None else export(model)
 
@@ -94,10 +90,11 @@ def run_config(path: pathlib.Path) -> dict:
         return {}
 
 
-def _exporter(path: pathlib.Path) -> tuple["type[BertTask] | None", dict]:
-    """(the BertTask class that trained run `path`, or None, and the run's saved config)."""
+def _exporter(path: pathlib.Path) -> tuple["type[BertTask]", dict]:
+    """(the BertTask class that trained run `path`, BertTask itself for any other task, and the
+    run's saved config)."""
     saved = run_config(path)
-    return _BERT_TASKS.get(saved.get("task")), saved
+    return _BERT_TASKS.get(saved.get("task"), BertTask), saved
 
 
 def initialize(init: str, model: Bert, *, key: str) -> None:
