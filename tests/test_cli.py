@@ -1,5 +1,7 @@
 """A researcher's first commands: each mistake ends in one `error: ...` line and exit code 2,
 before anything trains; config files load from any directory; CPU commands print no libtpu noise.
+Messages that need no process of their own are checked in-process (`parse_flags`, `load_run`);
+the subprocess tests keep the exit code, the one line and the working directory.
 """
 
 import glob
@@ -28,9 +30,32 @@ def _error_line(r) -> str:
     return lines[0]
 
 
-def test_unknown_preset_prints_the_allowed_ones(tmp_path):
-    r = _run(["-m", "research.main", "--config=configs/lm.py:smok", f"--workdir={tmp_path}"])
-    assert _error_line(r) == (
+@pytest.fixture
+def parse_flags(monkeypatch):
+    """research.main's flag parsing (`research.cli.parse_flags`), in-process from the repository
+    root; the flags are unparsed afterwards."""
+    from absl import flags
+
+    import research.main  # noqa: F401 - defines --config and --workdir
+    from research import cli
+
+    monkeypatch.chdir(ROOT)
+    yield cli.parse_flags
+    flags.FLAGS.unparse_flags()
+
+
+def _parse_error(parse_flags, capsys, argv) -> str:
+    """The one `error: ...` line parse_flags exits 2 with."""
+    with pytest.raises(SystemExit) as e:
+        parse_flags(["research.main", *argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_unknown_preset_prints_the_allowed_ones(tmp_path, parse_flags, capsys):
+    argv = ["--config=configs/lm.py:smok", f"--workdir={tmp_path}"]
+    assert _parse_error(parse_flags, capsys, argv) == (
         "error: flag --config=configs/lm.py:smok: unknown preset 'smok' for configs/lm.py; "
         "allowed: smoke, 1b, 1b_gdn, 7b"
     )
@@ -42,24 +67,20 @@ def test_unknown_preset_prints_the_allowed_ones(tmp_path):
      ("--config.model.d_modl=8", "--config.model.d_model")],
 )  # fmt: skip
 def test_misspelt_override_names_the_flag_and_the_closest_key(tmp_path, flag, closest):
+    """In a process of its own: ml_collections takes the --config.KEY overrides from the
+    process's arguments when the --config flag is defined, which happens once per process."""
     r = _run(["-m", "research.main", "--config=configs/lm.py:smoke", flag, f"--workdir={tmp_path}"])
     name = flag.split("=")[0]
     assert _error_line(r) == f"error: {name}: no such config key; did you mean {closest}?"
 
 
-def test_config_file_that_does_not_compile_or_import(tmp_path):
+def test_config_file_that_does_not_compile_or_import(tmp_path, parse_flags, capsys):
     (tmp_path / "broken.py").write_text("def get_config(:\n    pass\n")
     (tmp_path / "imports.py").write_text("import no_such_module_xyz\n")
-    r = _run(
-        ["-m", "research.main", f"--config={tmp_path / 'broken.py'}", "--workdir=w"], cwd=tmp_path
-    )
-    assert _error_line(r).startswith(f"error: {tmp_path / 'broken.py'}:1: ")
-    r = _run(
-        ["-m", "research.main", f"--config={tmp_path / 'imports.py'}", "--workdir=w"], cwd=tmp_path
-    )
-    assert _error_line(r) == (
-        f"error: {tmp_path / 'imports.py'}:1: No module named 'no_such_module_xyz'"
-    )
+    line = _parse_error(parse_flags, capsys, [f"--config={tmp_path / 'broken.py'}", "--workdir=w"])
+    assert line.startswith(f"error: {tmp_path / 'broken.py'}:1: ")
+    line = _parse_error(parse_flags, capsys, [f"--config={tmp_path / 'imports.py'}", "--workdir=w"])
+    assert line == f"error: {tmp_path / 'imports.py'}:1: No module named 'no_such_module_xyz'"
 
 
 def test_config_files_load_by_absolute_path_from_any_directory(tmp_path):

@@ -1,10 +1,21 @@
-"""Labeled text for classification and PET: {"text": str, "label": int} records."""
+"""Labeled text for classification and PET: {"text": str, "label": int} records, and the
+classification rows [CLS] text [SEP] (`classify_dataset`, `classify_iterator`)."""
 
 import os
 import pathlib
 
+import grain
+import numpy as np
+
 from research.data import DataError, builders, chinese, sources
 from research.data.config import DataConfig
+from research.data.shards import (
+    READ_IN_THREAD,
+    ShardedIterator,
+    record_text,
+    shard_records,
+    sharded,
+)
 
 
 def sources_of(d: DataConfig) -> tuple:
@@ -108,3 +119,93 @@ def _catalog(d: DataConfig) -> tuple:
             flush=True,
         )
     return train, validation, test
+
+
+def classify_dataset(
+    source,
+    vocab,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    shard: int = 0,
+    shards: int = 1,
+    text_key: str = "text",
+    label_key: str = "label",
+) -> grain.IterDataset:
+    """Sequence-classification batches of one shard: rows [CLS] text [SEP] (the text cut to
+    seq_len - 2 tokens), padded with [PAD]; `vocab` a `research.data.wordpiece.BertVocab`.
+
+    Yields {"inputs": [B, L] int32, "mask": [B, L] bool (real tokens), "labels": [B] int32,
+    "weights": [B] float32}. Train: shuffled, repeated, whole batches, weights 1. Eval: file
+    order, one pass covering every example exactly once; the shard's last batch is filled with
+    empty rows of weight 0, and every shard yields ceil(ceil(N / shards) / B) batches, so shards
+    read in lockstep (`ShardedIterator`) lose no example.
+    """
+    if seq_len < 2:
+        raise DataError(f"seq_len={seq_len}: a classification row needs [CLS] and [SEP]")
+
+    def example(record):
+        ids = [
+            vocab.cls_id,
+            *vocab.encode(record_text(record[text_key]))[: seq_len - 2],
+            vocab.sep_id,
+        ]
+        inputs = np.full(seq_len, vocab.pad_id, np.int32)
+        inputs[: len(ids)] = ids
+        return {
+            "inputs": inputs,
+            "mask": np.arange(seq_len) < len(ids),
+            "labels": np.int32(record[label_key]),
+            "weights": np.float32(1),
+        }
+
+    if train:
+        ds = shard_records(source, seed=seed, shuffle=True, repeat=True, shard=shard, shards=shards)
+        return (
+            ds.map(example).to_iter_dataset(READ_IN_THREAD).batch(batch_size, drop_remainder=True)
+        )
+    records = grain.MapDataset.source(source)[shard::shards]
+    per_shard = -(-len(source) // shards)
+    total = -(-per_shard // batch_size) * batch_size
+    blank = {
+        "inputs": np.full(seq_len, vocab.pad_id, np.int32),
+        "mask": np.zeros(seq_len, bool),
+        "labels": np.int32(0),
+        "weights": np.float32(0),
+    }
+    n = len(records)
+    ds = grain.MapDataset.range(total).map(lambda i: example(records[i]) if i < n else blank)
+    return ds.to_iter_dataset(READ_IN_THREAD).batch(batch_size)
+
+
+def classify_iterator(
+    source,
+    vocab,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    shards: int = 1,
+    text_key: str = "text",
+    label_key: str = "label",
+) -> ShardedIterator:
+    """This process's rows of every global classification batch (see `classify_dataset`)."""
+    return sharded(
+        lambda rows, i, n: classify_dataset(
+            source,
+            vocab,
+            seq_len=seq_len,
+            batch_size=rows,
+            seed=seed,
+            train=train,
+            shard=i,
+            shards=n,
+            text_key=text_key,
+            label_key=label_key,
+        ),
+        batch_size,
+        shards,
+    )

@@ -1,6 +1,6 @@
 """PET's cloze rows (Schick & Schütze 2021): a pattern's [MASK] slots scored or trained as MLM.
 
-Rows follow `research.data.pipeline.mlm_dataset`'s layout (inputs, targets, weights, mask) for
+Rows follow `research.data.mlm.mlm_dataset`'s layout (inputs, targets, weights, mask) for
 training, so PET trains with the plain MLM loss; evaluation rows carry the slot positions and
 the label instead. `pattern` is a `research.data.patterns.Pattern`, `vocab` a
 `research.data.wordpiece.BertVocab`.
@@ -10,7 +10,7 @@ import grain
 import numpy as np
 
 from research.data import masking, patterns
-from research.data.pipeline import _records, _sharded, _stream_seed, _text
+from research.data.shards import record_text, shard_records, sharded, stream_seed
 
 
 def _every_record(records, batch_size: int, row_fn):
@@ -29,7 +29,7 @@ def _every_record(records, batch_size: int, row_fn):
 
 def eval_row(record, vocab, pattern, *, seq_len: int) -> dict:
     """The pattern applied, no masking: inputs, mask [L], mask_positions [S], labels []."""
-    ids, slots = patterns.encode(pattern, _text(record["text"]), vocab, max_length=seq_len)
+    ids, slots = patterns.encode(pattern, record_text(record["text"]), vocab, max_length=seq_len)
     inputs = np.full(seq_len, vocab.pad_id, np.int32)
     inputs[: len(ids)] = ids
     return {
@@ -48,7 +48,7 @@ def train_row(
     labeled: the pattern applied; every token but [CLS]/[SEP]/slots masked at `rate` (80/10/10);
     the slots hold [MASK] with the label's verbalizer tokens as targets. Unlabeled: [CLS] text
     [SEP] with the random masking only (PET's plain-MLM rows)."""
-    text = _text(record["text"])
+    text = record_text(record["text"])
     if labeled:
         ids, slots = patterns.encode(pattern, text, vocab, max_length=seq_len)
     else:
@@ -102,7 +102,7 @@ def train_iterator(
     verbalizer_ids = patterns.verbalizer_ids(pattern, vocab)
 
     def rows(source, is_labeled, i, n, salt):
-        ds = _records(source, seed=seed + salt, shuffle=True, repeat=True, shard=i, shards=n)
+        ds = shard_records(source, seed=seed + salt, shuffle=True, repeat=True, shard=i, shards=n)
         return ds.random_map(
             lambda r, rng: train_row(
                 r,
@@ -114,7 +114,7 @@ def train_iterator(
                 rate=rate,
                 labeled=is_labeled,
             ),
-            seed=_stream_seed(seed + salt, i, n),
+            seed=stream_seed(seed + salt, i, n),
         )
 
     def make(rows_per_shard, i, n):
@@ -124,20 +124,20 @@ def train_iterator(
             ds = grain.MapDataset.mix([ds, rows(unlabeled, False, i, n, 1)], [1 - w, w])
         return ds.to_iter_dataset().batch(rows_per_shard, drop_remainder=True)
 
-    return _sharded(make, batch_size, shards)
+    return sharded(make, batch_size, shards)
 
 
 def eval_iterator(records, vocab, pattern, *, seq_len: int, batch_size: int, shards: int = 1):
     """This process's rows of PET evaluation batches (`pet_eval_row`, weights 1), in order."""
 
     def make(rows, i, n):
-        ds = _records(records, seed=0, shuffle=False, repeat=False, shard=i, shards=n)
+        ds = shard_records(records, seed=0, shuffle=False, repeat=False, shard=i, shards=n)
         ds = ds.map(
             lambda r: {**eval_row(r, vocab, pattern, seq_len=seq_len), "weights": np.float32(1.0)}
         )
         return ds.to_iter_dataset().batch(rows, drop_remainder=True)
 
-    return _sharded(make, batch_size, shards)
+    return sharded(make, batch_size, shards)
 
 
 def eval_batches(records, vocab, pattern, *, seq_len: int, batch_size: int):

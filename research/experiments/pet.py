@@ -16,14 +16,12 @@ RoBERTa-wwm-ext figures beside ours.
 
 import copy
 import functools
-import json
 import math
 import pathlib
 import time
 
 import jax
 import numpy as np
-from ml_collections import ConfigDict
 
 from research.config import as_list
 from research.data import classification, patterns
@@ -53,30 +51,6 @@ NOTE = {
 }
 
 
-def _run_config(c, base: ConfigDict, seed: int, **sections) -> ConfigDict:
-    pc = copy.deepcopy(base)
-    pc.unlock()
-    pc.seed = seed
-    pc.data = copy.deepcopy(c.data)
-    for name, values in sections.items():
-        pc[name].update(values)
-    return pc
-
-
-def _accuracy(out: pathlib.Path, fn) -> dict:
-    """{"validation": %, "test": %} from fn(), cached in out/accuracy.json."""
-    path = out / "accuracy.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    result = fn()
-    if jax.process_index() == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(path)
-    return result
-
-
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
     seeds = as_list(c.seeds, int, name="seeds")
@@ -93,7 +67,7 @@ def run(c, workdir: str) -> list[dict]:
             patterns.Pattern(t, verbalizer)
         except ValueError as e:
             raise ConfigError(f"patterns: {e}") from None
-    data = parse(_run_config(c, c.classify, seeds[0])).data
+    data = parse(sweep.point_config(c, c.classify, seeds[0])).data
     train, validation, test = classification.sources_of(data)
     n_labeled = max(1, round(c.labeled_fraction * len(train)))
     t0 = time.perf_counter()
@@ -121,10 +95,12 @@ def run(c, workdir: str) -> list[dict]:
     runs = {}  # (setting, pattern index or None, seed) -> run config
     for seed in seeds:
         if "zero_shot_mlm" in settings:
-            runs["zero_shot_mlm", None, seed] = _run_config(c, c.mlm, seed, mlm=dict(init=init))
+            runs["zero_shot_mlm", None, seed] = sweep.point_config(
+                c, c.mlm, seed, mlm=dict(init=init)
+            )
         for setting in ("few_shot", "semi_supervised"):
             for i, t in enumerate(templates if setting in settings else ()):
-                runs[setting, i, seed] = _run_config(
+                runs[setting, i, seed] = sweep.point_config(
                     c,
                     c.pet,
                     seed,
@@ -137,7 +113,7 @@ def run(c, workdir: str) -> list[dict]:
                     ),
                 )
         if "fine_tune" in settings:
-            runs["fine_tune", None, seed] = _run_config(
+            runs["fine_tune", None, seed] = sweep.point_config(
                 c, c.classify, seed, classify=dict(init=init, labeled_examples=n_labeled)
             )
     for pc in runs.values():  # every config mistake is reported before the first run
@@ -173,7 +149,7 @@ def run(c, workdir: str) -> list[dict]:
                     vocab = bert.pretrained_config(init, key="init")[1]
                 return pattern_acc(model, vocab, i)
 
-            acc = _accuracy(out, zero_shot)
+            acc = sweep.cached_result(out, zero_shot)
             for seed in seeds:  # no training: the same number for every seed
                 record("zero_shot", i, seed, acc)
 
@@ -186,10 +162,12 @@ def run(c, workdir: str) -> list[dict]:
 
         if setting == "zero_shot_mlm":
             for i in range(len(templates)):
-                acc = _accuracy(out / f"p{i}", lambda i=i, load=load: pattern_acc(*load()[:2], i))
+                acc = sweep.cached_result(
+                    out / f"p{i}", lambda i=i, load=load: pattern_acc(*load()[:2], i)
+                )
                 record(setting, i, seed, acc)
         elif setting == "fine_tune":
-            acc = _accuracy(
+            acc = sweep.cached_result(
                 out / "eval",
                 lambda load=load: {
                     split: 100
@@ -199,7 +177,9 @@ def run(c, workdir: str) -> list[dict]:
             )
             record(setting, "-", seed, acc)
         else:
-            acc = _accuracy(out / "eval", lambda p=p, load=load: pattern_acc(*load()[:2], p))
+            acc = sweep.cached_result(
+                out / "eval", lambda p=p, load=load: pattern_acc(*load()[:2], p)
+            )
             record(setting, p, seed, acc)
 
     rows = summarize(results, settings, templates)

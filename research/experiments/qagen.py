@@ -22,7 +22,6 @@ import numpy as np
 from research.config import ConfigError, as_list
 from research.data import DataError
 from research.experiments import sweep
-from research.experiments.pet import _run_config
 from research.report import (
     format_table,
     machine_header,
@@ -54,7 +53,7 @@ def run(c, workdir: str) -> list[dict]:
         if jax.process_index() == 0:
             print(f"[qagen {time.perf_counter() - t0:.0f} s] {msg}", flush=True)
 
-    first = parse(_run_config(c, c.run, seeds[0], qagen=dict(init=c.init)))  # checks, early
+    first = parse(sweep.point_config(c, c.run, seeds[0], qagen=dict(init=c.init)))  # checks, early
     try:  # the data too, before anything trains (read once per process, then cached)
         qagen.read_examples(c.data.source, c.data.data_dir)
     except DataError as e:
@@ -71,7 +70,7 @@ def run(c, workdir: str) -> list[dict]:
         out = workdir / "runs" / f"seed{seed}"
         reused = sweep.is_finished(out)
         log(sweep.start_message(out, f"training seed {seed}"))
-        pc = _run_config(c, c.run, seed, qagen=dict(init=init))
+        pc = sweep.point_config(c, c.run, seed, qagen=dict(init=init))
         start = time.perf_counter()
         result = sweep.train_point(pc, out, {"seed": seed})
         evals.append(result["eval"])

@@ -1,10 +1,12 @@
 """One point of a sweep: an ordinary training run in its own directory, cached as result.json."""
 
+import copy
 import json
 import math
 import pathlib
 
 import jax
+from ml_collections import ConfigDict
 
 from research.train import loop
 from research.train.config import ConfigError, parse
@@ -25,6 +27,49 @@ def start_message(out: pathlib.Path, doing: str) -> str:
     will train (or resume a partial run), "reusing the finished run in OUT" when out/result.json
     is there and nothing will train."""
     return f"reusing the finished run in {out}" if is_finished(out) else f"{doing} in {out}"
+
+
+def point_config(c, base: ConfigDict, seed: int, **sections) -> ConfigDict:
+    """One point's training config: a copy of `base` with the experiment's seed and data.
+
+    Args:
+      c: the experiment's config (its `data` section is copied into the point).
+      base: the training config the point starts from (e.g. the experiment's `classify`).
+      seed: the point's seed.
+      **sections: per-section overrides, e.g. classify=dict(init=...).
+
+    Returns:
+      A new, unlocked ConfigDict; `base` and `c` are left unchanged.
+    """
+    pc = copy.deepcopy(base)
+    pc.unlock()
+    pc.seed = seed
+    pc.data = copy.deepcopy(c.data)
+    for name, values in sections.items():
+        pc[name].update(values)
+    return pc
+
+
+def cached_result(out: pathlib.Path, fn) -> dict:
+    """fn()'s JSON result, cached in out/accuracy.json (read back instead of calling fn).
+
+    Args:
+      out: the directory of the cache file (created when missing).
+      fn: a function of no arguments returning a JSON-serialisable dict.
+
+    Returns:
+      The cached dict, or fn()'s (written atomically by process 0).
+    """
+    path = out / "accuracy.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    result = fn()
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)
+    return result
 
 
 def train_point(pc, out: pathlib.Path, meta: dict) -> dict:

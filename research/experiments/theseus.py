@@ -24,9 +24,8 @@ import numpy as np
 from flax import nnx
 
 from research.config import ConfigError, as_list
-from research.data import classification, pipeline
+from research.data import classification
 from research.experiments import sweep
-from research.experiments.pet import _accuracy, _run_config
 from research.models.theseus import check_successor_layers
 from research.report import (
     format_table,
@@ -65,7 +64,7 @@ def eval_throughput(
     compiles."""
     forward = jax.jit(lambda m, x, k: jnp.argmax(m(x, mask=k).class_logits, axis=-1))
     batches = list(
-        pipeline.classify_dataset(
+        classification.classify_dataset(
             records, vocab, seq_len=seq_len, batch_size=batch_size, seed=0, train=False
         )
     )
@@ -111,7 +110,7 @@ def run(c, workdir: str) -> list[dict]:
 
     # ---- the pretrained BERT ------------------------------------------------------------------
     init = c.init
-    pre = _run_config(c, c.pretrain, seeds[0])
+    pre = sweep.point_config(c, c.pretrain, seeds[0])
     n = (bert.pretrained_config(init, key="init")[0] if init else parse(pre).model).num_layers
     if list(ks) == [0]:
         ks = [n // 2, n // 4] if n >= 4 else [max(1, n // 2)]
@@ -120,7 +119,7 @@ def run(c, workdir: str) -> list[dict]:
             check_successor_layers(n, k)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    data = parse(_run_config(c, c.finetune, seeds[0])).data
+    data = parse(sweep.point_config(c, c.finetune, seeds[0])).data
     _, validation, test = classification.sources_of(data)
     if not init:
         log(sweep.start_message(workdir / "pretrain", "pretraining the MLM"))
@@ -140,7 +139,7 @@ def run(c, workdir: str) -> list[dict]:
                 for split, recs in (("validation", validation), ("test", test))
             }
 
-        result = _accuracy(out / "eval", acc)
+        result = sweep.cached_result(out / "eval", acc)
         models.setdefault(k, out)  # one trained model per depth, for the speed measurement
         results.append({"kind": kind, "layers": k, "seed": seed, **result})
         log(
@@ -155,25 +154,27 @@ def run(c, workdir: str) -> list[dict]:
         return out
 
     for seed in seeds:
-        out = train("predecessor", _run_config(c, c.finetune, seed, classify=dict(init=init)), seed)
+        out = train(
+            "predecessor", sweep.point_config(c, c.finetune, seed, classify=dict(init=init)), seed
+        )
         evaluate("predecessor", n, seed, out)
         predecessor = f"workdir:{out}"
         for k in ks:
-            direct = _run_config(c, c.finetune, seed, classify=dict(init=init, layers=k))
+            direct = sweep.point_config(c, c.finetune, seed, classify=dict(init=init, layers=k))
             evaluate("direct", k, seed, train(f"direct_k{k}", direct, seed))
-            stage2 = _run_config(
+            stage2 = sweep.point_config(
                 c,
                 c.theseus,
                 seed,
                 theseus=dict(predecessor=predecessor, init=init, successor_layers=k, **theseus),
             )
             out2 = train(f"theseus_k{k}", stage2, seed)
-            stage3 = _run_config(c, c.finetune, seed, classify=dict(init=f"workdir:{out2}"))
+            stage3 = sweep.point_config(c, c.finetune, seed, classify=dict(init=f"workdir:{out2}"))
             evaluate("theseus", k, seed, train(f"successor_k{k}", stage3, seed))
 
     # Speed depends on the depth, not on the weights or how they were trained: every depth
     # measured back to back, the median of 3 passes over the validation split each.
-    speed = _accuracy(
+    speed = sweep.cached_result(
         workdir / "speed",
         lambda: {
             str(k): _speed(out, validation, seq_len)

@@ -1,11 +1,12 @@
 """Plan a training run without its hardware: the real train (eval, decode) step, compiled.
 
 The model, optimizer state and batch are abstract (`jax.ShapeDtypeStruct`s carrying the same
-NamedShardings as training, from `research.train.sharding`); nothing is materialised. The real
-train step (`research.train.step.make_train_step`) is lowered and compiled for the topology's
-devices, and XLA's `memory_analysis()` / `cost_analysis()` give per-device bytes and FLOPs.
-The same path runs on this machine's CPU devices (`topology="cpu"`), which is how the tests
-check its predictions against a real run.
+NamedShardings as training, from `research.train.sharding`); nothing is materialised. The task
+gives the batch's shapes and a stand-in for its data (`Task.abstract_batch`, `abstract_data`).
+The real train step (`research.train.step.make_train_step`) is lowered and compiled for the
+topology's devices, and XLA's `memory_analysis()` / `cost_analysis()` give per-device bytes
+and FLOPs. The same path runs on this machine's CPU devices (`topology="cpu"`), which is how the
+tests check its predictions against a real run.
 """
 
 import jax
@@ -18,8 +19,9 @@ from research.models import ModelConfig
 from research.ops import feature_maps as fm
 from research.ops.attention.cost import attention_flops
 from research.plan.compiler import Plan, compile_for_devices
+from research.tasks import TaskData
 from research.train import optim, sharding, step
-from research.train.config import ConfigError, parse
+from research.train.config import parse
 
 
 def _abstract(tree, shardings):
@@ -28,19 +30,18 @@ def _abstract(tree, shardings):
     )
 
 
-def _model(run: RunConfig, max_length: int):
+def _model(run: RunConfig, data: TaskData, max_length: int):
     """The task's model with abstract parameters (nothing is allocated)."""
-    if run.task == "seq2seq":
-        raise ConfigError("research.plan supports the lm and mqar tasks; seq2seq is not wired yet")
     task = tasks.get(run.task)
-    mcfg = task.model_config(run, vocab_size=run.data.vocab_size, max_length=max_length)
+    mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=max_length)
     return nnx.eval_shape(lambda: task.build_model(run, mcfg, rngs=nnx.Rngs(params=0, dropout=1)))
 
 
-def abstract_train(run: RunConfig, devices):
-    """(mesh, ModelDef, optimizer, TrainState shardings, abstract TrainState, abstract batch)."""
+def abstract_train(run: RunConfig, devices, data: TaskData):
+    """(mesh, ModelDef, optimizer, TrainState shardings, abstract TrainState, abstract batch)
+    for the task's stand-in data `data` (`Task.abstract_data`)."""
     mesh = sharding.make_mesh(run.mesh.as_dict(), devices)
-    model = _model(run, run.data.seq_len)
+    model = _model(run, data, data.max_length)
     model_def, params, consts = step.split_model(model)
     opt = optim.make_optimizer(run.optimizer, run.train.num_train_steps)
     sh = step.state_shardings(opt, params, consts, mesh)
@@ -53,11 +54,10 @@ def abstract_train(run: RunConfig, devices):
         consts=_abstract(nnx.to_pure_dict(consts), sh.consts),
         rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sh.rng),
     )
-    shape, bsh = (run.train.batch_size, run.data.seq_len), sharding.batch_sharding(mesh)
+    bsh = sharding.batch_sharding(mesh)
     batch = {
-        "inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bsh),
-        "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bsh),
-        "weights": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bsh),
+        k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh)
+        for k, x in tasks.get(run.task).abstract_batch(run, run.train.batch_size).items()
     }
     return mesh, model_def, opt, sh, state, batch
 
@@ -68,12 +68,12 @@ def check(c, num_devices: int, platform: str | None = None) -> RunConfig:
     return parse(c, num_devices=num_devices, platform=platform)
 
 
-def _decode_plan(run: RunConfig, mesh, new_tokens: int) -> Plan:
+def _decode_plan(run: RunConfig, mesh, data: TaskData, new_tokens: int) -> Plan:
     """Greedy decoding of `new_tokens` after a batch_size x seq_len prompt (KV cache or
     recurrent state), parameters sharded by the training rules, batch over (data, fsdp)."""
     from research.ops import decoding
 
-    model = _model(run, run.data.seq_len + new_tokens)
+    model = _model(run, data, run.data.seq_len + new_tokens)
     model.eval()
     graph, params, rest = nnx.split(model, nnx.Param, ...)
     abstract_params = _abstract(nnx.to_pure_dict(params), sharding.state_shardings(params, mesh))
@@ -202,8 +202,10 @@ def plan_train(c, devices, *, eval_step: bool = False, decode_tokens: int = 0) -
     """Compile the real train step (and the eval step, and greedy decoding of `decode_tokens`
     after a full-length prompt) for `devices`; per-device figures."""
     run = check(c, len(devices), devices[0].platform)
-    mesh, model_def, opt, sh, state, batch = abstract_train(run, devices)
-    loss_fn = tasks.get(run.task).loss_fn(run, None)
+    task = tasks.get(run.task)
+    data = task.abstract_data(run)
+    mesh, model_def, opt, sh, state, batch = abstract_train(run, devices, data)
+    loss_fn = task.loss_fn(run, data)
     train = step.make_train_step(
         model_def, opt, loss_fn, mesh=mesh, shardings=sh, accum_steps=run.train.accum_steps
     )
@@ -216,5 +218,5 @@ def plan_train(c, devices, *, eval_step: bool = False, decode_tokens: int = 0) -
         ev = step.make_eval_step(model_def, loss_fn, mesh=mesh, shardings=sh)
         plans.append(compile_for_devices("eval", ev, state, batch)[0])
     if decode_tokens:
-        plans.append(_decode_plan(run, mesh, decode_tokens))
+        plans.append(_decode_plan(run, mesh, data, decode_tokens))
     return plans

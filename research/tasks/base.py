@@ -8,6 +8,9 @@ The loop (`research.train.loop`) knows no task by name. For a `RunConfig` it ask
   4. `loss_fn(run, data)`: loss_fn(model, batch, *, key=None, step=None) -> (loss_sum,
      weight_sum, {metric: sum}); training passes a PRNG key and the step, evaluation neither;
   5. `evaluate(run, data, eval_model, state, batches)`: metrics beyond the loss (decoding).
+The planner (`research.plan`) builds no data: it asks for `abstract_data(run)`, a stand-in
+`TaskData` that `model_config` and `loss_fn` take in place of build_data's, and for
+`abstract_batch(run, batch_size)`, the shapes and dtypes of a batch.
 A new task is one module in this package that subclasses `Task`, registered in `TASKS`.
 """
 
@@ -16,6 +19,8 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from research.config import ConfigError, RunConfig, typed
@@ -32,6 +37,25 @@ class TaskData:
     max_length: int  # the longest row the model sees
     make_iterator: Callable[[bool], Iterator[dict]]  # train -> this process's numpy batches
     vocab: Any = None  # `research.data.vocab` object that turns ids into text, or None
+
+
+def abstract_rows(batch_size: int, **fields: tuple) -> dict[str, jax.ShapeDtypeStruct]:
+    """A batch's shapes and dtypes from its rows'.
+
+    Args:
+      batch_size: the batch's rows.
+      **fields: name=(shape of one row's field, dtype), e.g. inputs=((seq_len,), jnp.int32).
+
+    Returns:
+      {name: ShapeDtypeStruct((batch_size, *shape), dtype)}.
+    """
+    return {
+        k: jax.ShapeDtypeStruct((batch_size, *shape), dtype) for k, (shape, dtype) in fields.items()
+    }
+
+
+def _no_batches(train: bool) -> Iterator[dict]:
+    raise RuntimeError("an abstract TaskData (research.plan) has no batches")
 
 
 class Task(abc.ABC):
@@ -91,10 +115,49 @@ class Task(abc.ABC):
         the run has no checkpoint yet). Default: keep the initialisation."""
         del run, model
 
+    def abstract_data(self, run: RunConfig) -> TaskData:
+        """A stand-in for `build_data`'s TaskData that reads and builds nothing (the planner's).
+
+        Args:
+          run: the run's config.
+
+        Returns:
+          TaskData with what `model_config` and `loss_fn` need: default, data.vocab_size tokens,
+          data.seq_len positions, no vocabulary; its make_iterator raises (no batches). Tasks
+          whose loss needs the vocabulary give a stand-in one.
+        """
+        return TaskData(run.data.vocab_size, run.data.seq_len, _no_batches)
+
+    def abstract_batch(self, run: RunConfig, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """The shapes and dtypes of a batch of `batch_size` rows, as make_iterator yields them.
+
+        Args:
+          run: the run's config.
+          batch_size: the batch's rows.
+
+        Returns:
+          {key: ShapeDtypeStruct}; default, next-token rows: inputs, targets [B, seq_len] int32
+          and weights [B, seq_len] float32.
+        """
+        row = (run.data.seq_len,)
+        return abstract_rows(
+            batch_size,
+            inputs=(row, jnp.int32),
+            targets=(row, jnp.int32),
+            weights=(row, jnp.float32),
+        )
+
     @abc.abstractmethod
-    def loss_fn(self, run: RunConfig, data: TaskData | None):
-        """loss_fn(model, batch, *, key=None, step=None) -> (loss_sum, weight_sum, sums);
-        `data` is None when planning (no data is built)."""
+    def loss_fn(self, run: RunConfig, data: TaskData):
+        """loss_fn(model, batch, *, key=None, step=None) -> (loss_sum, weight_sum, sums).
+
+        Args:
+          run: the run's config.
+          data: build_data's TaskData, or abstract_data's when planning.
+
+        Returns:
+          The loss function the train and eval steps call.
+        """
 
     def evaluate(self, run: RunConfig, data: TaskData, eval_model, state, batches) -> dict:
         """Extra eval metrics. eval_model(params, consts) -> model (dropout off), traceable;

@@ -1,10 +1,13 @@
-"""What the BERT tasks (mlm, classify, pet) share: where a model starts, and its vocabulary.
+"""What the tasks that start from a BERT share: where a model starts, and its vocabulary.
 
-`init` names a pretrained BERT:
+`BertTask` is their base (mlm, classify, pet, theseus); the functions below serve any task with
+an `init` option (seq2seq, qagen and chat too). `init` names a pretrained BERT:
   ""                 random initialisation, with a character vocabulary built from the data
                      (`chinese_vocab`);
   "workdir:PATH"     a seqlab run (an `mlm` run, say): its model.json, vocabulary and newest
-                     checkpoint; of a `theseus` run, its k-layer successor;
+                     checkpoint; what a run of a `BertTask` hands on is that task's to say
+                     (`BertTask.exported_layers`, `BertTask.exported_model`: a `theseus` run
+                     hands on its k-layer successor);
   "hf:PATH"          a Hugging Face directory (config.json, model.safetensors, tokenizer.json or
                      vocab.txt), read by `research.models.convert.load_bert`.
 The architecture and the vocabulary then come from the pretrained model; the task may add heads
@@ -13,16 +16,18 @@ The architecture and the vocabulary then come from the pretrained model; the tas
 
 import json
 import pathlib
+from collections.abc import Callable, Iterable
 
+import numpy as np
 from flax import nnx
 
-from research.config import ConfigError
+from research.config import ConfigError, RunConfig
 from research.data import chinese, wordpiece
 from research.data import vocab as vocab_io
 from research.data.config import DataConfig
 from research.models import Bert, ModelConfig, convert
 from research.models import params as params_io
-from research.models.theseus import Theseus
+from research.tasks.base import Task
 
 INIT_KINDS = ("workdir", "hf")
 
@@ -52,7 +57,8 @@ def pretrained_config(init: str, *, key: str) -> tuple[ModelConfig, wordpiece.Be
         if not isinstance(vocab, wordpiece.BertVocab):
             raise ConfigError(f"{key}={init!r}: that run has no WordPiece vocabulary (not BERT)")
         mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
-        k = _theseus_layers(path)
+        task, saved = _exporter(path)
+        k = task.exported_layers(saved)
         return (mcfg if k is None else mcfg.replace(num_layers=k)), vocab
     config = json.loads((path / "config.json").read_text())
     return convert.bert_config(config), wordpiece.BertVocab.from_pretrained_dir(path)
@@ -67,14 +73,10 @@ def pretrained_model(init: str, *, key: str) -> Bert:
     steps = params_io.checkpoint_steps(path / "checkpoints")
     if not steps:
         raise ConfigError(f"{key}={init!r}: no checkpoints in {path / 'checkpoints'}")
-    k = _theseus_layers(path)
-    rngs = nnx.Rngs(params=0, dropout=1)
-    if k is None:
-        model = Bert(mcfg, rngs=rngs)
-    else:  # a Theseus run: its successor, as a k-layer Bert
-        model = Theseus(mcfg, successor_layers=k, rngs=rngs)
+    task, saved = _exporter(path)
+    model, export = task.exported_model(saved, mcfg, rngs=nnx.Rngs(params=0, dropout=1))
     model = params_io.read_checkpoint(path / "checkpoints", steps[-1], model=model)[1]
-    return model if k is None else model.successor_model()
+    return model if export is None else export(model)
 
 
 def run_config(path: pathlib.Path) -> dict:
@@ -88,10 +90,11 @@ def run_config(path: pathlib.Path) -> dict:
         return {}
 
 
-def _theseus_layers(path: pathlib.Path) -> int | None:
-    """A theseus run's successor_layers (its model.json is the predecessor's), else None."""
-    raw = run_config(path)
-    return raw["theseus"]["successor_layers"] if raw.get("task") == "theseus" else None
+def _exporter(path: pathlib.Path) -> tuple["type[BertTask]", dict]:
+    """(the BertTask class that trained run `path`, BertTask itself for any other task, and the
+    run's saved config)."""
+    saved = run_config(path)
+    return _BERT_TASKS.get(saved.get("task"), BertTask), saved
 
 
 def initialize(init: str, model: Bert, *, key: str) -> None:
@@ -159,3 +162,121 @@ def chinese_vocab(data: DataConfig) -> wordpiece.BertVocab:
                 yield t.decode("utf-8") if isinstance(t, bytes) else t
 
     return wordpiece.train_or_load(texts, path, vocab_size=data.vocab_size)
+
+
+def accuracy(predict: Callable[[dict], np.ndarray], batches: Iterable[dict]) -> float:
+    """Share of the real rows (weights > 0) whose predicted label is the label.
+
+    Args:
+      predict: batch -> predicted labels [B] (e.g. the argmax class of a jitted forward pass).
+      batches: evaluation batches with "labels" [B] and "weights" [B] (0 = a padding row), every
+        example once.
+
+    Returns:
+      hits / examples (0.0 for no examples).
+    """
+    hits = n = 0
+    for batch in batches:
+        pred = np.asarray(predict(batch))
+        keep = batch["weights"] > 0
+        hits += int(np.sum((pred == batch["labels"])[keep]))
+        n += int(np.sum(keep))
+    return hits / max(n, 1)
+
+
+# BertTask subclasses by task name: a workdir's saved "task" finds what the run hands on.
+_BERT_TASKS: dict[str, "type[BertTask]"] = {}
+
+
+class BertTask(Task):
+    """Base of the tasks whose model is a `Bert` that starts from the BERT `init` names.
+
+    The task's section (`section_type`) has an `init` field (parse_init's forms); its vocabulary
+    is that model's (or a character vocabulary built from the data), its architecture that
+    model's with the task's `heads`, and its weights start from that model's. Subclasses set
+    `name`, `section`, `section_type`, override `heads`, and define `build_data` and `loss_fn`.
+    """
+
+    causal = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            _BERT_TASKS[cls.name] = cls
+
+    @property
+    def init_key(self) -> str:
+        """The config key of the task's `init` (for messages), e.g. "mlm.init"."""
+        return f"{self.section}.init"
+
+    def heads(self, run: RunConfig) -> dict:
+        """The task's heads and depth for `build_config` (mlm_head, pooler, num_labels, layers).
+
+        Args:
+          run: the run's config.
+
+        Returns:
+          Keyword arguments of `build_config`; default: the MLM head.
+        """
+        del run
+        return {"mlm_head": True}
+
+    def validate(self, run: RunConfig) -> None:
+        parse_init(run.task_config.init, key=self.init_key)
+
+    def vocabulary(self, run: RunConfig) -> wordpiece.BertVocab:
+        """The pretrained model's vocabulary, else a character vocabulary built from the data.
+
+        Args:
+          run: the run's config (its task section's `init`, its data section).
+
+        Returns:
+          The run's WordPiece vocabulary.
+        """
+        return vocabulary(run.data, run.task_config.init, key=self.init_key)
+
+    def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
+        return build_config(
+            run,
+            run.task_config.init,
+            key=self.init_key,
+            vocab_size=vocab_size,
+            max_length=max_length,
+            **self.heads(run),
+        )
+
+    def model_class(self, run: RunConfig) -> type:
+        return Bert
+
+    def initialize(self, run: RunConfig, model) -> None:
+        initialize(run.task_config.init, model, key=self.init_key)
+
+    @classmethod
+    def exported_layers(cls, saved: dict) -> int | None:
+        """How many layers a later run's init=workdir:PATH takes from a run of this task.
+
+        Args:
+          saved: the run's saved config (`run_config`).
+
+        Returns:
+          None: the whole model its model.json describes (the default); k: a k-layer BERT.
+        """
+        del saved
+        return None
+
+    @classmethod
+    def exported_model(
+        cls, saved: dict, mcfg: ModelConfig, *, rngs: nnx.Rngs
+    ) -> tuple[nnx.Module, Callable[[nnx.Module], Bert] | None]:
+        """The model a run of this task checkpoints, and how it becomes the BERT it hands on.
+
+        Args:
+          saved: the run's saved config (`run_config`).
+          mcfg: the run's model.json.
+          rngs: for the (overwritten) initialisation.
+
+        Returns:
+          (the model to read the checkpoint into, model -> Bert, or None for the model itself).
+        """
+        del saved
+        return Bert(mcfg, rngs=rngs), None

@@ -17,11 +17,11 @@ import numpy as np
 
 from research import ops
 from research.config import RunConfig
-from research.data import DataError, classification, pipeline
-from research.models import Bert, ModelConfig
+from research.data import DataError, classification
 from research.ops.checks import check_positive_field
 from research.tasks import bert
-from research.tasks.base import Task, TaskData
+from research.tasks.base import TaskData, abstract_rows
+from research.tasks.bert import BertTask
 
 
 def classify_loss(model, batch: dict, *, key=None, step=None, **model_kwargs):
@@ -33,6 +33,26 @@ def classify_loss(model, batch: dict, *, key=None, step=None, **model_kwargs):
     loss_sum, weight_sum = ops.cross_entropy(logits, batch["labels"], mask=weights)
     hits = (jnp.argmax(logits, axis=-1) == batch["labels"]) * weights
     return loss_sum, weight_sum, {"correct": jnp.sum(hits)}
+
+
+def abstract_classify_batch(batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes and dtypes of a classification batch (`classify_loss`'s).
+
+    Args:
+      batch_size: the batch's rows.
+      seq_len: the rows' length.
+
+    Returns:
+      inputs [B, L] int32, mask [B, L] bool, labels [B] int32, weights [B] float32.
+    """
+    row = (seq_len,)
+    return abstract_rows(
+        batch_size,
+        inputs=(row, jnp.int32),
+        mask=(row, jnp.bool_),
+        labels=((), jnp.int32),
+        weights=((), jnp.float32),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,24 +95,18 @@ def check_labels(records, num_labels: int, *, name: str) -> None:
 def accuracy(model, vocab, records, *, seq_len: int, batch_size: int = 64) -> float:
     """Share of `records` whose argmax class equals the label (every record, once)."""
     forward = jax.jit(lambda m, x, k: jnp.argmax(m(x, mask=k).class_logits, axis=-1))
-    hits = n = 0
-    batches = pipeline.classify_dataset(
+    batches = classification.classify_dataset(
         records, vocab, seq_len=seq_len, batch_size=batch_size, seed=0, train=False
     )  # every record once, in order
-    for batch in batches:
-        pred = np.asarray(forward(model, batch["inputs"], batch["mask"]))
-        keep = batch["weights"] > 0
-        hits += int(np.sum((pred == batch["labels"])[keep]))
-        n += int(np.sum(keep))
-    return hits / max(n, 1)
+    return bert.accuracy(lambda b: forward(model, b["inputs"], b["mask"]), batches)
 
 
 def classify_data(run: RunConfig, vocab, train, validation) -> TaskData:
-    """TaskData of [CLS] text [SEP] rows and labels (`pipeline.classify_iterator`)."""
+    """TaskData of [CLS] text [SEP] rows and labels (`classification.classify_iterator`)."""
     t, d = run.train, run.data
 
     def make(is_train: bool):
-        return pipeline.classify_iterator(
+        return classification.classify_iterator(
             train if is_train else validation,
             vocab,
             seq_len=d.seq_len,
@@ -105,42 +119,26 @@ def classify_data(run: RunConfig, vocab, train, validation) -> TaskData:
     return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
 
 
-class ClassifyTask(Task):
+class ClassifyTask(BertTask):
     name = "classify"
     section = "classify"
     section_type = ClassifyConfig
-    causal = False
     predicts_tokens = False
-
-    def validate(self, run: RunConfig) -> None:
-        bert.parse_init(run.task_config.init, key="classify.init")
 
     def build_data(self, run: RunConfig) -> TaskData:
         s, t, d = run.task_config, run.train, run.data
-        vocab = bert.vocabulary(d, s.init, key="classify.init")
+        vocab = self.vocabulary(run)
         train, validation, _ = classification.sources_of(d)
         train = labeled_subset(train, s.labeled_examples, t.seed)
         check_labels(train, s.num_labels, name=d.source)
         return classify_data(run, vocab, train, validation)
 
-    def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
-        return bert.build_config(
-            run,
-            run.task_config.init,
-            key="classify.init",
-            vocab_size=vocab_size,
-            max_length=max_length,
-            mlm_head=False,
-            pooler=True,
-            num_labels=run.task_config.num_labels,
-            layers=run.task_config.layers,
-        )
+    def heads(self, run: RunConfig) -> dict:
+        s = run.task_config
+        return dict(mlm_head=False, pooler=True, num_labels=s.num_labels, layers=s.layers)
 
-    def model_class(self, run: RunConfig) -> type:
-        return Bert
+    def abstract_batch(self, run: RunConfig, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        return abstract_classify_batch(batch_size, run.data.seq_len)
 
-    def initialize(self, run: RunConfig, model) -> None:
-        bert.initialize(run.task_config.init, model, key="classify.init")
-
-    def loss_fn(self, run: RunConfig, data: TaskData | None):
+    def loss_fn(self, run: RunConfig, data: TaskData):
         return classify_loss

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 
 from research import ops
 from research.config import RunConfig
-from research.data import pipeline, sources
+from research.data import sources
+from research.data.lm import lm_iterator
 from research.models import DecoderLM
 from research.tasks.base import Task, TaskData
 
@@ -27,7 +28,7 @@ class LmTask(Task):
         t, d = run.train, run.data
 
         def make(train: bool):
-            return pipeline.lm_iterator(
+            return lm_iterator(
                 train_source if train else eval_source,
                 tok,
                 seq_len=d.seq_len,
@@ -42,5 +43,5 @@ class LmTask(Task):
     def model_class(self, run: RunConfig) -> type:
         return DecoderLM
 
-    def loss_fn(self, run: RunConfig, data: TaskData | None):
+    def loss_fn(self, run: RunConfig, data: TaskData):
         return lm_loss

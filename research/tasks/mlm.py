@@ -11,14 +11,15 @@ predicted, of which 80% are replaced by [MASK], 10% by a random token, 10% kept
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 
 from research import ops
 from research.config import RunConfig
-from research.data import DataError, chinese, classification, pipeline
-from research.models import Bert, ModelConfig
-from research.tasks import bert
-from research.tasks.base import Task, TaskData
+from research.data import DataError, chinese, classification
+from research.data.mlm import mlm_iterator
+from research.tasks.base import TaskData, abstract_rows
+from research.tasks.bert import BertTask
 
 
 def max_predictions(seq_len: int, rate: float, slots: int = 0) -> int:
@@ -51,6 +52,26 @@ def make_mlm_loss(max_predicted: int):
     return mlm_loss
 
 
+def abstract_mlm_batch(batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes and dtypes of a masked-LM batch (`make_mlm_loss`'s; PET's training rows too).
+
+    Args:
+      batch_size: the batch's rows.
+      seq_len: the rows' length.
+
+    Returns:
+      inputs, targets [B, L] int32, weights [B, L] float32, mask [B, L] bool.
+    """
+    row = (seq_len,)
+    return abstract_rows(
+        batch_size,
+        inputs=(row, jnp.int32),
+        targets=(row, jnp.int32),
+        weights=(row, jnp.float32),
+        mask=(row, jnp.bool_),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class MlmConfig:
     """The `mlm` section."""
@@ -79,22 +100,18 @@ def text_sources(d) -> tuple:
     return train, validation
 
 
-class MlmTask(Task):
+class MlmTask(BertTask):
     name = "mlm"
     section = "mlm"
     section_type = MlmConfig
-    causal = False
-
-    def validate(self, run: RunConfig) -> None:
-        bert.parse_init(run.task_config.init, key="mlm.init")
 
     def build_data(self, run: RunConfig) -> TaskData:
         s, t, d = run.task_config, run.train, run.data
-        vocab = bert.vocabulary(d, s.init, key="mlm.init")
+        vocab = self.vocabulary(run)
         train_source, eval_source = text_sources(d)
 
         def make(train: bool):
-            return pipeline.mlm_iterator(
+            return mlm_iterator(
                 train_source if train else eval_source,
                 vocab,
                 seq_len=d.seq_len,
@@ -108,21 +125,8 @@ class MlmTask(Task):
 
         return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
 
-    def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
-        return bert.build_config(
-            run,
-            run.task_config.init,
-            key="mlm.init",
-            vocab_size=vocab_size,
-            max_length=max_length,
-            mlm_head=True,
-        )
+    def abstract_batch(self, run: RunConfig, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        return abstract_mlm_batch(batch_size, run.data.seq_len)
 
-    def model_class(self, run: RunConfig) -> type:
-        return Bert
-
-    def initialize(self, run: RunConfig, model) -> None:
-        bert.initialize(run.task_config.init, model, key="mlm.init")
-
-    def loss_fn(self, run: RunConfig, data: TaskData | None):
+    def loss_fn(self, run: RunConfig, data: TaskData):
         return make_mlm_loss(max_predictions(run.data.seq_len, run.task_config.mask_rate))

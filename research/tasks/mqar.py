@@ -5,7 +5,7 @@ accuracy is MQAR accuracy.
 """
 
 from research.config import RunConfig
-from research.data import pipeline, sources
+from research.data import shards, sources
 from research.models import DecoderLM
 from research.tasks.base import Task, TaskData
 from research.tasks.lm import lm_loss
@@ -19,7 +19,7 @@ class MqarTask(Task):
         t, d = run.train, run.data
 
         def make(train: bool):
-            return pipeline.array_iterator(
+            return shards.array_iterator(
                 train_source if train else eval_source,
                 batch_size=t.batch_size,
                 seed=t.seed,
@@ -32,5 +32,5 @@ class MqarTask(Task):
     def model_class(self, run: RunConfig) -> type:
         return DecoderLM
 
-    def loss_fn(self, run: RunConfig, data: TaskData | None):
+    def loss_fn(self, run: RunConfig, data: TaskData):
         return lm_loss

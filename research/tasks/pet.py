@@ -24,12 +24,12 @@ import numpy as np
 
 from research import ops
 from research.config import ConfigError, RunConfig
-from research.data import DataError, classification, cloze, patterns
-from research.models import Bert, ModelConfig
+from research.data import DataError, classification, cloze, patterns, wordpiece
 from research.tasks import bert
-from research.tasks.base import Task, TaskData
+from research.tasks.base import TaskData
+from research.tasks.bert import BertTask
 from research.tasks.classify import check_labels, labeled_subset
-from research.tasks.mlm import make_mlm_loss, max_predictions
+from research.tasks.mlm import abstract_mlm_batch, make_mlm_loss, max_predictions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,20 +101,16 @@ def accuracy(
         at = jnp.broadcast_to(jnp.arange(pos.shape[1]), pos.shape)
         return jnp.argmax(ops.label_scores(logits, at, table), axis=-1)
 
-    hits = n = 0
-    for b in cloze.eval_batches(records, vocab, pattern, seq_len=seq_len, batch_size=batch_size):
-        pred = np.asarray(predict(model, b["inputs"], b["mask"], b["mask_positions"]))
-        keep = b["weights"] > 0
-        hits += int(np.sum((pred == b["labels"])[keep]))
-        n += int(np.sum(keep))
-    return hits / max(n, 1)
+    batches = cloze.eval_batches(records, vocab, pattern, seq_len=seq_len, batch_size=batch_size)
+    return bert.accuracy(
+        lambda b: predict(model, b["inputs"], b["mask"], b["mask_positions"]), batches
+    )
 
 
-class PetTask(Task):
+class PetTask(BertTask):
     name = "pet"
     section = "pet"
     section_type = PetConfig
-    causal = False
     predicts_tokens = False
 
     def parse_section(self, section):
@@ -125,12 +121,9 @@ class PetTask(Task):
             raise ConfigError(f"pet: {e}") from None
         return cfg
 
-    def validate(self, run: RunConfig) -> None:
-        bert.parse_init(run.task_config.init, key="pet.init")
-
     def build_data(self, run: RunConfig) -> TaskData:
         s, t, d = run.task_config, run.train, run.data
-        vocab = bert.vocabulary(d, s.init, key="pet.init")
+        vocab = self.vocabulary(run)
         pattern, verbalizer = pattern_for(s, vocab)
         train, validation, _ = classification.sources_of(d)
         labeled = labeled_subset(train, s.labeled_examples, t.seed)
@@ -167,25 +160,23 @@ class PetTask(Task):
 
         return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
 
-    def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
-        return bert.build_config(
-            run,
-            run.task_config.init,
-            key="pet.init",
-            vocab_size=vocab_size,
-            max_length=max_length,
-            mlm_head=True,
-        )
+    def abstract_data(self, run: RunConfig) -> TaskData:
+        """The planner's stand-in, with the vocabulary the verbalizer's ids need: the pretrained
+        one, or (init "": the run builds a character vocabulary from the data) a character
+        vocabulary of the verbalizer's own words, which tokenizes them alike."""
+        s = run.task_config
+        if s.init:
+            vocab = self.vocabulary(run)
+        else:
+            tokens = len(wordpiece.SPECIALS) + sum(len(w) for w in s.verbalizer)
+            tokenizer = wordpiece.build_char_tokenizer(s.verbalizer, vocab_size=tokens)
+            vocab = wordpiece.BertVocab(tokenizer)
+        return dataclasses.replace(super().abstract_data(run), vocab=vocab)
 
-    def model_class(self, run: RunConfig) -> type:
-        return Bert
+    def abstract_batch(self, run: RunConfig, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        return abstract_mlm_batch(batch_size, run.data.seq_len)  # the training rows
 
-    def initialize(self, run: RunConfig, model) -> None:
-        bert.initialize(run.task_config.init, model, key="pet.init")
-
-    def loss_fn(self, run: RunConfig, data: TaskData | None):
-        if data is None:
-            raise ConfigError("task='pet' needs its data's vocabulary for the verbalizer")
+    def loss_fn(self, run: RunConfig, data: TaskData):
         s = run.task_config
         table = pattern_for(s, data.vocab)[1]
         return make_loss(table, max_predictions(run.data.seq_len, s.mask_rate, table.shape[1]))

@@ -25,8 +25,14 @@ from research.models import params as params_io
 from research.models.params import transfer
 from research.models.theseus import Theseus, check_successor_layers, draw_replacement, replace_prob
 from research.tasks import bert
-from research.tasks.base import Task, TaskData
-from research.tasks.classify import check_labels, classify_data, classify_loss
+from research.tasks.base import TaskData
+from research.tasks.bert import BertTask
+from research.tasks.classify import (
+    abstract_classify_batch,
+    check_labels,
+    classify_data,
+    classify_loss,
+)
 
 SCHEDULES = ("constant", "linear")
 # Fields that fix what a layer computes and its parameters' shapes: a successor from another
@@ -108,12 +114,24 @@ def _successor_init(s: TheseusConfig, path: pathlib.Path) -> str:
     return init
 
 
-class TheseusTask(Task):
+class TheseusTask(BertTask):
+    """Starts from a predecessor and a pretrained BERT (not from `init` alone): overrides every
+    BertTask method but the hooks that say what its runs hand on (the k-layer successor)."""
+
     name = "theseus"
     section = "theseus"
     section_type = TheseusConfig
-    causal = False
     predicts_tokens = False
+
+    @classmethod
+    def exported_layers(cls, saved: dict) -> int | None:
+        return saved["theseus"]["successor_layers"]
+
+    @classmethod
+    def exported_model(cls, saved: dict, mcfg: ModelConfig, *, rngs):
+        # Its model.json is the predecessor's; the checkpoint holds both models.
+        k = cls.exported_layers(saved)
+        return Theseus(mcfg, successor_layers=k, rngs=rngs), Theseus.successor_model
 
     def validate(self, run: RunConfig) -> None:
         if run.model.scan_layers:
@@ -194,7 +212,10 @@ class TheseusTask(Task):
             flush=True,
         )
 
-    def loss_fn(self, run: RunConfig, data: TaskData | None):
+    def abstract_batch(self, run: RunConfig, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        return abstract_classify_batch(batch_size, run.data.seq_len)
+
+    def loss_fn(self, run: RunConfig, data: TaskData):
         return make_theseus_loss(
             run.task_config, seed=run.train.seed, num_train_steps=run.train.num_train_steps
         )

@@ -5,7 +5,7 @@ Layout (MaxText's habit): one CheckpointManager, items "state" (the TrainState p
 newest step: an unreadable latest checkpoint costs one line and is moved to
 WORKDIR/unreadable_checkpoints, not the run; when none is readable the run is refused rather
 than silently restarted (`--start_fresh` does that on purpose). The data state is
-kept per logical shard (`research.data.pipeline.ShardedIterator`) and restored from every
+kept per logical shard (`research.data.shards.ShardedIterator`) and restored from every
 process's file, so a run saved by n processes resumes on any process count (elastic restart);
 Orbax puts the state into the new mesh's shardings.
 """
@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from research.data.pipeline import DataStateError, ShardedIterator
+from research.data.shards import DataStateError, ShardedIterator
 from research.train import faults
 from research.train.config import ConfigError
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from research import tasks
 from research.config import ConfigError, RunConfig
-from research.data import DataError, pipeline
+from research.data import DataError, shards
 from research.models import params as params_io
 from research.train import checkpoint, faults, metrics, optim, sharding, step, trained
 
@@ -132,7 +132,7 @@ def _evaluate(eval_step, state, make_iterator, eval_steps: int, batch_sharding, 
     """Eval loss over `eval_steps` batches, plus the task's `extra(state, pairs)` metrics."""
     totals, pairs = None, []
     for local in batches_everywhere(iter(make_iterator(False)), eval_steps):
-        batch = pipeline.global_batch(local, batch_sharding)
+        batch = shards.global_batch(local, batch_sharding)
         pairs.append((local, batch))
         sums = jax.device_get(eval_step(state, batch))
         totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
@@ -287,7 +287,7 @@ def train_and_evaluate(
     errors = []  # what failed in the loop and while finishing its saves, in order
     try:
         for s in range(start + 1, t.num_train_steps + 1):
-            batch = pipeline.global_batch(next(train_iter), batch_sharding)
+            batch = shards.global_batch(next(train_iter), batch_sharding)
             state, sums = train_step(state, batch)
             sums = jax.device_get(sums)
             last_loss = float(sums["loss_sum"]) / max(float(sums["weight_sum"]), 1.0)

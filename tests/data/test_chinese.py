@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from research.data import DataError, builders, chinese, pipeline, wordpiece
+from research.data import DataError, builders, chinese, classification, wordpiece
 from research.data.wordpiece import BertVocab
 
 
@@ -144,7 +144,7 @@ def review_vocab(built):
 def test_classify_eval_covers_every_review_once(built, review_vocab):
     vocab, validation = review_vocab, built["reviews"][1]
     seq_len, batch = 48, 64
-    ds = pipeline.classify_dataset(
+    ds = classification.classify_dataset(
         validation, vocab, seq_len=seq_len, batch_size=batch, seed=0, train=False
     )
     batches = list(ds)
@@ -164,7 +164,7 @@ def test_classify_eval_covers_every_review_once(built, review_vocab):
         assert row[0] == vocab.cls_id and row[length - 1] == vocab.sep_id
         assert row[1 : length - 1].tolist() == ids and (row[length:] == vocab.pad_id).all()
     # Two shards read in lockstep still cover every example exactly once.
-    it = pipeline.classify_iterator(
+    it = classification.classify_iterator(
         validation, vocab, seq_len=seq_len, batch_size=batch, seed=0, train=False, shards=2
     )
     sharded = list(it)
@@ -175,7 +175,7 @@ def test_classify_eval_covers_every_review_once(built, review_vocab):
 
 def test_classify_train_batches(built, review_vocab):
     train = built["reviews"][0]
-    ds = pipeline.classify_dataset(
+    ds = classification.classify_dataset(
         train, review_vocab, seq_len=32, batch_size=16, seed=1, train=True
     )
     it = iter(ds)
@@ -185,7 +185,7 @@ def test_classify_train_batches(built, review_vocab):
     assert 0.3 < labels.mean() < 0.7  # shuffled: both classes in the stream
     other = next(
         iter(
-            pipeline.classify_dataset(
+            classification.classify_dataset(
                 train, review_vocab, seq_len=32, batch_size=16, seed=2, train=True
             )
         )

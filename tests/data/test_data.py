@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from research.data import DataError, builders, pipeline, sources, tokenizer
+from research.data import DataError, builders, lm, sources, tokenizer
+from research.data import shards as data_shards
 from research.data.config import DataConfig
 
 
@@ -168,8 +169,8 @@ def test_local_builds_are_quiet_and_leave_no_temporary_folder(tmp_path, monkeypa
 
 
 def _as_process(monkeypatch, p, n):
-    monkeypatch.setattr(pipeline.jax, "process_index", lambda: p)
-    monkeypatch.setattr(pipeline.jax, "process_count", lambda: n)
+    monkeypatch.setattr(data_shards.jax, "process_index", lambda: p)
+    monkeypatch.setattr(data_shards.jax, "process_count", lambda: n)
 
 
 @pytest.mark.parametrize("shards", [1, 2, 4])
@@ -184,7 +185,7 @@ def test_batches_and_saved_state_do_not_depend_on_the_process_count(monkeypatch,
         for p in range(n):
             _as_process(monkeypatch, p, n)
             its.append(
-                pipeline.array_iterator(
+                data_shards.array_iterator(
                     records, batch_size=batch, seed=5, train=True, shards=shards
                 )
             )
@@ -201,7 +202,7 @@ def test_batches_and_saved_state_do_not_depend_on_the_process_count(monkeypatch,
     four = iterators(4)
     global_batches(four, steps)
     saved = [it.get_state() for it in four]
-    merged = pipeline.ShardedIterator.merge_states(saved)
+    merged = data_shards.ShardedIterator.merge_states(saved)
     for n in (1, 2):
         its = iterators(n)
         for it in its:
@@ -211,7 +212,7 @@ def test_batches_and_saved_state_do_not_depend_on_the_process_count(monkeypatch,
     global_batches(one, steps)
     its = iterators(4)
     for it in its:
-        it.set_state(pipeline.ShardedIterator.merge_states([one[0].get_state()]))
+        it.set_state(data_shards.ShardedIterator.merge_states([one[0].get_state()]))
     np.testing.assert_array_equal(global_batches(its, steps), want[steps:])
 
 
@@ -220,12 +221,12 @@ def test_shard_layout_errors(monkeypatch):
     with pytest.raises(
         ValueError, match="batch_size=8 must be divisible by data.shards=2 and by the 3 processes"
     ):
-        pipeline.owned_shards(2, 8)
+        data_shards.owned_shards(2, 8)
     _as_process(monkeypatch, 0, 1)
-    it = pipeline.array_iterator(
+    it = data_shards.array_iterator(
         [{"x": np.zeros(1)}] * 8, batch_size=4, seed=0, train=True, shards=2
     )
-    other = pipeline.array_iterator([{"x": np.zeros(1)}] * 8, batch_size=4, seed=0, train=True)
+    other = data_shards.array_iterator([{"x": np.zeros(1)}] * 8, batch_size=4, seed=0, train=True)
     with pytest.raises(ValueError, match="has 2 logical shards, this run 1"):
         other.set_state(it.get_state())
 
@@ -237,15 +238,15 @@ def test_list_states_of_earlier_checkpoints_merge_by_process(monkeypatch):
     its = []
     for p in range(2):
         _as_process(monkeypatch, p, 2)
-        its.append(pipeline.array_iterator(records, batch_size=4, seed=1, train=True, shards=2))
+        its.append(data_shards.array_iterator(records, batch_size=4, seed=1, train=True, shards=2))
     for it in its:
         next(it)
     old = [json.dumps(list(json.loads(it.get_state())["states"].values())) for it in its]
-    merged = pipeline.ShardedIterator.merge_states(
+    merged = data_shards.ShardedIterator.merge_states(
         old, ["process_0-of-2.json", "process_1-of-2.json"]
     )
     _as_process(monkeypatch, 0, 1)
-    one = pipeline.array_iterator(records, batch_size=4, seed=1, train=True, shards=2)
+    one = data_shards.array_iterator(records, batch_size=4, seed=1, train=True, shards=2)
     one.set_state(merged)
     want = np.concatenate([next(it)["inputs"] for it in its])
     np.testing.assert_array_equal(next(one)["inputs"], want)
@@ -256,13 +257,13 @@ def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
     tok = tokenizer.train_or_load(
         lambda: (d["text"] for d in docs), str(tmp_path / "t.model"), vocab_size=320
     )
-    it = pipeline.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=3, train=True, shards=2)
+    it = lm.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=3, train=True, shards=2)
     first = next(it)
     assert first["inputs"].shape == (4, 16) and first["weights"].dtype == np.float32
     np.testing.assert_array_equal(first["inputs"][:, 1:], first["targets"][:, :-1])
     state = it.get_state()
     want = [next(it) for _ in range(3)]
-    again = pipeline.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=3, train=True, shards=2)
+    again = lm.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=3, train=True, shards=2)
     again.set_state(state)
     for a, b in zip(want, [next(again) for _ in range(3)], strict=True):
         for k in a:
@@ -271,7 +272,7 @@ def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
         tokenizer.train_or_load(
             lambda: (d["text"] for d in docs), str(tmp_path / "u.model"), vocab_size=100
         )
-    other_seed = next(pipeline.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=4, train=True))
+    other_seed = next(lm.lm_iterator(docs, tok, seq_len=16, batch_size=4, seed=4, train=True))
     assert not np.array_equal(other_seed["inputs"], first["inputs"])
 
 
@@ -339,7 +340,7 @@ def test_seq2seq_catalog_dataset_by_name_with_mock_data(tmp_path):
     """A seq2seq corpus by tfds name (here squad context -> question, mocked) gives batches."""
     import tensorflow_datasets as tfds
 
-    from research.data import pipeline
+    from research.data import seq2seq
 
     c = ConfigDict(
         dict(
@@ -355,7 +356,7 @@ def test_seq2seq_catalog_dataset_by_name_with_mock_data(tmp_path):
     )
     with tfds.testing.mock_data(num_examples=24):
         train, evaluation, vocab = sources.seq2seq_sources(DataConfig(**c.data), seed=c.seed)
-        it = pipeline.seq2seq_iterator(
+        it = seq2seq.seq2seq_iterator(
             train, vocab, layout="encdec", src_len=16, tgt_len=8, batch_size=4, seed=0, train=True
         )
         batch = next(it)

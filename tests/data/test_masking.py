@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from research.data import DataError, chinese, pipeline, wordpiece
+from research.data import DataError, chinese, mlm, wordpiece
 from research.data.masking import mlm_mask
 from research.data.wordpiece import BertVocab
 
@@ -111,7 +111,7 @@ def test_mlm_pipeline_packs_sentences_in_order(corpus):
     sentences, vocab = corpus
     seq_len, capacity = 64, 62
     records = [{"text": " ".join(words).encode()} for words in sentences[:1500]]
-    ds = pipeline.mlm_dataset(records, vocab, seq_len=seq_len, batch_size=8, seed=0, train=False)
+    ds = mlm.mlm_dataset(records, vocab, seq_len=seq_len, batch_size=8, seed=0, train=False)
     out, n_batches = _collect(ds)
     assert out["inputs"].shape == (8 * n_batches, seq_len) and out["inputs"].dtype == np.int32
     assert out["weights"].dtype == np.float32 and out["mask"].dtype == bool
@@ -137,7 +137,7 @@ def test_mlm_pipeline_packs_sentences_in_order(corpus):
     assert not out["weights"][~content_mask].any()
     _within(int(out["weights"].sum()), int(content_mask.sum()), 0.15)
     again, _ = _collect(
-        pipeline.mlm_dataset(records, vocab, seq_len=seq_len, batch_size=8, seed=0, train=False)
+        mlm.mlm_dataset(records, vocab, seq_len=seq_len, batch_size=8, seed=0, train=False)
     )
     np.testing.assert_array_equal(again["inputs"], out["inputs"])
 
@@ -147,7 +147,7 @@ def test_mlm_pipeline_resumes_with_the_same_rows_and_masks(corpus):
     records = [{"text": " ".join(words)} for words in sentences[:400]]
 
     def make():
-        return pipeline.mlm_iterator(
+        return mlm.mlm_iterator(
             records, vocab, seq_len=48, batch_size=4, seed=3, train=True, shards=2
         )
 
@@ -168,7 +168,7 @@ def test_unsegmented_text_masks_single_characters(corpus):
     _, vocab = corpus
     reviews = chinese.review_examples()[:200]
     records = [{"text": r["text"].replace(" ", "")} for r in reviews]
-    ds = pipeline.mlm_dataset(records, vocab, seq_len=96, batch_size=8, seed=1, train=False)
+    ds = mlm.mlm_dataset(records, vocab, seq_len=96, batch_size=8, seed=1, train=False)
     out, _ = _collect(ds)
     n = out["mask"].sum(1) - 2
     real = n > 0
@@ -176,4 +176,4 @@ def test_unsegmented_text_masks_single_characters(corpus):
     budget = np.maximum(1, np.floor(0.15 * n[real] + 0.5))
     np.testing.assert_array_equal(out["weights"][real].sum(1), budget)
     with pytest.raises(DataError, match="seq_len=2"):
-        pipeline.mlm_dataset(records, vocab, seq_len=2, batch_size=8, seed=1, train=False)
+        mlm.mlm_dataset(records, vocab, seq_len=2, batch_size=8, seed=1, train=False)

@@ -66,7 +66,9 @@ def test_cpu_plan_predicts_a_real_runs_arrays_and_compiled_step():
     assert plan.argument_bytes == real_args
     assert plan.alias_bytes == _device0_bytes(state)  # the donated state is updated in place
 
-    train = step.make_train_step(model_def, opt, task.loss_fn(run, None), mesh=mesh, shardings=sh)
+    train = step.make_train_step(
+        model_def, opt, task.loss_fn(run, task.abstract_data(run)), mesh=mesh, shardings=sh
+    )
     real = train.lower(state, batch).compile().memory_analysis()
     assert plan.temp_bytes == real.temp_size_in_bytes > 0
     assert plan.output_bytes == real.output_size_in_bytes

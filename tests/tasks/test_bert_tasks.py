@@ -144,6 +144,25 @@ def test_pet_run_and_zero_shot_accuracy(mlm_workdir, data_dir, tmp_path):
     assert acc == pytest.approx(hits / len(records))
 
 
+@pytest.mark.parametrize("name", ["mlm", "classify", "pet"])
+def test_the_planners_abstract_batch_is_a_real_batchs_shape(mlm_workdir, data_dir, name):
+    """Task.abstract_batch has the shapes and dtypes of build_data's training batches, and
+    abstract_data gives loss_fn what it needs (pet: a vocabulary for the verbalizer's ids),
+    from the pretrained BERT (init) and from random weights alike."""
+    configs = {"mlm": mlm_config, "classify": classify_config}
+    c = configs[name].get_config("smoke") if name in configs else pet_config.get_config("smoke").pet
+    c.data.data_dir = data_dir
+    task = tasks.get(name)
+    for init in ("", f"workdir:{mlm_workdir}"):
+        c[name].init = init
+        run = parse(c)
+        real = next(task.build_data(run).make_iterator(True))
+        abstract = task.abstract_batch(run, run.train.batch_size)
+        shapes = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in abstract.items()}
+        assert shapes == {k: (v.shape, v.dtype) for k, v in real.items()}
+        task.loss_fn(run, task.abstract_data(run))
+
+
 def test_pet_rows_put_the_verbalizer_at_the_slots(mlm_workdir):
     vocab = load_trained(mlm_workdir).vocab
     pattern = patterns.Pattern("[MASK]满意。{text}", ("不", "很"))

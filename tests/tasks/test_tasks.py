@@ -8,7 +8,7 @@ import pytest
 
 from configs import lm
 from research import tasks
-from research.data import pipeline
+from research.data.shards import array_iterator
 from research.models import DecoderLM
 from research.tasks import Task, TaskData
 from research.train import loop
@@ -50,7 +50,7 @@ class ReverseTask(Task):
         train, evaluation = rows(64), rows(16)
 
         def make(train_split: bool):
-            return pipeline.array_iterator(
+            return array_iterator(
                 train if train_split else evaluation,
                 batch_size=run.train.batch_size,
                 seed=run.train.seed,
@@ -83,3 +83,33 @@ def test_a_new_task_plugs_in_without_touching_the_loop(tmp_path, monkeypatch):
     ev = [r for r in rows if r["split"] == "eval"][-1]
     assert ev["rows_seen"] == 8 and ev["vocab"] == 16 and 0 <= ev["accuracy"] <= 1
     assert json.loads((tmp_path / "model.json").read_text())["vocab_size"] == 16
+
+
+def _shapes(batch) -> dict:
+    return {k: (tuple(np.shape(v)), np.dtype(v.dtype)) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize(
+    "config, overrides",
+    [
+        ("mqar", {}),
+        ("seq2seq", {"seq2seq.layout": "encdec"}),
+        ("seq2seq", {"seq2seq.layout": "unilm", "model.attention": "softmax"}),
+    ],
+)
+def test_the_planners_abstract_batch_and_data_are_a_real_ones_shapes(tmp_path, config, overrides):
+    """What research.plan compiles with (Task.abstract_batch, abstract_data) has the shapes and
+    dtypes of build_data's batches and the same model length."""
+    import importlib
+
+    c = importlib.import_module(f"configs.{config}").get_config("smoke")
+    c.data.data_dir = str(tmp_path)
+    c.update_from_flattened_dict(overrides)
+    run = parse(c)
+    task = tasks.get(run.task)
+    data, stand_in = task.build_data(run), task.abstract_data(run)
+    real = next(data.make_iterator(True))
+    abstract = task.abstract_batch(run, run.train.batch_size)
+    assert _shapes(abstract) == _shapes(real)
+    assert stand_in.max_length == data.max_length
+    task.loss_fn(run, stand_in)  # builds without the data

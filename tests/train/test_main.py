@@ -356,29 +356,52 @@ def test_mqar_config_smoke(data_dir, tmp_path):
     "override, message",
     [
         ("--config.batch_size=0", "error: batch_size=0: must be a positive int"),
-        ("--config.model.attention=flash", "error: model: attention='flash' is not allowed"),
-        ("--config.model.d_model=31", "error: model: d_model (31) must be divisible by num_heads"),
-        ("--config.mesh.data=3", "error: mesh: mesh {'data': 3, 'fsdp': 1, 'tensor': 1} needs 3"),
         ("--config.nonexistent=1", "error:"),
         ("--config.data.source=text:/no/such/file", "error: data.source=text:/no/such/file"),
-        ("--config.optimizer.schedule=step", "error: optimizer.schedule='step': allowed cosine"),
-        ("--config.model.attention=linformer", "error: model.attention='linformer' cannot be"),
-        ("--config.model.remat=everything", "error: model: remat='everything' is not allowed"),
-        ("--config.batch_size=6", "error: batch_size=6 is not divisible by mesh data x fsdp"),
-        (
-            "--config.model.softmax_implementation=cudnn",
-            "error: model.softmax_implementation: softmax implementation 'cudnn' needs a GPU",
-        ),
-        ("--config.data.shards=3", "error: batch_size=8 must be divisible by data.shards=3"),
-        ("--config.data.seq_len=8192", "error: data.seq_len=8192 with model.softmax_implementati"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(data_dir, tmp_path, override, message):
+    """The command's end: exit code 2 and one line, no traceback (a config check, a flag that
+    names no key, data that cannot be read). The config checks' messages: below, in-process."""
     r = _run(tmp_path, data_dir, override)
     assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(message), last
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("batch_size", 0, "batch_size=0: must be a positive int"),
+        ("model.attention", "flash", "model: attention='flash' is not allowed"),
+        ("model.d_model", 31, "model: d_model (31) must be divisible by num_heads"),
+        ("mesh.data", 3, "mesh: mesh {'data': 3, 'fsdp': 1, 'tensor': 1} needs 3"),
+        ("optimizer.schedule", "step", "optimizer.schedule='step': allowed cosine"),
+        ("model.attention", "linformer", "model.attention='linformer' cannot be"),
+        ("model.remat", "everything", "model: remat='everything' is not allowed"),
+        ("batch_size", 6, "batch_size=6 is not divisible by mesh data x fsdp"),
+        (
+            "model.softmax_implementation",
+            "cudnn",
+            "model.softmax_implementation: softmax implementation 'cudnn' needs a GPU",
+        ),
+        ("data.shards", 3, "batch_size=8 must be divisible by data.shards=3"),
+        ("data.seq_len", 8192, "data.seq_len=8192 with model.softmax_implementati"),
+    ],
+)
+def test_bad_config_is_a_one_line_config_error(key, value, message):
+    """What research.main prints after "error: " for a bad --config.KEY=VALUE: the config check's
+    one-line ConfigError, on the 4 CPU devices the command above runs with."""
+    from configs import lm
+    from research.train.config import ConfigError, parse
+
+    c = lm.get_config("smoke")
+    c.update_from_flattened_dict({key: value})
+    with pytest.raises(ConfigError) as e:
+        parse(c, num_devices=4, platform="cpu")
+    assert str(e.value).startswith(message), str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_non_causal_feature_map_is_a_config_error():

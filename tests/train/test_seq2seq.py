@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import seq2seq as seq2seq_config
-from research.data.pipeline import seq2seq_example
+from research.data.seq2seq import seq2seq_example
 from research.models import Bert, EncoderDecoder, ModelConfig
 from research.tasks import seq2seq
 from research.tasks.seq2seq import teacher_forcing

@@ -2,8 +2,8 @@
 
 Call these inside `jax.shard_map` with q, k, v split along length over `axis_name` (device i
 holds positions [i L/P, (i+1) L/P), N = L/P of them); each returns this device's outputs. Both
-equal the single-device causal result (tests/ops/test_context_parallel.py). `axis_size` is read
-from the mesh when omitted; a given one must match it.
+equal the single-device causal result (tests/ops/attention/test_context_parallel.py).
+`axis_size` is read from the mesh when omitted; a given one must match it.
 
 linear: each device sums its keys into a d_k x d_v state, an exclusive prefix of those states
   over devices (Hillis-Steele, log2 P `ppermute`s of one state each) gives the sums of all earlier

@@ -20,7 +20,8 @@ batch and head, with L tokens, D = head_dim, Dv = value_dim, F = feature_dim, C 
     L (4 C Dk + 4 C (Dk + Dv) + 2 C^2 / 3 + 2 Dk (Dk + Dv) + 2 Dk^2 Dv / C + 2 Dk Dv).
     At C = Dk = Dv = 64 that is 2.6 x linear chunked. For the gated families C is
     min(chunk_size, length), as the ops clamp it; gates, masks and exponentials are not counted
-    (XLA's own count of one chunk of the delta form is about 3% higher: tests/ops/test_cost.py).
+    (XLA's own count of one chunk of the delta form is about 3% higher:
+    tests/ops/attention/test_cost.py).
 Forward+backward is counted as 3.5 x forward (the FlashAttention convention), for every impl.
 
 Communication (context parallelism, `research.ops.attention.context_parallel`), fp32 bytes each

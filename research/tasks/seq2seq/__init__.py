@@ -1,6 +1,6 @@
 """The seq2seq task: teacher forcing plus one exposure-bias remedy, and decode-based metrics.
 
-Two layouts (research.data.pipeline.seq2seq_example): "encdec" trains an `EncoderDecoder`,
+Two layouts (research.data.seq2seq.seq2seq_example): "encdec" trains an `EncoderDecoder`,
 "unilm" a `Bert` with the UniLM mask (Dong et al. 2019). The `seq2seq` config section
 (`Seq2seqConfig`) picks one of REMEDIES (remedies.py), each a pure function applied inside the
 jitted step that reduces to plain teacher forcing at strength 0 (tests). Evaluation decodes with
@@ -11,13 +11,17 @@ qagen and the BERT tasks do (`research.tasks.bert`): its architecture, weights a
 (one token per character for seqlab's Chinese MLM); rows are [CLS] source [SEP] target [SEP].
 """
 
+import dataclasses
+
 import jax
+import numpy as np
 
 from research.config import ConfigError, RunConfig
-from research.data import DataError, pipeline, sources
+from research.data import DataError, sources
+from research.data.seq2seq import seq2seq_example, seq2seq_iterator
 from research.models import Bert, EncoderDecoder, ModelConfig
 from research.tasks import bert
-from research.tasks.base import Task, TaskData
+from research.tasks.base import Task, TaskData, abstract_rows
 from research.tasks.seq2seq.config import Seq2seqConfig
 from research.tasks.seq2seq.metrics import decode_metrics
 from research.tasks.seq2seq.remedies import REMEDIES, Context, generate
@@ -104,7 +108,7 @@ class Seq2seqTask(Task):
             raise ConfigError(f"seq2seq.init={s.init!r}: {e}") from None
 
         def make(train: bool):
-            return pipeline.seq2seq_iterator(
+            return seq2seq_iterator(
                 train_source if train else eval_source,
                 vocab,
                 layout=s.layout,
@@ -145,9 +149,30 @@ class Seq2seqTask(Task):
     def initialize(self, run: RunConfig, model) -> None:
         bert.initialize(run.task_config.init, model, key="seq2seq.init")
 
-    def loss_fn(self, run: RunConfig, data: TaskData | None):
-        if data is None:
-            raise ConfigError("task='seq2seq' needs its data's vocabulary for the loss")
+    def abstract_data(self, run: RunConfig) -> TaskData:
+        """The planner's stand-in: the pretrained BERT's vocabulary with init, else ids 0, 1, 2
+        standing in for the data's pad, bos and eos among data.vocab_size tokens."""
+        s = run.task_config
+        pre = bert.pretrained_config(s.init, key="seq2seq.init")  # None without init
+        vocab = sources.Seq2seqVocab(run.data.vocab_size, 0, 1, 2) if pre is None else pre[1]
+        size = seq2seq_vocab(vocab).size
+        return dataclasses.replace(
+            super().abstract_data(run),
+            vocab_size=size,
+            max_length=s.src_len + s.tgt_len + 1,
+            vocab=vocab,
+        )
+
+    def abstract_batch(self, run: RunConfig, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """The rows of `research.data.seq2seq.seq2seq_example` for the run's layout and lengths."""
+        s = run.task_config
+        row = seq2seq_example(
+            [], [], layout=s.layout, src_len=s.src_len, tgt_len=s.tgt_len, pad=0, bos=1, eos=2
+        )
+        fields = {k: (np.shape(v), np.asarray(v).dtype) for k, v in row.items()}
+        return abstract_rows(batch_size, **fields)
+
+    def loss_fn(self, run: RunConfig, data: TaskData):
         s, v = run.task_config, seq2seq_vocab(data.vocab)
         pre = bert.pretrained_config(s.init, key="seq2seq.init")  # None without init
         # The trained model's embedding table: the pretrained one with init.

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from research.data.pipeline import LAYOUTS
+from research.data.seq2seq import LAYOUTS
 from research.ops import rewards
 from research.ops.checks import check_positive_field, is_positive_int
 from research.tasks.seq2seq.remedies import REMEDIES

@@ -1,7 +1,7 @@
 """Teacher-forced forward passes for both layouts, and scoring a decoded sequence under the model.
 
 encdec: `EncoderDecoder(src, inputs)`; unilm: one row [source, separator, target] through `Bert`
-with the UniLM mask (Dong et al. 2019). Batches come from `research.data.pipeline.seq2seq_example`.
+with the UniLM mask (Dong et al. 2019). Batches come from `research.data.seq2seq.seq2seq_example`.
 """
 
 import jax.numpy as jnp
