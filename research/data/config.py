@@ -4,7 +4,6 @@ import dataclasses
 
 from research.ops.checks import check_positive_field
 
-
 MQAR_VARIANTS = ("seqlab", "zoology")
 
 
