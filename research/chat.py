@@ -40,8 +40,8 @@ _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest
 
 
 def main(argv):
+    from research.sampling import ChatSession
     from research.tasks.chat import unknown_turn_warning, vocabulary_origin
-    from research.tasks.chat_session import ChatSession
 
     trained = load_run(argv, _WORKDIR.value, _STEP.value, task="chat")
     run = trained.config

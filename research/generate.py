@@ -50,7 +50,7 @@ def main(argv):
     import numpy as np
 
     from research.data.tokenizer import EOS_ID, PAD_ID
-    from research.models.generate import generate
+    from research.sampling import generate
 
     if not _WORKDIR.value or _PROMPT.value is None:
         fail("both --workdir=DIR and --prompt=TEXT are required")

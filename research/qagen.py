@@ -99,7 +99,7 @@ def _generate(gen, asked: list[dict], free: list[dict]) -> dict:
 def main(argv):
 
     from research.data import DataError
-    from research.tasks.qagen import Generator
+    from research.sampling import Generator
 
     trained = load_run(argv, _WORKDIR.value, _STEP.value, task="qagen")
     run = trained.config

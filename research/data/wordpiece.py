@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import jax
 from jax.experimental import multihost_utils
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.implementations import BertWordPieceTokenizer
 from tokenizers.models import WordPiece
 
 from research.data import DataError
@@ -245,4 +246,24 @@ def train_or_load(texts_fn, path, *, vocab_size: int, min_frequency: int = 1) ->
         os.replace(tmp, path)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"wordpiece:{path.name}")
+    return BertVocab(Tokenizer.from_file(str(path)))
+
+
+def train_english_or_load(texts_fn, path: pathlib.Path, vocab_size: int) -> BertVocab:
+    """An English WordPiece vocabulary (BERT-uncased conventions) trained on texts_fn(), saved
+    at `path` (written once, then read, so every run of a data_dir shares it)."""
+    if jax.process_index() == 0 and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok = BertWordPieceTokenizer(lowercase=True)
+        tok.train_from_iterator(
+            texts_fn(),
+            vocab_size=vocab_size,
+            min_frequency=2,
+            special_tokens=list(SPECIALS),
+        )
+        tmp = path.with_name(path.name + ".tmp")
+        tok.save(str(tmp))
+        tmp.replace(path)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"chat-vocab:{path.name}")
     return BertVocab(Tokenizer.from_file(str(path)))

@@ -31,6 +31,8 @@ class TaskData:
     max_length: int  # the longest row the model sees
     make_iterator: Callable[[bool], Iterator[dict]]  # train -> this process's numpy batches
     vocab: Any = None  # `research.data.vocab` object that turns ids into text, or None
+    # What `Task.evaluate` needs beyond the model (held-out examples), so evaluation reads no file.
+    eval_examples: Any = None
 
 
 class Task(abc.ABC):

@@ -10,8 +10,8 @@ from flax import nnx
 from configs import chat as chat_config
 from research.data import dialogue
 from research.models import DecoderLM, ModelConfig
+from research.sampling import ChatSession
 from research.tasks.chat import distinct_n, unknown_turn_warning, vocabulary_origin
-from research.tasks.chat_session import ChatSession
 from research.train import load_trained, loop
 from research.train.config import parse
 
