@@ -119,7 +119,7 @@ def _is_cjk(ch: str) -> bool:
 
 
 class BertVocab:
-    """A BERT WordPiece tokenizer with the ids tasks need.
+    """A BERT WordPiece tokenizer with the ids tasks need (a `research.data.vocab.Vocab`).
 
     encode(text) -> ids without [CLS]/[SEP]; encode_words(words) -> (ids, word_index) for whole-
     word masking; decode(ids) -> text. pad_id, unk_id, cls_id, sep_id, mask_id are looked up by
@@ -153,6 +153,7 @@ class BertVocab:
     cls_id = property(lambda self: self._ids["[CLS]"])
     sep_id = property(lambda self: self._ids["[SEP]"])
     mask_id = property(lambda self: self._ids["[MASK]"])
+    bos_id = eos_id = None  # BERT starts a row with [CLS] and separates with [SEP]
 
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
@@ -216,6 +217,16 @@ class BertVocab:
     @classmethod
     def from_json(cls, text: str) -> "BertVocab":
         return cls(Tokenizer.from_str(text))
+
+    def files(self) -> dict[str, bytes]:
+        """What `research.data.vocab.save` writes: tokenizer.json and vocab.json."""
+        info = json.dumps({"kind": "wordpiece"}, indent=1).encode()
+        return {"tokenizer.json": self.to_json().encode(), "vocab.json": info}
+
+    @classmethod
+    def from_files(cls, directory: pathlib.Path) -> "BertVocab":
+        """The vocabulary `files` wrote into `directory`."""
+        return cls.from_json((directory / "tokenizer.json").read_text(encoding="utf-8"))
 
     @classmethod
     def from_pretrained_dir(cls, path) -> "BertVocab":

@@ -9,6 +9,14 @@ and the entry points import them from here; this floor imports models, data and 
 
 from research.sampling.chat_session import ChatSession
 from research.sampling.qagen import Generator
-from research.sampling.sampler import METHODS, check_options, decode, generate
+from research.sampling.sampler import METHODS, TextPrompt, check_options, decode, generate
 
-__all__ = ["METHODS", "ChatSession", "Generator", "check_options", "decode", "generate"]
+__all__ = [
+    "METHODS",
+    "ChatSession",
+    "Generator",
+    "TextPrompt",
+    "check_options",
+    "decode",
+    "generate",
+]

@@ -11,14 +11,28 @@ arguments and nothing is retraced per call.
 
 import functools
 import inspect
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from research.data.vocab import Vocab
 from research.models.transformer import EncoderDecoder
 from research.ops import decoding
+
+
+class TextPrompt(NamedTuple):
+    """A text prompt laid out as a task's model continues it (`research.generate`): its token
+    ids, the vocabulary that decodes the continuation, and the special ids of `generate`."""
+
+    ids: list[int]
+    vocab: Vocab
+    bos_id: int | None  # an EncoderDecoder's first decoder token; None: the model continues ids
+    eos_id: int
+    pad_id: int
+
 
 DECODERS = {"greedy": decoding.greedy, "sample": decoding.sample, "beam": decoding.beam_search}
 METHODS = tuple(DECODERS)

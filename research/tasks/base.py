@@ -19,6 +19,7 @@ from typing import Any
 from flax import nnx
 
 from research.config import ConfigError, RunConfig, typed
+from research.data.vocab import Vocab
 from research.models import ModelConfig
 from research.ops.checks import check_causal_allowed
 
@@ -30,7 +31,7 @@ class TaskData:
     vocab_size: int  # the model's token vocabulary
     max_length: int  # the longest row the model sees
     make_iterator: Callable[[bool], Iterator[dict]]  # train -> this process's numpy batches
-    vocab: Any = None  # `research.data.vocab` object that turns ids into text, or None
+    vocab: Vocab | None = None  # ids <-> text and the special ids; None without text
     # What `Task.evaluate` needs beyond the model (held-out examples), so evaluation reads no file.
     eval_examples: Any = None
 
