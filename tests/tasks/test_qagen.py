@@ -2,6 +2,7 @@ import functools
 import json
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,9 @@ import pytest
 from flax import nnx
 
 from configs import qagen as qagen_config
+from research import tasks
 from research.config import ConfigError
-from research.data import qa_rows
+from research.data import qa, qa_rows
 from research.experiments import EXPERIMENTS
 from research.models import Bert, ModelConfig
 from research.ops import decoding
@@ -408,6 +410,26 @@ def _qagen(workdir, text, *flags):
         text=True,
         timeout=300,
     )
+
+
+def test_evaluation_reads_no_file_the_held_out_examples_come_with_the_data(study, monkeypatch):
+    trained = load_trained(study[0] / "runs" / "seed0")
+    run = trained.config
+    task = tasks.get(run.task)
+    data = task.build_data(run)
+    assert (
+        data.eval_examples.held_out
+        == qagen.read_examples(run.data.source, run.data.data_dir)["validation"]
+    )
+
+    def no_reading(*args):
+        raise AssertionError("evaluate read the examples from disk")
+
+    monkeypatch.setattr(qa, "qa_sources", no_reading)
+    monkeypatch.setattr(qagen, "read_examples", no_reading)
+    state = types.SimpleNamespace(params=None, consts=None)
+    out = task.evaluate(run, data, lambda params, consts: trained.model, state, [])
+    assert {"question_bleu4", "answer_f1", "baseline_question_bleu4"} <= set(out)
 
 
 def test_qagen_cli_on_piped_input(study):
