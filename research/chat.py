@@ -40,10 +40,10 @@ _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest
 
 
 def main(argv):
-    from research.tasks.chat import unknown_turn_warning, vocabulary_origin
-    from research.tasks.chat_session import ChatSession
+    from research.sampling import ChatSession
+    from research.tasks.chat import ChatTask, unknown_turn_warning, vocabulary_origin
 
-    trained = load_run(argv, _WORKDIR.value, _STEP.value, task="chat")
+    trained = load_run(argv, _WORKDIR.value, _STEP.value, task=ChatTask.name)
     run = trained.config
     context = _MAX_CONTEXT.value or run.task_config.max_context or run.data.seq_len
     try:

@@ -49,32 +49,21 @@ def main(argv):
     import jax
     import numpy as np
 
-    from research.data.tokenizer import EOS_ID, PAD_ID
-    from research.models.generate import generate
+    from research import tasks
+    from research.sampling import generate
 
     if not _WORKDIR.value or _PROMPT.value is None:
         fail("both --workdir=DIR and --prompt=TEXT are required")
     trained = load_run(argv, _WORKDIR.value, _STEP.value, task=None)
-    run, vocab = trained.config, trained.vocab
-    prefix = []
-    if run.task == "seq2seq":
-        from research.tasks.seq2seq import seq2seq_vocab
-
-        vocab = seq2seq_vocab(vocab)  # a run started from a BERT keeps the BERT's vocabulary
-    if run.task == "lm":
-        tok, bos, eos, pad = vocab, None, EOS_ID, PAD_ID
-    elif run.task == "seq2seq" and vocab.tok is not None:
-        tok, bos, eos, pad, prefix = vocab.tok, vocab.bos, vocab.eos, vocab.pad, list(vocab.prefix)
-    else:
+    run = trained.config
+    # A task that generates from text lays the prompt out (LmTask, Seq2seqTask: text_prompt).
+    laid_out = tasks.get(run.task).text_prompt(run, trained.vocab, _PROMPT.value)
+    if laid_out is None:
         fail(
             f"{_WORKDIR.value}: task={run.task!r} has no text vocabulary; generate works for lm "
             "and text seq2seq runs"
         )
-    ids = tok.encode(_PROMPT.value)
-    if run.task == "seq2seq" and run.task_config.layout == "unilm":
-        # [CLS] (a BERT's) + source + separator, as in training
-        ids = (prefix + ids)[: run.task_config.src_len] + [bos]
-        bos = None
+    ids, tok, bos, eos, pad = laid_out
     if not ids:
         fail("--prompt is empty after tokenization")
     prompt = np.asarray([ids], np.int32)

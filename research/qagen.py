@@ -99,9 +99,10 @@ def _generate(gen, asked: list[dict], free: list[dict]) -> dict:
 def main(argv):
 
     from research.data import DataError
-    from research.tasks.qagen import Generator
+    from research.sampling import Generator
+    from research.tasks.qagen import QagenTask
 
-    trained = load_run(argv, _WORKDIR.value, _STEP.value, task="qagen")
+    trained = load_run(argv, _WORKDIR.value, _STEP.value, task=QagenTask.name)
     run = trained.config
     changes = {
         "num_answers": _NUM_ANSWERS.value,

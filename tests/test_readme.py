@@ -19,7 +19,7 @@ def test_readme_block_runs(index, capsys):
     out = capsys.readouterr().out
     if "ln(11)" in BLOCKS[index]:
         assert "2.3978" in out
-    if "research.models.generate import generate" in BLOCKS[index]:  # the decoding section
+    if "research.sampling import generate" in BLOCKS[index]:  # the decoding section
         assert "(2, 8) (2, 8) (2, 4, 8) (2, 4)" in out
 
 

@@ -5,7 +5,7 @@ and values; linear: the O(1) recurrent state) against re-encoding the whole hist
                                    --layers 4 --heads 4 --vocab 8000 --repeats 3 --out DIR]
 
 A turn = a user turn of `turn_tokens` tokens + [SEP], then a reply of `turn_tokens` tokens +
-[SEP], fed through `research.tasks.chat_session.ChatSession` (fixed token ids: a turn's cost does
+[SEP], fed through `research.sampling.ChatSession` (fixed token ids: a turn's cost does
 not depend on which tokens, and sampling is the same small cost in every mode). History H = H
 earlier turns (user and bot alternating) already in the conversation. The model is configs/
 chat.py's default architecture with random weights. Modes:
@@ -27,7 +27,7 @@ from flax import nnx
 from research.cli import positive_int
 from research.models import DecoderLM, ModelConfig
 from research.report import format_table, machine_header, plural, save_figure, write_csv
-from research.tasks.chat_session import ChatSession
+from research.sampling import ChatSession
 
 ATTENTIONS = {
     "softmax": {"attention": "softmax"},

@@ -235,3 +235,56 @@ def chat_example(
     out["segment_ids"][:n] = segments[:-1]
     out["weights"] = (np.arange(seq_len) < n).astype(np.float32)
     return out
+
+
+def encode_conversation(vocab, turns: list[str]) -> list[list[int]]:
+    """Each turn's token ids."""
+    return [vocab.encode(t) for t in turns]
+
+
+def conversation_rows(vocab, conversations, seq_len: int) -> list[dict]:
+    """Every conversation cut into rows of whole turns (`conversation_windows`)."""
+    rows = []
+    for conv in conversations:
+        ids = encode_conversation(vocab, conv)
+        for start, end in conversation_windows(ids, seq_len):
+            rows.append(
+                chat_example(
+                    ids[start:end],
+                    first_segment=start % 2,
+                    seq_len=seq_len,
+                    cls_id=vocab.cls_id,
+                    sep_id=vocab.sep_id,
+                    pad_id=vocab.pad_id,
+                )
+            )
+    return rows
+
+
+def eval_contexts(vocab, conversations, *, n: int, seq_len: int, reply_tokens: int):
+    """Up to n held-out contexts (one per conversation with >= 2 turns, in order): the turns
+    before its last, newest first kept (left truncation) to leave room for a reply; returns
+    ([n, P] right-padded prompts, lengths [n], segments [n, P], reply segment [n])."""
+    prompts, segs, next_seg = [], [], []
+    for conv in conversations:
+        if len(prompts) == n:
+            break
+        if len(conv) < 2:
+            continue
+        ids = encode_conversation(vocab, conv[:-1])
+        kept, dropped = newest_turns(ids, seq_len - reply_tokens - 1)
+        first = dropped % 2
+        tokens, segments = layout(
+            kept, cls_id=vocab.cls_id, sep_id=vocab.sep_id, first_segment=first
+        )
+        prompts.append(tokens)
+        segs.append(segments)
+        next_seg.append((first + len(kept)) % 2)
+    if not prompts:
+        return None
+    width = max(len(p) for p in prompts)
+    out = np.full((len(prompts), width), vocab.pad_id, np.int32)
+    seg = np.zeros((len(prompts), width), np.int32)
+    for i, (p, s) in enumerate(zip(prompts, segs, strict=True)):
+        out[i, : len(p)], seg[i, : len(s)] = p, s
+    return out, np.array([len(p) for p in prompts], np.int32), seg, np.array(next_seg, np.int32)

@@ -268,10 +268,10 @@ def seq2seq_sources(d: DataConfig, *, seed: int, bert_vocab=None):
         return train, evaluation, bert_seq2seq_vocab(bert_vocab, keys)
     local = d.source.startswith("jsonl:")
     model_path = _tokenizer_path(data_dir, d.source, d.vocab_size, texts() if local else None)
-    tok = tokenizer.train_or_load(texts, str(model_path), vocab_size=d.vocab_size)
-    vocab = Seq2seqVocab(
-        tok.vocab_size(), tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID, tok, keys
+    tok = tokenizer.SentencePieceVocab(
+        tokenizer.train_or_load(texts, str(model_path), vocab_size=d.vocab_size)
     )
+    vocab = Seq2seqVocab(tok.vocab_size(), tok.pad_id, tok.bos_id, tok.eos_id, tok, keys)
     return train, evaluation, vocab
 
 
@@ -283,13 +283,24 @@ def bert_seq2seq_vocab(v, keys=("source", "target")) -> "Seq2seqVocab":
 
 class Seq2seqVocab:
     """Ids and (for text data) the tokenizer: encode(record) -> (source ids, target ids) and
-    detokenize(ids) -> the text a metric scores (space-joined ids for synthetic data). `tok` is
-    a sentencepiece model or a BERT vocabulary (encode(text) -> ids, decode(ids) -> text);
-    `prefix` ids start every source ([CLS] for a BERT)."""
+    decode(ids) -> the text a metric scores (space-joined ids for synthetic data). `tok` is a
+    `research.data.vocab.Vocab` (a sentencepiece model or a BERT vocabulary) or None; `prefix`
+    ids start every source ([CLS] for a BERT). The `Vocab` ids are pad_id, bos_id (the first
+    target token, or the UniLM separator), eos_id and the tokenizer's cls_id / sep_id; its
+    `encode` takes a record (the rows' pipeline reads `encode`, `pad`, `bos`, `eos`)."""
 
     def __init__(self, size, pad, bos, eos, tok=None, keys=("source", "target"), prefix=()):
         self.size, self.pad, self.bos, self.eos = size, pad, bos, eos
         self.tok, self.keys, self.prefix = tok, keys, tuple(prefix)
+
+    pad_id = property(lambda self: self.pad)
+    bos_id = property(lambda self: self.bos)
+    eos_id = property(lambda self: self.eos)
+    cls_id = property(lambda self: None if self.tok is None else self.tok.cls_id)
+    sep_id = property(lambda self: None if self.tok is None else self.tok.sep_id)
+
+    def vocab_size(self) -> int:
+        return self.size
 
     def encode(self, record):
         if self.tok is None:
@@ -301,6 +312,29 @@ class Seq2seqVocab:
             out.append(np.asarray(self.tok.encode(t), np.int32))
         return np.concatenate([np.asarray(self.prefix, np.int32), out[0]]), out[1]
 
-    def detokenize(self, ids) -> str:
+    def decode(self, ids) -> str:
         ids = [int(i) for i in ids if int(i) not in (self.pad, self.bos, self.eos)]
         return " ".join(map(str, ids)) if self.tok is None else self.tok.decode(ids)
+
+    def files(self) -> dict[str, bytes]:
+        """What `research.data.vocab.save` writes: vocab.json (the ids, the record keys) and
+        the tokenizer's model when the data has text."""
+        info = {
+            "kind": "seq2seq",
+            "size": self.size,
+            "pad": self.pad,
+            "bos": self.bos,
+            "eos": self.eos,
+            "keys": list(self.keys),
+            "text": self.tok is not None,
+        }
+        text = {} if self.tok is None else self.tok.files()
+        text.pop("vocab.json", None)  # the tokenizer's own kind: this vocab.json replaces it
+        return {**text, "vocab.json": json.dumps(info, indent=1).encode()}
+
+    @classmethod
+    def from_files(cls, directory: pathlib.Path) -> "Seq2seqVocab":
+        """The vocabulary `files` wrote into `directory`."""
+        info = json.loads((directory / "vocab.json").read_text())
+        tok = tokenizer.SentencePieceVocab.from_files(directory) if info["text"] else None
+        return cls(info["size"], info["pad"], info["bos"], info["eos"], tok, tuple(info["keys"]))

@@ -4,6 +4,7 @@ In a multi-process run, process 0 trains while the others wait at a barrier, the
 same file, so every process tokenizes identically.
 """
 
+import json
 import os
 import pathlib
 import re
@@ -81,3 +82,34 @@ def _train(texts_fn, tmp_prefix: str, vocab_size: int, max_lines: int):
         minloglevel=2,
         hard_vocab_limit=False,  # a small corpus may support fewer pieces; the model reads the size
     )
+
+
+class SentencePieceVocab:
+    """A sentencepiece model as a `research.data.vocab.Vocab`: pad, bos and eos ids (this
+    module's PAD_ID, BOS_ID, EOS_ID), no [CLS] / [SEP]."""
+
+    pad_id, bos_id, eos_id, cls_id, sep_id = PAD_ID, BOS_ID, EOS_ID, None, None
+
+    def __init__(self, processor: spm.SentencePieceProcessor):
+        self.processor = processor
+
+    def vocab_size(self) -> int:
+        return self.processor.vocab_size()
+
+    def encode(self, text) -> list[int]:
+        """Token ids of `text` (str or UTF-8 bytes)."""
+        return self.processor.encode(text)
+
+    def decode(self, ids) -> str:
+        return self.processor.decode([int(i) for i in ids])
+
+    def files(self) -> dict[str, bytes]:
+        """What `research.data.vocab.save` writes: the model and vocab.json."""
+        info = json.dumps({"kind": "sentencepiece"}, indent=1).encode()
+        return {"tokenizer.model": self.processor.serialized_model_proto(), "vocab.json": info}
+
+    @classmethod
+    def from_files(cls, directory: pathlib.Path) -> "SentencePieceVocab":
+        """The vocabulary `files` wrote into `directory`."""
+        proto = (directory / "tokenizer.model").read_bytes()
+        return cls(spm.SentencePieceProcessor(model_proto=proto))

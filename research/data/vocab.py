@@ -1,4 +1,10 @@
-"""A run's vocabulary saved beside its checkpoints, so a workdir decodes on any machine.
+"""The vocabulary interface (`Vocab`), and a run's vocabulary saved beside its checkpoints, so a
+workdir decodes on any machine.
+
+Three vocabularies implement `Vocab`: a sentencepiece model (`research.data.tokenizer.
+SentencePieceVocab`: pad, bos, eos), a BERT WordPiece vocabulary (`research.data.wordpiece.
+BertVocab`: pad, [CLS], [SEP]) and the seq2seq ids (`research.data.sources.Seq2seqVocab`: pad,
+bos, eos, and its tokenizer's [CLS] / [SEP]; its `encode` takes a {source, target} record).
 
 Files in the workdir: `vocab.json` (which kind, and the special ids of a seq2seq vocabulary),
 and `tokenizer.model` (the sentencepiece model, when the data has text) or `tokenizer.json` (a
@@ -7,52 +13,57 @@ BERT WordPiece vocabulary, Hugging Face format). MQAR has neither: its tokens ar
 
 import json
 import pathlib
-
-import sentencepiece as spm
+from collections.abc import Sequence
+from typing import Protocol
 
 from research.data.sources import Seq2seqVocab
+from research.data.tokenizer import SentencePieceVocab
 from research.data.wordpiece import BertVocab
 
 
-def save(directory, vocab) -> None:
-    """Write `vocab` (a SentencePieceProcessor, a Seq2seqVocab, a BertVocab or None)."""
-    directory = pathlib.Path(directory)
-    if isinstance(vocab, BertVocab):
-        _write(directory / "tokenizer.json", vocab.to_json().encode())
-        _write(directory / "vocab.json", json.dumps({"kind": "wordpiece"}, indent=1).encode())
-        return
-    tok = vocab.tok if isinstance(vocab, Seq2seqVocab) else vocab
-    if tok is not None:
-        _write(directory / "tokenizer.model", tok.serialized_model_proto())
-    info = {"kind": "none" if vocab is None else "sentencepiece"}
-    if isinstance(vocab, Seq2seqVocab):
-        info = {
-            "kind": "seq2seq",
-            "size": vocab.size,
-            "pad": vocab.pad,
-            "bos": vocab.bos,
-            "eos": vocab.eos,
-            "keys": list(vocab.keys),
-            "text": tok is not None,
-        }
-    _write(directory / "vocab.json", json.dumps(info, indent=1).encode())
+class Vocab(Protocol):
+    """Token ids <-> text, and the special ids (None where the vocabulary has no such token)."""
+
+    pad_id: int | None
+    bos_id: int | None
+    eos_id: int | None
+    cls_id: int | None
+    sep_id: int | None
+
+    def vocab_size(self) -> int:
+        """The number of ids (the model's embedding rows)."""
+        ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without special tokens."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`."""
+        ...
+
+    def files(self) -> dict[str, bytes]:
+        """File name -> contents that `save` writes (vocab.json names the kind)."""
+        ...
 
 
-def load(directory):
-    """The vocabulary `save` wrote: a SentencePieceProcessor, a Seq2seqVocab, a BertVocab or
-    None."""
+# vocab.json's kind -> the class whose `from_files` reads the directory back.
+KINDS = {"sentencepiece": SentencePieceVocab, "wordpiece": BertVocab, "seq2seq": Seq2seqVocab}
+
+
+def save(directory, vocab: Vocab | None) -> None:
+    """Write `vocab` (its `files`; None: a vocab.json of kind none)."""
     directory = pathlib.Path(directory)
-    info = json.loads((directory / "vocab.json").read_text())
-    if info["kind"] == "wordpiece":
-        return BertVocab.from_json((directory / "tokenizer.json").read_text(encoding="utf-8"))
-    tok = None
-    if info["kind"] == "sentencepiece" or info.get("text"):
-        tok = spm.SentencePieceProcessor(model_proto=(directory / "tokenizer.model").read_bytes())
-    if info["kind"] == "seq2seq":
-        return Seq2seqVocab(
-            info["size"], info["pad"], info["bos"], info["eos"], tok, tuple(info["keys"])
-        )
-    return tok
+    files = {"vocab.json": json.dumps({"kind": "none"}, indent=1).encode()}
+    for name, data in (files if vocab is None else vocab.files()).items():
+        _write(directory / name, data)
+
+
+def load(directory) -> Vocab | None:
+    """The vocabulary `save` wrote (None for kind none)."""
+    directory = pathlib.Path(directory)
+    kind = json.loads((directory / "vocab.json").read_text())["kind"]
+    return None if kind == "none" else KINDS[kind].from_files(directory)
 
 
 def _write(path: pathlib.Path, data: bytes) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import jax
 from jax.experimental import multihost_utils
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.implementations import BertWordPieceTokenizer
 from tokenizers.models import WordPiece
 
 from research.data import DataError
@@ -118,7 +119,7 @@ def _is_cjk(ch: str) -> bool:
 
 
 class BertVocab:
-    """A BERT WordPiece tokenizer with the ids tasks need.
+    """A BERT WordPiece tokenizer with the ids tasks need (a `research.data.vocab.Vocab`).
 
     encode(text) -> ids without [CLS]/[SEP]; encode_words(words) -> (ids, word_index) for whole-
     word masking; decode(ids) -> text. pad_id, unk_id, cls_id, sep_id, mask_id are looked up by
@@ -152,6 +153,7 @@ class BertVocab:
     cls_id = property(lambda self: self._ids["[CLS]"])
     sep_id = property(lambda self: self._ids["[SEP]"])
     mask_id = property(lambda self: self._ids["[MASK]"])
+    bos_id = eos_id = None  # BERT starts a row with [CLS] and separates with [SEP]
 
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
@@ -216,6 +218,16 @@ class BertVocab:
     def from_json(cls, text: str) -> "BertVocab":
         return cls(Tokenizer.from_str(text))
 
+    def files(self) -> dict[str, bytes]:
+        """What `research.data.vocab.save` writes: tokenizer.json and vocab.json."""
+        info = json.dumps({"kind": "wordpiece"}, indent=1).encode()
+        return {"tokenizer.json": self.to_json().encode(), "vocab.json": info}
+
+    @classmethod
+    def from_files(cls, directory: pathlib.Path) -> "BertVocab":
+        """The vocabulary `files` wrote into `directory`."""
+        return cls.from_json((directory / "tokenizer.json").read_text(encoding="utf-8"))
+
     @classmethod
     def from_pretrained_dir(cls, path) -> "BertVocab":
         """The vocabulary of a Hugging Face BERT directory (see `load_hf_tokenizer`)."""
@@ -245,4 +257,24 @@ def train_or_load(texts_fn, path, *, vocab_size: int, min_frequency: int = 1) ->
         os.replace(tmp, path)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"wordpiece:{path.name}")
+    return BertVocab(Tokenizer.from_file(str(path)))
+
+
+def train_english_or_load(texts_fn, path: pathlib.Path, vocab_size: int) -> BertVocab:
+    """An English WordPiece vocabulary (BERT-uncased conventions) trained on texts_fn(), saved
+    at `path` (written once, then read, so every run of a data_dir shares it)."""
+    if jax.process_index() == 0 and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok = BertWordPieceTokenizer(lowercase=True)
+        tok.train_from_iterator(
+            texts_fn(),
+            vocab_size=vocab_size,
+            min_frequency=2,
+            special_tokens=list(SPECIALS),
+        )
+        tmp = path.with_name(path.name + ".tmp")
+        tok.save(str(tmp))
+        tmp.replace(path)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"chat-vocab:{path.name}")
     return BertVocab(Tokenizer.from_file(str(path)))

@@ -25,7 +25,6 @@ from research.config import as_list
 from research.experiments import sweep
 from research.models import DecoderLM
 from research.models.config import RECURRENT_KINDS
-from research.models.generate import generate
 from research.ops.checks import is_positive_int
 from research.report import (
     format_table,
@@ -35,6 +34,7 @@ from research.report import (
     save_figure,
     write_csv,
 )
+from research.sampling import generate
 from research.train.config import ConfigError, parse
 
 FIELDS = (

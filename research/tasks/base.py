@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from research.config import ConfigError, RunConfig, typed
+from research.data.vocab import Vocab
 from research.models import DecoderLM, ModelConfig
 from research.models.config import RECURRENT_KINDS
 from research.ops.checks import check_causal_allowed
@@ -36,7 +37,9 @@ class TaskData:
     vocab_size: int  # the model's token vocabulary
     max_length: int  # the longest row the model sees
     make_iterator: Callable[[bool], Iterator[dict]]  # train -> this process's numpy batches
-    vocab: Any = None  # `research.data.vocab` object that turns ids into text, or None
+    vocab: Vocab | None = None  # ids <-> text and the special ids; None without text
+    # What `Task.evaluate` needs beyond the model (held-out examples), so evaluation reads no file.
+    eval_examples: Any = None
 
 
 def abstract_rows(batch_size: int, **fields: tuple) -> dict[str, jax.ShapeDtypeStruct]:
@@ -146,6 +149,11 @@ class Task(abc.ABC):
             targets=(row, jnp.int32),
             weights=(row, jnp.float32),
         )
+
+    def text_prompt(self, run: RunConfig, vocab, text: str):
+        """`text` laid out as a prompt for `research.generate` (a `research.sampling.TextPrompt`),
+        or None for a task that does not generate from free text (the default)."""
+        del run, vocab, text
 
     @abc.abstractmethod
     def loss_fn(self, run: RunConfig, data: TaskData):

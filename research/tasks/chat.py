@@ -14,24 +14,22 @@ smoke preset's 200), the vocabulary trained from scratch included.
 """
 
 import dataclasses
-import functools
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tokenizers import Tokenizer
-from tokenizers.implementations import BertWordPieceTokenizer
 
+from research import sampling
 from research.config import ConfigError, RunConfig
-from research.data import DataError, dialogue, pipeline, wordpiece
+from research.data import DataError, dialogue, wordpiece
+from research.data.shards import array_iterator
 from research.models import DecoderLM, ModelConfig
 from research.models import params as params_io
-from research.ops import decoding
 from research.ops.checks import check_positive_field
 from research.tasks import bert
-from research.tasks.base import Task, TaskData
+from research.tasks.base import Task, TaskData, abstract_rows
 from research.tasks.lm import lm_loss
 
 
@@ -63,28 +61,6 @@ def distinct_n(replies: list[list[int]], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def _wordpiece_vocab(texts_fn, path: pathlib.Path, vocab_size: int) -> wordpiece.BertVocab:
-    """An English WordPiece vocabulary (BERT-uncased conventions) trained on texts_fn(), saved
-    at `path` (written once, then read, so every run of a data_dir shares it)."""
-    if jax.process_index() == 0 and not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tok = BertWordPieceTokenizer(lowercase=True)
-        tok.train_from_iterator(
-            texts_fn(),
-            vocab_size=vocab_size,
-            min_frequency=2,
-            special_tokens=list(wordpiece.SPECIALS),
-        )
-        tmp = path.with_name(path.name + ".tmp")
-        tok.save(str(tmp))
-        tmp.replace(path)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(f"chat-vocab:{path.name}")
-    return wordpiece.BertVocab(Tokenizer.from_file(str(path)))
-
-
 def chat_vocab(run: RunConfig, train_conversations, *, capped: bool = False):
     """The run's vocabulary: chat.init's, else trained on `train_conversations` (once per
     data_dir; `capped`: they are the first data.train_examples, named in the file)."""
@@ -97,7 +73,7 @@ def chat_vocab(run: RunConfig, train_conversations, *, capped: bool = False):
     if capped:
         name += f"-n{d.train_examples}"
     if vocab_kind(run) == "wordpiece":
-        return _wordpiece_vocab(
+        return wordpiece.train_english_or_load(
             texts, directory / f"chat-{name}-wp{d.vocab_size}.json", d.vocab_size
         )
     path = wordpiece.char_vocab_path(d.data_dir, f"chat-{name}", d.vocab_size)
@@ -134,104 +110,12 @@ def unknown_turn_warning(vocab, ids: list[int], origin: str) -> str | None:
     )
 
 
-def encode_conversation(vocab, turns: list[str]) -> list[list[int]]:
-    return [vocab.encode(t) for t in turns]
-
-
-def conversation_rows(vocab, conversations, seq_len: int) -> list[dict]:
-    """Every conversation cut into rows of whole turns (`dialogue.conversation_windows`)."""
-    rows = []
-    for conv in conversations:
-        ids = encode_conversation(vocab, conv)
-        for start, end in dialogue.conversation_windows(ids, seq_len):
-            rows.append(
-                dialogue.chat_example(
-                    ids[start:end],
-                    first_segment=start % 2,
-                    seq_len=seq_len,
-                    cls_id=vocab.cls_id,
-                    sep_id=vocab.sep_id,
-                    pad_id=vocab.pad_id,
-                )
-            )
-    return rows
-
-
-def eval_contexts(vocab, conversations, *, n: int, seq_len: int, reply_tokens: int):
-    """Up to n held-out contexts (one per conversation with >= 2 turns, in order): the turns
-    before its last, newest first kept (left truncation) to leave room for a reply; returns
-    ([n, P] right-padded prompts, lengths [n], segments [n, P], reply segment [n])."""
-    prompts, segs, next_seg = [], [], []
-    for conv in conversations:
-        if len(prompts) == n:
-            break
-        if len(conv) < 2:
-            continue
-        ids = encode_conversation(vocab, conv[:-1])
-        kept, dropped = dialogue.newest_turns(ids, seq_len - reply_tokens - 1)
-        first = dropped % 2
-        tokens, segments = dialogue.layout(
-            kept, cls_id=vocab.cls_id, sep_id=vocab.sep_id, first_segment=first
-        )
-        prompts.append(tokens)
-        segs.append(segments)
-        next_seg.append((first + len(kept)) % 2)
-    if not prompts:
-        return None
-    width = max(len(p) for p in prompts)
-    out = np.full((len(prompts), width), vocab.pad_id, np.int32)
-    seg = np.zeros((len(prompts), width), np.int32)
-    for i, (p, s) in enumerate(zip(prompts, segs, strict=True)):
-        out[i, : len(p)], seg[i, : len(s)] = p, s
-    return out, np.array([len(p) for p in prompts], np.int32), seg, np.array(next_seg, np.int32)
-
-
-def sample_replies(
-    model,
-    prompts,
-    lengths,
-    segments,
-    reply_segment,
-    key,
-    *,
-    top_k: int,
-    max_tokens: int,
-    stop_id: int,
-    pad_id: int,
-    top_p: float = 1.0,
-    temperature: float = 1.0,
-):
-    """Top-k / top-p sampled replies [B, max_tokens] (pad after the stop token), traceable."""
-    logits, cache = model.prefill(
-        prompts, lengths=lengths, segment_ids=segments, max_length=prompts.shape[1] + max_tokens
-    )
-    step = lambda tok, c: model.decode_step(tok, c, segment=reply_segment)  # noqa: E731
-    return decoding.sample(
-        step,
-        logits,
-        cache,
-        key,
-        max_new_tokens=max_tokens,
-        top_k=top_k,
-        top_p=top_p,
-        temperature=temperature,
-        stop_tokens=(stop_id,),
-        pad_id=pad_id,
-    )
-
-
 def reply_ids(tokens, stop_id: int) -> list[list[int]]:
     """Each row up to (not including) its first stop token."""
     out = []
     for row in np.asarray(tokens).tolist():
         out.append(row[: row.index(stop_id)] if stop_id in row else row)
     return out
-
-
-@functools.lru_cache(maxsize=2)
-def _held_out(source: str, data_dir: str) -> list[list[str]]:
-    """The validation conversations, read once per process (evaluation runs several times)."""
-    return dialogue.conversations(source, data_dir)["validation"]
 
 
 class ChatTask(Task):
@@ -271,8 +155,8 @@ class ChatTask(Task):
         train = splits["train"][: d.train_examples]
         vocab = chat_vocab(run, train, capped=len(train) < len(splits["train"]))
         rows = {
-            "train": conversation_rows(vocab, train, d.seq_len),
-            "validation": conversation_rows(vocab, splits["validation"], d.seq_len),
+            "train": dialogue.conversation_rows(vocab, train, d.seq_len),
+            "validation": dialogue.conversation_rows(vocab, splits["validation"], d.seq_len),
         }
         for name, r in rows.items():
             if len(r) < t.batch_size:
@@ -282,7 +166,7 @@ class ChatTask(Task):
                 )
 
         def make(is_train: bool):
-            return pipeline.array_iterator(
+            return array_iterator(
                 rows["train" if is_train else "validation"],
                 batch_size=t.batch_size,
                 seed=t.seed,
@@ -290,7 +174,8 @@ class ChatTask(Task):
                 shards=d.shards,
             )
 
-        return TaskData(vocab.vocab_size(), d.seq_len, make, vocab)
+        held_out = splits["validation"]  # the contexts `evaluate` samples replies for
+        return TaskData(vocab.vocab_size(), d.seq_len, make, vocab, eval_examples=held_out)
 
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:
         init = run.task_config.init
@@ -316,7 +201,19 @@ class ChatTask(Task):
             flush=True,
         )
 
-    def loss_fn(self, run: RunConfig, data: TaskData | None):
+    def abstract_batch(self, run: RunConfig, batch_size: int) -> dict:
+        """Dialogue rows: inputs, targets, segment_ids (the speaker) [B, seq_len] int32 and
+        weights [B, seq_len] float32 (`research.data.dialogue.conversation_rows`)."""
+        row = (run.data.seq_len,)
+        return abstract_rows(
+            batch_size,
+            inputs=(row, jnp.int32),
+            targets=(row, jnp.int32),
+            segment_ids=(row, jnp.int32),
+            weights=(row, jnp.float32),
+        )
+
+    def loss_fn(self, run: RunConfig, data: TaskData):
         return lm_loss
 
     def evaluate(self, run: RunConfig, data: TaskData, eval_model, state, batches) -> dict:
@@ -324,10 +221,9 @@ class ChatTask(Task):
         if not s.eval_contexts:
             return {}
         vocab = data.vocab
-        held_out = _held_out(run.data.source, run.data.data_dir)
-        ctx = eval_contexts(
+        ctx = dialogue.eval_contexts(
             vocab,
-            held_out,
+            data.eval_examples,
             n=s.eval_contexts,
             seq_len=run.data.seq_len,
             reply_tokens=s.max_reply_tokens,
@@ -338,16 +234,19 @@ class ChatTask(Task):
 
         @nnx.jit
         def sample(model, key):
-            return sample_replies(
+            return sampling.decode(
                 model,
                 jnp.asarray(prompts),
-                jnp.asarray(lengths),
-                jnp.asarray(segments),
-                jnp.asarray(reply_seg),
-                key,
+                lengths=jnp.asarray(lengths),
+                max_new_tokens=s.max_reply_tokens,
+                method="sample",
+                key=key,
+                segment=jnp.asarray(reply_seg),
+                segment_ids=jnp.asarray(segments),
                 top_k=s.top_k,
-                max_tokens=s.max_reply_tokens,
-                stop_id=vocab.sep_id,
+                top_p=1.0,
+                temperature=1.0,
+                stop_tokens=(vocab.sep_id,),
                 pad_id=vocab.pad_id,
             )
 

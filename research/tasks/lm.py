@@ -5,9 +5,10 @@ import jax.numpy as jnp
 
 from research import ops
 from research.config import RunConfig
-from research.data import sources
+from research.data import sources, tokenizer
 from research.data.lm import lm_iterator
 from research.models import DecoderLM
+from research.sampling import TextPrompt
 from research.tasks.base import Task, TaskData
 
 
@@ -38,10 +39,14 @@ class LmTask(Task):
                 shards=d.shards,
             )
 
-        return TaskData(tok.vocab_size(), d.seq_len, make, tok)
+        return TaskData(tok.vocab_size(), d.seq_len, make, tokenizer.SentencePieceVocab(tok))
 
     def model_class(self, run: RunConfig) -> type:
         return DecoderLM
+
+    def text_prompt(self, run: RunConfig, vocab, text: str) -> TextPrompt:
+        """`text` as research.generate continues it: its tokens, until EOS."""
+        return TextPrompt(vocab.encode(text), vocab, None, vocab.eos_id, vocab.pad_id)
 
     def loss_fn(self, run: RunConfig, data: TaskData):
         return lm_loss

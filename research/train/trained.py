@@ -8,7 +8,7 @@ the loop writes `model.json` (the exact `ModelConfig`, sizes included) and the v
 import dataclasses
 import json
 import pathlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from flax import nnx
 from ml_collections import ConfigDict
@@ -23,7 +23,7 @@ from research.train.config import parse
 
 class Trained(NamedTuple):
     model: nnx.Module  # in eval mode (dropout off), parameters restored
-    vocab: Any  # sentencepiece processor (lm), Seq2seqVocab (seq2seq) or None (mqar)
+    vocab: vocab_io.Vocab | None  # research.data.vocab.load: None for MQAR
     config: RunConfig
     step: int
 

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -8,10 +9,11 @@ import pytest
 from flax import nnx
 
 from configs import chat as chat_config
+from research import tasks
 from research.data import dialogue
 from research.models import DecoderLM, ModelConfig
+from research.sampling import ChatSession
 from research.tasks.chat import distinct_n, unknown_turn_warning, vocabulary_origin
-from research.tasks.chat_session import ChatSession
 from research.train import load_trained, loop
 from research.train.config import parse
 
@@ -118,6 +120,27 @@ def test_smoke_training_reports_perplexity_and_reply_metrics(smoke_run):
     assert isinstance(trained.model, DecoderLM) and trained.model.cfg.num_segments == 2
     assert trained.model.cfg.tie_embeddings
     assert trained.config.data.source == "chitchat"
+
+
+def test_evaluation_reads_no_file_the_held_out_conversations_come_with_the_data(
+    smoke_run, monkeypatch
+):
+    trained = load_trained(smoke_run[0])
+    run = trained.config
+    task = tasks.get(run.task)
+    data = task.build_data(run)  # the smoke run's data_dir: its vocabulary is reused
+    assert (
+        data.eval_examples
+        == dialogue.conversations(run.data.source, run.data.data_dir)["validation"]
+    )
+
+    def no_reading(*args):
+        raise AssertionError("evaluate read the conversations from disk")
+
+    monkeypatch.setattr(dialogue, "conversations", no_reading)
+    state = types.SimpleNamespace(params=None, consts=None)
+    out = task.evaluate(run, data, lambda params, consts: trained.model, state, [])
+    assert set(out) == {"distinct_1", "distinct_2", "reply_length"}
 
 
 def test_a_turn_mostly_unknown_to_the_vocabulary_is_warned_about(smoke_run):

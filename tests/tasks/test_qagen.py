@@ -2,6 +2,7 @@ import functools
 import json
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +11,16 @@ import pytest
 from flax import nnx
 
 from configs import qagen as qagen_config
+from research import tasks
 from research.config import ConfigError
+from research.data import qa, qa_rows
 from research.experiments import EXPERIMENTS
 from research.models import Bert, ModelConfig
 from research.ops import decoding
+from research.sampling import qagen as qagen_sampling
 from research.tasks import qagen
+from research.tasks.qagen import loss as qagen_loss
+from research.tasks.qagen import metrics as qagen_metrics
 from research.tasks.seq2seq import metrics
 from research.train import load_trained
 from research.train.config import parse
@@ -38,7 +44,7 @@ def _tiny_bert(**overrides) -> Bert:
 
 
 def _row(passage=(10, 11, 12, 13, 14), answer=(12, 13), question=(20, 21, 22), seq_len=20):
-    return qagen.qa_row(
+    return qa_rows.qa_row(
         list(passage),
         list(answer),
         list(question),
@@ -85,7 +91,7 @@ def test_loss_is_the_cross_entropy_of_segment_one_tokens_only():
     model = _tiny_bert()
     rows = [_row(), _row(passage=(15, 16, 17), answer=(16,), question=(21, 22, 23, 24, 25))]
     batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
-    loss, weight, metrics = qagen.make_qagen_loss(2 + 5 + 2)(model, batch)
+    loss, weight, metrics = qagen_loss.make_qagen_loss(2 + 5 + 2)(model, batch)
     full = np.asarray(
         model(
             batch["inputs"], segment_ids=batch["segment_ids"], mask=batch["mask"], unilm=True
@@ -104,7 +110,7 @@ def test_loss_is_the_cross_entropy_of_segment_one_tokens_only():
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     # Passage tokens are inputs, never targets: other targets there change nothing.
     other = dict(batch, targets=batch["targets"].at[:, :3].set(7))
-    np.testing.assert_allclose(float(qagen.make_qagen_loss(9)(model, other)[0]), float(loss))
+    np.testing.assert_allclose(float(qagen_loss.make_qagen_loss(9)(model, other)[0]), float(loss))
     assert 0 <= float(metrics["correct"]) <= n
 
 
@@ -120,18 +126,36 @@ class _CharVocab:
 def test_only_the_passage_is_cut_and_its_window_holds_the_answer():
     v = _CharVocab()
     passage = "abcdefghijklmnopqrstuvwxyz"
-    ids = qagen.passage_window(v, passage, passage.index("st"), 2, 6)
+    ids = qa_rows.passage_window(v, passage, passage.index("st"), 2, 6)
     assert len(ids) == 6 and v.encode("st")[0] in ids and ids == v.encode("qrstuv")
-    assert qagen.passage_window(v, passage, -1, 0, 6) == v.encode("abcdef")
-    assert qagen.passage_window(v, passage, 24, 2, 6) == v.encode("uvwxyz")
+    assert qa_rows.passage_window(v, passage, -1, 0, 6) == v.encode("abcdef")
+    assert qa_rows.passage_window(v, passage, 24, 2, 6) == v.encode("uvwxyz")
     s = qagen.QagenConfig(answer_len=3, question_len=5)
     ex = {"passage": passage, "answer": "xyz", "question": "what?", "answer_start": 23}
-    r = qagen.encode_example(v, ex, seq_len=20, s=s)  # passage budget 20 - 3 - 5 - 4 = 8
+    r = qa_rows.encode_example(
+        v, ex, seq_len=20, answer_len=s.answer_len, question_len=s.question_len
+    )  # passage budget 20 - 3 - 5 - 4 = 8
     row = r["inputs"][r["mask"]].tolist()
     assert row == [CLS, *v.encode("stuvwxyz"), SEP, *v.encode("xyz"), SEP, *v.encode("what?"), SEP]
-    assert qagen.encode_example(v, dict(ex, question="a longer question"), seq_len=20, s=s) is None
     assert (
-        qagen.encode_example(v, dict(ex, answer="wxyz", answer_start=22), seq_len=20, s=s) is None
+        qa_rows.encode_example(
+            v,
+            dict(ex, question="a longer question"),
+            seq_len=20,
+            answer_len=s.answer_len,
+            question_len=s.question_len,
+        )
+        is None
+    )
+    assert (
+        qa_rows.encode_example(
+            v,
+            dict(ex, answer="wxyz", answer_start=22),
+            seq_len=20,
+            answer_len=s.answer_len,
+            question_len=s.question_len,
+        )
+        is None
     )
 
 
@@ -182,7 +206,7 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
         pad_id=PAD,
         banned_ids=(PAD, CLS),
     )
-    got = jax.jit(functools.partial(qagen.generate_qa, model, **opts))(
+    got = jax.jit(functools.partial(qagen_sampling.generate_qa, model, **opts))(
         jnp.asarray(prompt), jnp.asarray(lengths), key
     )
     # Stage 1, by hand: sample with the same key, each step a full forward of the whole row.
@@ -257,7 +281,9 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
     assert not np.isin(answers, [CLS]).any()
     # The stage-2 row fits a model whose positions end exactly at the longest training row.
     learned = _tiny_bert(positions="learned", max_length=p + a_len + 1 + q_len + 1)
-    out = qagen.generate_qa(learned, jnp.asarray(prompt), jnp.asarray(lengths), key, **opts)
+    out = qagen_sampling.generate_qa(
+        learned, jnp.asarray(prompt), jnp.asarray(lengths), key, **opts
+    )
     assert out["questions"].shape == (b, k, q_len + 1)
 
 
@@ -266,14 +292,20 @@ def test_in_passage_and_dedup_against_python():
     lengths = jnp.asarray([7])
     answers = jnp.asarray([[7, 8, PAD], [8, 9, 7], [9, 9, PAD], [8, SEP, PAD], [6, PAD, PAD]])
     alen = jnp.asarray([2, 3, 2, 1, 0])
-    got = qagen.in_passage(jnp.repeat(prompt, 5, 0), jnp.repeat(lengths, 5), answers, alen)
+    got = qagen_sampling.in_passage(jnp.repeat(prompt, 5, 0), jnp.repeat(lengths, 5), answers, alen)
     assert got.tolist() == [True, True, False, True, False]
     # [SEP] is not part of the passage: an answer running into it is not a span.
-    assert not qagen.in_passage(prompt, lengths, jnp.asarray([[7, 8, SEP]]), jnp.asarray([3]))[0]
+    assert not qagen_sampling.in_passage(
+        prompt, lengths, jnp.asarray([[7, 8, SEP]]), jnp.asarray([3])
+    )[0]
     dup = jnp.asarray([[[7, 8, 1], [7, 8, 2], [7, 9, 0], [7, 8, 0]]])
-    keep = qagen.first_of_each(dup, jnp.asarray([[2, 2, 2, 2]]), jnp.asarray([[1, 1, 1, 1]]) > 0)
+    keep = qagen_sampling.first_of_each(
+        dup, jnp.asarray([[2, 2, 2, 2]]), jnp.asarray([[1, 1, 1, 1]]) > 0
+    )
     assert keep.tolist() == [[True, False, True, False]]
-    keep = qagen.first_of_each(dup, jnp.asarray([[2, 2, 2, 2]]), jnp.asarray([[0, 1, 1, 1]]) > 0)
+    keep = qagen_sampling.first_of_each(
+        dup, jnp.asarray([[2, 2, 2, 2]]), jnp.asarray([[0, 1, 1, 1]]) > 0
+    )
     assert keep.tolist() == [[False, True, True, False]]  # an invalid first does not count
 
 
@@ -290,13 +322,15 @@ def test_metrics_against_hand_computed_values():
         "!",
     ]
     # SQuAD F1 on characters: 2 of 3 predicted, 2 of 4 gold -> 2 * (2/3 * 1/2) / (2/3 + 1/2).
-    assert qagen.span_f1("北京市", "在北京城") == pytest.approx(4 / 7)
-    got = qagen.answer_scores([["北京", "上海市"], []], [["北京", "上海"], ["x"]])
+    assert qagen_metrics.span_f1("北京市", "在北京城") == pytest.approx(4 / 7)
+    got = qagen_metrics.answer_scores([["北京", "上海市"], []], [["北京", "上海"], ["x"]])
     assert got["answer_em"] == 50 and got["answers"] == 1
     # 上海市 vs 上海: 2 shared of 3 predicted and 2 gold -> F1 0.8; 北京 is exact.
     assert got["answer_f1"] == pytest.approx(100 * (1 + 0.8) / 2)
     # SQuAD's normalisation: punctuation, articles and accents do not count.
-    same = qagen.answer_scores([["１９９８年。", "The Beyoncé"]], [["１９９８年", "beyonce"]])
+    same = qagen_metrics.answer_scores(
+        [["１９９８年。", "The Beyoncé"]], [["１９９８年", "beyonce"]]
+    )
     assert same["answer_em"] == 100 and same["answer_f1"] == 100
     same = metrics.text_scores(["谁发表讲话？"], ["谁发表讲话？"])
     assert same["bleu"] == pytest.approx(100) and same["rougeL"] == pytest.approx(100)
@@ -304,7 +338,7 @@ def test_metrics_against_hand_computed_values():
     assert metrics.text_scores(["甲乙丙丁"], ["甲丙丁戊"])["rougeL"] == pytest.approx(75)
     ex = {"passage": "开幕了。江泽民在北京发表讲话，大家鼓掌。完", "answer": "北京"}
     assert qagen.baseline_question(ex) == "江泽民在发表讲话，大家鼓掌"
-    assert qagen.frequent_answers(["上海", "北京", "江泽民"], ex["passage"], 1) == ["北京"]
+    assert qagen_metrics.frequent_answers(["上海", "北京", "江泽民"], ex["passage"], 1) == ["北京"]
 
 
 def test_config_errors():
@@ -376,6 +410,26 @@ def _qagen(workdir, text, *flags):
         text=True,
         timeout=300,
     )
+
+
+def test_evaluation_reads_no_file_the_held_out_examples_come_with_the_data(study, monkeypatch):
+    trained = load_trained(study[0] / "runs" / "seed0")
+    run = trained.config
+    task = tasks.get(run.task)
+    data = task.build_data(run)
+    assert (
+        data.eval_examples.held_out
+        == qagen.read_examples(run.data.source, run.data.data_dir)["validation"]
+    )
+
+    def no_reading(*args):
+        raise AssertionError("evaluate read the examples from disk")
+
+    monkeypatch.setattr(qa, "qa_sources", no_reading)
+    monkeypatch.setattr(qagen, "read_examples", no_reading)
+    state = types.SimpleNamespace(params=None, consts=None)
+    out = task.evaluate(run, data, lambda params, consts: trained.model, state, [])
+    assert {"question_bleu4", "answer_f1", "baseline_question_bleu4"} <= set(out)
 
 
 def test_qagen_cli_on_piped_input(study):

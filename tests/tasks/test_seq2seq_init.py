@@ -73,7 +73,7 @@ def test_unilm_starts_from_the_mlm_with_its_character_vocabulary(mlm_workdir, da
     assert np.all(batch["inputs"][:, 0] == v.cls_id)
     p = batch["prompt_length"]
     assert np.all(batch["inputs"][np.arange(len(p)), p - 1] == v.sep_id)
-    first = seq2seq.seq2seq_vocab(data.vocab).detokenize(batch["inputs"][0, 1 : p[0] - 1])
+    first = seq2seq.seq2seq_vocab(data.vocab).decode(batch["inputs"][0, 1 : p[0] - 1])
     assert first and " " not in first and any("\u4e00" <= ch <= "\u9fff" for ch in first)
 
 
@@ -108,8 +108,8 @@ def test_trained_run_scores_the_decoded_titles_on_characters(mlm_workdir, data_d
             eos=v.eos,
             pad=v.pad,
         )
-        hyps += [v.detokenize(h) for h in np.asarray(out)]
-        refs += [v.detokenize(r) for r in np.where(b["weights"] > 0, b["targets"], v.pad)]
+        hyps += [v.decode(h) for h in np.asarray(out)]
+        refs += [v.decode(r) for r in np.where(b["weights"] > 0, b["targets"], v.pad)]
     assert all(r and " " not in r for r in refs)
     assert sum("\u4e00" <= ch <= "\u9fff" for r in refs for ch in r) > 0.5 * sum(map(len, refs))
     mine = text_scores(hyps, refs)

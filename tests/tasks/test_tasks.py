@@ -1,4 +1,5 @@
-"""The Task interface: a new task is one class; the loop and main know no task by name."""
+"""The Task interface: a new task is one class; the loop and the entry points know no task by
+name."""
 
 import json
 import pathlib
@@ -17,8 +18,20 @@ from research.train.config import parse
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+# The entry points, each a module or a package of them (research/plan is not listed yet: its
+# train.py refuses seq2seq by name until the planner takes abstract batches from the task).
+ENTRY_POINTS = (
+    "research/main.py",
+    "research/generate.py",
+    "research/chat.py",
+    "research/qagen.py",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "research/bench").rglob("*.py")),
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "research/plan").rglob("*.py")),
+)
+
+
 def test_the_loop_and_main_name_no_task():
-    for path in ("research/train/loop.py", "research/main.py", "research/train/config.py"):
+    for path in ("research/train/loop.py", "research/train/config.py", *ENTRY_POINTS):
         text = (ROOT / path).read_text()
         for name in tasks.TASKS:
             assert f'"{name}"' not in text and f"'{name}'" not in text, (path, name)

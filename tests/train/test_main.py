@@ -493,7 +493,7 @@ def test_generate_cli_continues_a_prompt_from_a_copied_workdir(reference, tmp_pa
     decodes, and the CLI prints what models.generate gives on the loaded model."""
     import numpy as np
 
-    from research.models.generate import generate
+    from research.sampling import generate
     from research.train import load_trained
 
     copy = tmp_path / "copied"
@@ -707,7 +707,7 @@ def test_scanned_layers_train_resume_exactly_and_decode(data_dir, tmp_path):
     checkpoint untouched)."""
     import numpy as np
 
-    from research.models.generate import generate
+    from research.sampling import generate
     from research.train import load_trained
 
     scan = "--config.model.scan_layers=True"

@@ -20,6 +20,7 @@ from research.config import ConfigError, RunConfig
 from research.data import DataError, sources
 from research.data.seq2seq import seq2seq_example, seq2seq_iterator
 from research.models import Bert, EncoderDecoder, ModelConfig
+from research.sampling import TextPrompt
 from research.tasks import bert
 from research.tasks.base import Task, TaskData, abstract_rows
 from research.tasks.seq2seq.config import Seq2seqConfig
@@ -179,6 +180,19 @@ class Seq2seqTask(Task):
         mcfg = run.model.replace(vocab_size=v.size) if pre is None else pre[0]
         size, d_model = mcfg.vocab_size, mcfg.d_model
         return make_loss(s, size, v.bos, v.eos, v.pad, d_model)
+
+    def text_prompt(self, run: RunConfig, vocab, text: str) -> TextPrompt | None:
+        """`text` as a source research.generate decodes from (None without a text vocabulary):
+        encdec decodes from bos; unilm continues [CLS] (a BERT's) + source + separator, cut to
+        src_len as in training."""
+        v = seq2seq_vocab(vocab)  # a run started from a BERT keeps the BERT's vocabulary
+        if v.tok is None:
+            return None
+        ids = v.tok.encode(text)
+        if run.task_config.layout == "unilm":
+            ids = [*v.prefix, *ids][: run.task_config.src_len] + [v.bos_id]
+            return TextPrompt(ids, v.tok, None, v.eos_id, v.pad_id)
+        return TextPrompt(ids, v.tok, v.bos_id, v.eos_id, v.pad_id)
 
     def evaluate(self, run: RunConfig, data: TaskData, eval_model, state, batches) -> dict:
         return decode_metrics(

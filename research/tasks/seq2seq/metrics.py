@@ -93,10 +93,10 @@ def decode_metrics(cfg, vocab, eval_model, state, batches) -> dict:
     refs = []
     for local, batch in batches:
         ref = gather(np.where(local["weights"] > 0, local["targets"], vocab.pad))
-        refs += [vocab.detokenize(r) for r in ref]
+        refs += [vocab.decode(r) for r in ref]
         for b in cfg.eval_beams:
             hyps[b] += [
-                vocab.detokenize(h) for h in gather(run(state.params, state.consts, batch, beam=b))
+                vocab.decode(h) for h in gather(run(state.params, state.consts, batch, beam=b))
             ]
     result = {}
     for b in cfg.eval_beams:

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from research.models.generate import decode
 from research.ops import exposure_bias as eb
 from research.ops import rewards
+from research.sampling import decode
 from research.tasks.seq2seq import teacher_forcing as tf
 
 

@@ -236,8 +236,20 @@ def _forward(q, k, v, beta, g, reset, s0, scale, chunk, block_bytes):
     return out[:, :length], s, starts
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def chunked(q, k, v, beta, g, reset, s0, scale, chunk, block_bytes):
+    """`_chunked` with every differentiable input varying over the same mesh axes (inside
+    shard_map): the hand-written backward returns cotangents of the union of the inputs' axes,
+    and a cotangent must have its primal's type. Adding those zeros (a pvary) lets JAX's own
+    transpose sum the cotangent of an input that does not vary (a replicated initial state or
+    the [I | 0] of context parallelism) over the devices. Outside shard_map it adds scalar
+    zeros, which XLA folds away."""
+    like = (q, k, v, beta, g, s0)
+    q, k, v, beta, g, s0 = (x + _zeros((), *like).astype(x.dtype) for x in like)
+    return _chunked(q, k, v, beta, g, reset, s0, scale, chunk, block_bytes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _chunked(q, k, v, beta, g, reset, s0, scale, chunk, block_bytes):
     """Chunked (gated) delta rule on token-major inputs: q, k [B, L, H, Dk] (q not yet scaled;
     `scale` is applied here), v [B, L, H, Dv], beta, g [B, L, H], reset [B, L] bool, s0
     [B, H, Dk, Dv] fp32. Returns (o [B, L, H, Dv] in the dtype of q, final state fp32).
@@ -283,4 +295,4 @@ def _chunked_bwd(scale, chunk, block_bytes, res, cotangents):
     return dq, dk, dv, dbeta, dg, None, ds0.astype(s0.dtype)
 
 
-chunked.defvjp(_chunked_fwd, _chunked_bwd)
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)

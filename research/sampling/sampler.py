@@ -1,7 +1,9 @@
-"""Run `research.ops.decoding` on a model: `decode` (traceable) and `generate` (one `jax.jit`).
+"""The sampler: `research.ops.decoding` run on a model, `decode` (traceable) and `generate` (jit).
 
 `decode` prefills a `DecoderLM`, a UniLM `Bert` or an `EncoderDecoder` and runs greedy / sample
-/ beam search; it has no jit of its own, so training losses call it inside theirs. `generate`
+/ beam search; it has no jit of its own, so training losses and the tasks' evaluations call it
+inside theirs. The prompt may carry segment ids (a chat history's speakers, a UniLM row's
+segments) and a `Bert` may prefill it with the UniLM mask; new tokens take `segment`. `generate`
 checks its arguments, then runs `decode` in one jitted function: the model is split into
 (graphdef, state) with `nnx.split` and merged back inside, so parameters are ordinary jit
 arguments and nothing is retraced per call.
@@ -9,14 +11,28 @@ arguments and nothing is retraced per call.
 
 import functools
 import inspect
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from research.data.vocab import Vocab
 from research.models.transformer import EncoderDecoder
 from research.ops import decoding
+
+
+class TextPrompt(NamedTuple):
+    """A text prompt laid out as a task's model continues it (`research.generate`): its token
+    ids, the vocabulary that decodes the continuation, and the special ids of `generate`."""
+
+    ids: list[int]
+    vocab: Vocab
+    bos_id: int | None  # an EncoderDecoder's first decoder token; None: the model continues ids
+    eos_id: int
+    pad_id: int
+
 
 DECODERS = {"greedy": decoding.greedy, "sample": decoding.sample, "beam": decoding.beam_search}
 METHODS = tuple(DECODERS)
@@ -61,6 +77,9 @@ def decode(
     key=None,
     bos_id=None,
     segment=None,
+    segment_ids=None,
+    unilm: bool = False,
+    logit_bias=None,
     **options,
 ):
     """Prefill and decode; traceable (no jit here), so it runs inside a jitted loss.
@@ -70,7 +89,23 @@ def decode(
     segment 0, new tokens segment 1 unless given). EncoderDecoder: prompt = source ids [B, S],
     src_mask = position < lengths, and decoding starts from `bos_id`.
     `options` go to `research.ops.decoding.greedy / sample / beam_search` (see OPTIONS).
-    Returns tokens [B, max_new_tokens], or for "beam" (tokens [B, K, N], scores [B, K]).
+
+    Args:
+      model: a `DecoderLM`, `Bert` or `EncoderDecoder`.
+      prompt: token ids [B, P], right-padded.
+      lengths: the prompts' lengths [B].
+      max_new_tokens: tokens to decode.
+      method: "greedy", "sample" or "beam".
+      key: the PRNG key of "sample".
+      bos_id: the first decoder token of an EncoderDecoder.
+      segment: the new tokens' segment (int or [B]).
+      segment_ids: the prompt's segment ids [B, P] (a DecoderLM's or Bert's prompt; None: 0).
+      unilm: prefill a `Bert` prompt with the UniLM mask (segment 1 causal over itself).
+      logit_bias: added to every step's logits [V] (-inf bans a token).
+      **options: the decoding function's options (see OPTIONS).
+
+    Returns:
+      tokens [B, max_new_tokens], or for "beam" (tokens [B, K, N], scores [B, K]).
     """
     check_options(method, options)
     if method == "sample" and key is None:
@@ -81,27 +116,57 @@ def decode(
             raise ValueError("an EncoderDecoder decodes from bos_id; pass bos_id=")
         if segment is not None:
             raise ValueError("an EncoderDecoder has no segments; drop segment=")
+        if segment_ids is not None or unilm:
+            raise ValueError("an EncoderDecoder has no segments; drop segment_ids= and unilm=")
         src_mask = jnp.arange(prompt.shape[1])[None, :] < lengths[:, None]
         logits, cache = model.prefill(
             prompt, src_mask=src_mask, bos_id=bos_id, max_length=max_new_tokens + 1
         )
         step = model.decode_step
     else:
+        prefill = {} if segment_ids is None else {"segment_ids": segment_ids}
+        if unilm:
+            prefill["unilm"] = True
         logits, cache = model.prefill(
-            prompt, lengths=lengths, max_length=prompt.shape[1] + max_new_tokens
+            prompt, lengths=lengths, max_length=prompt.shape[1] + max_new_tokens, **prefill
         )
         kwargs = {} if segment is None else {"segment": segment}
         step = functools.partial(model.decode_step, **kwargs)
+    if logit_bias is not None:
+        logits, step = logits + logit_bias, _biased(step, logit_bias)
     if method == "sample":
         return decoding.sample(step, logits, cache, key, max_new_tokens=max_new_tokens, **options)
     return DECODERS[method](step, logits, cache, max_new_tokens=max_new_tokens, **options)
 
 
+def _biased(step, bias):
+    """`step` with `bias` added to the logits it returns."""
+
+    def biased(token, cache):
+        logits, cache = step(token, cache)
+        return logits + bias, cache
+
+    return biased
+
+
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "method", "max_new_tokens", "bos_id", "options")
+    jax.jit,
+    static_argnames=("graphdef", "method", "max_new_tokens", "bos_id", "unilm", "options"),
 )
 def _decode_jit(
-    graphdef, state, prompt, lengths, key, segment, *, method, max_new_tokens, bos_id, options
+    graphdef,
+    state,
+    prompt,
+    lengths,
+    key,
+    segment,
+    segment_ids,
+    *,
+    method,
+    max_new_tokens,
+    bos_id,
+    unilm,
+    options,
 ):
     model = nnx.merge(graphdef, state)
     return decode(
@@ -113,6 +178,8 @@ def _decode_jit(
         key=key,
         bos_id=bos_id,
         segment=segment,
+        segment_ids=segment_ids,
+        unilm=unilm,
         **dict(options),
     )
 
@@ -146,6 +213,8 @@ def generate(
     key=None,
     bos_id=None,
     segment=None,
+    segment_ids=None,
+    unilm: bool = False,
     **options,
 ):
     """Continue right-padded prompts [B, P] (`lengths` [B]) of a `DecoderLM` or UniLM `Bert`, or
@@ -153,7 +222,8 @@ def generate(
 
     method "greedy" / "sample" (options: temperature, top_k, top_p, stop_tokens, pad_id) return
     tokens [B, max_new_tokens]; "beam" (beam_size, eos_id, alpha, pad_id) returns (tokens [B, K,
-    N], scores [B, K]). `segment` (DecoderLM speakers; Bert defaults to 1) applies to new tokens.
+    N], scores [B, K]). `segment` (DecoderLM speakers; Bert defaults to 1) applies to new tokens,
+    `segment_ids` [B, P] to the prompt; `unilm` prefills a `Bert` prompt with the UniLM mask.
     Arguments are checked here, before tracing; the decode itself is `decode` under one jit.
     """
     check_options(method, options)
@@ -171,6 +241,8 @@ def generate(
             )
         if segment is not None:
             raise ValueError("an EncoderDecoder has no segments; drop segment=")
+        if segment_ids is not None or unilm:
+            raise ValueError("an EncoderDecoder has no segments; drop segment_ids= and unilm=")
     elif bos_id is not None:
         raise ValueError(
             f"bos_id is for an EncoderDecoder; a {type(model).__name__} continues its prompt"
@@ -188,8 +260,10 @@ def generate(
         jnp.asarray(lengths, jnp.int32),
         key,
         segment,
+        None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32),
         method=method,
         max_new_tokens=max_new_tokens,
         bos_id=bos_id,
+        unilm=bool(unilm),
         options=opts,
     )

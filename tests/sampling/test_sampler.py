@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from research.models import Bert, DecoderLM, EncoderDecoder, ModelConfig
-from research.models.generate import decode, generate
+from research.sampling import decode, generate
 
 CFG = ModelConfig(
     vocab_size=30, d_model=16, num_heads=2, num_layers=2, d_ff=32, max_length=32, chunk_size=4

@@ -1,0 +1,148 @@
+"""Qagen's evaluation: the question's corpus BLEU-4 and ROUGE-L F1 with the gold answer given
+(`research.tasks.seq2seq.metrics.text_scores`), and the sampled answers' exact match and F1
+against the passage's gold answers (SQuAD's max over golds); CJK text is scored per character,
+other text per word (`text_units`). The trivial baseline is scored on the same examples.
+"""
+
+import collections
+import itertools
+import unicodedata
+
+import jax
+import numpy as np
+
+from research.data import qa_rows
+from research.sampling.qagen import Generator
+from research.tasks.qagen.config import QagenConfig
+from research.tasks.seq2seq.metrics import text_scores, text_units
+
+
+def answer_units(text: str) -> list[str]:
+    """SQuAD's answer normalisation on `text_units`: accents stripped (NFKD), punctuation and
+    the English articles dropped; CJK characters stay one unit each."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return [t for t in text_units(plain) if t.isalnum() and t not in ("a", "an", "the")]
+
+
+def span_f1(prediction: str, gold: str) -> float:
+    """SQuAD's F1: the bag overlap of `answer_units`."""
+    p, g = answer_units(prediction), answer_units(gold)
+    common = sum(min(p.count(t), g.count(t)) for t in set(p))
+    if not common:
+        return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_scores(predictions: list[list[str]], golds: list[list[str]]) -> dict:
+    """Exact match and F1 of every predicted answer against its passage's gold answers (max over
+    them), x100, averaged over the predictions; `answers` = predictions per passage."""
+    em, f1 = [], []
+    for preds, gold in zip(predictions, golds, strict=True):
+        for p in preds:
+            em.append(max(answer_units(p) == answer_units(g) for g in gold))
+            f1.append(max(span_f1(p, g) for g in gold))
+    return {
+        "answer_em": 100 * float(np.mean(em)) if em else 0.0,
+        "answer_f1": 100 * float(np.mean(f1)) if f1 else 0.0,
+        "answers": float(np.mean([len(p) for p in predictions])),
+    }
+
+
+def baseline_question(ex: dict) -> str:
+    """The trivial baseline: the sentence that holds the answer, the answer removed."""
+    p, a = ex["passage"], ex["answer"]
+    start = ex.get("answer_start", p.find(a))
+    ends = "。！？；.!?;\n"
+    first = max([p.rfind(c, 0, start) for c in ends]) + 1
+    last = min([i for i in (p.find(c, start + len(a)) for c in ends) if i >= 0] or [len(p)])
+    return (p[first:start] + p[start + len(a) : last]).strip()
+
+
+def by_passage(examples: list[dict], n: int) -> list[tuple[str, list[str]]]:
+    """The first n distinct passages with all their gold answers."""
+    out: dict[str, list[str]] = {}
+    for e in examples:
+        if e["passage"] not in out and len(out) == n:
+            continue
+        out.setdefault(e["passage"], []).append(e["answer"])
+    return list(out.items())
+
+
+def frequent_answers(ranked: list[str], passage: str, k: int) -> list[str]:
+    """The answer baseline: the first k of `ranked` (train answers, most frequent first) that
+    occur in `passage` (the text the model sees)."""
+    return list(itertools.islice((a for a in ranked if a in passage), k))
+
+
+def ranked_answers(train: list[dict]) -> list[str]:
+    """The train split's answers, most frequent first (the answer baseline)."""
+    counts = collections.Counter(e["answer"] for e in train)
+    return [a for a, _ in counts.most_common()]
+
+
+def baseline_metrics(
+    vocab, held_out: list[dict], s: QagenConfig, ranked: list[str], seq_len: int
+) -> dict:
+    """The trivial baseline on the pairs and passages `evaluate_model` scores: the question is
+    the answer's sentence without the answer (`baseline_question`); the answers are the
+    num_answers most frequent train answers found in the passage (`frequent_answers`)."""
+    out = {}
+    pairs = fitting(vocab, held_out, s, s.eval_examples)
+    if pairs:
+        scores = text_scores([baseline_question(e) for e in pairs], [e["question"] for e in pairs])
+        out |= {"question_bleu4": scores["bleu"], "question_rougeL": scores["rougeL"]}
+    passages = by_passage(held_out, s.eval_passages)
+    if passages:
+        budget = qa_rows.passage_budget(
+            seq_len, s.answer_len, s.question_len
+        )  # the window generation sees: the first tokens
+        seen = [vocab.decode(qa_rows.passage_window(vocab, p, -1, 0, budget)) for p, _ in passages]
+        out |= answer_scores(
+            [frequent_answers(ranked, p, s.num_answers) for p in seen],
+            [golds for _, golds in passages],
+        )
+    return out
+
+
+def fitting(vocab, examples, s: QagenConfig, n: int) -> list[dict]:
+    """The first n examples whose answer and question fit their budgets."""
+    out = []
+    for e in examples:
+        if len(out) == n:
+            break
+        if qa_rows.fits(vocab, e, answer_len=s.answer_len, question_len=s.question_len):
+            out.append(e)
+    return out
+
+
+def evaluate_model(
+    model,
+    vocab,
+    held_out: list[dict],
+    s: QagenConfig,
+    seq_len: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict:
+    """Question BLEU-4 / ROUGE-L (gold answers given) on `s.eval_examples` held-out pairs, and
+    answer EM / F1 of k sampled answers on `s.eval_passages` held-out passages."""
+    gen = Generator(model, vocab, s, seq_len, batch_size=batch_size)
+    out = {}
+    pairs = fitting(vocab, held_out, s, s.eval_examples)
+    if pairs:
+        asked = gen.ask(
+            [e["passage"] for e in pairs],
+            [e["answer"] for e in pairs],
+            [e.get("answer_start", e["passage"].find(e["answer"])) for e in pairs],
+        )
+        scores = text_scores([a["question"] for a in asked], [e["question"] for e in pairs])
+        out |= {"question_bleu4": scores["bleu"], "question_rougeL": scores["rougeL"]}
+    passages = by_passage(held_out, s.eval_passages)
+    if passages:
+        got = gen.generate([p for p, _ in passages], jax.random.key(seed))
+        out |= answer_scores(
+            [[g["answer"] for g in kept] for kept in got], [golds for _, golds in passages]
+        )
+    return out
