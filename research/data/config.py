@@ -21,6 +21,11 @@ class DataConfig:
     seq_len: int = 256  # tokens per training row (LM and MQAR)
     vocab_size: int = 8192  # tokenizer pieces (an upper bound), or MQAR's token range
     small: bool = False  # stdlib_code: the first 60 files only (seconds to build)
+    # lm: keep documents apart inside a packed row: each attends only to itself (a block-diagonal
+    # causal mask for softmax, a state reset for the linear / gated / delta kinds), positions
+    # restart, and no target crosses a boundary. False: GPT-2's windows (attention crosses
+    # documents).
+    document_boundaries: bool = False
     # Logical data shards: they, not the process or device count, fix each batch's content and
     # the saved iterator state. A process reads only the shards holding its rows, so on a pod set
     # a multiple of the host count (one shard is read whole by every process). 0, the old

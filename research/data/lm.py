@@ -1,4 +1,7 @@
-"""Language-model rows: documents + EOS concatenated and cut into windows (GPT-style packing)."""
+"""Language-model rows: documents + EOS concatenated and cut into windows (GPT-style packing),
+optionally with document boundaries (`documents=True`)."""
+
+import functools
 
 import grain
 import numpy as np
@@ -18,11 +21,17 @@ def lm_dataset(
     shard: int = 0,
     shards: int = 1,
     text_key: str = "text",
+    documents: bool = False,
 ) -> grain.IterDataset:
     """Language-model batches of one shard: every document + EOS, concatenated and cut into
-    windows of seq_len + 1 tokens (GPT-style packing; attention crosses documents).
+    windows of seq_len + 1 tokens (GPT-style packing).
 
     Yields {"inputs", "targets": [batch_size, seq_len] int32, "weights": [.., ..] float32}.
+    Without `documents` attention crosses documents (GPT-2's windows). With it, rows also carry
+    "document_ids" [batch_size, seq_len] int32, non-decreasing (the piece of a document each
+    input token belongs to; a partial window's padding gets an id after all of them), which the
+    model turns into a block-diagonal causal mask or a state reset, and the weights drop every
+    target that starts another document: the loss never predicts across a boundary.
     """
 
     def tokenize(record):
@@ -35,23 +44,43 @@ def lm_dataset(
     ds = grain.experimental.ConcatThenSplitIterDataset(
         ds.to_iter_dataset(), length_struct={"tokens": seq_len + 1}
     )
-    ds = ds.batch(batch_size, drop_remainder=True).map(_shift)
+    ds = ds.batch(batch_size, drop_remainder=True).map(
+        functools.partial(_shift, documents=documents)
+    )
     # A background thread keeps the next batches ready; grain's state still counts only
     # what was consumed, so checkpoints stay exact.
     return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=2)
 
 
-def _shift(batch):
-    t = batch["tokens"]
-    # Packing marks real tokens with segment ids >= 1 and a partial last window's tail with 0.
-    weights = (batch["tokens_segment_ids"][:, 1:] > 0).astype(np.float32)
-    return {"inputs": t[:, :-1], "targets": t[:, 1:], "weights": weights}
+def _shift(batch, documents: bool = False):
+    t, seg = batch["tokens"], batch["tokens_segment_ids"]
+    # Packing marks real tokens with segment ids 1, 2, .. (one per document piece, in order) and a
+    # partial last window's tail with 0.
+    real = seg[:, 1:] > 0
+    if not documents:
+        return {"inputs": t[:, :-1], "targets": t[:, 1:], "weights": real.astype(np.float32)}
+    same = seg[:, 1:] == seg[:, :-1]
+    ids = np.where(seg[:, :-1] > 0, seg[:, :-1], seg.shape[1]).astype(np.int32)
+    return {
+        "inputs": t[:, :-1],
+        "targets": t[:, 1:],
+        "weights": (real & same).astype(np.float32),
+        "document_ids": ids,
+    }
 
 
 def lm_iterator(
-    source, tokenizer, *, seq_len: int, batch_size: int, seed: int, train: bool, shards: int = 1
+    source,
+    tokenizer,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    train: bool,
+    shards: int = 1,
+    documents: bool = False,
 ) -> ShardedIterator:
-    """This process's rows of every global LM batch (see the module docstring)."""
+    """This process's rows of every global LM batch (see `lm_dataset`)."""
     return sharded(
         lambda rows, i, n: lm_dataset(
             source,
@@ -62,6 +91,7 @@ def lm_iterator(
             train=train,
             shard=i,
             shards=n,
+            documents=documents,
         ),
         batch_size,
         shards,

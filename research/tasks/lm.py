@@ -1,6 +1,7 @@
 """Next-token language modelling with a `DecoderLM` on text (data.source: stdlib_code, tfds,
 text:PATH, jsonl:PATH), tokenized by a sentencepiece model trained on the train split."""
 
+import jax
 import jax.numpy as jnp
 
 from research import ops
@@ -14,8 +15,13 @@ from research.tasks.base import Task, TaskData
 
 def lm_loss(model, batch: dict, *, key=None, step=None):
     """Next-token LM. batch: inputs, targets [B, L] int, weights [B, L] float (0 = padding),
-    optional segment_ids [B, L]. Metrics: correct (weighted count of argmax hits)."""
-    logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"))
+    optional segment_ids [B, L] (speaker segments) and document_ids [B, L] (packed documents,
+    `research.data.lm`). Metrics: correct (weighted count of argmax hits)."""
+    logits = model(
+        batch["inputs"],
+        segment_ids=batch.get("segment_ids"),
+        document_ids=batch.get("document_ids"),
+    )
     loss_sum, weight_sum = ops.cross_entropy(logits, batch["targets"], mask=batch["weights"])
     hits = (jnp.argmax(logits, axis=-1) == batch["targets"]) * batch["weights"]
     return loss_sum, weight_sum, {"correct": jnp.sum(hits)}
@@ -37,9 +43,18 @@ class LmTask(Task):
                 seed=t.seed,
                 train=train,
                 shards=d.shards,
+                documents=d.document_boundaries,
             )
 
         return TaskData(tok.vocab_size(), d.seq_len, make, tokenizer.SentencePieceVocab(tok))
+
+    def abstract_batch(self, run: RunConfig, batch_size: int) -> dict:
+        """Next-token rows, with document_ids [B, seq_len] int32 when data.document_boundaries."""
+        batch = super().abstract_batch(run, batch_size)
+        if run.data.document_boundaries:
+            shape = (batch_size, run.data.seq_len)
+            batch["document_ids"] = jax.ShapeDtypeStruct(shape, jnp.int32)
+        return batch
 
     def model_class(self, run: RunConfig) -> type:
         return DecoderLM

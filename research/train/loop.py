@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from research import tasks
-from research.config import ConfigError, RunConfig
+from research.config import ConfigError, RunConfig, defaults
 from research.data import DataError, shards
 from research.models import params as params_io
 from research.train import checkpoint, faults, metrics, optim, sharding, step, trained
@@ -91,29 +91,35 @@ def _is_safe(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in SAFE_CONFIG_CHANGES)
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_changes(saved: dict, new: dict) -> dict[str, tuple]:
     """{"optimizer.learning_rate": (saved value, new value)} for every key that differs; both
     configs compared as JSON (as checkpoints store them), "absent" for a key only one has."""
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(json.loads(json.dumps(saved))), flat(json.loads(json.dumps(new)))
+    a, b = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(new)))
     pairs = {k: (a.get(k, "absent"), b.get(k, "absent")) for k in sorted(a.keys() | b.keys())}
-    return {k: (old, new) for k, (old, new) in pairs.items() if _read(k, old) != _read(k, new)}
+    declared = _flat(json.loads(json.dumps(defaults().to_dict())))
+    return {
+        k: (old, new)
+        for k, (old, new) in pairs.items()
+        if _read(k, old, declared) != _read(k, new, declared)
+    }
 
 
-def _read(key: str, value):
-    """A saved value as this version reads it: data.shards=0, the old default, is 1; a run
-    saved before model.scan_layers existed had unrolled layers."""
-    if key == "model.scan_layers" and value == "absent":
-        return False
+def _read(key: str, value, declared: dict):
+    """A saved value as this version reads it: a key a run was saved without (a later version
+    added it, e.g. model.scan_layers or data.document_boundaries) has its declared default,
+    which is what that run did; data.shards=0, the old default, is 1."""
+    if value == "absent":
+        return declared.get(key, "absent")
     return 1 if key == "data.shards" and value == 0 else value
 
 

@@ -276,6 +276,31 @@ def test_lm_pipeline_shapes_weights_and_resume(tmp_path):
     assert not np.array_equal(other_seed["inputs"], first["inputs"])
 
 
+def test_lm_rows_with_document_boundaries(tmp_path):
+    """documents=True: the same tokens, document ids that change exactly after each EOS (the
+    tokenizer's end of every document), and no target that starts another document."""
+    docs = [{"text": f"y = {i}\n" * (i % 5 + 1)} for i in range(200)]
+    tok = tokenizer.train_or_load(
+        lambda: (d["text"] for d in docs), str(tmp_path / "t.model"), vocab_size=300
+    )
+    kw = dict(seq_len=24, batch_size=4, seed=0, train=False)
+    plain = next(lm.lm_iterator(docs, tok, **kw))
+    packed = next(lm.lm_iterator(docs, tok, **kw, documents=True))
+    np.testing.assert_array_equal(plain["inputs"], packed["inputs"])
+    assert "document_ids" not in plain
+    ids, inputs = packed["document_ids"], packed["inputs"]
+    assert ids.dtype == np.int32 and np.all(np.diff(ids, axis=1) >= 0)
+    # A new document starts right after an EOS input token, and nowhere else.
+    after_eos = inputs[:, :-1] == tokenizer.EOS_ID
+    np.testing.assert_array_equal(np.diff(ids, axis=1) > 0, after_eos)
+    # Targets that are a new document's first token (the EOS input's target) carry no weight;
+    # every other real target keeps the plain rows' weight.
+    np.testing.assert_array_equal(
+        packed["weights"], plain["weights"] * (inputs != tokenizer.EOS_ID)
+    )
+    assert after_eos.sum() > 4  # several documents per row: the check above is not vacuous
+
+
 @pytest.mark.parametrize("task", builders.SEQ2SEQ_TASKS)
 def test_seq2seq_synthetic_tasks(task, tmp_path):
     rng = np.random.default_rng(0)

@@ -602,6 +602,12 @@ def test_configs_saved_before_a_new_default_are_unchanged():
     assert config_changes({"model": {}}, {"model": {"scan_layers": True}}) == {
         "model.scan_layers": ("absent", True)
     }
+    # Any key added later reads as its declared default in a run saved without it.
+    assert config_changes({"data": {}}, {"data": {"document_boundaries": False}}) == {}
+    assert config_changes({"model": {}}, {"model": {"qkv_conv": 4, "gla_gate_rank": 16}}) == {}
+    assert config_changes({"data": {}}, {"data": {"mqar_variant": "zoology"}}) == {
+        "data.mqar_variant": ("absent", "zoology")
+    }
 
 
 def test_resuming_with_a_changed_config(reference, data_dir, tmp_path):
