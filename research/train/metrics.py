@@ -1,6 +1,7 @@
 """Metrics out, from process 0 only: DIR/metrics.jsonl (a JSON object a line) and TensorBoard."""
 
 import json
+import logging
 import math
 import pathlib
 
@@ -50,6 +51,9 @@ def keep_rows_up_to(workdir, step: int) -> int:
     return len(moved)
 
 
+TB_QUEUE = 1_000_000  # TensorBoard events queued before add_scalar would block (see __init__)
+
+
 class MetricWriter:
     """Appends rows to WORKDIR/metrics.jsonl and TensorBoard. `purge_after`: the step a run
     resumed from; TensorBoard hides its events of later steps (they are trained again)."""
@@ -62,9 +66,13 @@ class MetricWriter:
 
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self.file = self.path.open("ab", buffering=0)  # unbuffered: a failed row is not retried
+        # tensorboardX writes events from a background thread through a bounded queue. If that
+        # thread dies (a full disk), put() blocks once the queue is full and the run hangs; a
+        # queue larger than any run's event count cannot fill. metrics.jsonl stays the record.
         self.tb = SummaryWriter(
             str(pathlib.Path(workdir) / "tensorboard"),
             purge_step=purge_after + 1 if purge_after else None,
+            max_queue=TB_QUEUE,
         )
 
     def write(self, step: int, split: str, values: dict):
@@ -82,6 +90,10 @@ class MetricWriter:
             self.tb.add_scalar(f"{split}/{k}", v, step)
 
     def close(self):
-        if self.enabled:
-            self.file.close()
+        if not self.enabled:
+            return
+        self.file.close()
+        try:
             self.tb.close()
+        except OSError as e:  # its final flush on a full disk: the events file may be short
+            logging.getLogger(__name__).warning("TensorBoard events not flushed: %s", e)
