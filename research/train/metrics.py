@@ -4,8 +4,12 @@ import json
 import logging
 import math
 import pathlib
+import time
 
 import jax
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+from tensorboardX.summary import scalar
 
 
 def summarize(sums: dict) -> dict:
@@ -51,29 +55,33 @@ def keep_rows_up_to(workdir, step: int) -> int:
     return len(moved)
 
 
-TB_QUEUE = 1_000_000  # TensorBoard events queued before add_scalar would block (see __init__)
-
-
 class MetricWriter:
     """Appends rows to WORKDIR/metrics.jsonl and TensorBoard. `purge_after`: the step a run
-    resumed from; TensorBoard hides its events of later steps (they are trained again)."""
+    resumed from; TensorBoard hides its events of later steps (they are trained again).
+
+    TensorBoard events are written here, synchronously, with tensorboardX's `EventsWriter`
+    (one record per scalar), not through its `SummaryWriter`: that one writes from a thread fed
+    by a bounded queue, and when a write fails (a full disk) the thread dies and the next puts
+    block forever, so a run that should stop with one line hung instead."""
 
     def __init__(self, workdir, purge_after: int = 0):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        from tensorboardX import SummaryWriter
-
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self.file = self.path.open("ab", buffering=0)  # unbuffered: a failed row is not retried
-        # tensorboardX writes events from a background thread through a bounded queue. If that
-        # thread dies (a full disk), put() blocks once the queue is full and the run hangs; a
-        # queue larger than any run's event count cannot fill. metrics.jsonl stays the record.
-        self.tb = SummaryWriter(
-            str(pathlib.Path(workdir) / "tensorboard"),
-            purge_step=purge_after + 1 if purge_after else None,
-            max_queue=TB_QUEUE,
-        )
+        logdir = pathlib.Path(workdir) / "tensorboard"
+        logdir.mkdir(parents=True, exist_ok=True)
+        self.tb = EventsWriter(str(logdir / "events"))
+        if purge_after:  # TensorBoard drops the events of later steps written before this one
+            self.tb.write_event(
+                Event(
+                    wall_time=time.time(),
+                    step=purge_after + 1,
+                    session_log=SessionLog(status=SessionLog.START),
+                )
+            )
+            self.tb.flush()
 
     def write(self, step: int, split: str, values: dict):
         if not self.enabled:
@@ -86,8 +94,11 @@ class MetricWriter:
         except OSError:  # a full disk: no half row is left behind
             self.file.truncate(end)
             raise
+        now = time.time()
         for k, v in values.items():
-            self.tb.add_scalar(f"{split}/{k}", v, step)
+            event = Event(wall_time=now, step=step, summary=scalar(f"{split}/{k}", v))
+            self.tb.write_event(event)
+        self.tb.flush()
 
     def close(self):
         if not self.enabled:
@@ -95,5 +106,5 @@ class MetricWriter:
         self.file.close()
         try:
             self.tb.close()
-        except OSError as e:  # its final flush on a full disk: the events file may be short
+        except OSError as e:  # its final flush on a full disk: the events file is short
             logging.getLogger(__name__).warning("TensorBoard events not flushed: %s", e)
