@@ -10,8 +10,8 @@
 
 Writes compare.csv and compare.png into the workdir and prints the table; each point's training
 run lives in workdir/runs/NAME (metrics.jsonl, checkpoints) and is skipped when rerun.
-The default (softmax, elu, taylor at one learning rate) is sized for a 2-core CPU; `full` runs
-all five attentions at two learning rates (the previous default); `large` is the Zoology-sized
+The default (softmax, taylor, GLA and Gated DeltaNet at one learning rate) is sized for a 2-core
+CPU; `full` runs all nine attentions at two learning rates; `large` is the Zoology-sized
 sweep (sequence 256, 64 key-value pairs, widths 64-512, four learning rates) for accelerators.
 Times measured per machine: docs/linear_vs_softmax.md.
 """
@@ -24,8 +24,10 @@ from configs import lm, mqar
 def get_config(preset: str = "") -> ConfigDict:
     c = ConfigDict()
     c.experiment = "compare_attention"  # research.experiments.EXPERIMENTS
-    # softmax or a causal linear feature map; `full` adds relu and favor (FAVOR+).
-    c.attentions = ("softmax", "elu", "taylor")
+    # softmax, a causal linear feature map (elu, relu, taylor, favor) or a gated / delta kind
+    # (gla, retnet, deltanet, gated_deltanet). The default asks the question with a 2020 map and
+    # the forms the field uses now; `full` runs every one.
+    c.attentions = ("softmax", "taylor", "gla", "gated_deltanet")
     c.widths = (32, 64)  # d_model per point (d_ff = 4 x width); heads fixed below
     # MQAR tries each and the table reports the best (Zoology). One rate keeps the first run
     # short; `full` adds 3e-3, which the linear maps mostly preferred (docs/linear_vs_softmax.md).
@@ -92,8 +94,18 @@ def get_config(preset: str = "") -> ConfigDict:
             checkpoint_every_steps=2_000,
         )
         c.lm.optimizer.update(learning_rate=1e-3, warmup_steps=500)
-    elif preset == "full":  # the previous default: five attentions, two learning rates
-        c.attentions = ("softmax", "elu", "relu", "taylor", "favor")
+    elif preset == "full":  # every attention, two learning rates
+        c.attentions = (
+            "softmax",
+            "elu",
+            "relu",
+            "taylor",
+            "favor",
+            "gla",
+            "retnet",
+            "deltanet",
+            "gated_deltanet",
+        )
         c.learning_rates = (3e-3, 1e-2)
     elif preset == "smoke":
         c.attentions = ("softmax", "elu")

@@ -168,3 +168,18 @@ def test_an_lm_only_sweep_and_one_data_dir_for_both_tasks(tmp_path):
     assert ca._spread(rows) == "\n(attentions within 1.01% at each width)"
     ca.plot(rows, tmp_path / "p.png", "title")
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_the_default_compares_softmax_a_2020_map_gla_and_gated_deltanet():
+    """Every default point parses; the delta kinds drop the key convolution (they convolve q, k,
+    v themselves), the others keep the config's."""
+    from configs import compare_attention as cfg
+    from research.experiments import compare_attention as ca
+
+    c = cfg.get_config()
+    points = ca.points(c)  # parses every point's config: a bad combination raises here
+    assert {p.attention for p in points} == {"softmax", "taylor", "gla", "gated_deltanet"}
+    models = {p.attention: ca.point_config(c, p).model for p in points}
+    assert models["gated_deltanet"].attention == "gated_deltanet"
+    assert models["gated_deltanet"].short_conv == 0 and models["gla"].short_conv == 3
+    assert (models["taylor"].attention, models["taylor"].feature_map) == ("linear", "taylor")
