@@ -68,7 +68,7 @@ def seq2seq_iterator(
         raise ValueError(f"layout={layout!r}: allowed {', '.join(LAYOUTS)}")
 
     def example(record):
-        src, tgt = vocab.encode(record)
+        src, tgt = vocab.encode_record(record)
         return seq2seq_example(
             src,
             tgt,

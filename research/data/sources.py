@@ -282,12 +282,13 @@ def bert_seq2seq_vocab(v, keys=("source", "target")) -> "Seq2seqVocab":
 
 
 class Seq2seqVocab:
-    """Ids and (for text data) the tokenizer: encode(record) -> (source ids, target ids) and
-    decode(ids) -> the text a metric scores (space-joined ids for synthetic data). `tok` is a
-    `research.data.vocab.Vocab` (a sentencepiece model or a BERT vocabulary) or None; `prefix`
-    ids start every source ([CLS] for a BERT). The `Vocab` ids are pad_id, bos_id (the first
-    target token, or the UniLM separator), eos_id and the tokenizer's cls_id / sep_id; its
-    `encode` takes a record (the rows' pipeline reads `encode`, `pad`, `bos`, `eos`)."""
+    """The `research.data.vocab.Vocab` of seq2seq data: encode(text) -> ids (text data only),
+    decode(ids) -> the text a metric scores (space-joined ids for synthetic data), and for the
+    rows encode_record(record) -> (source ids, target ids). `tok` is a `Vocab` (a sentencepiece
+    model or a BERT vocabulary) or None (synthetic data); `prefix` ids start every source ([CLS]
+    for a BERT). The ids are pad_id, bos_id (the first target token, or the UniLM separator),
+    eos_id and the tokenizer's cls_id / sep_id (also `pad`, `bos`, `eos`, `size`, the fields
+    the rows read)."""
 
     def __init__(self, size, pad, bos, eos, tok=None, keys=("source", "target"), prefix=()):
         self.size, self.pad, self.bos, self.eos = size, pad, bos, eos
@@ -302,7 +303,14 @@ class Seq2seqVocab:
     def vocab_size(self) -> int:
         return self.size
 
-    def encode(self, record):
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (no prefix, no BOS/EOS); ValueError for synthetic data."""
+        if self.tok is None:
+            raise ValueError("synthetic seq2seq data has no text tokenizer: its records are ids")
+        return list(self.tok.encode(text))
+
+    def encode_record(self, record):
+        """(source ids with the prefix, target ids) of a {keys[0], keys[1]} record."""
         if self.tok is None:
             return np.asarray(record["source"]), np.asarray(record["target"])
         out = []

@@ -390,3 +390,10 @@ def test_seq2seq_catalog_dataset_by_name_with_mock_data(tmp_path):
     assert (batch["inputs"][:, 0] == vocab.bos).all() and batch["weights"].sum() > 0
     rows = batch["weights"].sum(1).astype(int)  # the EOS sits right after the target tokens
     assert all(batch["targets"][i, rows[i] - 1] == vocab.eos for i in range(4))
+    # The Vocab protocol: encode(text) gives the tokenizer's ids; records go to encode_record.
+    assert vocab.encode("what is it") == list(vocab.tok.encode("what is it"))
+    src, tgt = vocab.encode_record({"context": "what is it", "question": "it is"})
+    assert list(src) == vocab.encode("what is it") and list(tgt) == vocab.encode("it is")
+    synthetic = sources.Seq2seqVocab(14, 0, 1, 2)
+    with pytest.raises(ValueError, match="synthetic seq2seq data has no text tokenizer"):
+        synthetic.encode("1 2")
