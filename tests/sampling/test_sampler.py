@@ -12,7 +12,7 @@ CFG = ModelConfig(
 )
 
 
-@pytest.mark.parametrize("attention", ["softmax", "linear"])
+@pytest.mark.parametrize("attention", ["softmax", "linear", "gla", "gated_deltanet"])
 def test_jitted_greedy_equals_argmax_of_full_forward(attention):
     model = DecoderLM(CFG.replace(attention=attention), rngs=nnx.Rngs(0))
     prompt = jax.random.randint(jax.random.PRNGKey(0), (2, 4), 1, 30)
@@ -55,6 +55,18 @@ def test_sampling_and_beam_through_the_model():
     np.testing.assert_allclose(scores[:, 0], want, atol=1e-4)
     greedy = generate(model, prompt, max_new_tokens=4)
     assert np.all(np.asarray(scores[:, 0]) >= np.asarray(_score(model, prompt, greedy)) - 1e-5)
+
+
+@pytest.mark.parametrize("attention", ["retnet", "deltanet"])
+def test_beam_reorders_recurrent_states_and_conv_windows(attention):
+    """Beam search gathers the cache rows of the surviving beams: a recurrent state and (for
+    the delta kinds) the conv windows must follow their beam, so the best beam's score is its
+    log-probability under a fresh forward pass."""
+    model = DecoderLM(CFG.replace(attention=attention, short_conv=0), rngs=nnx.Rngs(2))
+    prompt = jax.random.randint(jax.random.PRNGKey(3), (2, 3), 1, 30)
+    seqs, scores = generate(model, prompt, method="beam", max_new_tokens=5, beam_size=3, eos_id=0)
+    for b in range(3):
+        np.testing.assert_allclose(scores[:, b], _score(model, prompt, seqs[:, b]), atol=1e-4)
 
 
 def _score(model, prompt, tokens):
