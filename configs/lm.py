@@ -55,7 +55,7 @@ def get_config(preset: str = "") -> ConfigDict:
             log_every_steps=1,
         )
         c.optimizer.update(learning_rate=3e-3, warmup_steps=2)
-    elif preset == "1b":  # 1.3B (d2048 x 24, GPT-3 XL's shape) for v5e-256; docs/pod_planning.md
+    elif preset in ("1b", "1b_gdn"):  # 1.3B (d2048 x 24, GPT-3 XL's shape) for v5e-256
         c.data.update(seq_len=2048, vocab_size=32000)
         c.model.update(
             d_model=2048,
@@ -67,25 +67,14 @@ def get_config(preset: str = "") -> ConfigDict:
             softmax_implementation="tpu_flash",
             scan_layers=True,
         )
+        if preset == "1b_gdn":  # the same shape with Gated DeltaNet layers (Qwen3-Next's kind);
+            # no positional encoding, as fla's GatedDeltaNet: the recurrence orders the tokens
+            c.model.update(
+                attention="gated_deltanet", positions="none", softmax_implementation="xla"
+            )
         c.mesh.update(data=16, fsdp=16)
         c.data.shards = 64  # a multiple of v5e-256's 64 hosts: each reads only its records
         c.batch_size = 3072  # 12 x 2048 tokens per chip, MaxText's per-device batch for ~1B
-    elif preset == "1b_gdn":  # the 1b shape with Gated DeltaNet layers (Qwen3-Next's kind)
-        c.data.update(seq_len=2048, vocab_size=32000)
-        c.model.update(
-            d_model=2048,
-            num_heads=16,
-            num_layers=24,
-            d_ff=8192,
-            dtype="bfloat16",
-            remat="full",
-            attention="gated_deltanet",
-            positions="none",  # fla's GatedDeltaNet: the recurrence orders the tokens
-            scan_layers=True,
-        )
-        c.mesh.update(data=16, fsdp=16)
-        c.data.shards = 64
-        c.batch_size = 3072
     elif preset == "7b":  # LLaMA-2-7B's shape for v5e-256 (MaxText configs/tpu/v5e/llama2_7b.sh)
         c.data.update(seq_len=2048, vocab_size=32000)
         c.model.update(
