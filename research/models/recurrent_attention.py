@@ -66,9 +66,9 @@ def l2_normalise(x, eps: float = 1e-6):
 
 class RecurrentAttention(Attention):
     """Base of the four kinds: q/k/v/o projections from `Attention`, the output gate and norm,
-    padding and documents, prefill and the O(1) decode step. A subclass sets `_init_inputs`
-    (its own parameters) and `_inputs(x, q, k, v) -> (q, k, v, log_gate, beta)`; the delta kinds
-    also convolve q, k, v (`conv_width`)."""
+    padding and documents, prefill and the O(1) decode step. Each kind defines `_init_inputs`
+    (its own parameters) and `_inputs(x, q, k, v) -> (q, k, v, log_gate, beta)`, log_gate /
+    beta None where unused; the delta kinds also convolve q, k, v (`conv_width`)."""
 
     conv_width = 0  # the delta kinds: cfg.qkv_conv
 
@@ -125,10 +125,6 @@ class RecurrentAttention(Attention):
             q, k, v = self.q(x), self.k(kx), self.v(x)
         shape = (*x.shape[:2], -1, cfg.head_dim)
         return seqs, q.reshape(shape), k.reshape(shape), v.reshape(shape)
-
-    def _inputs(self, x, q, k, v):
-        """-> (q, k, v, log_gate, beta) for the op; log_gate / beta None where unused."""
-        raise NotImplementedError
 
     def _all_inputs(self, x, positions, valid, history=None, document_ids=None):
         """-> (window sequences, (q, k, v, log_gate, beta)): everything the op needs for tokens
