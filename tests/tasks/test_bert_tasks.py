@@ -32,21 +32,6 @@ from research.train.trained import load_trained
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("zh_data"))
-
-
-@pytest.fixture(scope="module")
-def mlm_workdir(tmp_path_factory, data_dir):
-    c = mlm_config.get_config("smoke")
-    c.data.data_dir = data_dir
-    workdir = tmp_path_factory.mktemp("mlm")
-    summary = loop.train_and_evaluate(parse(c), str(workdir))
-    assert np.isfinite(summary.final_train_loss)
-    return workdir
-
-
 def test_mlm_smoke_run_writes_a_bert_workdir(mlm_workdir):
     t = load_trained(mlm_workdir)
     assert isinstance(t.model, Bert) and isinstance(t.vocab, BertVocab)

@@ -254,13 +254,15 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
     np.testing.assert_allclose(
         np.asarray(got["question_score"]).reshape(-1), scores[:, 0], rtol=1e-5, atol=1e-5
     )
-    # The answer score is log p(answer [SEP] | passage), summed by hand from full forwards.
+    # The answer score is log p(answer [SEP] | passage), summed by hand from one full forward of
+    # the padded rows (the padding mask keeps every row's logits those of the row alone).
+    pos = np.arange(prompt2.shape[1])[None, :]
+    seg = (pos >= rep_len[:, None]).astype(np.int32)
+    out = model(jnp.asarray(prompt2), segment_ids=seg, mask=pos < len2[:, None], unilm=True)
+    lp = np.asarray(jax.nn.log_softmax(out.logits, -1))
     for i in range(b * k):
         n, m = rep_len[i], min(alen[i], a_len)
-        row = jnp.asarray(prompt2[i : i + 1, : n + m + 1])
-        seg = (jnp.arange(row.shape[1]) >= n).astype(jnp.int32)[None]
-        lp = jax.nn.log_softmax(model(row, segment_ids=seg, unilm=True).logits[0], -1)
-        want = sum(float(lp[n - 1 + t, row[0, n + t]]) for t in range(m + 1))
+        want = sum(float(lp[i, n - 1 + t, prompt2[i, n + t]]) for t in range(m + 1))
         score = float(np.asarray(got["answer_score"]).reshape(-1)[i])
         assert score == pytest.approx(want, abs=1e-4)
     # keep: ended with [SEP], non-empty, a span of the passage, first of its duplicates.
@@ -281,8 +283,8 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
     assert not np.isin(answers, [CLS]).any()
     # The stage-2 row fits a model whose positions end exactly at the longest training row.
     learned = _tiny_bert(positions="learned", max_length=p + a_len + 1 + q_len + 1)
-    out = qagen_sampling.generate_qa(
-        learned, jnp.asarray(prompt), jnp.asarray(lengths), key, **opts
+    out = jax.jit(functools.partial(qagen_sampling.generate_qa, learned, **opts))(
+        jnp.asarray(prompt), jnp.asarray(lengths), key
     )
     assert out["questions"].shape == (b, k, q_len + 1)
 

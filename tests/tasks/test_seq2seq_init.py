@@ -22,9 +22,6 @@ from research.train import loop
 from research.train.config import parse
 from research.train.trained import load_trained
 
-# The smoke MLM (configs/mlm.py:smoke on People's Daily) the BERT tasks' tests pretrain.
-from tests.tasks.test_bert_tasks import data_dir, mlm_workdir  # noqa: F401
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -43,7 +40,7 @@ def _params(model) -> dict:
     }
 
 
-def test_unilm_starts_from_the_mlm_with_its_character_vocabulary(mlm_workdir, data_dir):  # noqa: F811
+def test_unilm_starts_from_the_mlm_with_its_character_vocabulary(mlm_workdir, data_dir):
     pre = load_trained(mlm_workdir)
     run = parse(_config(data_dir, f"workdir:{mlm_workdir}"))
     task = seq2seq.Seq2seqTask()
@@ -77,7 +74,7 @@ def test_unilm_starts_from_the_mlm_with_its_character_vocabulary(mlm_workdir, da
     assert first and " " not in first and any("\u4e00" <= ch <= "\u9fff" for ch in first)
 
 
-def test_trained_run_scores_the_decoded_titles_on_characters(mlm_workdir, data_dir, tmp_path):  # noqa: F811
+def test_trained_run_scores_the_decoded_titles_on_characters(mlm_workdir, data_dir, tmp_path):
     c = _config(data_dir, f"workdir:{mlm_workdir}", remedy="gradient_penalty")
     run = parse(c)
     summary = loop.train_and_evaluate(run, str(tmp_path / "wd"))
@@ -147,7 +144,7 @@ def _fake_workdir(src: pathlib.Path, dst: pathlib.Path, *, vocab_kind=None, voca
     return dst
 
 
-def test_bad_init_values_are_one_line_config_errors(mlm_workdir, data_dir, tmp_path):  # noqa: F811
+def test_bad_init_values_are_one_line_config_errors(mlm_workdir, data_dir, tmp_path):
     not_bert = _fake_workdir(mlm_workdir, tmp_path / "not_bert", vocab_kind="none")
     small = _fake_workdir(mlm_workdir, tmp_path / "small", vocab_size=10)
     cases = [
@@ -185,7 +182,7 @@ def test_bad_init_values_are_one_line_config_errors(mlm_workdir, data_dir, tmp_p
     assert "no model.json" in r.stderr and "configs/mlm.py" in r.stderr
 
 
-def test_unilm_starts_from_a_hugging_face_bert(mlm_workdir, data_dir, tmp_path):  # noqa: F811
+def test_unilm_starts_from_a_hugging_face_bert(mlm_workdir, data_dir, tmp_path):
     """init=hf:PATH: a BertForMaskedLM directory with our characters' vocab.txt trains a few
     steps; its first weights are the checkpoint's, its rows the HF vocabulary's ids."""
     torch = pytest.importorskip("torch")

@@ -13,7 +13,6 @@ import pytest
 from flax import nnx
 
 from configs import classify as classify_config
-from configs import mlm as mlm_config
 from configs import theseus as theseus_config
 from research import tasks
 from research.config import ConfigError
@@ -22,7 +21,6 @@ from research.models import Bert, ModelConfig
 from research.models.theseus import Theseus
 from research.models.variables import Frozen
 from research.tasks import bert
-from research.train import loop
 from research.train.config import parse
 from research.train.trained import load_trained
 
@@ -37,20 +35,6 @@ def _assert_same(a: dict, b: dict):
     assert a.keys() == b.keys()
     for p in a:
         np.testing.assert_array_equal(a[p], b[p], err_msg=str(p))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("zh_data"))
-
-
-@pytest.fixture(scope="module")
-def mlm_workdir(tmp_path_factory, data_dir):
-    c = mlm_config.get_config("smoke")  # 2 layers
-    c.data.data_dir = data_dir
-    workdir = tmp_path_factory.mktemp("mlm")
-    loop.train_and_evaluate(parse(c), str(workdir))
-    return workdir
 
 
 @pytest.fixture(scope="module")
