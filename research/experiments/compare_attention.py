@@ -4,8 +4,9 @@ Every (attention, width, learning rate) point is an ordinary training run of `re
 in its own sub-directory of the workdir, so an interrupted sweep resumes where it stopped and a
 finished point is never recomputed. For each (attention, width) the table reports the best MQAR
 eval accuracy over the learning rates (Zoology, Arora et al. 2023, sweeps learning rates the same
-way), the LM eval loss and perplexity, train tokens/s, greedy-decode tokens/s after a prompt of
-the MQAR length, the bytes of the decode state (the KV cache for softmax at that context, the
+way), the LM eval loss and perplexity, train tokens/s, the decode latency per token after 1k and
+8k tokens of context (`decode_contexts`), the bytes of the decode state after a prompt of the
+MQAR length (the KV cache for softmax at that context, the
 recurrent d_k x d_v state for linear and the gated / delta kinds, conv windows included),
 measured from the cache the model actually builds, and the parameter count (the kinds differ at
 one width: compare at equal parameters too, not only equal width).
@@ -18,8 +19,10 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from research.config import as_list
 from research.experiments import sweep
@@ -34,7 +37,6 @@ from research.report import (
     save_figure,
     write_csv,
 )
-from research.sampling import generate
 from research.train.config import ConfigError, parse
 
 FIELDS = (
@@ -45,7 +47,6 @@ FIELDS = (
     "lm_loss",
     "lm_perplexity",
     "train_tokens_per_s",
-    "decode_tokens_per_s",
     "state_bytes",
     "params",
 )
@@ -103,9 +104,22 @@ def points(c) -> list[Point]:
             raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTIONS)}")
     if not is_positive_int(c.decode_tokens):
         raise ConfigError(f"decode_tokens={c.decode_tokens!r}: must be a positive int")
+    for n in as_list(c.decode_contexts, int, name="decode_contexts"):
+        if not is_positive_int(n):
+            raise ConfigError(f"decode_contexts: {n!r} is not a positive int (context tokens)")
+    by = c.get("learning_rates_by_attention") or {}
+    for a in by:
+        if a not in ATTENTIONS:
+            raise ConfigError(
+                f"learning_rates_by_attention: unknown {a!r}; allowed {', '.join(ATTENTIONS)}"
+            )
+    rates = {
+        a: as_list(by[a], float, name=f"learning_rates_by_attention.{a}") if a in by else lrs
+        for a in attentions
+    }
     out = []
     if "mqar" in tasks:
-        out += [Point("mqar", a, w, lr) for a in attentions for w in widths for lr in lrs]
+        out += [Point("mqar", a, w, lr) for a in attentions for w in widths for lr in rates[a]]
     if "lm" in tasks:
         out += [Point("lm", a, w, c.lm.optimizer.learning_rate) for a in attentions for w in widths]
     for p in out:  # every mistake is reported before the first run starts
@@ -121,22 +135,62 @@ def run_point(c, p: Point, workdir: pathlib.Path) -> dict:
     return sweep.train_point(point_config(c, p), workdir / "runs" / p.name, dataclasses.asdict(p))
 
 
-def decode_cost(c, attention: str, width: int) -> tuple[float, int, int]:
-    """(greedy tokens/s, decode-state bytes, parameters) for batch 1 after a prompt of MQAR
-    length (parameters: the MQAR model's, embeddings included)."""
+def state_and_params(c, attention: str, width: int) -> tuple[int, int]:
+    """(decode-state bytes, batch 1, for a prompt of MQAR length and c.decode_tokens more;
+    parameters) of the MQAR model (embeddings included): the state measured from the cache the
+    model's prefill builds."""
     pc = point_config(c, Point("mqar", attention, width, 1e-3))
-    prompt_len, new = pc.data.seq_len, c.decode_tokens
-    mcfg = parse(pc).model.replace(vocab_size=pc.data.vocab_size, max_length=prompt_len + new)
+    prompt_len, length = pc.data.seq_len, pc.data.seq_len + c.decode_tokens
+    mcfg = parse(pc).model.replace(vocab_size=pc.data.vocab_size, max_length=length)
     model = DecoderLM(mcfg, rngs=nnx.Rngs(0))
-    prompt = np.ones((1, prompt_len), np.int32)
-    _, cache = model.prefill(prompt, max_length=prompt_len + new)
+    _, cache = model.prefill(np.ones((1, prompt_len), np.int32), max_length=length)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(cache["layers"]))
-    seconds = median_time(lambda: generate(model, prompt, max_new_tokens=new), repeats=3)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    return new / seconds, int(state_bytes), int(params)
+    return int(state_bytes), int(params)
 
 
-def summarize(c, results: list[dict], decode: dict) -> list[dict]:
+def seconds_per_token(model: DecoderLM, context: int, steps: int) -> float:
+    """Wall seconds per greedy token of `model` (batch 1) after a random prompt of `context`
+    tokens: the prompt is prefilled once and only the `steps` decode steps that follow are timed
+    (median of 3), so softmax pays for reading its KV cache, a recurrent kind for its state."""
+    graphdef, state = nnx.split(model)
+    length = context + steps
+    prompt = jax.random.randint(jax.random.key(0), (1, context), 0, model.cfg.vocab_size)
+
+    @jax.jit
+    def prefill(state, prompt):
+        logits, cache = nnx.merge(graphdef, state).prefill(prompt, max_length=length)
+        return jnp.argmax(logits, -1).astype(jnp.int32), cache
+
+    @jax.jit
+    def decode(state, token, cache):
+        model = nnx.merge(graphdef, state)
+
+        def step(_, carry):
+            logits, cache = model.decode_step(*carry)
+            return jnp.argmax(logits, -1).astype(jnp.int32), cache
+
+        return lax.fori_loop(0, steps, step, (token, cache))
+
+    token, cache = prefill(state, prompt)
+    return median_time(decode, state, token, cache, repeats=3) / steps
+
+
+def decode_latency(c, attention: str, width: int) -> dict[int, float]:
+    """{context: seconds per decoded token} of the LM's model (random weights: the time does not
+    depend on them) for each of c.decode_contexts."""
+    pc = point_config(c, Point("lm", attention, width, 1e-3))
+    cfg = parse(pc).model.replace(vocab_size=pc.data.vocab_size)
+    out = {}
+    for n in as_list(c.decode_contexts, int, name="decode_contexts"):
+        mcfg = cfg.replace(max_length=n + c.decode_tokens)
+        out[n] = seconds_per_token(DecoderLM(mcfg, rngs=nnx.Rngs(0)), n, c.decode_tokens)
+    return out
+
+
+def summarize(c, results: list[dict], decode: dict, latency: dict) -> list[dict]:
+    """One row per (attention, width). decode[a, w] = (state bytes, params); latency[a, w] =
+    {context: seconds per decoded token}."""
     rows = []
     for a in as_list(c.attentions, name="attentions"):
         for w in as_list(c.widths, int, name="widths"):
@@ -159,9 +213,9 @@ def summarize(c, results: list[dict], decode: dict) -> list[dict]:
                     "lm_loss": lm_loss,
                     "lm_perplexity": None if lm_loss is None else math.exp(lm_loss),
                     "train_tokens_per_s": speed_of["tokens_per_second"],
-                    "decode_tokens_per_s": decode[a, w][0],
-                    "state_bytes": decode[a, w][1],
-                    "params": decode[a, w][2],
+                    **{f"decode_ms_{n}": 1e3 * t for n, t in sorted(latency[a, w].items())},
+                    "state_bytes": decode[a, w][0],
+                    "params": decode[a, w][1],
                 }
             )
     return rows
@@ -172,34 +226,47 @@ def _cell(key: str, spec: str):
     return lambda r: "-" if r[key] is None else format(r[key], spec)
 
 
-COLUMNS = (
-    "attention",
-    "width",
-    "MQAR acc",
-    "best lr",
-    "LM loss",
-    "LM ppl",
-    "train tok/s",
-    "decode tok/s",
-    "state bytes",
-    "params",
-)
-FORMATS = (
-    "{attention}",
-    "{width}",
-    _cell("mqar_accuracy", ".3f"),
-    _cell("mqar_best_lr", "g"),
-    _cell("lm_loss", ".3f"),
-    _cell("lm_perplexity", ".1f"),
-    "{train_tokens_per_s:,.0f}",
-    "{decode_tokens_per_s:,.0f}",
-    "{state_bytes:,}",
-    "{params:,}",
-)
+def _contexts(rows: list[dict]) -> list[int]:
+    return [int(k.removeprefix("decode_ms_")) for k in rows[0] if k.startswith("decode_ms_")]
+
+
+def _short(n: int) -> str:
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def fields(rows: list[dict]) -> tuple[str, ...]:
+    """The CSV's columns: FIELDS with one decode_ms_{context} column per decode context."""
+    i = FIELDS.index("state_bytes")
+    return (*FIELDS[:i], *(f"decode_ms_{n}" for n in _contexts(rows)), *FIELDS[i:])
 
 
 def table(rows: list[dict]) -> str:
-    return format_table(rows, COLUMNS, FORMATS)
+    ctx = _contexts(rows)
+    columns = (
+        "attention",
+        "width",
+        "MQAR acc",
+        "best lr",
+        "LM loss",
+        "LM ppl",
+        "train tok/s",
+        *(f"decode ms/tok @{_short(n)}" for n in ctx),
+        "state bytes",
+        "params",
+    )
+    formats = (
+        "{attention}",
+        "{width}",
+        _cell("mqar_accuracy", ".3f"),
+        _cell("mqar_best_lr", "g"),
+        _cell("lm_loss", ".3f"),
+        _cell("lm_perplexity", ".1f"),
+        "{train_tokens_per_s:,.0f}",
+        *(f"{{decode_ms_{n}:.3f}}" for n in ctx),
+        "{state_bytes:,}",
+        "{params:,}",
+    )
+    return format_table(rows, columns, formats)
 
 
 def plot(rows: list[dict], path: pathlib.Path, title: str):
@@ -246,12 +313,10 @@ def run(c, workdir: str) -> list[dict]:
             )
         results.append(run_point(c, p, workdir))
     widths = as_list(c.widths, int, name="widths")
-    decode = {
-        (a, w): decode_cost(c, a, w)
-        for a in as_list(c.attentions, name="attentions")
-        for w in widths
-    }
-    rows = summarize(c, results, decode)
+    attentions = as_list(c.attentions, name="attentions")
+    decode = {(a, w): state_and_params(c, a, w) for a in attentions for w in widths}
+    latency = {(a, w): decode_latency(c, a, w) for a in attentions for w in widths}
+    rows = summarize(c, results, decode, latency)
     m, lm, tasks = c.mqar.data, c.lm, as_list(c.tasks, name="tasks")
     mqar_part = (
         f"MQAR seq_len {m.seq_len}, {m.num_kv_pairs} kv pairs, vocab {m.vocab_size}, "
@@ -266,11 +331,11 @@ def run(c, workdir: str) -> list[dict]:
     )
     shape = f"{plural(c.mqar.model.num_layers, 'layer')}, {plural(c.mqar.model.num_heads, 'head')}"
     header = (
-        f"{machine_header()}\n{mqar_part}{lm_part}{shape}; decode batch 1, "
-        f"{c.decode_tokens} tokens after {m.seq_len}"
+        f"{machine_header()}\n{mqar_part}{lm_part}{shape}; decode: the LM model, batch 1, "
+        f"{c.decode_tokens} greedy tokens timed after each context; state bytes after {m.seq_len}"
     )
     if jax.process_index() == 0:
-        write_csv(workdir / "compare.csv", rows, FIELDS)
+        write_csv(workdir / "compare.csv", rows, fields(rows))
         plot(rows, workdir / "compare.png", header)
         print(f"\n{header}\n\n{table(rows)}\n")
         print(

@@ -48,30 +48,25 @@ def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
     r = _run(tmp_path / "wd", tmp_path / "data")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "wd" / "compare.csv")))
-    assert [(x["attention"], x["width"]) for x in rows] == [
-        ("softmax", "16"),
-        ("softmax", "32"),
-        ("elu", "16"),
-        ("elu", "32"),
-    ]
+    assert [(x["attention"], x["width"]) for x in rows] == [("softmax", "32"), ("elu", "32")]
     for x in rows:
         assert 0.0 <= float(x["mqar_accuracy"]) <= 1.0 and float(x["lm_perplexity"]) > 1.0
-        assert float(x["train_tokens_per_s"]) > 0 and float(x["decode_tokens_per_s"]) > 0
+        assert float(x["train_tokens_per_s"]) > 0 and float(x["decode_ms_64"]) > 0
     # Decode state: KV cache 2 layers x 2 (K, V) x (32 + 4) positions x width x fp32 for
     # softmax; elu+1 linear: 2 layers x heads x (F Dv + F) x fp32, F = Dv = width / 2 heads;
     # both plus the key convolution's last 2 inputs per layer (2 layers x 2 x width x fp32).
-    by = {(x["attention"], int(x["width"])): int(x["state_bytes"]) for x in rows}
-    assert by["softmax", 16] == 2 * 2 * 36 * 16 * 4 + 2 * 2 * 16 * 4
-    assert by["elu", 32] == 2 * 2 * (16 * 16 + 16) * 4 + 2 * 2 * 32 * 4
-    # The elu+1 feature map has no parameters: softmax and elu models match at each width.
-    params = {(x["attention"], int(x["width"])): int(x["params"]) for x in rows}
-    assert params["softmax", 16] == params["elu", 16] < params["softmax", 32] == params["elu", 32]
+    by = {x["attention"]: int(x["state_bytes"]) for x in rows}
+    assert by["softmax"] == 2 * 2 * 36 * 32 * 4 + 2 * 2 * 32 * 4
+    assert by["elu"] == 2 * 2 * (16 * 16 + 16) * 4 + 2 * 2 * 32 * 4
+    # The elu+1 feature map has no parameters: the softmax and elu models have equal counts.
+    params = {x["attention"]: int(x["params"]) for x in rows}
+    assert params["softmax"] == params["elu"]
     assert (tmp_path / "wd" / "compare.png").stat().st_size > 10_000
-    assert "| attention | width | MQAR acc |" in r.stdout
+    assert "| attention | width | MQAR acc |" in r.stdout and "| decode ms/tok @64 |" in r.stdout
 
     # A rerun reuses every finished point; a changed config in the same workdir is refused.
     # A result saved before model.scan_layers existed is the same config (the key's default).
-    path = tmp_path / "wd/runs/mqar_elu_d16_lr0.01/result.json"
+    path = tmp_path / "wd/runs/mqar_elu_d32_lr0.01/result.json"
     first = json.loads(path.read_text())
     del first["config"]["model"]["scan_layers"]
     path.write_text(json.dumps(first))
@@ -98,11 +93,15 @@ def test_bad_decode_tokens_is_reported_before_any_run():
         c.decode_tokens = bad
         with pytest.raises(ConfigError, match=f"decode_tokens={bad}: must be a positive int"):
             compare_attention.points(c)
+    c.decode_tokens = 4
+    c.decode_contexts = (1024, 0)
+    with pytest.raises(ConfigError, match="decode_contexts: 0 is not a positive int"):
+        compare_attention.points(c)
 
 
 def test_sigterm_stops_the_sweep_without_recording_the_partial_point(tmp_path):
     wd = tmp_path / "wd"
-    first = wd / "runs" / "mqar_softmax_d16_lr0.01"
+    first = wd / "runs" / "mqar_softmax_d32_lr0.01"
     long = ("--config.mqar.num_train_steps=100000", "--config.mqar.checkpoint_every_steps=100000")
     code, out, err = sigterm_after_metrics(
         _cmd(wd, tmp_path / "data", *long), first / "metrics.jsonl", 3, cwd=ROOT, env=_env()
@@ -119,7 +118,7 @@ def test_a_sweep_without_the_lm_prints_dashes_not_nan(tmp_path):
     from research.experiments import compare_attention as ca
 
     c = cfg.get_config("smoke")
-    c.tasks = ("mqar",)
+    c.tasks, c.widths = ("mqar",), (16, 32)
     results = [
         {
             "point": {"task": "mqar", "attention": a, "width": w, "lr": 0.01},
@@ -130,11 +129,14 @@ def test_a_sweep_without_the_lm_prints_dashes_not_nan(tmp_path):
         for w in (16, 32)
         for acc in (0.5, float("nan"))
     ]
-    decode = {(a, w): (5.0, 64, 1000) for a in ("softmax", "elu") for w in (16, 32)}
-    rows = ca.summarize(c, results, decode)
+    decode = {(a, w): (64, 1000) for a in ("softmax", "elu") for w in (16, 32)}
+    latency = {(a, w): {1024: 0.005, 8192: 0.0125} for a in ("softmax", "elu") for w in (16, 32)}
+    rows = ca.summarize(c, results, decode, latency)
     assert [r["mqar_accuracy"] for r in rows] == [0.5] * 4  # a diverged (NaN) lr never wins
     text = ca.table(rows)
-    assert "| softmax | 16 | 0.500 | 0.01 | - | - | 10 | 5 | 64 | 1,000 |" in text
+    assert "| softmax | 16 | 0.500 | 0.01 | - | - | 10 | 5.000 | 12.500 | 64 | 1,000 |" in text
+    assert "| decode ms/tok @1k | decode ms/tok @8k |" in text
+    assert ca.fields(rows)[-4:] == ("decode_ms_1024", "decode_ms_8192", "state_bytes", "params")
     assert "nan" not in text  # NaN means diverged; the LM was simply not run
     ca.plot(rows, tmp_path / "p.png", "title")
     assert (tmp_path / "p.png").stat().st_size > 10_000
@@ -145,7 +147,7 @@ def test_an_lm_only_sweep_and_one_data_dir_for_both_tasks(tmp_path):
     from research.experiments import compare_attention as ca
 
     c = cfg.get_config("smoke")
-    c.tasks = ("lm",)
+    c.tasks, c.widths = ("lm",), (16, 32)
     c.data_dir = str(tmp_path / "data")
     points = ca.points(c)
     assert {p.task for p in points} == {"lm"} and len(points) == 4
@@ -161,9 +163,12 @@ def test_an_lm_only_sweep_and_one_data_dir_for_both_tasks(tmp_path):
         for a in ("softmax", "elu")
         for w in (16, 32)
     ]
-    decode = {(a, w): (5.0, 64, 1000) for a in ("softmax", "elu") for w in (16, 32)}
-    rows = ca.summarize(c, results, decode)
-    assert "| softmax | 16 | - | - | 4.016 | 55.5 | 7 | 5 | 64 | 1,000 |" in ca.table(rows)
+    decode = {(a, w): (64, 1000) for a in ("softmax", "elu") for w in (16, 32)}
+    latency = {(a, w): {1024: 0.005, 8192: 0.0125} for a in ("softmax", "elu") for w in (16, 32)}
+    rows = ca.summarize(c, results, decode, latency)
+    assert "| softmax | 16 | - | - | 4.016 | 55.5 | 7 | 5.000 | 12.500 | 64 | 1,000 |" in ca.table(
+        rows
+    )
     # The LM panel says how far apart the attentions are at a width: exp(0.01) - 1 = 1.01%.
     assert ca._spread(rows) == "\n(attentions within 1.01% at each width)"
     ca.plot(rows, tmp_path / "p.png", "title")
@@ -175,6 +180,7 @@ def test_the_default_compares_softmax_a_2020_map_gla_and_gated_deltanet():
     v themselves), the others keep the config's."""
     from configs import compare_attention as cfg
     from research.experiments import compare_attention as ca
+    from research.train.config import ConfigError
 
     c = cfg.get_config()
     points = ca.points(c)  # parses every point's config: a bad combination raises here
@@ -183,3 +189,11 @@ def test_the_default_compares_softmax_a_2020_map_gla_and_gated_deltanet():
     assert models["gated_deltanet"].attention == "gated_deltanet"
     assert models["gated_deltanet"].short_conv == 0 and models["gla"].short_conv == 3
     assert (models["taylor"].attention, models["taylor"].feature_map) == ("linear", "taylor")
+    # One MQAR run per kind at its own learning rate (learning_rates_by_attention), LM at one.
+    mqar = sorted((p.attention, p.lr) for p in points if p.task == "mqar")
+    assert mqar == [("gated_deltanet", 1e-3), ("gla", 1e-3), ("softmax", 1e-2), ("taylor", 3e-3)]
+    c.learning_rates_by_attention.gla = (1e-2, 3e-3)
+    assert [p.lr for p in ca.points(c) if p.name.startswith("mqar_gla")] == [1e-2, 3e-3]
+    c.learning_rates_by_attention = {"cosine": (1e-3,)}
+    with pytest.raises(ConfigError, match="learning_rates_by_attention: unknown 'cosine'"):
+        ca.points(c)
