@@ -159,7 +159,12 @@ def typed(cls, section, *, name: str, prefix: str, **extra):
         allowed = ", ".join(sorted(fields - set(extra)))
         raise ConfigError(f"{name}: unknown keys {unknown}; allowed: {allowed}")
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _convert(f"{prefix}{k}", v, hints[k]) for k, v in section.items()}
+    # A list whose default is empty may be set empty; every other list must name something.
+    may_be_empty = {f.name for f in dataclasses.fields(cls) if f.default == ()}
+    kwargs = {
+        k: () if k in may_be_empty and v in ((), [], "") else _convert(f"{prefix}{k}", v, hints[k])
+        for k, v in section.items()
+    }
     try:
         return cls(**kwargs, **extra)
     except (TypeError, ValueError) as e:

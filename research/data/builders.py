@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 
+from research.data.config import parse_segments
+
 
 class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """A builder of data made on this machine, built without tfds' download chatter."""
@@ -136,11 +138,11 @@ class _Synthetic(_LocalBuilder, skip_registration=True):
         # Independent streams per split, so test examples never depend on the train size.
         rng = np.random.default_rng([self.builder_config.seed, stream])
         for i in range(n):
-            yield i, self._example(rng)
+            yield i, self._example(rng, i)
 
     @abc.abstractmethod
-    def _example(self, rng: np.random.Generator) -> dict:
-        """One example (a dict of features) drawn with `rng`."""
+    def _example(self, rng: np.random.Generator, index: int) -> dict:
+        """Example `index` of its split (a dict of features), drawn with `rng`."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,6 +220,10 @@ class MqarConfig(tfds.core.BuilderConfig):
     test_examples: int = 1_000
     seed: int = 0
     variant: str = "seqlab"  # MQAR_EXAMPLES
+    # Non-empty: every split mixes these (length, pairs) segments in equal shares (Zoology's
+    # training mixture), each example right-padded to seq_len with weight-0 filler; num_kv_pairs
+    # is then unused.
+    segments: tuple = ()
 
 
 def mqar_config(
@@ -228,16 +234,20 @@ def mqar_config(
     test_examples=1_000,
     seed=0,
     variant="seqlab",
+    segments=(),
 ) -> MqarConfig:
     if variant not in MQAR_EXAMPLES:
         raise ValueError(f"mqar variant={variant!r}: allowed {', '.join(MQAR_EXAMPLES)}")
-    if 4 * num_kv_pairs > seq_len:
+    segments = parse_segments(segments)
+    if not segments and 4 * num_kv_pairs > seq_len:
         raise ValueError(f"MQAR needs 4 * num_kv_pairs <= seq_len, got {num_kv_pairs}, {seq_len}")
-    if num_kv_pairs >= vocab_size // 2 - 1:
-        raise ValueError(
-            f"num_kv_pairs={num_kv_pairs} needs vocab_size > {2 * num_kv_pairs + 2}, "
-            f"got {vocab_size}"
-        )
+    for length, pairs in segments or ((seq_len, num_kv_pairs),):
+        if length > seq_len:
+            raise ValueError(f"mqar_segments: length {length} is longer than seq_len={seq_len}")
+        if pairs >= vocab_size // 2 - 1:
+            raise ValueError(
+                f"num_kv_pairs={pairs} needs vocab_size > {2 * pairs + 2}, got {vocab_size}"
+            )
     fields = dict(
         vocab_size=vocab_size,
         seq_len=seq_len,
@@ -246,8 +256,12 @@ def mqar_config(
         test_examples=test_examples,
         seed=seed,
         variant=variant,
+        segments=segments,
     )
     name = f"v{vocab_size}_l{seq_len}_kv{num_kv_pairs}_n{train_examples}_s{seed}"
+    if segments:
+        name = f"v{vocab_size}_l{seq_len}_mix{'_'.join(f'{n}x{k}' for n, k in segments)}"
+        name += f"_n{train_examples}_t{test_examples}_s{seed}"
     if variant != "seqlab":  # the seqlab variant keeps the names of datasets built before
         name += f"_{variant}"
     return MqarConfig(name=name, **fields)
@@ -271,11 +285,17 @@ class Mqar(_Synthetic):
             )
         )
 
-    def _example(self, rng):
+    def _example(self, rng, index):
         c = self.builder_config
-        return MQAR_EXAMPLES[c.variant](
-            rng, vocab_size=c.vocab_size, seq_len=c.seq_len, num_kv_pairs=c.num_kv_pairs
-        )
+        draw = MQAR_EXAMPLES[c.variant]
+        if not c.segments:
+            return draw(
+                rng, vocab_size=c.vocab_size, seq_len=c.seq_len, num_kv_pairs=c.num_kv_pairs
+            )
+        length, pairs = c.segments[index % len(c.segments)]  # equal shares, in turn
+        ex = draw(rng, vocab_size=c.vocab_size, seq_len=length, num_kv_pairs=pairs)
+        pad = c.seq_len - length  # filler 0 with weight 0: a causal model never reads it early
+        return {k: np.pad(v, (0, pad)) for k, v in ex.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,7 +366,7 @@ class Seq2seqSynthetic(_Synthetic):
             features=tfds.features.FeaturesDict({"source": seq, "target": seq})
         )
 
-    def _example(self, rng):
+    def _example(self, rng, index):
         c = self.builder_config
         source, target = seq2seq_example(rng, c.task, c.min_len, c.max_len)
         return {"source": source, "target": target}

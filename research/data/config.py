@@ -7,6 +7,23 @@ from research.ops.checks import check_positive_field
 MQAR_VARIANTS = ("seqlab", "zoology")
 
 
+def parse_segments(segments) -> tuple[tuple[int, int], ...]:
+    """MQAR segments "L:N" (a length and its key-value pairs), as strings or pairs -> ((L, N),
+    ...); ValueError naming the bad item."""
+    out = []
+    for item in segments:
+        try:
+            length, pairs = (int(x) for x in (item.split(":") if isinstance(item, str) else item))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"mqar_segments: {item!r} is not 'LENGTH:PAIRS', e.g. '64:4'"
+            ) from None
+        if pairs < 1 or 4 * pairs > length:
+            raise ValueError(f"mqar_segments: {item!r} needs 1 <= 4 * pairs <= length")
+        out.append((length, pairs))
+    return tuple(out)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where examples come from and how they are cut. Which fields apply depends on the task."""
@@ -36,6 +53,9 @@ class DataConfig:
     # 0) or "zoology" (Zoology's multiquery_ar: power-law query gaps, values without replacement,
     # the value not shown after its query, random filler tokens)
     mqar_variant: str = "seqlab"
+    # mqar: a training mixture instead of one (seq_len, num_kv_pairs): "LENGTH:PAIRS" segments in
+    # equal shares, each padded to seq_len (Zoology trains on 64:4, 128:8, 256:16, 256:32, 256:64)
+    mqar_segments: tuple[str, ...] = ()
     # mqar, seq2seq_synthetic: examples built for training; qagen: the first N train examples;
     # chat: the first N train conversations
     train_examples: int = 100_000
@@ -57,5 +77,10 @@ class DataConfig:
             raise ValueError(
                 f"mqar_variant={self.mqar_variant!r}: allowed {', '.join(MQAR_VARIANTS)}"
             )
+        for length, _ in parse_segments(self.mqar_segments):
+            if length > self.seq_len:
+                raise ValueError(
+                    f"mqar_segments: length {length} is longer than seq_len={self.seq_len}"
+                )
         if self.shards < 0:
             raise ValueError(f"shards={self.shards}: must be >= 1 (logical data shards)")

@@ -124,6 +124,7 @@ def mqar_sources(d: DataConfig, *, seed: int):
             test_examples=d.test_examples,
             seed=seed,
             variant=d.mqar_variant,
+            segments=d.mqar_segments,
         )
     except ValueError as e:
         raise DataError(f"data: {e}") from None

@@ -7,6 +7,7 @@ from research.experiments import (
     gelu,
     pet,
     qagen,
+    recall,
     theseus,
 )
 
@@ -18,4 +19,5 @@ EXPERIMENTS = {
     "embedding_dim": embedding_dim.run,
     "gelu": gelu.run,
     "qagen": qagen.run,
+    "recall": recall.run,
 }

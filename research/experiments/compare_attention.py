@@ -58,7 +58,7 @@ FEATURE_MAPS = ("elu", "relu", "taylor", "favor")
 ATTENTIONS = ("softmax", *FEATURE_MAPS, *RECURRENT_KINDS)
 
 
-def _attention_overrides(name: str) -> dict:
+def attention_overrides(name: str) -> dict:
     """Config model keys for an attention name: 'softmax', a linear feature map or a gated /
     delta kind. The delta kinds convolve q, k, v themselves (qkv_conv), so they take no key
     convolution (short_conv 0); every other kind keeps the config's."""
@@ -87,15 +87,30 @@ def point_config(c, p: Point):
     base.unlock()
     if c.get("data_dir"):  # one override for both tasks' datasets and tokenizers
         base.data.data_dir = c.data_dir
-    base.model.update(d_model=p.width, d_ff=4 * p.width, **_attention_overrides(p.attention))
+    base.model.update(d_model=p.width, d_ff=4 * p.width, **attention_overrides(p.attention))
     base.optimizer.learning_rate = p.lr
     return base
+
+
+def learning_rates(c, attentions) -> dict[str, tuple[float, ...]]:
+    """{attention: its learning rates}: c.learning_rates_by_attention's for the kinds it names,
+    c.learning_rates for the others."""
+    lrs = as_list(c.learning_rates, float, name="learning_rates")
+    by = c.get("learning_rates_by_attention") or {}
+    for a in by:
+        if a not in ATTENTIONS:
+            raise ConfigError(
+                f"learning_rates_by_attention: unknown {a!r}; allowed {', '.join(ATTENTIONS)}"
+            )
+    return {
+        a: as_list(by[a], float, name=f"learning_rates_by_attention.{a}") if a in by else lrs
+        for a in attentions
+    }
 
 
 def points(c) -> list[Point]:
     attentions = as_list(c.attentions, name="attentions")
     widths = as_list(c.widths, int, name="widths")
-    lrs = as_list(c.learning_rates, float, name="learning_rates")
     tasks = as_list(c.tasks, name="tasks")
     if set(tasks) - {"mqar", "lm"}:
         raise ConfigError(f"tasks={c.tasks!r}: allowed mqar, lm or both")
@@ -107,16 +122,7 @@ def points(c) -> list[Point]:
     for n in as_list(c.decode_contexts, int, name="decode_contexts"):
         if not is_positive_int(n):
             raise ConfigError(f"decode_contexts: {n!r} is not a positive int (context tokens)")
-    by = c.get("learning_rates_by_attention") or {}
-    for a in by:
-        if a not in ATTENTIONS:
-            raise ConfigError(
-                f"learning_rates_by_attention: unknown {a!r}; allowed {', '.join(ATTENTIONS)}"
-            )
-    rates = {
-        a: as_list(by[a], float, name=f"learning_rates_by_attention.{a}") if a in by else lrs
-        for a in attentions
-    }
+    rates = learning_rates(c, attentions)
     out = []
     if "mqar" in tasks:
         out += [Point("mqar", a, w, lr) for a in attentions for w in widths for lr in rates[a]]
@@ -135,18 +141,26 @@ def run_point(c, p: Point, workdir: pathlib.Path) -> dict:
     return sweep.train_point(point_config(c, p), workdir / "runs" / p.name, dataclasses.asdict(p))
 
 
+def decode_state_bytes(model: DecoderLM, length: int) -> int:
+    """Bytes of `model`'s decode state for batch 1 with room for `length` tokens, as its prefill
+    builds it: a softmax layer's KV cache grows with `length`; a recurrent layer's state (and a
+    convolution's last inputs) does not."""
+    _, cache = model.prefill(np.ones((1, length - 1), np.int32), max_length=length)
+    return int(sum(x.nbytes for x in jax.tree.leaves(cache["layers"])))
+
+
+def parameter_count(model) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
 def state_and_params(c, attention: str, width: int) -> tuple[int, int]:
-    """(decode-state bytes, batch 1, for a prompt of MQAR length and c.decode_tokens more;
-    parameters) of the MQAR model (embeddings included): the state measured from the cache the
-    model's prefill builds."""
+    """(decode-state bytes for a prompt of MQAR length and c.decode_tokens more, batch 1;
+    parameters) of the MQAR model, embeddings included."""
     pc = point_config(c, Point("mqar", attention, width, 1e-3))
-    prompt_len, length = pc.data.seq_len, pc.data.seq_len + c.decode_tokens
+    length = pc.data.seq_len + c.decode_tokens
     mcfg = parse(pc).model.replace(vocab_size=pc.data.vocab_size, max_length=length)
     model = DecoderLM(mcfg, rngs=nnx.Rngs(0))
-    _, cache = model.prefill(np.ones((1, prompt_len), np.int32), max_length=length)
-    state_bytes = sum(x.nbytes for x in jax.tree.leaves(cache["layers"]))
-    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    return int(state_bytes), int(params)
+    return decode_state_bytes(model, length), parameter_count(model)
 
 
 def seconds_per_token(model: DecoderLM, context: int, steps: int) -> float:

@@ -72,6 +72,45 @@ def test_mqar_variant_is_checked_and_names_its_dataset():
         DataConfig(mqar_variant="zoo")
 
 
+def test_mqar_segments_mix_lengths_in_equal_shares_padded_with_weight_zero(tmp_path):
+    cfg = builders.mqar_config(
+        vocab_size=64,
+        seq_len=32,
+        train_examples=9,
+        test_examples=3,
+        variant="zoology",
+        segments=("8:2", "16:4", "32:8"),
+    )
+    test = builders.build(builders.Mqar, str(tmp_path), cfg).as_data_source("test")
+    train = builders.Mqar(data_dir=str(tmp_path), config=cfg, file_format="array_record")
+    train = train.as_data_source("train")
+    length_of = {2: 8, 4: 16, 8: 32}  # each segment has its own number of pairs here
+    for source, n in ((train, 9), (test, 3)):
+        pairs_seen = [int(source[i]["weights"].sum()) for i in range(len(source))]
+        assert sorted(pairs_seen) == sorted([2, 4, 8] * (n // 3))  # equal shares
+        for i in range(len(source)):
+            ex = source[i]
+            pairs = int(ex["weights"].sum())
+            length = length_of[pairs]
+            assert ex["inputs"].shape == (32,)
+            # Past the segment's length: filler 0, target 0, weight 0.
+            for k in ("inputs", "targets", "weights"):
+                assert not ex[k][length:].any()
+            # The context is `pairs` distinct keys, each followed by its value (without
+            # replacement), and each weighted position queries one of those keys for its value.
+            keys, values = ex["inputs"][0 : 2 * pairs : 2], ex["inputs"][1 : 2 * pairs : 2]
+            assert len(set(keys)) == len(set(values)) == pairs
+            value_of = dict(zip(keys.tolist(), values.tolist(), strict=True))
+            for q in np.flatnonzero(ex["weights"]):
+                assert ex["targets"][q] == value_of[int(ex["inputs"][q])]
+    with pytest.raises(ValueError, match="mqar_segments: '16:5' needs 1 <= 4 \\* pairs <= length"):
+        DataConfig(seq_len=32, mqar_segments=("16:5",))
+    with pytest.raises(ValueError, match="mqar_segments: length 64 is longer than seq_len=32"):
+        DataConfig(seq_len=32, mqar_segments=("64:4",))
+    with pytest.raises(ValueError, match="mqar_segments: '64' is not 'LENGTH:PAIRS'"):
+        DataConfig(seq_len=32, mqar_segments=("64",))
+
+
 def test_builders_write_array_record_without_tensorflow(tmp_path):
     cfg = builders.mqar_config(
         vocab_size=64, seq_len=32, num_kv_pairs=4, train_examples=50, test_examples=5

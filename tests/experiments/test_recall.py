@@ -1,0 +1,108 @@
+"""configs/recall.py:smoke end to end in process (training mixture, test segments, table, CSV,
+PNG, cached accuracies), the recall count against a per-example NumPy count, and bad input."""
+
+import csv
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import recall as config
+from research.config import ConfigError
+from research.experiments import EXPERIMENTS, recall
+from research.models import DecoderLM, ModelConfig
+from research.train.trained import load_trained
+
+
+def _smoke(tmp_path):
+    c = config.get_config("smoke")
+    c.mqar.data.data_dir = str(tmp_path / "data")
+    return c
+
+
+def test_smoke_study_table_csv_png_and_cached_accuracies(tmp_path, capsys):
+    c = _smoke(tmp_path)
+    wd = tmp_path / "wd"
+    rows = EXPERIMENTS["recall"](c, str(wd))
+    assert [(r["attention"], r["width"]) for r in rows] == [("softmax", 16), ("gated_deltanet", 16)]
+    out = capsys.readouterr().out
+    assert "| attention | width | lr | 32:4 | 64:8 | mean | state bytes | params |" in out
+    table = list(csv.DictReader(open(wd / "recall.csv")))
+    assert [x["attention"] for x in table] == ["softmax", "gated_deltanet"]
+    assert (wd / "recall.png").stat().st_size > 10_000
+    # Each run trained on the mixture, padded to its longest segment (32 tokens).
+    run = load_trained(wd / "runs" / "softmax_d16_lr0.003")
+    assert run.config.data.mqar_segments == ("16:2", "32:4") and run.config.data.seq_len == 32
+    # The state at the longest test length (64): softmax's KV cache, 2 layers x (K, V) x 64
+    # positions x width 16 x fp32, plus the key convolution's last 2 inputs (2 layers x 2 x 16
+    # x fp32); Gated DeltaNet's does not grow with the length: per layer 2 heads x 8 x 8 fp32
+    # states plus its q, k, v convolutions' last 3 inputs (3 x 3 x 16 x fp32).
+    by = {r["attention"]: r for r in rows}
+    assert by["softmax"]["state_bytes"] == 2 * 2 * 64 * 16 * 4 + 2 * 2 * 16 * 4
+    assert by["gated_deltanet"]["state_bytes"] == 2 * (2 * 8 * 8 * 4 + 3 * 3 * 16 * 4)
+    for r in rows:
+        assert set(r["accuracy"]) == {"32:4", "64:8"}
+        assert r["mean"] == pytest.approx(np.mean(list(r["accuracy"].values())))
+
+    # A rerun trains nothing and reads each run's recall.json; other test segments are measured.
+    path = wd / "runs" / "softmax_d16_lr0.003" / "recall.json"
+    saved = json.loads(path.read_text())
+    saved["accuracy"]["32:4"] = 0.75  # a marker: only a cached read can return it
+    path.write_text(json.dumps(saved))
+    again = EXPERIMENTS["recall"](c, str(wd))
+    assert again[0]["accuracy"]["32:4"] == 0.75
+    assert "reusing the finished run" in capsys.readouterr().out
+    c.test_segments = ("32:4",)
+    third = EXPERIMENTS["recall"](c, str(wd))
+    assert third[0]["accuracy"]["32:4"] != 0.75 and set(third[0]["accuracy"]) == {"32:4"}
+
+
+def test_recall_counts_weighted_positions_whose_argmax_is_the_value():
+    """Batched, padded and jitted recall equals a per-example NumPy count: half the weighted
+    targets are set to the model's own prediction (hits), the rest to another token."""
+    cfg = ModelConfig(vocab_size=32, d_model=16, num_heads=2, num_layers=1, d_ff=32, max_length=64)
+    model = DecoderLM(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    n, length = 5, 12
+    inputs = rng.integers(0, 32, (n, length)).astype(np.int32)
+    weights = (rng.random((n, length)) < 0.4).astype(np.float32)
+    weights[0, 0] = 1.0
+    pred = np.stack([np.argmax(np.asarray(model(jnp.asarray(x[None])))[0], -1) for x in inputs])
+    hit = rng.random((n, length)) < 0.5
+    targets = np.where(hit, pred, (pred + 1) % 32).astype(np.int32)
+    want = (hit * weights).sum() / weights.sum()
+    data = {"inputs": inputs, "targets": targets, "weights": weights}
+    got = recall.accuracy(model, data, batch_size=2)  # 5 examples: the last batch is padded
+    assert got == pytest.approx(want, abs=1e-6) and 0 < want < 1
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("attentions", ("softmax", "cosine"), "attentions: unknown 'cosine'"),
+        ("train_segments", ("16:5",), "train_segments: '16:5' needs 1 <= 4 * pairs <= length"),
+        ("test_segments", ("64",), "test_segments: '64' is not 'LENGTH:PAIRS'"),
+        ("test_segments", ("256:64",), "test_segments: '256:64' needs mqar.data.vocab_size > 130"),
+        ("test_examples", 0, "test_examples=0: must be a positive int"),
+    ],
+)
+def test_bad_study_config_is_one_line_before_anything_trains(tmp_path, key, value, message):
+    c = _smoke(tmp_path)
+    c[key] = value
+    with pytest.raises(ConfigError) as e:
+        EXPERIMENTS["recall"](c, str(tmp_path / "wd"))
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert not (tmp_path / "wd").exists()
+
+
+def test_presets_parse_and_the_zoology_preset_is_zoology_s_protocol():
+    for preset in ("", "zoology", "smoke"):
+        recall.points(config.get_config(preset))  # every point's config parses
+    c = config.get_config("zoology")
+    assert tuple(c.train_segments) == ("64:4", "128:8", "256:16", "256:32", "256:64")
+    assert max(int(s.split(":")[0]) for s in c.test_segments) == 1024
+    assert {int(s.split(":")[1]) for s in c.test_segments} == {4, 8, 16, 32, 64, 128, 256}
+    with pytest.raises(ValueError, match="unknown preset 'big'"):
+        config.get_config("big")
