@@ -2,6 +2,8 @@
 (chunked at default and tiny chunks, several blocks, scan, naive loop, decode steps, context
 parallel on 8 fake devices), values and gradients, across shapes drawn by hypothesis."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,7 +62,9 @@ def _reference(x, **kw):
     )
 
 
-def _call(fn, x, **kw):
+def _eager(fn, x, **kw):
+    """fn on the inputs, not jitted: the value checks (beta in [0, 1], gates <= 0, segment ids
+    non-decreasing) run on concrete arrays only."""
     return fn(
         x["q"],
         x["k"],
@@ -70,6 +74,20 @@ def _call(fn, x, **kw):
         initial_state=x["initial_state"],
         segment_ids=x["segment_ids"],
         **kw,
+    )
+
+
+def _call(fn, x, **kw):
+    """fn on the drawn inputs, jitted (one compile per form and shape, as in training); `kw`
+    holds the static options."""
+    return jax.jit(functools.partial(fn, **kw))(
+        x["q"],
+        x["k"],
+        x["v"],
+        x["beta"],
+        log_gate=x["log_gate"],
+        initial_state=x["initial_state"],
+        segment_ids=x["segment_ids"],
     )
 
 
@@ -148,7 +166,8 @@ def _grads(fn, x, d_out, d_state):
         o, s = fn(kw.pop("q"), kw.pop("k"), kw.pop("v"), kw.pop("beta"), **kw)
         return jnp.sum(o * d_out) + jnp.sum(s * d_state)
 
-    return dict(zip(names, jax.grad(loss, range(len(names)))(*(x[n] for n in names)), strict=True))
+    grads = jax.jit(jax.grad(loss, range(len(names))))(*(x[n] for n in names))
+    return dict(zip(names, grads, strict=True))
 
 
 def _check_grads(fn, x, seed):
@@ -442,16 +461,16 @@ def _bad(**change):
 )
 def test_bad_inputs_give_one_line_value_errors(x, message):
     with pytest.raises(ValueError, match=message) as err:
-        _call(att.delta_rule_attention, x)
+        _eager(att.delta_rule_attention, x)
     assert "\n" not in str(err.value)
 
 
 def test_bad_options_are_refused():
     x = _bad()
     with pytest.raises(ValueError, match="unknown form 'fused'; allowed: chunked, scan, naive"):
-        _call(att.delta_rule_attention, x, form="fused")
+        _eager(att.delta_rule_attention, x, form="fused")
     with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
-        _call(att.delta_rule_attention, x, chunk_size=0)
+        _eager(att.delta_rule_attention, x, chunk_size=0)
     with pytest.raises(ValueError, match="beta must be in"):
         s0 = x["initial_state"]
         att.delta_rule_step(s0, x["q"][:, 0], x["k"][:, 0], x["v"][:, 0], x["beta"][:, 0] + 2)

@@ -1,6 +1,8 @@
 """Linear attention (every form and feature map, FAVOR+) against float64 NumPy references,
 across shapes drawn by hypothesis; its gradients, padding and block sizes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,17 +40,15 @@ def test_causal_linear_forms_equal_numpy_quadratic(feature_map, s):
     q, k, v = qkv(s["seed"], s["b"], s["length"], s["length"], s["h"], s["d"])
     mask = key_mask(s["seed"], s["b"], s["length"]) if s["padded"] else None
     want = np_linear_attention(q, k, v, NP_FEATURE_MAPS[feature_map], causal=True, key_mask=mask)
-    for form in att.LINEAR_FORMS:
-        got = att.linear_attention(
-            q,
-            k,
-            v,
+    for form in att.LINEAR_FORMS:  # jitted: one compile per form and shape, as in training
+        fn = functools.partial(
+            att.linear_attention,
             feature_map=feature_map,
             causal=True,
             form=form,
             chunk_size=s["chunk"],
-            mask=mask,
         )
+        got = jax.jit(fn)(q, k, v, mask=mask)
         np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL, err_msg=form)
 
 
@@ -59,7 +59,8 @@ def test_noncausal_linear_equals_kernel_reference(feature_map, s, lk):
     q, k, v = qkv(s["seed"], s["b"], s["length"], lk, s["h"], s["d"], dv=3)
     mask = key_mask(s["seed"], s["b"], lk) if s["padded"] else None
     want = np_linear_attention(q, k, v, NP_FEATURE_MAPS[feature_map], causal=False, key_mask=mask)
-    got = att.linear_attention(q, k, v, feature_map=feature_map, mask=mask)
+    fn = functools.partial(att.linear_attention, feature_map=feature_map)
+    got = jax.jit(fn)(q, k, v, mask=mask)
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL)
 
 
@@ -212,14 +213,14 @@ def test_chunked_and_scan_gradients_equal_reference(s):
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v) * cot)
 
-    ref = jax.grad(loss(lambda *a: _quadratic_linear_jax(*a, fm.elu_feature_map)), (0, 1, 2))(
-        q, k, v
-    )
+    ref = jax.jit(
+        jax.grad(loss(lambda *a: _quadratic_linear_jax(*a, fm.elu_feature_map)), (0, 1, 2))
+    )(q, k, v)
     for form in ("chunked", "scan"):
         fn = lambda q, k, v, form=form: att.linear_attention(  # noqa: E731
             q, k, v, causal=True, form=form, chunk_size=s["chunk"]
         )
-        got = jax.grad(loss(fn), (0, 1, 2))(q, k, v)
+        got = jax.jit(jax.grad(loss(fn), (0, 1, 2)))(q, k, v)
         for g, r in zip(got, ref, strict=True):
             np.testing.assert_allclose(g, r, atol=ATOL, rtol=ATOL, err_msg=form)
 

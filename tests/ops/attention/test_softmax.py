@@ -1,6 +1,8 @@
 """Softmax attention (every implementation) against float64 NumPy references, across shapes
 drawn by hypothesis; gradients, masks, block sizes and the cuDNN path."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,17 +59,15 @@ def test_softmax_implementations_equal_numpy(s):
         causal=s["causal"],
         mask=mask if mask is None or mask.ndim == 4 else _np_mask(mask),
     )
-    for impl in att.PORTABLE_SOFTMAX_IMPLEMENTATIONS:
-        got = att.softmax_attention(
-            q,
-            k,
-            v,
+    for impl in att.PORTABLE_SOFTMAX_IMPLEMENTATIONS:  # jitted: one compile per shape
+        fn = functools.partial(
+            att.softmax_attention,
             causal=s["causal"],
-            mask=mask,
             implementation=impl,
             block_q=s["bq"],
             block_k=s["bk"],
         )
+        got = jax.jit(fn)(q, k, v, mask=mask)
         np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL, err_msg=impl)
 
 
@@ -94,7 +94,7 @@ def test_blockwise_gradients_equal_dense(s):
             )
             return jnp.sum(out * cot)
 
-        return jax.grad(loss, (0, 1, 2, 3))(q, k, v, bias)
+        return jax.jit(jax.grad(loss, (0, 1, 2, 3)))(q, k, v, bias)
 
     for g, r in zip(grads("blockwise"), grads("xla"), strict=True):
         assert np.all(np.isfinite(g))
