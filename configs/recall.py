@@ -72,7 +72,7 @@ def get_config(preset: str = "") -> ConfigDict:
         c.mqar.update(batch_size=256, num_train_steps=20_000, eval_every_steps=2_000, eval_steps=4)
         c.mqar.update(checkpoint_every_steps=2_000)
     elif preset == "smoke":
-        c.attentions = ("softmax", "gated_deltanet")
+        c.attentions = ("softmax", "elu")
         c.widths = (16,)
         c.learning_rates_by_attention = {}
         c.train_segments = ("16:2", "32:4")

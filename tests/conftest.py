@@ -8,6 +8,11 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
+# The suite is compile-bound (tiny shapes, hundreds of programs): LLVM at optimisation level 0
+# compiles about a fifth faster and runs the same operations (no fast-math either way).
+# Subprocesses inherit it through the environment.
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 # Many tests train the same smoke models in fresh processes: a persistent compilation cache
 # (inherited by the subprocesses through the environment) compiles each program once per machine.

@@ -89,4 +89,4 @@ def test_lists_are_lists_whichever_way_they_are_written():
     with pytest.raises(ConfigError, match="widths is empty"):
         as_list((), int, name="widths")
     c = compare_attention.get_config()
-    assert c.widths == (32, 64) and c.learning_rates == (1e-2,)
+    assert c.widths == (64,) and c.learning_rates == (1e-2,)

@@ -26,22 +26,22 @@ def test_smoke_study_table_csv_png_and_cached_accuracies(tmp_path, capsys):
     c = _smoke(tmp_path)
     wd = tmp_path / "wd"
     rows = EXPERIMENTS["recall"](c, str(wd))
-    assert [(r["attention"], r["width"]) for r in rows] == [("softmax", 16), ("gated_deltanet", 16)]
+    assert [(r["attention"], r["width"]) for r in rows] == [("softmax", 16), ("elu", 16)]
     out = capsys.readouterr().out
     assert "| attention | width | lr | 32:4 | 64:8 | mean | state bytes | params |" in out
     table = list(csv.DictReader(open(wd / "recall.csv")))
-    assert [x["attention"] for x in table] == ["softmax", "gated_deltanet"]
+    assert [x["attention"] for x in table] == ["softmax", "elu"]
     assert (wd / "recall.png").stat().st_size > 10_000
     # Each run trained on the mixture, padded to its longest segment (32 tokens).
     run = load_trained(wd / "runs" / "softmax_d16_lr0.003")
     assert run.config.data.mqar_segments == ("16:2", "32:4") and run.config.data.seq_len == 32
     # The state at the longest test length (64): softmax's KV cache, 2 layers x (K, V) x 64
-    # positions x width 16 x fp32, plus the key convolution's last 2 inputs (2 layers x 2 x 16
-    # x fp32); Gated DeltaNet's does not grow with the length: per layer 2 heads x 8 x 8 fp32
-    # states plus its q, k, v convolutions' last 3 inputs (3 x 3 x 16 x fp32).
+    # positions x width 16 x fp32; elu+1 linear attention's does not grow with the length: per
+    # layer 2 heads x (F Dv + F) fp32 with F = Dv = 8. Both keep the key convolution's last 2
+    # inputs (2 layers x 2 x 16 x fp32).
     by = {r["attention"]: r for r in rows}
     assert by["softmax"]["state_bytes"] == 2 * 2 * 64 * 16 * 4 + 2 * 2 * 16 * 4
-    assert by["gated_deltanet"]["state_bytes"] == 2 * (2 * 8 * 8 * 4 + 3 * 3 * 16 * 4)
+    assert by["elu"]["state_bytes"] == 2 * 2 * (8 * 8 + 8) * 4 + 2 * 2 * 16 * 4
     for r in rows:
         assert set(r["accuracy"]) == {"32:4", "64:8"}
         assert r["mean"] == pytest.approx(np.mean(list(r["accuracy"].values())))
@@ -55,8 +55,9 @@ def test_smoke_study_table_csv_png_and_cached_accuracies(tmp_path, capsys):
     assert again[0]["accuracy"]["32:4"] == 0.75
     assert "reusing the finished run" in capsys.readouterr().out
     c.test_segments = ("32:4",)
-    third = EXPERIMENTS["recall"](c, str(wd))
-    assert third[0]["accuracy"]["32:4"] != 0.75 and set(third[0]["accuracy"]) == {"32:4"}
+    measured = recall.evaluate_point(c, path.parent)
+    assert measured["32:4"] != 0.75 and set(measured) == {"32:4"}
+    assert json.loads(path.read_text())["accuracy"] == measured  # the cache follows the key
 
 
 def test_recall_counts_weighted_positions_whose_argmax_is_the_value():
