@@ -284,24 +284,35 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: pathlib.Path, title: str):
-    with save_figure(path, title, 2, (11, 4)) as axes:
+    """MQAR accuracy and LM perplexity against width, and decode latency against context."""
+    with save_figure(path, title, 3, (15, 4)) as axes:
         for a in dict.fromkeys(r["attention"] for r in rows):
             mine = [r for r in rows if r["attention"] == a]
             widths = [r["width"] for r in mine]
-            for ax, key in zip(axes, ("mqar_accuracy", "lm_perplexity"), strict=True):
+            for ax, key in zip(axes, ("mqar_accuracy", "lm_perplexity"), strict=False):
                 if mine[0][key] is not None:
                     ax.plot(widths, [r[key] for r in mine], marker="o", label=a)
+            for r in mine:
+                ctx = _contexts(rows)
+                label = a if len(mine) == 1 else f"{a} d{r['width']}"
+                axes[2].plot(ctx, [r[f"decode_ms_{n}"] for n in ctx], marker="o", label=label)
         for ax, key, task in ((axes[0], "mqar_accuracy", "MQAR"), (axes[1], "lm_perplexity", "LM")):
             if rows[0][key] is None:
                 ax.text(0.5, 0.5, f"{task} not run (tasks)", ha="center", transform=ax.transAxes)
         labels = ("MQAR eval accuracy (fraction, best lr)", "LM eval perplexity" + _spread(rows))
-        for ax, label in zip(axes, labels, strict=True):
+        for ax, label in zip(axes, labels, strict=False):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("model width (d_model)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
         axes[0].set_ylim(0, 1.02)
         (axes[0] if rows[0]["mqar_accuracy"] is not None else axes[1]).legend()
+        axes[2].set_xscale("log", base=2)
+        axes[2].set_yscale("log")
+        axes[2].set_xlabel("context before the decoded token (tokens)")
+        axes[2].set_ylabel("decode latency (ms per token, batch 1)")
+        axes[2].grid(alpha=0.3)
+        axes[2].legend(fontsize=7)
 
 
 def _spread(rows) -> str:
