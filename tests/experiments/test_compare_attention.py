@@ -73,9 +73,16 @@ def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
     again = _run(tmp_path / "wd", tmp_path / "data")
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(path.read_text()) == first
-    changed = _run(tmp_path / "wd", tmp_path / "data", "--config.mqar.num_train_steps=9")
-    assert changed.returncode == 2 and "Traceback" not in changed.stderr
-    assert "different config (num_train_steps 8 -> 9)" in changed.stderr
+    # (In process: the CLI's exit 2 for a ConfigError is tests/test_cli.py's.)
+    from configs import compare_attention as cfg
+    from research.experiments import EXPERIMENTS
+    from research.train.config import ConfigError
+
+    c = cfg.get_config("smoke")
+    c.mqar.data.data_dir = c.lm.data.data_dir = str(tmp_path / "data")
+    c.mqar.num_train_steps = 9
+    with pytest.raises(ConfigError, match=r"different config \(num_train_steps 8 -> 9\)"):
+        EXPERIMENTS["compare_attention"](c, str(tmp_path / "wd"))
 
 
 def test_bad_sweep_values_exit_2(tmp_path):

@@ -2,37 +2,21 @@
 
 import csv
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
+def test_smoke_sweep(tmp_path, capsys):
+    """In process (the CLI path of experiments is test_compare_attention's)."""
+    from configs import exposure_bias as config
+    from research.experiments import EXPERIMENTS
 
-def _run(workdir, data_dir, *overrides):
-    env = dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2"
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "research.main",
-        "--config=configs/exposure_bias.py:smoke",
-        f"--workdir={workdir}",
-        f"--config.base.data.data_dir={data_dir}",
-        "--config.variants=baseline,scst",
-        "--config.base.seq2seq.eval_beams=1,2",
-        *overrides,
-    ]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-
-
-def test_smoke_sweep(tmp_path):
-    r = _run(tmp_path / "wd", tmp_path / "data")
-    assert r.returncode == 0, r.stderr[-3000:]
+    c = config.get_config("smoke")
+    c.base.data.data_dir = str(tmp_path / "data")
+    c.variants = ("baseline", "scst")
+    c.base.seq2seq.eval_beams = (1, 2)
+    EXPERIMENTS["exposure_bias"](c, str(tmp_path / "wd"))
+    out = capsys.readouterr().out
     rows = list(csv.DictReader(open(tmp_path / "wd" / "exposure_bias.csv")))
     assert [(x["variant"], x["beam"]) for x in rows] == [
         (v, b) for v in ("baseline", "scst") for b in ("1", "2")
@@ -40,10 +24,10 @@ def test_smoke_sweep(tmp_path):
     for x in rows:
         assert 0.0 <= float(x["rougeL_mean"]) <= 100.0 and 0.0 <= float(x["bleu_mean"]) <= 100.0
     assert (tmp_path / "wd" / "exposure_bias.png").stat().st_size > 10_000
-    assert "| beam | baseline | scst |" in r.stdout
+    assert "| beam | baseline | scst |" in out
     # SCST resumed from the baseline's checkpoint 2 steps before the end (4 of 6 steps).
     scst = tmp_path / "wd" / "runs" / "scst_seed0"
-    assert "resumed from step 4" in r.stdout
+    assert "resumed from step 4" in out
     steps = [json.loads(x)["step"] for x in (scst / "metrics.jsonl").read_text().splitlines()]
     assert min(steps) == 5
 
