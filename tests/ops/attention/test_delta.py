@@ -62,33 +62,24 @@ def _reference(x, **kw):
     )
 
 
+def _arguments(x):
+    """(positional, keyword) arguments of the delta-rule functions from drawn inputs."""
+    names = ("log_gate", "initial_state", "segment_ids")
+    return (x["q"], x["k"], x["v"], x["beta"]), {n: x[n] for n in names}
+
+
 def _eager(fn, x, **kw):
     """fn on the inputs, not jitted: the value checks (beta in [0, 1], gates <= 0, segment ids
     non-decreasing) run on concrete arrays only."""
-    return fn(
-        x["q"],
-        x["k"],
-        x["v"],
-        x["beta"],
-        log_gate=x["log_gate"],
-        initial_state=x["initial_state"],
-        segment_ids=x["segment_ids"],
-        **kw,
-    )
+    args, kwargs = _arguments(x)
+    return fn(*args, **kwargs, **kw)
 
 
 def _call(fn, x, **kw):
     """fn on the drawn inputs, jitted (one compile per form and shape, as in training); `kw`
     holds the static options."""
-    return jax.jit(functools.partial(fn, **kw))(
-        x["q"],
-        x["k"],
-        x["v"],
-        x["beta"],
-        log_gate=x["log_gate"],
-        initial_state=x["initial_state"],
-        segment_ids=x["segment_ids"],
-    )
+    args, kwargs = _arguments(x)
+    return jax.jit(functools.partial(fn, **kw))(*args, **kwargs)
 
 
 shapes = st.fixed_dictionaries(
