@@ -108,15 +108,21 @@ def learning_rates(c, attentions) -> dict[str, tuple[float, ...]]:
     }
 
 
-def points(c) -> list[Point]:
+def attention_names(c) -> tuple[str, ...]:
+    """c.attentions, each checked against ATTENTIONS (one-line ConfigError)."""
     attentions = as_list(c.attentions, name="attentions")
+    for a in attentions:
+        if a not in ATTENTIONS:
+            raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTIONS)}")
+    return attentions
+
+
+def points(c) -> list[Point]:
+    attentions = attention_names(c)
     widths = as_list(c.widths, int, name="widths")
     tasks = as_list(c.tasks, name="tasks")
     if set(tasks) - {"mqar", "lm"}:
         raise ConfigError(f"tasks={c.tasks!r}: allowed mqar, lm or both")
-    for a in attentions:
-        if a not in ATTENTIONS:
-            raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTIONS)}")
     if not is_positive_int(c.decode_tokens):
         raise ConfigError(f"decode_tokens={c.decode_tokens!r}: must be a positive int")
     for n in as_list(c.decode_contexts, int, name="decode_contexts"):
@@ -285,6 +291,7 @@ def table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: pathlib.Path, title: str):
     """MQAR accuracy and LM perplexity against width, and decode latency against context."""
+    ctx = _contexts(rows)
     with save_figure(path, title, 3, (15, 4)) as axes:
         for a in dict.fromkeys(r["attention"] for r in rows):
             mine = [r for r in rows if r["attention"] == a]
@@ -293,7 +300,6 @@ def plot(rows: list[dict], path: pathlib.Path, title: str):
                 if mine[0][key] is not None:
                     ax.plot(widths, [r[key] for r in mine], marker="o", label=a)
             for r in mine:
-                ctx = _contexts(rows)
                 label = a if len(mine) == 1 else f"{a} d{r['width']}"
                 axes[2].plot(ctx, [r[f"decode_ms_{n}"] for n in ctx], marker="o", label=label)
         for ax, key, task in ((axes[0], "mqar_accuracy", "MQAR"), (axes[1], "lm_perplexity", "LM")):

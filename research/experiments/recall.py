@@ -31,7 +31,7 @@ from research.data import sources
 from research.data.config import parse_segments
 from research.experiments import sweep
 from research.experiments.compare_attention import (
-    ATTENTIONS,
+    attention_names,
     attention_overrides,
     decode_state_bytes,
     learning_rates,
@@ -86,10 +86,7 @@ def point_config(c, p: Point):
 
 def points(c) -> list[Point]:
     """Every point, each config checked (one-line ConfigError) before anything trains."""
-    attentions = as_list(c.attentions, name="attentions")
-    for a in attentions:
-        if a not in ATTENTIONS:
-            raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTIONS)}")
+    attentions = attention_names(c)
     widths = as_list(c.widths, int, name="widths")
     rates = learning_rates(c, attentions)
     _segments(c, "train_segments")
