@@ -299,9 +299,9 @@ def plot(rows: list[dict], path: pathlib.Path, title: str):
             for ax, key in zip(axes, ("mqar_accuracy", "lm_perplexity"), strict=False):
                 if mine[0][key] is not None:
                     ax.plot(widths, [r[key] for r in mine], marker="o", label=a)
-            for r in mine:
-                label = a if len(mine) == 1 else f"{a} d{r['width']}"
-                axes[2].plot(ctx, [r[f"decode_ms_{n}"] for n in ctx], marker="o", label=label)
+            if ctx:  # one line per attention (the widest model): the panel stays legible
+                r = max(mine, key=lambda r: r["width"])
+                axes[2].plot(ctx, [r[f"decode_ms_{n}"] for n in ctx], marker="o", label=a)
         for ax, key, task in ((axes[0], "mqar_accuracy", "MQAR"), (axes[1], "lm_perplexity", "LM")):
             if rows[0][key] is None:
                 ax.text(0.5, 0.5, f"{task} not run (tasks)", ha="center", transform=ax.transAxes)
@@ -313,12 +313,18 @@ def plot(rows: list[dict], path: pathlib.Path, title: str):
             ax.grid(alpha=0.3)
         axes[0].set_ylim(0, 1.02)
         (axes[0] if rows[0]["mqar_accuracy"] is not None else axes[1]).legend()
-        axes[2].set_xscale("log", base=2)
-        axes[2].set_yscale("log")
+        if ctx:
+            axes[2].set_xscale("log", base=2)
+            axes[2].set_yscale("log")
+            axes[2].legend(fontsize=7)
+        else:
+            axes[2].text(
+                0.5, 0.5, "decode latency not measured", ha="center", transform=axes[2].transAxes
+            )
         axes[2].set_xlabel("context before the decoded token (tokens)")
-        axes[2].set_ylabel("decode latency (ms per token, batch 1)")
+        widest = max(r["width"] for r in rows)
+        axes[2].set_ylabel(f"decode latency, d_model {widest}\n(ms per token, batch 1)")
         axes[2].grid(alpha=0.3)
-        axes[2].legend(fontsize=7)
 
 
 def _spread(rows) -> str:
