@@ -1,0 +1,142 @@
+"""The chunk of gated linear attention for the Pallas driver (`driver.py`): no gate (plain
+linear attention over [v, 1]), a scalar gate per head and step, or a per-key-dim gate (GLA).
+
+The mathematics of `gated/chunk.py` (the reference), for one chunk of one head. With b the
+inclusive cumulative log-gate from the chunk start (a lower-triangular matmul, not a cumsum)
+and q scaled,
+  o_i = (q_i exp(b_i)) S + sum_{j <= i, same segment} (sum_d q_id k_jd exp(b_id - b_jd)) v_j,
+  S' = exp(b_C) S + sum_{j in the chunk's last segment} (k_j exp(b_C - b_j)) v_j^T.
+Every exponent used is <= 0. The intra-chunk scores are built by sub-chunks of SUB tokens: a
+query in sub-chunk s meets a key before s through r_s, the cumulative gate just before s
+(exp(b_i - r_s) and exp(r_s - b_j), both <= 1); inside s the per-key-dim gate takes the
+[SUB, C, Dk] exponents (a scalar gate [SUB, C]), never a [C, C, Dk] tensor. A [1, D] row
+becomes a [D, 1] column by a masked reduction of eye(D), not a transpose.
+
+Packed sequences: `start` [C, 1] is each token's segment's first token (-1 for the first
+segment). Query i sees key j iff j >= start_i, the entering state iff start_i < c0, and key j
+reaches the exit state iff j >= the last token's start.
+"""
+
+import functools
+
+import jax.numpy as jnp
+from jax import lax
+
+from research.ops.attention.pallas import driver
+from research.ops.attention.pallas.driver import SUB
+
+_HI = lax.Precision.HIGHEST
+
+
+def _dot(a, b):
+    return jnp.dot(a, b, precision=_HI, preferred_element_type=jnp.float32)
+
+
+def _dot_t(a, b):  # a^T b
+    return lax.dot_general(
+        a, b, (((0,), (0,)), ((), ())), precision=_HI, preferred_element_type=jnp.float32
+    )
+
+
+def _dot_nt(a, b):  # a b^T
+    return lax.dot_general(
+        a, b, (((1,), (1,)), ((), ())), precision=_HI, preferred_element_type=jnp.float32
+    )
+
+
+def _column(row):
+    """[1, D] -> [D, 1] without a transpose: the diagonal of eye(D) * row, summed over lanes."""
+    d = row.shape[-1]
+    eye = lax.broadcasted_iota(jnp.int32, (d, d), 0) == lax.broadcasted_iota(jnp.int32, (d, d), 1)
+    return jnp.sum(jnp.where(eye, row, 0.0), axis=1, keepdims=True)
+
+
+def _iota(shape, dim):
+    return lax.broadcasted_iota(jnp.int32, shape, dim)
+
+
+def chunk_step(q, k, v, g, s, start, c0, *, packed: bool, scale: float):
+    """One chunk. q (multiplied by `scale` here), k [C, Dk], v [C, Dv], g [C, Dg] (Dg = Dk or
+    1) or None (no gate), all fp32; s [Dk, Dv] the entering state; start [C, 1] int32 the first
+    token of each token's segment (global index, -1 for the first segment); c0 the chunk's first
+    global index. Returns (o [C, Dv], the exit state [Dk, Dv])."""
+    c_len = q.shape[0]
+    q = q * scale
+    rows, cols = _iota((c_len, c_len), 0), _iota((c_len, c_len), 1)
+    visible = cols <= rows
+    if packed:
+        visible &= cols + c0 >= start  # key j in query i's segment
+        from_state = start < c0  # [C, 1] the query's segment began before the chunk
+        last = start[c_len - 1 :, :]  # [1, 1]
+        to_state = _iota((c_len, 1), 0) + c0 >= last  # the key is in the last segment
+        keep = last < c0  # [1, 1] the entering state survives the chunk
+    if g is None:
+        a = jnp.where(visible, _dot_nt(q, k), 0.0)
+        o = _dot(a, v)
+        q_in, k_out = q, k
+        s_dec = s
+    else:
+        tri = (cols <= rows).astype(jnp.float32)
+        b = _dot(tri, g)  # [C, Dg] inclusive cumulative log-gate, <= 0, non-increasing
+        parts = []
+        for sc in range(c_len // SUB):
+            lo = sc * SUB
+            qs, bs = q[lo : lo + SUB], b[lo : lo + SUB]
+            r = b[lo - 1 : lo] if sc else jnp.zeros_like(b[:1])  # gate sum before sub-chunk
+            before = _iota((1, c_len), 1) < lo  # [1, C] keys before the sub-chunk
+            # keys before: exp(b_i - r) exp(r - b_j), each <= 1 (the key factor masked to 0
+            # where j is not before, so nothing overflows)
+            kr = k * jnp.exp(jnp.minimum(r - b, 0.0))
+            off = _dot_nt(qs * jnp.exp(bs - r), kr)
+            off = jnp.where(before, off, 0.0)
+            inside = (_iota((SUB, c_len), 1) >= lo) & (
+                _iota((SUB, c_len), 1) <= _iota((SUB, c_len), 0) + lo
+            )
+            if g.shape[-1] == 1:
+                expo = jnp.where(inside, bs - _row(b), -jnp.inf)  # [SUB, C]
+                diag = _dot_nt(qs, k) * jnp.exp(expo)
+            else:
+                shape3 = (SUB, c_len, g.shape[-1])
+                i3, j3 = _iota(shape3, 0) + lo, _iota(shape3, 1)
+                inside3 = (j3 >= lo) & (j3 <= i3)  # 3D iotas: Mosaic reshapes no i1 vectors
+                expo = jnp.where(inside3, bs[:, None, :] - b[None, :, :], -jnp.inf)
+                diag = jnp.sum(qs[:, None, :] * k[None, :, :] * jnp.exp(expo), axis=-1)
+            parts.append(off + diag)
+        a = jnp.where(visible, jnp.concatenate(parts, axis=0), 0.0)
+        o = _dot(a, v)
+        b_last = b[c_len - 1 :]  # [1, Dg]
+        q_in = q * jnp.exp(b)
+        k_out = k * jnp.exp(b_last - b)
+        decay = jnp.exp(b_last)
+        s_dec = s * (_column(decay) if g.shape[-1] > 1 else decay)
+    if packed:
+        q_in = jnp.where(from_state, q_in, 0.0)
+        k_out = jnp.where(to_state, k_out, 0.0)
+        s_dec = jnp.where(keep, s_dec, 0.0)
+    o = o + _dot(q_in, s)
+    return o, s_dec + _dot_t(k_out, v)
+
+
+def _row(col):
+    """[C, 1] -> [1, C] (the scalar gate's cumulative sums as a row), by the eye mask."""
+    c = col.shape[0]
+    eye = _iota((c, c), 0) == _iota((c, c), 1)
+    return jnp.sum(jnp.where(eye, col, 0.0), axis=0, keepdims=True)
+
+
+def step(q, k, v, *rest, start, c0, packed: bool, scale: float):
+    """`chunk_step` in the driver's calling convention: (q, k, v, s) or (q, k, v, g, s)."""
+    g, s = rest if len(rest) == 2 else (None, rest[0])
+    return chunk_step(q, k, v, g, s, start, c0, packed=packed, scale=scale)
+
+
+def chunked(q, k, v, g, seg, s0, *, scale: float, chunk: int):
+    """As `gated.chunk.chunked` (the reference): q, k [B, L, H, Dk] (k, v repeated to H heads),
+    v [B, L, H, Dv], g [B, L, H, Dk or 1] or None (no gate: plain linear attention), seg [B, L]
+    int or None, s0 [B, H, Dk, Dv] fp32. Returns (out [B, L, H, Dv] fp32, final state)."""
+    reset = None
+    if seg is not None:
+        reset = jnp.concatenate([jnp.zeros_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], 1)
+    fn = functools.partial(step, packed=seg is not None, scale=float(scale))
+    xs = (q, k, v) if g is None else (q, k, v, g.astype(jnp.float32))
+    return driver.run(fn, xs, reset, s0, chunk=chunk)
