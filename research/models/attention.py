@@ -286,17 +286,35 @@ class LinearAttention(Attention):
     def attend(self, q, k, v, mask, causal, document_ids=None):
         cfg = self.cfg
         _key_padding_only(cfg, mask)
-        return ops.linear_attention(
-            q,
-            k,
-            v,
-            feature_map=self.feature_map(),
-            causal=causal,
-            mask=mask,
-            form=cfg.linear_form if causal else "chunked",
-            chunk_size=cfg.chunk_size,
-            segment_ids=document_ids,
-        )
+        impl = cfg.linear_implementation if causal else "xla"
+
+        def fn(q, k, v, mask=None, document_ids=None):
+            return ops.linear_attention(
+                q,
+                k,
+                v,
+                feature_map=self.feature_map(),
+                causal=causal,
+                mask=mask,
+                form=cfg.linear_form if causal else "chunked",
+                chunk_size=cfg.chunk_size,
+                segment_ids=document_ids,
+                implementation=impl,
+            )
+
+        if impl != "pallas" or platform() != "tpu":
+            return fn(q, k, v, mask, document_ids)
+        # The Mosaic kernel per device (as tpu_flash): batch and heads split, whole sequences.
+        k, v = self._repeat_kv(k, v)
+        names = ((BATCH, None, HEADS, None),) * 3
+        rows = {"mask": mask, "document_ids": document_ids}
+        present = [n for n, a in rows.items() if a is not None]
+
+        def local(q, k, v, *xs):
+            return fn(q, k, v, **dict(zip(present, xs, strict=True)))
+
+        row_names = ((BATCH, None),) * len(present)
+        return per_device(local, *names, *row_names)(q, k, v, *(rows[n] for n in present))
 
     def empty_state(self, batch, max_length):
         cfg = self.cfg

@@ -5,6 +5,8 @@ import dataclasses
 from research.models.partitioning import check_remat
 from research.ops import attention as att
 from research.ops import feature_maps as fm
+from research.ops.attention.pallas import IMPLEMENTATIONS as LINEAR_IMPLEMENTATIONS
+from research.ops.attention.pallas.driver import check_chunk as check_pallas_chunk
 from research.ops.checks import check_positive_int, is_positive_int
 
 # The gated / delta-rule kinds (research.models.recurrent_attention): causal self-attention only.
@@ -45,6 +47,10 @@ class ModelConfig:
     # causal linear attention: chunked, scan or cumsum; the RECURRENT_KINDS: chunked or scan
     linear_form: str = "chunked"
     chunk_size: int = 64  # chunked linear attention and the RECURRENT_KINDS
+    # the chunked form of causal linear attention and the RECURRENT_KINDS: "xla" (the jnp form)
+    # or "pallas" (the Pallas TPU kernels, research/ops/attention/pallas; per device under
+    # shard_map on TPU, the Pallas interpreter on CPU, refused on GPU)
+    linear_implementation: str = "xla"
     # attention="gla": rank of the low-rank gate projection and the temperature dividing its
     # log-sigmoid (fla's gate_low_rank_dim and gate_logit_normalizer)
     gla_gate_rank: int = 16
@@ -103,6 +109,7 @@ class ModelConfig:
             "softmax_implementation": att.SOFTMAX_IMPLEMENTATIONS,
             "feature_map": (*fm.FEATURE_MAP_NAMES, "favor"),
             "linear_form": att.LINEAR_FORMS,
+            "linear_implementation": LINEAR_IMPLEMENTATIONS,
             "activation": ACTIVATIONS,
             "norm": NORMS,
             "dtype": DTYPES,
@@ -122,6 +129,7 @@ class ModelConfig:
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})"
             )
         self._check_recurrent_kind()
+        self._check_linear_implementation()
         check_remat(self.remat)
         if not isinstance(self.scan_layers, bool):
             raise ValueError(f"scan_layers must be True or False, got {self.scan_layers!r}")
@@ -166,6 +174,22 @@ class ModelConfig:
                 f"linear_form={self.linear_form!r} is not allowed with {kind}; choose one of "
                 "chunked, scan"
             )
+
+    def _check_linear_implementation(self) -> None:
+        if self.linear_implementation == "xla":
+            return
+        if self.attention not in ("linear", *RECURRENT_KINDS):
+            raise ValueError(
+                f"linear_implementation={self.linear_implementation!r} applies to attention "
+                f"linear, {', '.join(RECURRENT_KINDS)}; got attention={self.attention!r} "
+                "(leave linear_implementation at 'xla')"
+            )
+        if self.linear_form != "chunked":
+            raise ValueError(
+                f"linear_implementation='pallas' is a kernel of linear_form='chunked'; got "
+                f"linear_form={self.linear_form!r}"
+            )
+        check_pallas_chunk(self.chunk_size)
 
     @property
     def head_dim(self) -> int:

@@ -73,9 +73,10 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
     return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
-def per_device(fn: Callable, *names: tuple) -> Callable:
+def per_device(fn: Callable, *names: tuple, out: tuple | None = None) -> Callable:
     """fn run once per device under `jax.shard_map`, each argument split by its logical `names`
-    (a tuple per argument) and the output as the first argument; fn itself outside an
+    (a tuple per argument) and the output as the first argument, or, with `out` (a tuple of
+    names per output), fn's tuple of outputs split by those; fn itself outside an
     `activation_sharding` context. For kernels XLA cannot partition (Pallas/Mosaic)."""
     resolve = getattr(_STATE, "resolve", None)
     if resolve is None:
@@ -83,11 +84,19 @@ def per_device(fn: Callable, *names: tuple) -> Callable:
 
     def run(*args):
         shardings = [resolve(n, a.shape) for n, a in zip(names, args, strict=True)]
+        if out is not None:
+            shapes = jax.eval_shape(fn, *args)
+            shardings += [resolve(n, a.shape) for n, a in zip(out, shapes, strict=True)]
         if any(s is None for s in shardings):
             return fn(*args)
         specs = tuple(s.spec for s in shardings)
+        out_specs = specs[0] if out is None else specs[len(args) :]
         return jax.shard_map(
-            fn, mesh=shardings[0].mesh, in_specs=specs, out_specs=specs[0], check_vma=False
+            fn,
+            mesh=shardings[0].mesh,
+            in_specs=specs[: len(args)],
+            out_specs=out_specs,
+            check_vma=False,
         )(*args)
 
     return run

@@ -49,6 +49,7 @@ from research.models.attention import (
     dense,
 )
 from research.models.config import ModelConfig
+from research.models.partitioning import BATCH, HEADS, per_device, platform
 
 
 def head_rms_norm(o, weight, eps: float):
@@ -159,15 +160,43 @@ class RecurrentAttention(Attention):
             return o[:, None], s
         cfg = self.cfg
         kw = dict(
-            initial_state=initial_state,
             return_state=True,
-            segment_ids=document_ids,
             form=cfg.linear_form,
             chunk_size=cfg.chunk_size,
+            implementation=cfg.linear_implementation,
         )
-        if beta is None:
-            return ops.gated_linear_attention(q, k, v, g, **kw)
-        return ops.delta_rule_attention(q, k, v, beta, log_gate=g, **kw)
+
+        def fn(q, k, v, g, beta, document_ids, initial_state):
+            kw.update(initial_state=initial_state, segment_ids=document_ids)
+            if beta is None:
+                return ops.gated_linear_attention(q, k, v, g, **kw)
+            return ops.delta_rule_attention(q, k, v, beta, log_gate=g, **kw)
+
+        args = (q, k, v, g, beta, document_ids, initial_state)
+        if cfg.linear_implementation != "pallas" or platform() != "tpu":
+            return fn(*args)
+        # The Mosaic kernel per device (as tpu_flash): batch and heads split, whole sequences;
+        # grouped k/v (and gates) repeated first, so each device's k/v heads are its own.
+        k, v = self._repeat_kv(k, v)
+        if g is not None and g.shape[2] != q.shape[2]:
+            g = jnp.repeat(g, q.shape[2] // g.shape[2], axis=2)
+        args = (q, k, v, g, beta, document_ids, initial_state)
+        tokens = (BATCH, None, HEADS, None)
+        names = {0: tokens, 1: tokens, 2: tokens, 5: (BATCH, None), 6: (BATCH, HEADS, None, None)}
+        if g is not None:
+            names[3] = tokens[: g.ndim]
+        if beta is not None:
+            names[4] = tokens[:3]
+        present = sorted(i for i in names if args[i] is not None)
+
+        def local(*xs):
+            full = [None] * len(args)
+            for i, x in zip(present, xs, strict=True):
+                full[i] = x
+            return fn(*full)
+
+        out = (tokens, (BATCH, HEADS, None, None))
+        return per_device(local, *(names[i] for i in present), out=out)(*(args[i] for i in present))
 
     def _readout(self, x, o):
         """Per-head RMSNorm times swish(W_g x), then W_o."""

@@ -77,6 +77,11 @@ def parse(
             softmax.check_backend(model.softmax_implementation, platform)
         except ValueError as e:
             raise ConfigError(f"model.softmax_implementation: {e}") from None
+        if model.linear_implementation == "pallas" and (platform or jax.default_backend()) == "gpu":
+            raise ConfigError(
+                "model.linear_implementation='pallas' has TPU (Mosaic) kernels only, no GPU "
+                "(Triton) kernel: use model.linear_implementation=xla (the chunked jnp form)"
+            )
     run = RunConfig(c.task, train, optimizer, mesh, data, model, task_config, c.to_dict())
     task.check_attention(run)
     if check_devices:

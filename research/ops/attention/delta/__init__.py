@@ -25,6 +25,8 @@ from research.ops.attention.common import (
     resolve_scale,
 )
 from research.ops.attention.delta import chunk, naive, recurrent
+from research.ops.attention.pallas import check_implementation
+from research.ops.attention.pallas import delta as pallas_delta
 from research.ops.attention.segments import check_segment_ids, check_state, segment_starts
 from research.ops.checks import check_bool, check_positive_int
 
@@ -93,6 +95,7 @@ def delta_rule_attention(
     segment_ids: Int[Array, "B L"] | None = None,
     form: str = "chunked",
     chunk_size: int = 64,
+    implementation: str = "xla",
 ):
     """Causal delta-rule attention (DeltaNet; Gated DeltaNet with `log_gate`):
 
@@ -120,6 +123,10 @@ def delta_rule_attention(
       form: "chunked" (WY representation, `delta/chunk.py`), "scan" (the token recurrence,
         lax.scan), or "naive" (a Python loop over tokens; tests only).
       chunk_size: tokens per chunk for form="chunked".
+      implementation: for form="chunked", "xla" (the jnp form in `delta/chunk.py`, the
+        reference) or "pallas" (the Pallas TPU kernel in `pallas/delta.py`, forward and
+        backward; the Pallas interpreter off TPU, slow; chunk_size a power of two from 16 to
+        1024).
 
     Returns:
       o [B, L, H, Dv] in the dtype of q; with return_state, (o, final_state [B, H, Dk, Dv] fp32).
@@ -129,12 +136,21 @@ def delta_rule_attention(
     """
     check_bool("return_state", return_state)
     check_form(form, DELTA_FORMS)
+    check_implementation(implementation, form)
     check_positive_int("chunk_size", chunk_size)
     segment_ids = check_delta_inputs(q, k, v, beta, log_gate, segment_ids, initial_state)
     batch, length, heads, dk = q.shape
     scale = resolve_scale(scale, dk)
     s0 = jnp.zeros((batch, heads, dk, v.shape[-1]), jnp.float32)
     s0 = s0 if initial_state is None else initial_state
+    if implementation == "pallas":
+        reset = None if segment_ids is None else segment_starts(segment_ids)
+        k, v = repeat_kv(k, heads), repeat_kv(v, heads)
+        o, s = pallas_delta.chunked(
+            q, k, v, beta, log_gate, reset, s0, scale=scale, chunk=chunk_size
+        )
+        o = o.astype(q.dtype)
+        return (o, s) if return_state else o
     reset = jnp.zeros((batch, length), bool) if segment_ids is None else segment_starts(segment_ids)
     o, s = delta_rule_forms(q, k, v, beta, log_gate, reset, s0, scale, form, chunk_size)
     o = o.astype(q.dtype)

@@ -22,6 +22,8 @@ from research.ops.attention.common import (
     resolve_scale,
 )
 from research.ops.attention.gated import chunk, naive, recurrent
+from research.ops.attention.pallas import check_implementation
+from research.ops.attention.pallas import gla as pallas_gla
 from research.ops.attention.segments import check_segment_ids, check_state, segment_starts
 from research.ops.checks import check_bool, check_positive_int
 
@@ -65,6 +67,7 @@ def gated_linear_attention(
     segment_ids: Int[Array, "B L"] | None = None,
     form: str = "chunked",
     chunk_size: int = 64,
+    implementation: str = "xla",
 ) -> Float[Array, "B L H Dv"] | tuple[Float[Array, "B L H Dv"], Float[Array, "B H Dk Dv"]]:
     """Causal gated linear attention: S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = S_t^T
     (scale q_t) (Yang et al. 2024, "Gated Linear Attention Transformers with Hardware-Efficient
@@ -88,6 +91,9 @@ def gated_linear_attention(
         (the token recurrence, rematerialised every chunk_size tokens), "naive" (a Python
         loop over tokens; tests only).
       chunk_size: tokens per chunk (chunked) or per rematerialised block (scan).
+      implementation: for form="chunked", "xla" (the jnp form in `gated/chunk.py`, the
+        reference) or "pallas" (the Pallas TPU kernel in `pallas/gla.py`, forward and backward;
+        the Pallas interpreter off TPU, slow; chunk_size a power of two from 16 to 1024).
 
     Returns:
       out [B, L, H, Dv] in the dtype of q, or (out, final_state) with return_state. The state is
@@ -96,6 +102,7 @@ def gated_linear_attention(
     check_bool("return_state", return_state)
     check_qkv(q, k, v)
     check_form(form, GATED_FORMS)
+    check_implementation(implementation, form)
     check_positive_int("chunk_size", chunk_size)
     check_causal_lengths("gated linear attention", q, k)
     batch, length, heads, dk = q.shape
@@ -110,7 +117,9 @@ def gated_linear_attention(
         else jnp.asarray(initial_state, jnp.float32)
     )
     k, v, g = repeat_kv(k, heads), repeat_kv(v, heads), repeat_kv(g, heads)
-    if form == "chunked":
+    if implementation == "pallas":
+        out, state = pallas_gla.chunked(q, k, v, g, seg, s0, scale=scale, chunk=chunk_size)
+    elif form == "chunked":
         out, state = chunk.chunked(q, k, v, g, seg, s0, scale=scale, chunk=chunk_size)
     else:
         f32 = jnp.float32

@@ -27,6 +27,8 @@ from research.ops.attention.common import (
 )
 from research.ops.attention.linear import chunk, naive, recurrent
 from research.ops.attention.linear.recurrent import LinearAttentionState
+from research.ops.attention.pallas import check_implementation
+from research.ops.attention.pallas import gla as pallas_gla
 from research.ops.attention.segments import check_segment_ids, segment_starts
 from research.ops.checks import check_bool, check_causal_allowed, check_positive_int
 
@@ -76,6 +78,7 @@ def linear_attention(
     block_bytes: int | None = None,
     initial_state: LinearAttentionState | None = None,
     segment_ids: Int[Array, "B L"] | None = None,
+    implementation: str = "xla",
 ) -> Float[Array, "B Lq H Dv"]:
     """Kernelised attention: out_i = phi(q_i) sum_j phi(k_j) v_j^T / (phi(q_i) . sum_j phi(k_j)).
 
@@ -107,6 +110,10 @@ def linear_attention(
       "scan" then run on the gated kernels with zero gates (`research.ops.attention.gated`:
       chunk.py, recurrent.py) over [v, 1] (numerator and denominator in one pass), "cumsum" on
       a prefix sum with resets; `block_bytes` does not apply.
+    implementation (causal, form="chunked"): "xla" (the jnp forms above, the reference) or
+      "pallas": the Pallas TPU kernel of `pallas/gla.py` with no gate over [v, 1] (numerator
+      and denominator in one pass, features computed here), forward and backward; the Pallas
+      interpreter off TPU (slow); chunk_size a power of two from 16 to 1024.
     All sums are accumulated in fp32; the output has the dtype of q.
     """
     check_bool("causal", causal)
@@ -114,6 +121,12 @@ def linear_attention(
     feature_map = fm.with_projection(feature_map, favor_projection)
     check_feature_map(feature_map, causal)
     check_form(form, LINEAR_FORMS)
+    check_implementation(implementation, form)
+    if implementation == "pallas" and not causal:
+        raise ValueError(
+            "implementation='pallas' is a kernel of causal linear attention; non-causal linear "
+            "attention is two matmuls: leave implementation at 'xla'"
+        )
     if not causal and form != "chunked":
         raise ValueError(
             f"form={form!r} applies to causal attention only; with causal=False "
@@ -154,6 +167,9 @@ def linear_attention(
                 f"{zero.s.shape}, {zero.z.shape} (batch, heads, features, value_dim)"
             )
         init = LinearAttentionState(init.s.astype(jnp.float32), init.z.astype(jnp.float32))
+        if implementation == "pallas":
+            fq, fk = features(q, k, feature_map, mask)
+            return _packed(fq, fk, v, init, seg, "pallas", chunk_size).astype(q.dtype)
         if seg is not None:
             fq, fk = features(q, k, feature_map, mask)
             return _packed(fq, fk, v.astype(jnp.float32), init, seg, form, chunk_size).astype(
@@ -184,14 +200,17 @@ def linear_attention(
 
 
 def _packed(fq, fk, v, init: LinearAttentionState, seg, form: str, chunk_size: int):
-    """Causal linear attention with resets at segment starts, on features fq, fk [B, L, H, F]:
-    numerator and denominator are one gated-linear-attention pass with zero log-gates over
-    [v, 1] from the state [s, z] (scale 1: the features are used as they are)."""
-    ones = jnp.ones((*v.shape[:-1], 1), jnp.float32)
+    """Causal linear attention with resets at segment starts (seg [B, L] or, for the Pallas
+    kernel, None), on features fq, fk [B, L, H, F]: numerator and denominator are one
+    gated-linear-attention pass with zero log-gates over [v, 1] from the state [s, z] (scale 1:
+    the features are used as they are). form: chunked, scan, cumsum or "pallas"."""
+    ones = jnp.ones((*v.shape[:-1], 1), v.dtype)
     vz = jnp.concatenate([v, ones], axis=-1)
     s0 = jnp.concatenate([init.s, init.z[..., None]], axis=-1)
     g = jnp.zeros((*fq.shape[:-1], 1), jnp.float32)
-    if form == "chunked":
+    if form == "pallas":  # no gate: the kernel skips the decays
+        out, _ = pallas_gla.chunked(fq, fk, vz, None, seg, s0, scale=1.0, chunk=chunk_size)
+    elif form == "chunked":
         out, _ = gated.chunk.chunked(fq, fk, vz, g, seg, s0, scale=1.0, chunk=chunk_size)
     elif form == "scan":
         keep = 1.0 - segment_starts(seg).astype(jnp.float32)
