@@ -168,6 +168,11 @@ def linear_attention(
             )
         init = LinearAttentionState(init.s.astype(jnp.float32), init.z.astype(jnp.float32))
         if implementation == "pallas":
+            if mask is None and feature_map in ("elu", "relu"):  # phi inside the kernel
+                s0 = jnp.concatenate([init.s, init.z[..., None]], axis=-1)
+                phi = fm.resolve(feature_map)
+                out = pallas_gla.normalized(q, k, v, seg, s0, chunk=chunk_size, phi=phi)
+                return out.astype(q.dtype)
             fq, fk = features(q, k, feature_map, mask)
             return _packed(fq, fk, v, init, seg, "pallas", chunk_size).astype(q.dtype)
         if seg is not None:
@@ -204,13 +209,13 @@ def _packed(fq, fk, v, init: LinearAttentionState, seg, form: str, chunk_size: i
     kernel, None), on features fq, fk [B, L, H, F]: numerator and denominator are one
     gated-linear-attention pass with zero log-gates over [v, 1] from the state [s, z] (scale 1:
     the features are used as they are). form: chunked, scan, cumsum or "pallas"."""
-    ones = jnp.ones((*v.shape[:-1], 1), v.dtype)
-    vz = jnp.concatenate([v, ones], axis=-1)
     s0 = jnp.concatenate([init.s, init.z[..., None]], axis=-1)
+    if form == "pallas":  # the kernel appends the ones and divides per chunk
+        return pallas_gla.normalized(fq, fk, v, seg, s0, chunk=chunk_size)
+    ones = jnp.ones((*v.shape[:-1], 1), jnp.float32)
+    vz = jnp.concatenate([v, ones], axis=-1)
     g = jnp.zeros((*fq.shape[:-1], 1), jnp.float32)
-    if form == "pallas":  # no gate: the kernel skips the decays
-        out, _ = pallas_gla.chunked(fq, fk, vz, None, seg, s0, scale=1.0, chunk=chunk_size)
-    elif form == "chunked":
+    if form == "chunked":
         out, _ = gated.chunk.chunked(fq, fk, vz, g, seg, s0, scale=1.0, chunk=chunk_size)
     elif form == "scan":
         keep = 1.0 - segment_starts(seg).astype(jnp.float32)

@@ -106,7 +106,7 @@ def chunked(q, k, v, beta, g, reset, s0, *, scale: float, chunk: int):
     v [B, L, H, Dv], beta [B, L, H], g [B, L, H] or None, reset [B, L] bool or None, s0 [B, H,
     Dk, Dv]. Returns (out [B, L, H, Dv] fp32, final state [B, H, Dk, Dv] fp32)."""
     fn = functools.partial(step, packed=reset is not None, scale=float(scale))
-    xs = (q, k, v, beta[..., None].astype(jnp.float32))
+    xs = (q, k, v, beta.astype(jnp.float32))  # beta and g travel lane-dense
     if g is not None:
-        xs = (*xs, g[..., None].astype(jnp.float32))
+        xs = (*xs, g.astype(jnp.float32))
     return driver.run(fn, xs, reset, s0, chunk=chunk)

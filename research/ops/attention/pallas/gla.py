@@ -130,13 +130,45 @@ def step(q, k, v, *rest, start, c0, packed: bool, scale: float):
     return chunk_step(q, k, v, g, s, start, c0, packed=packed, scale=scale)
 
 
+def normalized_step(q, k, v, s, *, start, c0, packed: bool, phi=None):
+    """Plain linear attention on features q, k (phi(q), phi(k) when `phi` is given: a
+    per-element map applied here, so only q and k are kept for the backward): no gate over
+    [v, 1] (numerator and denominator in one pass; s [Dk, Dv + 1] carries z as its last
+    column), then the guarded division, so the output and its gradient stay [C, Dv]."""
+    if phi is not None:
+        q, k = phi(q), phi(k)
+    ones = jnp.ones((v.shape[0], 1), jnp.float32)
+    o, s = chunk_step(
+        q, k, jnp.concatenate([v, ones], axis=1), None, s, start, c0, packed=packed, scale=1.0
+    )
+    num, den = o[:, :-1], o[:, -1:]
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0), s
+
+
+def _reset(seg):
+    if seg is None:
+        return None
+    return jnp.concatenate([jnp.zeros_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], 1)
+
+
 def chunked(q, k, v, g, seg, s0, *, scale: float, chunk: int):
     """As `gated.chunk.chunked` (the reference): q, k [B, L, H, Dk] (k, v repeated to H heads),
-    v [B, L, H, Dv], g [B, L, H, Dk or 1] or None (no gate: plain linear attention), seg [B, L]
-    int or None, s0 [B, H, Dk, Dv] fp32. Returns (out [B, L, H, Dv] fp32, final state)."""
-    reset = None
-    if seg is not None:
-        reset = jnp.concatenate([jnp.zeros_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], 1)
+    v [B, L, H, Dv], g [B, L, H, Dk or 1] or None (no gate), seg [B, L] int or None, s0 [B, H,
+    Dk, Dv] fp32. Returns (out [B, L, H, Dv] fp32, final state)."""
     fn = functools.partial(step, packed=seg is not None, scale=float(scale))
-    xs = (q, k, v) if g is None else (q, k, v, g.astype(jnp.float32))
-    return driver.run(fn, xs, reset, s0, chunk=chunk)
+    if g is None:
+        xs = (q, k, v)
+    else:  # a scalar gate travels lane-dense ([B, L, H]), a per-key-dim gate as a matrix
+        g = g.astype(jnp.float32)
+        xs = (q, k, v, g[..., 0] if g.shape[-1] == 1 else g)
+    return driver.run(fn, xs, _reset(seg), s0, chunk=chunk)
+
+
+def normalized(fq, fk, v, seg, s0, *, chunk: int, phi=None):
+    """Causal linear attention on features fq, fk [B, L, H, F] (or on q, k and a per-element
+    feature map `phi` applied in the kernel; `normalized_step`): v [B, L, H, Dv], seg [B, L] or
+    None, s0 [B, H, F, Dv + 1] (the state [s, z]). Returns o [B, L, H, Dv] fp32 (num / den, 0
+    where den = 0)."""
+    fn = functools.partial(normalized_step, packed=seg is not None, phi=phi)
+    o, _ = driver.run(fn, (fq, fk, v), _reset(seg), s0, chunk=chunk, out_dim=v.shape[-1])
+    return o
