@@ -282,6 +282,46 @@ def test_tpu_flash_kernel_compiles_per_device_for_v5e_and_drops_the_score_matrix
         plan_train(c, jax.devices()[:1])
 
 
+@needs_libtpu
+def test_pallas_linear_kernels_compile_per_device_for_v5e_within_the_xla_forms_memory(
+    monkeypatch,
+):
+    """model.linear_implementation='pallas' (the Mosaic kernels under shard_map): a Gated
+    DeltaNet LM's whole train step, forward and backward, compiles for v5e:2x2 at 8192 tokens
+    with head dim 128, as two Mosaic custom calls (forward, backward), and its temporaries are
+    no larger than the XLA chunked form's (docs/attention_kernels.md: the other kinds)."""
+    c = _smoke(data=4)
+    c.data.seq_len = 8192
+    c.batch_size = 4
+    c.model.update(
+        attention="gated_deltanet",
+        num_heads=2,
+        d_model=256,
+        num_layers=1,
+        positions="none",
+        dtype="bfloat16",
+    )
+    devices = chips.tpu_devices("v5e:2x2")
+    from research.plan import train as plan_module
+
+    compiled, real = [], plan_module.compile_for_devices
+
+    def keep(*args):
+        plan, executable = real(*args)
+        compiled.append(executable.as_text())
+        return plan, executable
+
+    monkeypatch.setattr(plan_module, "compile_for_devices", keep)
+    with jax.default_matmul_precision("default"):
+        xla = plan_train(c, devices)[0]
+        c.model.linear_implementation = "pallas"
+        pallas = plan_train(c, devices)[0]
+    mosaic = [text.count('custom_call_target="tpu_custom_call"') for text in compiled]
+    assert mosaic == [0, 2]  # the forward and the backward kernel of the one layer
+    assert pallas.note == "" and xla.note == ""
+    assert 0 < pallas.temp_bytes <= xla.temp_bytes
+
+
 @pytest.mark.parametrize("preset", ["1b", "7b"])
 def test_pod_presets_are_valid_for_256_tpu_chips_and_refused_on_cpu(preset):
     """The presets pass every config check for v5e-256 / v5p-512 (256 chips, TPU kernel);

@@ -76,38 +76,46 @@ def chunk_step(q, k, v, g, s, start, c0, *, packed: bool, scale: float):
         q_in, k_out = q, k
         s_dec = s
     else:
-        tri = (cols <= rows).astype(jnp.float32)
-        b = _dot(tri, g)  # [C, Dg] inclusive cumulative log-gate, <= 0, non-increasing
-        parts = []
+        f32 = jnp.float32
+        b = _dot((cols <= rows).astype(f32), g)  # [C, Dg] b_i: sums of one sign (<= 0)
+        after = _dot((cols > rows).astype(f32), g)  # b_C - b_j, summed directly (no cancelling)
+        sub_r, sub_c = _iota((SUB, SUB), 0), _iota((SUB, SUB), 1)
+        pieces = []
         for sc in range(c_len // SUB):
             lo = sc * SUB
-            qs, bs = q[lo : lo + SUB], b[lo : lo + SUB]
-            r = b[lo - 1 : lo] if sc else jnp.zeros_like(b[:1])  # gate sum before sub-chunk
-            before = _iota((1, c_len), 1) < lo  # [1, C] keys before the sub-chunk
-            # keys before: exp(b_i - r) exp(r - b_j), each <= 1 (the key factor masked to 0
-            # where j is not before, so nothing overflows)
-            kr = k * jnp.exp(jnp.minimum(r - b, 0.0))
-            off = _dot_nt(qs * jnp.exp(bs - r), kr)
-            off = jnp.where(before, off, 0.0)
-            inside = (_iota((SUB, c_len), 1) >= lo) & (
-                _iota((SUB, c_len), 1) <= _iota((SUB, c_len), 0) + lo
-            )
-            if g.shape[-1] == 1:
-                expo = jnp.where(inside, bs - _row(b), -jnp.inf)  # [SUB, C]
-                diag = _dot_nt(qs, k) * jnp.exp(expo)
-            else:
-                shape3 = (SUB, c_len, g.shape[-1])
-                i3, j3 = _iota(shape3, 0) + lo, _iota(shape3, 1)
-                inside3 = (j3 >= lo) & (j3 <= i3)  # 3D iotas: Mosaic reshapes no i1 vectors
-                expo = jnp.where(inside3, bs[:, None, :] - b[None, :, :], -jnp.inf)
-                diag = jnp.sum(qs[:, None, :] * k[None, :, :] * jnp.exp(expo), axis=-1)
-            parts.append(off + diag)
-        a = jnp.where(visible, jnp.concatenate(parts, axis=0), 0.0)
-        o = _dot(a, v)
-        b_last = b[c_len - 1 :]  # [1, Dg]
+            qs, ks, vs, gs = (x[lo : lo + SUB] for x in (q, k, v, g))
+            local = _dot((sub_c <= sub_r).astype(f32), gs)  # l_i = b_i - r: from the sub-chunk
+            seen = sub_c <= sub_r
+            if packed:
+                seen &= sub_c + (lo + c0) >= start[lo : lo + SUB]
+            # exponents l_i - l_j = sum of g_m over j < m <= i, summed directly: a difference
+            # of l_i and l_j would cancel (l ~ -300 after strong gates leaves ~1e-5 absolute)
+            if g.shape[-1] == 1:  # [SUB, SUB] = (g_m for m <= i) @ [m > j]
+                upto = jnp.where(sub_c <= sub_r, _row(gs), 0.0)  # [i, m]
+                expo = _dot(upto, (sub_r > sub_c).astype(f32))  # [i, j]
+                diag = _dot_nt(qs, ks) * jnp.exp(jnp.where(seen, expo, -jnp.inf))
+            else:  # [SUB, SUB, Dk]: one [SUB^2, SUB] x [SUB, Dk] product
+                i3, j3, m3 = (_iota((SUB, SUB, SUB), d) for d in range(3))
+                pairs = ((j3 < m3) & (m3 <= i3)).astype(f32).reshape(SUB * SUB, SUB)
+                expo = _dot(pairs, gs).reshape(SUB, SUB, gs.shape[-1])
+                seen3 = _iota(expo.shape, 1) <= _iota(expo.shape, 0)  # causal (finite, <= 0)
+                expo = jnp.where(seen3, expo, -jnp.inf)
+                diag = jnp.sum(qs[:, None, :] * ks[None, :, :] * jnp.exp(expo), axis=-1)
+            o_s = _dot(jnp.where(seen, diag, 0.0), vs)
+            if sc:  # keys before the sub-chunk meet the query through r = b_{lo - 1}:
+                # exp(b_i - r) = exp(l_i) and exp(r - b_j), the gates strictly between j and lo
+                between = _dot(((cols > rows) & (cols < lo)).astype(f32), g)
+                off = _dot_nt(qs * jnp.exp(local), k * jnp.exp(between))  # [SUB, C]
+                keys = _iota((SUB, c_len), 1)
+                earlier = keys < lo
+                if packed:
+                    earlier &= keys + c0 >= start[lo : lo + SUB]
+                o_s = o_s + _dot(jnp.where(earlier, off, 0.0), v)
+            pieces.append(o_s)
+        o = jnp.concatenate(pieces, axis=0)
         q_in = q * jnp.exp(b)
-        k_out = k * jnp.exp(b_last - b)
-        decay = jnp.exp(b_last)
+        k_out = k * jnp.exp(after)
+        decay = jnp.exp(b[c_len - 1 :])  # [1, Dg]
         s_dec = s * (_column(decay) if g.shape[-1] > 1 else decay)
     if packed:
         q_in = jnp.where(from_state, q_in, 0.0)
