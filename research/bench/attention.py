@@ -8,8 +8,13 @@ Rows: softmax xla (dense), softmax blockwise, linear chunked / scan / cumsum (el
 linear attention (per-key-dim gate and a scalar gate per head) and the gated delta rule
 (chunked / scan), and
 torch.nn.functional.scaled_dot_product_attention on CPU when torch is installed; all causal,
-fp32, forward and forward+backward. Times are medians of `--repeats` after one warm-up call.
-Memory is XLA's compiled figure (arguments + outputs + temporaries, per device); a run whose
+`--dtype` (fp32 by default), forward and forward+backward. On request (`--impls`) the
+accelerator rows: softmax-cudnn (GPU), softmax-tpu_flash (TPU) and the Pallas kernels
+linear-pallas, gla-pallas, gla_scalar-pallas, delta-pallas (TPU; under the Pallas interpreter
+elsewhere, up to 4096 tokens); a row whose backend is missing is reported as skipped. The
+summary names, per linear row, the crossover: the shortest length from which it beats the
+fastest softmax row (`launch/accelerator_check.sh` runs all of this on a GPU or TPU).
+Times are medians of `--repeats` after one warm-up call. Memory is XLA's compiled figure (arguments + outputs + temporaries, per device); a run whose
 compiled memory exceeds `--memory_budget_gb` is reported as skipped, not attempted.
 FLOP counts are `research.ops.attention.cost.attention_flops` (forward+backward = 3.5 x forward):
   softmax: 2 B H L^2 D (causal half of QK^T and PV);
@@ -63,34 +68,82 @@ RECURRENT_IMPLS = (
 )
 
 
+# Accelerator rows (not in the default list): softmax as cuDNN flash attention (GPU) and
+# Pallas flash attention (TPU); the Pallas kernels of plain linear attention, GLA (per-key-dim
+# and scalar gate) and Gated DeltaNet (TPU; the Pallas interpreter elsewhere: slow, tiny shapes
+# only). Each is refused with a "skipped" row on a backend that lacks it.
+ACCELERATOR_IMPLS = (
+    "softmax-cudnn",
+    "softmax-tpu_flash",
+    "linear-pallas",
+    "gla-pallas",
+    "gla_scalar-pallas",
+    "delta-pallas",
+)
+_NEEDS = {"softmax-cudnn": "gpu", "softmax-tpu_flash": "tpu"}
+
+
+def flop_impl(impl: str) -> str:
+    """The `attention_flops` row of an impl: a kernel does its XLA chunked form's work."""
+    if impl.startswith("softmax") or impl == TORCH:
+        return "softmax"
+    return impl.replace("-pallas", "-chunked")
+
+
+def crossovers(rows, kind: str = "fwd+bwd") -> list[dict]:
+    """Per non-softmax impl: the shortest measured length from which it is faster than the
+    fastest softmax row at that length (None: never within the lengths)."""
+    lengths = sorted({r["length"] for r in rows if r["kind"] == kind})
+    ok = [r for r in rows if r["kind"] == kind and np.isfinite(r["seconds"])]
+    others = dict.fromkeys(r["impl"] for r in ok if not r["impl"].startswith(("softmax", TORCH)))
+    out = []
+    for impl in others:
+        at = None
+        for n in lengths:
+            soft = [
+                r["seconds"]
+                for r in ok
+                if r["length"] == n and r["impl"].startswith(("softmax", TORCH))
+            ]
+            mine = [r["seconds"] for r in ok if r["length"] == n and r["impl"] == impl]
+            if soft and mine and mine[0] < min(soft):
+                at = n
+                break
+        out.append({"impl": impl, "kind": kind, "crossover_length": at})
+    return out
+
+
 def _recurrent_fn(impl: str):
     """q, k, v -> out for the gated families: k L2-normalised (as the layers do), log_gate
     -0.05, and for the delta rule beta 0.5 (Gated DeltaNet)."""
     family, form = impl.split("-")
+    kw = dict(form="chunked", implementation="pallas") if form == "pallas" else dict(form=form)
 
     def fn(q, k, v):
         g = jnp.full(q.shape[:3], -0.05, jnp.float32)
         if family == "gla":
             return att.gated_linear_attention(
-                q, k, v, jnp.broadcast_to(g[..., None], q.shape), form=form
+                q, k, v, jnp.broadcast_to(g[..., None], q.shape), **kw
             )
         if family == "gla_scalar":
-            return att.gated_linear_attention(q, k, v, g, form=form)
+            return att.gated_linear_attention(q, k, v, g, **kw)
         k = k * lax.rsqrt(jnp.sum(k * k, axis=-1, keepdims=True) + 1e-6)
         return att.delta_rule_attention(
-            q, k, v, jnp.full(q.shape[:3], 0.5, jnp.float32), log_gate=g, form=form
+            q, k, v, jnp.full(q.shape[:3], 0.5, jnp.float32), log_gate=g, **kw
         )
 
     return fn
 
 
 def attention_fn(impl: str):
-    if impl in RECURRENT_IMPLS:
+    if impl in RECURRENT_IMPLS or impl in ("gla-pallas", "gla_scalar-pallas", "delta-pallas"):
         return _recurrent_fn(impl)
     if impl.startswith("softmax"):
         return functools.partial(
             att.softmax_attention, causal=True, implementation=impl.split("-")[1]
         )
+    if impl == "linear-pallas":
+        return functools.partial(att.linear_attention, causal=True, implementation="pallas")
     return functools.partial(att.linear_attention, causal=True, form=impl.split("-")[1])
 
 
@@ -104,18 +157,23 @@ def _compiled_bytes(compiled) -> int:
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
 
 
-def measure_jax(impl, mode, b, length, h, d, repeats, budget_bytes):
+def measure_jax(impl, mode, b, length, h, d, repeats, budget_bytes, dtype=jnp.float32):
+    need = _NEEDS.get(impl, "tpu" if impl.endswith("-pallas") else None)
+    if need and jax.default_backend() != need and not (need == "tpu" and length <= 4096):
+        # (the Pallas kernels run under the interpreter off TPU: short lengths only)
+        return {"seconds": float("nan"), "memory_bytes": float("nan"), "status": f"skipped: {need}"}
     fn = attention_fn(impl)
     if mode == "fwd":
         f = jax.jit(fn)
     else:
-        f = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v)), argnums=(0, 1, 2)))
-    shapes = [jax.ShapeDtypeStruct((b, length, h, d), jnp.float32)] * 3
+        loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32))  # noqa: E731
+        f = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    shapes = [jax.ShapeDtypeStruct((b, length, h, d), dtype)] * 3
     compiled = f.lower(*shapes).compile()
     mem = _compiled_bytes(compiled)
     if mem > budget_bytes:
         return {"seconds": float("nan"), "memory_bytes": mem, "status": "skipped: over budget"}
-    seconds = median_time(compiled, *_inputs(b, length, h, d), repeats=repeats, warmup=1)
+    seconds = median_time(compiled, *_inputs(b, length, h, d, dtype), repeats=repeats, warmup=1)
     return {"seconds": seconds, "memory_bytes": mem, "status": "ok"}
 
 
@@ -186,7 +244,8 @@ def run(args) -> list[dict]:
     budget = int(args.memory_budget_gb * 2**30)
     peak = matmul_peak()
     rows = []
-    impls = [i for i in (*IMPLS, *RECURRENT_IMPLS) if i in args.impls]
+    impls = [i for i in (*IMPLS, *RECURRENT_IMPLS, *ACCELERATOR_IMPLS) if i in args.impls]
+    dtype = jnp.dtype(args.dtype)
     if TORCH in args.impls:
         try:
             import torch  # noqa: F401
@@ -200,9 +259,9 @@ def run(args) -> list[dict]:
                 if impl == TORCH:
                     r = measure_torch(mode, b, length, h, d, args.repeats)
                 else:
-                    r = measure_jax(impl, mode, b, length, h, d, args.repeats, budget)
+                    r = measure_jax(impl, mode, b, length, h, d, args.repeats, budget, dtype)
                 work = attention_flops(
-                    "softmax" if impl == TORCH else impl,
+                    flop_impl(impl),
                     batch=b,
                     length=length,
                     heads=h,
@@ -266,7 +325,7 @@ def run(args) -> list[dict]:
 def plot(rows, path, header):
     with save_figure(path, header, 3, (16, 4.8), title_size=9) as axes:
         for ax, kind in zip(axes[:2], ("fwd", "fwd+bwd"), strict=True):
-            for impl in (*IMPLS, TORCH, *RECURRENT_IMPLS):
+            for impl in (*IMPLS, TORCH, *RECURRENT_IMPLS, *ACCELERATOR_IMPLS):
                 pts = [
                     (r["length"], r["seconds"])
                     for r in rows
@@ -320,7 +379,8 @@ RESULT_FORMATS = (
 )
 
 
-ALL_IMPLS = (*IMPLS, *RECURRENT_IMPLS, TORCH)
+DEFAULT_IMPLS = (*IMPLS, *RECURRENT_IMPLS, TORCH)
+ALL_IMPLS = (*DEFAULT_IMPLS, *ACCELERATOR_IMPLS)
 
 
 def _impl_list(text: str) -> tuple[str, ...]:
@@ -343,9 +403,11 @@ def main(argv=None):
     p.add_argument(
         "--impls",
         type=_impl_list,
-        default=",".join(ALL_IMPLS),
-        help=f"comma-separated subset of {','.join(ALL_IMPLS)} (default: all)",
+        default=",".join(DEFAULT_IMPLS),
+        help=f"comma-separated subset of {','.join(ALL_IMPLS)} (default: all but "
+        "the accelerator rows, softmax-cudnn .. delta-pallas)",
     )
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--heads", type=positive_int, default=4)
     p.add_argument("--head_dim", type=positive_int, default=64)
@@ -361,7 +423,8 @@ def main(argv=None):
     p.add_argument("--out", default="bench_out/attention")
     args = p.parse_args(argv)
     malloc = keep_freed_memory() if args.malloc == "keep" else "malloc: system defaults"
-    shapes = f"batch {args.batch}, heads {args.heads}, head_dim {args.head_dim}, fp32, causal"
+    dt = {"float32": "fp32", "bfloat16": "bf16"}[args.dtype]
+    shapes = f"batch {args.batch}, heads {args.heads}, head_dim {args.head_dim}, {dt}, causal"
     header = f"{machine_header()} | {malloc} | torch SDPA on CPU as reference | {shapes}"
     print(header)
     rows = run(args)
@@ -385,6 +448,9 @@ def main(argv=None):
     print(format_table(rows, RESULT_COLUMNS, RESULT_FORMATS, align="--rrrrrr"))
     print()
     print(format_table(targets(rows)))  # cells are ready: the dict keys are the columns
+    for c in crossovers(rows):
+        at = "never, within the lengths" if c["crossover_length"] is None else c["crossover_length"]
+        print(f"crossover ({c['kind']}): {c['impl']} beats the fastest softmax row from L = {at}")
     print(f"\nwrote {out / 'attention.csv'} and {out / 'attention.png'}")
     return rows
 

@@ -100,3 +100,30 @@ def test_bad_arguments_exit_with_a_usage_error(argv, message, capsys, tmp_path):
         attention.main([*argv, "--out", str(tmp_path)])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_accelerator_rows_run_the_kernels_or_say_skipped(tmp_path, capsys):
+    """bf16, the Pallas kernels (under the interpreter here) and cuDNN (no GPU: skipped, not
+    failed), and a crossover line per linear row."""
+    argv = ["--lengths", "32", "--contexts", "32", "--repeats", "1", "--long_length", "0"]
+    argv += ["--heads", "1", "--head_dim", "8", "--dtype", "bfloat16", "--out", str(tmp_path)]
+    rows = attention.main([*argv, "--impls", "softmax-blockwise,softmax-cudnn,delta-pallas"])
+    status = {(r["impl"], r["kind"]): r["status"] for r in rows if r["kind"] != "decode"}
+    assert status[("delta-pallas", "fwd+bwd")] == "ok"
+    assert status[("softmax-cudnn", "fwd")] == "skipped: gpu"
+    out = capsys.readouterr().out
+    assert "bf16, causal" in out.splitlines()[0]
+    assert "crossover (fwd+bwd): delta-pallas beats the fastest softmax row from L = " in out
+
+
+def test_crossover_is_the_first_length_a_linear_row_beats_every_softmax_row():
+    def row(impl, n, s):
+        return {"impl": impl, "kind": "fwd+bwd", "length": n, "seconds": s}
+
+    rows = [row("softmax-xla", n, n * n * 1e-6) for n in (1024, 4096, 16384)]
+    rows += [row("softmax-blockwise", n, n * n * 0.5e-6) for n in (1024, 4096, 16384)]
+    rows += [row("gla-pallas", n, n * 3e-3) for n in (1024, 4096, 16384)]  # 3.1, 12.3, 49 s
+    rows += [row("delta-pallas", n, 1e3) for n in (1024, 4096, 16384)]
+    got = {c["impl"]: c["crossover_length"] for c in attention.crossovers(rows)}
+    # the fastest softmax (blockwise) takes 0.52, 8.4, 134 s: gla wins from 16384, delta never
+    assert got == {"gla-pallas": 16384, "delta-pallas": None}
