@@ -15,7 +15,8 @@ elsewhere, up to 4096 tokens); a row whose backend is missing is reported as ski
 summary names, per linear row, the crossover: the shortest length from which it beats the
 fastest softmax row (`launch/accelerator_check.sh` runs all of this on a GPU or TPU).
 Times are medians of `--repeats` after one warm-up call. Memory is XLA's compiled figure
-(arguments + outputs + temporaries, per device); a run whose compiled memory exceeds `--memory_budget_gb` is reported as skipped, not attempted.
+(arguments + outputs + temporaries, per device); a run whose compiled memory exceeds
+`--memory_budget_gb` is reported as skipped, not attempted.
 FLOP counts are `research.ops.attention.cost.attention_flops` (forward+backward = 3.5 x forward):
   softmax: 2 B H L^2 D (causal half of QK^T and PV);
   linear chunked: B H L (2 C F + 2 C Dv + 4 F Dv); scan and cumsum: B H L 4 F Dv;
