@@ -114,6 +114,14 @@ def crossovers(rows, kind: str = "fwd+bwd") -> list[dict]:
     return out
 
 
+def crossover_line(c: dict) -> str:
+    """One `crossovers` entry in words."""
+    head = f"crossover ({c['kind']}): {c['impl']}"
+    if c["crossover_length"] is None:
+        return f"{head} never beats the fastest softmax row within the measured lengths"
+    return f"{head} beats the fastest softmax row from L = {c['crossover_length']}"
+
+
 def _recurrent_fn(impl: str):
     """q, k, v -> out for the gated families: k L2-normalised (as the layers do), log_gate
     -0.05, and for the delta rule beta 0.5 (Gated DeltaNet)."""
@@ -450,8 +458,7 @@ def main(argv=None):
     print()
     print(format_table(targets(rows)))  # cells are ready: the dict keys are the columns
     for c in crossovers(rows):
-        at = "never, within the lengths" if c["crossover_length"] is None else c["crossover_length"]
-        print(f"crossover ({c['kind']}): {c['impl']} beats the fastest softmax row from L = {at}")
+        print(crossover_line(c))
     print(f"\nwrote {out / 'attention.csv'} and {out / 'attention.png'}")
     return rows
 

@@ -20,6 +20,7 @@ from research.cli import positive_int
 from research.config import OptimizerConfig
 from research.models import DecoderLM, ModelConfig
 from research.models.partitioning import REMAT_POLICIES
+from research.ops.attention import SOFTMAX_IMPLEMENTATIONS
 from research.report import format_table, machine_header, matmul_peak, median_time, write_csv
 from research.tasks import lm_loss
 from research.train import optim, sharding, step
@@ -40,6 +41,8 @@ def model_config(args) -> ModelConfig:
         d_ff=4 * args.d_model,
         max_length=args.length,
         attention=args.attention,
+        softmax_implementation=args.softmax_implementation,
+        linear_implementation=args.linear_implementation,
         positions="learned",
         dtype=args.dtype,
         scan_layers=args.scan_layers,
@@ -81,6 +84,11 @@ def run(args) -> dict:
         "batch": args.batch,
         "vocab": args.vocab,
         "attention": args.attention,
+        "implementation": (
+            args.softmax_implementation
+            if args.attention == "softmax"
+            else args.linear_implementation
+        ),
         "dtype": args.dtype,
         "scan_layers": args.scan_layers,
         "remat": args.remat,
@@ -110,7 +118,18 @@ def main(argv=None):
     p.add_argument("--length", type=positive_int, default=512)
     p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--vocab", type=positive_int, default=8192)
-    p.add_argument("--attention", default="softmax", choices=["softmax", "linear"])
+    p.add_argument(
+        "--attention",
+        default="softmax",
+        choices=["softmax", "linear", "gla", "retnet", "deltanet", "gated_deltanet"],
+    )
+    p.add_argument("--softmax_implementation", default="xla", choices=list(SOFTMAX_IMPLEMENTATIONS))
+    p.add_argument(
+        "--linear_implementation",
+        default="xla",
+        choices=["xla", "pallas"],
+        help="the linear kinds' chunked form: XLA or the Pallas TPU kernels",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--scan_layers", action="store_true", help="model.scan_layers (one lax.scan)")
     p.add_argument("--remat", default="none", choices=list(REMAT_POLICIES))
@@ -127,7 +146,7 @@ def main(argv=None):
     print(machine_header())
     print(
         f"DecoderLM {r['layers']}L d{r['d_model']} h{r['heads']} len {r['length']} batch "
-        f"{r['batch']} vocab {r['vocab']} {r['attention']} {r['dtype']}, "
+        f"{r['batch']} vocab {r['vocab']} {r['attention']} ({r['implementation']}) {r['dtype']}, "
         f"{'scanned' if r['scan_layers'] else 'unrolled'} layers, remat {r['remat']}, AdamW, jit "
         "train step\n"
     )

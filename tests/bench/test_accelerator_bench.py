@@ -1,0 +1,57 @@
+"""launch/accelerator_check.sh refuses a machine without an accelerator in one line, and the
+measurement it runs (research.bench.accelerator) keeps to its time budget and writes one CSV
+and one PNG named after the device (on CPU: tiny shapes; speed is not asserted)."""
+
+import csv
+import os
+import pathlib
+import subprocess
+
+from research.bench import accelerator
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_the_script_exits_1_with_one_line_without_an_accelerator(tmp_path):
+    """No nvidia-smi on PATH and no /dev/accel*: refused before any install."""
+    if list(pathlib.Path("/dev").glob("accel*")) or list(pathlib.Path("/dev/vfio").glob("[0-9]*")):
+        return  # a TPU host: the script would measure it (not a CPU-only CI machine)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    r = subprocess.run(
+        [str(ROOT / "launch/accelerator_check.sh")], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 1 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and "no GPU (nvidia-smi) and no TPU" in lines[0]
+    # a given interpreter whose jax sees only the CPU is refused the same way
+    env["SEQLAB_PYTHON"] = str(ROOT / ".venv/bin/python")
+    if not os.path.exists(env["SEQLAB_PYTHON"]):
+        return
+    r = subprocess.run(
+        [str(ROOT / "launch/accelerator_check.sh")], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 1 and "sees no GPU or TPU (backend: cpu)" in r.stderr
+
+
+def test_rows_per_backend_and_the_device_file_name():
+    assert accelerator.attention_impls("gpu")[0] == "softmax-cudnn"
+    tpu = accelerator.attention_impls("tpu")
+    assert tpu[0] == "softmax-tpu_flash" and set(accelerator.PALLAS_ROWS) <= set(tpu)
+    assert not any(i.endswith("-pallas") for i in accelerator.attention_impls("gpu"))
+    assert accelerator.device_name() == "cpu"
+
+
+def test_the_budget_stops_measuring_and_says_what_was_not_measured(tmp_path, capsys):
+    argv = ["--lengths", "32,64", "--batch", "1", "--heads", "1", "--head_dim", "8"]
+    argv += ["--repeats", "1", "--train_layers", "1", "--train_d_model", "16"]
+    argv += ["--train_heads", "2", "--train_length", "16", "--train_batch", "8"]
+    argv += ["--train_vocab", "32", "--budget_s", "1", "--out", str(tmp_path)]
+    rows = accelerator.main(argv)
+    out = capsys.readouterr().out
+    assert 1 <= len(rows) < 8  # the first measurement, then the budget was spent
+    assert "not measured (over --budget_s 1): " in out and "train gated_deltanet" in out
+    with open(tmp_path / "cpu.csv") as f:
+        written = list(csv.DictReader(f))
+    assert [r["impl"] for r in written] == [r["impl"] for r in rows]
+    assert (tmp_path / "cpu.png").stat().st_size > 10_000
+    assert f"wrote {tmp_path / 'cpu.csv'} and {tmp_path / 'cpu.png'}" in out
