@@ -113,7 +113,7 @@ def test_accelerator_rows_run_the_kernels_or_say_skipped(tmp_path, capsys):
     assert status[("softmax-cudnn", "fwd")] == "skipped: gpu"
     out = capsys.readouterr().out
     assert "bf16, causal" in out.splitlines()[0]
-    assert "crossover (fwd+bwd): delta-pallas beats the fastest softmax row from L = " in out
+    assert "crossover (fwd+bwd): delta-pallas " in out  # beats softmax from L = .. or never
 
 
 def test_crossover_is_the_first_length_a_linear_row_beats_every_softmax_row():

@@ -146,6 +146,20 @@ def test_packed_documents_get_the_logits_they_get_alone(kw):
             dict(attention="gla", gla_gate_temperature=0.0),
             "model: gla_gate_temperature must be > 0, got 0.0",
         ),
+        (
+            dict(attention="softmax", linear_implementation="pallas"),
+            "model: linear_implementation='pallas' applies to attention linear, gla, retnet, "
+            "deltanet, gated_deltanet; got attention='softmax'",
+        ),
+        (
+            dict(attention="gla", linear_implementation="pallas", linear_form="scan"),
+            "model: linear_implementation='pallas' is a kernel of linear_form='chunked'; got "
+            "linear_form='scan'",
+        ),
+        (
+            dict(attention="deltanet", linear_implementation="pallas", chunk_size=24),
+            "model: chunk_size=24 with implementation='pallas': use a power of two from 16",
+        ),
     ],
 )
 def test_a_new_kind_with_an_option_it_does_not_take_is_one_line(override, message):
@@ -170,3 +184,36 @@ def test_a_bidirectional_task_refuses_a_causal_only_kind():
     )
     with pytest.raises(ValueError, match="'gla' is causal self-attention only"):
         make_attention(ModelConfig(**TINY, attention="gla"), causal=False, rngs=nnx.Rngs(0))
+
+
+def test_the_pallas_kernels_give_the_xla_forms_model_and_gpu_is_refused():
+    """model.linear_implementation='pallas' (here under the Pallas interpreter): a Gated DeltaNet
+    LM with packed documents has the XLA form's logits and gradients; on a GPU the config is
+    refused in one line naming the XLA form."""
+    cfg = ModelConfig(**{**TINY, "attention": "gated_deltanet", "chunk_size": 16})
+    toks = jax.random.randint(jax.random.PRNGKey(3), (2, 21), 1, TINY["vocab_size"])
+    doc = jnp.asarray([[0] * 5 + [1] * 16, [0] * 21])
+
+    def logits_and_grads(impl):
+        model = DecoderLM(cfg.replace(linear_implementation=impl), rngs=nnx.Rngs(2))
+        graph, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params):
+            logits = nnx.merge(graph, params, rest)(toks, document_ids=doc)
+            return jnp.sum(jnp.sin(logits)), logits
+
+        (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return logits, grads
+
+    (want, want_grads), (got, got_grads) = logits_and_grads("xla"), logits_and_grads("pallas")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    for w, g in zip(jax.tree.leaves(want_grads), jax.tree.leaves(got_grads), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
+    c = lm.get_config("smoke")
+    c.model.update(attention="gated_deltanet", linear_implementation="pallas", chunk_size=16)
+    with pytest.raises(ConfigError) as e:
+        parse(c, platform="gpu")
+    assert str(e.value).startswith(
+        "model.linear_implementation='pallas' has TPU (Mosaic) kernels only, no GPU (Triton) "
+        "kernel: use model.linear_implementation=xla"
+    )
