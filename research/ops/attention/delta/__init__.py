@@ -126,7 +126,7 @@ def delta_rule_attention(
       implementation: for form="chunked", "xla" (the jnp form in `delta/chunk.py`, the
         reference) or "pallas" (the Pallas TPU kernel in `pallas/delta.py`, forward and
         backward; the Pallas interpreter off TPU, slow; chunk_size a power of two from 16 to
-        1024).
+        128).
 
     Returns:
       o [B, L, H, Dv] in the dtype of q; with return_state, (o, final_state [B, H, Dk, Dv] fp32).

@@ -93,7 +93,7 @@ def gated_linear_attention(
       chunk_size: tokens per chunk (chunked) or per rematerialised block (scan).
       implementation: for form="chunked", "xla" (the jnp form in `gated/chunk.py`, the
         reference) or "pallas" (the Pallas TPU kernel in `pallas/gla.py`, forward and backward;
-        the Pallas interpreter off TPU, slow; chunk_size a power of two from 16 to 1024).
+        the Pallas interpreter off TPU, slow; chunk_size a power of two from 16 to 128).
 
     Returns:
       out [B, L, H, Dv] in the dtype of q, or (out, final_state) with return_state. The state is

@@ -113,7 +113,7 @@ def linear_attention(
     implementation (causal, form="chunked"): "xla" (the jnp forms above, the reference) or
       "pallas": the Pallas TPU kernel of `pallas/gla.py` with no gate over [v, 1] (numerator
       and denominator in one pass, features computed here), forward and backward; the Pallas
-      interpreter off TPU (slow); chunk_size a power of two from 16 to 1024.
+      interpreter off TPU (slow); chunk_size a power of two from 16 to 128.
     All sums are accumulated in fp32; the output has the dtype of q.
     """
     check_bool("causal", causal)

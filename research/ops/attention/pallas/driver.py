@@ -42,17 +42,20 @@ from jax.experimental.pallas import tpu as pltpu
 
 SUB = 16  # tokens per sub-chunk, and the smallest chunk
 BLOCK_TOKENS = 1024  # tokens per grid step; the backward keeps one state per block
+MAX_CHUNK = 128  # at 256 Mosaic refuses the GLA backward for v5e: 24 of 16 MiB scoped VMEM
 LANES = 128  # the TPU vector width: per-token scalars are stored LANES tokens to a row
 TOKENS, SCALAR = "tokens", "scalar"  # an input's layout: [.., L, D] or lane-dense scalars
 
 
 def check_chunk(chunk: int) -> None:
-    """The kernels' chunk: a power of two from SUB to BLOCK_TOKENS (it tiles a block)."""
-    if not isinstance(chunk, int) or chunk < SUB or chunk > BLOCK_TOKENS or chunk & (chunk - 1):
+    """The kernels' chunk: a power of two from SUB to MAX_CHUNK (it tiles a block)."""
+    top = min(MAX_CHUNK, BLOCK_TOKENS)
+    if not isinstance(chunk, int) or chunk < SUB or chunk > top or chunk & (chunk - 1):
         raise ValueError(
             f"chunk_size={chunk!r} with implementation='pallas': use a power of two from {SUB} "
-            f"to {BLOCK_TOKENS} (the kernel tiles blocks of {BLOCK_TOKENS} tokens by chunks, "
-            f"chunks by sub-chunks of {SUB})"
+            f"to {top} (chunks tile blocks of {BLOCK_TOKENS} tokens and are tiled by sub-chunks "
+            f"of {SUB}; from 256 the GLA backward's chunk intermediates outgrow a TPU core's "
+            "16 MiB of scoped VMEM)"
         )
 
 
