@@ -97,13 +97,11 @@ def _train_rows(args, deadline: float, skipped: list) -> list[dict]:
         if time.perf_counter() > deadline:
             skipped.append(f"train {kind}")
             continue
+        sizes = {
+            k.removeprefix("train_"): v for k, v in vars(args).items() if k.startswith("train_")
+        }
         ns = argparse.Namespace(
-            layers=args.train_layers,
-            d_model=args.train_d_model,
-            heads=args.train_heads,
-            length=args.train_length,
-            batch=args.train_batch,
-            vocab=args.train_vocab,
+            **sizes,  # layers, d_model, heads, length, batch, vocab
             attention=kind,
             softmax_implementation=soft,
             linear_implementation=lin,

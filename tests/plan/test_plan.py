@@ -282,19 +282,62 @@ def test_tpu_flash_kernel_compiles_per_device_for_v5e_and_drops_the_score_matrix
         plan_train(c, jax.devices()[:1])
 
 
+def _mosaic_calls(text: str) -> int:
+    return text.count('custom_call_target="tpu_custom_call"')
+
+
 @needs_libtpu
-def test_pallas_linear_kernels_compile_per_device_for_v5e_within_the_xla_forms_memory(
+@pytest.mark.parametrize("kind", ["linear", "gla", "gla_scalar", "gated_deltanet"])
+def test_each_pallas_kernel_lowers_through_mosaic_for_v5e_forward_and_backward(kind):
+    """Every kernel's forward and backward, called through the public op with packed segments,
+    bf16 inputs, 2,048 tokens and head dim 128, compiles for a v5e chip as two Mosaic calls."""
+    from jax.sharding import SingleDeviceSharding
+
+    from research.ops import attention as att
+
+    on_chip = SingleDeviceSharding(chips.tpu_devices("v5e:2x2")[0])
+    b, length, h, d = 1, 2048, 2, 128
+
+    def spec(shape, dtype=jax.numpy.bfloat16):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=on_chip)
+
+    def loss(q, k, v, g, beta, seg):
+        kw = dict(segment_ids=seg, implementation="pallas")
+        if kind == "linear":
+            out = att.linear_attention(q, k, v, causal=True, **kw)
+        elif kind == "gla":
+            out = att.gated_linear_attention(
+                q, k, v, jax.numpy.broadcast_to(g[..., None], q.shape), **kw
+            )
+        elif kind == "gla_scalar":
+            out = att.gated_linear_attention(q, k, v, g, **kw)
+        else:
+            out = att.delta_rule_attention(q, k, v, beta, log_gate=g, **kw)
+        return out.astype(jax.numpy.float32).sum()
+
+    tokens = spec((b, length, h, d))
+    scalars = spec((b, length, h), jax.numpy.float32)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+    with jax.default_matmul_precision("default"):
+        compiled = grad.lower(
+            tokens, tokens, tokens, scalars, scalars, spec((b, length), jax.numpy.int32)
+        ).compile()
+    assert _mosaic_calls(compiled.as_text()) == 2
+
+
+@needs_libtpu
+def test_an_lm_step_with_the_pallas_kernels_compiles_per_device_for_v5e_within_the_xla_memory(
     monkeypatch,
 ):
-    """model.linear_implementation='pallas' (the Mosaic kernels under shard_map): a Gated
-    DeltaNet LM's whole train step, forward and backward, compiles for v5e:2x2 at 8192 tokens
-    with head dim 128, as two Mosaic custom calls (forward, backward), and its temporaries are
-    no larger than the XLA chunked form's (docs/attention_kernels.md: the other kinds)."""
+    """model.linear_implementation='pallas' (the Mosaic kernels under shard_map): a linear-
+    attention LM's whole train step, forward and backward, compiles for v5e:2x2 at 8,192 tokens
+    with head dim 128, as two Mosaic calls (forward, backward), and its temporaries are no
+    larger than the XLA chunked form's (docs/attention_kernels.md: every kind's figures)."""
     c = _smoke(data=4)
     c.data.seq_len = 8192
     c.batch_size = 4
     c.model.update(
-        attention="gated_deltanet",
+        attention="linear",
         num_heads=2,
         d_model=256,
         num_layers=1,
@@ -316,8 +359,7 @@ def test_pallas_linear_kernels_compile_per_device_for_v5e_within_the_xla_forms_m
         xla = plan_train(c, devices)[0]
         c.model.linear_implementation = "pallas"
         pallas = plan_train(c, devices)[0]
-    mosaic = [text.count('custom_call_target="tpu_custom_call"') for text in compiled]
-    assert mosaic == [0, 2]  # the forward and the backward kernel of the one layer
+    assert [_mosaic_calls(text) for text in compiled] == [0, 2]
     assert pallas.note == "" and xla.note == ""
     assert 0 < pallas.temp_bytes <= xla.temp_bytes
 
