@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.bench import attention
+from research.bench import attention, attention_rows
 from research.bench import train as train_bench
 from research.cli import positive_int, positive_ints
 from research.ops.attention.cost import attention_flops
@@ -58,11 +58,11 @@ def _attention_rows(args, deadline: float, skipped: list) -> list[dict]:
                 if time.perf_counter() > deadline:
                     skipped.append(f"{impl} {mode} L={length}")
                     continue
-                r = attention.measure_jax(
+                r = attention_rows.measure_jax(
                     impl, mode, b, length, h, d, args.repeats, budget, jnp.bfloat16
                 )
                 work = attention_flops(
-                    attention.flop_impl(impl),
+                    attention_rows.flop_impl(impl),
                     batch=b,
                     length=length,
                     heads=h,

@@ -307,14 +307,7 @@ class LinearAttention(Attention):
         # The Mosaic kernel per device (as tpu_flash): batch and heads split, whole sequences.
         k, v = self._repeat_kv(k, v)
         names = ((BATCH, None, HEADS, None),) * 3
-        rows = {"mask": mask, "document_ids": document_ids}
-        present = [n for n, a in rows.items() if a is not None]
-
-        def local(q, k, v, *xs):
-            return fn(q, k, v, **dict(zip(present, xs, strict=True)))
-
-        row_names = ((BATCH, None),) * len(present)
-        return per_device(local, *names, *row_names)(q, k, v, *(rows[n] for n in present))
+        return per_device(fn, *names, (BATCH, None), (BATCH, None))(q, k, v, mask, document_ids)
 
     def empty_state(self, batch, max_length):
         cfg = self.cfg

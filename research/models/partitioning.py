@@ -73,31 +73,40 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
     return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
-def per_device(fn: Callable, *names: tuple, out: tuple | None = None) -> Callable:
+def per_device(fn: Callable, *names: tuple | None, out: tuple | None = None) -> Callable:
     """fn run once per device under `jax.shard_map`, each argument split by its logical `names`
-    (a tuple per argument) and the output as the first argument, or, with `out` (a tuple of
-    names per output), fn's tuple of outputs split by those; fn itself outside an
-    `activation_sharding` context. For kernels XLA cannot partition (Pallas/Mosaic)."""
+    (a tuple per argument; an argument that is None stays None on every device) and the output
+    as the first argument, or, with `out` (a tuple of names per output), fn's tuple of outputs
+    split by those; fn itself outside an `activation_sharding` context. For kernels XLA cannot
+    partition (Pallas/Mosaic)."""
     resolve = getattr(_STATE, "resolve", None)
     if resolve is None:
         return fn
 
     def run(*args):
-        shardings = [resolve(n, a.shape) for n, a in zip(names, args, strict=True)]
+        live = [i for i, a in enumerate(args) if a is not None]
+
+        def local(*xs):
+            full = list(args)
+            for i, x in zip(live, xs, strict=True):
+                full[i] = x
+            return fn(*full)
+
+        shardings = [resolve(names[i], args[i].shape) for i in live]
         if out is not None:
             shapes = jax.eval_shape(fn, *args)
             shardings += [resolve(n, a.shape) for n, a in zip(out, shapes, strict=True)]
         if any(s is None for s in shardings):
             return fn(*args)
         specs = tuple(s.spec for s in shardings)
-        out_specs = specs[0] if out is None else specs[len(args) :]
+        out_specs = specs[0] if out is None else specs[len(live) :]
         return jax.shard_map(
-            fn,
+            local,
             mesh=shardings[0].mesh,
-            in_specs=specs[: len(args)],
+            in_specs=specs[: len(live)],
             out_specs=out_specs,
             check_vma=False,
-        )(*args)
+        )(*(args[i] for i in live))
 
     return run
 

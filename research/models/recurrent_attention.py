@@ -167,10 +167,10 @@ class RecurrentAttention(Attention):
         )
 
         def fn(q, k, v, g, beta, document_ids, initial_state):
-            kw.update(initial_state=initial_state, segment_ids=document_ids)
+            call = dict(kw, initial_state=initial_state, segment_ids=document_ids)
             if beta is None:
-                return ops.gated_linear_attention(q, k, v, g, **kw)
-            return ops.delta_rule_attention(q, k, v, beta, log_gate=g, **kw)
+                return ops.gated_linear_attention(q, k, v, g, **call)
+            return ops.delta_rule_attention(q, k, v, beta, log_gate=g, **call)
 
         args = (q, k, v, g, beta, document_ids, initial_state)
         if cfg.linear_implementation != "pallas" or platform() != "tpu":
@@ -180,23 +180,18 @@ class RecurrentAttention(Attention):
         k, v = self._repeat_kv(k, v)
         if g is not None and g.shape[2] != q.shape[2]:
             g = jnp.repeat(g, q.shape[2] // g.shape[2], axis=2)
-        args = (q, k, v, g, beta, document_ids, initial_state)
         tokens = (BATCH, None, HEADS, None)
-        names = {0: tokens, 1: tokens, 2: tokens, 5: (BATCH, None), 6: (BATCH, HEADS, None, None)}
-        if g is not None:
-            names[3] = tokens[: g.ndim]
-        if beta is not None:
-            names[4] = tokens[:3]
-        present = sorted(i for i in names if args[i] is not None)
-
-        def local(*xs):
-            full = [None] * len(args)
-            for i, x in zip(present, xs, strict=True):
-                full[i] = x
-            return fn(*full)
-
+        names = (
+            tokens,
+            tokens,
+            tokens,
+            None if g is None else tokens[: g.ndim],
+            tokens[:3],  # beta
+            (BATCH, None),  # document ids
+            (BATCH, HEADS, None, None),  # initial state
+        )
         out = (tokens, (BATCH, HEADS, None, None))
-        return per_device(local, *(names[i] for i in present), out=out)(*(args[i] for i in present))
+        return per_device(fn, *names, out=out)(q, k, v, g, beta, document_ids, initial_state)
 
     def _readout(self, x, o):
         """Per-head RMSNorm times swish(W_g x), then W_o."""

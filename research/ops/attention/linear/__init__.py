@@ -168,13 +168,12 @@ def linear_attention(
             )
         init = LinearAttentionState(init.s.astype(jnp.float32), init.z.astype(jnp.float32))
         if implementation == "pallas":
-            if mask is None and feature_map in ("elu", "relu"):  # phi inside the kernel
-                s0 = jnp.concatenate([init.s, init.z[..., None]], axis=-1)
-                phi = fm.resolve(feature_map)
-                out = pallas_gla.normalized(q, k, v, seg, s0, chunk=chunk_size, phi=phi)
-                return out.astype(q.dtype)
-            fq, fk = features(q, k, feature_map, mask)
-            return _packed(fq, fk, v, init, seg, "pallas", chunk_size).astype(q.dtype)
+            # elu / relu are applied inside the kernel (only q and k kept for the backward)
+            phi = (
+                fm.resolve(feature_map) if mask is None and feature_map in ("elu", "relu") else None
+            )
+            fq, fk = (q, k) if phi else features(q, k, feature_map, mask)
+            return _packed(fq, fk, v, init, seg, "pallas", chunk_size, phi).astype(q.dtype)
         if seg is not None:
             fq, fk = features(q, k, feature_map, mask)
             return _packed(fq, fk, v.astype(jnp.float32), init, seg, form, chunk_size).astype(
@@ -204,14 +203,15 @@ def linear_attention(
     return out.astype(q.dtype)
 
 
-def _packed(fq, fk, v, init: LinearAttentionState, seg, form: str, chunk_size: int):
+def _packed(fq, fk, v, init: LinearAttentionState, seg, form: str, chunk_size: int, phi=None):
     """Causal linear attention with resets at segment starts (seg [B, L] or, for the Pallas
     kernel, None), on features fq, fk [B, L, H, F]: numerator and denominator are one
     gated-linear-attention pass with zero log-gates over [v, 1] from the state [s, z] (scale 1:
-    the features are used as they are). form: chunked, scan, cumsum or "pallas"."""
+    the features are used as they are). form: chunked, scan, cumsum or "pallas" (which may
+    take q, k and a per-element map `phi` to apply in the kernel)."""
     s0 = jnp.concatenate([init.s, init.z[..., None]], axis=-1)
     if form == "pallas":  # the kernel appends the ones and divides per chunk
-        return pallas_gla.normalized(fq, fk, v, seg, s0, chunk=chunk_size)
+        return pallas_gla.normalized(fq, fk, v, seg, s0, chunk=chunk_size, phi=phi)
     ones = jnp.ones((*v.shape[:-1], 1), jnp.float32)
     vz = jnp.concatenate([v, ones], axis=-1)
     g = jnp.zeros((*fq.shape[:-1], 1), jnp.float32)

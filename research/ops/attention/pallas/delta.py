@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from research.ops.attention.pallas import driver
-from research.ops.attention.pallas.gla import _dot, _dot_nt, _dot_t, _iota, _row
+from research.ops.attention.pallas.tiles import dot, dot_nt, dot_t, iota, row, segment_masks
 
 
 def _exp_where(mask, x):
@@ -32,12 +32,12 @@ def _exp_where(mask, x):
 
 def _substitute(a):
     c = a.shape[0]
-    rows, cols = _iota((c, c), 0), _iota((c, c), 1)
+    rows, cols = iota((c, c), 0), iota((c, c), 1)
 
     def body(i, t):  # row i of T: e_i - a_i T (a_i is zero from column i on)
         a_i = jnp.sum(jnp.where(rows == i, a, 0.0), axis=0, keepdims=True)
-        row = jnp.where(_iota((1, c), 1) == i, 1.0, 0.0) - _dot(a_i, t)
-        return jnp.where(rows == i, row, t)
+        t_i = jnp.where(iota((1, c), 1) == i, 1.0, 0.0) - dot(a_i, t)
+        return jnp.where(rows == i, t_i, t)
 
     return lax.fori_loop(1, c, body, (rows == cols).astype(jnp.float32))
 
@@ -54,7 +54,7 @@ def _inverse_fwd(a):
 
 
 def _inverse_bwd(t, dt):
-    return (-_dot_nt(_dot_t(t, dt), t),)
+    return (-dot_nt(dot_t(t, dt), t),)
 
 
 unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
@@ -66,33 +66,29 @@ def chunk_step(q, k, v, beta, g, s, start, c0, *, packed: bool, scale: float):
     Returns (o [C, Dv], the exit state [Dk, Dv])."""
     c_len = q.shape[0]
     q = q * scale
-    rows, cols = _iota((c_len, c_len), 0), _iota((c_len, c_len), 1)
+    rows, cols = iota((c_len, c_len), 0), iota((c_len, c_len), 1)
     causal = cols <= rows
     from_state = jnp.ones((c_len, 1), bool)
     to_state = jnp.ones((c_len, 1), bool)
     keep = jnp.ones((1, 1), bool)
     if packed:
-        causal &= cols + c0 >= start
-        from_state = start < c0
-        last = start[c_len - 1 :, :]
-        to_state = _iota((c_len, 1), 0) + c0 >= last
-        keep = last < c0
+        causal, from_state, to_state, keep = segment_masks(start, c0, c_len)
     if g is None:
         big_g = jnp.zeros((c_len, 1), jnp.float32)
     else:
-        big_g = _dot((cols <= rows).astype(jnp.float32), g)  # G_t, inclusive, <= 0
+        big_g = dot((cols <= rows).astype(jnp.float32), g)  # G_t, inclusive, <= 0
     g_last = big_g[c_len - 1 :, :]
-    decay_ts = _exp_where(causal, big_g - _row(big_g))
+    decay_ts = _exp_where(causal, big_g - row(big_g))
     decay_q = _exp_where(from_state, big_g)
     decay_k = _exp_where(to_state, g_last - big_g)
     decay = _exp_where(keep, g_last)
-    a = jnp.where(cols < rows, beta * decay_ts * _dot_nt(k, k), 0.0)
+    a = jnp.where(cols < rows, beta * decay_ts * dot_nt(k, k), 0.0)
     t = unit_lower_inverse(a)
-    w_k = _dot(t, (beta * decay_q) * k)
-    w_v = _dot(t, beta * v)
-    u = w_v - _dot(w_k, s)
-    o = _dot(decay_q * q, s) + _dot(_dot_nt(q, k) * decay_ts, u)
-    return o, decay * s + _dot_t(decay_k * k, u)
+    w_k = dot(t, (beta * decay_q) * k)
+    w_v = dot(t, beta * v)
+    u = w_v - dot(w_k, s)
+    o = dot(decay_q * q, s) + dot(dot_nt(q, k) * decay_ts, u)
+    return o, decay * s + dot_t(decay_k * k, u)
 
 
 def step(q, k, v, beta, *rest, start, c0, packed: bool, scale: float):

@@ -40,6 +40,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from research.ops.attention.pallas.tiles import iota
+
 SUB = 16  # tokens per sub-chunk, and the smallest chunk
 BLOCK_TOKENS = 1024  # tokens per grid step; the backward keeps one state per block
 MAX_CHUNK = 128  # at 256 Mosaic refuses the GLA backward for v5e: 24 of 16 MiB scoped VMEM
@@ -85,7 +87,7 @@ def _lane_column(ref, c, chunk: int):
     for p in range(max(1, chunk // LANES)):
         tok0 = c * chunk + p * LANES
         row = ref[pl.ds(_row_of(tok0), 1), :].astype(jnp.float32)  # [1, LANES]
-        hit = _iota((n, LANES), 1) == _iota((n, LANES), 0) + _lane_of(tok0)
+        hit = iota((n, LANES), 1) == iota((n, LANES), 0) + _lane_of(tok0)
         pieces.append(jnp.sum(jnp.where(hit, row, 0.0), axis=1, keepdims=True))
     return pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
 
@@ -97,9 +99,9 @@ def _store_lane_column(ref, col, c, chunk: int):
         tok0 = c * chunk + p * LANES
         off = _lane_of(tok0)
         piece = col[p * n : (p + 1) * n]
-        hit = _iota((n, LANES), 1) == _iota((n, LANES), 0) + off
+        hit = iota((n, LANES), 1) == iota((n, LANES), 0) + off
         row = jnp.sum(jnp.where(hit, piece, 0.0), axis=0, keepdims=True)  # [1, LANES]
-        lanes = _iota((1, LANES), 1)
+        lanes = iota((1, LANES), 1)
         rows = pl.ds(_row_of(tok0), 1)
         ref[rows, :] = jnp.where((lanes >= off) & (lanes < off + n), row, ref[rows, :]).astype(
             ref.dtype
@@ -112,10 +114,6 @@ def _row_of(token):  # token // LANES (LANES a power of two: a shift; `//` does 
 
 def _lane_of(token):  # token % LANES
     return lax.bitwise_and(token, LANES - 1)
-
-
-def _iota(shape, dim):
-    return lax.broadcasted_iota(jnp.int32, shape, dim)
 
 
 def _chunk(refs, kinds, start_ref, c, chunk):

@@ -20,39 +20,11 @@ reaches the exit state iff j >= the last token's start.
 import functools
 
 import jax.numpy as jnp
-from jax import lax
 
 from research.ops.attention.pallas import driver
 from research.ops.attention.pallas.driver import SUB
-
-_HI = lax.Precision.HIGHEST
-
-
-def _dot(a, b):
-    return jnp.dot(a, b, precision=_HI, preferred_element_type=jnp.float32)
-
-
-def _dot_t(a, b):  # a^T b
-    return lax.dot_general(
-        a, b, (((0,), (0,)), ((), ())), precision=_HI, preferred_element_type=jnp.float32
-    )
-
-
-def _dot_nt(a, b):  # a b^T
-    return lax.dot_general(
-        a, b, (((1,), (1,)), ((), ())), precision=_HI, preferred_element_type=jnp.float32
-    )
-
-
-def _column(row):
-    """[1, D] -> [D, 1] without a transpose: the diagonal of eye(D) * row, summed over lanes."""
-    d = row.shape[-1]
-    eye = lax.broadcasted_iota(jnp.int32, (d, d), 0) == lax.broadcasted_iota(jnp.int32, (d, d), 1)
-    return jnp.sum(jnp.where(eye, row, 0.0), axis=1, keepdims=True)
-
-
-def _iota(shape, dim):
-    return lax.broadcasted_iota(jnp.int32, shape, dim)
+from research.ops.attention.pallas.tiles import column, dot, dot_nt, dot_t, iota, row, segment_masks
+from research.ops.attention.segments import segment_starts
 
 
 def chunk_step(q, k, v, g, s, start, c0, *, packed: bool, scale: float):
@@ -62,74 +34,63 @@ def chunk_step(q, k, v, g, s, start, c0, *, packed: bool, scale: float):
     global index. Returns (o [C, Dv], the exit state [Dk, Dv])."""
     c_len = q.shape[0]
     q = q * scale
-    rows, cols = _iota((c_len, c_len), 0), _iota((c_len, c_len), 1)
+    rows, cols = iota((c_len, c_len), 0), iota((c_len, c_len), 1)
     visible = cols <= rows
     if packed:
-        visible &= cols + c0 >= start  # key j in query i's segment
-        from_state = start < c0  # [C, 1] the query's segment began before the chunk
-        last = start[c_len - 1 :, :]  # [1, 1]
-        to_state = _iota((c_len, 1), 0) + c0 >= last  # the key is in the last segment
-        keep = last < c0  # [1, 1] the entering state survives the chunk
+        visible, from_state, to_state, keep = segment_masks(start, c0, c_len)
     if g is None:
-        a = jnp.where(visible, _dot_nt(q, k), 0.0)
-        o = _dot(a, v)
+        a = jnp.where(visible, dot_nt(q, k), 0.0)
+        o = dot(a, v)
         q_in, k_out = q, k
         s_dec = s
     else:
         f32 = jnp.float32
-        b = _dot((cols <= rows).astype(f32), g)  # [C, Dg] b_i: sums of one sign (<= 0)
-        after = _dot((cols > rows).astype(f32), g)  # b_C - b_j, summed directly (no cancelling)
-        sub_r, sub_c = _iota((SUB, SUB), 0), _iota((SUB, SUB), 1)
+        b = dot((cols <= rows).astype(f32), g)  # [C, Dg] b_i: sums of one sign (<= 0)
+        after = dot((cols > rows).astype(f32), g)  # b_C - b_j, summed directly (no cancelling)
+        sub_r, sub_c = iota((SUB, SUB), 0), iota((SUB, SUB), 1)
         pieces = []
         for sc in range(c_len // SUB):
             lo = sc * SUB
             qs, ks, vs, gs = (x[lo : lo + SUB] for x in (q, k, v, g))
-            local = _dot((sub_c <= sub_r).astype(f32), gs)  # l_i = b_i - r: from the sub-chunk
             seen = sub_c <= sub_r
             if packed:
                 seen &= sub_c + (lo + c0) >= start[lo : lo + SUB]
             # exponents l_i - l_j = sum of g_m over j < m <= i, summed directly: a difference
             # of l_i and l_j would cancel (l ~ -300 after strong gates leaves ~1e-5 absolute)
             if g.shape[-1] == 1:  # [SUB, SUB] = (g_m for m <= i) @ [m > j]
-                upto = jnp.where(sub_c <= sub_r, _row(gs), 0.0)  # [i, m]
-                expo = _dot(upto, (sub_r > sub_c).astype(f32))  # [i, j]
-                diag = _dot_nt(qs, ks) * jnp.exp(jnp.where(seen, expo, -jnp.inf))
+                upto = jnp.where(sub_c <= sub_r, row(gs), 0.0)  # [i, m]
+                expo = dot(upto, (sub_r > sub_c).astype(f32))  # [i, j]
+                diag = dot_nt(qs, ks) * jnp.exp(jnp.where(seen, expo, -jnp.inf))
             else:  # [SUB, SUB, Dk]: one [SUB^2, SUB] x [SUB, Dk] product
-                i3, j3, m3 = (_iota((SUB, SUB, SUB), d) for d in range(3))
+                i3, j3, m3 = (iota((SUB, SUB, SUB), d) for d in range(3))
                 pairs = ((j3 < m3) & (m3 <= i3)).astype(f32).reshape(SUB * SUB, SUB)
-                expo = _dot(pairs, gs).reshape(SUB, SUB, gs.shape[-1])
-                seen3 = _iota(expo.shape, 1) <= _iota(expo.shape, 0)  # causal (finite, <= 0)
+                expo = dot(pairs, gs).reshape(SUB, SUB, gs.shape[-1])
+                seen3 = iota(expo.shape, 1) <= iota(expo.shape, 0)  # causal (finite, <= 0)
                 expo = jnp.where(seen3, expo, -jnp.inf)
                 diag = jnp.sum(qs[:, None, :] * ks[None, :, :] * jnp.exp(expo), axis=-1)
-            o_s = _dot(jnp.where(seen, diag, 0.0), vs)
+            o_s = dot(jnp.where(seen, diag, 0.0), vs)
             if sc:  # keys before the sub-chunk meet the query through r = b_{lo - 1}:
                 # exp(b_i - r) = exp(l_i) and exp(r - b_j), the gates strictly between j and lo
-                between = _dot(((cols > rows) & (cols < lo)).astype(f32), g)
-                off = _dot_nt(qs * jnp.exp(local), k * jnp.exp(between))  # [SUB, C]
-                keys = _iota((SUB, c_len), 1)
+                local = dot((sub_c <= sub_r).astype(f32), gs)  # l_i = b_i - r
+                between = dot(((cols > rows) & (cols < lo)).astype(f32), g)
+                off = dot_nt(qs * jnp.exp(local), k * jnp.exp(between))  # [SUB, C]
+                keys = iota((SUB, c_len), 1)
                 earlier = keys < lo
                 if packed:
                     earlier &= keys + c0 >= start[lo : lo + SUB]
-                o_s = o_s + _dot(jnp.where(earlier, off, 0.0), v)
+                o_s = o_s + dot(jnp.where(earlier, off, 0.0), v)
             pieces.append(o_s)
         o = jnp.concatenate(pieces, axis=0)
         q_in = q * jnp.exp(b)
         k_out = k * jnp.exp(after)
         decay = jnp.exp(b[c_len - 1 :])  # [1, Dg]
-        s_dec = s * (_column(decay) if g.shape[-1] > 1 else decay)
+        s_dec = s * (column(decay) if g.shape[-1] > 1 else decay)
     if packed:
         q_in = jnp.where(from_state, q_in, 0.0)
         k_out = jnp.where(to_state, k_out, 0.0)
         s_dec = jnp.where(keep, s_dec, 0.0)
-    o = o + _dot(q_in, s)
-    return o, s_dec + _dot_t(k_out, v)
-
-
-def _row(col):
-    """[C, 1] -> [1, C] (the scalar gate's cumulative sums as a row), by the eye mask."""
-    c = col.shape[0]
-    eye = _iota((c, c), 0) == _iota((c, c), 1)
-    return jnp.sum(jnp.where(eye, col, 0.0), axis=0, keepdims=True)
+    o = o + dot(q_in, s)
+    return o, s_dec + dot_t(k_out, v)
 
 
 def step(q, k, v, *rest, start, c0, packed: bool, scale: float):
@@ -154,9 +115,7 @@ def normalized_step(q, k, v, s, *, start, c0, packed: bool, phi=None):
 
 
 def _reset(seg):
-    if seg is None:
-        return None
-    return jnp.concatenate([jnp.zeros_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], 1)
+    return None if seg is None else segment_starts(seg)
 
 
 def chunked(q, k, v, g, seg, s0, *, scale: float, chunk: int):
