@@ -98,8 +98,10 @@ def _compiled_bytes(compiled) -> int:
 
 def measure_jax(impl, mode, b, length, h, d, repeats, budget_bytes, dtype=jnp.float32):
     need = _NEEDS.get(impl, "tpu" if impl.endswith("-pallas") else None)
-    if need and jax.default_backend() != need and not (need == "tpu" and length <= 4096):
-        # (the Pallas kernels run under the interpreter off TPU: short lengths only)
+    # (the Pallas kernels run under the interpreter off TPU: short lengths only; the
+    # softmax kernels do not run off their backend at all)
+    interpreted = impl.endswith("-pallas") and length <= 4096
+    if need and jax.default_backend() != need and not interpreted:
         return {"seconds": float("nan"), "memory_bytes": float("nan"), "status": f"skipped: {need}"}
     fn = attention_fn(impl)
     if mode == "fwd":

@@ -107,10 +107,12 @@ def test_accelerator_rows_run_the_kernels_or_say_skipped(tmp_path, capsys):
     failed), and a crossover line per linear row."""
     argv = ["--lengths", "32", "--contexts", "32", "--repeats", "1", "--long_length", "0"]
     argv += ["--heads", "1", "--head_dim", "8", "--dtype", "bfloat16", "--out", str(tmp_path)]
-    rows = attention.main([*argv, "--impls", "softmax-blockwise,softmax-cudnn,delta-pallas"])
+    impls = "softmax-blockwise,softmax-cudnn,softmax-tpu_flash,delta-pallas"
+    rows = attention.main([*argv, "--impls", impls])
     status = {(r["impl"], r["kind"]): r["status"] for r in rows if r["kind"] != "decode"}
     assert status[("delta-pallas", "fwd+bwd")] == "ok"
     assert status[("softmax-cudnn", "fwd")] == "skipped: gpu"
+    assert status[("softmax-tpu_flash", "fwd")] == "skipped: tpu"
     out = capsys.readouterr().out
     assert "bf16, causal" in out.splitlines()[0]
     assert "crossover (fwd+bwd): delta-pallas " in out  # beats softmax from L = .. or never
