@@ -60,10 +60,10 @@ def _inverse_bwd(t, dt):
 unit_lower_inverse.defvjp(_inverse_fwd, _inverse_bwd)
 
 
-def chunk_step(q, k, v, beta, g, s, start, c0, *, packed: bool, scale: float):
+def chunk_step(q, k, v, beta, g, s, start, c0, *, packed: bool, scale: float, state_only=False):
     """One chunk: q (multiplied by `scale` here), k [C, Dk], v [C, Dv], beta [C, 1], g [C, 1]
     or None (DeltaNet), fp32; s [Dk, Dv]; start [C, 1] int32 and c0 as in `gla.chunk_step`.
-    Returns (o [C, Dv], the exit state [Dk, Dv])."""
+    Returns (o [C, Dv], the exit state [Dk, Dv]); with state_only, (None, the exit state)."""
     c_len = q.shape[0]
     q = q * scale
     rows, cols = iota((c_len, c_len), 0), iota((c_len, c_len), 1)
@@ -87,14 +87,18 @@ def chunk_step(q, k, v, beta, g, s, start, c0, *, packed: bool, scale: float):
     w_k = dot(t, (beta * decay_q) * k)
     w_v = dot(t, beta * v)
     u = w_v - dot(w_k, s)
-    o = dot(decay_q * q, s) + dot(dot_nt(q, k) * decay_ts, u)
-    return o, decay * s + dot_t(decay_k * k, u)
+    s_out = decay * s + dot_t(decay_k * k, u)
+    if state_only:
+        return None, s_out
+    return dot(decay_q * q, s) + dot(dot_nt(q, k) * decay_ts, u), s_out
 
 
-def step(q, k, v, beta, *rest, start, c0, packed: bool, scale: float):
+def step(q, k, v, beta, *rest, start, c0, packed: bool, scale: float, state_only=False):
     """`chunk_step` in the driver's calling convention: (q, k, v, beta, s) or with g before s."""
     g, s = rest if len(rest) == 2 else (None, rest[0])
-    return chunk_step(q, k, v, beta, g, s, start, c0, packed=packed, scale=scale)
+    return chunk_step(
+        q, k, v, beta, g, s, start, c0, packed=packed, scale=scale, state_only=state_only
+    )
 
 
 def chunked(q, k, v, beta, g, reset, s0, *, scale: float, chunk: int):

@@ -1,9 +1,10 @@
 """The grid, the state in VMEM and the custom VJP shared by the chunked linear-attention kernels.
 
-A kernel here is one pure function, `step(*xs, s, *, start, c0) -> (o, s')`, for one chunk of C
-tokens of one (batch row, head): xs the chunk's per-token inputs [C, D_i] in fp32, s [Dk, Dv]
-the entering state, start [C, 1] int32 the first token of each token's segment (`starts`), c0
-the chunk's first token index. `gla.py` and `delta.py` write it; this module runs it.
+A kernel here is one pure function, `step(*xs, s, *, start, c0, state_only) -> (o, s')`, for
+one chunk of C tokens of one (batch row, head): xs the chunk's per-token inputs [C, D_i] in
+fp32, s [Dk, Dv] the entering state, start [C, 1] int32 the first token of each token's segment
+(`starts`), c0 the chunk's first token index; with state_only it returns (None, s') and skips
+the output's work. `gla.py` and `delta.py` write it; this module runs it.
 
 Forward: the grid is (batch, head, block) with the block axis sequential ("arbitrary"); a grid
 step walks the T / C chunks of a block of T <= BLOCK_TOKENS tokens with a `fori_loop`, the
@@ -168,7 +169,7 @@ def _bwd_kernel(*refs, step, kinds: tuple, chunk: int, block: int):
     def forward(c, s):
         xs, start, _ = _chunk(xs_refs, kinds, start_ref, c, chunk)
         states_scr[c] = s
-        return step(*xs, s, start=start, c0=blk * block + c * chunk)[1]
+        return step(*xs, s, start=start, c0=blk * block + c * chunk, state_only=True)[1]
 
     lax.fori_loop(0, n, forward, sb_ref[...])
 

@@ -27,20 +27,22 @@ from research.ops.attention.pallas.tiles import column, dot, dot_nt, dot_t, iota
 from research.ops.attention.segments import segment_starts
 
 
-def chunk_step(q, k, v, g, s, start, c0, *, packed: bool, scale: float):
+def chunk_step(q, k, v, g, s, start, c0, *, packed: bool, scale: float, state_only=False):
     """One chunk. q (multiplied by `scale` here), k [C, Dk], v [C, Dv], g [C, Dg] (Dg = Dk or
     1) or None (no gate), all fp32; s [Dk, Dv] the entering state; start [C, 1] int32 the first
     token of each token's segment (global index, -1 for the first segment); c0 the chunk's first
-    global index. Returns (o [C, Dv], the exit state [Dk, Dv])."""
+    global index. Returns (o [C, Dv], the exit state [Dk, Dv]); with state_only, (None, the
+    exit state), skipping the intra-chunk work (the backward's recomputation of states)."""
     c_len = q.shape[0]
     q = q * scale
     rows, cols = iota((c_len, c_len), 0), iota((c_len, c_len), 1)
     visible = cols <= rows
     if packed:
         visible, from_state, to_state, keep = segment_masks(start, c0, c_len)
+    o = None
     if g is None:
-        a = jnp.where(visible, dot_nt(q, k), 0.0)
-        o = dot(a, v)
+        if not state_only:
+            o = dot(jnp.where(visible, dot_nt(q, k), 0.0), v)
         q_in, k_out = q, k
         s_dec = s
     else:
@@ -49,7 +51,7 @@ def chunk_step(q, k, v, g, s, start, c0, *, packed: bool, scale: float):
         after = dot((cols > rows).astype(f32), g)  # b_C - b_j, summed directly (no cancelling)
         sub_r, sub_c = iota((SUB, SUB), 0), iota((SUB, SUB), 1)
         pieces = []
-        for sc in range(c_len // SUB):
+        for sc in range(0 if state_only else c_len // SUB):
             lo = sc * SUB
             qs, ks, vs, gs = (x[lo : lo + SUB] for x in (q, k, v, g))
             seen = sub_c <= sub_r
@@ -80,7 +82,7 @@ def chunk_step(q, k, v, g, s, start, c0, *, packed: bool, scale: float):
                     earlier &= keys + c0 >= start[lo : lo + SUB]
                 o_s = o_s + dot(jnp.where(earlier, off, 0.0), v)
             pieces.append(o_s)
-        o = jnp.concatenate(pieces, axis=0)
+        o = jnp.concatenate(pieces, axis=0) if pieces else None
         q_in = q * jnp.exp(b)
         k_out = k * jnp.exp(after)
         decay = jnp.exp(b[c_len - 1 :])  # [1, Dg]
@@ -89,17 +91,17 @@ def chunk_step(q, k, v, g, s, start, c0, *, packed: bool, scale: float):
         q_in = jnp.where(from_state, q_in, 0.0)
         k_out = jnp.where(to_state, k_out, 0.0)
         s_dec = jnp.where(keep, s_dec, 0.0)
-    o = o + dot(q_in, s)
-    return o, s_dec + dot_t(k_out, v)
+    s_out = s_dec + dot_t(k_out, v)
+    return (None, s_out) if state_only else (o + dot(q_in, s), s_out)
 
 
-def step(q, k, v, *rest, start, c0, packed: bool, scale: float):
+def step(q, k, v, *rest, start, c0, packed: bool, scale: float, state_only=False):
     """`chunk_step` in the driver's calling convention: (q, k, v, s) or (q, k, v, g, s)."""
     g, s = rest if len(rest) == 2 else (None, rest[0])
-    return chunk_step(q, k, v, g, s, start, c0, packed=packed, scale=scale)
+    return chunk_step(q, k, v, g, s, start, c0, packed=packed, scale=scale, state_only=state_only)
 
 
-def normalized_step(q, k, v, s, *, start, c0, packed: bool, phi=None):
+def normalized_step(q, k, v, s, *, start, c0, packed: bool, phi=None, state_only=False):
     """Plain linear attention on features q, k (phi(q), phi(k) when `phi` is given: a
     per-element map applied here, so only q and k are kept for the backward): no gate over
     [v, 1] (numerator and denominator in one pass; s [Dk, Dv + 1] carries z as its last
@@ -107,9 +109,10 @@ def normalized_step(q, k, v, s, *, start, c0, packed: bool, phi=None):
     if phi is not None:
         q, k = phi(q), phi(k)
     ones = jnp.ones((v.shape[0], 1), jnp.float32)
-    o, s = chunk_step(
-        q, k, jnp.concatenate([v, ones], axis=1), None, s, start, c0, packed=packed, scale=1.0
-    )
+    vz = jnp.concatenate([v, ones], axis=1)
+    o, s = chunk_step(q, k, vz, None, s, start, c0, packed=packed, scale=1.0, state_only=state_only)
+    if state_only:
+        return None, s
     num, den = o[:, :-1], o[:, -1:]
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0), s
 
