@@ -152,7 +152,10 @@ def summary_line(summary, *, tokens: bool = True) -> str:
     ev = summary.eval
     if ev:
         metrics = [f"eval loss {ev['loss']:.4f}"] if "loss" in ev else []
-        metrics += [f"accuracy {ev['accuracy']:.4f}"] if "accuracy" in ev else []
+        if "accuracy" in ev:  # and a task's accuracy per part (mlm on zh_pretrain: per source)
+            each = [f"{k[9:]} {v:.4f}" for k, v in ev.items() if k.startswith("accuracy/")]
+            by_part = f" ({', '.join(each)})" if each else ""
+            metrics.append(f"accuracy {ev['accuracy']:.4f}{by_part}")
         if tokens and "perplexity" in ev:
             metrics.append(f"perplexity {ev['perplexity']:.2f}")
         parts.append(", ".join(metrics))

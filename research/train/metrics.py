@@ -23,7 +23,12 @@ def summarize(sums: dict) -> dict:
     if "grad_norm" in sums:
         out["grad_norm"] = float(sums["grad_norm"])
     for k in sums.keys() - {"loss_sum", "weight_sum", "correct", "grad_norm"}:
-        out[k] = float(sums[k])  # a task's own counts (mlm: "dropped"), summed over batches
+        name = k.partition("/")[2]
+        if k.startswith("correct/") and f"predicted/{name}" in sums:
+            # a task's accuracy per part (mlm on zh_pretrain: per source): hits / predicted
+            out[f"accuracy/{name}"] = float(sums[k]) / max(float(sums[f"predicted/{name}"]), 1.0)
+        elif not k.startswith("predicted/"):
+            out[k] = float(sums[k])  # a task's own counts (mlm: "dropped"), summed over batches
     return out
 
 

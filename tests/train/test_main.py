@@ -671,6 +671,10 @@ def test_summary_without_evaluation_says_so():
     assert "eval loss 5.0000, accuracy 0.5000, perplexity 148.41;" in summary_line(
         Summary(12, 12, 5.1, ev, 300.0)
     )
+    per_source = {**ev, "accuracy/daily": 0.25, "accuracy/inews": 0.125}
+    assert "accuracy 0.5000 (daily 0.2500, inews 0.1250), perplexity" in summary_line(
+        Summary(12, 12, 5.1, per_source, 300.0)
+    )
     hup = summary_line(
         Summary(1, 8, 5.1, {}, 300.0, preempted=True, resumed_from=7, signal="SIGHUP")
     )
