@@ -10,7 +10,10 @@ workdir/pretrain from `pretrain`):
   fine_tune        a [CLS] classifier trained on the same labeled examples (no pattern).
 Every trained setting is an ordinary run (tasks mlm / pet / classify) in workdir/runs/NAME,
 cached by result.json (rerunning resumes); accuracies are computed on every validation and test
-example and cached in accuracy.json. The table gives mean ± std over seeds, with the note's
+example and cached in accuracy.json. The labeled settings are read as the reference selects
+them: at every kept checkpoint (`checkpoint_every_steps` of the pet and classify runs), the test
+accuracy reported is the one at the step of best validation accuracy, with the final step's
+beside it (`best_validation`). The table gives mean ± std over seeds, with the note's
 RoBERTa-wwm-ext figures beside ours.
 """
 
@@ -26,6 +29,7 @@ import numpy as np
 from research.config import as_list
 from research.data import classification, patterns
 from research.experiments import sweep
+from research.models import params as params_io
 from research.report import (
     format_table,
     machine_header,
@@ -123,10 +127,14 @@ def run(c, workdir: str) -> list[dict]:
     results = []
 
     def record(setting, pattern, seed, acc):
+        # Untrained settings have one model: their final step is the selected one.
+        acc = {"validation_final": acc["validation"], "test_final": acc["test"], **acc}
         results.append({"setting": setting, "pattern": pattern, "seed": seed, **acc})
+        at = f" (step {acc['best_step']} of {acc['final_step']})" if "best_step" in acc else ""
         log(
             f"{setting} pattern {pattern} seed {seed}: validation {acc['validation']:.2f}, "
-            f"test {acc['test']:.2f}"
+            f"test {acc['test']:.2f}{at}; final step {acc['validation_final']:.2f} / "
+            f"{acc['test_final']:.2f}"
         )
 
     def pattern_acc(model, vocab, i):
@@ -153,34 +161,31 @@ def run(c, workdir: str) -> list[dict]:
             for seed in seeds:  # no training: the same number for every seed
                 record("zero_shot", i, seed, acc)
 
+    def fine_tune_acc(model, vocab):
+        return {
+            split: 100 * classify.accuracy(model, vocab, recs, seq_len=seq_len)
+            for split, recs in (("validation", validation), ("test", test))
+        }
+
     for (setting, p, seed), pc in runs.items():
         name = setting if p is None else f"{setting}_p{p}"
         out = workdir / "runs" / f"{name}_seed{seed}"
         log(sweep.start_message(out, f"training {name} seed {seed}"))
         sweep.train_point(pc, out, {"run": name, "seed": seed})
-        load = functools.cache(functools.partial(load_trained, out))  # only on a cache miss
 
         if setting == "zero_shot_mlm":
+            load = functools.cache(functools.partial(load_trained, out))  # on a cache miss only
             for i in range(len(templates)):
                 acc = sweep.cached_result(
                     out / f"p{i}", lambda i=i, load=load: pattern_acc(*load()[:2], i)
                 )
                 record(setting, i, seed, acc)
         elif setting == "fine_tune":
-            acc = sweep.cached_result(
-                out / "eval",
-                lambda load=load: {
-                    split: 100
-                    * classify.accuracy(load().model, load().vocab, recs, seq_len=seq_len)
-                    for split, recs in (("validation", validation), ("test", test))
-                },
-            )
-            record(setting, "-", seed, acc)
+            record(setting, "-", seed, best_validation(out, fine_tune_acc))
         else:
-            acc = sweep.cached_result(
-                out / "eval", lambda p=p, load=load: pattern_acc(*load()[:2], p)
+            record(
+                setting, p, seed, best_validation(out, lambda m, v, p=p: pattern_acc(m, v, p))
             )
-            record(setting, p, seed, acc)
 
     rows = summarize(results, settings, templates)
     if jax.process_index() == 0:
@@ -193,6 +198,39 @@ def run(c, workdir: str) -> list[dict]:
             f"({time.perf_counter() - t0:.0f} s)"
         )
     return rows
+
+
+def best_validation(out: pathlib.Path, accuracy) -> dict:
+    """The reference's model selection: accuracy (validation, test) at every kept checkpoint of
+    run `out` (each cached in out/eval_step{N}), reported at the step of best validation
+    accuracy (the earliest of equals), with the final step's beside it.
+
+    Args:
+      out: a trained run's workdir.
+      accuracy: (model, vocab) -> {"validation": %, "test": %}.
+
+    Returns:
+      validation, test (at the best validation step), best_step, validation_final, test_final,
+      final_step.
+    """
+    steps = params_io.checkpoint_steps(out / "checkpoints")
+    if not steps:
+        raise ConfigError(f"{out}: no checkpoints to select from")
+    acc = {
+        s: sweep.cached_result(
+            out / f"eval_step{s}", lambda s=s: accuracy(*load_trained(out, step=s)[:2])
+        )
+        for s in steps
+    }
+    best = max(steps, key=lambda s: (acc[s]["validation"], -s))
+    return {
+        "validation": acc[best]["validation"],
+        "test": acc[best]["test"],
+        "best_step": best,
+        "validation_final": acc[steps[-1]]["validation"],
+        "test_final": acc[steps[-1]]["test"],
+        "final_step": steps[-1],
+    }
 
 
 def _header(c, init, seeds, n_labeled, n_train, n_val, n_test) -> str:
@@ -219,7 +257,7 @@ def summarize(results, settings, templates) -> list[dict]:
                 "pattern": "-" if p == "-" else templates[p],
                 "seeds": len(mine),
             }
-            for split in ("validation", "test"):
+            for split in ("validation", "test", "test_final"):
                 row[f"{split}_mean"], row[f"{split}_std"] = seed_stats([r[split] for r in mine])
             row["note_validation"], row["note_test"] = NOTE[s]
             rows.append(row)
@@ -227,8 +265,8 @@ def summarize(results, settings, templates) -> list[dict]:
 
 
 def table(rows, templates) -> str:
-    """The note's layout: settings down; validation / test accuracy (mean ± std over seeds, or
-    the one seed's) and the note's."""
+    """The note's layout: settings down; validation / test accuracy at the best validation step
+    (mean ± std over seeds, or the one seed's), test at the final step, and the note's."""
 
     def cell(split):
         return lambda r: mean_std(r[f"{split}_mean"], r[f"{split}_std"], r["seeds"])
@@ -239,9 +277,16 @@ def table(rows, templates) -> str:
 
     return format_table(
         rows,
-        ["setting", "pattern", "validation", "test", "note (RoBERTa)"],
-        ["{setting}", "{pattern_id} {pattern}", cell("validation"), cell("test"), note],
-        align="llrrr",
+        ["setting", "pattern", "validation", "test", "test (final step)", "note (RoBERTa)"],
+        [
+            "{setting}",
+            "{pattern_id} {pattern}",
+            cell("validation"),
+            cell("test"),
+            cell("test_final"),
+            note,
+        ],
+        align="llrrrr",
     )
 
 

@@ -10,7 +10,9 @@ Training (`pet` section) is MLM training on rows built from the train split:
   labeled rows      the pattern applied, the slots' targets the label's verbalizer tokens, and
                     15% random MLM masking of the other tokens (80/10/10), as in the note;
   unlabeled rows    (pet.unlabeled = true: semi-supervised) [CLS] text [SEP] with random MLM
-                    masking only, mixed into the same batches (pet.unlabeled_share of the rows).
+                    masking only, mixed into the same batches: pet.unlabeled_share of the rows,
+                    or with pet.natural_mix their natural proportion, unlabeled / (labeled +
+                    unlabeled) (the reference trains on the union of both lists, shuffled).
 The loss is the cross-entropy at every predicted position (`research.tasks.mlm.mlm_loss`).
 Evaluation scores the validation split through the pattern: loss = -log p(label's words), and
 accuracy.
@@ -42,6 +44,7 @@ class PetConfig:
     labeled_examples: int = 0  # train on this many labeled train examples (seeded draw); 0 = all
     unlabeled: bool = False  # semi-supervised: also plain-MLM rows of all train text
     unlabeled_share: float = 0.5  # share of each batch's rows that are unlabeled
+    natural_mix: bool = False  # instead: unlabeled / (labeled + unlabeled), the reference's mix
     mask_rate: float = 0.15  # random MLM masking of the rows' tokens (80/10/10)
 
     def __post_init__(self):
@@ -51,12 +54,19 @@ class PetConfig:
             raise ValueError(f"unlabeled_share={self.unlabeled_share!r}: must be in (0, 1)")
         if not 0.0 <= self.mask_rate < 1.0:
             raise ValueError(f"mask_rate={self.mask_rate!r}: must be in [0, 1)")
-        if not isinstance(self.unlabeled, bool):
-            raise ValueError(f"unlabeled={self.unlabeled!r}: must be true or false")
+        for name in ("unlabeled", "natural_mix"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be true or false")
 
     @property
     def pattern(self) -> patterns.Pattern:
         return patterns.Pattern(self.template, tuple(self.verbalizer))
+
+
+def mix_share(cfg: PetConfig, labeled: int, unlabeled: int) -> float:
+    """The share of semi-supervised training rows that are unlabeled: cfg.unlabeled_share, or
+    with cfg.natural_mix unlabeled / (labeled + unlabeled), the two lists' natural proportion."""
+    return unlabeled / (labeled + unlabeled) if cfg.natural_mix else cfg.unlabeled_share
 
 
 def pattern_for(cfg: PetConfig, vocab) -> tuple[patterns.Pattern, np.ndarray]:
@@ -134,6 +144,7 @@ class PetTask(BertTask):
             except DataError as e:
                 raise DataError(f"{e} (pet.verbalizer has {num_labels} words)") from None
         unlabeled = train if s.unlabeled else None
+        share = mix_share(s, len(labeled), len(train))
 
         def make(is_train: bool):
             if is_train:
@@ -146,7 +157,7 @@ class PetTask(BertTask):
                     batch_size=t.batch_size,
                     seed=t.seed,
                     rate=s.mask_rate,
-                    unlabeled_share=s.unlabeled_share,
+                    unlabeled_share=share,
                     shards=d.shards,
                 )
             return cloze.eval_iterator(

@@ -165,3 +165,25 @@ def test_max_length_must_leave_room_for_the_text():
     ) as err:
         patterns.encode(SENTIMENT_PATTERNS[1], TEXT, VOCAB, max_length=10)
     _one_line(err)
+
+
+@pytest.mark.parametrize("natural_mix", [False, True])
+def test_semi_supervised_rows_mix_at_the_configured_share(natural_mix):
+    """Unlabeled rows make up pet.unlabeled_share of the training rows, or with natural_mix the
+    two lists' natural proportion (the reference's union of both lists)."""
+    from research.data import cloze
+    from research.tasks.pet import PetConfig, mix_share
+
+    labeled = [{"text": "这家店菜好吃", "label": i % 2} for i in range(10)]
+    unlabeled = [{"text": "服务差难吃", "label": -1} for _ in range(90)]
+    cfg = PetConfig(unlabeled=True, unlabeled_share=0.25, natural_mix=natural_mix)
+    share = mix_share(cfg, len(labeled), len(unlabeled))
+    assert share == (0.9 if natural_mix else 0.25)
+    pattern = SENTIMENT_PATTERNS[0]
+    kw = dict(seq_len=16, batch_size=20, seed=0, rate=0.0, unlabeled_share=share)
+    it = cloze.train_iterator(labeled, unlabeled, VOCAB, pattern, **kw)
+    rows = np.concatenate([next(it)["inputs"] for _ in range(40)])  # 800 rows
+    slot = patterns.encode(pattern, TEXT, VOCAB, max_length=16)[1][0]
+    unlabeled_rows = int(np.sum(rows[:, slot] != VOCAB.mask_id))  # labeled rows: [MASK] there
+    std = (len(rows) * share * (1 - share)) ** 0.5
+    assert abs(unlabeled_rows - len(rows) * share) <= 4 * std + 1, (unlabeled_rows, share)

@@ -180,6 +180,21 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (tmp_path / "pet.png").stat().st_size > 10_000
     assert "training few_shot_p0 seed 0 in " in capsys.readouterr().out
+    # The reference's selection: test at the step of best validation accuracy, final beside it.
+    for setting in ("few_shot", "semi_supervised", "fine_tune"):
+        name = f"{setting}_p0" if setting != "fine_tune" else setting
+        run_dir = tmp_path / "runs" / f"{name}_seed0"
+        acc = {
+            s: json.loads((run_dir / f"eval_step{s}" / "accuracy.json").read_text())
+            for s in (2, 4)
+        }
+        best = max((2, 4), key=lambda s: (acc[s]["validation"], -s))
+        row = next(r for r in rows if r["setting"] == setting)
+        assert (row["validation_mean"], row["test_mean"]) == (
+            acc[best]["validation"],
+            acc[best]["test"],
+        )
+        assert row["test_final_mean"] == acc[4]["test"]
     again = pet_experiment.run(
         c, str(tmp_path)
     )  # every point cached: the same numbers, nothing retrained
