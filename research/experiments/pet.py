@@ -183,9 +183,7 @@ def run(c, workdir: str) -> list[dict]:
         elif setting == "fine_tune":
             record(setting, "-", seed, best_validation(out, fine_tune_acc))
         else:
-            record(
-                setting, p, seed, best_validation(out, lambda m, v, p=p: pattern_acc(m, v, p))
-            )
+            record(setting, p, seed, best_validation(out, lambda m, v, p=p: pattern_acc(m, v, p)))
 
     rows = summarize(results, settings, templates)
     if jax.process_index() == 0:

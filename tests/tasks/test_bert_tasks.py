@@ -185,8 +185,7 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
         name = f"{setting}_p0" if setting != "fine_tune" else setting
         run_dir = tmp_path / "runs" / f"{name}_seed0"
         acc = {
-            s: json.loads((run_dir / f"eval_step{s}" / "accuracy.json").read_text())
-            for s in (2, 4)
+            s: json.loads((run_dir / f"eval_step{s}" / "accuracy.json").read_text()) for s in (2, 4)
         }
         best = max((2, 4), key=lambda s: (acc[s]["validation"], -s))
         row = next(r for r in rows if r["setting"] == setting)
