@@ -38,6 +38,8 @@ from research.train.trained import load_trained
 METRICS = {
     "question_bleu4": "question BLEU-4",
     "question_rougeL": "question ROUGE-L",
+    "question_em": "question exact match",
+    "question_novel_f1": "question F1, units not in the passage",
     "answer_em": "answer EM",
     "answer_f1": "answer F1",
     "answers": "answers kept / passage",

@@ -340,6 +340,16 @@ def test_metrics_against_hand_computed_values():
     assert metrics.text_scores(["甲乙丙丁"], ["甲丙丁戊"])["rougeL"] == pytest.approx(75)
     ex = {"passage": "开幕了。江泽民在北京发表讲话，大家鼓掌。完", "answer": "北京"}
     assert qagen.baseline_question(ex) == "江泽民在发表讲话，大家鼓掌"
+    # What copying cannot score: the reference's units absent from the passage are 哪, 里, ？.
+    ref = "江泽民在哪里发表讲话，大家鼓掌？"
+    hyps = [qagen.baseline_question(ex), "江泽民在哪发表讲话？", ref]
+    got = qagen_metrics.question_scores(hyps, [ref] * 3, [ex["passage"]] * 3)
+    # copy: no new units, F1 0; 哪 + ？ of 哪 里 ？: 2 * 2 / (2 + 3) = 0.8; the reference: 1.
+    assert got["question_novel_f1"] == pytest.approx(100 * (0 + 0.8 + 1) / 3)
+    assert got["question_em"] == pytest.approx(100 / 3)
+    # A pair whose reference adds nothing to its passage does not count toward the F1.
+    got = qagen_metrics.question_scores(["甲", "乙？"], ["甲", "丙？"], ["甲", "甲"])
+    assert got["question_novel_f1"] == pytest.approx(50) and got["question_em"] == 50
     assert qagen_metrics.frequent_answers(["上海", "北京", "江泽民"], ex["passage"], 1) == ["北京"]
 
 
@@ -384,8 +394,11 @@ def test_smoke_study_reports_generation_metrics_beside_the_baseline(study):
         assert 0 <= by[name]["model_mean"] <= 100 and 0 <= by[name]["baseline"] <= 100
         # One seed: no std (NaN, printed "(1 seed)"), not a fake 0.
         assert np.isnan(by[name]["model_std"]) and by[name]["seeds"] == 1
-    # The copy baseline shares most of a rule-made question's characters.
+    # The copy baseline shares most of a rule-made question's characters, and none of what the
+    # question adds to the passage.
     assert by["question_rougeL"]["baseline"] > 50
+    assert by["question_novel_f1"]["baseline"] == 0 and by["question_em"]["baseline"] == 0
+    assert 0 <= by["question_novel_f1"]["model_mean"] <= 100
     assert {p.name for p in workdir.iterdir()} >= {
         "qagen.csv",
         "qagen.png",

@@ -1,5 +1,6 @@
 """Qagen's evaluation: the question's corpus BLEU-4 and ROUGE-L F1 with the gold answer given
-(`research.tasks.seq2seq.metrics.text_scores`), and the sampled answers' exact match and F1
+(`research.tasks.seq2seq.metrics.text_scores`), its exact match and the F1 of what it adds to
+the passage (`question_scores`: copying cannot score there), and the sampled answers' exact match and F1
 against the passage's gold answers (SQuAD's max over golds); CJK text is scored per character,
 other text per word (`text_units`). The trivial baseline is scored on the same examples.
 """
@@ -49,6 +50,29 @@ def answer_scores(predictions: list[list[str]], golds: list[list[str]]) -> dict:
     }
 
 
+def question_scores(hyps: list[str], refs: list[str], passages: list[str]) -> dict:
+    """What copying the passage cannot score (the rule-made questions are mostly the answer's
+    sentence): `question_em`, the % of questions equal to the reference (the same
+    `text_units`); `question_novel_f1`, the F1 (x100, averaged over the pairs whose reference
+    has any) of the units of the question that are not in the passage (the interrogative and
+    the question mark of our rule questions), so a copy of the passage scores 0 by construction
+    and a model scores only for what it had to generate."""
+    em, f1 = [], []
+    for hyp, ref, passage in zip(hyps, refs, passages, strict=True):
+        h, r = text_units(hyp), text_units(ref)
+        em.append(h == r)
+        seen = set(text_units(passage))
+        h_new, r_new = [t for t in h if t not in seen], [t for t in r if t not in seen]
+        if not r_new:
+            continue
+        common = sum((collections.Counter(h_new) & collections.Counter(r_new)).values())
+        f1.append(2 * common / (len(h_new) + len(r_new)))
+    return {
+        "question_em": 100 * float(np.mean(em)) if em else 0.0,
+        "question_novel_f1": 100 * float(np.mean(f1)) if f1 else 0.0,
+    }
+
+
 def baseline_question(ex: dict) -> str:
     """The trivial baseline: the sentence that holds the answer, the answer removed."""
     p, a = ex["passage"], ex["answer"]
@@ -90,8 +114,10 @@ def baseline_metrics(
     out = {}
     pairs = fitting(vocab, held_out, s, s.eval_examples)
     if pairs:
-        scores = text_scores([baseline_question(e) for e in pairs], [e["question"] for e in pairs])
+        hyps, refs = [baseline_question(e) for e in pairs], [e["question"] for e in pairs]
+        scores = text_scores(hyps, refs)
         out |= {"question_bleu4": scores["bleu"], "question_rougeL": scores["rougeL"]}
+        out |= question_scores(hyps, refs, [e["passage"] for e in pairs])
     passages = by_passage(held_out, s.eval_passages)
     if passages:
         budget = qa_rows.passage_budget(
@@ -137,8 +163,10 @@ def evaluate_model(
             [e["answer"] for e in pairs],
             [e.get("answer_start", e["passage"].find(e["answer"])) for e in pairs],
         )
-        scores = text_scores([a["question"] for a in asked], [e["question"] for e in pairs])
+        hyps, refs = [a["question"] for a in asked], [e["question"] for e in pairs]
+        scores = text_scores(hyps, refs)
         out |= {"question_bleu4": scores["bleu"], "question_rougeL": scores["rougeL"]}
+        out |= question_scores(hyps, refs, [e["passage"] for e in pairs])
     passages = by_passage(held_out, s.eval_passages)
     if passages:
         got = gen.generate([p for p, _ in passages], jax.random.key(seed))
