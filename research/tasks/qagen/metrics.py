@@ -1,8 +1,9 @@
 """Qagen's evaluation: the question's corpus BLEU-4 and ROUGE-L F1 with the gold answer given
 (`research.tasks.seq2seq.metrics.text_scores`), its exact match and the F1 of what it adds to
-the passage (`question_scores`: copying cannot score there), and the sampled answers' exact match and F1
-against the passage's gold answers (SQuAD's max over golds); CJK text is scored per character,
-other text per word (`text_units`). The trivial baseline is scored on the same examples.
+the passage (`question_scores`: copying cannot score there), and the sampled answers' exact
+match and F1 against the passage's gold answers (SQuAD's max over golds); CJK text is scored
+per character, other text per word (`text_units`). The trivial baseline is scored on the same
+examples.
 """
 
 import collections
