@@ -14,4 +14,5 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache  # architecture contracts in pyproject.toml
-exec .venv/bin/python -m pytest -n 2 "$@"
+# loadgroup: each test file whole on one worker (tests/conftest.py), module fixtures made once
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
