@@ -24,7 +24,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
-import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -38,16 +37,3 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("seqlab")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
-def pytest_collection_modifyitems(config, items):
-    """Under `--dist loadgroup` (launch/test.sh) every test file runs whole on one worker, so a
-    module-scoped fixture (a trained smoke model, a built dataset) is made once, not once per
-    worker that happens to get one of its tests. tests/tasks/ is one group: its files share the
-    session's smoke MLM (tests/tasks/conftest.py)."""
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        item.add_marker(
-            pytest.mark.xdist_group("tests/tasks" if path.startswith("tests/tasks/") else path)
-        )

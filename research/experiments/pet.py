@@ -255,8 +255,11 @@ def summarize(results, settings, templates) -> list[dict]:
                 "pattern": "-" if p == "-" else templates[p],
                 "seeds": len(mine),
             }
-            for split in ("validation", "test", "test_final"):
+            for split in ("validation", "test"):
                 row[f"{split}_mean"], row[f"{split}_std"] = seed_stats([r[split] for r in mine])
+            # A result without model selection (one model per run) has its final test as test.
+            final = [r.get("test_final", r["test"]) for r in mine]
+            row["test_final_mean"], row["test_final_std"] = seed_stats(final)
             row["note_validation"], row["note_test"] = NOTE[s]
             rows.append(row)
     return rows
