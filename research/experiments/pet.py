@@ -25,6 +25,7 @@ import time
 
 import jax
 import numpy as np
+import scipy.stats
 
 from research.config import as_list
 from research.data import classification, patterns
@@ -146,18 +147,37 @@ def run(c, workdir: str) -> list[dict]:
 
     if "zero_shot" in settings:
         model, vocab = None, None
+
+        def load():
+            nonlocal model, vocab
+            if model is None:
+                model = bert.pretrained_model(init, key="init")
+                model.eval()
+                vocab = bert.pretrained_config(init, key="init")[1]
+            return model, vocab
+
         for i in range(len(templates)):
             out = workdir / "runs" / f"zero_shot_p{i}"
-
-            def zero_shot(i=i):
-                nonlocal model, vocab
-                if model is None:
-                    model = bert.pretrained_model(init, key="init")
-                    model.eval()
-                    vocab = bert.pretrained_config(init, key="init")[1]
-                return pattern_acc(model, vocab, i)
-
-            acc = sweep.cached_result(out, zero_shot)
+            acc = sweep.cached_result(out, lambda i=i: pattern_acc(*load(), i))
+            if len(verbalizer) == 2:  # signal or prior: the gap's AUC, a calibrated threshold
+                p = patterns.Pattern(templates[i], verbalizer)
+                signal = sweep.cached_result(
+                    out / "signal",
+                    lambda p=p: zero_shot_signal(
+                        *(
+                            pet.scores(*load(), p, recs, seq_len=seq_len)
+                            for recs in (validation, test)
+                        )
+                    ),
+                )
+                log(
+                    f"zero_shot pattern {i}: AUC of the label-score gap "
+                    f"{signal['auc_validation']:.3f} / {signal['auc_test']:.3f} (validation / "
+                    f"test; 0.5 = no signal); with a "
+                    f"threshold chosen on validation {signal['threshold_validation']:.2f} / "
+                    f"{signal['threshold_test']:.2f}; label 1 predicted for "
+                    f"{signal['positive_share_test']:.1%} of test"
+                )
             for seed in seeds:  # no training: the same number for every seed
                 record("zero_shot", i, seed, acc)
 
@@ -196,6 +216,38 @@ def run(c, workdir: str) -> list[dict]:
             f"({time.perf_counter() - t0:.0f} s)"
         )
     return rows
+
+
+def zero_shot_signal(validation: tuple, test: tuple) -> dict:
+    """Whether a two-label zero-shot score carries signal beyond its prior. Each argument is
+    (scores [N, 2], labels [N]) (`research.tasks.pet.scores`); the gap is score(label 1) -
+    score(label 0).
+
+    Returns:
+      auc_validation / auc_test: the probability that a label-1 example's gap exceeds a label-0
+        example's (Mann-Whitney U / (n1 n0)); 0.5 = no signal, whatever the prior.
+      threshold: the gap threshold of best validation accuracy (the prior calibrated away on
+        validation), and threshold_validation / threshold_test: the accuracy (%) with it.
+      positive_share_test: the share of test examples the plain argmax puts in label 1.
+    """
+    gaps = {}
+    for name, (s, y) in (("validation", validation), ("test", test)):
+        gaps[name] = (s[:, 1] - s[:, 0], np.asarray(y))
+    out = {}
+    for name, (g, y) in gaps.items():
+        u = scipy.stats.mannwhitneyu(g[y == 1], g[y == 0]).statistic
+        out[f"auc_{name}"] = float(u / ((y == 1).sum() * (y == 0).sum()))
+    g, y = gaps["validation"]
+    cuts = np.concatenate([[-np.inf], np.unique(g)])  # predict 1 where gap > cut
+    accs = [float(np.mean((g > t) == y)) for t in cuts]
+    t = float(cuts[int(np.argmax(accs))])
+    gt, yt = gaps["test"]
+    return out | {
+        "threshold": t,
+        "threshold_validation": 100 * max(accs),
+        "threshold_test": 100 * float(np.mean((gt > t) == yt)),
+        "positive_share_test": float(np.mean(gt > 0)),
+    }
 
 
 def best_validation(out: pathlib.Path, accuracy) -> dict:

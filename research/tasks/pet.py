@@ -99,6 +99,27 @@ def make_loss(verbalizer_ids: np.ndarray, max_predicted: int):
     return loss_fn
 
 
+def scores(
+    model, vocab, pattern: patterns.Pattern, records, *, seq_len: int, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(label scores [N, num_labels], labels [N]) of every record through `pattern`: the MLM's
+    log-probability of each label's words at the slots (`research.ops.label_scores`)."""
+    table = jnp.asarray(patterns.verbalizer_ids(pattern, vocab))
+
+    @jax.jit
+    def score(m, x, k, pos):
+        logits = m(x, mask=k, predict_at=pos).logits  # [B, S, V]: the slots only
+        at = jnp.broadcast_to(jnp.arange(pos.shape[1]), pos.shape)
+        return ops.label_scores(logits, at, table)
+
+    out, labels = [], []
+    for b in cloze.eval_batches(records, vocab, pattern, seq_len=seq_len, batch_size=batch_size):
+        keep = b["weights"] > 0
+        out.append(np.asarray(score(model, b["inputs"], b["mask"], b["mask_positions"]))[keep])
+        labels.append(b["labels"][keep])
+    return np.concatenate(out), np.concatenate(labels)
+
+
 def accuracy(
     model, vocab, pattern: patterns.Pattern, records, *, seq_len: int, batch_size: int = 64
 ) -> float:

@@ -167,6 +167,29 @@ def test_pet_rows_put_the_verbalizer_at_the_slots(mlm_workdir):
     assert int(plain["mask"].sum()) == 2 + len(rec["text"])
 
 
+def test_zero_shot_signal_against_brute_force():
+    """AUC by counting every (label 1, label 0) pair, the calibrated threshold by trying every
+    cut: what `zero_shot_signal` reports to tell a wrong prior from no signal."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    s = np.stack([rng.normal(size=60), rng.normal(size=60) + 0.8 * y - 2.0], axis=1)
+    yt = rng.integers(0, 2, 40)
+    st = np.stack([rng.normal(size=40), rng.normal(size=40) + 0.8 * yt - 2.0], axis=1)
+    got = pet_experiment.zero_shot_signal((s, y), (st, yt))
+    for (sc, lab), name in (((s, y), "validation"), ((st, yt), "test")):
+        gap = sc[:, 1] - sc[:, 0]
+        pairs = [(a > b) + 0.5 * (a == b) for a in gap[lab == 1] for b in gap[lab == 0]]
+        assert got[f"auc_{name}"] == pytest.approx(np.mean(pairs))
+    gap, gap_t = s[:, 1] - s[:, 0], st[:, 1] - st[:, 0]
+    best = max(np.mean((gap > t) == y) for t in [-np.inf, *gap])
+    assert got["threshold_validation"] == pytest.approx(100 * best)
+    assert got["threshold_test"] == pytest.approx(100 * np.mean((gap_t > got["threshold"]) == yt))
+    # The prior (-2) puts nearly everything in label 0; the threshold calibrates it away.
+    assert got["positive_share_test"] < 0.2 and got["threshold_validation"] > 100 * max(
+        np.mean(y), 1 - np.mean(y)
+    )
+
+
 def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tmp_path, capsys):
     c = pet_config.get_config("smoke")
     c.init = f"workdir:{mlm_workdir}"
@@ -194,6 +217,10 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
             acc[best]["test"],
         )
         assert row["test_final_mean"] == acc[4]["test"]
+    signal = json.loads(
+        (tmp_path / "runs" / "zero_shot_p0" / "signal" / "accuracy.json").read_text()
+    )
+    assert 0 <= signal["auc_validation"] <= 1 and 0 <= signal["auc_test"] <= 1
     again = pet_experiment.run(
         c, str(tmp_path)
     )  # every point cached: the same numbers, nothing retrained
