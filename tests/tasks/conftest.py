@@ -1,5 +1,6 @@
 """One smoke MLM for the BERT-family tests (classify, PET, Theseus, seq2seq from a BERT): built
-once per session on People's Daily and the reviews, read-only afterwards (load_trained)."""
+once per session (for all xdist workers, tests/once.py) on People's Daily and the reviews, in its
+own data directory, read-only afterwards (load_trained). Each worker has its own `data_dir`."""
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from configs import mlm as mlm_config
 from research.train import loop
 from research.train.config import parse
+from tests.once import once
 
 
 @pytest.fixture(scope="session")
@@ -15,10 +17,11 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def mlm_workdir(tmp_path_factory, data_dir):
-    c = mlm_config.get_config("smoke")  # 2 layers
-    c.data.data_dir = data_dir
-    workdir = tmp_path_factory.mktemp("mlm")
-    summary = loop.train_and_evaluate(parse(c), str(workdir))
-    assert np.isfinite(summary.final_train_loss)
-    return workdir
+def mlm_workdir(tmp_path_factory):
+    def build(path):
+        c = mlm_config.get_config("smoke")  # 2 layers
+        c.data.data_dir = str(path / "data")
+        summary = loop.train_and_evaluate(parse(c), str(path / "mlm"))
+        assert np.isfinite(summary.final_train_loss)
+
+    return once(tmp_path_factory, "zh-smoke-mlm", build)[0] / "mlm"

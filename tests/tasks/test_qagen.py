@@ -24,6 +24,7 @@ from research.tasks.qagen import metrics as qagen_metrics
 from research.tasks.seq2seq import metrics
 from research.train import load_trained
 from research.train.config import parse
+from tests.once import once
 
 CLS, SEP, PAD = 2, 3, 0
 
@@ -379,12 +380,16 @@ def test_config_errors():
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """The smoke experiment: a smoke MLM pretrained, then one qagen run from it."""
-    wd = tmp_path_factory.mktemp("qagen")
-    c = qagen_config.get_config("smoke")
-    c.data.data_dir = str(wd / "data")
-    rows = EXPERIMENTS["qagen"](c, str(wd / "study"))
-    return wd / "study", rows
+    """The smoke experiment: a smoke MLM pretrained, then one qagen run from it; made once for all
+    xdist workers, read-only."""
+
+    def build(path):
+        c = qagen_config.get_config("smoke")
+        c.data.data_dir = str(path / "data")
+        return EXPERIMENTS["qagen"](c, str(path / "study"))
+
+    path, rows = once(tmp_path_factory, "qagen-smoke-study", build)
+    return path / "study", rows
 
 
 def test_smoke_study_reports_generation_metrics_beside_the_baseline(study):

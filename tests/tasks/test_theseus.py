@@ -24,6 +24,7 @@ from research.models.variables import Frozen
 from research.tasks import bert
 from research.train.config import parse
 from research.train.trained import load_trained
+from tests.once import once
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -39,13 +40,19 @@ def _assert_same(a: dict, b: dict):
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory, data_dir, mlm_workdir):
-    """configs/theseus.py:smoke from the MLM: (table rows, config, workdir)."""
+def experiment(tmp_path_factory, mlm_workdir):
+    """configs/theseus.py:smoke from the MLM: (table rows, config, workdir), made once for all
+    xdist workers (with its own data directory). Read-only: a test that reruns it copies it."""
     c = theseus_config.get_config("smoke")
     c.init = f"workdir:{mlm_workdir}"
-    c.data.data_dir = data_dir
-    workdir = tmp_path_factory.mktemp("theseus")
-    return theseus_experiment.run(c, str(workdir)), c, workdir
+
+    def build(path):
+        c.data.data_dir = str(path / "data")
+        return theseus_experiment.run(c, str(path / "wd"))
+
+    path, rows = once(tmp_path_factory, "theseus-smoke", build)
+    c.data.data_dir = str(path / "data")
+    return rows, c, path / "wd"
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +199,8 @@ def test_experiment_cli_errors_exit_2(mlm_workdir, tmp_path, override, message):
     assert last.startswith("error: ") and message in last, last
 
 
-def test_theseus_experiment_smoke_table_csv_png_and_resume(mlm_workdir, experiment):
-    rows, c, tmp_path = experiment
+def test_theseus_experiment_smoke_table_csv_png_and_resume(mlm_workdir, experiment, tmp_path):
+    rows, c, workdir = experiment
     assert [(r["kind"], r["layers"]) for r in rows] == [
         ("predecessor", 2),
         ("direct", 1),
@@ -206,12 +213,14 @@ def test_theseus_experiment_smoke_table_csv_png_and_resume(mlm_workdir, experime
         assert 0 <= r["validation_mean"] <= 100 and r["seeds"] == 1 and r["eval_tokens_per_s"] > 0
     # k / n = 1/2: the note's 6-of-12-layer figures.
     assert [r["note_dev"] for r in rows] == [60.11, 58.99, 59.61]
-    with open(tmp_path / "theseus.csv") as f:
+    with open(workdir / "theseus.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
-    assert (tmp_path / "theseus.png").stat().st_size > 10_000
-    assert theseus_experiment.run(c, str(tmp_path)) == rows  # every run cached: nothing retrained
+    assert (workdir / "theseus.png").stat().st_size > 10_000
+    # Every run cached: nothing retrained; the table is rewritten the same (the fixture's rows
+    # came through JSON). The runs hold their absolute paths, so this reruns in place.
+    assert json.loads(json.dumps(theseus_experiment.run(c, str(workdir)))) == rows
     # The direct baseline trains as many steps as Theseus's two stages together (4 + 4).
-    direct = tmp_path / "runs" / "direct_k1_seed0"
+    direct = workdir / "runs" / "direct_k1_seed0"
     saved = json.loads((direct / "result.json").read_text())
     assert saved["config"]["num_train_steps"] == 8 == load_trained(direct).step
     bad = copy.deepcopy(c)

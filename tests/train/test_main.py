@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
+from tests.once import once
 from tests.preemption import sigterm_after_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -56,12 +58,17 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir):
-    """An uninterrupted 24-step smoke run."""
-    wd = tmp_path_factory.mktemp("reference")
-    r = _run(wd, data_dir, "--config.num_train_steps=24")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return wd, r
+def reference(tmp_path_factory):
+    """An uninterrupted 24-step smoke run (its own data directory; data.data_dir is a safe change,
+    so the tests resume copies of it with theirs), made once for all xdist workers. Read-only."""
+
+    def build(path):
+        r = _run(path / "wd", path / "data", "--config.num_train_steps=24")
+        assert r.returncode == 0, r.stderr[-3000:]
+        return {"stdout": r.stdout, "stderr": r.stderr}
+
+    path, r = once(tmp_path_factory, "lm-smoke-reference", build)
+    return path / "wd", SimpleNamespace(**r)
 
 
 def test_smoke_run_writes_metrics_checkpoints_and_summary(reference):
@@ -625,7 +632,8 @@ def test_resuming_with_a_changed_config(reference, data_dir, tmp_path):
         "to resume anyway"
     )
     assert _files(wd) == before  # nothing saved, nothing deleted
-    r = _run(wd, data_dir, "--config.num_train_steps=24", "--config.eval_every_steps=3")
+    same_data = reference[0].parent / "data"  # the reference's: only the schedule changes
+    r = _run(wd, same_data, "--config.num_train_steps=24", "--config.eval_every_steps=3")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from step 24" in r.stdout
     assert "config changed since checkpoint 24: eval_every_steps 6 -> 3" in r.stdout
