@@ -16,6 +16,6 @@ fi
 .venv/bin/lint-imports --no-cache  # architecture contracts in pyproject.toml
 # Three workers on two cores: the suite is compile-bound but also waits on subprocesses, gloo and
 # disk, and two workers left part of a core idle. Cold suite, fresh clone, 2-core Intel Xeon VM:
-# 23m58s with 2 workers, 18m55s with 3 (a niced training job beside it), 17m41s with 4 alone, but
-# 4 workers peaked at 20 of 24 GiB (up to 5.6 GiB each). SEQLAB_TEST_WORKERS overrides it.
+# 23m58s with 2 workers, 18m55s with 3 (a niced training job beside it), 17m41s with 4 alone; but
+# workers grow to 5.6 GiB each, too near 24 GiB for 4. SEQLAB_TEST_WORKERS overrides it.
 exec .venv/bin/python -m pytest -n "${SEQLAB_TEST_WORKERS:-3}" "$@"
