@@ -30,7 +30,8 @@ TITLE = (
 def text_problems(fig: Figure, dpi: float) -> list[str]:
     """What is wrong with the figure's text as drawn at `dpi`: each drawn (visible, non-empty)
     Text artist's window extent must lie inside the figure's, its font be at least MIN_POINTS,
-    and the suptitle must overlap no other text."""
+    the tick labels of one axis must not overlap each other, and the suptitle must overlap no
+    other text."""
     fig.set_dpi(dpi)
     drawn: list[Text] = []
     draw = Text.draw
@@ -41,6 +42,11 @@ def text_problems(fig: Figure, dpi: float) -> list[str]:
         return draw(self, renderer)
 
     Text.draw = recording
+    for n, ax in enumerate(fig.axes):  # mark tick labels with their axis, to compare them
+        for side, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            for label in axis.get_ticklabels():  # rotated ones: boxes overlap, glyphs need not
+                if label.get_rotation() == 0:
+                    label._seqlab_tick = (n, side)
     try:
         fig.canvas.draw()
     finally:
@@ -61,6 +67,14 @@ def text_problems(fig: Figure, dpi: float) -> list[str]:
             problems.append(f"{name} at {b.bounds} leaves the canvas {canvas.bounds}")
         if t.get_fontsize() < MIN_POINTS:
             problems.append(f"{name} is {t.get_fontsize()} pt")
+    for i, t in enumerate(drawn):  # tick labels of one axis side by side must not run together
+        for u in drawn[i + 1 :]:
+            ticks = getattr(t, "_seqlab_tick", None)
+            if ticks is not None and ticks == getattr(u, "_seqlab_tick", None):
+                if boxes[id(t)].overlaps(boxes[id(u)]):
+                    problems.append(
+                        f"tick labels {t.get_text()[:30]!r} and {u.get_text()[:30]!r} overlap"
+                    )
     title = fig._suptitle
     if title is not None and title.get_text():
         for t in drawn:

@@ -14,6 +14,7 @@ and the question for each gold answer.
 import copy
 import json
 import pathlib
+import textwrap
 import time
 
 import jax
@@ -197,9 +198,10 @@ def plot(rows, path, title):
             label=f"UniLM ({over_seeds(r['seeds'] for r in shown)})",
         )
         ax.bar(x + 0.2, [r["baseline"] for r in shown], 0.4, label="trivial baseline")
-        ax.set_xticks(x, [r["metric"] for r in shown], fontsize=8)
+        # Wrapped: the longer metric names would run into each other on one line.
+        ax.set_xticks(x, [textwrap.fill(r["metric"], 12) for r in shown], fontsize=8)
         ax.set_ylim(0, 100)
         ax.set_ylabel("held-out score (%, 100 = perfect)")
         ax.grid(alpha=0.3, axis="y")
-        # Below the axes: inside, it would cover the bars that reach 90.
-        ax.legend(fontsize=8, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+        # Below the axes and their wrapped tick labels: inside, it would cover the bars at 90.
+        ax.legend(fontsize=8, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
