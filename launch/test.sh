@@ -14,8 +14,8 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache  # architecture contracts in pyproject.toml
-# Four workers on two cores: the suite is compile-bound but also waits on subprocesses, gloo and
+# Three workers on two cores: the suite is compile-bound but also waits on subprocesses, gloo and
 # disk, and two workers left part of a core idle. Cold suite, fresh clone, 2-core Intel Xeon VM,
 # whole test.sh: 25m46s with 2 workers, 20m05s with 3, 18m41s with 4 (about 17 GiB of the 24 in
 # use late in the run). SEQLAB_TEST_WORKERS overrides it (fewer on a machine with less memory).
-exec .venv/bin/python -m pytest -n "${SEQLAB_TEST_WORKERS:-4}" "$@"
+exec .venv/bin/python -m pytest -n "${SEQLAB_TEST_WORKERS:-3}" "$@"
