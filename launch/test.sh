@@ -16,6 +16,6 @@ fi
 .venv/bin/lint-imports --no-cache  # architecture contracts in pyproject.toml
 # Three workers on two cores: the suite is compile-bound but also waits on subprocesses, gloo and
 # disk, and two workers left part of a core idle. Cold suite, fresh clone, 2-core Intel Xeon VM,
-# whole test.sh: 25m46s with 2 workers, 20m05s with 3, 18m41s with 4 (about 17 GiB of the 24 in
-# use late in the run). SEQLAB_TEST_WORKERS overrides it (fewer on a machine with less memory).
+# whole test.sh: 25m46s with 2 workers, 20m05s with 3; with 4, 18m41s and 20m50s (20 GiB of 24 in
+# use), so no reliable gain. SEQLAB_TEST_WORKERS overrides it (fewer with less memory).
 exec .venv/bin/python -m pytest -n "${SEQLAB_TEST_WORKERS:-3}" "$@"

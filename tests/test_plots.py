@@ -42,11 +42,6 @@ def text_problems(fig: Figure, dpi: float) -> list[str]:
         return draw(self, renderer)
 
     Text.draw = recording
-    for n, ax in enumerate(fig.axes):  # mark tick labels with their axis, to compare them
-        for side, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
-            for label in axis.get_ticklabels():  # rotated ones: boxes overlap, glyphs need not
-                if label.get_rotation() == 0:
-                    label._seqlab_tick = (n, side)
     try:
         fig.canvas.draw()
     finally:
@@ -67,10 +62,12 @@ def text_problems(fig: Figure, dpi: float) -> list[str]:
             problems.append(f"{name} at {b.bounds} leaves the canvas {canvas.bounds}")
         if t.get_fontsize() < MIN_POINTS:
             problems.append(f"{name} is {t.get_fontsize()} pt")
-    for i, t in enumerate(drawn):  # tick labels of one axis side by side must not run together
-        for u in drawn[i + 1 :]:
-            ticks = getattr(t, "_seqlab_tick", None)
-            if ticks is not None and ticks == getattr(u, "_seqlab_tick", None):
+    for axis in (a for ax in fig.axes for a in (ax.xaxis, ax.yaxis)):
+        # One axis's drawn, unrotated tick labels must not run together (rotated ones' boxes
+        # overlap although their glyphs need not).
+        ticks = [t for t in axis.get_ticklabels() if id(t) in boxes and t.get_rotation() == 0]
+        for i, t in enumerate(ticks):
+            for u in ticks[i + 1 :]:
                 if boxes[id(t)].overlaps(boxes[id(u)]):
                     problems.append(
                         f"tick labels {t.get_text()[:30]!r} and {u.get_text()[:30]!r} overlap"

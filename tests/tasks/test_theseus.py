@@ -42,7 +42,8 @@ def _assert_same(a: dict, b: dict):
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, mlm_workdir):
     """configs/theseus.py:smoke from the MLM: (table rows, config, workdir), made once for all
-    xdist workers (with its own data directory). Read-only: a test that reruns it copies it."""
+    xdist workers (with its own data directory). Its runs hold absolute paths, so the one test
+    that reruns it does so in place (every run cached)."""
     c = theseus_config.get_config("smoke")
     c.init = f"workdir:{mlm_workdir}"
 
