@@ -35,6 +35,13 @@ for arg in "$@"; do
   case "$arg" in --workdir=*) logdir="${arg#--workdir=}" ;; esac
 done
 mkdir -p "$logdir"
+# The caller's other XLA flags are kept; the device count is this script's.
+xla_flags=""
+read -ra caller_flags <<< "${XLA_FLAGS:-}"
+for flag in "${caller_flags[@]}"; do
+  case "$flag" in --xla_force_host_platform_device_count=*) ;; *) xla_flags+="$flag " ;; esac
+done
+xla_flags+="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}"
 pids=()
 signalled=0
 forward() {
@@ -43,7 +50,7 @@ forward() {
 }
 trap forward TERM INT HUP
 for ((i = 0; i < n; i++)); do
-  cmd=(env XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}"
+  cmd=(env XLA_FLAGS="$xla_flags"
     JAX_PLATFORMS=cpu SEQLAB_COORDINATOR="127.0.0.1:$port" SEQLAB_NUM_PROCESSES="$n"
     SEQLAB_PROCESS_ID="$i" "$python" -m research.main "$@")
   if [ "$i" = 0 ]; then

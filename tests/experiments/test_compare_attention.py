@@ -2,22 +2,20 @@
 
 import csv
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from tests.cpu import cpu_env
 from tests.preemption import sigterm_after_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _env():
-    return dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2"
-    )
+    return cpu_env(2)
 
 
 def _cmd(workdir, data_dir, *overrides):

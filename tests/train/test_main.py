@@ -1,7 +1,6 @@
 """The training CLI end to end: smoke, resume, preemption, corrupt checkpoint, NaN, bad config."""
 
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -13,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.cpu import cpu_env
 from tests.once import once
 from tests.preemption import sigterm_after_metrics
 
@@ -20,10 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _env():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
+    return cpu_env(4)
 
 
 def _cmd(workdir, data_dir, *overrides, config="configs/lm.py:smoke"):

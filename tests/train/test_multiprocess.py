@@ -1,13 +1,14 @@
 """2 processes x 2 CPU devices (gloo collectives) train exactly like 1 process x 4 devices."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from tests.cpu import cpu_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -17,10 +18,8 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
 
 
-def _run(cmd, env, **extra):
-    r = subprocess.run(
-        cmd, cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=600
-    )
+def _run(cmd, env):
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r
 
@@ -40,10 +39,9 @@ def test_default_stream_ignores_the_topology_and_resumes_on_another(tmp_path):
         f"--config.data.data_dir={tmp_path / 'data'}",
         f"--config.num_train_steps={steps}",
     ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "SEQLAB_PYTHON": sys.executable}
-    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = cpu_env(4, SEQLAB_PYTHON=sys.executable)
     main = [sys.executable, "-m", "research.main", *common]
-    _run([*main, f"--workdir={tmp_path / 'one'}"], env, **four)
+    _run([*main, f"--workdir={tmp_path / 'one'}"], env)
     wd = tmp_path / "elastic"
     code, out, err = signal_after_metrics(
         ["./launch/multiprocess_cpu.sh", "2", *common, f"--workdir={wd}"],
@@ -58,7 +56,7 @@ def test_default_stream_ignores_the_topology_and_resumes_on_another(tmp_path):
     assert 1 <= stopped < steps
     data = {p.name for p in (wd / "checkpoints" / str(stopped) / "data").iterdir()}
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= data
-    resumed = _run([*main, f"--workdir={wd}"], env, **four)
+    resumed = _run([*main, f"--workdir={wd}"], env)
     assert f"resumed from step {stopped}" in resumed.stdout
     a, b = _losses(tmp_path / "one"), _losses(wd)
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
@@ -84,12 +82,8 @@ def test_sigterm_saves_both_processes_and_exits_zero(tmp_path, target):
         f"--workdir={wd}",
     ]
     cmd = ["./launch/multiprocess_cpu.sh", "2", *common, "--config.num_train_steps=100000"]
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "SEQLAB_PYTHON": sys.executable,  # the interpreter running this test
-        "DEVICES_PER_PROCESS": "1",
-    }
+    # SEQLAB_PYTHON: the interpreter running this test; the launcher gives each process 1 device.
+    env = cpu_env(1, SEQLAB_PYTHON=sys.executable, DEVICES_PER_PROCESS="1")
     second = []
 
     def run_a_second_time():  # process 0 holds the workdir's lock for the whole job
@@ -137,8 +131,7 @@ def test_sigterm_saves_both_processes_and_exits_zero(tmp_path, target):
                 "--allow_config_change",
                 f"--config.num_train_steps={step + 1}",
             ],
-            env,
-            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            cpu_env(2),
         )
         assert f"resumed from step {step}" in r.stdout
         assert f"done at step {step + 1} (1 step this run, resumed from {step})" in r.stdout

@@ -187,7 +187,6 @@ def test_local_jsonl_pairs_train_with_a_sentencepiece_vocabulary(tmp_path):
     """The same config on text pairs by name (as a user would point it at CSL): tokenizer
     trained on the file, decode metrics on detokenized text."""
     import json
-    import os
     import pathlib
     import subprocess
     import sys
@@ -199,9 +198,9 @@ def test_local_jsonl_pairs_train_with_a_sentencepiece_vocabulary(tmp_path):
             src = list(rng.choice(words, rng.integers(3, 8)))
             f.write(json.dumps({"source": " ".join(src), "target": " ".join(src[:2][::-1])}) + "\n")
     root = pathlib.Path(__file__).resolve().parents[2]
-    env = dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
-    )
+    from tests.cpu import cpu_env
+
+    env = cpu_env(1)
     cmd = [
         sys.executable,
         "-m",
