@@ -11,6 +11,9 @@ if [ "${1:-}" = "--install-only" ]; then
   echo "[seqlab] .venv is ready with the test extras"
   exit 0
 fi
+# The install skips byte-compiling (bootstrap.sh): let the suite's first imports cache their
+# bytecode (.venv/ and __pycache__/ are git-ignored), or its hundred processes recompile them.
+unset PYTHONDONTWRITEBYTECODE
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache  # architecture contracts in pyproject.toml

@@ -24,6 +24,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -37,3 +38,24 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("seqlab")
+
+
+@pytest.fixture(scope="session")
+def mlm_workdir(tmp_path_factory):
+    """One smoke MLM (configs/mlm.py:smoke, 2 layers) for the BERT-family tests: built once per
+    session for all xdist workers (tests/once.py) on People's Daily and the reviews, in its own
+    data directory; read-only afterwards (load_trained)."""
+    import numpy as np
+
+    from configs import mlm as mlm_config
+    from research.train import loop
+    from research.train.config import parse
+    from tests.once import once
+
+    def build(path):
+        c = mlm_config.get_config("smoke")
+        c.data.data_dir = str(path / "data")
+        summary = loop.train_and_evaluate(parse(c), str(path / "mlm"))
+        assert np.isfinite(summary.final_train_loss)
+
+    return once(tmp_path_factory, "zh-smoke-mlm", build)[0] / "mlm"

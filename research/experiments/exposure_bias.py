@@ -94,14 +94,14 @@ def _pretrained(c, workdir: pathlib.Path, seed: int) -> str | None:
     `init` key (runs from random weights)."""
     if "init" not in c:
         return None
-    if c.init:
-        return c.init
-    if jax.process_index() == 0:
-        print(sweep.start_message(workdir / "pretrain", "pretraining the MLM"), flush=True)
     pre = copy.deepcopy(c.pretrain)  # configs/mlm.py's own data section, the base's data_dir
     pre.seed, pre.data.data_dir = seed, c.base.data.data_dir
-    sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
-    return f"workdir:{workdir / 'pretrain'}"
+    return sweep.pretrain_first(c.init, pre, workdir, _log)
+
+
+def _log(msg: str) -> None:
+    if jax.process_index() == 0:
+        print(msg, flush=True)
 
 
 def _seed_from_baseline(c, workdir, variant, seed):

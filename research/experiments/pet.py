@@ -91,10 +91,7 @@ def run(c, workdir: str) -> list[dict]:
     vocab = bert.vocabulary(parse(pre).data, init, key="init")
     for t in templates:
         pet.pattern_for(pet.PetConfig(template=t, verbalizer=verbalizer), vocab)
-    if not init:
-        log(sweep.start_message(workdir / "pretrain", "pretraining the MLM"))
-        sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
-        init = f"workdir:{workdir / 'pretrain'}"
+    init = sweep.pretrain_first(init, pre, workdir, log)
     bert.parse_init(init, key="init")
 
     runs = {}  # (setting, pattern index or None, seed) -> run config

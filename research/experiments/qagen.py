@@ -61,13 +61,9 @@ def run(c, workdir: str) -> list[dict]:
         qagen.read_examples(c.data.source, c.data.data_dir)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    init = c.init
-    if not init:
-        log(sweep.start_message(workdir / "pretrain", "pretraining the MLM"))
-        pre = copy.deepcopy(c.pretrain)  # configs/mlm.py's own data section, our data_dir
-        pre.seed, pre.data.data_dir = seeds[0], c.data.data_dir
-        sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
-        init = f"workdir:{workdir / 'pretrain'}"
+    pre = copy.deepcopy(c.pretrain)  # configs/mlm.py's own data section, our data_dir
+    pre.seed, pre.data.data_dir = seeds[0], c.data.data_dir
+    init = sweep.pretrain_first(c.init, pre, workdir, log)
     evals, per_seed = [], []
     for seed in seeds:
         out = workdir / "runs" / f"seed{seed}"

@@ -72,6 +72,16 @@ def cached_result(out: pathlib.Path, fn) -> dict:
     return result
 
 
+def pretrain_first(init: str, pre, workdir: pathlib.Path, log) -> str:
+    """The pretrained BERT an experiment starts from: `init` when given; otherwise the MLM config
+    `pre` trained first in workdir/pretrain (reused when finished), as "workdir:PATH"."""
+    if init:
+        return init
+    log(start_message(workdir / "pretrain", "pretraining the MLM"))
+    train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
+    return f"workdir:{workdir / 'pretrain'}"
+
+
 def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
     """Train config `pc` in `out` (resuming a partial run) unless out/result.json exists.
 

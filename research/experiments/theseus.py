@@ -124,10 +124,7 @@ def run(c, workdir: str) -> list[dict]:
             raise ConfigError(str(e)) from None
     data = parse(sweep.point_config(c, c.finetune, seeds[0])).data
     _, validation, test = classification.sources_of(data)
-    if not init:
-        log(sweep.start_message(workdir / "pretrain", "pretraining the MLM"))
-        sweep.train_point(pre, workdir / "pretrain", {"setting": "pretrain"})
-        init = f"workdir:{workdir / 'pretrain'}"
+    init = sweep.pretrain_first(init, pre, workdir, log)
 
     seq_len = data.seq_len
     results, models = [], {}

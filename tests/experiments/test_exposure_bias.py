@@ -74,9 +74,10 @@ def test_penalty_epsilons_become_one_gradient_penalty_variant_each():
             eb.point_config(c, bad, 0)
 
 
-def test_zh_smoke_study_from_the_chinese_mlm(tmp_path, capsys):
-    """configs/exposure_bias.py:zh_smoke end to end, in process: a smoke MLM pretrained, then
-    baseline / random replacement / gradient penalty on inews_titles from it."""
+def test_zh_smoke_study_from_the_chinese_mlm(tmp_path, capsys, mlm_workdir):
+    """configs/exposure_bias.py:zh_smoke end to end, in process: baseline / random replacement /
+    gradient penalty on inews_titles from the session's smoke MLM (zh_smoke's own pretraining,
+    the same config, is sweep.pretrain_first's, tested by the qagen and PET studies)."""
     from configs import exposure_bias as config
     from research.data.wordpiece import BertVocab
     from research.experiments import EXPERIMENTS
@@ -84,6 +85,7 @@ def test_zh_smoke_study_from_the_chinese_mlm(tmp_path, capsys):
 
     c = config.get_config("zh_smoke")
     c.base.data.data_dir = str(tmp_path / "data")
+    c.init = f"workdir:{mlm_workdir}"
     rows = EXPERIMENTS["exposure_bias"](c, str(tmp_path / "wd"))
     out = capsys.readouterr().out
     variants = ("baseline", "random_replacement", "gradient_penalty")
@@ -96,11 +98,11 @@ def test_zh_smoke_study_from_the_chinese_mlm(tmp_path, capsys):
         for m in ("rougeL", "rouge1", "rouge2", "bleu", "sentence_bleu", "exact"):
             assert 0.0 <= float(x[f"{m}_mean"]) <= 100.0, (m, x)
     assert "| beam | baseline | random_replacement | gradient_penalty |" in out
-    assert "data inews_titles" in out and f"from workdir:{tmp_path / 'wd' / 'pretrain'}" in out
+    assert "data inews_titles" in out and f"from workdir:{mlm_workdir}" in out
     assert "CJK per character" in out
     # Every run decoded with the MLM's character vocabulary (one token per character).
     for v in variants:
         vocab = load_trained(tmp_path / "wd" / "runs" / f"{v}_seed0").vocab
         assert isinstance(vocab, BertVocab)
-        assert vocab.to_json() == load_trained(tmp_path / "wd" / "pretrain").vocab.to_json()
+        assert vocab.to_json() == load_trained(mlm_workdir).vocab.to_json()
         assert vocab.encode("中国人民") == [vocab.token_to_id(ch) for ch in "中国人民"]

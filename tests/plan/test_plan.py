@@ -268,7 +268,7 @@ def test_tpu_flash_kernel_compiles_per_device_for_v5e_and_drops_the_score_matrix
     c = _smoke(data=4)
     c.data.seq_len = 4096
     c.batch_size = 4
-    c.model.update(num_heads=2, d_model=256, dtype="bfloat16")
+    c.model.update(num_heads=2, d_model=256, num_layers=1, dtype="bfloat16")
     devices = chips.tpu_devices("v5e:2x2")
     # Mosaic refuses bf16 matmuls at the fp32 precision conftest.py sets for CPU references.
     with jax.default_matmul_precision("default"):
@@ -330,11 +330,11 @@ def test_an_lm_step_with_the_pallas_kernels_compiles_per_device_for_v5e_within_t
     monkeypatch,
 ):
     """model.linear_implementation='pallas' (the Mosaic kernels under shard_map): a linear-
-    attention LM's whole train step, forward and backward, compiles for v5e:2x2 at 8,192 tokens
+    attention LM's whole train step, forward and backward, compiles for v5e:2x2 at 4,096 tokens
     with head dim 128, as two Mosaic calls (forward, backward), and its temporaries are no
     larger than the XLA chunked form's (docs/attention_kernels.md: every kind's figures)."""
     c = _smoke(data=4)
-    c.data.seq_len = 8192
+    c.data.seq_len = 4096
     c.batch_size = 4
     c.model.update(
         attention="linear",

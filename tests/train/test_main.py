@@ -1,6 +1,7 @@
 """The training CLI end to end: smoke, resume, preemption, corrupt checkpoint, NaN, bad config."""
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -195,9 +196,9 @@ def test_every_checkpoint_unreadable_is_refused_until_start_fresh(reference, dat
 
 
 def test_a_second_run_on_a_workdir_is_refused_and_a_dead_holder_taken_over(data_dir, tmp_path):
-    """While a run trains, the same command is refused (exit 2, one line naming pid, host and
-    start time) and writes nothing; after the holder is SIGKILLed, the next run takes the lock
-    over with one line. metrics.jsonl never lists a step twice."""
+    """While a run holds the workdir, the same command is refused (exit 2, one line naming pid,
+    host and start time) and writes nothing; after the holder is SIGKILLed, the next run takes
+    the lock over with one line. metrics.jsonl never lists a step twice."""
     import socket
 
     from tests.preemption import wait_for_lines
@@ -213,9 +214,11 @@ def test_a_second_run_on_a_workdir_is_refused_and_a_dead_holder_taken_over(data_
     try:
         wait_for_lines(first, tmp_path / "metrics.jsonl", 2)
         assert first.poll() is None
+        # Paused, the holder keeps its lock (the kernel's flock) and leaves the CPU to the second.
+        os.kill(first.pid, signal.SIGSTOP)
         rows = (tmp_path / "metrics.jsonl").read_text().count("\n")
         r = _run(tmp_path, data_dir, *long)
-        assert first.poll() is None  # the holder goes on
+        assert first.poll() is None  # the holder is still there
     finally:
         first.kill()
         first.wait()
@@ -360,13 +363,13 @@ def test_mqar_config_smoke(data_dir, tmp_path):
     "override, message",
     [
         ("--config.batch_size=0", "error: batch_size=0: must be a positive int"),
-        ("--config.nonexistent=1", "error:"),
         ("--config.data.source=text:/no/such/file", "error: data.source=text:/no/such/file"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(data_dir, tmp_path, override, message):
-    """The command's end: exit code 2 and one line, no traceback (a config check, a flag that
-    names no key, data that cannot be read). The config checks' messages: below, in-process."""
+    """The command's end: exit code 2 and one line, no traceback (a config check, data that
+    cannot be read; a flag that names no key: tests/test_cli.py). The config checks' messages:
+    below, in-process."""
     r = _run(tmp_path, data_dir, override)
     assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
     last = r.stderr.strip().splitlines()[-1]
@@ -421,30 +424,47 @@ def test_non_causal_feature_map_is_a_config_error():
     validate(c)
 
 
-def test_missing_config_file_and_unusable_workdir_are_one_line_errors(data_dir, tmp_path):
-    main = [
-        sys.executable,
-        "-m",
-        "research.main",
-        "--config=configs/no_such_config.py",
-        f"--workdir={tmp_path / 'w'}",
-    ]
-    for overrides in ([], ["--config.batch_size=4"]):  # an override fails while parsing flags
-        r = subprocess.run(
-            [*main, *overrides], cwd=ROOT, env=_env(), capture_output=True, text=True
-        )
-        assert r.returncode == 2 and "Traceback" not in r.stderr
-        last = r.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: --config: [Errno 2] No such file or directory: 'configs/")
+def test_missing_config_file_and_unusable_workdir_are_one_line_errors(
+    tmp_path, monkeypatch, capsys
+):
+    """A missing config file, with an override (it then fails while absl parses the flags, which
+    the override needs a process of its own for) and without; a --workdir that is a file or lies
+    under one. The command's exit code: the first case; the others' lines in-process."""
+    from absl import flags
+
+    from research import cli
+    from research import main as entry
+
+    missing = ["--config=configs/no_such_config.py", f"--workdir={tmp_path / 'w'}"]
+    r = subprocess.run(
+        [sys.executable, "-m", "research.main", *missing, "--config.batch_size=4"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    prefix = "error: --config: [Errno 2] No such file or directory: 'configs/"
+    assert r.stderr.strip().splitlines()[-1].startswith(prefix)
+    monkeypatch.chdir(ROOT)
+    try:  # without an override the error is deferred to the config's first use
+        cli.parse_flags(["research.main", *missing])
+        with pytest.raises(SystemExit) as e:
+            cli.loaded_config(entry._CONFIG)
+    finally:
+        flags.FLAGS.unparse_flags()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith(prefix), lines
     a_file = tmp_path / "a_file"
     a_file.write_text("kept")
     for workdir, message in [
         (a_file, "exists and is not a directory"),
         (a_file / "sub", "Not a directory"),
     ]:
-        r = _run(workdir, data_dir)
-        assert r.returncode == 2 and "Traceback" not in r.stderr
-        assert r.stderr.strip().splitlines()[-1] == f"error: --workdir={workdir}: {message}"
+        with pytest.raises(SystemExit) as e:
+            entry._check_workdir(str(workdir))
+        assert e.value.code == 2
+        assert capsys.readouterr().err == f"error: --workdir={workdir}: {message}\n"
     assert a_file.read_text() == "kept"
 
 
