@@ -1,15 +1,35 @@
 """Metrics out, from process 0 only: DIR/metrics.jsonl (a JSON object a line) and TensorBoard."""
 
+import contextlib
 import json
 import logging
 import math
 import pathlib
+import sys
 import time
 
 import jax
-from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto.event_pb2 import Event, SessionLog
-from tensorboardX.summary import scalar
+
+
+@contextlib.contextmanager
+def _without_torch():
+    """tensorboardX's package __init__ imports torch when it is installed (about 2 s per process,
+    for its image and graph writers' type checks); the scalar events here need none of it, so
+    torch stays unimported while tensorboardX loads (its import then fails and is skipped)."""
+    if "torch" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None  # `import torch` raises ImportError
+    try:
+        yield
+    finally:
+        del sys.modules["torch"]
+
+
+with _without_torch():
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    from tensorboardX.summary import scalar
 
 
 def summarize(sums: dict) -> dict:
