@@ -1,4 +1,5 @@
 import functools
+import io
 import json
 import subprocess
 import sys
@@ -507,10 +508,25 @@ def test_qagen_cli_says_when_no_passage_produced_a_pair(study):
         ('好的\n{"passage": "  "}\n', "stdin:2: the passage is empty"),
         ('{"passage": 3}\n', "stdin:1: a JSON line must be an object with a 'passage' string"),
         ("{not json\n", "stdin:1: not valid JSON"),
-        ("", "stdin holds no passage (it is empty or blank); give one passage a line"),
-        ("\n  \n", "stdin holds no passage (it is empty or blank); give one passage a line"),
     ],
 )  # fmt: skip
+def test_bad_input_records_are_one_line_naming_the_record(text, message):
+    """research.qagen's reader (the CLI prints its DataError and exits 2: below)."""
+    from research.data import DataError
+    from research.qagen import read_records
+
+    with pytest.raises(DataError) as e:
+        read_records(io.StringIO(text), "stdin")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json\n", "stdin:1: not valid JSON"),
+        ("\n  \n", "stdin holds no passage (it is empty or blank); give one passage a line"),
+    ],
+)
 def test_qagen_cli_bad_input_exits_2_naming_the_record(study, text, message):
     r = _qagen(study[0] / "runs" / "seed0", text)
     lines = r.stderr.strip().splitlines()
