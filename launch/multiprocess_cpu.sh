@@ -6,6 +6,8 @@
 #   ./launch/multiprocess_cpu.sh 2 --config=configs/lm.py:smoke --workdir=/tmp/seqlab/mp
 #   DEVICES_PER_PROCESS=4 ./launch/multiprocess_cpu.sh 2 --config=...
 #
+# The caller's XLA_FLAGS reach every process, with the device count replaced.
+#
 # Each process runs .venv/bin/python (make it with ./launch/run.sh --install-only);
 # SEQLAB_PYTHON=/path/to/python runs another interpreter that has seqlab installed. PYTHON is not
 # used here: it names the base interpreter that run.sh and test.sh create .venv with.
@@ -38,7 +40,8 @@ mkdir -p "$logdir"
 # The caller's other XLA flags are kept; the device count is this script's.
 xla_flags=""
 read -ra caller_flags <<< "${XLA_FLAGS:-}"
-for flag in "${caller_flags[@]}"; do
+# (${a[@]+...}: an empty array under set -u fails on bash < 4.4)
+for flag in ${caller_flags[@]+"${caller_flags[@]}"}; do
   case "$flag" in --xla_force_host_platform_device_count=*) ;; *) xla_flags+="$flag " ;; esac
 done
 xla_flags+="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}"

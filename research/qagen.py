@@ -49,35 +49,6 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "passages per jitted batch", low
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
 
 
-def read_records(lines, name: str) -> list[dict]:
-    """{"passage", "answer" (or None), "where"} per non-blank line; DataError naming the line."""
-    from research.data import DataError
-
-    out = []
-    for i, line in enumerate(lines, 1):
-        text = line.rstrip("\r\n")
-        if not text.strip():
-            continue
-        where = f"{name}:{i}"
-        answer = None
-        if text.lstrip().startswith("{"):
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("passage"), str):
-                raise DataError(f"{where}: a JSON line must be an object with a 'passage' string")
-            text, answer = record["passage"], record.get("answer")
-            if answer is not None and (not isinstance(answer, str) or not answer.strip()):
-                raise DataError(f"{where}: 'answer' must be a non-empty string")
-        if not text.strip():
-            raise DataError(f"{where}: the passage is empty")
-        if answer is not None and answer not in text:
-            raise DataError(f"{where}: the answer {answer!r} is not in its passage")
-        out.append({"passage": text, "answer": answer, "where": where})
-    return out
-
-
 def _generate(gen, asked: list[dict], free: list[dict]) -> dict:
     """where -> the pairs of that input line: questions for given answers, both stages else."""
     import jax
@@ -99,6 +70,7 @@ def _generate(gen, asked: list[dict], free: list[dict]) -> dict:
 def main(argv):
 
     from research.data import DataError
+    from research.data.qa import read_records
     from research.sampling import Generator
     from research.tasks.qagen import QagenTask
 

@@ -301,3 +301,32 @@ def qa_sources(source: str, data_dir: str) -> dict[str, list[dict]]:
                 raise DataError(f"data.source={source}: no such file")
             return split_by_passage(read(path), path)
     raise DataError(f"data.source={source!r}: question generation reads {', '.join(SOURCES)}")
+
+
+def read_records(lines, name: str) -> list[dict]:
+    """research.qagen's input: {"passage", "answer" (or None), "where"} per non-blank line of
+    `lines` (a passage, or a JSON object with "passage" and optional "answer"), `name` naming
+    the source in messages; a DataError naming the line."""
+    out = []
+    for i, line in enumerate(lines, 1):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue
+        where = f"{name}:{i}"
+        answer = None
+        if text.lstrip().startswith("{"):
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("passage"), str):
+                raise DataError(f"{where}: a JSON line must be an object with a 'passage' string")
+            text, answer = record["passage"], record.get("answer")
+            if answer is not None and (not isinstance(answer, str) or not answer.strip()):
+                raise DataError(f"{where}: 'answer' must be a non-empty string")
+        if not text.strip():
+            raise DataError(f"{where}: the passage is empty")
+        if answer is not None and answer not in text:
+            raise DataError(f"{where}: the answer {answer!r} is not in its passage")
+        out.append({"passage": text, "answer": answer, "where": where})
+    return out

@@ -76,8 +76,8 @@ def test_penalty_epsilons_become_one_gradient_penalty_variant_each():
 
 def test_zh_smoke_study_from_the_chinese_mlm(tmp_path, capsys, mlm_workdir):
     """configs/exposure_bias.py:zh_smoke end to end, in process: baseline / random replacement /
-    gradient penalty on inews_titles from the session's smoke MLM (zh_smoke's own pretraining,
-    the same config, is sweep.pretrain_first's, tested by the qagen and PET studies)."""
+    gradient penalty on inews_titles from the session's smoke MLM, the config zh_smoke pretrains
+    itself (that step: the next test and the qagen smoke study, through sweep.pretrain_first)."""
     from configs import exposure_bias as config
     from research.data.wordpiece import BertVocab
     from research.experiments import EXPERIMENTS
@@ -106,3 +106,29 @@ def test_zh_smoke_study_from_the_chinese_mlm(tmp_path, capsys, mlm_workdir):
         assert isinstance(vocab, BertVocab)
         assert vocab.to_json() == load_trained(mlm_workdir).vocab.to_json()
         assert vocab.encode("中国人民") == [vocab.token_to_id(ch) for ch in "中国人民"]
+
+
+def test_zh_pretrains_the_mlm_first_with_the_first_seed_and_the_base_data(tmp_path, monkeypatch):
+    """init "": the experiment first trains `pretrain` in WORKDIR/pretrain, with its first seed and
+    the base's data directory (recorded here, not trained: the qagen smoke study trains it)."""
+    from configs import exposure_bias as config
+    from research.experiments import EXPERIMENTS, sweep
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def record(pc, out, meta):
+        calls.append((pc, out, meta))
+        raise Stop
+
+    monkeypatch.setattr(sweep, "train_point", record)
+    c = config.get_config("zh_smoke")
+    c.seeds, c.base.data.data_dir = (3, 4), str(tmp_path / "data")
+    with pytest.raises(Stop):
+        EXPERIMENTS["exposure_bias"](c, str(tmp_path / "wd"))
+    ((pc, out, meta),) = calls
+    assert out == tmp_path / "wd" / "pretrain" and meta == {"setting": "pretrain"}
+    assert pc.seed == 3 and pc.data.data_dir == str(tmp_path / "data")
+    assert pc.model.to_dict() == config.get_config("zh_smoke").pretrain.model.to_dict()

@@ -513,11 +513,11 @@ def test_qagen_cli_says_when_no_passage_produced_a_pair(study):
 def test_bad_input_records_are_one_line_naming_the_record(text, message):
     """research.qagen's reader (the CLI prints its DataError and exits 2: below)."""
     from research.data import DataError
-    from research.qagen import read_records
 
     with pytest.raises(DataError) as e:
-        read_records(io.StringIO(text), "stdin")
+        qa.read_records(io.StringIO(text), "stdin")
     assert message in str(e.value) and "\n" not in str(e.value)
+    assert qa.read_records(io.StringIO(""), "stdin") == []  # the CLI: "holds no passage"
 
 
 @pytest.mark.parametrize(

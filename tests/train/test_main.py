@@ -227,7 +227,9 @@ def test_a_second_run_on_a_workdir_is_refused_and_a_dead_holder_taken_over(data_
         f"error: {tmp_path} is in use by pid {first.pid} on host {socket.gethostname()} since "
     )
     assert r.stderr.count("\n") == 1 and not r.stdout
-    assert (tmp_path / "metrics.jsonl").read_text().count("\n") >= rows  # only the holder wrote
+    assert (tmp_path / "metrics.jsonl").read_text().count(
+        "\n"
+    ) == rows  # the refused run wrote none
     r = _run(tmp_path, data_dir, "--config.num_train_steps=4")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"taking over the lock of {tmp_path} from pid {first.pid}" in r.stderr
@@ -430,10 +432,12 @@ def test_missing_config_file_and_unusable_workdir_are_one_line_errors(
     """A missing config file, with an override (it then fails while absl parses the flags, which
     the override needs a process of its own for) and without; a --workdir that is a file or lies
     under one. The command's exit code: the first case; the others' lines in-process."""
-    from absl import flags
+    from absl import flags, logging
 
     from research import cli
     from research import main as entry
+
+    verbosity = logging.get_verbosity()
 
     missing = ["--config=configs/no_such_config.py", f"--workdir={tmp_path / 'w'}"]
     r = subprocess.run(
@@ -461,8 +465,15 @@ def test_missing_config_file_and_unusable_workdir_are_one_line_errors(
         (a_file, "exists and is not a directory"),
         (a_file / "sub", "Not a directory"),
     ]:
-        with pytest.raises(SystemExit) as e:
-            entry._check_workdir(str(workdir))
+        try:  # the command's main(), which checks --workdir before anything else starts
+            cli.parse_flags(
+                ["research.main", "--config=configs/lm.py:smoke", f"--workdir={workdir}"]
+            )
+            with pytest.raises(SystemExit) as e:
+                entry.main(["research.main"])
+        finally:
+            flags.FLAGS.unparse_flags()
+            logging.set_verbosity(verbosity)  # main() sets absl logging to WARNING
         assert e.value.code == 2
         assert capsys.readouterr().err == f"error: --workdir={workdir}: {message}\n"
     assert a_file.read_text() == "kept"
