@@ -17,8 +17,8 @@ unset PYTHONDONTWRITEBYTECODE
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache  # architecture contracts in pyproject.toml
-# Three workers on two cores: the suite is compile-bound but also waits on subprocesses, gloo and
-# disk, and two workers left part of a core idle. Cold suite, fresh clone, 2-core Intel Xeon VM,
-# whole test.sh: 25m46s with 2 workers, 20m05s with 3; with 4, 18m41s and 20m50s (20 GiB of 24 in
-# use), so no reliable gain. SEQLAB_TEST_WORKERS overrides it (fewer with less memory).
+# Three workers on two cores: two left part of a core idle (tests wait on subprocesses, gloo and
+# disk); with three both cores are busy, so a fourth gains nothing reliable and uses more memory.
+# Cold suite, fresh clone, 2-core Intel Xeon VM, whole test.sh: 19m53s and 20m17s at the last two
+# measured commits (docs/training.md). SEQLAB_TEST_WORKERS overrides it (fewer with less memory).
 exec .venv/bin/python -m pytest -n "${SEQLAB_TEST_WORKERS:-3}" "$@"
