@@ -50,19 +50,23 @@ def point_config(c, base: ConfigDict, seed: int, **sections) -> ConfigDict:
     return pc
 
 
-def cached_result(out: pathlib.Path, fn) -> dict:
+def cached_result(out: pathlib.Path, fn, keys=()) -> dict:
     """fn()'s JSON result, cached in out/accuracy.json (read back instead of calling fn).
 
     Args:
       out: the directory of the cache file (created when missing).
       fn: a function of no arguments returning a JSON-serialisable dict.
+      keys: keys the result must have; a cache missing one (written by a run that asked for
+        less, e.g. fewer depths) is computed again and replaced.
 
     Returns:
       The cached dict, or fn()'s (written atomically by process 0).
     """
     path = out / "accuracy.json"
     if path.exists():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if all(k in cached for k in keys):
+            return cached
     result = fn()
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)

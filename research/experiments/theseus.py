@@ -184,6 +184,7 @@ def run(c, workdir: str) -> list[dict]:
             str(k): _speed(out, validation, seq_len)
             for k, out in sorted(models.items(), reverse=True)
         },
+        keys=[str(k) for k in models],  # a study resumed with more k measures every depth again
     )
     for r in results:
         r.update(speed[str(r["layers"])])

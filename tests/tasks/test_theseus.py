@@ -220,6 +220,14 @@ def test_theseus_experiment_smoke_table_csv_png_and_resume(mlm_workdir, experime
     # Every run cached: nothing retrained; the table is rewritten the same (the fixture's rows
     # came through JSON). The runs hold their absolute paths, so this reruns in place.
     assert json.loads(json.dumps(theseus_experiment.run(c, str(workdir)))) == rows
+    # A speed cache from a study with fewer depths (resumed with more k) is measured again.
+    speed = workdir / "speed" / "accuracy.json"
+    measured = json.loads(speed.read_text())
+    assert sorted(measured) == ["1", "2"]
+    speed.write_text(json.dumps({"2": measured["2"]}))
+    again = theseus_experiment.run(c, str(workdir))
+    assert sorted(json.loads(speed.read_text())) == ["1", "2"]
+    assert [r["eval_tokens_per_s"] > 0 for r in again] == [True] * 3
     # The direct baseline trains as many steps as Theseus's two stages together (4 + 4).
     direct = workdir / "runs" / "direct_k1_seed0"
     saved = json.loads((direct / "result.json").read_text())
