@@ -227,9 +227,8 @@ def test_a_second_run_on_a_workdir_is_refused_and_a_dead_holder_taken_over(data_
         f"error: {tmp_path} is in use by pid {first.pid} on host {socket.gethostname()} since "
     )
     assert r.stderr.count("\n") == 1 and not r.stdout
-    assert (tmp_path / "metrics.jsonl").read_text().count(
-        "\n"
-    ) == rows  # the refused run wrote none
+    written = (tmp_path / "metrics.jsonl").read_text().count("\n")
+    assert written == rows  # the refused run wrote none
     r = _run(tmp_path, data_dir, "--config.num_train_steps=4")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"taking over the lock of {tmp_path} from pid {first.pid}" in r.stderr
