@@ -11,9 +11,9 @@ workdir/runs/NAME and is skipped when rerun (its test accuracies cached in recal
 Presets:
 - default: sized for a 2-core CPU (its six kinds took about 40 minutes on a 2-core Intel
   VM; the 12 runs with --config.widths=64,128 took 62 minutes on a faster 2-core AMD EPYC,
-  Zen 5): six kinds at width 64, one learning rate
-  each, vocabulary 1,024, trained on segments of 64 and 128 tokens (4 to 16 pairs), tested at
-  Zoology's test segments, 64 to 1,024 tokens with 4 to 256 pairs.
+  Zen 5): six kinds at width 64, one learning rate each, vocabulary 1,024, trained on
+  segments of 64 and 128 tokens (4 to 16 pairs), tested at Zoology's test segments, 64 to
+  1,024 tokens with 4 to 256 pairs.
 - zoology: Zoology's setting for an accelerator: vocabulary 8,192, training segments 64:4,
   128:8, 256:16, 256:32, 256:64, widths 64 to 256, four learning rates (logspace 1e-4..1e-2).
 - smoke: the test's size.
