@@ -2,16 +2,18 @@
 2023; the state-size / recall trade-off of Based, Arora et al. 2024), for softmax and the linear,
 gated and delta-rule kinds.
 
-Each (attention, width, learning rate) point trains a `DecoderLM` on Zoology's training mixture:
-`train_segments`, "LENGTH:PAIRS" MQAR segments in equal shares (`data.mqar_segments`, Zoology's
-`multiquery_ar` draw), in its own run directory (resumable; a finished point is never trained
-again). It is then evaluated on every test segment (`test_segments`: longer sequences and more
-key-value pairs than it trained on), cached in the run's recall.json. Per (attention, width) the
-table reports the learning rate with the best mean accuracy, its accuracy on each test segment
-and their mean, the decode-state bytes at the longest test length (softmax: its KV cache there;
-the recurrent kinds: their fixed state plus convolution windows) and the parameter count. The
-plot is Based's: mean accuracy against state bytes (log scale), one line per kind through its
-widths.
+Each (attention, width, learning rate, seed) point trains a `DecoderLM` on Zoology's training
+mixture: `train_segments`, "LENGTH:PAIRS" MQAR segments in equal shares (`data.mqar_segments`,
+Zoology's `multiquery_ar` draw), in its own run directory (resumable; a finished point is never
+trained again). It is then evaluated on every test segment (`test_segments`: longer sequences and
+more key-value pairs than it trained on), cached in the run's recall.json. `seeds` repeats every
+point (each seed its own initialisation, data and order). Per (attention, width) the table reports
+the learning rate with the best mean accuracy (averaged over the seeds), its accuracy on each test
+segment and their mean (both averaged over the seeds), the std of that mean over the seeds and each
+seed's mean, the decode-state bytes at the longest test length (softmax: its KV cache there; the
+recurrent kinds: their fixed state plus convolution windows) and the parameter count;
+recall_runs.csv lists every run. The plot is Based's: mean accuracy against state bytes (log
+scale), one line per kind through its widths, error bars over the seeds.
 """
 
 import copy
@@ -38,7 +40,15 @@ from research.experiments.compare_attention import (
     parameter_count,
 )
 from research.models import DecoderLM
-from research.report import format_table, machine_header, plural, save_figure, write_csv
+from research.report import (
+    format_table,
+    machine_header,
+    over_seeds,
+    plural,
+    save_figure,
+    seed_stats,
+    write_csv,
+)
 from research.train.config import ConfigError, parse
 from research.train.trained import load_trained
 
@@ -48,10 +58,14 @@ class Point:
     attention: str
     width: int
     lr: float
+    seed: int = 0
 
     @property
     def name(self) -> str:
-        return f"{self.attention}_d{self.width}_lr{self.lr:g}"
+        """The run directory's name; seed 0's carries no suffix (a one-seed study's runs are
+        reused when more seeds are added)."""
+        tail = f"_s{self.seed}" if self.seed else ""
+        return f"{self.attention}_d{self.width}_lr{self.lr:g}{tail}"
 
 
 def _segments(c, key: str) -> tuple[tuple[int, int], ...]:
@@ -81,6 +95,7 @@ def point_config(c, p: Point):
     )
     pc.model.update(d_model=p.width, d_ff=4 * p.width, **attention_overrides(p.attention))
     pc.optimizer.learning_rate = p.lr
+    pc.seed = p.seed
     return pc
 
 
@@ -93,13 +108,28 @@ def points(c) -> list[Point]:
     _segments(c, "test_segments")
     if not (isinstance(c.test_examples, int) and c.test_examples > 0):
         raise ConfigError(f"test_examples={c.test_examples!r}: must be a positive int")
-    out = [Point(a, w, lr) for a in attentions for w in widths for lr in rates[a]]
+    seeds = study_seeds(c)
+    out = [Point(a, w, lr, s) for a in attentions for w in widths for lr in rates[a] for s in seeds]
     for p in out:
         try:
             parse(point_config(c, p))
         except ConfigError as e:
             raise ConfigError(f"{p.name}: {e}") from None
     return out
+
+
+def study_seeds(c) -> tuple[int, ...]:
+    """c.seeds, checked: distinct ints >= 0. Each run's seed comes from them, so a mqar.seed
+    other than 0 is refused (it would be silently replaced)."""
+    seeds = as_list(c.seeds, int, name="seeds")
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"seeds={c.seeds!r}: must be distinct ints >= 0")
+    if c.mqar.seed != 0:
+        raise ConfigError(
+            f"mqar.seed={c.mqar.seed}: the recall study sets each run's seed from `seeds`; "
+            f"use --config.seeds={c.mqar.seed}"
+        )
+    return seeds
 
 
 def test_set(run, length: int, pairs: int, examples: int) -> dict[str, np.ndarray]:
@@ -175,28 +205,55 @@ def state_and_params(c, p: Point, length: int) -> tuple[int, int]:
 
 
 def summarize(c, results: list[dict]) -> list[dict]:
-    """One row per (attention, width): the learning rate with the best mean accuracy (a NaN,
-    diverged, run ranks last)."""
+    """One row per (attention, width): the learning rate with the best mean accuracy over the
+    seeds (a NaN, diverged, run ranks last), its per-segment accuracies and mean averaged over
+    the seeds, the std of the mean over them (NaN for one seed) and each seed's mean."""
+
+    def score(runs):  # the mean over seeds; NaN (a diverged run) ranks last
+        return np.nan_to_num(np.mean([r["mean"] for r in runs]), nan=-1.0)
+
     rows = []
     for a in as_list(c.attentions, name="attentions"):
         for w in as_list(c.widths, int, name="widths"):
-            mine = [r for r in results if r["attention"] == a and r["width"] == w]
-            best = max(mine, key=lambda r: np.nan_to_num(r["mean"], nan=-1.0))
-            rows.append(best)
+            by_lr: dict[float, list[dict]] = {}
+            for r in results:
+                if r["attention"] == a and r["width"] == w:
+                    by_lr.setdefault(r["lr"], []).append(r)
+            runs = sorted(max(by_lr.values(), key=score), key=lambda r: r["seed"])
+            first = runs[0]
+            mean, std = seed_stats([r["mean"] for r in runs])
+            accuracy = {
+                s: float(np.mean([r["accuracy"][s] for r in runs])) for s in first["accuracy"]
+            }
+            rows.append(
+                {
+                    **{k: first[k] for k in ("attention", "width", "lr", "state_bytes", "params")},
+                    "accuracy": accuracy,
+                    "mean": mean,
+                    "std": std,
+                    "seeds": [r["seed"] for r in runs],
+                    "seed_means": [r["mean"] for r in runs],
+                }
+            )
     return rows
 
 
 def table(rows: list[dict], segments: list[str]) -> str:
+    """Markdown; with several seeds the mean is "mean ± std" and each seed's mean follows."""
+    several = any(len(r["seeds"]) > 1 for r in rows)
     columns = ("attention", "width", "lr", *segments, "mean", "state bytes", "params")
-    formats = (
+    formats = [
         "{attention}",
         "{width}",
         "{lr:g}",
         *(lambda r, s=s: f"{r['accuracy'][s]:.3f}" for s in segments),
-        "{mean:.3f}",
+        lambda r: f"{r['mean']:.3f}" + (f" ± {r['std']:.3f}" if len(r["seeds"]) > 1 else ""),
         "{state_bytes:,}",
         "{params:,}",
-    )
+    ]
+    if several:
+        columns += ("mean per seed",)
+        formats.append(lambda r: " / ".join(f"{m:.3f}" for m in r["seed_means"]))
     return format_table(rows, columns, formats)
 
 
@@ -204,13 +261,15 @@ def plot(rows: list[dict], path: pathlib.Path, title: str):
     with save_figure(path, title, 1, (6.5, 4.5)) as ax:
         for a in dict.fromkeys(r["attention"] for r in rows):
             mine = sorted((r for r in rows if r["attention"] == a), key=lambda r: r["state_bytes"])
-            ax.plot([r["state_bytes"] for r in mine], [r["mean"] for r in mine], "o-", label=a)
+            x, y = [r["state_bytes"] for r in mine], [r["mean"] for r in mine]
+            ax.errorbar(x, y, yerr=[r["std"] for r in mine], fmt="o-", capsize=3, label=a)
             for r in mine:
                 ax.annotate(f"d{r['width']}", (r["state_bytes"], r["mean"]), fontsize=7)
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("decode state at the longest test length (bytes, batch 1)")
-        ax.set_ylabel("MQAR accuracy, mean over the test segments")
+        spread = over_seeds(len(r["seeds"]) for r in rows)
+        ax.set_ylabel(f"MQAR accuracy, mean over the test segments\n({spread})")
         ax.grid(alpha=0.3)
         ax.legend()
 
@@ -218,11 +277,12 @@ def plot(rows: list[dict], path: pathlib.Path, title: str):
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
     todo = points(c)
+    seeds = study_seeds(c)
     segments = _segments(c, "test_segments")
     names = [f"{n}:{k}" for n, k in segments]
     longest = max(n for n, _ in segments)
     t0 = time.perf_counter()
-    results = []
+    results, sizes = [], {}
     for i, p in enumerate(todo, 1):
         out = workdir / "runs" / p.name
         if jax.process_index() == 0:
@@ -233,7 +293,9 @@ def run(c, workdir: str) -> list[dict]:
             acc = dict.fromkeys(names, math.nan)
         else:
             acc = evaluate_point(c, out)
-        state, params = state_and_params(c, p, longest)
+        if (p.attention, p.width, p.lr) not in sizes:  # the same model for every seed
+            sizes[p.attention, p.width, p.lr] = state_and_params(c, p, longest)
+        state, params = sizes[p.attention, p.width, p.lr]
         results.append(
             {
                 **dataclasses.asdict(p),
@@ -251,16 +313,20 @@ def run(c, workdir: str) -> list[dict]:
         f"{', '.join(as_list(c.train_segments, name='train_segments'))} for "
         f"{m.num_train_steps} steps x batch {m.batch_size}; "
         f"{plural(m.model.num_layers, 'layer')}, {plural(m.model.num_heads, 'head')}; "
-        f"{c.test_examples} test examples per segment; state at {longest} tokens"
+        f"{c.test_examples} test examples per segment; state at {longest} tokens; "
+        f"{plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))})"
     )
     if jax.process_index() == 0:
-        flat = [{**{k: v for k, v in r.items() if k != "accuracy"}, **r["accuracy"]} for r in rows]
-        fields = ("attention", "width", "lr", *names, "mean", "state_bytes", "params")
-        write_csv(workdir / "recall.csv", flat, fields)
+        flat = [{**r, **r["accuracy"], "seeds": len(r["seeds"]), "std": r["std"]} for r in rows]
+        fields = ("attention", "width", "lr", *names, "mean", "std", "seeds")
+        write_csv(workdir / "recall.csv", flat, (*fields, "state_bytes", "params"))
+        every = [{**r, **r["accuracy"]} for r in results]
+        fields = ("attention", "width", "lr", "seed", *names, "mean", "tokens_per_second")
+        write_csv(workdir / "recall_runs.csv", every, fields)
         plot(rows, workdir / "recall.png", header)
         print(f"\n{header}\n\n{table(rows, names)}\n")
         print(
-            f"wrote {workdir / 'recall.csv'} and {workdir / 'recall.png'} "
-            f"({time.perf_counter() - t0:.0f} s)"
+            f"wrote {workdir / 'recall.csv'}, {workdir / 'recall_runs.csv'} (every run) and "
+            f"{workdir / 'recall.png'} ({time.perf_counter() - t0:.0f} s)"
         )
     return rows

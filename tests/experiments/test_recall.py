@@ -59,6 +59,30 @@ def test_smoke_study_table_csv_png_and_cached_accuracies(tmp_path, capsys):
     assert measured["32:4"] != 0.75 and set(measured) == {"32:4"}
     assert json.loads(path.read_text())["accuracy"] == measured  # the cache follows the key
 
+    # A second seed: seed 0's run is reused, seed 1 trains in its own directory with its own
+    # seed. A marker in seed 0's cached accuracies makes the two seeds differ: the row is their
+    # mean, ± their (population) std.
+    c.test_segments, c.attentions, c.seeds = ("32:4", "64:8"), ("softmax",), (0, 1)
+    EXPERIMENTS["recall"](c, str(wd))
+    out = capsys.readouterr().out
+    assert f"reusing the finished run in {wd / 'runs' / 'softmax_d16_lr0.003'}\n" in out
+    assert f"training in {wd / 'runs' / 'softmax_d16_lr0.003_s1'}" in out
+    assert load_trained(wd / "runs" / "softmax_d16_lr0.003_s1").config.train.seed == 1
+    saved = json.loads(path.read_text())
+    saved["accuracy"]["32:4"] = 0.75
+    path.write_text(json.dumps(saved))
+    (row,) = EXPERIMENTS["recall"](c, str(wd))
+    out = capsys.readouterr().out
+    runs = list(csv.DictReader(open(wd / "recall_runs.csv")))
+    assert [int(r["seed"]) for r in runs] == [0, 1] and float(runs[0]["32:4"]) == 0.75
+    means = [float(r["mean"]) for r in runs]
+    assert row["seeds"] == [0, 1] and row["seed_means"] == pytest.approx(means)
+    assert row["mean"] == pytest.approx(np.mean(means))
+    assert row["std"] == pytest.approx(np.std(means)) and row["std"] > 0
+    assert row["accuracy"]["32:4"] == pytest.approx((0.75 + float(runs[1]["32:4"])) / 2)
+    assert f"{row['mean']:.3f} ± {row['std']:.3f}" in out and "mean per seed" in out
+    assert list(csv.DictReader(open(wd / "recall.csv")))[0]["seeds"] == "2"
+
 
 def test_recall_counts_weighted_positions_whose_argmax_is_the_value():
     """Batched, padded and jitted recall equals a per-example NumPy count: half the weighted
@@ -87,6 +111,8 @@ def test_recall_counts_weighted_positions_whose_argmax_is_the_value():
         ("test_segments", ("64",), "test_segments: '64' is not 'LENGTH:PAIRS'"),
         ("test_segments", ("256:64",), "test_segments: '256:64' needs mqar.data.vocab_size > 130"),
         ("test_examples", 0, "test_examples=0: must be a positive int"),
+        ("seeds", (0, 0), "seeds=(0, 0): must be distinct ints >= 0"),
+        ("seeds", (-1,), "seeds=(-1,): must be distinct ints >= 0"),
     ],
 )
 def test_bad_study_config_is_one_line_before_anything_trains(tmp_path, key, value, message):
@@ -96,6 +122,13 @@ def test_bad_study_config_is_one_line_before_anything_trains(tmp_path, key, valu
         EXPERIMENTS["recall"](c, str(tmp_path / "wd"))
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
     assert not (tmp_path / "wd").exists()
+
+
+def test_a_mqar_seed_is_refused_in_favour_of_seeds(tmp_path):
+    c = _smoke(tmp_path)
+    c.mqar.seed = 1
+    with pytest.raises(ConfigError, match=r"^mqar.seed=1: .* use --config.seeds=1$"):
+        EXPERIMENTS["recall"](c, str(tmp_path / "wd"))
 
 
 def test_presets_parse_and_the_zoology_preset_is_zoology_s_protocol():
