@@ -34,7 +34,10 @@ def get_config(preset: str = "") -> ConfigDict:
     c.experiment = "recall"  # research.experiments.EXPERIMENTS
     # softmax, a causal linear feature map (elu, relu, taylor, favor) or a gated / delta kind
     c.attentions = ("softmax", "taylor", "retnet", "gla", "deltanet", "gated_deltanet")
-    c.widths = (64,)  # d_model per point (d_ff = 4 x width)
+    c.widths = (64,)  # d_model per point
+    # The MLP's hidden width at every point; 0: 4 x width. A wider MLP adds parameters without
+    # changing the decode state: the control that tells state from model size.
+    c.d_ff = 0
     # Every point trains once per seed (its initialisation, data and order); the table gives
     # the mean ± std over them. Seed 0's runs keep their names, so more seeds reuse them.
     c.seeds = (0,)

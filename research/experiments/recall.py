@@ -59,12 +59,13 @@ class Point:
     width: int
     lr: float
     seed: int = 0
+    d_ff: int = 0  # the MLP's hidden width; 0: 4 x width
 
     @property
     def name(self) -> str:
-        """The run directory's name; seed 0's carries no suffix (a one-seed study's runs are
-        reused when more seeds are added)."""
-        tail = f"_s{self.seed}" if self.seed else ""
+        """The run directory's name; seed 0 and the default d_ff add no suffix (a one-seed
+        study's runs are reused when more seeds are added)."""
+        tail = (f"_ff{self.d_ff}" if self.d_ff else "") + (f"_s{self.seed}" if self.seed else "")
         return f"{self.attention}_d{self.width}_lr{self.lr:g}{tail}"
 
 
@@ -84,7 +85,8 @@ def _segments(c, key: str) -> tuple[tuple[int, int], ...]:
 
 def point_config(c, p: Point):
     """The training config of one point: c.mqar on the training mixture, padded to its longest
-    segment, with the point's width (d_ff = 4 x width), attention and learning rate."""
+    segment, with the point's width, MLP width (d_ff, default 4 x width), attention, learning
+    rate and seed."""
     pc = copy.deepcopy(c.mqar)
     pc.unlock()
     segments = _segments(c, "train_segments")
@@ -93,7 +95,8 @@ def point_config(c, p: Point):
         seq_len=max(n for n, _ in segments),
         mqar_variant="zoology",
     )
-    pc.model.update(d_model=p.width, d_ff=4 * p.width, **attention_overrides(p.attention))
+    d_ff = p.d_ff or 4 * p.width
+    pc.model.update(d_model=p.width, d_ff=d_ff, **attention_overrides(p.attention))
     pc.optimizer.learning_rate = p.lr
     pc.seed = p.seed
     return pc
@@ -109,7 +112,16 @@ def points(c) -> list[Point]:
     if not (isinstance(c.test_examples, int) and c.test_examples > 0):
         raise ConfigError(f"test_examples={c.test_examples!r}: must be a positive int")
     seeds = study_seeds(c)
-    out = [Point(a, w, lr, s) for a in attentions for w in widths for lr in rates[a] for s in seeds]
+    d_ff = c.get("d_ff", 0)
+    if not (isinstance(d_ff, int) and d_ff >= 0):
+        raise ConfigError(f"d_ff={d_ff!r}: must be an int >= 0 (0: 4 x each width)")
+    out = [
+        Point(a, w, lr, s, d_ff)
+        for a in attentions
+        for w in widths
+        for lr in rates[a]
+        for s in seeds
+    ]
     for p in out:
         try:
             parse(point_config(c, p))

@@ -113,6 +113,7 @@ def test_recall_counts_weighted_positions_whose_argmax_is_the_value():
         ("test_examples", 0, "test_examples=0: must be a positive int"),
         ("seeds", (0, 0), "seeds=(0, 0): must be distinct ints >= 0"),
         ("seeds", (-1,), "seeds=(-1,): must be distinct ints >= 0"),
+        ("d_ff", -1, "d_ff=-1: must be an int >= 0"),
     ],
 )
 def test_bad_study_config_is_one_line_before_anything_trains(tmp_path, key, value, message):
@@ -140,3 +141,19 @@ def test_presets_parse_and_the_zoology_preset_is_zoology_s_protocol():
     assert {int(s.split(":")[1]) for s in c.test_segments} == {4, 8, 16, 32, 64, 128, 256}
     with pytest.raises(ValueError, match="unknown preset 'big'"):
         config.get_config("big")
+
+
+def test_d_ff_widens_the_mlp_without_changing_the_state():
+    """The control for model size: d_ff changes the parameters by exactly the MLP's (2 layers x
+    (2 x width + the up-projection's bias) per unit of d_ff), not the decode state, and names
+    its runs apart."""
+    c = config.get_config()
+    c.attentions, c.seeds = ("taylor",), (0, 2)
+    base = recall.points(c)[0]
+    c.d_ff = 1664
+    wide = recall.points(c)
+    assert [p.name for p in wide] == ["taylor_d64_lr0.003_ff1664", "taylor_d64_lr0.003_ff1664_s2"]
+    pc = recall.point_config(c, wide[1])
+    assert pc.model.d_ff == 1664 and pc.seed == 2
+    (s0, n0), (s1, n1) = (recall.state_and_params(c, p, 1024) for p in (base, wide[0]))
+    assert s1 == s0 and n1 - n0 == 2 * (2 * 64 + 1) * (1664 - 4 * 64)
