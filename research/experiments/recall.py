@@ -113,7 +113,7 @@ def points(c) -> list[Point]:
         raise ConfigError(f"test_examples={c.test_examples!r}: must be a positive int")
     seeds = study_seeds(c)
     d_ff = c.get("d_ff", 0)
-    if not (isinstance(d_ff, int) and d_ff >= 0):
+    if not (isinstance(d_ff, int) and not isinstance(d_ff, bool) and d_ff >= 0):
         raise ConfigError(f"d_ff={d_ff!r}: must be an int >= 0 (0: 4 x each width)")
     out = [
         Point(a, w, lr, s, d_ff)
@@ -218,8 +218,9 @@ def state_and_params(c, p: Point, length: int) -> tuple[int, int]:
 
 def summarize(c, results: list[dict]) -> list[dict]:
     """One row per (attention, width): the learning rate with the best mean accuracy over the
-    seeds (a NaN, diverged, run ranks last), its per-segment accuracies and mean averaged over
-    the seeds, the std of the mean over them (NaN for one seed) and each seed's mean."""
+    seeds (a rate with a diverged, NaN, seed ranks last), its per-segment accuracies and mean
+    averaged over the seeds, the std of the mean over them (NaN for one seed) and each seed's
+    mean."""
 
     def score(runs):  # the mean over seeds; NaN (a diverged run) ranks last
         return np.nan_to_num(np.mean([r["mean"] for r in runs]), nan=-1.0)
@@ -327,13 +328,14 @@ def run(c, workdir: str) -> list[dict]:
         f"{plural(m.model.num_layers, 'layer')}, {plural(m.model.num_heads, 'head')}; "
         f"{c.test_examples} test examples per segment; state at {longest} tokens; "
         f"{plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))})"
+        + (f"; d_ff {c.d_ff} at every width" if c.get("d_ff", 0) else "")
     )
     if jax.process_index() == 0:
         flat = [{**r, **r["accuracy"], "seeds": len(r["seeds"]), "std": r["std"]} for r in rows]
         fields = ("attention", "width", "lr", *names, "mean", "std", "seeds")
         write_csv(workdir / "recall.csv", flat, (*fields, "state_bytes", "params"))
-        every = [{**r, **r["accuracy"]} for r in results]
-        fields = ("attention", "width", "lr", "seed", *names, "mean", "tokens_per_second")
+        every = [{**r, **r["accuracy"], "d_ff": r["d_ff"] or 4 * r["width"]} for r in results]
+        fields = ("attention", "width", "d_ff", "lr", "seed", *names, "mean", "tokens_per_second")
         write_csv(workdir / "recall_runs.csv", every, fields)
         plot(rows, workdir / "recall.png", header)
         print(f"\n{header}\n\n{table(rows, names)}\n")

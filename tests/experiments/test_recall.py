@@ -75,6 +75,8 @@ def test_smoke_study_table_csv_png_and_cached_accuracies(tmp_path, capsys):
     out = capsys.readouterr().out
     runs = list(csv.DictReader(open(wd / "recall_runs.csv")))
     assert [int(r["seed"]) for r in runs] == [0, 1] and float(runs[0]["32:4"]) == 0.75
+    assert float(runs[0]["mean"]) == pytest.approx((0.75 + float(runs[0]["64:8"])) / 2)
+    assert [int(r["d_ff"]) for r in runs] == [64, 64]  # 4 x width 16
     means = [float(r["mean"]) for r in runs]
     assert row["seeds"] == [0, 1] and row["seed_means"] == pytest.approx(means)
     assert row["mean"] == pytest.approx(np.mean(means))
@@ -130,6 +132,28 @@ def test_a_mqar_seed_is_refused_in_favour_of_seeds(tmp_path):
     c.mqar.seed = 1
     with pytest.raises(ConfigError, match=r"^mqar.seed=1: .* use --config.seeds=1$"):
         EXPERIMENTS["recall"](c, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+def test_the_learning_rate_is_chosen_by_its_mean_over_seeds():
+    """Rate 1e-3 has the best single run (0.9) but the lower mean (0.5 against 0.6); rate 1e-2
+    has the best run of all but a diverged (NaN) seed, so it ranks last. One seed: std NaN."""
+    c = config.get_config()
+    c.attentions = ("softmax",)
+
+    def run(lr, seed, mean):
+        return {
+            "attention": "softmax", "width": 64, "lr": lr, "seed": seed, "mean": mean,
+            "accuracy": {"64:4": mean}, "state_bytes": 1, "params": 2,
+        }  # fmt: skip
+
+    results = [run(1e-3, 0, 0.9), run(1e-3, 1, 0.1), run(3e-3, 0, 0.6), run(3e-3, 1, 0.6)]
+    results += [run(1e-2, 0, 0.99), run(1e-2, 1, float("nan"))]
+    (row,) = recall.summarize(c, results)
+    assert row["lr"] == 3e-3 and row["mean"] == pytest.approx(0.6) and row["std"] == 0.0
+    assert row["seeds"] == [0, 1] and row["accuracy"] == {"64:4": pytest.approx(0.6)}
+    (row,) = recall.summarize(c, [run(1e-3, 0, 0.9), run(3e-3, 0, 0.6)])
+    assert row["lr"] == 1e-3 and np.isnan(row["std"])
 
 
 def test_presets_parse_and_the_zoology_preset_is_zoology_s_protocol():
