@@ -2,6 +2,7 @@
 the special cases are the ops they claim to be, bad input fails early, memory stays O(L d)."""
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -146,6 +147,67 @@ def test_strong_decays_stay_finite_across_chunks_and_sub_chunks(gate):
         )
 
     _check_against_numpy(fn, q, k, v, g, seg, s0, d_out, d_state)
+
+
+@pytest.mark.parametrize("per_step, poisoned", [(-0.6, "tree_terms"), (-0.65, "factored_terms")])
+def test_factored_path_is_taken_exactly_inside_its_range(per_step, poisoned, monkeypatch):
+    """Per-key-dim gates near -0.6 per step sum to -37..-40 over a chunk of 64, inside
+    FACTOR_RANGE: the one-matmul factored form runs; near -0.65 (sums below -40) the tree. The
+    other branch is made to return NaNs, so values and gradients can only equal NumPy if the
+    right one ran. q and k are 10x larger than usual, to probe fp32's range next to e^40."""
+    rng = np.random.default_rng(7)
+    q, k, v, _, seg, s0, d_out, d_state = _inputs(rng, 2, 150, 2, 1, 6, 4, p_new=0.02)
+    g = (per_step * rng.uniform(0.97, 1.03, (2, 150, 2, 6))).astype(np.float32)
+    sums = g[:, :128].reshape(2, 2, 64, 2, 6).sum(axis=2)  # the two full chunks
+    assert (sums >= -chunk.FACTOR_RANGE).all() == (poisoned == "tree_terms")
+    real = getattr(chunk, poisoned)
+    monkeypatch.setattr(chunk, poisoned, lambda *a: jax.tree.map(lambda x: x * jnp.nan, real(*a)))
+
+    def fn(q, k, v, g, s0):
+        return ops.gated_linear_attention(
+            q, k, v, g, initial_state=s0, segment_ids=seg, return_state=True
+        )
+
+    _check_against_numpy(fn, 10 * q, 10 * k, v, g, seg, s0, d_out, d_state)
+
+
+def _dots(jaxpr):
+    """Every dot_general in a jaxpr, including those of scans, conds and checkpoints."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, jex.core.ClosedJaxpr):
+                    yield from _dots(sub.jaxpr)
+                elif isinstance(sub, jex.core.Jaxpr):
+                    yield from _dots(sub)
+
+
+@pytest.mark.parametrize("family", ["vector", "scalar", "delta"])
+def test_log_gate_sums_ask_for_full_fp32_precision(family):
+    """At default precision GPUs round fp32 matmuls to TF32 and TPUs to bf16 passes: a log-gate
+    sum of -40 would be off by 0.02-0.2, a 2-20% error once exponentiated. The chunked forms
+    (GLA per-key-dim and scalar, gated delta) form those sums as products with 0/1 triangular
+    matrices, the only dot operands of rank <= 3, and every one of them, forward and backward,
+    must ask for HIGHEST. The CPU computes fp32 at any precision, so this is read off the
+    traced program rather than measured."""
+    x = jnp.ones((1, 100, 2, 8), jnp.float32)
+    g = jnp.full(x.shape if family == "vector" else x.shape[:3], -0.1, jnp.float32)
+    if family == "delta":
+        beta = jnp.full(x.shape[:3], 0.5, jnp.float32)
+        fn = lambda q, k, v, g: ops.delta_rule_attention(q, k, v, beta, log_gate=g)  # noqa: E731
+    else:
+        fn = ops.gated_linear_attention
+    loss = lambda *args: jnp.sum(fn(*args))  # noqa: E731
+    with jax.default_matmul_precision("bfloat16"):  # as on a TPU; conftest sets "highest"
+        jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(x, x, x, g)
+    sums = [e for e in _dots(jaxpr.jaxpr) if min(v.aval.ndim for v in e.invars) <= 3]
+    assert len(sums) >= 3  # forward sums and their transposes
+    highest = (jax.lax.Precision.HIGHEST,) * 2
+    assert all(e.params["precision"] == highest for e in sums), [
+        (tuple(v.aval.shape for v in e.invars), e.params["precision"]) for e in sums
+    ]
 
 
 def test_sub_chunk_size_divides_the_chunk():

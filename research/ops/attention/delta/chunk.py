@@ -128,7 +128,8 @@ def chunk_operands(q, k, v, beta, g, reset, scale, chunk: int):
     seg0 = jnp.concatenate([jnp.zeros_like(seg[:, :1, 0]), seg[:, :-1, -1]], axis=1)  # [B, n]
     seg, seg0 = seg[:, None], seg0[:, None]  # broadcast over heads
     tri = jnp.tril(jnp.ones((chunk, chunk), jnp.float32))
-    big_g = jnp.einsum("ts,bhns->bhnt", tri, g)  # G_t, inclusive
+    # G_t, inclusive; at full fp32 (a TF32 / bf16 pass would round the sums before exp)
+    big_g = jnp.einsum("ts,bhns->bhnt", tri, g, precision=lax.Precision.HIGHEST)
     causal = tri.astype(bool) & (seg[..., :, None] == seg[..., None, :])
     decay_ts = _exp_where(causal, big_g[..., :, None] - big_g[..., None, :])  # D_ts
     from_start = seg == seg0[..., None]  # token t sees S_0
