@@ -9,7 +9,7 @@ Layout (after flash-linear-attention):
   delta/               delta-rule attention (DeltaNet, Gated DeltaNet): chunk.py (WY / UT
                        transform), recurrent.py (scan form, decode step), naive.py (reference)
   gated/               gated linear attention (GLA, RetNet, Mamba2-style scalar decay):
-                       chunk.py (sub-chunked log-space chunks), recurrent.py (scan form,
+                       chunk.py (chunks: factored, tree or sub-chunks), recurrent.py (scan,
                        decode step), naive.py (reference)
   segments.py          packed sequences: segment_ids checks, reset indicators, state shapes
   linformer.py         Linformer

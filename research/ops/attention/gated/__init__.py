@@ -87,9 +87,10 @@ def gated_linear_attention(
       segment_ids: [B, L] int, non-decreasing along L (packed sequences): the state restarts
         from zero at the first token of each segment after the first (the first segment starts
         from `initial_state`); fla's `cu_seqlens`.
-      form: "chunked" (chunk_size tokens per chunk, sub-chunked; `gated/chunk.py`), "scan"
-        (the token recurrence, rematerialised every chunk_size tokens), "naive" (a Python
-        loop over tokens; tests only).
+      form: "chunked" (chunk_size tokens per chunk; decays factored at the chunk start when
+        every chunk's log-gates sum to >= -40, else by a tree or sub-chunks; `gated/chunk.py`),
+        "scan" (the token recurrence, rematerialised every chunk_size tokens), "naive" (a
+        Python loop over tokens; tests only).
       chunk_size: tokens per chunk (chunked) or per rematerialised block (scan).
       implementation: for form="chunked", "xla" (the jnp form in `gated/chunk.py`, the
         reference) or "pallas" (the Pallas TPU kernel in `pallas/gla.py`, forward and backward;

@@ -149,7 +149,8 @@ def factored_terms(q, k, v, g, seg, p):
     """As `tree_terms`, when every chunk's total log-gate is >= -FACTOR_RANGE (each key dim):
     then exp(b_i - b_j) = exp(b_i) exp(-b_j) with both factors within e^(+-FACTOR_RANGE), so one
     [C, Dk] x [Dk, C] matmul per chunk replaces the tree (fla's chunk_gla before its secondary
-    split; the usual case: GLA's log-sigmoid gate over 16 sums to about -20 in 64 tokens)."""
+    split). GLA's gate, log-sigmoid over 16, sums to about -3 per 64 tokens at initialisation;
+    a chunk needs the tree only once its mean -log sigmoid(logit) exceeds 10."""
     c_len = q.shape[-2]
     cum = jnp.einsum("ij,bhnjd->bhnid", _tri(c_len), g, precision=EXACT)  # b_i in [-range, 0]
     total = cum[..., -1:, :]
@@ -217,7 +218,8 @@ def chunked(q, k, v, g, seg, s0, *, scale: float, chunk: int, p0=None):
     else:
         p0 = jnp.zeros((b,), jnp.int32)
     xs = [jnp.moveaxis(x.reshape(b, n, per_block, chunk, *x.shape[2:]), 1, 0) for x in xs]
-    # The per-key-dim gate's tree needs a power-of-two chunk: pad each chunk at its end.
+    # The per-key-dim gate's tree needs a power-of-two chunk: pad each chunk at its end (the
+    # factored path shares the padded layout: one switch between the two, same shapes).
     width = chunk if g.shape[-1] == 1 else 1 << (chunk - 1).bit_length()
     if width > chunk:
         xs = [
