@@ -173,8 +173,9 @@ def test_factored_path_is_taken_exactly_inside_its_range(per_step, poisoned, mon
 
 def test_vmap_over_mild_and_strong_gates_equals_numpy_with_finite_gradients():
     """Under jax.vmap the factored / tree switch becomes a select that runs both paths: with a
-    mild gate in one vmapped item and runs of g = -20 in the other, values and gradients of
-    both items still equal NumPy, and the discarded path leaves no NaN behind (0 * inf)."""
+    mild gate in one vmapped item and g = -20 at about a fifth of the other's entries, values
+    and gradients of both items still equal NumPy, and the discarded path leaves no NaN behind
+    (0 * inf)."""
     rng = np.random.default_rng(11)
     items = [_inputs(rng, 1, 70, 2, 2, 4, 3, strength=0.05, strong=s) for s in (0.0, 0.2)]
     q, k, v, g, seg, s0, d_out, d_state = (np.stack(x) for x in zip(*items, strict=True))
