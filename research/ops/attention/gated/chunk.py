@@ -58,12 +58,12 @@ def _tri(n: int, k: int = 0, upper: bool = False):
     return jnp.triu(ones, k) if upper else jnp.tril(ones, k)
 
 
-def chunk_terms(q, k, g, seg, p, *, sub: int):
+def chunk_terms(q, k, g, seg, *, sub: int):
     """The state-independent terms of N chunks at once, for a scalar gate. q, k [B, H, N, C, Dk]
-    fp32 (q scaled), g [B, H, N, C, 1], seg [B, N, C] int or None, p [B, N] the segment id of
-    the state entering each chunk. Returns (a [B, H, N, C, C] the masked intra-chunk scores,
-    q_dec [B, H, N, C, Dk] queries decayed from the chunk start, k_dec keys decayed to the chunk
-    end, decay [B, H, N, 1, 1] the chunk's total decay)."""
+    fp32 (q scaled), g [B, H, N, C, 1], seg [B, N, C] int or None. Returns (a [B, H, N, C, C]
+    the intra-chunk scores masked to same-segment pairs, q_dec [B, H, N, C, Dk] queries decayed
+    from the chunk start, k_dec keys decayed to the chunk end, decay [B, H, N, 1, 1] the chunk's
+    total decay); `block_step` masks the last three to the segments the state reaches."""
     f32 = jnp.float32
     b, h, n, c_len, dk = q.shape
     ns = c_len // sub
@@ -97,9 +97,6 @@ def chunk_terms(q, k, g, seg, p, *, sub: int):
     a = jnp.einsum("bhnid,bhnjd->bhnij", q, k) * decays
     if seg is not None:
         a = jnp.where((seg[..., :, None] == seg[..., None, :])[:, None], a, 0.0)
-        q_dec = jnp.where((seg == p[..., None])[:, None, ..., None], q_dec, 0.0)
-        k_dec = jnp.where((seg == seg[..., -1:])[:, None, ..., None], k_dec, 0.0)
-        decay = jnp.where((seg[..., -1] == p)[:, None, :, None, None], decay, 0.0)
     return a, q_dec, k_dec, decay
 
 
@@ -108,7 +105,7 @@ def _halves(x, s: int):
     return x.reshape(*x.shape[:3], -1, 2, s, x.shape[-1])
 
 
-def tree_terms(q, k, v, g, seg, p):
+def tree_terms(q, k, v, g, seg):
     """As `chunk_terms` for a per-key-dim gate g [B, H, N, C, Dk], C a power of two, but
     returning the intra-chunk output o [B, H, N, C, Dv] instead of the scores, and without any
     [C, C, Dk] tensor. Every pair j < i first
@@ -138,14 +135,10 @@ def tree_terms(q, k, v, g, seg, p):
         s *= 2
     q_dec, k_dec = q * jnp.exp(inc), k * jnp.exp(exc)
     decay = jnp.exp(inc[..., -1, :])[..., None]
-    if seg is not None:
-        q_dec = jnp.where((seg == p[..., None])[:, None, ..., None], q_dec, 0.0)
-        k_dec = jnp.where((seg == seg[..., -1:])[:, None, ..., None], k_dec, 0.0)
-        decay = jnp.where((seg[..., -1] == p)[:, None, :, None, None], decay, 0.0)
     return o, q_dec, k_dec, decay
 
 
-def factored_terms(q, k, v, g, seg, p):
+def factored_terms(q, k, v, g, seg):
     """As `tree_terms`, when every chunk's total log-gate is >= -FACTOR_RANGE (each key dim):
     then exp(b_i - b_j) = exp(b_i) exp(-b_j) with both factors within e^(+-FACTOR_RANGE), so one
     [C, Dk] x [Dk, C] matmul per chunk replaces the tree (fla's chunk_gla before its secondary
@@ -163,10 +156,6 @@ def factored_terms(q, k, v, g, seg, p):
     o = jnp.einsum("bhnij,bhnjv->bhniv", jnp.where(keep, a, 0.0), v)
     k_dec = k_inv * jnp.exp(total)  # = k exp(b_C - b_j), from factors within e^(+-range)
     decay = jnp.exp(total[..., 0, :])[..., None]
-    if seg is not None:
-        q_dec = jnp.where((seg == p[..., None])[:, None, ..., None], q_dec, 0.0)
-        k_dec = jnp.where((seg == seg[..., -1:])[:, None, ..., None], k_dec, 0.0)
-        decay = jnp.where((seg[..., -1] == p)[:, None, :, None, None], decay, 0.0)
     return o, q_dec, k_dec, decay
 
 
@@ -180,12 +169,16 @@ def block_step(s, p, q, k, v, g, seg, *, scale: float, sub: int, factored: bool 
     # The segment each chunk's entering state belongs to: the previous chunk's last token's.
     pc = None if seg is None else jnp.concatenate([p[:, None], seg[:, :-1, -1]], axis=1)
     if factored:
-        o_in, q_dec, k_dec, decay = factored_terms(q, k, v, g, seg, pc)
+        o_in, q_dec, k_dec, decay = factored_terms(q, k, v, g, seg)
     elif g.shape[-1] > 1:
-        o_in, q_dec, k_dec, decay = tree_terms(q, k, v, g, seg, pc)
+        o_in, q_dec, k_dec, decay = tree_terms(q, k, v, g, seg)
     else:
-        a, q_dec, k_dec, decay = chunk_terms(q, k, g, seg, pc, sub=sub)
+        a, q_dec, k_dec, decay = chunk_terms(q, k, g, seg, sub=sub)
         o_in = jnp.einsum("bhnij,bhnjv->bhniv", a, v)
+    if seg is not None:  # the entering state reaches its own segment; only the last leaves
+        q_dec = jnp.where((seg == pc[..., None])[:, None, ..., None], q_dec, 0.0)
+        k_dec = jnp.where((seg == seg[..., -1:])[:, None, ..., None], k_dec, 0.0)
+        decay = jnp.where((seg[..., -1] == pc)[:, None, :, None, None], decay, 0.0)
     ds = jnp.einsum("bhnjd,bhnjv->bhndv", k_dec, v)  # each chunk's own contribution
 
     def step(s, x):
