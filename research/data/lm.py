@@ -6,7 +6,7 @@ import functools
 import grain
 import numpy as np
 
-from research.data.shards import ShardedIterator, shard_records, sharded
+from research.data.shards import READ_IN_THREAD, ShardedIterator, shard_records, sharded
 from research.data.tokenizer import EOS_ID
 
 
@@ -42,7 +42,7 @@ def lm_dataset(
     ds = shard_records(source, seed=seed, shuffle=train, repeat=train, shard=shard, shards=shards)
     ds = ds.map(tokenize)
     ds = grain.experimental.ConcatThenSplitIterDataset(
-        ds.to_iter_dataset(), length_struct={"tokens": seq_len + 1}
+        ds.to_iter_dataset(READ_IN_THREAD), length_struct={"tokens": seq_len + 1}
     )
     ds = ds.batch(batch_size, drop_remainder=True).map(
         functools.partial(_shift, documents=documents)
