@@ -39,6 +39,10 @@ def get_config(preset: str = "") -> ConfigDict:
     # taylor 3e-3, gla and gated_deltanet 1e-3), so one run per kind asks the question fairly;
     # `full` clears it and sweeps every kind over three rates.
     c.learning_rates_by_attention = {"taylor": (3e-3,), "gla": (1e-3,), "gated_deltanet": (1e-3,)}
+    # True: each kind's MLP (d_ff) is widened until its parameter count matches the largest
+    # kind's at that width (runs named `..._ffN`), so the kinds are compared at equal parameters;
+    # False: d_ff = 4 x width for every kind (equal width; the table's params column differs).
+    c.equal_params = False
     c.tasks = ("mqar", "lm")  # lm: once per (attention, width) at c.lm.optimizer.learning_rate
     # Decode latency per token of the LM's model (batch 1) after each context length: softmax
     # reads a KV cache that grows with it, the recurrent kinds update a fixed state.

@@ -8,31 +8,31 @@ way), the LM eval loss and perplexity, train tokens/s, the decode latency per to
 8k tokens of context (`decode_contexts`), the bytes of the decode state after a prompt of the
 MQAR length (the KV cache for softmax at that context, the
 recurrent d_k x d_v state for linear and the gated / delta kinds, conv windows included),
-measured from the cache the model actually builds, and the parameter count (the kinds differ at
-one width: compare at equal parameters too, not only equal width).
+measured from the cache the model actually builds, and the parameter count. The kinds differ at
+one width; `equal_params` widens each kind's MLP (d_ff) until its count matches the largest kind's
+at that width, so they are compared at equal parameters too, not only equal width.
 """
 
 import copy
 import dataclasses
+import functools
 import math
 import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax import lax
 
 from research.config import as_list
 from research.experiments import sweep
+from research.experiments.model_cost import decode_state_bytes, parameter_count, seconds_per_token
 from research.models import DecoderLM
 from research.models.config import RECURRENT_KINDS
 from research.ops.checks import is_positive_int
 from research.report import (
     format_table,
     machine_header,
-    median_time,
     plural,
     save_figure,
     write_csv,
@@ -42,6 +42,7 @@ from research.train.config import ConfigError, parse
 FIELDS = (
     "attention",
     "width",
+    "d_ff",
     "mqar_accuracy",
     "mqar_best_lr",
     "lm_loss",
@@ -75,10 +76,12 @@ class Point:
     attention: str
     width: int
     lr: float
+    d_ff: int = 0  # the MLP's hidden width; 0: 4 x width
 
     @property
     def name(self) -> str:
-        return f"{self.task}_{self.attention}_d{self.width}_lr{self.lr:g}"
+        tail = f"_ff{self.d_ff}" if self.d_ff else ""
+        return f"{self.task}_{self.attention}_d{self.width}_lr{self.lr:g}{tail}"
 
 
 def point_config(c, p: Point):
@@ -87,7 +90,8 @@ def point_config(c, p: Point):
     base.unlock()
     if c.get("data_dir"):  # one override for both tasks' datasets and tokenizers
         base.data.data_dir = c.data_dir
-    base.model.update(d_model=p.width, d_ff=4 * p.width, **attention_overrides(p.attention))
+    d_ff = p.d_ff or 4 * p.width
+    base.model.update(d_model=p.width, d_ff=d_ff, **attention_overrides(p.attention))
     base.optimizer.learning_rate = p.lr
     return base
 
@@ -117,6 +121,24 @@ def attention_names(c) -> tuple[str, ...]:
     return attentions
 
 
+def mlp_widths(c, attentions, widths) -> dict[tuple[str, int], int]:
+    """{(attention, width): d_ff, 0 for 4 x width}: with c.equal_params, the MLP widths that give
+    every kind the largest kind's parameter count at that width (sweep.equal_param_mlp_widths;
+    counted on the MQAR model, and the LM's differs from it only in the shared embeddings)."""
+    out = {(a, w): 0 for a in attentions for w in widths}
+    if not c.get("equal_params", False):
+        return out
+    for w in widths:
+        ff = sweep.equal_param_mlp_widths(functools.partial(_params, c, w), attentions, w)
+        out.update({(a, w): 0 if d == 4 * w else d for a, d in ff.items()})
+    return out
+
+
+def _params(c, width: int, attention: str, d_ff: int) -> int:
+    p = Point("mqar", attention, width, 1e-3, d_ff)
+    return parameter_count(_model(c, p, c.mqar.data.seq_len + c.decode_tokens))
+
+
 def points(c) -> list[Point]:
     attentions = attention_names(c)
     widths = as_list(c.widths, int, name="widths")
@@ -128,12 +150,15 @@ def points(c) -> list[Point]:
     for n in as_list(c.decode_contexts, int, name="decode_contexts"):
         if not is_positive_int(n):
             raise ConfigError(f"decode_contexts: {n!r} is not a positive int (context tokens)")
-    rates = learning_rates(c, attentions)
+    rates, ff = learning_rates(c, attentions), mlp_widths(c, attentions, widths)
     out = []
     if "mqar" in tasks:
-        out += [Point("mqar", a, w, lr) for a in attentions for w in widths for lr in rates[a]]
+        out += [
+            Point("mqar", a, w, lr, ff[a, w]) for a in attentions for w in widths for lr in rates[a]
+        ]
     if "lm" in tasks:
-        out += [Point("lm", a, w, c.lm.optimizer.learning_rate) for a in attentions for w in widths]
+        lr = c.lm.optimizer.learning_rate
+        out += [Point("lm", a, w, lr, ff[a, w]) for a in attentions for w in widths]
     for p in out:  # every mistake is reported before the first run starts
         pc = point_config(c, p)
         try:
@@ -147,59 +172,27 @@ def run_point(c, p: Point, workdir: pathlib.Path) -> dict:
     return sweep.train_point(point_config(c, p), workdir / "runs" / p.name, dataclasses.asdict(p))
 
 
-def decode_state_bytes(model: DecoderLM, length: int) -> int:
-    """Bytes of `model`'s decode state for batch 1 with room for `length` tokens, as its prefill
-    builds it: a softmax layer's KV cache grows with `length`; a recurrent layer's state (and a
-    convolution's last inputs) does not."""
-    _, cache = model.prefill(np.ones((1, length - 1), np.int32), max_length=length)
-    return int(sum(x.nbytes for x in jax.tree.leaves(cache["layers"])))
+def _model(c, p: Point, length: int, *, shapes_only: bool = True) -> DecoderLM:
+    """p's model with room for `length` tokens: weights only as shapes unless shapes_only=False."""
+    pc = point_config(c, p)
+    mcfg = parse(pc).model.replace(vocab_size=pc.data.vocab_size, max_length=length)
+    if shapes_only:
+        return nnx.eval_shape(lambda: DecoderLM(mcfg, rngs=nnx.Rngs(0)))
+    return DecoderLM(mcfg, rngs=nnx.Rngs(0))
 
 
-def parameter_count(model) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
-
-
-def state_and_params(c, attention: str, width: int) -> tuple[int, int]:
+def state_and_params(c, attention: str, width: int, d_ff: int = 0) -> tuple[int, int]:
     """(decode-state bytes for a prompt of MQAR length and c.decode_tokens more, batch 1;
     parameters) of the MQAR model, embeddings included."""
-    pc = point_config(c, Point("mqar", attention, width, 1e-3))
-    length = pc.data.seq_len + c.decode_tokens
-    mcfg = parse(pc).model.replace(vocab_size=pc.data.vocab_size, max_length=length)
-    model = DecoderLM(mcfg, rngs=nnx.Rngs(0))
+    length = c.mqar.data.seq_len + c.decode_tokens
+    model = _model(c, Point("mqar", attention, width, 1e-3, d_ff), length, shapes_only=False)
     return decode_state_bytes(model, length), parameter_count(model)
 
 
-def seconds_per_token(model: DecoderLM, context: int, steps: int) -> float:
-    """Wall seconds per greedy token of `model` (batch 1) after a random prompt of `context`
-    tokens: the prompt is prefilled once and only the `steps` decode steps that follow are timed
-    (median of 3), so softmax pays for reading its KV cache, a recurrent kind for its state."""
-    graphdef, state = nnx.split(model)
-    length = context + steps
-    prompt = jax.random.randint(jax.random.key(0), (1, context), 0, model.cfg.vocab_size)
-
-    @jax.jit
-    def prefill(state, prompt):
-        logits, cache = nnx.merge(graphdef, state).prefill(prompt, max_length=length)
-        return jnp.argmax(logits, -1).astype(jnp.int32), cache
-
-    @jax.jit
-    def decode(state, token, cache):
-        model = nnx.merge(graphdef, state)
-
-        def step(_, carry):
-            logits, cache = model.decode_step(*carry)
-            return jnp.argmax(logits, -1).astype(jnp.int32), cache
-
-        return lax.fori_loop(0, steps, step, (token, cache))
-
-    token, cache = prefill(state, prompt)
-    return median_time(decode, state, token, cache, repeats=3) / steps
-
-
-def decode_latency(c, attention: str, width: int) -> dict[int, float]:
+def decode_latency(c, attention: str, width: int, d_ff: int = 0) -> dict[int, float]:
     """{context: seconds per decoded token} of the LM's model (random weights: the time does not
     depend on them) for each of c.decode_contexts."""
-    pc = point_config(c, Point("lm", attention, width, 1e-3))
+    pc = point_config(c, Point("lm", attention, width, 1e-3, d_ff))
     cfg = parse(pc).model.replace(vocab_size=pc.data.vocab_size)
     out = {}
     for n in as_list(c.decode_contexts, int, name="decode_contexts"):
@@ -228,6 +221,7 @@ def summarize(c, results: list[dict], decode: dict, latency: dict) -> list[dict]
                 {
                     "attention": a,
                     "width": w,
+                    "d_ff": (mine[0]["point"].get("d_ff") if mine else 0) or 4 * w,
                     "mqar_accuracy": best and best["eval"]["accuracy"],
                     "mqar_best_lr": best and best["point"]["lr"],
                     "lm_loss": lm_loss,
@@ -265,6 +259,7 @@ def table(rows: list[dict]) -> str:
     columns = (
         "attention",
         "width",
+        "d_ff",
         "MQAR acc",
         "best lr",
         "LM loss",
@@ -277,6 +272,7 @@ def table(rows: list[dict]) -> str:
     formats = (
         "{attention}",
         "{width}",
+        "{d_ff}",
         _cell("mqar_accuracy", ".3f"),
         _cell("mqar_best_lr", "g"),
         _cell("lm_loss", ".3f"),
@@ -351,8 +347,10 @@ def run(c, workdir: str) -> list[dict]:
         results.append(run_point(c, p, workdir))
     widths = as_list(c.widths, int, name="widths")
     attentions = as_list(c.attentions, name="attentions")
-    decode = {(a, w): state_and_params(c, a, w) for a in attentions for w in widths}
-    latency = {(a, w): decode_latency(c, a, w) for a in attentions for w in widths}
+    ff = {(p.attention, p.width): p.d_ff for p in todo}
+    pairs = [(a, w, ff.get((a, w), 0)) for a in attentions for w in widths]
+    decode = {(a, w): state_and_params(c, a, w, d) for a, w, d in pairs}
+    latency = {(a, w): decode_latency(c, a, w, d) for a, w, d in pairs}
     rows = summarize(c, results, decode, latency)
     m, lm, tasks = c.mqar.data, c.lm, as_list(c.tasks, name="tasks")
     mqar_part = (
@@ -367,6 +365,7 @@ def run(c, workdir: str) -> list[dict]:
         else ""
     )
     shape = f"{plural(c.mqar.model.num_layers, 'layer')}, {plural(c.mqar.model.num_heads, 'head')}"
+    shape += ", MLP widths (d_ff) set for equal parameters" if c.get("equal_params") else ""
     header = (
         f"{machine_header()}\n{mqar_part}{lm_part}{shape}; decode: the LM model, batch 1, "
         f"{c.decode_tokens} greedy tokens timed after each context; state bytes after {m.seq_len}"

@@ -35,10 +35,9 @@ from research.experiments import sweep
 from research.experiments.compare_attention import (
     attention_names,
     attention_overrides,
-    decode_state_bytes,
     learning_rates,
-    parameter_count,
 )
+from research.experiments.model_cost import decode_state_bytes, parameter_count
 from research.models import DecoderLM
 from research.report import (
     format_table,

@@ -60,7 +60,10 @@ def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
     params = {x["attention"]: int(x["params"]) for x in rows}
     assert params["softmax"] == params["elu"]
     assert (tmp_path / "wd" / "compare.png").stat().st_size > 10_000
-    assert "| attention | width | MQAR acc |" in r.stdout and "| decode ms/tok @64 |" in r.stdout
+    assert (
+        "| attention | width | d_ff | MQAR acc |" in r.stdout
+        and "| decode ms/tok @64 |" in r.stdout
+    )
 
     # A rerun reuses every finished point; a changed config in the same workdir is refused.
     # A result saved before model.scan_layers existed is the same config (the key's default).
@@ -145,7 +148,7 @@ def test_a_sweep_without_the_lm_prints_dashes_not_nan(tmp_path):
     rows = ca.summarize(c, results, decode, latency)
     assert [r["mqar_accuracy"] for r in rows] == [0.5] * 4  # a diverged (NaN) lr never wins
     text = ca.table(rows)
-    assert "| softmax | 16 | 0.500 | 0.01 | - | - | 10 | 5.000 | 12.500 | 64 | 1,000 |" in text
+    assert "| softmax | 16 | 64 | 0.500 | 0.01 | - | - | 10 | 5.000 | 12.500 | 64 | 1,000 |" in text
     assert "| decode ms/tok @1k | decode ms/tok @8k |" in text
     assert ca.fields(rows)[-4:] == ("decode_ms_1024", "decode_ms_8192", "state_bytes", "params")
     assert "nan" not in text  # NaN means diverged; the LM was simply not run
@@ -177,8 +180,9 @@ def test_an_lm_only_sweep_and_one_data_dir_for_both_tasks(tmp_path):
     decode = {(a, w): (64, 1000) for a in ("softmax", "elu") for w in (16, 32)}
     latency = {(a, w): {1024: 0.005, 8192: 0.0125} for a in ("softmax", "elu") for w in (16, 32)}
     rows = ca.summarize(c, results, decode, latency)
-    assert "| softmax | 16 | - | - | 4.016 | 55.5 | 7 | 5.000 | 12.500 | 64 | 1,000 |" in ca.table(
-        rows
+    assert (
+        "| softmax | 16 | 64 | - | - | 4.016 | 55.5 | 7 | 5.000 | 12.500 | 64 | 1,000 |"
+        in ca.table(rows)
     )
     # The LM panel says how far apart the attentions are at a width: exp(0.01) - 1 = 1.01%.
     assert ca._spread(rows) == "\n(attentions within 1.01% at each width)"
@@ -208,3 +212,41 @@ def test_the_default_compares_softmax_a_2020_map_gla_and_gated_deltanet():
     c.learning_rates_by_attention = {"cosine": (1e-3,)}
     with pytest.raises(ConfigError, match="learning_rates_by_attention: unknown 'cosine'"):
         ca.points(c)
+
+
+def test_equal_params_widens_each_mlp_to_the_largest_kinds_count():
+    """equal_params: every kind's MLP is widened until its parameter count, counted on the model
+    itself, is within half an MLP unit of the largest kind's (one more hidden unit adds a wi
+    column, its bias and a wo row in each layer: num_layers x (2 width + 1) parameters); that
+    kind keeps 4 x width and its run name, the others run as `_ffN` points of both tasks."""
+    from configs import compare_attention as cfg
+    from research.experiments import compare_attention as ca
+    from research.experiments.model_cost import parameter_count
+
+    c = cfg.get_config()
+    c.widths = (32,)
+    assert all(p.d_ff == 0 for p in ca.points(c))  # off by default: d_ff = 4 x width for all
+    c.equal_params = True
+    points = ca.points(c)
+    ff = {p.attention: p.d_ff for p in points}
+    unit = c.mqar.model.num_layers * (2 * 32 + 1)
+
+    def count(attention, d_ff):
+        p = ca.Point("mqar", attention, 32, 1e-3, d_ff)
+        return parameter_count(ca._model(c, p, c.mqar.data.seq_len, shapes_only=False))
+
+    defaults = {a: count(a, 0) for a in ff}
+    largest = max(defaults, key=defaults.get)
+    assert ff[largest] == 0 and all(ff[a] > 4 * 32 for a in ff if a != largest)
+    matched = {a: count(a, ff[a]) for a in ff}
+    for a in ff:
+        assert abs(matched[a] - defaults[largest]) <= unit / 2, (a, matched, defaults)
+        assert matched[a] - defaults[a] == unit * ((ff[a] or 4 * 32) - 4 * 32)
+    names = {p.name for p in points}
+    assert f"lm_softmax_d32_lr0.003_ff{ff['softmax']}" in names
+    assert f"mqar_{largest}_d32_lr0.001" in names
+    # The decode state does not grow with the MLP: state bytes as at 4 x width.
+    assert (
+        ca.state_and_params(c, "softmax", 32, ff["softmax"])[0]
+        == ca.state_and_params(c, "softmax", 32)[0]
+    )
