@@ -26,7 +26,12 @@ from flax import nnx
 
 from research.config import as_list
 from research.experiments import sweep
-from research.experiments.model_cost import decode_state_bytes, parameter_count, seconds_per_token
+from research.experiments.model_cost import (
+    decode_state_bytes,
+    equal_param_mlp_widths,
+    parameter_count,
+    seconds_per_token,
+)
 from research.models import DecoderLM
 from research.models.config import RECURRENT_KINDS
 from research.ops.checks import is_positive_int
@@ -121,22 +126,23 @@ def attention_names(c) -> tuple[str, ...]:
     return attentions
 
 
-def mlp_widths(c, attentions, widths) -> dict[tuple[str, int], int]:
-    """{(attention, width): d_ff, 0 for 4 x width}: with c.equal_params, the MLP widths that give
-    every kind the largest kind's parameter count at that width (sweep.equal_param_mlp_widths;
-    counted on the MQAR model, and the LM's differs from it only in the shared embeddings)."""
-    out = {(a, w): 0 for a in attentions for w in widths}
+def mlp_widths(c, tasks, attentions, widths) -> dict[tuple[str, str, int], int]:
+    """{(task, attention, width): d_ff, 0 for 4 x width}: with c.equal_params, the MLP widths that
+    give every kind the largest kind's parameter count at that width on that task's model
+    (equal_param_mlp_widths)."""
+    out = {(t, a, w): 0 for t in tasks for a in attentions for w in widths}
     if not c.get("equal_params", False):
         return out
-    for w in widths:
-        ff = sweep.equal_param_mlp_widths(functools.partial(_params, c, w), attentions, w)
-        out.update({(a, w): 0 if d == 4 * w else d for a, d in ff.items()})
+    for t in tasks:
+        for w in widths:
+            ff = equal_param_mlp_widths(functools.partial(_params, c, t, w), attentions, w)
+            out.update({(t, a, w): 0 if d == 4 * w else d for a, d in ff.items()})
     return out
 
 
-def _params(c, width: int, attention: str, d_ff: int) -> int:
-    p = Point("mqar", attention, width, 1e-3, d_ff)
-    return parameter_count(_model(c, p, c.mqar.data.seq_len + c.decode_tokens))
+def _params(c, task: str, width: int, attention: str, d_ff: int) -> int:
+    p = Point(task, attention, width, 1e-3, d_ff)
+    return parameter_count(_model(c, p, c[task].data.seq_len))
 
 
 def points(c) -> list[Point]:
@@ -150,15 +156,14 @@ def points(c) -> list[Point]:
     for n in as_list(c.decode_contexts, int, name="decode_contexts"):
         if not is_positive_int(n):
             raise ConfigError(f"decode_contexts: {n!r} is not a positive int (context tokens)")
-    rates, ff = learning_rates(c, attentions), mlp_widths(c, attentions, widths)
+    rates, ff = learning_rates(c, attentions), mlp_widths(c, tasks, attentions, widths)
     out = []
     if "mqar" in tasks:
-        out += [
-            Point("mqar", a, w, lr, ff[a, w]) for a in attentions for w in widths for lr in rates[a]
-        ]
+        pairs = [(a, w) for a in attentions for w in widths]
+        out += [Point("mqar", a, w, lr, ff["mqar", a, w]) for a, w in pairs for lr in rates[a]]
     if "lm" in tasks:
         lr = c.lm.optimizer.learning_rate
-        out += [Point("lm", a, w, lr, ff[a, w]) for a in attentions for w in widths]
+        out += [Point("lm", a, w, lr, ff["lm", a, w]) for a in attentions for w in widths]
     for p in out:  # every mistake is reported before the first run starts
         pc = point_config(c, p)
         try:
@@ -347,10 +352,10 @@ def run(c, workdir: str) -> list[dict]:
         results.append(run_point(c, p, workdir))
     widths = as_list(c.widths, int, name="widths")
     attentions = as_list(c.attentions, name="attentions")
-    ff = {(p.attention, p.width): p.d_ff for p in todo}
-    pairs = [(a, w, ff.get((a, w), 0)) for a in attentions for w in widths]
-    decode = {(a, w): state_and_params(c, a, w, d) for a, w, d in pairs}
-    latency = {(a, w): decode_latency(c, a, w, d) for a, w, d in pairs}
+    ff = {(p.task, p.attention, p.width): p.d_ff for p in todo}
+    pairs = [(a, w) for a in attentions for w in widths]
+    decode = {(a, w): state_and_params(c, a, w, ff.get(("mqar", a, w), 0)) for a, w in pairs}
+    latency = {(a, w): decode_latency(c, a, w, ff.get(("lm", a, w), 0)) for a, w in pairs}
     rows = summarize(c, results, decode, latency)
     m, lm, tasks = c.mqar.data, c.lm, as_list(c.tasks, name="tasks")
     mqar_part = (

@@ -1,5 +1,6 @@
 """What a model costs, whatever it was trained on: its parameters, the bytes of its decode state and
-its decode latency per token (the comparison and recall experiments report them per kind)."""
+its decode latency per token (the comparison and recall experiments report them per kind), and
+the MLP widths that give several kinds equal parameters."""
 
 import jax
 import jax.numpy as jnp
@@ -48,3 +49,16 @@ def seconds_per_token(model: DecoderLM, context: int, steps: int) -> float:
 
     token, cache = prefill(state, prompt)
     return median_time(decode, state, token, cache, repeats=3) / steps
+
+
+def equal_param_mlp_widths(count, kinds, width: int) -> dict[str, int]:
+    """{kind: d_ff}: the MLP hidden width that brings each kind's parameter count, count(kind,
+    d_ff), nearest the largest count at the default d_ff = 4 x width. A wider MLP adds parameters
+    and leaves the decode state as it is, so kinds whose attention has fewer parameters are
+    compared at equal parameters, not only equal width. d_ff moves in whole units, so each count
+    ends within half a unit's parameters of the largest (count must be linear in d_ff, as an
+    MLP's weights and biases are)."""
+    base = 4 * width
+    at = {k: count(k, base) for k in kinds}
+    target = max(at.values())
+    return {k: base + round((target - n) / (count(k, base + 1) - n)) for k, n in at.items()}

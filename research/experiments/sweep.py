@@ -126,16 +126,3 @@ def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(result_path)  # atomic: a killed sweep never leaves a half-written result
     return result
-
-
-def equal_param_mlp_widths(count, kinds, width: int) -> dict[str, int]:
-    """{kind: d_ff}: the MLP hidden width that brings each kind's parameter count, count(kind,
-    d_ff), nearest the largest count at the default d_ff = 4 x width. A wider MLP adds parameters
-    and leaves the decode state as it is, so kinds whose attention has fewer parameters are
-    compared at equal parameters, not only equal width. d_ff moves in whole units, so counts end
-    within half a unit's parameters of each other (count is linear in d_ff: the MLP's weights and
-    biases)."""
-    base = 4 * width
-    at = {k: count(k, base) for k in kinds}
-    target = max(at.values())
-    return {k: base + round((target - n) / (count(k, base + 1) - n)) for k, n in at.items()}

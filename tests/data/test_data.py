@@ -255,6 +255,39 @@ def test_batches_and_saved_state_do_not_depend_on_the_process_count(monkeypatch,
     np.testing.assert_array_equal(global_batches(its, steps), want[steps:])
 
 
+def test_accelerator_read_ahead_gives_the_cpu_batches_and_states(monkeypatch):
+    """On an accelerator the shard datasets read ahead in a background thread (shards.background;
+    on CPU they do not): the batches and the saved states are the CPU path's, so a checkpoint
+    moves between the two."""
+    import grain
+    import jax
+
+    records = [{"inputs": np.full(3, i, np.int32)} for i in range(64)]
+
+    def iterator():
+        return data_shards.array_iterator(records, batch_size=8, seed=5, train=True, shards=2)
+
+    cpu = iterator()
+    want = [next(cpu)["inputs"] for _ in range(6)]
+    cpu = iterator()
+    [next(cpu) for _ in range(3)]
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    ahead = iterator()
+    prefetch = grain.experimental.ThreadPrefetchIterDataset
+    one_shard = dict(batch_size=8, seed=5, train=True)
+    assert isinstance(data_shards.array_dataset(records, **one_shard), prefetch)
+    np.testing.assert_array_equal([next(ahead)["inputs"] for _ in range(3)], want[:3])
+    assert ahead.get_state() == cpu.get_state()  # the thread has read further; its state has not
+    resumed = iterator()
+    resumed.set_state(cpu.get_state())
+    np.testing.assert_array_equal([next(resumed)["inputs"] for _ in range(3)], want[3:])
+    monkeypatch.undo()
+    assert not isinstance(data_shards.array_dataset(records, **one_shard), prefetch)
+    back = iterator()
+    back.set_state(ahead.get_state())
+    np.testing.assert_array_equal([next(back)["inputs"] for _ in range(3)], want[3:])
+
+
 def test_shard_layout_errors(monkeypatch):
     _as_process(monkeypatch, 0, 3)
     with pytest.raises(

@@ -217,36 +217,75 @@ def test_the_default_compares_softmax_a_2020_map_gla_and_gated_deltanet():
 def test_equal_params_widens_each_mlp_to_the_largest_kinds_count():
     """equal_params: every kind's MLP is widened until its parameter count, counted on the model
     itself, is within half an MLP unit of the largest kind's (one more hidden unit adds a wi
-    column, its bias and a wo row in each layer: num_layers x (2 width + 1) parameters); that
-    kind keeps 4 x width and its run name, the others run as `_ffN` points of both tasks."""
+    column, its bias and a wo row in each layer: num_layers x (2 width + 1) parameters), at each
+    width and on each task's model; that kind keeps 4 x width and its run names, the others run
+    as `_ffN` points."""
     from configs import compare_attention as cfg
     from research.experiments import compare_attention as ca
     from research.experiments.model_cost import parameter_count
 
     c = cfg.get_config()
-    c.widths = (32,)
+    c.widths = (16, 32)
     assert all(p.d_ff == 0 for p in ca.points(c))  # off by default: d_ff = 4 x width for all
     c.equal_params = True
     points = ca.points(c)
-    ff = {p.attention: p.d_ff for p in points}
-    unit = c.mqar.model.num_layers * (2 * 32 + 1)
+    ff = {(p.task, p.attention, p.width): p.d_ff for p in points}
+    assert len(ff) == 2 * 4 * 2  # tasks x kinds x widths
 
-    def count(attention, d_ff):
-        p = ca.Point("mqar", attention, 32, 1e-3, d_ff)
-        return parameter_count(ca._model(c, p, c.mqar.data.seq_len, shapes_only=False))
+    def count(task, attention, width, d_ff):
+        p = ca.Point(task, attention, width, 1e-3, d_ff)
+        return parameter_count(ca._model(c, p, c[task].data.seq_len, shapes_only=False))
 
-    defaults = {a: count(a, 0) for a in ff}
-    largest = max(defaults, key=defaults.get)
-    assert ff[largest] == 0 and all(ff[a] > 4 * 32 for a in ff if a != largest)
-    matched = {a: count(a, ff[a]) for a in ff}
-    for a in ff:
-        assert abs(matched[a] - defaults[largest]) <= unit / 2, (a, matched, defaults)
-        assert matched[a] - defaults[a] == unit * ((ff[a] or 4 * 32) - 4 * 32)
+    for task in ("mqar", "lm"):
+        for w in c.widths:
+            unit = c[task].model.num_layers * (2 * w + 1)
+            kinds = c.attentions
+            defaults = {a: count(task, a, w, 0) for a in kinds}
+            largest = max(defaults, key=defaults.get)
+            assert ff[task, largest, w] == 0
+            assert all(ff[task, a, w] > 4 * w for a in kinds if a != largest)
+            for a in kinds:
+                d_ff = ff[task, a, w] or 4 * w
+                matched = count(task, a, w, d_ff)
+                assert abs(matched - defaults[largest]) <= unit / 2, (task, w, a, matched)
+                assert matched - defaults[a] == unit * (d_ff - 4 * w)
     names = {p.name for p in points}
-    assert f"lm_softmax_d32_lr0.003_ff{ff['softmax']}" in names
-    assert f"mqar_{largest}_d32_lr0.001" in names
+    assert f"mqar_softmax_d32_lr0.01_ff{ff['mqar', 'softmax', 32]}" in names
+    assert f"lm_taylor_d16_lr0.003_ff{ff['lm', 'taylor', 16]}" in names
     # The decode state does not grow with the MLP: state bytes as at 4 x width.
-    assert (
-        ca.state_and_params(c, "softmax", 32, ff["softmax"])[0]
-        == ca.state_and_params(c, "softmax", 32)[0]
-    )
+    wide = ca.state_and_params(c, "softmax", 32, ff["mqar", "softmax", 32])
+    assert wide[0] == ca.state_and_params(c, "softmax", 32)[0] and wide[1] > 0
+
+
+def test_equal_param_mlp_widths_rounds_to_the_nearest_unit():
+    """Counts linear in d_ff (kind a: 1000 + 10 d_ff, b: 1300 + 10 d_ff, c: 1236 + 10 d_ff, at
+    width 8 so d_ff starts at 32): b is the largest (1620); a needs 30 more units, c needs 6.4
+    (rounded to 6: 1616, 4 short, nearer than 7 units' 1626)."""
+    from research.experiments.model_cost import equal_param_mlp_widths
+
+    base = {"a": 1000, "b": 1300, "c": 1236}
+    got = equal_param_mlp_widths(lambda k, d_ff: base[k] + 10 * d_ff, ("a", "b", "c"), 8)
+    assert got == {"a": 62, "b": 32, "c": 38}
+
+
+def test_the_table_shows_each_rows_mlp_width():
+    """A result saved before d_ff existed reads as 4 x width; a widened point shows its own."""
+    from configs import compare_attention as cfg
+    from research.experiments import compare_attention as ca
+
+    c = cfg.get_config("smoke")
+    c.tasks, c.widths = ("mqar",), (16,)
+    results = [
+        {
+            "point": {"task": "mqar", "attention": a, "width": 16, "lr": 0.01, **extra},
+            "eval": {"accuracy": 0.5, "loss": 1.0},
+            "tokens_per_second": 10.0,
+        }
+        for a, extra in (("softmax", {"d_ff": 80}), ("elu", {}))
+    ]
+    decode = {(a, 16): (64, 1000) for a in ("softmax", "elu")}
+    latency = {(a, 16): {1024: 0.005} for a in ("softmax", "elu")}
+    rows = ca.summarize(c, results, decode, latency)
+    assert [(r["attention"], r["d_ff"]) for r in rows] == [("softmax", 80), ("elu", 64)]
+    assert "| softmax | 16 | 80 | 0.500 |" in ca.table(rows)
+    assert ca.fields(rows)[:3] == ("attention", "width", "d_ff")
