@@ -36,7 +36,7 @@ def get_config(preset: str = "") -> ConfigDict:
     # MQAR tries each rate and the table reports the best (Zoology sweeps per model).
     c.learning_rates = (1e-2,)
     # Rates for the kinds named here instead of learning_rates. The default gives each kind the
-    # rate that was best for it in the measured sweeps (docs/linear_vs_softmax.md: softmax 1e-2,
+    # rate that scored highest for it in the measured sweeps (linear_vs_softmax.md: softmax 1e-2,
     # taylor 3e-3, gla and gated_deltanet 1e-3; one seed each, and gated_deltanet's 1e-3 beat 3e-3
     # by 0.917 to 0.909 where its seeds spread 0.19-0.92), so one run per kind asks the question;
     # `full` clears it and sweeps every kind over three rates.

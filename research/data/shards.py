@@ -20,11 +20,12 @@ import jax
 import numpy as np
 
 # Every pipeline reads and transforms its records in the iterating thread (research.data.lm and
-# mlm add ThreadPrefetch, one background thread; the others `background`): the per-record work is
-# Python that holds the GIL, and grain's default (16 reader threads, a 500-record buffer it scans
-# on every record) made the masked-LM pipeline 3x slower (4,000 sentences: 4.0 s against 1.2 s)
-# and took 2-2.5x as long to fetch and dispatch MQAR's batches (300 steps of 32 rows, 2-core
-# CPU: 4.0 s against 1.6 s) and seq2seq's (200 steps: 2.3 s against 1.1 s).
+# mlm add ThreadPrefetch everywhere, MQAR's arrays, seq2seq and cloze `background`, one thread per
+# shard dataset; classification neither): the per-record work is Python that holds the GIL, and
+# grain's default (16 reader threads, a 500-record buffer it scans on every record) made the
+# masked-LM pipeline 3x slower (4,000 sentences: 4.0 s against 1.2 s) and took 2-2.5x as long to
+# fetch and dispatch MQAR's batches (300 steps of 32 rows, 2-core CPU: 4.0 s against 1.6 s) and
+# seq2seq's (200 steps: 2.3 s against 1.1 s).
 READ_IN_THREAD = grain.ReadOptions(num_threads=0)
 
 

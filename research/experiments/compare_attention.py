@@ -352,10 +352,11 @@ def run(c, workdir: str) -> list[dict]:
         results.append(run_point(c, p, workdir))
     widths = as_list(c.widths, int, name="widths")
     attentions = as_list(c.attentions, name="attentions")
-    ff = {(p.task, p.attention, p.width): p.d_ff for p in todo}
+    # Both models' MLP widths whichever tasks ran: the state is the MQAR model's, latency the LM's.
+    ff = mlp_widths(c, ("mqar", "lm"), attentions, widths)
     pairs = [(a, w) for a in attentions for w in widths]
-    decode = {(a, w): state_and_params(c, a, w, ff.get(("mqar", a, w), 0)) for a, w in pairs}
-    latency = {(a, w): decode_latency(c, a, w, ff.get(("lm", a, w), 0)) for a, w in pairs}
+    decode = {(a, w): state_and_params(c, a, w, ff["mqar", a, w]) for a, w in pairs}
+    latency = {(a, w): decode_latency(c, a, w, ff["lm", a, w]) for a, w in pairs}
     rows = summarize(c, results, decode, latency)
     m, lm, tasks = c.mqar.data, c.lm, as_list(c.tasks, name="tasks")
     mqar_part = (

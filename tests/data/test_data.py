@@ -267,6 +267,7 @@ def test_accelerator_read_ahead_gives_the_cpu_batches_and_states(monkeypatch):
     def iterator():
         return data_shards.array_iterator(records, batch_size=8, seed=5, train=True, shards=2)
 
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     cpu = iterator()
     want = [next(cpu)["inputs"] for _ in range(6)]
     cpu = iterator()
@@ -281,7 +282,7 @@ def test_accelerator_read_ahead_gives_the_cpu_batches_and_states(monkeypatch):
     resumed = iterator()
     resumed.set_state(cpu.get_state())
     np.testing.assert_array_equal([next(resumed)["inputs"] for _ in range(3)], want[3:])
-    monkeypatch.undo()
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     assert not isinstance(data_shards.array_dataset(records, **one_shard), prefetch)
     back = iterator()
     back.set_state(ahead.get_state())

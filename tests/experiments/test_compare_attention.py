@@ -215,26 +215,30 @@ def test_the_default_compares_softmax_a_2020_map_gla_and_gated_deltanet():
 
 
 def test_equal_params_widens_each_mlp_to_the_largest_kinds_count():
-    """equal_params: every kind's MLP is widened until its parameter count, counted on the model
-    itself, is within half an MLP unit of the largest kind's (one more hidden unit adds a wi
-    column, its bias and a wo row in each layer: num_layers x (2 width + 1) parameters), at each
-    width and on each task's model; that kind keeps 4 x width and its run names, the others run
-    as `_ffN` points."""
+    """equal_params: every kind's MLP is widened until its parameter count is within half an MLP
+    unit of the largest kind's (one more hidden unit adds a wi column, its bias and a wo row in
+    each layer: num_layers x (2 width + 1) parameters), on each task's model;
+    that kind keeps 4 x width and its run names, the others run as `_ffN` points."""
     from configs import compare_attention as cfg
     from research.experiments import compare_attention as ca
     from research.experiments.model_cost import parameter_count
 
     c = cfg.get_config()
-    c.widths = (16, 32)
+    c.widths = (16,)  # each width is matched on its own (the rounding test below)
     assert all(p.d_ff == 0 for p in ca.points(c))  # off by default: d_ff = 4 x width for all
     c.equal_params = True
     points = ca.points(c)
     ff = {(p.task, p.attention, p.width): p.d_ff for p in points}
-    assert len(ff) == 2 * 4 * 2  # tasks x kinds x widths
+    assert len(ff) == 2 * 4  # tasks x kinds
 
-    def count(task, attention, width, d_ff):
+    def count(task, attention, width, d_ff, shapes_only=True):
         p = ca.Point(task, attention, width, 1e-3, d_ff)
-        return parameter_count(ca._model(c, p, c[task].data.seq_len, shapes_only=False))
+        model = ca._model(c, p, c[task].data.seq_len, shapes_only=shapes_only)
+        return parameter_count(model)
+
+    # Counting on shapes (as equal_params does) gives the built model's count.
+    widened = ff["mqar", "softmax", 16]
+    assert count("mqar", "softmax", 16, widened) == count("mqar", "softmax", 16, widened, False)
 
     for task in ("mqar", "lm"):
         for w in c.widths:
@@ -250,11 +254,8 @@ def test_equal_params_widens_each_mlp_to_the_largest_kinds_count():
                 assert abs(matched - defaults[largest]) <= unit / 2, (task, w, a, matched)
                 assert matched - defaults[a] == unit * (d_ff - 4 * w)
     names = {p.name for p in points}
-    assert f"mqar_softmax_d32_lr0.01_ff{ff['mqar', 'softmax', 32]}" in names
+    assert f"mqar_softmax_d16_lr0.01_ff{ff['mqar', 'softmax', 16]}" in names
     assert f"lm_taylor_d16_lr0.003_ff{ff['lm', 'taylor', 16]}" in names
-    # The decode state does not grow with the MLP: state bytes as at 4 x width.
-    wide = ca.state_and_params(c, "softmax", 32, ff["mqar", "softmax", 32])
-    assert wide[0] == ca.state_and_params(c, "softmax", 32)[0] and wide[1] > 0
 
 
 def test_equal_param_mlp_widths_rounds_to_the_nearest_unit():
