@@ -10,14 +10,7 @@ import grain
 import numpy as np
 
 from research.data import masking, patterns
-from research.data.shards import (
-    READ_IN_THREAD,
-    background,
-    record_text,
-    shard_records,
-    sharded,
-    stream_seed,
-)
+from research.data.shards import batches, record_text, shard_records, sharded, stream_seed
 
 
 def _every_record(records, batch_size: int, row_fn):
@@ -129,9 +122,7 @@ def train_iterator(
         if unlabeled is not None:
             w = unlabeled_share
             ds = grain.MapDataset.mix([ds, rows(unlabeled, False, i, n, 1)], [1 - w, w])
-        return background(
-            ds.to_iter_dataset(READ_IN_THREAD).batch(rows_per_shard, drop_remainder=True)
-        )
+        return batches(ds, rows_per_shard)
 
     return sharded(make, batch_size, shards)
 
@@ -144,7 +135,7 @@ def eval_iterator(records, vocab, pattern, *, seq_len: int, batch_size: int, sha
         ds = ds.map(
             lambda r: {**eval_row(r, vocab, pattern, seq_len=seq_len), "weights": np.float32(1.0)}
         )
-        return background(ds.to_iter_dataset(READ_IN_THREAD).batch(rows, drop_remainder=True))
+        return batches(ds, rows)
 
     return sharded(make, batch_size, shards)
 

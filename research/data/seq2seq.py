@@ -2,13 +2,7 @@
 
 import numpy as np
 
-from research.data.shards import (
-    READ_IN_THREAD,
-    ShardedIterator,
-    background,
-    shard_records,
-    sharded,
-)
+from research.data.shards import ShardedIterator, batches, shard_records, sharded
 
 LAYOUTS = ("encdec", "unilm")
 
@@ -88,7 +82,6 @@ def seq2seq_iterator(
 
     def make(rows, i, n):
         ds = shard_records(source, seed=seed, shuffle=train, repeat=train, shard=i, shards=n)
-        ds = ds.map(example).to_iter_dataset(READ_IN_THREAD)
-        return background(ds.batch(rows, drop_remainder=True))
+        return batches(ds.map(example), rows)
 
     return sharded(make, batch_size, shards)

@@ -20,12 +20,13 @@ import jax
 import numpy as np
 
 # Every pipeline reads and transforms its records in the iterating thread (research.data.lm and
-# mlm add ThreadPrefetch everywhere, MQAR's arrays, seq2seq and cloze `background`, one thread per
-# shard dataset; classification neither): the per-record work is Python that holds the GIL, and
-# grain's default (16 reader threads, a 500-record buffer it scans on every record) made the
-# masked-LM pipeline 3x slower (4,000 sentences: 4.0 s against 1.2 s) and took 2-2.5x as long to
-# fetch and dispatch MQAR's batches (300 steps of 32 rows, 2-core CPU: 4.0 s against 1.6 s) and
-# seq2seq's (200 steps: 2.3 s against 1.1 s).
+# mlm add ThreadPrefetch everywhere; MQAR's arrays, seq2seq and cloze go through `batches`, which
+# reads ahead on accelerators, one thread per shard dataset; classification neither): the
+# per-record work is Python that holds the GIL, and grain's default (16 reader threads, a
+# 500-record buffer it scans on every record) made the masked-LM pipeline 3x slower (4,000
+# sentences: 4.0 s against 1.2 s) and took 2-2.5x as long to fetch and dispatch MQAR's batches
+# (300 steps of 32 rows, 2-core CPU: 4.0 s against 1.6 s) and seq2seq's (200 steps: 2.3 s against
+# 1.1 s).
 READ_IN_THREAD = grain.ReadOptions(num_threads=0)
 
 
@@ -40,6 +41,12 @@ def background(ds: grain.IterDataset) -> grain.IterDataset:
     return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=2)
 
 
+def batches(ds: grain.MapDataset, rows: int) -> grain.IterDataset:
+    """ds read in the iterating thread (READ_IN_THREAD), in batches of `rows` (a partial last
+    batch dropped), read ahead on accelerators (`background`)."""
+    return background(ds.to_iter_dataset(READ_IN_THREAD).batch(rows, drop_remainder=True))
+
+
 def shard_records(source, *, seed: int, shuffle: bool, repeat: bool, shard: int, shards: int):
     ds = grain.MapDataset.source(source)[shard::shards]
     if shuffle:
@@ -52,7 +59,7 @@ def array_dataset(
 ) -> grain.IterDataset:
     """Batches of one shard of records that are already arrays (MQAR)."""
     ds = shard_records(source, seed=seed, shuffle=train, repeat=train, shard=shard, shards=shards)
-    return background(ds.to_iter_dataset(READ_IN_THREAD).batch(batch_size, drop_remainder=True))
+    return batches(ds, batch_size)
 
 
 class DataStateError(ValueError):

@@ -217,8 +217,8 @@ def test_the_default_compares_softmax_a_2020_map_gla_and_gated_deltanet():
 def test_equal_params_widens_each_mlp_to_the_largest_kinds_count():
     """equal_params: every kind's MLP is widened until its parameter count is within half an MLP
     unit of the largest kind's (one more hidden unit adds a wi column, its bias and a wo row in
-    each layer: num_layers x (2 width + 1) parameters), on each task's model;
-    that kind keeps 4 x width and its run names, the others run as `_ffN` points."""
+    each layer: num_layers x (2 width + 1) parameters), on each task's model; that kind keeps
+    4 x width and its run names, the others run as `_ffN` points."""
     from configs import compare_attention as cfg
     from research.experiments import compare_attention as ca
     from research.experiments.model_cost import parameter_count
