@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import functools
 import math
+import os
 import pathlib
 import time
 
@@ -339,6 +340,16 @@ def _spread(rows) -> str:
     return f"\n(attentions within {max(ratios):.2%} at each width)" if ratios else ""
 
 
+def decode_caveat(backend: str, cores: int) -> str:
+    """What the decode columns mean where XLA's CPU threads make them vary between runs."""
+    if backend != "cpu" or cores < 2:
+        return ""
+    return (
+        f"decode ms/tok on {cores} CPU cores varies between runs (XLA's threads); rerun under "
+        "`taskset -c 0` with this workdir to measure only it, on one core (linear_vs_softmax.md)"
+    )
+
+
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
     todo = points(c)
@@ -379,7 +390,8 @@ def run(c, workdir: str) -> list[dict]:
     if jax.process_index() == 0:
         write_csv(workdir / "compare.csv", rows, fields(rows))
         plot(rows, workdir / "compare.png", header)
-        print(f"\n{header}\n\n{table(rows)}\n")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        print(f"\n{header}\n\n{table(rows)}\n{decode_caveat(jax.default_backend(), cores)}")
         print(
             f"wrote {workdir / 'compare.csv'} and {workdir / 'compare.png'} "
             f"({time.perf_counter() - t0:.0f} s)"

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -64,6 +65,8 @@ def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
         "| attention | width | d_ff | MQAR acc |" in r.stdout
         and "| decode ms/tok @64 |" in r.stdout
     )
+    # The caveat follows the table on a multi-core CPU (the child runs on CPU: cpu_env).
+    assert ("taskset -c 0" in r.stdout) == (len(os.sched_getaffinity(0)) > 1)
 
     # A rerun reuses every finished point; a changed config in the same workdir is refused.
     # A result saved before model.scan_layers existed is the same config (the key's default).
@@ -84,6 +87,18 @@ def test_smoke_sweep_table_csv_png_and_free_rerun(tmp_path):
     c.mqar.num_train_steps = 9
     with pytest.raises(ConfigError, match=r"different config \(num_train_steps 8 -> 9\)"):
         EXPERIMENTS["compare_attention"](c, str(tmp_path / "wd"))
+
+
+def test_the_decode_caveat_is_printed_only_for_a_multi_core_cpu():
+    """Softmax's decode time varies between runs where XLA's CPU threads hand work to each other
+    (docs/linear_vs_softmax.md); one core or an accelerator prints no caveat."""
+    from research.experiments.compare_attention import decode_caveat
+
+    assert decode_caveat("cpu", 2) == (
+        "decode ms/tok on 2 CPU cores varies between runs (XLA's threads); rerun under "
+        "`taskset -c 0` with this workdir to measure only it, on one core (linear_vs_softmax.md)"
+    )
+    assert decode_caveat("cpu", 1) == decode_caveat("gpu", 8) == decode_caveat("tpu", 4) == ""
 
 
 def test_bad_sweep_values_are_one_line_config_errors():
