@@ -345,8 +345,9 @@ def decode_caveat(backend: str, cores: int) -> str:
     if backend != "cpu" or cores < 2:
         return ""
     return (
-        f"decode ms/tok on {cores} CPU cores varies between runs (XLA's threads); rerun under "
-        "`taskset -c 0` with this workdir to measure only it, on one core (linear_vs_softmax.md)"
+        f"decode ms/tok on {cores} CPU cores can vary between runs (XLA's threads; up to 4x on 2 "
+        "cores): rerun under `taskset -c 0` with this workdir to measure only it, on one core "
+        "(docs/linear_vs_softmax.md)"
     )
 
 

@@ -95,8 +95,9 @@ def test_the_decode_caveat_is_printed_only_for_a_multi_core_cpu():
     from research.experiments.compare_attention import decode_caveat
 
     assert decode_caveat("cpu", 2) == (
-        "decode ms/tok on 2 CPU cores varies between runs (XLA's threads); rerun under "
-        "`taskset -c 0` with this workdir to measure only it, on one core (linear_vs_softmax.md)"
+        "decode ms/tok on 2 CPU cores can vary between runs (XLA's threads; up to 4x on 2 "
+        "cores): rerun under `taskset -c 0` with this workdir to measure only it, on one core "
+        "(docs/linear_vs_softmax.md)"
     )
     assert decode_caveat("cpu", 1) == decode_caveat("gpu", 8) == decode_caveat("tpu", 4) == ""
 
