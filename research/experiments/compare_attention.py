@@ -150,8 +150,8 @@ def points(c) -> list[Point]:
     attentions = attention_names(c)
     widths = as_list(c.widths, int, name="widths")
     tasks = as_list(c.tasks, name="tasks")
-    if set(tasks) - {"mqar", "lm"}:
-        raise ConfigError(f"tasks={c.tasks!r}: allowed mqar, lm or both")
+    if bad := [t for t in tasks if t not in ("mqar", "lm")]:
+        raise ConfigError(f"tasks: unknown {bad[0]!r}; allowed mqar, lm or both")
     if not is_positive_int(c.decode_tokens):
         raise ConfigError(f"decode_tokens={c.decode_tokens!r}: must be a positive int")
     for n in as_list(c.decode_contexts, int, name="decode_contexts"):

@@ -111,6 +111,10 @@ def test_bad_sweep_values_are_one_line_config_errors():
     c.attentions = ("softmax", "cosine")
     with pytest.raises(ConfigError, match=r"^attentions: unknown 'cosine'; allowed softmax, "):
         compare_attention.points(c)
+    c = cfg.get_config("smoke")
+    c.tasks = ("mqar,recall",)  # as --config.tasks=mqar,recall gives it
+    with pytest.raises(ConfigError, match=r"^tasks: unknown 'recall'; allowed mqar, lm or both$"):
+        compare_attention.points(c)
 
 
 def test_bad_decode_tokens_is_reported_before_any_run():
