@@ -71,10 +71,20 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     return None
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: fewer than os.cpu_count() under `taskset` (Linux);
+    os.cpu_count() where the OS has no affinity call."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def machine_header() -> str:
     dev = jax.devices()[0]
     model = cpu_model()
-    cpus = f"cpus {os.cpu_count()}" + (f" ({model})" if model else "")
+    usable = usable_cpus()
+    cpus = f"cpus {os.cpu_count()}" + (f", {usable} usable" if usable != os.cpu_count() else "")
+    cpus += f" ({model})" if model else ""
     return (
         f"device {dev.platform}:{dev.device_kind} x{jax.device_count()} | {cpus} | "
         f"{platform.machine()} | python {platform.python_version()} | jax {jax.__version__}"

@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import functools
 import math
-import os
 import pathlib
 import time
 
@@ -41,6 +40,7 @@ from research.report import (
     machine_header,
     plural,
     save_figure,
+    usable_cpus,
     write_csv,
 )
 from research.train.config import ConfigError, parse
@@ -341,13 +341,13 @@ def _spread(rows) -> str:
 
 
 def decode_caveat(backend: str, cores: int) -> str:
-    """What the decode columns mean where XLA's CPU threads make them vary between runs."""
+    """The line after the table where XLA's CPU threads make decode times vary (taskset: Linux)."""
     if backend != "cpu" or cores < 2:
         return ""
     return (
-        f"decode ms/tok on {cores} CPU cores can vary between runs (XLA's threads; up to 4x on 2 "
-        "cores): rerun under `taskset -c 0` with this workdir to measure only it, on one core "
-        "(docs/linear_vs_softmax.md)"
+        f"decode ms/tok on {cores} CPU cores can vary between runs (XLA's threads; about 5x on 2 "
+        "cores): rerun under `taskset -c 0` with the same flags and workdir to re-measure only "
+        "the decode columns, on one core (docs/linear_vs_softmax.md)"
     )
 
 
@@ -391,8 +391,8 @@ def run(c, workdir: str) -> list[dict]:
     if jax.process_index() == 0:
         write_csv(workdir / "compare.csv", rows, fields(rows))
         plot(rows, workdir / "compare.png", header)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-        print(f"\n{header}\n\n{table(rows)}\n{decode_caveat(jax.default_backend(), cores)}")
+        caveat = decode_caveat(jax.default_backend(), usable_cpus())
+        print(f"\n{header}\n\n{table(rows)}\n" + (f"{caveat}\n" if caveat else ""))
         print(
             f"wrote {workdir / 'compare.csv'} and {workdir / 'compare.png'} "
             f"({time.perf_counter() - t0:.0f} s)"

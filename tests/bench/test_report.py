@@ -2,6 +2,7 @@
 
 import csv
 import math
+import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -64,6 +65,27 @@ def test_machine_header_names_the_cpu_model(tmp_path):
     assert "jax" in header and "cpus" in header
     if report.cpu_model():
         assert f"({report.cpu_model()})" in header
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity call on this OS")
+def test_usable_cpus_follows_this_threads_affinity():
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})  # what `taskset -c N` sets for a whole process
+        assert report.usable_cpus() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert report.usable_cpus() == len(allowed)
+
+
+def test_machine_header_says_when_the_process_is_pinned(monkeypatch):
+    """Under `taskset` the header names the usable cores beside the machine's."""
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(report, "usable_cpus", lambda: 1)
+    assert "| cpus 8, 1 usable" in report.machine_header()
+    monkeypatch.setattr(report, "usable_cpus", lambda: 8)
+    header = report.machine_header()
+    assert "| cpus 8" in header and "usable" not in header
 
 
 def test_save_figure_writes_a_png_and_closes_the_figure(tmp_path):
