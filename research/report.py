@@ -1,7 +1,8 @@
 """What bench, plan and experiments share when they report: timing, the machine, and the writers.
 
-Timing: `median_time`, `matmul_peak` (the roofline MFU is quoted against). The machine:
-`machine_header` (figures are only comparable on the same machine), `keep_freed_memory`.
+Timing: `median_time`, `matmul_peak` (the roofline MFU is quoted against), `decode_program` (a
+model's greedy decode loop, ready to time). The machine: `machine_header` (figures are only
+comparable on the same machine), `usable_cpus`, `keep_freed_memory`.
 Writers: `write_csv`, `format_table` (the markdown tables printed to stdout) and `save_figure`
 (the matplotlib boilerplate around each tool's own plot: titles wrapped to fit the canvas). Cells:
 `plural` ("1 layer", "2 layers"), `seed_stats` and `mean_std` (mean ± std over seeds; one seed
@@ -22,8 +23,11 @@ from collections.abc import Callable, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax import lax
 
 __all__ = [
+    "decode_program",
     "fit_text",
     "format_table",
     "keep_freed_memory",
@@ -35,6 +39,7 @@ __all__ = [
     "plural",
     "save_figure",
     "seed_stats",
+    "usable_cpus",
     "write_csv",
 ]
 
@@ -49,6 +54,34 @@ def median_time(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def decode_program(model, context: int, steps: int) -> tuple[Callable, tuple]:
+    """(decode, args) to time `model`'s greedy decode, batch 1: a random prompt of `context`
+    tokens is prefilled here, untimed; decode(*args) runs the `steps` greedy steps that follow as
+    one jitted loop and returns (the last token, the cache). Softmax then reads a KV cache of
+    the context's length, a recurrent kind updates its state."""
+    graphdef, state = nnx.split(model)
+    length = context + steps
+    prompt = jax.random.randint(jax.random.key(0), (1, context), 0, model.cfg.vocab_size)
+
+    @jax.jit
+    def prefill(state, prompt):
+        logits, cache = nnx.merge(graphdef, state).prefill(prompt, max_length=length)
+        return jnp.argmax(logits, -1).astype(jnp.int32), cache
+
+    @jax.jit
+    def decode(state, token, cache):
+        model = nnx.merge(graphdef, state)
+
+        def step(_, carry):
+            logits, cache = model.decode_step(*carry)
+            return jnp.argmax(logits, -1).astype(jnp.int32), cache
+
+        return lax.fori_loop(0, steps, step, (token, cache))
+
+    token, cache = prefill(state, prompt)
+    return decode, (state, token, cache)
 
 
 def matmul_peak(n: int = 2048, dtype=jnp.float32) -> float:

@@ -3,13 +3,11 @@ its decode latency per token (the comparison and recall experiments report them 
 the MLP widths that give several kinds equal parameters."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax import lax
 
 from research.models import DecoderLM
-from research.report import median_time
+from research.report import decode_program, median_time
 
 
 def decode_state_bytes(model: DecoderLM, length: int) -> int:
@@ -28,27 +26,8 @@ def seconds_per_token(model: DecoderLM, context: int, steps: int) -> float:
     """Wall seconds per greedy token of `model` (batch 1) after a random prompt of `context`
     tokens: the prompt is prefilled once and only the `steps` decode steps that follow are timed
     (median of 3), so softmax pays for reading its KV cache, a recurrent kind for its state."""
-    graphdef, state = nnx.split(model)
-    length = context + steps
-    prompt = jax.random.randint(jax.random.key(0), (1, context), 0, model.cfg.vocab_size)
-
-    @jax.jit
-    def prefill(state, prompt):
-        logits, cache = nnx.merge(graphdef, state).prefill(prompt, max_length=length)
-        return jnp.argmax(logits, -1).astype(jnp.int32), cache
-
-    @jax.jit
-    def decode(state, token, cache):
-        model = nnx.merge(graphdef, state)
-
-        def step(_, carry):
-            logits, cache = model.decode_step(*carry)
-            return jnp.argmax(logits, -1).astype(jnp.int32), cache
-
-        return lax.fori_loop(0, steps, step, (token, cache))
-
-    token, cache = prefill(state, prompt)
-    return median_time(decode, state, token, cache, repeats=3) / steps
+    decode, args = decode_program(model, context, steps)
+    return median_time(decode, *args, repeats=3) / steps
 
 
 def equal_param_mlp_widths(count, kinds, width: int) -> dict[str, int]:
