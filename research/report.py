@@ -26,6 +26,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from research.models import DecoderLM
+
 __all__ = [
     "decode_program",
     "fit_text",
@@ -56,7 +58,7 @@ def median_time(fn, *args, repeats: int = 5, warmup: int = 1) -> float:
     return float(np.median(times))
 
 
-def decode_program(model, context: int, steps: int) -> tuple[Callable, tuple]:
+def decode_program(model: DecoderLM, context: int, steps: int) -> tuple[Callable, tuple]:
     """(decode, args) to time `model`'s greedy decode, batch 1: a random prompt of `context`
     tokens is prefilled here, untimed; decode(*args) runs the `steps` greedy steps that follow as
     one jitted loop and returns (the last token, the cache). Softmax then reads a KV cache of

@@ -7,9 +7,10 @@ decode figures on a 2-core CPU").
                                      --d_model 64 --layers 2 --heads 2 --vocab 512 --out DIR]
     taskset -c 0 python -m research.bench.decode ...   # the same, pinned to one core (Linux)
 
-The model has the default comparison's LM shape (configs/compare_attention.py: rotary positions,
-a width-3 key convolution except for the delta-rule kinds, d_ff = 4 x d_model; ModelConfig's
-defaults for the rest) and random weights: the time does not depend on them. CPU time and
+The model has the default comparison's LM shape and attention names (configs/compare_attention.py:
+rotary positions, a width-3 key convolution except for the delta-rule kinds, d_ff = 4 x d_model;
+a feature map such as taylor is causal linear attention) and random weights: the time does not
+depend on them. CPU time and
 context switches are the whole process's, every thread included (getrusage: Unix only).
 """
 
@@ -33,8 +34,13 @@ from research.report import (
     write_csv,
 )
 
+# The comparison's attention names: a causal linear feature map selects attention="linear".
+FEATURE_MAPS = ("elu", "relu", "taylor", "favor")
+ATTENTIONS = ("softmax", *FEATURE_MAPS, *RECURRENT_KINDS)
+
 
 def model_config(args) -> ModelConfig:
+    linear = args.attention in FEATURE_MAPS
     return ModelConfig(
         vocab_size=args.vocab,
         d_model=args.d_model,
@@ -42,7 +48,8 @@ def model_config(args) -> ModelConfig:
         num_layers=args.layers,
         d_ff=4 * args.d_model,
         max_length=args.context + args.tokens,
-        attention=args.attention,
+        attention="linear" if linear else args.attention,
+        feature_map=args.attention if linear else "elu",
         positions="rotary",
         chunk_size=32,
         # A width-3 key convolution, as the comparison gives every kind but the delta rule's
@@ -79,9 +86,7 @@ FORMATS = ("{call}", "{ms_per_token:.3f}", "{cpu_per_wall:.2f}", "{voluntary_swi
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--attention", default="softmax", choices=["softmax", "linear", *RECURRENT_KINDS]
-    )
+    p.add_argument("--attention", default="softmax", choices=ATTENTIONS)
     p.add_argument("--context", type=positive_int, default=8192, help="prompt tokens prefilled")
     p.add_argument("--tokens", type=positive_int, default=64, help="greedy tokens per call")
     p.add_argument("--calls", type=positive_int, default=20, help="timed calls")
@@ -91,6 +96,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--vocab", type=positive_int, default=512)
     p.add_argument("--out", default="", help="directory for decode_bench.csv and .png")
     args = p.parse_args(argv)
+    if args.out and pathlib.Path(args.out).exists() and not pathlib.Path(args.out).is_dir():
+        p.error(f"--out {args.out}: exists and is not a directory")
     try:
         model_config(args)
     except ValueError as e:  # the model's own checks, such as d_model divisible by heads
