@@ -23,6 +23,7 @@ import time
 import jax
 from flax import nnx
 
+from research.bench.train import check_model, model_shape
 from research.cli import positive_int
 from research.models import DecoderLM, ModelConfig
 from research.models.config import RECURRENT_KINDS
@@ -42,11 +43,7 @@ ATTENTIONS = ("softmax", *FEATURE_MAPS, *RECURRENT_KINDS)
 def model_config(args) -> ModelConfig:
     linear = args.attention in FEATURE_MAPS
     return ModelConfig(
-        vocab_size=args.vocab,
-        d_model=args.d_model,
-        num_heads=args.heads,
-        num_layers=args.layers,
-        d_ff=4 * args.d_model,
+        **model_shape(args),
         max_length=args.context + args.tokens,
         attention="linear" if linear else args.attention,
         feature_map=args.attention if linear else "elu",
@@ -98,10 +95,7 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     if args.out and pathlib.Path(args.out).exists() and not pathlib.Path(args.out).is_dir():
         p.error(f"--out {args.out}: exists and is not a directory")
-    try:
-        model_config(args)
-    except ValueError as e:  # the model's own checks, such as d_model divisible by heads
-        p.error(str(e))
+    check_model(p, args, model_config)
     rows = run(args)
     ms = [r["ms_per_token"] for r in rows]
     title = (

@@ -32,13 +32,30 @@ def model_flops_per_token(cfg: ModelConfig, params) -> float:
     return 6.0 * n + 12.0 * cfg.num_layers * cfg.d_model * cfg.max_length
 
 
-def model_config(args) -> ModelConfig:
-    return ModelConfig(
+def model_shape(args) -> dict:
+    """ModelConfig's size keys from a benchmark's --vocab, --d_model, --heads and --layers, with
+    the usual d_ff = 4 x d_model (research.bench.decode shares it)."""
+    return dict(
         vocab_size=args.vocab,
         d_model=args.d_model,
         num_heads=args.heads,
         num_layers=args.layers,
         d_ff=4 * args.d_model,
+    )
+
+
+def check_model(parser: argparse.ArgumentParser, args, model_config) -> None:
+    """Exit 2 with the model's own one-line check (such as d_model divisible by heads) before
+    anything runs (research.bench.decode shares it)."""
+    try:
+        model_config(args)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def model_config(args) -> ModelConfig:
+    return ModelConfig(
+        **model_shape(args),
         max_length=args.length,
         attention=args.attention,
         softmax_implementation=args.softmax_implementation,
@@ -138,10 +155,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch % jax.device_count():
         p.error(f"--batch {args.batch} must be divisible by the {jax.device_count()} devices")
-    try:
-        model_config(args)
-    except ValueError as e:  # the model's own checks, such as d_model divisible by heads
-        p.error(str(e))
+    check_model(p, args, model_config)
     r = run(args)
     print(machine_header())
     print(
