@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
+from research.models.config import ATTENTION_NAMES
 from research.report import machine_header
 
 matplotlib.use("Agg")
@@ -282,7 +283,7 @@ def test_compare_attention(tmp_path, saved_figures):
             "state_bytes": 4096,
             "params": 100_000,
         }
-        for i, a in enumerate(ca.ATTENTIONS)
+        for i, a in enumerate(ATTENTION_NAMES)
         for w in (16, 32, 64)
     ]
     ca.plot(rows, tmp_path / "compare_attention.png", TITLE)

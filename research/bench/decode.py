@@ -10,8 +10,8 @@ decode figures on a 2-core CPU").
 The model has the default comparison's LM shape and attention names (configs/compare_attention.py:
 rotary positions, a width-3 key convolution except for the delta-rule kinds, d_ff = 4 x d_model;
 a feature map such as taylor is causal linear attention) and random weights: the time does not
-depend on them. CPU time and
-context switches are the whole process's, every thread included (getrusage: Unix only).
+depend on them. CPU time and context switches are the whole process's, every thread included
+(getrusage: Unix only).
 """
 
 import argparse
@@ -26,7 +26,7 @@ from flax import nnx
 from research.bench.train import check_model, model_shape
 from research.cli import positive_int
 from research.models import DecoderLM, ModelConfig
-from research.models.config import RECURRENT_KINDS
+from research.models.config import ATTENTION_NAMES, attention_overrides
 from research.report import (
     decode_program,
     format_table,
@@ -35,23 +35,15 @@ from research.report import (
     write_csv,
 )
 
-# The comparison's attention names: a causal linear feature map selects attention="linear".
-FEATURE_MAPS = ("elu", "relu", "taylor", "favor")
-ATTENTIONS = ("softmax", *FEATURE_MAPS, *RECURRENT_KINDS)
-
 
 def model_config(args) -> ModelConfig:
-    linear = args.attention in FEATURE_MAPS
     return ModelConfig(
         **model_shape(args),
         max_length=args.context + args.tokens,
-        attention="linear" if linear else args.attention,
-        feature_map=args.attention if linear else "elu",
         positions="rotary",
         chunk_size=32,
-        # A width-3 key convolution, as the comparison gives every kind but the delta rule's
-        # (those convolve q, k and v themselves: ModelConfig.qkv_conv).
-        short_conv=0 if args.attention in ("deltanet", "gated_deltanet") else 3,
+        # The comparison's key convolution, which the delta kinds' overrides set to 0.
+        **{"short_conv": 3, **attention_overrides(args.attention)},
     )
 
 
@@ -83,7 +75,7 @@ FORMATS = ("{call}", "{ms_per_token:.3f}", "{cpu_per_wall:.2f}", "{voluntary_swi
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--attention", default="softmax", choices=ATTENTIONS)
+    p.add_argument("--attention", default="softmax", choices=ATTENTION_NAMES)
     p.add_argument("--context", type=positive_int, default=8192, help="prompt tokens prefilled")
     p.add_argument("--tokens", type=positive_int, default=64, help="greedy tokens per call")
     p.add_argument("--calls", type=positive_int, default=20, help="timed calls")

@@ -33,7 +33,7 @@ from research.experiments.model_cost import (
     seconds_per_token,
 )
 from research.models import DecoderLM
-from research.models.config import RECURRENT_KINDS
+from research.models.config import ATTENTION_NAMES, attention_overrides
 from research.ops.checks import is_positive_int
 from research.report import (
     format_table,
@@ -57,23 +57,6 @@ FIELDS = (
     "state_bytes",
     "params",
 )
-
-
-# softmax, the feature map of causal linear attention (research.ops.feature_maps), or a gated /
-# delta-rule kind (research.models.recurrent_attention)
-FEATURE_MAPS = ("elu", "relu", "taylor", "favor")
-ATTENTIONS = ("softmax", *FEATURE_MAPS, *RECURRENT_KINDS)
-
-
-def attention_overrides(name: str) -> dict:
-    """Config model keys for an attention name: 'softmax', a linear feature map or a gated /
-    delta kind. The delta kinds convolve q, k, v themselves (qkv_conv), so they take no key
-    convolution (short_conv 0); every other kind keeps the config's."""
-    if name in FEATURE_MAPS:
-        return {"attention": "linear", "feature_map": name}
-    if name in ("deltanet", "gated_deltanet"):
-        return {"attention": name, "short_conv": 0}
-    return {"attention": name}
 
 
 @dataclasses.dataclass
@@ -108,9 +91,9 @@ def learning_rates(c, attentions) -> dict[str, tuple[float, ...]]:
     lrs = as_list(c.learning_rates, float, name="learning_rates")
     by = c.get("learning_rates_by_attention") or {}
     for a in by:
-        if a not in ATTENTIONS:
+        if a not in ATTENTION_NAMES:
             raise ConfigError(
-                f"learning_rates_by_attention: unknown {a!r}; allowed {', '.join(ATTENTIONS)}"
+                f"learning_rates_by_attention: unknown {a!r}; allowed {', '.join(ATTENTION_NAMES)}"
             )
     return {
         a: as_list(by[a], float, name=f"learning_rates_by_attention.{a}") if a in by else lrs
@@ -119,11 +102,11 @@ def learning_rates(c, attentions) -> dict[str, tuple[float, ...]]:
 
 
 def attention_names(c) -> tuple[str, ...]:
-    """c.attentions, each checked against ATTENTIONS (one-line ConfigError)."""
+    """c.attentions, each checked against ATTENTION_NAMES (one-line ConfigError)."""
     attentions = as_list(c.attentions, name="attentions")
     for a in attentions:
-        if a not in ATTENTIONS:
-            raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTIONS)}")
+        if a not in ATTENTION_NAMES:
+            raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTION_NAMES)}")
     return attentions
 
 

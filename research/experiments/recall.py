@@ -34,11 +34,11 @@ from research.data.config import parse_segments
 from research.experiments import sweep
 from research.experiments.compare_attention import (
     attention_names,
-    attention_overrides,
     learning_rates,
 )
 from research.experiments.model_cost import decode_state_bytes, parameter_count
 from research.models import DecoderLM
+from research.models.config import attention_overrides
 from research.report import (
     format_table,
     machine_header,

@@ -12,6 +12,23 @@ from research.ops.checks import check_positive_int, is_positive_int
 # The gated / delta-rule kinds (research.models.recurrent_attention): causal self-attention only.
 RECURRENT_KINDS = ("gla", "retnet", "deltanet", "gated_deltanet")
 ATTENTION_KINDS = ("softmax", "linear", "linformer", *RECURRENT_KINDS)
+# One name per causal kind, as experiments and benchmarks take it: softmax, the feature map of
+# causal linear attention (research.ops.feature_maps), or a gated / delta-rule kind.
+CAUSAL_FEATURE_MAPS = ("elu", "relu", "taylor", "favor")
+ATTENTION_NAMES = ("softmax", *CAUSAL_FEATURE_MAPS, *RECURRENT_KINDS)
+
+
+def attention_overrides(name: str) -> dict:
+    """ModelConfig keys for an attention name of ATTENTION_NAMES. The delta kinds convolve q, k, v
+    themselves (qkv_conv), so they take no key convolution (short_conv 0); every other kind keeps
+    the config's."""
+    if name in CAUSAL_FEATURE_MAPS:
+        return {"attention": "linear", "feature_map": name}
+    if name in ("deltanet", "gated_deltanet"):
+        return {"attention": name, "short_conv": 0}
+    return {"attention": name}
+
+
 POSITIONS = ("learned", "sinusoidal", "rotary", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh", "gelu_sigmoid", "relu", "swiglu")
 NORMS = ("pre", "post")

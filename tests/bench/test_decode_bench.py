@@ -11,6 +11,7 @@ from flax import nnx
 
 from research.bench import decode
 from research.models import DecoderLM
+from research.models.config import ATTENTION_NAMES
 from research.report import decode_program
 from research.sampling import generate
 
@@ -39,7 +40,7 @@ def test_the_timed_loop_decodes_the_samplers_greedy_tokens(attention):
         assert int(token[0]) == want[steps], (steps, want)
 
 
-@pytest.mark.parametrize("attention", decode.ATTENTIONS)
+@pytest.mark.parametrize("attention", ATTENTION_NAMES)
 def test_the_bench_builds_the_comparisons_lm_model(attention):
     """The same ModelConfig as the default comparison's LM point (configs/compare_attention.py),
     at the bench's width, vocabulary and length."""
