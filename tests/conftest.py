@@ -27,6 +27,17 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+# In this process only, XLA:CPU's older elemental emitters. Most in-process programs are single
+# eager ops (a model called outside `jit` compiles each operation at each new shape), which these
+# emitters compile about twice as fast: tests/ops, tests/models and tests/sampling took about 30%
+# less time (docs/training.md). XLA reads XLA_FLAGS once, when its CPU backend starts, so the flag
+# is there for that moment only: subprocesses (the CLI runs, the launchers) compile with XLA's
+# default emitters, as users' runs do.
+_FLAGS = os.environ["XLA_FLAGS"]
+os.environ["XLA_FLAGS"] = f"{_FLAGS} --xla_cpu_use_fusion_emitters=false"
+jax.devices()  # starts the backend, which reads the flags
+os.environ["XLA_FLAGS"] = _FLAGS
+
 jax.config.update("jax_default_matmul_precision", "highest")
 
 # Each new shape compiles once, so examples are few and deadlines off; derandomize keeps CI stable.

@@ -122,6 +122,15 @@ def test_cpu_commands_print_no_libtpu_errors(tmp_path):
     assert not noise, r.stderr
 
 
+def test_the_suites_cli_runs_compile_with_xlas_default_emitters():
+    """tests/conftest.py gives only the test process XLA:CPU's older emitters (they compile its
+    eager ops faster); the CLI runs and launchers it starts must compile as users' runs do."""
+    from tests.cpu import cpu_env
+
+    assert "fusion_emitters" not in os.environ["XLA_FLAGS"]
+    assert "fusion_emitters" not in cpu_env(2)["XLA_FLAGS"]
+
+
 @pytest.fixture
 def absl_verbosity():
     """load_run sets absl logging to WARNING (as the CLIs want); put it back afterwards."""
