@@ -101,7 +101,10 @@ def test_every_remedy_at_strength_zero_is_teacher_forcing(layout, kw):
     ref_loss, ref_grad = _value_and_grad(layout, (("remedy", "none"),))
     loss, grad = _value_and_grad(layout, tuple(kw.items()))
     np.testing.assert_array_equal(loss, ref_loss)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-7), grad, ref_grad)
+    # The same arithmetic in another program, which XLA may fuse and round differently: the
+    # gradients agree to 1e-7 or a few float32 ulps (a remedy left on moves them by far more).
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7)
+    jax.tree.map(close, grad, ref_grad)
 
 
 @pytest.mark.parametrize("layout", ["encdec", "unilm"])
