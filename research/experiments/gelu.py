@@ -16,7 +16,6 @@ import pathlib
 import time
 
 import numpy as np
-from scipy import special
 
 from research.config import ConfigError, as_list
 from research.experiments import sweep
@@ -43,6 +42,8 @@ def forms_report(num_points: int = 400_000) -> dict:
     """The fitted constants and the maximum errors of the published forms, in float64:
     phi_error = max |Phi_approx(x) - Phi(x)| and gelu_error = max |GELU_approx(x) - GELU(x)|
     over x in [-10, 10] (the tails are flat beyond)."""
+    from scipy import special  # here, not at import: every CLI process imports this module
+
     fit = fit_gelu_constants(num_points)
     x = np.linspace(-10.0, 10.0, num_points)
     phi = special.ndtr(x)
@@ -62,6 +63,8 @@ def forms_report(num_points: int = 400_000) -> dict:
 def plot_forms(path: pathlib.Path, report: dict, title: str) -> None:
     """Three panels: the forms, Phi_approx - Phi, and GELU_approx - GELU (float32 JAX values of
     research.ops.activations.gelu against float64 scipy)."""
+    from scipy import special
+
     x = np.linspace(-6.0, 6.0, 2001)
     exact = x * special.ndtr(x)
     with save_figure(path, title, 3, (14, 4.0), 8) as axes:

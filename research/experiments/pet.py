@@ -25,7 +25,6 @@ import time
 
 import jax
 import numpy as np
-import scipy.stats
 
 from research.config import as_list
 from research.data import classification, patterns
@@ -227,6 +226,8 @@ def zero_shot_signal(validation: tuple, test: tuple) -> dict:
         validation), and threshold_validation / threshold_test: the accuracy (%) with it.
       positive_share_test: the share of test examples the plain argmax puts in label 1.
     """
+    import scipy.stats  # here, not at import: every CLI process imports this module
+
     gaps = {}
     for name, (s, y) in (("validation", validation), ("test", test)):
         gaps[name] = (s[:, 1] - s[:, 0], np.asarray(y))

@@ -4,7 +4,6 @@ section 2)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import optimize, special
 
 GELU_APPROXIMATIONS = ("none", "tanh", "sigmoid")
 TANH_COEFFICIENT = 0.044715  # the published b/a in the tanh form
@@ -36,6 +35,7 @@ def gelu(x: jax.Array, approximate: str = "none") -> jax.Array:
 
 def _minimax(error_fn, grid: np.ndarray, bounds: tuple[float, float]) -> tuple[float, float]:
     """argmin_c max_{x in grid} |error_fn(x, c)|; the objective is unimodal in c on `bounds`."""
+    from scipy import optimize  # here, not at import: every CLI process imports this module
 
     def worst(c: float) -> float:
         return float(np.max(np.abs(error_fn(grid, c))))
@@ -55,6 +55,8 @@ def fit_gelu_constants(num_points: int = 400_000) -> dict[str, float]:
       errors are odd around x = 0, so x >= 0 suffices (x in [0, 10], Phi(10) = 1 in fp64).
     Returns tanh_coefficient, tanh_max_error (of the erf fit), sigmoid_scale, sigmoid_max_error.
     """
+    from scipy import special
+
     a = np.sqrt(2 / np.pi)
     x4 = np.linspace(0.0, 4.0, num_points, endpoint=False)
     b, tanh_err = _minimax(
