@@ -3,8 +3,10 @@
 Settings, all from one pretrained MLM (`init`, or an `mlm` run this experiment trains first in
 workdir/pretrain from `pretrain`):
   zero_shot        the MLM scores the labels through the pattern, no training;
-  zero_shot_mlm    the same after `mlm_steps` of MLM on the task's unlabeled train text
-                   (one run per seed, shared by the patterns);
+  zero_shot_mlm    the same after `mlm.num_train_steps` of MLM on the task's unlabeled train
+                   text (one run per seed, shared by the patterns);
+both zero-shot settings also log, per pattern, whether the slot carries the label at all: the
+AUC of the label-score gap and a threshold calibrated on validation (`zero_shot_signal`);
   few_shot         PET on `labeled_fraction` of the train split (drawn with the seed);
   semi_supervised  PET on those labels plus all train text as plain MLM rows;
   fine_tune        a [CLS] classifier trained on the same labeled examples (no pattern).
@@ -141,6 +143,26 @@ def run(c, workdir: str) -> list[dict]:
             for split, recs in (("validation", validation), ("test", test))
         }
 
+    def log_signal(setting, i, out, load):
+        """Signal or prior (two-word verbalizers): the AUC of the label-score gap and a threshold
+        calibrated on validation, cached in out/signal. load() -> (model, vocab, ...)."""
+        if len(verbalizer) != 2:
+            return
+        p = patterns.Pattern(templates[i], verbalizer)
+        signal = sweep.cached_result(
+            out / "signal",
+            lambda: zero_shot_signal(
+                *(pet.scores(*load()[:2], p, recs, seq_len=seq_len) for recs in (validation, test))
+            ),
+        )
+        log(
+            f"{setting} pattern {i}: AUC of the label-score gap "
+            f"{signal['auc_validation']:.3f} / {signal['auc_test']:.3f} (validation / "
+            f"test; 0.5 = no signal); with a threshold chosen on validation "
+            f"{signal['threshold_validation']:.2f} / {signal['threshold_test']:.2f}; label 1 "
+            f"predicted for {signal['positive_share_test']:.1%} of test"
+        )
+
     if "zero_shot" in settings:
         model, vocab = None, None
 
@@ -155,25 +177,7 @@ def run(c, workdir: str) -> list[dict]:
         for i in range(len(templates)):
             out = workdir / "runs" / f"zero_shot_p{i}"
             acc = sweep.cached_result(out, lambda i=i: pattern_acc(*load(), i))
-            if len(verbalizer) == 2:  # signal or prior: the gap's AUC, a calibrated threshold
-                p = patterns.Pattern(templates[i], verbalizer)
-                signal = sweep.cached_result(
-                    out / "signal",
-                    lambda p=p: zero_shot_signal(
-                        *(
-                            pet.scores(*load(), p, recs, seq_len=seq_len)
-                            for recs in (validation, test)
-                        )
-                    ),
-                )
-                log(
-                    f"zero_shot pattern {i}: AUC of the label-score gap "
-                    f"{signal['auc_validation']:.3f} / {signal['auc_test']:.3f} (validation / "
-                    f"test; 0.5 = no signal); with a "
-                    f"threshold chosen on validation {signal['threshold_validation']:.2f} / "
-                    f"{signal['threshold_test']:.2f}; label 1 predicted for "
-                    f"{signal['positive_share_test']:.1%} of test"
-                )
+            log_signal("zero_shot", i, out, load)
             for seed in seeds:  # no training: the same number for every seed
                 record("zero_shot", i, seed, acc)
 
@@ -195,6 +199,7 @@ def run(c, workdir: str) -> list[dict]:
                 acc = sweep.cached_result(
                     out / f"p{i}", lambda i=i, load=load: pattern_acc(*load()[:2], i)
                 )
+                log_signal(f"{setting} seed {seed}", i, out / f"p{i}", load)
                 record(setting, i, seed, acc)
         elif setting == "fine_tune":
             record(setting, "-", seed, best_validation(out, fine_tune_acc))

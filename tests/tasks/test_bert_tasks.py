@@ -202,7 +202,11 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
     with open(tmp_path / "pet.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (tmp_path / "pet.png").stat().st_size > 10_000
-    assert "training few_shot_p0 seed 0 in " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "training few_shot_p0 seed 0 in " in out
+    # Both zero-shot settings log whether the slot carries the label (the gap's AUC), +MLM per seed.
+    assert "zero_shot pattern 0: AUC of the label-score gap" in out
+    assert "zero_shot_mlm seed 0 pattern 0: AUC of the label-score gap" in out
     # The reference's selection: test at the step of best validation accuracy, final beside it.
     for setting in ("few_shot", "semi_supervised", "fine_tune"):
         name = f"{setting}_p0" if setting != "fine_tune" else setting
@@ -217,10 +221,9 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
             acc[best]["test"],
         )
         assert row["test_final_mean"] == acc[4]["test"]
-    signal = json.loads(
-        (tmp_path / "runs" / "zero_shot_p0" / "signal" / "accuracy.json").read_text()
-    )
-    assert 0 <= signal["auc_validation"] <= 1 and 0 <= signal["auc_test"] <= 1
+    for run in ("zero_shot_p0", "zero_shot_mlm_seed0/p0"):
+        signal = json.loads((tmp_path / "runs" / run / "signal" / "accuracy.json").read_text())
+        assert 0 <= signal["auc_validation"] <= 1 and 0 <= signal["auc_test"] <= 1
     again = pet_experiment.run(
         c, str(tmp_path)
     )  # every point cached: the same numbers, nothing retrained
