@@ -70,9 +70,9 @@ def get_config(preset: str = "") -> ConfigDict:
     c.classify.optimizer.update(learning_rate=1e-3, warmup_steps=20)  # as PET: the same budget
     if preset == "strong":  # from the stronger MLM: configs/mlm.py:strong (6 layers, 3 sources)
         c.pretrain = mlm.get_config("strong")
-        # + MLM long enough to move the slot: 200 steps (0.46 epochs of the reviews' train text)
-        # left the label-score gap's AUC at 0.50, 1,500 (3.4 epochs) raised it to 0.60 on test
-        # (docs/pet.md; the strong table's + MLM row was measured at 200).
+        # + MLM long enough to move the slot: after 200 steps (0.46 epochs of the reviews' train
+        # text) the label-score gap's test AUC was at chance (0.48), after 1,500 (3.4 epochs)
+        # 0.60 (docs/pet.md, 3 seeds; the strong table's + MLM row was measured at 200).
         c.mlm.update(num_train_steps=1500, eval_every_steps=500, checkpoint_every_steps=500)
     if preset == "smoke":
         c.seeds = (0,)

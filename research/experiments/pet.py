@@ -5,11 +5,11 @@ workdir/pretrain from `pretrain`):
   zero_shot        the MLM scores the labels through the pattern, no training;
   zero_shot_mlm    the same after `mlm.num_train_steps` of MLM on the task's unlabeled train
                    text (one run per seed, shared by the patterns);
-both zero-shot settings also log, per pattern, whether the slot carries the label at all: the
-AUC of the label-score gap and a threshold calibrated on validation (`zero_shot_signal`);
   few_shot         PET on `labeled_fraction` of the train split (drawn with the seed);
   semi_supervised  PET on those labels plus all train text as plain MLM rows;
   fine_tune        a [CLS] classifier trained on the same labeled examples (no pattern).
+Both zero-shot settings also log, per pattern, whether the slot carries the label at all: the
+AUC of the label-score gap and a threshold calibrated on validation (`zero_shot_signal`).
 Every trained setting is an ordinary run (tasks mlm / pet / classify) in workdir/runs/NAME,
 cached by result.json (rerunning resumes); accuracies are computed on every validation and test
 example and cached in accuracy.json. The labeled settings are read as the reference selects
