@@ -45,6 +45,7 @@ from research.tasks import bert, classify, pet
 from research.train.config import ConfigError, parse
 from research.train.trained import load_trained
 
+UNLABELED_SAMPLE = 2000  # zero_shot_signal's median threshold: train examples, labels unread
 SETTINGS = ("zero_shot", "zero_shot_mlm", "few_shot", "semi_supervised", "fine_tune")
 # The note's RoBERTa-wwm-ext base results (validation / test accuracy, %); fine-tuning on the
 # same labels is quoted as "about 88.93" without a split.
@@ -143,23 +144,33 @@ def run(c, workdir: str) -> list[dict]:
             for split, recs in (("validation", validation), ("test", test))
         }
 
+    # Every k-th train example, at most UNLABELED_SAMPLE of them, its label unread.
+    unlabeled = range(0, len(train), max(1, -(-len(train) // UNLABELED_SAMPLE)))
+
     def log_signal(setting, i, out, load):
-        """Signal or prior (two-word verbalizers): the AUC of the label-score gap and a threshold
-        calibrated on validation, cached in out/signal. load() -> (model, vocab, ...)."""
+        """Signal or prior (two-word verbalizers): the AUC of the label-score gap, a threshold
+        calibrated on validation and one without labels (the median gap of `unlabeled`), cached
+        in out/signal. load() -> (model, vocab, ...)."""
         if len(verbalizer) != 2:
             return
         p = patterns.Pattern(templates[i], verbalizer)
-        signal = sweep.cached_result(
-            out / "signal",
-            lambda: zero_shot_signal(
-                *(pet.scores(*load()[:2], p, recs, seq_len=seq_len) for recs in (validation, test))
-            ),
-        )
+
+        def signal_of():
+            model, vocab = load()[:2]
+            scored = [
+                pet.scores(model, vocab, p, recs, seq_len=seq_len)
+                for recs in (validation, test, [train[j] for j in unlabeled])
+            ]
+            return zero_shot_signal(scored[0], scored[1], scored[2][0])
+
+        signal = sweep.cached_result(out / "signal", signal_of, keys=("median_test",))
         log(
             f"{setting} pattern {i}: AUC of the label-score gap "
             f"{signal['auc_validation']:.3f} / {signal['auc_test']:.3f} (validation / "
             f"test; 0.5 = no signal); with a threshold chosen on validation "
-            f"{signal['threshold_validation']:.2f} / {signal['threshold_test']:.2f}; label 1 "
+            f"{signal['threshold_validation']:.2f} / {signal['threshold_test']:.2f}, with the "
+            f"median gap of {len(unlabeled)} unlabeled train examples (no label) "
+            f"{signal['median_validation']:.2f} / {signal['median_test']:.2f}; label 1 "
             f"predicted for {signal['positive_share_test']:.1%} of test"
         )
 
@@ -219,10 +230,10 @@ def run(c, workdir: str) -> list[dict]:
     return rows
 
 
-def zero_shot_signal(validation: tuple, test: tuple) -> dict:
-    """Whether a two-label zero-shot score carries signal beyond its prior. Each argument is
-    (scores [N, 2], labels [N]) (`research.tasks.pet.scores`); the gap is score(label 1) -
-    score(label 0).
+def zero_shot_signal(validation: tuple, test: tuple, unlabeled=None) -> dict:
+    """Whether a two-label zero-shot score carries signal beyond its prior. validation and test
+    are (scores [N, 2], labels [N]) (`research.tasks.pet.scores`); the gap is score(label 1) -
+    score(label 0). unlabeled: scores [M, 2] of unlabeled examples, or None.
 
     Returns:
       auc_validation / auc_test: the probability that a label-1 example's gap exceeds a label-0
@@ -230,6 +241,9 @@ def zero_shot_signal(validation: tuple, test: tuple) -> dict:
       threshold: the gap threshold of best validation accuracy (the prior calibrated away on
         validation), and threshold_validation / threshold_test: the accuracy (%) with it.
       positive_share_test: the share of test examples the plain argmax puts in label 1.
+      With `unlabeled`: median_threshold, the median gap of the unlabeled examples (a threshold
+        that uses no label, right when the two labels are about equally common), and
+        median_validation / median_test: the accuracy (%) with it.
     """
     import scipy.stats  # here, not at import: every CLI process imports this module
 
@@ -245,12 +259,18 @@ def zero_shot_signal(validation: tuple, test: tuple) -> dict:
     accs = [float(np.mean((g > t) == y)) for t in cuts]
     t = float(cuts[int(np.argmax(accs))])
     gt, yt = gaps["test"]
-    return out | {
+    out |= {
         "threshold": t,
         "threshold_validation": 100 * max(accs),
         "threshold_test": 100 * float(np.mean((gt > t) == yt)),
         "positive_share_test": float(np.mean(gt > 0)),
     }
+    if unlabeled is not None:
+        m = float(np.median(unlabeled[:, 1] - unlabeled[:, 0]))
+        out["median_threshold"] = m
+        for name, (g, y) in gaps.items():
+            out[f"median_{name}"] = 100 * float(np.mean((g > m) == y))
+    return out
 
 
 def best_validation(out: pathlib.Path, accuracy) -> dict:

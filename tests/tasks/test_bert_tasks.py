@@ -175,7 +175,8 @@ def test_zero_shot_signal_against_brute_force():
     s = np.stack([rng.normal(size=60), rng.normal(size=60) + 0.8 * y - 2.0], axis=1)
     yt = rng.integers(0, 2, 40)
     st = np.stack([rng.normal(size=40), rng.normal(size=40) + 0.8 * yt - 2.0], axis=1)
-    got = pet_experiment.zero_shot_signal((s, y), (st, yt))
+    su = np.stack([rng.normal(size=51), rng.normal(size=51) - 2.0], axis=1)  # labels unread
+    got = pet_experiment.zero_shot_signal((s, y), (st, yt), su)
     for (sc, lab), name in (((s, y), "validation"), ((st, yt), "test")):
         gap = sc[:, 1] - sc[:, 0]
         pairs = [(a > b) + 0.5 * (a == b) for a in gap[lab == 1] for b in gap[lab == 0]]
@@ -188,6 +189,12 @@ def test_zero_shot_signal_against_brute_force():
     assert got["positive_share_test"] < 0.2 and got["threshold_validation"] > 100 * max(
         np.mean(y), 1 - np.mean(y)
     )
+    # Without labels: the middle (26th of 51) of the unlabeled gaps, sorted.
+    middle = sorted(su[:, 1] - su[:, 0])[25]
+    assert got["median_threshold"] == pytest.approx(middle)
+    assert got["median_validation"] == pytest.approx(100 * np.mean((gap > middle) == y))
+    assert got["median_test"] == pytest.approx(100 * np.mean((gap_t > middle) == yt))
+    assert "median_test" not in pet_experiment.zero_shot_signal((s, y), (st, yt))
 
 
 def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tmp_path, capsys):
@@ -224,6 +231,7 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
     for run in ("zero_shot_p0", "zero_shot_mlm_seed0/p0"):
         signal = json.loads((tmp_path / "runs" / run / "signal" / "accuracy.json").read_text())
         assert 0 <= signal["auc_validation"] <= 1 and 0 <= signal["auc_test"] <= 1
+        assert 0 <= signal["median_test"] <= 100
     again = pet_experiment.run(
         c, str(tmp_path)
     )  # every point cached: the same numbers, nothing retrained
