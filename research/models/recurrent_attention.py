@@ -18,11 +18,16 @@ following its paper and flash-linear-attention's (fla) layer of the same name:
 All four read out as fla does: per-head RMSNorm of the attention output times an output gate
 swish(W_g x), then W_o. (fla's DeltaNet leaves the output gate off by default; here both delta
 kinds have it, so deltanet and gated_deltanet differ only by the decay.) Rotary positions apply
-to q and k when `positions="rotary"`, as for the other kinds.
+to q and k when `positions="rotary"`, as for the other kinds (fla rotates only RetNet's).
+Differences from fla's defaults, by design: Dk = Dv = head_dim for every kind (fla: expand_k
+0.5 for GLA, expand_v 2 for RetNet and Gated DeltaNet), q/k/v/o biases follow `use_bias`, and
+with GQA the gates and beta stay per query head while k and v are shared.
 
-Padding (a key-padding mask [B, L], True = real) and packed documents (`document_ids` [B, L])
-are exact: a padded token has k = v = 0, no decay and beta = 0, so it leaves the state as it is,
-and the state restarts from zero at each document's first token.
+Right padding (a key-padding mask [B, L], True = real, pads after the real tokens, as the
+models make it) and packed documents (`document_ids` [B, L]) are exact: a padded token has
+k = v = 0, no decay and beta = 0, so it leaves the state as it is, and the state restarts from
+zero at each document's first token. (A pad *before* real tokens would still reach the next
+qkv_conv - 1 tokens through the delta kinds' convolutions.)
 
 gla and retnet take `short_conv` (the key convolution of H3 / Based that softmax and linear
 attention take); the delta kinds have their own q, k, v convolutions instead (`qkv_conv`).
@@ -111,8 +116,17 @@ class RecurrentAttention(Attention):
         document."""
         cfg = self.cfg
         history = history or {}
+        # Through `_heads`, as every other kind: the projections are tagged for the remat
+        # policies (save_qkv_proj and its kin keep these dot outputs) and their heads sharded.
+        heads = {"q": cfg.num_heads, "k": cfg.kv_heads, "v": cfg.kv_heads}
+        names = {"q": "query_proj", "k": "key_proj", "v": "value_proj"}
+
+        def project(n, t):
+            return self._heads(t, getattr(self, n), heads[n], names[n])
+
         if self.conv_width:
-            seqs = {"q": self.q(x), "k": self.k(x), "v": self.v(x)}
+            # The convolutions run on the flat [B, L, H * D] projections (a free reshape).
+            seqs = {n: project(n, x).reshape(*x.shape[:2], -1) for n in ("q", "k", "v")}
             weights = {n: getattr(self, f"{n}_conv").get_value() for n in seqs}
             q, k, v = (
                 jax.nn.silu(causal_conv(t, weights[n], history.get(n), document_ids))
@@ -123,7 +137,7 @@ class RecurrentAttention(Attention):
             kx = x
             if self.short_conv:
                 kx = causal_conv(x, self.key_conv.get_value(), history.get("x"), document_ids)
-            q, k, v = self.q(x), self.k(kx), self.v(x)
+            return seqs, project("q", x), project("k", kx), project("v", x)
         shape = (*x.shape[:2], -1, cfg.head_dim)
         return seqs, q.reshape(shape), k.reshape(shape), v.reshape(shape)
 
@@ -320,8 +334,8 @@ class GatedDeltaNetAttention(DeltaNetAttention):
         cfg = self.cfg
         h = cfg.num_heads
         self.decay_proj = dense(cfg, cfg.d_model, h, "embed", None, rngs, bias=False)
-        # fla's GatedDeltaNet init: A ~ U(0, 16); dt log-uniform in [1e-3, 0.1], dt_bias its
-        # softplus inverse.
+        # fla's GatedDeltaNet init: A ~ U(0, 16) (from 1e-4 here, so log A stays finite); dt
+        # log-uniform in [1e-3, 0.1], dt_bias its softplus inverse.
         a = jax.random.uniform(rngs.params(), (h,), minval=1e-4, maxval=16.0)
         self.a_log = nnx.Param(jnp.log(a), **axes(None))
         u = jax.random.uniform(rngs.params(), (h,))

@@ -235,8 +235,8 @@ def test_fsdp_never_splits_the_stacked_layers_axis():
         assert x.addressable_shards[0].data.size * 8 == x.size, (x.shape, x.sharding.spec)
 
 
-def _loss(remat: str, length: int = 12):
-    model = DecoderLM(CFG.replace(remat=remat, max_length=length), rngs=nnx.Rngs(0))
+def _loss(remat: str, length: int = 12, **kind):
+    model = DecoderLM(CFG.replace(remat=remat, max_length=length, **kind), rngs=nnx.Rngs(0))
     model_def, params, consts = step.split_model(model)  # as the train step merges it
     params = nnx.to_pure_dict(params)
     batch = {k: jnp.asarray(v[:, :length]) for k, v in _batches(1, length=length)[0].items()}
@@ -263,6 +263,20 @@ def test_remat_policies_save_what_they_name():
         saved[remat] = sum(a.size * a.dtype.itemsize for a, _ in saved_residuals(loss, params))
     order = ["none", "minimal", "save_dot_except_mlp", "save_qkv_proj", "full"]
     assert all(saved[a] > saved[b] for a, b in zip(order, order[1:], strict=False)), saved
+    qkv = CFG.num_layers * 3 * 16 * 64 * CFG.d_model * 4  # [B, L, H, Dh] fp32, per layer
+    assert saved["save_qkv_proj"] - saved["full"] == pytest.approx(qkv, rel=0.01)
+
+
+@pytest.mark.parametrize("attention", ["gla", "gated_deltanet"])
+def test_remat_policies_name_the_recurrent_kinds_projections(attention):
+    # The gated and delta kinds' q/k/v projections carry the same names (for the delta kinds
+    # the dot outputs before their convolutions), so "save_qkv_proj" keeps exactly those.
+    from jax._src.ad_checkpoint import saved_residuals
+
+    saved = {}
+    for remat in ("save_qkv_proj", "full"):
+        loss, params = _loss(remat, length=64, attention=attention)
+        saved[remat] = sum(a.size * a.dtype.itemsize for a, _ in saved_residuals(loss, params))
     qkv = CFG.num_layers * 3 * 16 * 64 * CFG.d_model * 4  # [B, L, H, Dh] fp32, per layer
     assert saved["save_qkv_proj"] - saved["full"] == pytest.approx(qkv, rel=0.01)
 
