@@ -112,7 +112,7 @@ def get_config(preset: str = "") -> ConfigDict:
             checkpoint_every_steps=2_000,
         )
         c.lm.optimizer.update(learning_rate=1e-3, warmup_steps=500)
-    elif preset == "full":  # every attention, two learning rates
+    elif preset == "full":  # every attention, widths 32 and 64, three learning rates
         c.attentions = (
             "softmax",
             "elu",
