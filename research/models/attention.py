@@ -66,14 +66,16 @@ def causal_conv(x, w, history=None, document_ids=None):
 
     x [B, L, d], w [K, d], history [B, K-1, d]: the K-1 inputs before x (zeros if None);
     document_ids [B, L] (packed documents): x_{t-s} counts only if it is in t's document.
-    -> y [B, L, d] in x's dtype."""
+    -> y [B, L, d] in x's dtype, the taps summed in fp32 (as fla's causal_conv1d: a bf16 model
+    rounds the sum once, not each partial sum)."""
     k, length = w.shape[0], x.shape[1]
-    full = _after_history(x, history, k)
-    w = w.astype(x.dtype)
+    full = _after_history(x, history, k).astype(jnp.float32)
+    w = w.astype(x.dtype).astype(jnp.float32)  # the weight as the model's dtype holds it
     if document_ids is None:
-        return sum(w[s] * full[:, k - 1 - s : k - 1 - s + length] for s in range(k))
+        y = sum(w[s] * full[:, k - 1 - s : k - 1 - s + length] for s in range(k))
+        return y.astype(x.dtype)
     doc = jnp.pad(document_ids, ((0, 0), (k - 1, 0)), constant_values=-1)
-    return sum(
+    y = sum(
         w[s]
         * jnp.where(
             (doc[:, k - 1 - s : k - 1 - s + length] == document_ids)[..., None],
@@ -82,6 +84,7 @@ def causal_conv(x, w, history=None, document_ids=None):
         )
         for s in range(k)
     )
+    return y.astype(x.dtype)
 
 
 def _after_history(x, history, k: int):

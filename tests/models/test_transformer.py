@@ -203,6 +203,26 @@ def test_causal_conv_matches_numpy_convolution():
     _assert_close(causal_conv(jnp.asarray(x), jnp.asarray(w)), no_history)
 
 
+def test_causal_conv_in_bf16_rounds_the_sum_once():
+    # fla's causal_conv1d accumulates the taps in fp32: the bf16 output is the exact sum of the
+    # bf16 inputs times the bf16 weights, rounded once (NumPy float64 here), with documents too.
+    # (The products are exact in fp32; the fp32 sum rounds again only at a rare bf16 tie.)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 64, 16)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(4, 16)), jnp.bfloat16)
+    docs = jnp.asarray(np.repeat([[0] * 20 + [1] * 44], 2, axis=0))
+    xs, ws, d = (np.asarray(t, np.float64) for t in (x, w, docs))
+    for ids in (None, docs):
+        want = np.zeros(xs.shape)
+        for t in range(64):
+            for s in range(4):
+                if t - s >= 0 and (ids is None or d[0, t - s] == d[0, t]):
+                    want[:, t] += ws[s] * xs[:, t - s]
+        got = causal_conv(x, w, document_ids=ids)
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(got, np.float64), want.astype(jnp.bfloat16))
+
+
 def test_short_conv_starts_near_the_identity_and_changes_only_keys():
     plain = DecoderLM(_cfg(), rngs=nnx.Rngs(0))
     conv = DecoderLM(_cfg(short_conv=3), rngs=nnx.Rngs(0))
