@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from research import ops
-from research.config import RunConfig
+from research.config import ConfigError, RunConfig
 from research.data import sources, tokenizer
 from research.data.lm import lm_iterator
 from research.models import DecoderLM
@@ -47,6 +47,17 @@ class LmTask(Task):
             )
 
         return TaskData(tok.vocab_size(), d.seq_len, make, tokenizer.SentencePieceVocab(tok))
+
+    def validate(self, run: RunConfig) -> None:
+        super().validate(run)
+        m = run.model
+        if run.data.document_boundaries and m.attention == "softmax":
+            if m.softmax_implementation == "cudnn":  # jax.nn.dot_product_attention has no ids
+                raise ConfigError(
+                    "model.softmax_implementation='cudnn' cannot separate packed documents "
+                    "(data.document_boundaries=True); use 'blockwise' (O(L) memory), 'xla', or "
+                    "'tpu_flash' on TPU, or data.document_boundaries=False"
+                )
 
     def abstract_batch(self, run: RunConfig, batch_size: int) -> dict:
         """Next-token rows, with document_ids [B, seq_len] int32 when data.document_boundaries."""

@@ -412,6 +412,22 @@ def test_bad_config_is_a_one_line_config_error(key, value, message):
     assert "\n" not in str(e.value)
 
 
+def test_cudnn_softmax_with_packed_documents_is_a_config_error():
+    """jax.nn.dot_product_attention takes no segment ids: refused when the config is parsed (as
+    on a GPU), naming the implementations that separate documents; fine without packing."""
+    from configs import lm
+    from research.train.config import ConfigError, parse
+
+    c = lm.get_config("smoke")
+    c.update_from_flattened_dict({"model.softmax_implementation": "cudnn"})
+    parse(c, num_devices=4, platform="gpu")
+    c.data.document_boundaries = True
+    with pytest.raises(ConfigError) as e:
+        parse(c, num_devices=4, platform="gpu")
+    assert str(e.value).startswith("model.softmax_implementation='cudnn' cannot separate packed")
+    assert "'blockwise'" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_non_causal_feature_map_is_a_config_error():
     from configs import lm
     from research.train.config import ConfigError

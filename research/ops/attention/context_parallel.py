@@ -38,7 +38,13 @@ from jaxtyping import Array, Float, Int
 
 from research.ops import feature_maps as fm
 from research.ops.attention import gated
-from research.ops.attention.common import check_form, check_qkv, repeat_kv, resolve_scale
+from research.ops.attention.common import (
+    check_causal_lengths,
+    check_form,
+    check_qkv,
+    repeat_kv,
+    resolve_scale,
+)
 from research.ops.attention.delta import DELTA_FORMS, check_delta_inputs, delta_rule_forms
 from research.ops.attention.linear import (
     LinearAttentionState,
@@ -47,7 +53,7 @@ from research.ops.attention.linear import (
 )
 from research.ops.attention.segments import check_segment_ids, check_state, segment_starts
 from research.ops.attention.softmax import online_softmax_update
-from research.ops.checks import check_bool, check_causal_allowed
+from research.ops.checks import check_bool, check_causal_allowed, check_positive_int
 
 
 def _axis_size(axis_name: str, axis_size: int | None) -> int:
@@ -211,6 +217,7 @@ def delta_rule_attention_cp(
     """
     check_bool("return_state", return_state)
     check_form(form, DELTA_FORMS)
+    check_positive_int("chunk_size", chunk_size)
     segment_ids = check_delta_inputs(q, k, v, beta, log_gate, segment_ids, initial_state)
     axis_size = _axis_size(axis_name, axis_size)
     b, n, h, dk = q.shape
@@ -278,7 +285,9 @@ def gated_linear_attention_cp(
     check_bool("return_state", return_state)
     if form not in ("chunked", "scan"):
         raise ValueError(f"form={form!r}: context parallelism runs 'chunked' or 'scan'")
+    check_positive_int("chunk_size", chunk_size)
     check_qkv(q, k, v)
+    check_causal_lengths("gated linear attention", q, k)
     axis_size = _axis_size(axis_name, axis_size)
     batch, n, heads, dk = q.shape
     dv = v.shape[-1]

@@ -68,4 +68,34 @@ def check_state(name: str, state, expected: tuple[int, ...]) -> None:
         )
 
 
-__all__ = ["check_segment_ids", "check_state", "same_segment", "segment_starts"]
+def check_step_state(state, expected: tuple[int, ...]) -> None:
+    """A decode step's `state`: required (not None) and shaped `expected`, else ValueError."""
+    if state is None:
+        raise ValueError(
+            f"state must be an array [batch, heads, key_dim, value_dim] = {tuple(expected)}, "
+            "got None (zeros start a sequence)"
+        )
+    check_state("state", state, expected)
+
+
+def check_reset(reset_t, batch: int):
+    """A decode step's `reset_t`: None, or a bool array [batch]; returned as a jnp array."""
+    if reset_t is None:
+        return None
+    reset_t = jnp.asarray(reset_t)
+    if reset_t.dtype != jnp.bool_ or reset_t.shape != (batch,):
+        raise ValueError(
+            f"reset_t must be a bool array [batch] = {(batch,)}, got {reset_t.dtype} "
+            f"{reset_t.shape}"
+        )
+    return reset_t
+
+
+__all__ = [
+    "check_reset",
+    "check_segment_ids",
+    "check_state",
+    "check_step_state",
+    "same_segment",
+    "segment_starts",
+]

@@ -279,6 +279,35 @@ def test_decode_steps_continue_a_chunked_prefill():
     np.testing.assert_allclose(state, want_state, atol=ATOL)
 
 
+@pytest.mark.parametrize("form", ["naive", "step"])
+def test_naive_form_and_decode_step_gradients_equal_numpy(form):
+    """The readable loop and the decode step (one token at a time from the initial state) have
+    the reference's gradients too: q, k, v, beta, the gates (down to -20) and the state."""
+    x = _inputs(13, 2, 6, 2, 1, 4, 3, strong=True)
+
+    def fn(q, k, v, beta, log_gate, initial_state, **kw):
+        if form == "naive":
+            return att.delta_rule_attention(
+                q,
+                k,
+                v,
+                beta,
+                log_gate=log_gate,
+                initial_state=initial_state,
+                form="naive",
+                return_state=True,
+            )
+        state, outs = initial_state, []
+        for t in range(q.shape[1]):
+            state, o = att.delta_rule_step(
+                state, q[:, t], k[:, t], v[:, t], beta[:, t], log_gate_t=log_gate[:, t]
+            )
+            outs.append(o)
+        return jnp.stack(outs, axis=1), state
+
+    _check_grads(fn, x, 11)
+
+
 @pytest.mark.parametrize("form", att.DELTA_FORMS)
 def test_gated_delta_with_zero_gate_is_deltanet(form):
     x = _inputs(2, 2, 19, 2, 2, 4, 3, gated=False, segments=True)
@@ -434,7 +463,14 @@ def _bad(**change):
             _bad(beta=np.zeros((2, 8), np.float32)),
             r"beta must be \[batch, length, heads\] = \(2, 8, 2\), got \(2, 8\)",
         ),
-        (_bad(log_gate=np.full((2, 8, 2), 0.5, np.float32)), "log_gate must be <= 0.0, got 0.5"),
+        (
+            _bad(log_gate=np.full((2, 8, 2), 0.5, np.float32)),
+            "log_gate must be finite and <= 0.0, got 0.5",
+        ),
+        (  # a decay of exactly 0 is a reset: segment_ids say it (the chunked form would NaN)
+            _bad(log_gate=np.full((2, 8, 2), -np.inf, np.float32)),
+            "log_gate must be finite and <= 0.0, got -inf",
+        ),
         (_bad(k=np.zeros((2, 8, 2, 5), np.float32)), "q and k head_dim differ"),
         (
             _bad(segment_ids=np.array([[0, 1, 0, 1, 1, 1, 1, 1]] * 2)),
@@ -462,6 +498,46 @@ def test_bad_options_are_refused():
         _eager(att.delta_rule_attention, x, form="fused")
     with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
         _eager(att.delta_rule_attention, x, chunk_size=0)
+    s0, t0 = x["initial_state"], [x[n][:, 0] for n in ("q", "k", "v", "beta")]
     with pytest.raises(ValueError, match="beta must be in"):
-        s0 = x["initial_state"]
-        att.delta_rule_step(s0, x["q"][:, 0], x["k"][:, 0], x["v"][:, 0], x["beta"][:, 0] + 2)
+        att.delta_rule_step(s0, *t0[:3], t0[3] + 2)
+    with pytest.raises(ValueError, match=r"^state must be \[batch, heads, key_dim, value_dim\]"):
+        att.delta_rule_step(s0[..., :2], *t0)
+    with pytest.raises(ValueError, match=r"^state must be an array .* got None"):
+        att.delta_rule_step(None, *t0)
+    with pytest.raises(ValueError, match=r"reset_t must be a bool array \[batch\]"):
+        att.delta_rule_step(s0, *t0, reset_t=np.zeros(2, np.int32))
+
+
+def test_context_parallel_refuses_bad_chunk_sizes_and_lengths():
+    from research.ops.attention import context_parallel as cp
+
+    x = _bad()
+    args = [x[n] for n in ("q", "k", "v")]
+    with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
+        cp.delta_rule_attention_cp(*args, x["beta"], axis_name="seq", axis_size=1, chunk_size=0)
+    g = np.zeros(x["beta"].shape, np.float32)
+    for form in ("chunked", "scan"):
+        with pytest.raises(ValueError, match="chunk_size must be a positive int, got -3"):
+            cp.gated_linear_attention_cp(
+                *args, g, axis_name="seq", axis_size=1, chunk_size=-3, form=form
+            )
+    with pytest.raises(ValueError, match="is causal and needs q_length == kv_length, got 8, 7"):
+        q, k, v = args
+        cp.gated_linear_attention_cp(q, k[:, :7], v[:, :7], g, axis_name="seq", axis_size=1)
+
+
+def test_decode_steps_reset_at_a_new_segment_as_segment_ids_do():
+    x = _inputs(12, 2, 9, 2, 2, 4, 3, strong=True)
+    seg = np.array([[0] * 5 + [1] * 4, [0] * 2 + [1] * 7])
+    want, _ = _reference({**x, "segment_ids": seg})  # float64 NumPy, restarting per segment
+    state = x["initial_state"]
+    for t in range(9):
+        reset = (seg[:, t] != seg[:, t - 1]) if t else np.zeros(2, bool)
+        state, o_t = att.delta_rule_step(
+            state,
+            *(x[n][:, t] for n in ("q", "k", "v", "beta")),
+            log_gate_t=x["log_gate"][:, t],
+            reset_t=reset,
+        )
+        np.testing.assert_allclose(o_t, want[:, t], atol=ATOL)

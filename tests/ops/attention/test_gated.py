@@ -438,6 +438,8 @@ def test_bad_step_input_raises():
         ops.gated_linear_attention_step(state[..., :2], q, q, v, g)
     with pytest.raises(ValueError, match=r"reset_t must be a bool array \[batch\]"):
         ops.gated_linear_attention_step(state, q, q, v, g, reset_t=np.zeros(1, np.int32))
+    with pytest.raises(ValueError, match=r"^state must be an array .* got None"):
+        ops.gated_linear_attention_step(None, q, q, v, g)
 
 
 def _fwd_bwd_bytes(length: int, form: str) -> int:

@@ -14,7 +14,7 @@ Modules:
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from research.ops.attention.common import (
     check_causal_lengths,
@@ -27,14 +27,21 @@ from research.ops.attention.common import (
 from research.ops.attention.delta import chunk, naive, recurrent
 from research.ops.attention.pallas import check_implementation
 from research.ops.attention.pallas import delta as pallas_delta
-from research.ops.attention.segments import check_segment_ids, check_state, segment_starts
+from research.ops.attention.segments import (
+    check_reset,
+    check_segment_ids,
+    check_state,
+    check_step_state,
+    segment_starts,
+)
 from research.ops.checks import check_bool, check_positive_int
 
 DELTA_FORMS = ("chunked", "scan", "naive")
 
 
 def _check_range(name: str, x, shape: tuple[int, ...], low: float | None, high: float) -> None:
-    """`x` must have `shape`; concrete (non-traced) values must lie in [low, high]."""
+    """`x` must have `shape`; concrete (non-traced) values must lie in [low, high] (low None:
+    finite and <= high)."""
     if tuple(jnp.shape(x)) != tuple(shape):
         raise ValueError(
             f"{name} must be [batch, length, heads] = {tuple(shape)}, got {tuple(jnp.shape(x))}"
@@ -42,16 +49,19 @@ def _check_range(name: str, x, shape: tuple[int, ...], low: float | None, high: 
     if isinstance(x, jax.core.Tracer):
         return
     a = np.asarray(x, np.float64)
-    bad = ~(a <= high) if low is None else ~((a >= low) & (a <= high))  # NaN is bad too
+    ok = (np.isfinite(a) & (a <= high)) if low is None else ((a >= low) & (a <= high))
+    bad = ~ok  # NaN is bad too
     if bad.any():
-        allowed = f"<= {high}" if low is None else f"in [{low}, {high}]"
+        allowed = f"finite and <= {high}" if low is None else f"in [{low}, {high}]"
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
             f"{name} must be {allowed}, got {a[idx]} at [batch, length, heads] = {idx}"
         )
 
 
-def check_delta_inputs(q, k, v, beta, log_gate, segment_ids, initial_state):
+def check_delta_inputs(
+    q, k, v, beta, log_gate, segment_ids, initial_state, state_name: str = "initial_state"
+):
     """Shapes and (where concrete) values of `delta_rule_attention`'s inputs, else ValueError.
     Returns the segment ids as int32 [B, L] (or None)."""
     check_qkv(q, k, v)
@@ -60,7 +70,7 @@ def check_delta_inputs(q, k, v, beta, log_gate, segment_ids, initial_state):
     _check_range("beta", beta, (batch, length, heads), 0.0, 1.0)
     if log_gate is not None:
         _check_range("log_gate", log_gate, (batch, length, heads), None, 0.0)
-    check_state("initial_state", initial_state, (batch, heads, dk, v.shape[-1]))
+    check_state(state_name, initial_state, (batch, heads, dk, v.shape[-1]))
     return check_segment_ids(segment_ids, batch, length)
 
 
@@ -166,6 +176,7 @@ def delta_rule_step(
     *,
     log_gate_t: Float[Array, "B H"] | None = None,
     scale: float | None = None,
+    reset_t: Bool[Array, " B"] | None = None,
 ) -> tuple[Float[Array, "B H Dk Dv"], Float[Array, "B H Dv"]]:
     """One decoding step of the (gated) delta rule in O(Dk Dv) per head (fla:
     fused_recurrent_delta_rule / fused_recurrent_gated_delta_rule with one token):
@@ -173,21 +184,28 @@ def delta_rule_step(
 
     state [B, H, Dk, Dv] (zeros, or the final state of `delta_rule_attention(...,
     return_state=True)`); q_t [B, H, Dk], k_t [B, Hkv, Dk], v_t [B, Hkv, Dv], beta_t and
-    log_gate_t [B, H]. Returns (new state fp32, out_t [B, H, Dv] in the dtype of q_t).
+    log_gate_t [B, H]; reset_t [B] bool, True where this token starts a new segment (the
+    state restarts from zero first, as `segment_ids` do in the full op). Returns (new state
+    fp32, out_t [B, H, Dv] in the dtype of q_t).
     """
     check_step_ranks(q_t=q_t, k_t=k_t, v_t=v_t)
+    batch, heads = q_t.shape[:2]
+    dims = (batch, heads, q_t.shape[2], v_t.shape[2])
+    check_step_state(state, dims)
     # The sequence checks on a length-1 sequence give the same messages as the full op.
     one = lambda x: None if x is None else x[:, None]  # noqa: E731
-    check_delta_inputs(one(q_t), one(k_t), one(v_t), one(beta_t), one(log_gate_t), None, state)
+    args = (one(q_t), one(k_t), one(v_t), one(beta_t), one(log_gate_t), None, state)
+    check_delta_inputs(*args, state_name="state")
+    reset_t = check_reset(reset_t, batch)
     heads, dk = q_t.shape[1:]
     scale = resolve_scale(scale, dk)
     groups = heads // k_t.shape[1]
     k_t, v_t = (jnp.repeat(x, groups, axis=1) if groups > 1 else x for x in (k_t, v_t))
     f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
     g_t = jnp.zeros(beta_t.shape, jnp.float32) if log_gate_t is None else f32(log_gate_t)
-    no_reset = jnp.zeros(q_t.shape[:1], bool)
+    reset = jnp.zeros((batch,), bool) if reset_t is None else reset_t
     s, out = recurrent.recurrence(
-        f32(state), f32(q_t) * scale, f32(k_t), f32(v_t), f32(beta_t), g_t, no_reset
+        f32(state), f32(q_t) * scale, f32(k_t), f32(v_t), f32(beta_t), g_t, reset
     )
     return s, out.astype(q_t.dtype)
 

@@ -24,7 +24,13 @@ from research.ops.attention.common import (
 from research.ops.attention.gated import chunk, naive, recurrent
 from research.ops.attention.pallas import check_implementation
 from research.ops.attention.pallas import gla as pallas_gla
-from research.ops.attention.segments import check_segment_ids, check_state, segment_starts
+from research.ops.attention.segments import (
+    check_reset,
+    check_segment_ids,
+    check_state,
+    check_step_state,
+    segment_starts,
+)
 from research.ops.checks import check_bool, check_positive_int
 
 GATED_FORMS = ("chunked", "scan", "naive")
@@ -163,17 +169,10 @@ def gated_linear_attention_step(
     check_qkv(q_t[:, None], k_t[:, None], v_t[:, None])
     batch, heads, dk = q_t.shape
     kv_heads, dv = k_t.shape[1], v_t.shape[2]
+    check_step_state(state, (batch, heads, dk, dv))
     g = check_log_gate(log_gate_t, (batch,), tuple({heads, kv_heads}), dk)
-    check_state("state", state, (batch, heads, dk, dv))
-    keep = None
-    if reset_t is not None:
-        reset_t = jnp.asarray(reset_t)
-        if reset_t.dtype != jnp.bool_ or reset_t.shape != (batch,):
-            raise ValueError(
-                f"reset_t must be a bool array [batch] = {(batch,)}, got "
-                f"{reset_t.dtype} {reset_t.shape}"
-            )
-        keep = 1.0 - reset_t.astype(jnp.float32)
+    reset_t = check_reset(reset_t, batch)
+    keep = None if reset_t is None else 1.0 - reset_t.astype(jnp.float32)
     scale = resolve_scale(scale, dk)
     rep = lambda x: repeat_kv(x[:, None], heads)[:, 0].astype(jnp.float32)  # noqa: E731
     new, out = recurrent.decode_step(
