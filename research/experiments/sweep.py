@@ -50,6 +50,19 @@ def point_config(c, base: ConfigDict, seed: int, **sections) -> ConfigDict:
     return pc
 
 
+def check_keeps_every_checkpoint(name: str, run: ConfigDict) -> None:
+    """ConfigError unless run `name` keeps all its checkpoints (one every checkpoint_every_steps
+    and the last): a selection over them (best validation step) must not lose the early ones."""
+    saved, keep = math.ceil(run.num_train_steps / run.checkpoint_every_steps), run.keep_checkpoints
+    if saved > keep:
+        raise ConfigError(
+            f"{name}.keep_checkpoints={keep} would drop {saved - keep} of the {saved} "
+            f"checkpoints of {run.num_train_steps} steps (one every "
+            f"{run.checkpoint_every_steps}) that the best-validation selection reads; set "
+            f"{name}.keep_checkpoints={saved} or a larger {name}.checkpoint_every_steps"
+        )
+
+
 def cached_result(out: pathlib.Path, fn, keys=()) -> dict:
     """fn()'s JSON result, cached in out/accuracy.json (read back instead of calling fn).
 

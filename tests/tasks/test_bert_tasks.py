@@ -258,6 +258,39 @@ def _main(workdir, *overrides):
     )
 
 
+def test_best_validation_reports_test_at_the_earliest_best_validation_step(tmp_path, monkeypatch):
+    # Made-up accuracies, cached per step as the experiment caches them: the best validation
+    # accuracy is tied at steps 100 and 150 (the earliest wins, as the reference's strict ">"),
+    # and neither is the final step.
+    val = {50: 60.0, 100: 62.5, 150: 62.5, 200: 61.0}
+    test = {50: 59.0, 100: 58.0, 150: 64.0, 200: 63.0}
+    for s in val:
+        (tmp_path / f"eval_step{s}").mkdir()
+        acc = {"validation": val[s], "test": test[s]}
+        (tmp_path / f"eval_step{s}" / "accuracy.json").write_text(json.dumps(acc))
+    monkeypatch.setattr(pet_experiment.params_io, "checkpoint_steps", lambda d: sorted(val))
+    got = pet_experiment.best_validation(tmp_path, lambda *a: pytest.fail("all cached"))
+    assert got == {
+        "validation": 62.5,
+        "test": 58.0,
+        "best_step": 100,
+        "validation_final": 61.0,
+        "test_final": 63.0,
+        "final_step": 200,
+    }
+
+
+def test_pet_refuses_a_schedule_whose_early_checkpoints_selection_would_lose(tmp_path):
+    c = pet_config.get_config("smoke")
+    c.pet.num_train_steps = 10  # one checkpoint every 2 steps: 5 saved, 4 kept
+    with pytest.raises(ConfigError, match=r"pet.keep_checkpoints=4 would drop 1 of the 5 "):
+        pet_experiment.run(c, str(tmp_path))
+    c.pet.keep_checkpoints = 5
+    c.classify.update(num_train_steps=9, checkpoint_every_steps=3, keep_checkpoints=2)
+    with pytest.raises(ConfigError, match=r"classify.keep_checkpoints=2 would drop 1 of the 3 "):
+        pet_experiment.run(c, str(tmp_path))
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
