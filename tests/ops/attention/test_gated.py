@@ -119,6 +119,22 @@ def test_forms_equal_numpy_recurrence(p, which):
     _check_against_numpy(fn, q, k, v, g, seg, s0, d_out, d_state)
 
 
+@pytest.mark.parametrize("gate", ["vector", "scalar"])
+@pytest.mark.parametrize("form, chunk_size", [("chunked", 4), ("scan", 4)])
+def test_forms_without_segment_ids_equal_numpy_recurrence(form, chunk_size, gate):
+    """The path without segment_ids (its own branches in both forms), values and gradients with
+    an initial state, a length not divisible by the chunk and decays down to -20."""
+    rng = np.random.default_rng(21)
+    q, k, v, g, _, s0, d_out, d_state = _inputs(rng, 2, 11, 4, 2, 3, 5, gate=gate)
+
+    def fn(q, k, v, g, s0):
+        return ops.gated_linear_attention(
+            q, k, v, g, initial_state=s0, return_state=True, form=form, chunk_size=chunk_size
+        )
+
+    _check_against_numpy(fn, q, k, v, g, None, s0, d_out, d_state)
+
+
 def test_naive_form_equals_numpy_recurrence():
     rng = np.random.default_rng(0)
     q, k, v, g, seg, s0, d_out, d_state = _inputs(rng, 2, 13, 4, 2, 3, 5, p_new=0.3)
