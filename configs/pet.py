@@ -62,7 +62,7 @@ def get_config(preset: str = "") -> ConfigDict:
     # moved in 150 steps (seed 0, pattern 0: validation 51.18%, below the 53.09% majority).
     # Checkpoints every 50 steps, all kept: the reported test accuracy is the one at the step of
     # best validation accuracy (the reference's selection), the final step's beside it.
-    select = dict(checkpoint_every_steps=50, keep_checkpoints=4)
+    select = dict(checkpoint_every_steps=50, keep_checkpoints=5)  # 4, and one if resumed
     c.pet.update(num_train_steps=200, eval_every_steps=200, batch_size=16, **select)
     c.pet.optimizer.update(learning_rate=1e-3, warmup_steps=20)
     c.classify = classify.get_config(sub)

@@ -52,14 +52,19 @@ def point_config(c, base: ConfigDict, seed: int, **sections) -> ConfigDict:
 
 def check_keeps_every_checkpoint(name: str, run: ConfigDict) -> None:
     """ConfigError unless run `name` keeps all its checkpoints (one every checkpoint_every_steps
-    and the last): a selection over them (best validation step) must not lose the early ones."""
-    saved, keep = math.ceil(run.num_train_steps / run.checkpoint_every_steps), run.keep_checkpoints
-    if saved > keep:
+    and the last) plus one spare for the save a stop (SIGTERM) and resume adds: a selection over
+    them (best validation step) must not lose the early ones."""
+    every, steps, keep = run.checkpoint_every_steps, run.num_train_steps, run.keep_checkpoints
+    for key, value in (("checkpoint_every_steps", every), ("num_train_steps", steps)):
+        if not (isinstance(value, int) and value > 0):
+            raise ConfigError(f"{name}.{key}={value!r}: must be a positive int")
+    need = math.ceil(steps / every) + 1
+    if keep < need:
         raise ConfigError(
-            f"{name}.keep_checkpoints={keep} would drop {saved - keep} of the {saved} "
-            f"checkpoints of {run.num_train_steps} steps (one every "
-            f"{run.checkpoint_every_steps}) that the best-validation selection reads; set "
-            f"{name}.keep_checkpoints={saved} or a larger {name}.checkpoint_every_steps"
+            f"{name}.keep_checkpoints={keep} is too few for the best-validation selection: "
+            f"{steps} steps save {need - 1} checkpoints (one every {every} and the last), plus "
+            f"one if the run is stopped and resumed; set {name}.keep_checkpoints={need} or a "
+            f"larger {name}.checkpoint_every_steps"
         )
 
 

@@ -27,7 +27,7 @@ Right padding (a key-padding mask [B, L], True = real, pads after the real token
 models make it) and packed documents (`document_ids` [B, L]) are exact: a padded token has
 k = v = 0, no decay and beta = 0, so it leaves the state as it is, and the state restarts from
 zero at each document's first token. (A pad *before* real tokens would still reach the next
-qkv_conv - 1 tokens through the delta kinds' convolutions.)
+few tokens through the convolutions: the delta kinds' q/k/v ones, gla's and retnet's key one.)
 
 gla and retnet take `short_conv` (the key convolution of H3 / Based that softmax and linear
 attention take); the delta kinds have their own q, k, v convolutions instead (`qkv_conv`).

@@ -221,6 +221,12 @@ def test_causal_conv_in_bf16_rounds_the_sum_once():
         got = causal_conv(x, w, document_ids=ids)
         assert got.dtype == jnp.bfloat16
         np.testing.assert_array_equal(np.asarray(got, np.float64), want.astype(jnp.bfloat16))
+    # Decoding: the last 3 inputs as history, then the next tokens (the step's path).
+    nxt = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.bfloat16)
+    full = np.concatenate([xs[:, -3:], np.asarray(nxt, np.float64)], axis=1)
+    want = sum(ws[s] * full[:, 3 - s : 8 - s] for s in range(4))
+    got = causal_conv(nxt, w, x[:, -3:])
+    np.testing.assert_array_equal(np.asarray(got, np.float64), want.astype(jnp.bfloat16))
 
 
 def test_short_conv_starts_near_the_identity_and_changes_only_keys():

@@ -281,13 +281,18 @@ def test_best_validation_reports_test_at_the_earliest_best_validation_step(tmp_p
 
 
 def test_pet_refuses_a_schedule_whose_early_checkpoints_selection_would_lose(tmp_path):
+    # One checkpoint every checkpoint_every_steps and one at the last step (non-multiples too:
+    # tests/train/test_main.py::test_checkpoints_only_where_the_schedule_asks), one spare.
     c = pet_config.get_config("smoke")
-    c.pet.num_train_steps = 10  # one checkpoint every 2 steps: 5 saved, 4 kept
-    with pytest.raises(ConfigError, match=r"pet.keep_checkpoints=4 would drop 1 of the 5 "):
+    c.pet.update(num_train_steps=10, keep_checkpoints=5)  # every 2: 5 saved
+    with pytest.raises(ConfigError, match=r"^pet.keep_checkpoints=5 is too few .* save 5 "):
         pet_experiment.run(c, str(tmp_path))
-    c.pet.keep_checkpoints = 5
-    c.classify.update(num_train_steps=9, checkpoint_every_steps=3, keep_checkpoints=2)
-    with pytest.raises(ConfigError, match=r"classify.keep_checkpoints=2 would drop 1 of the 3 "):
+    c.pet.keep_checkpoints = 6
+    c.classify.update(num_train_steps=10, checkpoint_every_steps=3, keep_checkpoints=4)
+    with pytest.raises(ConfigError, match=r"^classify.keep_checkpoints=4 is too few .* save 4 "):
+        pet_experiment.run(c, str(tmp_path))
+    c.classify.checkpoint_every_steps = 0
+    with pytest.raises(ConfigError, match=r"^classify.checkpoint_every_steps=0: must be a posit"):
         pet_experiment.run(c, str(tmp_path))
 
 

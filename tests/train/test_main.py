@@ -750,16 +750,17 @@ def test_a_classifier_summary_shows_accuracy_and_examples_per_second():
 
 
 def test_checkpoints_only_where_the_schedule_asks(data_dir, tmp_path):
-    """No step-1 checkpoint (Orbax's initial save): exactly every 4 steps, the last included."""
+    """No step-1 checkpoint (Orbax's initial save): exactly every 4 steps, and the last step
+    although it is not a multiple of 4 (ceil(14 / 4) = 4 saves, what PET's selection counts)."""
     r = _run(
         tmp_path,
         data_dir,
-        "--config.num_train_steps=12",
+        "--config.num_train_steps=14",
         "--config.checkpoint_every_steps=4",
         "--config.keep_checkpoints=10",
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert _steps(tmp_path) == [4, 8, 12]
+    assert _steps(tmp_path) == [4, 8, 12, 14]
 
 
 def test_scanned_layers_train_resume_exactly_and_decode(data_dir, tmp_path):
