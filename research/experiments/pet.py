@@ -69,8 +69,7 @@ def run(c, workdir: str) -> list[dict]:
             raise ConfigError(f"settings: unknown {s!r}; allowed {', '.join(SETTINGS)}")
     if not 0 < c.labeled_fraction < 1:
         raise ConfigError(f"labeled_fraction={c.labeled_fraction}: must be in (0, 1)")
-    for name in ("pet", "classify"):  # selection reads every checkpoint
-        sweep.check_keeps_every_checkpoint(name, c[name])
+    sweep.check_keeps_every_checkpoint(c, ("pet", "classify"))  # selection reads them all
     for t in templates:  # each pattern's own mistakes, before anything runs
         try:
             patterns.Pattern(t, verbalizer)

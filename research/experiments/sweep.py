@@ -50,22 +50,24 @@ def point_config(c, base: ConfigDict, seed: int, **sections) -> ConfigDict:
     return pc
 
 
-def check_keeps_every_checkpoint(name: str, run: ConfigDict) -> None:
-    """ConfigError unless run `name` keeps all its checkpoints (one every checkpoint_every_steps
-    and the last) plus one spare for the save a stop (SIGTERM) and resume adds: a selection over
-    them (best validation step) must not lose the early ones."""
-    every, steps, keep = run.checkpoint_every_steps, run.num_train_steps, run.keep_checkpoints
-    for key, value in (("checkpoint_every_steps", every), ("num_train_steps", steps)):
-        if not (isinstance(value, int) and value > 0):
-            raise ConfigError(f"{name}.{key}={value!r}: must be a positive int")
-    need = math.ceil(steps / every) + 1
-    if keep < need:
-        raise ConfigError(
-            f"{name}.keep_checkpoints={keep} is too few for the best-validation selection: "
-            f"{steps} steps save {need - 1} checkpoints (one every {every} and the last), plus "
-            f"one if the run is stopped and resumed; set {name}.keep_checkpoints={need} or a "
-            f"larger {name}.checkpoint_every_steps"
-        )
+def check_keeps_every_checkpoint(c: ConfigDict, names: tuple[str, ...]) -> None:
+    """ConfigError unless each run c[name] keeps all its checkpoints (one every
+    checkpoint_every_steps and the last) plus one spare for the save a stop (SIGTERM) and
+    resume adds: a selection over them (best validation step) must not lose the early ones."""
+    for name in names:
+        run = c[name]
+        every, steps, keep = run.checkpoint_every_steps, run.num_train_steps, run.keep_checkpoints
+        for key, value in (("checkpoint_every_steps", every), ("num_train_steps", steps)):
+            if not (isinstance(value, int) and value > 0):
+                raise ConfigError(f"{name}.{key}={value!r}: must be a positive int")
+        need = math.ceil(steps / every) + 1
+        if keep < need:
+            raise ConfigError(
+                f"{name}.keep_checkpoints={keep} is too few for the best-validation selection: "
+                f"{steps} steps save {need - 1} checkpoints (one every {every} and the last), "
+                f"plus one if the run is stopped and resumed; set {name}.keep_checkpoints="
+                f"{need} or a larger {name}.checkpoint_every_steps"
+            )
 
 
 def cached_result(out: pathlib.Path, fn, keys=()) -> dict:
