@@ -50,14 +50,14 @@ class LmTask(Task):
 
     def validate(self, run: RunConfig) -> None:
         super().validate(run)
-        m = run.model
-        if run.data.document_boundaries and m.attention == "softmax":
-            if m.softmax_implementation == "cudnn":  # jax.nn.dot_product_attention has no ids
-                raise ConfigError(
-                    "model.softmax_implementation='cudnn' cannot separate packed documents "
-                    "(data.document_boundaries=True); use 'blockwise' (O(L) memory), 'xla', or "
-                    "'tpu_flash' on TPU, or data.document_boundaries=False"
-                )
+        m = run.model  # jax.nn.dot_product_attention (cudnn) takes no segment ids
+        cudnn = m.attention == "softmax" and m.softmax_implementation == "cudnn"
+        if run.data.document_boundaries and cudnn:
+            raise ConfigError(
+                "model.softmax_implementation='cudnn' cannot separate packed documents "
+                "(data.document_boundaries=True); use 'blockwise' (O(L) memory), 'xla', or "
+                "'tpu_flash' on TPU, or data.document_boundaries=False"
+            )
 
     def abstract_batch(self, run: RunConfig, batch_size: int) -> dict:
         """Next-token rows, with document_ids [B, seq_len] int32 when data.document_boundaries."""

@@ -59,9 +59,7 @@ def _check_range(name: str, x, shape: tuple[int, ...], low: float | None, high: 
         )
 
 
-def check_delta_inputs(
-    q, k, v, beta, log_gate, segment_ids, initial_state, state_name: str = "initial_state"
-):
+def check_delta_inputs(q, k, v, beta, log_gate, segment_ids, initial_state):
     """Shapes and (where concrete) values of `delta_rule_attention`'s inputs, else ValueError.
     Returns the segment ids as int32 [B, L] (or None)."""
     check_qkv(q, k, v)
@@ -70,7 +68,7 @@ def check_delta_inputs(
     _check_range("beta", beta, (batch, length, heads), 0.0, 1.0)
     if log_gate is not None:
         _check_range("log_gate", log_gate, (batch, length, heads), None, 0.0)
-    check_state(state_name, initial_state, (batch, heads, dk, v.shape[-1]))
+    check_state("initial_state", initial_state, (batch, heads, dk, v.shape[-1]))
     return check_segment_ids(segment_ids, batch, length)
 
 
@@ -189,15 +187,12 @@ def delta_rule_step(
     fp32, out_t [B, H, Dv] in the dtype of q_t).
     """
     check_step_ranks(q_t=q_t, k_t=k_t, v_t=v_t)
-    batch, heads = q_t.shape[:2]
-    dims = (batch, heads, q_t.shape[2], v_t.shape[2])
-    check_step_state(state, dims)
+    batch, heads, dk = q_t.shape
+    check_step_state(state, (batch, heads, dk, v_t.shape[2]))
     # The sequence checks on a length-1 sequence give the same messages as the full op.
     one = lambda x: None if x is None else x[:, None]  # noqa: E731
-    args = (one(q_t), one(k_t), one(v_t), one(beta_t), one(log_gate_t), None, state)
-    check_delta_inputs(*args, state_name="state")
+    check_delta_inputs(one(q_t), one(k_t), one(v_t), one(beta_t), one(log_gate_t), None, None)
     reset_t = check_reset(reset_t, batch)
-    heads, dk = q_t.shape[1:]
     scale = resolve_scale(scale, dk)
     groups = heads // k_t.shape[1]
     k_t, v_t = (jnp.repeat(x, groups, axis=1) if groups > 1 else x for x in (k_t, v_t))
