@@ -17,8 +17,12 @@ fi
 # XLA:CPU allocates each step's temporaries afresh (37 MiB for the default's softmax model, 72 for
 # Gated DeltaNet) and glibc maps a buffer that size anew every time, so the pages were faulted in
 # and zeroed 4 KiB at a time on every step. Transparent huge pages for malloc's mappings cut that
-# kernel time from 105 s to 38 s of the default's run: about a tenth faster, results identical
-# (docs/training.md, "Huge pages"). Only an environment variable: other systems ignore it.
-export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
+# kernel time from 104 s to 37 s of the default's run: about a tenth faster, results identical
+# (docs/training.md, "Huge pages on CPU"). Only an environment variable: other systems ignore it,
+# and a hugetlb setting of your own in GLIBC_TUNABLES is kept.
+case "${GLIBC_TUNABLES:-}" in
+  *glibc.malloc.hugetlb=*) ;;
+  *) export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1" ;;
+esac
 exec .venv/bin/python -m research.main --config=configs/compare_attention.py \
     --workdir=/tmp/seqlab/compare_attention "$@"
