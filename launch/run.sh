@@ -17,7 +17,7 @@ fi
 # XLA:CPU allocates each step's temporaries afresh (37 MiB for the default's softmax model, 72 for
 # Gated DeltaNet) and glibc maps a buffer that size anew every time, so the pages were faulted in
 # and zeroed 4 KiB at a time on every step. Transparent huge pages for malloc's mappings cut that
-# kernel time from 104 s to 37 s of the default's run: about a tenth faster, results identical
+# system CPU time from 104 s to 37 s in the default's run: about a tenth faster, results identical
 # (docs/training.md, "Huge pages on CPU"). Only an environment variable: other systems ignore it,
 # and a hugetlb setting of your own in GLIBC_TUNABLES is kept.
 case "${GLIBC_TUNABLES:-}" in
