@@ -13,10 +13,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 # Subprocesses inherit it through the environment.
 if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
-# And without LLVM's expensive passes: tests/ops/attention with tests/models from an empty cache,
-# two pairs, 141 and 143 s against 155 and 147 s (docs/training.md).
-if "xla_llvm_disable_expensive_passes" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_llvm_disable_expensive_passes=true"
 
 # Many tests train the same smoke models in fresh processes: a persistent compilation cache
 # (inherited by the subprocesses through the environment) compiles each program once per machine.
