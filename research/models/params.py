@@ -37,7 +37,8 @@ def read_checkpoint(directory, step: int, *, config: bool = False, model=None):
     """The JSON config (config=True) and/or `model`'s params and consts at `step`.
 
     Returns (config dict or None, model with restored parameters or None). Parameters are
-    placed on this process's first device; names and shapes must match `model`'s.
+    placed on this process's first device; names and shapes must match `model`'s (ValueError
+    naming the first that does not, before any array is read).
     """
     manager = _manager(directory)
     try:
@@ -53,6 +54,7 @@ def read_checkpoint(directory, step: int, *, config: bool = False, model=None):
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target
         )
+        _check_shapes(pathlib.Path(directory).expanduser() / str(step) / "state", target)
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
@@ -68,6 +70,28 @@ def read_checkpoint(directory, step: int, *, config: bool = False, model=None):
     nnx.replace_by_pure_dict(params, restored.state["params"])
     nnx.replace_by_pure_dict(consts, restored.state["consts"])
     return raw, nnx.merge(graph, params, consts, rest)
+
+
+def _check_shapes(path: pathlib.Path, target) -> None:
+    """ValueError naming the first array of `target` that the saved state at `path` lacks or
+    holds in another shape. Orbax finds it too, but only mid-restore, after its reads of the
+    other arrays have started: they are then dropped unawaited ("Exception ignored" at exit).
+    Unreadable metadata is left to the restore to report."""
+    try:
+        saved = _shapes(ocp.PyTreeCheckpointHandler().metadata(path).tree)
+    except Exception:  # noqa: BLE001 - no metadata to compare: the restore says what is wrong
+        return
+    for name, shape in _shapes(target).items():
+        if saved.get(name) != shape:
+            got = "absent" if name not in saved else saved[name]
+            raise ValueError(f"{name}: saved {got}, this model {shape}")
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """{"params/embed/token/embedding": shape} for every array leaf of `tree`."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    name = lambda k: str(getattr(k, "key", getattr(k, "idx", k)))  # noqa: E731
+    return {"/".join(map(name, p)): tuple(x.shape) for p, x in leaves if hasattr(x, "shape")}
 
 
 def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
