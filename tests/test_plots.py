@@ -172,11 +172,12 @@ def test_pet(tmp_path, saved_figures):
             "validation": 60.0 + seed + p,
             "test": 58.0 + seed,
         }
-        for s in pet.SETTINGS
+        for s in (*pet.SETTINGS, "zero_shot_median")  # a label-free row: no note figure
         for p in range(2)
         for seed in range(3)
     ]
     rows = pet.summarize(results, pet.SETTINGS, templates)
+    assert [r["setting"] for r in rows][:4] == ["zero_shot"] * 2 + ["zero_shot_median"] * 2
     pet.plot(rows, tmp_path / "pet.png", TITLE)
     _fits(saved_figures)
 

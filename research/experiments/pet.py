@@ -9,7 +9,10 @@ workdir/pretrain from `pretrain`):
   semi_supervised  PET on those labels plus all train text as plain MLM rows;
   fine_tune        a [CLS] classifier trained on the same labeled examples (no pattern).
 Both zero-shot settings also log, per pattern, whether the slot carries the label at all: the
-AUC of the label-score gap and a threshold calibrated on validation (`zero_shot_signal`).
+AUC of the label-score gap and a threshold calibrated on validation (`pet.zero_shot_signal`).
+With a two-word verbalizer each also gets a row `<setting>_median`: the same model's gap cut at
+the median gap of unlabeled train examples instead of 0 (no label read; right when the two
+labels are about equally common), which removes the slot's prior towards one word.
 Every trained setting is an ordinary run (tasks mlm / pet / classify) in workdir/runs/NAME,
 cached by result.json (rerunning resumes); accuracies are computed on every validation and test
 example and cached in accuracy.json. The labeled settings are read as the reference selects
@@ -45,7 +48,7 @@ from research.tasks import bert, classify, pet
 from research.train.config import ConfigError, parse
 from research.train.trained import load_trained
 
-UNLABELED_SAMPLE = 2000  # zero_shot_signal's median threshold: train examples, labels unread
+UNLABELED_SAMPLE = 2000  # pet.zero_shot_signal's median threshold: train examples, labels unread
 SETTINGS = ("zero_shot", "zero_shot_mlm", "few_shot", "semi_supervised", "fine_tune")
 # The note's RoBERTa-wwm-ext base results (validation / test accuracy, %); fine-tuning on the
 # same labels is quoted as "about 88.93" without a split.
@@ -56,6 +59,7 @@ NOTE = {
     "semi_supervised": (90.09, 89.76),
     "fine_tune": (88.93, math.nan),
 }
+MEDIAN = "_median"  # the zero-shot settings' rows with the label-free median threshold
 
 
 def run(c, workdir: str) -> list[dict]:
@@ -153,7 +157,7 @@ def run(c, workdir: str) -> list[dict]:
         calibrated on validation and one without labels (the median gap of `unlabeled`), cached
         in out/signal. load() -> (model, vocab, ...)."""
         if len(verbalizer) != 2:
-            return
+            return None
         p = patterns.Pattern(templates[i], verbalizer)
 
         def signal_of():
@@ -162,7 +166,7 @@ def run(c, workdir: str) -> list[dict]:
                 pet.scores(model, vocab, p, recs, seq_len=seq_len)
                 for recs in (validation, test, [train[j] for j in unlabeled])
             ]
-            return zero_shot_signal(scored[0], scored[1], scored[2][0])
+            return pet.zero_shot_signal(scored[0], scored[1], scored[2][0])
 
         signal = sweep.cached_result(out / "signal", signal_of, keys=("median_test",))
         log(
@@ -174,6 +178,7 @@ def run(c, workdir: str) -> list[dict]:
             f"{signal['median_validation']:.2f} / {signal['median_test']:.2f}; label 1 "
             f"predicted for {signal['positive_share_test']:.1%} of test"
         )
+        return {split: signal[f"median_{split}"] for split in ("validation", "test")}
 
     if "zero_shot" in settings:
         model, vocab = None, None
@@ -189,9 +194,11 @@ def run(c, workdir: str) -> list[dict]:
         for i in range(len(templates)):
             out = workdir / "runs" / f"zero_shot_p{i}"
             acc = sweep.cached_result(out, lambda i=i: pattern_acc(*load(), i))
-            log_signal("zero_shot", i, out, load)
+            median = log_signal("zero_shot", i, out, load)
             for seed in seeds:  # no training: the same number for every seed
                 record("zero_shot", i, seed, acc)
+                if median:
+                    record("zero_shot" + MEDIAN, i, seed, median)
 
     def fine_tune_acc(model, vocab):
         return {
@@ -211,8 +218,10 @@ def run(c, workdir: str) -> list[dict]:
                 acc = sweep.cached_result(
                     out / f"p{i}", lambda i=i, load=load: pattern_acc(*load()[:2], i)
                 )
-                log_signal(f"{setting} seed {seed}", i, out / f"p{i}", load)
+                median = log_signal(f"{setting} seed {seed}", i, out / f"p{i}", load)
                 record(setting, i, seed, acc)
+                if median:
+                    record(setting + MEDIAN, i, seed, median)
         elif setting == "fine_tune":
             record(setting, "-", seed, best_validation(out, fine_tune_acc))
         else:
@@ -229,49 +238,6 @@ def run(c, workdir: str) -> list[dict]:
             f"({time.perf_counter() - t0:.0f} s)"
         )
     return rows
-
-
-def zero_shot_signal(validation: tuple, test: tuple, unlabeled=None) -> dict:
-    """Whether a two-label zero-shot score carries signal beyond its prior. validation and test
-    are (scores [N, 2], labels [N]) (`research.tasks.pet.scores`); the gap is score(label 1) -
-    score(label 0). unlabeled: scores [M, 2] of unlabeled examples, or None.
-
-    Returns:
-      auc_validation / auc_test: the probability that a label-1 example's gap exceeds a label-0
-        example's (Mann-Whitney U / (n1 n0)); 0.5 = no signal, whatever the prior.
-      threshold: the gap threshold of best validation accuracy (the prior calibrated away on
-        validation), and threshold_validation / threshold_test: the accuracy (%) with it.
-      positive_share_test: the share of test examples the plain argmax puts in label 1.
-      With `unlabeled`: median_threshold, the median gap of the unlabeled examples (a threshold
-        that uses no label, right when the two labels are about equally common), and
-        median_validation / median_test: the accuracy (%) with it.
-    """
-    import scipy.stats  # here, not at import: every CLI process imports this module
-
-    gaps = {}
-    for name, (s, y) in (("validation", validation), ("test", test)):
-        gaps[name] = (s[:, 1] - s[:, 0], np.asarray(y))
-    out = {}
-    for name, (g, y) in gaps.items():
-        u = scipy.stats.mannwhitneyu(g[y == 1], g[y == 0]).statistic
-        out[f"auc_{name}"] = float(u / ((y == 1).sum() * (y == 0).sum()))
-    g, y = gaps["validation"]
-    cuts = np.concatenate([[-np.inf], np.unique(g)])  # predict 1 where gap > cut
-    accs = [float(np.mean((g > t) == y)) for t in cuts]
-    t = float(cuts[int(np.argmax(accs))])
-    gt, yt = gaps["test"]
-    out |= {
-        "threshold": t,
-        "threshold_validation": 100 * max(accs),
-        "threshold_test": 100 * float(np.mean((gt > t) == yt)),
-        "positive_share_test": float(np.mean(gt > 0)),
-    }
-    if unlabeled is not None:
-        m = float(np.median(unlabeled[:, 1] - unlabeled[:, 0]))
-        out["median_threshold"] = m
-        for name, (g, y) in gaps.items():
-            out[f"median_{name}"] = 100 * float(np.mean((g > m) == y))
-    return out
 
 
 def best_validation(out: pathlib.Path, accuracy) -> dict:
@@ -317,9 +283,10 @@ def _header(c, init, seeds, n_labeled, n_train, n_val, n_test) -> str:
 
 
 def summarize(results, settings, templates) -> list[dict]:
-    """One row per (setting, pattern): mean and std over seeds of validation and test accuracy."""
+    """One row per (setting, pattern): mean and std over seeds of validation and test accuracy;
+    each zero-shot setting's median-threshold row (if any) after it."""
     rows = []
-    for s in settings:
+    for s in (x for setting in settings for x in (setting, setting + MEDIAN)):
         keys = ["-"] if s == "fine_tune" else list(range(len(templates)))
         for p in keys:
             mine = [r for r in results if r["setting"] == s and r["pattern"] == p]
@@ -336,7 +303,7 @@ def summarize(results, settings, templates) -> list[dict]:
             # A result without model selection (one model per run) has its final test as test.
             final = [r.get("test_final", r["test"]) for r in mine]
             row["test_final_mean"], row["test_final_std"] = seed_stats(final)
-            row["note_validation"], row["note_test"] = NOTE[s]
+            row["note_validation"], row["note_test"] = NOTE.get(s, (math.nan, math.nan))
             rows.append(row)
     return rows
 
@@ -349,8 +316,10 @@ def table(rows, templates) -> str:
         return lambda r: mean_std(r[f"{split}_mean"], r[f"{split}_std"], r["seeds"])
 
     def note(r):
-        v, t = r["note_validation"], r["note_test"]
-        return f"{v:.2f} / {'-' if math.isnan(t) else f'{t:.2f}'}"
+        v, t = (
+            ("-" if math.isnan(x) else f"{x:.2f}") for x in (r["note_validation"], r["note_test"])
+        )
+        return "-" if v == t == "-" else f"{v} / {t}"
 
     return format_table(
         rows,

@@ -212,3 +212,46 @@ class PetTask(BertTask):
         s = run.task_config
         table = pattern_for(s, data.vocab)[1]
         return make_loss(table, max_predictions(run.data.seq_len, s.mask_rate, table.shape[1]))
+
+
+def zero_shot_signal(validation: tuple, test: tuple, unlabeled=None) -> dict:
+    """Whether a two-label zero-shot score carries signal beyond its prior. validation and test
+    are (scores [N, 2], labels [N]) (`research.tasks.pet.scores`); the gap is score(label 1) -
+    score(label 0). unlabeled: scores [M, 2] of unlabeled examples, or None.
+
+    Returns:
+      auc_validation / auc_test: the probability that a label-1 example's gap exceeds a label-0
+        example's (Mann-Whitney U / (n1 n0)); 0.5 = no signal, whatever the prior.
+      threshold: the gap threshold of best validation accuracy (the prior calibrated away on
+        validation), and threshold_validation / threshold_test: the accuracy (%) with it.
+      positive_share_test: the share of test examples the plain argmax puts in label 1.
+      With `unlabeled`: median_threshold, the median gap of the unlabeled examples (a threshold
+        that uses no label, right when the two labels are about equally common), and
+        median_validation / median_test: the accuracy (%) with it.
+    """
+    import scipy.stats  # here, not at import: every CLI process imports this module
+
+    gaps = {}
+    for name, (s, y) in (("validation", validation), ("test", test)):
+        gaps[name] = (s[:, 1] - s[:, 0], np.asarray(y))
+    out = {}
+    for name, (g, y) in gaps.items():
+        u = scipy.stats.mannwhitneyu(g[y == 1], g[y == 0]).statistic
+        out[f"auc_{name}"] = float(u / ((y == 1).sum() * (y == 0).sum()))
+    g, y = gaps["validation"]
+    cuts = np.concatenate([[-np.inf], np.unique(g)])  # predict 1 where gap > cut
+    accs = [float(np.mean((g > t) == y)) for t in cuts]
+    t = float(cuts[int(np.argmax(accs))])
+    gt, yt = gaps["test"]
+    out |= {
+        "threshold": t,
+        "threshold_validation": 100 * max(accs),
+        "threshold_test": 100 * float(np.mean((gt > t) == yt)),
+        "positive_share_test": float(np.mean(gt > 0)),
+    }
+    if unlabeled is not None:
+        m = float(np.median(unlabeled[:, 1] - unlabeled[:, 0]))
+        out["median_threshold"] = m
+        for name, (g, y) in gaps.items():
+            out[f"median_{name}"] = 100 * float(np.mean((g > m) == y))
+    return out

@@ -176,7 +176,7 @@ def test_zero_shot_signal_against_brute_force():
     yt = rng.integers(0, 2, 40)
     st = np.stack([rng.normal(size=40), rng.normal(size=40) + 0.8 * yt - 2.0], axis=1)
     su = np.stack([rng.normal(size=51), rng.normal(size=51) - 2.0], axis=1)  # labels unread
-    got = pet_experiment.zero_shot_signal((s, y), (st, yt), su)
+    got = pet.zero_shot_signal((s, y), (st, yt), su)
     for (sc, lab), name in (((s, y), "validation"), ((st, yt), "test")):
         gap = sc[:, 1] - sc[:, 0]
         pairs = [(a > b) + 0.5 * (a == b) for a in gap[lab == 1] for b in gap[lab == 0]]
@@ -194,7 +194,7 @@ def test_zero_shot_signal_against_brute_force():
     assert got["median_threshold"] == pytest.approx(middle)
     assert got["median_validation"] == pytest.approx(100 * np.mean((gap > middle) == y))
     assert got["median_test"] == pytest.approx(100 * np.mean((gap_t > middle) == yt))
-    assert "median_test" not in pet_experiment.zero_shot_signal((s, y), (st, yt))
+    assert "median_test" not in pet.zero_shot_signal((s, y), (st, yt))
 
 
 def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tmp_path, capsys):
@@ -203,7 +203,15 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
     c.data.data_dir = data_dir
     c.patterns = ("[MASK]满意。{text}",)
     rows = pet_experiment.run(c, str(tmp_path))
-    assert [r["setting"] for r in rows] == list(pet_experiment.SETTINGS)
+    assert [r["setting"] for r in rows] == [
+        "zero_shot",
+        "zero_shot_median",
+        "zero_shot_mlm",
+        "zero_shot_mlm_median",
+        "few_shot",
+        "semi_supervised",
+        "fine_tune",
+    ]
     for r in rows:
         assert 0 <= r["validation_mean"] <= 100 and r["seeds"] == 1
     with open(tmp_path / "pet.csv") as f:
@@ -228,10 +236,19 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
             acc[best]["test"],
         )
         assert row["test_final_mean"] == acc[4]["test"]
-    for run in ("zero_shot_p0", "zero_shot_mlm_seed0/p0"):
+    for run, setting in (
+        ("zero_shot_p0", "zero_shot"),
+        ("zero_shot_mlm_seed0/p0", "zero_shot_mlm"),
+    ):
         signal = json.loads((tmp_path / "runs" / run / "signal" / "accuracy.json").read_text())
         assert 0 <= signal["auc_validation"] <= 1 and 0 <= signal["auc_test"] <= 1
         assert 0 <= signal["median_test"] <= 100
+        # The label-free row: the same model's gap cut at the unlabeled examples' median.
+        row = next(r for r in rows if r["setting"] == setting + "_median")
+        assert (row["validation_mean"], row["test_mean"]) == (
+            signal["median_validation"],
+            signal["median_test"],
+        )
     again = pet_experiment.run(
         c, str(tmp_path)
     )  # every point cached: the same numbers, nothing retrained
