@@ -297,6 +297,14 @@ def test_best_validation_reports_test_at_the_earliest_best_validation_step(tmp_p
     }
 
 
+@pytest.mark.parametrize("preset", ["", "smoke", "strong"])
+def test_pet_presets_keep_every_checkpoint_their_selection_reads(preset):
+    """Each preset's PET and classifier runs keep all their checkpoints and a spare (the check
+    the experiment runs before anything trains), so none fails after its pretraining."""
+    c = pet_config.get_config(preset)
+    pet_experiment.sweep.check_keeps_every_checkpoint(c, ("pet", "classify"))
+
+
 def test_pet_refuses_a_schedule_whose_early_checkpoints_selection_would_lose(tmp_path):
     # One checkpoint every checkpoint_every_steps and one at the last step (non-multiples too:
     # tests/train/test_main.py::test_checkpoints_only_where_the_schedule_asks), one spare.
