@@ -67,7 +67,7 @@ def get_config(preset: str = "") -> ConfigDict:
     c.pet.optimizer.update(learning_rate=1e-3, warmup_steps=20)
     c.classify = classify.get_config(sub)
     c.classify.update(num_train_steps=200, eval_every_steps=200, batch_size=16, **select)
-    c.classify.optimizer.update(learning_rate=1e-3, warmup_steps=20)  # as PET: the same budget
+    c.classify.optimizer.update(learning_rate=1e-3, warmup_steps=20)  # as PET (strong: PET 400)
     if preset == "strong":  # from the stronger MLM: configs/mlm.py:strong (6 layers, 3 sources)
         c.pretrain = mlm.get_config("strong")
         # + MLM long enough to move the slot: after 200 steps (0.46 epochs of the reviews' train

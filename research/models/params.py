@@ -77,10 +77,13 @@ def _check_shapes(path: pathlib.Path, target) -> None:
     holds in another shape. Orbax finds it too, but only mid-restore, after its reads of the
     other arrays have started: they are then dropped unawaited ("Exception ignored" at exit).
     Unreadable metadata is left to the restore to report."""
+    handler = ocp.PyTreeCheckpointHandler()
     try:
-        saved = _shapes(ocp.PyTreeCheckpointHandler().metadata(path).tree)
+        saved = _shapes(handler.metadata(path).tree)
     except Exception:  # noqa: BLE001 - no metadata to compare: the restore says what is wrong
         return
+    finally:
+        handler.close()
     for name, shape in _shapes(target).items():
         if saved.get(name) != shape:
             got = "absent" if name not in saved else saved[name]
