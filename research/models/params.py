@@ -79,21 +79,28 @@ def _check_shapes(path: pathlib.Path, target) -> None:
     Unreadable metadata is left to the restore to report."""
     handler = ocp.PyTreeCheckpointHandler()
     try:
-        saved = _shapes(handler.metadata(path).tree)
+        saved = array_shapes(handler.metadata(path).tree)
     except Exception:  # noqa: BLE001 - no metadata to compare: the restore says what is wrong
         return
     finally:
         handler.close()
-    for name, shape in _shapes(target).items():
+    for name, shape in array_shapes(target).items():
         if saved.get(name) != shape:
             got = "absent" if name not in saved else saved[name]
             raise ValueError(f"{name}: saved {got}, this model {shape}")
 
 
-def _shapes(tree) -> dict[str, tuple]:
-    """{"params/embed/token/embedding": shape} for every array leaf of `tree`."""
+def array_shapes(tree) -> dict[str, tuple]:
+    """{"params/embed/token/embedding": shape} for every array leaf of a state, a model's pure
+    dict or Orbax's metadata of either (path parts by dict key, sequence index or attribute)."""
+
+    def name(k):
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
     leaves = jax.tree_util.tree_leaves_with_path(tree)
-    name = lambda k: str(getattr(k, "key", getattr(k, "idx", k)))  # noqa: E731
     return {"/".join(map(name, p)): tuple(x.shape) for p, x in leaves if hasattr(x, "shape")}
 
 

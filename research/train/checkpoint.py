@@ -23,6 +23,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from research.data.shards import DataStateError, ShardedIterator
+from research.models.params import array_shapes
 from research.train import faults
 from research.train.config import ConfigError
 
@@ -199,10 +200,10 @@ class Checkpointer:
         the walk-back would silently start a fresh run beside it). Unreadable metadata is left to
         the restore below, which falls back to an older checkpoint."""
         try:
-            saved = _shapes(self.manager.item_metadata(step)["state"])
+            saved = array_shapes(self.manager.item_metadata(step)["state"])
         except Exception:  # noqa: BLE001 - unreadable: treated as a corrupt checkpoint
             return
-        want = _shapes(abstract_state)
+        want = array_shapes(abstract_state)
         if saved == want:
             return
         diff = (set(saved) ^ set(want)) or {k for k in want if saved[k] != want[k]}
@@ -258,22 +259,6 @@ def _cause(e: BaseException, kind: type) -> BaseException | None:
     while e is not None and not isinstance(e, kind):
         e = e.__cause__ or e.__context__
     return e
-
-
-def _shapes(tree) -> dict[str, tuple]:
-    """{"opt_state/1/0/mu/embed/...": shape} for every array leaf of a state or its metadata."""
-
-    def name(k):
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                return str(getattr(k, attr))
-        return str(k)
-
-    return {
-        "/".join(name(k) for k in path): tuple(x.shape)
-        for path, x in jax.tree_util.tree_leaves_with_path(tree)
-        if hasattr(x, "shape")
-    }
 
 
 def abstract(state):
