@@ -22,7 +22,7 @@ def check_segment_ids(segment_ids, batch: int, length: int) -> Int[Array, "B L"]
     """`segment_ids` as an int32 array [batch, length] (None stays None), else ValueError.
 
     Rejects a non-integer dtype, a shape other than (batch, length), and (when the values are
-    concrete, i.e. not traced) ids that decrease along the length axis.
+    concrete, i.e. not traced) ids that decrease along the length axis or do not fit int32.
     """
     if segment_ids is None:
         return None
@@ -34,12 +34,20 @@ def check_segment_ids(segment_ids, batch: int, length: int) -> Int[Array, "B L"]
         )
     if not isinstance(segment_ids, jax.core.Tracer):
         ids = np.asarray(segment_ids)
-        steps = np.diff(ids, axis=1)
-        if (steps < 0).any():
-            b, t = np.argwhere(steps < 0)[0]
+        # Neighbours compared, not np.diff: a difference wraps for unsigned ids (and overflows
+        # for narrow signed ones), hiding a decrease or inventing one.
+        down = ids[:, 1:] < ids[:, :-1]
+        if down.any():
+            b, t = np.argwhere(down)[0]
             raise ValueError(
                 f"segment_ids must be non-decreasing along length; row {b} goes from "
                 f"{ids[b, t]} to {ids[b, t + 1]} at position {t + 1}"
+            )
+        bounds = np.iinfo(np.int32)
+        if ids.size and (ids.min() < bounds.min or ids.max() > bounds.max):
+            raise ValueError(
+                f"segment_ids must fit int32 [{bounds.min}, {bounds.max}], got values from "
+                f"{ids.min()} to {ids.max()}"
             )
     return jnp.asarray(segment_ids, jnp.int32)
 

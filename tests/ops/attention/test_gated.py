@@ -1,6 +1,8 @@
 """Gated linear attention: every form equals the float64 NumPy recurrence (values and gradients),
 the special cases are the ops they claim to be, bad input fails early, memory stays O(L d)."""
 
+import functools
+
 import jax
 import jax.extend as jex
 import jax.numpy as jnp
@@ -145,6 +147,36 @@ def test_naive_form_equals_numpy_recurrence():
         )
 
     _check_against_numpy(fn, q, k, v, g, seg, s0, d_out, d_state)
+
+
+@pytest.mark.parametrize("gate", ["vector", "scalar"])
+def test_blocks_carry_the_state_and_its_segment_to_the_next_block(gate, monkeypatch):
+    """Blocks (the remat unit, BLOCK_TOKENS = 1,024 tokens) shrunk to 8 so that a short input
+    spans five: segments start inside a block, on a block boundary and span two boundaries."""
+    monkeypatch.setattr(chunk, "BLOCK_TOKENS", 8)
+    rng = np.random.default_rng(5)
+    q, k, v, g, _, s0, d_out, d_state = _inputs(rng, 2, 37, 2, 1, 3, 4, gate=gate)
+    seg = np.array([[0] * 6 + [1] * 18 + [2] * 13, [3] * 8 + [4] * 29], np.int32)
+
+    def fn(q, k, v, g, s0):
+        return ops.gated_linear_attention(
+            q, k, v, g, initial_state=s0, segment_ids=seg, return_state=True, chunk_size=4
+        )
+
+    _check_against_numpy(fn, q, k, v, g, seg, s0, d_out, d_state)
+
+
+def test_an_input_shorter_than_the_chunk_is_one_chunk():
+    """chunk_size is capped at the length (as the delta rule's is): 8 tokens with the
+    per-key-dim gate at chunk_size 8192 used to pad to 8,192 and compile 257 MiB of
+    temporaries; now the same program as chunk_size 8."""
+    x = jax.ShapeDtypeStruct((1, 8, 1, 2), jnp.float32)
+
+    def temp_bytes(chunk_size):
+        fn = functools.partial(ops.gated_linear_attention, chunk_size=chunk_size)
+        return jax.jit(fn).lower(x, x, x, x).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(8192) == temp_bytes(8) < 2**20
 
 
 @pytest.mark.parametrize("gate", ["vector", "scalar"])

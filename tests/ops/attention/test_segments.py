@@ -118,6 +118,24 @@ def test_segment_helpers():
     jax.jit(lambda s: segments.check_segment_ids(s, 2, 6))(ids)  # traced: shape checks only
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint32, np.int8, np.int32, np.int64])
+def test_segment_ids_order_check_holds_in_every_integer_dtype(dtype):
+    """A decrease is caught in unsigned ids (a difference would wrap to a large step) and a
+    wide rise is allowed in int8 and int32 (a difference would overflow to a negative step)."""
+    with pytest.raises(ValueError, match="row 0 goes from 1 to 0 at position 2"):
+        segments.check_segment_ids(np.array([[1, 1, 0, 0]], dtype), 1, 4)
+    low = max(np.iinfo(dtype).min, np.iinfo(np.int32).min)
+    rising = np.array([[low, low, 100, 100]], dtype)
+    assert segments.check_segment_ids(rising, 1, 4).tolist() == [[low, low, 100, 100]]
+
+
+def test_segment_ids_beyond_int32_are_refused_not_wrapped():
+    """Ids are used as int32: 2**31 would wrap to -2**31, a decrease inside the program."""
+    ids = np.array([[2**31 - 1, 2**31]], np.int64)
+    with pytest.raises(ValueError, match=r"must fit int32 \[-2147483648, 2147483647\], got "):
+        segments.check_segment_ids(ids, 1, 2)
+
+
 BAD = [
     (
         lambda q, k, v, s: ops.softmax_attention(q, k, v, segment_ids=s[:, ::-1]),

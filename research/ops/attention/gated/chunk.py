@@ -195,6 +195,7 @@ def chunked(q, k, v, g, seg, s0, *, scale: float, chunk: int, p0=None):
     seg [B, L] int or None, s0 [B, H, Dk, Dv] fp32, p0 [B] the segment id s0 belongs to
     (default seg[:, 0]: s0 feeds the first segment). Returns (out [B, L, H, Dv] fp32, state)."""
     b, length, h, _ = q.shape
+    chunk = max(1, min(chunk, length))  # a short input is one chunk, not padded to chunk_size
     n_chunks = -(-length // chunk)
     per_block = max(1, min(n_chunks, BLOCK_TOKENS // chunk))
     n = -(-n_chunks // per_block)
