@@ -18,15 +18,30 @@ CAUSAL_FEATURE_MAPS = ("elu", "relu", "taylor", "favor")
 ATTENTION_NAMES = ("softmax", *CAUSAL_FEATURE_MAPS, *RECURRENT_KINDS)
 
 
+# Options of one or two kinds only: any other kind refuses a value other than the default.
+KIND_OPTIONS = {
+    "gla_gate_rank": ("gla",),
+    "gla_gate_temperature": ("gla",),
+    "qkv_conv": ("deltanet", "gated_deltanet"),
+}
+
+
 def attention_overrides(name: str) -> dict:
-    """ModelConfig keys for an attention name of ATTENTION_NAMES. The delta kinds convolve q, k, v
-    themselves (qkv_conv), so they take no key convolution (short_conv 0); every other kind keeps
-    the config's."""
+    """ModelConfig keys for an attention name of ATTENTION_NAMES, as a sweep over kinds sets
+    them on one model config. The delta kinds convolve q, k, v themselves (qkv_conv), so they
+    take no key convolution (short_conv 0); every other kind keeps the config's. Options of other
+    kinds (KIND_OPTIONS) go back to their defaults, so a sweep may set qkv_conv for its delta
+    points."""
     if name in CAUSAL_FEATURE_MAPS:
-        return {"attention": "linear", "feature_map": name}
-    if name in ("deltanet", "gated_deltanet"):
-        return {"attention": name, "short_conv": 0}
-    return {"attention": name}
+        keys = {"attention": "linear", "feature_map": name}
+    elif name in ("deltanet", "gated_deltanet"):
+        keys = {"attention": name, "short_conv": 0}
+    else:
+        keys = {"attention": name}
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    return keys | {
+        o: defaults[o] for o, kinds in KIND_OPTIONS.items() if keys["attention"] not in kinds
+    }
 
 
 POSITIONS = ("learned", "sinusoidal", "rotary", "none")
@@ -167,12 +182,20 @@ class ModelConfig:
 
     def _check_recurrent_kind(self) -> None:
         """The gated / delta kinds take no feature map and no cumsum form; the delta kinds no
-        key conv (they have qkv_conv)."""
+        key conv (they have qkv_conv); a kind's own options (KIND_OPTIONS) no other kind."""
         temperature = self.gla_gate_temperature
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise ValueError(f"gla_gate_temperature must be a number > 0, got {temperature!r}")
         if not temperature > 0:
             raise ValueError(f"gla_gate_temperature must be > 0, got {temperature!r}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, kinds in KIND_OPTIONS.items():
+            default = defaults[name]
+            if self.attention not in kinds and getattr(self, name) != default:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} does not apply to attention="
+                    f"{self.attention!r} (only {', '.join(kinds)}); leave it at {default!r}"
+                )
         if self.attention not in RECURRENT_KINDS:
             return
         kind = f"attention={self.attention!r}"

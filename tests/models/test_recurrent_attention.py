@@ -12,6 +12,7 @@ from flax import nnx
 from configs import lm
 from research.config import ConfigError
 from research.models import DecoderLM, ModelConfig
+from research.models.config import attention_overrides
 from research.models.layers import make_attention
 from research.models.recurrent_attention import retnet_log_decays
 from research.train.config import parse
@@ -147,6 +148,21 @@ def test_packed_documents_get_the_logits_they_get_alone(kw):
             "model: gla_gate_temperature must be > 0, got 0.0",
         ),
         (
+            dict(attention="gla", qkv_conv=2),
+            "model: qkv_conv=2 does not apply to attention='gla' (only deltanet, gated_deltanet); "
+            "leave it at 4",
+        ),
+        (
+            dict(attention="gated_deltanet", gla_gate_temperature=2.0),
+            "model: gla_gate_temperature=2.0 does not apply to attention='gated_deltanet' (only "
+            "gla); leave it at 16.0",
+        ),
+        (
+            dict(attention="softmax", gla_gate_rank=4),
+            "model: gla_gate_rank=4 does not apply to attention='softmax' (only gla); leave it "
+            "at 16",
+        ),
+        (
             dict(attention="softmax", linear_implementation="pallas"),
             "model: linear_implementation='pallas' applies to attention linear, gla, retnet, "
             "deltanet, gated_deltanet; got attention='softmax'",
@@ -168,6 +184,18 @@ def test_a_new_kind_with_an_option_it_does_not_take_is_one_line(override, messag
     with pytest.raises(ConfigError) as e:
         parse(c)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_a_sweep_over_kinds_keeps_each_kinds_own_options():
+    """attention_overrides (compare_attention, recall): a delta-only option set for the whole
+    sweep stays on its delta points and goes back to its default on the others."""
+    c = lm.get_config("smoke")
+    c.model.update(qkv_conv=3, gla_gate_rank=5)
+    for name, conv, rank in (("gated_deltanet", 3, 16), ("gla", 4, 5), ("taylor", 4, 16)):
+        point = c.copy_and_resolve_references()
+        point.model.update(**attention_overrides(name))
+        model = parse(point).model
+        assert (model.qkv_conv, model.gla_gate_rank, model.gla_gate_temperature) == (conv, rank, 16)
 
 
 def test_a_bidirectional_task_refuses_a_causal_only_kind():
