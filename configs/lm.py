@@ -72,6 +72,9 @@ def get_config(preset: str = "") -> ConfigDict:
             c.model.update(
                 attention="gated_deltanet", positions="none", softmax_implementation="xla"
             )
+            # Packed rows keep their documents apart: the state restarts at each document
+            # (MaxText's and Levanter's Gated DeltaNet reset nothing)
+            c.data.document_boundaries = True
         c.mesh.update(data=16, fsdp=16)
         c.data.shards = 64  # a multiple of v5e-256's 64 hosts: each reads only its records
         c.batch_size = 3072  # 12 x 2048 tokens per chip, MaxText's per-device batch for ~1B

@@ -106,8 +106,14 @@ def points(c) -> list[Point]:
     attentions = attention_names(c)
     widths = as_list(c.widths, int, name="widths")
     rates = learning_rates(c, attentions)
-    _segments(c, "train_segments")
-    _segments(c, "test_segments")
+    train_len = max(n for n, _ in _segments(c, "train_segments"))
+    test_len = max(n for n, _ in _segments(c, "test_segments"))
+    positions = c.mqar.model.positions
+    if positions in ("learned", "sinusoidal") and test_len > train_len:
+        raise ConfigError(
+            f"mqar.model.positions={positions!r} keeps a table of the training length "
+            f"({train_len} tokens) but test_segments reach {test_len}: use rotary or none"
+        )
     if not (isinstance(c.test_examples, int) and c.test_examples > 0):
         raise ConfigError(f"test_examples={c.test_examples!r}: must be a positive int")
     seeds = study_seeds(c)

@@ -135,6 +135,22 @@ def test_a_mqar_seed_is_refused_in_favour_of_seeds(tmp_path):
     assert not (tmp_path / "wd").exists()
 
 
+def test_a_position_table_shorter_than_the_test_segments_is_refused(tmp_path):
+    """Learned positions train a table of the longest training segment; a longer test segment
+    would fail only after every point had trained."""
+    c = _smoke(tmp_path)
+    c.mqar.model.positions = "learned"
+    longest = max(int(s.split(":")[0]) for s in c.train_segments)
+    c.test_segments = (f"{2 * longest}:4",)
+    with pytest.raises(ConfigError) as e:
+        EXPERIMENTS["recall"](c, str(tmp_path / "wd"))
+    assert str(e.value) == (
+        f"mqar.model.positions='learned' keeps a table of the training length ({longest} "
+        f"tokens) but test_segments reach {2 * longest}: use rotary or none"
+    )
+    assert not (tmp_path / "wd").exists()
+
+
 def test_the_learning_rate_is_chosen_by_its_mean_over_seeds():
     """Rate 1e-3 has the best single run (0.9) but the lower mean (0.5 against 0.6); rate 1e-2
     has the best run of all but a diverged (NaN) seed, so it ranks last. One seed: std NaN."""

@@ -11,10 +11,12 @@ from flax import nnx
 
 from configs import lm
 from research.config import ConfigError
+from research.data.lm import _shift
 from research.models import DecoderLM, ModelConfig
 from research.models.config import attention_overrides
 from research.models.layers import make_attention
 from research.models.recurrent_attention import retnet_log_decays
+from research.tasks.lm import lm_loss
 from research.train.config import parse
 from tests.ops.references import np_delta_rule, np_gated_linear_attention
 
@@ -114,16 +116,27 @@ def test_retnet_decays_are_the_papers():
 def test_packed_documents_get_the_logits_they_get_alone(kw):
     """Three documents (5, 1 and 7 tokens; chunks of 4, so two cross a chunk boundary) packed in
     one row: each gets exactly its own logits (attention, positions and recurrent state all
-    restart at its first token)."""
+    restart at its first token), and the row's loss is the sum of the documents' own."""
     model = DecoderLM(ModelConfig(**{**TINY, **kw}), rngs=nnx.Rngs(2))
     toks = jax.random.randint(jax.random.PRNGKey(3), (1, 13), 1, TINY["vocab_size"])
     doc = jnp.asarray([[0] * 5 + [1] + [2] * 7])
     packed = model(toks, document_ids=doc)
+    want_loss = 0.0  # NumPy cross-entropy of each document's next tokens, from its own logits
     for start, stop in ((0, 5), (5, 6), (6, 13)):
         alone = model(toks[:, start:stop])
         np.testing.assert_allclose(packed[:, start:stop], alone, atol=2e-5, rtol=1e-5)
+        logits = np.asarray(alone[0, :-1], np.float64)
+        log_p = logits - logits.max(-1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+        want_loss -= log_p[np.arange(stop - start - 1), np.asarray(toks[0, start + 1 : stop])].sum()
     # Without the ids the later documents see the earlier ones.
     assert not np.allclose(model(toks)[:, 6:], packed[:, 6:], atol=1e-3)
+    # The loss of the row as the LM data packs it (ids 1, 2, 3): no target crosses a boundary,
+    # and the 1-token document has none.
+    row = {"tokens": np.asarray(toks), "tokens_segment_ids": np.asarray(doc) + 1}
+    loss, weight, _ = lm_loss(model, _shift(row, documents=True))
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    assert float(weight) == 4 + 6
 
 
 @pytest.mark.parametrize(

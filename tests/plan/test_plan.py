@@ -364,15 +364,30 @@ def test_an_lm_step_with_the_pallas_kernels_compiles_per_device_for_v5e_within_t
     assert 0 < pallas.temp_bytes <= xla.temp_bytes
 
 
-@pytest.mark.parametrize("preset", ["1b", "7b"])
+@pytest.mark.parametrize("preset", ["1b", "1b_gdn", "7b"])
 def test_pod_presets_are_valid_for_256_tpu_chips_and_refused_on_cpu(preset):
     """The presets pass every config check for v5e-256 / v5p-512 (256 chips, TPU kernel);
-    on this CPU the TPU-only kernel is named in a ConfigError."""
+    on this CPU the TPU-only kernel is named in a ConfigError. The Gated DeltaNet preset plans
+    (and trains) packed rows whose documents stay apart: its step takes document_ids."""
     from research.plan.train import model_flops
 
     run = parse(lm.get_config(preset), num_devices=256, platform="tpu")
-    n = {"1b": 1.3e9, "7b": 6.7e9}[preset]  # GPT-3 XL's and LLaMA-2-7B's parameter counts
+    n = {"1b": 1.3e9, "1b_gdn": 1.3e9, "7b": 6.7e9}[preset]  # GPT-3 XL's, LLaMA-2-7B's
     tokens = run.train.batch_size * run.data.seq_len
     assert 0.9 < model_flops(run) / (6 * n * tokens) < 1.35  # attention adds 12 L S d / 6 N
-    with pytest.raises(ValueError, match="'tpu_flash' needs a TPU"):
-        parse(lm.get_config(preset), num_devices=256)
+    batch = tasks.get(run.task).abstract_batch(run, run.train.batch_size)
+    assert ("document_ids" in batch) == (preset == "1b_gdn")
+    if preset != "1b_gdn":
+        with pytest.raises(ValueError, match="'tpu_flash' needs a TPU"):
+            parse(lm.get_config(preset), num_devices=256)
+
+
+def test_a_packed_plan_compiles_the_step_with_its_document_ids():
+    """The planner's step for a Gated DeltaNet LM with document_boundaries takes document_ids
+    [B, L] int32 (each device its rows): the arguments grow by exactly those bytes."""
+    c = _smoke(data=2, fsdp=2)
+    c.model.update(attention="gated_deltanet", positions="none")
+    (plain,) = plan_train(c, jax.devices()[:4])
+    c.data.document_boundaries = True
+    (packed,) = plan_train(c, jax.devices()[:4])
+    assert packed.argument_bytes - plain.argument_bytes == c.batch_size * c.data.seq_len * 4 // 4

@@ -38,7 +38,13 @@ def _tiny_lm(**overrides) -> DecoderLM:
 
 
 @pytest.mark.parametrize(
-    "attention", [{"attention": "softmax"}, {"attention": "linear", "feature_map": "elu"}]
+    "attention",
+    [
+        {"attention": "softmax"},
+        {"attention": "linear", "feature_map": "elu"},
+        {"attention": "gla", "short_conv": 3},  # kept: the state and the key conv's window
+        {"attention": "gated_deltanet", "positions": "none"},  # the state and q/k/v windows
+    ],
 )
 def test_cache_kept_between_turns_equals_reencoding_the_history(attention):
     model = _tiny_lm(d_model=32, num_layers=2, d_ff=64, max_length=128, **attention)
