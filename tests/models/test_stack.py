@@ -47,8 +47,9 @@ def test_scanned_model_stacks_the_unrolled_parameters():
 @pytest.mark.parametrize(
     "kw",
     [{}, {"attention": "linear"}, {"short_conv": 3, "remat": "full"}, {"num_kv_heads": 2},
-     {"norm": "post", "positions": "learned", "remat": "save_qkv_proj"}],
-    ids=["softmax", "linear", "short_conv-remat", "gqa", "post-ln"],
+     {"norm": "post", "positions": "learned", "remat": "save_qkv_proj"},
+     {"attention": "gated_deltanet", "positions": "none", "remat": "full"}],
+    ids=["softmax", "linear", "short_conv-remat", "gqa", "post-ln", "gated_deltanet-remat"],
 )  # fmt: skip
 def test_decoder_forward_and_incremental_decoding_match(kw):
     unrolled, scanned = _pair(DecoderLM, **kw)
