@@ -1,6 +1,6 @@
 """Attention benchmark: time, memory and FLOP/s against length; decode speed against context.
 
-    python -m research.bench.attention [--lengths 512,1024,...,32768] [--out DIR]
+    python -m research.bench.attention [--lengths 512,1024,...,65536] [--out DIR]
                                        [--batch 1 --heads 4 --head_dim 64] [--repeats 5]
                                        [--long_length 1048576]
 
@@ -247,7 +247,9 @@ def _impl_list(text: str) -> tuple[str, ...]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", type=positive_ints, default="512,1024,2048,4096,8192,16384,32768")
+    p.add_argument(
+        "--lengths", type=positive_ints, default="512,1024,2048,4096,8192,16384,32768,65536"
+    )
     p.add_argument(
         "--contexts", type=positive_ints, default="1024,8192,32768", help="decode context lengths"
     )

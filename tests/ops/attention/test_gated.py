@@ -92,20 +92,36 @@ def problems(draw):
     )
 
 
-FORMS = [("chunked", 64), ("chunked", 4), ("chunked", 7), ("scan", 4)]
+FORMS = [("chunked", 64), ("chunked", 4), ("chunked", 7), ("scan", 4), ("step", None)]
 
 
-@settings(max_examples=10)
+def _decode_steps(q, k, v, g, s0, seg):
+    """`gated_linear_attention_step` token by token (a lax.scan), reset_t where a new segment
+    starts: (out [B, L, H, Dv], final state)."""
+    starts = np.concatenate([np.zeros_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], 1)
+
+    def step(state, x):
+        return ops.gated_linear_attention_step(state, *x[:4], reset_t=x[4])
+
+    xs = tuple(jnp.moveaxis(jnp.asarray(a), 1, 0) for a in (q, k, v, g, starts))
+    state, out = jax.lax.scan(step, s0, xs)
+    return jnp.moveaxis(out, 0, 1), state
+
+
+@settings(max_examples=12)
 @given(p=problems(), which=st.sampled_from(FORMS))
 def test_forms_equal_numpy_recurrence(p, which):
     """Values and gradients (q, k, v, gates, initial state) of chunked (default and tiny chunks,
-    lengths not divisible by them) and scan, over batch, GQA, Dk != Dv, gate kinds, segments
-    (length-1 ones too) and decays down to -20, equal the float64 token recurrence."""
+    lengths not divisible by them), scan and the decode step taken token by token, over batch,
+    GQA, Dk != Dv, gate kinds, segments (length-1 ones too) and decays down to -20, equal the
+    float64 token recurrence."""
     form, chunk_size = which
     rng = np.random.default_rng(p.pop("seed"))
     q, k, v, g, seg, s0, d_out, d_state = _inputs(rng, **p)
 
     def fn(q, k, v, g, s0):
+        if form == "step":
+            return _decode_steps(q, k, v, g, s0, seg)
         return ops.gated_linear_attention(
             q,
             k,
