@@ -355,7 +355,6 @@ def test_decode_step_gradients_equal_numpy():
 def test_context_parallel_equals_numpy(form, gate):
     """8 devices x 9 tokens (not a multiple of the chunk of 4); segments that cross shard and
     chunk boundaries, one of length 1 right at a shard start, and strong decays."""
-    assert len(jax.devices()) == 8
     rng = np.random.default_rng(4)
     q, k, v, g, _, s0, d_out, _ = _inputs(rng, 2, 72, 4, 2, 3, 5, gate=gate, strong=0.1)
     seg = np.zeros((2, 72), np.int32)
@@ -363,6 +362,28 @@ def test_context_parallel_equals_numpy(form, gate):
     seg[0, 27:] += 1  # 27 = 3 * 9: a segment of length 1 at the start of shard 3
     seg[0, 28:] += 1
     seg[1] = np.repeat([0, 1, 2], [30, 1, 41])
+    d_state = rng.standard_normal(s0.shape).astype(np.float32)
+    _check_context_parallel(q, k, v, g, seg, s0, d_out, d_state, form=form, chunk_size=4)
+
+
+@settings(max_examples=3)  # each example compiles a sharded forward and backward
+@given(
+    p=problems(),
+    per_device=st.integers(1, 5),
+    which=st.sampled_from([("chunked", 4), ("chunked", 3), ("scan", 2)]),
+)
+def test_context_parallel_equals_numpy_over_drawn_problems(p, per_device, which):
+    """As above over drawn batch, heads (GQA), Dk != Dv, gate kinds, segments (a new one at
+    each token with probability up to 0.5) and decays, with 1-5 tokens per device."""
+    rng = np.random.default_rng(p.pop("seed"))
+    q, k, v, g, seg, s0, d_out, d_state = _inputs(rng, **{**p, "length": 8 * per_device})
+    form, chunk_size = which
+    _check_context_parallel(q, k, v, g, seg, s0, d_out, d_state, form=form, chunk_size=chunk_size)
+
+
+def _check_context_parallel(q, k, v, g, seg, s0, d_out, d_state, *, form, chunk_size):
+    """Values and gradients of gated_linear_attention_cp on 8 devices against NumPy."""
+    assert len(jax.devices()) == 8
     mesh = Mesh(np.asarray(jax.devices()), ("seq",))
 
     def local(q, k, v, g, seg, s0):
@@ -377,14 +398,13 @@ def test_context_parallel_equals_numpy(form, gate):
             return_state=True,
             segment_ids=seg,
             form=form,
-            chunk_size=4,
+            chunk_size=chunk_size,
         )
         last = jax.lax.axis_index("seq") == 7  # the last device's state is the final one
         return o, jax.lax.psum(jnp.where(last, s, 0.0), "seq")
 
     seq = P(None, "seq")
     fn = jax.shard_map(local, mesh=mesh, in_specs=(seq,) * 5 + (P(),), out_specs=(seq, P()))
-    d_state = rng.standard_normal(s0.shape).astype(np.float32)
 
     def loss(q, k, v, g, s0):
         o, s = fn(q, k, v, g, seg, s0)
