@@ -8,7 +8,7 @@ import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -372,6 +372,14 @@ def test_context_parallel_equals_numpy(form, gate):
     per_device=st.integers(1, 5),
     which=st.sampled_from([("chunked", 4), ("chunked", 3), ("scan", 2)]),
 )
+@example(  # every option at once, run first: the drawn examples add to it
+    p=dict(
+        b=2, length=0, kv_heads=2, heads=4, dk=3, dv=5, gate="vector", strength=3.0,
+        p_new=0.5, strong=0.2, seed=11,
+    ),
+    per_device=3,
+    which=("chunked", 2),
+)  # fmt: skip
 def test_context_parallel_equals_numpy_over_drawn_problems(p, per_device, which):
     """As above over drawn batch, heads (GQA), Dk != Dv, gate kinds, segments (a new one at
     each token with probability up to 0.5) and decays, with 1-5 tokens per device."""
