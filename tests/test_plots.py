@@ -146,6 +146,8 @@ def _qagen_rows(seeds):
         {
             **{k: float(rng.uniform(10, 90)) for k in qagen.METRICS},
             **{f"baseline_{k}": float(rng.uniform(50, 92)) for k in qagen.METRICS},
+            # the template baseline scores the question metrics only
+            **{f"baseline_template_{k}": 50.0 for k in qagen.METRICS if k.startswith("question")},
         }
         for _ in range(seeds)
     ]

@@ -112,6 +112,7 @@ def summarize(evals: list[dict]) -> list[dict]:
     for key, name in METRICS.items():
         mean, std = seed_stats([e.get(key, np.nan) for e in evals])
         base = np.array([e.get(f"baseline_{key}", np.nan) for e in evals], float)
+        template = np.array([e.get(f"baseline_template_{key}", np.nan) for e in evals], float)
         rows.append(
             {
                 "metric": name,
@@ -120,6 +121,7 @@ def summarize(evals: list[dict]) -> list[dict]:
                 "model_mean": mean,
                 "model_std": std,
                 "baseline": float(base.mean()),
+                "template": float(template.mean()),  # NaN for the answer metrics
             }
         )
     return rows
@@ -132,9 +134,14 @@ def table(rows) -> str:
     spread = over_seeds(r["seeds"] for r in rows)
     return format_table(
         rows,
-        ["metric", f"model ({spread})", "trivial baseline"],
-        ["{metric}", model, "{baseline:.2f}"],
-        align="lrr",
+        ["metric", f"model ({spread})", "trivial baseline", "template baseline"],
+        [
+            "{metric}",
+            model,
+            "{baseline:.2f}",
+            lambda r: "-" if np.isnan(r["template"]) else f"{r['template']:.2f}",
+        ],
+        align="lrrr",
     )
 
 
@@ -146,7 +153,8 @@ def _examples(run_dir: pathlib.Path, n: int) -> list[dict]:
         return []
     t = load_trained(run_dir)
     s, d = t.config.task_config, t.config.data
-    held_out = qagen.read_examples(d.source, d.data_dir)["validation"]
+    splits = qagen.read_examples(d.source, d.data_dir)
+    held_out, template = splits["validation"], qagen.question_template(splits["train"])
     golds: dict[str, list[dict]] = {}
     for e in qagen.fitting(t.vocab, held_out, s, len(held_out)):
         if e["passage"] in golds or len(golds) < n:
@@ -170,6 +178,7 @@ def _examples(run_dir: pathlib.Path, n: int) -> list[dict]:
                         "question": a["question"],
                         "gold": e["question"],
                         "baseline": qagen.baseline_question(e),
+                        "template": qagen.template_question(e, template),
                     }
                     for e, a in zip(gold, asked, strict=True)
                 ],
@@ -186,18 +195,20 @@ def plot(rows, path, title):
         shown = [r for r in rows if r["key"] != "answers"]
         x = np.arange(len(shown))
         ax.bar(
-            x - 0.2,
+            x - 0.27,
             [r["model_mean"] for r in shown],
-            0.4,
+            0.27,
             yerr=[r["model_std"] for r in shown],
             capsize=3,
             label=f"UniLM ({over_seeds(r['seeds'] for r in shown)})",
         )
-        ax.bar(x + 0.2, [r["baseline"] for r in shown], 0.4, label="trivial baseline")
+        ax.bar(x, [r["baseline"] for r in shown], 0.27, label="trivial baseline (copy)")
+        # The template's question word and ending; no bar for the answer metrics (NaN).
+        ax.bar(x + 0.27, [r["template"] for r in shown], 0.27, label="template baseline")
         # Wrapped: the longer metric names would run into each other on one line.
         ax.set_xticks(x, [textwrap.fill(r["metric"], 12) for r in shown], fontsize=8)
         ax.set_ylim(0, 100)
         ax.set_ylabel("held-out score (%, 100 = perfect)")
         ax.grid(alpha=0.3, axis="y")
         # Below the axes and their wrapped tick labels: inside, it would cover the bars at 90.
-        ax.legend(fontsize=8, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        ax.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))

@@ -342,16 +342,27 @@ def test_metrics_against_hand_computed_values():
     assert metrics.text_scores(["甲乙丙丁"], ["甲丙丁戊"])["rougeL"] == pytest.approx(75)
     ex = {"passage": "开幕了。江泽民在北京发表讲话，大家鼓掌。完", "answer": "北京"}
     assert qagen.baseline_question(ex) == "江泽民在发表讲话，大家鼓掌"
-    # What copying cannot score: the reference's units absent from the passage are 哪, 里, ？.
+    # What copying cannot score: the reference's units absent from the passage are 哪, 里 (and
+    # ？, punctuation, which every question ends with: not counted).
     ref = "江泽民在哪里发表讲话，大家鼓掌？"
-    hyps = [qagen.baseline_question(ex), "江泽民在哪发表讲话？", ref]
+    hyps = [qagen.baseline_question(ex) + "？", "江泽民在哪发表讲话？", ref]
     got = qagen_metrics.question_scores(hyps, [ref] * 3, [ex["passage"]] * 3)
-    # copy: no new units, F1 0; 哪 + ？ of 哪 里 ？: 2 * 2 / (2 + 3) = 0.8; the reference: 1.
-    assert got["question_novel_f1"] == pytest.approx(100 * (0 + 0.8 + 1) / 3)
+    # copy + ？: no new units, F1 0; 哪 of 哪 里: 2 * 1 / (1 + 2); the reference: 1.
+    assert got["question_novel_f1"] == pytest.approx(100 * (0 + 2 / 3 + 1) / 3)
     assert got["question_em"] == pytest.approx(100 / 3)
     # A pair whose reference adds nothing to its passage does not count toward the F1.
     got = qagen_metrics.question_scores(["甲", "乙？"], ["甲", "丙？"], ["甲", "甲"])
-    assert got["question_novel_f1"] == pytest.approx(50) and got["question_em"] == 50
+    assert got["question_novel_f1"] == 0 and got["question_em"] == 50
+    # The template baseline: the train questions' most frequent word not in their passage, and
+    # their most frequent ending, in the answer's place (a constant guess, exact for its type).
+    train = [
+        {"passage": "他在上海。", "question": "他在哪里？"},
+        {"passage": "她去了北京。", "question": "她去了哪里？"},
+        {"passage": "来了三人。", "question": "来了多少人？"},
+    ]
+    template = qagen_metrics.question_template(train)
+    assert template == ("哪里", "？")
+    assert qagen.template_question(ex, template) == ref
     assert qagen_metrics.frequent_answers(["上海", "北京", "江泽民"], ex["passage"], 1) == ["北京"]
 
 
@@ -405,6 +416,8 @@ def test_smoke_study_reports_generation_metrics_beside_the_baseline(study):
     assert by["question_rougeL"]["baseline"] > 50
     assert by["question_novel_f1"]["baseline"] == 0 and by["question_em"]["baseline"] == 0
     assert 0 <= by["question_novel_f1"]["model_mean"] <= 100
+    # The template baseline guesses one question word: exact for the questions of its type.
+    assert 0 < by["question_em"]["template"] < 100 and np.isnan(by["answers"]["template"])
     assert {p.name for p in workdir.iterdir()} >= {
         "qagen.csv",
         "qagen.png",

@@ -32,7 +32,13 @@ from research.tasks import bert
 from research.tasks.base import Task, TaskData, abstract_rows
 from research.tasks.qagen import loss, metrics
 from research.tasks.qagen.config import QagenConfig
-from research.tasks.qagen.metrics import baseline_question, evaluate_model, fitting
+from research.tasks.qagen.metrics import (
+    baseline_question,
+    evaluate_model,
+    fitting,
+    question_template,
+    template_question,
+)
 
 __all__ = [
     "Generator",
@@ -41,7 +47,9 @@ __all__ = [
     "baseline_question",
     "evaluate_model",
     "fitting",
+    "question_template",
     "read_examples",
+    "template_question",
 ]
 
 
@@ -139,8 +147,9 @@ class QagenTask(Task):
 
         held_out = splits["validation"]
         ranked = metrics.ranked_answers(splits["train"])
+        template = metrics.question_template(splits["train"])
         evaluation = QagenEval(
-            held_out, metrics.baseline_metrics(vocab, held_out, s, ranked, d.seq_len)
+            held_out, metrics.baseline_metrics(vocab, held_out, s, ranked, d.seq_len, template)
         )
         return TaskData(vocab.vocab_size(), d.seq_len, make, vocab, eval_examples=evaluation)
 

@@ -51,19 +51,25 @@ def answer_scores(predictions: list[list[str]], golds: list[list[str]]) -> dict:
     }
 
 
+def novel_units(text: str, passage: str) -> list[str]:
+    """The `text_units` of `text` that are not in `passage` and are not punctuation (a question
+    mark is added to every question: it tells nothing of the question asked)."""
+    seen = set(text_units(passage))
+    return [t for t in text_units(text) if t not in seen and any(c.isalnum() for c in t)]
+
+
 def question_scores(hyps: list[str], refs: list[str], passages: list[str]) -> dict:
     """What copying the passage cannot score (the rule-made questions are mostly the answer's
     sentence): `question_em`, the % of questions equal to the reference (the same
     `text_units`); `question_novel_f1`, the F1 (x100, averaged over the pairs whose reference
-    has any) of the units of the question that are not in the passage (the interrogative and
-    the question mark of our rule questions), so a copy of the passage scores 0 by construction
-    and a model scores only for what it had to generate."""
+    has any) of the `novel_units` of the question (the interrogative of our rule questions), so
+    a copy of the passage scores 0 by construction. A constant guess still scores (the template
+    baseline, `template_question`, measures how much): only a model above it has learned which
+    question word fits the answer."""
     em, f1 = [], []
     for hyp, ref, passage in zip(hyps, refs, passages, strict=True):
-        h, r = text_units(hyp), text_units(ref)
-        em.append(h == r)
-        seen = set(text_units(passage))
-        h_new, r_new = [t for t in h if t not in seen], [t for t in r if t not in seen]
+        em.append(text_units(hyp) == text_units(ref))
+        h_new, r_new = novel_units(hyp, passage), novel_units(ref, passage)
         if not r_new:
             continue
         common = sum((collections.Counter(h_new) & collections.Counter(r_new)).values())
@@ -74,14 +80,35 @@ def question_scores(hyps: list[str], refs: list[str], passages: list[str]) -> di
     }
 
 
-def baseline_question(ex: dict) -> str:
-    """The trivial baseline: the sentence that holds the answer, the answer removed."""
+def baseline_question(ex: dict, word: str = "", ending: str = "") -> str:
+    """The trivial baseline: the sentence that holds the answer, the answer removed (replaced by
+    `word`, and `ending` appended: `template_question`)."""
     p, a = ex["passage"], ex["answer"]
     start = ex.get("answer_start", p.find(a))
     ends = "。！？；.!?;\n"
     first = max([p.rfind(c, 0, start) for c in ends]) + 1
     last = min([i for i in (p.find(c, start + len(a)) for c in ends) if i >= 0] or [len(p)])
-    return (p[first:start] + p[start + len(a) : last]).strip()
+    return (p[first:start] + word + p[start + len(a) : last]).strip() + ending
+
+
+def question_template(train: list[dict]) -> tuple[str, str]:
+    """The template baseline's constant guess, from the train split: (the most frequent run of
+    `novel_units` of a question, e.g. 哪里; its most frequent last character if that is
+    punctuation, e.g. ？)."""
+    words, ends = collections.Counter(), collections.Counter()
+    for e in train:
+        units = novel_units(e["question"], e["passage"])
+        words["".join(units) if all(len(u) == 1 for u in units) else " ".join(units)] += 1
+        ends[e["question"][-1:] if not e["question"][-1:].isalnum() else ""] += 1
+    words.pop("", None)
+    return (words.most_common(1)[0][0] if words else ""), ends.most_common(1)[0][0]
+
+
+def template_question(ex: dict, template: tuple[str, str]) -> str:
+    """The template baseline: the copy baseline with the answer replaced by the train split's
+    most frequent question word, and its most frequent ending (`question_template`). On the
+    rule-made questions it is exact whenever the answer is of the most frequent type."""
+    return baseline_question(ex, *template)
 
 
 def by_passage(examples: list[dict], n: int) -> list[tuple[str, list[str]]]:
@@ -107,11 +134,17 @@ def ranked_answers(train: list[dict]) -> list[str]:
 
 
 def baseline_metrics(
-    vocab, held_out: list[dict], s: QagenConfig, ranked: list[str], seq_len: int
+    vocab,
+    held_out: list[dict],
+    s: QagenConfig,
+    ranked: list[str],
+    seq_len: int,
+    template: tuple[str, str] = ("", ""),
 ) -> dict:
     """The trivial baseline on the pairs and passages `evaluate_model` scores: the question is
     the answer's sentence without the answer (`baseline_question`); the answers are the
-    num_answers most frequent train answers found in the passage (`frequent_answers`)."""
+    num_answers most frequent train answers found in the passage (`frequent_answers`). The
+    template baseline (`template_question`) adds its question scores as template_*."""
     out = {}
     pairs = fitting(vocab, held_out, s, s.eval_examples)
     if pairs:
@@ -119,6 +152,14 @@ def baseline_metrics(
         scores = text_scores(hyps, refs)
         out |= {"question_bleu4": scores["bleu"], "question_rougeL": scores["rougeL"]}
         out |= question_scores(hyps, refs, [e["passage"] for e in pairs])
+        hyps = [template_question(e, template) for e in pairs]
+        scores = text_scores(hyps, refs)
+        out |= {
+            "template_question_bleu4": scores["bleu"],
+            "template_question_rougeL": scores["rougeL"],
+        }
+        got = question_scores(hyps, refs, [e["passage"] for e in pairs])
+        out |= {f"template_{k}": v for k, v in got.items()}
     passages = by_passage(held_out, s.eval_passages)
     if passages:
         budget = qa_rows.passage_budget(
