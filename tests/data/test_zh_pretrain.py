@@ -1,6 +1,7 @@
 """The stronger MLM's pretraining text: jieba segmentation without jieba's marshal cache, whole
 jieba words masked across packed rows with each token's source, accuracy per source."""
 
+import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -82,6 +83,18 @@ def test_jieba_words_masked_whole_across_packed_rows_with_their_source(records):
         rows_with_two_sources += len(sources) > 1
     assert i == len(pieces)
     assert multi_char_masked > 0 and rows_with_two_sources > 0  # the checks above bit
+
+
+def test_packed_sentences_keep_their_words_apart():
+    """Word ids restart at 0 in every sentence; packed into one row they are offset, so that
+    word 0 of the second sentence is not masked together with word 0 of the first."""
+
+    def sentence(words):
+        return {"ids": np.arange(len(words), dtype=np.int32), "words": np.asarray(words, np.int32)}
+
+    ds = grain.MapDataset.source([sentence([0, 0, 1]), sentence([0, 1]), sentence([0, 0, 0, 1])])
+    rows = list(mlm._PackSentences(ds.to_iter_dataset(), capacity=6))
+    assert [r["words"].tolist() for r in rows] == [[0, 0, 1, 2, 3], [0, 0, 0, 1]]
 
 
 class _FixedLogits:
