@@ -23,7 +23,7 @@ def load_run(argv, workdir: str, step: int | None, task: str | None):
     from absl import logging
 
     from research.config import ConfigError
-    from research.train import load_trained
+    from research.train import faults, load_trained
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
@@ -35,10 +35,15 @@ def load_run(argv, workdir: str, step: int | None, task: str | None):
     problem = workdir_error(workdir)
     if problem:
         fail(problem)
+    # An unreadable checkpoint fails in many Orbax threads at once: their noise goes to
+    # WORKDIR/errors.log, as in research.main, and the reason is the one line below.
+    faults.divert_noise(workdir)
     try:
         trained = load_trained(workdir, step=step)
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e))
+    except Exception as e:  # noqa: BLE001 - a run that cannot be read: one line, not a traceback
+        fail(f"{workdir}: cannot read the run ({faults.one_line(e)}); details in errors.log there")
     if task is not None and trained.config.task != task:
         fail(f"{workdir}: task={trained.config.task!r}; research.{task} needs a {task} run")
     return trained

@@ -176,6 +176,30 @@ def test_an_experiment_directory_lists_its_runs(tmp_path, capsys, absl_verbosity
     )
 
 
+def test_an_unreadable_checkpoint_is_one_line(
+    tmp_path, capsys, absl_verbosity, mlm_workdir, monkeypatch
+):
+    """Truncated checkpoint files: Orbax fails in many threads; the CLIs over a trained run
+    print one line naming the file's error (the threads' noise goes to WORKDIR/errors.log)."""
+    import shutil
+    import sys
+    import threading
+
+    from research.train import faults
+
+    # divert_noise installs process-wide hooks: put them back afterwards
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    monkeypatch.setattr(faults, "_installed", None)
+    run = tmp_path / "run"
+    shutil.copytree(mlm_workdir, run)
+    for f in (run / "checkpoints").rglob("*"):
+        if f.is_file() and f.parent.name == "d":  # OCDBT's data files
+            f.write_bytes(b"")
+    line = _load_run_error(capsys, run, None)
+    assert line.startswith(f"error: {run}: cannot read the run (") and "errors.log" in line
+
+
 def test_many_runs_are_listed_in_part(tmp_path):
     from research.cli import workdir_error
 
