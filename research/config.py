@@ -45,6 +45,8 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             if f.name != "seed":
                 check_positive_field(f.name, getattr(self, f.name))
+        if not 0 <= self.seed < 2**32:  # numpy's and grain's seed range
+            raise ValueError(f"seed={self.seed!r}: must be an int in [0, 2**32 - 1]")
         if self.batch_size % self.accum_steps:
             raise ValueError(
                 f"batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}"
@@ -75,6 +77,11 @@ class OptimizerConfig:
         for name in ("warmup_steps", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0")
+        for name in ("adam_b1", "adam_b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be in [0, 1)")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps={self.adam_eps!r}: must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +139,15 @@ def as_list(value, kind=str, *, name: str = "value") -> tuple:
         return tuple(kind(p) for p in parts)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}={value!r}: expected a list of {kind.__name__}") from None
+
+
+def seed_list(value) -> tuple[int, ...]:
+    """A study's `seeds` (as `as_list` reads them), checked before anything trains: distinct
+    ints in [0, 2**32 - 1], the range of TrainConfig.seed."""
+    seeds = as_list(value, int, name="seeds")
+    if len(set(seeds)) != len(seeds) or not all(0 <= x < 2**32 for x in seeds):
+        raise ConfigError(f"seeds={value!r}: must be distinct ints in [0, 2**32 - 1]")
+    return seeds
 
 
 def _convert(name: str, value, tp):

@@ -15,6 +15,7 @@ from research.config import (
     TrainConfig,
     as_list,
     defaults,
+    seed_list,
 )
 from research.data.config import DataConfig
 from research.models import ModelConfig
@@ -56,6 +57,15 @@ def test_parse_gives_typed_frozen_sections():
         ("model", "vocab_size", 7, "model: ['vocab_size'] come from the data"),
         ("seq2seq", "eval_beams", (1, 0), "seq2seq.eval_beams=(1, 0): positive ints"),
         ("seq2seq", "remedy", "dropout", "seq2seq.remedy='dropout': allowed none, random_"),
+        # Checked by the ops only while the step is traced: here before anything compiles.
+        ("seq2seq", "label_smoothing", 1.5, "seq2seq.label_smoothing=1.5: must be in [0, 1)"),
+        ("seq2seq", "replace_token_prob", 2.0, "seq2seq.replace_token_prob=2.0: must be in [0,"),
+        ("seq2seq", "replace_pool", "bogus", "seq2seq.replace_pool='bogus': allowed target, voc"),
+        ("seq2seq", "ss_schedule", "bogus", "seq2seq.ss_schedule='bogus': allowed constant, li"),
+        ("seq2seq", "sample_temperature", 0.0, "seq2seq.sample_temperature=0.0: must be > 0"),
+        ("seq2seq", "ss_k", 0.5, "seq2seq.ss_k=0.5 does not fit ss_schedule='inverse_sigmoid'"),
+        ("optimizer", "adam_b1", 1.5, "optimizer.adam_b1=1.5: must be in [0, 1)"),
+        ("optimizer", "adam_eps", -1.0, "optimizer.adam_eps=-1.0: must be > 0"),
     ],
 )
 def test_bad_values_are_one_line_config_errors(section, key, value, message):
@@ -65,6 +75,17 @@ def test_bad_values_are_one_line_config_errors(section, key, value, message):
     with pytest.raises(ConfigError) as e:
         parse(c)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_outside_the_generators_range_is_one_line(seed):
+    """grain and NumPy take seeds in [0, 2**32 - 1]: outside it, one line before any data."""
+    c = seq2seq.get_config("smoke")
+    c.seed = seed
+    with pytest.raises(ConfigError, match=r"^seed=.*: must be an int in \[0, 2\*\*32 - 1\]$"):
+        parse(c)
+    with pytest.raises(ConfigError, match=r"^seeds=\(0, -1\): must be distinct ints in \["):
+        seed_list((0, -1))
 
 
 def test_unknown_top_level_key_and_task_are_named():

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.config import ConfigError, as_list
+from research.config import ConfigError, as_list, seed_list
 from research.data import words
 from research.ops import embedding
 from research.report import (
@@ -204,7 +204,7 @@ def run(c, workdir: str) -> list[dict]:
             raise ConfigError(f"corpora: {name!r} unknown; allowed: {', '.join(words.CORPORA)}")
     sizes = as_list(c.vocab_sizes, int, name="vocab_sizes")
     dims = sorted(as_list(c.dims, int, name="dims"))
-    seeds = as_list(c.seeds, int, name="seeds")
+    seeds = seed_list(c.seeds)
     if min(sizes) < 0 or min(dims) < 1:
         raise ConfigError(f"vocab_sizes {sizes} must be >= 0 (0 = all) and dims {dims} >= 1")
     _check(c)

@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from research.config import as_list
+from research.config import as_list, seed_list
 from research.experiments import sweep
 from research.report import (
     format_table,
@@ -119,7 +119,7 @@ def _seed_from_baseline(c, workdir, variant, seed):
 
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
-    variants, seeds = as_list(c.variants, name="variants"), as_list(c.seeds, int, name="seeds")
+    variants, seeds = as_list(c.variants, name="variants"), seed_list(c.seeds)
     eps = c.get("penalty_epsilons") or ()
     epsilons = as_list(eps, float, name="penalty_epsilons") if eps else ()
     variants = expand_variants(variants, epsilons)

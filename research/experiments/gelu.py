@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from research.config import ConfigError, as_list
+from research.config import ConfigError, as_list, seed_list
 from research.experiments import sweep
 from research.models.config import ACTIVATIONS
 from research.ops.activations import SIGMOID_SCALE, TANH_COEFFICIENT, fit_gelu_constants, gelu
@@ -96,7 +96,7 @@ def run(c, workdir: str) -> list[dict]:
     for f in forms:
         if f not in FORMS:
             raise ConfigError(f"activations: {f!r} is not a GELU form; allowed: {', '.join(FORMS)}")
-    seeds = as_list(c.seeds, int, name="seeds")
+    seeds = seed_list(c.seeds)
     assert set(FORMS) <= set(ACTIVATIONS)
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)

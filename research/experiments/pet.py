@@ -31,7 +31,7 @@ import time
 import jax
 import numpy as np
 
-from research.config import as_list
+from research.config import as_list, seed_list
 from research.data import classification, patterns
 from research.experiments import sweep
 from research.models import params as params_io
@@ -64,7 +64,7 @@ MEDIAN = "_median"  # the zero-shot settings' rows with the label-free median th
 
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
-    seeds = as_list(c.seeds, int, name="seeds")
+    seeds = seed_list(c.seeds)
     templates = as_list(c.patterns, name="patterns")
     verbalizer = as_list(c.verbalizer, name="verbalizer")
     settings = as_list(c.settings, name="settings")

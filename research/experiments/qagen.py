@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from research.config import ConfigError, as_list
+from research.config import ConfigError, seed_list
 from research.data import DataError
 from research.experiments import sweep
 from research.report import (
@@ -49,7 +49,7 @@ METRICS = {
 
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
-    seeds = as_list(c.seeds, int, name="seeds")
+    seeds = seed_list(c.seeds)
     t0 = time.perf_counter()
 
     def log(msg):

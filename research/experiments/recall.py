@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from research.config import as_list
+from research.config import as_list, seed_list
 from research.data import sources
 from research.data.config import parse_segments
 from research.experiments import sweep
@@ -136,11 +136,9 @@ def points(c) -> list[Point]:
 
 
 def study_seeds(c) -> tuple[int, ...]:
-    """c.seeds, checked: distinct ints >= 0. Each run's seed comes from them, so a mqar.seed
-    other than 0 is refused (it would be silently replaced)."""
-    seeds = as_list(c.seeds, int, name="seeds")
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"seeds={c.seeds!r}: must be distinct ints >= 0")
+    """c.seeds, checked (`seed_list`). Each run's seed comes from them, so a mqar.seed other
+    than 0 is refused (it would be silently replaced)."""
+    seeds = seed_list(c.seeds)
     if c.mqar.seed != 0:
         raise ConfigError(
             f"mqar.seed={c.mqar.seed}: the recall study sets each run's seed from `seeds`; "

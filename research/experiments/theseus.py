@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from research.config import ConfigError, as_list
+from research.config import ConfigError, as_list, seed_list
 from research.data import classification
 from research.experiments import sweep
 from research.models.theseus import check_successor_layers
@@ -92,7 +92,7 @@ def _params(model) -> int:
 
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
-    seeds = as_list(c.seeds, int, name="seeds")
+    seeds = seed_list(c.seeds)
     ks = as_list(c.successor_layers, int, name="successor_layers")
     theseus = dict(
         replace_prob=c.replace_prob,

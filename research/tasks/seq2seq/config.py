@@ -3,7 +3,7 @@
 import dataclasses
 
 from research.data.seq2seq import LAYOUTS
-from research.ops import rewards
+from research.ops import exposure_bias, rewards
 from research.ops.checks import check_positive_field, is_positive_int
 from research.tasks.seq2seq.remedies import REMEDIES
 
@@ -54,6 +54,8 @@ class Seq2seqConfig:
             "remedy": tuple(REMEDIES),
             "reward": rewards.REWARDS,
             "penalty_form": PENALTY_FORMS,
+            "replace_pool": exposure_bias.POOLS,
+            "ss_schedule": exposure_bias.SCHEDULES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -62,5 +64,29 @@ class Seq2seqConfig:
             check_positive_field(name, getattr(self, name))
         if not 0 <= self.seq_weight <= 1:
             raise ValueError(f"seq_weight={self.seq_weight}: must be in [0, 1]")
+        # The ops check these too, but only while the step is traced: here they fail first.
+        ranges = {
+            "label_smoothing": (0, 1, "[0, 1)"),
+            "replace_sample_prob": (0, 1, "[0, 1]"),
+            "replace_token_prob": (0, 1, "[0, 1]"),
+            "ss_floor": (0, 1, "[0, 1]"),
+        }
+        for name, (low, high, shown) in ranges.items():
+            value = getattr(self, name)
+            if not (low <= value < high if shown.endswith(")") else low <= value <= high):
+                raise ValueError(f"{name}={value!r}: must be in {shown}")
+        for name in ("sample_temperature", "mrt_alpha", "ss_slope"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be > 0")
+        for name in ("penalty_epsilon", "fgm_epsilon"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be >= 0")
+        k = self.ss_k
+        k_ok = {"constant": 0 <= k <= 1, "exponential": 0 < k < 1, "inverse_sigmoid": k >= 1}
+        if not k_ok.get(self.ss_schedule, True):
+            raise ValueError(
+                f"ss_k={k!r} does not fit ss_schedule={self.ss_schedule!r}: constant takes a "
+                "probability, exponential (0, 1), inverse_sigmoid >= 1"
+            )
         if not all(is_positive_int(b) for b in self.eval_beams):
             raise ValueError(f"eval_beams={self.eval_beams!r}: positive ints")
