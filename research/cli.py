@@ -190,3 +190,22 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
+
+
+def out_dir_error(path: str) -> str | None:
+    """Why results cannot be written under `path` (an output directory, made if missing): it,
+    or a folder above it, exists and is not a directory. None when it can be."""
+    p = pathlib.Path(path).expanduser().absolute()
+    for q in (p, *p.parents):
+        if q.exists():
+            return None if q.is_dir() else f"{q} is not a directory"
+    return None
+
+
+def out_dir(text: str) -> str:
+    """An argparse `type` for --out: a directory that exists or can be made, checked before the
+    work whose results go there."""
+    problem = out_dir_error(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write results under {text}: {problem}")
+    return text

@@ -225,3 +225,23 @@ def test_qagen_help_gives_a_run_of_the_experiment_as_workdir():
     assert examples, r.stdout
     for path in examples:
         assert re.fullmatch(r"/tmp/seqlab/qagen/runs/seed\d+", path), path
+
+
+def test_an_output_directory_under_a_file_is_refused_before_any_work(tmp_path):
+    """--out of the benches and planners (`out_dir`): a file, or a path under one, is a usage
+    error at parse time (it was found only when the results were written)."""
+    import argparse
+
+    from research.bench import attention, train
+    from research.cli import out_dir
+
+    afile = tmp_path / "results.csv"
+    afile.write_text("x")
+    assert out_dir(str(tmp_path / "new" / "dir")) == str(tmp_path / "new" / "dir")
+    for bad in (afile, afile / "sub"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"{afile} is not a directory"):
+            out_dir(str(bad))
+    for bench in (attention, train):  # their parsers exit 2 before measuring anything
+        with pytest.raises(SystemExit) as e:
+            bench.main([f"--out={afile}"])
+        assert e.value.code == 2

@@ -26,7 +26,7 @@ import numpy as np
 
 from research.bench import attention, attention_rows
 from research.bench import train as train_bench
-from research.cli import positive_int, positive_ints
+from research.cli import out_dir, positive_int, positive_ints
 from research.ops.attention.cost import attention_flops
 from research.report import machine_header, save_figure, write_csv
 
@@ -177,7 +177,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--train_batch", type=positive_int, default=8)
     p.add_argument("--train_vocab", type=positive_int, default=50304)
     p.add_argument("--budget_s", type=positive_int, default=420)
-    p.add_argument("--out", default="bench_out/accelerator")
+    p.add_argument("--out", type=out_dir, default="bench_out/accelerator")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     header = f"{machine_header()} | attention bf16 B{args.batch} H{args.heads} D{args.head_dim}"

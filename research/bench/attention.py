@@ -47,7 +47,7 @@ from research.bench.attention_rows import (
     measure_torch,
 )
 from research.bench.attention_targets import TORCH, targets
-from research.cli import int_at_least, positive_float, positive_int, positive_ints
+from research.cli import int_at_least, out_dir, positive_float, positive_int, positive_ints
 from research.ops.attention.cost import attention_flops
 from research.report import (
     format_table,
@@ -273,7 +273,7 @@ def main(argv=None):
     )
     p.add_argument("--memory_budget_gb", type=positive_float, default=12.0)
     p.add_argument("--malloc", choices=("keep", "system"), default="keep")
-    p.add_argument("--out", default="bench_out/attention")
+    p.add_argument("--out", type=out_dir, default="bench_out/attention")
     args = p.parse_args(argv)
     malloc = keep_freed_memory() if args.malloc == "keep" else "malloc: system defaults"
     dt = {"float32": "fp32", "bfloat16": "bf16"}[args.dtype]

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from research.cli import positive_int
+from research.cli import out_dir, positive_int
 from research.models import DecoderLM, ModelConfig
 from research.report import format_table, machine_header, plural, save_figure, write_csv
 from research.sampling import ChatSession
@@ -158,7 +158,7 @@ def main(argv=None):
         default=0,
         help="cache buffer in tokens (0: room for the longest history + 2 turns)",
     )
-    p.add_argument("--out", default="", help="directory for chat_latency.csv / .png")
+    p.add_argument("--out", type=out_dir, default="", help="directory for chat_latency.csv / .png")
     args = p.parse_args(argv)
     try:
         args.turns = sorted({int(t) for t in args.turns.split(",")})

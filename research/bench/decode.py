@@ -24,7 +24,7 @@ import jax
 from flax import nnx
 
 from research.bench.train import check_model, model_shape
-from research.cli import positive_int
+from research.cli import out_dir, positive_int
 from research.models import DecoderLM, ModelConfig
 from research.models.config import ATTENTION_NAMES, attention_overrides
 from research.report import (
@@ -83,10 +83,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--layers", type=positive_int, default=2)
     p.add_argument("--heads", type=positive_int, default=2)
     p.add_argument("--vocab", type=positive_int, default=512)
-    p.add_argument("--out", default="", help="directory for decode_bench.csv and .png")
+    p.add_argument(
+        "--out", type=out_dir, default="", help="directory for decode_bench.csv and .png"
+    )
     args = p.parse_args(argv)
-    if args.out and pathlib.Path(args.out).exists() and not pathlib.Path(args.out).is_dir():
-        p.error(f"--out {args.out}: exists and is not a directory")
     check_model(p, args, model_config)
     rows = run(args)
     ms = [r["ms_per_token"] for r in rows]

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from research.cli import positive_int
+from research.cli import out_dir, positive_int
 from research.config import OptimizerConfig
 from research.models import DecoderLM, ModelConfig
 from research.models.partitioning import REMAT_POLICIES
@@ -151,7 +151,7 @@ def main(argv=None):
     p.add_argument("--scan_layers", action="store_true", help="model.scan_layers (one lax.scan)")
     p.add_argument("--remat", default="none", choices=list(REMAT_POLICIES))
     p.add_argument("--steps", type=positive_int, default=5, help="timed steps (median; 2 warm-up)")
-    p.add_argument("--out", default="", help="directory for train_bench.csv")
+    p.add_argument("--out", type=out_dir, default="", help="directory for train_bench.csv")
     args = p.parse_args(argv)
     if args.batch % jax.device_count():
         p.error(f"--batch {args.batch} must be divisible by the {jax.device_count()} devices")

@@ -23,7 +23,7 @@ chip count, config errors, no libtpu).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from research.cli import fail, loaded_config, parse_flags
+from research.cli import fail, loaded_config, out_dir_error, parse_flags
 from research.plan.output import describe_model, fmt_bytes, mfu_cell, plot_fsdp, plot_layers, report
 from research.report import format_table, plural
 
@@ -32,7 +32,10 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v5e:16x16, v5p:
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "multislice: number of slices")
 _EVAL = flags.DEFINE_bool("eval", False, "also compile the eval step")
 _DECODE = flags.DEFINE_integer(
-    "decode", 0, "also compile greedy decoding of this many tokens after a seq_len prompt"
+    "decode",
+    0,
+    "also compile greedy decoding of this many tokens after a seq_len prompt",
+    lower_bound=0,
 )
 
 _SWEEP = flags.DEFINE_list("fsdp_sweep", [], "plan the train step for each of these mesh.fsdp")
@@ -185,6 +188,8 @@ def main(argv):
         devices, chip = devices_for(_TOPOLOGY.value, _NUM_SLICES.value)
         if _SWEEP.value and _LAYERS.value:
             fail("give one of --fsdp_sweep and --layers_sweep")
+        if (_SWEEP.value or _LAYERS.value) and out_dir_error(_OUT.value):
+            fail(f"--out={_OUT.value}: cannot write the sweep there: {out_dir_error(_OUT.value)}")
         if _SWEEP.value:
             return fsdp_sweep(c, devices, chip, [_positive(_SWEEP, v) for v in _SWEEP.value])
         if _LAYERS.value:

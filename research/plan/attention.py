@@ -46,7 +46,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from research.cli import positive_int, positive_ints
+from research.cli import out_dir, positive_int, positive_ints
 from research.ops import attention as att
 from research.ops.attention import context_parallel as cp
 from research.ops.attention.cost import attention_flops, bytes_communicated
@@ -304,7 +304,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lengths", type=positive_ints, default=DEFAULT_LENGTHS)
     parser.add_argument("--heads", type=positive_int, default=16)
     parser.add_argument("--head_dim", type=positive_int, default=128)
-    parser.add_argument("--out", default="/tmp/seqlab/plan_attention")
+    parser.add_argument("--out", type=out_dir, default="/tmp/seqlab/plan_attention")
     args = parser.parse_args(argv)
     try:
         rows = run(args.topology, args.lengths, args.heads, args.head_dim, args.num_slices)
