@@ -245,3 +245,20 @@ def test_an_output_directory_under_a_file_is_refused_before_any_work(tmp_path):
         with pytest.raises(SystemExit) as e:
             bench.main([f"--out={afile}"])
         assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("train", ["--softmax_implementation=cudnn"], "'cudnn' needs a GPU (cuDNN)"),
+        ("chat", ["--d_model=15", "--heads=2"], "d_model (15) must be divisible by num_heads"),
+        ("accelerator", ["--memory_budget_gb=-1"], "expected a number > 0, got '-1'"),
+    ],
+)
+def test_bench_model_mistakes_exit_2_before_tracing(module, argv, message, capsys):
+    """Each was a traceback (exit 1) from inside tracing, or a crash after the rows ran."""
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"research.bench.{module}").main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -26,7 +26,7 @@ import numpy as np
 
 from research.bench import attention, attention_rows
 from research.bench import train as train_bench
-from research.cli import out_dir, positive_int, positive_ints
+from research.cli import out_dir, positive_float, positive_int, positive_ints
 from research.ops.attention.cost import attention_flops
 from research.report import machine_header, save_figure, write_csv
 
@@ -169,7 +169,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--heads", type=positive_int, default=16)
     p.add_argument("--head_dim", type=positive_int, default=128)
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--memory_budget_gb", type=float, default=60.0)
+    p.add_argument("--memory_budget_gb", type=positive_float, default=60.0)
     p.add_argument("--train_layers", type=positive_int, default=12)
     p.add_argument("--train_d_model", type=positive_int, default=768)
     p.add_argument("--train_heads", type=positive_int, default=12)

@@ -36,7 +36,13 @@ ATTENTIONS = {
 
 
 def _session(args, attention: str) -> ChatSession:
-    cfg = ModelConfig(
+    model = DecoderLM(_config(args, attention), rngs=nnx.Rngs(0))
+    ids = types.SimpleNamespace(cls_id=2, sep_id=3, pad_id=0)  # no text: ids are given
+    return ChatSession(model, ids, max_context=args.max_context, max_tokens=args.turn_tokens)
+
+
+def _config(args, attention: str) -> ModelConfig:
+    return ModelConfig(
         vocab_size=args.vocab,
         d_model=args.d_model,
         num_heads=args.heads,
@@ -47,9 +53,6 @@ def _session(args, attention: str) -> ChatSession:
         num_segments=2,
         **ATTENTIONS[attention],
     )
-    model = DecoderLM(cfg, rngs=nnx.Rngs(0))
-    ids = types.SimpleNamespace(cls_id=2, sep_id=3, pad_id=0)  # no text: ids are given
-    return ChatSession(model, ids, max_context=args.max_context, max_tokens=args.turn_tokens)
 
 
 def _state(session: ChatSession) -> tuple:
@@ -170,6 +173,11 @@ def main(argv=None):
     args.max_context = args.max_context or need
     if args.max_context < need:
         p.error(f"--max_context {args.max_context}: the longest history needs {need}")
+    for attention in ATTENTIONS:  # the model's own checks (d_model divisible by heads), first
+        try:
+            _config(args, attention)
+        except ValueError as e:
+            p.error(str(e))
     rows = run(args)
     title = (
         f"{machine_header()}\nDecoderLM {args.layers}L d{args.d_model} h{args.heads} vocab "

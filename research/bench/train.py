@@ -20,7 +20,7 @@ from research.cli import out_dir, positive_int
 from research.config import OptimizerConfig
 from research.models import DecoderLM, ModelConfig
 from research.models.partitioning import REMAT_POLICIES
-from research.ops.attention import SOFTMAX_IMPLEMENTATIONS
+from research.ops.attention import SOFTMAX_IMPLEMENTATIONS, softmax
 from research.report import format_table, machine_header, matmul_peak, median_time, write_csv
 from research.tasks import lm_loss
 from research.train import optim, sharding, step
@@ -48,7 +48,9 @@ def check_model(parser: argparse.ArgumentParser, args, model_config) -> None:
     """Exit 2 with the model's own one-line check (such as d_model divisible by heads) before
     anything runs (research.bench.decode shares it)."""
     try:
-        model_config(args)
+        cfg = model_config(args)
+        if cfg.attention == "softmax":  # a kernel this backend lacks: refused before tracing
+            softmax.check_backend(cfg.softmax_implementation)
     except ValueError as e:
         parser.error(str(e))
 
