@@ -20,6 +20,8 @@ from configs import lm
 
 
 def get_config(preset: str = "") -> ConfigDict:
+    if preset not in ("", "smoke"):
+        raise ValueError(f"unknown preset {preset!r} for configs/gelu.py; allowed: smoke")
     c = ConfigDict()
     c.experiment = "gelu"  # research.experiments.EXPERIMENTS
     c.activations = ("gelu", "gelu_tanh", "gelu_sigmoid")  # exact, tanh form, sigmoid form

@@ -59,6 +59,12 @@ def test_unknown_preset_prints_the_allowed_ones(tmp_path, parse_flags, capsys):
         "error: flag --config=configs/lm.py:smok: unknown preset 'smok' for configs/lm.py; "
         "allowed: smoke, 1b, 1b_gdn, 7b"
     )
+    # A study's config names its own file and presets (gelu passed its preset on to lm.py's)
+    argv = ["--config=configs/gelu.py:1b", f"--workdir={tmp_path}"]
+    assert _parse_error(parse_flags, capsys, argv) == (
+        "error: flag --config=configs/gelu.py:1b: unknown preset '1b' for configs/gelu.py; "
+        "allowed: smoke"
+    )
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,16 @@ def test_a_seed_outside_the_generators_range_is_one_line(seed):
         seed_list((0, -1))
 
 
+def test_a_data_dir_under_a_file_is_one_line(tmp_path):
+    """It failed deep in a dataset builder (NotADirectoryError) after the config was taken."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    c = seq2seq.get_config("smoke")
+    c.data.data_dir = str(afile / "data")
+    with pytest.raises(ConfigError, match=f"^data.data_dir=.*: {afile} is a file, not a folder$"):
+        parse(c)
+
+
 def test_unknown_top_level_key_and_task_are_named():
     c = lm.get_config("smoke")
     c.unlock()

@@ -114,8 +114,9 @@ def points(c) -> list[Point]:
             f"mqar.model.positions={positions!r} keeps a table of the training length "
             f"({train_len} tokens) but test_segments reach {test_len}: use rotary or none"
         )
-    if not (isinstance(c.test_examples, int) and c.test_examples > 0):
-        raise ConfigError(f"test_examples={c.test_examples!r}: must be a positive int")
+    for name in ("test_examples", "eval_batch_size"):
+        if not (isinstance(c[name], int) and not isinstance(c[name], bool) and c[name] > 0):
+            raise ConfigError(f"{name}={c[name]!r}: must be a positive int")
     seeds = study_seeds(c)
     d_ff = c.get("d_ff", 0)
     if not (isinstance(d_ff, int) and not isinstance(d_ff, bool) and d_ff >= 0):

@@ -179,6 +179,9 @@ class ModelConfig:
             raise ValueError(f"short_conv must be an int >= 0, got {conv!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("layer_norm_eps", "rope_base"):  # else NaN losses, found after compiling
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
     def _check_recurrent_kind(self) -> None:
         """The gated / delta kinds take no feature map and no cumsum form; the delta kinds no

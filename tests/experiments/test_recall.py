@@ -113,6 +113,7 @@ def test_recall_counts_weighted_positions_whose_argmax_is_the_value():
         ("test_segments", ("64",), "test_segments: '64' is not 'LENGTH:PAIRS'"),
         ("test_segments", ("256:64",), "test_segments: '256:64' needs mqar.data.vocab_size > 130"),
         ("test_examples", 0, "test_examples=0: must be a positive int"),
+        ("eval_batch_size", 0, "eval_batch_size=0: must be a positive int"),
         ("seeds", (0, 0), "seeds=(0, 0): must be distinct ints in [0, 2**32 - 1]"),
         ("seeds", (-1,), "seeds=(-1,): must be distinct ints in [0, 2**32 - 1]"),
         ("d_ff", -1, "d_ff=-1: must be an int >= 0"),

@@ -285,6 +285,8 @@ def test_activation_choice_changes_the_network(activation):
         (dict(num_kv_heads=3, num_heads=2, d_model=16), "multiple of num_kv_heads"),
         (dict(max_length=0), "max_length must be a positive int, got 0"),
         (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
+        (dict(layer_norm_eps=-1.0), "layer_norm_eps must be > 0, got -1.0"),
+        (dict(rope_base=-5.0), "rope_base must be > 0, got -5.0"),
         (dict(positions="alibi"), "positions='alibi' is not allowed"),
         (dict(short_conv=-1), "short_conv must be an int >= 0, got -1"),
     ],
