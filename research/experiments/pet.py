@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from research.config import as_list, seed_list
-from research.data import classification, patterns
+from research.data import DataError, classification, patterns
 from research.experiments import sweep
 from research.models import params as params_io
 from research.report import (
@@ -81,6 +81,11 @@ def run(c, workdir: str) -> list[dict]:
             raise ConfigError(f"patterns: {e}") from None
     data = parse(sweep.point_config(c, c.classify, seeds[0])).data
     train, validation, test = classification.sources_of(data)
+    for name, records in (("validation", validation), ("test", test)):  # a word per label
+        try:
+            classify.check_labels(records, len(verbalizer), name=f"{data.source} {name}")
+        except DataError as e:
+            raise ConfigError(f"{e} (verbalizer has {len(verbalizer)} words)") from None
     n_labeled = max(1, round(c.labeled_fraction * len(train)))
     t0 = time.perf_counter()
 

