@@ -70,9 +70,10 @@ def get_config(preset: str = "") -> ConfigDict:
     c.classify.optimizer.update(learning_rate=1e-3, warmup_steps=20)  # as PET (strong: PET 400)
     if preset == "strong":  # from the stronger MLM: configs/mlm.py:strong (6 layers, 3 sources)
         c.pretrain = mlm.get_config("strong")
-        # + MLM long enough to move the slot: after 200 steps (0.46 epochs of the reviews' train
-        # text) the label-score gap's test AUC was at chance (0.48), after 1,500 (3.4 epochs)
-        # 0.60, after 3,000 (6.8 epochs) 0.62 (docs/pet.md, 3 seeds each).
+        # + MLM long enough to move the slot: after 200 steps (0.54 passes over the reviews'
+        # train split, packed in 64-token rows) the label-score gap's test AUC was at chance
+        # (0.48), after 1,500 (4.0 passes) 0.60, after 3,000 (8.1 passes) 0.62 (docs/pet.md,
+        # 3 seeds each).
         c.mlm.update(num_train_steps=3000, eval_every_steps=500, checkpoint_every_steps=500)
         # PET 400 steps: semi-supervised batches are half unlabeled rows, so 400 steps show it
         # the 3,200 labeled rows few-shot PET sees in 200. At 200 it trailed few-shot by 4.4 test
