@@ -37,13 +37,21 @@ def load_run(argv, workdir: str, step: int | None, task: str | None):
         fail(problem)
     # An unreadable checkpoint fails in many Orbax threads at once: their noise goes to
     # WORKDIR/errors.log, as in research.main, and the reason is the one line below.
-    faults.divert_noise(workdir)
+    log = faults.divert_noise(workdir)
     try:
         trained = load_trained(workdir, step=step)
     except (ConfigError, FileNotFoundError) as e:
         fail(str(e))
-    except Exception as e:  # noqa: BLE001 - a run that cannot be read: one line, not a traceback
-        fail(f"{workdir}: cannot read the run ({faults.one_line(e)}); details in errors.log there")
+    except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many kinds: one line each
+        where = ""
+        if log is not None:
+            try:
+                with log.open("a") as f:
+                    f.write(f"--- research.cli.load_run({workdir})\n{traceback.format_exc()}\n")
+                where = f"; traceback in {log}"
+            except OSError:
+                pass
+        fail(f"{workdir}: cannot read the run ({faults.one_line(e)}){where}")
     if task is not None and trained.config.task != task:
         fail(f"{workdir}: task={trained.config.task!r}; research.{task} needs a {task} run")
     return trained

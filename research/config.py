@@ -45,8 +45,9 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             if f.name != "seed":
                 check_positive_field(f.name, getattr(self, f.name))
-        if not 0 <= self.seed < 2**32:  # numpy's and grain's seed range
-            raise ValueError(f"seed={self.seed!r}: must be an int in [0, 2**32 - 1]")
+        # grain and NumPy take [0, 2**32 - 1]; streams add small salts to the seed (cloze.py)
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed={self.seed!r}: must be an int in [0, 2**31 - 1]")
         if self.batch_size % self.accum_steps:
             raise ValueError(
                 f"batch_size={self.batch_size} is not divisible by accum_steps={self.accum_steps}"
@@ -143,10 +144,10 @@ def as_list(value, kind=str, *, name: str = "value") -> tuple:
 
 def seed_list(value) -> tuple[int, ...]:
     """A study's `seeds` (as `as_list` reads them), checked before anything trains: distinct
-    ints in [0, 2**32 - 1], the range of TrainConfig.seed."""
+    ints in [0, 2**31 - 1], the range of TrainConfig.seed."""
     seeds = as_list(value, int, name="seeds")
-    if len(set(seeds)) != len(seeds) or not all(0 <= x < 2**32 for x in seeds):
-        raise ConfigError(f"seeds={value!r}: must be distinct ints in [0, 2**32 - 1]")
+    if len(set(seeds)) != len(seeds) or not all(0 <= x < 2**31 for x in seeds):
+        raise ConfigError(f"seeds={value!r}: must be distinct ints in [0, 2**31 - 1]")
     return seeds
 
 

@@ -114,8 +114,8 @@ def test_recall_counts_weighted_positions_whose_argmax_is_the_value():
         ("test_segments", ("256:64",), "test_segments: '256:64' needs mqar.data.vocab_size > 130"),
         ("test_examples", 0, "test_examples=0: must be a positive int"),
         ("eval_batch_size", 0, "eval_batch_size=0: must be a positive int"),
-        ("seeds", (0, 0), "seeds=(0, 0): must be distinct ints in [0, 2**32 - 1]"),
-        ("seeds", (-1,), "seeds=(-1,): must be distinct ints in [0, 2**32 - 1]"),
+        ("seeds", (0, 0), "seeds=(0, 0): must be distinct ints in [0, 2**31 - 1]"),
+        ("seeds", (-1,), "seeds=(-1,): must be distinct ints in [0, 2**31 - 1]"),
         ("d_ff", -1, "d_ff=-1: must be an int >= 0"),
     ],
 )

@@ -367,8 +367,9 @@ def test_an_lm_step_with_the_pallas_kernels_compiles_per_device_for_v5e_within_t
 @pytest.mark.parametrize("preset", ["1b", "1b_gdn", "7b"])
 def test_pod_presets_are_valid_for_256_tpu_chips_and_refused_on_cpu(preset):
     """The presets pass every config check for v5e-256 / v5p-512 (256 chips, TPU kernel);
-    on this CPU the TPU-only kernel is named in a ConfigError. The Gated DeltaNet preset plans
-    (and trains) packed rows whose documents stay apart: its step takes document_ids."""
+    on this CPU the softmax presets' TPU-only kernel is named in a ConfigError (1b_gdn has
+    none). The Gated DeltaNet preset plans (and trains) packed rows whose documents stay apart:
+    its step takes document_ids."""
     from research.plan.train import model_flops
 
     run = parse(lm.get_config(preset), num_devices=256, platform="tpu")
@@ -390,4 +391,5 @@ def test_a_packed_plan_compiles_the_step_with_its_document_ids():
     (plain,) = plan_train(c, jax.devices()[:4])
     c.data.document_boundaries = True
     (packed,) = plan_train(c, jax.devices()[:4])
-    assert packed.argument_bytes - plain.argument_bytes == c.batch_size * c.data.seq_len * 4 // 4
+    rows_per_device = c.batch_size // 4  # data 2 x fsdp 2
+    assert packed.argument_bytes - plain.argument_bytes == rows_per_device * c.data.seq_len * 4

@@ -351,8 +351,8 @@ def test_metrics_against_hand_computed_values():
     assert got["question_novel_f1"] == pytest.approx(100 * (0 + 2 / 3 + 1) / 3)
     assert got["question_em"] == pytest.approx(100 / 3)
     # A pair whose reference adds nothing to its passage does not count toward the F1.
-    got = qagen_metrics.question_scores(["甲", "乙？"], ["甲", "丙？"], ["甲", "甲"])
-    assert got["question_novel_f1"] == 0 and got["question_em"] == 50
+    got = qagen_metrics.question_scores(["甲", "丙？"], ["甲", "丙？"], ["甲", "甲"])
+    assert got["question_novel_f1"] == 100 and got["question_em"] == 100  # 50 if counted
     # The template baseline: the train questions' most frequent word not in their passage, and
     # their most frequent ending, in the answer's place (a constant guess, exact for its type).
     train = [

@@ -101,7 +101,7 @@ def question_template(train: list[dict]) -> tuple[str, str]:
         words["".join(units) if all(len(u) == 1 for u in units) else " ".join(units)] += 1
         ends[e["question"][-1:] if not e["question"][-1:].isalnum() else ""] += 1
     words.pop("", None)
-    return (words.most_common(1)[0][0] if words else ""), ends.most_common(1)[0][0]
+    return (words.most_common(1)[0][0] if words else ""), (ends.most_common(1) or [("",)])[0][0]
 
 
 def template_question(ex: dict, template: tuple[str, str]) -> str:

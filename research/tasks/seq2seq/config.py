@@ -65,16 +65,11 @@ class Seq2seqConfig:
         if not 0 <= self.seq_weight <= 1:
             raise ValueError(f"seq_weight={self.seq_weight}: must be in [0, 1]")
         # The ops check these too, but only while the step is traced: here they fail first.
-        ranges = {
-            "label_smoothing": (0, 1, "[0, 1)"),
-            "replace_sample_prob": (0, 1, "[0, 1]"),
-            "replace_token_prob": (0, 1, "[0, 1]"),
-            "ss_floor": (0, 1, "[0, 1]"),
-        }
-        for name, (low, high, shown) in ranges.items():
-            value = getattr(self, name)
-            if not (low <= value < high if shown.endswith(")") else low <= value <= high):
-                raise ValueError(f"{name}={value!r}: must be in {shown}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing={self.label_smoothing!r}: must be in [0, 1)")
+        for name in ("replace_sample_prob", "replace_token_prob", "ss_floor"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be in [0, 1]")
         for name in ("sample_temperature", "mrt_alpha", "ss_slope"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be > 0")

@@ -195,12 +195,15 @@ def chunked(q, k, v, g, seg, s0, *, scale: float, chunk: int, p0=None):
     seg [B, L] int or None, s0 [B, H, Dk, Dv] fp32, p0 [B] the segment id s0 belongs to
     (default seg[:, 0]: s0 feeds the first segment). Returns (out [B, L, H, Dv] fp32, state)."""
     b, length, h, _ = q.shape
-    chunk = max(1, min(chunk, length))  # a short input is one chunk, not padded to chunk_size
+    # A short input is one chunk, not padded to chunk_size: the length rounded up to the
+    # requested chunk's sub-chunk (the length itself could have no divisor to split it by).
+    sub = sub_chunk_size(chunk)
+    chunk = min(chunk, -(-length // sub) * sub)
+    sub = sub_chunk_size(chunk)
     n_chunks = -(-length // chunk)
     per_block = max(1, min(n_chunks, BLOCK_TOKENS // chunk))
     n = -(-n_chunks // per_block)
     padded = n * per_block * chunk
-    sub = sub_chunk_size(chunk)
     # Padded tokens (k = v = 0, g = 0, the last segment's id) leave the state unchanged.
     xs = [pad_axis(x, 1, padded) for x in (q, k, v, g)]
     # Inside shard_map the carries must vary over the mesh axes the inputs do (a loop's carry
