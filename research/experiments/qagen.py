@@ -153,8 +153,8 @@ def _examples(run_dir: pathlib.Path, n: int) -> list[dict]:
         return []
     t = load_trained(run_dir)
     s, d = t.config.task_config, t.config.data
-    splits = qagen.read_examples(d.source, d.data_dir)
-    held_out, template = splits["validation"], qagen.question_template(splits["train"])
+    held_out = qagen.read_examples(d.source, d.data_dir)["validation"]
+    template = qagen.train_template(d.source, d.data_dir)
     golds: dict[str, list[dict]] = {}
     for e in qagen.fitting(t.vocab, held_out, s, len(held_out)):
         if e["passage"] in golds or len(golds) < n:

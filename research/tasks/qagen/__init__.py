@@ -50,7 +50,15 @@ __all__ = [
     "question_template",
     "read_examples",
     "template_question",
+    "train_template",
 ]
+
+
+@functools.lru_cache(maxsize=2)
+def train_template(source: str, data_dir: str) -> tuple[str, str]:
+    """`question_template` of the source's train split, computed once per process (the task's
+    baseline and the experiment's examples share it)."""
+    return question_template(read_examples(source, data_dir)["train"])
 
 
 @functools.lru_cache(maxsize=2)
@@ -147,7 +155,7 @@ class QagenTask(Task):
 
         held_out = splits["validation"]
         ranked = metrics.ranked_answers(splits["train"])
-        template = metrics.question_template(splits["train"])
+        template = train_template(d.source, d.data_dir)
         evaluation = QagenEval(
             held_out, metrics.baseline_metrics(vocab, held_out, s, ranked, d.seq_len, template)
         )
