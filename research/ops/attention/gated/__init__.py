@@ -97,8 +97,9 @@ def gated_linear_attention(
         every chunk's log-gates sum to >= -40, else by a tree or sub-chunks; `gated/chunk.py`),
         "scan" (the token recurrence, rematerialised every chunk_size tokens), "naive" (a
         Python loop over tokens; tests only).
-      chunk_size: tokens per chunk (chunked; an input shorter than it is one chunk, its
-        length rounded up to a multiple of the sub-chunk) or per rematerialised block (scan).
+      chunk_size: tokens per chunk (chunked; with implementation="xla" an input shorter than
+        it is one chunk, its length rounded up to a multiple of the sub-chunk) or per
+        rematerialised block (scan).
       implementation: for form="chunked", "xla" (the jnp form in `gated/chunk.py`, the
         reference) or "pallas" (the Pallas TPU kernel in `pallas/gla.py`, forward and backward;
         the Pallas interpreter off TPU, slow; chunk_size a power of two from 16 to 128).
