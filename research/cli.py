@@ -8,6 +8,8 @@ import traceback
 
 from absl import flags
 
+from research.ops.checks import file_in_the_way
+
 
 def fail(message: str, code: int = 2):
     """Print `error: message` to stderr and exit with `code` (2: a user mistake)."""
@@ -203,11 +205,8 @@ def positive_float(text: str) -> float:
 def out_dir_error(path: str) -> str | None:
     """Why results cannot be written under `path` (an output directory, made if missing): it,
     or a folder above it, exists and is not a directory. None when it can be."""
-    p = pathlib.Path(path).expanduser().absolute()
-    for q in (p, *p.parents):
-        if q.exists():
-            return None if q.is_dir() else f"{q} is not a directory"
-    return None
+    blocked = file_in_the_way(path)
+    return None if blocked is None else f"{blocked} is not a directory"
 
 
 def out_dir(text: str) -> str:

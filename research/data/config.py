@@ -1,9 +1,8 @@
 """The data section of a config, typed: the only configuration `research.data` reads."""
 
 import dataclasses
-import pathlib
 
-from research.ops.checks import check_positive_field
+from research.ops.checks import check_positive_field, file_in_the_way
 
 MQAR_VARIANTS = ("seqlab", "zoology")
 
@@ -85,8 +84,6 @@ class DataConfig:
                 )
         if self.shards < 0:
             raise ValueError(f"shards={self.shards}: must be >= 1 (logical data shards)")
-        if "://" not in self.data_dir:  # a local folder, made if missing: no file in the way
-            path = pathlib.Path(self.data_dir).expanduser().absolute()
-            blocked = next((p for p in (path, *path.parents) if p.exists()), None)
-            if blocked is not None and not blocked.is_dir():
-                raise ValueError(f"data_dir={self.data_dir!r}: {blocked} is a file, not a folder")
+        blocked = None if "://" in self.data_dir else file_in_the_way(self.data_dir)
+        if blocked is not None:
+            raise ValueError(f"data_dir={self.data_dir!r}: {blocked} is a file, not a folder")

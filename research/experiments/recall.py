@@ -39,6 +39,7 @@ from research.experiments.compare_attention import (
 from research.experiments.model_cost import decode_state_bytes, parameter_count
 from research.models import DecoderLM
 from research.models.config import attention_overrides
+from research.ops.checks import is_positive_int
 from research.report import (
     format_table,
     machine_header,
@@ -115,7 +116,7 @@ def points(c) -> list[Point]:
             f"({train_len} tokens) but test_segments reach {test_len}: use rotary or none"
         )
     for name in ("test_examples", "eval_batch_size"):
-        if not (isinstance(c[name], int) and not isinstance(c[name], bool) and c[name] > 0):
+        if not is_positive_int(c[name]):
             raise ConfigError(f"{name}={c[name]!r}: must be a positive int")
     seeds = study_seeds(c)
     d_ff = c.get("d_ff", 0)

@@ -4,6 +4,8 @@ They run on Python values (static shapes, config fields), so errors surface befo
 traced or compiled.
 """
 
+import pathlib
+
 import numpy as np
 
 
@@ -52,3 +54,11 @@ def check_causal_allowed(*, attention: str = "linear", feature_map=None) -> None
             "research.ops, favor also needs favor_projection=ops.favor_projection(key, "
             "num_features, head_dim))"
         )
+
+
+def file_in_the_way(path: str) -> pathlib.Path | None:
+    """The file that keeps a local folder `path` (made if missing) from being one: `path`
+    itself or the nearest existing folder above it, when that is not a directory; else None."""
+    p = pathlib.Path(path).expanduser().absolute()
+    existing = next((q for q in (p, *p.parents) if q.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None

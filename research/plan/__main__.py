@@ -188,8 +188,9 @@ def main(argv):
         devices, chip = devices_for(_TOPOLOGY.value, _NUM_SLICES.value)
         if _SWEEP.value and _LAYERS.value:
             fail("give one of --fsdp_sweep and --layers_sweep")
-        if (_SWEEP.value or _LAYERS.value) and out_dir_error(_OUT.value):
-            fail(f"--out={_OUT.value}: cannot write the sweep there: {out_dir_error(_OUT.value)}")
+        problem = out_dir_error(_OUT.value) if _SWEEP.value or _LAYERS.value else None
+        if problem:
+            fail(f"--out={_OUT.value}: cannot write the sweep there: {problem}")
         if _SWEEP.value:
             return fsdp_sweep(c, devices, chip, [_positive(_SWEEP, v) for v in _SWEEP.value])
         if _LAYERS.value:

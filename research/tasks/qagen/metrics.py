@@ -80,6 +80,16 @@ def question_scores(hyps: list[str], refs: list[str], passages: list[str]) -> di
     }
 
 
+def question_metrics(hyps: list[str], pairs: list[dict]) -> dict:
+    """Questions `hyps` for `pairs` against their gold questions: corpus BLEU-4, ROUGE-L F1 and
+    `question_scores` (what copying cannot score)."""
+    refs = [e["question"] for e in pairs]
+    scores = text_scores(hyps, refs)
+    return {"question_bleu4": scores["bleu"], "question_rougeL": scores["rougeL"]} | (
+        question_scores(hyps, refs, [e["passage"] for e in pairs])
+    )
+
+
 def baseline_question(ex: dict, word: str = "", ending: str = "") -> str:
     """The trivial baseline: the sentence that holds the answer, the answer removed (replaced by
     `word`, and `ending` appended: `template_question`)."""
@@ -148,17 +158,8 @@ def baseline_metrics(
     out = {}
     pairs = fitting(vocab, held_out, s, s.eval_examples)
     if pairs:
-        hyps, refs = [baseline_question(e) for e in pairs], [e["question"] for e in pairs]
-        scores = text_scores(hyps, refs)
-        out |= {"question_bleu4": scores["bleu"], "question_rougeL": scores["rougeL"]}
-        out |= question_scores(hyps, refs, [e["passage"] for e in pairs])
-        hyps = [template_question(e, template) for e in pairs]
-        scores = text_scores(hyps, refs)
-        out |= {
-            "template_question_bleu4": scores["bleu"],
-            "template_question_rougeL": scores["rougeL"],
-        }
-        got = question_scores(hyps, refs, [e["passage"] for e in pairs])
+        out |= question_metrics([baseline_question(e) for e in pairs], pairs)
+        got = question_metrics([template_question(e, template) for e in pairs], pairs)
         out |= {f"template_{k}": v for k, v in got.items()}
     passages = by_passage(held_out, s.eval_passages)
     if passages:
@@ -205,10 +206,7 @@ def evaluate_model(
             [e["answer"] for e in pairs],
             [e.get("answer_start", e["passage"].find(e["answer"])) for e in pairs],
         )
-        hyps, refs = [a["question"] for a in asked], [e["question"] for e in pairs]
-        scores = text_scores(hyps, refs)
-        out |= {"question_bleu4": scores["bleu"], "question_rougeL": scores["rougeL"]}
-        out |= question_scores(hyps, refs, [e["passage"] for e in pairs])
+        out |= question_metrics([a["question"] for a in asked], pairs)
     passages = by_passage(held_out, s.eval_passages)
     if passages:
         got = gen.generate([p for p, _ in passages], jax.random.key(seed))
