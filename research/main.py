@@ -92,12 +92,15 @@ def main(argv):
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         lock.acquire(_WORKDIR.value)
         if "experiment" in config:  # a sweep of training runs (research.experiments)
-            from research.experiments import EXPERIMENTS
+            from research.experiments import EXPERIMENTS, SWEPT
+            from research.experiments.sweep import refuse_swept_overrides
 
             if config.experiment not in EXPERIMENTS:
                 raise ConfigError(
                     f"experiment={config.experiment!r}: allowed {', '.join(EXPERIMENTS)}"
                 )
+            overrides = flags.FLAGS["config"].override_values
+            refuse_swept_overrides(config.experiment, overrides, SWEPT[config.experiment])
             try:
                 EXPERIMENTS[config.experiment](config, _WORKDIR.value)
             except Preempted as e:

@@ -80,6 +80,24 @@ def test_misspelt_override_names_the_flag_and_the_closest_key(tmp_path, flag, cl
     assert _error_line(r) == f"error: {name}: no such config key; did you mean {closest}?"
 
 
+def test_an_override_the_sweep_would_drop_is_refused(tmp_path):
+    """compare_attention sets every point's kind: --config.lm.model.attention was silently lost."""
+    r = _run(
+        [
+            "-m",
+            "research.main",
+            "--config=configs/compare_attention.py:smoke",
+            "--config.lm.model.attention=gla",
+            f"--workdir={tmp_path}",
+        ]
+    )
+    assert _error_line(r) == (
+        "error: --config.lm.model.attention: the compare_attention experiment sets it for every "
+        "point, so the override would be lost; use --config.attentions"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
 def test_config_file_that_does_not_compile_or_import(tmp_path, parse_flags, capsys):
     (tmp_path / "broken.py").write_text("def get_config(:\n    pass\n")
     (tmp_path / "imports.py").write_text("import no_such_module_xyz\n")

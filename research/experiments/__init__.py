@@ -21,3 +21,18 @@ EXPERIMENTS = {
     "qagen": qagen.run,
     "recall": recall.run,
 }
+# Per experiment, the keys it sets for every point: fnmatch pattern -> what to use instead
+# (research.main refuses a --config.KEY override of them; the sweep would drop it silently).
+SWEPT = {
+    name: getattr(module, "SWEPT", {})
+    for name, module in {
+        "compare_attention": compare_attention,
+        "exposure_bias": exposure_bias,
+        "pet": pet,
+        "theseus": theseus,
+        "embedding_dim": embedding_dim,
+        "gelu": gelu,
+        "qagen": qagen,
+        "recall": recall,
+    }.items()
+}

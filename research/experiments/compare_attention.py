@@ -45,6 +45,15 @@ from research.report import (
 )
 from research.train.config import ConfigError, parse
 
+# Keys point_config sets for every point (research.main refuses overrides of them).
+SWEPT = {
+    "*.model.attention": "use --config.attentions",
+    # set for the feature-map kinds, unread by the others
+    "*.model.feature_map": "use --config.attentions (a feature map is a kind: elu, taylor, ..)",
+    "*.model.d_model": "use --config.widths",
+    "*.model.d_ff": "it is 4 x width, or matched parameters with --config.equal_params=True",
+    "mqar.optimizer.learning_rate": "use --config.learning_rates or learning_rates_by_attention",
+}
 FIELDS = (
     "attention",
     "width",

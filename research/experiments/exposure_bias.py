@@ -43,6 +43,11 @@ VARIANTS = ("baseline",) + tuple(r for r in REMEDIES if r != "none")
 SEQUENCE_LEVEL = ("scst", "mrt")
 METRICS = ("rougeL", "rouge1", "rouge2", "bleu", "exact", "sentence_bleu")  # cells: the first 4
 PENALTY_PREFIX = "gradient_penalty_eps"
+# Keys every run sets (research.main refuses overrides of them).
+SWEPT = {
+    "base.seed": "use --config.seeds",
+    "base.seq2seq.remedy": "use --config.variants",
+}
 
 
 def expand_variants(variants, epsilons) -> list[str]:

@@ -36,6 +36,8 @@ FORMS = {"gelu": "none", "gelu_tanh": "tanh", "gelu_sigmoid": "sigmoid"}
 # The note's maximum errors: of erf(x/sqrt2) by the tanh form's inner tanh (so 2x that of Phi),
 # and of Phi by the sigmoid.
 NOTE_MAX_ERROR = {"tanh": 3.6e-4, "sigmoid": 9.5e-3}
+# Keys every point sets (research.main refuses overrides of them).
+SWEPT = {"lm.seed": "use --config.seeds", "lm.model.activation": "use --config.activations"}
 
 
 def forms_report(num_points: int = 400_000) -> dict:

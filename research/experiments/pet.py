@@ -60,6 +60,16 @@ NOTE = {
     "fine_tune": (88.93, math.nan),
 }
 MEDIAN = "_median"  # the zero-shot settings' rows with the label-free median threshold
+# Keys every run sets from the experiment's own (research.main refuses overrides of them).
+SWEPT = sweep.seeded_points(
+    "mlm",
+    "pet",
+    "classify",
+    **{f"{run}.{run}.init": "init" for run in ("mlm", "pet", "classify")},
+    **{f"{run}.{run}.labeled_examples": "labeled_fraction" for run in ("pet", "classify")},
+    **{"pet.pet.template": "patterns", "pet.pet.verbalizer": "verbalizer"},
+    **{"pet.pet.unlabeled": "settings", "pretrain.data.data_dir": "data.data_dir"},
+)
 
 
 def run(c, workdir: str) -> list[dict]:

@@ -45,6 +45,8 @@ METRICS = {
     "answer_f1": "answer F1",
     "answers": "answers kept / passage",
 }
+# Keys every run sets from the experiment's own (research.main refuses overrides of them).
+SWEPT = sweep.seeded_points(**{"run.qagen.init": "init"}) | {"run.seed": "use --config.seeds"}
 
 
 def run(c, workdir: str) -> list[dict]:

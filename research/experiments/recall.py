@@ -52,6 +52,20 @@ from research.report import (
 from research.train.config import ConfigError, parse
 from research.train.trained import load_trained
 
+# Keys point_config sets for every point (research.main refuses overrides of them).
+SWEPT = {
+    "mqar.model.attention": "use --config.attentions",
+    # set for the feature-map kinds, unread by the others
+    "mqar.model.feature_map": "use --config.attentions (a feature map is a kind: taylor, ..)",
+    "mqar.model.d_model": "use --config.widths",
+    "mqar.model.d_ff": "use --config.d_ff",
+    "mqar.optimizer.learning_rate": "use --config.learning_rates or learning_rates_by_attention",
+    "mqar.seed": "use --config.seeds",
+    "mqar.data.mqar_segments": "use --config.train_segments",
+    "mqar.data.seq_len": "it is the longest of --config.train_segments",
+    "mqar.data.mqar_variant": "the study draws Zoology's multiquery_ar",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Point:

@@ -1,6 +1,7 @@
 """One point of a sweep: an ordinary training run in its own directory, cached as result.json."""
 
 import copy
+import fnmatch
 import json
 import math
 import pathlib
@@ -48,6 +49,30 @@ def point_config(c, base: ConfigDict, seed: int, **sections) -> ConfigDict:
     for name, values in sections.items():
         pc[name].update(values)
     return pc
+
+
+def seeded_points(*sections: str, **kept: str) -> dict[str, str]:
+    """The keys `point_config` sets for every point built from these sections of the experiment's
+    config (their seed and data), plus `kept` (a section's key -> the experiment's key to use
+    instead): an experiment's SWEPT entries."""
+    out = {}
+    for name in sections:
+        out[f"{name}.seed"] = "use --config.seeds"
+        out[f"{name}.data.*"] = "every point reads the experiment's data: use --config.data.KEY"
+    return out | {k: f"use --config.{v}" for k, v in kept.items()}
+
+
+def refuse_swept_overrides(experiment: str, overrides, swept: dict[str, str]) -> None:
+    """ConfigError for a --config.KEY override of a key the sweep sets for every point, which it
+    would overwrite without a word. overrides: the dotted keys given on the command line;
+    swept: fnmatch pattern -> what to use instead (the experiment module's SWEPT)."""
+    for key in overrides:
+        for pattern, instead in swept.items():
+            if fnmatch.fnmatchcase(key, pattern):
+                raise ConfigError(
+                    f"--config.{key}: the {experiment} experiment sets it for every point, so "
+                    f"the override would be lost; {instead}"
+                )
 
 
 def check_keeps_every_checkpoint(c: ConfigDict, names: tuple[str, ...]) -> None:

@@ -51,6 +51,14 @@ NOTE = {
     ("theseus", 0.5): 59.61,
     ("theseus", 0.25): 59.36,
 }
+# Keys every run sets from the experiment's own (research.main refuses overrides of them).
+SWEPT = sweep.seeded_points(
+    "pretrain",
+    "finetune",
+    "theseus",
+    **{"finetune.classify.init": "init"},
+    **{"theseus.theseus.init": "init", "theseus.theseus.successor_layers": "successor_layers"},
+)
 
 
 def _note(kind: str, fraction: float) -> float:

@@ -14,7 +14,7 @@ from research.plan.chips import Chip
 class Plan:
     """Per-device compiler figures for one compiled step."""
 
-    name: str  # "train" | "eval"
+    name: str  # "train" | "eval" | "decode"
     argument_bytes: int
     output_bytes: int
     alias_bytes: int  # outputs written into donated arguments (counted once)

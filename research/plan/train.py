@@ -68,12 +68,22 @@ def check(c, num_devices: int, platform: str | None = None) -> RunConfig:
     return parse(c, num_devices=num_devices, platform=platform)
 
 
-def _decode_plan(run: RunConfig, mesh, data: TaskData, new_tokens: int) -> Plan:
+def _decode_plan(run: RunConfig, mesh, data: TaskData, new_tokens: int):
     """Greedy decoding of `new_tokens` after a batch_size x seq_len prompt (KV cache or
-    recurrent state), parameters sharded by the training rules, batch over (data, fsdp)."""
+    recurrent state; an encoder-decoder's source is the prompt and it decodes from bos),
+    parameters sharded by the training rules, batch over (data, fsdp). Returns (the jitted
+    function, its abstract arguments), traced once here so that a model that cannot decode
+    fails in one line before anything compiles."""
+    from research.models import Bert, EncoderDecoder
     from research.ops import decoding
 
     model = _model(run, data, run.data.seq_len + new_tokens)
+    if isinstance(model, Bert) and not model.cfg.mlm_head:
+        raise ValueError(
+            f"--decode={new_tokens}: the {run.task} task's model (a BERT without an MLM head) "
+            "does not generate; --decode plans tasks whose model generates (lm, chat, mqar, "
+            "mlm, qagen, seq2seq)"
+        )
     model.eval()
     graph, params, rest = nnx.split(model, nnx.Param, ...)
     abstract_params = _abstract(nnx.to_pure_dict(params), sharding.state_shardings(params, mesh))
@@ -87,10 +97,19 @@ def _decode_plan(run: RunConfig, mesh, data: TaskData, new_tokens: int) -> Plan:
 
     def decode(params, rest, prompt):
         m = nnx.merge(graph, params, rest)
-        logits, cache = m.prefill(prompt, max_length=prompt.shape[1] + new_tokens)
-        return decoding.greedy(m.decode_step, logits, cache, max_new_tokens=new_tokens)
+        if isinstance(m, EncoderDecoder):  # bos, then new_tokens - 1 more
+            bos = getattr(data.vocab, "bos_id", 1)  # a constant of the program, not a shape
+            logits, cache = m.prefill(prompt, bos_id=bos, max_length=new_tokens)
+            steps = new_tokens - 1
+        else:
+            logits, cache = m.prefill(prompt, max_length=prompt.shape[1] + new_tokens)
+            steps = new_tokens
+        return decoding.greedy(m.decode_step, logits, cache, max_new_tokens=steps)
 
-    return compile_for_devices("decode", jax.jit(decode), abstract_params, abstract_rest, prompt)[0]
+    fn = jax.jit(decode)
+    args = (abstract_params, abstract_rest, prompt)
+    jax.eval_shape(fn, *args)
+    return fn, args
 
 
 # The analytic FLOP model of each attention kind's token mixing (research.ops.attention.cost).
@@ -205,6 +224,7 @@ def plan_train(c, devices, *, eval_step: bool = False, decode_tokens: int = 0) -
     task = tasks.get(run.task)
     data = task.abstract_data(run)
     mesh, model_def, opt, sh, state, batch = abstract_train(run, devices, data)
+    decode = _decode_plan(run, mesh, data, decode_tokens) if decode_tokens else None
     loss_fn = task.loss_fn(run, data)
     train = step.make_train_step(
         model_def, opt, loss_fn, mesh=mesh, shardings=sh, accum_steps=run.train.accum_steps
@@ -217,6 +237,7 @@ def plan_train(c, devices, *, eval_step: bool = False, decode_tokens: int = 0) -
     if eval_step:
         ev = step.make_eval_step(model_def, loss_fn, mesh=mesh, shardings=sh)
         plans.append(compile_for_devices("eval", ev, state, batch)[0])
-    if decode_tokens:
-        plans.append(_decode_plan(run, mesh, data, decode_tokens))
+    if decode:
+        fn, args = decode
+        plans.append(compile_for_devices("decode", fn, *args)[0])
     return plans

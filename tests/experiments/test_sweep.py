@@ -1,11 +1,13 @@
 """A sweep point cached by result.json is reused, and the line logged before it says so."""
 
+import fnmatch
 import json
 
 import pytest
 
 from configs import mqar
 from research.experiments import sweep
+from research.models.config import CAUSAL_FEATURE_MAPS
 from research.train.config import ConfigError
 
 
@@ -48,3 +50,82 @@ def test_a_finished_point_with_another_config_is_refused(tmp_path):
     pc.num_train_steps += 1
     with pytest.raises(ConfigError, match="different config"):
         sweep.train_point(pc, out, {"seed": 0})
+
+
+def _keys(c, prefix=""):
+    """Every leaf key of a ConfigDict, dotted."""
+    out = []
+    for k, v in c.items():
+        out += _keys(v, f"{prefix}{k}.") if hasattr(v, "items") else [f"{prefix}{k}"]
+    return out
+
+
+@pytest.mark.parametrize(
+    "name", ["compare_attention", "recall", "gelu", "pet", "theseus", "qagen", "exposure_bias"]
+)
+def test_every_swept_key_exists_and_its_override_is_refused(name):
+    """Each experiment's SWEPT patterns name keys its config has (none stale), and an override
+    of one is a one-line ConfigError naming the key and what to use instead."""
+    import importlib
+
+    from research.experiments import SWEPT
+
+    c = importlib.import_module(f"configs.{name}").get_config("smoke")
+    keys = _keys(c)
+    for pattern in SWEPT[name]:
+        matched = [k for k in keys if fnmatch.fnmatchcase(k, pattern)]
+        assert matched, (name, pattern)
+        with pytest.raises(ConfigError, match=rf"^--config\.{matched[0]}: the {name} experiment"):
+            sweep.refuse_swept_overrides(name, {"num_train_steps": 1, matched[0]: 0}, SWEPT[name])
+    sweep.refuse_swept_overrides(name, {"data_dir": "/d", "seeds": (1,)}, SWEPT[name])
+
+
+def _sentinel_lost(c, key, module) -> None:
+    """Sets key (dotted) on a copy of c to a sentinel of its type; no point config keeps it."""
+    section, *path = key.split(".")
+    sentinel = c.copy_and_resolve_references()
+    sub = sentinel[section]
+    for part in path[:-1]:
+        sub = sub[part]
+    old = sub[path[-1]]
+    mark = {str: "sentinel", int: 7, float: 0.7, tuple: ("8:1",)}[type(old)]
+    if path[-1] == "feature_map":  # checked for every kind, so a valid one none of them is
+        mark = "relu"
+    sub[path[-1]] = mark
+    points = module.points(sentinel)
+    if path[-1] == "feature_map":  # the kinds that read it
+        points = [p for p in points if p.attention in CAUSAL_FEATURE_MAPS]
+    assert points
+    for p in points:
+        value = module.point_config(sentinel, p)
+        for part in path:
+            value = value[part]
+        assert value != mark, (key, p)
+
+
+def test_the_swept_keys_are_the_ones_the_points_overwrite():
+    """Against the points' configs themselves: a sentinel set on a SWEPT key of compare_attention
+    and recall, or on sweep.point_config's seed and data, never reaches a point; a key left out
+    of SWEPT (short_conv, which only the delta kinds reset) does."""
+    from configs import compare_attention as ca_config
+    from configs import pet as pet_config
+    from configs import recall as recall_config
+    from research.experiments import compare_attention, pet, recall
+
+    c = ca_config.get_config("smoke")
+    for key in ("lm.model.attention", "lm.model.d_model", "lm.model.d_ff",
+                "mqar.model.feature_map", "mqar.optimizer.learning_rate"):  # fmt: skip
+        assert any(fnmatch.fnmatchcase(key, p) for p in compare_attention.SWEPT), key
+        _sentinel_lost(c, key, compare_attention)
+    c = recall_config.get_config("smoke")
+    for key in recall.SWEPT.keys() - {"mqar.seed"}:  # points() refuses a seed of its own
+        _sentinel_lost(c, key, recall)
+    kept = c.copy_and_resolve_references()
+    kept.mqar.model.short_conv = 2
+    assert recall.point_config(kept, recall.points(kept)[0]).model.short_conv == 2  # softmax
+    # sweep.point_config (pet, theseus, qagen): seed and data come from the experiment.
+    c = pet_config.get_config("smoke")
+    c.pet.seed, c.pet.data.seq_len = 7, 7
+    assert fnmatch.fnmatchcase("pet.data.seq_len", "pet.data.*") and "pet.seed" in pet.SWEPT
+    pc = sweep.point_config(c, c.pet, 3)
+    assert pc.seed == 3 and pc.data.seq_len == c.data.seq_len != 7

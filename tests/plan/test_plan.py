@@ -393,3 +393,22 @@ def test_a_packed_plan_compiles_the_step_with_its_document_ids():
     (packed,) = plan_train(c, jax.devices()[:4])
     rows_per_device = c.batch_size // 4  # data 2 x fsdp 2
     assert packed.argument_bytes - plain.argument_bytes == rows_per_device * c.data.seq_len * 4
+
+
+def test_decode_plans_every_generating_model_and_refuses_others_before_compiling(monkeypatch):
+    """--decode: an encoder-decoder decodes from bos after its source (it used to fail with a
+    TypeError after the train step had compiled); a classifier is refused in one line before
+    anything compiles."""
+    from configs import classify, seq2seq
+    from research.plan import train
+
+    c = seq2seq.get_config("smoke")
+    plans = plan_train(c, jax.devices()[:1], decode_tokens=4)
+    assert [p.name for p in plans] == ["train", "decode"]
+    assert plans[1].temp_bytes > 0 and plans[1].argument_bytes > 0
+
+    compiled = []
+    monkeypatch.setattr(train, "compile_for_devices", lambda *a: compiled.append(a))
+    with pytest.raises(ValueError, match=r"^--decode=4: the classify task's model .* generates"):
+        plan_train(classify.get_config("smoke"), jax.devices()[:1], decode_tokens=4)
+    assert compiled == []
