@@ -122,3 +122,17 @@ def test_lists_are_lists_whichever_way_they_are_written():
         as_list((), int, name="widths")
     c = compare_attention.get_config()
     assert c.widths == (64,) and c.learning_rates == (1e-2,)
+
+
+@pytest.mark.parametrize("config", ["mqar", "chat", "classify", "mlm", "seq2seq"])
+def test_document_boundaries_outside_the_lm_is_refused(config):
+    """Only the lm task packs documents: elsewhere the switch was accepted and ignored."""
+    import importlib
+
+    c = importlib.import_module(f"configs.{config}").get_config("smoke")
+    c.data.document_boundaries = True
+    with pytest.raises(ConfigError, match=r"^data.document_boundaries=True: the \w+ task does not"):
+        parse(c)
+    c = lm.get_config("smoke")
+    c.data.document_boundaries = True
+    assert parse(c).data.document_boundaries

@@ -223,28 +223,26 @@ class SoftmaxAttention(Attention):
             q.shape[1] % 128
             or k.shape[1] % 128
             or (mask is not None and mask.ndim != 2)
-            or document_ids is not None
             or platform() != "tpu"
         ):
-            # The kernel's blocks are 128 tokens and it takes key-padding masks only; off TPU,
-            # and for prefill, cross-attention decoding, UniLM masks or packed documents, the
-            # same math blockwise.
+            # The kernel's blocks are 128 tokens and it takes key-padding masks and segment ids
+            # only; off TPU, and for prefill, cross-attention decoding or UniLM masks, the same
+            # math blockwise.
             impl = "blockwise"
 
-        def fn(q, k, v, mask=None):
+        def fn(q, k, v, mask=None, document_ids=None):
             return ops.softmax_attention(
                 q, k, v, causal=causal, mask=mask, implementation=impl, segment_ids=document_ids
             )
 
         if impl != "tpu_flash":
-            return fn(q, k, v, mask)
+            return fn(q, k, v, mask, document_ids)
         # A Mosaic kernel is not partitioned by XLA: one call per device, batch and heads split.
         # Grouped k/v are repeated first, so each device's k/v heads are its query heads' own.
+        # Packed documents reach the kernel as its segment ids (None arguments stay None).
         k, v = self._repeat_kv(k, v)
         names = ((BATCH, LENGTH, HEADS, None),) * 3
-        if mask is None:
-            return per_device(fn, *names)(q, k, v)
-        return per_device(fn, *names, (BATCH, None))(q, k, v, mask)
+        return per_device(fn, *names, (BATCH, None), (BATCH, LENGTH))(q, k, v, mask, document_ids)
 
     def empty_state(self, batch, max_length):
         shape = (batch, max_length, self.cfg.kv_heads, self.cfg.head_dim)

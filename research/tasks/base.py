@@ -68,6 +68,7 @@ class Task(abc.ABC):
     section: str | None = None  # ConfigDict section with the task's own options (or None)
     section_type: type | None = None  # its typed dataclass
     causal: bool = True  # the model has causal self-attention (checked against the model)
+    packs_documents: bool = False  # honours data.document_boundaries (packed rows, segment ids)
     # Its loss is a per-token cross entropy (perplexity, tokens/s); False for a classifier,
     # whose run summary shows accuracy and examples/s instead.
     predicts_tokens: bool = True

@@ -29,6 +29,7 @@ def lm_loss(model, batch: dict, *, key=None, step=None):
 
 class LmTask(Task):
     name = "lm"
+    packs_documents = True
 
     def build_data(self, run: RunConfig) -> TaskData:
         train_source, eval_source, tok = sources.text_sources(run.data)

@@ -84,6 +84,11 @@ def parse(
             )
     run = RunConfig(c.task, train, optimizer, mesh, data, model, task_config, c.to_dict())
     task.check_attention(run)
+    if data.document_boundaries and not task.packs_documents:
+        raise ConfigError(
+            f"data.document_boundaries=True: the {c.task} task does not pack documents (only "
+            "lm does); leave it False"
+        )
     if check_devices:
         task.validate(run)
     return run

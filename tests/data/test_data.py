@@ -374,6 +374,21 @@ def test_lm_rows_with_document_boundaries(tmp_path):
     assert after_eos.sum() > 4  # several documents per row: the check above is not vacuous
 
 
+def test_a_padded_packed_row_trains_no_padding_and_keeps_the_ids_ordered():
+    """documents=True on a partial last window (packing marks its tail 0): no target is a pad
+    (pad == pad would count as one document), a pad is no document's continuation, and the ids
+    stay non-decreasing with the pads in one id of their own."""
+    from research.data.lm import _shift
+
+    seg = np.asarray([[1, 1, 1, 2, 2, 0, 0, 0]])
+    toks = np.asarray([[5, 6, 7, 8, 9, 0, 0, 0]])
+    b = _shift({"tokens": toks, "tokens_segment_ids": seg}, documents=True)
+    np.testing.assert_array_equal(b["weights"], [[1, 1, 0, 1, 0, 0, 0]])
+    ids = b["document_ids"][0]
+    np.testing.assert_array_equal(ids[:5], [1, 1, 1, 2, 2])
+    assert np.all(np.diff(ids) >= 0) and len(set(ids[5:]) - {1, 2}) == 1
+
+
 @pytest.mark.parametrize("task", builders.SEQ2SEQ_TASKS)
 def test_seq2seq_synthetic_tasks(task, tmp_path):
     rng = np.random.default_rng(0)

@@ -110,6 +110,9 @@ def test_retnet_decays_are_the_papers():
         dict(attention="retnet", positions="rotary"),
         dict(attention="deltanet"),
         dict(attention="gated_deltanet", positions="rotary"),
+        # the 1b_gdn preset's layer stack: scanned and rematerialised layers pass the ids on
+        dict(attention="gated_deltanet", scan_layers=True, remat="full"),
+        dict(attention="softmax", scan_layers=True, remat="save_qkv_proj", short_conv=3),
     ],
     ids=lambda kw: "-".join(str(v) for v in kw.values()),
 )
@@ -137,6 +140,36 @@ def test_packed_documents_get_the_logits_they_get_alone(kw):
     loss, weight, _ = lm_loss(model, _shift(row, documents=True))
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     assert float(weight) == 4 + 6
+
+
+def test_tpu_flash_takes_packed_documents_as_its_segment_ids(monkeypatch):
+    """On a TPU the flash kernel gets the packed documents (it used to fall back to blockwise
+    silently). Off TPU the kernel cannot run, so the platform is patched and the op's call is
+    recorded and answered by the dense form: the documents' ids reach it and each document gets
+    its own logits."""
+    from research import ops
+    from research.models import attention as attention_module
+
+    calls = []
+    real = ops.softmax_attention
+
+    def kernel(*args, implementation, segment_ids=None, **kw):
+        calls.append((implementation, None if segment_ids is None else np.asarray(segment_ids)))
+        return real(*args, implementation="xla", segment_ids=segment_ids, **kw)
+
+    cfg = {**TINY, "max_length": 128, "softmax_implementation": "tpu_flash"}
+    model = DecoderLM(ModelConfig(**cfg), rngs=nnx.Rngs(2))
+    toks = jax.random.randint(jax.random.PRNGKey(3), (1, 128), 1, TINY["vocab_size"])
+    doc = jnp.asarray([[0] * 50 + [1] * 78])
+    monkeypatch.setattr(attention_module, "platform", lambda: "tpu")
+    monkeypatch.setattr(ops, "softmax_attention", kernel)
+    packed = model(toks, document_ids=doc)
+    assert [c[0] for c in calls] == ["tpu_flash"] * TINY["num_layers"]
+    assert all(np.array_equal(c[1], doc) for c in calls)
+    monkeypatch.undo()
+    for start, stop in ((0, 50), (50, 128)):
+        alone = model(toks[:, start:stop])
+        np.testing.assert_allclose(packed[:, start:stop], alone, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

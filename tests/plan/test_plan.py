@@ -14,6 +14,8 @@ from flax import nnx
 from configs import lm
 from research import tasks
 from research.plan import chips, plan_train
+from research.plan import train as plan_module
+from research.plan.compiler import compile_for_devices
 from research.train import optim, sharding, step
 from research.train.config import parse
 
@@ -277,6 +279,21 @@ def test_tpu_flash_kernel_compiles_per_device_for_v5e_and_drops_the_score_matrix
         flash = plan_train(c, devices)[0]
     scores = 1 * 2 * 4096 * 4096 * 4  # per device: batch 1, 2 heads
     assert flash.temp_bytes > 0 and dense.temp_bytes - flash.temp_bytes >= scores
+    # Packed documents go to the kernel as its segment ids (they used to make the model fall
+    # back to blockwise): the compiled step still calls Mosaic, forward and backward.
+    c.data.document_boundaries = True
+    texts = []
+
+    def keep_text(name, fn, *args):
+        plan, compiled = compile_for_devices(name, fn, *args)
+        texts.append(compiled.as_text())
+        return plan, compiled
+
+    with jax.default_matmul_precision("default"), pytest.MonkeyPatch.context() as m:
+        m.setattr(plan_module, "compile_for_devices", keep_text)
+        packed = plan_train(c, devices)[0]
+    assert _mosaic_calls(texts[0]) >= 2 and packed.temp_bytes == flash.temp_bytes
+    c.data.document_boundaries = False
     c.mesh.data = 1
     with pytest.raises(ValueError, match="'tpu_flash' needs a TPU .* backend is 'cpu'"):
         plan_train(c, jax.devices()[:1])

@@ -106,6 +106,8 @@ def _shapes(batch) -> dict:
     "config, overrides",
     [
         ("mqar", {}),
+        ("lm", {}),
+        ("lm", {"data.document_boundaries": True}),  # document_ids reach the batches
         ("seq2seq", {"seq2seq.layout": "encdec"}),
         ("seq2seq", {"seq2seq.layout": "unilm", "model.attention": "softmax"}),
     ],
