@@ -6,7 +6,9 @@
 
 MFU = model FLOPs per step / step time / measured matmul peak (research.report), with the
 PaLM count (Chowdhery et al. 2022, appendix B): 6 N + 12 n_layers d_model length FLOPs per token,
-N the parameters that multiply activations (the tied output projection included, lookups not).
+N the parameters that multiply activations (the tied output projection included, lookups not);
+for the other attention kinds 12 d_model length becomes 3 x their own mixing FLOPs per token
+(`research.models.flops.mixing_flops`).
 """
 
 import argparse
@@ -19,6 +21,7 @@ from flax import nnx
 from research.cli import out_dir, positive_int
 from research.config import OptimizerConfig
 from research.models import DecoderLM, ModelConfig
+from research.models.flops import mixing_flops
 from research.models.partitioning import REMAT_POLICIES
 from research.ops.attention import SOFTMAX_IMPLEMENTATIONS, softmax
 from research.report import format_table, machine_header, matmul_peak, median_time, write_csv
@@ -27,9 +30,11 @@ from research.train import optim, sharding, step
 
 
 def model_flops_per_token(cfg: ModelConfig, params) -> float:
+    """6 N + 3 n_layers M: M the attention's forward mixing FLOPs per token at max_length
+    (`research.models.flops.mixing_flops`; 4 length d_model for softmax, PaLM's 12 with the 3)."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
     n = sum(x.size for path, x in leaves if "position" not in jax.tree_util.keystr(path))
-    return 6.0 * n + 12.0 * cfg.num_layers * cfg.d_model * cfg.max_length
+    return 6.0 * n + 3.0 * cfg.num_layers * mixing_flops(cfg, cfg.max_length)
 
 
 def model_shape(args) -> dict:

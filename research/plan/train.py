@@ -15,9 +15,7 @@ from flax import nnx
 
 from research import tasks
 from research.config import RunConfig
-from research.models import ModelConfig
-from research.ops import feature_maps as fm
-from research.ops.attention.cost import attention_flops
+from research.models.flops import attention_params, mixing_flops
 from research.plan.compiler import Plan, compile_for_devices
 from research.tasks import TaskData
 from research.train import optim, sharding, step
@@ -110,49 +108,6 @@ def _decode_plan(run: RunConfig, mesh, data: TaskData, new_tokens: int):
     args = (abstract_params, abstract_rest, prompt)
     jax.eval_shape(fn, *args)
     return fn, args
-
-
-# The analytic FLOP model of each attention kind's token mixing (research.ops.attention.cost).
-_MIXING_IMPL = {
-    "linear": "linear-chunked",
-    "gla": "gla-chunked",
-    "retnet": "gla_scalar-chunked",
-    "deltanet": "delta-chunked",
-    "gated_deltanet": "delta-chunked",
-}
-
-
-def mixing_flops(m: ModelConfig, seq: int) -> float:
-    """Forward FLOPs per token and layer of the attention's token mixing at `seq` tokens:
-    softmax 4 S H Dh (QK^T and PV in full, as MaxText counts), the linear and gated / delta
-    kinds their chunked forms' count (`research.ops.attention.cost.attention_flops`)."""
-    if m.attention not in _MIXING_IMPL:
-        return 4 * seq * m.num_heads * m.head_dim
-    fdim = fm.feature_dim(m.feature_map, m.head_dim) if m.attention == "linear" else None
-    total = attention_flops(
-        _MIXING_IMPL[m.attention],
-        batch=1,
-        length=seq,
-        heads=m.num_heads,
-        head_dim=m.head_dim,
-        feature_dim=fdim,
-        chunk_size=m.chunk_size,
-    )
-    return total / seq
-
-
-def attention_params(m: ModelConfig) -> int:
-    """Matmul parameters of one attention layer: q, k, v, o, plus the gated / delta kinds'
-    output gate (d x H Dh), GLA's low-rank gate (d r + r H Dh) and the delta kinds' beta and
-    decay projections (d x H each)."""
-    d, h, dh = m.d_model, m.num_heads, m.head_dim
-    n = d * dh * (2 * h + 2 * m.kv_heads)
-    if m.attention in _MIXING_IMPL and m.attention != "linear":
-        n += d * h * dh
-    if m.attention == "gla":
-        n += d * m.gla_gate_rank + m.gla_gate_rank * h * dh
-    n += {"deltanet": d * h, "gated_deltanet": 2 * d * h}.get(m.attention, 0)
-    return n
 
 
 def model_flops(run: RunConfig) -> float:

@@ -51,3 +51,29 @@ def test_bad_arguments_exit_with_a_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_recurrent_kind_is_credited_its_own_mixing_not_softmaxs():
+    """Gated DeltaNet's step was credited softmax's 12 d length per layer and token (MFU 23% too
+    high at the accelerator check's shape); now 3 x its chunked form's count, by hand: at
+    C = Dk = Dv = 16 (one chunk of 16 tokens, 2 heads) the delta form's
+    4 C Dk + 4 C (Dk + Dv) + 2 C^2 / 3 + 2 Dk (Dk + Dv) + 2 Dk^2 Dv / C + 2 Dk Dv per head."""
+    import jax
+    from flax import nnx
+
+    from research.models import DecoderLM, ModelConfig
+
+    cfg = ModelConfig(
+        vocab_size=64, d_model=32, num_heads=2, num_layers=1, d_ff=64, max_length=16,
+        attention="gated_deltanet", chunk_size=16,
+    )  # fmt: skip
+    params = nnx.to_pure_dict(nnx.state(DecoderLM(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+    n = sum(x.size for x in jax.tree.leaves(params))  # no position table: learned, 16 x 32
+    n -= 16 * 32
+    c = dk = dv = 16
+    per_head = (
+        4 * c * dk + 4 * c * (dk + dv) + 2 * c * c / 3 + 2 * dk * (dk + dv)
+        + 2 * dk * dk * dv / c + 2 * dk * dv
+    )  # fmt: skip
+    want = 6 * n + 3 * 1 * 2 * per_head
+    assert train.model_flops_per_token(cfg, params) == pytest.approx(want)

@@ -7,10 +7,15 @@ batch and head, with L tokens, D = head_dim, Dv = value_dim, F = feature_dim, C 
   linear chunked (causal): L (2 C F + 2 C Dv + 4 F Dv): the C x C intra-chunk scores and their
     product with V, plus phi(Q) S and the state update phi(K)^T V.
   linear scan / cumsum, and every non-causal linear form: L 4 F Dv.
-  gla chunked (gated linear attention, `research.ops.attention.gated`): as linear chunked with
-    F = Dk, L (2 C Dk + 2 C Dv + 4 Dk Dv); gla scan: L 4 Dk Dv (the rank-1 update k v^T and
-    the readout S^T q; the gate's elementwise decay of S is not counted). "gla_scalar-*" (one
-    gate per head and step) counts as "gla-*": the same matmuls.
+  gla chunked (gated linear attention, `research.ops.attention.gated`), per-key-dim gate:
+    L (4 C Dk + 2 C Dv + 4 Dk Dv), the path the op takes whenever every chunk's log-gates sum
+    to >= -40 (always at GLA's initialisation): linear chunked's matmuls with F = Dk, plus the
+    chunk's cumulative log-gates as a [C, C] x [C, Dk] triangular matmul (2 C Dk a token).
+    A chunk decaying further takes the pairwise tree, L ((C - 1)(Dk + Dv) + 4 Dk Dv): about
+    0.6 x the count above at C = D = 64, so for such inputs the count is an upper bound.
+    "gla_scalar-chunked" (one gate per head and step): L (2 C Dk + 2 C Dv + 4 Dk Dv), its
+    partial sums of scalar gates left out. gla scan (either gate): L 4 Dk Dv (the rank-1
+    update k v^T and the readout S^T q; the gate's elementwise decay of S is not counted).
   delta scan (the delta rule's token recurrence): L 6 Dk Dv (k^T S, the rank-1 update k u^T,
     the readout).
   delta chunked (the WY form as `research.ops.attention.delta.chunk` computes it), per chunk of
@@ -77,7 +82,9 @@ def attention_flops(
     c = min(chunk_size, length)
     if impl.startswith("softmax"):
         per_row = length * (head_dim + dv) * (1 if causal else 2)
-    elif impl in ("gla-chunked", "gla_scalar-chunked"):
+    elif impl == "gla-chunked":
+        per_row = 4 * c * head_dim + 2 * c * dv + 4 * head_dim * dv
+    elif impl == "gla_scalar-chunked":
         per_row = 2 * c * head_dim + 2 * c * dv + 4 * head_dim * dv
     elif impl in ("gla-scan", "gla_scalar-scan"):
         per_row = 4 * head_dim * dv

@@ -7,6 +7,7 @@ import pytest
 
 from research.ops.attention.cost import BACKWARD_FLOP_FACTOR, FLOP_IMPLS, attention_flops
 from research.ops.attention.delta import chunk, recurrent
+from research.ops.attention.gated import chunk as gla_chunk
 
 
 def _sd(*shape, dtype=jnp.float32):
@@ -30,7 +31,10 @@ def test_hand_counts():
     kw = dict(batch=1, length=128, heads=1, head_dim=16, value_dim=8, chunk_size=32)
     assert attention_flops("gla-scan", **kw) == 128 * 4 * 16 * 8
     assert attention_flops("delta-scan", **kw) == 128 * 6 * 16 * 8
-    assert attention_flops("gla-chunked", **kw) == attention_flops("linear-chunked", **kw)
+    scalar = attention_flops("gla_scalar-chunked", **kw)
+    assert scalar == attention_flops("linear-chunked", **kw)  # the same matmuls, F = Dk
+    # The per-key-dim gate adds its cumulative log-gates: a [C, C] x [C, Dk] matmul per chunk.
+    assert attention_flops("gla-chunked", **kw) == scalar + 4 * 2 * 32 * 32 * 16
     c, dk, dv = 32, 16, 8
     per_chunk = (
         2 * c * c * dk  # K K^T
@@ -82,3 +86,25 @@ def test_delta_scan_model_matches_xla_cost_analysis_of_one_step():
     xla = _xla_flops(recurrent.recurrence, *args)
     model = attention_flops("delta-scan", batch=b, length=1, heads=h, head_dim=dk, value_dim=dv)
     assert model <= xla <= model + 4.5 * b * h * dk * dv, (xla, model)
+
+
+@pytest.mark.parametrize("gate", ["per_key_dim", "scalar"])
+def test_gla_chunked_model_matches_xla_cost_analysis_of_one_chunk(gate):
+    """One chunk of 64 tokens, B1 H2 Dk = Dv = 64, the per-key-dim gate on its usual (factored)
+    path and the scalar gate: XLA's count of the block (every product, plus the gates, masks and
+    exponentials the model leaves out) is within 10% above the model's. The per-key-dim count
+    once left out the cumulative log-gates' matmul (XLA: 1.28 x the model then)."""
+    b, t, h, d = 1, 64, 2, 64
+    qkv = _sd(1, 1, t, h, d)  # [B, N, C, H, D]: one block of one chunk
+    dg = d if gate == "per_key_dim" else 1
+
+    def block(s, q, k, v, g):
+        p = jnp.zeros((b,), jnp.int32)
+        sub = gla_chunk.sub_chunk_size(t)
+        factored = gate == "per_key_dim"
+        return gla_chunk.block_step(s, p, q, k, v, g, None, scale=1.0, sub=sub, factored=factored)
+
+    xla = _xla_flops(block, _sd(b, h, d, d), qkv, qkv, qkv, _sd(1, 1, t, h, dg))
+    impl = "gla-chunked" if gate == "per_key_dim" else "gla_scalar-chunked"
+    model = attention_flops(impl, batch=b, length=t, heads=h, head_dim=d)
+    assert model <= xla <= 1.1 * model, (xla, model)
