@@ -21,7 +21,12 @@ kinds have it, so deltanet and gated_deltanet differ only by the decay.) Rotary 
 to q and k when `positions="rotary"`, as for the other kinds (fla rotates only RetNet's).
 Differences from fla's defaults, by design: Dk = Dv = head_dim for every kind (fla: expand_k
 0.5 for GLA, expand_v 2 for RetNet and Gated DeltaNet), q/k/v/o biases follow `use_bias`, and
-with GQA the gates and beta stay per query head while k and v are shared.
+with GQA the gates and beta stay per query head while k and v are shared. Also: RetNet's
+output norm is fla's per-head RMSNorm, not the paper's GroupNorm (no mean, no bias); the norm's
+eps is `layer_norm_eps` (default 1e-5, fla's layer default; fla's model configs pass 1e-6);
+the q/k/v convolutions start from PyTorch Conv1d's default, uniform +-1/sqrt(width) (fla's
+models re-initialise every Conv1d as normal(0, 0.02)); a convolution tap w[s] multiplies
+x_{t-s} (fla's Conv1d weight is the reverse, w[K-1-s]).
 
 Right padding (a key-padding mask [B, L], True = real, pads after the real tokens, as the
 models make it) and packed documents (`document_ids` [B, L]) are exact: a padded token has
@@ -58,10 +63,9 @@ from research.models.partitioning import BATCH, HEADS, per_device, platform
 
 
 def head_rms_norm(o, weight, eps: float):
-    """RMSNorm over the last axis of o [..., Dv] (each head on its own), fp32 inside."""
+    """RMSNorm over the last axis of o [..., Dv] (each head on its own), in and out fp32."""
     x = o.astype(jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
-    return (x * weight).astype(o.dtype)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
 def l2_normalise(x, eps: float = 1e-6):
@@ -208,11 +212,13 @@ class RecurrentAttention(Attention):
         return per_device(fn, *names, out=out)(q, k, v, g, beta, document_ids, initial_state)
 
     def _readout(self, x, o):
-        """Per-head RMSNorm times swish(W_g x), then W_o."""
+        """Per-head RMSNorm times swish(W_g x), then W_o; the norm, the swish and their
+        product in fp32, rounded to the model's dtype once (fla's fused norm-gate does the
+        same)."""
         cfg = self.cfg
-        o = head_rms_norm(o, self.norm.get_value(), cfg.layer_norm_eps)
-        gate = jax.nn.silu(self.gate(x)).reshape(o.shape)
-        return self._out(o * gate.astype(o.dtype))
+        normed = head_rms_norm(o, self.norm.get_value(), cfg.layer_norm_eps)
+        gate = jax.nn.silu(self.gate(x).astype(jnp.float32)).reshape(o.shape)
+        return self._out((normed * gate).astype(o.dtype))
 
     # -- full sequence -------------------------------------------------------------------------
     def __call__(self, x, *, mask=None, positions=None, context=None, document_ids=None):

@@ -53,8 +53,11 @@ def _conv(x, w):
     return y
 
 
-def test_gla_layer_equals_numpy():
-    cfg = ModelConfig(**TINY, attention="gla", positions="none", gla_gate_rank=3)
+@pytest.mark.parametrize("temperature", [16.0, 2.5])
+def test_gla_layer_equals_numpy(temperature):
+    cfg = ModelConfig(
+        **TINY, attention="gla", positions="none", gla_gate_rank=3, gla_gate_temperature=temperature
+    )
     attn = make_attention(cfg, causal=True, rngs=nnx.Rngs(0))
     x = np.random.default_rng(0).standard_normal((2, 11, 16)).astype(np.float32)
     got = attn(jnp.asarray(x))
@@ -62,7 +65,7 @@ def test_gla_layer_equals_numpy():
     heads = lambda t: t.reshape(2, 11, 2, 8)  # noqa: E731
     q, k, v = (heads(_dense(p, xd)) for p in (attn.q, attn.k, attn.v))
     logit = _dense(attn.gate_up, _dense(attn.gate_down, xd))
-    g = heads(-np.log1p(np.exp(-logit)) / 16.0)  # log-sigmoid / temperature
+    g = heads(-np.log1p(np.exp(-logit)) / temperature)  # log-sigmoid / temperature
     o, _ = np_gated_linear_attention(q, k, v, g)
     want = _readout(attn, xd, o, cfg.layer_norm_eps)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-4)
@@ -88,6 +91,34 @@ def test_delta_layers_equal_numpy(kind):
         g = -np.exp(_np(attn.a_log.get_value())) * np.log1p(np.exp(a))
         assert np.all(g < 0)
     o, _ = np_delta_rule(q, k, v, beta, log_gate=g)
+    want = _readout(attn, xd, o, cfg.layer_norm_eps)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-4)
+
+
+def test_retnet_layer_equals_numpy():
+    """RetNet: the scalar per-head decays of the paper, the key convolution, rotary q and k,
+    and the readout (per-head RMSNorm, swish gate, W_o), against NumPy."""
+    cfg = ModelConfig(**TINY, attention="retnet", positions="rotary", short_conv=2)
+    attn = make_attention(cfg, causal=True, rngs=nnx.Rngs(4))
+    x = np.random.default_rng(4).standard_normal((2, 9, 16)).astype(np.float32)
+    pos = np.broadcast_to(np.arange(9), (2, 9))
+    got = attn(jnp.asarray(x), positions=jnp.asarray(pos))
+    xd = _np(x)
+    heads = lambda t: t.reshape(2, 9, 2, 8)  # noqa: E731
+    xk = _conv(xd, _np(attn.key_conv.get_value()))  # the key convolution on x
+    q, k, v = heads(_dense(attn.q, xd)), heads(_dense(attn.k, xk)), heads(_dense(attn.v, xd))
+    # Rotary (split halves, base 10,000) on q and k.
+    half = 4
+    freq = 10_000.0 ** (-np.arange(half) / half)
+    ang = pos[..., None, None] * freq
+    cos, sin = np.cos(ang), np.sin(ang)
+
+    def rot(t):
+        a, b = t[..., :half], t[..., half:]
+        return np.concatenate([a * cos - b * sin, a * sin + b * cos], -1)
+
+    g = np.broadcast_to(np.log(1 - 2.0 ** (-5 - np.arange(2))), (2, 9, 2))
+    o, _ = np_gated_linear_attention(rot(q), rot(k), v, g)
     want = _readout(attn, xd, o, cfg.layer_norm_eps)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-4)
 

@@ -44,6 +44,14 @@ RECURRENT_KINDS = {
     "deltanet": dict(attention="deltanet"),
     "gated_deltanet": dict(attention="gated_deltanet"),
     "gated_deltanet-scan-gqa": dict(attention="gated_deltanet", linear_form="scan", num_kv_heads=1),
+    # Every kind with GQA; the options away from their defaults; the scan forms.
+    "gla-gqa-conv-rank3-temp2": dict(
+        attention="gla", num_kv_heads=1, short_conv=3, gla_gate_rank=3, gla_gate_temperature=2.0
+    ),
+    "gla-scan": dict(attention="gla", linear_form="scan"),
+    "retnet-gqa-scan": dict(attention="retnet", num_kv_heads=1, linear_form="scan"),
+    "deltanet-gqa-conv2": dict(attention="deltanet", num_kv_heads=1, qkv_conv=2),
+    "gated_deltanet-gqa-conv5": dict(attention="gated_deltanet", num_kv_heads=1, qkv_conv=5),
 }
 DECODER_KINDS = {**CAUSAL_KINDS, **CONV_KINDS, **RECURRENT_KINDS}
 ENCODER_KINDS = {
