@@ -95,14 +95,12 @@ def _decode_plan(run: RunConfig, mesh, data: TaskData, new_tokens: int):
 
     def decode(params, rest, prompt):
         m = nnx.merge(graph, params, rest)
-        if isinstance(m, EncoderDecoder):  # bos, then new_tokens - 1 more
+        if isinstance(m, EncoderDecoder):  # the target: bos, then the new tokens
             bos = getattr(data.vocab, "bos_id", 1)  # a constant of the program, not a shape
-            logits, cache = m.prefill(prompt, bos_id=bos, max_length=new_tokens)
-            steps = new_tokens - 1
+            logits, cache = m.prefill(prompt, bos_id=bos, max_length=new_tokens + 1)
         else:
             logits, cache = m.prefill(prompt, max_length=prompt.shape[1] + new_tokens)
-            steps = new_tokens
-        return decoding.greedy(m.decode_step, logits, cache, max_new_tokens=steps)
+        return decoding.greedy(m.decode_step, logits, cache, max_new_tokens=new_tokens)
 
     fn = jax.jit(decode)
     args = (abstract_params, abstract_rest, prompt)

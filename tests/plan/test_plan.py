@@ -423,6 +423,7 @@ def test_decode_plans_every_generating_model_and_refuses_others_before_compiling
     plans = plan_train(c, jax.devices()[:1], decode_tokens=4)
     assert [p.name for p in plans] == ["train", "decode"]
     assert plans[1].temp_bytes > 0 and plans[1].argument_bytes > 0
+    assert plans[1].output_bytes == c.batch_size * 4 * 4  # [batch, 4] int32 tokens
 
     compiled = []
     monkeypatch.setattr(train, "compile_for_devices", lambda *a: compiled.append(a))
