@@ -12,8 +12,12 @@ from research.ops.checks import file_in_the_way
 
 
 def fail(message: str, code: int = 2):
-    """Print `error: message` to stderr and exit with `code` (2: a user mistake)."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print `error: message` to stderr and exit with `code` (2: a user mistake). The exit code
+    stands even when stderr cannot take the line (a log file on the disk that filled)."""
+    try:
+        print(f"error: {message}", file=sys.stderr)
+    except OSError:
+        pass
     sys.exit(code)
 
 

@@ -120,6 +120,10 @@ def main(argv):
         fail(str(e), code=1)
     except faults.NoSpaceLeft as e:
         fail(str(e), code=3)
+    except OSError as e:  # a full disk outside a save: the lock, run files, a sweep's results
+        if not faults.is_disk_full(e):
+            raise
+        fail(f"the disk filled ({faults.one_line(e)}); nothing saved before is changed", code=3)
     finally:
         lock.release()
     if jax.process_index() == 0:

@@ -14,13 +14,17 @@ def signal_after_metrics(
 
     The signal goes to `cmd`'s process only (a launcher forwards it to its children itself), or
     with `group` to every process of its own new process group, as `timeout`, a job manager's
-    stop or `kill -- -PGID` do. `during()` is called just before the signal, while it runs."""
+    stop or `kill -- -PGID` do. `during()` is called just before the signal, while it runs.
+    The command starts with `sig` at its default action: a run keeps a signal its parent ignores
+    ignored (SIGHUP under nohup, SIGINT in a script's background job), and so would a suite run
+    that way."""
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=group,
+        preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL),
         **popen,
     )
     wait_for_lines(proc, metrics, lines)

@@ -148,14 +148,19 @@ def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
                 f"{out} holds a run with a different config ({what}); use a new --workdir"
             )
         return saved
+    summary = None
     try:
-        summary = loop.train_and_evaluate(parse(pc), str(out))
-        if summary.preempted:  # a partial run is not a result
+        run = parse(pc)
+        summary = loop.train_and_evaluate(run, str(out))
+        finished = summary.last_step == run.train.num_train_steps
+        if summary.preempted and not finished:  # a partial run is not a result
             raise Preempted(
                 f"preempted in {out} at step {summary.last_step} (saved); rerun the "
                 "same command to resume the sweep there"
             )
         ev, rate, note = summary.eval, summary.tokens_per_second, ""
+        if summary.steps_run == 0:  # finished before, stopped before result.json was written
+            ev, rate = logged_result(out, summary.last_step)
     except loop.NonFiniteLoss as e:
         ev, rate, note = {"accuracy": math.nan, "loss": math.nan}, math.nan, str(e)
         print(f"  {out.name}: {e}", flush=True)
@@ -170,4 +175,28 @@ def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
         tmp = result_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(result_path)  # atomic: a killed sweep never leaves a half-written result
+    if summary is not None and summary.preempted:  # stopped after its last step: the sweep stops
+        raise Preempted(
+            f"stopped in {out} after its last step (its result is saved); rerun the same "
+            "command to go on with the sweep"
+        )
     return result
+
+
+def logged_result(out: pathlib.Path, last_step: int) -> tuple[dict, float]:
+    """(eval, tokens/s) of a run that finished in an earlier process, from its metrics.jsonl: the
+    eval row at its last step and the last train row's throughput. A ConfigError if the log
+    lacks that eval row (written by process 0 only)."""
+    path = pathlib.Path(out) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    evals = [r for r in rows if r["split"] == "eval" and r["step"] == last_step]
+    if not evals:
+        raise ConfigError(
+            f"{out} holds a finished run (step {last_step}) without its result.json or its "
+            "final evaluation in metrics.jsonl; rerun with a new --workdir"
+        )
+    ev = {k: v for k, v in evals[-1].items() if k not in ("step", "split")}
+    rates = [
+        r["tokens_per_second"] for r in rows if r["split"] == "train" and "tokens_per_second" in r
+    ]
+    return ev, rates[-1] if rates else math.nan

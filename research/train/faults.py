@@ -41,8 +41,9 @@ _NOISE = (
 
 
 def is_disk_full(e: BaseException | None) -> bool:
-    """Whether `e`, its causes, contexts or group members come from a full disk (ENOSPC, as
-    Python's OSError or as TensorStore's RESOURCE_EXHAUSTED ... os_error_code='28')."""
+    """Whether `e`, its causes, contexts or group members come from a full disk or an exceeded
+    disk quota (ENOSPC or EDQUOT, as Python's OSError or as TensorStore's RESOURCE_EXHAUSTED
+    ... os_error_code='28' / '122')."""
     seen = set()
     todo = [e]
     while todo:
@@ -50,10 +51,12 @@ def is_disk_full(e: BaseException | None) -> bool:
         if x is None or id(x) in seen:
             continue
         seen.add(id(x))
-        if isinstance(x, OSError) and x.errno == errno.ENOSPC:
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         text = str(x)
-        if "No space left on device" in text or "os_error_code='28'" in text:
+        if any(s in text for s in ("No space left on device", "Disk quota exceeded")):
+            return True
+        if f"os_error_code='{errno.ENOSPC}'" in text or f"os_error_code='{errno.EDQUOT}'" in text:
             return True
         todo += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
     return False

@@ -48,7 +48,12 @@ class _Preemption:
     def __init__(self):
         self.flag = False
         self.name = ""  # the first signal received, or "" when another process was signalled
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        # A signal the process ignores stays ignored: SIGHUP under `nohup` must not stop a run.
+        self.previous = {
+            sig: signal.signal(sig, self._handle)
+            for sig in self.SIGNALS
+            if signal.getsignal(sig) is not signal.SIG_IGN
+        }
 
     def _handle(self, signum, frame):
         # No printing here: the handler may interrupt the progress bar's own write to stderr.

@@ -1,5 +1,6 @@
 """A sweep point cached by result.json is reused, and the line logged before it says so."""
 
+import dataclasses
 import fnmatch
 import json
 
@@ -8,6 +9,7 @@ import pytest
 from configs import mqar
 from research.experiments import sweep
 from research.models.config import CAUSAL_FEATURE_MAPS
+from research.train import loop
 from research.train.config import ConfigError
 
 
@@ -50,6 +52,37 @@ def test_a_finished_point_with_another_config_is_refused(tmp_path):
     pc.num_train_steps += 1
     with pytest.raises(ConfigError, match="different config"):
         sweep.train_point(pc, out, {"seed": 0})
+
+
+def test_a_point_stopped_after_its_last_step_keeps_its_result(tmp_path, monkeypatch):
+    """A point whose last step and final evaluation finished, but whose result.json was not
+    written (a SIGTERM during the last step, or a kill after the final save), cached an empty
+    result ({"eval": {}}, 0 tokens/s) on the next run. Now: the stopped run's own result is
+    saved before the sweep stops, and a run resumed at its end reads its final evaluation back
+    from metrics.jsonl, equal to the first run's."""
+    pc = mqar.get_config("smoke")
+    pc.data.data_dir = str(tmp_path / "data")
+    out = tmp_path / "point"
+    first = sweep.train_point(pc, out, {"seed": 0})
+    assert first["eval"] and first["tokens_per_second"] > 0
+    (out / "result.json").unlink()  # killed between the final save and result.json
+    again = sweep.train_point(pc, out, {"seed": 0})
+    assert again["eval"] == first["eval"]
+    assert again["tokens_per_second"] > 0 and (out / "result.json").exists()
+
+    n = pc.num_train_steps
+    stopped = loop.Summary(n, n, 1.0, {"accuracy": 0.5}, 10.0, preempted=True, signal="SIGTERM")
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda run, workdir: stopped)
+    other = tmp_path / "stopped"
+    other.mkdir()  # as the run leaves it
+    with pytest.raises(sweep.Preempted, match="after its last step"):
+        sweep.train_point(pc, other, {"seed": 0})
+    assert json.loads((other / "result.json").read_text())["eval"] == {"accuracy": 0.5}
+    partial = dataclasses.replace(stopped, last_step=n - 1)
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda run, workdir: partial)
+    with pytest.raises(sweep.Preempted, match=f"at step {n - 1}"):
+        sweep.train_point(pc, tmp_path / "partial", {"seed": 0})
+    assert not (tmp_path / "partial" / "result.json").exists()
 
 
 def _keys(c, prefix=""):

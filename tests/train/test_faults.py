@@ -1,0 +1,87 @@
+"""research.train.faults and the one-line exits of research.main for faults outside a save."""
+
+import errno
+import signal
+
+import pytest
+
+from research.train import faults
+
+
+def test_a_full_disk_and_an_exceeded_quota_are_recognised():
+    """ENOSPC and EDQUOT (a shared cluster's quota), as Python raises them and as TensorStore
+    words them, also inside a cause chain; another OSError is not a full disk."""
+    assert faults.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert faults.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    for code in (28, 122):
+        ts = ValueError(f"RESOURCE_EXHAUSTED: Error writing file [os_error_code='{code}']")
+        assert faults.is_disk_full(ts)
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as inner:
+            raise RuntimeError("saving failed") from inner
+    except RuntimeError as outer:
+        assert faults.is_disk_full(outer)
+    assert not faults.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not faults.is_disk_full(ValueError("os_error_code='2'"))
+
+
+def test_fail_exits_with_its_code_when_stderr_cannot_take_the_line(monkeypatch):
+    """On a full disk stderr may be a file on that disk: the exit code still stands."""
+    from research import cli
+
+    class FullStderr:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("sys.stderr", FullStderr())
+    with pytest.raises(SystemExit) as e:
+        cli.fail("the disk filled", code=3)
+    assert e.value.code == 3
+
+
+def test_an_ignored_signal_stays_ignored():
+    """`nohup` ignores SIGHUP: a run started that way must not stop when the terminal closes.
+    The signals the process handles get the loop's flag handler, and restore() puts them back."""
+    from research.train.loop import _Preemption
+
+    before = {s: signal.getsignal(s) for s in _Preemption.SIGNALS}
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        p = _Preemption()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == p._handle
+        p.restore()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def test_a_full_disk_outside_a_save_is_one_line_and_exit_3(tmp_path, monkeypatch, capsys):
+    """An ENOSPC from a write outside Orbax's saves (the lock's holder file, the run files, a
+    sweep's result.json) gave a traceback and exit 1."""
+    from absl import flags
+
+    import research.main
+    from research import cli
+    from research.train import loop
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "model.json"))
+
+    monkeypatch.chdir(research.main.__file__.rsplit("/research/", 1)[0])
+    cli.parse_flags(["research.main", "--config=configs/lm.py:smoke", f"--workdir={tmp_path}"])
+    try:
+        monkeypatch.setattr(loop, "train_and_evaluate", full)
+        with pytest.raises(SystemExit) as e:
+            research.main.main(["research.main"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 3 and len(lines) == 1, lines
+    assert lines[0].startswith("error: the disk filled (") and "model.json" in lines[0]
