@@ -226,6 +226,7 @@ def run(c, workdir: str) -> list[dict]:
         out = workdir / "runs" / f"{name}_seed{seed}"
         log(sweep.start_message(out, f"training {name} seed {seed}"))
         sweep.train_point(pc, out, {"run": name, "seed": seed})
+        every = pc.checkpoint_every_steps
 
         if setting == "zero_shot_mlm":
             load = functools.cache(functools.partial(load_trained, out))  # on a cache miss only
@@ -238,9 +239,10 @@ def run(c, workdir: str) -> list[dict]:
                 if median:
                     record(setting + MEDIAN, i, seed, median)
         elif setting == "fine_tune":
-            record(setting, "-", seed, best_validation(out, fine_tune_acc))
+            record(setting, "-", seed, best_validation(out, fine_tune_acc, every))
         else:
-            record(setting, p, seed, best_validation(out, lambda m, v, p=p: pattern_acc(m, v, p)))
+            acc = functools.partial(pattern_acc, i=p)
+            record(setting, p, seed, best_validation(out, acc, every))
 
     rows = summarize(results, settings, templates)
     if jax.process_index() == 0:
@@ -255,14 +257,17 @@ def run(c, workdir: str) -> list[dict]:
     return rows
 
 
-def best_validation(out: pathlib.Path, accuracy) -> dict:
+def best_validation(out: pathlib.Path, accuracy, every: int | None = None) -> dict:
     """The reference's model selection: accuracy (validation, test) at every kept checkpoint of
-    run `out` (each cached in out/eval_step{N}), reported at the step of best validation
-    accuracy (the earliest of equals), with the final step's beside it.
+    run `out` on the schedule (each cached in out/eval_step{N}), reported at the step of best
+    validation accuracy (the earliest of equals), with the final step's beside it.
 
     Args:
       out: a trained run's workdir.
       accuracy: (model, vocab) -> {"validation": %, "test": %}.
+      every: the run's checkpoint_every_steps: only its multiples and the final step are
+        candidates, so a checkpoint a stop (SIGTERM, Ctrl-C) saved off the schedule cannot make
+        an interrupted run choose differently from an uninterrupted one. None: every step.
 
     Returns:
       validation, test (at the best validation step), best_step, validation_final, test_final,
@@ -271,6 +276,7 @@ def best_validation(out: pathlib.Path, accuracy) -> dict:
     steps = params_io.checkpoint_steps(out / "checkpoints")
     if not steps:
         raise ConfigError(f"{out}: no checkpoints to select from")
+    steps = [s for s in steps if every is None or s % every == 0 or s == steps[-1]]
     acc = {
         s: sweep.cached_result(
             out / f"eval_step{s}", lambda s=s: accuracy(*load_trained(out, step=s)[:2])

@@ -295,6 +295,19 @@ def test_best_validation_reports_test_at_the_earliest_best_validation_step(tmp_p
         "test_final": 63.0,
         "final_step": 200,
     }
+    # A stop at step 120 saved a checkpoint off the schedule (every 50): not a candidate, even
+    # with the best validation accuracy.
+    val[120], test[120] = 70.0, 50.0
+    (tmp_path / "eval_step120").mkdir()
+    (tmp_path / "eval_step120" / "accuracy.json").write_text(
+        json.dumps({"validation": 70.0, "test": 50.0})
+    )
+    got = pet_experiment.best_validation(tmp_path, lambda *a: pytest.fail("all cached"), 50)
+    assert got["best_step"] == 100 and got["test"] == 58.0
+    assert (
+        pet_experiment.best_validation(tmp_path, lambda *a: pytest.fail("cached"))["best_step"]
+        == 120
+    )
 
 
 @pytest.mark.parametrize("preset", ["", "smoke", "strong"])
