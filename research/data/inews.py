@@ -16,8 +16,10 @@ __init__ would load them with plain `pickle.load`.
 """
 
 import importlib.util
+import io
 import pathlib
 import pickle
+import pickletools
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -44,12 +46,40 @@ class _NoGlobals(pickle.Unpickler):
         raise _GlobalRefused(f"it names the global {module}.{name}")
 
 
+# Opcodes that name or call code. EXT1/2/4 fetch a global from copyreg's extension registry
+# without find_class (a registered, already used extension would be called); PERSID asks the
+# unpickler for an object by id. A plain-data pickle has none of them.
+_CODE_OPCODES = frozenset(
+    ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ", "NEWOBJ_EX")
+    + ("EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID")
+)
+
+
+def _refuse_code(data: bytes) -> None:
+    """_GlobalRefused at the first opcode of _CODE_OPCODES, before anything is unpickled (the
+    message names the global where the opcodes say it: GLOBAL, INST, or the two strings pushed
+    before a STACK_GLOBAL)."""
+    strings = []
+    for op, arg, pos in pickletools.genops(data):
+        if isinstance(arg, str) and op.name not in ("GLOBAL", "INST"):
+            strings = [*strings[-1:], arg]
+        if op.name in ("GLOBAL", "INST"):
+            module, name = str(arg).split(" ", 1)
+            raise _GlobalRefused(f"it names the global {module}.{name}")
+        if op.name == "STACK_GLOBAL" and len(strings) == 2:
+            raise _GlobalRefused(f"it names the global {strings[0]}.{strings[1]}")
+        if op.name in _CODE_OPCODES:
+            raise _GlobalRefused(f"opcode {op.name} at byte {pos} (code, not plain data)")
+
+
 def read_plain_pickle(path) -> object:
     """The object in a pickle made only of plain containers, strings and numbers; DataError (one
     line, naming the file) for one that names any global or cannot be read."""
     try:
         with open(path, "rb") as f:
-            return _NoGlobals(f).load()
+            data = f.read()
+        _refuse_code(data)  # every opcode checked first; find_class refuses globals again
+        return _NoGlobals(io.BytesIO(data)).load()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     except _GlobalRefused as e:

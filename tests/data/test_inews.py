@@ -47,6 +47,34 @@ def test_a_pickle_naming_a_global_is_refused(tmp_path):
         inews.read_items(_write(tmp_path, "i.pkl", pickle.dumps(([_Thing()], ["x"], [1]))))
 
 
+def test_every_opcode_that_reaches_code_is_refused_before_loading(tmp_path):
+    """Hand-written pickles for each way a pickle reaches code. EXT1 fetches a global from
+    copyreg's extension registry without find_class: once an extension is registered and used,
+    a find_class-only unpickler would call it (here len("abc") would return 3). A builtins eval
+    is refused by name, so a find_class that allowed `builtins` would still fail this test."""
+    import copyreg
+
+    cases = {
+        "global": b"cbuiltins\neval\n(S'1+1'\ntR.",
+        "inst": b"(S'1+1'\nibuiltins\neval\n.",
+        "stack_global": b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93\x8c\x031+1\x85R.",
+        "persid": b"Pfoo\n.",
+        "binpersid": b"\x80\x02X\x03\x00\x00\x00fooQ.",
+        "ext1": b"\x80\x02\x82\xf0X\x03\x00\x00\x00abc\x85R.",
+    }
+    copyreg.add_extension("builtins", "len", 240)
+    try:
+        assert pickle.loads(cases["ext1"]) == 3  # the registry's cache is warm: the bypass
+        for name, data in cases.items():
+            msg = _refused(_write(tmp_path, f"{name}.pkl", data))
+            if name in ("global", "inst", "stack_global"):
+                assert "names the global builtins.eval" in msg, msg
+            else:
+                assert "opcode" in msg and ("PERSID" in msg or "EXT1" in msg), msg
+    finally:
+        copyreg.remove_extension("builtins", "len", 240)
+
+
 def test_plain_lists_load_and_bad_shapes_are_data_errors(tmp_path):
     data = (["标题一", " ", "标题三"], ["正文一", "正文二", "正文三 "], [0, 1, 2])
     items = inews.read_items(_write(tmp_path, "ok.pkl", pickle.dumps(data)))
