@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 
+from research.data import DataError
 from research.data.config import parse_segments
 
 
@@ -259,6 +260,8 @@ def mqar_config(
         segments=segments,
     )
     name = f"v{vocab_size}_l{seq_len}_kv{num_kv_pairs}_n{train_examples}_s{seed}"
+    if test_examples != 1_000:  # the default keeps the names of datasets built before
+        name += f"_t{test_examples}"
     if segments:
         name = f"v{vocab_size}_l{seq_len}_mix{'_'.join(f'{n}x{k}' for n, k in segments)}"
         name += f"_n{train_examples}_t{test_examples}_s{seed}"
@@ -351,7 +354,10 @@ def seq2seq_config(
         test_examples=test_examples,
         seed=seed,
     )
-    return Seq2SeqConfig(name=f"{task}_len{min_len}-{max_len}_n{train_examples}_s{seed}", **fields)
+    name = f"{task}_len{min_len}-{max_len}_n{train_examples}_s{seed}"
+    if test_examples != 500:  # the default keeps the names of datasets built before
+        name += f"_t{test_examples}"
+    return Seq2SeqConfig(name=name, **fields)
 
 
 class Seq2seqSynthetic(_Synthetic):
@@ -373,7 +379,17 @@ class Seq2seqSynthetic(_Synthetic):
 
 
 def build(builder_cls, data_dir: str, config=None):
-    """Builds (once) and returns the builder; later calls reuse the files in data_dir."""
+    """Builds (once) and returns the builder; later calls reuse the files in data_dir. A reused
+    synthetic build whose split sizes differ from its config's (a name that did not encode
+    them, from before) is a DataError naming it, not silently another test set."""
     builder = builder_cls(data_dir=data_dir, config=config, file_format="array_record")
     builder.download_and_prepare()
+    for split in ("train", "test"):
+        want = getattr(config, f"{split}_examples", None)
+        got = builder.info.splits[split].num_examples if split in builder.info.splits else None
+        if want is not None and got is not None and got != want:
+            raise DataError(
+                f"{builder.data_dir} holds {got} {split} examples, its config asks for {want}; "
+                "delete that directory or use another data_dir"
+            )
     return builder

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import sys
 
@@ -68,6 +69,21 @@ def test_mqar_zoology_variant_is_zoologys_multiquery_ar(kv, length):
 def test_mqar_variant_is_checked_and_names_its_dataset():
     assert builders.mqar_config(variant="zoology").name.endswith("_zoology")
     assert builders.mqar_config().name == "v8192_l256_kv16_n20000_s0"  # datasets built before
+    # A test set of another size is another dataset (it reused the default's test split).
+    assert builders.mqar_config(test_examples=7).name == "v8192_l256_kv16_n20000_s0_t7"
+    assert builders.seq2seq_config(test_examples=7).name.endswith("_n20000_s0_t7")
+
+
+def test_a_reused_build_of_another_size_is_refused_not_read(tmp_path):
+    """A build made under a name that did not encode the test size (as before) is refused in
+    one line when the config asks for another size."""
+    small = builders.mqar_config(vocab_size=64, seq_len=16, num_kv_pairs=2, train_examples=8,
+                                 test_examples=5)  # fmt: skip
+    b = builders.build(builders.Mqar, str(tmp_path), small)
+    assert b.info.splits["test"].num_examples == 5
+    stale = dataclasses.replace(small, test_examples=7)  # same name, as names were
+    with pytest.raises(DataError, match=r"holds 5 test examples, its config asks for 7"):
+        builders.build(builders.Mqar, str(tmp_path), stale)
     with pytest.raises(ValueError, match="mqar_variant='zoo': allowed seqlab, zoology"):
         DataConfig(mqar_variant="zoo")
 
