@@ -89,9 +89,10 @@ def mlm_dataset(
     """Masked-LM batches of one shard (BERT, Devlin et al. 2019; whole-word masking, Cui et al.
     2019), with `vocab` a `research.data.wordpiece.BertVocab`.
 
-    Each record's text is tokenised: with whole_word, its space-separated words (People's
-    Daily's segmentation) are the masking units; without it, or for text with no space (raw
-    reviews), every token is its own unit. Consecutive sentences are packed in order into rows
+    Each record's text is tokenised: with whole_word the text must be word-segmented (People's
+    Daily's gold words, jieba's in zh_pretrain) and its space-separated words are the masking
+    units; without it (raw text such as the reviews, whose spaces are not word boundaries)
+    every token is its own unit. Consecutive sentences are packed in order into rows
     [CLS] s1 s2 ... [SEP] of at most seq_len tokens (a sentence longer than seq_len - 2 is cut),
     padded with [PAD], then masked by `masking.mlm_mask`. Row r of a shard draws its masks from
     a generator seeded by (seed, shard, shards, r), so resuming from grain's saved state gives
@@ -109,9 +110,8 @@ def mlm_dataset(
 
     def tokenize(record):
         text = record_text(record[text_key])
-        words = text.split()
-        if whole_word and len(words) > 1:
-            ids, word_index = vocab.encode_words(words)
+        if whole_word:  # segmented text: its space-separated words are the units
+            ids, word_index = vocab.encode_words(text.split())
         else:
             ids = vocab.encode(text)
             word_index = range(len(ids))
