@@ -126,52 +126,62 @@ def beam_search(
     alpha: float = 0.0,
     pad_id: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
-    """Batched beam search over log-probabilities.
+    """Batched beam search over log-probabilities, finished hypotheses kept apart (as Flax's and
+    T2T's beam search, and Hugging Face's BeamSearchScorer, do).
 
-    Beams that emit `eos_id` are frozen (their later tokens are pad_id and add 0 log-prob); at
-    the end every beam is scored log p(Y) / length_penalty(|Y|, alpha), |Y| counting EOS.
-    Returns (tokens [B, beam_size, max_new_tokens], scores [B, beam_size]), best first.
+    Each step extends the K alive beams by every token and takes the 2K best candidates by
+    log p: those ending in `eos_id` join the finished set, scored log p(Y) / length_penalty(|Y|,
+    alpha) with |Y| counting EOS, which keeps its K best; the K best of the others stay alive
+    (at most K of the 2K end in EOS, so K remain). A finished hypothesis is never pushed out by
+    alive ones. At the end the alive beams are scored the same way at max_new_tokens tokens
+    (Hugging Face's finalize) and compete with the finished ones.
+    Returns (tokens [B, beam_size, max_new_tokens], pad_id after EOS; scores [B, beam_size]),
+    best first.
     """
     _check(max_new_tokens, ())
     check_positive_int("beam_size", beam_size)
     b, vocab = logits.shape
     if beam_size > vocab:
         raise ValueError(f"beam_size {beam_size} exceeds the vocabulary size {vocab}")
+    for name, token_id in (("eos_id", eos_id), ("pad_id", pad_id)):
+        if not 0 <= token_id < vocab:
+            raise ValueError(
+                f"{name}={token_id!r} is not a token id of the {vocab}-token vocabulary"
+            )
     k = beam_size
 
-    def expand(x):  # [B, ...] -> [B * K, ...], each row repeated K times
-        return jnp.repeat(x, k, axis=0)
+    def take(x, index):  # x [B, N, ...] -> [B, M, ...] at index [B, M]
+        return jnp.take_along_axis(x, index.reshape(*index.shape, *([1] * (x.ndim - 2))), 1)
 
-    cache = jax.tree.map(expand, cache)
-    logits = expand(logits)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
+    logits = jnp.repeat(logits, k, axis=0)
     # Only beam 0 is alive at the start, so the K copies do not produce duplicate hypotheses.
-    logp = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf), (b, 1))
-    frozen_row = jnp.full((vocab,), -jnp.inf).at[pad_id].set(0.0)
+    alive_lp = jnp.tile(jnp.where(jnp.arange(k) == 0, 0.0, -jnp.inf), (b, 1))
+    alive_seq = jnp.full((b, k, max_new_tokens), pad_id, jnp.int32)
+    fin_seq, fin_score = alive_seq, jnp.full((b, k), -jnp.inf)
 
     def body(t, state):
-        logits, cache, seqs, logp, finished, lengths = state
+        logits, cache, alive_seq, alive_lp, fin_seq, fin_score = state
         step_lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(b, k, vocab)
-        step_lp = jnp.where(finished[..., None], frozen_row, step_lp)
-        total = (logp[..., None] + step_lp).reshape(b, k * vocab)
-        logp, flat = lax.top_k(total, k)
+        total = (alive_lp[..., None] + step_lp).reshape(b, k * vocab)
+        cand_lp, flat = lax.top_k(total, 2 * k)
         parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
-
-        def pick(x):
-            return jnp.take_along_axis(x, parent.reshape(b, k, *([1] * (x.ndim - 2))), axis=1)
-
-        seqs = pick(seqs).at[:, :, t].set(token)
-        was_finished = pick(finished)
-        lengths = pick(lengths) + (~was_finished).astype(jnp.int32)
-        finished = was_finished | (token == eos_id)
-        rows = (jnp.arange(b)[:, None] * k + parent).reshape(-1)
+        cand_seq = take(alive_seq, parent).at[:, :, t].set(token)
+        eos = token == eos_id
+        # Finished: the K best of those kept so far and this step's EOS candidates.
+        new_score = jnp.where(eos, cand_lp / length_penalty(t + 1, alpha), -jnp.inf)
+        fin_score, best = lax.top_k(jnp.concatenate([fin_score, new_score], 1), k)
+        fin_seq = take(jnp.concatenate([fin_seq, cand_seq], 1), best)
+        # Alive: the K best candidates that did not end.
+        alive_lp, best = lax.top_k(jnp.where(eos, -jnp.inf, cand_lp), k)
+        alive_seq = take(cand_seq, best)
+        rows = (jnp.arange(b)[:, None] * k + take(parent, best)).reshape(-1)
         cache = jax.tree.map(lambda x: x[rows], cache)
-        logits, cache = step_fn(token.reshape(-1), cache)
-        return logits, cache, seqs, logp, finished, lengths
+        logits, cache = step_fn(take(token, best).reshape(-1), cache)
+        return logits, cache, alive_seq, alive_lp, fin_seq, fin_score
 
-    seqs = jnp.full((b, k, max_new_tokens), pad_id, jnp.int32)
-    zeros = jnp.zeros((b, k), jnp.int32)
-    init = (logits, cache, seqs, logp, zeros.astype(bool), zeros)
-    _, _, seqs, logp, _, lengths = lax.fori_loop(0, max_new_tokens, body, init)
-    scores = logp / length_penalty(lengths, alpha)
-    order = jnp.argsort(-scores, axis=-1)
-    return jnp.take_along_axis(seqs, order[..., None], 1), jnp.take_along_axis(scores, order, 1)
+    init = (logits, cache, alive_seq, alive_lp, fin_seq, fin_score)
+    _, _, alive_seq, alive_lp, fin_seq, fin_score = lax.fori_loop(0, max_new_tokens, body, init)
+    alive_score = alive_lp / length_penalty(jnp.int32(max_new_tokens), alpha)
+    scores, best = lax.top_k(jnp.concatenate([fin_score, alive_score], 1), k)
+    return take(jnp.concatenate([fin_seq, alive_seq], 1), best), scores

@@ -1,3 +1,6 @@
+import itertools
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +58,66 @@ def test_beam_search_eos_freezes_and_length_penalty():
     assert tuple(best[:3]) == (C, D, EOS) and best[3] == 0  # pad after EOS
     want = np.log(0.36) / ((5 + 3) / 6) ** 0.6
     np.testing.assert_allclose(scores[0, 0], want, rtol=1e-5)
+
+
+def _markov(first, table):
+    """A step function whose next-token distribution depends only on the last token."""
+    lt = jnp.log(jnp.asarray(table, jnp.float32) + 1e-30)
+    return jnp.log(jnp.asarray(first, jnp.float32))[None], lambda tok, c: (lt[tok], c)
+
+
+def _exhaustive_best(first, table, eos, steps, alpha):
+    """Brute force over every hypothesis: ended by EOS within `steps` tokens, or unfinished at
+    `steps` tokens; score log p / ((5 + n) / 6)^alpha. Returns (score, tokens)."""
+    best = (-math.inf, ())
+    for n in range(1, steps + 1):
+        for ys in itertools.product(range(len(first)), repeat=n):
+            if eos in ys[:-1] or (ys[-1] != eos and n < steps):
+                continue
+            logp = math.log(first[ys[0]]) + sum(
+                math.log(table[a][c] + 1e-30) for a, c in zip(ys, ys[1:], strict=False)
+            )
+            best = max(best, (logp / ((5 + n) / 6) ** alpha, ys))
+    return best
+
+
+def test_beam_search_keeps_a_finished_hypothesis_that_alive_beams_outnumber():
+    """[EOS] (p 0.09) finishes at step 0; A's two children (p 0.45 each) then filled both slots
+    and pushed it out, so beam search returned A B EOS (p 0.075) even with alpha = 0. Finished
+    hypotheses are kept apart now; the answer is brute force's."""
+    eos, pad = 0, 5
+    first = [0.09, 0.9, 0.0025, 0.0025, 0.0025, 0.0025]
+    table = np.full((6, 6), 1 / 6)
+    table[1] = [0, 0, 0.5, 0.5, 0, 0]  # after A: B or C
+    table[eos] = [1, 0, 0, 0, 0, 0]
+    logits, step = _markov(first, table)
+    seqs, scores = decoding.beam_search(
+        step, logits, jnp.zeros((1,)), beam_size=2, max_new_tokens=3, eos_id=eos, pad_id=pad
+    )
+    want_score, want = _exhaustive_best(first, table, eos, 3, 0.0)
+    assert want == (eos,)
+    np.testing.assert_array_equal(seqs[0, 0], [eos, pad, pad])
+    np.testing.assert_allclose(scores[0, 0], want_score, rtol=1e-5)
+
+
+def test_beam_search_with_a_length_penalty_finds_brute_forces_best():
+    """alpha = 1: a long unfinished B B B B B B (-0.759) beats [EOS] (-0.916) once normalised;
+    pruning by raw log p with finished beams holding slots returned [EOS]."""
+    first = [0.4, 0.35, 0.25]
+    table = [[1, 0, 0], [0.5, 0.5, 0], [0.001, 0, 0.999]]  # EOS, A, B
+    logits, step = _markov(first, table)
+    seqs, scores = decoding.beam_search(
+        step, logits, jnp.zeros((1,)), beam_size=2, max_new_tokens=6, eos_id=0, alpha=1.0
+    )
+    want_score, want = _exhaustive_best(first, table, 0, 6, 1.0)
+    assert want == (2,) * 6
+    np.testing.assert_array_equal(seqs[0, 0], want)
+    np.testing.assert_allclose(scores[0, 0], want_score, rtol=1e-5)
+    assert np.all(np.diff(np.asarray(scores[0])) <= 0)
+    for name, bad in (("eos_id", 3), ("pad_id", -1)):
+        kw = {"eos_id": 0, "pad_id": 0, name: bad}
+        with pytest.raises(ValueError, match=f"{name}={bad} is not a token id of the 3-token"):
+            decoding.beam_search(step, logits, 0, beam_size=2, max_new_tokens=2, **kw)
 
 
 def test_greedy_stops_and_pads():

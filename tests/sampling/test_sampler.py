@@ -48,11 +48,11 @@ def test_sampling_and_beam_through_the_model():
     np.testing.assert_array_equal(a, b)  # deterministic given the key
     seqs, scores = generate(model, prompt, method="beam", max_new_tokens=4, beam_size=3, eos_id=0)
     assert seqs.shape == (3, 3, 4) and scores.shape == (3, 3)
-    # A beam's score is its log-probability under the model (no EOS, alpha = 0).
-    full = model(jnp.concatenate([prompt, seqs[:, 0]], axis=1))
-    logp = jax.nn.log_softmax(full[:, 1:-1], axis=-1)
-    want = jnp.take_along_axis(logp, seqs[:, 0, :, None], axis=-1).sum((1, 2))
-    np.testing.assert_allclose(scores[:, 0], want, atol=1e-4)
+    # A beam's score is its log-probability under the model, up to its EOS (alpha = 0).
+    for k in range(3):
+        want = _score(model, prompt, seqs[:, k], eos_id=0)
+        np.testing.assert_allclose(scores[:, k], want, atol=1e-4)
+    assert np.any(np.asarray(seqs) == 0)  # some beams finished: the EOS path is exercised
     greedy = generate(model, prompt, max_new_tokens=4)
     assert np.all(np.asarray(scores[:, 0]) >= np.asarray(_score(model, prompt, greedy)) - 1e-5)
 
@@ -66,13 +66,20 @@ def test_beam_reorders_recurrent_states_and_conv_windows(attention):
     prompt = jax.random.randint(jax.random.PRNGKey(3), (2, 3), 1, 30)
     seqs, scores = generate(model, prompt, method="beam", max_new_tokens=5, beam_size=3, eos_id=0)
     for b in range(3):
-        np.testing.assert_allclose(scores[:, b], _score(model, prompt, seqs[:, b]), atol=1e-4)
+        want = _score(model, prompt, seqs[:, b], eos_id=0)
+        np.testing.assert_allclose(scores[:, b], want, atol=1e-4)
 
 
-def _score(model, prompt, tokens):
+def _score(model, prompt, tokens, eos_id=None):
+    """log p(tokens | prompt) under a fresh forward pass, up to and including the first
+    `eos_id` (a finished hypothesis: what follows it is padding)."""
     full = model(jnp.concatenate([prompt, tokens], axis=1))
     logp = jax.nn.log_softmax(full[:, prompt.shape[1] - 1 : -1], axis=-1)
-    return jnp.take_along_axis(logp, tokens[..., None], axis=-1).sum((1, 2))
+    per_token = jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+    if eos_id is not None:  # keep positions up to the first EOS
+        ended_before = jnp.cumsum(tokens == eos_id, axis=1) - (tokens == eos_id)
+        per_token = jnp.where(ended_before > 0, 0.0, per_token)
+    return per_token.sum(1)
 
 
 def test_generate_bad_arguments():
