@@ -130,11 +130,12 @@ def beam_search(
     T2T's beam search, and Hugging Face's BeamSearchScorer, do).
 
     Each step extends the K alive beams by every token and takes the 2K best candidates by
-    log p: those ending in `eos_id` join the finished set, scored log p(Y) / length_penalty(|Y|,
-    alpha) with |Y| counting EOS, which keeps its K best; the K best of the others stay alive
-    (at most K of the 2K end in EOS, so K remain). A finished hypothesis is never pushed out by
-    alive ones. At the end the alive beams are scored the same way at max_new_tokens tokens
-    (Hugging Face's finalize) and compete with the finished ones.
+    log p. Those ending in `eos_id` that rank among the K best join the finished set, scored
+    log p(Y) / length_penalty(|Y|, alpha) with |Y| counting EOS, which keeps its K best; the K
+    best of the others stay alive (at most K of the 2K end in EOS, so K remain). A finished
+    hypothesis is never pushed out by alive ones, and beam_size 1 is greedy decoding. At the
+    end the alive beams are scored the same way at max_new_tokens tokens (Hugging Face's
+    finalize) and compete with the finished ones.
     Returns (tokens [B, beam_size, max_new_tokens], pad_id after EOS; scores [B, beam_size]),
     best first.
     """
@@ -168,8 +169,10 @@ def beam_search(
         parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
         cand_seq = take(alive_seq, parent).at[:, :, t].set(token)
         eos = token == eos_id
-        # Finished: the K best of those kept so far and this step's EOS candidates.
-        new_score = jnp.where(eos, cand_lp / length_penalty(t + 1, alpha), -jnp.inf)
+        # Finished: the K best of those kept so far and this step's EOS candidates that rank
+        # among its K best (Hugging Face's rule: beam_size 1 is then greedy decoding).
+        new = eos & (jnp.arange(2 * k) < k)[None]
+        new_score = jnp.where(new, cand_lp / length_penalty(t + 1, alpha), -jnp.inf)
         fin_score, best = lax.top_k(jnp.concatenate([fin_score, new_score], 1), k)
         fin_seq = take(jnp.concatenate([fin_seq, cand_seq], 1), best)
         # Alive: the K best candidates that did not end.

@@ -120,6 +120,23 @@ def test_beam_search_with_a_length_penalty_finds_brute_forces_best():
             decoding.beam_search(step, logits, 0, beam_size=2, max_new_tokens=2, **kw)
 
 
+def test_beam_search_of_one_beam_is_greedy_decoding():
+    """beam_size 1 equals greedy decoding stopped at EOS, on random Markov chains where EOS is
+    often the second choice (an EOS candidate outside the K best does not finish, as in
+    Hugging Face's beam search)."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        first, table = rng.dirichlet(np.ones(5)), rng.dirichlet(np.ones(5), size=5)
+        logits, step = _markov(first, table)
+        beam, _ = decoding.beam_search(
+            step, logits, jnp.zeros((1,)), beam_size=1, max_new_tokens=6, eos_id=0, pad_id=4
+        )
+        greedy = decoding.greedy(
+            step, logits, jnp.zeros((1,)), max_new_tokens=6, stop_tokens=(0,), pad_id=4
+        )
+        np.testing.assert_array_equal(beam[0, 0], greedy[0])
+
+
 def test_greedy_stops_and_pads():
     logits, step = _exposure_bias_example()
     out = decoding.greedy(

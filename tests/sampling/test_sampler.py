@@ -46,13 +46,14 @@ def test_sampling_and_beam_through_the_model():
         temperature=0.7,
     )
     np.testing.assert_array_equal(a, b)  # deterministic given the key
-    seqs, scores = generate(model, prompt, method="beam", max_new_tokens=4, beam_size=3, eos_id=0)
+    # EOS = 8, a token this model likes, so that some hypotheses finish.
+    seqs, scores = generate(model, prompt, method="beam", max_new_tokens=4, beam_size=3, eos_id=8)
     assert seqs.shape == (3, 3, 4) and scores.shape == (3, 3)
     # A beam's score is its log-probability under the model, up to its EOS (alpha = 0).
     for k in range(3):
-        want = _score(model, prompt, seqs[:, k], eos_id=0)
+        want = _score(model, prompt, seqs[:, k], eos_id=8)
         np.testing.assert_allclose(scores[:, k], want, atol=1e-4)
-    assert np.any(np.asarray(seqs) == 0)  # some beams finished: the EOS path is exercised
+    assert np.any(np.asarray(seqs)[:, :, :-1] == 8)  # finished hypotheses among the results
     greedy = generate(model, prompt, max_new_tokens=4)
     assert np.all(np.asarray(scores[:, 0]) >= np.asarray(_score(model, prompt, greedy)) - 1e-5)
 
