@@ -5,6 +5,7 @@ leaves have batch as their leading axis), and calls `step_fn(tokens [N], cache) 
 [N, V], cache)` once per generated token. Models provide both through `prefill`/`decode_step`.
 """
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -31,10 +32,14 @@ def filter_logits(
     """Temperature, then top-k, then nucleus (top-p) filtering; removed entries become -inf.
 
     logits [..., V]. top_k=0 and top_p=1 disable the filters. Top-p keeps the smallest set of
-    most likely tokens whose probability reaches p (Holtzman et al. 2020), always at least one.
+    most likely tokens whose probability reaches p (Holtzman et al. 2020), always at least one,
+    the token that crosses p included; tokens tied with the last one kept are kept too (Hugging
+    Face's warpers, the same order of filters, break such ties by their sort and keep fewer).
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling, got {temperature!r}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(
+            f"temperature must be a finite number > 0 for sampling, got {temperature!r}"
+        )
     if not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
     if not 0.0 < top_p <= 1.0:

@@ -155,6 +155,56 @@ def test_filter_logits_top_k_top_p_against_numpy():
     np.testing.assert_allclose(decoding.filter_logits(logits, temperature=2.0), logits / 2)
 
 
+def test_filter_logits_against_hugging_faces_warpers():
+    """Temperature, then top-k, then top-p, as transformers' TemperatureLogitsWarper,
+    TopKLogitsWarper and TopPLogitsWarper apply them (generate()'s order), on random logits
+    without ties: the same tokens kept, the same scaled values."""
+    import torch
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    rng = np.random.default_rng(0)
+    for temperature, top_k, top_p in [(0.7, 0, 0.9), (1.3, 5, 1.0), (0.5, 8, 0.6), (1.0, 3, 0.3)]:
+        logits = rng.standard_normal((16, 40)).astype(np.float32) * 3
+        ours = np.asarray(
+            decoding.filter_logits(
+                jnp.asarray(logits), temperature=temperature, top_k=top_k, top_p=top_p
+            )
+        )
+        ids, hf = torch.zeros((16, 1), dtype=torch.long), torch.from_numpy(logits)
+        hf = TemperatureLogitsWarper(temperature)(ids, hf)
+        if top_k:
+            hf = TopKLogitsWarper(top_k)(ids, hf)
+        if top_p < 1:
+            hf = TopPLogitsWarper(top_p)(ids, hf)
+        hf = hf.numpy()
+        np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(hf))
+        np.testing.assert_allclose(ours[np.isfinite(ours)], hf[np.isfinite(hf)], rtol=1e-6)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            decoding.filter_logits(jnp.zeros((1, 3)), temperature=bad)
+
+
+def test_every_step_draws_with_a_key_of_its_own():
+    """Uniform logits over 1,000 tokens, 64 rows, 3 steps: a step reusing the previous step's
+    key would repeat its tokens; independent draws match about 1 in 1,000."""
+    logits = jnp.zeros((64, 1000))
+    out = np.asarray(
+        decoding.sample(
+            lambda tok, c: (jnp.zeros((64, 1000)), c),
+            logits,
+            jnp.zeros((64,)),
+            jax.random.PRNGKey(0),
+            max_new_tokens=3,
+        )
+    )
+    assert np.mean(out[:, 0] == out[:, 1]) < 0.05 and np.mean(out[:, 1] == out[:, 2]) < 0.05
+    assert len(set(out[:, 0].tolist())) > 50  # rows draw apart too
+
+
 def test_sampling_frequencies_follow_the_filtered_distribution():
     probs = np.array([0.05, 0.4, 0.3, 0.15, 0.1])
     logits = jnp.log(jnp.asarray(probs, jnp.float32))[None].repeat(4000, 0)
@@ -174,7 +224,7 @@ def test_decoding_bad_arguments():
     logits, step = _exposure_bias_example()
     with pytest.raises(ValueError, match="top_p must be in"):
         decoding.sample(step, logits, 0, jax.random.PRNGKey(0), max_new_tokens=2, top_p=0.0)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         decoding.sample(step, logits, 0, jax.random.PRNGKey(0), max_new_tokens=2, temperature=0)
     with pytest.raises(ValueError, match="beam_size 9 exceeds the vocabulary size 5"):
         decoding.beam_search(step, logits, jnp.zeros((1,)), beam_size=9, max_new_tokens=2, eos_id=0)
