@@ -64,10 +64,23 @@ def answer_log_prob(model, tokens, segments, lengths, prompt_lengths, answer_len
 
 
 def beam_questions(
-    model, tokens, segments, lengths, *, question_len: int, beam_size: int, sep_id: int, pad_id: int
+    model,
+    tokens,
+    segments,
+    lengths,
+    *,
+    question_len: int,
+    beam_size: int,
+    sep_id: int,
+    pad_id: int,
+    banned_ids: tuple[int, ...] = (),
 ):
     """The best beam's question [N, question_len + 1] ([SEP]-ended, pad after) and its log-prob
-    [N], continuing the prompts `tokens` (segments as given, UniLM mask) as segment 1."""
+    [N], continuing the prompts `tokens` (segments as given, UniLM mask) as segment 1;
+    `banned_ids` never appear in it."""
+    ban = None
+    if banned_ids:
+        ban = jnp.zeros(model.cfg.vocab_size).at[jnp.asarray(banned_ids, jnp.int32)].set(-jnp.inf)
     seqs, scores = decode(
         model,
         tokens,
@@ -80,6 +93,7 @@ def beam_questions(
         beam_size=beam_size,
         eos_id=sep_id,
         pad_id=pad_id,
+        logit_bias=ban,
     )
     return seqs[:, 0], scores[:, 0]
 
@@ -130,7 +144,7 @@ def generate_qa(
     """Two-stage generation for prompts [CLS] passage [SEP] [B, P] (right-padded to lengths).
 
     Stage 1 samples `num_answers` answers per passage (up to answer_len tokens, then [SEP]);
-    stage 2 beam-searches one question per answer; `banned_ids` are never sampled. The stage-2
+    stage 2 beam-searches one question per answer; `banned_ids` appear in neither. The stage-2
     row, [CLS] passage [SEP] answer [SEP] question [SEP], is at most P + answer_len + 1 +
     question_len + 1 tokens (= seq_len for P = the passage budget + 2).
     Returns answers [B, k, answer_len + 1] (sampled tokens, [SEP] and pad), answer_length
@@ -173,6 +187,7 @@ def generate_qa(
         beam_size=beam_size,
         sep_id=sep_id,
         pad_id=pad_id,
+        banned_ids=banned_ids,
     )
     if require_in_passage:
         valid = valid & in_passage(rep, rep_len, answers, alen)
@@ -192,6 +207,7 @@ def questions_for(
     beam_size: int,
     sep_id: int,
     pad_id: int,
+    banned_ids: tuple[int, ...] = (),
 ) -> dict:
     """Stage 2 for given answers [N, A] (their first answer_len [N] tokens): answer_length,
     answer_score, questions [N, question_len + 1], question_score (see `generate_qa`)."""
@@ -208,6 +224,7 @@ def questions_for(
         beam_size=beam_size,
         sep_id=sep_id,
         pad_id=pad_id,
+        banned_ids=banned_ids,
     )
     return {
         "answer_length": answer_len,
@@ -254,6 +271,7 @@ class Generator:
         self.budget = qa_rows.passage_budget(seq_len, s.answer_len, s.question_len)
         self.graphdef, self.params = nnx.split(model)
         self.opts = (
+            ("banned_ids", special_ids(vocab)),  # in the answers and the questions
             ("beam_size", s.beam_size),
             ("pad_id", vocab.pad_id),
             ("question_len", s.question_len),
@@ -266,7 +284,6 @@ class Generator:
             ("temperature", s.temperature),
             ("top_k", s.top_k),
             ("top_p", s.top_p),
-            ("banned_ids", special_ids(vocab)),
         )
 
     def _question(self, ids) -> str:

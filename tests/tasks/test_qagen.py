@@ -247,12 +247,21 @@ def test_two_stage_generation_equals_step_by_step_reference_decoding():
         n, m = rep_len[i], min(alen[i], a_len)
         row = [*rep[i, :n], *answers[i, :m], SEP]
         prompt2[i, : len(row)], len2[i] = row, len(row)
+    # The questions never hold a banned token either (stage 2 once could emit them).
     start, step = _reference_step(model, width, jnp.asarray(rep_len))
     logits, state = start(jnp.asarray(prompt2), jnp.asarray(len2))
+
+    def banned2(token, state):
+        logits, state = step(token, state)
+        return logits + ban, state
+
     seqs, scores = decoding.beam_search(
-        step, logits, state, beam_size=3, max_new_tokens=q_len + 1, eos_id=SEP, pad_id=PAD
+        banned2, logits + ban, state, beam_size=3, max_new_tokens=q_len + 1, eos_id=SEP, pad_id=PAD
     )
     np.testing.assert_array_equal(np.asarray(got["questions"]).reshape(b * k, -1), seqs[:, 0])
+    for q in np.asarray(got["questions"]).reshape(b * k, -1):
+        body = q[: list(q).index(SEP)] if SEP in q else q
+        assert not set(body.tolist()) & {PAD, CLS}
     np.testing.assert_allclose(
         np.asarray(got["question_score"]).reshape(-1), scores[:, 0], rtol=1e-5, atol=1e-5
     )
