@@ -163,6 +163,22 @@ def test_pretraining_reads_only_the_train_reviews_pet_does_not_score(monkeypatch
     assert held_out <= words["validation"] | words["test"]
 
 
+def test_held_out_sentences_are_unseen(monkeypatch):
+    """A sentence that an earlier split holds (the news items' splits share 8% of their
+    validation sentences with train) is dropped from the later one; a source's own sentence
+    repeated in another source stays (the key is source and text)."""
+    from research.data import chinese
+
+    daily = {"train": ["甲 乙"], "validation": ["甲 乙", "丙 丁"], "test": ["丙 丁", "戊 己"]}
+    monkeypatch.setattr(zh_pretrain, "segment", lambda text: [text.split()])
+    monkeypatch.setattr(chinese, "peoples_daily_splits", lambda: daily)
+    monkeypatch.setattr(chinese, "review_splits", lambda: {"test": [{"text": "甲 乙"}]})
+    monkeypatch.setattr(zh_pretrain.inews, "FILES", {})
+    got = zh_pretrain.texts_by_split()
+    assert [r["text"] for r in got["validation"]] == ["丙 丁"]
+    assert sorted((r["text"], r["source"]) for r in got["test"]) == [("戊 己", 0), ("甲 乙", 1)]
+
+
 def test_builder_writes_each_source_in_its_split(tmp_path, monkeypatch):
     small = {
         "train": [{"text": "很 满意", "source": 1}, {"text": "新闻 内容", "source": 2}],
@@ -176,5 +192,6 @@ def test_builder_writes_each_source_in_its_split(tmp_path, monkeypatch):
     assert got == sorted([("很 满意", 1), ("新闻 内容", 2)])
     assert [(r["text"].decode(), int(r["source"])) for r in validation] == [("人民 日报", 0)]
     assert len(test) == 1
-    info = tfds.builder_from_directory(str(tmp_path / "zh_pretrain" / "1.0.0")).info
+    version = str(zh_pretrain.ZhPretrain.VERSION)
+    info = tfds.builder_from_directory(str(tmp_path / "zh_pretrain" / version)).info
     assert info.features["source"].names == list(zh_pretrain.SOURCES)
