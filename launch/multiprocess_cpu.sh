@@ -12,7 +12,7 @@
 # SEQLAB_PYTHON=/path/to/python runs another interpreter that has seqlab installed. PYTHON is not
 # used here: it names the base interpreter that run.sh and test.sh create .venv with.
 #
-# Process 0 prints to the terminal; process i logs to WORKDIR/process_i.log (or /tmp). Exits with
+# Process 0 prints to the terminal; process i appends to WORKDIR/process_i.log (or /tmp). Exits with
 # the first non-zero exit code of the processes (0 when all saved and stopped on a signal);
 # SIGTERM/SIGINT/SIGHUP are forwarded to every process as SIGTERM (preemption). There is no relay
 # process between a training process and its output (process 0 writes to this script's stdout
@@ -59,7 +59,10 @@ for ((i = 0; i < n; i++)); do
   if [ "$i" = 0 ]; then
     "${cmd[@]}" 2>&1 &
   else
-    "${cmd[@]}" > "$logdir/process_$i.log" 2>&1 &
+    # Appended, after a line naming this launch: a second launch that the workdir's lock will
+    # refuse must not empty the running job's log.
+    echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) launch pid $$ ===" >> "$logdir/process_$i.log"
+    "${cmd[@]}" >> "$logdir/process_$i.log" 2>&1 &
   fi
   pids+=($!)
 done

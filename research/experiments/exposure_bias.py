@@ -17,6 +17,7 @@ starts every run from that pretrained BERT (base.seq2seq.init); init "" first tr
 """
 
 import copy
+import os
 import pathlib
 import shutil
 import time
@@ -119,7 +120,17 @@ def _seed_from_baseline(c, workdir, variant, seed):
             f"{src} is missing: the baseline run must keep its step-{start} checkpoint"
         )
     if not dst.parent.exists() and jax.process_index() == 0:
-        shutil.copytree(src, dst)
+        # Copied beside the run, then renamed into it: a copy cut short (a signal, a full disk)
+        # never leaves a partial step that the next attempt would take for the checkpoint.
+        dst.parent.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent.parent / f"checkpoints.copy-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp / str(start))
+        tmp.rename(dst.parent)
+    if jax.process_count() > 1:  # every process sees the copy before any run starts
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("exposure_bias seeded checkpoint")
 
 
 def run(c, workdir: str) -> list[dict]:

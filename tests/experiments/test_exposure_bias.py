@@ -30,6 +30,8 @@ def test_smoke_sweep(tmp_path, capsys):
     assert "resumed from step 4" in out
     steps = [json.loads(x)["step"] for x in (scst / "metrics.jsonl").read_text().splitlines()]
     assert min(steps) == 5
+    # The seeded checkpoint was copied beside the run and renamed in: no copy is left over.
+    assert not list(scst.glob("checkpoints.copy-*")) and (scst / "checkpoints" / "4").is_dir()
 
 
 def test_unilm_with_linear_attention_is_refused_before_any_run(tmp_path):

@@ -111,6 +111,7 @@ def test_sigterm_saves_both_processes_and_exits_zero(tmp_path, target):
     )
     log1 = (wd / "process_1.log").read_text()
     assert code == 0, out[-2000:] + err[-2000:] + log1[-2000:]
+    assert log1.startswith("=== ") and " launch pid " in log1.splitlines()[0]  # appended
     assert "stopped by SIGTERM: saved at step " in out and "Traceback" not in log1
     assert "Traceback" not in out + err
     step = int(out.split("saved at step ")[1].split()[0])
