@@ -93,7 +93,7 @@ def main(argv):
         lock.acquire(_WORKDIR.value)
         if "experiment" in config:  # a sweep of training runs (research.experiments)
             from research.experiments import EXPERIMENTS, SWEPT
-            from research.experiments.sweep import refuse_swept_overrides
+            from research.experiments.sweep import refuse_swept_overrides, start_fresh
 
             if config.experiment not in EXPERIMENTS:
                 raise ConfigError(
@@ -102,7 +102,8 @@ def main(argv):
             overrides = flags.FLAGS["config"].override_values
             refuse_swept_overrides(config.experiment, overrides, SWEPT[config.experiment])
             try:
-                EXPERIMENTS[config.experiment](config, _WORKDIR.value)
+                with start_fresh(_START_FRESH.value):
+                    EXPERIMENTS[config.experiment](config, _WORKDIR.value)
             except Preempted as e:
                 if jax.process_index() == 0:
                     print(e, flush=True)

@@ -1,5 +1,7 @@
 """One point of a sweep: an ordinary training run in its own directory, cached as result.json."""
 
+import contextlib
+import contextvars
 import copy
 import fnmatch
 import json
@@ -11,6 +13,21 @@ from ml_collections import ConfigDict
 
 from research.train import loop
 from research.train.config import ConfigError, parse
+
+# research.main's --start_fresh for every point's run (contextvar: set by `start_fresh`).
+_START_FRESH = contextvars.ContextVar("sweep_start_fresh", default=False)
+
+
+@contextlib.contextmanager
+def start_fresh(value: bool):
+    """Points trained inside start over when every checkpoint of theirs is unreadable (the
+    refusal's advice, --start_fresh, then works for a sweep too); a finished point is reused
+    and a readable partial one resumes either way."""
+    token = _START_FRESH.set(bool(value))
+    try:
+        yield
+    finally:
+        _START_FRESH.reset(token)
 
 
 class Preempted(Exception):
@@ -151,7 +168,7 @@ def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
     summary = None
     try:
         run = parse(pc)
-        summary = loop.train_and_evaluate(run, str(out))
+        summary = loop.train_and_evaluate(run, str(out), start_fresh=_START_FRESH.get())
         finished = summary.last_step == run.train.num_train_steps
         if summary.preempted and not finished:  # a partial run is not a result
             raise Preempted(

@@ -3,6 +3,7 @@
 import dataclasses
 import fnmatch
 import json
+import pathlib
 
 import pytest
 
@@ -72,14 +73,28 @@ def test_a_point_stopped_after_its_last_step_keeps_its_result(tmp_path, monkeypa
 
     n = pc.num_train_steps
     stopped = loop.Summary(n, n, 1.0, {"accuracy": 0.5}, 10.0, preempted=True, signal="SIGTERM")
-    monkeypatch.setattr(loop, "train_and_evaluate", lambda run, workdir: stopped)
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda run, workdir, **kw: stopped)
     other = tmp_path / "stopped"
     other.mkdir()  # as the run leaves it
     with pytest.raises(sweep.Preempted, match="after its last step"):
         sweep.train_point(pc, other, {"seed": 0})
     assert json.loads((other / "result.json").read_text())["eval"] == {"accuracy": 0.5}
+    # research.main's --start_fresh reaches the point's run (the refusal of a point whose
+    # checkpoints are all unreadable advises it; it had no effect on sweeps).
+    seen, done = [], dataclasses.replace(stopped, preempted=False, signal="")
+
+    def record(run, workdir, **kw):
+        seen.append(kw)
+        pathlib.Path(workdir).mkdir()
+        return done
+
+    monkeypatch.setattr(loop, "train_and_evaluate", record)
+    with sweep.start_fresh(True):
+        assert sweep.train_point(pc, tmp_path / "fresh", {"seed": 0})["eval"] == {"accuracy": 0.5}
+    sweep.train_point(pc, tmp_path / "plain", {"seed": 0})
+    assert seen == [{"start_fresh": True}, {"start_fresh": False}]
     partial = dataclasses.replace(stopped, last_step=n - 1)
-    monkeypatch.setattr(loop, "train_and_evaluate", lambda run, workdir: partial)
+    monkeypatch.setattr(loop, "train_and_evaluate", lambda run, workdir, **kw: partial)
     with pytest.raises(sweep.Preempted, match=f"at step {n - 1}"):
         sweep.train_point(pc, tmp_path / "partial", {"seed": 0})
     assert not (tmp_path / "partial" / "result.json").exists()
