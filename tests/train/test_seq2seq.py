@@ -223,3 +223,18 @@ def test_local_jsonl_pairs_train_with_a_sentencepiece_vocabulary(tmp_path):
     assert list((tmp_path / "data" / "tokenizers").glob("jsonl_*-320.model"))
     last = json.loads((tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["split"] == "eval" and 0 <= last["beam1_rougeL"] <= 100 and "beam2_bleu" in last
+
+
+def test_a_sequence_level_remedy_trains_a_model_with_dropout(tmp_path):
+    """SCST (and MRT, through the same Context.generate) decode inside the training step; with
+    dropout on, a dropout step inside the decoding loop stopped the run (TraceContextError).
+    They decode with dropout off now."""
+    from research.train import loop
+
+    c = seq2seq_config.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.seq2seq.update(remedy="scst", eval_beams=(1,))
+    c.model.dropout = 0.3
+    c.update(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2, eval_steps=1)
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert summary.last_step == 2 and np.isfinite(summary.final_train_loss)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from research.ops import exposure_bias as eb
 from research.ops import rewards
@@ -34,8 +35,10 @@ class Context:
         )
 
     def generate(self, model, batch, *, method, key=None, beam_size=1):
+        """Decodes with the model's dropout off (inference, as SCST's greedy baseline and the
+        samples are meant; a dropout step inside the decoding loop cannot draw its key there)."""
         return generate(
-            model,
+            nnx.view(model, only=nnx.Dropout, deterministic=True),
             batch,
             layout=self.cfg.layout,
             method=method,
