@@ -35,8 +35,10 @@ class Context:
         )
 
     def generate(self, model, batch, *, method, key=None, beam_size=1):
-        """Decodes with the model's dropout off (inference, as SCST's greedy baseline and the
-        samples are meant; a dropout step inside the decoding loop cannot draw its key there)."""
+        """Decodes with the model's dropout off: a dropout step inside the decoding loop cannot
+        draw its key there. Right for SCST's greedy baseline (inference); the samples then come
+        from the dropout-free model while their log-probability is the training model's (with
+        dropout), a small mismatch at dropout > 0 (the shipped configs use 0)."""
         return generate(
             nnx.view(model, only=nnx.Dropout, deterministic=True),
             batch,
