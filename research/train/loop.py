@@ -324,7 +324,12 @@ def train_and_evaluate(
             if s % t.log_every_steps == 0:
                 writer.write(s, "train", {**metrics.summarize(window), "tokens_per_second": rate})
                 window = None
-            if s % t.eval_every_steps == 0 or s == t.num_train_steps:
+            # A stop asked for (SIGTERM's grace period is short) saves before a scheduled
+            # evaluation, which the run then skips; the final step's evaluation always runs.
+            stopping = (
+                s != t.num_train_steps and s % t.eval_every_steps == 0 and preemption.reached()
+            )
+            if (s % t.eval_every_steps == 0 or s == t.num_train_steps) and not stopping:
                 eval_result = _evaluate(
                     eval_step,
                     state,

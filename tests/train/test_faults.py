@@ -85,3 +85,23 @@ def test_a_full_disk_outside_a_save_is_one_line_and_exit_3(tmp_path, monkeypatch
     lines = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 3 and len(lines) == 1, lines
     assert lines[0].startswith("error: the disk filled (") and "model.json" in lines[0]
+
+
+def test_a_stop_before_a_scheduled_evaluation_saves_first_and_skips_it(tmp_path, monkeypatch):
+    """SIGTERM's grace period is short: a stop seen at an evaluation step saves and stops
+    without that evaluation (it ran first, however long it took)."""
+    import json
+
+    from configs import mqar
+    from research.train import loop
+    from research.train.config import parse
+
+    c = mqar.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.update(num_train_steps=4, eval_every_steps=1, checkpoint_every_steps=4, log_every_steps=1)
+    monkeypatch.setattr(loop._Preemption, "reached", lambda self: True)
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert summary.preempted and summary.last_step == 1 and summary.eval == {}
+    rows = [json.loads(x) for x in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in rows] == ["train"]
+    assert (tmp_path / "wd" / "checkpoints" / "1").is_dir()
