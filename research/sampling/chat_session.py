@@ -17,7 +17,9 @@ class ChatSession:
     is fed into the cache one token at a time (softmax attention: its keys and values; linear
     attention: the O(1) recurrent state), so a turn costs its own tokens, not the history. When
     the next turn and a full reply would not fit `max_context` tokens, the history is laid out
-    again from its newest whole turns (left truncation, as in training) and prefilled once.
+    again from its newest whole turns (left truncation, as the held-out contexts are cut) and
+    prefilled once; a newest turn longer than the room keeps its end (training cuts a single
+    overlong turn at its end instead, keeping its start: a row must begin at [CLS]).
     Replies are sampled (temperature, top-k, top-p) until [SEP] or `max_tokens`.
     """
 
