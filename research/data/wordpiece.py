@@ -88,7 +88,10 @@ def load_hf_tokenizer(path) -> Tokenizer:
     path = pathlib.Path(path)
     if (path / "tokenizer.json").is_file():
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-        tok.no_padding()  # some files pad every sequence to a fixed length; batching pads instead
+        # Some files pad every sequence to a fixed length, or cut it (all-MiniLM-L6-v2's at 128
+        # tokens): batching pads, and each pipeline cuts to its own seq_len.
+        tok.no_padding()
+        tok.no_truncation()
         return tok
     if not (path / "vocab.txt").is_file():
         raise FileNotFoundError(f"neither tokenizer.json nor vocab.txt in {path}")

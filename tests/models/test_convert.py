@@ -101,6 +101,10 @@ def test_real_minilm_weights_match_transformers():
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     for s, e in zip(SENTENCES, enc, strict=True):
         assert e.ids == hf_tok(s)["input_ids"]  # same WordPiece ids as Hugging Face
+    # A long text is not cut: the file's own truncation (128 tokens) is off, as HF's tokenizer
+    # call without truncation=True has it.
+    long = " ".join(SENTENCES * 40)
+    assert tok.encode(long).ids == hf_tok(long)["input_ids"] and len(tok.encode(long).ids) > 300
     length = max(len(e.ids) for e in enc)
     ids = np.zeros((len(enc), length), np.int64)
     mask = np.zeros((len(enc), length), bool)
