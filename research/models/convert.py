@@ -31,7 +31,19 @@ def _read(path):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} not found; expected a Hugging Face model dir")
     config = json.loads((path / "config.json").read_text())
-    return config, load_file(str(path / "model.safetensors"))
+    return config, {_legacy(k): v for k, v in load_file(str(path / "model.safetensors")).items()}
+
+
+def _legacy(name: str) -> str:
+    """TensorFlow-era BERT checkpoints name LayerNorm's scale and shift gamma and beta
+    (bert-base-uncased among them); transformers renames them to weight and bias on load."""
+    for old, new in (
+        (".LayerNorm.gamma", ".LayerNorm.weight"),
+        (".LayerNorm.beta", ".LayerNorm.bias"),
+    ):
+        if name.endswith(old):
+            return name.removesuffix(old) + new
+    return name
 
 
 def _strip(tensors: dict, prefix: str) -> dict:
@@ -102,7 +114,7 @@ def bert_config(config: dict, **overrides) -> ModelConfig:
         d_ff=config["intermediate_size"],
         max_length=config["max_position_embeddings"],
         num_segments=config.get("type_vocab_size", 2),
-        layer_norm_eps=config["layer_norm_eps"],
+        layer_norm_eps=config.get("layer_norm_eps", 1e-12),  # transformers' BertConfig default
         activation=_activation(config, "hidden_act"),
         norm="post",
         positions="learned",

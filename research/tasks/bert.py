@@ -14,6 +14,7 @@ The architecture and the vocabulary then come from the pretrained model; the tas
 (`num_labels`), which start from their initialisation (`research.models.params.transfer`).
 """
 
+import contextlib
 import json
 import pathlib
 from collections.abc import Callable, Iterable
@@ -40,14 +41,33 @@ def parse_init(init: str, *, key: str) -> tuple[str, pathlib.Path] | None:
     if kind not in INIT_KINDS or not path:
         raise ConfigError(f"{key}={init!r}: use '', 'workdir:PATH' or 'hf:PATH'")
     p = pathlib.Path(path).expanduser()
-    need = "model.json" if kind == "workdir" else "config.json"
-    if not (p / need).is_file():
-        raise ConfigError(f"{key}={init!r}: no {need} in {p}")
+    needs = ("model.json",) if kind == "workdir" else ("config.json", "model.safetensors")
+    for need in needs:
+        if not (p / need).is_file():
+            raise ConfigError(f"{key}={init!r}: no {need} in {p}")
     return kind, p
+
+
+@contextlib.contextmanager
+def _init_errors(init: str, key: str):
+    """A checkpoint that cannot become this model (missing or unexpected tensors, shapes, an
+    unsupported config value or key, an unreadable file) is a one-line ConfigError naming it."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        text = str(e) if not isinstance(e, KeyError) else f"its config lacks {e}"
+        raise ConfigError(f"{key}={init!r}: {text}") from None
 
 
 def pretrained_config(init: str, *, key: str) -> tuple[ModelConfig, wordpiece.BertVocab] | None:
     """(architecture, vocabulary) of the pretrained model `init` names, without its weights."""
+    with _init_errors(init, key):
+        return _pretrained_config(init, key=key)
+
+
+def _pretrained_config(init: str, *, key: str):
     parsed = parse_init(init, key=key)
     if parsed is None:
         return None
@@ -65,10 +85,16 @@ def pretrained_config(init: str, *, key: str) -> tuple[ModelConfig, wordpiece.Be
 
 
 def pretrained_model(init: str, *, key: str) -> Bert:
-    """The pretrained Bert `init` names, weights loaded (its newest checkpoint for a workdir)."""
+    """The pretrained Bert `init` names, weights loaded (its newest checkpoint for a workdir).
+    A pretraining checkpoint's next-sentence head (cls.seq_relationship) is left out."""
+    with _init_errors(init, key):
+        return _pretrained_model(init, key=key)
+
+
+def _pretrained_model(init: str, *, key: str) -> Bert:
     kind, path = parse_init(init, key=key)
     if kind == "hf":
-        return convert.load_bert(path)
+        return convert.load_bert(path, ignore_prefixes=("cls.seq_relationship",))
     mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
     steps = params_io.checkpoint_steps(path / "checkpoints")
     if not steps:
@@ -103,7 +129,9 @@ def initialize(init: str, model: Bert, *, key: str) -> None:
     head's, e.g. "classifier/kernel")."""
     if not init:
         return
-    copied, fresh = params_io.transfer(pretrained_model(init, key=key), model)
+    pre = pretrained_model(init, key=key)
+    with _init_errors(init, key):
+        copied, fresh = params_io.transfer(pre, model)
     print(
         f"{key}: {len(copied)} tensors from {init}; newly initialised: "
         f"{', '.join(sorted(fresh)) or 'none'}",

@@ -28,6 +28,11 @@ def _random_bert(tmp_path, **kw):
         **kw,
     )
     model = transformers.BertForMaskedLM(cfg).eval()
+    # HF's init (LayerNorm 1 and 0, MLM bias 0) would hide a LayerNorm or bias left unmapped.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("predictions.bias"):
+                p.add_(0.3 * torch.randn_like(p))
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model
 
@@ -147,3 +152,45 @@ def test_bad_checkpoints_list_the_names(tmp_path):
         convert.load_bert(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         convert.load_bert(tmp_path / "nowhere")
+
+
+def test_legacy_names_and_the_nsp_head_load_through_hf_init(tmp_path):
+    """A TensorFlow-era checkpoint (LayerNorm gamma / beta, as bert-base-uncased's) with a
+    next-sentence head (BertForPreTraining's cls.seq_relationship) starts a task's model: the
+    names are mapped as transformers maps them, the NSP head is left out; the outputs are the
+    same as from the modern names."""
+    from safetensors.numpy import load_file, save_file
+
+    from research.config import ConfigError
+    from research.tasks import bert as bert_task
+
+    _random_bert(tmp_path / "new")
+    tensors = load_file(str(tmp_path / "new" / "model.safetensors"))
+    old = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        ): v
+        for k, v in tensors.items()
+    }
+    assert any(k.endswith("LayerNorm.gamma") for k in old)
+    old["cls.seq_relationship.weight"] = np.zeros((2, 32), np.float32)
+    old["cls.seq_relationship.bias"] = np.zeros(2, np.float32)
+    (tmp_path / "old").mkdir()
+    save_file(old, str(tmp_path / "old" / "model.safetensors"))
+    (tmp_path / "old" / "config.json").write_text((tmp_path / "new" / "config.json").read_text())
+    ids, seg, mask = _inputs(99)
+    outs = [
+        bert_task.pretrained_model(f"hf:{tmp_path / d}", key="init")(
+            jnp.asarray(ids), segment_ids=jnp.asarray(seg), mask=jnp.asarray(mask)
+        ).hidden_states
+        for d in ("new", "old")
+    ]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    # A checkpoint that cannot become the model is one line naming the init, not a traceback.
+    del old[next(k for k in old if k.endswith("word_embeddings.weight"))]
+    save_file(old, str(tmp_path / "old" / "model.safetensors"))
+    with pytest.raises(ConfigError, match=r"^init='hf:.*': checkpoint does not match the model"):
+        bert_task.pretrained_model(f"hf:{tmp_path / 'old'}", key="init")
+    (tmp_path / "old" / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match=r"^init='hf:.*': no model.safetensors in "):
+        bert_task.pretrained_config(f"hf:{tmp_path / 'old'}", key="init")
