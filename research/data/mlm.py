@@ -82,7 +82,7 @@ def mlm_dataset(
     train: bool,
     shard: int = 0,
     shards: int = 1,
-    whole_word: bool = True,
+    whole_word: bool = False,
     rate: float = 0.15,
     text_key: str = "text",
 ) -> grain.IterDataset:
@@ -174,7 +174,7 @@ def mlm_iterator(
     seed: int,
     train: bool,
     shards: int = 1,
-    whole_word: bool = True,
+    whole_word: bool = False,
     rate: float = 0.15,
 ) -> ShardedIterator:
     """This process's rows of every global masked-LM batch (see `mlm_dataset`). In eval, shards

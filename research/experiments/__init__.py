@@ -11,28 +11,17 @@ from research.experiments import (
     theseus,
 )
 
-EXPERIMENTS = {
-    "compare_attention": compare_attention.run,
-    "exposure_bias": exposure_bias.run,
-    "pet": pet.run,
-    "theseus": theseus.run,
-    "embedding_dim": embedding_dim.run,
-    "gelu": gelu.run,
-    "qagen": qagen.run,
-    "recall": recall.run,
+_MODULES = {
+    "compare_attention": compare_attention,
+    "exposure_bias": exposure_bias,
+    "pet": pet,
+    "theseus": theseus,
+    "embedding_dim": embedding_dim,
+    "gelu": gelu,
+    "qagen": qagen,
+    "recall": recall,
 }
+EXPERIMENTS = {name: module.run for name, module in _MODULES.items()}
 # Per experiment, the keys it sets for every point: fnmatch pattern -> what to use instead
 # (research.main refuses a --config.KEY override of them; the sweep would drop it silently).
-SWEPT = {
-    name: getattr(module, "SWEPT", {})
-    for name, module in {
-        "compare_attention": compare_attention,
-        "exposure_bias": exposure_bias,
-        "pet": pet,
-        "theseus": theseus,
-        "embedding_dim": embedding_dim,
-        "gelu": gelu,
-        "qagen": qagen,
-        "recall": recall,
-    }.items()
-}
+SWEPT = {name: getattr(module, "SWEPT", {}) for name, module in _MODULES.items()}

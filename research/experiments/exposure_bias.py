@@ -48,6 +48,9 @@ PENALTY_PREFIX = "gradient_penalty_eps"
 SWEPT = {
     "base.seed": "use --config.seeds",
     "base.seq2seq.remedy": "use --config.variants",
+    # the presets with a pretrained MLM (zh, zh_smoke)
+    "pretrain.seed": "use --config.seeds (the MLM pretrains with the first)",
+    "pretrain.data.data_dir": "use --config.base.data.data_dir",
 }
 
 
@@ -110,6 +113,11 @@ def _log(msg: str) -> None:
         print(msg, flush=True)
 
 
+def _files(root: pathlib.Path) -> dict[str, int]:
+    """Every file under root, relative path -> size."""
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
 def _seed_from_baseline(c, workdir, variant, seed):
     """Copy the baseline's checkpoint at the fine-tuning start into the variant's run."""
     start = c.base.num_train_steps - c.finetune_steps
@@ -123,10 +131,16 @@ def _seed_from_baseline(c, workdir, variant, seed):
         # Copied beside the run, then renamed into it: a copy cut short (a signal, a full disk)
         # never leaves a partial step that the next attempt would take for the checkpoint.
         dst.parent.parent.mkdir(parents=True, exist_ok=True)
+        for old in dst.parent.parent.glob("checkpoints.copy-*"):  # an attempt killed mid-copy
+            shutil.rmtree(old, ignore_errors=True)
         tmp = dst.parent.parent / f"checkpoints.copy-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp / str(start))
         tmp.rename(dst.parent)
+    elif dst.exists() and _files(dst) != _files(src) and jax.process_index() == 0:
+        # A copy cut short by the code before the rename: replace it, rather than let the run
+        # find it unreadable (and --start_fresh then train the variant from scratch).
+        shutil.rmtree(dst)
+        shutil.copytree(src, dst)
     if jax.process_count() > 1:  # every process sees the copy before any run starts
         from jax.experimental import multihost_utils
 

@@ -46,7 +46,11 @@ METRICS = {
     "answers": "answers kept / passage",
 }
 # Keys every run sets from the experiment's own (research.main refuses overrides of them).
-SWEPT = sweep.seeded_points(**{"run.qagen.init": "init"}) | {"run.seed": "use --config.seeds"}
+SWEPT = sweep.seeded_points(**{"run.qagen.init": "init", "pretrain.data.data_dir": "data.data_dir"})
+SWEPT |= {
+    "run.seed": "use --config.seeds",
+    "pretrain.seed": "use --config.seeds (the MLM pretrains with the first)",
+}
 
 
 def run(c, workdir: str) -> list[dict]:

@@ -205,7 +205,12 @@ def logged_result(out: pathlib.Path, last_step: int) -> tuple[dict, float]:
     eval row at its last step and the last train row's throughput. A ConfigError if the log
     lacks that eval row (written by process 0 only)."""
     path = pathlib.Path(out) / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a row cut by a kill: the rows before it stand
+            continue
     evals = [r for r in rows if r["split"] == "eval" and r["step"] == last_step]
     if not evals:
         raise ConfigError(

@@ -58,7 +58,8 @@ SWEPT = sweep.seeded_points(
     "theseus",
     **{"finetune.classify.init": "init"},
     **{"theseus.theseus.init": "init", "theseus.theseus.successor_layers": "successor_layers"},
-)
+    **{f"theseus.theseus.{k}": k for k in ("replace_prob", "replace_schedule", "replace_slope")},
+) | {"theseus.theseus.predecessor": "it is each seed's stage-1 run"}
 
 
 def _note(kind: str, fraction: float) -> float:

@@ -138,7 +138,8 @@ def beam_search(
     log p. Those ending in `eos_id` that rank among the K best join the finished set, scored
     log p(Y) / length_penalty(|Y|, alpha) with |Y| counting EOS, which keeps its K best; the K
     best of the others stay alive (at most K of the 2K end in EOS, so K remain). A finished
-    hypothesis is never pushed out by alive ones, and beam_size 1 is greedy decoding. At the
+    hypothesis is never pushed out by alive ones, and beam_size 1 at alpha 0 is greedy decoding
+    (with alpha > 0 a longer unfinished beam can outscore an earlier EOS). At the
     end the alive beams are scored the same way at max_new_tokens tokens (Hugging Face's
     finalize) and compete with the finished ones.
     Returns (tokens [B, beam_size, max_new_tokens], pad_id after EOS; scores [B, beam_size]),

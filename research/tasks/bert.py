@@ -54,11 +54,10 @@ def _init_errors(init: str, key: str):
     unsupported config value or key, an unreadable file) is a one-line ConfigError naming it."""
     try:
         yield
-    except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError) as e:
+    except (ValueError, KeyError, OSError) as e:  # JSONDecodeError is a ValueError
         if isinstance(e, ConfigError):
             raise
-        text = str(e) if not isinstance(e, KeyError) else f"its config lacks {e}"
-        raise ConfigError(f"{key}={init!r}: {text}") from None
+        raise ConfigError(f"{key}={init!r}: {type(e).__name__}: {e}") from None
 
 
 def pretrained_config(init: str, *, key: str) -> tuple[ModelConfig, wordpiece.BertVocab] | None:

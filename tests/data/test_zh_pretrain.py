@@ -50,7 +50,9 @@ def records():
 def test_jieba_words_masked_whole_across_packed_rows_with_their_source(records):
     vocab = BertVocab(wordpiece.build_char_tokenizer([r["text"] for r in records], vocab_size=200))
     seq_len, capacity = 24, 22
-    ds = mlm.mlm_dataset(records, vocab, seq_len=seq_len, batch_size=4, seed=0, train=False)
+    ds = mlm.mlm_dataset(
+        records, vocab, seq_len=seq_len, batch_size=4, seed=0, train=False, whole_word=True
+    )
     batches = list(ds)
     out = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     # Plain Python: each record's characters with their word and source, packed greedily.

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -32,6 +33,18 @@ def test_smoke_sweep(tmp_path, capsys):
     assert min(steps) == 5
     # The seeded checkpoint was copied beside the run and renamed in: no copy is left over.
     assert not list(scst.glob("checkpoints.copy-*")) and (scst / "checkpoints" / "4").is_dir()
+    # A copy cut short (as the earlier code could leave one) is replaced, not left unreadable.
+    from research.experiments import exposure_bias
+
+    base = tmp_path / "wd" / "runs" / "baseline_seed0" / "checkpoints" / "4"
+    cut = tmp_path / "cut" / "runs" / "scst_seed0" / "checkpoints" / "4"
+    shutil.copytree(base, cut)
+    victim = max((p for p in cut.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    (tmp_path / "cut" / "runs" / "baseline_seed0").mkdir(parents=True)
+    shutil.copytree(base.parent, tmp_path / "cut" / "runs" / "baseline_seed0" / "checkpoints")
+    exposure_bias._seed_from_baseline(c, tmp_path / "cut", "scst", 0)
+    assert exposure_bias._files(cut) == exposure_bias._files(base)
 
 
 def test_unilm_with_linear_attention_is_refused_before_any_run(tmp_path):
