@@ -189,7 +189,8 @@ def test_legacy_names_and_the_nsp_head_load_through_hf_init(tmp_path):
     # A checkpoint that cannot become the model is one line naming the init, not a traceback.
     del old[next(k for k in old if k.endswith("word_embeddings.weight"))]
     save_file(old, str(tmp_path / "old" / "model.safetensors"))
-    with pytest.raises(ConfigError, match=r"^init='hf:.*': ValueError: checkpoint does not match the model"):
+    bad = r"^init='hf:.*': ValueError: checkpoint does not match the model"
+    with pytest.raises(ConfigError, match=bad):
         bert_task.pretrained_model(f"hf:{tmp_path / 'old'}", key="init")
     (tmp_path / "old" / "model.safetensors").unlink()
     with pytest.raises(ConfigError, match=r"^init='hf:.*': no model.safetensors in "):
