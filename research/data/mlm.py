@@ -123,12 +123,17 @@ def mlm_dataset(
             out["source"] = np.full(len(out["ids"]), record["source"], np.int32)
         return out
 
+    specials = np.asarray([vocab.pad_id, vocab.cls_id, vocab.sep_id, vocab.mask_id], np.int32)
+
     def mask(row, rng):
         n = len(row["ids"])
         ids = np.full(seq_len, vocab.pad_id, np.int32)
         ids[: n + 2] = np.concatenate([[vocab.cls_id], row["ids"], [vocab.sep_id]])
         word_index = np.full(seq_len, -1, np.int32)  # [CLS], [SEP], [PAD]: never masked
         word_index[1 : n + 1] = row["words"]
+        # Nor a special token written inside the text ("[SEP]" or "[MASK]" in raw text):
+        # masking "[MASK]" would ask the model to predict [MASK].
+        word_index[np.isin(ids, specials)] = -1
         inputs, targets, weights = masking.mlm_mask(
             ids,
             word_index,

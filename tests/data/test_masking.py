@@ -221,3 +221,15 @@ class _DummyVocab:
 
 
 DUMMY_VOCAB = _DummyVocab()
+
+
+def test_special_tokens_written_in_the_text_are_never_masked(corpus):
+    """Raw text may hold "[SEP]" or "[MASK]" literally; the tokenizer makes them special ids,
+    which must not be masked or predicted (a masked "[MASK]" asks for [MASK])."""
+    _, vocab = corpus
+    records = [{"text": "我们[MASK]今天[SEP]去" * 3} for _ in range(16)]
+    ds = mlm.mlm_dataset(records, vocab, seq_len=32, batch_size=8, seed=0, train=False)
+    out, _ = _collect(ds)
+    special = np.isin(out["targets"], [vocab.mask_id, vocab.sep_id, vocab.cls_id, vocab.pad_id])
+    assert special.sum() > 16  # the text's own specials reached the rows
+    assert out["weights"][special].sum() == 0 and out["weights"].sum() > 0
