@@ -46,10 +46,12 @@ METRICS = {
     "answers": "answers kept / passage",
 }
 # Keys every run sets from the experiment's own (research.main refuses overrides of them).
-SWEPT = sweep.seeded_points(**{"run.qagen.init": "init", "pretrain.data.data_dir": "data.data_dir"})
-SWEPT |= {
+# (run.data is the experiment's data section itself, so its overrides stand.)
+SWEPT = {
     "run.seed": "use --config.seeds",
+    "run.qagen.init": "use --config.init",
     "pretrain.seed": "use --config.seeds (the MLM pretrains with the first)",
+    "pretrain.data.data_dir": "use --config.data.data_dir",
 }
 
 

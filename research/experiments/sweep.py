@@ -11,7 +11,7 @@ import pathlib
 import jax
 from ml_collections import ConfigDict
 
-from research.train import loop
+from research.train import loop, metrics
 from research.train.config import ConfigError, parse
 
 # research.main's --start_fresh for every point's run (contextvar: set by `start_fresh`).
@@ -204,13 +204,7 @@ def logged_result(out: pathlib.Path, last_step: int) -> tuple[dict, float]:
     """(eval, tokens/s) of a run that finished in an earlier process, from its metrics.jsonl: the
     eval row at its last step and the last train row's throughput. A ConfigError if the log
     lacks that eval row (written by process 0 only)."""
-    path = pathlib.Path(out) / "metrics.jsonl"
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else ():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a row cut by a kill: the rows before it stand
-            continue
+    rows = metrics.read_rows(out)  # a row cut by a kill is skipped
     evals = [r for r in rows if r["split"] == "eval" and r["step"] == last_step]
     if not evals:
         raise ConfigError(

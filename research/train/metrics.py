@@ -52,6 +52,21 @@ def summarize(sums: dict) -> dict:
     return out
 
 
+def _rows(path: pathlib.Path):
+    """(line, row) of every whole row of a metrics.jsonl; a half-written row (a crash, a full
+    disk) is skipped."""
+    for line in path.read_text().splitlines(keepends=True) if path.exists() else ():
+        try:
+            yield line, json.loads(line)
+        except ValueError:
+            continue
+
+
+def read_rows(workdir) -> list[dict]:
+    """The whole rows of WORKDIR/metrics.jsonl, in order ([] without the file)."""
+    return [row for _, row in _rows(pathlib.Path(workdir) / "metrics.jsonl")]
+
+
 def keep_rows_up_to(workdir, step: int) -> int:
     """Keep the rows of WORKDIR/metrics.jsonl with step <= `step` (the step a run resumes from)
     and append the others, the record of steps about to be trained again, to
@@ -61,11 +76,7 @@ def keep_rows_up_to(workdir, step: int) -> int:
     if not path.exists():
         return 0
     keep, moved = [], []
-    for line in path.read_text().splitlines(keepends=True):
-        try:
-            row = json.loads(line)
-        except ValueError:  # a half-written row
-            continue
+    for line, row in _rows(path):
         if not line.endswith("\n"):
             line += "\n"
         (keep if row.get("step", 0) <= step else moved).append(line)
