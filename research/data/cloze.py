@@ -57,6 +57,10 @@ def train_row(
     ids = np.asarray(ids, np.int32)
     word_index = np.arange(len(ids))
     word_index[[0, len(ids) - 1, *slots]] = -1  # never randomly masked
+    # Nor a special token written inside the text ("[MASK]" in a review), as in mlm_dataset:
+    # masking it would train the model to predict [MASK].
+    specials = [vocab.pad_id, vocab.cls_id, vocab.sep_id, vocab.mask_id]
+    word_index[np.isin(ids, specials)] = -1
     if rate > 0:
         inputs, targets, weights = masking.mlm_mask(
             ids,

@@ -167,6 +167,35 @@ def test_pet_rows_put_the_verbalizer_at_the_slots(mlm_workdir):
     assert int(plain["mask"].sum()) == 2 + len(rec["text"])
 
 
+def test_pet_rows_never_mask_a_special_token_written_in_the_text(mlm_workdir):
+    """A review holding "[MASK]" or "[SEP]" literally: those tokens stay out of the random masking
+    (weight 0) even at rate 1, in labeled and unlabeled rows, as mlm_dataset keeps them out."""
+    vocab = load_trained(mlm_workdir).vocab
+    pattern = patterns.Pattern("[MASK]满意。{text}", ("不", "很"))
+    table = patterns.verbalizer_ids(pattern, vocab)
+    rec = {"text": "质量[MASK]好[SEP]快", "label": 1}
+    for labeled in (True, False):
+        row = cloze.train_row(
+            rec,
+            np.random.default_rng(0),
+            vocab,
+            pattern,
+            table,
+            seq_len=32,
+            rate=1.0,
+            labeled=labeled,
+        )
+        n = int(row["mask"].sum())
+        ids = np.asarray(vocab.encode(rec["text"]))
+        start = 5 if labeled else 1  # after [CLS] (and [MASK]满意。)
+        special = np.isin(ids, [vocab.mask_id, vocab.sep_id])
+        assert special.sum() == 2  # the tokenizer keeps both as specials
+        text_weights = row["weights"][start : start + len(ids)]
+        assert (text_weights[special] == 0).all() and (text_weights[~special] == 1).all()
+        # Labeled rows add the slot and the pattern's 满意。 (masked at rate 1 too).
+        assert row["weights"][:n].sum() == (~special).sum() + (4 if labeled else 0)
+
+
 def test_zero_shot_signal_against_brute_force():
     """AUC by counting every (label 1, label 0) pair, the calibrated threshold by trying every
     cut: what `zero_shot_signal` reports to tell a wrong prior from no signal."""
