@@ -37,7 +37,7 @@ class TrainConfig:
     num_train_steps: int = 1000
     log_every_steps: int = 50  # train metrics to metrics.jsonl / TensorBoard
     eval_every_steps: int = 500  # and at the last step
-    eval_steps: int = 20  # eval batches per evaluation
+    eval_steps: int = 20  # eval batches per evaluation: the eval split's first ones, or all
     checkpoint_every_steps: int = 500  # and at the last step, and on SIGTERM
     keep_checkpoints: int = 3  # newest N kept
 

@@ -140,7 +140,10 @@ def describe_changes(changes: dict[str, tuple]) -> str:
 
 
 def _evaluate(eval_step, state, make_iterator, eval_steps: int, batch_sharding, extra) -> dict:
-    """Eval loss over `eval_steps` batches, plus the task's `extra(state, pairs)` metrics."""
+    """Eval loss over the eval split's first `eval_steps` batches (the same ones every time),
+    plus the task's `extra(state, pairs)` metrics. A split holding fewer whole batches is read
+    whole (a last partial batch is dropped, but mlm pads it): the result's
+    "batches" says how many were read, and a warning says so when fewer than eval_steps."""
     totals, pairs = None, []
     for local in batches_everywhere(iter(make_iterator(False)), eval_steps):
         batch = shards.global_batch(local, batch_sharding)
@@ -149,7 +152,15 @@ def _evaluate(eval_step, state, make_iterator, eval_steps: int, batch_sharding, 
         totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
     if totals is None:
         raise DataError("the eval split is too small for one batch; lower batch_size or seq_len")
-    result = metrics.summarize(totals)
+    result = {**metrics.summarize(totals), "batches": len(pairs)}
+    if len(pairs) < eval_steps:
+        logging.warning(
+            "eval: the eval split holds %d whole batches, fewer than eval_steps=%d; "
+            "all %d evaluated",
+            len(pairs),
+            eval_steps,
+            len(pairs),
+        )
     result.update(extra(state, pairs))
     return result
 

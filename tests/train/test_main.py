@@ -11,6 +11,7 @@ import sys
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from tests.cpu import cpu_env
@@ -840,3 +841,41 @@ def test_evaluation_stops_on_every_process_when_one_runs_out():
     other = iter([True, True, False])
     got = list(batches_everywhere(iter(range(5)), 10, all_have=lambda have: have and next(other)))
     assert got == [0, 1]
+
+
+def test_evaluation_reads_the_first_eval_steps_batches_and_says_when_the_split_holds_fewer(caplog):
+    """_evaluate's loss is the token-weighted mean over the batches it read (NumPy), "batches"
+    counts them, and a split shorter than eval_steps is read whole with one warning."""
+    import jax
+
+    from research.train.loop import _evaluate
+
+    rng = np.random.default_rng(0)
+    split = [
+        {"loss": rng.uniform(0, 3, (2, 4)).astype(np.float32), "w": rng.integers(0, 2, (2, 4))}
+        for _ in range(3)
+    ]
+    split = [{k: v.astype(np.float32) for k, v in b.items()} for b in split]
+
+    def eval_step(state, batch):
+        return {
+            "loss_sum": (batch["loss"] * batch["w"]).sum(),
+            "weight_sum": batch["w"].sum(),
+        }
+
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    for eval_steps, read in ((2, 2), (5, 3)):
+        caplog.clear()
+        got = _evaluate(
+            eval_step,
+            None,
+            lambda train: iter(split),
+            eval_steps,
+            sharding,
+            lambda state, pairs: {},
+        )
+        used = split[:read]
+        want = sum((b["loss"] * b["w"]).sum() for b in used) / sum(b["w"].sum() for b in used)
+        assert got["batches"] == read and got["loss"] == pytest.approx(want, rel=1e-6)
+        warned = [r for r in caplog.records if "fewer than eval_steps" in r.getMessage()]
+        assert len(warned) == (read < eval_steps)
