@@ -80,7 +80,13 @@ def _pretrained_config(init: str, *, key: str):
         k = task.exported_layers(saved)
         return (mcfg if k is None else mcfg.replace(num_layers=k)), vocab
     config = json.loads((path / "config.json").read_text())
-    return convert.bert_config(config), wordpiece.BertVocab.from_pretrained_dir(path)
+    mcfg, vocab = convert.bert_config(config), wordpiece.BertVocab.from_pretrained_dir(path)
+    if vocab.vocab_size() > mcfg.vocab_size:  # ids the embedding table has no row for
+        raise ConfigError(
+            f"{key}={init!r}: its vocabulary has {vocab.vocab_size()} tokens, its model only "
+            f"{mcfg.vocab_size} embeddings (config.json vocab_size); use the model's own vocabulary"
+        )
+    return mcfg, vocab
 
 
 def pretrained_model(init: str, *, key: str) -> Bert:

@@ -195,3 +195,23 @@ def test_legacy_names_and_the_nsp_head_load_through_hf_init(tmp_path):
     (tmp_path / "old" / "model.safetensors").unlink()
     with pytest.raises(ConfigError, match=r"^init='hf:.*': no model.safetensors in "):
         bert_task.pretrained_config(f"hf:{tmp_path / 'old'}", key="init")
+
+
+def test_an_hf_init_whose_vocabulary_outgrows_its_embeddings_is_refused(tmp_path):
+    """A vocab.txt with more tokens than config.json's vocab_size would look up ids the
+    embedding table has no row for: one line naming both sizes; a vocabulary that fits loads."""
+    from research.config import ConfigError
+    from research.tasks import bert as bert_task
+
+    _random_bert(tmp_path)  # vocab_size 99
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    for n, ok in ((99, True), (100, False)):
+        words = [chr(0x4E00 + i) for i in range(n - len(specials))]
+        (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t in specials + words))
+        if ok:
+            mcfg, vocab = bert_task.pretrained_config(f"hf:{tmp_path}", key="init")
+            assert (mcfg.vocab_size, vocab.vocab_size()) == (99, 99)
+        else:
+            bad = r"^init='hf:.*': its vocabulary has 100 tokens, its model only 99 embeddings"
+            with pytest.raises(ConfigError, match=bad):
+                bert_task.pretrained_config(f"hf:{tmp_path}", key="init")
