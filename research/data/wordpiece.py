@@ -82,7 +82,8 @@ def build_char_tokenizer(
 
 def load_hf_tokenizer(path) -> Tokenizer:
     """WordPiece tokenizer of a Hugging Face directory: tokenizer.json, else vocab.txt (with
-    do_lower_case from tokenizer_config.json, default True). encode(text) adds [CLS]/[SEP]."""
+    do_lower_case, strip_accents and tokenize_chinese_chars from tokenizer_config.json, defaults
+    as BertTokenizer's). encode(text) adds [CLS]/[SEP]."""
     from tokenizers.implementations import BertWordPieceTokenizer
 
     path = pathlib.Path(path)
@@ -95,12 +96,18 @@ def load_hf_tokenizer(path) -> Tokenizer:
         return tok
     if not (path / "vocab.txt").is_file():
         raise FileNotFoundError(f"neither tokenizer.json nor vocab.txt in {path}")
-    lower = True
+    cfg = {}
     if (path / "tokenizer_config.json").is_file():
-        lower = json.loads((path / "tokenizer_config.json").read_text()).get("do_lower_case", True)
+        cfg = json.loads((path / "tokenizer_config.json").read_text())
     # The implementation class only assembles a Tokenizer (normalizer, pre-tokenizer, [CLS]/[SEP]
-    # post-processor); keep that object.
-    return BertWordPieceTokenizer(str(path / "vocab.txt"), lowercase=lower)._tokenizer
+    # post-processor); keep that object. BertTokenizer's options, with its defaults (strip_accents
+    # None: follow lowercasing).
+    return BertWordPieceTokenizer(
+        str(path / "vocab.txt"),
+        lowercase=cfg.get("do_lower_case", True),
+        strip_accents=cfg.get("strip_accents"),
+        handle_chinese_chars=cfg.get("tokenize_chinese_chars", True),
+    )._tokenizer
 
 
 def _str(text) -> str:

@@ -190,3 +190,41 @@ def test_memoised_character_ids_match_the_tokenizer(sentences, vocab):
     ref = vocab.tokenizer.encode_batch(lists, is_pretokenized=True, add_special_tokens=False)
     assert [vocab.encode_words(w) for w in lists] == [(e.ids, e.word_ids) for e in ref]
     assert len(vocab._memo) > 1000  # the memo served these
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"do_lower_case": True},
+        {"do_lower_case": True, "strip_accents": False},
+        {"do_lower_case": False},
+        {"do_lower_case": False, "strip_accents": True},
+        {"do_lower_case": True, "tokenize_chinese_chars": False},
+    ],
+    ids=["lower", "lower-keep-accents", "cased", "cased-strip-accents", "no-cjk-split"],
+)
+def test_a_vocab_txt_follows_its_tokenizer_config_as_bert_tokenizer_does(tmp_path, options):
+    """tokenizer_config.json's do_lower_case, strip_accents and tokenize_chinese_chars give the
+    ids transformers' BertTokenizer gives with the same options (accents and ideographs)."""
+    transformers = pytest.importorskip("transformers", reason="needs the test extra")
+    words = [
+        "café",
+        "cafe",
+        "Café",
+        "caf",
+        "##é",
+        "##e",
+        "中",
+        "国",
+        "中国",
+        "naïve",
+        "na",
+        "##ive",
+    ]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (tmp_path / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(options))
+    hf = transformers.BertTokenizer(str(tmp_path / "vocab.txt"), **options)
+    ours = BertVocab.from_pretrained_dir(tmp_path)
+    for text in ("Café naïve 中国", "cafe CAFÉ 中国中", "naïve"):
+        assert ours.encode(text) == hf(text, add_special_tokens=False)["input_ids"], text
