@@ -322,3 +322,47 @@ def test_the_pallas_kernels_give_the_xla_forms_model_and_gpu_is_refused():
         "model.linear_implementation='pallas' has TPU (Mosaic) kernels only, no GPU (Triton) "
         "kernel: use model.linear_implementation=xla"
     )
+
+
+@pytest.mark.parametrize("attention", ["gla", "gated_deltanet"])
+def test_the_pallas_kernels_per_device_on_a_mesh_give_the_xla_forms_model(monkeypatch, attention):
+    """On a TPU mesh the Mosaic kernels run per device (`per_device`: batch and heads split,
+    grouped k/v repeated first). Off TPU the platform is patched and the kernels run under the
+    Pallas interpreter on 8 CPU devices (data 2 x fsdp 2 x tensor 2, 4 heads, 2 k/v heads):
+    logits and gradients equal the XLA form's on one device, with packed documents."""
+    from research.models import recurrent_attention
+    from research.models.partitioning import activation_sharding
+    from research.train import sharding
+
+    extra = dict(num_heads=4, num_kv_heads=2, d_model=32, chunk_size=16)
+    cfg = ModelConfig(**{**TINY, **extra, "attention": attention})
+    toks = jax.random.randint(jax.random.PRNGKey(3), (4, 21), 1, TINY["vocab_size"])
+    doc = jnp.asarray([[0] * 5 + [1] * 16, [0] * 21, [0] * 11 + [1] * 10, [0] * 21])
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+
+    def logits_and_grads(impl):
+        model = DecoderLM(cfg.replace(linear_implementation=impl), rngs=nnx.Rngs(2))
+        graph, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params):
+            logits = nnx.merge(graph, params, rest)(toks, document_ids=doc)
+            return jnp.sum(jnp.sin(logits)), logits
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+    calls = []
+    real = recurrent_attention.per_device
+
+    def spy(*args, **kw):
+        calls.append(args[0])
+        return real(*args, **kw)
+
+    (_, want), want_grads = logits_and_grads("xla")
+    monkeypatch.setattr(recurrent_attention, "platform", lambda: "tpu")
+    monkeypatch.setattr(recurrent_attention, "per_device", spy)
+    with activation_sharding(sharding.activation_resolver(mesh)):
+        (_, got), got_grads = logits_and_grads("pallas")
+    assert len(calls) == TINY["num_layers"]  # every layer went through the per-device path
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    for w, g in zip(jax.tree.leaves(want_grads), jax.tree.leaves(got_grads), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
