@@ -157,7 +157,10 @@ def build_config(
         # The architecture is the pretrained model's; how this run executes it is the run's own
         # (transfer matches layers across the scanned and unrolled forms).
         mcfg = pre[0].replace(
-            dropout=run.model.dropout, scan_layers=run.model.scan_layers, remat=run.model.remat
+            dropout=run.model.dropout,
+            scan_layers=run.model.scan_layers,
+            remat=run.model.remat,
+            softmax_implementation=run.model.softmax_implementation,
         )
         if max_length > mcfg.max_length:
             if mcfg.positions in ("learned", "sinusoidal") or mcfg.attention == "linformer":

@@ -80,17 +80,23 @@ def test_classify_starts_from_the_mlm_encoder_with_a_fresh_head(mlm_workdir, dat
 
 
 def test_a_scanned_classifier_starts_from_an_unrolled_mlm(mlm_workdir, data_dir):
-    """The run's model.scan_layers (and remat) win over the pretrained model's form: the
-    classifier scans its layers and layer i holds the unrolled MLM's layer i."""
+    """The run's model.scan_layers, remat and softmax kernel win over the pretrained model's
+    (a GPU-trained MLM's cuDNN would not run here): the classifier scans its layers and layer i
+    holds the unrolled MLM's layer i."""
     c = classify_config.get_config("smoke")
     c.data.data_dir = data_dir
     c.classify.init = f"workdir:{mlm_workdir}"
-    c.model.update(scan_layers=True, remat="full")
+    c.model.update(scan_layers=True, remat="full", softmax_implementation="blockwise")
     run = parse(c)
     task = tasks.get("classify")
     data = task.build_data(run)
     mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
     assert mcfg.scan_layers and mcfg.remat == "full"
+    assert (
+        mcfg.softmax_implementation
+        == "blockwise"
+        != load_trained(mlm_workdir).model.cfg.softmax_implementation
+    )
     model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=5, dropout=6))
     task.initialize(run, model)
     pre = load_trained(mlm_workdir).model

@@ -879,3 +879,28 @@ def test_evaluation_reads_the_first_eval_steps_batches_and_says_when_the_split_h
         assert got["batches"] == read and got["loss"] == pytest.approx(want, rel=1e-6)
         warned = [r for r in caplog.records if "fewer than eval_steps" in r.getMessage()]
         assert len(warned) == (read < eval_steps)
+
+
+def test_a_run_trained_with_accelerator_kernels_loads_with_the_xla_forms_here(reference, tmp_path):
+    """A workdir whose model.json names cuDNN's softmax (trained on a GPU) or the Pallas linear
+    kernels loads on this CPU with the XLA forms: the same logits as the run's own model."""
+    import numpy as np
+
+    from research.train import load_trained
+    from research.train.trained import runnable_here
+
+    want = load_trained(reference[0])
+    ids = np.asarray([want.vocab.encode("def f(x): return x")], np.int32)
+    copy = tmp_path / "gpu_run"
+    shutil.copytree(reference[0], copy)
+    saved = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**saved, "softmax_implementation": "cudnn"}))
+    got = load_trained(copy)
+    assert got.model.cfg.softmax_implementation == "xla"
+    np.testing.assert_array_equal(got.model(ids), want.model(ids))
+    long = runnable_here(
+        want.model.cfg.replace(softmax_implementation="tpu_flash", max_length=8192)
+    )
+    assert long.softmax_implementation == "blockwise"  # no dense 8k x 8k scores
+    gla = runnable_here(want.model.cfg.replace(attention="gla", linear_implementation="pallas"))
+    assert gla.linear_implementation == "xla"
