@@ -48,6 +48,13 @@ def device_name() -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", kind).strip("_")
 
 
+def device_memory_gb(fallback: float = 60.0) -> float:
+    """The first device's memory in GiB (its allocator's limit), or `fallback` where the backend
+    does not say (CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats["bytes_limit"] / 2**30 if stats.get("bytes_limit") else fallback
+
+
 def _attention_rows(args, deadline: float, skipped: list) -> list[dict]:
     rows = []
     b, h, d = args.batch, args.heads, args.head_dim
@@ -86,21 +93,17 @@ def _attention_rows(args, deadline: float, skipped: list) -> list[dict]:
     return rows
 
 
-def _train_rows(args, deadline: float, skipped: list) -> list[dict]:
+def _train_runs(args) -> list[argparse.Namespace]:
+    """research.bench.train's arguments for the two LM steps: softmax (this backend's fast
+    kernel) and Gated DeltaNet (the Pallas kernels on TPU), bf16, at the --train_* shape."""
     backend = jax.default_backend()
     kinds = [
         ("softmax", {"gpu": "cudnn", "tpu": "tpu_flash"}.get(backend, "blockwise"), "xla"),
         ("gated_deltanet", "xla", "pallas" if backend == "tpu" else "xla"),
     ]
-    rows = []
-    for kind, soft, lin in kinds:
-        if time.perf_counter() > deadline:
-            skipped.append(f"train {kind}")
-            continue
-        sizes = {
-            k.removeprefix("train_"): v for k, v in vars(args).items() if k.startswith("train_")
-        }
-        ns = argparse.Namespace(
+    sizes = {k.removeprefix("train_"): v for k, v in vars(args).items() if k.startswith("train_")}
+    return [
+        argparse.Namespace(
             **sizes,  # layers, d_model, heads, length, batch, vocab
             attention=kind,
             softmax_implementation=soft,
@@ -110,9 +113,20 @@ def _train_rows(args, deadline: float, skipped: list) -> list[dict]:
             remat="none",
             steps=args.repeats,
         )
+        for kind, soft, lin in kinds
+    ]
+
+
+def _train_rows(args, deadline: float, skipped: list, save) -> list[dict]:
+    rows = []
+    for ns in _train_runs(args):
+        if time.perf_counter() > deadline:
+            skipped.append(f"train {ns.attention}")
+            continue
         r = train_bench.run(ns)
-        r.update(bench="train", impl=f"{kind} ({r['implementation']})", length=args.train_length)
+        r.update(bench="train", impl=f"{ns.attention} ({r['implementation']})")
         rows.append(r)
+        save(rows)
         print(
             f"  train    {r['impl']:26s} {r['step_seconds'] * 1e3:9.1f} ms/step "
             f"{r['tokens_per_second']:12,.0f} tok/s  MFU {r['mfu']:.1%}",
@@ -152,12 +166,19 @@ FIELDS = (
     "kind",
     "impl",
     "length",
+    "batch",
     "seconds",
     "tokens_per_second",
     "tflops_per_second",
     "memory_bytes",
     "status",
+    "layers",
+    "d_model",
+    "vocab",
+    "dtype",
+    "devices",
     "step_seconds",
+    "matmul_peak_gflops",
     "mfu",
 )
 
@@ -169,7 +190,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--heads", type=positive_int, default=16)
     p.add_argument("--head_dim", type=positive_int, default=128)
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--memory_budget_gb", type=positive_float, default=60.0)
+    p.add_argument(
+        "--memory_budget_gb",
+        type=positive_float,
+        default=device_memory_gb(),
+        help="skip a row whose compiled program needs more (default: the device's memory)",
+    )
     p.add_argument("--train_layers", type=positive_int, default=12)
     p.add_argument("--train_d_model", type=positive_int, default=768)
     p.add_argument("--train_heads", type=positive_int, default=12)
@@ -179,20 +205,37 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--budget_s", type=positive_int, default=420)
     p.add_argument("--out", type=out_dir, default="bench_out/accelerator")
     args = p.parse_args(argv)
+    # The train steps' shapes are checked before any measurement, not after the attention rows.
+    for ns in _train_runs(args):
+        if ns.batch % jax.device_count():
+            p.error(
+                f"--train_batch {ns.batch} must be divisible by the {jax.device_count()} devices"
+            )
+        train_bench.check_model(p, ns, train_bench.model_config)
     t0 = time.perf_counter()
-    header = f"{machine_header()} | attention bf16 B{args.batch} H{args.heads} D{args.head_dim}"
+    header = (
+        f"{machine_header()} | attention bf16 B{args.batch} H{args.heads} D{args.head_dim} | "
+        f"train {args.train_layers}L d{args.train_d_model} h{args.train_heads} len "
+        f"{args.train_length} batch {args.train_batch} vocab {args.train_vocab} bf16 on "
+        f"{jax.device_count()} device(s)"
+    )
     print(header, flush=True)
-    skipped: list[str] = []
-    # the attention rows get 70% of the budget, the two train steps the rest
-    rows = _attention_rows(args, t0 + 0.7 * args.budget_s, skipped)
-    rows += _train_rows(args, t0 + args.budget_s, skipped)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = device_name()
-    write_csv(out / f"{name}.csv", rows, FIELDS)
+    skipped: list[str] = []
+
+    def save(more: list[dict]) -> None:  # every row so far, so a failure later keeps them
+        write_csv(out / f"{name}.csv", att + more, FIELDS)
+
+    # the attention rows get 70% of the budget, the two train steps the rest
+    att = _attention_rows(args, t0 + 0.7 * args.budget_s, skipped)
+    for r in att:
+        r["batch"] = args.batch
+    save([])
+    rows = att + _train_rows(args, t0 + args.budget_s, skipped, save)
     plot(rows, out / f"{name}.png", header)
     print()
-    att = [r for r in rows if r["bench"] == "attention"]
     for c in attention.crossovers(att):
         print(attention.crossover_line(c))
     if skipped:

@@ -93,10 +93,10 @@ def crossover_line(c: dict) -> str:
 def run(args) -> list[dict]:
     b, h, d = args.batch, args.heads, args.head_dim
     budget = int(args.memory_budget_gb * 2**30)
-    peak = matmul_peak()
     rows = []
     impls = [i for i in (*IMPLS, *RECURRENT_IMPLS, *ACCELERATOR_IMPLS) if i in args.impls]
     dtype = jnp.dtype(args.dtype)
+    peak = matmul_peak(dtype=dtype)  # one device, the rows' dtype
     if TORCH in args.impls:
         try:
             import torch  # noqa: F401

@@ -4,7 +4,8 @@
                                     --vocab 8192 --attention softmax --steps 5 --out DIR]
                                     [--scan_layers --remat full]
 
-MFU = model FLOPs per step / step time / measured matmul peak (research.report), with the
+MFU = model FLOPs per step / step time / peak, the peak one device's measured matmul in the
+run's dtype (research.report.matmul_peak) times the devices the step runs on, with the
 PaLM count (Chowdhery et al. 2022, appendix B): 6 N + 12 n_layers d_model length FLOPs per token,
 N the parameters that multiply activations (the tied output projection included, lookups not);
 for the other attention kinds 12 d_model length becomes 3 x their own mixing FLOPs per token
@@ -15,6 +16,7 @@ import argparse
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -98,7 +100,9 @@ def run(args) -> dict:
         return m["loss_sum"]
 
     seconds = median_time(lambda: one_step(), repeats=args.steps, warmup=2)
-    peak = matmul_peak()
+    # The step runs on every device of the mesh, in the model's dtype: so does the roofline.
+    devices = mesh.devices.size
+    peak = matmul_peak(dtype=jnp.dtype(args.dtype)) * devices
     tokens = args.batch * args.length
     return {
         "layers": args.layers,
@@ -119,7 +123,8 @@ def run(args) -> dict:
         "step_seconds": seconds,
         "tokens_per_second": tokens / seconds,
         "model_tflops_per_step": flops_token * tokens / 1e12,
-        "matmul_peak_gflops": peak / 1e9,
+        "devices": devices,
+        "matmul_peak_gflops": peak / 1e9,  # all `devices` together
         "mfu": flops_token * tokens / seconds / peak,
     }
 
@@ -169,7 +174,8 @@ def main(argv=None):
         f"DecoderLM {r['layers']}L d{r['d_model']} h{r['heads']} len {r['length']} batch "
         f"{r['batch']} vocab {r['vocab']} {r['attention']} ({r['implementation']}) {r['dtype']}, "
         f"{'scanned' if r['scan_layers'] else 'unrolled'} layers, remat {r['remat']}, AdamW, jit "
-        "train step\n"
+        f"train step on {r['devices']} device(s); MFU against {r['devices']} x one device's "
+        f"measured {r['dtype']} matmul\n"
     )
     print(format_table([r], COLUMNS, FORMATS, align="rrrrr"))
     if args.out:

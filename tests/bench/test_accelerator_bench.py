@@ -49,9 +49,57 @@ def test_the_budget_stops_measuring_and_says_what_was_not_measured(tmp_path, cap
     rows = accelerator.main(argv)
     out = capsys.readouterr().out
     assert 1 <= len(rows) < 8  # the first measurement, then the budget was spent
+    assert "| train 1L d16 h2 len 16 batch 8 vocab 32 bf16 on 8 device(s)" in out
     assert "not measured (over --budget_s 1): " in out and "train gated_deltanet" in out
     with open(tmp_path / "cpu.csv") as f:
         written = list(csv.DictReader(f))
     assert [r["impl"] for r in written] == [r["impl"] for r in rows]
     assert (tmp_path / "cpu.png").stat().st_size > 10_000
     assert f"wrote {tmp_path / 'cpu.csv'} and {tmp_path / 'cpu.png'}" in out
+
+
+TINY = ["--lengths", "32", "--batch", "1", "--heads", "1", "--head_dim", "8", "--repeats", "1"]
+TINY += ["--train_layers", "1", "--train_d_model", "16", "--train_heads", "2"]
+TINY += ["--train_length", "16", "--train_batch", "8", "--train_vocab", "32"]
+
+
+def test_a_bad_train_shape_is_refused_before_any_measurement(monkeypatch, tmp_path, capsys):
+    def measured(*args, **kw):
+        raise AssertionError("measured before the train flags were checked")
+
+    monkeypatch.setattr(accelerator.attention_rows, "measure_jax", measured)
+    for bad, message in (
+        (["--train_heads", "5"], "d_model (16) must be divisible by num_heads (5)"),
+        (["--train_batch", "12"], "--train_batch 12 must be divisible by the 8 devices"),
+    ):
+        try:
+            accelerator.main([*TINY, *bad, "--out", str(tmp_path)])
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError("not refused")
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+def test_rows_already_measured_are_written_when_a_train_step_fails(monkeypatch, tmp_path):
+    """The attention rows reach the CSV before the train steps run: a train step that fails
+    (an out-of-memory compile, a timeout's kill) leaves them on disk; the header names the
+    train shape, the CSV its columns."""
+
+    def failing(ns):
+        raise RuntimeError("RESOURCE_EXHAUSTED")
+
+    monkeypatch.setattr(accelerator.train_bench, "run", failing)
+    try:
+        accelerator.main([*TINY, "--budget_s", "600", "--out", str(tmp_path)])
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the train step's failure was swallowed")
+    with open(tmp_path / "cpu.csv") as f:
+        written = list(csv.DictReader(f))
+    impls = accelerator.attention_impls("cpu")
+    assert [r["impl"] for r in written] == [i for i in impls for _ in ("fwd", "fwd+bwd")]
+    assert {"batch", "layers", "dtype", "devices", "matmul_peak_gflops"} <= written[0].keys()
+    assert all(r["batch"] == "1" for r in written)

@@ -77,3 +77,25 @@ def test_a_recurrent_kind_is_credited_its_own_mixing_not_softmaxs():
     )  # fmt: skip
     want = 6 * n + 3 * 1 * 2 * per_head
     assert train.model_flops_per_token(cfg, params) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_mfu_is_against_every_devices_peak_in_the_runs_dtype(monkeypatch, dtype):
+    """The step runs on all 8 (fake) devices in the model's dtype: MFU divides by 8 x one
+    device's peak measured in that dtype (it divided by one device's fp32 peak)."""
+    import jax
+    import jax.numpy as jnp
+
+    seen = []
+
+    def peak(n=None, dtype=jnp.float32):
+        seen.append(jnp.dtype(dtype))
+        return 1e9
+
+    monkeypatch.setattr(train, "matmul_peak", peak)
+    argv = ["--layers", "1", "--d_model", "32", "--heads", "2", "--length", "16"]
+    r = train.main([*argv, "--batch", "8", "--vocab", "64", "--steps", "2", "--dtype", dtype])
+    assert seen == [jnp.dtype(dtype)] and r["devices"] == jax.device_count() == 8
+    flops_per_second = r["model_tflops_per_step"] * 1e12 / r["step_seconds"]
+    assert r["mfu"] == pytest.approx(flops_per_second / (8 * 1e9))
+    assert r["matmul_peak_gflops"] == pytest.approx(8.0)
