@@ -148,9 +148,15 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
                     lengths, [r["tflops_per_second"] for _, r in pts], marker="o", label=impl
                 )
         axes[0].set(
-            title="attention fwd+bwd, bf16", xlabel="tokens", ylabel="seconds per call (median)"
+            title="attention fwd+bwd, bf16",
+            xlabel="sequence length (tokens per row)",
+            ylabel="seconds per call (median)",
         )
-        axes[1].set(title="achieved throughput", xlabel="tokens", ylabel="TFLOP/s (FLOP model)")
+        axes[1].set(
+            title="achieved throughput",
+            xlabel="sequence length (tokens per row)",
+            ylabel="TFLOP/s (FLOP model)",
+        )
         train = [r for r in rows if r["bench"] == "train"]
         axes[2].bar([r["impl"] for r in train], [r["tokens_per_second"] for r in train])
         axes[2].set(title="LM train step", ylabel="tokens / s")

@@ -34,6 +34,7 @@ attention.png to --out. What each row runs and how one is measured: `attention_r
 import argparse
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -59,25 +60,29 @@ from research.report import (
 )
 
 
-def crossovers(rows, kind: str = "fwd+bwd") -> list[dict]:
+def crossovers(rows, kind: str = "fwd+bwd", backend: str | None = None) -> list[dict]:
     """Per non-softmax impl: the shortest measured length from which it is faster than the
-    fastest softmax row at that length (None: never within the lengths)."""
-    lengths = sorted({r["length"] for r in rows if r["kind"] == kind})
+    fastest softmax row at every measured length (None: not at the longest). Off a CPU backend
+    the torch rows (which run on the CPU) are no softmax row to compare with."""
+    backend = backend or jax.default_backend()
+    softmax_rows = ("softmax", TORCH) if backend == "cpu" else ("softmax",)
     ok = [r for r in rows if r["kind"] == kind and np.isfinite(r["seconds"])]
     others = dict.fromkeys(r["impl"] for r in ok if not r["impl"].startswith(("softmax", TORCH)))
     out = []
     for impl in others:
-        at = None
-        for n in lengths:
+        wins = []  # (length, faster?) where both were measured, by length
+        for n in sorted({r["length"] for r in ok}):
             soft = [
-                r["seconds"]
-                for r in ok
-                if r["length"] == n and r["impl"].startswith(("softmax", TORCH))
+                r["seconds"] for r in ok if r["length"] == n and r["impl"].startswith(softmax_rows)
             ]
             mine = [r["seconds"] for r in ok if r["length"] == n and r["impl"] == impl]
-            if soft and mine and mine[0] < min(soft):
-                at = n
+            if soft and mine:
+                wins.append((n, mine[0] < min(soft)))
+        at = None
+        for n, faster in reversed(wins):
+            if not faster:
                 break
+            at = n
         out.append({"impl": impl, "kind": kind, "crossover_length": at})
     return out
 
@@ -108,7 +113,7 @@ def run(args) -> list[dict]:
         for impl in impls:
             for mode in ("fwd", "fwd+bwd"):
                 if impl == TORCH:
-                    r = measure_torch(mode, b, length, h, d, args.repeats)
+                    r = measure_torch(mode, b, length, h, d, args.repeats, dtype)
                 else:
                     r = measure_jax(impl, mode, b, length, h, d, args.repeats, budget, dtype)
                 work = attention_flops(
@@ -135,7 +140,7 @@ def run(args) -> list[dict]:
                 )
     if args.long_length:
         for mode in ("fwd", "fwd+bwd"):
-            r = measure_jax("linear-chunked", mode, b, args.long_length, h, d, 1, budget)
+            r = measure_jax("linear-chunked", mode, b, args.long_length, h, d, 1, budget, dtype)
             r.update(
                 kind=mode,
                 impl="linear-chunked",
@@ -153,7 +158,7 @@ def run(args) -> list[dict]:
             )
     for context in args.contexts:
         for kind in ("softmax-kv-cache", "linear-state"):
-            s = decode_seconds(kind, context, b, h, d)
+            s = decode_seconds(kind, context, b, h, d, dtype=dtype)
             rows.append(
                 dict(
                     kind="decode",
@@ -177,11 +182,11 @@ def plot(rows, path, header):
     with save_figure(path, header, 3, (16, 4.8), title_size=9) as axes:
         for ax, kind in zip(axes[:2], ("fwd", "fwd+bwd"), strict=True):
             for impl in (*IMPLS, TORCH, *RECURRENT_IMPLS, *ACCELERATOR_IMPLS):
-                pts = [
+                pts = sorted(
                     (r["length"], r["seconds"])
                     for r in rows
                     if r["kind"] == kind and r["impl"] == impl and np.isfinite(r["seconds"])
-                ]
+                )
                 if pts:
                     ax.loglog(*zip(*pts, strict=True), marker="o", label=impl)
             ax.set(
@@ -192,11 +197,11 @@ def plot(rows, path, header):
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         for impl in ("softmax-kv-cache", "linear-state"):
-            pts = [
+            pts = sorted(
                 (r["length"], r["tokens_per_second"])
                 for r in rows
                 if r["kind"] == "decode" and r["impl"] == impl
-            ]
+            )
             if pts:
                 axes[2].loglog(*zip(*pts, strict=True), marker="o", label=impl)
         axes[2].set(
@@ -278,7 +283,15 @@ def main(argv=None):
     malloc = keep_freed_memory() if args.malloc == "keep" else "malloc: system defaults"
     dt = {"float32": "fp32", "bfloat16": "bf16"}[args.dtype]
     shapes = f"batch {args.batch}, heads {args.heads}, head_dim {args.head_dim}, {dt}, causal"
-    header = f"{machine_header()} | {malloc} | torch SDPA on CPU as reference | {shapes}"
+    torch_note = ""
+    if TORCH in args.impls:
+        try:
+            import torch
+
+            torch_note = f" | torch {torch.__version__} SDPA on CPU as reference"
+        except ImportError:
+            pass
+    header = f"{machine_header()} | {malloc}{torch_note} | {shapes}"
     print(header)
     rows = run(args)
     out = pathlib.Path(args.out)

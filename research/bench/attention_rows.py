@@ -5,7 +5,6 @@ then the median time), torch SDPA on CPU (`measure_torch`), and decode against a
 them on a GPU or TPU."""
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +13,7 @@ from jax import lax
 
 from research.bench.attention_targets import TORCH
 from research.ops import attention as att
-from research.report import median_time
+from research.report import median_time, usable_cpus
 
 IMPLS = ("softmax-xla", "softmax-blockwise", "linear-chunked", "linear-scan", "linear-cumsum")
 # Gated linear attention (gla: per-key-dim gate; gla_scalar: one gate per head and step, the
@@ -100,7 +99,7 @@ def measure_jax(impl, mode, b, length, h, d, repeats, budget_bytes, dtype=jnp.fl
     need = _NEEDS.get(impl, "tpu" if impl.endswith("-pallas") else None)
     # (the Pallas kernels run under the interpreter off TPU: short lengths only; the
     # softmax kernels do not run off their backend at all)
-    interpreted = impl.endswith("-pallas") and length <= 4096
+    interpreted = impl.endswith("-pallas") and length <= 4096 and jax.default_backend() == "cpu"
     if need and jax.default_backend() != need and not interpreted:
         return {"seconds": float("nan"), "memory_bytes": float("nan"), "status": f"skipped: {need}"}
     fn = attention_fn(impl)
@@ -118,21 +117,26 @@ def measure_jax(impl, mode, b, length, h, d, repeats, budget_bytes, dtype=jnp.fl
     return {"seconds": seconds, "memory_bytes": mem, "status": "ok"}
 
 
-def measure_torch(mode, b, length, h, d, repeats):
+def measure_torch(mode, b, length, h, d, repeats, dtype=jnp.float32):
+    """torch SDPA (causal) on the CPU, on the cores this process may use, in `dtype`."""
     import time
 
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
     g = torch.Generator().manual_seed(0)
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[jnp.dtype(dtype).name]
     q, k, v = (
-        torch.randn(b, h, length, d, generator=g, requires_grad=mode != "fwd") for _ in range(3)
+        torch.randn(b, h, length, d, generator=g, dtype=tdtype, requires_grad=mode != "fwd")
+        for _ in range(3)
     )
 
     def run():
+        for x in (q, k, v):
+            x.grad = None  # each call computes its gradients afresh, as jax.grad does
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         if mode != "fwd":
-            out.sum().backward()
+            out.float().sum().backward()
 
     times = []
     for i in range(repeats + 1):
@@ -144,12 +148,13 @@ def measure_torch(mode, b, length, h, d, repeats):
     return {"seconds": float(np.median(times)), "memory_bytes": float("nan"), "status": "ok"}
 
 
-def decode_seconds(kind: str, context: int, b, h, d, steps: int = 64) -> float:
-    """Seconds per generated token with `context` tokens already cached (median of 3)."""
+def decode_seconds(kind: str, context: int, b, h, d, steps: int = 64, dtype=jnp.float32) -> float:
+    """Seconds per generated token with `context` tokens already cached (median of 3); q, k, v
+    and the KV cache in `dtype` (the linear state accumulates in fp32, as the op does)."""
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
-    qs, ks, vs = (jax.random.normal(k, (steps, b, h, d)) for k in keys)
+    qs, ks, vs = (jax.random.normal(k, (steps, b, h, d), dtype) for k in keys)
     if kind == "softmax-kv-cache":
-        cache = [jax.random.normal(k, (b, context + steps, h, d)) for k in keys[:2]]
+        cache = [jax.random.normal(k, (b, context + steps, h, d), dtype) for k in keys[:2]]
 
         def run(cache, qs, ks, vs):
             def body(t, c):

@@ -1,6 +1,10 @@
 """The attention benchmark's speed targets (from the issues that set them), checked against the
-rows `research.bench.attention.run` measured: a table of measured value, goal and status."""
+rows `research.bench.attention.run` measured: a table of measured value, goal and status.
+Targets are ratios within one run, except Performer's quoted time (another machine's figure:
+shown for orientation, never met or missed); off a CPU backend the torch SDPA targets read n/a
+(torch runs on the CPU, the JAX rows on the accelerator)."""
 
+import jax
 import numpy as np
 
 TORCH = "torch-sdpa"  # the torch SDPA reference rows of research.bench.attention
@@ -24,13 +28,14 @@ def _ratio(rows, a, b):
 
 
 def _long_memory_gb(rows):
-    """Compiled fwd+bwd memory (decimal GB) of the longest linear chunked run, if >= 1M and run."""
+    """Compiled fwd+bwd memory (decimal GB) of the longest linear chunked run >= 1M tokens,
+    compiled (run, or skipped as over the memory budget: its memory is known either way)."""
     runs = [
         r
         for r in rows
         if (r["kind"], r["impl"]) == ("fwd+bwd", "linear-chunked")
         and r["length"] >= 2**20
-        and r["status"] == "ok"
+        and r["status"] in ("ok", "skipped: over budget")
     ]
     return max(runs, key=lambda r: r["length"])["memory_bytes"] / 1e9 if runs else None
 
@@ -49,7 +54,7 @@ TARGETS = (
      lambda r: _value(r, "fwd", "linear-chunked", 16384, "fraction_of_peak"),
      ">= 0.2", lambda v: v >= 0.2),
     ("linear chunked fwd+bwd 16k: times faster than Performer's quoted 0.22 s",
-     _times_faster_than_performer, ">= 3", lambda v: v >= 3),
+     _times_faster_than_performer, ">= 3 (reference only)", None),
     ("linear chunked fwd+bwd 16k: times faster than Performer's algorithm run here (our scan "
      "form: token scan with the reverse-scan VJP)",
      lambda r: _ratio(r, ("fwd+bwd", "linear-scan", 16384), ("fwd+bwd", "linear-chunked", 16384)),
@@ -81,12 +86,18 @@ TARGETS = (
 )  # fmt: skip
 
 
-def targets(rows) -> list[dict]:
+def targets(rows, backend: str | None = None) -> list[dict]:
     """One table row per target: measured value ('not measured' if absent), goal, status."""
+    on_cpu = (backend or jax.default_backend()) == "cpu"
     out = []
     for name, value, goal, ok in TARGETS:
         v = value(rows)
-        status = "n/a" if v is None else ("met" if ok(v) else "MISSED")
-        shown = "not measured" if v is None else f"{v:.3g}"
+        if "torch" in name and not on_cpu:
+            v, shown, status = None, "torch ran on the CPU", "n/a"
+        else:
+            shown = "not measured" if v is None else f"{v:.3g}"
+            status = (
+                "n/a" if v is None else "reference" if ok is None else "met" if ok(v) else "MISSED"
+            )
         out.append({"target": name, "measured": shown, "goal": goal, "status": status})
     return out

@@ -35,6 +35,8 @@ def test_attention_bench_writes_table_csv_png(tmp_path, capsys):
     assert (tmp_path / "attention.png").stat().st_size > 10_000
     assert "| target | measured | goal | status |" in out and "jax" in out.splitlines()[0]
     assert "malloc" in out.splitlines()[0]
+    torch = pytest.importorskip("torch", reason="needs the test extra")
+    assert f"torch {torch.__version__} SDPA on CPU as reference" in out.splitlines()[0]
     assert {r["kind"] for r in rows if r["length"] == 256} == {"fwd", "fwd+bwd"}  # --long_length
     impls = {r["impl"] for r in rows if r["kind"] == "fwd"}
     assert set(attention.IMPLS) <= impls
@@ -51,6 +53,7 @@ def test_impls_runs_a_subset_and_refuses_unknown_names(tmp_path, capsys):
     argv = ["--lengths", "32", "--contexts", "32", "--repeats", "1", "--long_length", "0"]
     argv += ["--heads", "1", "--head_dim", "4", "--out", str(tmp_path)]
     rows = attention.main([*argv, "--impls", "gla_scalar-chunked,gla_scalar-scan"])
+    assert "torch" not in capsys.readouterr().out.splitlines()[0]  # no torch row, no torch note
     assert {r["impl"] for r in rows if r["kind"] != "decode"} == {
         "gla_scalar-chunked",
         "gla_scalar-scan",
@@ -129,3 +132,79 @@ def test_crossover_is_the_first_length_a_linear_row_beats_every_softmax_row():
     got = {c["impl"]: c["crossover_length"] for c in attention.crossovers(rows)}
     # the fastest softmax (blockwise) takes 0.52, 8.4, 134 s: gla wins from 16384, delta never
     assert got == {"gla-pallas": 16384, "delta-pallas": None}
+
+
+def test_a_crossover_holds_at_every_longer_length_and_torch_counts_on_cpu_only():
+    """A win at 1k, a loss at 4k and a win at 16k crosses over at 16k, not 1k; a torch row (on
+    the CPU) is a softmax row to beat on a CPU backend, and none on an accelerator."""
+
+    def row(impl, n, s):
+        return {"impl": impl, "kind": "fwd+bwd", "length": n, "seconds": s}
+
+    rows = [row("softmax-blockwise", n, s) for n, s in ((1024, 1.0), (4096, 1.0), (16384, 9.0))]
+    rows += [row("gla-chunked", n, s) for n, s in ((1024, 0.5), (4096, 2.0), (16384, 3.0))]
+    assert attention.crossovers(rows, backend="cpu")[0]["crossover_length"] == 16384
+    rows += [row(attention.TORCH, 16384, 1.0)]  # faster than gla at 16k
+    assert attention.crossovers(rows, backend="cpu")[0]["crossover_length"] is None
+    assert attention.crossovers(rows, backend="gpu")[0]["crossover_length"] == 16384
+
+
+def test_targets_compare_within_one_run_only():
+    """Off a CPU backend the torch targets read n/a (torch ran on the CPU); Performer's quoted
+    time (another machine's) is reference, never met or missed; the 1M row's memory counts when
+    it was skipped as over budget (it was compiled)."""
+    from research.bench.attention_targets import targets
+
+    def row(kind, impl, n, s, mem=float("nan"), status="ok"):
+        return {"kind": kind, "impl": impl, "length": n, "seconds": s, "memory_bytes": mem,
+                "status": status}  # fmt: skip
+
+    rows = [
+        row("fwd+bwd", attention.TORCH, 16384, 4.0),
+        row("fwd+bwd", "linear-chunked", 16384, 0.05),
+    ]
+    rows += [row("fwd+bwd", "linear-chunked", 2**20, float("nan"), 20e9, "skipped: over budget")]
+    by = {t["target"]: t for t in targets(rows, backend="cpu")}
+    torch_target = next(t for name, t in by.items() if name.startswith("linear chunked vs torch"))
+    assert (torch_target["measured"], torch_target["status"]) == ("80", "met")
+    performer = next(t for name, t in by.items() if "quoted" in name)
+    assert (performer["measured"], performer["status"]) == ("4.4", "reference")
+    memory = next(t for name, t in by.items() if "(>= 1M)" in name)
+    assert (memory["measured"], memory["status"]) == ("20", "MISSED")
+    on_gpu = {t["target"]: t for t in targets(rows, backend="gpu")}
+    assert all(t["status"] == "n/a" for name, t in on_gpu.items() if "torch" in name)
+
+
+def test_pallas_rows_off_tpu_and_cpu_are_skipped_not_a_crash(monkeypatch):
+    """On a GPU the Pallas (Mosaic) kernels do not run, not even interpreted: a skipped row."""
+    import jax
+
+    from research.bench import attention_rows
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    r = attention_rows.measure_jax("linear-pallas", "fwd", 1, 128, 1, 16, 1, 2**30)
+    assert r["status"] == "skipped: tpu"
+
+
+def test_torch_rows_use_the_usable_cores_and_the_runs_dtype(monkeypatch):
+    torch = pytest.importorskip("torch", reason="needs the test extra")
+    import jax.numpy as jnp
+
+    from research.bench import attention_rows
+
+    monkeypatch.setattr(attention_rows, "usable_cpus", lambda: 1)
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append(q.dtype)
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    before = torch.get_num_threads()
+    try:
+        attention_rows.measure_torch("fwd+bwd", 1, 16, 1, 8, 1, jnp.bfloat16)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {torch.bfloat16}
