@@ -140,7 +140,10 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
     att = [r for r in rows if r["bench"] == "attention" and r["kind"] == "fwd+bwd"]
     with save_figure(path, title, 3, (16, 4.8), title_size=9) as axes:
         for impl in dict.fromkeys(r["impl"] for r in att):
-            pts = [(r["length"], r) for r in att if r["impl"] == impl and np.isfinite(r["seconds"])]
+            pts = sorted(
+                ((r["length"], r) for r in att if r["impl"] == impl and np.isfinite(r["seconds"])),
+                key=lambda p: p[0],
+            )
             if pts:
                 lengths = [n for n, _ in pts]
                 axes[0].loglog(lengths, [r["seconds"] for _, r in pts], marker="o", label=impl)
