@@ -6,7 +6,8 @@ and values; linear: the O(1) recurrent state) against re-encoding the whole hist
 
 A turn = a user turn of `turn_tokens` tokens + [SEP], then a reply of `turn_tokens` tokens +
 [SEP], fed through `research.sampling.ChatSession` (fixed token ids: a turn's cost does
-not depend on which tokens, and sampling is the same small cost in every mode). History H = H
+not depend on which tokens; each reply step still samples and reads its token back to the host,
+as a real chat does). History H = H
 earlier turns (user and bot alternating) already in the conversation. The model is configs/
 chat.py's default architecture with random weights. Modes:
   kept      the session's cache (a buffer of --max_context positions for softmax) carries over;
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from research.cli import out_dir, positive_int
+from research.cli import int_at_least, out_dir, positive_int
 from research.models import DecoderLM, ModelConfig
 from research.report import format_table, machine_header, plural, save_figure, write_csv
 from research.sampling import ChatSession
@@ -153,7 +154,7 @@ def main(argv=None):
     p.add_argument("--d_model", type=positive_int, default=256)
     p.add_argument("--layers", type=positive_int, default=4)
     p.add_argument("--heads", type=positive_int, default=4)
-    p.add_argument("--vocab", type=positive_int, default=8000)
+    p.add_argument("--vocab", type=int_at_least(6), default=8000, help="ids 0-4 are specials")
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument(
         "--max_context",

@@ -132,19 +132,20 @@ class ChatSession:
 
     def bot_turn(self, on_text=None, forced: list[int] | None = None) -> list[int]:
         """Sample the reply (or take `forced` ids), feed it and its [SEP] into the cache, and
-        return its ids; on_text(piece) receives the text as it is generated."""
+        return its ids; on_text(piece) receives the text as it is generated. A forced reply
+        still samples every step (and discards the draw), so it costs what a sampled one does:
+        the benchmarks time forced replies of a fixed length."""
         segment, sep = self._speaker(len(self.turns)), self.vocab.sep_id
         reply, shown = [], ""
         for i in range(self.max_tokens):
+            if forced is not None and i == len(forced):
+                break
+            self.key, sub = jax.random.split(self.key)
+            token = int(self._choose(self.logits, sub)[0])
             if forced is not None:
-                if i == len(forced):
-                    break
                 token = forced[i]
-            else:
-                self.key, sub = jax.random.split(self.key)
-                token = int(self._choose(self.logits, sub)[0])
-                if token == sep:
-                    break
+            elif token == sep:
+                break
             reply.append(token)
             self._feed([token], segment)
             if on_text is not None:
