@@ -304,7 +304,7 @@ def train_and_evaluate(
         dynamic_ncols=True,
     )
     # Throughput counts from the end of this run's first step, so compilation is excluded.
-    window, t0, tokens, examples, steps_run = None, None, 0.0, 0.0, 0
+    window, window_steps, t0, tokens, examples, steps_run = None, 0, None, 0.0, 0.0, 0
     last_loss, eval_result, preempted, s = float("nan"), {}, False, start
     errors = []  # what failed in the loop and while finishing its saves, in order
     try:
@@ -313,11 +313,18 @@ def train_and_evaluate(
             state, sums = train_step(state, batch)
             sums = jax.device_get(sums)
             last_loss = float(sums["loss_sum"]) / max(float(sums["weight_sum"]), 1.0)
+            # Stop before this state can reach a checkpoint: a non-finite loss (this step's
+            # parameters in), or non-finite parameters out of its update (an overflowing step
+            # with a finite loss would otherwise be saved, and every resume would start from it).
             if not math.isfinite(last_loss):
-                # Stop before this state can reach a checkpoint.
                 raise NonFiniteLoss(
                     f"non-finite train loss ({last_loss}) at step {s}; "
                     "stopping without saving this step's state"
+                )
+            if not sums.pop("params_finite"):
+                raise NonFiniteLoss(
+                    f"non-finite parameters after step {s}'s update (loss {last_loss:.4g}; "
+                    "learning rate too high?); stopping without saving this step's state"
                 )
             steps_run += 1
             if t0 is None:
@@ -326,6 +333,7 @@ def train_and_evaluate(
                 tokens += t.batch_size * batch["inputs"].shape[1]
                 examples += t.batch_size
             window = sums if window is None else {k: window[k] + sums[k] for k in sums}
+            window_steps = 1 if window is sums else window_steps + 1
             rate = _rate(tokens, t0)
             bar.update(1)
             if task.predicts_tokens:
@@ -333,7 +341,10 @@ def train_and_evaluate(
             else:  # a classifier: rows per second
                 bar.set_postfix(loss=f"{last_loss:.4f}", ex_s=f"{_rate(examples, t0):,.1f}")
             if s % t.log_every_steps == 0:
-                writer.write(s, "train", {**metrics.summarize(window), "tokens_per_second": rate})
+                # A row is over the steps since the previous row of this run: fewer than
+                # log_every_steps after a resume ("steps" says how many).
+                row = metrics.summarize(window, steps=window_steps)
+                writer.write(s, "train", {**row, "steps": window_steps, "tokens_per_second": rate})
                 window = None
             # A stop asked for (SIGTERM's grace period is short) saves before a scheduled
             # evaluation, which the run then skips; the final step's evaluation always runs.

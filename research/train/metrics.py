@@ -32,8 +32,9 @@ with _without_torch():
     from tensorboardX.summary import scalar
 
 
-def summarize(sums: dict) -> dict:
-    """Token-weighted sums -> loss, accuracy, perplexity (computed once, after all sums are in)."""
+def summarize(sums: dict, steps: int = 1) -> dict:
+    """Token-weighted sums -> loss, accuracy, perplexity (computed once, after all sums are in);
+    grad_norm, summed over `steps` train steps, -> their mean."""
     weight = max(float(sums["weight_sum"]), 1.0)
     loss = float(sums["loss_sum"]) / weight
     out = {"loss": loss, "tokens": float(sums["weight_sum"])}
@@ -41,7 +42,7 @@ def summarize(sums: dict) -> dict:
         out["accuracy"] = float(sums["correct"]) / weight
     out["perplexity"] = math.exp(min(loss, 50.0))
     if "grad_norm" in sums:
-        out["grad_norm"] = float(sums["grad_norm"])
+        out["grad_norm"] = float(sums["grad_norm"]) / steps
     for k in sums.keys() - {"loss_sum", "weight_sum", "correct", "grad_norm"}:
         name = k.partition("/")[2]
         if k.startswith("correct/") and f"predicted/{name}" in sums:

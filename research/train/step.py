@@ -138,6 +138,11 @@ def _apply(optimizer, state: TrainState, grads, loss_sum, weight_sum, sums):
         "loss_sum": loss_sum,
         "weight_sum": weight_sum,
         "grad_norm": optax.tree.norm(grads),
+        # whether every parameter out of the update is finite (the loop saves no state that
+        # is not); one reduction over the parameters, beside the optimizer's several passes
+        "params_finite": jnp.all(
+            jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)])
+        ),
         **sums,
     }
     return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from configs import lm as lm_config
 from tests.cpu import cpu_env
 from tests.once import once
 from tests.preemption import sigterm_after_metrics
@@ -349,6 +350,48 @@ def test_non_finite_loss_stops_and_saves_nothing_bad(data_dir, tmp_path):
     bad_step = int(msg.split(" at step ")[1].split(";")[0])
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert all(s < bad_step for s in saved)
+
+
+def test_an_update_that_overflows_the_parameters_is_never_saved(data_dir, tmp_path):
+    """A step whose loss is finite but whose update overflows the parameters (learning rate
+    1e39 > float32's max) stops the run there: that state is not checkpointed (it was, and the
+    next step's non-finite loss came too late), and every saved checkpoint is finite."""
+    from research.train import loop
+    from research.train.config import parse
+
+    c = lm_config.get_config("smoke")
+    c.data.data_dir = str(data_dir)
+    c.optimizer.update(learning_rate=1e39, warmup_steps=0, grad_clip=0.0)
+    c.update(num_train_steps=4, checkpoint_every_steps=1)
+    with pytest.raises(loop.NonFiniteLoss) as e:
+        loop.train_and_evaluate(parse(c), str(tmp_path))
+    assert str(e.value).startswith("non-finite parameters after step 1's update (loss ")
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_a_train_row_is_the_mean_over_its_steps_and_says_how_many(data_dir, tmp_path):
+    """grad_norm in a row is the mean over the row's steps (it was their sum: 50x at the
+    default log_every_steps), loss the token-weighted mean, "steps" their count: a run logging
+    every 4 steps against the same run logging every step."""
+    from research.train import loop
+    from research.train.config import parse
+
+    rows = {}
+    for every in (1, 4):
+        c = lm_config.get_config("smoke")
+        c.data.data_dir = str(data_dir)
+        c.update(num_train_steps=8, log_every_steps=every, eval_every_steps=8)
+        wd = tmp_path / str(every)
+        loop.train_and_evaluate(parse(c), str(wd))
+        lines = (wd / "metrics.jsonl").read_text().splitlines()
+        rows[every] = [r for r in map(json.loads, lines) if r["split"] == "train"]
+    one, four = rows[1], rows[4]
+    assert [r["steps"] for r in one] == [1] * 8 and [r["steps"] for r in four] == [4, 4]
+    for i, row in enumerate(four):
+        part = one[4 * i : 4 * i + 4]
+        assert row["grad_norm"] == pytest.approx(np.mean([r["grad_norm"] for r in part]), rel=1e-5)
+        loss = sum(r["loss"] * r["tokens"] for r in part) / sum(r["tokens"] for r in part)
+        assert row["loss"] == pytest.approx(loss, rel=1e-5)
 
 
 def test_mqar_config_smoke(data_dir, tmp_path):
