@@ -94,7 +94,13 @@ def parse(
     return run
 
 
-def _check_devices(train: TrainConfig, mesh: MeshConfig, data: DataConfig, num_devices: int):
+def _check_devices(
+    train: TrainConfig,
+    mesh: MeshConfig,
+    data: DataConfig,
+    num_devices: int,
+    processes: int | None = None,
+):
     try:
         data_size, fsdp, _ = sharding.resolve_mesh_shape(mesh.as_dict(), num_devices)
     except ValueError as e:
@@ -111,7 +117,16 @@ def _check_devices(train: TrainConfig, mesh: MeshConfig, data: DataConfig, num_d
             f"per microbatch is not divisible by mesh data x fsdp = {data_size} x {fsdp} (each "
             "device would hold every microbatch row's activations)"
         )
-    processes = jax.process_count()
+    processes = processes or jax.process_count()
+    if (data_size * fsdp) % processes:
+        # Each process feeds its own rows: a batch shard spread over two processes (the tensor
+        # axis across hosts) would get different rows from each, silently.
+        raise ConfigError(
+            f"mesh data x fsdp = {data_size} x {fsdp} is not a multiple of the process count "
+            f"({processes}): each process feeds its own rows, so every batch shard's devices must "
+            f"be in one process; keep mesh.tensor within a process's {num_devices // processes} "
+            "devices"
+        )
     if train.batch_size % (data.shards or 1) or train.batch_size % processes:
         raise ConfigError(
             f"batch_size={train.batch_size} must be divisible by data.shards={data.shards} and "

@@ -456,6 +456,29 @@ def test_bad_config_is_a_one_line_config_error(key, value, message):
     assert "\n" not in str(e.value)
 
 
+def test_a_batch_shard_across_processes_is_a_config_error():
+    """Two processes of 2 devices with mesh.tensor=4: every device would hold the whole batch
+    while each process fed its own half (the run trained on a wrong, half-size batch, exit 0).
+    Refused in one line; tensor=2 within each process is fine."""
+    from configs import lm
+    from research.train.config import ConfigError, _check_devices, parse
+
+    c = lm.get_config("smoke")
+    run = parse(c, num_devices=4, platform="cpu")
+    for tensor, ok in ((2, True), (4, False)):
+        mesh = run.mesh.__class__(data=-1, fsdp=1, tensor=tensor)
+        if ok:
+            _check_devices(run.train, mesh, run.data, 4, processes=2)
+            continue
+        with pytest.raises(ConfigError) as e:
+            _check_devices(run.train, mesh, run.data, 4, processes=2)
+        assert str(e.value) == (
+            "mesh data x fsdp = 1 x 1 is not a multiple of the process count (2): each process "
+            "feeds its own rows, so every batch shard's devices must be in one process; keep "
+            "mesh.tensor within a process's 2 devices"
+        )
+
+
 def test_cudnn_softmax_with_packed_documents_is_a_config_error():
     """jax.nn.dot_product_attention takes no segment ids: refused when the config is parsed (as
     on a GPU), naming the implementations that separate documents; fine without packing."""
