@@ -129,6 +129,16 @@ class Checkpointer:
                     raise MismatchedCheckpoint(
                         f"checkpoint {step} in {self.directory}: {refused}"
                     ) from None
+                if jax.process_count() > 1:
+                    # Another process may have read its part and be waiting in Orbax's
+                    # collectives: falling back alone would leave the processes at different
+                    # steps (a hang). Stop every process with what to do instead.
+                    raise faults.UnreadableCheckpoints(
+                        f"checkpoint {step} in {self.directory} is unreadable on process "
+                        f"{jax.process_index()} ({faults.one_line(e)}); processes cannot fall "
+                        f"back one by one: move {self.directory / str(step)} to {self.aside} "
+                        "and rerun to resume from the checkpoint before it"
+                    ) from None
                 unreadable[step] = faults.one_line(e)
                 continue
             if unreadable:

@@ -173,6 +173,49 @@ def test_corrupt_latest_checkpoint_falls_back(reference, data_dir, tmp_path):
     assert sorted({json.loads(x)["step"] for x in replaced}) == [21, 22, 23, 24]
 
 
+def test_on_several_processes_an_unreadable_checkpoint_stops_with_what_to_do(
+    reference, data_dir, tmp_path, monkeypatch
+):
+    """With several processes one cannot fall back alone (the others may have read their part
+    and wait in Orbax's collectives: the processes ended at different steps and hung, and the
+    one that failed advised --start_fresh, which drops the good checkpoints). The process stops
+    with one line naming the checkpoint, the process and the fix; nothing is moved. (Run here in
+    one process that believes there are two.)"""
+    import types
+
+    import jax
+
+    from research.train import checkpoint, faults, loop
+    from research.train.config import parse
+
+    shutil.copytree(reference[0], tmp_path / "wd")
+    wd = tmp_path / "wd"
+    _truncate_arrays(wd / "checkpoints" / "24")
+    before = _files(wd)
+    two = types.SimpleNamespace(**{k: getattr(jax, k) for k in dir(jax) if not k.startswith("__")})
+    two.process_count = lambda: 2
+    monkeypatch.setattr(checkpoint, "jax", two)
+    c = lm_config.get_config("smoke")
+    c.data.data_dir = str(data_dir)
+    c.num_train_steps = 24
+    with pytest.raises(faults.UnreadableCheckpoints) as e:
+        loop.train_and_evaluate(parse(c), str(wd))
+    message = str(e.value)
+    assert message.startswith(
+        f"checkpoint 24 in {wd / 'checkpoints'} is unreadable on process 0 ("
+    ), message
+    assert message.endswith(
+        f"processes cannot fall back one by one: move {wd / 'checkpoints' / '24'} to "
+        f"{wd / 'unreadable_checkpoints'} and rerun to resume from the checkpoint before it"
+    )
+    assert "\n" not in message
+    after = _files(wd)
+    after.pop(pathlib.Path("errors.log"), None)
+    assert {k: v for k, v in after.items() if k.parts[0] != "tensorboard"} == {
+        k: v for k, v in before.items() if k.parts[0] != "tensorboard"
+    }
+
+
 def test_every_checkpoint_unreadable_is_refused_until_start_fresh(reference, data_dir, tmp_path):
     """No readable checkpoint: refused (exit 2, one line naming the steps and --start_fresh),
     nothing changed; --start_fresh moves them aside and trains from step 0, exactly as a new
