@@ -28,13 +28,17 @@ def _random_bert(tmp_path, **kw):
         **kw,
     )
     model = transformers.BertForMaskedLM(cfg).eval()
-    # HF's init (LayerNorm 1 and 0, MLM bias 0) would hide a LayerNorm or bias left unmapped.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.endswith("predictions.bias"):
-                p.add_(0.3 * torch.randn_like(p))
+    _perturb(model)
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model
+
+
+def _perturb(model) -> None:
+    """Every parameter moved off its init: HF's init (biases 0, LayerNorms 1 and 0) would hide a
+    bias or LayerNorm left unmapped, or two swapped."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
 
 
 def _inputs(vocab, b=2, length=13, seed=0):
@@ -71,6 +75,7 @@ def test_tiny_gpt2_matches_transformers(tmp_path, scan):
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64)
     hf = transformers.GPT2LMHeadModel(cfg).eval()
+    _perturb(hf)
     hf.save_pretrained(tmp_path, safe_serialization=True)
     ids = np.random.default_rng(1).integers(0, 97, (2, 17))
     with torch.no_grad():
