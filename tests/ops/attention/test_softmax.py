@@ -101,6 +101,68 @@ def test_blockwise_gradients_equal_dense(s):
         np.testing.assert_allclose(g, r, atol=ATOL, rtol=ATOL)
 
 
+def _np_attention_grads(q, k, v, bias, keep, cot):
+    """float64 NumPy: the output and d(sum(out * cot)) / d(bias) of dense softmax attention
+    with scores q k^T / sqrt(d) + bias (broadcast to [B, H, Lq, Lk]), `keep` [B, H, Lq, Lk];
+    the bias gradient summed over the axes the bias broadcasts along."""
+    q, k, v, b64, cot = (np.asarray(x, np.float64) for x in (q, k, v, bias, cot))
+    s = np.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5 + b64
+    s = np.where(keep, s, -np.inf)
+    m = np.max(s, -1, keepdims=True)
+    p = np.exp(s - np.where(np.isfinite(m), m, 0.0))
+    den = p.sum(-1, keepdims=True)
+    p = np.divide(p, den, out=np.zeros_like(p), where=den > 0)
+    out = np.einsum("bhqk,bkhd->bqhd", p, v)
+    dp = np.einsum("bqhd,bkhd->bhqk", cot, v)
+    ds = p * (dp - np.sum(p * dp, -1, keepdims=True))
+    axes = tuple(i for i, n in enumerate(bias.shape) if n == 1)
+    return out, ds.sum(axis=axes, keepdims=True)
+
+
+@settings(max_examples=8)
+@given(
+    s=softmax_shapes,
+    bias_shape=st.sampled_from(["full", "heads-keys", "batch-queries-keys", "keys"]),
+)
+def test_a_bias_gives_numpys_output_and_bias_gradient(s, bias_shape):
+    """An additive score bias of every broadcast shape: output and its gradient equal a float64
+    NumPy formula (the bias gradient reduced over its broadcast axes), in every portable
+    implementation."""
+    q, k, v, mask = _softmax_case(s)
+    b, lq, h, lk = s["b"], s["lq"], s["h"], s["lk"]
+    shape = {
+        "full": (b, h, lq, lk),
+        "heads-keys": (1, h, 1, lk),
+        "batch-queries-keys": (b, 1, lq, lk),
+        "keys": (1, 1, 1, lk),
+    }[bias_shape]
+    rng = np.random.default_rng(s["seed"] + 9)
+    bias = (2 * rng.standard_normal(shape)).astype(np.float32)
+    cot = rng.standard_normal((b, lq, h, v.shape[-1])).astype(np.float32)
+    groups = h // k.shape[2]
+    keep = np.ones((b, h, lq, lk), bool)
+    if s["causal"]:
+        keep &= np.tril(np.ones((lq, lk), bool))
+    if mask is not None:
+        keep &= mask if mask.ndim == 4 else _np_mask(mask)
+    want, want_db = _np_attention_grads(
+        q, np.repeat(k, groups, 2), np.repeat(v, groups, 2), bias, keep, cot
+    )
+    for impl in att.PORTABLE_SOFTMAX_IMPLEMENTATIONS:
+
+        def loss(bias, impl=impl):
+            out = att.softmax_attention(
+                q, k, v, causal=s["causal"], mask=mask, bias=bias, implementation=impl,
+                block_q=s["bq"], block_k=s["bk"],
+            )  # fmt: skip
+            return jnp.sum(out * cot), out
+
+        (_, out), db = jax.jit(jax.value_and_grad(loss, has_aux=True))(bias)
+        np.testing.assert_allclose(out, want, atol=ATOL, rtol=ATOL, err_msg=impl)
+        assert db.shape == bias.shape
+        np.testing.assert_allclose(db, want_db, atol=ATOL, rtol=ATOL, err_msg=impl)
+
+
 def test_blockwise_bias_gradient_reduces_over_broadcast_axes():
     q, k, v = qkv(1, 2, 12, 12, 2, 4)
     bias = np.random.default_rng(0).standard_normal((2, 1, 1, 12)).astype(np.float32)
