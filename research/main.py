@@ -52,20 +52,35 @@ _START_FRESH = flags.DEFINE_bool(
 )
 
 
+def _absolute(workdir: str) -> str:
+    """A local --workdir as an absolute path, "~" expanded (Orbax takes absolute paths only, and
+    every part of the run must write to the same place); URLs (gs://...) as given."""
+    if "://" in workdir:
+        return workdir
+    return str(pathlib.Path(workdir).expanduser().absolute())
+
+
 def _check_workdir(workdir: str) -> None:
-    """A local --workdir must be (or become) a writable directory; URLs (gs://...) are left to
-    the checkpointer."""
+    """A local --workdir must be a writable directory, or one that can be made (it is made only
+    once the config is known good); URLs (gs://...) are left to the checkpointer."""
     if "://" in workdir:
         return
-    path = pathlib.Path(workdir).expanduser()
+    path = pathlib.Path(workdir)
     if path.exists() and not path.is_dir():
         fail(f"--workdir={workdir}: exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        fail(f"--workdir={workdir}: {e.strerror or e}")
-    if not os.access(path, os.W_OK | os.X_OK):
-        fail(f"--workdir={workdir}: not writable")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        fail(f"--workdir={workdir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"--workdir={workdir}: {existing} is not writable")
+
+
+def _make_workdir(workdir: str) -> None:
+    if "://" not in workdir:
+        try:
+            pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            fail(f"--workdir={workdir}: {e.strerror or e}")
 
 
 def main(argv):
@@ -84,14 +99,18 @@ def main(argv):
     config = loaded_config(_CONFIG)
     if config is None or not _WORKDIR.value:
         fail("both --config=configs/NAME.py[:PRESET] and --workdir=DIR are required")
-    _check_workdir(_WORKDIR.value)
-    console.survive_closed_output(_WORKDIR.value)
-    faults.divert_noise(_WORKDIR.value)
+    workdir = _absolute(_WORKDIR.value)
+    _check_workdir(workdir)
+    console.survive_closed_output(workdir)
+    faults.divert_noise(workdir)
     try:
         # Processes first: validation asks JAX how many devices the run has.
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        lock.acquire(_WORKDIR.value)
-        if "experiment" in config:  # a sweep of training runs (research.experiments)
+        # A config refused here leaves no workdir behind (a sweep checks its runs as they come).
+        run = None if "experiment" in config else parse(config)
+        _make_workdir(workdir)
+        lock.acquire(workdir)
+        if run is None:  # a sweep of training runs (research.experiments)
             from research.experiments import EXPERIMENTS, SWEPT
             from research.experiments.sweep import refuse_swept_overrides, start_fresh
 
@@ -103,15 +122,14 @@ def main(argv):
             refuse_swept_overrides(config.experiment, overrides, SWEPT[config.experiment])
             try:
                 with start_fresh(_START_FRESH.value):
-                    EXPERIMENTS[config.experiment](config, _WORKDIR.value)
+                    EXPERIMENTS[config.experiment](config, workdir)
             except Preempted as e:
                 if jax.process_index() == 0:
                     print(e, flush=True)
             return 0
-        run = parse(config)
         summary = loop.train_and_evaluate(
             run,
-            _WORKDIR.value,
+            workdir,
             allow_config_change=_ALLOW_CONFIG_CHANGE.value,
             start_fresh=_START_FRESH.value,
         )

@@ -19,7 +19,8 @@ from research.models.variables import Constant
 
 def _manager(directory) -> ocp.CheckpointManager:
     handlers = {"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(pathlib.Path(directory).expanduser(), item_handlers=handlers)
+    path = pathlib.Path(directory).expanduser().absolute()  # Orbax takes absolute paths only
+    return ocp.CheckpointManager(path, item_handlers=handlers)
 
 
 def checkpoint_steps(directory) -> list[int]:

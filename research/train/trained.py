@@ -45,7 +45,7 @@ def load_trained(workdir, *, step: int | None = None) -> Trained:
     """The model of run `workdir` at checkpoint `step` (default: the newest), parameters only
     (restored with Orbax onto this process's default device; the optimizer state is not read).
     Raises ConfigError naming what is missing."""
-    path = pathlib.Path(workdir).expanduser()
+    path = pathlib.Path(workdir).expanduser().absolute()  # Orbax reads absolute paths only
     if not (path / "model.json").is_file():
         raise ConfigError(f"{workdir}: no model.json; not a workdir of a seqlab training run")
     steps = params_io.checkpoint_steps(path / "checkpoints")

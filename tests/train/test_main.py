@@ -588,7 +588,7 @@ def test_missing_config_file_and_unusable_workdir_are_one_line_errors(
     a_file.write_text("kept")
     for workdir, message in [
         (a_file, "exists and is not a directory"),
-        (a_file / "sub", "Not a directory"),
+        (a_file / "sub", f"{a_file} is not a directory"),
     ]:
         try:  # the command's main(), which checks --workdir before anything else starts
             cli.parse_flags(
@@ -1013,3 +1013,36 @@ def test_a_run_trained_with_accelerator_kernels_loads_with_the_xla_forms_here(re
     assert long.softmax_implementation == "blockwise"  # no dense 8k x 8k scores
     gla = runnable_here(want.model.cfg.replace(attention="gla", linear_implementation="pallas"))
     assert gla.linear_implementation == "xla"
+
+
+def test_relative_and_tilde_workdirs_train_save_and_decode_in_one_place(data_dir, tmp_path):
+    """--workdir=rel/run from another directory trains, saves (Orbax wants absolute paths: the
+    first save crashed) and decodes with research.generate from there; --workdir=~/run puts
+    the lock and the run together under $HOME (the run went to a literal ./~ directory)."""
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    env = {**_env(), "HOME": str(home)}
+    common = [
+        f"--config={ROOT / 'configs/lm.py'}:smoke",
+        f"--config.data.data_dir={data_dir}",
+        "--config.num_train_steps=4",
+    ]
+    for workdir, where in (("rel/run", cwd / "rel/run"), ("~/run", home / "run")):
+        cmd = [sys.executable, "-m", "research.main", *common, f"--workdir={workdir}"]
+        r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert (where / "checkpoints" / "4").is_dir() and (where / "model.json").is_file()
+    assert not (cwd / "~").exists()
+    cmd = [sys.executable, "-m", "research.generate", "--workdir=rel/run", "--prompt=def"]
+    r = subprocess.run(
+        [*cmd, "--max_new_tokens=2"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_refused_config_leaves_no_new_workdir(data_dir, tmp_path):
+    wd = tmp_path / "new" / "run"
+    r = _run(wd, data_dir, "--config.num_train_steps=0")
+    assert r.returncode == 2 and "num_train_steps=0" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "new").exists()
