@@ -13,11 +13,12 @@ gets a one-line warning on stderr; it is still answered. Exit 2 for a bad flag o
 is not a trained chat run (an experiment's directory: its runs are named).
 """
 
+import os
 import sys
 
 from absl import app, flags
 
-from research.cli import fail, load_run, parse_flags
+from research.cli import fail, load_run, parse_flags, seed_flag
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a chat training run's directory")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "keep the k most likely tokens (0 = all)", lower_bound=0)
@@ -35,7 +36,7 @@ _MAX_CONTEXT = flags.DEFINE_integer(
     "history limit in tokens (0 = the run's chat.max_context, else its data.seq_len)",
     lower_bound=0,
 )
-_SEED = flags.DEFINE_integer("seed", 0, "sampling PRNG seed")
+_SEED = seed_flag("sampling PRNG seed")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
 
 
@@ -59,17 +60,34 @@ def main(argv):
         )
     except ValueError as e:
         fail(str(e))
+    try:
+        _converse(session, trained, vocabulary_origin(run), unknown_turn_warning)
+    except KeyboardInterrupt:  # Ctrl-C leaves, as /quit does
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of stdout went away (| head): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _converse(session, trained, origin, unknown_turn_warning) -> None:
+    vocab = trained.vocab
+    # What the user types is text: a special token written in it ([SEP], [CLS]) would break
+    # the turn layout, so those ids are dropped.
+    specials = {vocab.pad_id, vocab.cls_id, vocab.sep_id, vocab.mask_id}
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chat with {_WORKDIR.value} (step {trained.step}); /reset, /quit", flush=True)
     while True:
         if interactive:
             print("you: ", end="", flush=True)
-        line = sys.stdin.readline()
-        if not line:  # end of input
+        raw = sys.stdin.buffer.readline()
+        if not raw:  # end of input
             break
-        text = line.strip()
-        if not text:
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            print(f"error: that line is not UTF-8 text (byte {e.start}); ignored", file=sys.stderr)
             continue
         if text == "/quit":
             break
@@ -77,15 +95,16 @@ def main(argv):
             session.reset()
             print("(history cleared)", flush=True)
             continue
-        ids = trained.vocab.encode(text)
-        warning = unknown_turn_warning(trained.vocab, ids, vocabulary_origin(run))
+        ids = [i for i in vocab.encode(text) if i not in specials] if text else []
+        if not ids:  # an empty line, or one the vocabulary holds nothing of
+            continue
+        warning = unknown_turn_warning(vocab, ids, origin)
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         session.user_turn(ids)
         print("bot: ", end="", flush=True)
         session.bot_turn(on_text=lambda piece: print(piece, end="", flush=True))
         print(flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,22 @@ def fail(message: str, code: int = 2):
     sys.exit(code)
 
 
+def utf8(text: str, what: str) -> str:
+    """`text` as given (Python decodes argv with surrogateescape: bytes that are not UTF-8
+    become lone surrogates the tokenizers cannot take); exit 2 naming `what` when it is not
+    UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        fail(f"{what} is not UTF-8 text (character {e.start})")
+    return text
+
+
+def seed_flag(help_text: str):
+    """--seed: an int in [0, 2**63 - 1] (jax.random.key's range; larger was a traceback)."""
+    return flags.DEFINE_integer("seed", 0, help_text, lower_bound=0, upper_bound=2**63 - 1)
+
+
 def load_run(argv, workdir: str, step: int | None, task: str | None):
     """The start of a tool over a trained run (research.chat, research.qagen, research.generate):
     absl logging at WARNING unless --verbosity, no positional arguments, --workdir given and a

@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from research.cli import fail, load_run, parse_flags
+from research.cli import fail, load_run, parse_flags, seed_flag, utf8
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a training run's directory")
 _PROMPT = flags.DEFINE_string("prompt", None, "text to continue (lm) or the source (seq2seq)")
@@ -27,7 +27,7 @@ _TOP_K = flags.DEFINE_integer(
 )
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass", lower_bound=0, upper_bound=1)
 _BEAM = flags.DEFINE_integer("beam_size", 4, "beam: beams kept", lower_bound=1)
-_SEED = flags.DEFINE_integer("seed", 0, "sample: PRNG seed")
+_SEED = seed_flag("sample: PRNG seed")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
 
 
@@ -57,7 +57,8 @@ def main(argv):
     trained = load_run(argv, _WORKDIR.value, _STEP.value, task=None)
     run = trained.config
     # A task that generates from text lays the prompt out (LmTask, Seq2seqTask: text_prompt).
-    laid_out = tasks.get(run.task).text_prompt(run, trained.vocab, _PROMPT.value)
+    prompt_text = utf8(_PROMPT.value, "--prompt")
+    laid_out = tasks.get(run.task).text_prompt(run, trained.vocab, prompt_text)
     if laid_out is None:
         fail(
             f"{_WORKDIR.value}: task={run.task!r} has no text vocabulary; generate works for lm "

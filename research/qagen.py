@@ -19,12 +19,13 @@ bad flag, a workdir that is not a qagen run, an input without any passage, or a 
 """
 
 import dataclasses
+import io
 import json
 import sys
 
 from absl import app, flags
 
-from research.cli import fail, load_run, parse_flags
+from research.cli import fail, load_run, parse_flags, seed_flag
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "a qagen run's directory: WORKDIR/runs/seedS of the experiment"
@@ -44,7 +45,7 @@ _BEAM = flags.DEFINE_integer(
 _IN_PASSAGE = flags.DEFINE_boolean(
     "in_passage", True, "keep only answers found in the passage (default: the run's)"
 )
-_SEED = flags.DEFINE_integer("seed", 0, "sampling PRNG seed")
+_SEED = seed_flag("sampling PRNG seed")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "passages per jitted batch", lower_bound=1)
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
 
@@ -93,7 +94,9 @@ def main(argv):
         fail(str(e))
     try:
         if _INPUT.value == "-":
-            records = read_records(sys.stdin, "stdin")
+            # strict UTF-8 (Python's stdin passes other bytes on as lone surrogates)
+            stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+            records = read_records(stdin, "stdin")
         else:
             with open(_INPUT.value, encoding="utf-8") as f:
                 records = read_records(f, _INPUT.value)

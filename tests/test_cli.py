@@ -298,3 +298,43 @@ def test_bench_model_mistakes_exit_2_before_tracing(module, argv, message, capsy
     with pytest.raises(SystemExit) as e:
         importlib.import_module(f"research.bench.{module}").main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_empty_model_json_is_named_not_reported_as_zero(
+    tmp_path, capsys, absl_verbosity, mlm_workdir
+):
+    """json's error is raised `from None` over a StopIteration(0): one_line said "(0)"."""
+    import json
+    import shutil
+
+    from research.train import faults
+
+    try:
+        json.loads("")
+    except ValueError as e:
+        assert faults.one_line(e) == "Expecting value: line 1 column 1 (char 0)"
+    run = tmp_path / "run"
+    shutil.copytree(mlm_workdir, run)
+    (run / "model.json").write_text("")
+    line = _load_run_error(capsys, run, None)
+    assert line.startswith(f"error: {run}: cannot read the run (Expecting value"), line
+
+
+@pytest.mark.parametrize("tool", ["research.generate", "research.chat", "research.qagen"])
+def test_a_seed_out_of_range_is_one_line(tool):
+    r = _run(["-m", tool, "--workdir=/nowhere", "--prompt=x", "--seed=99999999999999999999"])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--seed" in lines[0] and "9223372036854775807" in lines[0], lines[0]
+
+
+def test_text_that_is_not_utf8_is_one_line(capsys):
+    """argv and stdin reach Python with bytes that are not UTF-8 as lone surrogates, which the
+    tokenizers refuse with a traceback: refused first, naming the flag."""
+    from research.cli import utf8
+
+    assert utf8("déjà vu 中文", "--prompt") == "déjà vu 中文"
+    with pytest.raises(SystemExit) as e:
+        utf8("de\udcff", "--prompt")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: --prompt is not UTF-8 text (character 2)\n"

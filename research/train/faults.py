@@ -68,7 +68,8 @@ def one_line(e: BaseException, limit: int = 160) -> str:
     chain = []
     while e is not None and e not in chain:
         chain.append(e)
-        e = e.__cause__ or e.__context__
+        # `raise ... from None` (a JSONDecodeError over a StopIteration) hides the context
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     for x in reversed(chain):  # the innermost error names the file and what was wrong with it
         text = str(x).split("See full TensorStore details")[0].strip().rstrip(".")
         text = " ".join(text.split())

@@ -194,6 +194,51 @@ def test_chat_cli_on_piped_stdin(smoke_run):
     ], r.stderr
 
 
+def test_chat_cli_takes_what_a_terminal_sends(smoke_run):
+    """A line that is not UTF-8 is refused on one stderr line and skipped (it was a traceback);
+    special tokens typed as text ([SEP], [CLS]) are dropped, so a line of only those is ignored
+    like an empty one; the rest is answered."""
+    workdir, _ = smoke_run
+    text = b"hello\nhi \xff there\n[SEP] [CLS] [PAD]\nhow [SEP] are you\n"
+    r = subprocess.run(
+        [sys.executable, "-m", "research.chat", f"--workdir={workdir}", "--max_tokens=3"],
+        input=text,
+        capture_output=True,
+        timeout=300,
+    )
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 0 and "Traceback" not in err, err
+    assert [ln.split(":")[0] for ln in out.splitlines()] == ["bot", "bot"]
+    assert "error: that line is not UTF-8 text (byte 3); ignored" in err
+
+
+def test_chat_cli_leaves_quietly_on_ctrl_c_and_a_closed_stdout(smoke_run):
+    import signal
+    import time
+
+    workdir, _ = smoke_run
+    cmd = [sys.executable, "-m", "research.chat", f"--workdir={workdir}", "--max_tokens=3"]
+    p = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    p.stdin.write("hello\n")
+    p.stdin.flush()
+    assert p.stdout.readline().startswith("bot: ")  # waiting for the next turn now
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    # stdout closed by its reader (| head -c 1): no BrokenPipeError traceback.
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdin.write(b"hello\n" * 40)
+    p.stdin.close()
+    p.stdout.read(1)
+    p.stdout.close()
+    p.wait(timeout=300)
+    err = p.stderr.read().decode()
+    assert p.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_chat_cli_errors(tmp_path, smoke_run):
     r = _chat(tmp_path, "hi\n")
     assert r.returncode == 2 and "no model.json" in r.stderr and "Traceback" not in r.stderr

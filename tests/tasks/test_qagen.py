@@ -556,6 +556,17 @@ def test_qagen_cli_bad_input_exits_2_naming_the_record(study, text, message):
     assert r.stdout == ""
 
 
+def test_qagen_cli_input_that_is_not_utf8_exits_2(study):
+    """Bytes that are not UTF-8 on stdin: one line naming the byte (it was a tokenizer's
+    TypeError traceback)."""
+    cmd = [sys.executable, "-m", "research.qagen", f"--workdir={study[0] / 'runs' / 'seed0'}"]
+    r = subprocess.run(cmd, input=b"\xff\xfe abc\n", capture_output=True, timeout=300)
+    err = r.stderr.decode()
+    assert r.returncode == 2 and err.strip().splitlines() == [
+        "error: --input=-: not UTF-8 text (byte 0)"
+    ], err
+
+
 def test_qagen_cli_rejects_other_runs(tmp_path):
     r = _qagen(tmp_path, "x\n")
     assert r.returncode == 2 and "no model.json" in r.stderr and "Traceback" not in r.stderr
