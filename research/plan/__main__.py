@@ -24,7 +24,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research.cli import fail, loaded_config, out_dir_error, parse_flags
-from research.plan.output import describe_model, fmt_bytes, mfu_cell, plot_fsdp, plot_layers, report
+from research.plan.output import (
+    describe_model,
+    fits_chip,
+    fmt_bytes,
+    mfu_cell,
+    plot_fsdp,
+    plot_layers,
+    report,
+)
 from research.report import format_table, plural
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
@@ -72,7 +80,7 @@ def fsdp_sweep(c, devices, chip, sizes: list[int]) -> int:
                 "argument_bytes": p.argument_bytes,
                 "temp_bytes": p.temp_bytes,
                 "total_bytes": p.total_bytes,
-                "fits": p.total_bytes <= chip.hbm_bytes,
+                "fits": fits_chip([p], chip),
                 "collective_bytes": p.collective_bytes,
                 "mfu": mfu_cell(p, chip),
                 "compile_s": p.compile_seconds,
@@ -141,7 +149,7 @@ def layers_sweep(c, devices, chip, depths: list[int]) -> int:
                 "argument_bytes": p.argument_bytes,
                 "temp_bytes": p.temp_bytes,
                 "total_bytes": p.total_bytes,
-                "fits": p.total_bytes <= chip.hbm_bytes,
+                "fits": fits_chip([p], chip),
             }
         )
         print(f"  {plural(n, 'layer')}: compiled in {p.compile_seconds:.1f} s", flush=True)

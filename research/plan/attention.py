@@ -53,6 +53,7 @@ from research.ops.attention.cost import attention_flops, bytes_communicated
 from research.ops.feature_maps import feature_dim
 from research.plan.chips import MissingLibtpu, devices_for
 from research.plan.compiler import compile_for_devices
+from research.plan.output import fits_chip
 from research.report import format_table, save_figure, write_csv
 
 LOCAL = {
@@ -221,7 +222,7 @@ def run(topology: str, lengths, heads: int, head_dim: int, num_slices: int = 1) 
                     "length": length,
                     "variant": variant,
                     "memory_bytes": plan.total_bytes,
-                    "fits": plan.total_bytes <= chip.hbm_bytes,
+                    "fits": fits_chip([plan], chip),
                     "flops": flops,
                     "hbm_bytes": hbm,
                     "comm_bytes": comm,

@@ -22,19 +22,29 @@ class Chip:
     peak_flops: float  # dense bf16 FLOP/s per chip
     hbm_bandwidth: float  # bytes/s per chip
     ici_bandwidth: float  # bytes/s per chip, all links, one direction
+    usable_bytes: int = 0  # what the compiler lets a program use (0: all of hbm_bytes)
+
+    @property
+    def limit_bytes(self) -> int:
+        """The memory a step must fit in: the compiler's limit, below the nominal HBM."""
+        return self.usable_bytes or self.hbm_bytes
 
 
 GiB = 2**30
 # Sources: cloud.google.com/tpu/docs/{v4,v5e,v5p,v6e} "system architecture" tables (2025).
+# usable_bytes: the "available HBM" libtpu 0.0.42.1's compiler names when a program exceeds it
+# (a 200 GiB program compiled ahead of time for one chip; v4 as one megacore device).
 CHIPS = {
-    # v4: 32 GiB HBM2, 275 TFLOP/s bf16, 1,228 GB/s HBM, 2,400 Gbps ICI per chip.
-    "v4": Chip("TPU v4", 32 * GiB, 275e12, 1228e9, 300e9),
+    # v4: 32 GiB HBM2, 275 TFLOP/s bf16, 1,200 GB/s HBM (1,228 in the v4 paper), 2,400 Gbps
+    # ICI per chip.
+    "v4": Chip("TPU v4", 32 * GiB, 275e12, 1228e9, 300e9, int(30.75 * GiB)),
     # v5e: 16 GiB HBM2e, 197 TFLOP/s bf16, 819 GB/s HBM, 1,600 Gbps ICI per chip.
-    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9, 200e9),
+    "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9, 200e9, int(15.75 * GiB)),
     # v5p: 95 GiB HBM2e, 459 TFLOP/s bf16, 2,765 GB/s HBM, 4,800 Gbps ICI per chip.
-    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, 2765e9, 600e9),
-    # v6e (Trillium): 32 GiB HBM, 918 TFLOP/s bf16, 1,640 GB/s HBM, 3,584 Gbps ICI per chip.
-    "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9, 448e9),
+    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, 2765e9, 600e9, int(95.74 * GiB)),
+    # v6e (Trillium): 32 GiB HBM, 918 TFLOP/s bf16, 1,640 GB/s HBM, 3,584 Gbps ICI per chip
+    # (one version of the page: 1,600 GB/s and 800 GB/s bidirectional ICI).
+    "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9, 448e9, int(31.25 * GiB)),
 }
 _NAME = re.compile(r"^(v4|v5e|v5p|v6e):(\d+)x(\d+)(?:x(\d+))?$")
 
@@ -70,7 +80,9 @@ def tpu_devices(name: str, num_slices: int = 1):
         topo = topologies.get_topology_desc(
             platform="tpu",
             topology_name=name,
-            chip_config_name="default",
+            # v4's two TensorCores are one device per chip as JAX sees v4 hardware ("default"
+            # would plan one device per core against per-chip figures); the others are already.
+            chip_config_name="megacore" if name.startswith("v4:") else "default",
             chips_per_host_bounds=bounds,
             num_slices=num_slices,
         )

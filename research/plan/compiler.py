@@ -68,18 +68,21 @@ def compile_for_devices(name, fn, *args) -> tuple[Plan, object]:
     try:
         compiled = fn.lower(*args).compile()
     except jax.errors.JaxRuntimeError as e:
-        # The TPU compiler stops when temporaries exceed HBM; its figure is the plan then.
+        # The TPU compiler stops when the program exceeds the usable HBM; its figure ("required
+        # for HLO temporaries") is the whole live set, arguments and outputs included (a
+        # donated 20 GiB argument doubled in place: 20.00G), so temporaries are the rest.
         m = _OOM.search(str(e))
         if "RESOURCE_EXHAUSTED" not in str(e) or not m:
             raise
-        temp = float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
+        needed = float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
         note = str(e).split("RESOURCE_EXHAUSTED: ")[-1].splitlines()[0]
+        arguments = _shard_bytes(args)
         plan = Plan(
             name,
-            _shard_bytes(args),
+            arguments,
             0,
             0,
-            int(temp),
+            max(int(needed) - arguments, 0),
             math.nan,
             math.nan,
             time.perf_counter() - t0,

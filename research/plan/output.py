@@ -96,17 +96,28 @@ def _wrap(text: str, indent: str = "") -> list[str]:
     return textwrap.wrap(text, WIDTH, subsequent_indent=indent, break_on_hyphens=False)
 
 
+def fits_chip(plans, chip) -> bool:
+    """Whether every compiled step fits the chip: none refused by the compiler (out of memory)
+    and each within the memory the compiler lets a program use."""
+    return all(not p.note and p.total_bytes <= chip.limit_bytes for p in plans)
+
+
 def verdict(plans, chip, *, topology: str, chips: int, mesh_shape: dict, c) -> tuple[list, bool]:
     """(the verdict block's lines, each at most WIDTH columns; fits)."""
     worst = max(plans, key=lambda p: p.total_bytes)
-    fits = worst.total_bytes <= chip.hbm_bytes
+    fits = fits_chip(plans, chip)
     hbm = fmt_bytes(chip.hbm_bytes)
-    where = f"{topology} ({chips} x {chip.name}, {hbm} HBM each)"
+    limit = fmt_bytes(chip.limit_bytes)
+    usable = f", {limit} usable" if chip.limit_bytes != chip.hbm_bytes else ""
+    where = f"{topology} ({chips} x {chip.name}, {hbm} HBM each{usable})"
     if fits:
-        head = f"FITS {where}: {fmt_bytes(chip.hbm_bytes - worst.total_bytes)} to spare per chip"
+        spare = fmt_bytes(chip.limit_bytes - worst.total_bytes)
+        head = f"FITS {where}: {spare} to spare per chip"
     else:
-        over = fmt_bytes(worst.total_bytes - chip.hbm_bytes)
-        # Where the compiler stopped, the outputs are not counted: a lower bound.
+        refused = next((p for p in plans if p.note), None)
+        worst = refused or worst
+        over = fmt_bytes(max(worst.total_bytes - chip.limit_bytes, 0))
+        # Where the compiler stopped, it had not seen the whole program: a lower bound.
         least = "at least " if worst.note else ""
         head = f"DOES NOT FIT {where}: {worst.name} is {least}{over} over"
     memory = ", ".join(
@@ -206,7 +217,9 @@ def plot_fsdp(rows, chip, path, title) -> None:
             ("total_bytes", "total"),
         ):
             ax.plot(x, [r[key] / GiB for r in rows], marker="o", label=label)
-        ax.axhline(chip.hbm_bytes / GiB, color="k", ls="--", lw=1, label=f"{chip.name} HBM")
+        ax.axhline(
+            chip.limit_bytes / GiB, color="k", ls="--", lw=1, label=f"{chip.name} usable HBM"
+        )
         ax.set(yscale="log", xlabel="mesh.fsdp (devices per FSDP group)", ylabel="GiB per device")
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
@@ -221,7 +234,9 @@ def plot_layers(rows, chip, path, title) -> None:
         ax.set(xlabel="model.num_layers", ylabel="compile time (s)", ylim=(0, None))
         for key, label in (("argument_bytes", "arguments"), ("temp_bytes", "temporaries")):
             mem.plot(x, [r[key] / GiB for r in rows], marker="o", label=label)
-        mem.axhline(chip.hbm_bytes / GiB, color="k", ls="--", lw=1, label=f"{chip.name} HBM")
+        mem.axhline(
+            chip.limit_bytes / GiB, color="k", ls="--", lw=1, label=f"{chip.name} usable HBM"
+        )
         mem.set(xlabel="model.num_layers", ylabel="GiB per device")
         for a in (ax, mem):
             a.grid(alpha=0.3)

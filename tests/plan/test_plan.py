@@ -166,7 +166,7 @@ def test_cli_tpu_fits_does_not_fit_and_bad_arguments():
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "| eval |" in ok.stdout and "| decode |" in ok.stdout
     lines = ok.stdout.splitlines()
-    assert lines[0].startswith("FITS v5e:2x2 (4 x TPU v5e, 16.00 GiB HBM each)")
+    assert lines[0].startswith("FITS v5e:2x2 (4 x TPU v5e, 16.00 GiB HBM each, 15.75 GiB usable)")
     block = ok.stdout.split("\n\n")[0].splitlines()
     assert all(len(line) <= 100 for line in block) and len(block) >= 5
     memory_row, compute_row = (line for line in lines if line.startswith("| train"))
@@ -184,7 +184,7 @@ def test_cli_tpu_fits_does_not_fit_and_bad_arguments():
         "--config.model.num_heads=32",
     )
     assert big.returncode == 3, big.stderr[-2000:]
-    head = big.stdout.splitlines()[0]
+    head = " ".join(" ".join(big.stdout.split("\n\n")[0].splitlines()[:2]).split())
     assert head.startswith("DOES NOT FIT v5e:2x2") and head.endswith(" GiB over")
 
     bad = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:7")
@@ -192,6 +192,30 @@ def test_cli_tpu_fits_does_not_fit_and_bad_arguments():
     assert "Traceback" not in bad.stderr
     mesh = _plan_cli("--config=configs/lm.py:smoke", "--topology=v5e:2x2", "--config.mesh.data=8")
     assert mesh.returncode == 2 and "mesh" in mesh.stderr and "Traceback" not in mesh.stderr
+
+
+@needs_libtpu
+def test_a_refused_compile_counts_its_arguments_once_and_v4_is_one_device_a_chip():
+    """The compiler's out-of-memory figure is the whole live set: a donated 20 GiB argument
+    doubled in place needs 20 GiB (it was counted as 40: arguments plus that figure), an
+    undonated one 2 x 8.8 GiB. v4 plans one device per chip (megacore; it planned one per
+    TensorCore against per-chip figures)."""
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from research.plan.compiler import compile_for_devices
+
+    devices = chips.tpu_devices("v5e:2x2")
+    one = NamedSharding(Mesh(np.asarray(devices[:1]), ("x",)), P())
+    for gib, donate, want in ((20, True, 20.0), (8.8, False, 17.6)):
+        arg = jax.ShapeDtypeStruct((int(gib * 2**28),), jnp.float32, sharding=one)
+        fn = jax.jit(lambda x: x * 2, donate_argnums=0 if donate else ())
+        plan, compiled = compile_for_devices("train", fn, arg)
+        assert compiled is None and plan.note
+        assert plan.total_bytes / 2**30 == pytest.approx(want, rel=0.01)
+    assert len(chips.tpu_devices("v4:2x2x1")) == 4
+    assert len(chips.tpu_devices("v5p:2x2x1")) == 4
 
 
 def test_cli_missing_config_file_is_one_line():

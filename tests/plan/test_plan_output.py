@@ -41,11 +41,20 @@ def _block(text: str) -> list[str]:
     return text.split("\n\n")[0].splitlines()
 
 
+def _head(text: str) -> str:
+    """The verdict's first item (it may wrap) as one line, spaces collapsed."""
+    block = _block(text)
+    return " ".join(" ".join([block[0], *(x for x in block[1:2] if x.startswith("    "))]).split())
+
+
 def test_verdict_block_leads_fits_in_100_columns_and_says_by_how_much():
     text, fits = _report([_plan(total_gib=4.0), _plan("eval", total_gib=2.0, flops=1e12)])
     block = _block(text)
-    assert fits and block[0].startswith("FITS v5e:16x16 (256 x TPU v5e, 16.00 GiB HBM each)")
-    assert block[0].endswith(": 12.00 GiB to spare per chip")
+    head = _head(text)
+    assert fits and head.startswith(
+        "FITS v5e:16x16 (256 x TPU v5e, 16.00 GiB HBM each, 15.75 GiB usable): "
+        "11.75 GiB to spare per chip"
+    )  # the margin is to what the compiler lets a program use, not the nominal HBM
     assert "train 4.00 GiB (25%), eval 2.00 GiB (12%) of 16.00 GiB HBM" in text
     # The roofline: 50 GB / 819 GB/s = 61 ms beats 2 TFLOP / 197 TFLOP/s and 2 GB / 200 GB/s.
     t = _plan().roofline_seconds(V5E)
@@ -60,9 +69,9 @@ def test_verdict_block_leads_fits_in_100_columns_and_says_by_how_much():
     assert all(line.count("|") <= 11 for line in text.splitlines())
 
     over, fits = _report([_plan(total_gib=20.5), _plan("eval", total_gib=3.0, flops=1e12)])
-    head = _block(over)[0]
+    head = _head(over)
     assert not fits and head.startswith("DOES NOT FIT v5e:16x16")
-    assert head.endswith("train is 4.50 GiB over")
+    assert head.endswith("train is 4.75 GiB over")  # over the 15.75 GiB the compiler allows
     assert "train 20.50 GiB (128%)" in over
 
 
@@ -116,10 +125,23 @@ def test_a_step_the_compiler_stopped_has_no_time_and_its_note():
     )
     text, fits = _report([stopped])
     block = _block(text)
-    assert not fits and block[0].endswith("train is at least 24.00 GiB over")
+    assert not fits and _head(text).endswith("train is at least 24.25 GiB over")
     assert any("no time: the compiler stopped" in line for line in block)
     assert "train: the compiler stopped: Ran out of memory in memory space hbm." in text
     assert "nan" not in text.lower()
+
+
+def test_a_step_the_compiler_refused_or_over_the_usable_memory_does_not_fit():
+    """The compiler refused a 15.9 GiB step (out of memory): never FITS, whatever its figure
+    (it printed FITS with 92 MiB to spare); a compiled 15.9 GiB step exceeds v5e's usable 15.75
+    GiB (though not its nominal 16)."""
+    oom = _plan(total_gib=15.9, flops=math.nan, bytes_accessed=math.nan, note="Ran out of memory")
+    text, fits = _report([oom])
+    assert not fits and _head(text).endswith("train is at least 153.60 MiB over")
+    text, fits = _report([_plan(total_gib=15.9)])
+    assert not fits and _head(text).endswith("train is 153.60 MiB over")
+    text, fits = _report([_plan(total_gib=15.7)])
+    assert fits
 
 
 def test_verdict_counts_one_layer_as_a_layer():
