@@ -7,8 +7,9 @@
 Each line you type is a turn; the reply is printed as it is generated. The history is kept (the
 model's cache too, so a turn costs its own tokens): /reset forgets it, /quit (or end of input,
 or Ctrl-C: exit 130) leaves, an empty line is ignored. Special tokens typed as text ([SEP],
-[CLS]) are dropped; a line that is not UTF-8 is refused on stderr and skipped. When stdin is not a terminal the lines are read one by one
-and each reply is printed on its own line after "bot: ", so it can be scripted and tested.
+[CLS]) are dropped; a line that is not UTF-8 is refused on stderr and skipped. When stdin is
+not a terminal the lines are read one by one and each reply is printed on its own line after
+"bot: ", so it can be scripted and tested.
 A turn mostly made of tokens the vocabulary lacks (another language than the run's data, say)
 gets a one-line warning on stderr; it is still answered. Exit 2 for a bad flag or a workdir that
 is not a trained chat run (an experiment's directory: its runs are named).

@@ -142,6 +142,14 @@ def verdict(plans, chip, *, topology: str, chips: int, mesh_shape: dict, c) -> t
                 else "model FLOPs / (roofline x peak)"
             )
             items.append(("MFU bound", f"<= {100 * train.mfu_bound(chip):.1f}% ({how})"))
+        else:
+            items.append(
+                (
+                    "MFU bound",
+                    f"none: no analytic FLOP count for task={c.task} (the roofline takes XLA's, "
+                    "which sees a loop body once)",
+                )
+            )
     elif train is not None:
         items.append(("train step", "no time: the compiler stopped (see the note below)"))
     items += [
