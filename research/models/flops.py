@@ -1,6 +1,8 @@
 """Analytic model FLOPs of a layer's attention, per token, from its ModelConfig: what the
 planner's MFU bound (research.plan.train.model_flops) and the training benchmark count."""
 
+import jax.numpy as jnp
+
 from research.models.config import ModelConfig
 from research.ops import feature_maps as fm
 from research.ops.attention.cost import attention_flops
@@ -26,7 +28,10 @@ def mixing_flops(m: ModelConfig, seq: int) -> float:
         return 4 * m.linformer_k * (m.num_heads + m.kv_heads) * m.head_dim
     if m.attention not in _MIXING_IMPL:
         return 4 * seq * m.num_heads * m.head_dim
-    fdim = fm.feature_dim(m.feature_map, m.head_dim) if m.attention == "linear" else None
+    fdim = None
+    if m.attention == "linear":  # FAVOR+'s features come from its projection's rows
+        proj = jnp.zeros((m.favor_features, m.head_dim)) if m.feature_map == "favor" else None
+        fdim = fm.feature_dim(m.feature_map, m.head_dim, favor_projection=proj)
     total = attention_flops(
         _MIXING_IMPL[m.attention],
         batch=1,

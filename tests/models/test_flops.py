@@ -25,3 +25,18 @@ def test_linformer_mixing_counts_its_projected_positions_not_the_length():
     model = mixing_flops(cfg, seq) * seq
     assert model <= xla <= 1.1 * model, (xla, model)
     assert mixing_flops(cfg, seq) * 8 == 4 * seq * 4 * 32
+
+
+def test_favor_mixing_counts_its_random_features():
+    """FAVOR+'s state has favor_features rows (the feature map needs its projection to say so:
+    the planner failed after compiling); its count equals elu's at a head_dim as wide."""
+    from research.ops.attention.cost import attention_flops
+
+    shape = dict(vocab_size=64, d_model=64, num_heads=2, num_layers=1, d_ff=128, max_length=256)
+    cfg = ModelConfig(**shape, attention="linear", feature_map="favor", favor_features=48)
+    want = attention_flops(
+        "linear-chunked", batch=1, length=256, heads=2, head_dim=32, feature_dim=48,
+        chunk_size=cfg.chunk_size,
+    )  # fmt: skip
+    assert mixing_flops(cfg, 256) * 256 == want
+    assert mixing_flops(cfg, 256) > mixing_flops(cfg.replace(favor_features=16), 256)
