@@ -499,6 +499,28 @@ def test_bad_config_is_a_one_line_config_error(key, value, message):
     assert "\n" not in str(e.value)
 
 
+def test_a_tensor_axis_that_does_not_divide_what_it_splits_is_a_config_error():
+    """vocab 385 or 6 heads over mesh.tensor=4: the logits or heads would be replicated on every
+    device (the heads' head_dim split instead) without a word; tensor=2 divides them."""
+    from configs import lm
+    from research.train.config import ConfigError, parse
+
+    for change, message in (
+        ({"data.vocab_size": 385}, "data.vocab_size=385 is not divisible by mesh.tensor=4"),
+        ({"model.num_heads": 6, "model.d_model": 48}, "model.num_heads=6 is not divisible by"),
+        ({"model.d_ff": 66}, "model.d_ff=66 is not divisible by mesh.tensor=4"),
+    ):
+        c = lm.get_config("smoke")
+        good = {"model.num_heads": 4, "model.d_model": 32}  # smoke's 2 heads: not over 4
+        c.update_from_flattened_dict({**good, **change, "mesh.tensor": 4, "mesh.data": 1})
+        with pytest.raises(ConfigError) as e:
+            parse(c, num_devices=4, platform="cpu")
+        assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+    c = lm.get_config("smoke")
+    c.update_from_flattened_dict({"mesh.tensor": 2, "model.num_heads": 2})
+    parse(c, num_devices=4, platform="cpu")
+
+
 def test_a_batch_shard_across_processes_is_a_config_error():
     """Two processes of 2 devices with mesh.tensor=4: every device would hold the whole batch
     while each process fed its own half (the run trained on a wrong, half-size batch, exit 0).
