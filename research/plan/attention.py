@@ -204,10 +204,11 @@ def hbm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: int
 def run(topology: str, lengths, heads: int, head_dim: int, num_slices: int = 1) -> list[dict]:
     devices, chip = devices_for(topology, num_slices)
     n = len(devices)
+    bad = [x for x in lengths if x % n]
+    if bad:  # before any compile
+        raise ValueError(f"length {bad[0]} is not divisible by the {n} devices")
     rows = []
     for length in lengths:
-        if length % n:
-            raise ValueError(f"length {length} is not divisible by the {n} devices")
         for variant in VARIANTS:
             plan, tokens = compile_variant(variant, devices, length, heads, head_dim)
             comm = comm_bytes(variant, length, heads, head_dim, n)

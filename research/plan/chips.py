@@ -102,19 +102,23 @@ class MissingLibtpu(RuntimeError):
 
 
 def cpu_chip(num_devices: int) -> Chip:
-    """This machine as a 'chip': RAM split over the (possibly fake) devices, measured matmul
-    FLOP/s and copy bandwidth, so CPU plans use the same roofline arithmetic."""
+    """This machine as a 'chip': RAM, measured matmul FLOP/s and copy bandwidth split over the
+    (possibly fake) devices, which share the host's cores and memory, so CPU plans use the same
+    roofline arithmetic. (One device's measurement uses the whole host.)"""
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     x = jnp.ones((1 << 24,), jnp.float32)
     copy = jax.jit(lambda x: x + 1)
     bandwidth = 2 * x.nbytes / median_time(copy, x, repeats=3)  # read + write
-    return Chip("cpu", ram // num_devices, matmul_peak(1024), bandwidth, float("inf"))
+    n = num_devices
+    return Chip("cpu", ram // n, matmul_peak(1024) / n, bandwidth / n, float("inf"))
 
 
 def devices_for(topology: str, num_slices: int = 1):
     """(devices, chip) for 'cpu' (this machine's devices) or a TPU topology name."""
     if num_slices < 1:
         raise ValueError(f"num_slices={num_slices}: must be >= 1")
+    if topology == "cpu" and num_slices != 1:
+        raise ValueError(f"num_slices={num_slices}: slices are TPU topologies; 'cpu' is one host")
     if topology == "cpu":
         devices = jax.devices("cpu")
         return devices, cpu_chip(len(devices))

@@ -78,3 +78,31 @@ def test_bad_sizes_exit_2_before_compiling(arg, message, capsys):
     with pytest.raises(SystemExit) as e:
         pa.main(["--topology=cpu", arg])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_length_the_devices_do_not_divide_is_refused_before_any_compile(monkeypatch, capsys):
+    """--lengths=1024,1001 on 8 devices: refused before 1,024's eight variants compile."""
+    compiled = []
+    monkeypatch.setattr(pa, "compile_variant", lambda *a, **k: compiled.append(a) or 1 / 0)
+    assert pa.main(["--topology=cpu", "--lengths=1024,1001", "--heads=2", "--head_dim=16"]) == 2
+    assert "length 1001 is not divisible by the 8 devices" in capsys.readouterr().err
+    assert compiled == []
+
+
+def test_slices_of_the_cpu_topology_are_refused():
+    from research.plan.chips import devices_for
+
+    with pytest.raises(ValueError, match="num_slices=3: slices are TPU topologies"):
+        devices_for("cpu", 3)
+
+
+def test_the_cpu_chip_splits_the_hosts_compute_over_its_devices(monkeypatch):
+    """8 fake devices share the host's cores and memory bandwidth: each gets an eighth of the
+    measured peak (each got all of it, an 8x optimistic roofline)."""
+    from research.plan import chips
+
+    monkeypatch.setattr(chips, "matmul_peak", lambda n: 8e10)
+    monkeypatch.setattr(chips, "median_time", lambda *a, **k: 2 * 4 * 2**24 / 16e9)
+    one, eight = chips.cpu_chip(1), chips.cpu_chip(8)
+    assert (one.peak_flops, one.hbm_bandwidth) == pytest.approx((8e10, 16e9))
+    assert (eight.peak_flops, eight.hbm_bandwidth) == pytest.approx((1e10, 2e9))
