@@ -277,11 +277,45 @@ def test_parameters_carry_logical_axes():
     )
 
 
+def _np_activation(name, h):
+    """The activations in float64 NumPy/SciPy: exact GELU x Phi(x), its tanh form (Hendrycks &
+    Gimpel), its sigmoid form x sigma(1.702 x), relu."""
+    from scipy.special import erf, expit
+
+    return {
+        "gelu": lambda h: 0.5 * h * (1 + erf(h / np.sqrt(2))),
+        "gelu_tanh": lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3))),
+        "gelu_sigmoid": lambda h: h * expit(1.702 * h),
+        "relu": lambda h: np.maximum(h, 0.0),
+    }[name](h)
+
+
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "gelu_sigmoid", "relu", "swiglu"])
 def test_activation_choice_changes_the_network(activation):
+    """The feed-forward block against float64 NumPy: W_o act(W_i x + b_i) + b_o, or
+    W_o (silu(W_g x + b_g) * (W_i x + b_i)) + b_o for swiglu."""
+    from research.models.layers import FeedForward
+
     model = DecoderLM(_cfg(activation=activation), rngs=nnx.Rngs(0))
     assert model(_tokens()).shape == (2, 10, 40)
-    assert hasattr(model.layers[0].ffn, "wg") == (activation == "swiglu")
+    ffn = model.layers[0].ffn
+    assert hasattr(ffn, "wg") == (activation == "swiglu")
+    assert isinstance(ffn, FeedForward)
+    x = np.random.default_rng(1).standard_normal((2, 5, 16)) * 2
+
+    def dense(layer, x):
+        return x @ np.asarray(layer.kernel.get_value(), np.float64) + np.asarray(
+            layer.bias.get_value(), np.float64
+        )
+
+    h = dense(ffn.wi, x)
+    if activation == "swiglu":
+        g = dense(ffn.wg, x)
+        h = g / (1 + np.exp(-g)) * h
+    else:
+        h = _np_activation(activation, h)
+    want = dense(ffn.wo, h)
+    np.testing.assert_allclose(ffn(jnp.asarray(x, jnp.float32)), want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(

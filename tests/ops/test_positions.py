@@ -33,3 +33,18 @@ def test_odd_dims_are_rejected():
         positions.sinusoidal_positions(4, 5)
     with pytest.raises(ValueError, match="even head_dim, got 3"):
         positions.apply_rotary(np.zeros((1, 2, 1, 3)), np.arange(2))
+
+
+def test_rotary_equals_the_rotate_half_formula_in_numpy():
+    """Pair (x_i, x_{i + D/2}) rotated by p * base^(-2i / D), written out in float64 NumPy
+    (GPT-NeoX's rotate-half), for positions per row and a base other than the default."""
+    rng = np.random.default_rng(0)
+    b, length, h, d, base = 2, 7, 3, 8, 500.0
+    x = rng.standard_normal((b, length, h, d)).astype(np.float32)
+    pos = rng.integers(0, 1000, (b, length))
+    theta = pos[..., None] * base ** (-2.0 * np.arange(d // 2) / d)  # [B, L, D/2]
+    cos, sin = np.cos(theta)[:, :, None], np.sin(theta)[:, :, None]
+    x1, x2 = x[..., : d // 2].astype(np.float64), x[..., d // 2 :].astype(np.float64)
+    want = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    got = positions.apply_rotary(x, pos, base=base)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -332,9 +332,12 @@ def test_chunked_bf16_at_16k_is_finite_and_close_to_fp32():
     assert bf.dtype == jnp.bfloat16
     bf = np.asarray(bf, np.float32)
     assert np.all(np.isfinite(bf))
-    # bf16 inputs carry ~3 significant digits; the fp32 accumulation keeps the error at that level.
-    assert np.max(np.abs(bf - np.asarray(ref))) < 0.05
-    assert np.mean(np.abs(bf - np.asarray(ref))) < 5e-3
+    # bf16 inputs carry ~3 significant digits; the fp32 accumulation keeps the error at that
+    # level: measured max 0.007 and mean 2.8e-5 against a mean |output| of 0.011. (The bounds
+    # were 0.05 and 5e-3: a running mean of v that ignores q and k passed the mean bound.)
+    err, ref = np.abs(bf - np.asarray(ref)), np.asarray(ref)
+    assert np.max(err) < 1e-2
+    assert np.mean(err) < 0.01 * np.mean(np.abs(ref))
 
 
 # ---------------------------------------------------------------- naive reference, block sizes
