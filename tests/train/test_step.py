@@ -31,12 +31,14 @@ OPT = ConfigDict(
 
 
 def _batches(n=5, b=16, length=12):
+    """Random tokens whose targets are a fixed function of the input token (7 x + 3 mod 64), so
+    five steps have something to learn (random targets moved the loss by 0.001)."""
     rng = np.random.default_rng(0)
     out = []
     for _ in range(n):
-        toks = rng.integers(0, 64, (b, length + 1))
+        toks = rng.integers(0, 64, (b, length))
         weights = (rng.random((b, length)) < 0.9).astype(np.float32)  # uneven token counts
-        out.append({"inputs": toks[:, :-1], "targets": toks[:, 1:], "weights": weights})
+        out.append({"inputs": toks, "targets": (7 * toks + 3) % 64, "weights": weights})
     return out
 
 
@@ -119,7 +121,7 @@ def test_sharded_steps_equal_single_device(reference, mesh_shape, kind):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    assert ref_losses[-1] < ref_losses[0]  # it trains
+    assert ref_losses[-1] < ref_losses[0] - 0.1  # it trains (4.20 -> 3.92 measured)
     if mesh_shape and mesh_shape.get("tensor"):
         # Parameters really are split: the q projection is sharded (fsdp, tensor).
         q = state.params["layers"][0]["attn"]["q"]["kernel"]
@@ -189,16 +191,24 @@ def test_bad_mesh(mesh, match):
 
 
 def test_bfloat16_compute_keeps_fp32_parameters():
+    """dtype=bfloat16: the step's matmuls run in bf16 (counted in its jaxpr; the fp32 ones that
+    remain are the loss's and the optimizer's), the parameters stay fp32, and the losses track
+    the fp32 run to bf16 precision (measured 6e-5 relative) while falling."""
+    import re
+
     train, state = _one_device(CFG.replace(dtype="bfloat16"))
     _, ref_losses, _ = _run()
+    text = str(jax.make_jaxpr(train)(state, _batches()[0]))
+    bf16 = len(re.findall(r"bf16\[[^\]]*\] = dot_general", text))
+    f32 = len(re.findall(r"f32\[[^\]]*\] = dot_general", text))
+    assert bf16 > 2 * f32 > 0, (bf16, f32)
     losses = []
     for batch in _batches():
         state, m = train(state, batch)
         losses.append(float(m["loss_sum"] / m["weight_sum"]))
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
-    # bf16 matmuls track the fp32 run to bf16 precision, and the loss still goes down.
-    np.testing.assert_allclose(losses, ref_losses, rtol=2e-2)
-    assert losses[-1] < losses[0]
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-3)
+    assert losses[-1] < losses[0] - 0.1
 
 
 # (none, unrolled) on this mesh is test_sharded_steps_equal_single_device.
