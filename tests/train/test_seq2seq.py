@@ -238,3 +238,49 @@ def test_a_sequence_level_remedy_trains_a_model_with_dropout(tmp_path):
     c.update(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2, eval_steps=1)
     summary = loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
     assert summary.last_step == 2 and np.isfinite(summary.final_train_loss)
+
+
+@pytest.mark.parametrize("remedy", ["scst", "mrt"])
+def test_sequence_level_remedies_at_full_strength_give_their_formulas(remedy, monkeypatch):
+    """seq_weight=1, with a reward that tells sample from baseline (the mean token id, so the
+    advantage is never 0): SCST's loss is mean(-(r(sample) - r(greedy)) log p(sample)), MRT's
+    mean(sum_s Q_s (1 - r_s)), Q = softmax(alpha log p); each decode recorded as the remedy drew
+    it. (Swapping SCST's sample and baseline rewards passed every test before.)"""
+    from research.tasks.seq2seq import remedies
+
+    def mean_id(hyp, ref, pad_id=0):
+        real = hyp != pad_id
+        return jnp.sum(hyp * real, -1) / jnp.maximum(jnp.sum(real, -1), 1) / V
+
+    monkeypatch.setitem(remedies.rewards.REWARDS, "bleu", mean_id)
+    drawn = []
+    real_generate = remedies.generate
+
+    def spy(*args, method, **kw):
+        out = real_generate(*args, method=method, **kw)
+        drawn.append((method, out))
+        return out
+
+    monkeypatch.setattr(remedies, "generate", spy)
+    layout, kw = "encdec", dict(remedy=remedy, seq_weight=1.0, reward="bleu")
+    if remedy == "mrt":
+        kw.update(mrt_samples=3, mrt_alpha=0.5)
+    cfg = parse(_config(layout, **kw)).task_config
+    batch, model = _batch(layout), _model(layout)
+    fn = seq2seq.make_loss(cfg, V, BOS, EOS, PAD, 32)
+    s, w, _ = fn(model, batch, key=jax.random.PRNGKey(3), step=jnp.int32(5))
+    ctx = remedies.Context(cfg, V, BOS, EOS, PAD, 32)
+    logp = {id(out): ctx.log_prob(model, batch, out) for _, out in drawn}
+    samples = [out for method, out in drawn if method == "sample"]
+    r = [mean_id(x, None, PAD) for x in samples]
+    if remedy == "scst":
+        (greedy,) = [out for method, out in drawn if method == "greedy"]
+        advantage = r[0] - mean_id(greedy, None, PAD)
+        assert np.all(np.abs(np.asarray(advantage)) > 0)
+        want = jnp.mean(-advantage * logp[id(samples[0])])
+    else:
+        assert len(samples) == 3
+        lp = jnp.stack([logp[id(x)] for x in samples], 1)
+        q = jax.nn.softmax(0.5 * lp, axis=1)
+        want = jnp.mean(jnp.sum(q * (1 - jnp.stack(r, 1)), axis=1))
+    assert float(s / w) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
