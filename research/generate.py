@@ -3,9 +3,10 @@
     python -m research.generate --workdir=/tmp/seqlab/lm --prompt='def main(' --max_new_tokens=64
     python -m research.generate --workdir=DIR --prompt='...' --method=sample --temperature=0.8 \
         --top_k=40 --seed=1 [--step=N]
-    python -m research.generate --workdir=/tmp/seqlab/s2s --prompt='8 3 5 1'   # seq2seq source
+    python -m research.generate --workdir=/tmp/seqlab/s2s --prompt='...'   # a text seq2seq run
 
-The workdir is any training run of an lm or seq2seq config (`research.train.load_trained`:
+The workdir is any training run of an lm config, or of a seq2seq config on text
+(data.source=jsonl:FILE; the default synthetic ids have no text), (`research.train.load_trained`:
 the newest checkpoint, or --step); for a sweep (configs/compare_attention.py, ...) one of its runs,
 WORKDIR/runs/NAME. Prints the continuation only. Exit 2 for a bad flag or a workdir that cannot
 be used (an experiment's directory: its runs are named).
@@ -60,9 +61,14 @@ def main(argv):
     prompt_text = utf8(_PROMPT.value, "--prompt")
     laid_out = tasks.get(run.task).text_prompt(run, trained.vocab, prompt_text)
     if laid_out is None:
+        other = {
+            "chat": "talk to it with research.chat",
+            "qagen": "generate questions with research.qagen",
+            "seq2seq": "its data are synthetic ids, not text",
+        }.get(run.task, "it does not generate text from a prompt")
         fail(
-            f"{_WORKDIR.value}: task={run.task!r} has no text vocabulary; generate works for lm "
-            "and text seq2seq runs"
+            f"{_WORKDIR.value}: task={run.task!r}: {other}; research.generate continues lm runs "
+            "and decodes seq2seq runs trained on text (data.source=jsonl:FILE)"
         )
     ids, tok, bos, eos, pad = laid_out
     if not ids:

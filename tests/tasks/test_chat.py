@@ -388,3 +388,13 @@ def test_chat_starts_from_a_hugging_face_bert_without_an_mlm_head(tmp_path, caps
     )
     summary = loop.train_and_evaluate(run, str(tmp_path / "run"))
     assert np.isfinite(summary.final_train_loss) and np.isfinite(summary.eval["perplexity"])
+
+
+def test_generate_on_a_chat_run_points_to_research_chat(smoke_run):
+    workdir, _ = smoke_run
+    cmd = [sys.executable, "-m", "research.generate", f"--workdir={workdir}", "--prompt=hi"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {workdir}: task='chat': talk to it with research.chat; research.generate "
+        "continues lm runs and decodes seq2seq runs trained on text (data.source=jsonl:FILE)"
+    ], r.stderr
