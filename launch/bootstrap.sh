@@ -26,7 +26,17 @@ ensure_venv() {
       exit 2
     fi
     echo "[seqlab] creating .venv with $("$python" --version)"
-    "$python" -m venv .venv
+    if ! "$python" -m venv .venv; then
+      rm -rf .venv # a half-made venv (no ensurepip: Debian's python3-venv missing) stays unusable
+      echo "error: '$python -m venv .venv' failed (on Debian/Ubuntu: apt install python3-venv)" >&2
+      exit 1
+    fi
+  fi
+  # A .venv made earlier, by hand or by another Python, must still be one we can install into.
+  if ! .venv/bin/python -c 'import sys, pip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "error: .venv is unusable: its Python is older than 3.11 or it has no pip." >&2
+    echo "       Remove it (rm -rf .venv) and run again; PYTHON=/path/to/python3.11 picks another." >&2
+    exit 2
   fi
   local stamp=".venv/.seqlab-installed"
   local hash

@@ -338,3 +338,27 @@ def test_text_that_is_not_utf8_is_one_line(capsys):
         utf8("de\udcff", "--prompt")
     assert e.value.code == 2
     assert capsys.readouterr().err == "error: --prompt is not UTF-8 text (character 2)\n"
+
+
+def test_an_unusable_venv_is_named_with_the_fix(tmp_path):
+    """launch/bootstrap.sh with a .venv whose python is too old or has no pip (a venv made
+    without python3-venv): one message saying to remove it, exit 2 (every later run failed in
+    pip instead, without saying why)."""
+    import shutil
+
+    (tmp_path / "launch").mkdir()
+    shutil.copy(ROOT / "launch" / "bootstrap.sh", tmp_path / "launch")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    fake = tmp_path / ".venv" / "bin" / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")  # 'import pip' fails, as in a venv without pip
+    fake.chmod(0o755)
+    cmd = ["bash", "-c", "source launch/bootstrap.sh && ensure_venv ''"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert r.stderr.splitlines()[0] == (
+        "error: .venv is unusable: its Python is older than 3.11 or it has no pip."
+    )
+    assert "rm -rf .venv" in r.stderr
+    # The interpreter running the suite (test.sh's .venv) passes the same check.
+    check = "import sys, pip; sys.exit(sys.version_info < (3, 11))"
+    assert subprocess.run([sys.executable, "-c", check]).returncode == 0
