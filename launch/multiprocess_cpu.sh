@@ -12,7 +12,9 @@
 # SEQLAB_PYTHON=/path/to/python runs another interpreter that has seqlab installed. PYTHON is not
 # used here: it names the base interpreter that run.sh and test.sh create .venv with.
 #
-# Process 0 prints to the terminal; process i appends to WORKDIR/process_i.log (or /tmp). Exits with
+# The script runs from the repository root: a relative --workdir (or --config) is taken from
+# there. Process 0 prints to the terminal; process i appends to WORKDIR/process_i.log (/tmp for a
+# remote workdir or none; --workdir=DIR, --workdir DIR and ~/ are understood). Exits with
 # the first non-zero exit code of the processes (0 when all saved and stopped on a signal);
 # SIGTERM/SIGINT/SIGHUP are forwarded to every process as SIGTERM (preemption). There is no relay
 # process between a training process and its output (process 0 writes to this script's stdout
@@ -33,9 +35,16 @@ if ! command -v "$python" > /dev/null; then
 fi
 port="${SEQLAB_PORT:-$((20000 + RANDOM % 20000))}"
 logdir=/tmp
+previous=""
 for arg in "$@"; do
   case "$arg" in --workdir=*) logdir="${arg#--workdir=}" ;; esac
+  [ "$previous" = "--workdir" ] && logdir="$arg"
+  previous="$arg"
 done
+case "$logdir" in
+  "~"/*) logdir="$HOME/${logdir#\~/}" ;;
+  *://*) logdir=/tmp ;; # a remote workdir (gs://...): the process logs stay local
+esac
 mkdir -p "$logdir"
 # The caller's other XLA flags are kept; the device count is this script's.
 xla_flags=""

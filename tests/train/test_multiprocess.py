@@ -136,3 +136,25 @@ def test_sigterm_saves_both_processes_and_exits_zero(tmp_path, target):
         )
         assert f"resumed from step {step}" in r.stdout
         assert f"done at step {step + 1} (1 step this run, resumed from {step})" in r.stdout
+
+
+@pytest.mark.parametrize("form", ["--workdir=~/run", "--workdir ~/run", "--workdir=gs://b/run"])
+def test_the_launcher_finds_the_workdir_for_its_logs_in_every_spelling(tmp_path, form):
+    """Process 1's log goes to the workdir research.main writes: "--workdir DIR" and "~/" too
+    (they went to /tmp, or to a literal ./~ in the repository); a remote workdir logs to /tmp.
+    The processes here are a stand-in interpreter that only exits."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho ran\n")
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "SEQLAB_PYTHON": str(fake)}
+    r = subprocess.run(
+        ["./launch/multiprocess_cpu.sh", "2", *form.split()],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    if "gs://" in form:
+        assert not (ROOT / "gs:").exists()
+        return
+    log = tmp_path / "home" / "run" / "process_1.log"
+    assert log.read_text().splitlines()[-1] == "ran"
+    assert not (ROOT / "~").exists()
