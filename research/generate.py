@@ -85,7 +85,10 @@ def main(argv):
             **_options(eos, pad),
         )
     except ValueError as e:  # a prompt longer than the model's positions, for example
-        fail(str(e))
+        fail(
+            f"{e} (--prompt is {len(ids)} tokens, --max_new_tokens={_MAX_NEW.value}); shorten "
+            "one or the other"
+        )
     tokens = out[0][0, 0] if _METHOD.value == "beam" else out[0]
     kept = [int(t) for t in np.asarray(tokens) if int(t) not in (eos, pad)]
     print(tok.decode(kept))
