@@ -35,7 +35,7 @@ ensure_venv() {
   # A .venv made earlier, by hand or by another Python, must still be one we can install into.
   if ! .venv/bin/python -c 'import sys, pip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     echo "error: .venv is unusable: its Python is older than 3.11 or it has no pip." >&2
-    echo "       Remove it (rm -rf .venv) and run again; PYTHON=/path/to/python3.11 picks another." >&2
+    echo "       Remove it (rm -rf .venv) and run again (PYTHON=/path/to/python3.11: another)." >&2
     exit 2
   fi
   local stamp=".venv/.seqlab-installed"

@@ -33,8 +33,9 @@ def utf8(text: str, what: str) -> str:
 
 
 def seed_flag(help_text: str):
-    """--seed: an int in [0, 2**63 - 1] (jax.random.key's range; larger was a traceback)."""
-    return flags.DEFINE_integer("seed", 0, help_text, lower_bound=0, upper_bound=2**63 - 1)
+    """--seed: an int in [0, 2**32 - 1] (jax.random.key keeps 32 bits without x64: larger seeds
+    alias smaller ones, and past 2**63 - 1 they were a traceback)."""
+    return flags.DEFINE_integer("seed", 0, help_text, lower_bound=0, upper_bound=2**32 - 1)
 
 
 def load_run(argv, workdir: str, step: int | None, task: str | None):

@@ -6,10 +6,11 @@
     python -m research.generate --workdir=/tmp/seqlab/s2s --prompt='...'   # a text seq2seq run
 
 The workdir is any training run of an lm config, or of a seq2seq config on text
-(data.source=jsonl:FILE; the default synthetic ids have no text), (`research.train.load_trained`:
-the newest checkpoint, or --step); for a sweep (configs/compare_attention.py, ...) one of its runs,
-WORKDIR/runs/NAME. Prints the continuation only. Exit 2 for a bad flag or a workdir that cannot
-be used (an experiment's directory: its runs are named).
+(data.source=jsonl:FILE; the default synthetic ids have no text), read by
+`research.train.load_trained` at its newest checkpoint or --step; for a sweep
+(configs/compare_attention.py, ...) one of its runs, WORKDIR/runs/NAME. Prints the continuation
+only. Exit 2 for a bad flag or a workdir that cannot be used (an experiment's directory: its
+runs are named).
 """
 
 import sys
@@ -55,19 +56,15 @@ def main(argv):
 
     if not _WORKDIR.value or _PROMPT.value is None:
         fail("both --workdir=DIR and --prompt=TEXT are required")
+    prompt_text = utf8(_PROMPT.value, "--prompt")  # before the model is read
     trained = load_run(argv, _WORKDIR.value, _STEP.value, task=None)
     run = trained.config
     # A task that generates from text lays the prompt out (LmTask, Seq2seqTask: text_prompt).
-    prompt_text = utf8(_PROMPT.value, "--prompt")
     laid_out = tasks.get(run.task).text_prompt(run, trained.vocab, prompt_text)
     if laid_out is None:
-        other = {
-            "chat": "talk to it with research.chat",
-            "qagen": "generate questions with research.qagen",
-            "seq2seq": "its data are synthetic ids, not text",
-        }.get(run.task, "it does not generate text from a prompt")
+        hint = tasks.get(run.task).generate_hint
         fail(
-            f"{_WORKDIR.value}: task={run.task!r}: {other}; research.generate continues lm runs "
+            f"{_WORKDIR.value}: task={run.task!r}: {hint}; research.generate continues lm runs "
             "and decodes seq2seq runs trained on text (data.source=jsonl:FILE)"
         )
     ids, tok, bos, eos, pad = laid_out

@@ -53,11 +53,11 @@ _START_FRESH = flags.DEFINE_bool(
 
 
 def _absolute(workdir: str) -> str:
-    """A local --workdir as an absolute path, "~" expanded (Orbax takes absolute paths only, and
-    every part of the run must write to the same place); URLs (gs://...) as given."""
+    """A local --workdir as an absolute, normalised path, "~" expanded (Orbax takes absolute
+    paths only, and every part of the run must write to the same place); URLs as given."""
     if "://" in workdir:
         return workdir
-    return str(pathlib.Path(workdir).expanduser().absolute())
+    return os.path.abspath(os.path.expanduser(workdir))
 
 
 def _check_workdir(workdir: str) -> None:
@@ -108,9 +108,7 @@ def main(argv):
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         # A config refused here leaves no workdir behind (a sweep checks its runs as they come).
         run = None if "experiment" in config else parse(config)
-        _make_workdir(workdir)
-        lock.acquire(workdir)
-        if run is None:  # a sweep of training runs (research.experiments)
+        if run is None:
             from research.experiments import EXPERIMENTS, SWEPT
             from research.experiments.sweep import refuse_swept_overrides, start_fresh
 
@@ -120,6 +118,9 @@ def main(argv):
                 )
             overrides = flags.FLAGS["config"].override_values
             refuse_swept_overrides(config.experiment, overrides, SWEPT[config.experiment])
+        _make_workdir(workdir)
+        lock.acquire(workdir)
+        if run is None:  # a sweep of training runs (research.experiments)
             try:
                 with start_fresh(_START_FRESH.value):
                     EXPERIMENTS[config.experiment](config, workdir)

@@ -103,7 +103,7 @@ def main(argv):
     except OSError as e:
         fail(f"--input={_INPUT.value}: {e.strerror}")
     except UnicodeDecodeError as e:
-        fail(f"--input={_INPUT.value}: not UTF-8 text (byte {e.start})")
+        fail(f"--input={_INPUT.value}: not UTF-8 text ({e.reason})")
     except DataError as e:
         fail(str(e))
     if not records:

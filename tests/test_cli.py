@@ -322,10 +322,11 @@ def test_an_empty_model_json_is_named_not_reported_as_zero(
 
 @pytest.mark.parametrize("tool", ["research.generate", "research.chat", "research.qagen"])
 def test_a_seed_out_of_range_is_one_line(tool):
-    r = _run(["-m", tool, "--workdir=/nowhere", "--prompt=x", "--seed=99999999999999999999"])
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "--seed" in lines[0] and "9223372036854775807" in lines[0], lines[0]
+    for seed in ("99999999999999999999", "4294967296"):  # a traceback; an alias of seed 0
+        r = _run(["-m", tool, "--workdir=/nowhere", f"--seed={seed}"])
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "--seed" in lines[0] and "4294967295" in lines[0], lines[0]
 
 
 def test_text_that_is_not_utf8_is_one_line(capsys):

@@ -55,7 +55,7 @@ def device_memory_gb(fallback: float = 60.0) -> float:
     return stats["bytes_limit"] / 2**30 if stats.get("bytes_limit") else fallback
 
 
-def _attention_rows(args, deadline: float, skipped: list) -> list[dict]:
+def _attention_rows(args, deadline: float, skipped: list, save) -> list[dict]:
     rows = []
     b, h, d = args.batch, args.heads, args.head_dim
     budget = int(args.memory_budget_gb * 2**30)
@@ -84,7 +84,9 @@ def _attention_rows(args, deadline: float, skipped: list) -> list[dict]:
                     tokens_per_second=b * length / r["seconds"],
                     tflops_per_second=work / r["seconds"] / 1e12,
                 )
+                r["batch"] = b
                 rows.append(r)
+                save(rows)  # every row so far, so a failure later keeps them
                 print(
                     f"  {mode:8s} {impl:18s} L={length:6d} {r['seconds'] * 1e3:10.3f} ms "
                     f"{r['tflops_per_second']:7.2f} TFLOP/s  {r['status']}",
@@ -234,13 +236,13 @@ def main(argv=None) -> list[dict]:
     name = device_name()
     skipped: list[str] = []
 
+    att: list[dict] = []
+
     def save(more: list[dict]) -> None:  # every row so far, so a failure later keeps them
         write_csv(out / f"{name}.csv", att + more, FIELDS)
 
     # the attention rows get 70% of the budget, the two train steps the rest
-    att = _attention_rows(args, t0 + 0.7 * args.budget_s, skipped)
-    for r in att:
-        r["batch"] = args.batch
+    att = _attention_rows(args, t0 + 0.7 * args.budget_s, skipped, save)
     save([])
     rows = att + _train_rows(args, t0 + args.budget_s, skipped, save)
     plot(rows, out / f"{name}.png", header)

@@ -5,11 +5,10 @@ and values; linear: the O(1) recurrent state) against re-encoding the whole hist
                                    --layers 4 --heads 4 --vocab 8000 --repeats 3 --out DIR]
 
 A turn = a user turn of `turn_tokens` tokens + [SEP], then a reply of `turn_tokens` tokens +
-[SEP], fed through `research.sampling.ChatSession` (fixed token ids: a turn's cost does
-not depend on which tokens; each reply step still samples and reads its token back to the host,
-as a real chat does). History H = H
-earlier turns (user and bot alternating) already in the conversation. The model is configs/
-chat.py's default architecture with random weights. Modes:
+[SEP], fed through `research.sampling.ChatSession` (fixed token ids: a turn's cost does not
+depend on which tokens; each reply step still samples and reads its token back to the host, as
+a real chat does). History H = H earlier turns (user and bot alternating) already in the
+conversation. The model is configs/chat.py's default architecture with random weights. Modes:
   kept      the session's cache (a buffer of --max_context positions for softmax) carries over;
   re-encode the history is prefilled from scratch every turn (what a chat without a cache does).
 Each figure is the median of `repeats` timed turns after one untimed turn of the same shapes (so

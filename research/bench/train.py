@@ -5,7 +5,8 @@
                                     [--scan_layers --remat full]
 
 MFU = model FLOPs per step / step time / peak, the peak one device's measured matmul in the
-run's dtype (research.report.matmul_peak) times the devices the step runs on, with the
+run's dtype (research.report.matmul_peak) times the devices the step runs on (on a CPU the
+host's, however many fake devices share it), with the
 PaLM count (Chowdhery et al. 2022, appendix B): 6 N + 12 n_layers d_model length FLOPs per token,
 N the parameters that multiply activations (the tied output projection included, lookups not);
 for the other attention kinds 12 d_model length becomes 3 x their own mixing FLOPs per token
@@ -101,7 +102,8 @@ def run(args) -> dict:
 
     seconds = median_time(lambda: one_step(), repeats=args.steps, warmup=2)
     # The step runs on every device of the mesh, in the model's dtype: so does the roofline.
-    devices = mesh.devices.size
+    # Fake CPU devices share the host's cores, and one device's matmul already uses them all.
+    devices = 1 if jax.default_backend() == "cpu" else mesh.devices.size
     peak = matmul_peak(dtype=jnp.dtype(args.dtype)) * devices
     tokens = args.batch * args.length
     return {

@@ -2,6 +2,9 @@
 
 import dataclasses
 
+import jax
+from absl import logging
+
 from research.models.partitioning import check_remat
 from research.ops import attention as att
 from research.ops import feature_maps as fm
@@ -248,3 +251,22 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def runnable_here(mcfg: ModelConfig) -> ModelConfig:
+    """`mcfg` with kernels this backend has: a model trained with cuDNN, the TPU flash kernel or
+    the Pallas linear kernels runs elsewhere (a laptop's CPU) with the XLA forms of the same
+    functions (other rounding), and a warning says so. Blockwise softmax from
+    DENSE_SOFTMAX_MAX_LEN positions."""
+    backend = jax.default_backend()
+    changes = {}
+    try:
+        att.softmax.check_backend(mcfg.softmax_implementation, backend)
+    except ValueError:
+        dense = mcfg.max_length < att.softmax.DENSE_SOFTMAX_MAX_LEN
+        changes["softmax_implementation"] = "xla" if dense else "blockwise"
+    if mcfg.linear_implementation == "pallas" and backend != "tpu":
+        changes["linear_implementation"] = "xla"
+    for k, v in changes.items():
+        logging.warning("%s=%r has no kernel on %s: using %r", k, getattr(mcfg, k), backend, v)
+    return mcfg.replace(**changes)

@@ -26,7 +26,7 @@ class Chip:
 
     @property
     def limit_bytes(self) -> int:
-        """The memory a step must fit in: the compiler's limit, below the nominal HBM."""
+        """The memory a step must fit in: the compiler's limit (a little below the HBM)."""
         return self.usable_bytes or self.hbm_bytes
 
 
@@ -40,8 +40,9 @@ CHIPS = {
     "v4": Chip("TPU v4", 32 * GiB, 275e12, 1228e9, 300e9, int(30.75 * GiB)),
     # v5e: 16 GiB HBM2e, 197 TFLOP/s bf16, 819 GB/s HBM, 1,600 Gbps ICI per chip.
     "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9, 200e9, int(15.75 * GiB)),
-    # v5p: 95 GiB HBM2e, 459 TFLOP/s bf16, 2,765 GB/s HBM, 4,800 Gbps ICI per chip.
-    "v5p": Chip("TPU v5p", 95 * GiB, 459e12, 2765e9, 600e9, int(95.74 * GiB)),
+    # v5p: 96 GiB HBM2e (the page says 95 GB; libtpu lets a program use 95.74 GiB, so the
+    # stacks hold 96 GiB), 459 TFLOP/s bf16, 2,765 GB/s HBM, 4,800 Gbps ICI per chip.
+    "v5p": Chip("TPU v5p", 96 * GiB, 459e12, 2765e9, 600e9, int(95.74 * GiB)),
     # v6e (Trillium): 32 GiB HBM, 918 TFLOP/s bf16, 1,640 GB/s HBM, 3,584 Gbps ICI per chip
     # (one version of the page: 1,600 GB/s and 800 GB/s bidirectional ICI).
     "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9, 448e9, int(31.25 * GiB)),

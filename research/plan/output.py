@@ -71,7 +71,7 @@ def _memory_row(p, chip) -> dict:
         "aliased": fmt_bytes(p.alias_bytes),
         "temp": fmt_bytes(p.temp_bytes),
         "total": fmt_bytes(p.total_bytes),
-        "of HBM": _share(p.total_bytes, chip.hbm_bytes),
+        "of usable": _share(p.total_bytes, chip.limit_bytes),
     }
 
 
@@ -121,10 +121,10 @@ def verdict(plans, chip, *, topology: str, chips: int, mesh_shape: dict, c) -> t
         least = "at least " if worst.note else ""
         head = f"DOES NOT FIT {where}: {worst.name} is {least}{over} over"
     memory = ", ".join(
-        f"{p.name} {fmt_bytes(p.total_bytes)} ({_share(p.total_bytes, chip.hbm_bytes)})"
+        f"{p.name} {fmt_bytes(p.total_bytes)} ({_share(p.total_bytes, chip.limit_bytes)})"
         for p in plans
     )
-    items = [("memory per chip", f"{memory} of {hbm} HBM")]
+    items = [("memory per chip", f"{memory} of {limit} usable")]
     train = next((p for p in plans if p.name == "train"), None)
     if train is not None and math.isfinite(train.flops):
         t = train.roofline_seconds(chip)

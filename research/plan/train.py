@@ -15,6 +15,7 @@ from flax import nnx
 
 from research import tasks
 from research.config import RunConfig
+from research.models import DecoderLM
 from research.models.flops import attention_params, mixing_flops
 from research.plan.compiler import Plan, compile_for_devices
 from research.tasks import TaskData
@@ -28,10 +29,13 @@ def _abstract(tree, shardings):
     )
 
 
-def _model(run: RunConfig, data: TaskData, max_length: int):
-    """The task's model with abstract parameters (nothing is allocated)."""
+def _model(run: RunConfig, data: TaskData, max_length: int, mesh=None):
+    """The task's model with abstract parameters (nothing is allocated); with `mesh`, its
+    tensor axis checked against the model's sizes."""
     task = tasks.get(run.task)
     mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=max_length)
+    if mesh is not None:
+        sharding.check_tensor_axis(mcfg, mesh)
     return nnx.eval_shape(lambda: task.build_model(run, mcfg, rngs=nnx.Rngs(params=0, dropout=1)))
 
 
@@ -39,7 +43,7 @@ def abstract_train(run: RunConfig, devices, data: TaskData):
     """(mesh, ModelDef, optimizer, TrainState shardings, abstract TrainState, abstract batch)
     for the task's stand-in data `data` (`Task.abstract_data`)."""
     mesh = sharding.make_mesh(run.mesh.as_dict(), devices)
-    model = _model(run, data, data.max_length)
+    model = _model(run, data, data.max_length, mesh)
     model_def, params, consts = step.split_model(model)
     opt = optim.make_optimizer(run.optimizer, run.train.num_train_steps)
     sh = step.state_shardings(opt, params, consts, mesh)
@@ -108,10 +112,12 @@ def _decode_plan(run: RunConfig, mesh, data: TaskData, new_tokens: int):
     return fn, args
 
 
-# The tasks whose step is a decoder LM over data.seq_len tokens with a vocabulary head at every
-# position, which `model_flops` counts (XLA / analytic 1.10 on their smoke presets); the others
-# (encoder-decoder, MLM heads at a few positions, classifiers) rest on XLA's FLOP count.
-ANALYTIC_TASKS = ("lm", "mqar", "chat")
+def counts_analytically(run: RunConfig) -> bool:
+    """Whether `model_flops` describes the run's step: a DecoderLM over data.seq_len tokens with
+    a vocabulary head at every position (lm, mqar, chat: XLA / analytic 1.10 on their smoke
+    presets). The others (encoder-decoder, MLM heads at a few positions, classifiers) rest on
+    XLA's FLOP count."""
+    return tasks.get(run.task).model_class(run) is DecoderLM
 
 
 def model_flops(run: RunConfig) -> float:
@@ -190,7 +196,7 @@ def plan_train(c, devices, *, eval_step: bool = False, decode_tokens: int = 0) -
     )
     plans = [compile_for_devices("train", train, state, batch)[0]]
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
-    if run.task in ANALYTIC_TASKS:
+    if counts_analytically(run):
         plans[0].model_flops = model_flops(run) / len(devices)
         plans[0].remat_flops = remat_flops(run) / len(devices)
     plans[0].collective_bytes = collective_bytes(param_bytes, dict(mesh.shape))

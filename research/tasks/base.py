@@ -151,6 +151,9 @@ class Task(abc.ABC):
             weights=(row, jnp.float32),
         )
 
+    # What research.generate says of a run of this task it cannot prompt with free text.
+    generate_hint = "it does not generate text from a prompt"
+
     def text_prompt(self, run: RunConfig, vocab, text: str):
         """`text` laid out as a prompt for `research.generate` (a `research.sampling.TextPrompt`),
         or None for a task that does not generate from free text (the default)."""

@@ -28,6 +28,7 @@ from research.data import vocab as vocab_io
 from research.data.config import DataConfig
 from research.models import Bert, ModelConfig, convert
 from research.models import params as params_io
+from research.models.config import runnable_here
 from research.tasks.base import Task
 
 INIT_KINDS = ("workdir", "hf")
@@ -100,7 +101,7 @@ def _pretrained_model(init: str, *, key: str) -> Bert:
     kind, path = parse_init(init, key=key)
     if kind == "hf":
         return convert.load_bert(path, ignore_prefixes=("cls.seq_relationship",))
-    mcfg = ModelConfig(**json.loads((path / "model.json").read_text()))
+    mcfg = runnable_here(ModelConfig(**json.loads((path / "model.json").read_text())))
     steps = params_io.checkpoint_steps(path / "checkpoints")
     if not steps:
         raise ConfigError(f"{key}={init!r}: no checkpoints in {path / 'checkpoints'}")

@@ -120,6 +120,7 @@ def reply_ids(tokens, stop_id: int) -> list[list[int]]:
 
 class ChatTask(Task):
     name = "chat"
+    generate_hint = "talk to it with research.chat"
     section = "chat"
     section_type = ChatConfig
 

@@ -178,8 +178,13 @@ class TheseusTask(BertTask):
                 f"and {mcfg.max_length} positions; the data needs {vocab_size} "
                 f"and {max_length}"
             )
-        # Unrolled whatever the predecessor's run used: modules are swapped layer by layer.
-        return mcfg.replace(dropout=run.model.dropout, scan_layers=False)
+        # Unrolled whatever the predecessor's run used: modules are swapped layer by layer; the
+        # softmax kernel is this run's (a predecessor trained with cuDNN trains on, elsewhere).
+        return mcfg.replace(
+            dropout=run.model.dropout,
+            scan_layers=False,
+            softmax_implementation=run.model.softmax_implementation,
+        )
 
     def model_class(self, run: RunConfig) -> type:
         return Theseus

@@ -132,12 +132,15 @@ class Checkpointer:
                 if jax.process_count() > 1:
                     # Another process may have read its part and be waiting in Orbax's
                     # collectives: falling back alone would leave the processes at different
-                    # steps (a hang). Stop every process with what to do instead.
+                    # steps (a hang), and agreeing first would meet Orbax's own barriers out of
+                    # order. This process stops with what to do; the others wait in those
+                    # collectives until their timeout.
                     raise faults.UnreadableCheckpoints(
                         f"checkpoint {step} in {self.directory} is unreadable on process "
                         f"{jax.process_index()} ({faults.one_line(e)}); processes cannot fall "
-                        f"back one by one: move {self.directory / str(step)} to {self.aside} "
-                        "and rerun to resume from the checkpoint before it"
+                        f"back one by one: mkdir -p {self.aside} && mv "
+                        f"{self.directory / str(step)} {self.aside}/, then rerun to resume from "
+                        "the checkpoint before it"
                     ) from None
                 unreadable[step] = faults.one_line(e)
                 continue

@@ -26,7 +26,7 @@ __all__ = ["ConfigError", "RunConfig", "parse"]
 
 _SECTIONS = ("optimizer", "mesh", "data", "model")
 # Training rows this long must name an attention form without [B, H, L, L] tensors.
-DENSE_SOFTMAX_MAX_LEN = 8192
+DENSE_SOFTMAX_MAX_LEN = softmax.DENSE_SOFTMAX_MAX_LEN
 
 
 def parse(
@@ -73,7 +73,6 @@ def parse(
     task_config = task.parse_section(c.get(task.section)) if task.section else None
     if check_devices:
         _check_devices(train, mesh, data, num_devices or jax.device_count())
-        _check_tensor(mesh, model, num_devices or jax.device_count())
         try:  # a kernel this backend lacks (cudnn off GPU): before anything is built
             softmax.check_backend(model.softmax_implementation, platform)
         except ValueError as e:
@@ -93,25 +92,6 @@ def parse(
     if check_devices:
         task.validate(run)
     return run
-
-
-def _check_tensor(mesh: MeshConfig, model, num_devices: int) -> None:
-    """The tensor axis must divide what it splits: a dimension it does not divide is replicated
-    on every device without a word (and for the heads, head_dim takes the axis instead)."""
-    tensor = sharding.resolve_mesh_shape(mesh.as_dict(), num_devices)[2]
-    if tensor == 1:
-        return
-    for name, size in (
-        ("model.num_heads", model.num_heads),
-        ("model.d_ff", model.d_ff),
-        ("data.vocab_size", model.vocab_size),
-    ):
-        if size % tensor:
-            raise ConfigError(
-                f"{name}={size} is not divisible by mesh.tensor={tensor}: that dimension would be "
-                "replicated on every device; choose sizes the tensor axis divides (pad the "
-                "vocabulary to a multiple)"
-            )
 
 
 def _check_devices(

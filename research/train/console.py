@@ -25,6 +25,8 @@ class _Survivor:
         self.moved = False
 
     def _move(self, error: OSError) -> None:
+        # the workdir is made only once the config is parsed: the reader may go before that
+        os.makedirs(os.path.dirname(self._log_path) or ".", exist_ok=True)
         log = open(self._log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the stream
         log.write(
             f"[seqlab] {time.strftime('%Y-%m-%d %H:%M:%S')}: fd {self._fd} was closed "

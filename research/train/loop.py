@@ -4,6 +4,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import time
 
@@ -139,11 +140,14 @@ def describe_changes(changes: dict[str, tuple]) -> str:
     return ", ".join(f"{k} {show(old)} -> {show(new)}" for k, (old, new) in changes.items())
 
 
-def _evaluate(eval_step, state, make_iterator, eval_steps: int, batch_sharding, extra) -> dict:
+def _evaluate(
+    eval_step, state, make_iterator, eval_steps: int, batch_sharding, extra, warn: bool = True
+) -> dict:
     """Eval loss over the eval split's first `eval_steps` batches (the same ones every time),
     plus the task's `extra(state, pairs)` metrics. A split holding fewer whole batches is read
     whole (a last partial batch is dropped, but mlm pads it): the result's
-    "batches" says how many were read, and a warning says so when fewer than eval_steps."""
+    "batches" says how many were read, and a warning (when `warn`: the run's first
+    evaluation) says so when fewer than eval_steps."""
     totals, pairs = None, []
     for local in batches_everywhere(iter(make_iterator(False)), eval_steps):
         batch = shards.global_batch(local, batch_sharding)
@@ -153,13 +157,13 @@ def _evaluate(eval_step, state, make_iterator, eval_steps: int, batch_sharding, 
     if totals is None:
         raise DataError("the eval split is too small for one batch; lower batch_size or seq_len")
     result = {**metrics.summarize(totals), "batches": len(pairs)}
-    if len(pairs) < eval_steps:
+    if warn and len(pairs) < eval_steps and jax.process_index() == 0:
+        # with several processes the count is the smallest process's share of the split
         logging.warning(
-            "eval: the eval split holds %d whole batches, fewer than eval_steps=%d; "
-            "all %d evaluated",
+            "eval: %d whole batches were read, fewer than eval_steps=%d (the eval split, or a "
+            "process's share of it, holds no more)",
             len(pairs),
             eval_steps,
-            len(pairs),
         )
     result.update(extra(state, pairs))
     return result
@@ -206,12 +210,15 @@ def train_and_evaluate(
     step is ever listed twice. A full disk raises faults.NoSpaceLeft, one line naming the
     intact checkpoints.
     """
+    if "://" not in workdir:  # Orbax takes absolute paths only
+        workdir = os.path.abspath(os.path.expanduser(workdir))
     t = run.train
     task = tasks.get(run.task)
     # ---- data and model --------------------------------------------------------------------
     mesh = sharding.make_mesh(run.mesh.as_dict())
     data = task.build_data(run)
     mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
+    sharding.check_tensor_axis(mcfg, mesh)
     opt = optim.make_optimizer(run.optimizer, t.num_train_steps)
 
     def fresh_start(initialize: bool):
@@ -359,6 +366,7 @@ def train_and_evaluate(
                     t.eval_steps,
                     batch_sharding,
                     extra_metrics,
+                    warn=not eval_result,  # the same batches every time: say it once
                 )
                 writer.write(s, "eval", eval_result)
             saved = ckpt.save(s, state, train_iter, config_json, force=s == t.num_train_steps)

@@ -137,3 +137,26 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def check_tensor_axis(mcfg, mesh: Mesh) -> None:
+    """The tensor axis must divide what it splits, in the model the run builds (a pretrained
+    init's architecture, the tokenizer's vocabulary): otherwise that dimension is silently
+    replicated, or for the heads head_dim takes the axis instead. Raises a one-line ConfigError."""
+    from research.config import ConfigError
+
+    tensor = mesh.shape.get("tensor", 1)
+    if tensor == 1:
+        return
+    for size, what in (
+        (mcfg.num_heads, f"model.num_heads={mcfg.num_heads}: head_dim would take the axis"),
+        (mcfg.d_ff, f"model.d_ff={mcfg.d_ff}: the feed-forward would be replicated"),
+        (
+            mcfg.vocab_size,
+            f"the vocabulary's {mcfg.vocab_size} tokens: the embeddings and logits would be "
+            "replicated (pad the vocabulary to a multiple)",
+        ),
+    ):
+        if size % tensor:
+            head, _, rest = what.partition(": ")
+            raise ConfigError(f"{head} is not divisible by mesh.tensor={tensor}; {rest}")

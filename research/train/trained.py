@@ -10,8 +10,6 @@ import json
 import pathlib
 from typing import NamedTuple
 
-import jax
-from absl import logging
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -20,8 +18,8 @@ from research.config import ConfigError, RunConfig
 from research.data import vocab as vocab_io
 from research.models import ModelConfig
 from research.models import params as params_io
-from research.ops.attention import softmax
-from research.train.config import DENSE_SOFTMAX_MAX_LEN, parse
+from research.models.config import runnable_here
+from research.train.config import parse
 
 
 class Trained(NamedTuple):
@@ -62,21 +60,3 @@ def load_trained(workdir, *, step: int | None = None) -> Trained:
     _, model = params_io.read_checkpoint(path / "checkpoints", step, model=model)
     model.eval()
     return Trained(model, vocab_io.load(path), run, step)
-
-
-def runnable_here(mcfg: ModelConfig) -> ModelConfig:
-    """`mcfg` with kernels this backend has: a run trained with cuDNN, the TPU flash kernel or
-    the Pallas linear kernels decodes elsewhere (a laptop's CPU) with the XLA forms of the same
-    functions (other rounding), and says so in a warning."""
-    backend = jax.default_backend()
-    changes = {}
-    try:
-        softmax.check_backend(mcfg.softmax_implementation, backend)
-    except ValueError:
-        dense = mcfg.max_length < DENSE_SOFTMAX_MAX_LEN
-        changes["softmax_implementation"] = "xla" if dense else "blockwise"
-    if mcfg.linear_implementation == "pallas" and backend != "tpu":
-        changes["linear_implementation"] = "xla"
-    for k, v in changes.items():
-        logging.warning("%s=%r has no kernel on %s: using %r", k, getattr(mcfg, k), backend, v)
-    return mcfg.replace(**changes)

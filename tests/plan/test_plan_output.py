@@ -55,7 +55,7 @@ def test_verdict_block_leads_fits_in_100_columns_and_says_by_how_much():
         "FITS v5e:16x16 (256 x TPU v5e, 16.00 GiB HBM each, 15.75 GiB usable): "
         "11.75 GiB to spare per chip"
     )  # the margin is to what the compiler lets a program use, not the nominal HBM
-    assert "train 4.00 GiB (25%), eval 2.00 GiB (12%) of 16.00 GiB HBM" in text
+    assert "train 4.00 GiB (25%), eval 2.00 GiB (13%) of 15.75 GiB usable" in text
     # The roofline: 50 GB / 819 GB/s = 61 ms beats 2 TFLOP / 197 TFLOP/s and 2 GB / 200 GB/s.
     t = _plan().roofline_seconds(V5E)
     assert t == pytest.approx(50e9 / V5E.hbm_bandwidth)
@@ -72,7 +72,7 @@ def test_verdict_block_leads_fits_in_100_columns_and_says_by_how_much():
     head = _head(over)
     assert not fits and head.startswith("DOES NOT FIT v5e:16x16")
     assert head.endswith("train is 4.75 GiB over")  # over the 15.75 GiB the compiler allows
-    assert "train 20.50 GiB (128%)" in over
+    assert "train 20.50 GiB (130%)" in over
 
 
 def test_a_long_verdict_block_is_wrapped_to_100_columns():

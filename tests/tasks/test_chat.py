@@ -219,7 +219,14 @@ def test_chat_cli_leaves_quietly_on_ctrl_c_and_a_closed_stdout(smoke_run):
     workdir, _ = smoke_run
     cmd = [sys.executable, "-m", "research.chat", f"--workdir={workdir}", "--max_tokens=3"]
     p = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a suite started in the background (nohup, &) passes SIGINT on ignored, and Python then
+        # installs no KeyboardInterrupt: the chat starts with it at its default, as in a shell
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     p.stdin.write("hello\n")
     p.stdin.flush()

@@ -563,7 +563,7 @@ def test_qagen_cli_input_that_is_not_utf8_exits_2(study):
     r = subprocess.run(cmd, input=b"\xff\xfe abc\n", capture_output=True, timeout=300)
     err = r.stderr.decode()
     assert r.returncode == 2 and err.strip().splitlines() == [
-        "error: --input=-: not UTF-8 text (byte 0)"
+        "error: --input=-: not UTF-8 text (invalid start byte)"
     ], err
 
 

@@ -236,3 +236,25 @@ def test_theseus_experiment_smoke_table_csv_png_and_resume(mlm_workdir, experime
     bad.direct_steps = -1
     with pytest.raises(ConfigError, match=r"^direct_steps=-1: an int >= 0"):
         theseus_experiment.run(bad, str(tmp_path / "bad"))
+
+
+def test_a_predecessor_trained_with_an_accelerator_kernel_runs_here(
+    data_dir, predecessor, tmp_path
+):
+    """A predecessor whose model.json names cuDNN's softmax (trained on a GPU): Theseus builds
+    it with this run's softmax kernel, and its zero-shot/init path (bert.pretrained_model) with
+    the XLA form, so both run on this CPU (they raised 'needs a GPU')."""
+    import jax.numpy as jnp
+
+    gpu = tmp_path / "gpu_predecessor"
+    shutil.copytree(predecessor, gpu)
+    saved = json.loads((gpu / "model.json").read_text())
+    (gpu / "model.json").write_text(json.dumps({**saved, "softmax_implementation": "cudnn"}))
+    run = parse(_stage2(data_dir, gpu))
+    task = tasks.get("theseus")
+    data = task.build_data(run)
+    mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
+    assert mcfg.softmax_implementation == run.model.softmax_implementation == "xla"
+    model = bert.pretrained_model(f"workdir:{gpu}", key="init")
+    ids = jnp.ones((1, 8), jnp.int32)
+    assert np.isfinite(np.asarray(model(ids, mask=jnp.ones((1, 8), bool)).hidden_states)).all()

@@ -205,8 +205,9 @@ def test_on_several_processes_an_unreadable_checkpoint_stops_with_what_to_do(
         f"checkpoint 24 in {wd / 'checkpoints'} is unreadable on process 0 ("
     ), message
     assert message.endswith(
-        f"processes cannot fall back one by one: move {wd / 'checkpoints' / '24'} to "
-        f"{wd / 'unreadable_checkpoints'} and rerun to resume from the checkpoint before it"
+        f"processes cannot fall back one by one: mkdir -p {wd / 'unreadable_checkpoints'} && "
+        f"mv {wd / 'checkpoints' / '24'} {wd / 'unreadable_checkpoints'}/, then rerun to "
+        "resume from the checkpoint before it"
     )
     assert "\n" not in message
     after = _files(wd)
@@ -499,26 +500,42 @@ def test_bad_config_is_a_one_line_config_error(key, value, message):
     assert "\n" not in str(e.value)
 
 
-def test_a_tensor_axis_that_does_not_divide_what_it_splits_is_a_config_error():
-    """vocab 385 or 6 heads over mesh.tensor=4: the logits or heads would be replicated on every
-    device (the heads' head_dim split instead) without a word; tensor=2 divides them."""
+def test_a_tensor_axis_that_does_not_divide_what_it_splits_is_a_config_error(data_dir, tmp_path):
+    """Over mesh.tensor=4, a vocabulary of 385 tokens, 6 heads or d_ff 66 would be replicated
+    on every device (for the heads, head_dim split instead) without a word: one line, checked on
+    the model the run builds (a pretrained init's sizes, the tokenizer's vocabulary), before
+    anything compiles; tensor=2 divides the smoke model."""
     from configs import lm
+    from research.models import ModelConfig
+    from research.train import loop, sharding
     from research.train.config import ConfigError, parse
 
+    mesh = sharding.make_mesh({"data": 1, "tensor": 4}, jax_devices(4))
+    base = dict(vocab_size=384, d_model=32, num_heads=4, num_layers=1, d_ff=64, max_length=8)
     for change, message in (
-        ({"data.vocab_size": 385}, "data.vocab_size=385 is not divisible by mesh.tensor=4"),
-        ({"model.num_heads": 6, "model.d_model": 48}, "model.num_heads=6 is not divisible by"),
-        ({"model.d_ff": 66}, "model.d_ff=66 is not divisible by mesh.tensor=4"),
-    ):
-        c = lm.get_config("smoke")
-        good = {"model.num_heads": 4, "model.d_model": 32}  # smoke's 2 heads: not over 4
-        c.update_from_flattened_dict({**good, **change, "mesh.tensor": 4, "mesh.data": 1})
+        ({"vocab_size": 385}, "the vocabulary's 385 tokens is not divisible by mesh.tensor=4; "
+         "the embeddings and logits would be replicated (pad the vocabulary to a multiple)"),
+        ({"num_heads": 6, "d_model": 48}, "model.num_heads=6 is not divisible by mesh.tensor=4; "
+         "head_dim would take the axis"),
+        ({"d_ff": 66}, "model.d_ff=66 is not divisible by mesh.tensor=4; the feed-forward would "
+         "be replicated"),
+    ):  # fmt: skip
         with pytest.raises(ConfigError) as e:
-            parse(c, num_devices=4, platform="cpu")
-        assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+            sharding.check_tensor_axis(ModelConfig(**{**base, **change}), mesh)
+        assert str(e.value) == message
+    sharding.check_tensor_axis(ModelConfig(**base), mesh)
+    # The loop checks the model it built, before compiling: the smoke LM's 2 heads over 4.
     c = lm.get_config("smoke")
-    c.update_from_flattened_dict({"mesh.tensor": 2, "model.num_heads": 2})
-    parse(c, num_devices=4, platform="cpu")
+    c.data.data_dir = str(data_dir)
+    c.mesh.update(data=-1, tensor=4)
+    with pytest.raises(ConfigError, match="model.num_heads=2 is not divisible by mesh.tensor=4"):
+        loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+
+
+def jax_devices(n):
+    import jax
+
+    return jax.devices()[:n]
 
 
 def test_a_batch_shard_across_processes_is_a_config_error():
@@ -1013,12 +1030,13 @@ def test_evaluation_reads_the_first_eval_steps_batches_and_says_when_the_split_h
 
 
 def test_a_run_trained_with_accelerator_kernels_loads_with_the_xla_forms_here(reference, tmp_path):
-    """A workdir whose model.json names cuDNN's softmax (trained on a GPU) or the Pallas linear
-    kernels loads on this CPU with the XLA forms: the same logits as the run's own model."""
+    """A workdir whose model.json names cuDNN's softmax (trained on a GPU) loads on this CPU
+    with the XLA form: the same logits as the run's own model. runnable_here maps the TPU flash
+    kernel (blockwise from 8k positions) and the Pallas linear kernels likewise."""
     import numpy as np
 
+    from research.models.config import runnable_here
     from research.train import load_trained
-    from research.train.trained import runnable_here
 
     want = load_trained(reference[0])
     ids = np.asarray([want.vocab.encode("def f(x): return x")], np.int32)

@@ -27,6 +27,8 @@ from research.ops.attention.segments import check_segment_ids, same_segment
 from research.ops.checks import check_bool, check_positive_int
 
 PORTABLE_SOFTMAX_IMPLEMENTATIONS = ("xla", "blockwise")  # every backend
+# From this length the dense form's [B, H, L, L] scores are refused (configs) or avoided.
+DENSE_SOFTMAX_MAX_LEN = 8192
 SOFTMAX_IMPLEMENTATIONS = (*PORTABLE_SOFTMAX_IMPLEMENTATIONS, "cudnn", "tpu_flash")
 _KERNEL_BACKEND = {"cudnn": ("gpu", "a GPU (cuDNN)"), "tpu_flash": ("tpu", "a TPU (Pallas/Mosaic)")}
 

@@ -89,6 +89,7 @@ class QagenEval:
 
 class QagenTask(Task):
     name = "qagen"
+    generate_hint = "generate questions with research.qagen"
     section = "qagen"
     section_type = QagenConfig
     causal = False

@@ -47,6 +47,7 @@ def make_loss(cfg: Seq2seqConfig, vocab_size: int, bos: int, eos: int, pad: int,
 
 class Seq2seqTask(Task):
     name = "seq2seq"
+    generate_hint = "its data are synthetic ids, not text"
     section = "seq2seq"
     section_type = Seq2seqConfig
 
