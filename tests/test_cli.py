@@ -228,6 +228,9 @@ def test_an_unreadable_checkpoint_is_one_line(
     line = _load_run_error(capsys, run, None)
     assert line.startswith(f"error: {run}: cannot read the run (")
     assert line.endswith(f"; traceback in {run / 'errors.log'}")
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(steps) > 1  # an older checkpoint is named (here every one is cut, as it happens)
+    assert f"; --step={steps[-2]} reads an older checkpoint; traceback in" in line
     assert "Traceback (most recent call last)" in (run / "errors.log").read_text()
 
 

@@ -291,6 +291,19 @@ def test_a_bidirectional_task_refuses_a_causal_only_kind():
         make_attention(ModelConfig(**TINY, attention="gla"), causal=False, rngs=nnx.Rngs(0))
 
 
+def _logits_and_grads(cfg, toks, doc):
+    """A DecoderLM of `cfg` on packed `toks`: its logits and the gradients of sum(sin(logits))."""
+    model = DecoderLM(cfg, rngs=nnx.Rngs(2))
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params):
+        logits = nnx.merge(graph, params, rest)(toks, document_ids=doc)
+        return jnp.sum(jnp.sin(logits)), logits
+
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return logits, grads
+
+
 def test_the_pallas_kernels_give_the_xla_forms_model_and_gpu_is_refused():
     """model.linear_implementation='pallas' (here under the Pallas interpreter): a Gated DeltaNet
     LM with packed documents has the XLA form's logits and gradients; on a GPU the config is
@@ -299,18 +312,8 @@ def test_the_pallas_kernels_give_the_xla_forms_model_and_gpu_is_refused():
     toks = jax.random.randint(jax.random.PRNGKey(3), (2, 21), 1, TINY["vocab_size"])
     doc = jnp.asarray([[0] * 5 + [1] * 16, [0] * 21])
 
-    def logits_and_grads(impl):
-        model = DecoderLM(cfg.replace(linear_implementation=impl), rngs=nnx.Rngs(2))
-        graph, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def loss(params):
-            logits = nnx.merge(graph, params, rest)(toks, document_ids=doc)
-            return jnp.sum(jnp.sin(logits)), logits
-
-        (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-        return logits, grads
-
-    (want, want_grads), (got, got_grads) = logits_and_grads("xla"), logits_and_grads("pallas")
+    want, want_grads = _logits_and_grads(cfg.replace(linear_implementation="xla"), toks, doc)
+    got, got_grads = _logits_and_grads(cfg.replace(linear_implementation="pallas"), toks, doc)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
     for w, g in zip(jax.tree.leaves(want_grads), jax.tree.leaves(got_grads), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.abs(w).max()))
@@ -324,7 +327,7 @@ def test_the_pallas_kernels_give_the_xla_forms_model_and_gpu_is_refused():
     )
 
 
-@pytest.mark.parametrize("attention", ["gla", "gated_deltanet"])
+@pytest.mark.parametrize("attention", ["gated_deltanet"])  # gates, beta, grouped k/v: every input
 def test_the_pallas_kernels_per_device_on_a_mesh_give_the_xla_forms_model(monkeypatch, attention):
     """On a TPU mesh the Mosaic kernels run per device (`per_device`: batch and heads split,
     grouped k/v repeated first). Off TPU the platform is patched and the kernels run under the
@@ -340,16 +343,6 @@ def test_the_pallas_kernels_per_device_on_a_mesh_give_the_xla_forms_model(monkey
     doc = jnp.asarray([[0] * 5 + [1] * 16, [0] * 21, [0] * 11 + [1] * 10, [0] * 21])
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
 
-    def logits_and_grads(impl):
-        model = DecoderLM(cfg.replace(linear_implementation=impl), rngs=nnx.Rngs(2))
-        graph, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def loss(params):
-            logits = nnx.merge(graph, params, rest)(toks, document_ids=doc)
-            return jnp.sum(jnp.sin(logits)), logits
-
-        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-
     calls = []
     real = recurrent_attention.per_device
 
@@ -357,11 +350,11 @@ def test_the_pallas_kernels_per_device_on_a_mesh_give_the_xla_forms_model(monkey
         calls.append(args[0])
         return real(*args, **kw)
 
-    (_, want), want_grads = logits_and_grads("xla")
+    want, want_grads = _logits_and_grads(cfg.replace(linear_implementation="xla"), toks, doc)
     monkeypatch.setattr(recurrent_attention, "platform", lambda: "tpu")
     monkeypatch.setattr(recurrent_attention, "per_device", spy)
     with activation_sharding(sharding.activation_resolver(mesh)):
-        (_, got), got_grads = logits_and_grads("pallas")
+        got, got_grads = _logits_and_grads(cfg.replace(linear_implementation="pallas"), toks, doc)
     assert len(calls) == TINY["num_layers"]  # every layer went through the per-device path
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
     for w, g in zip(jax.tree.leaves(want_grads), jax.tree.leaves(got_grads), strict=True):

@@ -119,7 +119,7 @@ def _np_attention_grads(q, k, v, bias, keep, cot):
     return out, ds.sum(axis=axes, keepdims=True)
 
 
-@settings(max_examples=8)
+@settings(max_examples=5)  # each draw compiles a backward pass per implementation
 @given(
     s=softmax_shapes,
     bias_shape=st.sampled_from(["full", "heads-keys", "batch-queries-keys", "keys"]),
