@@ -980,7 +980,7 @@ def test_scanned_layers_train_resume_exactly_and_decode(data_dir, tmp_path):
 
 
 def test_evaluation_stops_on_every_process_when_one_runs_out():
-    from research.train.loop import batches_everywhere
+    from research.train.evaluation import batches_everywhere
 
     # One process alone: up to the limit, or to the end of its batches.
     assert list(batches_everywhere(iter(range(5)), 3)) == [0, 1, 2]
@@ -992,11 +992,11 @@ def test_evaluation_stops_on_every_process_when_one_runs_out():
 
 
 def test_evaluation_reads_the_first_eval_steps_batches_and_says_when_the_split_holds_fewer(caplog):
-    """_evaluate's loss is the token-weighted mean over the batches it read (NumPy), "batches"
+    """evaluate's loss is the token-weighted mean over the batches it read (NumPy), "batches"
     counts them, and a split shorter than eval_steps is read whole with one warning."""
     import jax
 
-    from research.train.loop import _evaluate
+    from research.train.evaluation import evaluate
 
     rng = np.random.default_rng(0)
     split = [
@@ -1014,7 +1014,7 @@ def test_evaluation_reads_the_first_eval_steps_batches_and_says_when_the_split_h
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     for eval_steps, read in ((2, 2), (5, 3)):
         caplog.clear()
-        got = _evaluate(
+        got = evaluate(
             eval_step,
             None,
             lambda train: iter(split),
