@@ -32,7 +32,11 @@ _WORKDIR = flags.DEFINE_string(
 )
 _INPUT = flags.DEFINE_string("input", "-", "passages file, one a line ('-' = stdin)")
 _NUM_ANSWERS = flags.DEFINE_integer(
-    "num_answers", None, "answers sampled per passage (default: the run's)", lower_bound=1
+    "num_answers",
+    None,
+    "answers sampled per passage, decoded in one batch (default: the run's)",
+    lower_bound=1,
+    upper_bound=256,
 )
 _TOP_P = flags.DEFINE_float("top_p", None, "answer sampling: nucleus mass (default: the run's)")
 _TOP_K = flags.DEFINE_integer(

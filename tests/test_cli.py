@@ -366,3 +366,11 @@ def test_an_unusable_venv_is_named_with_the_fix(tmp_path):
     # The interpreter running the suite (test.sh's .venv) passes the same check.
     check = "import sys, pip; sys.exit(sys.version_info < (3, 11))"
     assert subprocess.run([sys.executable, "-c", check]).returncode == 0
+
+
+def test_qagen_num_answers_beyond_one_batchs_reach_is_one_line():
+    """--num_answers=100000 decoded 100,000 rows a passage in one batch: out of memory after the
+    model loaded, with a traceback. Bounded at 256 when the flags are read."""
+    r = _run(["-m", "research.qagen", "--workdir=/nowhere", "--num_answers=100000"])
+    line = _error_line(r)  # exit 2, one line
+    assert "--num_answers" in line and "256" in line, line

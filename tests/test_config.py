@@ -55,7 +55,7 @@ def test_parse_gives_typed_frozen_sections():
         ("data", "seq_len", 1, "data.seq_len=1: must be >= 2"),
         ("data", "vocab_size", 0, "data.vocab_size=0: must be a positive int"),
         ("model", "vocab_size", 7, "model: ['vocab_size'] come from the data"),
-        ("seq2seq", "eval_beams", (1, 0), "seq2seq.eval_beams=(1, 0): positive ints"),
+        ("seq2seq", "eval_beams", (1, 0), "seq2seq.eval_beams=(1, 0): must be positive ints"),
         ("seq2seq", "remedy", "dropout", "seq2seq.remedy='dropout': allowed none, random_"),
         # Checked by the ops only while the step is traced: here before anything compiles.
         ("seq2seq", "label_smoothing", 1.5, "seq2seq.label_smoothing=1.5: must be in [0, 1)"),

@@ -84,4 +84,4 @@ class Seq2seqConfig:
                 "probability, exponential (0, 1), inverse_sigmoid >= 1"
             )
         if not all(is_positive_int(b) for b in self.eval_beams):
-            raise ValueError(f"eval_beams={self.eval_beams!r}: positive ints")
+            raise ValueError(f"eval_beams={self.eval_beams!r}: must be positive ints (beam sizes)")
