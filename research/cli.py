@@ -46,7 +46,6 @@ def load_run(argv, workdir: str, step: int | None, task: str | None):
     from absl import logging
 
     from research.config import ConfigError
-    from research.models import params as params_io
     from research.train import faults, load_trained
 
     if not flags.FLAGS["verbosity"].present:
@@ -75,10 +74,7 @@ def load_run(argv, workdir: str, step: int | None, task: str | None):
                 where = f"; traceback in {log}"
             except OSError:
                 pass
-        steps = params_io.checkpoint_steps(pathlib.Path(workdir).expanduser() / "checkpoints")
-        others = [s for s in steps if s != (steps[-1] if step is None else step)]
-        hint = f"; --step={others[-1]} reads an older checkpoint" if others else ""
-        fail(f"{workdir}: cannot read the run ({faults.one_line(e)}){hint}{where}")
+        fail(f"{workdir}: cannot read the run ({faults.one_line(e)}){where}")
     if task is not None and trained.config.task != task:
         fail(f"{workdir}: task={trained.config.task!r}; research.{task} needs a {task} run")
     return trained

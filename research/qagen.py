@@ -34,7 +34,8 @@ _INPUT = flags.DEFINE_string("input", "-", "passages file, one a line ('-' = std
 _NUM_ANSWERS = flags.DEFINE_integer(
     "num_answers",
     None,
-    "answers sampled per passage, decoded in one batch (default: the run's)",
+    "answers sampled per passage; --batch_size passages x this many rows decode together "
+    "(default: the run's)",
     lower_bound=1,
     upper_bound=256,
 )

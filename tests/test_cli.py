@@ -228,9 +228,6 @@ def test_an_unreadable_checkpoint_is_one_line(
     line = _load_run_error(capsys, run, None)
     assert line.startswith(f"error: {run}: cannot read the run (")
     assert line.endswith(f"; traceback in {run / 'errors.log'}")
-    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-    assert len(steps) > 1  # an older checkpoint is named (here every one is cut, as it happens)
-    assert f"; --step={steps[-2]} reads an older checkpoint; traceback in" in line
     assert "Traceback (most recent call last)" in (run / "errors.log").read_text()
 
 
@@ -369,7 +366,7 @@ def test_an_unusable_venv_is_named_with_the_fix(tmp_path):
 
 
 def test_qagen_num_answers_beyond_one_batchs_reach_is_one_line():
-    """--num_answers=100000 decoded 100,000 rows a passage in one batch: out of memory after the
+    """--num_answers=100000 decoded batch_size x 100,000 rows together: out of memory after the
     model loaded, with a traceback. Bounded at 256 when the flags are read."""
     r = _run(["-m", "research.qagen", "--workdir=/nowhere", "--num_answers=100000"])
     line = _error_line(r)  # exit 2, one line

@@ -166,13 +166,6 @@ def train_and_evaluate(
         workdir = os.path.abspath(os.path.expanduser(workdir))
     t = run.train
     task = tasks.get(run.task)
-    if run.optimizer.warmup_steps >= t.num_train_steps and jax.process_index() == 0:
-        logging.warning(
-            "optimizer.warmup_steps=%d >= num_train_steps=%d: the learning rate rises for the "
-            "whole run and never decays",
-            run.optimizer.warmup_steps,
-            t.num_train_steps,
-        )
     # ---- data and model --------------------------------------------------------------------
     mesh = sharding.make_mesh(run.mesh.as_dict())
     data = task.build_data(run)

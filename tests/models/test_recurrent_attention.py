@@ -327,7 +327,7 @@ def test_the_pallas_kernels_give_the_xla_forms_model_and_gpu_is_refused():
     )
 
 
-@pytest.mark.parametrize("attention", ["gated_deltanet"])  # gates, beta, grouped k/v: every input
+@pytest.mark.parametrize("attention", ["gla", "gated_deltanet"])  # 4-D gates; scalar gates, beta
 def test_the_pallas_kernels_per_device_on_a_mesh_give_the_xla_forms_model(monkeypatch, attention):
     """On a TPU mesh the Mosaic kernels run per device (`per_device`: batch and heads split,
     grouped k/v repeated first). Off TPU the platform is patched and the kernels run under the
