@@ -28,9 +28,14 @@ and their gradients) plus each form's own: softmax re-reads K/V once per 512-que
 writes and re-reads its fp32 chunk states and C x C chunk scores (GLA and the delta rule
 counted the same way, gdn-cp twice), ring materialises an
 (L/P)^2 fp32 logit block per step. Memory is XLA's compiled figure (loops do not distort it).
-Collective bytes are the forward formula of `cost.bytes_communicated` x 2 for linear
-(the backward prefix sends as much) and x 3 for ring (the backward recomputes the forward ring
-and sends dK, dV back around it). These are compiler figures and estimates, not measurements.
+Collective bytes (`comm_bytes`) count what the compiled programs send, checked against their
+collective-permutes on v5e:2x2 and 2x4 (tests/plan/test_plan_attention.py): ring its bf16 K/V
+blocks forward and their bf16 cotangents backward (autodiff keeps the forward's blocks instead of
+recomputing the ring); linear the forward formula of `cost.bytes_communicated` x 2 (the backward
+prefix sends as much); GLA per direction the fp32 state at each prefix step and once more (the
+shift to an exclusive prefix) and its decay at all but the last step; the delta rule A and B at
+each prefix step, bf16 forward and fp32 backward. These are compiler figures and estimates, not
+measurements.
 Writes plan_attention.csv and plan_attention.png to --out.
 """
 
@@ -150,14 +155,17 @@ def comm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: in
         value_dim=head_dim,
         devices=devices,
     )
-    if variant == "softmax-ring":  # the formula counts fp32; K/V travel in bf16 here
-        return 3 * bytes_communicated("ring", feature_dim=head_dim, **shape) // 2
-    if variant in ("linear-cp", "gla-cp"):  # fp32 states (and normaliser / decay vectors)
-        f = feature_dim("elu", head_dim) if variant == "linear-cp" else head_dim
+    if variant == "softmax-ring":  # fp32's K + V count = bf16 blocks forward + bf16 cotangents
+        return bytes_communicated("ring", feature_dim=head_dim, **shape)
+    if variant == "linear-cp":  # fp32 states and normalisers, forward and backward alike
+        f = feature_dim("elu", head_dim)
         return 2 * bytes_communicated("linear", feature_dim=f, **shape)
-    if variant == "gdn-cp":  # the affine prefix: A [Dk, Dk] and B [Dk, Dv], fp32, plus a shift
-        steps = math.ceil(math.log2(devices)) + 1 if devices > 1 else 0
-        return 2 * 4 * steps * heads * head_dim * (head_dim + head_dim)
+    steps = math.ceil(math.log2(devices)) if devices > 1 else 0
+    if variant == "gla-cp":  # per direction: (steps + 1) fp32 states, (steps - 1) decay vectors
+        state, decay = 4 * heads * head_dim * head_dim, 4 * heads * head_dim
+        return 2 * ((steps + 1) * state + max(steps - 1, 0) * decay) if steps else 0
+    if variant == "gdn-cp":  # A [Dk, Dk] and B [Dk, Dv] each prefix step: bf16 fwd, fp32 bwd
+        return steps * heads * head_dim * (head_dim + head_dim) * (2 + 4)
     return 0
 
 
