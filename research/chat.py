@@ -44,7 +44,7 @@ _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest
 
 def main(argv):
     from research.sampling import ChatSession
-    from research.tasks.chat import ChatTask, unknown_turn_warning, vocabulary_origin
+    from research.tasks.chat import ChatTask, vocabulary_origin
 
     trained = load_run(argv, _WORKDIR.value, _STEP.value, task=ChatTask.name)
     run = trained.config
@@ -63,7 +63,7 @@ def main(argv):
     except ValueError as e:
         fail(str(e))
     try:
-        _converse(session, trained, vocabulary_origin(run), unknown_turn_warning)
+        _converse(session, trained, vocabulary_origin(run))
     except KeyboardInterrupt:  # Ctrl-C leaves, as /quit does
         print(file=sys.stderr)
         return 130
@@ -72,7 +72,9 @@ def main(argv):
     return 0
 
 
-def _converse(session, trained, origin, unknown_turn_warning) -> None:
+def _converse(session, trained, origin: str) -> None:
+    from research.tasks.chat import unknown_turn_warning
+
     vocab = trained.vocab
     # What the user types is text: a special token written in it ([SEP], [CLS]) would break
     # the turn layout, so those ids are dropped.

@@ -236,15 +236,13 @@ def main(argv=None) -> list[dict]:
     name = device_name()
     skipped: list[str] = []
 
-    att: list[dict] = []
-
-    def save(more: list[dict]) -> None:  # every row so far, so a failure later keeps them
-        write_csv(out / f"{name}.csv", att + more, FIELDS)
+    def save(rows: list[dict]) -> None:  # every row so far, so a failure later keeps them
+        write_csv(out / f"{name}.csv", rows, FIELDS)
 
     # the attention rows get 70% of the budget, the two train steps the rest
     att = _attention_rows(args, t0 + 0.7 * args.budget_s, skipped, save)
-    save([])
-    rows = att + _train_rows(args, t0 + args.budget_s, skipped, save)
+    save(att)  # (a header alone when the budget let none run)
+    rows = att + _train_rows(args, t0 + args.budget_s, skipped, lambda more: save(att + more))
     plot(rows, out / f"{name}.png", header)
     print()
     for c in attention.crossovers(att):

@@ -13,6 +13,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from research.config import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 # Logical axis -> mesh axis (or axes), for parameters and activations alike (MaxText's
@@ -143,8 +145,6 @@ def check_tensor_axis(mcfg, mesh: Mesh) -> None:
     """The tensor axis must divide what it splits, in the model the run builds (a pretrained
     init's architecture, the tokenizer's vocabulary): otherwise that dimension is silently
     replicated, or for the heads head_dim takes the axis instead. Raises a one-line ConfigError."""
-    from research.config import ConfigError
-
     tensor = mesh.shape.get("tensor", 1)
     if tensor == 1:
         return

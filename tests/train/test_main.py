@@ -505,12 +505,14 @@ def test_a_tensor_axis_that_does_not_divide_what_it_splits_is_a_config_error(dat
     on every device (for the heads, head_dim split instead) without a word: one line, checked on
     the model the run builds (a pretrained init's sizes, the tokenizer's vocabulary), before
     anything compiles; tensor=2 divides the smoke model."""
+    import jax
+
     from configs import lm
     from research.models import ModelConfig
     from research.train import loop, sharding
     from research.train.config import ConfigError, parse
 
-    mesh = sharding.make_mesh({"data": 1, "tensor": 4}, jax_devices(4))
+    mesh = sharding.make_mesh({"data": 1, "tensor": 4}, jax.devices()[:4])
     base = dict(vocab_size=384, d_model=32, num_heads=4, num_layers=1, d_ff=64, max_length=8)
     for change, message in (
         ({"vocab_size": 385}, "the vocabulary's 385 tokens is not divisible by mesh.tensor=4; "
@@ -530,12 +532,6 @@ def test_a_tensor_axis_that_does_not_divide_what_it_splits_is_a_config_error(dat
     c.mesh.update(data=-1, tensor=4)
     with pytest.raises(ConfigError, match="model.num_heads=2 is not divisible by mesh.tensor=4"):
         loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
-
-
-def jax_devices(n):
-    import jax
-
-    return jax.devices()[:n]
 
 
 def test_a_batch_shard_across_processes_is_a_config_error():
