@@ -22,20 +22,19 @@ The gates and beta are computed from q, k, v inside the step (as a layer would f
 Roofline time per step = max(FLOPs / peak, HBM bytes / HBM bandwidth) + collective bytes / ICI
 bandwidth, a lower bound. FLOPs and HBM bytes are analytic (`flops_per_device`, `hbm_bytes`),
 because XLA's cost analysis counts a loop body once and every variant here is a loop: FLOPs as
-research.ops.attention.cost (forward+backward = 3.5 x forward; ring adds a forward for its
-recomputation and computes the masked half too); bytes are the unavoidable traffic (q, k, v, o
-and their gradients) plus each form's own: softmax re-reads K/V once per 512-query block, linear
-writes and re-reads its fp32 chunk states and C x C chunk scores (GLA and the delta rule
-counted the same way, gdn-cp twice), ring materialises an
-(L/P)^2 fp32 logit block per step. Memory is XLA's compiled figure (loops do not distort it).
-Collective bytes (`comm_bytes`) count what the compiled programs send, checked against their
-collective-permutes on v5e:2x2 and 2x4 (tests/plan/test_plan_attention.py): ring its bf16 K/V
-blocks forward and their bf16 cotangents backward (autodiff keeps the forward's blocks instead of
-recomputing the ring); linear the forward formula of `cost.bytes_communicated` x 2 (the backward
-prefix sends as much); GLA per direction the fp32 state at each prefix step and once more (the
-shift to an exclusive prefix) and its decay at all but the last step; the delta rule A and B at
-each prefix step, bf16 forward and fp32 backward. These are compiler figures and estimates, not
-measurements.
+research.ops.attention.cost (forward+backward = 3.5 x forward; ring computes the masked half
+too); bytes are the unavoidable traffic (q, k, v, o and their gradients) plus each form's own:
+softmax re-reads K/V once per 512-query block, linear writes and re-reads its fp32 chunk states
+and C x C chunk scores (GLA and the delta rule counted the same way, gdn-cp twice), ring
+materialises an (L/P)^2 fp32 logit block per step. Memory is XLA's compiled figure (loops do not
+distort it). Collective bytes (`comm_bytes`) count what the compiled programs send, checked
+against their collective-permutes on v5e:2x2 and 2x4 (tests/plan/test_plan_attention.py): ring
+its bf16 K/V blocks forward, backward again beside their fp32 gradients, which then take one
+bf16 hop home (its backward is a second ring; it keeps no step's blocks); linear the forward
+formula of `cost.bytes_communicated` x 2 (the backward prefix sends as much); GLA per direction
+the fp32 state at each prefix step and once more (the shift to an exclusive prefix) and its
+decay at all but the last step; the delta rule A and B at each prefix step, bf16 forward and
+fp32 backward. These are compiler figures and estimates, not measurements.
 Writes plan_attention.csv and plan_attention.png to --out.
 """
 
@@ -155,8 +154,10 @@ def comm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: in
         value_dim=head_dim,
         devices=devices,
     )
-    if variant == "softmax-ring":  # fp32's K + V count = bf16 blocks forward + bf16 cotangents
-        return bytes_communicated("ring", feature_dim=head_dim, **shape)
+    if variant == "softmax-ring":  # bf16 K/V blocks P - 1 hops forward and again backward,
+        # their fp32 gradients beside them backward, then one bf16 hop home
+        per_hop = (length // devices) * heads * 2 * head_dim  # K and V elements
+        return (devices - 1) * per_hop * (2 + 2 + 4) + per_hop * 2 if devices > 1 else 0
     if variant == "linear-cp":  # fp32 states and normalisers, forward and backward alike
         f = feature_dim("elu", head_dim)
         return 2 * bytes_communicated("linear", feature_dim=f, **shape)
@@ -180,7 +181,7 @@ def flops_per_device(variant: str, length: int, heads: int, head_dim: int, devic
     if variant == "gdn-chunked":
         return attention_flops("delta-chunked", length=length, **shape)
     if variant == "softmax-ring":  # every (n x n) block of all P, causal mask applied after
-        return 4.5 * 4.0 * heads * n * length * head_dim
+        return 3.5 * 4.0 * heads * n * length * head_dim
     chunk = min(64, n)
     if variant == "gla-cp":
         return attention_flops("gla-chunked", length=n, chunk_size=chunk, **shape)

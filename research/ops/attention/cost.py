@@ -32,7 +32,8 @@ Forward+backward is counted as 3.5 x forward (the FlashAttention convention), fo
 Communication (context parallelism, `research.ops.attention.context_parallel`), fp32 bytes each
 device sends in one forward:
   linear: ceil(log2 P) x B H (F Dv + F) x 4 (a log-depth prefix of the d_k x d_v states);
-  ring:   (P - 1) x B (L/P) Hkv (D + Dv) x 4 (K/V blocks passed around the ring).
+  ring:   (P - 1) x B (L/P) Hkv (D + Dv) x 4 (K/V blocks passed around the ring; its backward
+          sends them again with their gradients: research.plan.attention.comm_bytes).
 """
 
 import math
