@@ -305,12 +305,15 @@ def train_and_evaluate(
                 row = metrics.summarize(window, steps=window_steps)
                 writer.write(s, "train", {**row, "steps": window_steps, "tokens_per_second": rate})
                 window = None
+            # A scheduled checkpoint is saved before the evaluation, so an evaluation that
+            # fails loses no training. The final one is saved after it: a failed final
+            # evaluation leaves the run to resume (and evaluate) from the checkpoint before.
+            final = s == t.num_train_steps
+            saved = False if final else ckpt.save(s, state, train_iter, config_json)
             # A stop asked for (SIGTERM's grace period is short) saves before a scheduled
             # evaluation, which the run then skips; the final step's evaluation always runs.
-            stopping = (
-                s != t.num_train_steps and s % t.eval_every_steps == 0 and preemption.reached()
-            )
-            if (s % t.eval_every_steps == 0 or s == t.num_train_steps) and not stopping:
+            stopping = not final and s % t.eval_every_steps == 0 and preemption.reached()
+            if (s % t.eval_every_steps == 0 or final) and not stopping:
                 eval_result = evaluation.evaluate(
                     eval_step,
                     state,
@@ -321,7 +324,8 @@ def train_and_evaluate(
                     warn=not eval_result,  # the same batches every time: say it once
                 )
                 writer.write(s, "eval", eval_result)
-            saved = ckpt.save(s, state, train_iter, config_json, force=s == t.num_train_steps)
+            if final:
+                saved = ckpt.save(s, state, train_iter, config_json, force=True)
             if preemption.reached():
                 if not saved:  # a step the schedule just saved must not be saved twice
                     ckpt.save(s, state, train_iter, config_json, force=True)

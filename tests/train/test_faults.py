@@ -105,3 +105,29 @@ def test_a_stop_before_a_scheduled_evaluation_saves_first_and_skips_it(tmp_path,
     rows = [json.loads(x) for x in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
     assert [r["split"] for r in rows] == ["train"]
     assert (tmp_path / "wd" / "checkpoints" / "1").is_dir()
+
+
+def test_an_evaluation_that_fails_loses_no_training(tmp_path, monkeypatch):
+    """A scheduled checkpoint is saved before the evaluation at its step: an evaluation that
+    raised there lost every step since the previous checkpoint. The final step is evaluated
+    before its save, so a failed final evaluation is rerun on resume, not skipped."""
+    from configs import mqar
+    from research.train import evaluation, loop
+    from research.train.config import parse
+
+    c = mqar.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.update(num_train_steps=4, eval_every_steps=2, checkpoint_every_steps=2, log_every_steps=1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the evaluation broke")
+
+    monkeypatch.setattr(evaluation, "evaluate", broken)
+    for _ in range(2):  # step 2, then (resumed from checkpoint 2) the final step 4
+        with pytest.raises(RuntimeError, match="the evaluation broke"):
+            loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert sorted(p.name for p in (tmp_path / "wd" / "checkpoints").iterdir()) == ["2"]
+    monkeypatch.undo()
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert (summary.resumed_from, summary.last_step, summary.steps_run) == (2, 4, 2)
+    assert "loss" in summary.eval
