@@ -7,6 +7,7 @@ import time
 
 import jax
 
+from research.ops.attention.common import target_backend
 from research.plan.chips import Chip
 
 
@@ -65,8 +66,11 @@ def compile_for_devices(name, fn, *args) -> tuple[Plan, object]:
     """(Plan, compiled) of jitted `fn` lowered for abstract `args` (whose shardings name the
     devices); compiled is None when the compiler ran out of memory (the Plan says by how much)."""
     t0 = time.perf_counter()
+    platform = next(iter(jax.tree.leaves(args)[0].sharding.device_set)).platform
     try:
-        compiled = fn.lower(*args).compile()
+        with target_backend(platform):  # the target's block sizes, not the host's
+            lowered = fn.lower(*args)
+        compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
         # The TPU compiler stops when the program exceeds the usable HBM; its figure ("required
         # for HLO temporaries") is the whole live set, arguments and outputs included (a

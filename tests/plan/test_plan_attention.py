@@ -180,3 +180,32 @@ def test_the_communication_counts_are_what_the_compiled_programs_send(topology, 
         sent = _permuted_bytes(compiled[variant].as_text(), loop_trips=n - 1)
         want = pa.comm_bytes(variant, length, heads, head_dim, n)
         assert sent == pytest.approx(want, rel=1e-3), (variant, sent, want)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (the tpu extra)"
+)
+def test_a_tpu_program_is_traced_with_the_tpus_block_sizes():
+    """Planning a TPU topology on a CPU host traced the ops with the host's (cpu) tiles: linear
+    attention's chunk blocks were 1 MiB where a TPU run takes 8 MiB."""
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from research.ops.attention.common import DEFAULT_BLOCK_SIZES, default_block_sizes
+    from research.plan import chips
+    from research.plan.compiler import compile_for_devices
+
+    seen = []
+
+    def fn(x):
+        seen.append(default_block_sizes())
+        return x * 2
+
+    devices = chips.tpu_devices("v5e:2x2")
+    x = jax.ShapeDtypeStruct(
+        (4, 128), jnp.float32, sharding=NamedSharding(Mesh(np.asarray(devices), ("d",)), P("d"))
+    )
+    compile_for_devices("double", jax.jit(fn), x)
+    assert seen == [DEFAULT_BLOCK_SIZES["tpu"]] != [DEFAULT_BLOCK_SIZES["cpu"]]
+    assert default_block_sizes() == DEFAULT_BLOCK_SIZES[jax.default_backend()]  # restored

@@ -4,6 +4,8 @@ the guarded division, and the per-backend default block sizes.
 The checks run on static shapes, so errors come before anything is traced or compiled.
 """
 
+import contextlib
+import contextvars
 from typing import NamedTuple
 
 import jax
@@ -148,7 +150,22 @@ DEFAULT_BLOCK_SIZES = {
 }
 
 
+_TARGET_BACKEND = contextvars.ContextVar("target_backend", default=None)
+
+
+@contextlib.contextmanager
+def target_backend(backend: str):
+    """Default block sizes for `backend` in code traced inside: a planner compiling for a TPU
+    topology on a CPU host traces with the TPU's tiles, not its host's."""
+    token = _TARGET_BACKEND.set(backend)
+    try:
+        yield
+    finally:
+        _TARGET_BACKEND.reset(token)
+
+
 def default_block_sizes(backend: str | None = None) -> BlockSizes:
-    """The defaults for `backend` (default: `jax.default_backend()`); unknown backends get cpu's."""
-    backend = jax.default_backend() if backend is None else backend
+    """The defaults for `backend` (default: the `target_backend` being traced for, else
+    `jax.default_backend()`); unknown backends get cpu's."""
+    backend = backend or _TARGET_BACKEND.get() or jax.default_backend()
     return DEFAULT_BLOCK_SIZES.get(backend, DEFAULT_BLOCK_SIZES["cpu"])
