@@ -173,7 +173,8 @@ def remat_flops(run: RunConfig) -> float:
 
 def collective_bytes(param_bytes: float, mesh_shape: dict) -> float:
     """Bytes one device sends per training step for its parameters (MaxText's "FSDP arithmetic
-    intensity"): with f = fsdp, d = data, t = tensor and P the parameter bytes, FSDP all-gathers
+    intensity"): with f = fsdp, d = data, t = tensor and P the parameter bytes in the compute
+    dtype (`plan_train`: XLA gathers the converted weights), FSDP all-gathers
     the weights for the forward and again for the backward and reduce-scatters the gradients,
     3 (f - 1) / f x P / t; data parallelism then all-reduces the f-sharded gradients,
     2 (d - 1) / d x P / (f t). Tensor-parallel activation collectives are not counted."""
@@ -195,7 +196,10 @@ def plan_train(c, devices, *, eval_step: bool = False, decode_tokens: int = 0) -
         model_def, opt, loss_fn, mesh=mesh, shardings=sh, accum_steps=run.train.accum_steps
     )
     plans = [compile_for_devices("train", train, state, batch)[0]]
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
+    # XLA converts the fp32 parameters to the compute dtype before gathering them and reduces
+    # their gradients in it: a bf16 model moves its weights in bf16
+    itemsize = jnp.dtype(run.model.dtype).itemsize
+    param_bytes = sum(x.size for x in jax.tree.leaves(state.params)) * itemsize
     if counts_analytically(run):
         plans[0].model_flops = model_flops(run) / len(devices)
         plans[0].remat_flops = remat_flops(run) / len(devices)

@@ -287,6 +287,34 @@ def test_collective_bytes_by_hand():
 
 
 @needs_libtpu
+def test_collective_bytes_count_the_weights_in_the_compute_dtype(monkeypatch):
+    """XLA converts the fp32 parameters before gathering them: a bf16 model's compiled step
+    all-gathers bf16 weights (an fp32 model's, fp32), so its count is half (it was the same)."""
+    import re
+
+    programs = {}
+
+    def keep(name, fn, *args):
+        plan, program = compile_for_devices(name, fn, *args)
+        programs[name] = program
+        return plan, program
+
+    monkeypatch.setattr(plan_module, "compile_for_devices", keep)
+    gathered, counted = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        c = _smoke(fsdp=4)
+        c.model.update(dtype=dtype, d_model=128, d_ff=256)
+        counted[dtype] = plan_train(c, chips.tpu_devices("v5e:2x2"))[0].collective_bytes
+        gathered[dtype] = {
+            m.group(1)
+            for line in programs["train"].as_text().splitlines()
+            if (m := re.search(r"= \(?(f32|bf16)\[\d+,\d+\].* all-gather(-start)?\(", line))
+        }
+    assert gathered == {"float32": {"f32"}, "bfloat16": {"bf16"}}
+    assert counted["bfloat16"] == counted["float32"] / 2 > 0
+
+
+@needs_libtpu
 def test_tpu_flash_kernel_compiles_per_device_for_v5e_and_drops_the_score_matrix():
     """softmax_implementation='tpu_flash' (the Pallas kernel under shard_map) compiles the
     whole train step for v5e:2x2 at length 4096; its temporaries are below the dense step's by
