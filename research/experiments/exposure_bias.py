@@ -27,6 +27,7 @@ import numpy as np
 
 from research.config import as_list, seed_list
 from research.experiments import sweep
+from research.models.params import checkpoint_steps
 from research.report import (
     format_table,
     machine_header,
@@ -118,8 +119,9 @@ def _files(root: pathlib.Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
-def _seed_from_baseline(c, workdir, variant, seed):
-    """Copy the baseline's checkpoint at the fine-tuning start into the variant's run."""
+def _seed_from_baseline(c, workdir, variant, seed) -> bool:
+    """Copy the baseline's checkpoint at the fine-tuning start into the variant's run; whether
+    that is still the run's newest checkpoint (it has saved none of its own)."""
     start = c.base.num_train_steps - c.finetune_steps
     src = workdir / "runs" / f"baseline_seed{seed}" / "checkpoints" / str(start)
     dst = workdir / "runs" / f"{variant}_seed{seed}" / "checkpoints" / str(start)
@@ -145,6 +147,7 @@ def _seed_from_baseline(c, workdir, variant, seed):
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("exposure_bias seeded checkpoint")
+    return max(checkpoint_steps(dst.parent), default=start) <= start
 
 
 def run(c, workdir: str) -> list[dict]:
@@ -173,10 +176,16 @@ def run(c, workdir: str) -> list[dict]:
                 f"[{i}/{len(todo)}] {v} seed {s} ({time.perf_counter() - t0:.0f} s so far): {msg}",
                 flush=True,
             )
-        if v in SEQUENCE_LEVEL:
-            _seed_from_baseline(c, workdir, v, s)
+        # A sequence-level variant starts from the baseline's checkpoint (the baseline's
+        # config); once it has saved its own, a changed config is refused as anywhere else.
+        seeded = v in SEQUENCE_LEVEL and _seed_from_baseline(c, workdir, v, s)
         results.append(
-            sweep.train_point(point_config(c, v, s, init), out, {"variant": v, "seed": s})
+            sweep.train_point(
+                point_config(c, v, s, init),
+                out,
+                {"variant": v, "seed": s},
+                allow_config_change=seeded,
+            )
         )
     beams = as_list(c.base.seq2seq.eval_beams, int, name="base.seq2seq.eval_beams")
     rows = summarize(results, order, beams)

@@ -148,11 +148,14 @@ def pretrain_first(init: str, pre, workdir: pathlib.Path, log) -> str:
     return f"workdir:{workdir / 'pretrain'}"
 
 
-def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
+def train_point(pc, out: pathlib.Path, meta: dict, *, allow_config_change: bool = False) -> dict:
     """Train config `pc` in `out` (resuming a partial run) unless out/result.json exists.
 
     A run with a non-finite loss is a result too (eval NaN, with the reason in "note"), so one
-    diverging point does not stop the sweep. `meta` is stored with the result.
+    diverging point does not stop the sweep. `meta` is stored with the result. A partial run
+    saved with another config (beyond the loop's safe keys) is refused, as a finished one is:
+    it would train on under the new config and be stored as if all of it had.
+    `allow_config_change`: resume it anyway (a checkpoint seeded from another run on purpose).
     """
     result_path = out / "result.json"
     if result_path.exists():
@@ -168,7 +171,12 @@ def train_point(pc, out: pathlib.Path, meta: dict) -> dict:
     summary = None
     try:
         run = parse(pc)
-        summary = loop.train_and_evaluate(run, str(out), start_fresh=_START_FRESH.get())
+        summary = loop.train_and_evaluate(
+            run,
+            str(out),
+            allow_config_change=allow_config_change,
+            start_fresh=_START_FRESH.get(),
+        )
         finished = summary.last_step == run.train.num_train_steps
         if summary.preempted and not finished:  # a partial run is not a result
             raise Preempted(

@@ -92,12 +92,37 @@ def test_a_point_stopped_after_its_last_step_keeps_its_result(tmp_path, monkeypa
     with sweep.start_fresh(True):
         assert sweep.train_point(pc, tmp_path / "fresh", {"seed": 0})["eval"] == {"accuracy": 0.5}
     sweep.train_point(pc, tmp_path / "plain", {"seed": 0})
-    assert seen == [{"start_fresh": True}, {"start_fresh": False}]
+    assert seen == [
+        {"allow_config_change": False, "start_fresh": True},
+        {"allow_config_change": False, "start_fresh": False},
+    ]
     partial = dataclasses.replace(stopped, last_step=n - 1)
     monkeypatch.setattr(loop, "train_and_evaluate", lambda run, workdir, **kw: partial)
     with pytest.raises(sweep.Preempted, match=f"at step {n - 1}"):
         sweep.train_point(pc, tmp_path / "partial", {"seed": 0})
     assert not (tmp_path / "partial" / "result.json").exists()
+
+
+def test_a_partial_point_with_another_config_is_refused(tmp_path, monkeypatch):
+    """A point stopped part-way and rerun with a changed learning rate trained on under the new
+    rate and was stored as if all of it had (its result.json then matched the new config)."""
+    pc = mqar.get_config("smoke")
+    pc.data.data_dir = str(tmp_path / "data")
+    pc.update(num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=2)
+    out = tmp_path / "point"
+    reached = iter([False, True])  # a stop after step 2's checkpoint
+    monkeypatch.setattr(loop._Preemption, "reached", lambda self: next(reached, True))
+    with pytest.raises(sweep.Preempted, match="at step 2"):
+        sweep.train_point(pc, out, {"seed": 0})
+    monkeypatch.undo()
+    pc.optimizer.learning_rate *= 2
+    with pytest.raises(ConfigError, match="saved with another config .*learning_rate"):
+        sweep.train_point(pc, out, {"seed": 0})
+    assert not (out / "result.json").exists()
+    # a change that does not alter the training resumes (and finishes)
+    pc.optimizer.learning_rate /= 2
+    pc.log_every_steps = 1
+    assert sweep.train_point(pc, out, {"seed": 0})["eval"]
 
 
 def _keys(c, prefix=""):
