@@ -157,6 +157,15 @@ def run(c, workdir: str) -> list[dict]:
             f"{acc['test_final']:.2f}"
         )
 
+    def pattern_inputs(i):
+        """What a pattern's accuracy depends on beyond its model (the caches' inputs)."""
+        return {
+            "template": templates[i],
+            "verbalizer": list(verbalizer),
+            "seq_len": seq_len,
+            "data": c.data.to_dict(),
+        }
+
     def pattern_acc(model, vocab, i):
         p = patterns.Pattern(templates[i], verbalizer)
         return {
@@ -183,7 +192,12 @@ def run(c, workdir: str) -> list[dict]:
             ]
             return pet.zero_shot_signal(scored[0], scored[1], scored[2][0])
 
-        signal = sweep.cached_result(out / "signal", signal_of, keys=("median_test",))
+        signal = sweep.cached_result(
+            out / "signal",
+            signal_of,
+            keys=("median_test",),
+            inputs={**pattern_inputs(i), "unlabeled": len(unlabeled)},
+        )
         log(
             f"{setting} pattern {i}: AUC of the label-score gap "
             f"{signal['auc_validation']:.3f} / {signal['auc_test']:.3f} (validation / "
@@ -208,7 +222,9 @@ def run(c, workdir: str) -> list[dict]:
 
         for i in range(len(templates)):
             out = workdir / "runs" / f"zero_shot_p{i}"
-            acc = sweep.cached_result(out, lambda i=i: pattern_acc(*load(), i))
+            acc = sweep.cached_result(
+                out, lambda i=i: pattern_acc(*load(), i), inputs={"init": init, **pattern_inputs(i)}
+            )
             median = log_signal("zero_shot", i, out, load)
             for seed in seeds:  # no training: the same number for every seed
                 record("zero_shot", i, seed, acc)
@@ -232,7 +248,9 @@ def run(c, workdir: str) -> list[dict]:
             load = functools.cache(functools.partial(load_trained, out))  # on a cache miss only
             for i in range(len(templates)):
                 acc = sweep.cached_result(
-                    out / f"p{i}", lambda i=i, load=load: pattern_acc(*load()[:2], i)
+                    out / f"p{i}",
+                    lambda i=i, load=load: pattern_acc(*load()[:2], i),
+                    inputs=pattern_inputs(i),
                 )
                 median = log_signal(f"{setting} seed {seed}", i, out / f"p{i}", load)
                 record(setting, i, seed, acc)

@@ -112,7 +112,7 @@ def check_keeps_every_checkpoint(c: ConfigDict, names: tuple[str, ...]) -> None:
             )
 
 
-def cached_result(out: pathlib.Path, fn, keys=()) -> dict:
+def cached_result(out: pathlib.Path, fn, keys=(), inputs: dict | None = None) -> dict:
     """fn()'s JSON result, cached in out/accuracy.json (read back instead of calling fn).
 
     Args:
@@ -120,20 +120,24 @@ def cached_result(out: pathlib.Path, fn, keys=()) -> dict:
       fn: a function of no arguments returning a JSON-serialisable dict.
       keys: keys the result must have; a cache missing one (written by a run that asked for
         less, e.g. fewer depths) is computed again and replaced.
+      inputs: what fn's result depends on beyond the run in `out` (a pattern, a model, the
+        data), stored beside it; a cache written for other inputs is computed again.
 
     Returns:
       The cached dict, or fn()'s (written atomically by process 0).
     """
     path = out / "accuracy.json"
+    inputs = None if inputs is None else json.loads(json.dumps(inputs))  # as JSON reads back
     if path.exists():
         cached = json.loads(path.read_text())
-        if all(k in cached for k in keys):
+        if all(k in cached for k in keys) and cached.pop("_inputs", None) == inputs:
             return cached
     result = fn()
     if jax.process_index() == 0:
         out.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
+        stored = result if inputs is None else {**result, "_inputs": inputs}
+        tmp.write_text(json.dumps(stored))
         tmp.replace(path)
     return result
 

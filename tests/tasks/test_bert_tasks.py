@@ -291,6 +291,13 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
     rerun = capsys.readouterr().out  # and the log says so, run by run
     assert f"reusing the finished run in {tmp_path / 'runs' / 'few_shot_p0_seed0'}" in rerun
     assert "training " not in rerun
+    # An evaluation is cached with its inputs: another pattern in the first place is evaluated,
+    # not reported with the old one's numbers (the caches were keyed by position).
+    c.patterns, c.settings = ("[MASK]喜欢。{text}",), ("zero_shot",)
+    pet_experiment.run(c, str(tmp_path))
+    for cache in ("zero_shot_p0", "zero_shot_p0/signal"):
+        saved = json.loads((tmp_path / "runs" / cache / "accuracy.json").read_text())
+        assert saved["_inputs"]["template"] == "[MASK]喜欢。{text}"
 
 
 def _main(workdir, *overrides):
