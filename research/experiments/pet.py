@@ -226,10 +226,11 @@ def run(c, workdir: str) -> list[dict]:
                 out, lambda i=i: pattern_acc(*load(), i), inputs={"init": init, **pattern_inputs(i)}
             )
             median = log_signal("zero_shot", i, out, load)
-            for seed in seeds:  # no training: the same number for every seed
-                record("zero_shot", i, seed, acc)
-                if median:
-                    record("zero_shot" + MEDIAN, i, seed, median)
+            # No training: one model, one number (recorded once: copies per seed would print
+            # a std of 0 over "seeds" that never varied anything)
+            record("zero_shot", i, "-", acc)
+            if median:
+                record("zero_shot" + MEDIAN, i, "-", median)
 
     def fine_tune_acc(model, vocab):
         return {
@@ -241,10 +242,19 @@ def run(c, workdir: str) -> list[dict]:
         name = setting if p is None else f"{setting}_p{p}"
         out = workdir / "runs" / f"{name}_seed{seed}"
         log(sweep.start_message(out, f"training {name} seed {seed}"))
-        sweep.train_point(pc, out, {"run": name, "seed": seed})
+        trained = sweep.train_point(pc, out, {"run": name, "seed": seed})
         every = pc.checkpoint_every_steps
 
-        if setting == "zero_shot_mlm":
+        if trained["note"]:  # diverged: its checkpoints before the divergence are no result
+            nan = {"validation": math.nan, "test": math.nan}
+            if setting == "zero_shot_mlm":
+                for i in range(len(templates)):
+                    record(setting, i, seed, nan)
+                    if len(verbalizer) == 2:  # its label-free row too
+                        record(setting + MEDIAN, i, seed, nan)
+            else:
+                record(setting, "-" if setting == "fine_tune" else p, seed, nan)
+        elif setting == "zero_shot_mlm":
             load = functools.cache(functools.partial(load_trained, out))  # on a cache miss only
             for i in range(len(templates)):
                 acc = sweep.cached_result(

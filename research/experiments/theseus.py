@@ -16,6 +16,7 @@ The table gives mean ± std over seeds, the note's iflytek numbers beside.
 
 import functools
 import json
+import math
 import pathlib
 import time
 
@@ -99,6 +100,9 @@ def _params(model) -> int:
     return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+NAN_ACCURACY = {"validation": math.nan, "test": math.nan}
+
+
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
     seeds = seed_list(c.seeds)
@@ -139,6 +143,10 @@ def run(c, workdir: str) -> list[dict]:
     results, models = [], {}
 
     def evaluate(kind, k, seed, out):
+        if out is None:  # diverged (or built on a run that did): no result, not a number
+            results.append({"kind": kind, "layers": k, "seed": seed, **NAN_ACCURACY})
+            log(f"{kind} {plural(k, 'layer')} seed {seed}: no result (a run diverged)")
+            return
         load = functools.cache(functools.partial(load_trained, out))
 
         def acc():
@@ -157,10 +165,10 @@ def run(c, workdir: str) -> list[dict]:
         )
 
     def train(name, pc, seed):
+        """The run's directory, or None when it diverged (its note says where)."""
         out = workdir / "runs" / f"{name}_seed{seed}"
         log(sweep.start_message(out, f"training {name} seed {seed}"))
-        sweep.train_point(pc, out, {"run": name, "seed": seed})
-        return out
+        return None if sweep.train_point(pc, out, {"run": name, "seed": seed})["note"] else out
 
     # The direct baseline's budget: by default Theseus's two stages together (replacement +
     # successor fine-tuning), so neither side has more steps on the k layers.
@@ -175,6 +183,9 @@ def run(c, workdir: str) -> list[dict]:
             direct = sweep.point_config(c, c.finetune, seed, classify=dict(init=init, layers=k))
             direct.update(num_train_steps=direct_steps, eval_every_steps=direct_steps)
             evaluate("direct", k, seed, train(f"direct_k{k}", direct, seed))
+            if out is None:  # no predecessor to compress
+                evaluate("theseus", k, seed, None)
+                continue
             stage2 = sweep.point_config(
                 c,
                 c.theseus,
@@ -182,6 +193,9 @@ def run(c, workdir: str) -> list[dict]:
                 theseus=dict(predecessor=predecessor, init=init, successor_layers=k, **theseus),
             )
             out2 = train(f"theseus_k{k}", stage2, seed)
+            if out2 is None:
+                evaluate("theseus", k, seed, None)
+                continue
             stage3 = sweep.point_config(c, c.finetune, seed, classify=dict(init=f"workdir:{out2}"))
             evaluate("theseus", k, seed, train(f"successor_k{k}", stage3, seed))
 
@@ -195,8 +209,9 @@ def run(c, workdir: str) -> list[dict]:
         },
         keys=[str(k) for k in models],  # a study resumed with more k measures every depth again
     )
+    unmeasured = {"params": math.nan, "tokens_per_s": math.nan}  # every run at that depth diverged
     for r in results:
-        r.update(speed[str(r["layers"])])
+        r.update(speed.get(str(r["layers"]), unmeasured))
     rows = summarize(results, n)
     if jax.process_index() == 0:
         header = (

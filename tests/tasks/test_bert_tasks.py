@@ -3,6 +3,7 @@ workdir, and the PET experiment's table; bad patterns and labels stop with one l
 
 import csv
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -232,7 +233,9 @@ def test_zero_shot_signal_against_brute_force():
     assert "median_test" not in pet.zero_shot_signal((s, y), (st, yt))
 
 
-def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tmp_path, capsys):
+def test_pet_experiment_smoke_table_csv_png_and_resume(
+    mlm_workdir, data_dir, tmp_path, capsys, monkeypatch
+):
     c = pet_config.get_config("smoke")
     c.init = f"workdir:{mlm_workdir}"
     c.data.data_dir = data_dir
@@ -298,6 +301,17 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(mlm_workdir, data_dir, tm
     for cache in ("zero_shot_p0", "zero_shot_p0/signal"):
         saved = json.loads((tmp_path / "runs" / cache / "accuracy.json").read_text())
         assert saved["_inputs"]["template"] == "[MASK]喜欢。{text}"
+    # A diverged run is no result (it was scored from its checkpoints before the divergence).
+    real = pet_experiment.sweep.train_point
+
+    def diverging(pc, out, meta, **kw):
+        result = real(pc, out, meta, **kw)
+        return {**result, "note": "non-finite"} if out.name == "few_shot_p0_seed0" else result
+
+    monkeypatch.setattr(pet_experiment.sweep, "train_point", diverging)
+    c.patterns, c.settings = ("[MASK]满意。{text}",), ("few_shot", "fine_tune")
+    got = {r["setting"]: r["test_mean"] for r in pet_experiment.run(c, str(tmp_path))}
+    assert math.isnan(got["few_shot"]) and got["fine_tune"] == rows[-1]["test_mean"]
 
 
 def _main(workdir, *overrides):

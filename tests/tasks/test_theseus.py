@@ -4,6 +4,7 @@ classifier, the successor's fine-tuning from its workdir, the experiment's table
 import copy
 import csv
 import json
+import math
 import pathlib
 import shutil
 import subprocess
@@ -200,7 +201,9 @@ def test_experiment_cli_errors_exit_2(mlm_workdir, tmp_path, override, message):
     assert last.startswith("error: ") and message in last, last
 
 
-def test_theseus_experiment_smoke_table_csv_png_and_resume(mlm_workdir, experiment, tmp_path):
+def test_theseus_experiment_smoke_table_csv_png_and_resume(
+    mlm_workdir, experiment, tmp_path, monkeypatch
+):
     rows, c, workdir = experiment
     assert [(r["kind"], r["layers"]) for r in rows] == [
         ("predecessor", 2),
@@ -236,6 +239,17 @@ def test_theseus_experiment_smoke_table_csv_png_and_resume(mlm_workdir, experime
     bad.direct_steps = -1
     with pytest.raises(ConfigError, match=r"^direct_steps=-1: an int >= 0"):
         theseus_experiment.run(bad, str(tmp_path / "bad"))
+    # A diverged run is no result: its row is NaN (Theseus's stage 3 was then read from no
+    # checkpoint and stopped the study; a diverged fine-tuning was scored from its last save).
+    real = theseus_experiment.sweep.train_point
+
+    def diverging(pc, out, meta, **kw):
+        result = real(pc, out, meta, **kw)
+        return {**result, "note": "non-finite"} if out.name == "theseus_k1_seed0" else result
+
+    monkeypatch.setattr(theseus_experiment.sweep, "train_point", diverging)
+    got = {r["kind"]: r["validation_mean"] for r in theseus_experiment.run(c, str(workdir))}
+    assert math.isnan(got["theseus"]) and got["direct"] == rows[1]["validation_mean"]
 
 
 def test_a_predecessor_trained_with_an_accelerator_kernel_runs_here(
