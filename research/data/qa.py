@@ -16,7 +16,9 @@ are the real benchmarks. Those are read by `qa_sources` for users who have them:
                       validation split is the test split, validation is 5% of train's passages;
   "squad_json:PATH"   a SQuAD-format JSON file (data / paragraphs / qas / answers);
   "jsonl:PATH"        WebQA / SogouQA-style JSON lines {"passage", "question", "answer"}.
-Local files are split 90/5/5 by passage. Every example is {passage, answer, question,
+People's Daily is split as `chinese.peoples_daily_splits` splits its lines (96/2/2), so the held-out
+passages are held out of an MLM pretrained on its train text too. Local files are split 90/5/5 by
+passage. Every example is {passage, answer, question,
 answer_start} (answer_start: the answer's character offset in the passage) and is checked: a
 record with an empty passage or question, or an answer that is not in its passage, is a
 DataError naming the file and the record.
@@ -38,7 +40,6 @@ INTERROGATIVES = {
     "number": "多少",
 }
 SENTENCE_ENDS = frozenset("。！？；")
-QA_PERCENTS = (96, 2, 2)
 _GROUP = re.compile(r"(\[?)(.+?)/([A-Za-z]+)(?:\]([A-Za-z]+))?")
 
 
@@ -135,8 +136,11 @@ def line_examples(
 
 
 def peoples_daily_qa() -> dict[str, list[dict]]:
-    """Split name -> examples, split 96/2/2 by a hash of the passage (all the questions of one
-    passage fall in one split); identical passages are kept once."""
+    """Split name -> examples; identical passages are kept once, and all the questions of one
+    passage fall in one split. A passage's split is its line's in `chinese.peoples_daily_splits`
+    (the same hash of the words joined by spaces, 96/2/2), so the validation and test passages
+    are held out of an MLM pretrained on that split's train text (a hash of the unspaced passage
+    put 364 of 386 validation passages in the MLM's train split)."""
     out = {name: [] for name in chinese.SPLITS}
     seen = set()
     for words in tagged_lines():
@@ -144,7 +148,8 @@ def peoples_daily_qa() -> dict[str, list[dict]]:
         if passage in seen:
             continue
         seen.add(passage)
-        out[chinese.split_of(passage, QA_PERCENTS)].extend(line_examples(words))
+        key = " ".join(w for w, _, _ in words)
+        out[chinese.split_of(key, chinese.PEOPLES_DAILY_PERCENTS)].extend(line_examples(words))
     return out
 
 
