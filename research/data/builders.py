@@ -245,9 +245,10 @@ def mqar_config(
     for length, pairs in segments or ((seq_len, num_kv_pairs),):
         if length > seq_len:
             raise ValueError(f"mqar_segments: length {length} is longer than seq_len={seq_len}")
-        if pairs >= vocab_size // 2 - 1:
+        if pairs > vocab_size // 2 - 1:  # distinct keys from [1, V/2)
             raise ValueError(
-                f"num_kv_pairs={pairs} needs vocab_size > {2 * pairs + 2}, got {vocab_size}"
+                f"num_kv_pairs={pairs} needs vocab_size >= {2 * pairs + 2} (distinct keys from "
+                f"[1, vocab_size/2)), got {vocab_size}"
             )
     fields = dict(
         vocab_size=vocab_size,

@@ -197,7 +197,7 @@ def squad_json_examples(path: str) -> list[dict]:
             answers = qa_.get("answers") or []
             if not answers and qa_.get("is_impossible"):
                 continue
-            if not isinstance(answers, list) or not isinstance(answers[0], dict):
+            if not isinstance(answers, list) or not answers or not isinstance(answers[0], dict):
                 raise DataError(f"{where}: no answers")
             first = answers[0]
             start = first.get("answer_start")

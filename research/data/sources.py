@@ -62,14 +62,22 @@ def _jsonl_records(p: pathlib.Path, path: str):
             raise DataError(f"{path}:{i}: not valid JSON ({e.msg}, column {e.colno})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{i}: expected a JSON object, got {type(record).__name__}")
+        try:  # JSON may escape a lone UTF-16 surrogate (half an emoji), which no text can hold
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(
+                f"{path}:{i}: holds a lone UTF-16 surrogate {e.object[e.start : e.end]!r} "
+                "(half of a character cut by the tool that wrote it)"
+            ) from None
         yield i, record
 
 
-def _split_documents(docs):
-    """Deterministic 95/5 train/eval split by a hash of the text."""
+def _split_documents(docs, key: str = "text"):
+    """Deterministic 95/5 train/eval split by a hash of each document's `key` (seq2seq pairs: the
+    source, so the targets of one source are never on both sides)."""
     train, evaluation = [], []
     for d in docs:
-        h = int(hashlib.sha256(d["text"].encode()).hexdigest(), 16) % 100
+        h = int(hashlib.sha256(d[key].encode()).hexdigest(), 16) % 100
         (evaluation if h < 5 else train).append(d)
     if not train or not evaluation:
         raise DataError(
@@ -240,7 +248,9 @@ def seq2seq_sources(d: DataConfig, *, seed: int, bert_vocab=None):
         vocab = Seq2seqVocab(builders.SEQ2SEQ_VOCAB, builders.PAD, builders.BOS, builders.EOS)
         return (*_synthetic(builders.Seq2seqSynthetic, cfg, d.data_dir), vocab)
     if d.source.startswith("jsonl:"):
-        train, evaluation = _split_documents(_local_pairs(d.source.removeprefix("jsonl:")))
+        train, evaluation = _split_documents(
+            _local_pairs(d.source.removeprefix("jsonl:")), key="source"
+        )
         keys = ("source", "target")
     elif d.source == "inews_titles":
         build = lambda: builders.build(inews.InewsTitles, str(data_dir))  # noqa: E731

@@ -66,6 +66,18 @@ def test_mqar_zoology_variant_is_zoologys_multiquery_ar(kv, length):
     assert want > 0.3  # far from uniform (1/8): most queries come soon after the context
 
 
+def test_mqar_pairs_need_as_many_distinct_keys_and_no_more():
+    """Keys are drawn from [1, V/2) without replacement: V = 2n + 2 is the smallest vocabulary
+    for n pairs (it was refused, with a message asking for more than the V given)."""
+    rng = np.random.default_rng(0)
+    for variant, draw in builders.MQAR_EXAMPLES.items():
+        builders.mqar_config(vocab_size=10, seq_len=32, num_kv_pairs=4, variant=variant)
+        row = draw(rng, vocab_size=10, seq_len=32, num_kv_pairs=4)
+        assert len(set(row["inputs"][0:8:2])) == 4
+    with pytest.raises(ValueError, match=r"num_kv_pairs=4 needs vocab_size >= 10 .*got 9"):
+        builders.mqar_config(vocab_size=9, seq_len=32, num_kv_pairs=4)
+
+
 def test_mqar_variant_is_checked_and_names_its_dataset():
     assert builders.mqar_config(variant="zoology").name.endswith("_zoology")
     assert builders.mqar_config().name == "v8192_l256_kv16_n20000_s0"  # datasets built before
@@ -201,6 +213,22 @@ def test_malformed_jsonl_line_names_the_file_and_line(tmp_path):
     path.write_bytes(b'{"text": "\xff"}\n')
     with pytest.raises(DataError, match=r"docs.jsonl: not UTF-8 text"):
         sources.text_sources(d)
+    # JSON's escape of half an emoji (a lone surrogate): a UnicodeEncodeError deep in the split
+    path.write_text(lines[0] + '\n{"text": "cut \\ud83d here", "source": "a", "target": "b"}')
+    for read in (sources.text_sources, lambda d: sources.seq2seq_sources(d, seed=0)):
+        with pytest.raises(DataError, match=r"docs.jsonl:2: holds a lone UTF-16 surrogate"):
+            read(d)
+
+
+def test_seq2seq_pairs_are_split_by_their_source(tmp_path):
+    """Pairs were split by source + target, so one source's targets fell on both sides."""
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"source": f"s{i // 10}", "target": f"t{i}"} for i in range(400)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    d = DataConfig(source=f"jsonl:{path}", data_dir=str(tmp_path / "d"), vocab_size=300)
+    train, evaluation, _ = sources.seq2seq_sources(d, seed=0)
+    assert len(train) + len(evaluation) == 400 and evaluation
+    assert not {r["source"] for r in train} & {r["source"] for r in evaluation}
 
 
 def test_local_builds_are_quiet_and_leave_no_temporary_folder(tmp_path, monkeypatch, capfd, caplog):

@@ -99,6 +99,10 @@ def test_squad_json_and_jsonl_readers(tmp_path):
     path.write_text(json.dumps(bad))
     with pytest.raises(DataError, match=r"question 'q7' \(T\): the answer 'blue' at offset 3 is"):
         qa.qa_sources(f"squad_json:{path}", str(tmp_path))
+    no_answers = [{"id": "q8", "question": "Colour?", "answers": []}]  # and not is_impossible
+    path.write_text(json.dumps(_squad([("The sky is blue.", no_answers)])))
+    with pytest.raises(DataError, match=r"question 'q8' \(T\): no answers"):  # was IndexError
+        qa.qa_sources(f"squad_json:{path}", str(tmp_path))
     path.write_text('{"data": [{"no": 1}]}')
     with pytest.raises(DataError, match="not SQuAD format"):
         qa.qa_sources(f"squad_json:{path}", str(tmp_path))
