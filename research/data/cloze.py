@@ -10,7 +10,14 @@ import grain
 import numpy as np
 
 from research.data import masking, patterns
-from research.data.shards import batches, record_text, shard_records, sharded, stream_seed
+from research.data.shards import (
+    batches,
+    derived_seed,
+    record_text,
+    shard_records,
+    sharded,
+    stream_seed,
+)
 
 
 def _every_record(records, batch_size: int, row_fn):
@@ -106,7 +113,8 @@ def train_iterator(
     verbalizer_ids = patterns.verbalizer_ids(pattern, vocab)
 
     def rows(source, is_labeled, i, n, salt):
-        ds = shard_records(source, seed=seed + salt, shuffle=True, repeat=True, shard=i, shards=n)
+        salted = derived_seed(seed, salt)  # seed + salt: run s's unlabeled = run s+1's labeled
+        ds = shard_records(source, seed=salted, shuffle=True, repeat=True, shard=i, shards=n)
         return ds.random_map(
             lambda r, rng: train_row(
                 r,
@@ -118,7 +126,7 @@ def train_iterator(
                 rate=rate,
                 labeled=is_labeled,
             ),
-            seed=stream_seed(seed + salt, i, n),
+            seed=stream_seed(salted, i, n),
         )
 
     def make(rows_per_shard, i, n):

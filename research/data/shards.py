@@ -47,10 +47,24 @@ def batches(ds: grain.MapDataset, rows: int) -> grain.IterDataset:
     return background(ds.to_iter_dataset(READ_IN_THREAD).batch(rows, drop_remainder=True))
 
 
+_SHUFFLE = 0x5EED  # tags the shuffle's seeds apart from the random_map streams
+
+
+def derived_seed(seed: int, *parts: int) -> int:
+    """A 31-bit seed drawn from (seed, *parts) by numpy's SeedSequence: distinct inputs give
+    unrelated seeds (seed + salt would give run s's salt 1 the stream of run s + 1's salt 0),
+    with room for grain's per-epoch seed + e below 2**32."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0]) % 2**31
+
+
 def shard_records(source, *, seed: int, shuffle: bool, repeat: bool, shard: int, shards: int):
+    """Shard `shard` of `shards` of the records (every shards-th), shuffled and repeated. Each
+    shard shuffles with its own seed drawn from (seed, shard, shards): grain shuffles epoch e
+    with seed + e, so the run seed itself would give seeds s and s + 1 the same orders one epoch
+    apart, and every shard the same permutation (a batch of neighbouring records)."""
     ds = grain.MapDataset.source(source)[shard::shards]
     if shuffle:
-        ds = ds.shuffle(seed=seed)
+        ds = ds.shuffle(seed=derived_seed(seed, shard, shards, _SHUFFLE))
     return ds.repeat() if repeat else ds
 
 

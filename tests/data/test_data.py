@@ -529,3 +529,25 @@ def test_seq2seq_catalog_dataset_by_name_with_mock_data(tmp_path):
     synthetic = sources.Seq2seqVocab(14, 0, 1, 2)
     with pytest.raises(ValueError, match="synthetic seq2seq data has no text tokenizer"):
         synthetic.encode("1 2")
+
+
+def _epoch_orders(seed, shard=0, shards=1, epochs=3, size=16):
+    ds = data_shards.shard_records(
+        list(range(size)), seed=seed, shuffle=True, repeat=True, shard=shard, shards=shards
+    )
+    it, per = iter(ds), size // shards
+    return [tuple(next(it) for _ in range(per)) for _ in range(epochs)]
+
+
+def test_seeds_and_shards_shuffle_independently():
+    """grain shuffles epoch e with seed + e: with the run seed passed as it was, seed 1's first
+    epoch was seed 0's second (every epoch but one shared), and every shard took the same
+    permutation (a batch of neighbouring records)."""
+    orders = {s: _epoch_orders(s) for s in range(3)}
+    for s, t in ((0, 1), (1, 2), (0, 2)):
+        assert not set(orders[s]) & set(orders[t]), (s, t)
+    positions = {
+        tuple(np.argsort(order)) for i in range(4) for order in _epoch_orders(0, i, 4, epochs=1)
+    }
+    assert len(positions) > 1  # not one permutation for all four shards
+    assert data_shards.derived_seed(0, 1) != data_shards.derived_seed(1, 0)
