@@ -126,9 +126,11 @@ def _element_type(tp):
     return args[0] if args else str
 
 
-def as_list(value, kind=str, *, name: str = "value") -> tuple:
+def as_list(value, kind=str, *, name: str = "value", distinct: bool = False) -> tuple:
     """A list value from a config: a tuple/list, or a comma-separated string ("16,32" or
-    "softmax,elu"; ml_collections passes a string tuple override as one element)."""
+    "softmax,elu"; ml_collections passes a string tuple override as one element). `distinct`:
+    a value given twice is refused (a sweep axis: the repeat would read the same run again and
+    count it as another)."""
     items = value if isinstance(value, tuple | list) else (value,)
     parts = []
     for item in items:
@@ -137,9 +139,13 @@ def as_list(value, kind=str, *, name: str = "value") -> tuple:
     if not parts:
         raise ConfigError(f"{name} is empty")
     try:
-        return tuple(kind(p) for p in parts)
+        out = tuple(kind(p) for p in parts)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}={value!r}: expected a list of {kind.__name__}") from None
+    if distinct and len(set(out)) != len(out):
+        twice = next(x for i, x in enumerate(out) if x in out[:i])
+        raise ConfigError(f"{name}={value!r}: {twice!r} is given twice; values must be distinct")
+    return out
 
 
 def seed_list(value) -> tuple[int, ...]:

@@ -89,6 +89,22 @@ def test_a_seed_outside_the_generators_range_is_one_line(seed):
         seed_list((0, seed))
 
 
+def test_a_sweep_value_given_twice_is_refused_before_anything_trains(tmp_path):
+    """A repeated rate, width or form read the same run again and counted it as another seed
+    ("0.900 ± 0.000" from one run)."""
+    assert as_list("1e-3,0.001", float, name="lr") == (0.001, 0.001)  # a plain list may repeat
+    with pytest.raises(ConfigError, match=r"^lr='1e-3,0.001': 0.001 is given twice; values"):
+        as_list("1e-3,0.001", float, name="lr", distinct=True)
+    from configs import gelu as gelu_config
+    from research.experiments import gelu
+
+    c = gelu_config.get_config("smoke")
+    c.activations = ("gelu", "gelu")
+    with pytest.raises(ConfigError, match=r"^activations=\('gelu', 'gelu'\): 'gelu' is given"):
+        gelu.run(c, str(tmp_path))
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_data_dir_under_a_file_is_one_line(tmp_path):
     """It failed deep in a dataset builder (NotADirectoryError) after the config was taken."""
     afile = tmp_path / "notes.txt"

@@ -97,7 +97,7 @@ def point_config(c, p: Point):
 def learning_rates(c, attentions) -> dict[str, tuple[float, ...]]:
     """{attention: its learning rates}: c.learning_rates_by_attention's for the kinds it names,
     c.learning_rates for the others."""
-    lrs = as_list(c.learning_rates, float, name="learning_rates")
+    lrs = as_list(c.learning_rates, float, name="learning_rates", distinct=True)
     by = c.get("learning_rates_by_attention") or {}
     for a in by:
         if a not in ATTENTION_NAMES:
@@ -105,14 +105,16 @@ def learning_rates(c, attentions) -> dict[str, tuple[float, ...]]:
                 f"learning_rates_by_attention: unknown {a!r}; allowed {', '.join(ATTENTION_NAMES)}"
             )
     return {
-        a: as_list(by[a], float, name=f"learning_rates_by_attention.{a}") if a in by else lrs
+        a: as_list(by[a], float, name=f"learning_rates_by_attention.{a}", distinct=True)
+        if a in by
+        else lrs
         for a in attentions
     }
 
 
 def attention_names(c) -> tuple[str, ...]:
     """c.attentions, each checked against ATTENTION_NAMES (one-line ConfigError)."""
-    attentions = as_list(c.attentions, name="attentions")
+    attentions = as_list(c.attentions, name="attentions", distinct=True)
     for a in attentions:
         if a not in ATTENTION_NAMES:
             raise ConfigError(f"attentions: unknown {a!r}; allowed {', '.join(ATTENTION_NAMES)}")
@@ -140,13 +142,13 @@ def _params(c, task: str, width: int, attention: str, d_ff: int) -> int:
 
 def points(c) -> list[Point]:
     attentions = attention_names(c)
-    widths = as_list(c.widths, int, name="widths")
-    tasks = as_list(c.tasks, name="tasks")
+    widths = as_list(c.widths, int, name="widths", distinct=True)
+    tasks = as_list(c.tasks, name="tasks", distinct=True)
     if bad := [t for t in tasks if t not in ("mqar", "lm")]:
         raise ConfigError(f"tasks: unknown {bad[0]!r}; allowed mqar, lm or both")
     if not is_positive_int(c.decode_tokens):
         raise ConfigError(f"decode_tokens={c.decode_tokens!r}: must be a positive int")
-    for n in as_list(c.decode_contexts, int, name="decode_contexts"):
+    for n in as_list(c.decode_contexts, int, name="decode_contexts", distinct=True):
         if not is_positive_int(n):
             raise ConfigError(f"decode_contexts: {n!r} is not a positive int (context tokens)")
     rates, ff = learning_rates(c, attentions), mlp_widths(c, tasks, attentions, widths)
@@ -193,7 +195,7 @@ def decode_latency(c, attention: str, width: int, d_ff: int = 0) -> dict[int, fl
     pc = point_config(c, Point("lm", attention, width, 1e-3, d_ff))
     cfg = parse(pc).model.replace(vocab_size=pc.data.vocab_size)
     out = {}
-    for n in as_list(c.decode_contexts, int, name="decode_contexts"):
+    for n in as_list(c.decode_contexts, int, name="decode_contexts", distinct=True):
         mcfg = cfg.replace(max_length=n + c.decode_tokens)
         out[n] = seconds_per_token(DecoderLM(mcfg, rngs=nnx.Rngs(0)), n, c.decode_tokens)
     return out
@@ -203,8 +205,8 @@ def summarize(c, results: list[dict], decode: dict, latency: dict) -> list[dict]
     """One row per (attention, width). decode[a, w] = (state bytes, params); latency[a, w] =
     {context: seconds per decoded token}."""
     rows = []
-    for a in as_list(c.attentions, name="attentions"):
-        for w in as_list(c.widths, int, name="widths"):
+    for a in as_list(c.attentions, name="attentions", distinct=True):
+        for w in as_list(c.widths, int, name="widths", distinct=True):
             mine = [r for r in results if r["point"]["attention"] == a and r["point"]["width"] == w]
             mqar = [r for r in mine if r["point"]["task"] == "mqar"]
             lm = [r for r in mine if r["point"]["task"] == "lm"]
@@ -354,15 +356,15 @@ def run(c, workdir: str) -> list[dict]:
                 f"[{i}/{len(todo)}] {p.name} ({time.perf_counter() - t0:.0f} s so far)", flush=True
             )
         results.append(run_point(c, p, workdir))
-    widths = as_list(c.widths, int, name="widths")
-    attentions = as_list(c.attentions, name="attentions")
+    widths = as_list(c.widths, int, name="widths", distinct=True)
+    attentions = as_list(c.attentions, name="attentions", distinct=True)
     # Both models' MLP widths whichever tasks ran: the state is the MQAR model's, latency the LM's.
     ff = mlp_widths(c, ("mqar", "lm"), attentions, widths)
     pairs = [(a, w) for a in attentions for w in widths]
     decode = {(a, w): state_and_params(c, a, w, ff["mqar", a, w]) for a, w in pairs}
     latency = {(a, w): decode_latency(c, a, w, ff["lm", a, w]) for a, w in pairs}
     rows = summarize(c, results, decode, latency)
-    m, lm, tasks = c.mqar.data, c.lm, as_list(c.tasks, name="tasks")
+    m, lm, tasks = c.mqar.data, c.lm, as_list(c.tasks, name="tasks", distinct=True)
     mqar_part = (
         f"MQAR seq_len {m.seq_len}, {m.num_kv_pairs} kv pairs, vocab {m.vocab_size}, "
         f"{c.mqar.num_train_steps} steps x batch {c.mqar.batch_size}; "
@@ -378,7 +380,8 @@ def run(c, workdir: str) -> list[dict]:
     shape += ", MLP widths (d_ff) set for equal parameters" if c.get("equal_params") else ""
     header = (
         f"{machine_header()}\n{mqar_part}{lm_part}{shape}; decode: the LM model, batch 1, "
-        f"{c.decode_tokens} greedy tokens timed after each context; state bytes after {m.seq_len}"
+        f"{c.decode_tokens} greedy tokens timed after each context; state bytes after {m.seq_len} "
+        f"+ {c.decode_tokens} tokens (the MQAR prompt, then the decoded tokens)"
     )
     if jax.process_index() == 0:
         write_csv(workdir / "compare.csv", rows, fields(rows))

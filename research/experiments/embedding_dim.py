@@ -198,12 +198,12 @@ def _corpus(corpus: str, window: int, max_train_sentences: int):
 
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
-    corpora = as_list(c.corpora, str, name="corpora")
+    corpora = as_list(c.corpora, str, name="corpora", distinct=True)
     for name in corpora:
         if name not in words.CORPORA:
             raise ConfigError(f"corpora: {name!r} unknown; allowed: {', '.join(words.CORPORA)}")
-    sizes = as_list(c.vocab_sizes, int, name="vocab_sizes")
-    dims = sorted(as_list(c.dims, int, name="dims"))
+    sizes = as_list(c.vocab_sizes, int, name="vocab_sizes", distinct=True)
+    dims = sorted(as_list(c.dims, int, name="dims", distinct=True))
     seeds = seed_list(c.seeds)
     if min(sizes) < 0 or min(dims) < 1:
         raise ConfigError(f"vocab_sizes {sizes} must be >= 0 (0 = all) and dims {dims} >= 1")
@@ -284,7 +284,9 @@ def summarize(results: list[dict], tolerance: float) -> list[dict]:
             by_dim.setdefault(r["dim"], []).append(r["eval_nll"])
         mean = {d: float(np.mean(v)) for d, v in by_dim.items()}
         std = {d: seed_stats(v)[1] for d, v in by_dim.items()}
-        best = min(mean, key=mean.get)
+        # a diverged dim (NaN) is never the best; min() kept a NaN that came first
+        finite = [d for d in mean if np.isfinite(mean[d])] or list(mean)
+        best = min(finite, key=mean.get)
         rows.append(
             {
                 "corpus": corpus,

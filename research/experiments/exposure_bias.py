@@ -152,9 +152,9 @@ def _seed_from_baseline(c, workdir, variant, seed) -> bool:
 
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
-    variants, seeds = as_list(c.variants, name="variants"), seed_list(c.seeds)
+    variants, seeds = as_list(c.variants, name="variants", distinct=True), seed_list(c.seeds)
     eps = c.get("penalty_epsilons") or ()
-    epsilons = as_list(eps, float, name="penalty_epsilons") if eps else ()
+    epsilons = as_list(eps, float, name="penalty_epsilons", distinct=True) if eps else ()
     variants = expand_variants(variants, epsilons)
     for v in variants:
         _remedy(v)
@@ -212,7 +212,7 @@ def _header(c, seeds, init=None) -> str:
         model = f"from {init} (d_model {mcfg.d_model} x {plural(mcfg.num_layers, 'layer')})"
     else:
         model = f"d_model {b.model.d_model} x {plural(b.model.num_layers, 'layer')}"
-    variants = as_list(c.variants, name="variants")
+    variants = as_list(c.variants, name="variants", distinct=True)
     seq = (
         f" (SCST/MRT: last {c.finetune_steps})"
         if any(v in SEQUENCE_LEVEL for v in variants)

@@ -75,9 +75,9 @@ SWEPT = sweep.seeded_points(
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
     seeds = seed_list(c.seeds)
-    templates = as_list(c.patterns, name="patterns")
+    templates = as_list(c.patterns, name="patterns", distinct=True)
     verbalizer = as_list(c.verbalizer, name="verbalizer")
-    settings = as_list(c.settings, name="settings")
+    settings = as_list(c.settings, name="settings", distinct=True)
     for s in settings:
         if s not in SETTINGS:
             raise ConfigError(f"settings: unknown {s!r}; allowed {', '.join(SETTINGS)}")
@@ -276,7 +276,7 @@ def run(c, workdir: str) -> list[dict]:
     if jax.process_index() == 0:
         header = _header(c, init, seeds, n_labeled, len(train), len(validation), len(test))
         write_csv(workdir / "pet.csv", rows)
-        plot(rows, workdir / "pet.png", header)
+        plot(rows, workdir / "pet.png", header, classes=len(verbalizer))
         print(f"\n{header}\n\n{table(rows, templates)}\n")
         print(
             f"wrote {workdir / 'pet.csv'} and {workdir / 'pet.png'} "
@@ -385,7 +385,8 @@ def table(rows, templates) -> str:
     )
 
 
-def plot(rows, path, title):
+def plot(rows, path, title, classes: int = 2):
+    """Validation and test bars per row, the note's figures and chance (1 / `classes`)."""
     with save_figure(path, title, 2, (12, 4.5), title_size=7) as axes:
         # Patterns by id (p0, p1, as in the table): the default font has no CJK glyphs.
         labels = [
@@ -409,9 +410,10 @@ def plot(rows, path, title):
                 zorder=3,
                 label="note (RoBERTa-wwm-ext)",
             )
-            ax.axhline(50, color="gray", lw=0.8, ls=":", label="chance (2 labels)")
+            chance = 100 / classes
+            ax.axhline(chance, color="gray", lw=0.8, ls=":", label=f"chance ({classes} labels)")
             ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=6)
             ax.set_ylabel(f"{split} accuracy (%), {over_seeds(r['seeds'] for r in rows)}")
-            ax.set_ylim(40, 100)
+            ax.set_ylim(max(0.0, chance - 10), 100)
             ax.grid(alpha=0.3, axis="y")
         axes[0].legend(fontsize=7)

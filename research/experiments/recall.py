@@ -119,7 +119,7 @@ def point_config(c, p: Point):
 def points(c) -> list[Point]:
     """Every point, each config checked (one-line ConfigError) before anything trains."""
     attentions = attention_names(c)
-    widths = as_list(c.widths, int, name="widths")
+    widths = as_list(c.widths, int, name="widths", distinct=True)
     rates = learning_rates(c, attentions)
     train_len = max(n for n, _ in _segments(c, "train_segments"))
     test_len = max(n for n, _ in _segments(c, "test_segments"))
@@ -245,8 +245,8 @@ def summarize(c, results: list[dict]) -> list[dict]:
         return np.nan_to_num(np.mean([r["mean"] for r in runs]), nan=-1.0)
 
     rows = []
-    for a in as_list(c.attentions, name="attentions"):
-        for w in as_list(c.widths, int, name="widths"):
+    for a in as_list(c.attentions, name="attentions", distinct=True):
+        for w in as_list(c.widths, int, name="widths", distinct=True):
             by_lr: dict[float, list[dict]] = {}
             for r in results:
                 if r["attention"] == a and r["width"] == w:

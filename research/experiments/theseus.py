@@ -106,7 +106,7 @@ NAN_ACCURACY = {"validation": math.nan, "test": math.nan}
 def run(c, workdir: str) -> list[dict]:
     workdir = pathlib.Path(workdir).expanduser()
     seeds = seed_list(c.seeds)
-    ks = as_list(c.successor_layers, int, name="successor_layers")
+    ks = as_list(c.successor_layers, int, name="successor_layers", distinct=True)
     theseus = dict(
         replace_prob=c.replace_prob,
         replace_schedule=c.replace_schedule,
@@ -289,7 +289,9 @@ def plot(rows, path, title):
             )
         ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(f"accuracy (%), {over_seeds(r['seeds'] for r in rows)}")
-        lo = min(r["validation_mean"] for r in rows) - 5
+        # the floor under both splits' bars (NaN rows, diverged runs, drawn as none)
+        shown = [r[f"{s}_mean"] for r in rows for s in ("validation", "test")]
+        lo = min((v for v in shown if np.isfinite(v)), default=5.0) - 5
         ax.set_ylim(max(0, lo), 100)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7)

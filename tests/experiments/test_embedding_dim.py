@@ -19,6 +19,14 @@ def test_needed_dim_is_the_smallest_within_tolerance():
     assert embedding_dim.needed_dim({**nll, 2: math.nan}, 0.02) == 16
 
 
+def test_a_diverged_dim_is_never_the_best():
+    """min() over the dims kept a NaN mean that came first: "best n 4 | nan"."""
+    row = {"corpus": "c", "vocab_size": 100, "train_pairs": 9, "unigram_nll": 5.0, "seed": 0}
+    results = [{**row, "dim": d, "eval_nll": x} for d, x in ((4, math.nan), (8, 3.0), (16, 2.5))]
+    (summary,) = embedding_dim.summarize(results, tolerance=0.1)
+    assert (summary["best_dim"], summary["best_nll"], summary["needed_dim"]) == (16, 2.5, 16)
+
+
 def test_lazy_adam_is_adam_on_touched_rows_and_leaves_the_others_alone():
     params = {"u": jnp.arange(12.0).reshape(4, 3) / 7}
     init, update = embedding_dim.lazy_adam(0.1)

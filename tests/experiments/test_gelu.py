@@ -17,6 +17,19 @@ def test_forms_report_has_the_notes_constants_and_errors():
     assert r["tanh"]["gelu_error"] < r["sigmoid"]["gelu_error"]
 
 
+def test_a_run_with_no_measured_rate_is_no_step_time(tmp_path, monkeypatch):
+    """A point resumed at its last step measured 0 tokens/s: a ZeroDivisionError, every rerun."""
+    c = config_module.get_config("smoke")
+    c.activations = ("gelu",)
+
+    def fake(pc, out, meta, **kw):
+        return {"eval": {"loss": 3.0}, "tokens_per_second": 0.0, "note": ""}
+
+    monkeypatch.setattr(gelu.sweep, "train_point", fake)
+    (row,) = gelu.run(c, str(tmp_path / "wd"))
+    assert row["eval_loss_mean"] == 3.0 and row["step_ms_mean"] != row["step_ms_mean"]  # NaN
+
+
 def test_smoke_study_trains_every_form_and_resumes(tmp_path):
     c = config_module.get_config("smoke")
     wd = tmp_path / "gelu"
@@ -24,6 +37,10 @@ def test_smoke_study_trains_every_form_and_resumes(tmp_path):
     assert [r["activation"] for r in rows] == ["gelu", "gelu_tanh", "gelu_sigmoid"]
     exact = rows[0]
     assert exact["diff_mean"] == 0.0 and exact["phi_max_error"] == 0.0
+    # beside the note's figure, the error the note measures (erf's for tanh: 2x Phi's)
+    for r, form in zip(rows[1:], ("tanh", "sigmoid"), strict=True):
+        assert r["note_measure_error"] == pytest.approx(gelu.NOTE_MAX_ERROR[form], rel=0.05)
+    assert gelu.table(rows).splitlines()[2].endswith("| - |")  # the exact form: no note figure
     for r in rows:
         assert r["step_ms_mean"] > 0 and 0 < r["eval_loss_mean"] < 10
     # same seed, same data and initial weights: only the activation differs, a little (the
