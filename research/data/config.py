@@ -84,6 +84,11 @@ class DataConfig:
                 )
         if self.shards < 0:
             raise ValueError(f"shards={self.shards}: must be >= 1 (logical data shards)")
-        blocked = None if "://" in self.data_dir else file_in_the_way(self.data_dir)
+        if "://" in self.data_dir:  # every reader opens it as a local path: gs://b -> gs:/b
+            raise ValueError(
+                f"data_dir={self.data_dir!r}: a URL; the data layer reads a local or mounted "
+                "folder (mount a bucket, e.g. with gcsfuse, and give its path)"
+            )
+        blocked = file_in_the_way(self.data_dir)
         if blocked is not None:
             raise ValueError(f"data_dir={self.data_dir!r}: {blocked} is a file, not a folder")

@@ -13,11 +13,15 @@ The row formats build on it: `research.data.lm` (text windows), `seq2seq`, `mlm`
 """
 
 import json
+import os
+import pathlib
 import re
 
 import grain
 import jax
 import numpy as np
+
+from research.data import DataError
 
 # Every pipeline reads and transforms its records in the iterating thread (research.data.lm and
 # mlm add ThreadPrefetch everywhere; MQAR's arrays, seq2seq and cloze go through `batches`, which
@@ -47,6 +51,36 @@ def batches(ds: grain.MapDataset, rows: int) -> grain.IterDataset:
     return background(ds.to_iter_dataset(READ_IN_THREAD).batch(rows, drop_remainder=True))
 
 
+def check_shared_data_dir(data_dir: str) -> None:
+    """On several processes, process 0 builds the datasets and tokenizers in `data_dir` and the
+    others read them there, so every process must see the folder process 0 writes. A DataError
+    naming the processes that do not (on every process, so none waits on the others), before
+    anything is built; a process of another host reading its own empty folder failed with a
+    KeyError inside tfds."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    token = np.random.default_rng().integers(2**31) if jax.process_index() == 0 else 0
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(token)))
+    folder = pathlib.Path(os.path.expanduser(data_dir))
+    mark = folder / f".written-by-process-0-{token}"
+    if jax.process_index() == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        mark.write_text("")
+    multihost_utils.sync_global_devices("data_dir: written")
+    seen = np.asarray(multihost_utils.process_allgather(np.int32(mark.exists()))).ravel()
+    multihost_utils.sync_global_devices("data_dir: read")
+    if jax.process_index() == 0:
+        mark.unlink(missing_ok=True)
+    if not seen.all():
+        blind = ", ".join(str(i) for i in np.flatnonzero(seen == 0))
+        raise DataError(
+            f"data.data_dir={data_dir}: process(es) {blind} do not see what process 0 writes "
+            "there; on several hosts it must be a folder every host sees (NFS, a mounted bucket)"
+        )
+
+
 _SHUFFLE = 0x5EED  # tags the shuffle's seeds apart from the random_map streams
 
 
@@ -63,6 +97,11 @@ def shard_records(source, *, seed: int, shuffle: bool, repeat: bool, shard: int,
     with seed + e, so the run seed itself would give seeds s and s + 1 the same orders one epoch
     apart, and every shard the same permutation (a batch of neighbouring records)."""
     ds = grain.MapDataset.source(source)[shard::shards]
+    if repeat and len(ds) == 0:  # it stayed empty, repeated: a bare StopIteration at step 1
+        raise DataError(
+            f"data shard {shard} of {shards} holds no records: the split has {len(source)}, "
+            "fewer than the shards (data.shards, or the processes reading it)"
+        )
     if shuffle:
         ds = ds.shuffle(seed=derived_seed(seed, shard, shards, _SHUFFLE))
     return ds.repeat() if repeat else ds

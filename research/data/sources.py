@@ -86,6 +86,20 @@ def _split_documents(docs, key: str = "text"):
     return train, evaluation
 
 
+def _check_features(split, name: str, needed: dict[str, str]) -> None:
+    """A DataError naming the features a tfds split has when its first record lacks one of
+    `needed` ({feature: what asks for it}); it was a KeyError inside sentencepiece training."""
+    if len(split) == 0:
+        return
+    have = split[0]
+    for key, why in needed.items():
+        if key not in have:
+            raise DataError(
+                f"data.source=tfds:{name}: no feature {key!r} ({why}); it has "
+                f"{', '.join(sorted(have))}"
+            )
+
+
 def _catalog(name: str, data_dir, *, download: bool):
     """(train, validation-or-test) data sources of a tfds catalog dataset."""
     import importlib.util
@@ -165,6 +179,7 @@ def text_sources(d: DataConfig):
         name = source.removeprefix("tfds:")
         _on_process_0_then_all(f"build:{name}", lambda: _catalog(name, data_dir, download=True))
         train, evaluation = _catalog(name, data_dir, download=False)
+        _check_features(train, name, {"text": "the LM reads each record's 'text'"})
     elif source.startswith(("text:", "jsonl:")):
         kind, path = source.split(":", 1)
         train, evaluation = _split_documents(_local_documents(path, kind))
@@ -263,6 +278,9 @@ def seq2seq_sources(d: DataConfig, *, seed: int, bert_vocab=None):
         _on_process_0_then_all(f"build:{name}", lambda: _catalog(name, data_dir, download=True))
         train, evaluation = _catalog(name, data_dir, download=False)
         keys = (d.source_key, d.target_key)
+        _check_features(
+            train, name, {d.source_key: "data.source_key", d.target_key: "data.target_key"}
+        )
     else:
         raise DataError(
             f"data.source={d.source!r}: use seq2seq_synthetic, inews_titles, jsonl:PATH or "

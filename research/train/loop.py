@@ -168,6 +168,7 @@ def train_and_evaluate(
     task = tasks.get(run.task)
     # ---- data and model --------------------------------------------------------------------
     mesh = sharding.make_mesh(run.mesh.as_dict())
+    shards.check_shared_data_dir(run.data.data_dir)  # several processes: one data folder
     data = task.build_data(run)
     mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
     sharding.check_tensor_axis(mcfg, mesh)

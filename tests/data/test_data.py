@@ -2,6 +2,7 @@ import dataclasses
 import json
 import sys
 
+import jax
 import numpy as np
 import pytest
 from ml_collections import ConfigDict
@@ -512,6 +513,14 @@ def test_seq2seq_catalog_dataset_by_name_with_mock_data(tmp_path):
         )
     )
     with tfds.testing.mock_data(num_examples=24):
+        # a feature the dataset lacks: one line naming those it has (was a KeyError inside
+        # sentencepiece training), for the LM's 'text' and for a seq2seq key
+        for read, kw in ((sources.text_sources, {}), (sources.seq2seq_sources, {"seed": 0})):
+            bad = DataConfig(**{**c.data, "target_key": "answer"})
+            with pytest.raises(
+                DataError, match=r"tfds:squad: no feature '(text|answer)' .*context"
+            ):
+                read(bad, **kw)
         train, evaluation, vocab = sources.seq2seq_sources(DataConfig(**c.data), seed=c.seed)
         it = seq2seq.seq2seq_iterator(
             train, vocab, layout="encdec", src_len=16, tgt_len=8, batch_size=4, seed=0, train=True
@@ -551,3 +560,35 @@ def test_seeds_and_shards_shuffle_independently():
     }
     assert len(positions) > 1  # not one permutation for all four shards
     assert data_shards.derived_seed(0, 1) != data_shards.derived_seed(1, 0)
+
+
+def test_several_processes_need_one_data_folder(tmp_path, monkeypatch):
+    """Process 0 builds in data_dir and the others read there: a process on a host that sees
+    its own empty folder failed inside tfds (KeyError: splits is empty). One process here plays
+    process 0 of two, and the other's view comes back as not seeing the mark."""
+    from jax.experimental import multihost_utils
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: x)
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: None)
+    views = []
+
+    def gather(x):  # process 0's view and process 1's (another host: nothing there)
+        views.append(int(x))
+        return np.asarray([int(x), 0])
+
+    monkeypatch.setattr(multihost_utils, "process_allgather", gather)
+    folder = tmp_path / "data"
+    with pytest.raises(DataError, match=r"data_dir=.*: process\(es\) 1 do not see what process 0"):
+        data_shards.check_shared_data_dir(str(folder))
+    assert views == [1] and not list(folder.iterdir())  # it saw its mark, and removed it
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda x: np.asarray([x, x]))
+    data_shards.check_shared_data_dir(str(folder))  # a shared folder passes
+    with pytest.raises(ValueError, match=r"data_dir='gs://b/d': a URL; the data layer reads"):
+        DataConfig(data_dir="gs://b/d")
+
+
+def test_a_shard_with_no_records_is_one_line():
+    """3 records over 4 shards: the empty shard, repeated, raised a bare StopIteration."""
+    with pytest.raises(DataError, match=r"data shard 3 of 4 holds no records: the split has 3"):
+        data_shards.shard_records([0, 1, 2], seed=0, shuffle=True, repeat=True, shard=3, shards=4)
