@@ -140,7 +140,8 @@ def train_iterator(
 
 
 def eval_iterator(records, vocab, pattern, *, seq_len: int, batch_size: int, shards: int = 1):
-    """This process's rows of PET evaluation batches (`pet_eval_row`, weights 1), in order."""
+    """This process's rows of PET evaluation batches (`eval_row`, weights 1), in order; the
+    last partial batch of each shard is dropped (`shards.batches`)."""
 
     def make(rows, i, n):
         ds = shard_records(records, seed=0, shuffle=False, repeat=False, shard=i, shards=n)
