@@ -248,9 +248,15 @@ def test_sequence_level_remedies_at_full_strength_give_their_formulas(remedy, mo
     it. (Swapping SCST's sample and baseline rewards passed every test before.)"""
     from research.tasks.seq2seq import remedies
 
+    scored = []
+
     def mean_id(hyp, ref, pad_id=0):
+        scored.append(hyp)
         real = hyp != pad_id
         return jnp.sum(hyp * real, -1) / jnp.maximum(jnp.sum(real, -1), 1) / V
+
+    def as_scored(out):  # EOS scored as padding, as the references are (it counted a token)
+        return jnp.where(out == EOS, PAD, out)
 
     monkeypatch.setitem(remedies.rewards.REWARDS, "bleu", mean_id)
     drawn = []
@@ -272,10 +278,12 @@ def test_sequence_level_remedies_at_full_strength_give_their_formulas(remedy, mo
     ctx = remedies.Context(cfg, V, BOS, EOS, PAD, 32)
     logp = {id(out): ctx.log_prob(model, batch, out) for _, out in drawn}
     samples = [out for method, out in drawn if method == "sample"]
-    r = [mean_id(x, None, PAD) for x in samples]
+    assert any(np.any(np.asarray(out) == EOS) for _, out in drawn)  # some decode stopped
+    assert not any(np.any(np.asarray(h) == EOS) for h in scored)  # no reward saw the EOS
+    r = [mean_id(as_scored(x), None, PAD) for x in samples]
     if remedy == "scst":
         (greedy,) = [out for method, out in drawn if method == "greedy"]
-        advantage = r[0] - mean_id(greedy, None, PAD)
+        advantage = r[0] - mean_id(as_scored(greedy), None, PAD)
         assert np.all(np.abs(np.asarray(advantage)) > 0)
         want = jnp.mean(-advantage * logp[id(samples[0])])
     else:

@@ -203,7 +203,10 @@ def scst(ctx: Context) -> Loss:
         ref = tf.references(batch, ctx.eos, ctx.pad)
         sample = jax.lax.stop_gradient(ctx.generate(model, batch, method="sample", key=key))
         greedy = jax.lax.stop_gradient(ctx.generate(model, batch, method="greedy"))
-        r_s, r_g = reward(sample, ref, pad_id=ctx.pad), reward(greedy, ref, pad_id=ctx.pad)
+        r_s, r_g = (
+            reward(tf.without_eos(x, ctx.eos, ctx.pad), ref, pad_id=ctx.pad)
+            for x in (sample, greedy)
+        )
         seq_loss = jnp.mean(eb.scst_loss(ctx.log_prob(model, batch, sample), r_s, r_g))
         return _mix(
             ctx,
@@ -228,7 +231,10 @@ def mrt(ctx: Context) -> Loss:
             jax.lax.stop_gradient(ctx.generate(model, batch, method="sample", key=k)) for k in keys
         ]
         logp = jnp.stack([ctx.log_prob(model, batch, x) for x in samples], axis=1)
-        r = jnp.stack([reward(x, ref, pad_id=ctx.pad) for x in samples], axis=1)
+        r = jnp.stack(
+            [reward(tf.without_eos(x, ctx.eos, ctx.pad), ref, pad_id=ctx.pad) for x in samples],
+            axis=1,
+        )
         seq_loss = jnp.mean(eb.mrt_risk(logp, r, alpha=ctx.cfg.mrt_alpha))
         return _mix(ctx, ce, seq_loss, lambda w: {"reward": jnp.mean(r) * w})
 

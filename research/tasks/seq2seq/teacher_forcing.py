@@ -84,4 +84,10 @@ def sequence_log_prob(model, batch, tokens, layout, bos, eos, pad):
 def references(batch, eos, pad):
     """Gold target ids [B, T] without EOS (the reward's reference)."""
     t = jnp.where(batch["weights"] > 0, batch["targets"], pad)
-    return jnp.where(t == eos, pad, t)
+    return without_eos(t, eos, pad)
+
+
+def without_eos(tokens, eos, pad):
+    """tokens with EOS as padding: a decode as the reward scores it against `references` (an
+    output that stopped carried one token no reference has, so a perfect one scored below 1)."""
+    return jnp.where(tokens == eos, pad, tokens)
