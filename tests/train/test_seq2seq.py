@@ -292,3 +292,17 @@ def test_sequence_level_remedies_at_full_strength_give_their_formulas(remedy, mo
         q = jax.nn.softmax(0.5 * lp, axis=1)
         want = jnp.mean(jnp.sum(q * (1 - jnp.stack(r, 1)), axis=1))
     assert float(s / w) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
+
+
+def test_evaluation_is_plain_cross_entropy_whatever_the_label_smoothing():
+    """Training smooths the labels; evaluation (key None) is plain teacher-forced CE, so eval
+    loss and perplexity compare across label_smoothing values (it smoothed them too)."""
+    batch, model = _batch("encdec"), _model("encdec")
+    sums = {}
+    for eps in (0.0, 0.1):
+        cfg = parse(_config("encdec", label_smoothing=eps)).task_config
+        fn = seq2seq.make_loss(cfg, V, BOS, EOS, PAD, 32)
+        sums[eps, "eval"] = fn(model, batch)[0]
+        sums[eps, "train"] = fn(model, batch, key=jax.random.PRNGKey(0), step=jnp.int32(0))[0]
+    assert float(sums[0.0, "eval"]) == float(sums[0.1, "eval"])
+    assert float(sums[0.1, "train"]) != float(sums[0.0, "train"])

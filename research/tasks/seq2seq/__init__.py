@@ -38,7 +38,7 @@ def make_loss(cfg: Seq2seqConfig, vocab_size: int, bos: int, eos: int, pad: int,
 
     def loss_fn(model, batch, *, key=None, step=None):
         if key is None:
-            return ctx.teacher_forced(model, batch)
+            return ctx.teacher_forced(model, batch, smoothing=False)
         # A stream independent of the dropout keys, which are derived from the same key.
         return train_loss(model, batch, jax.random.fold_in(key, 7), step)
 

@@ -28,11 +28,12 @@ class Context:
     pad: int
     d_model: int
 
-    def teacher_forced(self, model, batch, delta=None, inputs=None):
+    def teacher_forced(self, model, batch, delta=None, inputs=None, *, smoothing=True):
+        """The teacher-forced CE sums; `smoothing=False` (evaluation): plain CE, without the
+        config's label smoothing, so eval loss and perplexity compare across its values."""
         inputs = batch["inputs"] if inputs is None else inputs
-        return tf.cross_entropy(
-            model, batch, inputs, delta, self.cfg.layout, self.cfg.label_smoothing
-        )
+        eps = self.cfg.label_smoothing if smoothing else 0.0
+        return tf.cross_entropy(model, batch, inputs, delta, self.cfg.layout, eps)
 
     def generate(self, model, batch, *, method, key=None, beam_size=1):
         """Decodes with the model's dropout off: a dropout step inside the decoding loop cannot
