@@ -56,6 +56,10 @@ def main(argv):
 
     if not _WORKDIR.value or _PROMPT.value is None:
         fail("both --workdir=DIR and --prompt=TEXT are required")
+    if _METHOD.value == "sample" and not 0 < _TEMPERATURE.value < float("inf"):
+        fail(f"--temperature={_TEMPERATURE.value}: must be > 0 (--method=greedy takes the argmax)")
+    if _METHOD.value == "sample" and not _TOP_P.value > 0:
+        fail(f"--top_p={_TOP_P.value}: must be in (0, 1]")
     prompt_text = utf8(_PROMPT.value, "--prompt")  # before the model is read
     trained = load_run(argv, _WORKDIR.value, _STEP.value, task=None)
     run = trained.config
@@ -82,9 +86,12 @@ def main(argv):
             **_options(eos, pad),
         )
     except ValueError as e:  # a prompt longer than the model's positions, for example
+        too_long = "max_length" in str(e)
         fail(
             f"{e} (--prompt is {len(ids)} tokens, --max_new_tokens={_MAX_NEW.value}); shorten "
             "one or the other"
+            if too_long
+            else str(e)
         )
     tokens = out[0][0, 0] if _METHOD.value == "beam" else out[0]
     kept = [int(t) for t in np.asarray(tokens) if int(t) not in (eos, pad)]

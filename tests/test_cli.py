@@ -371,3 +371,14 @@ def test_qagen_num_answers_beyond_one_batchs_reach_is_one_line():
     r = _run(["-m", "research.qagen", "--workdir=/nowhere", "--num_answers=100000"])
     line = _error_line(r)  # exit 2, one line
     assert "--num_answers" in line and "256" in line, line
+
+
+def test_generate_refuses_a_sampling_temperature_or_top_p_of_0_before_reading_the_run():
+    """--temperature=0 and --top_p=0 passed the flags' bounds and failed in sampling, with
+    advice to shorten the prompt."""
+    for flag, name in (("--temperature=0", "--temperature=0.0"), ("--top_p=0", "--top_p=0.0")):
+        r = _run(["-m", "research.generate", "--workdir=/nowhere", "--prompt=x", flag,
+                  "--method=sample"])  # fmt: skip
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert lines[0].startswith(f"error: {name}: must be") and "shorten" not in lines[0]
