@@ -23,6 +23,11 @@ def test_units_are_cjk_characters_and_words():
     ]
 
 
+def test_kana_and_hangul_are_scored_per_character_as_han_is():
+    """They fell outside the CJK ranges and each run became one word."""
+    assert text_units("ひらがなカタ 한국어 中文") == [*"ひらがなカタ", *"한국어", "中", "文"]
+
+
 def test_chinese_scores_against_hand_counts():
     hyps, refs = ["我爱北京天安门", "上海天气"], ["我爱北京", "上海的天气很好"]
     got = text_scores(hyps, refs)

@@ -16,7 +16,8 @@ import numpy as np
 
 from research.tasks.seq2seq.remedies import generate
 
-_CJK = "\u3400-\u9fff\uf900-\ufaff"
+# Han (with its compatibility block), Japanese kana and Hangul syllables: one unit a character
+_CJK = "\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _UNIT = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+|[^\s\w]")
 ROUGE = ("rougeL", "rouge1", "rouge2")
 SCORES = (*ROUGE, "bleu", "sentence_bleu")
