@@ -8,6 +8,7 @@ from flax import nnx
 
 from research.data import dialogue
 from research.ops import decoding
+from research.sampling.sampler import special_ids
 
 
 class ChatSession:
@@ -63,9 +64,12 @@ class ChatSession:
         def step(state, token, cache, segment):
             return nnx.merge(graphdef, state).decode_step(token, cache, segment=segment)
 
+        # [PAD], [UNK], [CLS], [MASK] are never drawn: the reply's text would drop them unseen
+        ban = jnp.zeros(cfg.vocab_size).at[jnp.asarray(special_ids(vocab), jnp.int32)].set(-jnp.inf)
+
         @jax.jit
         def choose(logits, key):
-            filtered = decoding.filter_logits(logits, **self.options)
+            filtered = decoding.filter_logits(logits + ban, **self.options)
             return jax.random.categorical(key, filtered, axis=-1)
 
         self._prefill, self._step, self._choose = prefill, step, choose

@@ -17,7 +17,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Int
 
 from research.data import qa_rows
-from research.sampling.sampler import decode
+from research.sampling.sampler import decode, special_ids
 
 
 def answer_lengths(tokens: Int[Array, "n a"], sep_id: int) -> tuple[Array, Array]:
@@ -348,12 +348,6 @@ class Generator:
                     ]
                 )
         return out
-
-
-def special_ids(vocab) -> tuple[int, ...]:
-    """The vocabulary's special tokens but [SEP] (which ends an answer)."""
-    names = ("pad_id", "unk_id", "cls_id", "mask_id")
-    return tuple(sorted({int(getattr(vocab, n)) for n in names if hasattr(vocab, n)}))
 
 
 def pad_list(items: list, size: int) -> list:

@@ -267,3 +267,10 @@ def generate(
         unilm=bool(unilm),
         options=opts,
     )
+
+
+def special_ids(vocab) -> tuple[int, ...]:
+    """The vocabulary's special tokens but [SEP] (which ends an answer or a turn): what sampling
+    text never draws ([PAD], [UNK], [CLS], [MASK]; the decoded text would drop them unseen)."""
+    names = ("pad_id", "unk_id", "cls_id", "mask_id")
+    return tuple(sorted({int(getattr(vocab, n)) for n in names if hasattr(vocab, n)}))

@@ -28,6 +28,7 @@ from research.data.shards import array_iterator
 from research.models import DecoderLM, ModelConfig
 from research.models import params as params_io
 from research.ops.checks import check_positive_field
+from research.sampling.sampler import special_ids
 from research.tasks import bert
 from research.tasks.base import Task, TaskData, abstract_rows
 from research.tasks.lm import lm_loss
@@ -233,6 +234,11 @@ class ChatTask(Task):
             return {}
         prompts, lengths, segments, reply_seg = ctx
 
+        model = eval_model(state.params, state.consts)
+        # specials but [SEP] never drawn (they counted in distinct-n, unseen in the text)
+        ban = jnp.zeros(model.cfg.vocab_size)
+        ban = ban.at[jnp.asarray(special_ids(vocab), jnp.int32)].set(-jnp.inf)
+
         @nnx.jit
         def sample(model, key):
             return sampling.decode(
@@ -249,9 +255,9 @@ class ChatTask(Task):
                 temperature=1.0,
                 stop_tokens=(vocab.sep_id,),
                 pad_id=vocab.pad_id,
+                logit_bias=ban,
             )
 
-        model = eval_model(state.params, state.consts)
         tokens = sample(model, jax.random.key(run.train.seed))
         replies = reply_ids(jax.device_get(tokens), vocab.sep_id)
         return {

@@ -3,6 +3,7 @@ import subprocess
 import sys
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -59,6 +60,24 @@ def test_cache_kept_between_turns_equals_reencoding_the_history(attention):
         reply = session.bot_turn()
         assert len(reply) <= 6 and _Ids.sep_id not in reply
     assert session.prefills == 1  # one prefill; every later turn went into the cache
+
+
+def test_a_reply_never_draws_a_special_token():
+    """[PAD]/[UNK]/[CLS]/[MASK] were sampled like any token (and dropped unseen from the text).
+    A model whose output bias favours them by far still replies with ordinary tokens."""
+
+    class Vocab(_Ids):
+        unk_id, mask_id = 1, 4
+
+    model = _tiny_lm()
+    session = ChatSession(model, Vocab(), max_context=64, max_tokens=8, top_k=0, seed=0)
+    favoured = jnp.zeros(50).at[jnp.asarray([0, 1, 2, 4])].set(50.0)  # specials, [SEP] not
+    session._choose = jax.jit(  # the session's own ban applies before any filter: wrap it
+        lambda logits, key, f=session._choose: f(logits + favoured, key)
+    )
+    session.user_turn([7, 8, 9])
+    reply = session.bot_turn()
+    assert reply and not set(reply) & {0, 1, 2, 4}, reply
 
 
 def test_history_beyond_max_context_is_cut_from_the_left():
