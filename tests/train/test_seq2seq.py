@@ -306,3 +306,25 @@ def test_evaluation_is_plain_cross_entropy_whatever_the_label_smoothing():
         sums[eps, "train"] = fn(model, batch, key=jax.random.PRNGKey(0), step=jnp.int32(0))[0]
     assert float(sums[0.0, "eval"]) == float(sums[0.1, "eval"])
     assert float(sums[0.1, "train"]) != float(sums[0.0, "train"])
+
+
+@pytest.mark.parametrize("layout", ["encdec", "unilm"])
+def test_generate_lays_a_source_out_as_training_does(layout):
+    """research.generate's encdec source was neither cut to src_len nor given the prefix: a
+    long prompt ran the encoder on positions it never trained on."""
+    from research.data import sources
+
+    class Chars:  # a text tokenizer: one id per character
+        def encode(self, text):
+            return [4 + ord(c) % (V - 4) for c in text]
+
+    vocab = sources.Seq2seqVocab(V, PAD, BOS, EOS, Chars(), ("source", "target"), prefix=(3,))
+    run = parse(_config(layout))
+    text = "a source longer than src_len"
+    got = seq2seq.Seq2seqTask().text_prompt(run, vocab, text)
+    trained = seq2seq_example(
+        *vocab.encode_record({"source": text, "target": "t"}),
+        layout=layout, src_len=SRC, tgt_len=TGT, pad=PAD, bos=BOS, eos=EOS,
+    )  # fmt: skip
+    want = trained["src"] if layout == "encdec" else trained["inputs"][: SRC + 1]
+    assert list(got.ids) == [int(t) for t in want if t != PAD]

@@ -184,15 +184,15 @@ class Seq2seqTask(Task):
 
     def text_prompt(self, run: RunConfig, vocab, text: str) -> TextPrompt | None:
         """`text` as a source research.generate decodes from (None without a text vocabulary):
-        encdec decodes from bos; unilm continues [CLS] (a BERT's) + source + separator, cut to
-        src_len as in training."""
+        the source as training lays it out ([CLS] first for a BERT's vocabulary, cut to
+        src_len: longer ran the encoder on positions it never trained); encdec decodes from
+        bos, unilm continues the source + separator."""
         v = seq2seq_vocab(vocab)  # a run started from a BERT keeps the BERT's vocabulary
         if v.tok is None:
             return None
-        ids = v.tok.encode(text)
+        ids = [*v.prefix, *v.tok.encode(text)][: run.task_config.src_len]
         if run.task_config.layout == "unilm":
-            ids = [*v.prefix, *ids][: run.task_config.src_len] + [v.bos_id]
-            return TextPrompt(ids, v.tok, None, v.eos_id, v.pad_id)
+            return TextPrompt([*ids, v.bos_id], v.tok, None, v.eos_id, v.pad_id)
         return TextPrompt(ids, v.tok, v.bos_id, v.eos_id, v.pad_id)
 
     def evaluate(self, run: RunConfig, data: TaskData, eval_model, state, batches) -> dict:
