@@ -245,8 +245,11 @@ class SoftmaxAttention(Attention):
         return per_device(fn, *names, (BATCH, None), (BATCH, LENGTH))(q, k, v, mask, document_ids)
 
     def empty_state(self, batch, max_length):
+        # in the model's dtype: k and v are computed in it, so fp32 storage kept no more
+        # precision and doubled a bf16 model's cache
         shape = (batch, max_length, self.cfg.kv_heads, self.cfg.head_dim)
-        return {"k": jnp.zeros(shape, jnp.float32), "v": jnp.zeros(shape, jnp.float32)}
+        dtype = jnp.dtype(self.cfg.dtype)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
     def prefill_state(self, k, v, state, valid):
         p = k.shape[1]
@@ -255,13 +258,17 @@ class SoftmaxAttention(Attention):
     def decode_attend(self, q, k, v, state, index, valid):
         rows = jnp.arange(q.shape[0])
         cache = {
-            "k": state["k"].at[rows, index].set(k[:, 0].astype(jnp.float32)),
-            "v": state["v"].at[rows, index].set(v[:, 0].astype(jnp.float32)),
+            name: state[name].at[rows, index].set(t[:, 0].astype(state[name].dtype))
+            for name, t in (("k", k), ("v", v))
         }
         o = ops.softmax_attention(
             q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype), mask=valid
         )
-        return o, cache
+        # A step past the cache (index >= its length) cannot store its key: it would attend
+        # without the current token, silently. NaN marks it instead (the sampler never gets
+        # there: it sizes the cache for its prompt and tokens).
+        inside = jnp.asarray(index < state["k"].shape[1]).reshape(-1, *(1,) * (o.ndim - 1))
+        return jnp.where(inside, o, jnp.nan), cache
 
 
 def _key_padding_only(cfg: ModelConfig, mask):

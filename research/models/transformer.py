@@ -297,6 +297,10 @@ class EncoderDecoder(_Stack):
     """The classic seq2seq Transformer (Vaswani et al. 2017) with a shared, tied embedding."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if not cfg.tie_embeddings:  # it built no head of its own, silently
+            raise ValueError(
+                "tie_embeddings=False: an EncoderDecoder ties its output to the embedding"
+            )
         self.cfg = cfg
         self.embed = Embeddings(cfg, rngs=rngs)
         self.encoder = stack.make_layers(cfg, cfg.num_layers, causal=False, rngs=rngs)

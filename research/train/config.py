@@ -77,6 +77,12 @@ def parse(
             softmax.check_backend(model.softmax_implementation, platform)
         except ValueError as e:
             raise ConfigError(f"model.softmax_implementation: {e}") from None
+        if model.softmax_implementation == "cudnn" and model.dtype == "float32":
+            # jax's cuDNN attention takes 16-bit inputs only: it failed while tracing
+            raise ConfigError(
+                "model.softmax_implementation='cudnn' needs model.dtype=bfloat16 (cuDNN "
+                "attention takes 16-bit inputs); for float32 use blockwise or xla"
+            )
         if model.linear_implementation == "pallas" and (platform or jax.default_backend()) == "gpu":
             raise ConfigError(
                 "model.linear_implementation='pallas' has TPU (Mosaic) kernels only, no GPU "

@@ -102,6 +102,25 @@ def test_decoder_lm_shapes_causality_and_decode(kind, positions):
     _assert_close(got[-1], logits[:, 10])
 
 
+def test_a_softmax_step_past_its_cache_is_nan_and_a_bf16_cache_is_bf16():
+    """A step past the cache dropped its key and attended without the current token, giving
+    finite, wrong logits; the KV cache was fp32 whatever the model's dtype (twice a bf16
+    model's memory, no precision gained: k and v are computed in bf16)."""
+    for dtype in ("float32", "bfloat16"):
+        model = DecoderLM(_cfg(positions="rotary", dtype=dtype), rngs=nnx.Rngs(0))
+        toks = _tokens(length=8)
+        full = model(toks)
+        logits, cache = model.prefill(toks[:, :4], max_length=6)
+        assert {cache["layers"][0]["self"][n].dtype for n in "kv"} == {jnp.dtype(dtype)}
+        steps = jax.jit(model.decode_step)
+        for i in range(4, 8):  # positions 4 and 5 fit the cache of 6, 6 and 7 do not
+            logits, cache = steps(toks[:, i], cache)
+            if i < 6:
+                _assert_close(logits, full[:, i], atol=1e-5 if dtype == "float32" else 0.1)
+            else:
+                assert np.isnan(np.asarray(logits, np.float32)).all(), i
+
+
 @pytest.mark.parametrize("kind", ["softmax", "linear-elu", *CONV_KINDS, *RECURRENT_KINDS])
 def test_decoder_lm_padding_invariance_and_ragged_prefill(kind):
     model = DecoderLM(_cfg(**DECODER_KINDS[kind]), rngs=nnx.Rngs(1))
@@ -364,3 +383,9 @@ def test_dropout_is_active_in_train_mode_only():
     assert not np.allclose(a, b)  # fresh dropout masks each call
     model.eval()
     _assert_close(model(toks), DecoderLM(_cfg(dropout=0.0), rngs=nnx.Rngs(0, dropout=1))(toks))
+
+
+def test_an_untied_encoder_decoder_is_refused():
+    """tie_embeddings=False built an EncoderDecoder with no head of its own, tied anyway."""
+    with pytest.raises(ValueError, match="tie_embeddings=False: an EncoderDecoder ties its output"):
+        EncoderDecoder(_cfg(tie_embeddings=False), rngs=nnx.Rngs(0))
