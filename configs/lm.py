@@ -16,7 +16,8 @@ docs/pod_planning.md; on GPUs add --config.model.softmax_implementation=cudnn):
     python -m research.plan --config=configs/lm.py:7b --topology=v5e:16x16
     python -m research.plan --config=configs/lm.py:1b_gdn --topology=v5e:16x16  # Gated DeltaNet
     REPO=... TPU_NAME=... ZONE=... ./launch/tpu_pod.sh --config=configs/lm.py:1b \
-        --workdir=gs://BUCKET/lm1b --config.data.source=tfds:NAME
+        --workdir=gs://BUCKET/lm1b --config.data.source=tfds:NAME \
+        --config.data.data_dir=/mnt/shared/data  # a folder every host sees
 """
 
 from ml_collections import ConfigDict

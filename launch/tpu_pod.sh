@@ -4,10 +4,12 @@
 #
 #   REPO=https://github.com/you/seqlab.git TPU_NAME=my-v5e-64 ZONE=us-west4-a \
 #     ./launch/tpu_pod.sh --config=configs/lm.py \
-#       --workdir=gs://my-bucket/seqlab/lm --config.mesh.fsdp=-1 --config.mesh.data=1
+#       --workdir=gs://my-bucket/seqlab/lm --config.mesh.fsdp=-1 --config.mesh.data=1 \
+#       --config.data.data_dir=/mnt/seqlab-data
 #
 # Needs: gcloud, a TPU VM slice, REPO (a git URL of this project that every host can clone; each
-# host clones or updates ~/seqlab from it), and a workdir every host can reach (a GCS bucket).
+# host clones or updates ~/seqlab from it), a workdir every host can reach (a GCS bucket) and a
+# data_dir every host sees (a bucket mounted with gcsfuse, or NFS): process 0 builds the data.
 # Re-running the same command resumes from the newest checkpoint; preemption (SIGTERM) saves.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${REPO:?set REPO to the git URL to clone}"

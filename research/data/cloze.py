@@ -113,7 +113,8 @@ def train_iterator(
     verbalizer_ids = patterns.verbalizer_ids(pattern, vocab)
 
     def rows(source, is_labeled, i, n, salt):
-        salted = derived_seed(seed, salt)  # seed + salt: run s's unlabeled = run s+1's labeled
+        # not seed + salt, which gave run s's unlabeled stream run s + 1's labeled one
+        salted = derived_seed(seed, salt)
         ds = shard_records(source, seed=salted, shuffle=True, repeat=True, shard=i, shards=n)
         return ds.random_map(
             lambda r, rng: train_row(
@@ -130,10 +131,10 @@ def train_iterator(
         )
 
     def make(rows_per_shard, i, n):
-        ds = rows(labeled, True, i, n, 0)
+        ds = rows(labeled, True, i, n, 1)  # salts 1, 2: SeedSequence drops a trailing 0
         if unlabeled is not None:
             w = unlabeled_share
-            ds = grain.MapDataset.mix([ds, rows(unlabeled, False, i, n, 1)], [1 - w, w])
+            ds = grain.MapDataset.mix([ds, rows(unlabeled, False, i, n, 2)], [1 - w, w])
         return batches(ds, rows_per_shard)
 
     return sharded(make, batch_size, shards)

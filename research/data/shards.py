@@ -51,43 +51,62 @@ def batches(ds: grain.MapDataset, rows: int) -> grain.IterDataset:
     return background(ds.to_iter_dataset(READ_IN_THREAD).batch(rows, drop_remainder=True))
 
 
-def check_shared_data_dir(data_dir: str) -> None:
+def check_shared_data_dir(data_dir: str, wait_seconds: float = 30.0) -> None:
     """On several processes, process 0 builds the datasets and tokenizers in `data_dir` and the
     others read them there, so every process must see the folder process 0 writes. A DataError
-    naming the processes that do not (on every process, so none waits on the others), before
-    anything is built; a process of another host reading its own empty folder failed with a
-    KeyError inside tfds."""
+    on every process (so none waits on the others) naming the processes that do not, or saying
+    that process 0 cannot write there, before anything is built; a process of another host
+    reading its own empty folder failed with a KeyError inside tfds. The others look for
+    process 0's mark for up to `wait_seconds` (a network file system's cache may be late)."""
     if jax.process_count() == 1:
         return
+    import time
+
     from jax.experimental import multihost_utils
 
     token = np.random.default_rng().integers(2**31) if jax.process_index() == 0 else 0
     token = int(multihost_utils.broadcast_one_to_all(np.int32(token)))
     folder = pathlib.Path(os.path.expanduser(data_dir))
-    mark = folder / f".written-by-process-0-{token}"
-    if jax.process_index() == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        mark.write_text("")
-    multihost_utils.sync_global_devices("data_dir: written")
-    seen = np.asarray(multihost_utils.process_allgather(np.int32(mark.exists()))).ravel()
-    multihost_utils.sync_global_devices("data_dir: read")
-    if jax.process_index() == 0:
-        mark.unlink(missing_ok=True)
-    if not seen.all():
+    mark, problem = folder / f".written-by-process-0-{token}", ""
+    try:
+        if jax.process_index() == 0:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                mark.write_text("")
+            except OSError as e:
+                problem = f"process 0 cannot write there ({e.strerror or e})"
+        multihost_utils.sync_global_devices("data_dir: written")
+        seen = mark.exists()
+        deadline = time.monotonic() + wait_seconds
+        while not seen and jax.process_index() != 0 and time.monotonic() < deadline:
+            time.sleep(1.0)
+            seen = folder.is_dir() and mark.name in os.listdir(folder)  # a fresh lookup
+        seen = np.asarray(multihost_utils.process_allgather(np.int32(seen))).ravel()
+        multihost_utils.sync_global_devices("data_dir: read")
+    finally:
+        if jax.process_index() == 0:
+            mark.unlink(missing_ok=True)
+    if seen.all():
+        return
+    if seen[0] == 0:  # its own write failed (the reason is known on process 0 only)
+        what = problem or "process 0 cannot write there"
+    else:
         blind = ", ".join(str(i) for i in np.flatnonzero(seen == 0))
-        raise DataError(
-            f"data.data_dir={data_dir}: process(es) {blind} do not see what process 0 writes "
-            "there; on several hosts it must be a folder every host sees (NFS, a mounted bucket)"
-        )
+        what = f"process(es) {blind} do not see what process 0 writes there"
+    raise DataError(
+        f"data.data_dir={data_dir}: {what}; on several hosts it must be a folder every host "
+        "sees (NFS, a mounted bucket)"
+    )
 
 
 _SHUFFLE = 0x5EED  # tags the shuffle's seeds apart from the random_map streams
 
 
 def derived_seed(seed: int, *parts: int) -> int:
-    """A 31-bit seed drawn from (seed, *parts) by numpy's SeedSequence: distinct inputs give
-    unrelated seeds (seed + salt would give run s's salt 1 the stream of run s + 1's salt 0),
-    with room for grain's per-epoch seed + e below 2**32."""
+    """A 31-bit seed drawn from (seed, *parts) by numpy's SeedSequence (seed + salt would give
+    run s's salt 1 the stream of run s + 1's salt 0), with room for grain's per-epoch seed + e
+    below 2**32. SeedSequence drops trailing zeros ((s, 0) is (s,)): end `parts` with a
+    nonzero tag."""
     return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0]) % 2**31
 
 
@@ -100,7 +119,7 @@ def shard_records(source, *, seed: int, shuffle: bool, repeat: bool, shard: int,
     if repeat and len(ds) == 0:  # it stayed empty, repeated: a bare StopIteration at step 1
         raise DataError(
             f"data shard {shard} of {shards} holds no records: the split has {len(source)}, "
-            "fewer than the shards (data.shards, or the processes reading it)"
+            "fewer than data.shards"
         )
     if shuffle:
         ds = ds.shuffle(seed=derived_seed(seed, shard, shards, _SHUFFLE))

@@ -156,6 +156,9 @@ def run(c, workdir: str) -> list[dict]:
     eps = c.get("penalty_epsilons") or ()
     epsilons = as_list(eps, float, name="penalty_epsilons", distinct=True) if eps else ()
     variants = expand_variants(variants, epsilons)
+    twice = [v for i, v in enumerate(variants) if v in variants[:i]]
+    if twice:  # after the expansion: 'gradient_penalty' with eps 0.1 names one given by name
+        raise ConfigError(f"variants: {twice[0]!r} is given twice (after penalty_epsilons)")
     for v in variants:
         _remedy(v)
     if "baseline" not in variants:

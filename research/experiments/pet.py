@@ -176,10 +176,11 @@ def run(c, workdir: str) -> list[dict]:
     # Every k-th train example, at most UNLABELED_SAMPLE of them, its label unread.
     unlabeled = range(0, len(train), max(1, -(-len(train) // UNLABELED_SAMPLE)))
 
-    def log_signal(setting, i, out, load):
+    def log_signal(setting, i, out, load, model_inputs=None):
         """Signal or prior (two-word verbalizers): the AUC of the label-score gap, a threshold
         calibrated on validation and one without labels (the median gap of `unlabeled`), cached
-        in out/signal. load() -> (model, vocab, ...)."""
+        in out/signal. load() -> (model, vocab, ...); `model_inputs`: what names the model when
+        `out` is not its run (the zero-shot MLM)."""
         if len(verbalizer) != 2:
             return None
         p = patterns.Pattern(templates[i], verbalizer)
@@ -196,7 +197,7 @@ def run(c, workdir: str) -> list[dict]:
             out / "signal",
             signal_of,
             keys=("median_test",),
-            inputs={**pattern_inputs(i), "unlabeled": len(unlabeled)},
+            inputs={**pattern_inputs(i), "unlabeled": len(unlabeled), **(model_inputs or {})},
         )
         log(
             f"{setting} pattern {i}: AUC of the label-score gap "
@@ -225,7 +226,7 @@ def run(c, workdir: str) -> list[dict]:
             acc = sweep.cached_result(
                 out, lambda i=i: pattern_acc(*load(), i), inputs={"init": init, **pattern_inputs(i)}
             )
-            median = log_signal("zero_shot", i, out, load)
+            median = log_signal("zero_shot", i, out, load, {"init": init})
             # No training: one model, one number (recorded once: copies per seed would print
             # a std of 0 over "seeds" that never varied anything)
             record("zero_shot", i, "-", acc)

@@ -178,7 +178,6 @@ def run(c, workdir: str) -> list[dict]:
             "predecessor", sweep.point_config(c, c.finetune, seed, classify=dict(init=init)), seed
         )
         evaluate("predecessor", n, seed, out)
-        predecessor = f"workdir:{out}"
         for k in ks:
             direct = sweep.point_config(c, c.finetune, seed, classify=dict(init=init, layers=k))
             direct.update(num_train_steps=direct_steps, eval_every_steps=direct_steps)
@@ -190,7 +189,9 @@ def run(c, workdir: str) -> list[dict]:
                 c,
                 c.theseus,
                 seed,
-                theseus=dict(predecessor=predecessor, init=init, successor_layers=k, **theseus),
+                theseus=dict(
+                    predecessor=f"workdir:{out}", init=init, successor_layers=k, **theseus
+                ),
             )
             out2 = train(f"theseus_k{k}", stage2, seed)
             if out2 is None:

@@ -26,7 +26,8 @@ research.ops.attention.cost (forward+backward = 3.5 x forward; ring computes the
 too); bytes are the unavoidable traffic (q, k, v, o and their gradients) plus each form's own:
 softmax re-reads K/V once per 512-query block, linear writes and re-reads its fp32 chunk states
 and C x C chunk scores (GLA and the delta rule counted the same way, gdn-cp twice), ring
-materialises an (L/P)^2 fp32 logit block per step. Memory is XLA's compiled figure (loops do not
+materialises an (L/P)^2 fp32 logit block per step (and its backward reads and writes the fp32
+dK/dV blocks). Memory is XLA's compiled figure (loops do not
 distort it). Collective bytes (`comm_bytes`) count what the compiled programs send, checked
 against their collective-permutes on v5e:2x2 and 2x4 (tests/plan/test_plan_attention.py): ring
 its bf16 K/V blocks forward, backward again beside their fp32 gradients, which then take one
@@ -199,8 +200,10 @@ def hbm_bytes(variant: str, length: int, heads: int, head_dim: int, devices: int
     io = 12 * n * heads * head_dim * 2  # read q k v (o dO), write o (dq dk dv)
     if variant == "softmax-blockwise":  # K/V re-read per 512-query block, causal half, x3 fb
         return io + 3 * (length / 512) * (length / 2) * heads * head_dim * 2 * 2
-    if variant == "softmax-ring":  # every step: a K/V block in, an n x n fp32 logit block
-        return io + 3 * devices * (n * heads * head_dim * 2 * 2 + 2 * n * n * heads * 4)
+    if variant == "softmax-ring":  # every step: a K/V block in, an n x n fp32 logit block;
+        # the backward also reads and writes the fp32 dK/dV block travelling with it
+        per_step = n * heads * head_dim * 2 * 2 + 2 * n * n * heads * 4
+        return io + 3 * devices * per_step + devices * 2 * (n * heads * head_dim * 4 * 2)
     chunk = min(64, n)
     f = feature_dim("elu", head_dim) if variant.startswith("linear") else head_dim
     states = 4 * (n / chunk) * heads * f * head_dim * 4  # write, read; twice in backward

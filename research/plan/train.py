@@ -17,6 +17,7 @@ from research import tasks
 from research.config import RunConfig
 from research.models import DecoderLM
 from research.models.flops import attention_params, mixing_flops
+from research.ops.attention.common import target_backend
 from research.plan.compiler import Plan, compile_for_devices
 from research.tasks import TaskData
 from research.train import optim, sharding, step
@@ -108,7 +109,9 @@ def _decode_plan(run: RunConfig, mesh, data: TaskData, new_tokens: int):
 
     fn = jax.jit(decode)
     args = (abstract_params, abstract_rest, prompt)
-    jax.eval_shape(fn, *args)
+    # jit keeps this trace for the compile: it must see the target's block sizes already
+    with target_backend(mesh.devices.flat[0].platform):
+        jax.eval_shape(fn, *args)
     return fn, args
 
 

@@ -87,6 +87,11 @@ def test_penalty_epsilons_become_one_gradient_penalty_variant_each():
     for bad in ("gradient_penalty_epsx", "gradient_penalty_eps0", "dropout"):
         with pytest.raises(ConfigError, match="variants"):
             eb.point_config(c, bad, 0)
+    # a variant named once by hand and once by penalty_epsilons: one run read twice
+    c.variants = ("baseline", "gradient_penalty", "gradient_penalty_eps0.1")
+    c.penalty_epsilons = (0.1,)
+    with pytest.raises(ConfigError, match="'gradient_penalty_eps0.1' is given twice"):
+        eb.run(c, "/nonexistent/never-written")
 
 
 def test_zh_smoke_study_from_the_chinese_mlm(tmp_path, capsys, mlm_workdir):

@@ -287,9 +287,31 @@ def test_collective_bytes_by_hand():
 
 
 @needs_libtpu
+def test_a_tpu_decode_plan_is_traced_with_the_tpus_block_sizes(monkeypatch):
+    """The decode program was traced once outside the target's block sizes (an eval_shape),
+    and jit reused that trace for the TPU compile: linear chunk blocks sized for the host."""
+    from research.ops.attention import common, linear
+    from research.ops.attention.linear import chunk
+
+    seen = []
+
+    def spy(backend=None):
+        seen.append(backend or common._TARGET_BACKEND.get())
+        return common.default_block_sizes(backend)
+
+    for module in (linear, chunk):  # where the linear op reads its default
+        monkeypatch.setattr(module, "default_block_sizes", spy)
+    c = _smoke(fsdp=4)
+    c.model.update(attention="linear", feature_map="elu", linear_form="chunked")
+    plan_train(c, chips.tpu_devices("v5e:2x2"), decode_tokens=4)
+    assert seen and set(seen) == {"tpu"}, seen
+
+
+@needs_libtpu
 def test_collective_bytes_count_the_weights_in_the_compute_dtype(monkeypatch):
-    """XLA converts the fp32 parameters before gathering them: a bf16 model's compiled step
-    all-gathers bf16 weights (an fp32 model's, fp32), so its count is half (it was the same)."""
+    """XLA converts the fp32 parameters before gathering them and reduces their gradients in the
+    compute dtype: a bf16 model's compiled step all-gathers bf16 weights and reduces bf16
+    matrices (an fp32 model's, fp32), so its count is half (it was the same)."""
     import re
 
     programs = {}
@@ -300,17 +322,26 @@ def test_collective_bytes_count_the_weights_in_the_compute_dtype(monkeypatch):
         return plan, program
 
     monkeypatch.setattr(plan_module, "compile_for_devices", keep)
-    gathered, counted = {}, {}
+    gathered, reduced, counted = {}, {}, {}
     for dtype in ("float32", "bfloat16"):
         c = _smoke(fsdp=4)
         c.model.update(dtype=dtype, d_model=128, d_ff=256)
         counted[dtype] = plan_train(c, chips.tpu_devices("v5e:2x2"))[0].collective_bytes
+        lines = programs["train"].as_text().splitlines()
         gathered[dtype] = {
             m.group(1)
-            for line in programs["train"].as_text().splitlines()
+            for line in lines
             if (m := re.search(r"= \(?(f32|bf16)\[\d+,\d+\].* all-gather(-start)?\(", line))
         }
+        # the weight gradients' reductions: their 2-D (matrix) operands' element types
+        results = [
+            m.group(1)
+            for line in lines
+            if (m := re.search(r"= (.*?) (?:all-reduce|reduce-scatter)(?:-start)?\(", line))
+        ]
+        reduced[dtype] = {t for r in results for t in re.findall(r"\b(f32|bf16)\[\d+,\d+\]", r)}
     assert gathered == {"float32": {"f32"}, "bfloat16": {"bf16"}}
+    assert reduced == {"float32": {"f32"}, "bfloat16": {"bf16"}}
     assert counted["bfloat16"] == counted["float32"] / 2 > 0
 
 

@@ -301,6 +301,7 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(
     for cache in ("zero_shot_p0", "zero_shot_p0/signal"):
         saved = json.loads((tmp_path / "runs" / cache / "accuracy.json").read_text())
         assert saved["_inputs"]["template"] == "[MASK]喜欢。{text}"
+        assert saved["_inputs"]["init"] == c.init  # another MLM is evaluated again
     # A diverged run is no result (it was scored from its checkpoints before the divergence).
     real = pet_experiment.sweep.train_point
 

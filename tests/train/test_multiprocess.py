@@ -158,3 +158,48 @@ def test_the_launcher_finds_the_workdir_for_its_logs_in_every_spelling(tmp_path,
     log = tmp_path / "home" / "run" / "process_1.log"
     assert log.read_text().splitlines()[-1] == "ran"
     assert not (ROOT / "~").exists()
+
+
+_CHECK_DATA_DIR = """
+import sys
+from research.data import DataError, shards
+from research.train import distributed
+distributed.initialize()
+try:
+    shards.check_shared_data_dir(sys.argv[1], wait_seconds=2)
+    print("shared")
+except DataError as e:
+    print(e)
+"""
+
+
+def test_two_processes_that_do_not_share_data_dir_both_stop_with_one_line(tmp_path):
+    """Two real processes (gloo): each given its own folder, as two hosts' local disks (the
+    default ~/.cache on a pod), both stop with one line; given one folder, both pass (a host
+    reading its own empty folder failed inside tfds with a KeyError)."""
+    import os
+    import random
+
+    def run(folders):
+        env = cpu_env(1, JAX_PLATFORMS="cpu", SEQLAB_NUM_PROCESSES="2")
+        env["SEQLAB_COORDINATOR"] = f"127.0.0.1:{random.randint(20000, 40000)}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CHECK_DATA_DIR, str(folder)],
+                cwd=ROOT,
+                env={**env, "SEQLAB_PROCESS_ID": str(i)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i, folder in enumerate(folders)
+        ]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+        return [out.strip().splitlines()[-1] for out, _ in outs]
+
+    apart = run([tmp_path / "host0", tmp_path / "host1"])
+    for i, line in enumerate(apart):  # each names its own folder
+        assert line.startswith(f"data.data_dir={tmp_path / f'host{i}'}: process(es) 1 do not see")
+    assert os.listdir(tmp_path / "host0") == []  # the mark is gone
+    assert run([tmp_path / "shared"] * 2) == ["shared", "shared"]

@@ -139,12 +139,15 @@ def ring_attention(
     q [B, L/P, H, D], k [B, L/P, Hkv, D], v [B, L/P, Hkv, Dv]. Logits and sums in fp32. The
     backward pass is its own second ring (as ring-flash kernels do): it keeps only this device's
     q, k, v, output and log-sum-exp, recomputes each step's logits, and passes the K/V blocks
-    round again with their fp32 gradients travelling beside them, home after P hops.
+    round again with their fp32 gradients travelling beside them, home after P hops. A custom
+    VJP: reverse mode only (no jax.jvp), and `scale` is a Python number, not a traced value.
     """
     check_bool("causal", causal)
     check_qkv(q, k, v)
     axis_size = _axis_size(axis_name, axis_size)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if isinstance(scale, bool) or not isinstance(scale, int | float):
+        raise ValueError(f"scale must be a Python number (a constant of the ring), got {scale!r}")
     return _ring(q, k, v, axis_name, axis_size, causal, scale)
 
 

@@ -78,9 +78,9 @@ def test_ring_attention_causal_must_be_a_bool():
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("kv_heads", [2, 1])
-def test_ring_attention_equals_dense(kv_heads, causal):
-    q, k, v = _qkv(kv_heads=kv_heads)
+@pytest.mark.parametrize("heads, kv_heads", [(2, 2), (2, 1), (4, 2)])  # (4, 2): groups of two
+def test_ring_attention_equals_dense(heads, kv_heads, causal):
+    q, k, v = _qkv(heads=heads, kv_heads=kv_heads)
     ring = dict(axis_name="seq", axis_size=8, causal=causal)
     fn = _sharded(lambda q, k, v: cp.ring_attention(q, k, v, **ring))
     want = att.softmax_attention(q, k, v, causal=causal)
