@@ -11,8 +11,10 @@ import pathlib
 import jax
 from ml_collections import ConfigDict
 
+from research.models import params as params_io
 from research.train import loop, metrics
 from research.train.config import ConfigError, parse
+from research.train.trained import load_trained
 
 # research.main's --start_fresh for every point's run (contextvar: set by `start_fresh`).
 _START_FRESH = contextvars.ContextVar("sweep_start_fresh", default=False)
@@ -228,3 +230,40 @@ def logged_result(out: pathlib.Path, last_step: int) -> tuple[dict, float]:
         r["tokens_per_second"] for r in rows if r["split"] == "train" and "tokens_per_second" in r
     ]
     return ev, rates[-1] if rates else math.nan
+
+
+def best_validation(out: pathlib.Path, accuracy, every: int | None = None) -> dict:
+    """The reference's model selection: accuracy (validation, test) at every kept checkpoint of
+    run `out` on the schedule (each cached in out/eval_step{N}), reported at the step of best
+    validation accuracy (the earliest of equals), with the final step's beside it.
+
+    Args:
+      out: a trained run's workdir.
+      accuracy: (model, vocab) -> {"validation": %, "test": %}.
+      every: the run's checkpoint_every_steps: only its multiples and the final step are
+        candidates, so a checkpoint a stop (SIGTERM, Ctrl-C) saved off the schedule cannot make
+        an interrupted run choose differently from an uninterrupted one. None: every step.
+
+    Returns:
+      validation, test (at the best validation step), best_step, validation_final, test_final,
+      final_step.
+    """
+    steps = params_io.checkpoint_steps(out / "checkpoints")
+    if not steps:
+        raise ConfigError(f"{out}: no checkpoints to select from")
+    steps = [s for s in steps if every is None or s % every == 0 or s == steps[-1]]
+    acc = {
+        s: cached_result(
+            out / f"eval_step{s}", lambda s=s: accuracy(*load_trained(out, step=s)[:2])
+        )
+        for s in steps
+    }
+    best = max(steps, key=lambda s: (acc[s]["validation"], -s))
+    return {
+        "validation": acc[best]["validation"],
+        "test": acc[best]["test"],
+        "best_step": best,
+        "validation_final": acc[steps[-1]]["validation"],
+        "test_final": acc[steps[-1]]["test"],
+        "final_step": steps[-1],
+    }

@@ -342,7 +342,7 @@ def test_best_validation_reports_test_at_the_earliest_best_validation_step(tmp_p
         (tmp_path / f"eval_step{s}").mkdir()
         acc = {"validation": val[s], "test": test[s]}
         (tmp_path / f"eval_step{s}" / "accuracy.json").write_text(json.dumps(acc))
-    monkeypatch.setattr(pet_experiment.params_io, "checkpoint_steps", lambda d: sorted(val))
+    monkeypatch.setattr(pet_experiment.sweep.params_io, "checkpoint_steps", lambda d: sorted(val))
     got = pet_experiment.best_validation(tmp_path, lambda *a: pytest.fail("all cached"))
     assert got == {
         "validation": 62.5,

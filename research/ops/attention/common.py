@@ -169,3 +169,12 @@ def default_block_sizes(backend: str | None = None) -> BlockSizes:
     `jax.default_backend()`); unknown backends get cpu's."""
     backend = backend or _TARGET_BACKEND.get() or jax.default_backend()
     return DEFAULT_BLOCK_SIZES.get(backend, DEFAULT_BLOCK_SIZES["cpu"])
+
+
+def mesh_axis_size(axis_name: str, axis_size: int | None) -> int:
+    """The size of mesh axis `axis_name` (inside shard_map); a given `axis_size` must match it,
+    since a wrong one silently mixes the wrong blocks."""
+    actual = jax.lax.axis_size(axis_name)
+    if axis_size is not None and axis_size != actual:
+        raise ValueError(f"axis_size={axis_size}, but mesh axis {axis_name!r} has {actual} devices")
+    return actual

@@ -34,8 +34,6 @@ The byte counts are `cost.bytes_communicated`.
 
 # jaxtyping shape strings ("B L H D") are not forward references.
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -47,6 +45,7 @@ from research.ops.attention.common import (
     check_causal_lengths,
     check_form,
     check_qkv,
+    mesh_axis_size,
     repeat_kv,
     resolve_scale,
 )
@@ -56,18 +55,9 @@ from research.ops.attention.linear import (
     linear_attention,
     linear_attention_state,
 )
+from research.ops.attention.ring import ring_attention  # noqa: F401 - cp.ring_attention
 from research.ops.attention.segments import check_segment_ids, check_state, segment_starts
-from research.ops.attention.softmax import online_softmax_update
 from research.ops.checks import check_bool, check_causal_allowed, check_positive_int
-
-
-def _axis_size(axis_name: str, axis_size: int | None) -> int:
-    """The size of mesh axis `axis_name` (inside shard_map); a given `axis_size` must match it,
-    since a wrong one silently mixes the wrong blocks."""
-    actual = lax.axis_size(axis_name)
-    if axis_size is not None and axis_size != actual:
-        raise ValueError(f"axis_size={axis_size}, but mesh axis {axis_name!r} has {actual} devices")
-    return actual
 
 
 def _exclusive_prefix(x, axis_name: str, size: int):
@@ -106,7 +96,7 @@ def linear_attention_cp(
     """
     feature_map = fm.with_projection(feature_map, favor_projection)
     check_causal_allowed(feature_map=feature_map)
-    axis_size = _axis_size(axis_name, axis_size)
+    axis_size = mesh_axis_size(axis_name, axis_size)
     heads = q.shape[2]
     kr, vr = repeat_kv(k, heads), repeat_kv(v, heads)
     local = linear_attention_state(kr, vr, feature_map=feature_map)
@@ -122,127 +112,6 @@ def linear_attention_cp(
         block_bytes=block_bytes,
         initial_state=LinearAttentionState(s_prev, z_prev),
     )
-
-
-def ring_attention(
-    q: Float[Array, "B N H D"],
-    k: Float[Array, "B N Hkv D"],
-    v: Float[Array, "B N Hkv Dv"],
-    *,
-    axis_name: str,
-    axis_size: int | None = None,
-    causal: bool = True,
-    scale: float | None = None,
-) -> Float[Array, "B N H Dv"]:
-    """Ring attention on this device's block: out_i = softmax over all keys j (<= i if causal).
-
-    q [B, L/P, H, D], k [B, L/P, Hkv, D], v [B, L/P, Hkv, Dv]. Logits and sums in fp32. The
-    backward pass is its own second ring (as ring-flash kernels do): it keeps only this device's
-    q, k, v, output and log-sum-exp, recomputes each step's logits, and passes the K/V blocks
-    round again with their fp32 gradients travelling beside them, home after P hops. A custom
-    VJP: reverse mode only (no jax.jvp), and `scale` is a Python number, not a traced value.
-    """
-    check_bool("causal", causal)
-    check_qkv(q, k, v)
-    axis_size = _axis_size(axis_name, axis_size)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if isinstance(scale, bool) or not isinstance(scale, int | float):
-        raise ValueError(f"scale must be a Python number (a constant of the ring), got {scale!r}")
-    return _ring(q, k, v, axis_name, axis_size, causal, scale)
-
-
-def _ring_logits(qt, kb, s, axis_name, size, causal, scale):
-    """Logits of this device's queries against the K block from device idx - s, masked."""
-    n = qt.shape[2]
-    logits = jnp.einsum("bhqd,bhkd->bhqk", qt, kb) * scale
-    if causal:
-        idx = lax.axis_index(axis_name)
-        src, pos = (idx - s) % size, jnp.arange(n)  # src: which device's keys these are
-        visible = (src * n + pos[None, :]) <= (idx * n + pos[:, None])
-        logits = jnp.where(visible, logits, -jnp.inf)
-    return logits
-
-
-def _heads_first(x, heads):  # [B, n, Hkv, D] -> [B, H, n, D] fp32, k/v heads repeated
-    return jnp.swapaxes(repeat_kv(x, heads), 1, 2).astype(jnp.float32)
-
-
-def _ring_perm(size):
-    return [(i, (i + 1) % size) for i in range(size)]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _ring(q, k, v, axis_name, size, causal, scale):
-    return _ring_fwd(q, k, v, axis_name, size, causal, scale)[0]
-
-
-def _ring_fwd(q, k, v, axis_name, size, causal, scale):
-    b, n, h, _ = q.shape
-    qt = jnp.swapaxes(q, 1, 2).astype(jnp.float32)  # [B, H, n, D]
-
-    def merge(carry, kv, s):
-        kb, vb = (_heads_first(x, h) for x in kv)
-        logits = _ring_logits(qt, kb, s, axis_name, size, causal, scale)
-        return online_softmax_update(carry, logits, vb)
-
-    carry = (jnp.full((b, h, n), -jnp.inf), jnp.zeros((b, h, n)), jnp.zeros((b, h, n, v.shape[-1])))
-    carry = merge(carry, (k, v), 0)
-
-    def step(s, state):  # a loop, not unrolled: compile time stays flat in the ring size
-        carry, kv = state
-        kv = jax.tree.map(lambda t: lax.ppermute(t, axis_name, _ring_perm(size)), kv)
-        return merge(carry, kv, s), kv
-
-    (m, l, acc), _ = lax.fori_loop(1, size, step, (carry, (k, v)))
-    out = acc / jnp.where(l > 0, l, 1.0)[..., None]  # [B, H, n, Dv] fp32
-    lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), -jnp.inf)
-    return jnp.swapaxes(out, 1, 2).astype(q.dtype), (q, k, v, out, lse)
-
-
-def _ring_bwd(axis_name, size, causal, scale, res, dout):
-    """FlashAttention-2's backward, one K/V block per ring step; dK, dV travel with the block."""
-    q, k, v, out, lse = res
-    b, n, h, _ = q.shape
-    hkv = k.shape[2]
-    qt = jnp.swapaxes(q, 1, 2).astype(jnp.float32)
-    do = jnp.swapaxes(dout, 1, 2).astype(jnp.float32)  # [B, H, n, Dv]
-    delta = jnp.sum(do * out, axis=-1)  # [B, H, n]
-    lse_safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
-
-    def to_kv_heads(x):  # [B, H, n, D] -> [B, n, Hkv, D]: sums each group of query heads
-        x = x.reshape(b, hkv, h // hkv, n, x.shape[-1]).sum(axis=2)
-        return jnp.swapaxes(x, 1, 2)
-
-    def block(dq, kv, dkv, s):
-        kb, vb = (_heads_first(x, h) for x in kv)
-        logits = _ring_logits(qt, kb, s, axis_name, size, causal, scale)
-        p = jnp.exp(logits - lse_safe[..., None])  # 0 where masked
-        dp = jnp.einsum("bhqd,bhkd->bhqk", do, vb)
-        ds = p * (dp - delta[..., None])
-        dq = dq + jnp.einsum("bhqk,bhkd->bhqd", ds, kb) * scale
-        dk = jnp.einsum("bhqk,bhqd->bhkd", ds, qt) * scale
-        dv = jnp.einsum("bhqk,bhqd->bhkd", p, do)
-        return dq, (dkv[0] + to_kv_heads(dk), dkv[1] + to_kv_heads(dv))
-
-    zeros = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-    dq, dkv = block(jnp.zeros(qt.shape, jnp.float32), (k, v), zeros, 0)
-
-    def step(s, state):
-        dq, kv, dkv = state
-        kv, dkv = jax.tree.map(lambda t: lax.ppermute(t, axis_name, _ring_perm(size)), (kv, dkv))
-        dq, dkv = block(dq, kv, dkv, s)
-        return dq, kv, dkv
-
-    dq, _, dkv = lax.fori_loop(1, size, step, (dq, (k, v), dkv))
-    # home: the P-th hop, in the inputs' dtype (the sums are done)
-    dk, dv = (
-        lax.ppermute(t.astype(x.dtype), axis_name, _ring_perm(size))
-        for t, x in zip(dkv, (k, v), strict=True)
-    )
-    return jnp.swapaxes(dq, 1, 2).astype(q.dtype), dk, dv
-
-
-_ring.defvjp(_ring_fwd, _ring_bwd)
 
 
 def _shift_right(x, axis_name: str, size: int, first):
@@ -297,7 +166,7 @@ def delta_rule_attention_cp(
     check_form(form, DELTA_FORMS)
     check_positive_int("chunk_size", chunk_size)
     segment_ids = check_delta_inputs(q, k, v, beta, log_gate, segment_ids, initial_state)
-    axis_size = _axis_size(axis_name, axis_size)
+    axis_size = mesh_axis_size(axis_name, axis_size)
     b, n, h, dk = q.shape
     dv = v.shape[-1]
     scale = resolve_scale(scale, dk)
@@ -366,7 +235,7 @@ def gated_linear_attention_cp(
     check_positive_int("chunk_size", chunk_size)
     check_qkv(q, k, v)
     check_causal_lengths("gated linear attention", q, k)
-    axis_size = _axis_size(axis_name, axis_size)
+    axis_size = mesh_axis_size(axis_name, axis_size)
     batch, n, heads, dk = q.shape
     dv = v.shape[-1]
     g = gated.check_log_gate(log_gate, (batch, n), tuple({heads, k.shape[2]}), dk)
