@@ -74,7 +74,7 @@ def get_config(preset: str = "") -> ConfigDict:
         c.finetune_steps = 2
         c.base = seq2seq.get_config("smoke")
         c.base.update(eval_every_steps=6)
-    elif preset == "penalty_sweep":  # the default task, the penalty at five strengths
+    elif preset == "penalty_sweep":  # the default task, the penalty at four strengths
         c.variants = ("baseline", "gradient_penalty")
         c.penalty_epsilons = (0.05, 0.1, 0.2, 0.5)
     elif preset in ("zh", "zh_smoke"):

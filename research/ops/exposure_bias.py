@@ -181,7 +181,9 @@ def fgm(
     loss_fn: LossWithDelta, *, epsilon: float, delta_shape: DeltaShape, delta_dtype=jnp.float32
 ):
     """Fast gradient method (Miyato et al. 2017): r = epsilon * g / |g| with g = dCE/d delta
-    (fixed, no gradient through r); loss = CE(E) + CE(E + r)."""
+    (fixed, no gradient through r); loss = CE(E) + CE(E + r). |g| is the norm over the whole
+    perturbed table and batch, as Su's Keras FGM does (the paper normalises per example), so
+    each example's share of epsilon shrinks with the batch."""
 
     def combine(model, batch, s, w, metrics, g):
         norm = jnp.sqrt(_squared_norm(g)) + 1e-12

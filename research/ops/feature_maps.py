@@ -85,8 +85,12 @@ def favor(projection: jax.Array) -> FeatureMap:
 
     E[phi(q).phi(k)] = exp(q.k / sqrt(d)), the softmax kernel (Choromanski et al. 2021,
     "Rethinking Attention with Performers"). `projection`: [m, d] from `favor_projection`.
-    The exponent is at most |w_r|^2 / 2, so fp32 cannot overflow for head_dim up to ~128;
-    features are always computed in fp32.
+    Features are computed in fp32, without the Performer code's stabiliser (a shared max
+    subtracted from the exponents, which a state carried across calls would have to keep): the
+    exponent w_r.x' - |x'|^2 / 2 is at most |w_r|^2 / 2, which exceeds fp32's 88.7 for some rows
+    at m = 256, d = 128 (overflow at |x'| = |w_r|), and a token with a large norm (|x| about 60 at
+    d = 64) has every feature underflow to 0 (its attention output is then 0). Keep q and k
+    normalised (LayerNorm'd inputs are far inside this range).
 
     Returns a feature map [..., d] -> [..., m].
     """

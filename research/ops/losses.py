@@ -50,7 +50,9 @@ def cross_entropy(
     if z_loss:
         nll = nll + z_loss * lse**2
     weights = jnp.ones_like(nll) if mask is None else jnp.asarray(mask, jnp.float32)
-    return jnp.sum(nll * weights), jnp.sum(weights)
+    # masked positions contribute exactly 0, whatever they hold (0 * inf or NaN was NaN: a
+    # padding label outside the vocabulary, a -inf logit under label smoothing)
+    return jnp.sum(jnp.where(weights > 0, nll * weights, 0.0)), jnp.sum(weights)
 
 
 def mlm_loss(

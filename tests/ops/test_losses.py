@@ -111,3 +111,22 @@ def test_integer_labels_of_any_width_are_accepted(dtype):
     want = losses.cross_entropy(logits, labels.astype(np.int32))
     got = losses.cross_entropy(logits, labels.astype(dtype))
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_a_masked_position_adds_nothing_whatever_it_holds():
+    """0 x NaN is NaN: a masked padding label outside the vocabulary (its gathered log-prob is
+    NaN) or a -inf logit under label smoothing made the whole sum NaN or inf."""
+    logits = jnp.zeros((2, 5)).at[1, 0].set(-jnp.inf)
+    for labels, smoothing in (([1, 5], 0.0), ([1, 2], 0.1)):
+        got, weight = losses.cross_entropy(
+            logits, jnp.asarray(labels), mask=jnp.asarray([1, 0]), label_smoothing=smoothing
+        )
+        first = jnp.asarray(labels[:1])
+        alone, _ = losses.cross_entropy(logits[:1], first, label_smoothing=smoothing)
+        assert float(weight) == 1.0 and float(got) == pytest.approx(float(alone))
+        g = jax.grad(
+            lambda x, lab=labels, s=smoothing: losses.cross_entropy(
+                x, jnp.asarray(lab), mask=jnp.asarray([1, 0]), label_smoothing=s
+            )[0]
+        )(logits)
+        assert np.isfinite(np.asarray(g)).all()

@@ -328,3 +328,17 @@ def test_generate_lays_a_source_out_as_training_does(layout):
     )  # fmt: skip
     want = trained["src"] if layout == "encdec" else trained["inputs"][: SRC + 1]
     assert list(got.ids) == [int(t) for t in want if t != PAD]
+
+
+@pytest.mark.parametrize("remedy", ["gradient_penalty", "fgm"])
+def test_an_embedding_gradient_remedy_with_microbatches_is_refused(remedy):
+    """The penalty and FGM act on one loss call's mean: over two accumulated halves of a batch
+    the penalty was twice the full batch's (epsilon 0.5: 0.0040 against 0.0020)."""
+    from research.config import ConfigError
+
+    c = _config("encdec", remedy=remedy)
+    c.update(batch_size=32, accum_steps=2)  # 16 rows a microbatch over the 8 test devices
+    with pytest.raises(ConfigError, match=rf"^seq2seq.remedy='{remedy}' with accum_steps=2: "):
+        parse(c)
+    c.accum_steps = 1
+    parse(c)

@@ -54,6 +54,12 @@ class Seq2seqTask(Task):
     def validate(self, run: RunConfig) -> None:
         super().validate(run)
         s = run.task_config
+        if s.remedy in ("gradient_penalty", "fgm") and run.train.accum_steps > 1:
+            # both act on one loss call's mean: per microbatch, the penalty doubled with two
+            raise ConfigError(
+                f"seq2seq.remedy={s.remedy!r} with accum_steps={run.train.accum_steps}: its "
+                "strength is per loss call, so microbatches would change it; use accum_steps=1"
+            )
         if s.init:
             self._validate_init(run)
         elif s.layout == "unilm" and run.model.attention != "softmax":
