@@ -155,10 +155,8 @@ def run(c, workdir: str) -> list[dict]:
     variants, seeds = as_list(c.variants, name="variants", distinct=True), seed_list(c.seeds)
     eps = c.get("penalty_epsilons") or ()
     epsilons = as_list(eps, float, name="penalty_epsilons", distinct=True) if eps else ()
-    variants = expand_variants(variants, epsilons)
-    twice = [v for i, v in enumerate(variants) if v in variants[:i]]
-    if twice:  # after the expansion: 'gradient_penalty' with eps 0.1 names one given by name
-        raise ConfigError(f"variants: {twice[0]!r} is given twice (after penalty_epsilons)")
+    # checked again after the expansion: 'gradient_penalty' with eps 0.1 names one given by name
+    variants = as_list(expand_variants(variants, epsilons), name="variants", distinct=True)
     for v in variants:
         _remedy(v)
     if "baseline" not in variants:

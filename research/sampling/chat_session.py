@@ -8,7 +8,7 @@ from flax import nnx
 
 from research.data import dialogue
 from research.ops import decoding
-from research.sampling.sampler import special_ids
+from research.sampling.sampler import logit_ban, special_ids
 
 
 class ChatSession:
@@ -65,7 +65,7 @@ class ChatSession:
             return nnx.merge(graphdef, state).decode_step(token, cache, segment=segment)
 
         # [PAD], [UNK], [CLS], [MASK] are never drawn: the reply's text would drop them unseen
-        ban = jnp.zeros(cfg.vocab_size).at[jnp.asarray(special_ids(vocab), jnp.int32)].set(-jnp.inf)
+        ban = logit_ban(cfg.vocab_size, special_ids(vocab))
 
         @jax.jit
         def choose(logits, key):

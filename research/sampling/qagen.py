@@ -17,7 +17,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Int
 
 from research.data import qa_rows
-from research.sampling.sampler import decode, special_ids
+from research.sampling.sampler import decode, logit_ban, special_ids
 
 
 def answer_lengths(tokens: Int[Array, "n a"], sep_id: int) -> tuple[Array, Array]:
@@ -80,7 +80,7 @@ def beam_questions(
     `banned_ids` never appear in it."""
     ban = None
     if banned_ids:
-        ban = jnp.zeros(model.cfg.vocab_size).at[jnp.asarray(banned_ids, jnp.int32)].set(-jnp.inf)
+        ban = logit_ban(model.cfg.vocab_size, banned_ids)
     seqs, scores = decode(
         model,
         tokens,
@@ -157,7 +157,7 @@ def generate_qa(
     rep, rep_len = jnp.repeat(prompt, k, axis=0), jnp.repeat(lengths, k)
     # Special tokens ([PAD], [CLS], [MASK], ...) are never answer text.
     vocab_size = model.cfg.vocab_size
-    ban = jnp.zeros(vocab_size).at[jnp.asarray(banned_ids, jnp.int32)].set(-jnp.inf)
+    ban = logit_ban(vocab_size, banned_ids)
     sampled = decode(
         model,
         rep,

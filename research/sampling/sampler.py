@@ -269,6 +269,11 @@ def generate(
     )
 
 
+def logit_ban(vocab_size: int, ids) -> jax.Array:
+    """A [vocab_size] logit bias: -inf at `ids` (never drawn), 0 elsewhere."""
+    return jnp.zeros(vocab_size).at[jnp.asarray(ids, jnp.int32)].set(-jnp.inf)
+
+
 def special_ids(vocab) -> tuple[int, ...]:
     """The vocabulary's special tokens but [SEP] (which ends an answer or a turn): what sampling
     text never draws ([PAD], [UNK], [CLS], [MASK]; the decoded text would drop them unseen)."""

@@ -28,7 +28,7 @@ from research.data.shards import array_iterator
 from research.models import DecoderLM, ModelConfig
 from research.models import params as params_io
 from research.ops.checks import check_positive_field
-from research.sampling.sampler import special_ids
+from research.sampling.sampler import logit_ban, special_ids
 from research.tasks import bert
 from research.tasks.base import Task, TaskData, abstract_rows
 from research.tasks.lm import lm_loss
@@ -236,8 +236,7 @@ class ChatTask(Task):
 
         model = eval_model(state.params, state.consts)
         # specials but [SEP] never drawn (they counted in distinct-n, unseen in the text)
-        ban = jnp.zeros(model.cfg.vocab_size)
-        ban = ban.at[jnp.asarray(special_ids(vocab), jnp.int32)].set(-jnp.inf)
+        ban = logit_ban(model.cfg.vocab_size, special_ids(vocab))
 
         @nnx.jit
         def sample(model, key):
