@@ -111,8 +111,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; parameters are always float32
     # Rematerialise each layer in the backward pass: none | full (save nothing) | minimal (save
     # matmuls without batch dims) | save_qkv_proj | save_dot_except_mlp | save_dot_except_mlpwi
-    # (save those `checkpoint_name` tags) | qkv_proj_offloaded (q/k/v kept in pinned host
-    # memory); MaxText's policies, research.models.partitioning.REMAT_POLICIES.
+    # (save those `checkpoint_name` tags; q/k/v include the gated kinds' gate projections) |
+    # qkv_proj_offloaded (q/k/v kept in pinned host memory); MaxText's policies,
+    # research.models.partitioning.REMAT_POLICIES.
     remat: str = "none"
     # Stack the layers' variables on a leading "layers" axis and run them with jax.lax.scan: one
     # compiled layer body (compile time flat in depth), remat applied to it; MaxText's

@@ -11,8 +11,9 @@ import the training system.
 
 Rematerialisation (`ModelConfig.remat`) wraps each layer in `jax.checkpoint` with a policy over
 the `checkpoint_name` tags the layers put on their matmul outputs (MaxText's names):
-query_proj / key_proj / value_proj, context (attention output before its projection), out_proj,
-mlpwi (FFN hidden), mlpwo (FFN output).
+query_proj / key_proj / value_proj, gate_proj (the gated and delta kinds' output gate and their
+gate / beta / decay projections: saved with q/k/v), context (attention output before its
+projection), out_proj, mlpwi (FFN hidden), mlpwo (FFN output).
 """
 
 import contextlib
@@ -28,7 +29,7 @@ BATCH, LENGTH = "activation_batch", "activation_length"
 EMBED, HEADS, KV = "activation_embed", "activation_heads", "activation_kv"
 MLP, VOCAB = "activation_mlp", "activation_vocab"
 
-_QKV = ("query_proj", "key_proj", "value_proj")
+_QKV = ("query_proj", "key_proj", "value_proj", "gate_proj")
 # name -> jax.checkpoint policy; "none" = no remat, "full" = save nothing (MaxText's names).
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,

@@ -59,13 +59,20 @@ from research.models.attention import (
     dense,
 )
 from research.models.config import ModelConfig
-from research.models.partitioning import BATCH, HEADS, per_device, platform
+from research.models.partitioning import BATCH, HEADS, LENGTH, per_device, platform, tag
 
 
 def head_rms_norm(o, weight, eps: float):
     """RMSNorm over the last axis of o [..., Dv] (each head on its own), in and out fp32."""
     x = o.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def _gate_proj(y, *, heads: bool = True):
+    """A gate, beta or decay projection's output [B, L, n], tagged "gate_proj": the remat
+    policies that keep q/k/v keep it too (the planner counts these projections as q/k/v's kin);
+    with `heads` its last dim (heads x head_dim) is sharded as the heads are."""
+    return tag(y, "gate_proj", BATCH, LENGTH, HEADS if heads else None)
 
 
 def l2_normalise(x, eps: float = 1e-6):
@@ -217,7 +224,7 @@ class RecurrentAttention(Attention):
         same)."""
         cfg = self.cfg
         normed = head_rms_norm(o, self.norm.get_value(), cfg.layer_norm_eps)
-        gate = jax.nn.silu(self.gate(x).astype(jnp.float32)).reshape(o.shape)
+        gate = jax.nn.silu(_gate_proj(self.gate(x)).astype(jnp.float32)).reshape(o.shape)
         return self._out((normed * gate).astype(o.dtype))
 
     # -- full sequence -------------------------------------------------------------------------
@@ -284,7 +291,8 @@ class GLAAttention(RecurrentAttention):
 
     def _inputs(self, x, q, k, v):
         cfg = self.cfg
-        logit = self.gate_up(self.gate_down(x)).astype(jnp.float32)
+        logit = _gate_proj(self.gate_up(_gate_proj(self.gate_down(x), heads=False)))
+        logit = logit.astype(jnp.float32)
         g = jax.nn.log_sigmoid(logit) / cfg.gla_gate_temperature
         return q, k, v, g.reshape(*x.shape[:2], cfg.num_heads, cfg.head_dim), None
 
@@ -329,7 +337,7 @@ class DeltaNetAttention(RecurrentAttention):
         del x
 
     def _inputs(self, x, q, k, v):
-        beta = jax.nn.sigmoid(self.beta(x).astype(jnp.float32))
+        beta = jax.nn.sigmoid(_gate_proj(self.beta(x), heads=False).astype(jnp.float32))
         return l2_normalise(q), l2_normalise(k), v, self._decay(x), beta
 
 
@@ -349,7 +357,8 @@ class GatedDeltaNetAttention(DeltaNetAttention):
         self.dt_bias = nnx.Param(dt + jnp.log(-jnp.expm1(-dt)), **axes(None))
 
     def _decay(self, x):
-        a = self.decay_proj(x).astype(jnp.float32) + self.dt_bias.get_value()
+        a = _gate_proj(self.decay_proj(x), heads=False).astype(jnp.float32)
+        a = a + self.dt_bias.get_value()
         return -jnp.exp(self.a_log.get_value()) * jax.nn.softplus(a)
 
 

@@ -245,15 +245,18 @@ def test_analytic_model_flops_match_xla_on_an_unrolled_step(attention):
 
 
 @pytest.mark.parametrize(
-    "remat, low, high",
+    "remat, low, high, attention",
     [
-        ("full", 0.95, 1.05),
-        ("save_qkv_proj", 0.95, 1.05),
-        ("save_dot_except_mlpwi", 0.95, 1.05),
-        ("minimal", 1.0, 1.3),
+        ("full", 0.95, 1.05, "softmax"),
+        ("save_qkv_proj", 0.95, 1.05, "softmax"),
+        ("save_dot_except_mlpwi", 0.95, 1.05, "softmax"),
+        ("minimal", 1.0, 1.3, "softmax"),
+        # the gated kinds' output gate and gate projections are saved with q/k/v, as counted
+        ("save_qkv_proj", 0.95, 1.05, "gla"),
+        ("save_qkv_proj", 0.95, 1.05, "gated_deltanet"),
     ],
 )
-def test_analytic_remat_flops_match_what_xla_adds(remat, low, high):
+def test_analytic_remat_flops_match_what_xla_adds(remat, low, high, attention):
     """The forward FLOPs a remat policy recomputes (remat_flops) against XLA's count of the
     unrolled CPU step with that policy minus without. The matmul policies agree within 5%;
     "minimal" also recomputes every elementwise op (norms, softmax, silu), which XLA counts
@@ -262,6 +265,7 @@ def test_analytic_remat_flops_match_what_xla_adds(remat, low, high):
 
     c = lm.get_config("smoke")
     c.model.update(d_model=512, num_heads=4, num_layers=2, d_ff=2048, activation="swiglu")
+    c.model.attention = attention
     c.data.update(seq_len=128, vocab_size=512)
     plain = plan_train(c, jax.devices()[:1])[0]
     c.model.remat = remat

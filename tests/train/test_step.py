@@ -280,15 +280,21 @@ def test_remat_policies_save_what_they_name():
 @pytest.mark.parametrize("attention", ["gla", "gated_deltanet"])
 def test_remat_policies_name_the_recurrent_kinds_projections(attention):
     # The gated and delta kinds' q/k/v projections carry the same names (for the delta kinds
-    # the dot outputs before their convolutions), so "save_qkv_proj" keeps exactly those.
+    # the dot outputs before their convolutions), and their gate projections "gate_proj", so
+    # "save_qkv_proj" keeps exactly those: every projection the planner counts as q/k/v's kin
+    # (research.plan.train.remat_flops), not recomputed.
     from jax._src.ad_checkpoint import saved_residuals
 
     saved = {}
     for remat in ("save_qkv_proj", "full"):
         loss, params = _loss(remat, length=64, attention=attention)
         saved[remat] = sum(a.size * a.dtype.itemsize for a, _ in saved_residuals(loss, params))
-    qkv = CFG.num_layers * 3 * 16 * 64 * CFG.d_model * 4  # [B, L, H, Dh] fp32, per layer
-    assert saved["save_qkv_proj"] - saved["full"] == pytest.approx(qkv, rel=0.01)
+    hd = CFG.num_heads * CFG.head_dim
+    # per token: q, k, v, the output gate (H Dh each), then GLA's low-rank gate (r, then H Dh)
+    # or Gated DeltaNet's beta and decay (H each); fp32, 16 rows of 64 tokens, every layer
+    width = 4 * hd + (CFG.gla_gate_rank + hd if attention == "gla" else 2 * CFG.num_heads)
+    expected = CFG.num_layers * 16 * 64 * width * 4
+    assert saved["save_qkv_proj"] - saved["full"] == pytest.approx(expected, rel=0.01)
 
 
 def test_activations_are_constrained_only_inside_the_step_context():
