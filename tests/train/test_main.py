@@ -948,6 +948,7 @@ def test_scanned_layers_train_resume_exactly_and_decode(data_dir, tmp_path):
     """A model.scan_layers run checkpoints stacked layers, resumes bitwise from an older
     checkpoint, loads for decoding, and refuses to resume as unrolled (one line, exit 2, the
     checkpoint untouched)."""
+    import jax.numpy as jnp
     import numpy as np
 
     from research.sampling import generate
@@ -962,11 +963,18 @@ def test_scanned_layers_train_resume_exactly_and_decode(data_dir, tmp_path):
     r = _run(tmp_path, data_dir, "--config.num_train_steps=12", scan)
     assert r.returncode == 0 and "resumed from step 8" in r.stdout, r.stderr[-3000:]
     assert _train_losses(tmp_path) == first  # steps 9-12 again, bit for bit
-    t = load_trained(tmp_path)
+    t = load_trained(tmp_path, scan_layers=None)  # as trained
     assert t.model.cfg.scan_layers and t.model.layers.attn.q.kernel.get_value().shape[0] == 2
     ids = np.asarray([t.vocab.encode("def f(x):")], np.int32)
     out = generate(t.model, ids, max_new_tokens=4, stop_tokens=(3,), pad_id=0)
     assert np.asarray(out).shape == (1, 4)
+    # By default unrolled for decoding: the same parameters, so the same tokens.
+    unrolled = load_trained(tmp_path).model
+    assert not unrolled.cfg.scan_layers and len(unrolled.layers) == 2
+    again = generate(unrolled, ids, max_new_tokens=4, stop_tokens=(3,), pad_id=0)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(out))
+    logits = [m(jnp.asarray(ids)) for m in (t.model, unrolled)]
+    np.testing.assert_allclose(*logits, rtol=1e-6, atol=1e-6)
     before = _files(tmp_path)
     bad = _run(tmp_path, data_dir, "--config.num_train_steps=14", "--allow_config_change")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
