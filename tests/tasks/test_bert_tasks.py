@@ -486,8 +486,8 @@ def test_mlm_loss_at_the_predicted_positions_equals_the_full_loss():
 def test_pet_and_classify_start_from_a_hugging_face_bert(mlm_workdir, data_dir, tmp_path):
     """init=hf:PATH: a BertForMaskedLM directory with a vocab.txt (our characters) trains PET and
     a classifier; the PET run's first weights are the checkpoint's."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch", reason="parity tests need the test extra (torch==2.13.0)")
+    transformers = pytest.importorskip("transformers", reason="parity tests need the test extra")
     vocab = load_trained(mlm_workdir).vocab
     tokens = sorted(vocab.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     hf_dir = tmp_path / "hf"

@@ -353,8 +353,8 @@ def test_bad_chat_config(key, value, match):
 def test_chat_starts_from_a_hugging_face_bert_without_an_mlm_head(tmp_path, capsys):
     """chat.init=hf:PATH with a BertModel directory (no MLM head, like all-MiniLM-L6-v2): the
     chat model takes its embeddings and layers, its output is the tied embedding, it trains."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch", reason="parity tests need the test extra (torch==2.13.0)")
+    transformers = pytest.importorskip("transformers", reason="parity tests need the test extra")
     from research import tasks
     from research.models.convert import load_bert
 

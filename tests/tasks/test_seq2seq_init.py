@@ -185,8 +185,8 @@ def test_bad_init_values_are_one_line_config_errors(mlm_workdir, data_dir, tmp_p
 def test_unilm_starts_from_a_hugging_face_bert(mlm_workdir, data_dir, tmp_path):
     """init=hf:PATH: a BertForMaskedLM directory with our characters' vocab.txt trains a few
     steps; its first weights are the checkpoint's, its rows the HF vocabulary's ids."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch", reason="parity tests need the test extra (torch==2.13.0)")
+    transformers = pytest.importorskip("transformers", reason="parity tests need the test extra")
     from research.models.convert import load_bert
 
     vocab = load_trained(mlm_workdir).vocab
