@@ -101,6 +101,21 @@ def test_unilm_beam_with_prompt_segments_equals_prefill_and_beam_search():
     )
     np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
     np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-6)
+    # Independently of the cache and the beam bookkeeping: each beam's score is the sum of its
+    # tokens' log-probabilities (through EOS; alpha 0) under one cache-free UniLM forward of
+    # prompt + beam, the beam in segment 1.
+    tokens, scores = np.asarray(got[0]), np.asarray(got[1])
+    for row in range(prompt.shape[0]):
+        n = int(lengths[row])
+        for beam in range(3):
+            out = list(tokens[row, beam])
+            out = out[: out.index(3) + 1] if 3 in out else out
+            seq = np.concatenate([np.asarray(prompt[row, :n]), out])[None]
+            seg = np.concatenate([np.asarray(segments[row, :n]), np.ones(len(out), int)])[None]
+            logits = model(jnp.asarray(seq), segment_ids=jnp.asarray(seg), unilm=True).logits
+            logp = jax.nn.log_softmax(np.asarray(logits[0], np.float64), axis=-1)
+            total = sum(float(logp[n - 1 + t, tok]) for t, tok in enumerate(out))
+            assert scores[row, beam] == pytest.approx(total, rel=1e-4, abs=1e-4), (row, beam)
 
 
 def test_logit_bias_is_added_to_every_step_and_bans_tokens():
