@@ -161,6 +161,7 @@ def _decode_jit(
     key,
     segment,
     segment_ids,
+    logit_bias,
     *,
     method,
     max_new_tokens,
@@ -180,6 +181,7 @@ def _decode_jit(
         segment=segment,
         segment_ids=segment_ids,
         unilm=unilm,
+        logit_bias=logit_bias,
         **dict(options),
     )
 
@@ -215,6 +217,7 @@ def generate(
     segment=None,
     segment_ids=None,
     unilm: bool = False,
+    logit_bias=None,
     **options,
 ):
     """Continue right-padded prompts [B, P] (`lengths` [B]) of a `DecoderLM` or UniLM `Bert`, or
@@ -223,7 +226,8 @@ def generate(
     method "greedy" / "sample" (options: temperature, top_k, top_p, stop_tokens, pad_id) return
     tokens [B, max_new_tokens]; "beam" (beam_size, eos_id, alpha, pad_id) returns (tokens [B, K,
     N], scores [B, K]). `segment` (DecoderLM speakers; Bert defaults to 1) applies to new tokens,
-    `segment_ids` [B, P] to the prompt; `unilm` prefills a `Bert` prompt with the UniLM mask.
+    `segment_ids` [B, P] to the prompt; `unilm` prefills a `Bert` prompt with the UniLM mask;
+    `logit_bias` [V] is added to every step's logits (-inf bans a token: `logit_ban`).
     Arguments are checked here, before tracing; the decode itself is `decode` under one jit.
     """
     check_options(method, options)
@@ -261,12 +265,23 @@ def generate(
         key,
         segment,
         None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32),
+        None if logit_bias is None else _checked_bias(model, logit_bias),
         method=method,
         max_new_tokens=max_new_tokens,
         bos_id=bos_id,
         unilm=bool(unilm),
         options=opts,
     )
+
+
+def _checked_bias(model, logit_bias) -> jax.Array:
+    """logit_bias as a float32 [V] array; ValueError for another shape."""
+    bias = jnp.asarray(logit_bias, jnp.float32)
+    if bias.shape != (model.cfg.vocab_size,):
+        raise ValueError(
+            f"logit_bias must be [vocab_size] = [{model.cfg.vocab_size}], got shape {bias.shape}"
+        )
+    return bias
 
 
 def logit_ban(vocab_size: int, ids) -> jax.Array:

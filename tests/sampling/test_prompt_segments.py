@@ -143,6 +143,12 @@ def test_logit_bias_is_added_to_every_step_and_bans_tokens():
     )
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert not np.isin(np.asarray(got), np.asarray(banned)).any()
+    # generate (checked, jitted) takes it too; a bias of another shape is one line
+    opts = dict(lengths=lengths, max_new_tokens=12, method="sample", key=key, temperature=2.0)
+    jitted = generate(model, prompt, logit_bias=ban, **opts)
+    np.testing.assert_array_equal(np.asarray(jitted), np.asarray(want))
+    with pytest.raises(ValueError, match=r"logit_bias must be \[vocab_size\] = \[30\], got"):
+        generate(model, prompt, logit_bias=ban[:-1], **opts)
 
 
 def test_an_encoder_decoder_takes_no_prompt_segments():

@@ -13,7 +13,7 @@ from configs import chat as chat_config
 from research import tasks
 from research.data import dialogue
 from research.models import DecoderLM, ModelConfig
-from research.sampling import ChatSession
+from research.sampling import ChatSession, generate
 from research.tasks.chat import distinct_n, unknown_turn_warning, vocabulary_origin
 from research.train import load_trained, loop
 from research.train.config import parse
@@ -166,6 +166,39 @@ def test_evaluation_reads_no_file_the_held_out_conversations_come_with_the_data(
     state = types.SimpleNamespace(params=None, consts=None)
     out = task.evaluate(run, data, lambda params, consts: trained.model, state, [])
     assert set(out) == {"distinct_1", "distinct_2", "reply_length"}
+    # The metrics are those of the replies drawn: the same contexts and key through
+    # research.sampling.generate, each reply cut at its first [SEP], n-grams counted here.
+    s, vocab = run.task_config, data.vocab
+    prompts, lengths, segments, reply_seg = dialogue.eval_contexts(
+        vocab,
+        data.eval_examples,
+        n=s.eval_contexts,
+        seq_len=run.data.seq_len,
+        reply_tokens=s.max_reply_tokens,
+    )
+    banned = [vocab.pad_id, vocab.unk_id, vocab.cls_id, vocab.mask_id]
+    tokens = generate(
+        trained.model,
+        jnp.asarray(prompts),
+        lengths=jnp.asarray(lengths),
+        max_new_tokens=s.max_reply_tokens,
+        method="sample",
+        key=jax.random.key(run.train.seed),
+        segment=jnp.asarray(reply_seg),
+        segment_ids=jnp.asarray(segments),
+        top_k=s.top_k,
+        stop_tokens=(vocab.sep_id,),
+        pad_id=vocab.pad_id,
+        logit_bias=jnp.zeros(trained.model.cfg.vocab_size).at[jnp.asarray(banned)].set(-jnp.inf),
+    )
+    replies = []
+    for row in np.asarray(tokens).tolist():
+        replies.append(row[: row.index(vocab.sep_id)] if vocab.sep_id in row else row)
+    assert len(replies) == len(prompts) and any(replies)
+    for n in (1, 2):
+        grams = [tuple(r[i : i + n]) for r in replies for i in range(len(r) - n + 1)]
+        assert out[f"distinct_{n}"] == pytest.approx(len(set(grams)) / len(grams))
+    assert out["reply_length"] == pytest.approx(np.mean([len(r) for r in replies]))
 
 
 def test_a_turn_mostly_unknown_to_the_vocabulary_is_warned_about(smoke_run):
