@@ -122,15 +122,17 @@ def test_a_softmax_step_past_its_cache_is_nan_and_a_bf16_cache_is_bf16():
 
 
 @pytest.mark.parametrize("kind", ["softmax", "linear-elu", *CONV_KINDS, *RECURRENT_KINDS])
-def test_decoder_lm_padding_invariance_and_ragged_prefill(kind):
+def test_decoder_lm_ragged_prefill_ignores_the_padding(kind):
+    """Right-padded prompts of different lengths, the padding garbage: each row's prefill ends
+    at its own last token and the next step continues from it, as the unpadded row does (what
+    the padding would change is the state or cache it leaves: causality alone keeps the real
+    positions' logits)."""
     model = DecoderLM(_cfg(**DECODER_KINDS[kind]), rngs=nnx.Rngs(1))
     toks = _tokens(length=9)
     lengths = jnp.array([9, 6])
     mask = jnp.arange(9)[None] < lengths[:, None]
     garbage = jnp.where(mask, toks, 3)
-    a, b = model(toks, mask=mask), model(garbage, mask=mask)
-    _assert_close(a[1, :6], b[1, :6])
-    # Right-padded prompts of different lengths: each row continues from its own last token.
+    a = model(toks)
     logits, cache = model.prefill(garbage, lengths=lengths, max_length=12)
     _assert_close(logits[0], a[0, 8])
     _assert_close(logits[1], a[1, 5])

@@ -19,6 +19,19 @@ def np_taylor(x):
 NP_FEATURE_MAPS = {"elu": np_elu1, "relu": np_relu, "taylor": np_taylor}
 
 
+def np_favor(w):
+    """FAVOR+ positive random features for projection w [m, d] (Choromanski et al. 2021, eq. in
+    section 2.3): phi(x) = exp(w x' - |x'|^2 / 2) / sqrt(m), x' = x d^-1/4."""
+    w = np.asarray(w, np.float64)
+    m, d = w.shape
+
+    def phi(x):
+        x = np.asarray(x, np.float64) * d**-0.25
+        return np.exp(x @ w.T - 0.5 * np.sum(x * x, -1, keepdims=True)) / np.sqrt(m)
+
+    return phi
+
+
 def np_linear_attention(q, k, v, phi, *, causal, key_mask=None):
     """Quadratic kernel form: out_i = sum_j s_ij v_j / sum_j s_ij, s_ij = phi(q_i).phi(k_j)."""
     q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))

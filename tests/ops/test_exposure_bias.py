@@ -209,6 +209,16 @@ def test_fgm_adds_the_loss_at_the_normalised_gradient_step():
     expected = _toy_loss(params, batch, jnp.zeros(shape))[0] + _toy_loss(params, batch, r)[0]
     got = eb.fgm(_toy_loss, epsilon=0.5, delta_shape=shape)(params, batch)[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # Its gradient holds r fixed (no gradient through r): that of CE(E) + CE(E + r) with r a
+    # constant computed above.
+    wrapped = eb.fgm(_toy_loss, epsilon=0.5, delta_shape=shape)
+    got_g = jax.grad(lambda p: wrapped(p, batch)[0])(params)
+    r_fixed = jnp.asarray(np.asarray(r))
+    want_g = jax.grad(
+        lambda p: _toy_loss(p, batch, jnp.zeros(shape))[0] + _toy_loss(p, batch, r_fixed)[0]
+    )(params)
+    for a, b in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_scst_raises_better_than_baseline_samples_and_lowers_worse_ones():

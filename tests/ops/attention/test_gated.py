@@ -117,6 +117,10 @@ EVERYTHING = dict(  # every option at once: GQA, Dk != Dv, segments, strong gate
 @settings(max_examples=12)
 @given(p=problems(), which=st.sampled_from(FORMS))
 @example(p=EVERYTHING, which=("scan", 4))  # the derandomized draws did not reach scan
+# nor the scalar gate per kv head ([B, L, Hkv]) in any form
+@example(p={**EVERYTHING, "gate": "kv_scalar"}, which=("chunked", 7))
+@example(p={**EVERYTHING, "gate": "kv_scalar"}, which=("scan", 4))
+@example(p={**EVERYTHING, "gate": "kv_scalar"}, which=("step", None))
 def test_forms_equal_numpy_recurrence(p, which):
     """Values and gradients (q, k, v, gates, initial state) of chunked (default and tiny chunks,
     lengths not divisible by them), scan and the decode step taken token by token, over batch,

@@ -16,7 +16,12 @@ from research.ops.attention import linear
 from research.ops.attention.linear import naive
 from research.ops.attention.linear.chunk import chunk_blocks
 from tests.ops.attention.cases import ATOL, key_mask, q4, qkv
-from tests.ops.references import NP_FEATURE_MAPS, np_linear_attention, np_softmax_attention
+from tests.ops.references import (
+    NP_FEATURE_MAPS,
+    np_favor,
+    np_linear_attention,
+    np_softmax_attention,
+)
 
 shapes = st.fixed_dictionaries(
     {
@@ -95,6 +100,22 @@ def test_favor_approximates_softmax_kernel():
     want = np_softmax_attention(q, k, v, causal=True)
     assert np.max(np.abs(np.asarray(got) - want)) < 0.05
     assert fm.feature_dim(fm.favor(w), 8) == 8192
+
+
+def test_favor_equals_its_closed_form_in_every_form():
+    """For a given projection W, FAVOR+ linear attention is the kernel form with
+    phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(m), x' = x d^-1/4, computed in float64 NumPy: chunked
+    (causal, with a key mask), scan, cumsum and non-causal."""
+    q, k, v = qkv(7, 2, 13, 13, 2, 8, dv=3)
+    mask = key_mask(7, 2, 13)
+    w = fm.favor_projection(jax.random.PRNGKey(3), 24, 8)
+    phi = np_favor(w)
+    for causal, form in ((True, "chunked"), (True, "scan"), (True, "cumsum"), (False, "chunked")):
+        got = att.linear_attention(
+            q, k, v, feature_map=fm.favor(w), causal=causal, mask=mask, form=form, chunk_size=4
+        )
+        want = np_linear_attention(q, k, v, phi, causal=causal, key_mask=mask)
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL, err_msg=f"{form} {causal}")
 
 
 def test_favor_projection_rows_are_orthogonal_in_blocks():
