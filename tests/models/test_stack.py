@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from research.models import Bert, DecoderLM, EncoderDecoder, ModelConfig, stack
+from research.models import Bert, DecoderLM, EncoderDecoder, ModelConfig, partitioning, stack
 from research.models.layers import Block
 from research.models.params import transfer
 from research.ops import decoding
@@ -111,7 +111,10 @@ def test_encoder_decoder_scans_both_stacks_and_decodes():
     np.testing.assert_allclose(jnp.stack(steps, 1), forced, atol=1e-5)
 
 
-def test_gradients_match_for_every_remat_policy():
+@pytest.mark.parametrize("remat", list(partitioning.REMAT_POLICIES))
+def test_gradients_match_for_every_remat_policy(remat):
+    """A scanned stack under each policy has the unrolled model's gradients: every layer's, the
+    embeddings' and the final norm's."""
     tokens = _tokens(length=12)
 
     def loss(model):
@@ -120,15 +123,19 @@ def test_gradients_match_for_every_remat_policy():
 
     unrolled, _ = _pair(DecoderLM)
     ref = nnx.grad(loss)(unrolled)
-    for remat in ("none", "full", "minimal", "save_dot_except_mlpwi"):
-        _, scanned = _pair(DecoderLM, remat=remat)
-        grads = nnx.grad(loss)(scanned)
-        for i in range(3):
-            a = nnx.to_flat_state(ref["layers"][i])
-            b = nnx.to_flat_state(jax.tree.map(lambda x, i=i: x[i], grads["layers"]))
-            for (pa, va), (pb, vb) in zip(a, b, strict=True):
-                assert pa == pb
-                np.testing.assert_allclose(vb.get_value(), va.get_value(), atol=1e-6)
+    _, scanned = _pair(DecoderLM, remat=remat)
+    grads = nnx.grad(loss)(scanned)
+    for i in range(3):
+        a = nnx.to_flat_state(ref["layers"][i])
+        b = nnx.to_flat_state(jax.tree.map(lambda x, i=i: x[i], grads["layers"]))
+        for (pa, va), (pb, vb) in zip(a, b, strict=True):
+            assert pa == pb
+            np.testing.assert_allclose(vb.get_value(), va.get_value(), atol=1e-6)
+    rest = [nnx.to_flat_state(g) for g in (ref, grads)]
+    rest = [[(p, v) for p, v in flat if p[0] != "layers"] for flat in rest]
+    assert [p for p, _ in rest[0]] == [p for p, _ in rest[1]] and rest[0]
+    for (_, va), (_, vb) in zip(*rest, strict=True):
+        np.testing.assert_allclose(vb.get_value(), va.get_value(), atol=1e-6)
 
 
 def test_scan_compiles_one_layer_body():

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from research.ops.attention.cost import BACKWARD_FLOP_FACTOR, FLOP_IMPLS, attention_flops
+from research.ops.attention.cost import FLOP_IMPLS, attention_flops
 from research.ops.attention.delta import chunk, recurrent
 from research.ops.attention.gated import chunk as gla_chunk
 
@@ -23,7 +23,8 @@ def test_gated_families_have_flop_models():
     kw = dict(batch=2, length=256, heads=3, head_dim=64)
     for impl in ("gla-chunked", "gla-scan", "delta-chunked", "delta-scan"):
         fwd = attention_flops(impl, **kw)
-        assert fwd > 0 and attention_flops(impl, backward=True, **kw) == BACKWARD_FLOP_FACTOR * fwd
+        # forward+backward = 3.5 x forward, FlashAttention's convention, for every impl
+        assert fwd > 0 and attention_flops(impl, backward=True, **kw) == 3.5 * fwd
 
 
 def test_hand_counts():

@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 
 from research.ops import attention as att
 from research.ops.attention.pallas import driver
-from tests.ops.references import np_delta_rule, np_gated_linear_attention
+from tests.ops.references import (
+    NP_FEATURE_MAPS,
+    np_delta_rule,
+    np_gated_linear_attention,
+    np_linear_attention,
+)
 
 KINDS = ("linear", "gla", "gla_scalar", "deltanet", "gated_deltanet")
 
@@ -190,18 +195,32 @@ def test_non_causal_and_gpu_are_refused_with_the_xla_form_named(monkeypatch):
         att.gated_linear_attention(q, k, v, g, chunk_size=16, implementation="pallas")
 
 
-@pytest.mark.parametrize("kind", ["gla", "gla_scalar", "gated_deltanet"])
+@pytest.mark.parametrize("kind", ["linear", "gla", "gla_scalar", "deltanet", "gated_deltanet"])
 def test_kernels_equal_the_float64_numpy_recurrence(kind):
-    """Beside the XLA forms, the kernels against the token-by-token float64 recurrence
-    (tests/ops/references.py): packed segments across blocks, GQA, an initial state and
-    underflowing gates; output and final state within 2e-5 of the reference's scale."""
-    xs, seg, s0 = _problem(kind, 70, 2, 1, 12, 0.05, True, 0.2, 7)
+    """Beside the XLA forms, the kernels against float64 NumPy (tests/ops/references.py):
+    packed segments across blocks, GQA, an initial state (not for linear: its reference is the
+    kernel form, one segment at a time) and underflowing gates; output and final state within
+    2e-5 of the reference's scale."""
+    with_state = kind != "linear"
+    xs, seg, s0 = _problem(kind, 70, 2, 1, 12, 0.05, with_state, 0.2, 7)
     q, k, v, g, beta = (np.asarray(x, np.float64) for x in xs)
-    kw = dict(initial_state=np.asarray(s0, np.float64), segment_ids=np.asarray(seg))
-    if kind == "gated_deltanet":
-        want = np_delta_rule(q, k, v, beta, log_gate=g, **kw)
+    seg_np = np.asarray(seg)
+    if kind == "linear":  # elu + 1, normalised, restarting at every segment
+        out = np.zeros((*q.shape[:3], v.shape[-1]))
+        rep = [np.repeat(x, q.shape[2] // x.shape[2], axis=2) for x in (k, v)]
+        for row in range(q.shape[0]):
+            for sid in np.unique(seg_np[row]):
+                at = seg_np[row] == sid
+                one = [x[row : row + 1, at] for x in (q, *rep)]
+                out[row, at] = np_linear_attention(*one, NP_FEATURE_MAPS["elu"], causal=True)[0]
+        want = (out, np.zeros(()))
     else:
-        want = np_gated_linear_attention(q, k, v, g, **kw)
+        kw = dict(initial_state=np.asarray(s0, np.float64), segment_ids=seg_np)
+        if kind in ("deltanet", "gated_deltanet"):
+            gate = g if kind == "gated_deltanet" else None
+            want = np_delta_rule(q, k, v, beta, log_gate=gate, **kw)
+        else:
+            want = np_gated_linear_attention(q, k, v, g, **kw)
     got = jax.jit(_op(kind, "pallas", seg, 16))(*xs, s0)
     for w, x in zip(want, got, strict=True):
         _close(x, w, 2e-5)
