@@ -127,6 +127,35 @@ def test_the_helper_finds_clipped_text_and_tiny_fonts(tmp_path, saved_figures):
     assert any("'tiny' is 4.0 pt" in p for p in problems)
 
 
+def test_the_helper_finds_overlapping_text_and_a_cropped_save(tmp_path, saved_figures):
+    """The other checks can fail too: tick labels that run together, a suptitle drawn over an
+    axes title, and a tight bounding box (refused) or a PNG whose pixels are not the canvas."""
+    fig = Figure(figsize=(3, 3))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(range(10), range(10))
+    ax.set_xticks(range(10), [f"label number {i}" for i in range(10)])
+    ax.set_title("the axes title", fontsize=14)
+    fig.suptitle("the figure title", y=0.9, fontsize=14)
+    fig.savefig(tmp_path / "overlap.png", dpi=100)
+    ((_, problems),) = saved_figures
+    assert any(p.startswith("tick labels 'label number") for p in problems), problems
+    assert any(p == "the title overlaps 'the axes title'" for p in problems), problems
+    with pytest.raises(AssertionError, match="a tight bbox hides clipped text"):
+        fig.savefig(tmp_path / "tight.png", bbox_inches="tight")
+    saved_figures.clear()
+    ok = Figure(figsize=(3, 2))
+    FigureCanvasAgg(ok)
+    ok.add_subplot().plot([0, 1], [0, 1])
+    ok.savefig(tmp_path / "small.png", dpi=50, pad_inches=0, bbox_inches=None, format="png")
+    assert saved_figures[0][1] == []  # the canvas at 50 dpi: 150 x 100 pixels, as laid out
+    with pytest.MonkeyPatch.context() as mp:  # a writer that drops pixels is caught
+        real = matplotlib.image.imread
+        mp.setattr(matplotlib.image, "imread", lambda path: real(path)[:-1])
+        ok.savefig(tmp_path / "cut.png", dpi=50)
+    assert saved_figures[1][1] == ["saved (150, 99) pixels, not the 3.0 x 2.0 in canvas at 50 dpi"]
+
+
 def test_save_figure_wraps_a_long_title_inside_the_canvas(tmp_path, saved_figures):
     from research.report import save_figure
 

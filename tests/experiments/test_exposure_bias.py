@@ -24,6 +24,12 @@ def test_smoke_sweep(tmp_path, capsys):
     ]
     for x in rows:
         assert 0.0 <= float(x["rougeL_mean"]) <= 100.0 and 0.0 <= float(x["bleu_mean"]) <= 100.0
+        # one seed: the table's figures are the run's own final evaluation, as it logged it
+        run = tmp_path / "wd" / "runs" / f"{x['variant']}_seed0" / "metrics.jsonl"
+        logged = [json.loads(line) for line in run.read_text().splitlines()]
+        final = [e for e in logged if e.get("split") == "eval"][-1]
+        for m in ("rougeL", "bleu", "exact"):
+            assert float(x[f"{m}_mean"]) == pytest.approx(final[f"beam{x['beam']}_{m}"]), m
     assert (tmp_path / "wd" / "exposure_bias.png").stat().st_size > 10_000
     assert "| beam | baseline | scst |" in out
     # SCST resumed from the baseline's checkpoint 2 steps before the end (4 of 6 steps).

@@ -46,6 +46,26 @@ def test_sampling_and_beam_through_the_model():
         temperature=0.7,
     )
     np.testing.assert_array_equal(a, b)  # deterministic given the key
+    # Every token drawn is among the 5 most likely under a full forward of the sequence so far
+    # (top_k), not always the most likely one, and another key draws something else.
+    seq = np.concatenate([np.asarray(prompt), np.asarray(a)], axis=1)
+    logits = np.asarray(model(jnp.asarray(seq)))
+    ranks = []
+    for t in range(5):
+        step = logits[:, 1 + t]  # predicts seq[:, 2 + t] = a[:, t]
+        rank = (step > step[np.arange(3), np.asarray(a)[:, t]][:, None]).sum(-1)
+        ranks.extend(rank.tolist())
+    assert max(ranks) < 5 and max(ranks) > 0, ranks
+    other = generate(
+        model,
+        prompt,
+        method="sample",
+        key=jax.random.PRNGKey(2),
+        max_new_tokens=5,
+        top_k=5,
+        temperature=0.7,
+    )
+    assert not np.array_equal(np.asarray(other), np.asarray(a))
     # EOS = 8, a token this model likes, so that some hypotheses finish.
     seqs, scores = generate(model, prompt, method="beam", max_new_tokens=4, beam_size=3, eos_id=8)
     assert seqs.shape == (3, 3, 4) and scores.shape == (3, 3)

@@ -101,19 +101,20 @@ def test_loss_is_the_cross_entropy_of_segment_one_tokens_only():
     )
     top = full.max(-1, keepdims=True)
     logp = full - top - np.log(np.exp(full - top).sum(-1, keepdims=True))
-    want, n = 0.0, 0
+    want, n, hits = 0.0, 0, 0
     for b, r in enumerate(rows):
         ids = r["inputs"][r["mask"]]
         for i in range(len(ids) - 1):
             if r["segment_ids"][i + 1] == 1:  # the next token is in segment 1
                 want -= logp[b, i, ids[i + 1]]
                 n += 1
+                hits += int(np.argmax(full[b, i]) == ids[i + 1])
     assert float(weight) == n == 7 + 8
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     # Passage tokens are inputs, never targets: other targets there change nothing.
     other = dict(batch, targets=batch["targets"].at[:, :3].set(7))
     np.testing.assert_allclose(float(qagen_loss.make_qagen_loss(9)(model, other)[0]), float(loss))
-    assert 0 <= float(metrics["correct"]) <= n
+    assert float(metrics["correct"]) == hits  # the argmax hits among those targets
 
 
 class _CharVocab:

@@ -131,7 +131,23 @@ def test_trained_run_scores_the_decoded_titles_on_characters(mlm_workdir, data_d
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert " " not in r.stdout.strip() and len(r.stdout.strip()) <= 4 * 4
+    # The same greedy decode without a cache: [CLS] source [SEP] as training lays it out, then
+    # the whole row run again (UniLM mask, new tokens in segment 1) for every token.
+    ids, tok, _, eos, pad = task.text_prompt(run, trained.vocab, "新华社北京一月一日电")
+    assert ids[0] == trained.vocab.cls_id and ids[-1] == trained.vocab.sep_id
+    seq, new = list(ids), []
+    for _ in range(4):
+        seg = [0] * len(ids) + [1] * len(new)
+        logits = trained.model(
+            jax.numpy.asarray([seq]), segment_ids=jax.numpy.asarray([seg]), unilm=True
+        )
+        nxt = int(np.argmax(np.asarray(logits.logits)[0, -1]))
+        if nxt == eos:
+            break
+        seq.append(nxt)
+        new.append(nxt)
+    want = tok.decode([t for t in new if t not in (eos, pad)])
+    assert r.stdout.strip() == want.strip() and " " not in want.strip()
 
 
 def _fake_workdir(src: pathlib.Path, dst: pathlib.Path, *, vocab_kind=None, vocab_size=None):
