@@ -94,11 +94,13 @@ def init_state(optimizer, params: nnx.State, consts: nnx.State, seed: int, shard
 
 
 def _grads(model_def: ModelDef, loss_fn: LossFn, params, consts, batch, key, step=None):
+    # Two independent keys: the dropout stream draws fold_in(its key, n) for n = 0, 1, ..., so
+    # a loss key of fold_in(key, 1) was the second dropout draw's.
+    dropout_key, loss_key = jax.random.split(key)
+
     def f(p):
-        model = model_def.merge(p, consts, train=True, key=key)
-        loss_sum, weight_sum, sums = loss_fn(
-            model, batch, key=jax.random.fold_in(key, 1), step=step
-        )
+        model = model_def.merge(p, consts, train=True, key=dropout_key)
+        loss_sum, weight_sum, sums = loss_fn(model, batch, key=loss_key, step=step)
         return loss_sum, (weight_sum, sums)
 
     (loss_sum, (weight_sum, sums)), grads = jax.value_and_grad(f, has_aux=True)(params)

@@ -334,6 +334,30 @@ def test_remat_keeps_dropout_exact(scan):
             np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_the_loss_key_is_none_of_the_dropout_draws():
+    """The loss's key (for remedies that sample) is none of the model's dropout keys: each
+    Dropout's stream key (reseeded from the step key, one per module) or its draws
+    fold_in(stream key, n). The loss key was fold_in(step key, 1), the first layer's stream
+    key: a loss drawing fold_in(its key, n) repeated that layer's dropout masks' keys."""
+    model = DecoderLM(CFG.replace(dropout=0.2), rngs=nnx.Rngs(params=0, dropout=1))
+    model_def, params, consts = step.split_model(model)
+    seen = {}
+
+    def loss_fn(model, batch, *, key, step=None):
+        seen["loss"] = jax.random.key_data(key).tolist()
+        streams = [v.get_value() for _, v in nnx.to_flat_state(nnx.state(model, nnx.RngKey))]
+        seen["dropout"] = [jax.random.key_data(s).tolist() for s in streams] + [
+            jax.random.key_data(jax.random.fold_in(s, n)).tolist()
+            for s in streams
+            for n in range(64)
+        ]
+        return tasks.lm_loss(model, batch)
+
+    batch = {k: jnp.asarray(v) for k, v in _batches(1)[0].items()}
+    step._grads(model_def, loss_fn, params, consts, batch, jax.random.key(3))
+    assert seen["dropout"] and seen["loss"] not in seen["dropout"]
+
+
 def test_two_steps_equal_optax_applied_to_the_token_mean_loss_by_hand():
     """The jit train step against an update built outside research.train: the gradient of the
     token-weighted mean cross-entropy (optax's, on the model's logits), clipped by global norm,
