@@ -7,9 +7,10 @@
 MFU = model FLOPs per step / step time / peak, the peak one device's measured matmul in the
 run's dtype (research.report.matmul_peak) times the devices the step runs on (on a CPU the
 host's, however many fake devices share it), with the
-PaLM count (Chowdhery et al. 2022, appendix B): 6 N + 12 n_layers d_model length FLOPs per token,
+PaLM count (Chowdhery et al. 2022, appendix B) with causal attention halved, as MaxText counts:
+6 N + 6 n_layers d_model length FLOPs per token (PaLM: 12, the mask's skipped half included),
 N the parameters that multiply activations (the tied output projection included, lookups not);
-for the other attention kinds 12 d_model length becomes 3 x their own mixing FLOPs per token
+for the other attention kinds 6 d_model length becomes 3 x their own mixing FLOPs per token
 (`research.models.flops.mixing_flops`).
 """
 
@@ -34,7 +35,7 @@ from research.train import optim, sharding, step
 
 def model_flops_per_token(cfg: ModelConfig, params) -> float:
     """6 N + 3 n_layers M: M the attention's forward mixing FLOPs per token at max_length
-    (`research.models.flops.mixing_flops`; 4 length d_model for softmax, PaLM's 12 with the 3)."""
+    (`research.models.flops.mixing_flops`; 2 length d_model for causal softmax)."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
     n = sum(x.size for path, x in leaves if "position" not in jax.tree_util.keystr(path))
     return 6.0 * n + 3.0 * cfg.num_layers * mixing_flops(cfg, cfg.max_length)

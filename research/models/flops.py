@@ -18,8 +18,11 @@ _MIXING_IMPL = {
 
 
 def mixing_flops(m: ModelConfig, seq: int) -> float:
-    """Forward FLOPs per token and layer of the attention's token mixing at `seq` tokens:
-    softmax 4 S H Dh (QK^T and PV in full, as MaxText counts); Linformer 4 m H Dh for attention
+    """Forward FLOPs per token and layer of the attention's token mixing at `seq` tokens of a
+    causal decoder: softmax 2 S H Dh, QK^T and PV (4 S H Dh) halved for the causal mask, as
+    MaxText, Megatron-LM and NeMo count since 2025 and `research.ops.attention.cost` does (the
+    flash and blockwise kernels skip the masked blocks; the dense XLA form computes them, which
+    XLA's own count, the planner's other term, sees); Linformer 4 m H Dh for attention
     over its m = linformer_k projected positions plus 4 m Hkv Dh for projecting K and V along
     the sequence (E k, F v); the linear and gated / delta kinds their chunked forms' count
     (`research.ops.attention.cost.attention_flops`: what the XLA code computes, so it grows with
@@ -27,7 +30,7 @@ def mixing_flops(m: ModelConfig, seq: int) -> float:
     if m.attention == "linformer":
         return 4 * m.linformer_k * (m.num_heads + m.kv_heads) * m.head_dim
     if m.attention not in _MIXING_IMPL:
-        return 4 * seq * m.num_heads * m.head_dim
+        return 2 * seq * m.num_heads * m.head_dim
     fdim = None
     if m.attention == "linear":  # FAVOR+'s features come from its projection's rows
         proj = jnp.zeros((m.favor_features, m.head_dim)) if m.feature_map == "favor" else None

@@ -35,17 +35,19 @@ GiB = 2**30
 # usable_bytes: the "available HBM" libtpu 0.0.42.1's compiler names when a program exceeds it
 # (a 200 GiB program compiled ahead of time for one chip; v4 as one megacore device).
 CHIPS = {
-    # v4: 32 GiB HBM2, 275 TFLOP/s bf16, 1,200 GB/s HBM (1,228 in the v4 paper), 2,400 Gbps
-    # ICI per chip.
-    "v4": Chip("TPU v4", 32 * GiB, 275e12, 1228e9, 300e9, int(30.75 * GiB)),
+    # v4: 32 GiB HBM2, 275 TFLOP/s bf16, 1,200 GB/s HBM. The page gives no per-chip ICI
+    # figure (only 24 TB/s bisection per 4,096-chip pod); 300 GB/s one way is our assumption
+    # (six links), not a published number: v4 plans' communication times are estimates.
+    "v4": Chip("TPU v4", 32 * GiB, 275e12, 1200e9, 300e9, int(30.75 * GiB)),
     # v5e: 16 GiB HBM2e, 197 TFLOP/s bf16, 819 GB/s HBM, 1,600 Gbps ICI per chip.
     "v5e": Chip("TPU v5e", 16 * GiB, 197e12, 819e9, 200e9, int(15.75 * GiB)),
     # v5p: 96 GiB HBM2e (the page says 95 GB; libtpu lets a program use 95.74 GiB, so the
     # stacks hold 96 GiB), 459 TFLOP/s bf16, 2,765 GB/s HBM, 4,800 Gbps ICI per chip.
     "v5p": Chip("TPU v5p", 96 * GiB, 459e12, 2765e9, 600e9, int(95.74 * GiB)),
-    # v6e (Trillium): 32 GiB HBM, 918 TFLOP/s bf16, 1,640 GB/s HBM, 3,584 Gbps ICI per chip
-    # (one version of the page: 1,600 GB/s and 800 GB/s bidirectional ICI).
-    "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1640e9, 448e9, int(31.25 * GiB)),
+    # v6e (Trillium): 32 GiB HBM, 918 TFLOP/s bf16, 1,638 GB/s HBM, 800 GB/s bidirectional ICI
+    # per chip: 400 GB/s one way, halved as v5e's 400 and v5p's 1,200 are (an earlier version
+    # of the page said 3,584 Gbps, which we had used as 448 GB/s one way).
+    "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1638e9, 400e9, int(31.25 * GiB)),
 }
 _NAME = re.compile(r"^(v4|v5e|v5p|v6e):(\d+)x(\d+)(?:x(\d+))?$")
 

@@ -127,10 +127,10 @@ def model_flops(run: RunConfig) -> float:
     """Analytic FLOPs of one training step of a decoder LM, all devices: 6 T N + 3 T L M
     (PaLM, Chowdhery et al. 2022, appendix B; forward + backward = 3 x forward). T = batch x
     seq_len tokens, N the matmul parameters (`attention_params`, the FFN, the output layer),
-    L layers, M the attention's mixing FLOPs per token (`mixing_flops`: 4 S H Dh for softmax,
-    counted in full as MaxText does, not halved for causality; the chunked forms' count for the
-    linear, gated and delta kinds). XLA's own count sees a scanned or looped body once; this one
-    does not."""
+    L layers, M the attention's mixing FLOPs per token (`mixing_flops`: 2 S H Dh for softmax,
+    4 S H Dh halved for the causal mask as MaxText counts since 2025 (PaLM counted it in full);
+    the chunked forms' count for the linear, gated and delta kinds). XLA's own count sees a
+    scanned or looped body once; this one does not."""
     m, seq = run.model, run.data.seq_len
     tokens = run.train.batch_size * seq
     ffn = m.d_model * m.d_ff * (3 if m.activation == "swiglu" else 2)

@@ -27,6 +27,16 @@ def test_linformer_mixing_counts_its_projected_positions_not_the_length():
     assert mixing_flops(cfg, seq) * 8 == 4 * seq * 4 * 32
 
 
+def test_causal_softmax_mixing_is_half_of_qk_and_pv():
+    """2 S H Dh per token: QK^T and PV (2 x 2 S H Dh) halved for the causal mask, MaxText's
+    count (maxtext_utils.calculate_tflops_training_per_device: causal_attention_flops =
+    noncausal_attention_flops / 2, after Megatron-LM and NeMo)."""
+    cfg = ModelConfig(
+        vocab_size=64, d_model=128, num_heads=4, num_layers=1, d_ff=256, max_length=512
+    )
+    assert mixing_flops(cfg, 512) * 512 == (4 * 512 * 512 * 4 * 32) / 2
+
+
 def test_favor_mixing_counts_its_random_features():
     """FAVOR+'s state has favor_features rows (the feature map needs its projection to say so:
     the planner failed after compiling); its count equals elu's at a head_dim as wide."""

@@ -228,10 +228,11 @@ def test_cli_missing_config_file_is_one_line():
 
 @pytest.mark.parametrize("attention", ["softmax", "linear", "gla", "gated_deltanet"])
 def test_analytic_model_flops_match_xla_on_an_unrolled_step(attention):
-    """6TN + 3TLM (M = 4 S H Dh for softmax, the chunked forms' count for the others) against
-    XLA's count of the compiled CPU train step (64 tokens: one chunk, so XLA's loops run once
-    and it sees every matmul): within 15% (XLA also counts softmax, gates, norms and the
-    optimizer). Measured: 1.03 softmax, 1.03 linear, 1.04 gla, 1.07 gated_deltanet."""
+    """6TN + 3TLM (M = 2 S H Dh for causal softmax, the chunked forms' count for the others)
+    against XLA's count of the compiled CPU train step (64 tokens: one chunk, so XLA's loops
+    run once and it sees every matmul): within 15% (XLA also counts the dense form's masked
+    half, softmax, gates, norms and the optimizer). Measured: 1.06 softmax (1.03 with the
+    masked half counted), 1.03 linear, 1.04 gla, 1.07 gated_deltanet."""
     from research.plan.train import model_flops
 
     c = lm.get_config("smoke")
@@ -250,7 +251,9 @@ def test_analytic_model_flops_match_xla_on_an_unrolled_step(attention):
         ("full", 0.95, 1.05, "softmax"),
         ("save_qkv_proj", 0.95, 1.05, "softmax"),
         ("save_dot_except_mlpwi", 0.95, 1.05, "softmax"),
-        ("minimal", 1.0, 1.3, "softmax"),
+        # the dense XLA form recomputes the masked half the count leaves out (x 2), and the
+        # elementwise ops besides
+        ("minimal", 2.0, 2.6, "softmax"),
         # the gated kinds' output gate and gate projections are saved with q/k/v, as counted
         ("save_qkv_proj", 0.95, 1.05, "gla"),
         ("save_qkv_proj", 0.95, 1.05, "gated_deltanet"),
@@ -259,8 +262,9 @@ def test_analytic_model_flops_match_xla_on_an_unrolled_step(attention):
 def test_analytic_remat_flops_match_what_xla_adds(remat, low, high, attention):
     """The forward FLOPs a remat policy recomputes (remat_flops) against XLA's count of the
     unrolled CPU step with that policy minus without. The matmul policies agree within 5%;
-    "minimal" also recomputes every elementwise op (norms, softmax, silu), which XLA counts
-    and remat_flops (matmuls only) does not."""
+    "minimal" recomputes only attention, which the count halves for the causal mask while the
+    dense form computes all of it, and every elementwise op (norms, softmax, silu), which XLA
+    counts and remat_flops (matmuls only) does not."""
     from research.plan.train import remat_flops
 
     c = lm.get_config("smoke")
@@ -479,7 +483,7 @@ def test_pod_presets_are_valid_for_256_tpu_chips_and_refused_on_cpu(preset):
     run = parse(lm.get_config(preset), num_devices=256, platform="tpu")
     n = {"1b": 1.3e9, "1b_gdn": 1.3e9, "7b": 6.7e9}[preset]  # GPT-3 XL's, LLaMA-2-7B's
     tokens = run.train.batch_size * run.data.seq_len
-    assert 0.9 < model_flops(run) / (6 * n * tokens) < 1.35  # attention adds 12 L S d / 6 N
+    assert 0.9 < model_flops(run) / (6 * n * tokens) < 1.35  # attention adds 6 L S d / 6 N
     batch = tasks.get(run.task).abstract_batch(run, run.train.batch_size)
     assert ("document_ids" in batch) == (preset == "1b_gdn")
     if preset != "1b_gdn":
