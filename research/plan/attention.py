@@ -20,7 +20,10 @@ softmax statistics and linear states) eight ways and reads per-device memory, FL
                         of those maps (A [Dk, Dk], B [Dk, Dv]), then the block's outputs
 The gates and beta are computed from q, k, v inside the step (as a layer would feed them).
 Roofline time per step = max(FLOPs / peak, HBM bytes / HBM bandwidth) + collective bytes / ICI
-bandwidth, a lower bound. FLOPs and HBM bytes are analytic (`flops_per_device`, `hbm_bytes`),
+bandwidth: an estimate with no overlap of communication and compute, not a bound (a ring kernel
+that hides its K/V permutes behind the blocks' compute, as ring attention is designed to, takes
+as little as the larger of the two; the train planner's roofline, which takes the max of all
+three terms, is the bound). FLOPs and HBM bytes are analytic (`flops_per_device`, `hbm_bytes`),
 because XLA's cost analysis counts a loop body once and every variant here is a loop: FLOPs as
 research.ops.attention.cost (forward+backward = 3.5 x forward; ring computes the masked half
 too); bytes are the unavoidable traffic (q, k, v, o and their gradients) plus each form's own:
@@ -301,7 +304,7 @@ def plot(rows, path, title):
             x = [r["length"] for r in mine]
             axes[0].plot(x, [r["roofline_s"] for r in mine], marker="o", label=v)
             axes[1].plot(x, [r["memory_bytes"] / 2**30 for r in mine], marker="o", label=v)
-        labels = ("roofline time per step (s, a lower bound)", "memory per device (GiB)")
+        labels = ("roofline time per step (s, no overlap)", "memory per device (GiB)")
         for ax, label in zip(axes, labels, strict=True):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
