@@ -131,7 +131,8 @@ def _train_rows(args, deadline: float, skipped: list, save) -> list[dict]:
         save(rows)
         print(
             f"  train    {r['impl']:26s} {r['step_seconds'] * 1e3:9.1f} ms/step "
-            f"{r['tokens_per_second']:12,.0f} tok/s  MFU {r['mfu']:.1%}",
+            f"{r['tokens_per_second']:12,.0f} tok/s  MFU {r['mfu']:.1%} of the measured "
+            f"matmul peak ({r['matmul_peak_gflops'] / 1e3:,.0f} TFLOP/s, not the spec sheet's)",
             flush=True,
         )
     return rows
