@@ -31,7 +31,8 @@ class Summary:
     last_step: int
     final_train_loss: float
     eval: dict
-    tokens_per_second: float
+    tokens_per_second: float  # over training steps alone (no evaluation, save or compile); 0
+    # when no step was timed (a run of one step)
     preempted: bool = False
     resumed_from: int = 0
     signal: str = ""  # what stopped a preempted run: "SIGTERM", "SIGINT" (Ctrl-C), "SIGHUP"
@@ -140,9 +141,9 @@ def describe_changes(changes: dict[str, tuple]) -> str:
     return ", ".join(f"{k} {show(old)} -> {show(new)}" for k, (old, new) in changes.items())
 
 
-def _rate(tokens: float, t0: float | None) -> float:
-    """Tokens per second since t0 (0 before the first step has finished)."""
-    return 0.0 if t0 is None else tokens / max(time.perf_counter() - t0, 1e-9)
+def _rate(amount: float, seconds: float) -> float:
+    """amount per second of training time (0 before a step has been timed)."""
+    return amount / seconds if seconds > 0 else 0.0
 
 
 def train_and_evaluate(
@@ -263,8 +264,10 @@ def train_and_evaluate(
         unit="step",
         dynamic_ncols=True,
     )
-    # Throughput counts from the end of this run's first step, so compilation is excluded.
-    window, window_steps, t0, tokens, examples, steps_run = None, 0, None, 0.0, 0.0, 0
+    # Throughput is over training time alone: each step from the end of the one before (or of
+    # the save and evaluation after it); this run's first step (compilation) is not timed.
+    window, window_steps, steps_run = None, 0, 0
+    clock, train_seconds, tokens, examples = None, 0.0, 0.0, 0.0
     last_loss, eval_result, preempted, s = float("nan"), {}, False, start
     errors = []  # what failed in the loop and while finishing its saves, in order
     try:
@@ -287,24 +290,27 @@ def train_and_evaluate(
                     "learning rate too high?); stopping without saving this step's state"
                 )
             steps_run += 1
-            if t0 is None:
-                t0 = time.perf_counter()
-            else:  # every input token is processed, whatever its loss weight
+            if clock is not None:  # every input token is processed, whatever its loss weight
+                train_seconds += time.perf_counter() - clock
                 tokens += t.batch_size * batch["inputs"].shape[1]
                 examples += t.batch_size
             window = sums if window is None else {k: window[k] + sums[k] for k in sums}
             window_steps = 1 if window is sums else window_steps + 1
-            rate = _rate(tokens, t0)
+            rate = _rate(tokens, train_seconds)
             bar.update(1)
             if task.predicts_tokens:
                 bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{rate:,.0f}")
             else:  # a classifier: rows per second
-                bar.set_postfix(loss=f"{last_loss:.4f}", ex_s=f"{_rate(examples, t0):,.1f}")
+                ex_s = _rate(examples, train_seconds)
+                bar.set_postfix(loss=f"{last_loss:.4f}", ex_s=f"{ex_s:,.1f}")
             if s % t.log_every_steps == 0:
                 # A row is over the steps since the previous row of this run: fewer than
-                # log_every_steps after a resume ("steps" says how many).
-                row = metrics.summarize(window, steps=window_steps)
-                writer.write(s, "train", {**row, "steps": window_steps, "tokens_per_second": rate})
+                # log_every_steps after a resume ("steps" says how many). Its throughput is
+                # this run's so far, and absent until a step has been timed.
+                row = {**metrics.summarize(window, steps=window_steps), "steps": window_steps}
+                if train_seconds > 0:
+                    row["tokens_per_second"] = rate
+                writer.write(s, "train", row)
                 window = None
             # A scheduled checkpoint is saved before the evaluation, so an evaluation that
             # fails loses no training. The final one is saved after it: a failed final
@@ -332,6 +338,7 @@ def train_and_evaluate(
                     ckpt.save(s, state, train_iter, config_json, force=True)
                 preempted = True
                 break
+            clock = time.perf_counter()  # the next step's time starts after the save and eval
     except BaseException as e:
         errors.append(e)
     finally:
@@ -352,9 +359,9 @@ def train_and_evaluate(
         s,
         last_loss,
         eval_result,
-        _rate(tokens, t0),
+        _rate(tokens, train_seconds),
         preempted,
         start,
         preemption.name,
-        _rate(examples, t0),
+        _rate(examples, train_seconds),
     )

@@ -107,6 +107,38 @@ def test_a_stop_before_a_scheduled_evaluation_saves_first_and_skips_it(tmp_path,
     assert (tmp_path / "wd" / "checkpoints" / "1").is_dir()
 
 
+def test_throughput_is_over_training_steps_alone(tmp_path, monkeypatch):
+    """Tokens/s counted the evaluations and the saves between steps (and the first log row read
+    0.0): with an evaluation that takes 1 s at every step, the rate is still the steps' own, in
+    the summary and in every train row, and a row before any step was timed has no rate."""
+    import json
+    import time
+
+    from configs import mqar
+    from research.train import evaluation, loop
+    from research.train.config import parse
+
+    c = mqar.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.update(num_train_steps=4, eval_every_steps=1, checkpoint_every_steps=2, log_every_steps=1)
+    real = evaluation.evaluate
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", slow)
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    per_step = c.batch_size * c.data.seq_len
+    # three timed steps of a tiny model: well under the 1 s each evaluation took
+    assert summary.tokens_per_second > per_step / 0.5, summary.tokens_per_second
+    rows = [json.loads(x) for x in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4] and "tokens_per_second" not in train[0]
+    assert all(r["tokens_per_second"] > per_step / 0.5 for r in train[1:])
+    assert train[-1]["tokens_per_second"] == pytest.approx(summary.tokens_per_second, rel=0.05)
+
+
 def test_an_evaluation_that_fails_loses_no_training(tmp_path, monkeypatch):
     """A scheduled checkpoint is saved before the evaluation at its step: an evaluation that
     raised there lost every step since the previous checkpoint. The final step is evaluated
