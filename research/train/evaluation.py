@@ -26,7 +26,7 @@ def evaluate(
         sums = jax.device_get(eval_step(state, batch))
         totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
     if totals is None:
-        raise DataError("the eval split is too small for one batch; lower batch_size or seq_len")
+        raise DataError(TOO_SMALL)
     result = {**metrics.summarize(totals), "batches": len(pairs)}
     if warn and len(pairs) < eval_steps and jax.process_index() == 0:
         # with several processes the count is the smallest process's share of the split
@@ -38,6 +38,17 @@ def evaluate(
         )
     result.update(extra(state, pairs))
     return result
+
+
+def check_one_batch(make_iterator) -> None:
+    """DataError now, before anything compiles or trains, if the eval split cannot give every
+    process one whole batch (found at the first evaluation, the run had trained up to it and
+    perhaps saved nothing)."""
+    if not list(batches_everywhere(iter(make_iterator(False)), 1)):
+        raise DataError(TOO_SMALL)
+
+
+TOO_SMALL = "the eval split is too small for one batch; lower batch_size or seq_len"
 
 
 def batches_everywhere(iterator, limit: int, all_have=None):

@@ -171,6 +171,7 @@ def train_and_evaluate(
     mesh = sharding.make_mesh(run.mesh.as_dict())
     shards.check_shared_data_dir(run.data.data_dir)  # several processes: one data folder
     data = task.build_data(run)
+    evaluation.check_one_batch(data.make_iterator)
     mcfg = task.model_config(run, vocab_size=data.vocab_size, max_length=data.max_length)
     sharding.check_tensor_axis(mcfg, mesh)
     opt = optim.make_optimizer(run.optimizer, t.num_train_steps)

@@ -139,6 +139,23 @@ def test_throughput_is_over_training_steps_alone(tmp_path, monkeypatch):
     assert train[-1]["tokens_per_second"] == pytest.approx(summary.tokens_per_second, rel=0.05)
 
 
+def test_an_eval_split_smaller_than_one_batch_is_refused_before_training(tmp_path):
+    """Found at the first evaluation, it stopped a run after eval_every_steps steps, before its
+    first checkpoint when that came later, and again on every rerun."""
+    from configs import mqar
+    from research.data import DataError
+    from research.train import loop
+    from research.train.config import parse
+
+    c = mqar.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.data.test_examples = c.batch_size - 1
+    with pytest.raises(DataError, match="the eval split is too small for one batch"):
+        loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert not (tmp_path / "wd" / "metrics.jsonl").exists()
+    assert not list((tmp_path / "wd").glob("checkpoints/*"))
+
+
 def test_an_evaluation_that_fails_loses_no_training(tmp_path, monkeypatch):
     """A scheduled checkpoint is saved before the evaluation at its step: an evaluation that
     raised there lost every step since the previous checkpoint. The final step is evaluated
