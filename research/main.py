@@ -147,7 +147,12 @@ def main(argv):
     finally:
         lock.release()
     if jax.process_index() == 0:
-        print(summary_line(summary, tokens=tasks.get(run.task).predicts_tokens), flush=True)
+        line = summary_line(
+            summary,
+            tokens=tasks.get(run.task).predicts_tokens,
+            total_steps=run.train.num_train_steps,
+        )
+        print(line, flush=True)
     logging.flush()
     return 0
 
@@ -159,15 +164,21 @@ _STOPPED_BY = {
 }
 
 
-def summary_line(summary, *, tokens: bool = True) -> str:
+def summary_line(summary, *, tokens: bool = True, total_steps: int | None = None) -> str:
     """The last line of a run: "done at step N" when it finished, "interrupted (Ctrl-C): saved
-    at step N" or "stopped by SIGTERM: saved at step N" when a signal stopped it. NaN is kept
-    for divergence: a run stopped before its first evaluation (or resumed with no step left) says
+    at step N" or "stopped by SIGTERM: saved at step N" when a signal stopped it (a signal
+    that came during the last step's evaluation or save leaves a finished run: "done", with the
+    signal named; `total_steps`, the run's num_train_steps, tells). NaN is kept for
+    divergence: a run stopped before its first evaluation (or resumed with no step left) says
     so instead of printing nan. `tokens`: a token-level task (perplexity, tokens/s); a
     classifier shows accuracy and examples/s."""
-    if summary.preempted:
+    finished = total_steps is not None and summary.last_step >= total_steps
+    if summary.preempted and not finished:
         why = _STOPPED_BY.get(summary.signal, "stopped (another process was signalled)")
         head = f"{why}: saved at step {summary.last_step}"
+    elif summary.preempted:
+        why = summary.signal or "a signal"
+        head = f"done at step {summary.last_step}, {why} after its last step"
     else:
         head = f"done at step {summary.last_step}"
     parts = [

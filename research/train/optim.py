@@ -8,7 +8,10 @@ from research.models import stack
 
 
 def learning_rate_schedule(*, peak: float, warmup_steps: int, total_steps: int, kind: str):
-    """Linear warmup 0 -> `peak` over `warmup_steps`, then `kind` decay to 0 at `total_steps`."""
+    """Linear warmup 0 -> `peak` over `warmup_steps`, then `kind` decay to 0 at `total_steps`.
+    Step s (1-based) trains at schedule(s - 1): the first step's rate is 0 when warming up.
+    With warmup_steps >= total_steps (the smoke presets: a few steps, a long warmup) the rate
+    only rises, to peak x (total_steps - 1) / warmup_steps, and never decays."""
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule {kind!r}; allowed: {', '.join(SCHEDULES)}")
     warmup = optax.linear_schedule(0.0, peak, max(warmup_steps, 1))

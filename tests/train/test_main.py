@@ -914,6 +914,12 @@ def test_summary_without_evaluation_says_so():
     assert hup.startswith("stopped by SIGHUP (terminal closed): saved at step 8 (1 step this run")
     other = summary_line(Summary(1, 8, 5.1, {}, 300.0, preempted=True))
     assert other.startswith("stopped (another process was signalled): saved at step 8")
+    # a signal during the last step's evaluation or save: the run finished, nothing to resume
+    late = Summary(1, 8, 5.1, {}, 300.0, preempted=True, signal="SIGTERM")
+    assert summary_line(late, total_steps=8).startswith(
+        "done at step 8, SIGTERM after its last step (1 step this run"
+    )
+    assert summary_line(late, total_steps=9).startswith("stopped by SIGTERM: saved at step 8")
 
 
 def test_a_classifier_summary_shows_accuracy_and_examples_per_second():
