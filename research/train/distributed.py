@@ -4,21 +4,41 @@ import os
 
 import jax
 
+from research.config import ConfigError
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: must be an integer") from None
+
 
 def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1):
     """Calls `jax.distributed.initialize` when this is a multi-process run.
 
     Explicit arguments (or SEQLAB_COORDINATOR / SEQLAB_NUM_PROCESSES / SEQLAB_PROCESS_ID) win;
     otherwise SLURM with more than one task, or a multi-host Cloud TPU, is auto-detected by JAX.
-    On CPU, cross-process collectives use gloo.
+    On CPU, cross-process collectives use gloo. A ConfigError (one line) for inconsistent
+    values, and for a process count or id without a coordinator (each process would train
+    alone on the same workdir).
     """
     coordinator_address = coordinator_address or os.environ.get("SEQLAB_COORDINATOR", "")
-    num_processes = num_processes or int(os.environ.get("SEQLAB_NUM_PROCESSES", "0"))
+    num_processes = num_processes or _env_int("SEQLAB_NUM_PROCESSES", 0)
     if process_id < 0:
-        process_id = int(os.environ.get("SEQLAB_PROCESS_ID", "-1"))
+        process_id = _env_int("SEQLAB_PROCESS_ID", -1)
+    if not coordinator_address and (num_processes > 0 or process_id >= 0):
+        raise ConfigError(
+            f"num_processes={num_processes}, process_id={process_id} without a coordinator: "
+            "give --coordinator_address=HOST:PORT (or SEQLAB_COORDINATOR) to every process, or "
+            "neither (SLURM and multi-host TPUs are found by JAX)"
+        )
     if coordinator_address:
         if num_processes < 1 or not 0 <= process_id < num_processes:
-            raise ValueError(
+            raise ConfigError(
                 f"with coordinator {coordinator_address!r}, need num_processes >= 1 and "
                 f"0 <= process_id < num_processes, got {num_processes} and {process_id}"
             )
