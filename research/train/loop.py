@@ -271,6 +271,19 @@ def train_and_evaluate(
     clock, train_seconds, tokens, examples = None, 0.0, 0.0, 0.0
     last_loss, eval_result, preempted, s = float("nan"), {}, False, start
     errors = []  # what failed in the loop and while finishing its saves, in order
+
+    def write_window(s: int, rate: float) -> None:
+        """A train row over the steps since the previous row of this run: fewer than
+        log_every_steps after a resume, at the last step, or where a signal stopped the run
+        ("steps" says how many). Its throughput is this run's so far, absent until a step has
+        been timed."""
+        nonlocal window
+        row = {**metrics.summarize(window, steps=window_steps), "steps": window_steps}
+        if train_seconds > 0:
+            row["tokens_per_second"] = rate
+        writer.write(s, "train", row)
+        window = None
+
     try:
         for s in range(start + 1, t.num_train_steps + 1):
             batch = shards.global_batch(next(train_iter), batch_sharding)
@@ -304,19 +317,12 @@ def train_and_evaluate(
             else:  # a classifier: rows per second
                 ex_s = _rate(examples, train_seconds)
                 bar.set_postfix(loss=f"{last_loss:.4f}", ex_s=f"{ex_s:,.1f}")
-            if s % t.log_every_steps == 0:
-                # A row is over the steps since the previous row of this run: fewer than
-                # log_every_steps after a resume ("steps" says how many). Its throughput is
-                # this run's so far, and absent until a step has been timed.
-                row = {**metrics.summarize(window, steps=window_steps), "steps": window_steps}
-                if train_seconds > 0:
-                    row["tokens_per_second"] = rate
-                writer.write(s, "train", row)
-                window = None
             # A scheduled checkpoint is saved before the evaluation, so an evaluation that
             # fails loses no training. The final one is saved after it: a failed final
             # evaluation leaves the run to resume (and evaluate) from the checkpoint before.
             final = s == t.num_train_steps
+            if s % t.log_every_steps == 0 or final:
+                write_window(s, rate)
             saved = False if final else ckpt.save(s, state, train_iter, config_json)
             # A stop asked for (SIGTERM's grace period is short) saves before a scheduled
             # evaluation, which the run then skips; the final step's evaluation always runs.
@@ -337,6 +343,8 @@ def train_and_evaluate(
             if preemption.reached():
                 if not saved:  # a step the schedule just saved must not be saved twice
                     ckpt.save(s, state, train_iter, config_json, force=True)
+                if window is not None:  # the steps since the last row: a resume starts after
+                    write_window(s, rate)
                 preempted = True
                 break
             clock = time.perf_counter()  # the next step's time starts after the save and eval

@@ -156,6 +156,41 @@ def test_an_eval_split_smaller_than_one_batch_is_refused_before_training(tmp_pat
     assert not list((tmp_path / "wd").glob("checkpoints/*"))
 
 
+def test_every_step_is_in_a_train_row_across_a_stop_and_the_last_step(tmp_path, monkeypatch):
+    """The steps since the last train row were dropped where a signal stopped the run and at a
+    last step off the log schedule: their row is written there, so the rows' "steps" add up to
+    every step trained, across the stop and the resume."""
+    import json
+    import os
+    import signal
+
+    from configs import mqar
+    from research.data import shards
+    from research.train import loop
+    from research.train.config import parse
+
+    c = mqar.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.update(num_train_steps=7, eval_every_steps=7, checkpoint_every_steps=4, log_every_steps=4)
+    real, calls = shards.global_batch, []
+
+    def signalled_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler: save and stop after it
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shards, "global_batch", signalled_at_step_3)
+    first = loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert first.preempted and first.last_step == 3
+    monkeypatch.undo()
+    second = loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert (second.resumed_from, second.last_step) == (3, 7)
+    rows = [json.loads(x) for x in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+    train = [(r["step"], r["steps"]) for r in rows if r["split"] == "train"]
+    assert train == [(3, 3), (4, 1), (7, 3)]
+
+
 def test_an_evaluation_that_fails_loses_no_training(tmp_path, monkeypatch):
     """A scheduled checkpoint is saved before the evaluation at its step: an evaluation that
     raised there lost every step since the previous checkpoint. The final step is evaluated
