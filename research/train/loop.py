@@ -197,7 +197,13 @@ def train_and_evaluate(
     changes = {}  # step -> config changes since that checkpoint
 
     def check_config(step, saved):
-        if saved is None:
+        if saved is None:  # it cannot be shown to be this run: resume only when allowed to
+            if not allow_config_change:
+                raise ConfigError(
+                    f"checkpoint {step} in {ckpt.directory}: its config is unreadable, so it "
+                    "cannot be checked against this run's; use another --workdir, or "
+                    "--allow_config_change to resume it anyway"
+                )
             logging.warning("checkpoint %d: its config is unreadable; not compared", step)
             return
         changes[step] = config_changes(saved, run.raw)
@@ -362,6 +368,8 @@ def train_and_evaluate(
     if any(faults.is_disk_full(e) for e in errors):
         raise faults.NoSpaceLeft(ckpt.no_space_message(s)) from None
     if errors:
+        for later in errors[1:]:  # a save that also failed must not go unsaid
+            logging.error("also, while closing: %s", faults.one_line(later))
         raise errors[0]
     return Summary(
         steps_run,

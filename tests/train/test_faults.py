@@ -191,6 +191,51 @@ def test_every_step_is_in_a_train_row_across_a_stop_and_the_last_step(tmp_path, 
     assert train == [(3, 3), (4, 1), (7, 3)]
 
 
+def test_a_checkpoint_whose_config_is_unreadable_resumes_only_when_allowed(tmp_path):
+    """Its config could not be compared with the run's, and the run resumed it anyway, even
+    where a changed config is refused (allow_config_change=False: sweeps, the CLI's default)."""
+    from configs import mqar
+    from research.config import ConfigError
+    from research.train import loop
+    from research.train.config import parse
+
+    c = mqar.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.update(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=2, log_every_steps=2)
+    wd = tmp_path / "wd"
+    loop.train_and_evaluate(parse(c), str(wd))
+    (wd / "checkpoints" / "4" / "config" / "metadata").write_text("{not json")
+    c.num_train_steps = 6
+    with pytest.raises(ConfigError, match="checkpoint 4 in .*: its config is unreadable, so it"):
+        loop.train_and_evaluate(parse(c), str(wd), allow_config_change=False)
+    summary = loop.train_and_evaluate(parse(c), str(wd), allow_config_change=True)
+    assert (summary.resumed_from, summary.last_step) == (4, 6)
+
+
+def test_a_failure_while_closing_is_logged_beside_the_first(tmp_path, monkeypatch, caplog):
+    """Only the first error was raised: a save that failed to commit while the run was already
+    stopping for another reason went unsaid."""
+    from configs import mqar
+    from research.train import checkpoint, evaluation, loop
+    from research.train.config import parse
+
+    c = mqar.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.update(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2, log_every_steps=1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the evaluation broke")
+
+    def unsaved(self):
+        raise RuntimeError("checkpoint 1 did not commit")
+
+    monkeypatch.setattr(evaluation, "evaluate", broken)
+    monkeypatch.setattr(checkpoint.Checkpointer, "wait", unsaved)
+    with pytest.raises(RuntimeError, match="the evaluation broke"):
+        loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert "also, while closing: checkpoint 1 did not commit" in caplog.text
+
+
 def test_an_evaluation_that_fails_loses_no_training(tmp_path, monkeypatch):
     """A scheduled checkpoint is saved before the evaluation at its step: an evaluation that
     raised there lost every step since the previous checkpoint. The final step is evaluated
