@@ -312,7 +312,9 @@ def train_and_evaluate(
             steps_run += 1
             if clock is not None:  # every input token is processed, whatever its loss weight
                 train_seconds += time.perf_counter() - clock
-                tokens += t.batch_size * batch["inputs"].shape[1]
+                # an encoder-decoder's source too: its inputs are the decoder side alone
+                width = batch["inputs"].shape[1] + (batch["src"].shape[1] if "src" in batch else 0)
+                tokens += t.batch_size * width
                 examples += t.batch_size
             window = sums if window is None else {k: window[k] + sums[k] for k in sums}
             window_steps = 1 if window is sums else window_steps + 1

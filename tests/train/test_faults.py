@@ -139,6 +139,29 @@ def test_throughput_is_over_training_steps_alone(tmp_path, monkeypatch):
     assert train[-1]["tokens_per_second"] == pytest.approx(summary.tokens_per_second, rel=0.05)
 
 
+@pytest.mark.parametrize("layout", ["encdec", "unilm"])
+def test_tokens_per_second_counts_every_token_a_step_reads(tmp_path, monkeypatch, layout):
+    """With a clock that moves 1 s between its readings, every timed step takes 1 s: tokens/s
+    is then a step's tokens. An encoder-decoder's step reads the source as well as the target
+    (its inputs are the decoder side alone, and the source was left out of the count)."""
+    import types
+
+    from configs import seq2seq
+    from research.train import loop
+    from research.train.config import parse
+
+    c = seq2seq.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.seq2seq.layout = layout
+    c.update(num_train_steps=3, eval_every_steps=3, checkpoint_every_steps=3, log_every_steps=3)
+    now = iter(range(10**6))  # the loop's clock alone (other threads keep the real one)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(now))))
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    s = c.seq2seq
+    width = s.src_len + s.tgt_len  # encdec: src [S] + inputs [T]; unilm: one row of S + T
+    assert summary.tokens_per_second == c.batch_size * width
+
+
 def test_an_eval_split_smaller_than_one_batch_is_refused_before_training(tmp_path):
     """Found at the first evaluation, it stopped a run after eval_every_steps steps, before its
     first checkpoint when that came later, and again on every rerun."""
