@@ -141,6 +141,15 @@ def describe_changes(changes: dict[str, tuple]) -> str:
     return ", ".join(f"{k} {show(old)} -> {show(new)}" for k, (old, new) in changes.items())
 
 
+def host_device() -> jax.Device:
+    """This process's CPU device (host memory), where the model is built before it is placed
+    on the mesh; the default device where JAX was started without the CPU backend."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return jax.local_devices()[0]
+
+
 def _rate(amount: float, seconds: float) -> float:
     """amount per second of training time (0 before a step has been timed)."""
     return amount / seconds if seconds > 0 else 0.0
@@ -178,10 +187,14 @@ def train_and_evaluate(
 
     def fresh_start(initialize: bool):
         """(model_def, shardings, state, train iterator) of step 0; `initialize`: load the
-        task's pretrained weights (a resume overwrites them, so only a fresh run does)."""
-        model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=t.seed, dropout=t.seed + 1))
-        if initialize:
-            task.initialize(run, model)
+        task's pretrained weights (a resume overwrites them, so only a fresh run does). The
+        model is built in host memory, then placed by its shardings: built on the default
+        device, a 7B model's fp32 parameters (26 GiB) would not fit one v5e chip's 16 GiB
+        before FSDP spread them."""
+        with jax.default_device(host_device()):
+            model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=t.seed, dropout=t.seed + 1))
+            if initialize:
+                task.initialize(run, model)
         model_def, params, consts = step.split_model(model)
         shardings = step.state_shardings(opt, params, consts, mesh)
         state = step.init_state(opt, params, consts, t.seed, shardings)

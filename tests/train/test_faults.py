@@ -162,6 +162,33 @@ def test_tokens_per_second_counts_every_token_a_step_reads(tmp_path, monkeypatch
     assert summary.tokens_per_second == c.batch_size * width
 
 
+def test_the_model_is_built_in_host_memory(tmp_path, monkeypatch):
+    """Built on the default device, a 7B model's fp32 parameters (26 GiB) overflowed one v5e
+    chip before FSDP spread them (the planner, which never builds them, said it fits): the
+    model and its pretrained weights are made under the host's CPU device, then placed."""
+    import jax
+
+    from configs import mqar
+    from research import tasks
+    from research.train import loop
+    from research.train.config import parse
+
+    c = mqar.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.update(num_train_steps=1, eval_every_steps=1, checkpoint_every_steps=1, log_every_steps=1)
+    task = tasks.get("mqar")
+    seen = []
+
+    def spying(run, mcfg, *, rngs):
+        seen.append(jax.config.jax_default_device)
+        return real(run, mcfg, rngs=rngs)
+
+    real = task.build_model
+    monkeypatch.setattr(task, "build_model", spying)
+    loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert seen == [jax.local_devices(backend="cpu")[0]]
+
+
 def test_an_eval_split_smaller_than_one_batch_is_refused_before_training(tmp_path):
     """Found at the first evaluation, it stopped a run after eval_every_steps steps, before its
     first checkpoint when that came later, and again on every rerun."""
