@@ -38,6 +38,7 @@ from research.report import format_table, plural
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology (v5e:16x16, v5p:4x8x8) or cpu")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "multislice: number of slices")
+
 _EVAL = flags.DEFINE_bool("eval", False, "also compile the eval step")
 _DECODE = flags.DEFINE_integer(
     "decode",
@@ -180,7 +181,7 @@ def layers_sweep(c, devices, chip, depths: list[int]) -> int:
 
 
 def main(argv):
-    from research.plan import MissingLibtpu, devices_for, plan_train
+    from research.plan import MissingLibtpu, chips, devices_for, plan_train
     from research.train import sharding
     from research.train.config import ConfigError
 
@@ -194,6 +195,8 @@ def main(argv):
         fail("plan a single training config (configs/lm.py, configs/mqar.py), not a sweep")
     try:
         devices, chip = devices_for(_TOPOLOGY.value, _NUM_SLICES.value)
+        if _NUM_SLICES.value > 1:
+            print(chips.MULTISLICE_NOTE.format(n=_NUM_SLICES.value), flush=True)
         if _SWEEP.value and _LAYERS.value:
             fail("give one of --fsdp_sweep and --layers_sweep")
         problem = out_dir_error(_OUT.value) if _SWEEP.value or _LAYERS.value else None

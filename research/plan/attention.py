@@ -59,6 +59,7 @@ from research.ops import attention as att
 from research.ops.attention import context_parallel as cp
 from research.ops.attention.cost import attention_flops, bytes_communicated
 from research.ops.feature_maps import feature_dim
+from research.plan import chips
 from research.plan.chips import MissingLibtpu, devices_for
 from research.plan.compiler import compile_for_devices
 from research.plan.output import fits_chip
@@ -324,6 +325,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=out_dir, default="/tmp/seqlab/plan_attention")
     args = parser.parse_args(argv)
     try:
+        if args.num_slices > 1:
+            print(chips.MULTISLICE_NOTE.format(n=args.num_slices), flush=True)
         rows = run(args.topology, args.lengths, args.heads, args.head_dim, args.num_slices)
     except (MissingLibtpu, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

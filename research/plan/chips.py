@@ -49,6 +49,12 @@ CHIPS = {
     # of the page said 3,584 Gbps, which we had used as 448 GB/s one way).
     "v6e": Chip("TPU v6e", 32 * GiB, 918e12, 1638e9, 400e9, int(31.25 * GiB)),
 }
+MULTISLICE_NOTE = (
+    "note: {n} slices: memory is the compiler's for the multislice program, but every "
+    "collective byte is costed at ICI bandwidth; traffic between slices crosses the data-center "
+    "network (v5p: 50 Gbps per chip, against 1,200 GB/s ICI), which is not modeled, so the "
+    "roofline time is optimistic for any mesh axis that spans slices"
+)
 _NAME = re.compile(r"^(v4|v5e|v5p|v6e):(\d+)x(\d+)(?:x(\d+))?$")
 
 
