@@ -20,7 +20,8 @@ Times are medians of `--repeats` after one warm-up call. Memory is XLA's compile
 FLOP counts are `research.ops.attention.cost.attention_flops` (forward+backward = 3.5 x forward):
   softmax: 2 B H L^2 D (causal half of QK^T and PV);
   linear chunked: B H L (2 C F + 2 C Dv + 4 F Dv); scan and cumsum: B H L 4 F Dv;
-  gla (and gla_scalar) chunked as linear chunked, gla scan B H L 4 Dk Dv, delta scan
+  gla chunked B H L (4 C Dk + 2 C Dv + 4 Dk Dv) (its cumulative log-gates add 2 C Dk),
+  gla_scalar chunked as linear chunked with F = Dk, gla scan B H L 4 Dk Dv, delta scan
   B H L 6 Dk Dv, delta chunked the WY form's products (2.6 x linear chunked at C = D = 64;
   see `cost.py`). `--impls` runs a subset of the rows.
 Decode: one token against a cache of `context` tokens; the softmax KV cache attends over it, the

@@ -37,7 +37,12 @@ def model_flops_per_token(cfg: ModelConfig, params) -> float:
     """6 N + 3 n_layers M: M the attention's forward mixing FLOPs per token at max_length
     (`research.models.flops.mixing_flops`; 2 length d_model for causal softmax)."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
-    n = sum(x.size for path, x in leaves if "position" not in jax.tree_util.keystr(path))
+    # lookups multiply nothing: the position table, and the token table unless it is tied to
+    # the output projection (untied, that projection is a parameter of its own)
+    lookups = ("position",) if cfg.tie_embeddings else ("position", "'token'")
+    n = sum(
+        x.size for path, x in leaves if not any(w in jax.tree_util.keystr(path) for w in lookups)
+    )
     return 6.0 * n + 3.0 * cfg.num_layers * mixing_flops(cfg, cfg.max_length)
 
 

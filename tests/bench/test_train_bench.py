@@ -105,3 +105,22 @@ def test_mfu_is_against_every_devices_peak_in_the_runs_dtype(monkeypatch, dtype,
     flops_per_second = r["model_tflops_per_step"] * 1e12 / r["step_seconds"]
     assert r["mfu"] == pytest.approx(flops_per_second / (devices * 1e9))
     assert r["matmul_peak_gflops"] == pytest.approx(devices)
+
+
+def test_model_flops_count_the_output_projection_once_tied_or_not():
+    """The token table is a lookup; tied, it is also the output projection (counted once),
+    untied the projection is its own parameter: the same matmul FLOPs either way (untied, the
+    table was counted as well)."""
+    from flax import nnx
+
+    from research.models import DecoderLM, ModelConfig
+
+    counts = []
+    for tie in (True, False):
+        cfg = ModelConfig(
+            vocab_size=64, d_model=16, num_heads=2, num_layers=1, d_ff=32, max_length=16,
+            tie_embeddings=tie, positions="learned",
+        )  # fmt: skip
+        params = nnx.to_pure_dict(nnx.state(DecoderLM(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+        counts.append(train.model_flops_per_token(cfg, params))
+    assert counts[0] == counts[1]
