@@ -206,7 +206,8 @@ def main(argv=None) -> list[dict]:
         "--memory_budget_gb",
         type=positive_float,
         default=device_memory_gb(),
-        help="skip a row whose compiled program needs more (default: the device's memory)",
+        help="skip a row whose compiled program needs more, in GiB (default: the memory JAX "
+        "may use on the device, its bytes_limit: on a GPU the preallocated pool, not all HBM)",
     )
     p.add_argument("--train_layers", type=positive_int, default=12)
     p.add_argument("--train_d_model", type=positive_int, default=768)

@@ -16,7 +16,7 @@ summary names, per linear row, the crossover: the shortest length from which it 
 fastest softmax row (`launch/accelerator_check.sh` runs all of this on a GPU or TPU).
 Times are medians of `--repeats` after one warm-up call. Memory is XLA's compiled figure
 (arguments + outputs + temporaries, per device); a run whose compiled memory exceeds
-`--memory_budget_gb` is reported as skipped, not attempted.
+`--memory_budget_gb` (GiB, 2^30 bytes) is reported as skipped, not attempted.
 FLOP counts are `research.ops.attention.cost.attention_flops` (forward+backward = 3.5 x forward):
   softmax: 2 B H L^2 D (causal half of QK^T and PV);
   linear chunked: B H L (2 C F + 2 C Dv + 4 F Dv); scan and cumsum: B H L 4 F Dv;
@@ -277,7 +277,12 @@ def main(argv=None):
         default=2**20,
         help="one linear chunked run at this length (0: skip)",
     )
-    p.add_argument("--memory_budget_gb", type=positive_float, default=12.0)
+    p.add_argument(
+        "--memory_budget_gb",
+        type=positive_float,
+        default=12.0,
+        help="skip a row whose compiled program needs more, in GiB (2^30 bytes)",
+    )
     p.add_argument("--malloc", choices=("keep", "system"), default="keep")
     p.add_argument("--out", type=out_dir, default="bench_out/attention")
     args = p.parse_args(argv)
