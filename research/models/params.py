@@ -38,8 +38,8 @@ def read_checkpoint(directory, step: int, *, config: bool = False, model=None):
     """The JSON config (config=True) and/or `model`'s params and consts at `step`.
 
     Returns (config dict or None, model with restored parameters or None). Parameters are
-    placed on this process's first device; names and shapes must match `model`'s (ValueError
-    naming the first that does not, before any array is read).
+    placed on the device `model`'s own arrays are on; names and shapes must match `model`'s
+    (ValueError naming the first that does not, before any array is read).
     """
     manager = _manager(directory)
     try:
@@ -51,7 +51,10 @@ def read_checkpoint(directory, step: int, *, config: bool = False, model=None):
             return raw, None
         graph, params, consts, rest = nnx.split(model, nnx.Param, Constant, ...)
         target = {"params": nnx.to_pure_dict(params), "consts": nnx.to_pure_dict(consts)}
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        # where the model's own arrays are (the training loop builds it in host memory)
+        leaves = jax.tree.leaves(target)
+        home = min(leaves[0].devices(), key=lambda d: d.id) if leaves else jax.devices()[0]
+        device = jax.sharding.SingleDeviceSharding(home)
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), target
         )

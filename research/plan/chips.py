@@ -52,7 +52,8 @@ CHIPS = {
 MULTISLICE_NOTE = (
     "note: {n} slices: memory is the compiler's for the multislice program, but every "
     "collective byte is costed at ICI bandwidth; traffic between slices crosses the data-center "
-    "network (v5p: 50 Gbps per chip, against 1,200 GB/s ICI), which is not modeled, so the "
+    "network (v5p: 50 Gbps per chip, against 600 GB/s ICI one way), which is not modeled, so "
+    "the "
     "roofline time is optimistic for any mesh axis that spans slices"
 )
 _NAME = re.compile(r"^(v4|v5e|v5p|v6e):(\d+)x(\d+)(?:x(\d+))?$")

@@ -117,9 +117,10 @@ def _decode_plan(run: RunConfig, mesh, data: TaskData, new_tokens: int):
 
 def counts_analytically(run: RunConfig) -> bool:
     """Whether `model_flops` describes the run's step: a DecoderLM over data.seq_len tokens with
-    a vocabulary head at every position (lm, mqar, chat: XLA / analytic 1.10 on their smoke
-    presets). The others (encoder-decoder, MLM heads at a few positions, classifiers) rest on
-    XLA's FLOP count."""
+    a vocabulary head at every position (lm, mqar, chat: XLA / analytic 1.18, 1.21, 1.17 on
+    their smoke presets, whose dense attention computes the masked half the count leaves out).
+    The others (encoder-decoder, MLM heads at a few positions, classifiers) rest on XLA's FLOP
+    count."""
     return tasks.get(run.task).model_class(run) is DecoderLM
 
 

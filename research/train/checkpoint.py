@@ -101,8 +101,10 @@ class Checkpointer:
 
         `abstract_state`: ShapeDtypeStructs with shardings, so arrays come back already placed.
         The data iterator's state is restored in place. `check_config(step, saved_config)` is
-        called before a checkpoint is restored, with the config it was saved with (None when
-        unreadable); it may raise (ConfigError) to refuse that checkpoint, and the whole run.
+        called before a checkpoint is restored, with the config it was saved with; it may raise
+        (ConfigError) to refuse that checkpoint, and the whole run. A checkpoint whose config is
+        unreadable is checked (saved_config None) only once its state has restored: one whose
+        state is unreadable too falls back like any other.
 
         Unreadable checkpoints newer than the one restored are moved to
         WORKDIR/unreadable_checkpoints/STEP (kept for inspection, never overwritten by the
@@ -113,8 +115,9 @@ class Checkpointer:
         unreadable = {}  # step -> one-line reason
         for step in sorted(self.manager.all_steps(), reverse=True):
             self._check_same_layout(step, abstract_state)
-            if check_config is not None:
-                check_config(step, self.saved_config(step))
+            saved = None if check_config is None else self.saved_config(step)
+            if saved is not None:
+                check_config(step, saved)
             try:
                 restored = self.manager.restore(
                     step,
@@ -144,6 +147,8 @@ class Checkpointer:
                     ) from None
                 unreadable[step] = faults.one_line(e)
                 continue
+            if check_config is not None and saved is None:  # a readable state, its config not
+                check_config(step, None)
             if unreadable:
                 where = self._move_aside(unreadable)
                 _say(f"{_describe(unreadable)}; moved to {where}; resuming from {step}")
@@ -204,7 +209,7 @@ class Checkpointer:
                 step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
             )
             return restored.config
-        except Exception:  # noqa: BLE001 - unreadable: the state restore decides what follows
+        except Exception:  # noqa: BLE001 - unreadable: checked after the state restores
             return None
 
     def _check_same_layout(self, step: int, abstract_state) -> None:

@@ -293,9 +293,9 @@ def train_and_evaluate(
 
     def write_window(s: int, rate: float) -> None:
         """A train row over the steps since the previous row of this run: fewer than
-        log_every_steps after a resume, at the last step, or where a signal stopped the run
-        ("steps" says how many). Its throughput is this run's so far, absent until a step has
-        been timed."""
+        log_every_steps after a resume, at a checkpoint off the log schedule, at the last step,
+        or where a signal stopped the run ("steps" says how many). Its throughput is this
+        run's so far, absent until a step has been timed."""
         nonlocal window
         row = {**metrics.summarize(window, steps=window_steps), "steps": window_steps}
         if train_seconds > 0:
@@ -345,6 +345,8 @@ def train_and_evaluate(
             if s % t.log_every_steps == 0 or final:
                 write_window(s, rate)
             saved = False if final else ckpt.save(s, state, train_iter, config_json)
+            if saved and window is not None:  # a resume from here must find these steps logged
+                write_window(s, rate)
             # A stop asked for (SIGTERM's grace period is short) saves before a scheduled
             # evaluation, which the run then skips; the final step's evaluation always runs.
             stopping = not final and s % t.eval_every_steps == 0 and preemption.reached()

@@ -3,6 +3,7 @@
 import errno
 import signal
 
+import numpy as np
 import pytest
 
 from research.train import faults
@@ -130,12 +131,13 @@ def test_throughput_is_over_training_steps_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "evaluate", slow)
     summary = loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
     per_step = c.batch_size * c.data.seq_len
-    # three timed steps of a tiny model: well under the 1 s each evaluation took
-    assert summary.tokens_per_second > per_step / 0.5, summary.tokens_per_second
+    # three timed steps of a tiny model (milliseconds each): under the 1 s each evaluation
+    # took, so with it counted in no rate could pass
+    assert summary.tokens_per_second > per_step / 0.9, summary.tokens_per_second
     rows = [json.loads(x) for x in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4] and "tokens_per_second" not in train[0]
-    assert all(r["tokens_per_second"] > per_step / 0.5 for r in train[1:])
+    assert all(r["tokens_per_second"] > per_step / 0.9 for r in train[1:])
     assert train[-1]["tokens_per_second"] == pytest.approx(summary.tokens_per_second, rel=0.05)
 
 
@@ -189,6 +191,29 @@ def test_the_model_is_built_in_host_memory(tmp_path, monkeypatch):
     assert seen == [jax.local_devices(backend="cpu")[0]]
 
 
+def test_pretrained_weights_are_read_onto_the_models_own_device(mlm_workdir):
+    """A pretrained run's weights were restored onto jax.devices()[0] whatever device the model
+    was built on: the training loop builds in host memory, and a 7B's weights would have landed
+    on the first accelerator. They now go where the model's arrays are (here a second CPU
+    device, as a stand-in)."""
+    import jax
+    from flax import nnx
+
+    from research import tasks
+    from research.models import params as params_io
+    from research.train import load_trained
+
+    t = load_trained(mlm_workdir)
+    other = jax.devices()[1]
+    with jax.default_device(other):
+        fresh = tasks.get(t.config.task).build_model(t.config, t.model.cfg, rngs=nnx.Rngs(5))
+        _, restored = params_io.read_checkpoint(mlm_workdir / "checkpoints", t.step, model=fresh)
+    leaves = jax.tree.leaves(nnx.state(restored, nnx.Param))
+    assert leaves and all(x.devices() == {other} for x in leaves)
+    want = jax.tree.leaves(nnx.state(t.model, nnx.Param))
+    assert all(np.array_equal(a, b) for a, b in zip(leaves, want, strict=True))
+
+
 def test_an_eval_split_smaller_than_one_batch_is_refused_before_training(tmp_path):
     """Found at the first evaluation, it stopped a run after eval_every_steps steps, before its
     first checkpoint when that came later, and again on every rerun."""
@@ -207,9 +232,10 @@ def test_an_eval_split_smaller_than_one_batch_is_refused_before_training(tmp_pat
 
 
 def test_every_step_is_in_a_train_row_across_a_stop_and_the_last_step(tmp_path, monkeypatch):
-    """The steps since the last train row were dropped where a signal stopped the run and at a
-    last step off the log schedule: their row is written there, so the rows' "steps" add up to
-    every step trained, across the stop and the resume."""
+    """The steps since the last train row were dropped where a signal stopped the run, at a
+    last step off the log schedule, and (for a resume after a crash) at a checkpoint off it:
+    their row is written there, so the rows' "steps" add up to every step trained, across the
+    stop and the resume."""
     import json
     import os
     import signal
@@ -221,7 +247,7 @@ def test_every_step_is_in_a_train_row_across_a_stop_and_the_last_step(tmp_path, 
 
     c = mqar.get_config("smoke")
     c.data.data_dir = str(tmp_path / "data")
-    c.update(num_train_steps=7, eval_every_steps=7, checkpoint_every_steps=4, log_every_steps=4)
+    c.update(num_train_steps=7, eval_every_steps=7, checkpoint_every_steps=5, log_every_steps=4)
     real, calls = shards.global_batch, []
 
     def signalled_at_step_3(*args, **kwargs):
@@ -238,12 +264,14 @@ def test_every_step_is_in_a_train_row_across_a_stop_and_the_last_step(tmp_path, 
     assert (second.resumed_from, second.last_step) == (3, 7)
     rows = [json.loads(x) for x in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
     train = [(r["step"], r["steps"]) for r in rows if r["split"] == "train"]
-    assert train == [(3, 3), (4, 1), (7, 3)]
+    assert train == [(3, 3), (4, 1), (5, 1), (7, 2)]  # 5: a checkpoint off the log schedule
 
 
 def test_a_checkpoint_whose_config_is_unreadable_resumes_only_when_allowed(tmp_path):
     """Its config could not be compared with the run's, and the run resumed it anyway, even
-    where a changed config is refused (allow_config_change=False: sweeps, the CLI's default)."""
+    where a changed config is refused (allow_config_change=False: sweeps, the CLI's default).
+    One whose state is unreadable too falls back to the checkpoint before, as any unreadable
+    checkpoint does."""
     from configs import mqar
     from research.config import ConfigError
     from research.train import loop
@@ -251,15 +279,27 @@ def test_a_checkpoint_whose_config_is_unreadable_resumes_only_when_allowed(tmp_p
 
     c = mqar.get_config("smoke")
     c.data.data_dir = str(tmp_path / "data")
-    c.update(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=2, log_every_steps=2)
+    c.update(
+        num_train_steps=6,
+        eval_every_steps=6,
+        checkpoint_every_steps=2,
+        keep_checkpoints=5,
+        log_every_steps=2,
+    )
     wd = tmp_path / "wd"
     loop.train_and_evaluate(parse(c), str(wd))
-    (wd / "checkpoints" / "4" / "config" / "metadata").write_text("{not json")
-    c.num_train_steps = 6
-    with pytest.raises(ConfigError, match="checkpoint 4 in .*: its config is unreadable, so it"):
+    newest = wd / "checkpoints" / "6"
+    (newest / "config" / "metadata").write_text("{not json")
+    with pytest.raises(ConfigError, match="checkpoint 6 in .*: its config is unreadable, so it"):
         loop.train_and_evaluate(parse(c), str(wd), allow_config_change=False)
     summary = loop.train_and_evaluate(parse(c), str(wd), allow_config_change=True)
+    assert (summary.resumed_from, summary.steps_run) == (6, 0)
+    for f in (newest / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+    summary = loop.train_and_evaluate(parse(c), str(wd), allow_config_change=False)
     assert (summary.resumed_from, summary.last_step) == (4, 6)
+    assert (wd / "unreadable_checkpoints" / "6").is_dir()
 
 
 def test_a_failure_while_closing_is_logged_beside_the_first(tmp_path, monkeypatch, caplog):
