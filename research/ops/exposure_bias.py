@@ -172,7 +172,7 @@ def gradient_penalty(
     def combine(model, batch, s, w, metrics, g):
         penalty = epsilon * _squared_norm(g)
         # Sums are divided by the weight later, so add weight x penalty to keep CE + penalty.
-        return s + penalty * w, w, {**metrics, "penalty": penalty * w}
+        return s + penalty * w, w, {**metrics, "mean/penalty": penalty * w}
 
     return _with_embedding_gradient(loss_fn, epsilon, delta_shape, delta_dtype, combine)
 
@@ -189,7 +189,7 @@ def fgm(
         norm = jnp.sqrt(_squared_norm(g)) + 1e-12
         r = jax.lax.stop_gradient(jax.tree.map(lambda x: epsilon * x / norm, g))
         s_adv, _, _ = loss_fn(model, batch, r)
-        return s + s_adv, w, {**metrics, "adversarial_loss": s_adv}
+        return s + s_adv, w, {**metrics, "mean/adversarial_loss": s_adv}
 
     return _with_embedding_gradient(loss_fn, epsilon, delta_shape, delta_dtype, combine)
 

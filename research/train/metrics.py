@@ -34,7 +34,9 @@ with _without_torch():
 
 def summarize(sums: dict, steps: int = 1) -> dict:
     """Token-weighted sums -> loss, accuracy, perplexity (computed once, after all sums are in);
-    grad_norm, summed over `steps` train steps, -> their mean."""
+    grad_norm, summed over `steps` train steps, -> their mean; a loss's "mean/NAME" (a value
+    times its batch's weight, as the remedies report a penalty or a reward) -> NAME, the
+    token-weighted mean; any other key is a count, summed."""
     weight = max(float(sums["weight_sum"]), 1.0)
     loss = float(sums["loss_sum"]) / weight
     out = {"loss": loss, "tokens": float(sums["weight_sum"])}
@@ -48,6 +50,8 @@ def summarize(sums: dict, steps: int = 1) -> dict:
         if k.startswith("correct/") and f"predicted/{name}" in sums:
             # a task's accuracy per part (mlm on zh_pretrain: per source): hits / predicted
             out[f"accuracy/{name}"] = float(sums[k]) / max(float(sums[f"predicted/{name}"]), 1.0)
+        elif k.startswith("mean/"):
+            out[name] = float(sums[k]) / weight
         elif not k.startswith("predicted/"):
             out[k] = float(sums[k])  # a task's own counts (mlm: "dropped"), summed over batches
     return out

@@ -138,7 +138,7 @@ def test_gradient_penalty_matches_finite_differences():
         )
         s, weight, metrics = wrapped(params, batch)
         np.testing.assert_allclose(
-            float(metrics["penalty"]) / float(weight), 0.5 * np.sum(g**2), rtol=1e-6
+            float(metrics["mean/penalty"]) / float(weight), 0.5 * np.sum(g**2), rtol=1e-6
         )
         # The trained gradient is second order; check it against differences of the loss.
         grad_w = jax.grad(lambda p: wrapped(p, batch)[0] / w)(params)["W"]
@@ -166,7 +166,7 @@ def _context_loss(params, batch, emb):
 def _penalty(loss_fn, params, batch, delta_shape):
     wrapped = eb.gradient_penalty(loss_fn, epsilon=0.5, delta_shape=delta_shape)
     _, weight, metrics = wrapped(params, batch)
-    return float(metrics["penalty"]) / float(weight)
+    return float(metrics["mean/penalty"]) / float(weight)
 
 
 def _both_forms(params, batch):

@@ -79,3 +79,17 @@ def test_a_training_process_imports_neither_torch_nor_scipy():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["False", "False", "1.0"]
+
+
+def test_a_losss_token_weighted_values_are_logged_as_means():
+    """The remedies report a penalty, a reward or scheduled sampling's teacher-forcing
+    probability as value x batch weight, so that sums over batches weigh them by tokens; the
+    row gave those sums (0.9 x 640 tokens x 50 steps for a probability of 0.9), not the
+    means. "mean/NAME" -> NAME / weight; other keys stay counts."""
+    from research.train import metrics
+
+    sums = {"loss_sum": 80.0, "weight_sum": 40.0, "mean/teacher_forcing_prob": 0.9 * 40.0}
+    row = metrics.summarize({**sums, "mean/reward": 0.25 * 40.0, "dropped": 3.0})
+    assert row["teacher_forcing_prob"] == pytest.approx(0.9)
+    assert row["reward"] == pytest.approx(0.25) and row["dropped"] == 3.0
+    assert not any(k.startswith("mean/") for k in row)

@@ -182,7 +182,7 @@ def scheduled_sampling(ctx: Context) -> Loss:
                 sample=s.ss_sample,
             )
         out = ctx.teacher_forced(model, batch, inputs=inputs)
-        return out[0], out[1], {**out[2], "teacher_forcing_prob": p * out[1]}
+        return out[0], out[1], {**out[2], "mean/teacher_forcing_prob": p * out[1]}
 
     return loss
 
@@ -213,7 +213,7 @@ def scst(ctx: Context) -> Loss:
             ctx,
             ce,
             seq_loss,
-            lambda w: {"reward": jnp.mean(r_s) * w, "baseline_reward": jnp.mean(r_g) * w},
+            lambda w: {"mean/reward": jnp.mean(r_s) * w, "mean/baseline_reward": jnp.mean(r_g) * w},
         )
 
     return loss
@@ -237,6 +237,6 @@ def mrt(ctx: Context) -> Loss:
             axis=1,
         )
         seq_loss = jnp.mean(eb.mrt_risk(logp, r, alpha=ctx.cfg.mrt_alpha))
-        return _mix(ctx, ce, seq_loss, lambda w: {"reward": jnp.mean(r) * w})
+        return _mix(ctx, ce, seq_loss, lambda w: {"mean/reward": jnp.mean(r) * w})
 
     return loss
