@@ -148,7 +148,8 @@ def initialize(init: str, model: Bert, *, key: str) -> None:
 def build_config(
     run, init: str, *, key: str, vocab_size: int, max_length: int, layers: int = 0, **heads
 ) -> ModelConfig:
-    """The model a BERT task trains: the pretrained architecture (dropout from the config), or
+    """The model a BERT task trains: the pretrained architecture (dropout, compute dtype, layer
+    form, remat and softmax kernel from the config), or
     the config's model sized to the data; with the task's `heads` (mlm_head, pooler,
     num_labels). layers > 0 keeps only the first `layers` layers (BERT-of-Theseus' baseline)."""
     pre = pretrained_config(init, key=key)
@@ -162,6 +163,7 @@ def build_config(
             scan_layers=run.model.scan_layers,
             remat=run.model.remat,
             softmax_implementation=run.model.softmax_implementation,
+            dtype=run.model.dtype,  # the compute dtype (the config checks cuDNN against it)
         )
         if max_length > mcfg.max_length:
             if mcfg.positions in ("learned", "sinusoidal") or mcfg.attention == "linformer":

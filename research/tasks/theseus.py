@@ -184,6 +184,7 @@ class TheseusTask(BertTask):
             dropout=run.model.dropout,
             scan_layers=False,
             softmax_implementation=run.model.softmax_implementation,
+            dtype=run.model.dtype,
         )
 
     def model_class(self, run: RunConfig) -> type:

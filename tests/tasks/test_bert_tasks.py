@@ -551,3 +551,22 @@ def test_classify_and_pet_on_a_tfds_dataset_by_name(mlm_workdir, data_dir, tmp_p
     c.pet.update(init=f"workdir:{mlm_workdir}", labeled_examples=16)
     summary = loop.train_and_evaluate(parse(c), str(tmp_path / "pet"))
     assert np.isfinite(summary.final_train_loss) and 0 <= summary.eval["accuracy"] <= 1
+
+
+def test_a_pretrained_architecture_runs_in_the_runs_compute_dtype(mlm_workdir):
+    """The architecture is the pretrained run's; how this run executes it is its own: the
+    compute dtype was dropped with the rest (a bf16 classifier from an fp32 MLM trained in
+    fp32, and the cuDNN check read the run's dtype while the model used the MLM's)."""
+    from research.tasks import bert
+    from research.train.config import parse
+
+    c = classify_config.get_config("smoke")
+    c.classify.init = f"workdir:{mlm_workdir}"
+    c.model.dtype = "bfloat16"
+    run = parse(c)
+    pre = bert.pretrained_config(c.classify.init, key="classify.init")[0]
+    mcfg = bert.build_config(
+        run, c.classify.init, key="classify.init", vocab_size=pre.vocab_size, max_length=32
+    )
+    assert pre.dtype == "float32" and mcfg.dtype == "bfloat16"
+    assert (mcfg.d_model, mcfg.num_layers) == (pre.d_model, pre.num_layers)
