@@ -79,14 +79,19 @@ def pattern_for(cfg: PetConfig, vocab) -> tuple[patterns.Pattern, np.ndarray]:
 
 
 def make_loss(verbalizer_ids: np.ndarray, max_predicted: int):
-    """Training batches (with targets) get the MLM loss; evaluation batches (with
-    mask_positions, labels) the loss -sum_s log p(verbalizer[label, s] at slot s) and accuracy."""
+    """Training batches (with targets) get the MLM loss, their hits as accuracy/mlm (over every
+    predicted token); evaluation batches (with mask_positions, labels) the loss
+    -sum_s log p(verbalizer[label, s] at slot s) and the label accuracy."""
     table = jnp.asarray(verbalizer_ids)
     mlm_loss = make_mlm_loss(max_predicted)
 
     def loss_fn(model, batch, *, key=None, step=None):
         if "targets" in batch:
-            return mlm_loss(model, batch)
+            # MLM hits over every predicted token (slots, random masks, unlabeled rows): logged
+            # as accuracy/mlm, so that "accuracy" is only ever the evaluation's label accuracy
+            loss_sum, weight_sum, sums = mlm_loss(model, batch)
+            hits = sums.pop("correct")
+            return loss_sum, weight_sum, {**sums, "correct/mlm": hits, "predicted/mlm": weight_sum}
         pos = batch["mask_positions"]  # the head runs at the slots only: logits [B, S, V]
         logits = model(batch["inputs"], mask=batch["mask"], predict_at=pos).logits
         pos = jnp.broadcast_to(jnp.arange(pos.shape[1]), pos.shape)

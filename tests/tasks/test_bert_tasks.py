@@ -512,6 +512,11 @@ def test_pet_and_classify_start_from_a_hugging_face_bert(mlm_workdir, data_dir, 
     c.pet.update(init=f"hf:{hf_dir}", labeled_examples=16)
     summary = loop.train_and_evaluate(parse(c), str(tmp_path / "pet"))
     assert np.isfinite(summary.final_train_loss) and 0 <= summary.eval["accuracy"] <= 1
+    # Train rows give the MLM's hits as accuracy/mlm; "accuracy" is the label accuracy alone.
+    rows = [json.loads(x) for x in (tmp_path / "pet" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert train and all("accuracy" not in r and 0 <= r["accuracy/mlm"] <= 1 for r in train)
+    assert all("accuracy" in r for r in rows if r["split"] == "eval")
     # classify takes the same path (bert.initialize); its head is new, the rest the checkpoint's.
     c = classify_config.get_config("smoke")
     c.data.data_dir = data_dir
