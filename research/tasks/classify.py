@@ -130,7 +130,8 @@ class ClassifyTask(BertTask):
         vocab = self.vocabulary(run)
         train, validation, _ = classification.sources_of(d)
         train = labeled_subset(train, s.labeled_examples, t.seed)
-        check_labels(train, s.num_labels, name=d.source)
+        check_labels(train, s.num_labels, name=f"{d.source} train")
+        check_labels(validation, s.num_labels, name=f"{d.source} validation")
         return classify_data(run, vocab, train, validation)
 
     def heads(self, run: RunConfig) -> dict:

@@ -167,7 +167,8 @@ class TheseusTask(BertTask):
         path, mcfg = _predecessor(s)
         vocab = vocab_io.load(path)
         train, validation, _ = classification.sources_of(d)
-        check_labels(train, mcfg.num_labels, name=d.source)
+        check_labels(train, mcfg.num_labels, name=f"{d.source} train")
+        check_labels(validation, mcfg.num_labels, name=f"{d.source} validation")
         return classify_data(run, vocab, train, validation)
 
     def model_config(self, run: RunConfig, *, vocab_size: int, max_length: int) -> ModelConfig:

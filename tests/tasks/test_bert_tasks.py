@@ -575,3 +575,16 @@ def test_a_pretrained_architecture_runs_in_the_runs_compute_dtype(mlm_workdir):
     )
     assert pre.dtype == "float32" and mcfg.dtype == "bfloat16"
     assert (mcfg.d_model, mcfg.num_layers) == (pre.d_model, pre.num_layers)
+
+
+def test_a_validation_label_outside_the_classes_is_refused(mlm_workdir, data_dir, monkeypatch):
+    """Classify and Theseus checked the train split's labels only: a validation label past the
+    classes reached the eval's cross-entropy (out of bounds) instead of a one-line DataError."""
+    train = [{"text": f"第{i}个很好的评论", "label": i % 2} for i in range(8)]
+    validation = [{"text": "一个评论", "label": 0}, {"text": "另一个评论", "label": 2}]
+    monkeypatch.setattr(classification, "sources_of", lambda d: (train, validation, []))
+    c = classify_config.get_config("smoke")
+    c.data.data_dir = data_dir
+    c.classify.init = f"workdir:{mlm_workdir}"
+    with pytest.raises(DataError, match="validation: example 1 has label 2; allowed 0..1"):
+        tasks.get("classify").build_data(parse(c))
