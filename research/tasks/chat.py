@@ -155,6 +155,12 @@ class ChatTask(Task):
         except DataError as e:
             raise ConfigError(str(e)) from None
         train = splits["train"][: d.train_examples]
+        if len(train) < len(splits["train"]):
+            print(
+                f"chat train: the first {len(train):,} of {len(splits['train']):,} "
+                "conversations (data.train_examples)",
+                flush=True,
+            )
         vocab = chat_vocab(run, train, capped=len(train) < len(splits["train"]))
         rows = {
             "train": dialogue.conversation_rows(vocab, train, d.seq_len),

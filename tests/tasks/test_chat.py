@@ -457,3 +457,13 @@ def test_generate_on_a_chat_run_points_to_research_chat(smoke_run):
         f"error: {workdir}: task='chat': talk to it with research.chat; research.generate "
         "continues lm runs and decodes seq2seq runs trained on text (data.source=jsonl:FILE)"
     ], r.stderr
+
+
+def test_a_capped_train_split_is_said(smoke_run, capsys):
+    """data.train_examples (100,000 by default) cut a larger corpus silently: the cap is
+    printed when it binds (the smoke preset trains on 200 conversations)."""
+    trained = load_trained(smoke_run[0])
+    capsys.readouterr()
+    tasks.get("chat").build_data(trained.config)
+    total = len(dialogue.conversations("chitchat", trained.config.data.data_dir)["train"])
+    assert f"chat train: the first 200 of {total:,} conversations" in capsys.readouterr().out

@@ -127,6 +127,12 @@ class QagenTask(Task):
             raise ConfigError(str(e)) from None
         vocab = qagen_vocab(run, splits["train"])
         wanted = {"train": splits["train"][: d.train_examples], "validation": splits["validation"]}
+        if len(wanted["train"]) < len(splits["train"]):
+            print(
+                f"qagen train: the first {len(wanted['train']):,} of {len(splits['train']):,} "
+                "examples (data.train_examples)",
+                flush=True,
+            )
         rows = {
             name: qa_rows.encode_rows(
                 vocab,
