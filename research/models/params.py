@@ -116,7 +116,7 @@ def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
     first k layers of a deeper one. Returns (copied paths, paths of `dst` left as initialised),
     paths "a/b/c" with per-layer paths "layers/i/..." in both forms. A path both have with
     different shapes raises ValueError (a vocabulary or width mismatch is a mistake, not a
-    fresh head).
+    fresh head). `unused_paths(src, copied)` names what of `src` was left out.
     """
     source = {}
     for path, var in nnx.to_flat_state(nnx.state(src, nnx.Any(nnx.Param, Constant))):
@@ -150,3 +150,23 @@ def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
         var.set_value(parts[0] if k is None else jnp.stack(parts))
     nnx.update(dst, state)
     return copied, fresh
+
+
+def unused_paths(src: nnx.Module, copied: list[str]) -> list[str]:
+    """The parameters of `src` that `transfer` did not copy (a pretrained head the new model
+    has no place for), as paths "a/b/c"; a stacked parameter is one path, with "*" for its
+    layers, listed when none of its layers was copied."""
+    taken = set(copied)
+    out = []
+    for path, var in nnx.to_flat_state(nnx.state(src, nnx.Any(nnx.Param, Constant))):
+        k = stack.stack_position(path, var)
+        if k is None:
+            names = ["/".join(map(str, path))]
+        else:
+            n = var.get_value().shape[0]
+            names = ["/".join(map(str, stack.layer_path(path, k, i))) for i in range(n)]
+        if not taken & set(names):
+            out.append(
+                names[0] if k is None else "/".join(map(str, stack.layer_path(path, k, "*")))
+            )
+    return sorted(out)

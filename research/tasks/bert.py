@@ -131,8 +131,9 @@ def _exporter(path: pathlib.Path) -> tuple["type[BertTask]", dict]:
 
 def initialize(init: str, model: Bert, *, key: str) -> None:
     """Start `model` from the pretrained weights `init` names (nothing for ""); prints how many
-    tensors were copied and the path of every parameter that keeps its initialisation (a new
-    head's, e.g. "classifier/kernel")."""
+    tensors were copied, the path of every parameter that keeps its initialisation (a new
+    head's, e.g. "classifier/kernel") and those of the pretrained tensors left out (an MLM
+    head's, e.g. "mlm_bias")."""
     if not init:
         return
     pre = pretrained_model(init, key=key)
@@ -140,9 +141,18 @@ def initialize(init: str, model: Bert, *, key: str) -> None:
         copied, fresh = params_io.transfer(pre, model)
     print(
         f"{key}: {len(copied)} tensors from {init}; newly initialised: "
-        f"{', '.join(sorted(fresh)) or 'none'}",
+        f"{', '.join(sorted(fresh)) or 'none'}; {not_used(pre, copied)}",
         flush=True,
     )
+
+
+def not_used(pre, copied: list[str], shown: int = 8) -> str:
+    """'not used: ...': the pretrained tensors the new model has no place for (a head)."""
+    unused = params_io.unused_paths(pre, copied)
+    if not unused:
+        return "not used: none"
+    more = f" and {len(unused) - shown} more" if len(unused) > shown else ""
+    return f"not used: {', '.join(unused[:shown])}{more}"
 
 
 def build_config(

@@ -202,10 +202,12 @@ class ChatTask(Task):
         init = run.task_config.init
         if not init:
             return
-        copied, fresh = params_io.transfer(bert.pretrained_model(init, key="chat.init"), model)
+        pre = bert.pretrained_model(init, key="chat.init")
+        with bert._init_errors(init, "chat.init"):
+            copied, fresh = params_io.transfer(pre, model)
         print(
             f"chat.init: {len(copied)} tensors from {init} (run causally); newly "
-            f"initialised: {sorted(fresh) or 'none'}",
+            f"initialised: {', '.join(sorted(fresh)) or 'none'}; {bert.not_used(pre, copied)}",
             flush=True,
         )
 

@@ -77,7 +77,11 @@ def test_classify_starts_from_the_mlm_encoder_with_a_fresh_head(mlm_workdir, dat
     # The log line names every new parameter by its path, not just the top-level module.
     names = sorted("/".join(map(str, p)) for p in new)
     assert "classifier/kernel" in names and "classifier/bias" in names
-    assert f"newly initialised: {', '.join(names)}\n" in printed
+    assert f"newly initialised: {', '.join(names)}; not used: " in printed
+    # ... and the MLM head it leaves out, which no classifier has a place for
+    head = sorted("/".join(map(str, p)) for p in pre if p not in after)
+    assert head and all(p.startswith(("mlm_transform", "mlm_norm", "mlm_bias")) for p in head)
+    assert f"; not used: {', '.join(head)}\n" in printed
 
 
 def test_a_scanned_classifier_starts_from_an_unrolled_mlm(mlm_workdir, data_dir):
