@@ -2,8 +2,9 @@
 
 `BertTask` is their base (mlm, classify, pet, theseus); the functions below serve any task with
 an `init` option (seq2seq, qagen and chat too). `init` names a pretrained BERT:
-  ""                 random initialisation, with a character vocabulary built from the data
-                     (`chinese_vocab`);
+  ""                 random initialisation, with a character vocabulary of People's Daily's
+                     and the reviews' train text (`chinese_vocab`), whatever data.source is:
+                     a run on other text starts from a pretrained model's vocabulary instead;
   "workdir:PATH"     a seqlab run (an `mlm` run, say): its model.json, vocabulary and newest
                      checkpoint; what a run of a `BertTask` hands on is that task's to say
                      (`BertTask.exported_layers`, `BertTask.exported_model`: a `theseus` run
