@@ -392,7 +392,7 @@ def test_config_errors():
         parse(c)
     c = qagen_config.run_config("smoke")
     c.model.update(attention="linear", feature_map="elu")
-    with pytest.raises(ConfigError, match="needs model.attention='softmax'"):
+    with pytest.raises(ConfigError, match="needs softmax attention, but model.attention is 'lin"):
         parse(c)
     c = qagen_config.run_config()
     c.qagen.init = "workdir:/nonexistent/mlm"
@@ -645,3 +645,19 @@ def test_gold_text_is_scored_as_the_models_text_comes_back(monkeypatch):
     assert got["question_bleu4"] == pytest.approx(100.0)
     assert got["question_rougeL"] == pytest.approx(100.0)
     assert (got["answer_em"], got["answer_f1"]) == (100.0, 100.0)
+
+
+def test_a_pretrained_model_without_softmax_attention_is_refused(mlm_workdir, tmp_path):
+    """With init the model is the pretrained architecture: a linear-attention MLM passed the
+    check on the run's own model.attention and failed at the first traced step."""
+    import json
+    import shutil
+
+    other = tmp_path / "linear_mlm"
+    shutil.copytree(mlm_workdir, other)
+    cfg = json.loads((other / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**cfg, "attention": "linear"}))
+    c = qagen_config.run_config("smoke")
+    c.qagen.init = f"workdir:{other}"
+    with pytest.raises(ConfigError, match=f"but workdir:{other}'s attention is 'linear'"):
+        parse(c)

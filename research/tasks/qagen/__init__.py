@@ -106,10 +106,14 @@ class QagenTask(Task):
                 f"mlm.py --workdir={s.init.removeprefix('workdir:')}; or "
                 "--config.qagen.init= for random weights)"
             ) from None
-        if run.model.attention != "softmax":
+        # with init the model built is the pretrained one's architecture: check that
+        pre = bert.pretrained_config(s.init, key="qagen.init") if s.init else None
+        attention = run.model.attention if pre is None else pre[0].attention
+        if attention != "softmax":
+            whose = "model.attention" if pre is None else f"{s.init}'s attention"
             raise ConfigError(
-                "task='qagen' needs model.attention='softmax' (the UniLM mask is not a "
-                "key-padding mask, which linear attention requires)"
+                f"task='qagen' needs softmax attention, but {whose} is {attention!r} (the UniLM "
+                "mask is not a key-padding mask, which the other kinds require)"
             )
         budget = qa_rows.passage_budget(run.data.seq_len, s.answer_len, s.question_len)
         if budget < max(8, s.answer_len):
