@@ -374,6 +374,15 @@ def test_metrics_against_hand_computed_values():
     assert template == ("哪里", "？")
     assert qagen.template_question(ex, template) == ref
     assert qagen_metrics.frequent_answers(["上海", "北京", "江泽民"], ex["passage"], 1) == ["北京"]
+    # As the model's text comes back through an uncased vocabulary: "Denver Broncos" is found
+    # in the decoded window "the denver broncos won ." (raw, it never matched), once.
+    window = "the denver broncos won ."
+    ranked = ["Super Bowl", "Denver Broncos", "DENVER BRONCOS", "Won"]
+    assert qagen_metrics.frequent_answers(ranked, window, 2) == []  # raw: no case-free match
+    assert qagen_metrics.frequent_answers(ranked, window, 2, str.lower) == [
+        "denver broncos",
+        "won",
+    ]
 
 
 def test_config_errors():

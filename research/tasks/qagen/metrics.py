@@ -7,7 +7,7 @@ examples.
 """
 
 import collections
-import itertools
+import functools
 import unicodedata
 
 import jax
@@ -131,10 +131,18 @@ def by_passage(examples: list[dict], n: int) -> list[tuple[str, list[str]]]:
     return list(out.items())
 
 
-def frequent_answers(ranked: list[str], passage: str, k: int) -> list[str]:
-    """The answer baseline: the first k of `ranked` (train answers, most frequent first) that
-    occur in `passage` (the text the model sees)."""
-    return list(itertools.islice((a for a in ranked if a in passage), k))
+def frequent_answers(ranked: list[str], passage: str, k: int, decode=None) -> list[str]:
+    """The answer baseline: the first k distinct of `ranked` (train answers, most frequent
+    first), each as `decode` gives it back (the model's text through the vocabulary; None:
+    as it is), that occur in `passage` (the text the model sees, decoded the same way)."""
+    out: list[str] = []
+    for a in ranked:
+        d = a if decode is None else decode(a)
+        if d and d in passage and d not in out:
+            out.append(d)
+            if len(out) == k:
+                break
+    return out
 
 
 def ranked_answers(train: list[dict]) -> list[str]:
@@ -167,9 +175,14 @@ def baseline_metrics(
             seq_len, s.answer_len, s.question_len
         )  # the window generation sees: the first tokens
         seen = [vocab.decode(qa_rows.passage_window(vocab, p, -1, 0, budget)) for p, _ in passages]
+        # Answers and golds as the model's text comes back (an uncased vocabulary lowercases,
+        # a character one drops spaces and unknown characters), as `evaluate_model` scores
+        # the model: raw answers were looked for in the decoded window, and matched only where
+        # decoding left them unchanged.
+        decoded = functools.lru_cache(maxsize=None)(lambda t: vocab.decode(vocab.encode(t)))
         out |= answer_scores(
-            [frequent_answers(ranked, p, s.num_answers) for p in seen],
-            [golds for _, golds in passages],
+            [frequent_answers(ranked, p, s.num_answers, decoded) for p in seen],
+            [[decoded(a) for a in golds] for _, golds in passages],
         )
     return out
 
