@@ -27,25 +27,13 @@ def test_jitted_greedy_equals_argmax_of_full_forward(attention):
 def test_sampling_and_beam_through_the_model():
     model = DecoderLM(CFG, rngs=nnx.Rngs(1))
     prompt = jnp.ones((3, 2), jnp.int32)
-    a = generate(
-        model,
-        prompt,
-        method="sample",
-        key=jax.random.PRNGKey(1),
-        max_new_tokens=5,
-        top_k=5,
-        temperature=0.7,
-    )
-    b = generate(
-        model,
-        prompt,
-        method="sample",
-        key=jax.random.PRNGKey(1),
-        max_new_tokens=5,
-        top_k=5,
-        temperature=0.7,
-    )
-    np.testing.assert_array_equal(a, b)  # deterministic given the key
+
+    def sample(seed):
+        opts = dict(method="sample", max_new_tokens=5, top_k=5, temperature=0.7)
+        return generate(model, prompt, key=jax.random.PRNGKey(seed), **opts)
+
+    a = sample(1)
+    np.testing.assert_array_equal(a, sample(1))  # deterministic given the key
     # Every token drawn is among the 5 most likely under a full forward of the sequence so far
     # (top_k), not always the most likely one, and another key draws something else.
     seq = np.concatenate([np.asarray(prompt), np.asarray(a)], axis=1)
@@ -56,16 +44,7 @@ def test_sampling_and_beam_through_the_model():
         rank = (step > step[np.arange(3), np.asarray(a)[:, t]][:, None]).sum(-1)
         ranks.extend(rank.tolist())
     assert max(ranks) < 5 and max(ranks) > 0, ranks
-    other = generate(
-        model,
-        prompt,
-        method="sample",
-        key=jax.random.PRNGKey(2),
-        max_new_tokens=5,
-        top_k=5,
-        temperature=0.7,
-    )
-    assert not np.array_equal(np.asarray(other), np.asarray(a))
+    assert not np.array_equal(np.asarray(sample(2)), np.asarray(a))
     # EOS = 8, a token this model likes, so that some hypotheses finish.
     seqs, scores = generate(model, prompt, method="beam", max_new_tokens=4, beam_size=3, eos_id=8)
     assert seqs.shape == (3, 3, 4) and scores.shape == (3, 3)
