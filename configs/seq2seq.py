@@ -19,7 +19,8 @@ otherwise (research.tasks.seq2seq.metrics.text_scores), plus the share of exact 
 The gradient penalty is the note's per-position form by default
 (`--config.seq2seq.penalty_form=table` for the older, per-token-summed one).
 With seq2seq.init the architecture, weights and vocabulary are the pretrained BERT's (rows
-[CLS] source [SEP] target [SEP]); the model section then sets only dropout, dtype, scan and remat.
+[CLS] source [SEP] target [SEP]); the model section then sets only dropout, dtype, scan, remat
+and the softmax kernel.
 """
 
 from ml_collections import ConfigDict

@@ -154,19 +154,23 @@ def transfer(src: nnx.Module, dst: nnx.Module) -> tuple[list[str], list[str]]:
 
 def unused_paths(src: nnx.Module, copied: list[str]) -> list[str]:
     """The parameters of `src` that `transfer` did not copy (a pretrained head the new model
-    has no place for), as paths "a/b/c"; a stacked parameter is one path, with "*" for its
-    layers, listed when none of its layers was copied."""
+    has no place for, layers past a shallower model's), as paths "a/b/c". Per-layer paths are
+    "layers/i/..." as `transfer` names them; a stacked parameter is one path whose layer part
+    lists the layers left out ("layers/3,4,5/...", or "layers/*/..." for all of them)."""
     taken = set(copied)
     out = []
     for path, var in nnx.to_flat_state(nnx.state(src, nnx.Any(nnx.Param, Constant))):
         k = stack.stack_position(path, var)
         if k is None:
-            names = ["/".join(map(str, path))]
-        else:
-            n = var.get_value().shape[0]
-            names = ["/".join(map(str, stack.layer_path(path, k, i))) for i in range(n)]
-        if not taken & set(names):
-            out.append(
-                names[0] if k is None else "/".join(map(str, stack.layer_path(path, k, "*")))
-            )
+            name = "/".join(map(str, path))
+            if name not in taken:
+                out.append(name)
+            continue
+        n = var.get_value().shape[0]
+        left = [
+            i for i in range(n) if "/".join(map(str, stack.layer_path(path, k, i))) not in taken
+        ]
+        if left:
+            which = "*" if len(left) == n else ",".join(map(str, left))
+            out.append("/".join(map(str, stack.layer_path(path, k, which))))
     return sorted(out)

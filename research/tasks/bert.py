@@ -2,9 +2,11 @@
 
 `BertTask` is their base (mlm, classify, pet, theseus); the functions below serve any task with
 an `init` option (seq2seq, qagen and chat too). `init` names a pretrained BERT:
-  ""                 random initialisation, with a character vocabulary of People's Daily's
-                     and the reviews' train text (`chinese_vocab`), whatever data.source is:
-                     a run on other text starts from a pretrained model's vocabulary instead;
+  ""                 random initialisation; a `BertTask` then takes the character
+                     vocabulary of People's Daily's and the reviews' train text
+                     (`chinese_vocab`) whatever data.source is (a run on other text starts
+                     from a pretrained model's vocabulary instead); seq2seq, qagen and chat
+                     build their own (their modules say how);
   "workdir:PATH"     a seqlab run (an `mlm` run, say): its model.json, vocabulary and newest
                      checkpoint; what a run of a `BertTask` hands on is that task's to say
                      (`BertTask.exported_layers`, `BertTask.exported_model`: a `theseus` run
@@ -192,7 +194,8 @@ def build_config(
 
 
 def vocabulary(data: DataConfig, init: str, *, key: str) -> wordpiece.BertVocab:
-    """The pretrained model's vocabulary, else a character vocabulary built from the data."""
+    """The pretrained model's vocabulary, else `chinese_vocab` (People's Daily's and the reviews'
+    train characters)."""
     pre = pretrained_config(init, key=key)
     return pre[1] if pre is not None else chinese_vocab(data)
 
@@ -242,7 +245,7 @@ class BertTask(Task):
     """Base of the tasks whose model is a `Bert` that starts from the BERT `init` names.
 
     The task's section (`section_type`) has an `init` field (parse_init's forms); its vocabulary
-    is that model's (or a character vocabulary built from the data), its architecture that
+    is that model's (or `chinese_vocab`'s characters), its architecture that
     model's with the task's `heads`, and its weights start from that model's. Subclasses set
     `name`, `section`, `section_type`, override `heads`, and define `build_data` and `loss_fn`.
     """
@@ -275,7 +278,8 @@ class BertTask(Task):
         parse_init(run.task_config.init, key=self.init_key)
 
     def vocabulary(self, run: RunConfig) -> wordpiece.BertVocab:
-        """The pretrained model's vocabulary, else a character vocabulary built from the data.
+        """The pretrained model's vocabulary, else `chinese_vocab` (the Chinese corpora's train
+        characters).
 
         Args:
           run: the run's config (its task section's `init`, its data section).

@@ -8,7 +8,7 @@ from flax import nnx
 
 from research.models import Bert, DecoderLM, EncoderDecoder, ModelConfig, partitioning, stack
 from research.models.layers import Block
-from research.models.params import transfer
+from research.models.params import transfer, unused_paths
 from research.ops import decoding
 
 BASE = dict(
@@ -190,6 +190,14 @@ def test_convert_and_transfer_between_layouts():
     np.testing.assert_array_equal(
         short.layers.ffn.wi.kernel.get_value(), again.layers.ffn.wi.kernel.get_value()[:2]
     )
+    # What was left out is named in either layout: the third layer, and nothing else.
+    unused = unused_paths(scanned, copied)
+    assert unused and all(u.startswith("layers/2/") for u in unused)
+    assert "layers/2/attn/q/kernel" in unused
+    flat_short = DecoderLM(unrolled.cfg.replace(num_layers=2), rngs=nnx.Rngs(7))
+    copied_flat, _ = transfer(unrolled, flat_short)
+    assert unused_paths(unrolled, copied_flat) == unused
+    assert unused_paths(scanned, transfer(scanned, flat)[0]) == []
 
 
 def test_bad_scan_layers_value():

@@ -654,6 +654,10 @@ def test_gold_text_is_scored_as_the_models_text_comes_back(monkeypatch):
     assert got["question_bleu4"] == pytest.approx(100.0)
     assert got["question_rougeL"] == pytest.approx(100.0)
     assert (got["answer_em"], got["answer_f1"]) == (100.0, 100.0)
+    # The frequent-answer baseline looks for the train answers as they come back too: raw, the
+    # cased "New York" was never found in the lowercased window, and it scored 0.
+    base = qagen_metrics.baseline_metrics(vocab, held, s, ["Paris", "New York"], seq_len=160)
+    assert (base["answer_em"], base["answer_f1"], base["answers"]) == (100.0, 100.0, 1.0)
 
 
 def test_a_pretrained_model_without_softmax_attention_is_refused(mlm_workdir, tmp_path):

@@ -342,3 +342,29 @@ def test_an_embedding_gradient_remedy_with_microbatches_is_refused(remedy):
         parse(c)
     c.accum_steps = 1
     parse(c)
+
+
+SS_09 = dict(remedy="scheduled_sampling", ss_schedule="constant", ss_k=0.9)
+
+
+@pytest.mark.parametrize(
+    "kw, key, low, high",
+    [
+        (SS_09, "teacher_forcing_prob", 0.9, 0.9),
+        (dict(remedy="scst"), "reward", 0.0, 1.0),
+        (dict(remedy="scst"), "baseline_reward", 0.0, 1.0),
+        (dict(remedy="mrt", mrt_samples=2), "reward", 0.0, 1.0),
+        (dict(remedy="fgm", fgm_epsilon=0.5), "adversarial_loss", 0.1, 20.0),
+    ],
+)  # fmt: skip
+def test_remedy_metrics_are_logged_as_token_weighted_means(kw, key, low, high):
+    """Each remedy's own metric is a value x batch weight under "mean/NAME", which the row turns
+    into the mean: a constant teacher-forcing probability reads 0.9, not 0.9 x the tokens."""
+    from research.train import metrics
+
+    batch, model = _batch("encdec"), _model("encdec")
+    fn = seq2seq.make_loss(parse(_config("encdec", **kw)).task_config, V, BOS, EOS, PAD, 32)
+    s, w, sums = fn(model, batch, key=jax.random.PRNGKey(3), step=jnp.int32(5))
+    assert f"mean/{key}" in sums and key not in sums
+    row = metrics.summarize({"loss_sum": s, "weight_sum": w, **sums})
+    assert low - 1e-6 <= row[key] <= high + 1e-6, row
