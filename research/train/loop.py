@@ -141,15 +141,6 @@ def describe_changes(changes: dict[str, tuple]) -> str:
     return ", ".join(f"{k} {show(old)} -> {show(new)}" for k, (old, new) in changes.items())
 
 
-def host_device() -> jax.Device:
-    """This process's CPU device (host memory), where the model is built before it is placed
-    on the mesh; the default device where JAX was started without the CPU backend."""
-    try:
-        return jax.local_devices(backend="cpu")[0]
-    except RuntimeError:
-        return jax.local_devices()[0]
-
-
 def _rate(amount: float, seconds: float) -> float:
     """amount per second of training time (0 before a step has been timed)."""
     return amount / seconds if seconds > 0 else 0.0
@@ -191,7 +182,7 @@ def train_and_evaluate(
         model is built in host memory, then placed by its shardings: built on the default
         device, a 7B model's fp32 parameters (26 GiB) would not fit one v5e chip's 16 GiB
         before FSDP spread them."""
-        with jax.default_device(host_device()):
+        with jax.default_device(sharding.host_device()):
             model = task.build_model(run, mcfg, rngs=nnx.Rngs(params=t.seed, dropout=t.seed + 1))
             if initialize:
                 task.initialize(run, model)
