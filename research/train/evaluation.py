@@ -10,6 +10,8 @@ from jax.experimental import multihost_utils
 from research.data import DataError, shards
 from research.train import metrics
 
+TOO_SMALL = "the eval split is too small for one batch; lower batch_size or seq_len"
+
 
 def evaluate(
     eval_step, state, make_iterator, eval_steps: int, batch_sharding, extra, warn: bool = True
@@ -46,9 +48,6 @@ def check_one_batch(make_iterator) -> None:
     perhaps saved nothing)."""
     if not list(batches_everywhere(iter(make_iterator(False)), 1)):
         raise DataError(TOO_SMALL)
-
-
-TOO_SMALL = "the eval split is too small for one batch; lower batch_size or seq_len"
 
 
 def batches_everywhere(iterator, limit: int, all_have=None):

@@ -286,8 +286,10 @@ def train_and_evaluate(
         """A train row over the steps since the previous row of this run: fewer than
         log_every_steps after a resume, at a checkpoint off the log schedule, at the last step,
         or where a signal stopped the run ("steps" says how many). Its throughput is this
-        run's so far, absent until a step has been timed."""
+        run's so far, absent until a step has been timed. Nothing when no step is pending."""
         nonlocal window
+        if window is None:
+            return
         row = {**metrics.summarize(window, steps=window_steps), "steps": window_steps}
         if train_seconds > 0:
             row["tokens_per_second"] = rate
@@ -336,7 +338,7 @@ def train_and_evaluate(
             if s % t.log_every_steps == 0 or final:
                 write_window(s, rate)
             saved = False if final else ckpt.save(s, state, train_iter, config_json)
-            if saved and window is not None:  # a resume from here must find these steps logged
+            if saved:  # a resume from here must find these steps logged
                 write_window(s, rate)
             # A stop asked for (SIGTERM's grace period is short) saves before a scheduled
             # evaluation, which the run then skips; the final step's evaluation always runs.
@@ -357,8 +359,7 @@ def train_and_evaluate(
             if preemption.reached():
                 if not saved:  # a step the schedule just saved must not be saved twice
                     ckpt.save(s, state, train_iter, config_json, force=True)
-                if window is not None:  # the steps since the last row: a resume starts after
-                    write_window(s, rate)
+                write_window(s, rate)  # the steps since the last row: a resume starts after
                 preempted = True
                 break
             clock = time.perf_counter()  # the next step's time starts after the save and eval

@@ -94,8 +94,8 @@ def init_state(optimizer, params: nnx.State, consts: nnx.State, seed: int, shard
 
 
 def _grads(model_def: ModelDef, loss_fn: LossFn, params, consts, batch, key, step=None):
-    # Two independent keys: the dropout stream draws fold_in(its key, n) for n = 0, 1, ..., so
-    # a loss key of fold_in(key, 1) was the second dropout draw's.
+    # Two independent keys: reseeding gives the i-th Dropout the stream key fold_in(key, i), so
+    # a loss key of fold_in(key, 1) was the first layer's dropout stream key.
     dropout_key, loss_key = jax.random.split(key)
 
     def f(p):
