@@ -219,9 +219,12 @@ def train_and_evaluate(
                 "wrote it, another --workdir, or --allow_config_change to resume anyway"
             )
 
+    target = checkpoint.abstract(state)
+    if had_checkpoints:  # hold only the restored state, not step 0's beside it (twice the memory)
+        state = None
     try:
         restored, start = ckpt.restore_latest(
-            checkpoint.abstract(state),
+            target,
             train_iter,
             check_config=check_config,
             start_fresh=start_fresh,

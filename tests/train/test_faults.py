@@ -302,6 +302,41 @@ def test_a_checkpoint_whose_config_is_unreadable_resumes_only_when_allowed(tmp_p
     assert (wd / "unreadable_checkpoints" / "6").is_dir()
 
 
+def test_a_resume_does_not_hold_step_0s_state_beside_the_restored_one(tmp_path, monkeypatch):
+    """The state of step 0 was still alive while the checkpoint's was read into new arrays:
+    twice the parameters and optimizer state on the devices at every resume."""
+    import weakref
+
+    import jax
+
+    from configs import mqar
+    from research.train import checkpoint, loop, step
+    from research.train.config import parse
+
+    c = mqar.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.update(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2, log_every_steps=1)
+    loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+
+    built, alive_at_restore = [], []
+    real_init, real_restore = step.init_state, checkpoint.Checkpointer.restore_latest
+
+    def init_state(*args, **kwargs):
+        state = real_init(*args, **kwargs)
+        built.extend(weakref.ref(x) for x in jax.tree.leaves(state))
+        return state
+
+    def restore_latest(self, *args, **kwargs):
+        alive_at_restore.append(sum(r() is not None for r in built))
+        return real_restore(self, *args, **kwargs)
+
+    monkeypatch.setattr(step, "init_state", init_state)
+    monkeypatch.setattr(checkpoint.Checkpointer, "restore_latest", restore_latest)
+    summary = loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert summary.resumed_from == 2
+    assert len(built) > 10 and alive_at_restore == [0]
+
+
 def test_a_failure_while_closing_is_logged_beside_the_first(tmp_path, monkeypatch, caplog):
     """Only the first error was raised: a save that failed to commit while the run was already
     stopping for another reason went unsaid."""
