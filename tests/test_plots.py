@@ -223,6 +223,7 @@ def test_theseus(tmp_path, saved_figures):
             "seed": seed,
             "validation": 55.0 + seed,
             "test": 54.0 + k,
+            "pooled": 54.5 + k,
             "params": 1_000_000 * k,
             "tokens_per_s": 5000.0 / k,
         }

@@ -11,7 +11,9 @@ Every run is an ordinary resumable run, cached by result.json; accuracies are co
 validation and test example (cached in accuracy.json), with each depth's parameter count and
 eval throughput (tokens/s of a jitted forward over the validation split, the median of 3
 passes, every depth measured back to back after training; cached in speed/accuracy.json).
-The table gives mean ± std over seeds, the note's iflytek numbers beside.
+The table gives mean ± std over seeds, the note's iflytek numbers beside, and a pooled column
+(validation and test together: a smaller sampling error than either split's); below it the
+differences paired by seed (`paired`, also paired.csv), which tell a 1-point gap from noise.
 """
 
 import functools
@@ -100,7 +102,7 @@ def _params(model) -> int:
     return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-NAN_ACCURACY = {"validation": math.nan, "test": math.nan}
+NAN_ACCURACY = {"validation": math.nan, "test": math.nan, "pooled": math.nan}
 
 
 def run(c, workdir: str) -> list[dict]:
@@ -158,7 +160,10 @@ def run(c, workdir: str) -> list[dict]:
 
         result = sweep.cached_result(out / "eval", acc)
         models.setdefault(k, out)  # one trained model per depth, for the speed measurement
-        results.append({"kind": kind, "layers": k, "seed": seed, **result})
+        pooled = (result["validation"] * len(validation) + result["test"] * len(test)) / (
+            len(validation) + len(test)
+        )
+        results.append({"kind": kind, "layers": k, "seed": seed, **result, "pooled": pooled})
         log(
             f"{kind} {plural(k, 'layer')} seed {seed}: validation {result['validation']:.2f}, "
             f"test {result['test']:.2f}"
@@ -218,15 +223,22 @@ def run(c, workdir: str) -> list[dict]:
         header = (
             f"{machine_header()}\nBERT-of-Theseus on {c.data.source}: from {init}, "
             f"n={n}, k in {ks}, replace p={c.replace_prob} ({c.replace_schedule}); "
-            f"accuracy on all {len(validation)} validation / {len(test)} test examples; "
-            f"seeds {list(seeds)}; seq_len {seq_len}"
+            f"accuracy on all {len(validation)} validation / {len(test)} test examples "
+            f"(pooled: both, {len(validation) + len(test)}); seeds {list(seeds)}; "
+            f"seq_len {seq_len}"
         )
+        pairs = paired(results, n)
         write_csv(workdir / "theseus.csv", rows)
+        write_csv(workdir / "paired.csv", pairs)
         plot(rows, workdir / "theseus.png", header)
         print(f"\n{header}\n\n{table(rows)}\n")
+        print("Pooled accuracy, paired by seed (mean difference ± its standard error):")
+        for p in pairs:
+            spread = f"± {p['se']:.2f}" if p["seeds"] > 1 else f"({plural(p['seeds'], 'seed')})"
+            print(f"  {p['comparison']}: {p['mean']:+.2f} {spread} points; by seed {p['per_seed']}")
         print(
-            f"wrote {workdir / 'theseus.csv'} and {workdir / 'theseus.png'} "
-            f"({time.perf_counter() - t0:.0f} s)"
+            f"wrote {workdir / 'theseus.csv'}, {workdir / 'paired.csv'} and "
+            f"{workdir / 'theseus.png'} ({time.perf_counter() - t0:.0f} s)"
         )
         (workdir / "results.json").write_text(json.dumps(results, indent=1))
     return rows
@@ -245,7 +257,7 @@ def summarize(results, n: int) -> list[dict]:
             "params": mine[0]["params"],
             "eval_tokens_per_s": mine[0]["tokens_per_s"],
         }
-        for split in ("validation", "test"):
+        for split in ("validation", "test", "pooled"):
             row[f"{split}_mean"], row[f"{split}_std"] = seed_stats([r[split] for r in mine])
         row["note_dev"] = _note(kind, k / n)
         rows.append(row)
@@ -261,17 +273,47 @@ def table(rows) -> str:
 
     return format_table(
         rows,
-        ["model", "params", "validation", "test", "eval tok/s", "note (iflytek dev)"],
+        ["model", "params", "validation", "test", "pooled", "eval tok/s", "note (iflytek dev)"],
         [
             "{model}",
             "{params:,}",
             cell("validation"),
             cell("test"),
+            cell("pooled"),
             "{eval_tokens_per_s:,.0f}",
             note,
         ],
-        align="lrrrrr",
+        align="lrrrrrr",
     )
+
+
+def paired(results, n: int) -> list[dict]:
+    """Pooled accuracy differences paired by seed (the two runs share the data order and the new
+    heads' initialisation): Theseus minus direct, direct minus predecessor (n layers) and Theseus
+    minus predecessor at each k. `se` is the standard error of the mean difference (the std with
+    ddof 1 over sqrt(seeds); NaN for one seed); a seed where either run diverged is left out."""
+    by = {(r["kind"], r["layers"], r["seed"]): r["pooled"] for r in results}
+    out = []
+    for k in dict.fromkeys(r["layers"] for r in results if r["kind"] == "theseus"):
+        for a, ka, b, kb in (
+            ("theseus", k, "direct", k),
+            ("direct", k, "predecessor", n),
+            ("theseus", k, "predecessor", n),
+        ):
+            seeds = sorted(s for (kind, layers, s) in by if (kind, layers) == (a, ka))
+            d = np.array([by[a, ka, s] - by.get((b, kb, s), math.nan) for s in seeds])
+            d = d[np.isfinite(d)]
+            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+            out.append(
+                {
+                    "comparison": f"{a} minus {b}, k = {k}",
+                    "seeds": len(d),
+                    "mean": float(d.mean()) if len(d) else math.nan,
+                    "se": se,
+                    "per_seed": " ".join(f"{x:+.2f}" for x in d),
+                }
+            )
+    return out
 
 
 def plot(rows, path, title):

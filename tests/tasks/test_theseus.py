@@ -220,6 +220,20 @@ def test_theseus_experiment_smoke_table_csv_png_and_resume(
     with open(workdir / "theseus.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert (workdir / "theseus.png").stat().st_size > 10_000
+    # Pooled: validation and test together (the reviews' 1,731 + 1,636), and its differences
+    # paired by seed (one seed here: the differences of the rows' pooled means).
+    for r in json.loads((workdir / "results.json").read_text()):
+        assert r["pooled"] == pytest.approx((r["validation"] * 1731 + r["test"] * 1636) / 3367)
+    pooled = {r["kind"]: r["pooled_mean"] for r in rows}
+    with open(workdir / "paired.csv") as f:
+        pairs = {p["comparison"]: float(p["mean"]) for p in csv.DictReader(f)}
+    assert pairs == pytest.approx(
+        {
+            "theseus minus direct, k = 1": pooled["theseus"] - pooled["direct"],
+            "direct minus predecessor, k = 1": pooled["direct"] - pooled["predecessor"],
+            "theseus minus predecessor, k = 1": pooled["theseus"] - pooled["predecessor"],
+        }
+    )
     # Every run cached: nothing retrained; the table is rewritten the same (the fixture's rows
     # came through JSON). The runs hold their absolute paths, so this reruns in place.
     assert json.loads(json.dumps(theseus_experiment.run(c, str(workdir)))) == rows
@@ -250,6 +264,33 @@ def test_theseus_experiment_smoke_table_csv_png_and_resume(
     monkeypatch.setattr(theseus_experiment.sweep, "train_point", diverging)
     got = {r["kind"]: r["validation_mean"] for r in theseus_experiment.run(c, str(workdir))}
     assert math.isnan(got["theseus"]) and got["direct"] == rows[1]["validation_mean"]
+
+
+def test_paired_differences_leave_out_a_diverged_seed_and_give_the_standard_error():
+    from scipy import stats
+
+    pooled = {
+        ("predecessor", 4): [80.0, 81.0, 79.5],
+        ("direct", 2): [81.0, 83.0, 80.0],
+        ("theseus", 2): [80.5, 81.0, math.nan],  # seed 2's Theseus diverged
+    }
+    results = [
+        {"kind": kind, "layers": k, "seed": seed, "pooled": v}
+        for (kind, k), values in pooled.items()
+        for seed, v in enumerate(values)
+    ]
+    got = {p["comparison"]: p for p in theseus_experiment.paired(results, 4)}
+    for name, d in (
+        ("theseus minus direct, k = 2", [-0.5, -2.0]),
+        ("direct minus predecessor, k = 2", [1.0, 2.0, 0.5]),
+        ("theseus minus predecessor, k = 2", [0.5, 0.0]),
+    ):
+        p = got.pop(name)
+        assert (p["seeds"], p["per_seed"]) == (len(d), " ".join(f"{x:+.2f}" for x in d))
+        assert (p["mean"], p["se"]) == pytest.approx((np.mean(d), stats.sem(d)))
+    assert not got
+    one = theseus_experiment.paired([r for r in results if r["seed"] == 0], 4)
+    assert all(p["seeds"] == 1 and math.isnan(p["se"]) for p in one)
 
 
 def test_a_predecessor_trained_with_an_accelerator_kernel_runs_here(
