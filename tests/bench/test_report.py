@@ -146,6 +146,7 @@ def test_experiment_tables_show_a_std_only_over_several_seeds(seeds):
             "seed": s,
             "validation": 55.0 + s,
             "test": 54.0,
+            "pooled": 54.5 + s,
             "params": 10,
             "tokens_per_s": 100.0,
         }
