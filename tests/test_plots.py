@@ -213,6 +213,25 @@ def test_pet(tmp_path, saved_figures):
     _fits(saved_figures)
 
 
+def test_pet_signal_curve(tmp_path, saved_figures):
+    from research.experiments import pet_curve
+
+    curve = [
+        {"pattern": p, "step": step, "seed": seed, **dict.fromkeys(pet_curve.FIGURES, 0.5 + seed)}
+        for p in range(2)
+        for step in (500, 1000, 1500)
+        for seed in range(3)
+    ]
+    rows = pet_curve.summarize(curve)
+    assert [(r["pattern_id"], r["step"], r["seeds"]) for r in rows][:2] == [
+        ("p0", 500, 3),
+        ("p0", 1000, 3),
+    ]
+    assert rows[0]["auc_test_mean"] == pytest.approx(1.5)
+    pet_curve.plot(rows, tmp_path / "mlm_curve.png", TITLE, 52.75)
+    _fits(saved_figures)
+
+
 def test_theseus(tmp_path, saved_figures):
     from research.experiments import theseus
 

@@ -9,7 +9,9 @@ workdir/pretrain from `pretrain`):
   semi_supervised  PET on those labels plus all train text as plain MLM rows;
   fine_tune        a [CLS] classifier trained on the same labeled examples (no pattern).
 Both zero-shot settings also log, per pattern, whether the slot carries the label at all: the
-AUC of the label-score gap and a threshold calibrated on validation (`pet.zero_shot_signal`).
+AUC of the label-score gap and a threshold calibrated on validation (`pet.zero_shot_signal`);
+with `signal_curve`, at every kept checkpoint of each + MLM run too (`pet_curve`: a table,
+mlm_curve.csv and mlm_curve.png).
 With a two-word verbalizer each also gets a row `<setting>_median`: the same model's gap cut at
 the median gap of unlabeled train examples instead of 0 (no label read; right when the two
 labels are about equally common), which removes the slot's prior towards one word.
@@ -33,8 +35,9 @@ import numpy as np
 
 from research.config import as_list, seed_list
 from research.data import DataError, classification, patterns
-from research.experiments import sweep
+from research.experiments import pet_curve, sweep
 from research.experiments.sweep import best_validation
+from research.models import params as params_io
 from research.report import (
     format_table,
     machine_header,
@@ -144,7 +147,7 @@ def run(c, workdir: str) -> list[dict]:
         parse(pc)
 
     seq_len = data.seq_len
-    results = []
+    results, curve = [], []  # curve: the + MLM runs' signal per kept checkpoint (signal_curve)
 
     def record(setting, pattern, seed, acc):
         # Untrained settings have one model: their final step is the selected one.
@@ -179,8 +182,8 @@ def run(c, workdir: str) -> list[dict]:
     def log_signal(setting, i, out, load, model_inputs=None):
         """Signal or prior (two-word verbalizers): the AUC of the label-score gap, a threshold
         calibrated on validation and one without labels (the median gap of `unlabeled`), cached
-        in out/signal. load() -> (model, vocab, ...); `model_inputs`: what names the model when
-        `out` is not its run (the zero-shot MLM)."""
+        in out/signal; returns it (None without two words). load() -> (model, vocab, ...);
+        `model_inputs`: what names the model when `out` is not its run (the zero-shot MLM)."""
         if len(verbalizer) != 2:
             return None
         p = patterns.Pattern(templates[i], verbalizer)
@@ -208,6 +211,9 @@ def run(c, workdir: str) -> list[dict]:
             f"{signal['median_validation']:.2f} / {signal['median_test']:.2f}; label 1 "
             f"predicted for {signal['positive_share_test']:.1%} of test"
         )
+        return signal
+
+    def median(signal):  # the label-free row's accuracies
         return {split: signal[f"median_{split}"] for split in ("validation", "test")}
 
     if "zero_shot" in settings:
@@ -226,12 +232,12 @@ def run(c, workdir: str) -> list[dict]:
             acc = sweep.cached_result(
                 out, lambda i=i: pattern_acc(*load(), i), inputs={"init": init, **pattern_inputs(i)}
             )
-            median = log_signal("zero_shot", i, out, load, {"init": init})
+            signal = log_signal("zero_shot", i, out, load, {"init": init})
             # No training: one model, one number (recorded once: copies per seed would print
             # a std of 0 over "seeds" that never varied anything)
             record("zero_shot", i, "-", acc)
-            if median:
-                record("zero_shot" + MEDIAN, i, "-", median)
+            if signal:
+                record("zero_shot" + MEDIAN, i, "-", median(signal))
 
     def fine_tune_acc(model, vocab):
         return {
@@ -263,10 +269,16 @@ def run(c, workdir: str) -> list[dict]:
                     lambda i=i, load=load: pattern_acc(*load()[:2], i),
                     inputs=pattern_inputs(i),
                 )
-                median = log_signal(f"{setting} seed {seed}", i, out / f"p{i}", load)
+                signal = log_signal(f"{setting} seed {seed}", i, out / f"p{i}", load)
                 record(setting, i, seed, acc)
-                if median:
-                    record(setting + MEDIAN, i, seed, median)
+                if signal:
+                    record(setting + MEDIAN, i, seed, median(signal))
+            for step in params_io.checkpoint_steps(out / "checkpoints") if c.signal_curve else ():
+                at = functools.cache(functools.partial(load_trained, out, step=step))
+                for i in range(len(templates)):
+                    name, to = f"{setting} seed {seed} step {step}", out / f"p{i}" / f"step{step}"
+                    if signal := log_signal(name, i, to, at):
+                        curve.append({"pattern": i, "step": step, "seed": seed, **signal})
         elif setting == "fine_tune":
             record(setting, "-", seed, best_validation(out, fine_tune_acc, every))
         else:
@@ -283,6 +295,9 @@ def run(c, workdir: str) -> list[dict]:
             f"wrote {workdir / 'pet.csv'} and {workdir / 'pet.png'} "
             f"({time.perf_counter() - t0:.0f} s)"
         )
+        if curve:
+            labels = [[int(r["label"]) for r in recs] for recs in (train, test)]
+            pet_curve.report(curve, workdir, header, pet_curve.majority_accuracy(*labels))
     return rows
 
 

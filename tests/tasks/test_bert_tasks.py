@@ -244,6 +244,8 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(
     c.init = f"workdir:{mlm_workdir}"
     c.data.data_dir = data_dir
     c.patterns = ("[MASK]满意。{text}",)
+    c.signal_curve = True  # + MLM's signal at steps 2 and 4
+    c.mlm.update(checkpoint_every_steps=2, keep_checkpoints=3)
     rows = pet_experiment.run(c, str(tmp_path))
     assert [r["setting"] for r in rows] == [
         "zero_shot",
@@ -291,6 +293,17 @@ def test_pet_experiment_smoke_table_csv_png_and_resume(
             signal["median_validation"],
             signal["median_test"],
         )
+    # The curve: one row per kept + MLM checkpoint; its last is the zero_shot_mlm row's signal.
+    with open(tmp_path / "mlm_curve.csv") as f:
+        curve = list(csv.DictReader(f))
+    assert [(r["pattern_id"], r["step"]) for r in curve] == [("p0", "2"), ("p0", "4")]
+    final = json.loads(
+        (tmp_path / "runs" / "zero_shot_mlm_seed0" / "p0" / "signal" / "accuracy.json").read_text()
+    )
+    for key in ("auc_test", "median_test", "threshold_test"):
+        assert float(curve[-1][f"{key}_mean"]) == pytest.approx(final[key])
+    assert (tmp_path / "mlm_curve.png").stat().st_size > 10_000
+    assert "The zero-shot signal along + MLM training" in out
     again = pet_experiment.run(
         c, str(tmp_path)
     )  # every point cached: the same numbers, nothing retrained
@@ -334,6 +347,13 @@ def _main(workdir, *overrides):
         text=True,
         timeout=300,
     )
+
+
+def test_the_majority_answer_is_the_train_splits_commonest_label_scored_on_test():
+    from research.experiments import pet_curve
+
+    # label 1 is commonest in train, label 0 on test: the baseline answers 1 (2 of 5 right)
+    assert pet_curve.majority_accuracy([1, 1, 0], [0, 0, 0, 1, 1]) == pytest.approx(40.0)
 
 
 def test_best_validation_reports_test_at_the_earliest_best_validation_step(tmp_path, monkeypatch):
