@@ -242,7 +242,10 @@ def best_validation(out: pathlib.Path, accuracy, every: int | None = None) -> di
       accuracy: (model, vocab) -> {"validation": %, "test": %}.
       every: the run's checkpoint_every_steps: only its multiples and the final step are
         candidates, so a checkpoint a stop (SIGTERM, Ctrl-C) saved off the schedule cannot make
-        an interrupted run choose differently from an uninterrupted one. None: every step.
+        an interrupted run choose differently from an uninterrupted one; each of them must be
+        there (its checkpoint, or its cached evaluation), else a ConfigError names the missing
+        (checkpoints deleted by keep_checkpoints after several stops, or saved on another
+        schedule): choosing among the rest would be another selection. None: every step.
 
     Returns:
       validation, test (at the best validation step), best_step, validation_final, test_final,
@@ -251,7 +254,21 @@ def best_validation(out: pathlib.Path, accuracy, every: int | None = None) -> di
     steps = params_io.checkpoint_steps(out / "checkpoints")
     if not steps:
         raise ConfigError(f"{out}: no checkpoints to select from")
-    steps = [s for s in steps if every is None or s % every == 0 or s == steps[-1]]
+    if every is not None:
+        scheduled = [*range(every, steps[-1], every), steps[-1]]
+        missing = [
+            s
+            for s in scheduled
+            if s not in steps and not (out / f"eval_step{s}" / "accuracy.json").exists()
+        ]
+        if missing:
+            raise ConfigError(
+                f"{out}: no checkpoint at steps {missing} of its schedule (one every {every}), "
+                "so the best-validation selection cannot read them (deleted by keep_checkpoints "
+                "after stops, or saved on another checkpoint_every_steps); train it again in a "
+                "new workdir"
+            )
+        steps = scheduled
     acc = {
         s: cached_result(
             out / f"eval_step{s}", lambda s=s: accuracy(*load_trained(out, step=s)[:2])

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -389,6 +390,25 @@ def test_best_validation_reports_test_at_the_earliest_best_validation_step(tmp_p
         pet_experiment.best_validation(tmp_path, lambda *a: pytest.fail("cached"))["best_step"]
         == 120
     )
+    # A scheduled step neither kept nor evaluated (deleted by keep_checkpoints after two stops,
+    # or saved on another schedule) is refused, not left out of the choice; one evaluated
+    # before its checkpoint went is read from its cache.
+    shutil.rmtree(tmp_path / "eval_step100")
+    steps = sorted(s for s in val if s != 100)
+    monkeypatch.setattr(pet_experiment.sweep.params_io, "checkpoint_steps", lambda d: steps)
+    with pytest.raises(ConfigError, match=r"no checkpoint at steps \[100\] of its schedule"):
+        pet_experiment.best_validation(tmp_path, lambda *a: pytest.fail("cached"), 50)
+    with pytest.raises(
+        ConfigError, match=r"no checkpoint at steps \[75\] of its schedule \(one every 75\)"
+    ):
+        pet_experiment.best_validation(tmp_path, lambda *a: pytest.fail("cached"), 75)
+    steps[:] = sorted(s for s in val if s != 50)  # 50's checkpoint gone, its evaluation cached
+    (tmp_path / "eval_step100").mkdir()
+    (tmp_path / "eval_step100" / "accuracy.json").write_text(
+        json.dumps({"validation": 50.0, "test": 50.0})
+    )
+    got = pet_experiment.best_validation(tmp_path, lambda *a: pytest.fail("cached"), 50)
+    assert got["best_step"] == 150
 
 
 @pytest.mark.parametrize("preset", ["", "smoke", "strong"])
