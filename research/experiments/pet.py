@@ -115,7 +115,8 @@ def run(c, workdir: str) -> list[dict]:
     # verbalizer before anything trains.
     vocab = bert.vocabulary(parse(pre).data, init, key="init")
     for t in templates:
-        pet.pattern_for(pet.PetConfig(template=t, verbalizer=verbalizer), vocab)
+        pattern = pet.pattern_for(pet.PetConfig(template=t, verbalizer=verbalizer), vocab)[0]
+        pet.check_room(pattern, vocab, c.data.seq_len)
     init = sweep.pretrain_first(init, pre, workdir, log)
     bert.parse_init(init, key="init")
 

@@ -69,6 +69,15 @@ def mix_share(cfg: PetConfig, labeled: int, unlabeled: int) -> float:
     return unlabeled / (labeled + unlabeled) if cfg.natural_mix else cfg.unlabeled_share
 
 
+def check_room(pattern: patterns.Pattern, vocab, seq_len: int) -> None:
+    """ConfigError unless rows of seq_len tokens hold the pattern and some text (the training
+    and scoring rows raised a bare ValueError at their first batch)."""
+    try:
+        patterns.encode(pattern, "", vocab, max_length=seq_len)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("max_length", "data.seq_len")) from None
+
+
 def pattern_for(cfg: PetConfig, vocab) -> tuple[patterns.Pattern, np.ndarray]:
     """(pattern, verbalizer ids [num_labels, S]) checked against the vocabulary (ConfigError)."""
     try:
@@ -161,6 +170,7 @@ class PetTask(BertTask):
         s, t, d = run.task_config, run.train, run.data
         vocab = self.vocabulary(run)
         pattern, verbalizer = pattern_for(s, vocab)
+        check_room(pattern, vocab, d.seq_len)
         train, validation, _ = classification.sources_of(d)
         labeled = labeled_subset(train, s.labeled_examples, t.seed)
         num_labels = len(s.verbalizer)

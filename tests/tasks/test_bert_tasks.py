@@ -440,6 +440,8 @@ def test_pet_refuses_a_schedule_whose_early_checkpoints_selection_would_lose(tmp
     [
         (["--config.patterns=很满意。{text}"], "has no [MASK] slot"),
         (["--config.verbalizer=不,很好"], "tokens"),
+        # [CLS] [MASK]满意。 [SEP]: 6 tokens, no room for a review (a traceback at scoring)
+        (["--config.data.seq_len=6"], "data.seq_len=6 leaves no room for the text"),
     ],
 )
 def test_bad_patterns_exit_2_with_one_line(data_dir, tmp_path, overrides, message):
@@ -449,6 +451,23 @@ def test_bad_patterns_exit_2_with_one_line(data_dir, tmp_path, overrides, messag
     assert "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, last
+
+
+def test_a_pet_run_whose_rows_hold_no_text_is_refused_before_training(mlm_workdir, data_dir):
+    from research.train.trained import load_trained
+
+    vocab = load_trained(mlm_workdir).vocab
+    pattern = pet.pattern_for(pet.PetConfig(template="[MASK]满意。{text}"), vocab)[0]
+    with pytest.raises(
+        ConfigError, match=r"^data.seq_len=6 leaves no room .* use data.seq_len > 6"
+    ):
+        pet.check_room(pattern, vocab, 6)
+    pet.check_room(pattern, vocab, 7)
+    c = pet_config.get_config("smoke").pet
+    c.pet.init = f"workdir:{mlm_workdir}"
+    c.data.update(data_dir=data_dir, seq_len=6)
+    with pytest.raises(ConfigError, match=r"^data.seq_len=6 leaves no room"):
+        tasks.get("pet").build_data(parse(c))
 
 
 def test_a_verbalizer_short_of_the_labels_is_refused_before_pretraining(data_dir, tmp_path):

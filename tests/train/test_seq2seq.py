@@ -95,6 +95,26 @@ def _value_and_grad(layout, kw: tuple):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
+def test_synthetic_rows_the_model_lengths_would_cut_are_refused():
+    """An addition source is 2 n + 1 tokens and its sum up to n + 1 digits: the smoke lengths
+    (made for sort) cut them without a word. The lengths named are the builder's longest."""
+    from research.config import ConfigError
+    from research.data import builders
+
+    rng = np.random.default_rng(0)
+    pairs = [builders.seq2seq_example(rng, "addition", 6, 6) for _ in range(200)]
+    src, tgt = (max(len(p[i]) for p in pairs) for i in (0, 1))
+    c = seq2seq_config.get_config("smoke")
+    c.data.seq2seq_task = "addition"
+    with pytest.raises(ConfigError, match=rf"^seq2seq.src_len=6 would cut .* is {src} tokens"):
+        parse(c)
+    c.seq2seq.src_len = src
+    with pytest.raises(ConfigError, match=rf"^seq2seq.tgt_len=7 would cut .* is {tgt + 1} tok"):
+        parse(c)
+    c.seq2seq.tgt_len = tgt + 1
+    parse(c)
+
+
 @pytest.mark.parametrize("layout", ["encdec", "unilm"])
 @pytest.mark.parametrize("kw", ZERO_STRENGTH, ids=lambda kw: "-".join(map(str, kw.values())))
 def test_every_remedy_at_strength_zero_is_teacher_forcing(layout, kw):

@@ -60,6 +60,20 @@ class Seq2seqTask(Task):
                 f"seq2seq.remedy={s.remedy!r} with accum_steps={run.train.accum_steps}: its "
                 "strength is per loss call, so microbatches would change it; use accum_steps=1"
             )
+        d = run.data
+        if d.source == "seq2seq_synthetic":  # rows were cut to the lengths without a word
+            n = d.max_len
+            longest = (2 * n + 1, n + 1) if d.seq2seq_task == "addition" else (n, n)
+            for key, have, need, what in (
+                ("src_len", s.src_len, longest[0], "source"),
+                ("tgt_len", s.tgt_len, longest[1] + 1, "target and its EOS"),
+            ):
+                if have < need:
+                    raise ConfigError(
+                        f"seq2seq.{key}={have} would cut the data: the longest "
+                        f"{d.seq2seq_task} {what} at data.max_len={n} is {need} tokens; set "
+                        f"seq2seq.{key}={need} or a smaller data.max_len"
+                    )
         if s.init:
             self._validate_init(run)
         elif s.layout == "unilm" and run.model.attention != "softmax":
