@@ -72,7 +72,7 @@ def _jsonl_records(p: pathlib.Path, path: str):
         yield i, record
 
 
-def _split_documents(docs, key: str = "text"):
+def _split_documents(docs, source: str, key: str = "text"):
     """Deterministic 95/5 train/eval split by a hash of each document's `key` (seq2seq pairs: the
     source, so the targets of one source are never on both sides)."""
     train, evaluation = [], []
@@ -81,7 +81,9 @@ def _split_documents(docs, key: str = "text"):
         (evaluation if h < 5 else train).append(d)
     if not train or not evaluation:
         raise DataError(
-            f"need documents in both splits, got {len(train)} train, {len(evaluation)} eval"
+            f"data.source={source!r}: its {len(train) + len(evaluation)} documents split "
+            f"{len(train)} train / {len(evaluation)} eval (5% held out by a hash of each); "
+            "both need at least one: add documents"
         )
     return train, evaluation
 
@@ -182,7 +184,7 @@ def text_sources(d: DataConfig):
         _check_features(train, name, {"text": "the LM reads each record's 'text'"})
     elif source.startswith(("text:", "jsonl:")):
         kind, path = source.split(":", 1)
-        train, evaluation = _split_documents(_local_documents(path, kind))
+        train, evaluation = _split_documents(_local_documents(path, kind), source)
     else:
         raise DataError(
             f"data.source={source!r}: use stdlib_code, tfds:NAME, text:PATH or jsonl:PATH"
@@ -192,7 +194,9 @@ def text_sources(d: DataConfig):
         return (r["text"] for r in train)
 
     local = source.startswith(("text:", "jsonl:"))
-    tag = "-small" if source == "stdlib_code" and d.small else ""
+    # stdlib_code's corpus is this interpreter's library at one builder version: both name it
+    # (one shared data_dir served every Python and version the tokenizer of the first)
+    tag = f"-{name}-{builder.version}" if source == "stdlib_code" else ""
     model_path = _tokenizer_path(data_dir, source + tag, d.vocab_size, texts() if local else None)
     tok = tokenizer.train_or_load(texts, str(model_path), vocab_size=d.vocab_size)
     return train, evaluation, tok
@@ -203,7 +207,8 @@ def _tokenizer_path(data_dir, source: str, vocab_size: int, texts=None) -> pathl
 
     `texts`, the training texts of a local file (text:, jsonl:), put the first 12 hex digits of
     their sha256 in the name, so an edited corpus trains a new tokenizer instead of silently
-    reusing the old one. tfds datasets (stdlib_code, tfds:NAME) are versioned and keep one name.
+    reusing the old one. stdlib_code's `source` carries its builder config and version;
+    tfds:NAME keeps one name (pin a version in NAME, as tfds does: tfds:NAME:1.2.0).
     """
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source)
     if texts is not None:
@@ -264,7 +269,7 @@ def seq2seq_sources(d: DataConfig, *, seed: int, bert_vocab=None):
         return (*_synthetic(builders.Seq2seqSynthetic, cfg, d.data_dir), vocab)
     if d.source.startswith("jsonl:"):
         train, evaluation = _split_documents(
-            _local_pairs(d.source.removeprefix("jsonl:")), key="source"
+            _local_pairs(d.source.removeprefix("jsonl:")), d.source, key="source"
         )
         keys = ("source", "target")
     elif d.source == "inews_titles":

@@ -4,7 +4,8 @@ workdir decodes on any machine.
 Three vocabularies implement `Vocab`: a sentencepiece model (`research.data.tokenizer.
 SentencePieceVocab`: pad, bos, eos), a BERT WordPiece vocabulary (`research.data.wordpiece.
 BertVocab`: pad, [CLS], [SEP]) and the seq2seq ids (`research.data.sources.Seq2seqVocab`: pad,
-bos, eos, and its tokenizer's [CLS] / [SEP]; its `encode` takes a {source, target} record).
+bos, eos, and its tokenizer's [CLS] / [SEP]; `encode` takes text, `encode_record` a {source,
+target} record).
 
 Files in the workdir: `vocab.json` (which kind, and the special ids of a seq2seq vocabulary),
 and `tokenizer.model` (the sentencepiece model, when the data has text) or `tokenizer.json` (a

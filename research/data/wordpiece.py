@@ -282,7 +282,7 @@ def train_english_or_load(texts_fn, path: pathlib.Path, vocab_size: int) -> Bert
             min_frequency=2,
             special_tokens=list(SPECIALS),
         )
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # runs sharing a data_dir
         tok.save(str(tmp))
         tmp.replace(path)
     if jax.process_count() > 1:

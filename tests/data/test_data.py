@@ -236,6 +236,18 @@ def test_text_source_tokenizer_is_retrained_when_the_corpus_changes(tmp_path):
     assert len(new.encode(s)) < len(old.encode(s))  # learnt from the new corpus
 
 
+def test_a_file_too_small_for_both_splits_is_named_with_the_remedy(tmp_path):
+    path = tmp_path / "three.txt"
+    path.write_text("one\n\ntwo\n\nthree\n")  # 5% held out by hash: none of the three
+    d = DataConfig(source=f"text:{path}", data_dir=str(tmp_path / "d"), vocab_size=300)
+    with pytest.raises(DataError) as e:
+        sources.text_sources(d)
+    assert str(e.value) == (
+        f"data.source='text:{path}': its 3 documents split 3 train / 0 eval (5% held out by "
+        "a hash of each); both need at least one: add documents"
+    )
+
+
 def test_malformed_jsonl_line_names_the_file_and_line(tmp_path):
     path = tmp_path / "docs.jsonl"
     lines = [json.dumps({"text": f"doc {i}", "source": "a", "target": "b"}) for i in range(5)]

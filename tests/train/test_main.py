@@ -88,6 +88,14 @@ def test_smoke_run_writes_metrics_checkpoints_and_summary(reference):
     assert list((wd / "tensorboard").glob("events.out.tfevents.*"))
     assert "done at step 24" in r.stdout and "tokens/s" in r.stdout
     assert "Traceback" not in r.stderr
+    # Its tokenizer is named for this interpreter's library and the builder's version: one
+    # data_dir shared by two Pythons (or versions) served both the first one's tokenizer.
+    from research.data import builders
+
+    tag = f"py{builders.PYTHON_VERSION}-small-{builders.StdlibCode.VERSION}"
+    assert [p.name for p in (wd.parent / "data" / "tokenizers").glob("*.model")] == [
+        f"stdlib_code-{tag}-384.model"
+    ]
 
 
 def test_exact_resume_after_sigkill(reference, data_dir, tmp_path):
