@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from research.data import DataError, builders, inews, tokenizer
+from research.data import DataError, builders, inews, tokenizer, wordpiece
 from research.data.config import DataConfig
 
 
@@ -212,11 +212,7 @@ def _tokenizer_path(data_dir, source: str, vocab_size: int, texts=None) -> pathl
     """
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source)
     if texts is not None:
-        h = hashlib.sha256()
-        for t in texts:
-            h.update(t.encode("utf-8"))
-            h.update(b"\0")
-        slug += f"-{h.hexdigest()[:12]}"
+        slug += f"-{wordpiece.texts_digest(texts)}"
     return data_dir / "tokenizers" / f"{slug}-{vocab_size}.model"
 
 

@@ -9,6 +9,7 @@ A Hugging Face vocabulary keeps its own ids; `BertVocab` looks the special token
 """
 
 import collections
+import hashlib
 import json
 import os
 import pathlib
@@ -242,6 +243,23 @@ class BertVocab:
     def from_pretrained_dir(cls, path) -> "BertVocab":
         """The vocabulary of a Hugging Face BERT directory (see `load_hf_tokenizer`)."""
         return cls(load_hf_tokenizer(path))
+
+
+def texts_digest(texts: Iterable[str]) -> str:
+    """The first 12 hex digits of the sha256 of `texts` (each ended by a NUL): in the name of a
+    vocabulary built from a local file, so an edited file builds a new one instead of reusing
+    the old (whose characters the new text may lack: [UNK])."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def is_local(source: str) -> bool:
+    """A data.source naming a file of the user's (jsonl:PATH, lccc:PATH, ...), not a dataset
+    with a version (a name, or tfds:NAME)."""
+    return ":" in source and not source.startswith("tfds:")
 
 
 def char_vocab_path(data_dir, name: str, vocab_size: int) -> pathlib.Path:

@@ -73,6 +73,8 @@ def chat_vocab(run: RunConfig, train_conversations, *, capped: bool = False):
     name = d.source.replace("/", "_").replace(":", "_")
     if capped:
         name += f"-n{d.train_examples}"
+    if wordpiece.is_local(d.source):
+        name += f"-{wordpiece.texts_digest(texts())}"
     if vocab_kind(run) == "wordpiece":
         return wordpiece.train_english_or_load(
             texts, directory / f"chat-{name}-wp{d.vocab_size}.json", d.vocab_size

@@ -449,6 +449,22 @@ def test_chat_starts_from_a_hugging_face_bert_without_an_mlm_head(tmp_path, caps
     assert np.isfinite(summary.final_train_loss) and np.isfinite(summary.eval["perplexity"])
 
 
+def test_a_local_files_vocabulary_is_built_again_when_the_file_changes(tmp_path):
+    """It was named by the source string alone: an edited file's new characters read as
+    [UNK] from the old vocabulary."""
+    from research.tasks.chat import chat_vocab
+
+    c = chat_config.get_config("smoke")
+    c.data.update(source=f"lccc:{tmp_path / 'c.json'}", data_dir=str(tmp_path / "data"))
+    run = parse(c)
+    old = chat_vocab(run, [["你好", "早上好"]] * 3)
+    new = chat_vocab(run, [["你好", "晚安"]] * 3)
+    unk = new.encode("晚")
+    assert old.encode("晚") != unk and unk == [new.tokenizer.token_to_id("晚")]
+    assert len(list((tmp_path / "data" / "tokenizers").glob("chat-lccc*-char*.json"))) == 2
+    assert chat_vocab(run, [["你好", "晚安"]] * 3).encode("晚") == unk  # the same file: reused
+
+
 def test_generate_on_a_chat_run_points_to_research_chat(smoke_run):
     workdir, _ = smoke_run
     cmd = [sys.executable, "-m", "research.generate", f"--workdir={workdir}", "--prompt=hi"]

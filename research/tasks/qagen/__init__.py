@@ -75,7 +75,10 @@ def qagen_vocab(run: RunConfig, train: list[dict]) -> wordpiece.BertVocab:
     if s.init or d.source == "peoples_daily":
         return bert.vocabulary(d, s.init, key="qagen.init")
     texts = lambda: (e[k] for e in train for k in ("passage", "question"))  # noqa: E731
-    path = wordpiece.char_vocab_path(d.data_dir, f"qagen-{d.source}", d.vocab_size)
+    name = f"qagen-{d.source}"
+    if wordpiece.is_local(d.source):
+        name += f"-{wordpiece.texts_digest(texts())}"
+    path = wordpiece.char_vocab_path(d.data_dir, name, d.vocab_size)
     return wordpiece.train_or_load(texts, path, vocab_size=d.vocab_size)
 
 
