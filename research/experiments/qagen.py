@@ -13,6 +13,7 @@ and the question for each gold answer.
 
 import copy
 import json
+import math
 import pathlib
 import textwrap
 import time
@@ -72,7 +73,7 @@ def run(c, workdir: str) -> list[dict]:
     pre = copy.deepcopy(c.pretrain)  # configs/mlm.py's own data section, our data_dir
     pre.seed, pre.data.data_dir = seeds[0], c.data.data_dir
     init = sweep.pretrain_first(c.init, pre, workdir, log)
-    evals, per_seed = [], []
+    evals, per_seed, learned = [], [], []  # learned: the seeds whose run did not diverge
     for seed in seeds:
         out = workdir / "runs" / f"seed{seed}"
         reused = sweep.is_finished(out)
@@ -81,6 +82,8 @@ def run(c, workdir: str) -> list[dict]:
         start = time.perf_counter()
         result = sweep.train_point(pc, out, {"seed": seed})
         evals.append(result["eval"])
+        if not result["note"]:
+            learned.append(seed)
         took = "reused" if reused else f"{(time.perf_counter() - start) / 60:.1f} min"
         per_seed.append(f"seed {seed} {took}")
         log(
@@ -88,7 +91,8 @@ def run(c, workdir: str) -> list[dict]:
             + ", ".join(f"{k} {result['eval'].get(k, np.nan):.2f}" for k in METRICS)
         )
     rows = summarize(evals)
-    examples = _examples(workdir / "runs" / f"seed{seeds[0]}", c.examples)
+    # a diverged run's checkpoint predates its divergence: examples from one that did not
+    examples = _examples(workdir / "runs" / f"seed{learned[0]}", c.examples) if learned else []
     if jax.process_index() == 0:
         s, t = first.task_config, first.train
         header = (
@@ -115,12 +119,17 @@ def run(c, workdir: str) -> list[dict]:
 
 
 def summarize(evals: list[dict]) -> list[dict]:
-    """One row per metric: ours (mean, std over seeds) and the baseline's (same examples)."""
+    """One row per metric: ours (mean, std over seeds; NaN where a seed diverged) and the
+    baselines' (the same examples in every seed: the mean over the seeds that report them, as a
+    diverged run reports none)."""
+
+    def baseline(key):
+        v = np.array([e.get(key, np.nan) for e in evals], float)
+        return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
+
     rows = []
     for key, name in METRICS.items():
         mean, std = seed_stats([e.get(key, np.nan) for e in evals])
-        base = np.array([e.get(f"baseline_{key}", np.nan) for e in evals], float)
-        template = np.array([e.get(f"baseline_template_{key}", np.nan) for e in evals], float)
         rows.append(
             {
                 "metric": name,
@@ -128,8 +137,8 @@ def summarize(evals: list[dict]) -> list[dict]:
                 "seeds": len(evals),
                 "model_mean": mean,
                 "model_std": std,
-                "baseline": float(base.mean()),
-                "template": float(template.mean()),  # NaN for the answer metrics
+                "baseline": baseline(f"baseline_{key}"),
+                "template": baseline(f"baseline_template_{key}"),  # NaN: the answer metrics
             }
         )
     return rows

@@ -291,7 +291,8 @@ def paired(results, n: int) -> list[dict]:
     """Pooled accuracy differences paired by seed (the two runs share the data order and the new
     heads' initialisation): Theseus minus direct, direct minus predecessor (n layers) and Theseus
     minus predecessor at each k. `se` is the standard error of the mean difference (the std with
-    ddof 1 over sqrt(seeds); NaN for one seed); a seed where either run diverged is left out."""
+    ddof 1 over sqrt(seeds); NaN for one seed); a seed where either run diverged is left out
+    of both (per_seed shows it as nan)."""
     by = {(r["kind"], r["layers"], r["seed"]): r["pooled"] for r in results}
     out = []
     for k in dict.fromkeys(r["layers"] for r in results if r["kind"] == "theseus"):
@@ -301,8 +302,8 @@ def paired(results, n: int) -> list[dict]:
             ("theseus", k, "predecessor", n),
         ):
             seeds = sorted(s for (kind, layers, s) in by if (kind, layers) == (a, ka))
-            d = np.array([by[a, ka, s] - by.get((b, kb, s), math.nan) for s in seeds])
-            d = d[np.isfinite(d)]
+            every = np.array([by[a, ka, s] - by.get((b, kb, s), math.nan) for s in seeds])
+            d = every[np.isfinite(every)]
             se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
             out.append(
                 {
@@ -310,7 +311,9 @@ def paired(results, n: int) -> list[dict]:
                     "seeds": len(d),
                     "mean": float(d.mean()) if len(d) else math.nan,
                     "se": se,
-                    "per_seed": " ".join(f"{x:+.2f}" for x in d),
+                    "per_seed": " ".join(
+                        f"s{s}:{x:+.2f}" for s, x in zip(seeds, every, strict=True)
+                    ),
                 }
             )
     return out

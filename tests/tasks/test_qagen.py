@@ -674,3 +674,19 @@ def test_a_pretrained_model_without_softmax_attention_is_refused(mlm_workdir, tm
     c.qagen.init = f"workdir:{other}"
     with pytest.raises(ConfigError, match=f"but workdir:{other}'s attention is 'linear'"):
         parse(c)
+
+
+def test_a_diverged_seed_leaves_the_baselines_as_the_other_seeds_report_them():
+    """The baselines are the same in every seed; a diverged run reports none, and its NaN made
+    the baseline columns NaN too. The model's own row is NaN (no result), as elsewhere."""
+    from research.experiments import qagen as qagen_experiment
+
+    keys = list(qagen_experiment.METRICS)
+    fine = {**{k: 20.0 for k in keys}, **{f"baseline_{k}": 80.0 + i for i, k in enumerate(keys)}}
+    fine |= {f"baseline_template_{k}": 40.0 for k in keys}
+    diverged = {k: float("nan") for k in keys}
+    rows = qagen_experiment.summarize([fine, diverged])
+    for i, r in enumerate(rows):
+        assert (r["baseline"], r["template"], r["seeds"]) == (80.0 + i, 40.0, 2)
+        assert np.isnan(r["model_mean"])
+    assert all(np.isnan(r["baseline"]) for r in qagen_experiment.summarize([diverged]))
