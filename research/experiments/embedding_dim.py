@@ -284,9 +284,10 @@ def summarize(results: list[dict], tolerance: float) -> list[dict]:
             by_dim.setdefault(r["dim"], []).append(r["eval_nll"])
         mean = {d: float(np.mean(v)) for d, v in by_dim.items()}
         std = {d: seed_stats(v)[1] for d, v in by_dim.items()}
-        # a diverged dim (NaN) is never the best; min() kept a NaN that came first
-        finite = [d for d in mean if np.isfinite(mean[d])] or list(mean)
-        best = min(finite, key=mean.get)
+        # a diverged dim (NaN) is never the best; min() kept a NaN that came first. Every dim
+        # diverged: a row of NaN (it raised after the whole sweep, writing nothing)
+        finite = [d for d in mean if np.isfinite(mean[d])]
+        best = min(finite, key=mean.get) if finite else min(mean)
         rows.append(
             {
                 "corpus": corpus,
@@ -297,7 +298,7 @@ def summarize(results: list[dict], tolerance: float) -> list[dict]:
                 "best_nll": mean[best],
                 "best_nll_std": std[best],
                 "best_nll_seeds": len(by_dim[best]),
-                "needed_dim": needed_dim(mean, tolerance),
+                "needed_dim": needed_dim(mean, tolerance) if finite else math.nan,
                 "rule_dim": NOTE_CONSTANT * math.log(size),
                 "nll_by_dim": " ".join(f"{d}:{mean[d]:.4f}" for d in sorted(mean)),
             }

@@ -26,6 +26,11 @@ def test_a_diverged_dim_is_never_the_best():
     results = [{**row, "dim": d, "eval_nll": x} for d, x in ((4, math.nan), (8, 3.0), (16, 2.5))]
     (summary,) = embedding_dim.summarize(results, tolerance=0.1)
     assert (summary["best_dim"], summary["best_nll"], summary["needed_dim"]) == (16, 2.5, 16)
+    # Every dim diverged at this N: a row of NaN and a table (it raised after the whole sweep).
+    results = [{**r, "eval_nll": math.nan} for r in results]
+    (summary,) = embedding_dim.summarize(results, tolerance=0.1)
+    assert math.isnan(summary["best_nll"]) and math.isnan(summary["needed_dim"])
+    assert "| nan |" in embedding_dim.table([summary])
 
 
 def test_lazy_adam_is_adam_on_touched_rows_and_leaves_the_others_alone():
