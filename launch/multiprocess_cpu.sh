@@ -16,7 +16,8 @@
 # there. Process 0 prints to the terminal; process i appends to WORKDIR/process_i.log (/tmp for a
 # remote workdir or none; --workdir=DIR, --workdir DIR and ~/ are understood). Exits with
 # the first non-zero exit code of the processes (0 when all saved and stopped on a signal);
-# SIGTERM/SIGINT/SIGHUP are forwarded to every process as SIGTERM (preemption). There is no relay
+# SIGTERM/SIGINT/SIGHUP are forwarded to every process as SIGTERM (preemption; a second one
+# kills them, unsaved: a job stuck in a collective or a compile stops). There is no relay
 # process between a training process and its output (process 0 writes to this script's stdout
 # and stderr, the others straight to their files), so a signal to the whole process group
 # (`timeout`, a job manager, `kill -- -PGID`) reaches only processes that save before they stop.
@@ -56,9 +57,15 @@ done
 xla_flags+="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}"
 pids=()
 signalled=0
+signals=0
 forward() {
   signalled=1
-  kill -TERM "${pids[@]}" 2>/dev/null || true
+  signals=$((signals + 1))
+  if [ "$signals" = 1 ]; then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+  else # a second one aborts at once, unsaved, as a second Ctrl-C does to research.main
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+  fi
 }
 trap forward TERM INT HUP
 for ((i = 0; i < n; i++)); do

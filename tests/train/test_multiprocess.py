@@ -203,3 +203,32 @@ def test_two_processes_that_do_not_share_data_dir_both_stop_with_one_line(tmp_pa
         assert line.startswith(f"data.data_dir={tmp_path / f'host{i}'}: process(es) 1 do not see")
     assert os.listdir(tmp_path / "host0") == []  # the mark is gone
     assert run([tmp_path / "shared"] * 2) == ["shared", "shared"]
+
+
+def test_a_second_signal_kills_processes_the_first_could_not_stop(tmp_path):
+    """Each signal was forwarded as one more SIGTERM, which a process stuck in a collective or
+    a compile never acts on: no way to stop the job. Processes here ignore SIGTERM."""
+    import os
+    import signal
+    import time
+
+    stub = tmp_path / "python"  # stands for research.main: writes its pid, ignores SIGTERM
+    stub.write_text(f"#!/bin/sh\necho $$ >> {tmp_path / 'pids'}\ntrap '' TERM\nexec sleep 60\n")
+    stub.chmod(0o755)
+    env = {**os.environ, "SEQLAB_PYTHON": str(stub)}
+    cmd = ["bash", "launch/multiprocess_cpu.sh", "2", f"--workdir={tmp_path / 'wd'}"]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    pids_file = tmp_path / "pids"
+    deadline = time.monotonic() + 30
+    while not (pids_file.exists() and len(pids_file.read_text().split()) == 2):
+        assert time.monotonic() < deadline, "the processes did not start"
+        time.sleep(0.05)
+    pids = [int(p) for p in pids_file.read_text().split()]
+    launcher.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert launcher.poll() is None  # forwarded as SIGTERM, which they ignore
+    launcher.send_signal(signal.SIGINT)
+    assert launcher.wait(timeout=10) == 128 + signal.SIGKILL
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
