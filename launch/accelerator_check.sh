@@ -12,7 +12,8 @@
 #                                               # an interpreter that already has jax for the
 #                                               # device and seqlab's dependencies: no installs
 # Exits 1 with one line when there is no accelerator; 3 when a device test failed (the
-# measurements still ran).
+# measurements still ran), 4 when the measurements failed or ran out of time (after both ran).
+# Ctrl-C or a job manager's SIGTERM stops the step running (it was left holding the device).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT_DIR:-bench_out/accelerator}"
@@ -38,24 +39,47 @@ else
   py=".venv/bin/python"
 fi
 
-backend="$("$py" -c 'import jax; print(jax.default_backend())' 2> /dev/null || echo none)"
+backend="$("$py" -c 'import jax; print(jax.default_backend())' 2> "${TMPDIR:-/tmp}/seqlab-backend.$$" || echo none)"
 case "$backend" in
   gpu | tpu) ;;
-  *) no_accelerator "jax on $py sees no GPU or TPU (backend: $backend)" ;;
+  *)
+    # jax itself failed (a CUDA plugin that did not start, say): say why
+    [ "$backend" != none ] || tail -n 5 "${TMPDIR:-/tmp}/seqlab-backend.$$" >&2
+    no_accelerator "jax on $py sees no GPU or TPU (backend: $backend)"
+    ;;
 esac
+rm -f "${TMPDIR:-/tmp}/seqlab-backend.$$"
 device="$("$py" -c 'import jax; print(jax.devices()[0].device_kind)')"
 echo "[accelerator_check] $device ($backend); results in $out/"
 
+# Each step under `timeout`, which puts itself in a process group of its own: a signal to this
+# script's group (Ctrl-C, a job manager) missed the step. --foreground keeps it in ours, and the
+# trap passes a signal sent to this script alone on to the step.
+step=""
+trap '[ -z "$step" ] || kill -TERM "$step" 2> /dev/null; exit 130' INT TERM HUP
+run_step() {
+  timeout --foreground "$@" &
+  step=$!
+  wait "$step"
+}
+
 echo "[accelerator_check] 1/2 kernel and attention tests on the $backend"
 tests_ok=1
-timeout 180 "$py" -m pytest -q -x -p no:cacheprovider \
+run_step 180 "$py" -m pytest -q -x -p no:cacheprovider \
   tests/ops/attention/test_pallas.py tests/ops/attention/test_softmax.py \
   tests/ops/attention/test_gated.py tests/ops/attention/test_delta.py || tests_ok=0
 
 echo "[accelerator_check] 2/2 attention kernels and a 124M LM train step (bf16)"
-timeout 480 "$py" -m research.bench.accelerator --out "$out" --budget_s 400
+bench=0
+run_step 480 "$py" -m research.bench.accelerator --out "$out" --budget_s 400 || bench=$?
 
 if [ "$tests_ok" = 0 ]; then
   echo "[accelerator_check] a device test FAILED (above); the measurements ran" >&2
-  exit 3
 fi
+if [ "$bench" != 0 ]; then
+  reason="exit code $bench"
+  [ "$bench" = 124 ] && reason="out of time (480 s)"
+  echo "[accelerator_check] the measurements FAILED ($reason; above)" >&2
+fi
+[ "$tests_ok" = 1 ] || exit 3
+[ "$bench" = 0 ] || exit 4

@@ -103,3 +103,67 @@ def test_rows_already_measured_are_written_when_a_train_step_fails(monkeypatch, 
     assert [r["impl"] for r in written] == [i for i in impls for _ in ("fwd", "fwd+bwd")]
     assert {"batch", "layers", "dtype", "devices", "matmul_peak_gflops"} <= written[0].keys()
     assert all(r["batch"] == "1" for r in written)
+
+
+def _fake_device_python(tmp_path, pytest_step: str, bench_step: str) -> dict:
+    """An environment whose SEQLAB_PYTHON reports a GPU and runs the two steps as given."""
+    stub = tmp_path / "python"
+    stub.write_text(
+        "#!/bin/bash\n"
+        'case "$*" in\n'
+        "  *default_backend*) echo gpu ;;\n"
+        '  *device_kind*) echo "Fake GPU" ;;\n'
+        f'  "-m pytest"*) {pytest_step} ;;\n'
+        f'  "-m research.bench.accelerator"*) {bench_step} ;;\n'
+        "esac\n"
+    )
+    stub.chmod(0o755)
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SEQLAB_PYTHON": str(stub)}
+
+
+@pytest.mark.parametrize(
+    "pytest_step, bench_step, code, said",
+    [
+        ("exit 1", "exit 0", 3, ["a device test FAILED"]),
+        ("exit 0", "exit 1", 4, ["the measurements FAILED (exit code 1"]),
+        ("exit 1", "exit 124", 3, ["a device test FAILED", "FAILED (out of time (480 s)"]),
+    ],
+)
+def test_each_failed_step_is_reported_and_has_its_exit_code(
+    tmp_path, pytest_step, bench_step, code, said
+):
+    """A failed or timed-out measurement ended the script at once with its own code (1, which
+    means "no accelerator", or 124), skipping the device tests' verdict."""
+    env = _fake_device_python(tmp_path, pytest_step, bench_step)
+    r = subprocess.run(
+        [str(ROOT / "launch/accelerator_check.sh")], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == code, r.stderr
+    assert all(s in r.stderr for s in said), r.stderr
+
+
+def test_a_signal_to_the_script_stops_the_step_holding_the_device(tmp_path):
+    """`timeout` moved each step into a process group of its own and the script had no trap:
+    the step kept running (and holding the device) after the job was stopped."""
+    import os
+    import signal
+    import time
+
+    pid_file = tmp_path / "step.pid"
+    env = _fake_device_python(tmp_path, f"echo $$ > {pid_file}; exec sleep 60", "exit 0")
+    script = subprocess.Popen([str(ROOT / "launch/accelerator_check.sh")], env=env)
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline, "the step did not start"
+        time.sleep(0.05)
+    step = int(pid_file.read_text())
+    script.send_signal(signal.SIGTERM)
+    assert script.wait(timeout=10) == 130
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(step, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the step is still running"
+        time.sleep(0.05)
