@@ -11,15 +11,17 @@
 # host clones or updates ~/seqlab from it), a workdir every host can reach (a GCS bucket) and a
 # data_dir every host sees (a bucket mounted with gcsfuse, or NFS): process 0 builds the data.
 # Re-running the same command resumes from the newest checkpoint; preemption (SIGTERM) saves.
+# Each host makes ~/seqlab/.venv as run.sh does (launch/bootstrap.sh: Python >= 3.11, checked;
+# reinstalled only when the project changes) with the tpu extra; TPU_PYTHON names the hosts'
+# interpreter (default python3; some TPU VM images have 3.10: install 3.11 and name it).
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${REPO:?set REPO to the git URL to clone}"
-repo="$REPO"
 args=$(printf '%q ' "$@")
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "
   set -e
-  [ -d ~/seqlab ] || git clone '$repo' ~/seqlab
+  [ -d ~/seqlab ] || git clone $(printf '%q' "$REPO") ~/seqlab
   cd ~/seqlab && git pull --ff-only
-  [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q -e '.[tpu]'   # jax[tpu] (libtpu) at the project's jax version
-  .venv/bin/python -m research.main $args
+  source launch/bootstrap.sh
+  PYTHON=$(printf '%q' "${TPU_PYTHON:-python3}") EXTRAS=tpu ensure_venv ''
+  exec .venv/bin/python -m research.main $args
 "

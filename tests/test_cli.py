@@ -456,3 +456,34 @@ def test_generate_refuses_a_sampling_temperature_or_top_p_of_0_before_reading_th
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1, r.stderr
         assert lines[0].startswith(f"error: {name}: must be") and "shorten" not in lines[0]
+
+
+def test_the_tpu_pod_launcher_makes_each_hosts_venv_as_run_sh_does(tmp_path):
+    """It made .venv with the hosts' python3 unchecked (3.10 on some TPU VM images failed in pip
+    on every rerun) and without bootstrap.sh's repairs. A fake gcloud runs the hosts' command
+    here, with a Python 3.10 as the hosts' interpreter: one line, exit 2, no .venv."""
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    bin_dir.mkdir()
+    home.mkdir()
+    gcloud = bin_dir / "gcloud"  # runs --command locally, as `ssh --worker=all` would per host
+    gcloud.write_text(
+        '#!/bin/bash\nwhile [ $# -gt 0 ]; do [ "$1" = --command ] && cmd="$2"; shift; done\n'
+        'exec bash -c "$cmd"\n'
+    )
+    old = tmp_path / "python3.10"
+    old.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.12"\nexit 1\n')
+    for f in (gcloud, old):
+        f.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(home),
+        "TPU_NAME": "t",
+        "ZONE": "z",
+        "REPO": str(ROOT),
+        "TPU_PYTHON": str(old),
+    }
+    cmd = [str(ROOT / "launch" / "tpu_pod.sh"), "--config=configs/lm.py:smoke"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"error: seqlab needs Python >= 3.11; '{old}' is Python 3.10.12." in r.stderr
+    assert (home / "seqlab" / "launch").is_dir() and not (home / "seqlab" / ".venv").exists()
