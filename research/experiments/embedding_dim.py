@@ -20,6 +20,7 @@ sweep is rerun (resume), so an interrupted sweep loses at most one point.
 import functools
 import json
 import math
+import os
 import pathlib
 import time
 
@@ -209,6 +210,7 @@ def run(c, workdir: str) -> list[dict]:
         raise ConfigError(f"vocab_sizes {sizes} must be >= 0 (0 = all) and dims {dims} >= 1")
     _check(c)
     t0 = time.perf_counter()
+    main = jax.process_index() == 0  # in a multi-process run one process writes
     (workdir / "points").mkdir(parents=True, exist_ok=True)
     results = []
     for corpus in corpora:
@@ -244,9 +246,10 @@ def run(c, workdir: str) -> list[dict]:
                             seed=seed,
                         )
                         r.update(unigram_nll=unigram, train_pairs=len(train), eval_pairs=len(held))
-                        tmp = path.with_suffix(".tmp")
-                        tmp.write_text(json.dumps({"config": pc, "result": r}, indent=1))
-                        tmp.replace(path)  # atomic: a killed sweep leaves no half point
+                        if main:  # atomic: a killed sweep leaves no half point
+                            tmp = path.with_suffix(f".tmp{os.getpid()}")
+                            tmp.write_text(json.dumps({"config": pc, "result": r}, indent=1))
+                            tmp.replace(path)
                     took = f"{r['train_seconds']:.1f} s"
                     if reused:
                         took = f"reused from {path} (trained in {took})"
@@ -263,13 +266,14 @@ def run(c, workdir: str) -> list[dict]:
         f"{c.num_pairs:,} train pairs per point (batch {c.batch_size}), held-out NLL on "
         f"{c.eval_pairs:,} pairs, tolerance {c.tolerance} nats, seeds {list(seeds)}"
     )
-    write_csv(workdir / "embedding_dim_points.csv", results)
-    write_csv(workdir / "embedding_dim.csv", rows)
-    plot(results, rows, workdir / "embedding_dim.png", header)
-    print(
-        f"\n{header}\n\n{table(rows)}\n\nwrote {workdir / 'embedding_dim.csv'}, "
-        f"embedding_dim_points.csv and embedding_dim.png ({time.perf_counter() - t0:.0f} s)"
-    )
+    if main:
+        write_csv(workdir / "embedding_dim_points.csv", results)
+        write_csv(workdir / "embedding_dim.csv", rows)
+        plot(results, rows, workdir / "embedding_dim.png", header)
+        print(
+            f"\n{header}\n\n{table(rows)}\n\nwrote {workdir / 'embedding_dim.csv'}, "
+            f"embedding_dim_points.csv and embedding_dim.png ({time.perf_counter() - t0:.0f} s)"
+        )
     return rows
 
 

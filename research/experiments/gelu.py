@@ -16,6 +16,7 @@ import math
 import pathlib
 import time
 
+import jax
 import numpy as np
 
 from research.config import ConfigError, as_list, seed_list
@@ -111,9 +112,11 @@ def run(c, workdir: str) -> list[dict]:
         f"{fit['tanh_max_error']:.2e}), sigmoid lambda = {fit['sigmoid_scale']:.7f} "
         f"(max Phi error {fit['sigmoid_max_error']:.2e})"
     )
-    plot_forms(workdir / "gelu_forms.png", report, fit_line)
-    (workdir / "gelu_forms.json").write_text(json.dumps(report, indent=1))
-    print(f"{fit_line}\nwrote {workdir / 'gelu_forms.png'}", flush=True)
+    main = jax.process_index() == 0  # in a multi-process run one process writes and prints
+    if main:
+        plot_forms(workdir / "gelu_forms.png", report, fit_line)
+        (workdir / "gelu_forms.json").write_text(json.dumps(report, indent=1))
+        print(f"{fit_line}\nwrote {workdir / 'gelu_forms.png'}", flush=True)
 
     results = []
     for seed in seeds:
@@ -146,13 +149,14 @@ def run(c, workdir: str) -> list[dict]:
         f"{plural(lm.model.num_layers, 'layer')}, d_ff {lm.model.d_ff}, seq {lm.data.seq_len}, "
         f"batch {lm.batch_size}, {lm.num_train_steps} steps; seeds {list(seeds)}"
     )
-    write_csv(workdir / "gelu.csv", rows)
-    (workdir / "results.json").write_text(json.dumps(results, indent=1))
-    plot(rows, results, workdir / "gelu.png", header)
-    print(
-        f"\n{header}\n{fit_line}\n\n{table(rows)}\n\nwrote {workdir / 'gelu.csv'}, gelu.png "
-        f"and gelu_forms.png ({time.perf_counter() - t0:.0f} s)"
-    )
+    if main:
+        write_csv(workdir / "gelu.csv", rows)
+        (workdir / "results.json").write_text(json.dumps(results, indent=1))
+        plot(rows, results, workdir / "gelu.png", header)
+        print(
+            f"\n{header}\n{fit_line}\n\n{table(rows)}\n\nwrote {workdir / 'gelu.csv'}, gelu.png "
+            f"and gelu_forms.png ({time.perf_counter() - t0:.0f} s)"
+        )
     return rows
 
 
