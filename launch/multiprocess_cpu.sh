@@ -16,7 +16,7 @@
 # there. Process 0 prints to the terminal; process i appends to WORKDIR/process_i.log (/tmp for a
 # remote workdir or none; --workdir=DIR, --workdir DIR and ~/ are understood). Exits with
 # the first non-zero exit code of the processes (0 when all saved and stopped on a signal);
-# SIGTERM/SIGINT/SIGHUP are forwarded to every process as SIGTERM (preemption; a second one
+# SIGTERM/SIGINT/SIGHUP are forwarded to every process as SIGTERM (preemption; a second Ctrl-C
 # kills them, unsaved: a job stuck in a collective or a compile stops). There is no relay
 # process between a training process and its output (process 0 writes to this script's stdout
 # and stderr, the others straight to their files), so a signal to the whole process group
@@ -57,17 +57,20 @@ done
 xla_flags+="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}"
 pids=()
 signalled=0
-signals=0
-forward() {
+interrupts=0
+forward() { # $1: the signal
   signalled=1
-  signals=$((signals + 1))
-  if [ "$signals" = 1 ]; then
+  [ "$1" = INT ] && interrupts=$((interrupts + 1))
+  if [ "$interrupts" -lt 2 ]; then
     kill -TERM "${pids[@]}" 2>/dev/null || true
-  else # a second one aborts at once, unsaved, as a second Ctrl-C does to research.main
+  else # a second Ctrl-C aborts at once, unsaved, as it does to research.main (only Ctrl-C:
+    # `timeout` sends SIGTERM twice, to this script and then to its group)
     kill -KILL "${pids[@]}" 2>/dev/null || true
   fi
 }
-trap forward TERM INT HUP
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+trap 'forward HUP' HUP
 for ((i = 0; i < n; i++)); do
   cmd=(env XLA_FLAGS="$xla_flags"
     JAX_PLATFORMS=cpu SEQLAB_COORDINATOR="127.0.0.1:$port" SEQLAB_NUM_PROCESSES="$n"

@@ -205,7 +205,7 @@ def test_two_processes_that_do_not_share_data_dir_both_stop_with_one_line(tmp_pa
     assert run([tmp_path / "shared"] * 2) == ["shared", "shared"]
 
 
-def test_a_second_signal_kills_processes_the_first_could_not_stop(tmp_path):
+def test_a_second_ctrl_c_kills_processes_the_first_could_not_stop(tmp_path):
     """Each signal was forwarded as one more SIGTERM, which a process stuck in a collective or
     a compile never acts on: no way to stop the job. Processes here ignore SIGTERM."""
     import os
@@ -224,11 +224,33 @@ def test_a_second_signal_kills_processes_the_first_could_not_stop(tmp_path):
         assert time.monotonic() < deadline, "the processes did not start"
         time.sleep(0.05)
     pids = [int(p) for p in pids_file.read_text().split()]
-    launcher.send_signal(signal.SIGINT)
-    time.sleep(0.5)
-    assert launcher.poll() is None  # forwarded as SIGTERM, which they ignore
+    # SIGTERMs never escalate (`timeout` sends two: to the launcher, then to its group); the
+    # first Ctrl-C is forwarded as SIGTERM too, which these processes ignore
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        launcher.send_signal(sig)
+        time.sleep(0.3)
+        assert launcher.poll() is None, sig
     launcher.send_signal(signal.SIGINT)
     assert launcher.wait(timeout=10) == 128 + signal.SIGKILL
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_under_timeout_the_processes_save_before_they_stop(tmp_path):
+    """`timeout` sends SIGTERM twice (the launcher, then its process group): never a reason to
+    kill the processes, which save on SIGTERM (here: take 0.5 s to)."""
+    import os
+
+    saved = tmp_path / "saved"
+    stub = tmp_path / "python"
+    stub.write_text(
+        f"#!/bin/bash\ntrap 'sleep 0.5; echo $$ >> {saved}; exit 0' TERM\n"
+        f"echo $$ >> {tmp_path / 'pids'}\nwhile :; do sleep 0.05; done\n"
+    )
+    stub.chmod(0o755)
+    env = {**os.environ, "SEQLAB_PYTHON": str(stub)}
+    cmd = ["timeout", "2", "bash", "launch/multiprocess_cpu.sh", "2", f"--workdir={tmp_path}"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, timeout=30)
+    assert r.returncode == 124  # timeout's own code: it had to stop the command
+    assert sorted(saved.read_text().split()) == sorted((tmp_path / "pids").read_text().split())
