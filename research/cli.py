@@ -107,7 +107,10 @@ def workdir_error(workdir: str, shown: int = 6) -> str | None:
     )
 
 
-HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "-helpshort", "--helpfull", "-helpfull")
+# absl's help flags, each with one dash or two
+HELP_FLAGS = ("-?",) + tuple(
+    d + h for h in ("help", "helpshort", "helpfull", "helpxml") for d in ("-", "--")
+)
 
 
 def parse_flags(argv):

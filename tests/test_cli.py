@@ -341,7 +341,7 @@ def test_text_that_is_not_utf8_is_one_line(capsys):
     assert capsys.readouterr().err == "error: --prompt is not UTF-8 text (character 2)\n"
 
 
-@pytest.mark.parametrize("flag", ["--help", "--helpfull"])
+@pytest.mark.parametrize("flag", ["--help", "--helpfull", "-helpxml"])
 def test_help_exits_0(parse_flags, capsys, flag):
     """absl prints the help and exits 1, which research.main documents as a non-finite loss."""
     from absl import app
@@ -350,7 +350,7 @@ def test_help_exits_0(parse_flags, capsys, flag):
     with pytest.raises(SystemExit) as e:
         parse_flags(["research.main", flag])
     out = capsys.readouterr().out  # in-process, --help names this process's main module
-    assert e.value.code == 0 and ("--helpfull" if flag == "--help" else "--workdir") in out
+    assert e.value.code == 0 and ("--helpfull" if flag == "--help" else "workdir") in out
 
 
 def test_an_unusable_venv_is_named_with_the_fix(tmp_path):
@@ -435,6 +435,8 @@ def test_two_launchers_started_together_install_once(tmp_path):
         for _ in range(2)
     ]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    said = [p.stdout.read().decode() for p in procs]
+    assert sum("waiting for another launcher's install of .venv" in s for s in said) == 1, said
     launchers = {line.split()[0] for line in log.read_text().splitlines()}
     assert len(launchers) == 1, log.read_text()  # one launcher's (pip, then the project)
 
@@ -474,16 +476,27 @@ def test_the_tpu_pod_launcher_makes_each_hosts_venv_as_run_sh_does(tmp_path):
     old.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.12"\nexit 1\n')
     for f in (gcloud, old):
         f.chmod(0o755)
+    import shutil
+
+    # The hosts clone REPO: this checkout's commit on a branch (CI's may be detached), with the
+    # working tree's bootstrap.sh committed on it.
+    repo = tmp_path / "repo"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "clone", "-q", str(ROOT), str(repo)], check=True)
+    shutil.copy(ROOT / "launch" / "bootstrap.sh", repo / "launch" / "bootstrap.sh")
+    subprocess.run([*git, "checkout", "-q", "-B", "main"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-am", "wt"], cwd=repo, check=True)
     env = {
         "PATH": f"{bin_dir}:/usr/bin:/bin",
         "HOME": str(home),
         "TPU_NAME": "t",
         "ZONE": "z",
-        "REPO": str(ROOT),
+        "REPO": str(repo),
         "TPU_PYTHON": str(old),
     }
     cmd = [str(ROOT / "launch" / "tpu_pod.sh"), "--config=configs/lm.py:smoke"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert f"error: seqlab needs Python >= 3.11; '{old}' is Python 3.10.12." in r.stderr
+    assert "Set TPU_PYTHON=/path/to/python3.11 and run again." in r.stderr
     assert (home / "seqlab" / "launch").is_dir() and not (home / "seqlab" / ".venv").exists()

@@ -37,7 +37,6 @@ from research.config import as_list, seed_list
 from research.data import DataError, classification, patterns
 from research.experiments import pet_curve, sweep
 from research.experiments.sweep import best_validation
-from research.models import params as params_io
 from research.report import (
     format_table,
     machine_header,
@@ -87,6 +86,7 @@ def run(c, workdir: str) -> list[dict]:
     if not 0 < c.labeled_fraction < 1:
         raise ConfigError(f"labeled_fraction={c.labeled_fraction}: must be in (0, 1)")
     sweep.check_keeps_every_checkpoint(c, ("pet", "classify"))  # selection reads them all
+    pet_curve.check(c, settings, verbalizer)
     for t in templates:  # each pattern's own mistakes, before anything runs
         try:
             patterns.Pattern(t, verbalizer)
@@ -274,7 +274,7 @@ def run(c, workdir: str) -> list[dict]:
                 record(setting, i, seed, acc)
                 if signal:
                     record(setting + MEDIAN, i, seed, median(signal))
-            for step in params_io.checkpoint_steps(out / "checkpoints") if c.signal_curve else ():
+            for step in pet_curve.steps(out, pc.checkpoint_every_steps) if c.signal_curve else ():
                 at = functools.cache(functools.partial(load_trained, out, step=step))
                 for i in range(len(templates)):
                     name, to = f"{setting} seed {seed} step {step}", out / f"p{i}" / f"step{step}"

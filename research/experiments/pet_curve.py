@@ -10,9 +10,34 @@ import pathlib
 
 import numpy as np
 
+from research.config import ConfigError
+from research.experiments import sweep
+from research.models import params as params_io
 from research.report import format_table, mean_std, over_seeds, save_figure, seed_stats, write_csv
 
 FIGURES = ("auc_validation", "auc_test", "threshold_test", "median_validation", "median_test")
+
+
+def check(c, settings, verbalizer) -> None:
+    """With `signal_curve` on: ConfigError unless it can draw one (the + MLM runs, a signal of
+    two words, every scheduled checkpoint kept), before anything trains."""
+    if not c.signal_curve:
+        return
+    if "zero_shot_mlm" not in settings:
+        raise ConfigError(f"signal_curve=True needs zero_shot_mlm in settings, got {settings}")
+    if len(verbalizer) != 2:
+        raise ConfigError(
+            f"signal_curve=True needs a verbalizer of 2 words (the label-score gap), got "
+            f"{len(verbalizer)}"
+        )
+    sweep.check_keeps_every_checkpoint(c, ("mlm",), "the signal curve")
+
+
+def steps(out: pathlib.Path, every: int) -> list[int]:
+    """The + MLM run's checkpoints on its schedule (and its last): one a stop saved in between
+    would be a point of one seed."""
+    kept = params_io.checkpoint_steps(out / "checkpoints")
+    return [s for s in kept if s % every == 0 or s == kept[-1]]
 
 
 def report(curve: list[dict], workdir: pathlib.Path, header: str, majority: float) -> list[dict]:

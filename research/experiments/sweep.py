@@ -94,7 +94,9 @@ def refuse_swept_overrides(experiment: str, overrides, swept: dict[str, str]) ->
                 )
 
 
-def check_keeps_every_checkpoint(c: ConfigDict, names: tuple[str, ...]) -> None:
+def check_keeps_every_checkpoint(
+    c: ConfigDict, names: tuple[str, ...], reader: str = "the best-validation selection"
+) -> None:
     """ConfigError unless each run c[name] keeps all its checkpoints (one every
     checkpoint_every_steps and the last) plus one spare for the save a stop (SIGTERM) and
     resume adds: a selection over them (best validation step) must not lose the early ones."""
@@ -107,7 +109,7 @@ def check_keeps_every_checkpoint(c: ConfigDict, names: tuple[str, ...]) -> None:
         need = math.ceil(steps / every) + 1
         if keep < need:
             raise ConfigError(
-                f"{name}.keep_checkpoints={keep} is too few for the best-validation selection: "
+                f"{name}.keep_checkpoints={keep} is too few for {reader}: "
                 f"{steps} steps save {need - 1} checkpoints (one every {every} and the last), "
                 f"plus one if the run is stopped and resumed; set {name}.keep_checkpoints="
                 f"{need} or a larger {name}.checkpoint_every_steps"
@@ -265,8 +267,8 @@ def best_validation(out: pathlib.Path, accuracy, every: int | None = None) -> di
             raise ConfigError(
                 f"{out}: no checkpoint at steps {missing} of its schedule (one every {every}), "
                 "so the best-validation selection cannot read them (deleted by keep_checkpoints "
-                "after stops, or saved on another checkpoint_every_steps); train it again in a "
-                "new workdir"
+                "after stops, or saved on another checkpoint_every_steps); delete that run "
+                f"(rm -r {out}) and rerun: the experiment trains it again, the other points kept"
             )
         steps = scheduled
     acc = {

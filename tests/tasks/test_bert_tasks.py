@@ -435,6 +435,25 @@ def test_pet_refuses_a_schedule_whose_early_checkpoints_selection_would_lose(tmp
         pet_experiment.run(c, str(tmp_path))
 
 
+def test_a_signal_curve_it_cannot_draw_is_refused_before_training(tmp_path):
+    """It gave a curve of the last 2 checkpoints (mlm.keep_checkpoints), or none, silently."""
+    c = pet_config.get_config("smoke")
+    c.signal_curve = True
+    c.settings = ("zero_shot", "few_shot")
+    with pytest.raises(ConfigError, match=r"^signal_curve=True needs zero_shot_mlm in settings"):
+        pet_experiment.run(c, str(tmp_path))
+    c.settings = ("zero_shot_mlm",)
+    c.mlm.update(checkpoint_every_steps=1)
+    with pytest.raises(
+        ConfigError, match=r"^mlm.keep_checkpoints=3 is too few for the signal curve: .* save 4 "
+    ):
+        pet_experiment.run(c, str(tmp_path))
+    c.verbalizer = ("不", "很", "好")
+    with pytest.raises(ConfigError, match=r"^signal_curve=True needs a verbalizer of 2 words"):
+        pet_experiment.run(c, str(tmp_path))
+    assert not (tmp_path / "pretrain").exists()
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
