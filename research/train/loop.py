@@ -192,6 +192,8 @@ def train_and_evaluate(
         return model_def, shardings, state, data.make_iterator(True)
 
     had_checkpoints = bool(params_io.checkpoint_steps(f"{workdir}/checkpoints"))
+    if had_checkpoints and not start_fresh:  # a resume: the same token ids, before anything
+        trained.check_vocabulary(workdir, data.vocab)
     model_def, shardings, state, train_iter = fresh_start(initialize=not had_checkpoints)
 
     # ---- resume ----------------------------------------------------------------------------

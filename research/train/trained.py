@@ -39,6 +39,23 @@ def save_run_files(workdir, mcfg: ModelConfig, vocab) -> None:
     vocab_io.save(path, vocab)
 
 
+def check_vocabulary(workdir, vocab) -> None:
+    """ConfigError if a resumed run's saved vocabulary differs from the data's (another data_dir,
+    or a tokenizer trained again there): its token ids would mean other tokens, silently."""
+    path = pathlib.Path(workdir)
+    changed = [
+        name
+        for name, data in ({} if vocab is None else vocab.files()).items()
+        if (path / name).is_file() and (path / name).read_bytes() != data
+    ]
+    if changed:
+        raise ConfigError(
+            f"{workdir}: the data's vocabulary differs from the one this run was trained with "
+            f"({', '.join(changed)}); resume with the data_dir and data settings it was "
+            "trained with, or use another --workdir"
+        )
+
+
 def load_trained(workdir, *, step: int | None = None, scan_layers: bool | None = False) -> Trained:
     """The model of run `workdir` at checkpoint `step` (default: the newest), parameters only
     (restored with Orbax onto this process's default device; the optimizer state is not read).

@@ -337,6 +337,29 @@ def test_a_resume_does_not_hold_step_0s_state_beside_the_restored_one(tmp_path, 
     assert len(built) > 10 and alive_at_restore == [0]
 
 
+def test_a_resume_whose_data_gives_another_vocabulary_is_refused(tmp_path):
+    """Another data_dir, or a tokenizer trained again there (one shared by two Pythons gave each
+    the first one's), meant other tokens for the same ids: the run resumed silently and wrote
+    the new vocabulary over its own."""
+    from configs import lm
+    from research.config import ConfigError
+    from research.train import loop
+    from research.train.config import parse
+
+    c = lm.get_config("smoke")
+    c.data.data_dir = str(tmp_path / "data")
+    c.update(num_train_steps=2, eval_every_steps=2, checkpoint_every_steps=2, log_every_steps=1)
+    loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    saved = tmp_path / "wd" / "tokenizer.model"
+    ours = saved.read_bytes()
+    saved.write_bytes(ours + b"\0")  # as if trained on other text
+    with pytest.raises(ConfigError, match=r"vocabulary differs .* \(tokenizer.model\); resume"):
+        loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
+    assert saved.read_bytes() == ours + b"\0"  # nothing written over it
+    saved.write_bytes(ours)
+    assert loop.train_and_evaluate(parse(c), str(tmp_path / "wd")).resumed_from == 2
+
+
 def test_a_failure_while_closing_is_logged_beside_the_first(tmp_path, monkeypatch, caplog):
     """Only the first error was raised: a save that failed to commit while the run was already
     stopping for another reason went unsaid."""
