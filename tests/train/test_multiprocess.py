@@ -207,31 +207,39 @@ def test_two_processes_that_do_not_share_data_dir_both_stop_with_one_line(tmp_pa
 
 def test_a_second_ctrl_c_kills_processes_the_first_could_not_stop(tmp_path):
     """Each signal was forwarded as one more SIGTERM, which a process stuck in a collective or
-    a compile never acts on: no way to stop the job. Processes here ignore SIGTERM."""
+    a compile never acts on: no way to stop the job. These processes note each SIGTERM and go on;
+    each signal is sent once the last was forwarded (bash merges signals still pending)."""
     import os
     import signal
     import time
 
-    stub = tmp_path / "python"  # stands for research.main: writes its pid, ignores SIGTERM
-    stub.write_text(f"#!/bin/sh\necho $$ >> {tmp_path / 'pids'}\ntrap '' TERM\nexec sleep 60\n")
+    stub = tmp_path / "python"  # stands for research.main: writes its pid, notes SIGTERMs
+    terms = tmp_path / "terms"
+    stub.write_text(
+        f"#!/bin/bash\ntrap 'echo $$ >> {terms}' TERM\necho $$ >> {tmp_path / 'pids'}\n"
+        "while :; do sleep 0.05; done\n"
+    )
     stub.chmod(0o755)
     env = {**os.environ, "SEQLAB_PYTHON": str(stub)}
     cmd = ["bash", "launch/multiprocess_cpu.sh", "2", f"--workdir={tmp_path / 'wd'}"]
     launcher = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    pids_file = tmp_path / "pids"
-    deadline = time.monotonic() + 30
-    while not (pids_file.exists() and len(pids_file.read_text().split()) == 2):
-        assert time.monotonic() < deadline, "the processes did not start"
-        time.sleep(0.05)
-    pids = [int(p) for p in pids_file.read_text().split()]
+
+    def lines(path, n):  # wait until `path` has n lines
+        deadline = time.monotonic() + 30
+        while not (path.exists() and len(path.read_text().split()) >= n):
+            assert time.monotonic() < deadline, f"{path.name}: fewer than {n} lines"
+            time.sleep(0.05)
+        return [int(x) for x in path.read_text().split()]
+
+    pids = lines(tmp_path / "pids", 2)
     # SIGTERMs never escalate (`timeout` sends two: to the launcher, then to its group); the
-    # first Ctrl-C is forwarded as SIGTERM too, which these processes ignore
-    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    # first Ctrl-C is forwarded as SIGTERM too
+    for i, sig in enumerate((signal.SIGTERM, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)):
         launcher.send_signal(sig)
-        time.sleep(0.3)
+        lines(terms, 2 * (i + 1))  # both processes were sent SIGTERM
         assert launcher.poll() is None, sig
     launcher.send_signal(signal.SIGINT)
-    assert launcher.wait(timeout=10) == 128 + signal.SIGKILL
+    assert launcher.wait(timeout=30) == 128 + signal.SIGKILL
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -250,7 +258,7 @@ def test_under_timeout_the_processes_save_before_they_stop(tmp_path):
     )
     stub.chmod(0o755)
     env = {**os.environ, "SEQLAB_PYTHON": str(stub)}
-    cmd = ["timeout", "2", "bash", "launch/multiprocess_cpu.sh", "2", f"--workdir={tmp_path}"]
+    cmd = ["timeout", "3", "bash", "launch/multiprocess_cpu.sh", "2", f"--workdir={tmp_path}"]
     r = subprocess.run(cmd, cwd=ROOT, env=env, timeout=30)
     assert r.returncode == 124  # timeout's own code: it had to stop the command
     assert sorted(saved.read_text().split()) == sorted((tmp_path / "pids").read_text().split())
