@@ -274,10 +274,10 @@ def run(c, workdir: str) -> list[dict]:
                 record(setting, i, seed, acc)
                 if signal:
                     record(setting + MEDIAN, i, seed, median(signal))
-            for step in pet_curve.steps(out, pc.checkpoint_every_steps) if c.signal_curve else ():
+            for step, sub in pet_curve.steps(out, pc.checkpoint_every_steps, c.signal_curve):
                 at = functools.cache(functools.partial(load_trained, out, step=step))
                 for i in range(len(templates)):
-                    name, to = f"{setting} seed {seed} step {step}", out / f"p{i}" / f"step{step}"
+                    name, to = f"{setting} seed {seed} step {step}", out / f"p{i}" / sub
                     if signal := log_signal(name, i, to, at):
                         curve.append({"pattern": i, "step": step, "seed": seed, **signal})
         elif setting == "fine_tune":

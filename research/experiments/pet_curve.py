@@ -33,11 +33,14 @@ def check(c, settings, verbalizer) -> None:
     sweep.check_keeps_every_checkpoint(c, ("mlm",), "the signal curve")
 
 
-def steps(out: pathlib.Path, every: int) -> list[int]:
-    """The + MLM run's checkpoints on its schedule (and its last): one a stop saved in between
-    would be a point of one seed."""
-    kept = params_io.checkpoint_steps(out / "checkpoints")
-    return [s for s in kept if s % every == 0 or s == kept[-1]]
+def steps(out: pathlib.Path, every: int, on: bool = True) -> list[tuple[int, str]]:
+    """(step, cache subdirectory) of the + MLM run's checkpoints on its schedule and its last
+    (one a stop saved in between would be a point of one seed); none when not `on`. The last
+    step's signal is the zero_shot_mlm row's own (subdirectory ""), not computed twice."""
+    kept = params_io.checkpoint_steps(out / "checkpoints") if on else []
+    return [
+        (s, "" if s == kept[-1] else f"step{s}") for s in kept if s % every == 0 or s == kept[-1]
+    ]
 
 
 def report(curve: list[dict], workdir: pathlib.Path, header: str, majority: float) -> list[dict]:
