@@ -40,19 +40,25 @@ def save_run_files(workdir, mcfg: ModelConfig, vocab) -> None:
 
 
 def check_vocabulary(workdir, vocab) -> None:
-    """ConfigError if a resumed run's saved vocabulary differs from the data's (another data_dir,
-    or a tokenizer trained again there): its token ids would mean other tokens, silently."""
+    """ConfigError if a resumed run's saved vocabulary differs from the data's (another data_dir
+    whose tokenizer was trained on other text, say): its token ids would mean other tokens,
+    silently. Compared by meaning (each id's text and the special ids), not bytes: a
+    sentencepiece model names the directory it was trained in."""
     path = pathlib.Path(workdir)
-    changed = [
-        name
-        for name, data in ({} if vocab is None else vocab.files()).items()
-        if (path / name).is_file() and (path / name).read_bytes() != data
-    ]
-    if changed:
+    if not (path / "vocab.json").is_file():
+        return
+
+    def meaning(v):
+        if v is None:
+            return None
+        special = [v.pad_id, v.bos_id, v.eos_id, v.cls_id, v.sep_id]
+        return special + [v.decode([i]) for i in range(v.vocab_size())]
+
+    if meaning(vocab_io.load(path)) != meaning(vocab):
         raise ConfigError(
             f"{workdir}: the data's vocabulary differs from the one this run was trained with "
-            f"({', '.join(changed)}); resume with the data_dir and data settings it was "
-            "trained with, or use another --workdir"
+            f"({path / 'vocab.json'} and its files); resume with the data_dir and data "
+            "settings it was trained with, or use another --workdir"
         )
 
 

@@ -343,6 +343,7 @@ def test_a_resume_whose_data_gives_another_vocabulary_is_refused(tmp_path):
     the new vocabulary over its own."""
     from configs import lm
     from research.config import ConfigError
+    from research.data import tokenizer
     from research.train import loop
     from research.train.config import parse
 
@@ -352,11 +353,17 @@ def test_a_resume_whose_data_gives_another_vocabulary_is_refused(tmp_path):
     loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
     saved = tmp_path / "wd" / "tokenizer.model"
     ours = saved.read_bytes()
-    saved.write_bytes(ours + b"\0")  # as if trained on other text
-    with pytest.raises(ConfigError, match=r"vocabulary differs .* \(tokenizer.model\); resume"):
+    other = tmp_path / "other"  # a tokenizer trained on other text, of the same size
+    other.write_text("\n\n".join(f"zz{i} yy{i * 7} xx{i % 13}" for i in range(3000)))
+    tokenizer.train_or_load(lambda: [other.read_text()], str(other) + ".model", vocab_size=384)
+    saved.write_bytes((tmp_path / "other.model").read_bytes())
+    with pytest.raises(ConfigError, match=r"vocabulary differs from the one this run .* resume"):
         loop.train_and_evaluate(parse(c), str(tmp_path / "wd"))
-    assert saved.read_bytes() == ours + b"\0"  # nothing written over it
+    assert saved.read_bytes() == (tmp_path / "other.model").read_bytes()  # nothing written
     saved.write_bytes(ours)
+    # The same tokenizer trained in another data_dir differs in bytes (its model names the
+    # directory), not in meaning: resumed.
+    c.data.data_dir = str(tmp_path / "data2")
     assert loop.train_and_evaluate(parse(c), str(tmp_path / "wd")).resumed_from == 2
 
 

@@ -222,7 +222,12 @@ def test_a_second_ctrl_c_kills_processes_the_first_could_not_stop(tmp_path):
     stub.chmod(0o755)
     env = {**os.environ, "SEQLAB_PYTHON": str(stub)}
     cmd = ["bash", "launch/multiprocess_cpu.sh", "2", f"--workdir={tmp_path / 'wd'}"]
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env)
+
+    def defaults():  # a suite run in the background (nohup, `&`) ignores SIGHUP and SIGINT
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, preexec_fn=defaults)
 
     def lines(path, n):  # wait until `path` has n lines
         deadline = time.monotonic() + 30
