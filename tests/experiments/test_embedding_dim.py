@@ -10,6 +10,7 @@ import pytest
 from configs import embedding_dim as config_module
 from research.config import ConfigError
 from research.experiments import embedding_dim
+from tests.experiments import assert_only_process_0_writes
 
 
 def test_needed_dim_is_the_smallest_within_tolerance():
@@ -115,15 +116,10 @@ def test_sweep_writes_outputs_and_resumes(tmp_path, capsys):
         assert after[name]["result"]["eval_nll"] == pytest.approx(
             before[name]["result"]["eval_nll"], abs=1e-5
         )
-    # Another process of a multi-process run writes nothing (each one wrote every file).
     latest = embedding_dim.run(c, str(wd))  # every point cached
     names = ("embedding_dim.csv", "embedding_dim_points.csv", "embedding_dim.png")
-    for name in names:
-        (wd / name).unlink()
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(embedding_dim.jax, "process_index", lambda: 1)
-        assert embedding_dim.run(c, str(wd)) == latest
-    assert not any((wd / name).exists() for name in names)
+    rerun = lambda: embedding_dim.run(c, str(wd))  # noqa: E731
+    assert_only_process_0_writes(embedding_dim, rerun, wd, names, latest)
     c.learning_rate = 0.5
     with pytest.raises(ConfigError, match="different config"):
         embedding_dim.run(c, str(wd))

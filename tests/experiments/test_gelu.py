@@ -5,6 +5,7 @@ import pytest
 from configs import gelu as config_module
 from research.config import ConfigError
 from research.experiments import gelu
+from tests.experiments import assert_only_process_0_writes
 
 
 def test_forms_report_has_the_notes_constants_and_errors():
@@ -57,14 +58,8 @@ def test_smoke_study_trains_every_form_and_resumes(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in wd.glob("runs/*/*")} == stamps
     assert json.loads((wd / "results.json").read_text()) == first
     assert again == rows
-    # Another process of a multi-process run writes nothing (each one wrote every file).
     names = ("gelu.csv", "gelu.png", "gelu_forms.png", "gelu_forms.json", "results.json")
-    for name in names:
-        (wd / name).unlink()
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(gelu.jax, "process_index", lambda: 1)
-        assert gelu.run(c, str(wd)) == rows
-    assert not any((wd / name).exists() for name in names)
+    assert_only_process_0_writes(gelu, lambda: gelu.run(c, str(wd)), wd, names, rows)
 
 
 def test_unknown_form(tmp_path):
