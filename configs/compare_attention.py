@@ -7,6 +7,7 @@
     python -m research.main --config=configs/compare_attention.py \
         --config.attentions=softmax,taylor --config.widths=64,128 --workdir=/tmp/seqlab/cmp2
     python -m research.main --config=configs/compare_attention.py:full --workdir=/tmp/cmp_full
+    python -m research.main --config=configs/compare_attention.py:smoke --workdir=/tmp/cmp_smoke
 
 Writes compare.csv and compare.png into the workdir and prints the table; each point's training
 run lives in workdir/runs/NAME (metrics.jsonl, checkpoints) and is skipped when rerun.

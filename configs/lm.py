@@ -6,8 +6,9 @@
         --config.model.attention=linear --config.model.feature_map=taylor
     ./launch/multiprocess_cpu.sh 2 --config=configs/lm.py:smoke --workdir=/tmp/seqlab/lm_mp
 
-Other data: --config.data.source=tfds:tiny_shakespeare (catalog, needs internet once) or
---config.data.source=text:/path/to/corpus.txt (one document per file line block).
+Other data: --config.data.source=tfds:tiny_shakespeare (catalog, needs internet once, and
+TensorFlow for its builder: pip install -e '.[tf]') or --config.data.source=text:/path/to/
+corpus.txt (documents separated by blank lines).
 
 Pod presets for TPU (Pallas flash attention, scanned layers; plan them first, figures in
 docs/pod_planning.md; on GPUs add --config.model.softmax_implementation=cudnn):

@@ -68,7 +68,7 @@ _ensure_venv() {
     fi
     local spec="."
     [ -n "$extras" ] && spec=".[$extras]"
-    echo "[seqlab] installing $spec into .venv"
+    echo "[seqlab] installing $spec into .venv (1-3 minutes; pip's log: .venv/install.log)"
     # Full pip output goes to a log; it is shown only when the install fails. With the test
     # extras, --no-compile: pip would byte-compile all 16,000 modules (about 40 s of a 90 s
     # install on 2 cores); test.sh lets Python compile and cache the ~2,500 the suite imports.

@@ -1,9 +1,10 @@
-"""Continue a prompt with a trained language model, or decode a source with a seq2seq model.
+r"""Continue a prompt with a trained language model, or decode a source with a seq2seq model.
 
-    python -m research.generate --workdir=/tmp/seqlab/lm --prompt='def main(' --max_new_tokens=64
+    python -m research.generate --workdir=/tmp/seqlab/lm_smoke --prompt='def main(' \
+        --max_new_tokens=64
     python -m research.generate --workdir=DIR --prompt='...' --method=sample --temperature=0.8 \
         --top_k=40 --seed=1 [--step=N]
-    python -m research.generate --workdir=/tmp/seqlab/s2s --prompt='...'   # a text seq2seq run
+    python -m research.generate --workdir=/tmp/seqlab/csl --prompt='...'   # a text seq2seq run
 
 The workdir is any training run of an lm config, or of a seq2seq config on text
 (data.source=jsonl:FILE; the default synthetic ids have no text), read by

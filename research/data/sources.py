@@ -121,6 +121,11 @@ def _catalog(name: str, data_dir, *, download: bool):
 
     try:
         train = split("train")
+    except ImportError as e:  # a builder that reads with TensorFlow (tiny_shakespeare: tf.io)
+        raise DataError(
+            f"data.source=tfds:{name}: its builder needs {e.name or 'TensorFlow'}; "
+            "pip install -e '.[tf]'"
+        ) from None
     except tfds.core.registered.DatasetNotFoundError:
         if importlib.util.find_spec("tensorflow") is None:
             raise DataError(

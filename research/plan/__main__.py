@@ -1,4 +1,4 @@
-"""Does this config fit a TPU topology, and how fast could it go? Compiler figures, no TPU needed.
+r"""Does this config fit a TPU topology, and how fast could it go? Compiler figures, no TPU needed.
 
     python -m research.plan --config=configs/lm.py --topology=v5e:16x16 [--num_slices=1] \
         [--eval] [--decode=128] [--config.batch_size=256 --config.mesh.fsdp=16 ...]

@@ -519,6 +519,22 @@ def test_catalog_dataset_by_name_with_mock_data(tmp_path):
     assert len(train) == 40 and len(evaluation) == 40 and tok.vocab_size() > 256
 
 
+def test_a_catalog_builder_that_needs_tensorflow_is_one_line(tmp_path, monkeypatch):
+    """tiny_shakespeare's builder reads with tf.io: a bare ModuleNotFoundError traceback."""
+    import tensorflow_datasets as tfds
+
+    def needs_tf(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+
+    monkeypatch.setattr(tfds, "data_source", needs_tf)
+    d = DataConfig(source="tfds:tiny_shakespeare", data_dir=str(tmp_path), vocab_size=300)
+    with pytest.raises(DataError) as e:
+        sources.text_sources(d)
+    assert str(e.value) == (
+        "data.source=tfds:tiny_shakespeare: its builder needs tensorflow; pip install -e '.[tf]'"
+    )
+
+
 def test_jsonl_source_and_clear_errors(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(json.dumps({"text": f"line {i} " * 5}) for i in range(200)))
