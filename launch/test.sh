@@ -19,6 +19,6 @@ unset PYTHONDONTWRITEBYTECODE
 .venv/bin/lint-imports --no-cache  # architecture contracts in pyproject.toml
 # Three workers on two cores: two left part of a core idle (tests wait on subprocesses, gloo and
 # disk); with three both cores are busy, so a fourth gains nothing reliable and uses more memory.
-# Cold suite, fresh clone, whole test.sh: 15m00s on a 2-core Zen 5 VM, 18m53s-19m21s on a Zen 4.
+# Cold suite, fresh clone, whole test.sh: 15m00s on a 2-core Zen 5 VM, 18m45s-19m21s on a Zen 4.
 # SEQLAB_TEST_WORKERS overrides it (fewer with less memory).
 exec .venv/bin/python -m pytest -n "${SEQLAB_TEST_WORKERS:-3}" "$@"
