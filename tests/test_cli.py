@@ -357,14 +357,7 @@ def test_an_unusable_venv_is_named_with_the_fix(tmp_path):
     """launch/bootstrap.sh with a .venv whose python is too old or has no pip (a venv made
     without python3-venv): one message saying to remove it, exit 2 (every later run failed in
     pip instead, without saying why)."""
-    import shutil
-
-    (tmp_path / "launch").mkdir()
-    shutil.copy(ROOT / "launch" / "bootstrap.sh", tmp_path / "launch")
-    (tmp_path / ".venv" / "bin").mkdir(parents=True)
-    fake = tmp_path / ".venv" / "bin" / "python"
-    fake.write_text("#!/bin/sh\nexit 1\n")  # 'import pip' fails, as in a venv without pip
-    fake.chmod(0o755)
+    _bootstrap_here(tmp_path, None)  # 'import pip' fails, as in a venv without pip
     cmd = ["bash", "-c", "source launch/bootstrap.sh && ensure_venv ''"]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == "", r.stdout
@@ -377,20 +370,29 @@ def test_an_unusable_venv_is_named_with_the_fix(tmp_path):
     assert subprocess.run([sys.executable, "-c", check]).returncode == 0
 
 
-def _bootstrap_here(tmp_path, made_in: str):
+def _bootstrap_here(tmp_path, made_in: str | None):
     """A project directory with launch/bootstrap.sh and a .venv whose pyvenv.cfg says it was
-    made in `made_in`; its python fails every check (no pip)."""
+    made in `made_in` (None: no pyvenv.cfg); its python fails every check (no pip)."""
     import shutil
 
     (tmp_path / "launch").mkdir()
     shutil.copy(ROOT / "launch" / "bootstrap.sh", tmp_path / "launch")
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
-    (tmp_path / ".venv" / "pyvenv.cfg").write_text(
-        f"home = /usr/bin\ncommand = /usr/bin/python3 -m venv {made_in}\n"
-    )
+    if made_in is not None:
+        (tmp_path / ".venv" / "pyvenv.cfg").write_text(
+            f"home = /usr/bin\ncommand = /usr/bin/python3 -m venv {made_in}\n"
+        )
     fake = tmp_path / ".venv" / "bin" / "python"
     fake.write_text("#!/bin/sh\nexit 1\n")
     fake.chmod(0o755)
+
+
+def _python_3_10(tmp_path):
+    """An interpreter that says it is Python 3.10.12 and fails everything else."""
+    old = tmp_path / "python3.10"
+    old.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.12"\nexit 1\n')
+    old.chmod(0o755)
+    return old
 
 
 def test_a_venv_moved_from_another_directory_is_made_again(tmp_path):
@@ -401,9 +403,7 @@ def test_a_venv_moved_from_another_directory_is_made_again(tmp_path):
     here.mkdir()
     _bootstrap_here(here, str(tmp_path / "elsewhere" / ".venv"))
     cmd = ["bash", "-c", "source launch/bootstrap.sh && ensure_venv ''"]
-    old = tmp_path / "python3.10"
-    old.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.12"\nexit 1\n')
-    old.chmod(0o755)
+    old = _python_3_10(tmp_path)
     env = {**os.environ, "PYTHON": str(old)}
     r = subprocess.run(cmd, cwd=here, env=env, capture_output=True, text=True, timeout=60)
     assert r.stdout.splitlines()[0] == (
@@ -472,10 +472,8 @@ def test_the_tpu_pod_launcher_makes_each_hosts_venv_as_run_sh_does(tmp_path):
         '#!/bin/bash\nwhile [ $# -gt 0 ]; do [ "$1" = --command ] && cmd="$2"; shift; done\n'
         'exec bash -c "$cmd"\n'
     )
-    old = tmp_path / "python3.10"
-    old.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.12"\nexit 1\n')
-    for f in (gcloud, old):
-        f.chmod(0o755)
+    old = _python_3_10(tmp_path)
+    gcloud.chmod(0o755)
     import shutil
 
     # The hosts clone REPO: this checkout's commit on a branch (CI's may be detached), with the

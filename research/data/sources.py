@@ -198,7 +198,7 @@ def text_sources(d: DataConfig):
     def texts():
         return (r["text"] for r in train)
 
-    local = source.startswith(("text:", "jsonl:"))
+    local = wordpiece.is_local(source)
     # stdlib_code's corpus is this interpreter's library at one builder version: both name it
     # (one shared data_dir served every Python and version the tokenizer of the first)
     tag = f"-{name}-{builder.version}" if source == "stdlib_code" else ""
